@@ -1,0 +1,212 @@
+"""The ``aggregator`` command. Exit codes: 0 ok, 1 user error (config, arguments), 2 runtime failure.
+
+Every expected error is an ``AggregatorError`` and is printed as one line (or one line per
+config problem) on stderr; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aggregator import __version__
+from aggregator.config import LoadedConfig, load_config
+from aggregator.errors import AggregatorError, ConfigError
+from aggregator.store.database import ensure_schema, make_engine, upgrade
+from aggregator.store.repository import SourceHealth, Store
+
+EXIT_OK, EXIT_USER, EXIT_RUNTIME = 0, 1, 2
+log = logging.getLogger("aggregator")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aggregator", description="Poll news feeds, store each item once, publish curated feeds.")
+    parser.add_argument("--version", action="version", version=f"aggregator {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="config file (default: $AGGREGATOR_CONFIG or ./feeds.yaml)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser("run", help="the daemon: scheduler and HTTP server in one process")
+    commands.add_parser("worker", help="scheduler only (poll and publish), no HTTP")
+    commands.add_parser("serve", help="HTTP server only (serves what workers publish)")
+    poll = commands.add_parser("poll", help="poll sources once, publish, exit")
+    poll.add_argument("--once", action="store_true", required=True, help="poll what is due, then exit")
+    poll.add_argument("--all", action="store_true", help="poll every source, due or not")
+    commands.add_parser("publish", help="render and write every output now")
+    commands.add_parser("check", help="validate the config; exit 1 with file:line messages")
+    sources = commands.add_parser("sources", help="health of every source")
+    sources.add_argument("--json", action="store_true", help="machine-readable output")
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION", parser_class=_Parser)
+    db_commands.add_parser("upgrade", help="migrate the database schema to this version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USER
+    except AggregatorError as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    return load_config(args.config)
+
+
+def _store(loaded: LoadedConfig, *, migrate: bool = True) -> Store:
+    engine = make_engine(loaded.config.settings.database_url)
+    if migrate:
+        ensure_schema(engine)
+    return Store(engine)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    config = loaded.config
+    print(f"{loaded.path}: ok ({len(config.sources)} sources, {len(config.outputs)} outputs)")
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    before, head = upgrade(make_engine(loaded.config.settings.database_url))
+    if before == head:
+        print(f"database already at revision {head}")
+    else:
+        print(f"database migrated from {before or 'empty'} to {head}")
+    return EXIT_OK
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from aggregator.pipeline import Pipeline, make_parse_pool, poll_once
+
+    loaded = _load(args)
+    store = _store(loaded)
+    store.sync_sources(loaded.config, datetime.now(UTC))
+    pool = make_parse_pool(loaded.config.settings.parse_workers)
+    try:
+        summary = asyncio.run(poll_once(Pipeline(loaded.config, store, parse_pool=pool), all_sources=args.all))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    print(
+        f"polled {summary.polled} sources: {summary.new_items} new items, {summary.updated_items} updated, "
+        f"{summary.not_modified} not modified, {summary.unchanged} unchanged, {summary.errors} failed"
+    )
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from aggregator.pipeline import Pipeline
+
+    loaded = _load(args)
+    changed = Pipeline(loaded.config, _store(loaded)).publish(force_files=True)
+    print(f"published {len(loaded.config.outputs)} outputs ({len(changed)} renderings changed)")
+    return EXIT_OK
+
+
+def _daemon(args: argparse.Namespace, *, poll: bool, http: bool) -> int:
+    from aggregator.daemon import Daemon
+
+    loaded = _load(args)
+    store = _store(loaded)
+    asyncio.run(Daemon(loaded, store, poll=poll, http=http).run())
+    return EXIT_OK
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    rows = _store(loaded).health()
+    if args.json:
+        print(json.dumps([_health_json(r) for r in rows], indent=2))
+        return EXIT_OK
+    header = ("SOURCE", "STATUS", "LAST POLL", "ITEMS", "/DAY", "NEXT POLL", "WHY", "ERRORS", "LAST ERROR")
+    table = [header] + [
+        (
+            r.name[:30],
+            _status(r),
+            _when(r.last_polled_at),
+            str(r.items),
+            f"{r.items_per_day:.1f}" if r.items_per_day else "-",
+            _when(r.next_poll_at),
+            r.next_poll_reason[:40],
+            str(r.error_count),
+            (r.last_error or "")[:60],
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _status(r: SourceHealth) -> str:
+    if r.retired_reason:
+        return "retired"
+    if not r.in_config:
+        return "removed"
+    if not r.enabled:
+        return "disabled"
+    if r.last_polled_at is None:
+        return "new"
+    if r.error_count:
+        return f"failing ({r.last_status or 'no response'})" if r.last_status else "failing"
+    return "ok"
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
+
+
+def _health_json(r: SourceHealth) -> dict[str, object]:
+    return {
+        "name": r.name,
+        "url": r.url,
+        "status": _status(r),
+        "last_polled_at": r.last_polled_at.isoformat() if r.last_polled_at else None,
+        "last_status": r.last_status,
+        "last_success_at": r.last_success_at.isoformat() if r.last_success_at else None,
+        "next_poll_at": r.next_poll_at.isoformat() if r.next_poll_at else None,
+        "next_poll_reason": r.next_poll_reason,
+        "error_count": r.error_count,
+        "last_error": r.last_error,
+        "retired_reason": r.retired_reason,
+        "items": r.items,
+        "items_per_day": r.items_per_day,
+    }
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "db": cmd_db,
+    "poll": cmd_poll,
+    "publish": cmd_publish,
+    "run": lambda args: _daemon(args, poll=True, http=True),
+    "worker": lambda args: _daemon(args, poll=True, http=False),
+    "serve": lambda args: _daemon(args, poll=False, http=True),
+    "sources": cmd_sources,
+}

@@ -1,0 +1,116 @@
+"""Which stories go into an output, led by which item, in what order. Pure.
+
+``select`` takes the output's rules and the candidate items (already limited to the
+output's sources and age window by the store) and returns ``OutputEntry``s:
+
+* include rules: when any are given, an item must match at least one; exclude rules:
+  an item matching any is out. Keywords match whole words, case-insensitively;
+  patterns are regular expressions (searched, case-insensitive);
+* one entry per story: the earliest-seen item leads (the first outlet to carry it),
+  the others become "also reported by";
+* a per-source cap so one prolific outlet cannot fill the feed;
+* newest first, at most ``max_entries``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from aggregator.config import Output, Rule
+from aggregator.records import Candidate, OutputEntry
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a candidate is in or out of an output (for ``aggregator items`` and tests)."""
+
+    candidate: Candidate
+    included: bool
+    reason: str
+
+
+def select(output: Output, candidates: Iterable[Candidate]) -> list[OutputEntry]:
+    return build_entries(output, [v.candidate for v in judge(output, candidates) if v.included])
+
+
+def judge(output: Output, candidates: Iterable[Candidate]) -> list[Verdict]:
+    verdicts = []
+    for candidate in candidates:
+        reason = _rule_verdict(output, candidate)
+        verdicts.append(Verdict(candidate, reason is None, reason or "included"))
+    return verdicts
+
+
+def build_entries(output: Output, included: Sequence[Candidate]) -> list[OutputEntry]:
+    stories: dict[int, list[Candidate]] = {}
+    for candidate in included:
+        stories.setdefault(candidate.story_id, []).append(candidate)
+    entries = []
+    for members in stories.values():
+        members.sort(key=lambda c: (c.first_seen_at, c.published_at, c.item_id))
+        lead, also = members[0], tuple(members[1:])
+        entries.append(OutputEntry(lead.story_uid, lead, also, max(m.updated_at for m in members)))
+    entries.sort(key=lambda e: (e.lead.published_at, e.lead.item_id), reverse=True)
+    if output.per_source_cap:
+        per_source: dict[str, int] = {}
+        capped = []
+        for entry in entries:
+            used = per_source.get(entry.lead.source_name, 0)
+            if used < output.per_source_cap:
+                per_source[entry.lead.source_name] = used + 1
+                capped.append(entry)
+        entries = capped
+    return entries[: output.max_entries]
+
+
+def _rule_verdict(output: Output, candidate: Candidate) -> str | None:
+    if output.language and candidate.language and not _same_language(output.language, candidate.language):
+        return f"excluded: language {candidate.language} is not {output.language}"
+    for index, rule in enumerate(output.exclude):
+        if matches(rule, candidate):
+            return f"excluded by rule exclude[{index}]"
+    if output.include and not any(matches(rule, candidate) for rule in output.include):
+        return "excluded: matches no include rule"
+    return None
+
+
+def matches(rule: Rule, candidate: Candidate) -> bool:
+    haystack = "\n".join(_field(candidate, name) for name in rule.fields)
+    if rule.pattern is not None:
+        return _compiled(rule.pattern).search(haystack) is not None
+    return any(_keyword(word).search(haystack) for word in rule.keywords or ())
+
+
+def _field(candidate: Candidate, name: str) -> str:
+    if name == "summary":
+        return candidate.text if not candidate.content_html else _strip(candidate.summary_html)
+    if name == "content":
+        return candidate.text
+    if name == "categories":
+        return "\n".join(candidate.categories)
+    value = getattr(candidate, name)
+    return value or ""
+
+
+def _same_language(wanted: str, actual: str) -> bool:
+    return actual.lower().split("-")[0] == wanted.lower().split("-")[0]
+
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _strip(fragment: str) -> str:
+    return _TAG.sub(" ", fragment)
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+@cache
+def _keyword(word: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)

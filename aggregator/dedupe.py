@@ -1,0 +1,44 @@
+"""The ingest decision: is each fetched item new, an update, or already stored?
+
+``decide_ingest`` is pure — it sees the normalized items of one document, the stored
+items with the same keys, and the stories already known for their canonical URLs —
+so every rule here is unit-tested without a database.
+
+Rules:
+
+* an item whose key is not stored for this source is new; if another source already
+  carries the same canonical URL it joins that story (one story, many outlets);
+* a stored item whose fingerprint changed is an update, kept in place: it keeps its
+  first-seen time and its story, so output ids never churn;
+* a feed that changes an item on every fetch (view counters, rotating ads) would
+  rewrite it forever: after ``MAX_UPDATES`` updates the item is frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from aggregator.records import IngestPlan, Item, ItemUpdate, NewItem, StoredItem
+
+MAX_UPDATES = 25
+
+
+def decide_ingest(
+    items: Iterable[Item],
+    stored: Mapping[str, StoredItem],
+    stories_by_url: Mapping[str, int],
+) -> IngestPlan:
+    """Return the plan for one document; each new item carries the stored story it joins."""
+    inserts: list[NewItem] = []
+    updates: list[ItemUpdate] = []
+    unchanged = 0
+    for item in items:
+        existing = stored.get(item.key)
+        if existing is None:
+            story = stories_by_url.get(item.canonical_url) if item.canonical_url else None
+            inserts.append(NewItem(item, story))
+        elif existing.fingerprint != item.fingerprint and existing.update_count < MAX_UPDATES:
+            updates.append(ItemUpdate(existing, item))
+        else:
+            unchanged += 1
+    return IngestPlan(tuple(inserts), tuple(updates), unchanged)

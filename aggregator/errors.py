@@ -1,0 +1,67 @@
+"""The one exception tree of aggregator.
+
+Every error a user can cause or meet at run time is one of these; a third-party
+exception never escapes a stage unwrapped, so the CLI can print one clear line
+(and pick the exit code) without ever showing a traceback for an expected error::
+
+    AggregatorError
+    ├── ConfigError          feeds.yaml is unreadable or invalid (carries file:line messages)
+    ├── FetchError           one source could not be fetched (carries the source's URL)
+    │   ├── BlockedAddressError   the URL resolves to a private/loopback/metadata address
+    │   └── ResponseTooLargeError the body exceeded the size cap
+    ├── ParseError           one source's body is not a feed we can read
+    ├── StorageError         the database refused or is unreachable
+    │   └── SchemaError      the database schema is newer than this code knows
+    └── PublishError         an output could not be rendered or written
+"""
+
+from __future__ import annotations
+
+
+class AggregatorError(Exception):
+    """Root of every error aggregator raises on purpose."""
+
+
+class ConfigError(AggregatorError):
+    """The configuration is invalid; ``problems`` holds one ``file:line: field: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class FetchError(AggregatorError):
+    """A source could not be fetched. ``retryable`` is False only for permanent failures."""
+
+    def __init__(self, url: str, message: str, *, retryable: bool = True) -> None:
+        self.url = url
+        self.message = message
+        self.retryable = retryable
+        super().__init__(f"{url}: {message}")
+
+
+class BlockedAddressError(FetchError):
+    """The URL points into a network we refuse to reach (SSRF guard)."""
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(url, message, retryable=False)
+
+
+class ResponseTooLargeError(FetchError):
+    """The response body (after decompression) exceeded the configured cap."""
+
+
+class ParseError(AggregatorError):
+    """The body could not be read as RSS, Atom, RDF or JSON Feed."""
+
+
+class StorageError(AggregatorError):
+    """The database could not be reached or refused a statement."""
+
+
+class SchemaError(StorageError):
+    """The database was migrated by a newer aggregator; refusing to touch it."""
+
+
+class PublishError(AggregatorError):
+    """An output could not be rendered or written to the output directory."""

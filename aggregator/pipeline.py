@@ -1,0 +1,330 @@
+"""Wiring: one poll of one source through every stage, and one publish of every output.
+
+``Pipeline.poll_due`` claims due sources, fetches them concurrently, parses changed
+bodies in a process pool (feedparser is where the CPU goes), and commits each result
+in its own transaction. ``Pipeline.publish`` renders the outputs whose sources changed.
+The deciders (``schedule.next_poll``, ``dedupe.decide_ingest``, ``curate.select``) are
+called from here; the I/O stages never call each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from multiprocessing import get_context
+from pathlib import Path
+
+from aggregator.config import Config, Output
+from aggregator.curate import select
+from aggregator.dedupe import decide_ingest
+from aggregator.errors import AggregatorError, ParseError, PublishError
+from aggregator.fetch import Fetcher, FetchOptions
+from aggregator.normalize import document_to_feed
+from aggregator.publish import Rendering, render_all, write_atomically
+from aggregator.records import FetchResult, ParsedFeed
+from aggregator.schedule import PollOutcome, PollPolicy, next_poll
+from aggregator.store.repository import ClaimedSource, PollRecord, Store
+
+log = logging.getLogger("aggregator")
+
+LEASE_MARGIN = timedelta(minutes=2)
+CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
+
+
+@dataclass
+class PollSummary:
+    polled: int = 0
+    new_items: int = 0
+    updated_items: int = 0
+    not_modified: int = 0
+    unchanged: int = 0
+    errors: int = 0
+    changed_sources: set[str] = field(default_factory=set)
+    changed_tags: set[str] = field(default_factory=set)
+
+    def add(self, outcome: str, record: PollRecord, source: ClaimedSource) -> None:
+        self.polled += 1
+        self.new_items += record.items_new
+        self.updated_items += record.items_updated
+        if outcome == "not_modified":
+            self.not_modified += 1
+        elif outcome == "unchanged":
+            self.unchanged += 1
+        elif outcome in ("error", "retired"):
+            self.errors += 1
+        if record.items_new or record.items_updated:
+            self.changed_sources.add(source.fetch.name)
+            self.changed_tags.update(source.tags)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_parse_pool(workers: int | None) -> Executor | None:
+    """A process pool sized to the machine; 0 parses in a thread of this process instead."""
+    count = os.cpu_count() or 1 if workers is None else workers
+    if count <= 0:
+        return None
+    # forkserver: never fork a process that holds threads, sockets and database handles.
+    return ProcessPoolExecutor(max_workers=count, mp_context=get_context("forkserver"))
+
+
+def fetch_options(config: Config) -> FetchOptions:
+    s = config.settings
+    return FetchOptions(
+        user_agent=s.effective_user_agent,
+        connect_timeout=s.connect_timeout,
+        read_timeout=s.read_timeout,
+        total_timeout=s.total_timeout,
+        max_body_bytes=s.max_body_bytes,
+        max_redirects=s.max_redirects,
+        concurrency=s.concurrency,
+        per_host_concurrency=s.per_host_concurrency,
+        allow_private_networks=s.allow_private_networks,
+    )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        parse_pool: Executor | None = None,
+        owner: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.parse_pool = parse_pool
+        self.owner = owner or worker_id()
+        self.clock = clock
+        self._write_lock = asyncio.Lock()
+        self.authority = _authority(config.settings.public_url)
+
+    # --- polling ---------------------------------------------------------------------
+    async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:
+        """Poll every source due at ``until`` (default: now), in batches, until none is left."""
+        summary = PollSummary()
+        cutoff = until or self.clock()
+        settings = self.config.settings
+        lease = timedelta(seconds=settings.total_timeout) * 2 + LEASE_MARGIN
+        batch_size = settings.concurrency * 2
+        while True:
+            claimed = await asyncio.to_thread(self.store.claim_due, self.owner, cutoff, batch_size, lease)
+            if not claimed:
+                return summary
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for source in claimed:
+                        group.create_task(self._poll_one(fetcher, source, summary))
+            except BaseException as exc:
+                # Shutting down, or the database failed: hand back the leases we did not finish
+                # (committed polls already cleared theirs) so nobody waits for them to expire.
+                with contextlib.suppress(AggregatorError):
+                    ids = [c.fetch.id for c in claimed]
+                    await asyncio.shield(asyncio.to_thread(self.store.release, ids, self.owner))
+                if isinstance(exc, BaseExceptionGroup):
+                    raise exc.exceptions[0] from None
+                raise
+
+    async def _poll_one(self, fetcher: Fetcher, source: ClaimedSource, summary: PollSummary) -> None:
+        result = await fetcher.fetch(source.fetch)
+        parsed: ParsedFeed | None = None
+        parse_error: str | None = None
+        body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
+        if result.ok and result.body is not None and body_hash != source.body_hash:
+            try:
+                parsed = await self._parse(result)
+            except ParseError as exc:
+                parse_error = str(exc)
+            except Exception as exc:  # a parser bug must cost one source, not the whole batch
+                log.exception("source %r (%s): parser crashed", source.fetch.name, source.fetch.url)
+                parse_error = f"parser crashed: {type(exc).__name__}"
+        async with self._write_lock:
+            outcome, record = await asyncio.to_thread(self._commit, source, result, parsed, parse_error, body_hash)
+        summary.add(outcome, record, source)
+        self._log(source, result, outcome, record, parse_error)
+
+    async def _parse(self, result: FetchResult) -> ParsedFeed:
+        assert result.body is not None
+        loop = asyncio.get_running_loop()
+        args = (result.body, result.url, result.content_type, result.fetched_at)
+        if self.parse_pool is None:
+            return await asyncio.to_thread(document_to_feed, *args)
+        try:
+            return await loop.run_in_executor(self.parse_pool, document_to_feed, *args)
+        except ParseError:
+            raise
+        except Exception as exc:  # a crashed worker (e.g. out of memory) fails this source only
+            raise ParseError(f"parser failed: {type(exc).__name__}: {exc}") from None
+
+    def _commit(
+        self,
+        source: ClaimedSource,
+        result: FetchResult,
+        parsed: ParsedFeed | None,
+        parse_error: str | None,
+        body_hash: str | None,
+    ) -> tuple[str, PollRecord]:
+        """Decide and write everything about one poll, in one transaction."""
+        now = result.fetched_at
+        settings = self.config.settings
+        interval = timedelta(seconds=source.interval_seconds) if source.interval_seconds else settings.default_interval
+        policy = PollPolicy(
+            interval=interval,
+            explicit=source.interval_seconds is not None,
+            min_interval=settings.min_interval,
+            max_interval=settings.max_interval,
+            max_backoff=settings.max_backoff,
+        )
+        with self.store.ingest() as tx:
+            failed = not result.ok or parse_error is not None
+            if failed and not result.retryable:
+                reason = result.error or "permanent failure"
+                record = PollRecord(
+                    "retired", None, f"retired: {reason}", source.error_count + 1, retired_reason=reason
+                )
+                tx.record_poll(source.fetch.id, _with_error(result, reason), record)
+                return "retired", record
+            if failed:
+                errors = source.error_count + 1
+                decision = next_poll(
+                    policy,
+                    PollOutcome(ok=False, status=result.status, error_count=errors, retry_after=result.retry_after),
+                    now,
+                )
+                record = PollRecord("error", decision.at, decision.reason, errors)
+                tx.record_poll(source.fetch.id, _with_error(result, result.error or parse_error or "failed"), record)
+                return "error", record
+            new = updated = 0
+            items_per_day = None
+            if parsed is not None:
+                items = parsed.items
+                stored = tx.stored_items(source.fetch.id, [i.key for i in items])
+                fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
+                plan = decide_ingest(items, stored, tx.stories_by_url(fresh))
+                new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
+                updated = tx.update_items(plan.updates, now)
+                items_per_day = tx.items_per_day(source.fetch.id, now)
+            outcome = (
+                "not_modified" if result.not_modified else
+                "unchanged" if parsed is None else
+                "new" if new else "updated" if updated else "unchanged"
+            )  # fmt: skip
+            decision = next_poll(
+                policy,
+                PollOutcome(
+                    ok=True,
+                    status=result.status,
+                    cache_control=result.cache_control,
+                    expires=result.expires,
+                    ttl_minutes=parsed.ttl_minutes if parsed else None,
+                    update_period_minutes=parsed.update_period_minutes if parsed else None,
+                    items_per_day=items_per_day,
+                ),
+                now,
+            )
+            record = PollRecord(
+                outcome,
+                decision.at,
+                decision.reason,
+                0,
+                body_hash=body_hash,
+                items_new=new,
+                items_updated=updated,
+                feed_title=parsed.title if parsed else None,
+                feed_link=parsed.link if parsed else None,
+                feed_id=parsed.feed_id if parsed else None,
+                items_per_day=items_per_day,
+            )
+            tx.record_poll(source.fetch.id, result, record)
+            return outcome, record
+
+    def _log(
+        self, source: ClaimedSource, result: FetchResult, outcome: str, record: PollRecord, parse_error: str | None
+    ) -> None:
+        name, url = source.fetch.name, source.fetch.url
+        if result.permanent_url and result.ok:
+            log.warning("source %r moved permanently: %s -> %s (stored URL updated)", name, url, result.permanent_url)
+        if outcome == "retired":
+            log.error("source %r (%s) retired: %s", name, url, record.retired_reason)
+        elif outcome == "error":
+            log.warning(
+                "source %r (%s): %s; next try %s (%s)",
+                name, url, parse_error or result.error, f"{record.next_poll_at:%Y-%m-%d %H:%M:%S}Z",
+                record.next_poll_reason,
+            )  # fmt: skip
+        else:
+            log.info(
+                "source %r: %s, %d new, %d updated; next poll %s (%s)",
+                name, outcome, record.items_new, record.items_updated,
+                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason,
+            )  # fmt: skip
+
+    # --- publishing --------------------------------------------------------------------
+    def affected_outputs(self, summary: PollSummary) -> list[Output]:
+        return [
+            o
+            for o in self.config.outputs
+            if (not o.sources and not o.tags)
+            or summary.changed_sources & set(o.sources)
+            or summary.changed_tags & set(o.tags)
+        ]
+
+    def publish(self, outputs: list[Output] | None = None, *, force_files: bool = False) -> list[Rendering]:
+        """Render outputs; store and write only the renderings whose bytes changed."""
+        changed = []
+        now = self.clock()
+        settings = self.config.settings
+        out_dir = Path(settings.resolved_output_dir)
+        for output in self.config.outputs if outputs is None else outputs:
+            candidates = self.store.candidates(self.config, output, now, output.max_entries * CANDIDATE_FACTOR + 100)
+            entries = select(output, candidates)
+            for rendering in render_all(output, entries, settings.public_url):
+                stored = self.store.save_published(
+                    rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
+                )
+                if stored or force_files or not (out_dir / rendering.filename).exists():
+                    write_atomically(out_dir, rendering)
+                if stored:
+                    changed.append(rendering)
+                    log.info("published %s (%d entries)", rendering.filename, len(entries))
+        return changed
+
+
+def _with_error(result: FetchResult, message: str) -> FetchResult:
+    from dataclasses import replace
+
+    return replace(result, error=message)
+
+
+def _authority(public_url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(public_url).hostname or "localhost").lower()
+
+
+async def poll_once(pipeline: Pipeline, *, all_sources: bool = False) -> PollSummary:
+    """``aggregator poll --once``: poll what is due (or everything), then publish."""
+    start = pipeline.clock()
+    if all_sources:
+        await asyncio.to_thread(pipeline.store.make_all_due, start)
+    async with Fetcher(fetch_options(pipeline.config)) as fetcher:
+        summary = await pipeline.poll_due(fetcher, until=start)
+    try:
+        await asyncio.to_thread(pipeline.publish, None)
+    except PublishError:
+        raise
+    except AggregatorError as exc:
+        raise PublishError(str(exc)) from exc
+    return summary

@@ -1,0 +1,218 @@
+"""Rendering outputs to bytes with a validator, and writing them atomically.
+
+An output is rendered from its ``OutputEntry``s only — no clock, no randomness — so the
+same stories give the same bytes and the same ETag: feed readers' conditional GETs
+keep answering 304 until something really changed. Atom and RSS come from feedgen;
+feedgen cannot write ``atom:source`` with an id and ``updated`` (the validator wants
+both), so we add those to its tree. JSON Feed 1.1 is plain ``json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from feedgen.feed import FeedGenerator
+from lxml import etree
+
+from aggregator import __version__
+from aggregator.config import Output
+from aggregator.errors import PublishError
+from aggregator.records import Candidate, OutputEntry
+
+ATOM_NS = "http://www.w3.org/2005/Atom"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+GENERATOR_URI = "https://pypi.org/project/aggregator/"
+
+
+@dataclass(frozen=True)
+class Rendering:
+    slug: str
+    format: str  # atom | rss | json
+    media_type: str
+    body: bytes
+
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
+
+    @property
+    def filename(self) -> str:
+        return f"{self.slug}.{self.format}"
+
+
+FORMATS = {
+    "atom": "application/atom+xml; charset=utf-8",
+    "rss": "application/rss+xml; charset=utf-8",
+    "json": "application/feed+json; charset=utf-8",
+}
+
+
+def feed_url(public_url: str, slug: str, fmt: str) -> str:
+    return f"{public_url}/feeds/{slug}.{fmt}"
+
+
+def render_all(output: Output, entries: list[OutputEntry], public_url: str) -> list[Rendering]:
+    return [
+        Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url)),
+        Rendering(output.slug, "rss", FORMATS["rss"], render_rss(output, entries, public_url)),
+        Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url)),
+    ]
+
+
+def _generator(output: Output, entries: list[OutputEntry], public_url: str, fmt: str) -> FeedGenerator:
+    fg = FeedGenerator()
+    self_url = feed_url(public_url, output.slug, fmt)
+    fg.id(feed_url(public_url, output.slug, "atom"))
+    fg.title(output.title)
+    fg.subtitle(output.subtitle or f"{output.title}, aggregated by aggregator")
+    fg.description(output.subtitle or f"{output.title}, aggregated by aggregator")
+    fg.author({"name": output.title})
+    fg.link(href=f"{public_url}/feeds/{output.slug}", rel="alternate", type="text/html")
+    fg.link(href=self_url, rel="self", type=FORMATS[fmt].split(";")[0])
+    fg.generator("aggregator", __version__, GENERATOR_URI)
+    if output.icon:
+        fg.icon(output.icon)
+        fg.logo(output.icon)
+    if output.language:
+        fg.language(output.language)
+    updated = max((e.updated_at for e in entries), default=EPOCH)
+    fg.updated(updated)
+    fg.lastBuildDate(updated)
+    for entry in entries:
+        _add_entry(fg, entry, fmt)
+    return fg
+
+
+def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str) -> None:
+    lead = entry.lead
+    fe = fg.add_entry(order="append")
+    fe.id(entry.story_uid)
+    fe.guid(entry.story_uid, permalink=False)
+    fe.title(lead.title)
+    if lead.link:
+        fe.link(href=lead.link, rel="alternate", type="text/html")
+    if fmt == "atom":
+        for other in entry.also:
+            if other.link and other.link != lead.link:
+                fe.link(href=other.link, rel="related", title=_source_name(other))
+    fe.published(lead.published_at)
+    fe.updated(entry.updated_at)
+    fe.author({"name": lead.author or _source_name(lead)})
+    body = _entry_html(entry)
+    if body:
+        fe.content(body, type="CDATA" if fmt == "rss" else "html")
+    if lead.summary_html and lead.content_html:
+        fe.summary(lead.summary_html, type="html")
+    for category in lead.categories:
+        fe.category(term=category)
+    if fmt == "rss":
+        fe.source(url=lead.source_url, title=_source_name(lead))
+
+
+def _entry_html(entry: OutputEntry) -> str:
+    body = entry.lead.content_html or entry.lead.summary_html
+    others = [c for c in entry.also if c.link]
+    if others:
+        links = ", ".join(
+            f'<a href="{html.escape(c.link or "", quote=True)}">{html.escape(_source_name(c))}</a>' for c in others
+        )
+        body += f"<p>Also reported by: {links}</p>"
+    return body
+
+
+def _source_name(candidate: Candidate) -> str:
+    return candidate.source_title or candidate.source_name
+
+
+def render_atom(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
+    try:
+        raw = _generator(output, entries, public_url, "atom").atom_str(pretty=True)
+        root = etree.fromstring(raw)
+        for element, entry in zip(root.findall(f"{{{ATOM_NS}}}entry"), entries, strict=True):
+            _atom_source(element, entry.lead)
+        return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+    except (ValueError, TypeError, etree.LxmlError) as exc:
+        raise PublishError(f"{output.slug}.atom: cannot render: {exc}") from exc
+
+
+def _atom_source(element: etree._Element, lead: Candidate) -> None:
+    """``atom:source`` names the original feed (RFC 4287 §4.2.11): id, title, updated, self link."""
+    source = etree.SubElement(element, f"{{{ATOM_NS}}}source")
+    etree.SubElement(source, f"{{{ATOM_NS}}}id").text = lead.source_feed_id or lead.source_url
+    etree.SubElement(source, f"{{{ATOM_NS}}}title").text = _source_name(lead)
+    etree.SubElement(source, f"{{{ATOM_NS}}}updated").text = lead.updated_at.isoformat()
+    if lead.source_link:
+        etree.SubElement(source, f"{{{ATOM_NS}}}link", rel="alternate", href=lead.source_link)
+    etree.SubElement(source, f"{{{ATOM_NS}}}link", rel="self", href=lead.source_url)
+
+
+def render_rss(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
+    try:
+        return bytes(_generator(output, entries, public_url, "rss").rss_str(pretty=True))
+    except (ValueError, TypeError) as exc:
+        raise PublishError(f"{output.slug}.rss: cannot render: {exc}") from exc
+
+
+def render_json(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
+    """JSON Feed 1.1 (https://jsonfeed.org/version/1.1)."""
+    doc = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": output.title,
+        "home_page_url": f"{public_url}/feeds/{output.slug}",
+        "feed_url": feed_url(public_url, output.slug, "json"),
+        "description": output.subtitle or f"{output.title}, aggregated by aggregator",
+        "authors": [{"name": output.title}],
+        "items": [_json_item(entry) for entry in entries],
+    }
+    if output.icon:
+        doc["icon"] = output.icon
+    if output.language:
+        doc["language"] = output.language
+    return json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def _json_item(entry: OutputEntry) -> dict[str, object]:
+    lead = entry.lead
+    item: dict[str, object] = {
+        "id": entry.story_uid,
+        "title": lead.title,
+        "content_html": _entry_html(entry),
+        "date_published": lead.published_at.isoformat(),
+        "date_modified": entry.updated_at.isoformat(),
+        "authors": [{"name": lead.author or _source_name(lead)}],
+    }
+    if lead.link:
+        item["url"] = lead.link
+    if lead.categories:
+        item["tags"] = list(lead.categories)
+    if lead.content_html and lead.summary_html:
+        item["summary"] = lead.summary_html
+    return item
+
+
+def write_atomically(directory: Path, rendering: Rendering) -> Path:
+    """Temp file + fsync + rename: readers (and nginx) see the old file or the new, never half."""
+    target = directory / rendering.filename
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{rendering.filename}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(rendering.body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise PublishError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    return target

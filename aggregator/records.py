@@ -1,0 +1,178 @@
+"""The plain, typed records that travel between pipeline stages.
+
+Each name says where in the pipeline a value lives: a ``SourceToFetch`` goes into
+``fetch``, a ``FetchResult`` comes out; ``parse`` turns its body into a
+``ParsedFeed``; ``normalize`` makes ``Item``s; ``dedupe`` compares them with
+``StoredItem``s and returns an ``IngestPlan``; ``curate`` picks ``Candidate``s for
+an output. They are frozen dataclasses so the pure deciders cannot mutate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class SourceToFetch:
+    """What the fetcher needs to know about one claimed source."""
+
+    id: int
+    name: str
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    allow_private: bool = False
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The outcome of one HTTP poll, successful or not.
+
+    ``body`` is None for a 304 and for failures. ``permanent_url`` is set when a
+    301/308 chain moved the feed for good (302/307 leave the stored URL alone).
+    """
+
+    source_id: int
+    url: str
+    fetched_at: datetime
+    status: int | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    permanent_url: str | None = None
+    cache_control: str | None = None
+    expires: str | None = None
+    retry_after: str | None = None
+    error: str | None = None
+    retryable: bool = True
+    elapsed: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and (self.status == 304 or 200 <= self.status < 300)
+
+
+@dataclass(frozen=True)
+class Enclosure:
+    url: str
+    type: str | None = None
+    length: int | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """One normalized entry of one source, ready to be compared and stored.
+
+    ``key`` is its identity within the source (guid, else canonical link, else a
+    hash of title + content); ``fingerprint`` changes when its content does.
+    """
+
+    key: str
+    guid: str | None
+    link: str | None
+    canonical_url: str | None
+    title: str
+    summary_html: str
+    content_html: str
+    text: str
+    author: str | None
+    categories: tuple[str, ...]
+    published_at: datetime | None
+    updated_at: datetime | None
+    fingerprint: str
+    language: str | None = None
+    enclosures: tuple[Enclosure, ...] = ()
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    """A feed document after parsing and normalization, before it meets the database."""
+
+    title: str | None
+    link: str | None
+    feed_id: str | None
+    ttl_minutes: int | None
+    update_period_minutes: int | None
+    items: tuple[Item, ...]
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """What dedupe needs to know about an item already in the database."""
+
+    id: int
+    key: str
+    fingerprint: str
+    story_id: int
+    update_count: int
+
+
+@dataclass(frozen=True)
+class ItemUpdate:
+    stored: StoredItem
+    item: Item
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to insert, and the stored story it joins (None: it starts a new story)."""
+
+    item: Item
+    story_id: int | None
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """The decision for one fetched document: what to insert, update, or leave alone."""
+
+    inserts: tuple[NewItem, ...]
+    updates: tuple[ItemUpdate, ...]
+    unchanged: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.inserts or self.updates)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An item as curate sees it: the story it belongs to and where it came from."""
+
+    item_id: int
+    story_id: int
+    story_uid: str
+    source_name: str
+    source_tags: tuple[str, ...]
+    source_title: str | None
+    source_url: str
+    source_link: str | None
+    source_feed_id: str | None
+    title: str
+    link: str | None
+    summary_html: str
+    content_html: str
+    text: str
+    author: str | None
+    categories: tuple[str, ...]
+    published_at: datetime
+    updated_at: datetime
+    first_seen_at: datetime
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputEntry:
+    """One entry of a published output: a story, led by one item, with the other outlets."""
+
+    story_uid: str
+    lead: Candidate
+    also: tuple[Candidate, ...]
+    updated_at: datetime

@@ -1,0 +1,138 @@
+"""HTTP in: the published outputs, with conditional GET and gzip, and a health check.
+
+Outputs are read from the ``published`` table — so any number of ``aggregator serve``
+processes can answer for one database — and kept in memory keyed by ETag: a request
+costs one tiny indexed lookup of the current ETag, and the body (and its gzip) is
+only re-read when it changed. We compress ourselves rather than with a middleware so
+the compressed variant gets its own ETag, as RFC 9110 requires of a different body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import format_datetime, parsedate_to_datetime
+
+from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aggregator.errors import StorageError
+from aggregator.store.models import PublishedRow
+from aggregator.store.repository import Store
+
+GZIP_MIN_BYTES = 1024
+FEED_MAX_AGE = 60  # seconds a reader or proxy may reuse a feed without asking
+
+
+@dataclass(frozen=True)
+class CachedOutput:
+    etag: str
+    media_type: str
+    last_modified: str
+    body: bytes
+    gzipped: bytes | None
+
+
+class OutputCache:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._entries: dict[tuple[str, str], CachedOutput] = {}
+
+    def get(self, slug: str, fmt: str) -> CachedOutput | None:
+        with self.store.session() as s:
+            etag = s.scalar(select(PublishedRow.etag).where(PublishedRow.slug == slug, PublishedRow.format == fmt))
+        if etag is None:
+            return None
+        cached = self._entries.get((slug, fmt))
+        if cached is not None and cached.etag == etag:
+            return cached
+        row = self.store.published(slug, fmt)
+        if row is None:
+            return None
+        body = row.body
+        cached = CachedOutput(
+            etag=row.etag,
+            media_type=row.media_type,
+            last_modified=format_datetime(row.published_at, usegmt=True),
+            body=body,
+            gzipped=gzip.compress(body, mtime=0) if len(body) >= GZIP_MIN_BYTES else None,
+        )
+        self._entries[(slug, fmt)] = cached
+        return cached
+
+
+def not_modified(request: Request, etag: str, last_modified: str) -> bool:
+    """RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since; weak comparison."""
+    if (inm := request.headers.get("if-none-match")) is not None:
+        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+        return "*" in tags or etag in tags or _gzip_etag(etag) in tags
+    if (ims := request.headers.get("if-modified-since")) is not None:
+        try:
+            return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
+        except (TypeError, ValueError, IndexError):
+            return False
+    return False
+
+
+def _gzip_etag(etag: str) -> str:
+    return etag[:-1] + '-gz"'
+
+
+def create_app(store: Store, *, health: Callable[[], dict[str, object]] | None = None) -> Starlette:
+    cache = OutputCache(store)
+
+    async def feed(request: Request) -> Response:
+        slug, fmt = request.path_params["slug"], request.path_params["fmt"]
+        if fmt not in ("atom", "rss", "json"):
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        try:
+            cached = await asyncio.to_thread(cache.get, slug, fmt)
+        except StorageError:
+            return Response("database unavailable\n", status_code=503, media_type="text/plain")
+        if cached is None:
+            return Response(f"no output {slug!r} has been published\n", status_code=404, media_type="text/plain")
+        use_gzip = cached.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "").lower()
+        etag = _gzip_etag(cached.etag) if use_gzip else cached.etag
+        headers = {
+            "ETag": etag,
+            "Last-Modified": cached.last_modified,
+            "Cache-Control": f"public, max-age={FEED_MAX_AGE}",
+            "Vary": "Accept-Encoding",
+        }
+        if not_modified(request, cached.etag, cached.last_modified):
+            return Response(status_code=304, headers=headers)
+        if use_gzip:
+            headers["Content-Encoding"] = "gzip"
+        body = cached.gzipped if use_gzip and cached.gzipped is not None else cached.body
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(body))
+            return Response(status_code=200, headers=headers, media_type=cached.media_type)
+        return Response(body, headers=headers, media_type=cached.media_type)
+
+    async def healthz(request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(store.counts)
+        except StorageError as exc:
+            return JSONResponse({"status": "failing", "database": str(exc)}, status_code=503)
+        report: dict[str, object] = {
+            "status": "ok",
+            "database": "ok",
+            "db_ms": round((time.monotonic() - started) * 1000, 1),
+        }
+        if health is not None:
+            report.update(health())
+        return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
+
+    return Starlette(
+        routes=[
+            Route("/feeds/{slug}.{fmt}", feed, methods=["GET", "HEAD"]),
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        ]
+    )

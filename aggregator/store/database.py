@@ -1,0 +1,128 @@
+"""The engine and the schema's version: connecting, migrating, refusing a newer schema.
+
+SQLite gets WAL (readers never block the writer), ``synchronous=NORMAL`` (durable at
+each checkpoint and safe against corruption on power loss in WAL mode), foreign keys
+and a busy timeout, so a second process (``aggregator serve`` beside ``run``) waits
+instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from aggregator.errors import SchemaError, StorageError
+from alembic import command
+
+log = logging.getLogger(__name__)
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def migrations_dir() -> Path:
+    """Alembic's scripts: shipped inside the wheel, or ``alembic/`` in a source checkout."""
+    packaged = Path(__file__).resolve().parent.parent / "_migrations"
+    if (packaged / "env.py").exists():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "alembic"
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"not a database URL: {url!r}") from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        kwargs["poolclass"] = NullPool if parsed.database in (None, "", ":memory:") else None
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
+        # psycopg 3 is what we install; plain postgresql:// URLs would pick psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ArgumentError, ImportError) as exc:
+        raise StorageError(f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision() -> str:
+    script = ScriptDirectory(str(migrations_dir()))
+    head = script.get_current_head()
+    assert head is not None, "no migrations shipped"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StorageError(
+            f"cannot reach the database {engine.url.render_as_string(hide_password=True)}: {_short(exc)}"
+        ) from None
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Migrate to head; return (from, to). Refuses a database newer than this code."""
+    before = current_revision(engine)
+    head = head_revision()
+    _refuse_newer(before, head)
+    if before != head:
+        try:
+            command.upgrade(alembic_config(engine), "head")
+        except SQLAlchemyError as exc:
+            raise StorageError(f"migration failed: {_short(exc)}") from None
+    return before, head
+
+
+def ensure_schema(engine: Engine) -> None:
+    """What the daemon runs at start: migrate an empty or older database, refuse a newer one."""
+    before, head = upgrade(engine)
+    if before != head:
+        log.info("database schema migrated from %s to %s", before or "empty", head)
+
+
+def _refuse_newer(current: str | None, head: str) -> None:
+    if current is None or current == head:
+        return
+    known = {rev.revision for rev in ScriptDirectory(str(migrations_dir())).walk_revisions()}
+    if current not in known:
+        raise SchemaError(
+            f"the database schema is at revision {current}, newer than this aggregator knows (up to {head}); "
+            "upgrade aggregator, or point it at another database"
+        )
+
+
+def _short(exc: Exception) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -1,0 +1,176 @@
+"""The tables. One row per source (it is also the schedule), story, item, fetch and output.
+
+Timestamps are stored as naive UTC and handed back timezone-aware (``UTCDateTime``):
+SQLite has no time zones, and comparing ``next_poll_at <= now`` must mean the same
+thing on both backends.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only aliases INTEGER PRIMARY KEY to its rowid (auto-increment); BIGINT elsewhere.
+BigID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; aggregator uses UTC-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text from hand-written SQL
+            value = datetime.fromisoformat(value)
+        moment: datetime = value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SourceRow(Base):
+    """A polled source and its schedule: validators, next poll, errors and the worker lease."""
+
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    url: Mapped[str] = mapped_column(Text)  # where we poll now (a 301 moves it)
+    config_url: Mapped[str] = mapped_column(Text)  # as written in feeds.yaml, to notice edits
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    interval_seconds: Mapped[int | None] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    in_config: Mapped[bool] = mapped_column(Boolean, default=True)
+    allow_private: Mapped[bool] = mapped_column(Boolean, default=False)
+    etag: Mapped[str | None] = mapped_column(Text)
+    last_modified: Mapped[str | None] = mapped_column(Text)
+    body_hash: Mapped[str | None] = mapped_column(String(64))
+    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_poll_reason: Mapped[str] = mapped_column(Text, default="new source")
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_new_item_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retired_reason: Mapped[str | None] = mapped_column(Text)
+    feed_title: Mapped[str | None] = mapped_column(Text)
+    feed_link: Mapped[str | None] = mapped_column(Text)
+    feed_id: Mapped[str | None] = mapped_column(Text)
+    items_per_day: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_sources_due", "next_poll_at"),)
+
+
+class StoryRow(Base):
+    """One distinct story. ``uid`` is the published entry id: fixed at creation, never changed."""
+
+    __tablename__ = "stories"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(300), unique=True)
+    key: Mapped[str] = mapped_column(Text, unique=True)  # what created it; makes creation idempotent
+    canonical_url: Mapped[str | None] = mapped_column(Text, index=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ItemRow(Base):
+    """One entry of one source, stored once and updated in place when its content changes."""
+
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    story_id: Mapped[int] = mapped_column(ForeignKey("stories.id"))
+    key: Mapped[str] = mapped_column(Text)
+    guid: Mapped[str | None] = mapped_column(Text)
+    link: Mapped[str | None] = mapped_column(Text)
+    canonical_url: Mapped[str | None] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    summary_html: Mapped[str] = mapped_column(Text, default="")
+    content_html: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str | None] = mapped_column(Text)
+    categories: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enclosures: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    language: Mapped[str | None] = mapped_column(String(35))
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sort_at: Mapped[datetime] = mapped_column(UTCDateTime)  # published, else first seen
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    update_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        UniqueConstraint("source_id", "key", name="uq_items_source_key"),
+        Index("ix_items_canonical_url", "canonical_url"),
+        Index("ix_items_story", "story_id"),
+        Index("ix_items_sort", "sort_at"),
+        Index("ix_items_source_sort", "source_id", "sort_at"),
+    )
+
+
+class FetchLogRow(Base):
+    """One line per poll: what happened, for the health table and for debugging a source."""
+
+    __tablename__ = "fetch_log"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    items_new: Mapped[int] = mapped_column(Integer, default=0)
+    items_updated: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index("ix_fetch_log_source", "source_id", "fetched_at"),)
+
+
+class PublishedRow(Base):
+    """A rendered output, as bytes with a validator, so any `serve` process can answer from it."""
+
+    __tablename__ = "published"
+
+    slug: Mapped[str] = mapped_column(String(100), primary_key=True)
+    format: Mapped[str] = mapped_column(String(10), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(100))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    etag: Mapped[str] = mapped_column(String(100))
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,544 @@
+"""The queries the pipeline needs, and nothing that decides anything.
+
+``Store`` wraps the engine. ``Store.ingest()`` opens the one transaction in which a fetch
+result is written (DESIGN.md, decision 3): items, stories, the source's new state and
+the fetch-log row commit together or not at all, so killing the process at any instant
+leaves either the old state (the poll is simply redone) or the new one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator.config import Config, Output
+from aggregator.errors import StorageError
+from aggregator.records import Candidate, FetchResult, Item, ItemUpdate, NewItem, SourceToFetch, StoredItem
+from aggregator.store.models import FetchLogRow, ItemRow, PublishedRow, SourceRow, StoryRow
+
+IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
+STORY_NAMESPACE = uuid.UUID("6f1c6b0e-5d0a-4d5e-9a57-5e7f1a0b2c3d")
+RATE_WINDOW = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClaimedSource:
+    """A leased source: what to fetch, plus the state the decisions after the fetch need."""
+
+    fetch: SourceToFetch
+    body_hash: str | None
+    error_count: int
+    interval_seconds: int | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    """The source's new state after one poll, as decided by the wiring."""
+
+    outcome: str  # new | updated | unchanged | not_modified | error | retired
+    next_poll_at: datetime | None
+    next_poll_reason: str
+    error_count: int
+    body_hash: str | None = None
+    items_new: int = 0
+    items_updated: int = 0
+    feed_title: str | None = None
+    feed_link: str | None = None
+    feed_id: str | None = None
+    items_per_day: float | None = None
+    retired_reason: str | None = None
+
+
+@dataclass
+class SourceHealth:
+    name: str
+    url: str
+    enabled: bool
+    in_config: bool
+    last_polled_at: datetime | None
+    last_status: int | None
+    last_success_at: datetime | None
+    next_poll_at: datetime | None
+    next_poll_reason: str
+    error_count: int
+    last_error: str | None
+    retired_reason: str | None
+    items: int
+    items_per_day: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def story_uid(key: str, authority: str, first_seen: datetime) -> str:
+    """A tag: URI (RFC 4151), minted once per story and stored: it is the output entry id."""
+    return f"tag:{authority},{first_seen:%Y-%m-%d}:story/{uuid.uuid5(STORY_NAMESPACE, key).hex}"
+
+
+def story_key(source_id: int, item: Item) -> str:
+    return f"url:{item.canonical_url}" if item.canonical_url else f"item:{source_id}:{item.key}"
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}") from exc
+
+    # --- the desired state from feeds.yaml ------------------------------------------------
+    def sync_sources(self, config: Config, now: datetime) -> SyncReport:
+        """Make the sources table match the config; removed sources stop, their items stay."""
+        added, changed, removed = [], [], []
+        with self.session() as s:
+            rows = {row.name: row for row in s.scalars(select(SourceRow))}
+            for source in config.sources:
+                interval = int(source.interval.total_seconds()) if source.interval else None
+                row = rows.get(source.name)
+                if row is None:
+                    s.add(
+                        SourceRow(
+                            name=source.name,
+                            url=source.url,
+                            config_url=source.url,
+                            tags=list(source.tags),
+                            interval_seconds=interval,
+                            enabled=source.enabled,
+                            in_config=True,
+                            allow_private=source.allow_private_network,
+                            next_poll_at=now,
+                            next_poll_reason="new source",
+                            error_count=0,
+                            created_at=now,
+                        )
+                    )
+                    added.append(source.name)
+                    continue
+                before = (row.config_url, row.tags, row.interval_seconds, row.enabled, row.in_config, row.allow_private)
+                if row.config_url != source.url:
+                    # The user pointed the source elsewhere: forget validators and retirement.
+                    row.url = row.config_url = source.url
+                    row.etag = row.last_modified = row.body_hash = None
+                    row.retired_at = None
+                    row.retired_reason = None
+                    row.error_count = 0
+                    row.next_poll_at = now
+                    row.next_poll_reason = "URL changed in config"
+                if interval != row.interval_seconds and interval is not None:
+                    sooner = now + timedelta(seconds=interval)
+                    if row.next_poll_at > sooner:
+                        row.next_poll_at, row.next_poll_reason = sooner, "interval changed in config"
+                if not row.in_config:
+                    row.next_poll_at, row.next_poll_reason = now, "back in config"
+                row.tags, row.interval_seconds, row.enabled = list(source.tags), interval, source.enabled
+                row.in_config, row.allow_private = True, source.allow_private_network
+                after = (row.config_url, row.tags, row.interval_seconds, row.enabled, row.in_config, row.allow_private)
+                if before != after:
+                    changed.append(source.name)
+            wanted = {source.name for source in config.sources}
+            for name, row in rows.items():
+                if name not in wanted and row.in_config:
+                    row.in_config = False
+                    row.lease_owner = row.lease_until = None
+                    removed.append(name)
+        return SyncReport(tuple(added), tuple(changed), tuple(removed))
+
+    # --- the schedule -----------------------------------------------------------------
+    def make_all_due(self, now: datetime) -> int:
+        """``poll --all``: every active source becomes due now (leases are still respected)."""
+        with self.session() as s:
+            result = s.execute(
+                update(SourceRow)
+                .where(SourceRow.in_config.is_(True), SourceRow.retired_at.is_(None), SourceRow.enabled.is_(True))
+                .values(next_poll_at=now, next_poll_reason="poll --all")
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def claim_due(self, owner: str, now: datetime, limit: int, lease: timedelta) -> list[ClaimedSource]:
+        """Lease up to ``limit`` due sources to ``owner`` in one statement.
+
+        The sub-select is ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers
+        never claim the same source; SQLite ignores it and serialises writers itself.
+        An expired lease (a killed worker) is simply claimable again.
+        """
+        conditions = [
+            SourceRow.enabled.is_(True),
+            SourceRow.in_config.is_(True),
+            SourceRow.retired_at.is_(None),
+            or_(SourceRow.lease_until.is_(None), SourceRow.lease_until < now),
+            SourceRow.next_poll_at <= now,
+        ]
+        due = (
+            select(SourceRow.id)
+            .where(and_(*conditions))
+            .order_by(SourceRow.next_poll_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.session() as s:
+            ids = list(s.scalars(due))
+            if not ids:
+                return []
+            rows = list(s.execute(
+                update(SourceRow)
+                .where(SourceRow.id.in_(ids))
+                .values(lease_owner=owner, lease_until=now + lease)
+                .returning(
+                    SourceRow.id, SourceRow.name, SourceRow.url, SourceRow.etag, SourceRow.last_modified,
+                    SourceRow.allow_private, SourceRow.body_hash, SourceRow.error_count,
+                    SourceRow.interval_seconds, SourceRow.tags, SourceRow.next_poll_at,
+                )
+            ).all())  # fmt: skip
+        rows.sort(key=lambda r: r.next_poll_at)
+        return [
+            ClaimedSource(
+                SourceToFetch(r.id, r.name, r.url, r.etag, r.last_modified, r.allow_private),
+                r.body_hash,
+                r.error_count,
+                r.interval_seconds,
+                tuple(r.tags or ()),
+            )
+            for r in rows
+        ]
+
+    def release(self, source_ids: Iterable[int], owner: str) -> None:
+        """Give back leases we will not use (shutdown), so another worker need not wait."""
+        ids = list(source_ids)
+        if not ids:
+            return
+        with self.session() as s:
+            s.execute(
+                update(SourceRow)
+                .where(SourceRow.id.in_(ids), SourceRow.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    def source_state(self, source_id: int) -> SourceRow:
+        with self.session() as s:
+            row = s.get(SourceRow, source_id)
+            if row is None:
+                raise StorageError(f"source {source_id} vanished")
+            s.expunge(row)
+            return row
+
+    # --- ingest ----------------------------------------------------------------------
+    @contextmanager
+    def ingest(self) -> Iterator[IngestTransaction]:
+        with self.session() as s:
+            yield IngestTransaction(s)
+
+    # --- outputs ---------------------------------------------------------------------
+    def candidates(self, config: Config, output: Output, now: datetime, limit: int) -> list[Candidate]:
+        """The newest items an output may draw from, joined with their source and story."""
+        with self.session() as s:
+            sources = s.execute(select(SourceRow.id, SourceRow.name, SourceRow.tags)).all()
+            wanted = [
+                r.id
+                for r in sources
+                if (not output.sources and not output.tags)
+                or r.name in output.sources
+                or set(output.tags) & set(r.tags or ())
+            ]
+            if not wanted:
+                return []
+            query = (
+                select(ItemRow, SourceRow, StoryRow)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .join(StoryRow, ItemRow.story_id == StoryRow.id)
+                .where(ItemRow.source_id.in_(wanted))
+                .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
+                .limit(limit)
+            )
+            if output.max_age:
+                query = query.where(ItemRow.sort_at >= now - output.max_age)
+            return [_candidate(item, source, story) for item, source, story in s.execute(query)]
+
+    def save_published(self, slug: str, fmt: str, media_type: str, body: bytes, etag: str, now: datetime) -> bool:
+        """Store a rendering; False (and no write) when the bytes are what we already have."""
+        with self.session() as s:
+            row = s.get(PublishedRow, (slug, fmt))
+            if row is not None and row.etag == etag:
+                return False
+            if row is None:
+                s.add(
+                    PublishedRow(slug=slug, format=fmt, media_type=media_type, body=body, etag=etag, published_at=now)
+                )
+            else:
+                row.media_type, row.body, row.etag, row.published_at = media_type, body, etag, now
+            return True
+
+    def published(self, slug: str, fmt: str) -> PublishedRow | None:
+        with self.session() as s:
+            row = s.get(PublishedRow, (slug, fmt))
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    # --- visibility ------------------------------------------------------------------
+    def health(self) -> list[SourceHealth]:
+        with self.session() as s:
+            per_source = s.execute(select(ItemRow.source_id, func.count()).group_by(ItemRow.source_id))
+            counts = {source_id: count for source_id, count in per_source}
+            return [
+                SourceHealth(
+                    name=r.name,
+                    url=r.url,
+                    enabled=r.enabled,
+                    in_config=r.in_config,
+                    last_polled_at=r.last_polled_at,
+                    last_status=r.last_status,
+                    last_success_at=r.last_success_at,
+                    next_poll_at=None if r.retired_at or not r.in_config or not r.enabled else r.next_poll_at,
+                    next_poll_reason=r.next_poll_reason,
+                    error_count=r.error_count,
+                    last_error=r.last_error,
+                    retired_reason=r.retired_reason,
+                    items=counts.get(r.id, 0),
+                    items_per_day=r.items_per_day,
+                )
+                for r in s.scalars(select(SourceRow).order_by(SourceRow.name))
+            ]
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            return {
+                "sources": s.scalar(select(func.count()).select_from(SourceRow)) or 0,
+                "items": s.scalar(select(func.count()).select_from(ItemRow)) or 0,
+                "stories": s.scalar(select(func.count()).select_from(StoryRow)) or 0,
+            }
+
+
+class IngestTransaction:
+    """Reads and writes for one fetch result, all inside one database transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def stored_items(self, source_id: int, keys: Sequence[str]) -> dict[str, StoredItem]:
+        found: dict[str, StoredItem] = {}
+        for chunk in _chunks(keys):
+            rows = self.s.execute(
+                select(ItemRow.id, ItemRow.key, ItemRow.fingerprint, ItemRow.story_id, ItemRow.update_count).where(
+                    ItemRow.source_id == source_id, ItemRow.key.in_(chunk)
+                )
+            )
+            for r in rows:
+                found[r.key] = StoredItem(r.id, r.key, r.fingerprint, r.story_id, r.update_count)
+        return found
+
+    def stories_by_url(self, urls: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(urls):
+            for url, story_id in self.s.execute(
+                select(StoryRow.canonical_url, StoryRow.id).where(StoryRow.canonical_url.in_(chunk))
+            ):
+                if url is not None:
+                    found.setdefault(url, story_id)
+            for url, story_id in self.s.execute(
+                select(ItemRow.canonical_url, ItemRow.story_id).where(ItemRow.canonical_url.in_(chunk))
+            ):
+                if url is not None:
+                    found.setdefault(url, story_id)
+        return found
+
+    def insert_items(self, source_id: int, new: Sequence[NewItem], now: datetime, authority: str) -> int:
+        """Insert new items, creating a story for each that does not join an existing one."""
+        if not new:
+            return 0
+        needed = {story_key(source_id, n.item): n.item for n in new if n.story_id is None}
+        story_ids: dict[str, int] = {}
+        if needed:
+            self._insert_ignore(
+                StoryRow,
+                [
+                    {
+                        "uid": story_uid(key, authority, now),
+                        "key": key,
+                        "canonical_url": item.canonical_url,
+                        "first_seen_at": now,
+                        "updated_at": now,
+                    }
+                    for key, item in needed.items()
+                ],
+            )
+            for chunk in _chunks(list(needed)):
+                found = self.s.execute(select(StoryRow.key, StoryRow.id).where(StoryRow.key.in_(chunk)))
+                story_ids.update({key: story_id for key, story_id in found})
+        rows = []
+        for n in new:
+            item = n.item
+            story_id = n.story_id if n.story_id is not None else story_ids[story_key(source_id, item)]
+            rows.append(
+                {
+                    "source_id": source_id,
+                    "story_id": story_id,
+                    **_item_columns(item),
+                    "sort_at": item.published_at or now,
+                    "first_seen_at": now,
+                    "changed_at": now,
+                    "update_count": 0,
+                }
+            )
+        return self._insert_ignore(ItemRow, rows)
+
+    def update_items(self, updates: Sequence[ItemUpdate], now: datetime) -> int:
+        if not updates:
+            return 0
+        self.s.execute(
+            update(ItemRow),
+            [
+                {
+                    "id": u.stored.id,
+                    **_item_columns(u.item),
+                    "changed_at": now,
+                    "update_count": u.stored.update_count + 1,
+                }
+                for u in updates
+            ],
+        )
+        # The story's entry moves its `updated` only because its content did.
+        self.s.execute(
+            update(StoryRow).where(StoryRow.id.in_({u.stored.story_id for u in updates})).values(updated_at=now)
+        )
+        return len(updates)
+
+    def items_per_day(self, source_id: int, now: datetime) -> float | None:
+        count = self.s.scalar(
+            select(func.count()).where(ItemRow.source_id == source_id, ItemRow.sort_at >= now - RATE_WINDOW)
+        )
+        return (count or 0) / RATE_WINDOW.days if count else None
+
+    def record_poll(self, source_id: int, result: FetchResult, record: PollRecord) -> None:
+        row = self.s.get(SourceRow, source_id, with_for_update=False)
+        if row is None:
+            return
+        now = result.fetched_at
+        row.last_polled_at = now
+        row.last_status = result.status
+        row.lease_owner = row.lease_until = None
+        row.error_count = record.error_count
+        if record.next_poll_at is not None:
+            row.next_poll_at = record.next_poll_at
+        row.next_poll_reason = record.next_poll_reason
+        if result.ok:
+            row.last_success_at = now
+            row.last_error = None
+            row.etag, row.last_modified = result.etag, result.last_modified
+        else:
+            row.last_error = result.error
+        if result.permanent_url and result.ok:
+            row.url = result.permanent_url
+        if record.body_hash is not None:
+            row.body_hash = record.body_hash
+        if record.items_new:
+            row.last_new_item_at = now
+        for attr in ("feed_title", "feed_link", "feed_id", "items_per_day"):
+            value = getattr(record, attr)
+            if value is not None:
+                setattr(row, attr, value)
+        if record.retired_reason:
+            row.retired_at, row.retired_reason = now, record.retired_reason
+        self.s.add(
+            FetchLogRow(
+                source_id=source_id,
+                fetched_at=now,
+                duration_ms=int(result.elapsed * 1000),
+                status=result.status,
+                outcome=record.outcome,
+                error=result.error,
+                items_new=record.items_new,
+                items_updated=record.items_updated,
+                bytes=len(result.body or b""),
+            )
+        )
+
+    def _insert_ignore(self, model: type[ItemRow] | type[StoryRow], rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        dialect = self.s.get_bind().dialect.name
+        table: Any = model.__table__
+        stmt: Any
+        if dialect == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(table).on_conflict_do_nothing()
+        else:  # pragma: no cover - other backends get plain inserts
+            stmt = table.insert()
+        self.s.execute(stmt, rows)
+        return len(rows)
+
+
+def _item_columns(item: Item) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "guid": item.guid,
+        "link": item.link,
+        "canonical_url": item.canonical_url,
+        "title": item.title,
+        "summary_html": item.summary_html,
+        "content_html": item.content_html,
+        "text": item.text,
+        "author": item.author,
+        "categories": list(item.categories),
+        "enclosures": [{"url": e.url, "type": e.type, "length": e.length} for e in item.enclosures],
+        "language": item.language,
+        "published_at": item.published_at,
+        "updated_at": item.updated_at,
+        "fingerprint": item.fingerprint,
+    }
+
+
+def _candidate(item: ItemRow, source: SourceRow, story: StoryRow) -> Candidate:
+    return Candidate(
+        item_id=item.id,
+        story_id=story.id,
+        story_uid=story.uid,
+        source_name=source.name,
+        source_tags=tuple(source.tags or ()),
+        source_title=source.feed_title,
+        source_url=source.url,
+        source_link=source.feed_link,
+        source_feed_id=source.feed_id,
+        title=item.title,
+        link=item.link,
+        summary_html=item.summary_html,
+        content_html=item.content_html,
+        text=item.text,
+        author=item.author,
+        categories=tuple(item.categories or ()),
+        published_at=item.sort_at,
+        updated_at=max(item.changed_at, item.updated_at or item.changed_at),
+        first_seen_at=item.first_seen_at,
+        language=item.language,
+    )
+
+
+def _chunks(values: Sequence[str]) -> Iterator[list[str]]:
+    values = list(values)
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
