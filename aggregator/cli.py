@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from aggregator import __version__
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # Their INFO lines (every scheduler tick, every migration step) drown out ours.
+    for noisy in ("apscheduler", "alembic", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -76,11 +80,15 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
     return load_config(args.config)
 
 
-def _store(loaded: LoadedConfig, *, migrate: bool = True) -> Store:
+@contextlib.contextmanager
+def _store(loaded: LoadedConfig) -> Iterator[Store]:
+    """The store, migrated if the database is empty or older; connections closed on exit."""
     engine = make_engine(loaded.config.settings.database_url)
-    if migrate:
+    try:
         ensure_schema(engine)
-    return Store(engine)
+        yield Store(engine)
+    finally:
+        engine.dispose()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -92,7 +100,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    before, head = upgrade(make_engine(loaded.config.settings.database_url))
+    engine = make_engine(loaded.config.settings.database_url)
+    try:
+        before, head = upgrade(engine)
+    finally:
+        engine.dispose()
     if before == head:
         print(f"database already at revision {head}")
     else:
@@ -104,14 +116,14 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from aggregator.pipeline import Pipeline, make_parse_pool, poll_once
 
     loaded = _load(args)
-    store = _store(loaded)
-    store.sync_sources(loaded.config, datetime.now(UTC))
-    pool = make_parse_pool(loaded.config.settings.parse_workers)
-    try:
-        summary = asyncio.run(poll_once(Pipeline(loaded.config, store, parse_pool=pool), all_sources=args.all))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    with _store(loaded) as store:
+        store.sync_sources(loaded.config, datetime.now(UTC))
+        pool = make_parse_pool(loaded.config.settings.parse_workers)
+        try:
+            summary = asyncio.run(poll_once(Pipeline(loaded.config, store, parse_pool=pool), all_sources=args.all))
+        finally:
+            if pool is not None:
+                pool.shutdown()
     print(
         f"polled {summary.polled} sources: {summary.new_items} new items, {summary.updated_items} updated, "
         f"{summary.not_modified} not modified, {summary.unchanged} unchanged, {summary.errors} failed"
@@ -123,7 +135,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from aggregator.pipeline import Pipeline
 
     loaded = _load(args)
-    changed = Pipeline(loaded.config, _store(loaded)).publish(force_files=True)
+    with _store(loaded) as store:
+        changed = Pipeline(loaded.config, store).publish(force_files=True)
     print(f"published {len(loaded.config.outputs)} outputs ({len(changed)} renderings changed)")
     return EXIT_OK
 
@@ -132,14 +145,15 @@ def _daemon(args: argparse.Namespace, *, poll: bool, http: bool) -> int:
     from aggregator.daemon import Daemon
 
     loaded = _load(args)
-    store = _store(loaded)
-    asyncio.run(Daemon(loaded, store, poll=poll, http=http).run())
+    with _store(loaded) as store:
+        asyncio.run(Daemon(loaded, store, poll=poll, http=http).run())
     return EXIT_OK
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    rows = _store(loaded).health()
+    with _store(loaded) as store:
+        rows = store.health()
     if args.json:
         print(json.dumps([_health_json(r) for r in rows], indent=2))
         return EXIT_OK

@@ -272,14 +272,22 @@ def parse_config(text: str, filename: str = CONFIG_FILENAME) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the file must be a mapping with settings, sources and outputs"])
+    problems = _cross_check(data, lines, filename)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, lines, filename)) from None
-    problems = _cross_check(config, lines, filename)
+        problems += _explain(exc, lines, filename)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=_line_of))
     return config
+
+
+def _line_of(problem: str) -> int:
+    """Sort key: the line number in ``file:line: …`` (file names may contain ':')."""
+    for part in problem.split(": ", 1)[0].rsplit(":", 1)[1:]:
+        if part.isdigit():
+            return int(part)
+    return 0
 
 
 Path_ = tuple[str | int, ...]
@@ -360,29 +368,42 @@ def _explain(exc: ValidationError, lines: dict[Path_, int], filename: str) -> li
     return problems
 
 
-def _cross_check(config: Config, lines: dict[Path_, int], filename: str) -> list[str]:
-    """Checks that span entries: unique names and slugs, outputs naming real sources."""
+def _cross_check(data: dict[str, Any], lines: dict[Path_, int], filename: str) -> list[str]:
+    """Checks that span entries — unique names and slugs, outputs naming real sources.
+
+    They read the raw document, not the validated model, so they are reported together
+    with field errors: one run of ``aggregator check`` shows every problem.
+    """
     problems = []
     names: dict[str, int] = {}
-    for index, source in enumerate(config.sources):
+    sources = data.get("sources")
+    for index, source in enumerate(sources if isinstance(sources, list) else []):
+        name = source.get("name") if isinstance(source, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            continue
+        name = name.strip()
         path: Path_ = ("sources", index, "name")
-        if source.name in names:
-            first = _line_for(("sources", names[source.name], "name"), lines)
-            problems.append(
-                f"{filename}:{_line_for(path, lines)}: {_dotted(path)}: "
-                f"duplicate source name {source.name!r} (first at line {first})"
-            )
-        else:
-            names[source.name] = index
-    slugs: dict[str, int] = {}
-    for index, output in enumerate(config.outputs):
-        path = ("outputs", index, "slug")
-        if output.slug in slugs:
+        if name in names:
+            first = _line_for(("sources", names[name], "name"), lines)
             where = f"{filename}:{_line_for(path, lines)}: {_dotted(path)}"
-            problems.append(f"{where}: duplicate output slug {output.slug!r}")
-        slugs[output.slug] = index
-        for position, name in enumerate(output.sources):
-            if name not in names:
+            problems.append(f"{where}: duplicate source name {name!r} (first at line {first})")
+        else:
+            names[name] = index
+    slugs: set[str] = set()
+    outputs = data.get("outputs")
+    for index, output in enumerate(outputs if isinstance(outputs, list) else []):
+        if not isinstance(output, dict):
+            continue
+        slug = output.get("slug")
+        if isinstance(slug, str):
+            if slug in slugs:
+                path = ("outputs", index, "slug")
+                where = f"{filename}:{_line_for(path, lines)}: {_dotted(path)}"
+                problems.append(f"{where}: duplicate output slug {slug!r}")
+            slugs.add(slug)
+        wanted = output.get("sources")
+        for position, name in enumerate(wanted if isinstance(wanted, list) else []):
+            if isinstance(name, str) and name not in names:
                 path = ("outputs", index, "sources", position)
                 problems.append(f"{filename}:{_line_for(path, lines)}: {_dotted(path)}: no source is named {name!r}")
     return problems

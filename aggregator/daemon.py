@@ -28,7 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from aggregator.config import LoadedConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
-from aggregator.pipeline import Pipeline, fetch_options, make_parse_pool
+from aggregator.pipeline import Pipeline, fetch_options, make_parse_pool, reclaim_dead_leases
 from aggregator.serve import create_app
 from aggregator.store.repository import Store
 
@@ -92,6 +92,7 @@ class Daemon:
                     len(report.changed),
                     len(report.removed),
                 )
+                await asyncio.to_thread(reclaim_dead_leases, self.store)
                 self.pipeline = Pipeline(self.loaded.config, self.store, parse_pool=pool)
                 self._fetcher = Fetcher(fetch_options(self.loaded.config))
                 await asyncio.to_thread(self.pipeline.publish, None)

@@ -69,6 +69,35 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def reclaim_dead_leases(store: Store) -> int:
+    """Release leases held by processes of this host that no longer exist.
+
+    A killed worker's leases would otherwise block its sources until they expire; on
+    this host we can tell for sure that the holder is gone, so there is no need to wait.
+    Leases of other hosts are left to expire (we cannot see their processes).
+    """
+    host = socket.gethostname()
+    released = 0
+    for owner in store.lease_owners():
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        released += store.release_owner(owner)
+    if released:
+        log.info("released %d leases held by dead workers on this host", released)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def make_parse_pool(workers: int | None) -> Executor | None:
     """A process pool sized to the machine; 0 parses in a thread of this process instead."""
     count = os.cpu_count() or 1 if workers is None else workers
@@ -317,6 +346,7 @@ def _authority(public_url: str) -> str:
 async def poll_once(pipeline: Pipeline, *, all_sources: bool = False) -> PollSummary:
     """``aggregator poll --once``: poll what is due (or everything), then publish."""
     start = pipeline.clock()
+    await asyncio.to_thread(reclaim_dead_leases, pipeline.store)
     if all_sources:
         await asyncio.to_thread(pipeline.store.make_all_due, start)
     async with Fetcher(fetch_options(pipeline.config)) as fetcher:

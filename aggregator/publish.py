@@ -97,15 +97,13 @@ def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str) -> None:
     fe.guid(entry.story_uid, permalink=False)
     fe.title(lead.title)
     if lead.link:
+        # For Atom, entry links are rewritten in _atom_entry (feedgen 1.0 drops rel/type).
         fe.link(href=lead.link, rel="alternate", type="text/html")
-    if fmt == "atom":
-        for other in entry.also:
-            if other.link and other.link != lead.link:
-                fe.link(href=other.link, rel="related", title=_source_name(other))
     fe.published(lead.published_at)
     fe.updated(entry.updated_at)
     fe.author({"name": lead.author or _source_name(lead)})
-    body = _entry_html(entry)
+    # An Atom entry needs content or an alternate link; the title stands in for neither-nor.
+    body = _entry_html(entry) or ("" if lead.link else f"<p>{html.escape(lead.title)}</p>")
     if body:
         fe.content(body, type="CDATA" if fmt == "rss" else "html")
     if lead.summary_html and lead.content_html:
@@ -136,10 +134,35 @@ def render_atom(output: Output, entries: list[OutputEntry], public_url: str) -> 
         raw = _generator(output, entries, public_url, "atom").atom_str(pretty=True)
         root = etree.fromstring(raw)
         for element, entry in zip(root.findall(f"{{{ATOM_NS}}}entry"), entries, strict=True):
+            _atom_links(element, entry)
             _atom_source(element, entry.lead)
         return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
     except (ValueError, TypeError, etree.LxmlError) as exc:
         raise PublishError(f"{output.slug}.atom: cannot render: {exc}") from exc
+
+
+def _atom_links(element: etree._Element, entry: OutputEntry) -> None:
+    """The lead's page as the alternate link; the other outlets' versions as rel="related".
+
+    feedgen 1.0 writes entry links without their rel, type and title attributes (its
+    loop variable shadows the link dict), so we write them ourselves.
+    """
+    for link in element.findall(f"{{{ATOM_NS}}}link"):
+        element.remove(link)
+    anchor = element.find(f"{{{ATOM_NS}}}content")
+    position = list(element).index(anchor) + 1 if anchor is not None else len(element)
+    links = []
+    if entry.lead.link:
+        links.append({"rel": "alternate", "type": "text/html", "href": entry.lead.link})
+    seen = {entry.lead.link}
+    for other in entry.also:
+        if other.link and other.link not in seen:
+            seen.add(other.link)
+            links.append({"rel": "related", "type": "text/html", "href": other.link, "title": _source_name(other)})
+    for offset, attributes in enumerate(links):
+        link = etree.Element(f"{{{ATOM_NS}}}link", attrib=attributes)
+        link.tail = element[0].tail if len(element) else None
+        element.insert(position + offset, link)
 
 
 def _atom_source(element: etree._Element, lead: Candidate) -> None:

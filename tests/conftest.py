@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import contextlib
+import socket
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.server import FeedServer
+
+if TYPE_CHECKING:
+    from aggregator.store.repository import Store
 
 
 @pytest.fixture
@@ -20,18 +28,20 @@ def write_config(
     tmp_path: Path, sources: list[dict[str, object]], *, settings: str = "", outputs: str | None = None
 ) -> Path:
     """A feeds.yaml in tmp_path with a real SQLite file beside it; private networks allowed (127.0.0.1)."""
-    lines = [
-        "settings:",
-        f"  data_dir: {tmp_path / 'data'}",
-        "  allow_private_networks: true",
-        "  public_url: http://feeds.test.example",
-        "  parse_workers: 0",
-        "  per_host_concurrency: 8",
-        "  connect_timeout: 2",
-        "  read_timeout: 2",
-        "  total_timeout: 5",
-    ]
-    lines += ["  " + line for line in textwrap.dedent(settings).strip().splitlines()] if settings.strip() else []
+    values = {
+        "data_dir": str(tmp_path / "data"),
+        "allow_private_networks": "true",
+        "public_url": "http://feeds.test.example",
+        "parse_workers": "0",
+        "per_host_concurrency": "8",
+        "connect_timeout": "2",
+        "read_timeout": "2",
+        "total_timeout": "5",
+    }
+    for line in textwrap.dedent(settings).strip().splitlines():
+        key, _, value = line.partition(":")
+        values[key.strip()] = value.strip()
+    lines = ["settings:"] + [f"  {key}: {value}" for key, value in values.items()]
     lines.append("sources:" if sources else "sources: []")
     for source in sources:
         first = True
@@ -50,3 +60,62 @@ def write_config(
     path = tmp_path / "feeds.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+PG_ENV = "AGGREGATOR_TEST_DATABASE_URL"
+
+
+def _postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database per test, created through $AGGREGATOR_TEST_DATABASE_URL."""
+    import os
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = os.environ.get(PG_ENV)
+    if not admin:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    url = make_url(admin)
+    name = f"agg_{uuid.uuid4().hex[:12]}"
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every storage test runs on a real SQLite file and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@contextlib.contextmanager
+def serving(store: Store) -> Iterator[str]:
+    """aggregator's HTTP app in a real uvicorn server on a free 127.0.0.1 port."""
+    import uvicorn
+
+    from aggregator.serve import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        sock.close()

@@ -234,6 +234,18 @@ class Store:
                 .values(lease_owner=None, lease_until=None)
             )
 
+    def lease_owners(self) -> list[str]:
+        with self.session() as s:
+            return [o for o in s.scalars(select(SourceRow.lease_owner).distinct()) if o]
+
+    def release_owner(self, owner: str) -> int:
+        """Drop every lease held by ``owner`` (a worker known to be dead)."""
+        with self.session() as s:
+            result = s.execute(
+                update(SourceRow).where(SourceRow.lease_owner == owner).values(lease_owner=None, lease_until=None)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
     def source_state(self, source_id: int) -> SourceRow:
         with self.session() as s:
             row = s.get(SourceRow, source_id)

@@ -1,0 +1,252 @@
+"""feeds.yaml validation: every problem reported as file:line: field: message, no traceback."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from aggregator.cli import main
+from aggregator.config import ConfigError, load_config, parse_config, parse_duration
+
+GOOD = """\
+settings:
+  public_url: https://news.example.org/
+  default_interval: 15m
+sources:
+  - name: One
+    url: https://one.example.com/feed
+    tags: [world]
+  - name: Two
+    url: https://two.example.com/rss
+    interval: 2h
+outputs:
+  - slug: world
+    title: World
+    tags: [world]
+    exclude:
+      - keywords: [sport]
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(textwrap.dedent(text), "feeds.yaml")
+    return caught.value.problems
+
+
+def test_a_good_config_loads_with_defaults_filled_in() -> None:
+    config = parse_config(GOOD)
+    assert config.settings.public_url == "https://news.example.org"
+    assert config.settings.default_interval == timedelta(minutes=15)
+    assert config.source_interval(config.sources[0]) == timedelta(minutes=15)
+    assert config.source_interval(config.sources[1]) == timedelta(hours=2)
+    assert config.outputs[0].exclude[0].keywords == ("sport",)
+    assert config.settings.effective_user_agent.startswith("aggregator/")
+    assert "https://news.example.org" in config.settings.effective_user_agent
+
+
+def test_missing_url_names_file_line_and_field() -> None:
+    found = problems(
+        """\
+        sources:
+          - name: One
+            url: https://one.example.com/feed
+          - name: Two
+            tags: [world]
+        """
+    )
+    assert found == ["feeds.yaml:4: sources[1].url: required field is missing"]
+
+
+def test_bad_url_points_at_its_line() -> None:
+    found = problems(
+        """\
+        sources:
+          - name: One
+            url: ftp://one.example.com/feed
+        """
+    )
+    assert found == ["feeds.yaml:3: sources[0].url: not an http(s) URL"]
+
+
+def test_unknown_key_is_reported_where_it_is() -> None:
+    found = problems(
+        """\
+        sources:
+          - name: One
+            url: https://one.example.com/feed
+            intervall: 10m
+        """
+    )
+    assert found == ["feeds.yaml:4: sources[0].intervall: unknown key"]
+
+
+def test_duplicate_source_name_points_at_both() -> None:
+    found = problems(
+        """\
+        sources:
+          - name: One
+            url: https://one.example.com/feed
+          - name: One
+            url: https://two.example.com/feed
+        """
+    )
+    assert found == ["feeds.yaml:4: sources[1].name: duplicate source name 'One' (first at line 2)"]
+
+
+def test_bad_indentation_is_a_yaml_error_with_a_line() -> None:
+    found = problems(
+        """\
+        sources:
+          - name: One
+             url: https://one.example.com/feed
+        """
+    )
+    assert len(found) == 1
+    assert found[0].startswith("feeds.yaml:3: invalid YAML:")
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    found = problems(
+        """\
+        settings:
+          concurrency: 0
+        sources:
+          - name: One
+            url: nope
+        outputs:
+          - slug: World News
+            title: World
+            sources: [Missing]
+        """
+    )
+    assert "feeds.yaml:2: settings.concurrency: Input should be greater than or equal to 1" in found
+    assert "feeds.yaml:5: sources[0].url: not an http(s) URL" in found
+    assert any(p.startswith("feeds.yaml:7: outputs[0].slug: use lowercase") for p in found)
+
+
+def test_output_naming_an_unknown_source_is_an_error() -> None:
+    found = problems(
+        """\
+        sources:
+          - name: One
+            url: https://one.example.com/feed
+        outputs:
+          - slug: world
+            title: World
+            sources: [One, Tow]
+        """
+    )
+    assert found == ["feeds.yaml:7: outputs[0].sources[1]: no source is named 'Tow'"]
+
+
+def test_duplicate_yaml_keys_are_not_silently_merged() -> None:
+    found = problems(
+        """\
+        settings:
+          listen: 127.0.0.1:8080
+          listen: 0.0.0.0:8080
+        """
+    )
+    assert found == ["feeds.yaml:3: settings.listen: duplicate key (first at line 2)"]
+
+
+def test_rules_are_validated_at_load_time() -> None:
+    found = problems(
+        """\
+        outputs:
+          - slug: world
+            title: World
+            include:
+              - pattern: "([unclosed"
+              - keywords: [a]
+                pattern: b
+        """
+    )
+    assert found[0].startswith("feeds.yaml:5: outputs[0].include[0].pattern: not a valid regular expression")
+    assert found[1] == "feeds.yaml:6: outputs[0].include[1]: a rule needs exactly one of 'keywords' or 'pattern'"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (90, timedelta(seconds=90)),
+        ("30m", timedelta(minutes=30)),
+        ("2h", timedelta(hours=2)),
+        ("1d", timedelta(days=1)),
+    ],
+)
+def test_durations(text: object, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["soon", "-5m", 0, True])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_database_url_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(GOOD)
+    monkeypatch.delenv("AGGREGATOR_DATABASE_URL", raising=False)
+    assert config.settings.database_url.startswith("sqlite:///")
+    monkeypatch.setenv("AGGREGATOR_DATABASE_URL", "postgresql://db.example/agg")
+    assert config.settings.database_url == "postgresql://db.example/agg"
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(GOOD)
+    monkeypatch.setenv("AGGREGATOR_CONFIG", str(path))
+    assert load_config().path == path
+
+
+def test_the_shipped_feeds_yaml_is_valid() -> None:
+    loaded = load_config(Path(__file__).resolve().parents[1] / "feeds.yaml")
+    world = [o for o in loaded.config.outputs if o.slug == "world"]
+    assert world and world[0].title == "World"
+    assert len([s for s in loaded.config.sources if "world" in s.tags]) >= 12
+
+
+def test_check_command_exit_codes_and_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    assert main(["--config", str(good), "check"]) == 0
+    assert "ok (2 sources, 1 outputs)" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        textwrap.dedent(
+            """\
+            sources:
+              - name: One
+                url: https://one.example.com/feed
+                colour: blue
+              - name: One
+                url: https://two.example.com/feed
+              - name: Three
+            """
+        )
+    )
+    assert main(["--config", str(bad), "check"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"{bad}:4: sources[0].colour: unknown key",
+        f"{bad}:5: sources[1].name: duplicate source name 'One' (first at line 2)",
+        f"{bad}:7: sources[2].url: required field is missing",
+    ]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_check_on_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(tmp_path / "nope.yaml"), "check"]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["frobnicate"])
+    assert caught.value.code == 1

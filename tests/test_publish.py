@@ -1,0 +1,110 @@
+"""Rendered outputs are valid Atom / RSS 2.0 / JSON Feed, deterministic, and written atomically."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from aggregator.config import Output
+from aggregator.publish import Rendering, render_all, render_atom, render_json, render_rss, write_atomically
+from aggregator.records import Candidate, OutputEntry
+from tests.feedcheck import check_atom, check_json_feed, check_rss
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+OUTPUT = Output(slug="world", title="World", subtitle="World news")
+PUBLIC = "https://news.example.org"
+
+
+def candidate(n: int, *, source: str = "Wire", story: int | None = None, **changes: object) -> Candidate:
+    fields: dict[str, object] = dict(
+        item_id=n, story_id=story or n, story_uid=f"tag:news.example.org,2026-11-26:story/{story or n:032x}",
+        source_name=source, source_tags=("world",), source_title=f"{source} News",
+        source_url=f"https://{source.lower()}.example.com/feed.xml", source_link=f"https://{source.lower()}.example.com/",
+        source_feed_id=None, title=f"Story {n} & <friends>", link=f"https://{source.lower()}.example.com/{n}",
+        summary_html=f"<p>Summary {n} with <b>bold</b></p>", content_html="", text=f"Summary {n} with bold",
+        author=None, categories=("politics",), published_at=NOW - timedelta(hours=n),
+        updated_at=NOW - timedelta(hours=n), first_seen_at=NOW - timedelta(hours=n),
+    )  # fmt: skip
+    fields.update(changes)
+    return Candidate(**fields)  # type: ignore[arg-type]
+
+
+def entries() -> list[OutputEntry]:
+    lead = candidate(1)
+    also = candidate(2, source="Daily", story=1, first_seen_at=NOW)
+    return [
+        OutputEntry(lead.story_uid, lead, (also,), NOW - timedelta(minutes=5)),
+        OutputEntry(candidate(3).story_uid, candidate(3, author="Ann Reporter"), (), NOW - timedelta(hours=3)),
+    ]
+
+
+def test_atom_is_valid_and_carries_source_and_related_links() -> None:
+    body = render_atom(OUTPUT, entries(), PUBLIC)
+    assert check_atom(body) == []
+    parsed = feedparser.parse(body)
+    assert parsed.bozo == 0
+    assert parsed.feed.id == "https://news.example.org/feeds/world.atom"
+    assert any(link.rel == "self" and link.href == f"{PUBLIC}/feeds/world.atom" for link in parsed.feed.links)
+    first = parsed.entries[0]
+    assert first.id == entries()[0].story_uid
+    assert first.title == "Story 1 & <friends>"
+    assert [link.href for link in first.links if link.rel == "related"] == ["https://daily.example.com/2"]
+    assert first.source.title == "Wire News"
+    assert first.author == "Wire News"
+    assert parsed.entries[1].author == "Ann Reporter"
+    assert "Also reported by" in first.content[0].value
+
+
+def test_rss_is_valid_with_non_permalink_guids_and_sources() -> None:
+    body = render_rss(OUTPUT, entries(), PUBLIC)
+    assert check_rss(body) == []
+    parsed = feedparser.parse(body)
+    assert parsed.version == "rss20"
+    assert parsed.entries[0].id == entries()[0].story_uid
+    assert parsed.entries[0].guidislink is False
+    assert b'<source url="https://wire.example.com/feed.xml">Wire News</source>' in body
+
+
+def test_json_feed_is_valid() -> None:
+    body = render_json(OUTPUT, entries(), PUBLIC)
+    assert check_json_feed(body) == []
+    doc = json.loads(body)
+    assert [item["id"] for item in doc["items"]] == [e.story_uid for e in entries()]
+    assert doc["feed_url"] == f"{PUBLIC}/feeds/world.json"
+
+
+def test_an_empty_output_is_still_valid() -> None:
+    assert check_atom(render_atom(OUTPUT, [], PUBLIC)) == []
+    assert check_rss(render_rss(OUTPUT, [], PUBLIC)) == []
+    assert check_json_feed(render_json(OUTPUT, [], PUBLIC)) == []
+
+
+def test_rendering_is_deterministic_so_etags_only_change_with_content() -> None:
+    first = render_all(OUTPUT, entries(), PUBLIC)
+    again = render_all(OUTPUT, entries(), PUBLIC)
+    assert [r.etag for r in first] == [r.etag for r in again]
+    changed = entries()
+    changed[1] = OutputEntry(changed[1].story_uid, candidate(3, title="Edited"), (), NOW)
+    assert all(a.etag != b.etag for a, b in zip(first, render_all(OUTPUT, changed, PUBLIC), strict=True))
+
+
+def test_atomic_write_replaces_the_file_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    old = Rendering("world", "atom", "application/atom+xml", b"old")
+    new = Rendering("world", "atom", "application/atom+xml", b"new")
+    write_atomically(tmp_path, old)
+    target = write_atomically(tmp_path, new)
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world.atom"]
+
+
+def test_an_unwritable_output_dir_is_a_publish_error(tmp_path: Path) -> None:
+    from aggregator.errors import PublishError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PublishError, match="cannot write"):
+        write_atomically(blocker / "feeds", Rendering("world", "atom", "application/atom+xml", b"x"))

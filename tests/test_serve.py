@@ -1,0 +1,80 @@
+"""The HTTP side, over a real uvicorn server on 127.0.0.1: feeds with validators, gzip, health."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from aggregator.store.database import ensure_schema, make_engine
+from aggregator.store.repository import Store
+from tests.conftest import serving
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+ATOM = b"<?xml version='1.0'?><feed xmlns='http://www.w3.org/2005/Atom'>" + b"<!-- padding -->" * 200 + b"</feed>"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    yield Store(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def base_url(store: Store) -> Iterator[str]:
+    with serving(store) as url:
+        yield url
+
+
+def test_feed_is_served_with_type_and_validators(store: Store, base_url: str) -> None:
+    store.save_published("world", "atom", "application/atom+xml; charset=utf-8", ATOM, '"abc"', NOW)
+    response = httpx.get(f"{base_url}/feeds/world.atom", headers={"Accept-Encoding": "identity"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/atom+xml; charset=utf-8"
+    assert response.headers["etag"] == '"abc"'
+    assert response.headers["last-modified"] == "Thu, 26 Nov 2026 12:00:00 GMT"
+    assert response.content == ATOM
+
+
+def test_conditional_requests_get_304(store: Store, base_url: str) -> None:
+    store.save_published("world", "atom", "application/atom+xml", ATOM, '"abc"', NOW)
+    url = f"{base_url}/feeds/world.atom"
+    assert httpx.get(url, headers={"If-None-Match": '"abc"'}).status_code == 304
+    assert httpx.get(url, headers={"If-None-Match": 'W/"abc", "other"'}).status_code == 304
+    assert httpx.get(url, headers={"If-None-Match": '"stale"'}).status_code == 200
+    assert httpx.get(url, headers={"If-Modified-Since": "Thu, 26 Nov 2026 12:00:00 GMT"}).status_code == 304
+    assert httpx.get(url, headers={"If-Modified-Since": "Thu, 26 Nov 2026 11:59:59 GMT"}).status_code == 200
+    # A new rendering changes the validator: the old one no longer matches.
+    store.save_published("world", "atom", "application/atom+xml", ATOM + b" ", '"def"', NOW)
+    response = httpx.get(url, headers={"If-None-Match": '"abc"', "Accept-Encoding": "identity"})
+    assert response.status_code == 200 and response.headers["etag"] == '"def"'
+
+
+def test_gzip_has_its_own_etag_and_still_revalidates(store: Store, base_url: str) -> None:
+    store.save_published("world", "atom", "application/atom+xml", ATOM, '"abc"', NOW)
+    url = f"{base_url}/feeds/world.atom"
+    with httpx.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as raw:
+        compressed = b"".join(raw.iter_raw())
+    assert raw.headers["content-encoding"] == "gzip"
+    assert raw.headers["etag"] == '"abc-gz"'
+    assert raw.headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(compressed) == ATOM
+    assert int(raw.headers["content-length"]) == len(compressed) < len(ATOM)
+    assert httpx.get(url, headers={"Accept-Encoding": "gzip", "If-None-Match": '"abc-gz"'}).status_code == 304
+
+
+def test_unknown_outputs_and_formats_are_404(store: Store, base_url: str) -> None:
+    assert httpx.get(f"{base_url}/feeds/nothing.atom").status_code == 404
+    store.save_published("world", "atom", "application/atom+xml", ATOM, '"abc"', NOW)
+    assert httpx.get(f"{base_url}/feeds/world.exe").status_code == 404
+
+
+def test_healthz_reports_the_database(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
