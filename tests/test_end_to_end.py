@@ -10,6 +10,7 @@ import pytest
 
 from aggregator.cli import main
 from tests.conftest import write_config
+from tests.feedcheck import check_atom
 from tests.feeds import any_dialect
 from tests.server import FeedServer, Route
 
@@ -42,6 +43,7 @@ def test_poll_all_stores_every_item_once_then_conditional_requests_get_304(
     assert _count(db, "select count(distinct source_id || '|' || key) from items") == FEEDS * ITEMS
     atom_path = tmp_path / "data" / "feeds" / "world.atom"
     first_bytes = atom_path.read_bytes()
+    assert check_atom(first_bytes) == []
     first_ids = [e.id for e in feedparser.parse(first_bytes).entries]
     assert len(first_ids) == FEEDS * ITEMS  # every story once (no two feeds share a URL here)
     assert len(set(first_ids)) == len(first_ids)
@@ -59,3 +61,29 @@ def test_poll_all_stores_every_item_once_then_conditional_requests_get_304(
     # A rebuild gives the same bytes: no entry id churns, no reader sees "new" entries.
     assert main(["--config", str(many_feeds), "publish"]) == 0
     assert atom_path.read_bytes() == first_bytes
+
+
+def test_sources_shows_health_and_why_each_source_is_next_polled(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    server.add("/ok", Route(body=any_dialect(0, 3), headers={"Cache-Control": "max-age=7200"}))
+    server.add("/broken", Route(status=500))
+    config = write_config(
+        tmp_path,
+        [{"name": "good", "url": server.url("/ok"), "interval": "1h"}, {"name": "bad", "url": server.url("/broken")}],
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["good"]["status"] == "ok" and rows["good"]["items"] == 3
+    assert rows["good"]["next_poll_reason"] == "Cache-Control max-age 2h"
+    assert rows["bad"]["status"] == "failing (500)"
+    assert rows["bad"]["error_count"] == 1 and "HTTP 500" in rows["bad"]["last_error"]
+    assert rows["bad"]["next_poll_reason"] == "backoff after 1 error"
+    assert main(["--config", str(config), "sources"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["SOURCE", "STATUS", "LAST"]
+    assert any(line.startswith("bad") and "HTTP 500" in line for line in table)
