@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
-from aggregator import __version__
+from aggregator import __version__, logs
 from aggregator.config import LoadedConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.store.database import ensure_schema, make_engine, upgrade
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aggregator {__version__}")
     parser.add_argument("--config", metavar="PATH", help="config file (default: $AGGREGATOR_CONFIG or ./feeds.yaml)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     commands.add_parser("run", help="the daemon: scheduler and HTTP server in one process")
     commands.add_parser("worker", help="scheduler only (poll and publish), no HTTP")
@@ -55,14 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    # Their INFO lines (every scheduler tick, every migration step) drown out ours.
-    for noisy in ("apscheduler", "alembic", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(args.log_level, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

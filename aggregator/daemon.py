@@ -25,6 +25,7 @@ from pathlib import Path
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from aggregator import metrics
 from aggregator.config import LoadedConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
@@ -147,6 +148,7 @@ class Daemon:
             return
         self._last_tick = time.monotonic()
         self._tick_running = True
+        metrics.TICKS.inc()
         try:
             self._tick_task = asyncio.current_task()
             summary = await self.pipeline.poll_due(self._fetcher)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 
+from aggregator import metrics
 from aggregator.config import Config, Output
 from aggregator.curate import select
 from aggregator.dedupe import decide_ingest
@@ -182,6 +183,12 @@ class Pipeline:
         async with self._write_lock:
             outcome, record = await asyncio.to_thread(self._commit, source, result, parsed, parse_error, body_hash)
         summary.add(outcome, record, source)
+        metrics.POLLS.labels(outcome).inc()
+        metrics.FETCH_SECONDS.observe(result.elapsed)
+        if record.items_new:
+            metrics.ITEMS.labels("new").inc(record.items_new)
+        if record.items_updated:
+            metrics.ITEMS.labels("updated").inc(record.items_updated)
         self._log(source, result, outcome, record, parse_error)
 
     async def _parse(self, result: FetchResult) -> ParsedFeed:
@@ -283,21 +290,25 @@ class Pipeline:
         self, source: ClaimedSource, result: FetchResult, outcome: str, record: PollRecord, parse_error: str | None
     ) -> None:
         name, url = source.fetch.name, source.fetch.url
+        context = {"source": name, "url": url, "outcome": outcome, "status": result.status}
         if result.permanent_url and result.ok:
-            log.warning("source %r moved permanently: %s -> %s (stored URL updated)", name, url, result.permanent_url)
+            log.warning(
+                "source %r moved permanently: %s -> %s (stored URL updated)", name, url, result.permanent_url,
+                extra=context,
+            )  # fmt: skip
         if outcome == "retired":
-            log.error("source %r (%s) retired: %s", name, url, record.retired_reason)
+            log.error("source %r (%s) retired: %s", name, url, record.retired_reason, extra=context)
         elif outcome == "error":
             log.warning(
                 "source %r (%s): %s; next try %s (%s)",
                 name, url, parse_error or result.error, f"{record.next_poll_at:%Y-%m-%d %H:%M:%S}Z",
-                record.next_poll_reason,
+                record.next_poll_reason, extra=context,
             )  # fmt: skip
         else:
             log.info(
                 "source %r: %s, %d new, %d updated; next poll %s (%s)",
                 name, outcome, record.items_new, record.items_updated,
-                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason,
+                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason, extra=context,
             )  # fmt: skip
 
     # --- publishing --------------------------------------------------------------------
@@ -326,6 +337,7 @@ class Pipeline:
                 if stored or force_files or not (out_dir / rendering.filename).exists():
                     write_atomically(out_dir, rendering)
                 if stored:
+                    metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
                     changed.append(rendering)
                     log.info("published %s (%d entries)", rendering.filename, len(entries))
         return changed

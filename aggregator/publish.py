@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jinja2
 from feedgen.feed import FeedGenerator
 from lxml import etree
 
@@ -51,7 +52,15 @@ FORMATS = {
     "atom": "application/atom+xml; charset=utf-8",
     "rss": "application/rss+xml; charset=utf-8",
     "json": "application/feed+json; charset=utf-8",
+    "html": "text/html; charset=utf-8",
 }
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("aggregator", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def feed_url(public_url: str, slug: str, fmt: str) -> str:
@@ -63,7 +72,24 @@ def render_all(output: Output, entries: list[OutputEntry], public_url: str) -> l
         Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url)),
         Rendering(output.slug, "rss", FORMATS["rss"], render_rss(output, entries, public_url)),
         Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url)),
+        Rendering(output.slug, "html", FORMATS["html"], render_html(output, entries, public_url)),
     ]
+
+
+def render_html(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
+    """The output as a page people can read on a phone, linking its feeds for auto-discovery."""
+    try:
+        page = _TEMPLATES.get_template("output.html").render(
+            output=output,
+            entries=entries,
+            atom_url=feed_url(public_url, output.slug, "atom"),
+            rss_url=feed_url(public_url, output.slug, "rss"),
+            json_url=feed_url(public_url, output.slug, "json"),
+            source_name=_source_name,
+        )
+    except jinja2.TemplateError as exc:
+        raise PublishError(f"{output.slug}.html: cannot render: {exc}") from exc
+    return page.encode("utf-8")
 
 
 def _generator(output: Output, entries: list[OutputEntry], public_url: str, fmt: str) -> FeedGenerator:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,11 +24,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from aggregator.errors import StorageError
+from aggregator.metrics import exposition, registry_for
 from aggregator.store.models import PublishedRow
 from aggregator.store.repository import Store
 
 GZIP_MIN_BYTES = 1024
 FEED_MAX_AGE = 60  # seconds a reader or proxy may reuse a feed without asking
+PAGE_CSP = "default-src 'none'; img-src http: https: data:; media-src http: https:; style-src 'unsafe-inline'"
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,14 @@ def _gzip_etag(etag: str) -> str:
 def create_app(store: Store, *, health: Callable[[], dict[str, object]] | None = None) -> Starlette:
     cache = OutputCache(store)
 
+    async def page(request: Request) -> Response:
+        return await _output(request, request.path_params["slug"], "html")
+
     async def feed(request: Request) -> Response:
-        slug, fmt = request.path_params["slug"], request.path_params["fmt"]
-        if fmt not in ("atom", "rss", "json"):
+        return await _output(request, request.path_params["slug"], request.path_params["fmt"])
+
+    async def _output(request: Request, slug: str, fmt: str) -> Response:
+        if fmt not in ("atom", "rss", "json", "html"):
             return Response("not found\n", status_code=404, media_type="text/plain")
         try:
             cached = await asyncio.to_thread(cache.get, slug, fmt)
@@ -105,6 +113,9 @@ def create_app(store: Store, *, health: Callable[[], dict[str, object]] | None =
             "Cache-Control": f"public, max-age={FEED_MAX_AGE}",
             "Vary": "Accept-Encoding",
         }
+        if fmt == "html":
+            # Feed content is sanitized at ingest; this makes sure no script could run anyway.
+            headers["Content-Security-Policy"] = PAGE_CSP
         if not_modified(request, cached.etag, cached.last_modified):
             return Response(status_code=304, headers=headers)
         if use_gzip:
@@ -114,6 +125,12 @@ def create_app(store: Store, *, health: Callable[[], dict[str, object]] | None =
             headers["Content-Length"] = str(len(body))
             return Response(status_code=200, headers=headers, media_type=cached.media_type)
         return Response(body, headers=headers, media_type=cached.media_type)
+
+    registry = registry_for(store)
+
+    async def prometheus(request: Request) -> Response:
+        body = await asyncio.to_thread(exposition, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
         started = time.monotonic()
@@ -133,6 +150,8 @@ def create_app(store: Store, *, health: Callable[[], dict[str, object]] | None =
     return Starlette(
         routes=[
             Route("/feeds/{slug}.{fmt}", feed, methods=["GET", "HEAD"]),
+            Route("/feeds/{slug}", page, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/metrics", prometheus, methods=["GET"]),
         ]
     )

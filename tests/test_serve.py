@@ -78,3 +78,28 @@ def test_healthz_reports_the_database(base_url: str) -> None:
     response = httpx.get(f"{base_url}/healthz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+def test_metrics_expose_counters_and_database_gauges(store: Store, base_url: str) -> None:
+    from aggregator import metrics
+
+    metrics.POLLS.labels("new").inc()
+    response = httpx.get(f"{base_url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'aggregator_polls_total{outcome="new"}' in text
+    assert "aggregator_fetch_duration_seconds_bucket" in text
+    assert "aggregator_items 0.0" in text
+    assert "aggregator_scheduler_lag_seconds 0.0" in text
+
+
+def test_html_page_is_served_with_a_strict_content_security_policy(store: Store, base_url: str) -> None:
+    page = b"<!doctype html><title>World</title>"
+    store.save_published("world", "html", "text/html; charset=utf-8", page, '"p1"', NOW)
+    response = httpx.get(f"{base_url}/feeds/world")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert "script-src" not in response.headers["content-security-policy"]
+    assert httpx.get(f"{base_url}/feeds/world", headers={"If-None-Match": '"p1"'}).status_code == 304

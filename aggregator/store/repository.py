@@ -66,6 +66,17 @@ class PollRecord:
     retired_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class StoreStats:
+    sources: int
+    failing: int
+    retired: int
+    items: int
+    stories: int
+    due: int
+    lag_seconds: float
+
+
 @dataclass
 class SourceHealth:
     name: str
@@ -331,6 +342,25 @@ class Store:
                 )
                 for r in s.scalars(select(SourceRow).order_by(SourceRow.name))
             ]
+
+    def stats(self, now: datetime) -> StoreStats:
+        """The numbers /metrics and /healthz report, in a handful of aggregate queries."""
+        active = and_(SourceRow.in_config.is_(True), SourceRow.enabled.is_(True), SourceRow.retired_at.is_(None))
+        with self.session() as s:
+            sources = s.scalar(select(func.count()).select_from(SourceRow).where(SourceRow.in_config.is_(True)))
+            failing = s.scalar(select(func.count()).where(active, SourceRow.error_count > 0))
+            retired = s.scalar(select(func.count()).where(SourceRow.retired_at.is_not(None)))
+            due_filter = and_(
+                active,
+                SourceRow.next_poll_at <= now,
+                or_(SourceRow.lease_until.is_(None), SourceRow.lease_until < now),
+            )
+            due = s.scalar(select(func.count()).where(due_filter))
+            oldest = s.scalar(select(func.min(SourceRow.next_poll_at)).where(due_filter))
+            items = s.scalar(select(func.count()).select_from(ItemRow))
+            stories = s.scalar(select(func.count()).select_from(StoryRow))
+        lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+        return StoreStats(sources or 0, failing or 0, retired or 0, items or 0, stories or 0, due or 0, lag)
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:

@@ -1,0 +1,66 @@
+"""Prometheus metrics: what this process did (counters) and what the database says (gauges).
+
+Counters and histograms are recorded by the pipeline in the process that polls; the
+gauges are read from the database at scrape time, so every ``serve`` process reports
+the same totals however many workers there are. The metric objects are created
+unregistered and attached to a registry per HTTP app, so tests (and a process that
+builds several apps) never trip over duplicate registrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from aggregator.errors import StorageError
+from aggregator.store.repository import Store
+
+POLLS = Counter("aggregator_polls", "Polls by outcome", ["outcome"], registry=None)
+FETCH_SECONDS = Histogram(
+    "aggregator_fetch_duration_seconds",
+    "Time from request to full body (or failure)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=None,
+)
+ITEMS = Counter("aggregator_items_ingested", "Items stored by this process", ["kind"], registry=None)
+REBUILDS = Counter("aggregator_output_rebuilds", "Renderings whose bytes changed", ["slug", "format"], registry=None)
+TICKS = Counter("aggregator_scheduler_ticks", "Scheduler ticks that ran", registry=None)
+OWN_METRICS: tuple[Collector, ...] = (POLLS, FETCH_SECONDS, ITEMS, REBUILDS, TICKS)
+
+
+class StoreCollector(Collector):
+    """Totals read from the database at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self.store.stats(datetime.now(UTC))
+        except StorageError:
+            return
+        for name, value, doc in (
+            ("aggregator_sources", stats.sources, "Sources in the configuration"),
+            ("aggregator_sources_failing", stats.failing, "Sources whose last poll failed"),
+            ("aggregator_sources_retired", stats.retired, "Sources retired (410 Gone or a configured limit)"),
+            ("aggregator_items", stats.items, "Items stored"),
+            ("aggregator_stories", stats.stories, "Distinct stories stored"),
+            ("aggregator_sources_due", stats.due, "Sources due now and not yet claimed"),
+            ("aggregator_scheduler_lag_seconds", stats.lag_seconds, "How late the most overdue source is"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+def registry_for(store: Store, extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in (*OWN_METRICS, StoreCollector(store), *extra):
+        registry.register(collector)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
