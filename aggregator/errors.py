@@ -56,7 +56,15 @@ class ParseError(AggregatorError):
 
 
 class StorageError(AggregatorError):
-    """The database could not be reached or refused a statement."""
+    """The database could not be reached or refused a statement.
+
+    ``transient`` marks failures worth retrying as they are: a deadlock or serialization
+    failure between concurrent workers, or SQLite's "database is locked".
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        self.transient = transient
+        super().__init__(message)
 
 
 class SchemaError(StorageError):

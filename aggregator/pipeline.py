@@ -15,18 +15,20 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 from aggregator import metrics
 from aggregator.config import Config, Output
 from aggregator.curate import select
 from aggregator.dedupe import decide_ingest
-from aggregator.errors import AggregatorError, ParseError, PublishError
+from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.normalize import document_to_feed
 from aggregator.publish import Rendering, render_all, write_atomically
@@ -37,6 +39,7 @@ from aggregator.store.repository import ClaimedSource, PollRecord, Store
 log = logging.getLogger("aggregator")
 
 LEASE_MARGIN = timedelta(minutes=2)
+COMMIT_ATTEMPTS = 4
 CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
 
 
@@ -181,7 +184,9 @@ class Pipeline:
                 log.exception("source %r (%s): parser crashed", source.fetch.name, source.fetch.url)
                 parse_error = f"parser crashed: {type(exc).__name__}"
         async with self._write_lock:
-            outcome, record = await asyncio.to_thread(self._commit, source, result, parsed, parse_error, body_hash)
+            outcome, record = await asyncio.to_thread(
+                self._commit_with_retry, source, result, parsed, parse_error, body_hash
+            )
         summary.add(outcome, record, source)
         metrics.POLLS.labels(outcome).inc()
         metrics.FETCH_SECONDS.observe(result.elapsed)
@@ -203,6 +208,18 @@ class Pipeline:
             raise
         except Exception as exc:  # a crashed worker (e.g. out of memory) fails this source only
             raise ParseError(f"parser failed: {type(exc).__name__}: {exc}") from None
+
+    def _commit_with_retry(self, *args: Any) -> tuple[str, PollRecord]:
+        """Retry a commit that lost a race with another worker (deadlock, lock timeout)."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return self._commit(*args)
+            except StorageError as exc:
+                if not exc.transient or attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                log.info("retrying a commit after a transient database error: %s", exc)
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _commit(
         self,

@@ -116,7 +116,8 @@ class Store:
             with self._sessions.begin() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}") from exc
+            message = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StorageError(f"database error: {message}", transient=_transient(exc)) from exc
 
     # --- the desired state from feeds.yaml ------------------------------------------------
     def sync_sources(self, config: Config, now: datetime) -> SyncReport:
@@ -206,14 +207,15 @@ class Store:
             .order_by(SourceRow.next_poll_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            .scalar_subquery()
         )
+        # One statement: on SQLite a separate SELECT would run outside the write
+        # transaction (pysqlite begins one only at the first write), and two workers
+        # could both read, then both lease, the same rows.
         with self.session() as s:
-            ids = list(s.scalars(due))
-            if not ids:
-                return []
             rows = list(s.execute(
                 update(SourceRow)
-                .where(SourceRow.id.in_(ids))
+                .where(SourceRow.id.in_(due))
                 .values(lease_owner=owner, lease_until=now + lease)
                 .returning(
                     SourceRow.id, SourceRow.name, SourceRow.url, SourceRow.etag, SourceRow.last_modified,
@@ -408,7 +410,9 @@ class IngestTransaction:
         """Insert new items, creating a story for each that does not join an existing one."""
         if not new:
             return 0
-        needed = {story_key(source_id, n.item): n.item for n in new if n.story_id is None}
+        # Sorted: concurrent workers then take the unique-index locks in the same order
+        # and cannot deadlock on each other's stories.
+        needed = dict(sorted((story_key(source_id, n.item), n.item) for n in new if n.story_id is None))
         story_ids: dict[str, int] = {}
         if needed:
             self._insert_ignore(
@@ -529,6 +533,16 @@ class IngestTransaction:
             stmt = table.insert()
         self.s.execute(stmt, rows)
         return len(rows)
+
+
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+
+
+def _transient(exc: SQLAlchemyError) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        return True
+    return "database is locked" in str(orig or exc)
 
 
 def _item_columns(item: Item) -> dict[str, Any]:

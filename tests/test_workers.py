@@ -1,0 +1,84 @@
+"""Several workers, one database: every due source fetched exactly once, every story once.
+
+Runs on both backends; on PostgreSQL the claim is FOR UPDATE SKIP LOCKED and the two
+workers really overlap (separate threads, event loops, engines and connection pools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+
+from aggregator.config import load_config
+from aggregator.pipeline import Pipeline, PollSummary, poll_once
+from aggregator.store.database import ensure_schema, make_engine
+from aggregator.store.repository import Store
+from tests.conftest import write_config
+from tests.server import FeedServer, Route
+
+SOURCES, STORIES = 40, 10
+
+
+def wire_feed(source: int) -> bytes:
+    """Every source carries the same ten wire stories, under its own guids."""
+    items = "".join(
+        f"<item><title>Wire story {i}</title><guid isPermaLink='false'>src{source}-{i}</guid>"
+        f"<link>https://wire.example/story/{i}?utm_medium=feed&amp;utm_source=o{source}</link>"
+        f"<description>Body of story {i}</description></item>"
+        for i in range(STORIES)
+    )
+    return f"<rss version='2.0'><channel><title>Outlet {source}</title><link>https://o{source}.example/</link>{items}</channel></rss>".encode()
+
+
+def test_two_workers_share_the_work_without_duplicates(server: FeedServer, tmp_path: Path, database_url: str) -> None:
+    sources = []
+    for n in range(SOURCES):
+        server.add(f"/s{n}", Route(body=wire_feed(n), delay=0.01))
+        sources.append({"name": f"outlet {n}", "url": server.url(f"/s{n}")})
+    config_path = write_config(tmp_path, sources, settings=f"database: {database_url}\nconcurrency: 4")
+    config = load_config(config_path).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    Store(engine).sync_sources(config, datetime.now(UTC))
+
+    summaries: list[PollSummary] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        own_engine = make_engine(database_url)
+        try:
+            start.wait()
+            pipeline = Pipeline(config, Store(own_engine), owner=name)
+            summaries.append(asyncio.run(poll_once(pipeline)))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            own_engine.dispose()
+
+    threads = [threading.Thread(target=worker, args=(f"worker-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    hits = Counter(r.path for r in server.requests)
+    twice = {p: n for p, n in hits.items() if n > 1}
+    assert twice == {} and len(hits) == SOURCES, [(r.path, r.headers.get("if-none-match")) for r in server.requests if r.path in twice]
+    assert sum(s.polled for s in summaries) == SOURCES
+    assert all(s.polled > 0 for s in summaries), "both workers must have taken a share"
+    with engine.connect() as conn:
+        items, distinct = conn.execute(
+            text("select count(*), count(distinct source_id || ':' || key) from items")
+        ).one()
+        stories = conn.execute(text("select count(*) from stories")).scalar()
+        per_story = conn.execute(text("select count(*) from items group by story_id")).scalars().all()
+    engine.dispose()
+    assert items == distinct == SOURCES * STORIES
+    assert stories == STORIES  # the same canonical URL from 40 outlets is one story
+    assert set(per_story) == {SOURCES}
