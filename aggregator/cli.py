@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION", parser_class=_Parser)
     db_commands.add_parser("upgrade", help="migrate the database schema to this version")
+    db_commands.add_parser("prune", help="apply retention now (the daemon does it daily)")
     return parser
 
 
@@ -94,6 +95,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     loaded = _load(args)
+    if args.db_command == "prune":
+        from aggregator.pipeline import Pipeline, prune
+
+        with _store(loaded) as store:
+            report = prune(Pipeline(loaded.config, store))
+        if report is None:
+            print("retention is off (settings.retention: null)")
+        else:
+            print(f"removed {report.items} items, {report.stories} stories, {report.fetch_log} fetch-log rows")
+        return EXIT_OK
     engine = make_engine(loaded.config.settings.database_url)
     try:
         before, head = upgrade(engine)

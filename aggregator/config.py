@@ -43,6 +43,8 @@ DEFAULT_MAX_BODY_BYTES = 15 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS = 5
 DEFAULT_MAX_ENTRIES = 50
 DEFAULT_TICK_SECONDS = 5.0
+DEFAULT_RETENTION = timedelta(days=90)  # items older than this go, unless an output still shows them
+FETCH_LOG_RETENTION = timedelta(days=14)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$")
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -103,6 +105,8 @@ class Settings(_Strict):
     allow_private_networks: bool = False
     parse_workers: int | None = Field(None, ge=0, le=64)
     tick_seconds: float = Field(DEFAULT_TICK_SECONDS, gt=0)
+    retention: Duration | None = DEFAULT_RETENTION
+    fetch_log_retention: Duration = FETCH_LOG_RETENTION
 
     @field_validator("public_url")
     @classmethod

@@ -19,7 +19,7 @@ import logging
 import signal
 import time
 from collections.abc import Generator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
@@ -29,12 +29,13 @@ from aggregator import metrics
 from aggregator.config import LoadedConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
-from aggregator.pipeline import Pipeline, fetch_options, make_parse_pool, reclaim_dead_leases
+from aggregator.pipeline import Pipeline, fetch_options, make_parse_pool, prune, reclaim_dead_leases
 from aggregator.serve import create_app
 from aggregator.store.repository import Store
 
 log = logging.getLogger("aggregator")
 CONFIG_WATCH_SECONDS = 2.0
+HOUSEKEEPING_DELAY = timedelta(minutes=10)  # let the first poll cycle finish before pruning
 
 
 class _QuietServer(uvicorn.Server):
@@ -102,6 +103,10 @@ class Daemon:
                     next_run_time=datetime.now(UTC), id="poll",
                 )  # fmt: skip
                 scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
+                scheduler.add_job(
+                    self._housekeeping, "interval", hours=24, id="retention",
+                    next_run_time=datetime.now(UTC) + HOUSEKEEPING_DELAY,
+                )  # fmt: skip
                 scheduler.start()
             if self.http:
                 app = create_app(self.store, health=self.health)
@@ -159,6 +164,14 @@ class Daemon:
         finally:
             self._tick_running = False
             self._last_tick = time.monotonic()
+
+    async def _housekeeping(self) -> None:
+        if self.pipeline is None:
+            return
+        try:
+            await asyncio.to_thread(prune, self.pipeline)
+        except AggregatorError as exc:
+            log.error("retention failed: %s", exc)
 
     async def _watch_config(self) -> None:
         mtime = _mtime(self.loaded.path)

@@ -34,7 +34,7 @@ from aggregator.normalize import document_to_feed
 from aggregator.publish import Rendering, render_all, write_atomically
 from aggregator.records import FetchResult, ParsedFeed
 from aggregator.schedule import PollOutcome, PollPolicy, next_poll
-from aggregator.store.repository import ClaimedSource, PollRecord, Store
+from aggregator.store.repository import ClaimedSource, PollRecord, PruneReport, Store
 
 log = logging.getLogger("aggregator")
 
@@ -262,7 +262,8 @@ class Pipeline:
             new = updated = 0
             items_per_day = None
             if parsed is not None:
-                items = parsed.items
+                gone = tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items])
+                items = tuple(i for i in parsed.items if i.key not in gone)
                 stored = tx.stored_items(source.fetch.id, [i.key for i in items])
                 fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
                 plan = decide_ingest(items, stored, tx.stories_by_url(fresh))
@@ -358,6 +359,25 @@ class Pipeline:
                     changed.append(rendering)
                     log.info("published %s (%d entries)", rendering.filename, len(entries))
         return changed
+
+
+def prune(pipeline: Pipeline) -> PruneReport | None:
+    """Retention, keeping every item an output shows now (the housekeeping job)."""
+    settings = pipeline.config.settings
+    if settings.retention is None:
+        return None
+    now = pipeline.clock()
+    protected: set[int] = set()
+    for output in pipeline.config.outputs:
+        limit = output.max_entries * CANDIDATE_FACTOR + 100
+        for entry in select(output, pipeline.store.candidates(pipeline.config, output, now, limit)):
+            protected.add(entry.lead.item_id)
+            protected.update(c.item_id for c in entry.also)
+    report = pipeline.store.prune(now, settings.retention, protected, fetch_log_keep=settings.fetch_log_retention)
+    log.info(
+        "retention: %d items, %d stories and %d fetch-log rows removed", report.items, report.stories, report.fetch_log
+    )
+    return report
 
 
 def _with_error(result: FetchResult, message: str) -> FetchResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -134,3 +135,20 @@ def test_the_same_url_in_two_sources_is_one_story_with_a_stable_tag_id(store: St
     candidates = store.candidates(parse_config(CONFIG), output, NOW, 10)
     assert len({c.story_uid for c in candidates}) == 1
     assert candidates[0].story_uid.startswith("tag:news.example.org,2026-11-26:story/")
+
+
+def test_retention_deletes_old_items_keeps_protected_and_remembers_keys(store: Store) -> None:
+    old = NOW - timedelta(days=200)
+    with store.ingest() as tx:
+        olds = [replace(item(f"id:old{i}", f"https://x.example/old{i}"), published_at=old) for i in range(3)]
+        tx.insert_items(1, [NewItem(i, None) for i in olds], old, "a.b")
+        tx.insert_items(1, [NewItem(item("id:new", "https://x.example/new"), None)], NOW, "a.b")
+    with store.session() as s:
+        rows = dict(s.execute(text("select key, id from items")).all())
+    protected = {rows["id:old0"]}
+    report = store.prune(NOW, timedelta(days=90), protected, fetch_log_keep=timedelta(days=14))
+    assert (report.items, report.stories) == (2, 2)
+    with store.session() as s:
+        assert sorted(s.execute(text("select key from items")).scalars()) == ["id:new", "id:old0"]
+    with store.ingest() as tx:
+        assert tx.deleted_keys(1, ["id:old1", "id:old2", "id:new"]) == {"id:old1", "id:old2"}

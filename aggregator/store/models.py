@@ -174,3 +174,13 @@ class PublishedRow(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     etag: Mapped[str] = mapped_column(String(100))
     published_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeletedItemRow(Base):
+    """What retention removed: kept so the next poll does not import the item again."""
+
+    __tablename__ = "deleted_items"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(2000), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime)

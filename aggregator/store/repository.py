@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregator.config import Config, Output
 from aggregator.errors import StorageError
 from aggregator.records import Candidate, FetchResult, Item, ItemUpdate, NewItem, SourceToFetch, StoredItem
-from aggregator.store.models import FetchLogRow, ItemRow, PublishedRow, SourceRow, StoryRow
+from aggregator.store.models import Base, DeletedItemRow, FetchLogRow, ItemRow, PublishedRow, SourceRow, StoryRow
 
 IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 STORY_NAMESPACE = uuid.UUID("6f1c6b0e-5d0a-4d5e-9a57-5e7f1a0b2c3d")
@@ -64,6 +64,13 @@ class PollRecord:
     feed_id: str | None = None
     items_per_day: float | None = None
     retired_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    items: int
+    stories: int
+    fetch_log: int
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,7 @@ class Store:
                 .where(SourceRow.in_config.is_(True), SourceRow.retired_at.is_(None), SourceRow.enabled.is_(True))
                 .values(next_poll_at=now, next_poll_reason="poll --all")
             )
-            return int(getattr(result, "rowcount", 0) or 0)
+            return _rowcount(result)
 
     def claim_due(self, owner: str, now: datetime, limit: int, lease: timedelta) -> list[ClaimedSource]:
         """Lease up to ``limit`` due sources to ``owner`` in one statement.
@@ -257,7 +264,7 @@ class Store:
             result = s.execute(
                 update(SourceRow).where(SourceRow.lease_owner == owner).values(lease_owner=None, lease_until=None)
             )
-            return int(getattr(result, "rowcount", 0) or 0)
+            return _rowcount(result)
 
     def source_state(self, source_id: int) -> SourceRow:
         with self.session() as s:
@@ -364,6 +371,36 @@ class Store:
         lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
         return StoreStats(sources or 0, failing or 0, retired or 0, items or 0, stories or 0, due or 0, lag)
 
+    def prune(self, now: datetime, keep: timedelta, protected: set[int], *, fetch_log_keep: timedelta) -> PruneReport:
+        """Retention: delete items older than ``keep`` (by date and by first sight) that no
+        output shows, remember their keys so they are not re-imported, drop stories left
+        without items, and trim the fetch log."""
+        cutoff = now - keep
+        deleted = 0
+        with self.session() as s:
+            while True:
+                old = s.execute(
+                    select(ItemRow.id, ItemRow.source_id, ItemRow.key)
+                    .where(ItemRow.sort_at < cutoff, ItemRow.first_seen_at < cutoff)
+                    .order_by(ItemRow.id)
+                    .limit(IN_CHUNK + len(protected))
+                ).all()
+                batch = [row for row in old if row.id not in protected][:IN_CHUNK]
+                if not batch:
+                    break
+                _insert_ignore(
+                    s, DeletedItemRow, [{"source_id": r.source_id, "key": r.key, "deleted_at": now} for r in batch]
+                )
+                s.execute(delete(ItemRow).where(ItemRow.id.in_([r.id for r in batch])))
+                deleted += len(batch)
+                if len(batch) < IN_CHUNK:
+                    break
+            orphans = s.execute(
+                delete(StoryRow).where(~select(ItemRow.id).where(ItemRow.story_id == StoryRow.id).exists())
+            )
+            log_rows = s.execute(delete(FetchLogRow).where(FetchLogRow.fetched_at < now - fetch_log_keep))
+        return PruneReport(deleted, _rowcount(orphans), _rowcount(log_rows))
+
     def counts(self) -> dict[str, int]:
         with self.session() as s:
             return {
@@ -378,6 +415,19 @@ class IngestTransaction:
 
     def __init__(self, session: Session) -> None:
         self.s = session
+
+    def deleted_keys(self, source_id: int, keys: Sequence[str]) -> set[str]:
+        """Keys retention removed from this source: they must not come back as new items."""
+        found: set[str] = set()
+        for chunk in _chunks(keys):
+            found.update(
+                self.s.scalars(
+                    select(DeletedItemRow.key).where(
+                        DeletedItemRow.source_id == source_id, DeletedItemRow.key.in_(chunk)
+                    )
+                )
+            )
+        return found
 
     def stored_items(self, source_id: int, keys: Sequence[str]) -> dict[str, StoredItem]:
         found: dict[str, StoredItem] = {}
@@ -519,20 +569,29 @@ class IngestTransaction:
             )
         )
 
-    def _insert_ignore(self, model: type[ItemRow] | type[StoryRow], rows: list[dict[str, Any]]) -> int:
-        if not rows:
-            return 0
-        dialect = self.s.get_bind().dialect.name
-        table: Any = model.__table__
-        stmt: Any
-        if dialect == "postgresql":
-            stmt = postgresql.insert(table).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(table).on_conflict_do_nothing()
-        else:  # pragma: no cover - other backends get plain inserts
-            stmt = table.insert()
-        self.s.execute(stmt, rows)
-        return len(rows)
+    def _insert_ignore(self, model: type[Base], rows: list[dict[str, Any]]) -> int:
+        return _insert_ignore(self.s, model, rows)
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _insert_ignore(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> int:
+    """INSERT … ON CONFLICT DO NOTHING: idempotent writes under retries and concurrency."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    table: Any = model.__table__
+    stmt: Any
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing()
+    else:  # pragma: no cover - other backends get plain inserts
+        stmt = table.insert()
+    session.execute(stmt, rows)
+    return len(rows)
 
 
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
