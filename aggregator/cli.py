@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aggregator import __version__, logs
 from aggregator.config import LoadedConfig, load_config
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("--all", action="store_true", help="poll every source, due or not")
     commands.add_parser("publish", help="render and write every output now")
     commands.add_parser("check", help="validate the config; exit 1 with file:line messages")
+    opml = commands.add_parser("opml", help="import or export sources as OPML")
+    opml_commands = opml.add_subparsers(dest="opml_command", required=True, metavar="ACTION", parser_class=_Parser)
+    export = opml_commands.add_parser("export", help="write the configured sources as OPML")
+    export.add_argument("--output", metavar="FILE", help="file to write (default: standard output)")
+    importer = opml_commands.add_parser("import", help="add the feeds of an OPML file to the config")
+    importer.add_argument("file", metavar="FILE")
+    importer.add_argument("--write", action="store_true", help="insert them into the config file (else print them)")
     sources = commands.add_parser("sources", help="health of every source")
     sources.add_argument("--json", action="store_true", help="machine-readable output")
     db = commands.add_parser("db", help="database maintenance")
@@ -155,6 +163,38 @@ def _daemon(args: argparse.Namespace, *, poll: bool, http: bool) -> int:
     return EXIT_OK
 
 
+def cmd_opml(args: argparse.Namespace) -> int:
+    from aggregator import opml
+    from aggregator.config import parse_config
+
+    loaded = _load(args)
+    if args.opml_command == "export":
+        data = opml.export_opml(loaded.config)
+        if args.output:
+            Path(args.output).write_bytes(data)
+        else:
+            sys.stdout.write(data.decode("utf-8"))
+        return EXIT_OK
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{args.file}: cannot read: {exc.strerror or exc}"]) from None
+    fresh = opml.new_sources(loaded.config, opml.parse_opml(data, args.file))
+    if not fresh:
+        print("nothing to import: every feed is already configured")
+        return EXIT_OK
+    if not args.write:
+        sys.stdout.write(opml.as_yaml(fresh))
+        return EXIT_OK
+    text = opml.insert_sources(loaded.path, fresh)
+    parse_config(text, str(loaded.path))  # never write a config that would not load
+    tmp = loaded.path.with_name(f".{loaded.path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(loaded.path)
+    print(f"added {len(fresh)} sources to {loaded.path}")
+    return EXIT_OK
+
+
 def cmd_sources(args: argparse.Namespace) -> int:
     loaded = _load(args)
     with _store(loaded) as store:
@@ -228,4 +268,5 @@ COMMANDS = {
     "worker": lambda args: _daemon(args, poll=True, http=False),
     "serve": lambda args: _daemon(args, poll=False, http=True),
     "sources": cmd_sources,
+    "opml": cmd_opml,
 }

@@ -1,0 +1,79 @@
+"""OPML round trip and import into feeds.yaml without losing the user's comments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aggregator.cli import main
+from aggregator.config import load_config
+from aggregator.opml import parse_opml
+
+CONFIG = """\
+# My sources — keep this comment
+settings:
+  public_url: https://news.example.org
+sources:
+  - name: One
+    url: https://one.example.com/feed   # the first
+    tags: [world]
+
+  # a comment before outputs
+outputs:
+  - slug: world
+    title: World
+"""
+
+FOREIGN = b"""<?xml version="1.0"?>
+<opml version="1.0"><head><title>Reader export</title></head><body>
+  <outline text="Europe">
+    <outline type="rss" text="Two" xmlUrl="https://two.example.com/rss" category="/politics"/>
+    <outline type="rss" text="One again" xmlUrl="https://one.example.com/feed"/>
+  </outline>
+  <outline type="rss" title="One" text="dup name" xmlUrl="https://other.example.com/feed"/>
+</body></opml>
+"""
+
+
+def test_export_then_parse_round_trips_names_urls_and_tags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(CONFIG)
+    out = tmp_path / "out.opml"
+    assert main(["--config", str(config), "opml", "export", "--output", str(out)]) == 0
+    (source,) = parse_opml(out.read_bytes())
+    assert (source.name, source.url, source.tags) == ("One", "https://one.example.com/feed", ("world",))
+
+
+def test_import_adds_only_new_feeds_keeps_comments_and_validates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(CONFIG)
+    foreign = tmp_path / "reader.opml"
+    foreign.write_bytes(FOREIGN)
+    assert main(["--config", str(config), "opml", "import", str(foreign)]) == 0
+    printed = capsys.readouterr().out
+    assert "name: Two" in printed and config.read_text() == CONFIG  # without --write nothing changes
+
+    assert main(["--config", str(config), "opml", "import", str(foreign), "--write"]) == 0
+    assert "added 2 sources" in capsys.readouterr().out
+    text = config.read_text()
+    assert "# My sources — keep this comment" in text and "# the first" in text and "# a comment before outputs" in text
+    sources = {s.name: s for s in load_config(config).config.sources}
+    assert set(sources) == {"One", "Two", "One (2)"}
+    assert sources["Two"].tags == ("europe", "politics")
+    assert sources["One (2)"].url == "https://other.example.com/feed"
+
+    assert main(["--config", str(config), "opml", "import", str(foreign), "--write"]) == 0
+    assert "nothing to import" in capsys.readouterr().out
+
+
+def test_broken_opml_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(CONFIG)
+    broken = tmp_path / "broken.opml"
+    broken.write_bytes(b"<opml><body><outline></body>")
+    assert main(["--config", str(config), "opml", "import", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{broken}:1: not valid OPML") and "Traceback" not in err
