@@ -19,6 +19,7 @@ from pathlib import Path
 from aggregator import __version__, logs
 from aggregator.config import LoadedConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
+from aggregator.status import source_status
 from aggregator.store.database import ensure_schema, make_engine, upgrade
 from aggregator.store.repository import SourceHealth, Store
 
@@ -206,7 +207,7 @@ def cmd_sources(args: argparse.Namespace) -> int:
     table = [header] + [
         (
             r.name[:30],
-            _status(r),
+            source_status(r),
             _when(r.last_polled_at),
             str(r.items),
             f"{r.items_per_day:.1f}" if r.items_per_day else "-",
@@ -223,20 +224,6 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status(r: SourceHealth) -> str:
-    if r.retired_reason:
-        return "retired"
-    if not r.in_config:
-        return "removed"
-    if not r.enabled:
-        return "disabled"
-    if r.last_polled_at is None:
-        return "new"
-    if r.error_count:
-        return f"failing ({r.last_status or 'no response'})" if r.last_status else "failing"
-    return "ok"
-
-
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
 
@@ -245,7 +232,7 @@ def _health_json(r: SourceHealth) -> dict[str, object]:
     return {
         "name": r.name,
         "url": r.url,
-        "status": _status(r),
+        "status": source_status(r),
         "last_polled_at": r.last_polled_at.isoformat() if r.last_polled_at else None,
         "last_status": r.last_status,
         "last_success_at": r.last_success_at.isoformat() if r.last_success_at else None,

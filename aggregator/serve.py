@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from aggregator.errors import StorageError
 from aggregator.metrics import exposition, registry_for
+from aggregator.status import render_status
 from aggregator.store.models import PublishedRow
 from aggregator.store.repository import Store
 
@@ -87,7 +88,9 @@ def _gzip_etag(etag: str) -> str:
     return etag[:-1] + '-gz"'
 
 
-def create_app(store: Store, *, health: Callable[[], dict[str, object]] | None = None) -> Starlette:
+def create_app(
+    store: Store, *, health: Callable[[], dict[str, object]] | None = None, status_page: bool = True
+) -> Starlette:
     cache = OutputCache(store)
 
     async def page(request: Request) -> Response:
@@ -147,8 +150,18 @@ def create_app(store: Store, *, health: Callable[[], dict[str, object]] | None =
             report.update(health())
         return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
 
+    async def status(request: Request) -> Response:
+        try:
+            body = await asyncio.to_thread(render_status, store)
+        except StorageError as exc:
+            return Response(f"database unavailable: {exc}\n", status_code=503, media_type="text/plain")
+        headers = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
+        return Response(body, media_type="text/html; charset=utf-8", headers=headers)
+
+    extra = [Route("/status", status, methods=["GET"])] if status_page else []
     return Starlette(
         routes=[
+            *extra,
             Route("/feeds/{slug}.{fmt}", feed, methods=["GET", "HEAD"]),
             Route("/feeds/{slug}", page, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),

@@ -87,3 +87,36 @@ def test_sources_shows_health_and_why_each_source_is_next_polled(
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["SOURCE", "STATUS", "LAST"]
     assert any(line.startswith("bad") and "HTTP 500" in line for line in table)
+
+
+def test_status_page_shows_health_escaped_and_chart(server: FeedServer, tmp_path: Path) -> None:
+    import httpx
+
+    from aggregator.config import load_config
+    from aggregator.store.database import make_engine
+    from aggregator.store.repository import Store
+    from tests.conftest import serving
+
+    server.add("/ok", Route(body=any_dialect(0, 4)))
+    server.add("/broken", Route(status=503, headers={"Retry-After": "120"}))
+    config = write_config(
+        tmp_path,
+        [
+            {"name": "good", "url": server.url("/ok")},
+            {"name": '"<script>alert(1)</script>"', "url": server.url("/broken")},
+        ],
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    engine = make_engine(load_config(config).config.settings.database_url)
+    try:
+        with serving(Store(engine)) as base:
+            response = httpx.get(f"{base}/status")
+    finally:
+        engine.dispose()
+    assert response.status_code == 200
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    page = response.text
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "failing (503)" in page and "Retry-After 2m (503)" in page
+    assert page.count("<rect") == 1  # one bar: today's 4 items for "good"
+    assert "4 items" in page

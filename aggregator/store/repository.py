@@ -401,6 +401,21 @@ class Store:
             log_rows = s.execute(delete(FetchLogRow).where(FetchLogRow.fetched_at < now - fetch_log_keep))
         return PruneReport(deleted, _rowcount(orphans), _rowcount(log_rows))
 
+    def items_per_day(self, since: datetime) -> dict[str, dict[str, int]]:
+        """Items first seen per source name and UTC day (``YYYY-MM-DD``) since ``since``."""
+        day = func.date(ItemRow.first_seen_at)
+        with self.session() as s:
+            rows = s.execute(
+                select(SourceRow.name, day, func.count())
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .where(ItemRow.first_seen_at >= since)
+                .group_by(SourceRow.name, day)
+            ).all()
+        found: dict[str, dict[str, int]] = {}
+        for name, date, count in rows:
+            found.setdefault(name, {})[str(date)[:10]] = int(count)
+        return found
+
     def counts(self) -> dict[str, int]:
         with self.session() as s:
             return {
