@@ -15,11 +15,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator import __version__, logs
 from aggregator.config import LoadedConfig, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.status import source_status
+
+if TYPE_CHECKING:
+    from aggregator.pipeline import PollSummary
 from aggregator.store.database import ensure_schema, make_engine, upgrade
 from aggregator.store.repository import SourceHealth, Store
 
@@ -131,11 +135,17 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     with _store(loaded) as store:
-        store.sync_sources(loaded.config, datetime.now(UTC))
+        now = datetime.now(UTC)
+        store.sync_sources(loaded.config, now)
+        progress = _Progress(store.stats(now).sources if args.all else store.stats(now).due)
         pool = make_parse_pool(loaded.config.settings.parse_workers)
+        pipeline = Pipeline(
+            loaded.config, store, parse_pool=pool, on_progress=progress.update if progress.live else None
+        )
         try:
-            summary = asyncio.run(poll_once(Pipeline(loaded.config, store, parse_pool=pool), all_sources=args.all))
+            summary = asyncio.run(poll_once(pipeline, all_sources=args.all))
         finally:
+            progress.close()
             if pool is not None:
                 pool.shutdown()
     print(
@@ -143,6 +153,31 @@ def cmd_poll(args: argparse.Namespace) -> int:
         f"{summary.not_modified} not modified, {summary.unchanged} unchanged, {summary.errors} failed"
     )
     return EXIT_OK
+
+
+class _Progress:
+    """A one-line progress bar on a terminal's stderr; silent when stderr is a file or pipe."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.live = sys.stderr.isatty()
+        self.shown = False
+
+    def update(self, summary: PollSummary) -> None:
+        done = min(summary.polled, self.total)
+        filled = self.WIDTH * done // self.total
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        sys.stderr.write(
+            f"\r[{bar}] {done}/{self.total} sources, {summary.new_items} new items, {summary.errors} failed "
+        )
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

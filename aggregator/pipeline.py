@@ -135,12 +135,14 @@ class Pipeline:
         parse_pool: Executor | None = None,
         owner: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_progress: Callable[[PollSummary], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.parse_pool = parse_pool
         self.owner = owner or worker_id()
         self.clock = clock
+        self.on_progress = on_progress
         self._write_lock = asyncio.Lock()
         self.authority = _authority(config.settings.public_url)
 
@@ -188,6 +190,8 @@ class Pipeline:
                 self._commit_with_retry, source, result, parsed, parse_error, body_hash
             )
         summary.add(outcome, record, source)
+        if self.on_progress is not None:
+            self.on_progress(summary)
         metrics.POLLS.labels(outcome).inc()
         metrics.FETCH_SECONDS.observe(result.elapsed)
         if record.items_new:
