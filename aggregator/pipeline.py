@@ -18,13 +18,13 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from aggregator import metrics
+from aggregator import cluster, metrics
 from aggregator.config import Config, Output
 from aggregator.curate import select
 from aggregator.dedupe import decide_ingest
@@ -32,9 +32,9 @@ from aggregator.errors import AggregatorError, ParseError, PublishError, Storage
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.normalize import document_to_feed
 from aggregator.publish import Rendering, render_all, write_atomically
-from aggregator.records import FetchResult, ParsedFeed
+from aggregator.records import FetchResult, IngestPlan, ParsedFeed
 from aggregator.schedule import PollOutcome, PollPolicy, next_poll
-from aggregator.store.repository import ClaimedSource, PollRecord, PruneReport, Store
+from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, PruneReport, Store
 
 log = logging.getLogger("aggregator")
 
@@ -270,9 +270,9 @@ class Pipeline:
                 items = tuple(i for i in parsed.items if i.key not in gone)
                 stored = tx.stored_items(source.fetch.id, [i.key for i in items])
                 fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
-                plan = decide_ingest(items, stored, tx.stories_by_url(fresh))
+                plan = self._match_stories(tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now)
                 new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
-                updated = tx.update_items(plan.updates, now)
+                updated = tx.update_items(plan.updates, now, source.fetch.id)
                 items_per_day = tx.items_per_day(source.fetch.id, now)
             outcome = (
                 "not_modified" if result.not_modified else
@@ -307,6 +307,44 @@ class Pipeline:
             )
             tx.record_poll(source.fetch.id, result, record)
             return outcome, record
+
+    def _match_stories(self, tx: IngestTransaction, plan: IngestPlan, now: datetime) -> IngestPlan:
+        """Sign every new or changed item, and join new items whose URL matched no story to
+        the stored story whose text they copy (cluster.match), if any."""
+        signed = [(new, cluster.signature(new.item.title, new.item.text)) for new in plan.inserts]
+        unmatched = [(new, sig) for new, sig in signed if new.story_id is None]
+        recent: list[cluster.RecentItem] = []
+        if unmatched:
+            moments = [new.item.published_at or now for new, _ in unmatched]
+            keys = [key for _, sig in unmatched for key in cluster.band_keys(sig)]
+            window = cluster.DEFAULT_WINDOW
+            for candidate in tx.match_candidates(keys, min(moments) - window, max(moments) + window):
+                try:
+                    stored_sig = cluster.Signature.loads(candidate.signature)
+                except ValueError:
+                    continue  # written by another signature version: it simply cannot match
+                recent.append(cluster.RecentItem(candidate.story_id, candidate.item_id, candidate.sort_at, stored_sig))
+        inserts = []
+        for new, sig in signed:
+            story_id, reason = new.story_id, None
+            if story_id is None and recent:
+                found = cluster.match(sig, new.item.published_at or now, recent)
+                if found is not None:
+                    story_id, reason = found.story_id, f"same story as item {found.item_id}: {found.reason}"
+            inserts.append(
+                replace(
+                    new,
+                    story_id=story_id,
+                    match_signature=sig.dumps(),
+                    match_keys=tuple(cluster.band_keys(sig)),
+                    match_reason=reason,
+                )
+            )
+        updates = []
+        for update in plan.updates:
+            sig = cluster.signature(update.item.title, update.item.text)
+            updates.append(replace(update, match_signature=sig.dumps(), match_keys=tuple(cluster.band_keys(sig))))
+        return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
 
     def _log(
         self, source: ClaimedSource, result: FetchResult, outcome: str, record: PollRecord, parse_error: str | None
@@ -385,8 +423,6 @@ def prune(pipeline: Pipeline) -> PruneReport | None:
 
 
 def _with_error(result: FetchResult, message: str) -> FetchResult:
-    from dataclasses import replace
-
     return replace(result, error=message)
 
 

@@ -119,6 +119,8 @@ class StoredItem:
 class ItemUpdate:
     stored: StoredItem
     item: Item
+    match_signature: str | None = None
+    match_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ class NewItem:
 
     item: Item
     story_id: int | None
+    match_signature: str | None = None  # cluster.Signature.dumps(), stored to find later copies
+    match_keys: tuple[str, ...] = ()
+    match_reason: str | None = None  # why it joined a story by text, for the log
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,7 @@ class ItemRow(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     fingerprint: Mapped[str] = mapped_column(String(64))
     update_count: Mapped[int] = mapped_column(Integer, default=0)
+    match_signature: Mapped[str | None] = mapped_column(Text)  # cluster.Signature.dumps()
 
     __table_args__ = (
         UniqueConstraint("source_id", "key", name="uq_items_source_key"),
@@ -184,3 +185,19 @@ class DeletedItemRow(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(2000), primary_key=True)
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MatchKeyRow(Base):
+    """One lookup key of an item's story signature (cluster.band_keys): finds near-duplicates
+    with an indexed equality query instead of comparing against every recent item."""
+
+    __tablename__ = "item_match_keys"
+
+    key: Mapped[str] = mapped_column(String(16), primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    sort_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_item_match_keys_key_sort", "key", "sort_at"),
+        Index("ix_item_match_keys_item", "item_id"),
+    )

@@ -23,11 +23,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregator.config import Config, Output
 from aggregator.errors import StorageError
 from aggregator.records import Candidate, FetchResult, Item, ItemUpdate, NewItem, SourceToFetch, StoredItem
-from aggregator.store.models import Base, DeletedItemRow, FetchLogRow, ItemRow, PublishedRow, SourceRow, StoryRow
+from aggregator.store.models import (
+    Base,
+    DeletedItemRow,
+    FetchLogRow,
+    ItemRow,
+    MatchKeyRow,
+    PublishedRow,
+    SourceRow,
+    StoryRow,
+)
 
 IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 STORY_NAMESPACE = uuid.UUID("6f1c6b0e-5d0a-4d5e-9a57-5e7f1a0b2c3d")
 RATE_WINDOW = timedelta(days=7)
+MATCH_KEY_RETENTION = timedelta(days=14)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,14 @@ class PollRecord:
     feed_id: str | None = None
     items_per_day: float | None = None
     retired_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class MatchCandidate:
+    item_id: int
+    story_id: int
+    sort_at: datetime
+    signature: str
 
 
 @dataclass(frozen=True)
@@ -399,6 +417,8 @@ class Store:
                 delete(StoryRow).where(~select(ItemRow.id).where(ItemRow.story_id == StoryRow.id).exists())
             )
             log_rows = s.execute(delete(FetchLogRow).where(FetchLogRow.fetched_at < now - fetch_log_keep))
+            # Copies of a story arrive within days; older lookup keys only cost space.
+            s.execute(delete(MatchKeyRow).where(MatchKeyRow.sort_at < now - MATCH_KEY_RETENTION))
         return PruneReport(deleted, _rowcount(orphans), _rowcount(log_rows))
 
     def items_per_day(self, since: datetime) -> dict[str, dict[str, int]]:
@@ -504,6 +524,7 @@ class IngestTransaction:
                 {
                     "source_id": source_id,
                     "story_id": story_id,
+                    "match_signature": n.match_signature,
                     **_item_columns(item),
                     "sort_at": item.published_at or now,
                     "first_seen_at": now,
@@ -511,17 +532,57 @@ class IngestTransaction:
                     "update_count": 0,
                 }
             )
-        return self._insert_ignore(ItemRow, rows)
+        count = self._insert_ignore(ItemRow, rows)
+        self._write_match_keys(source_id, [(n.item.key, n.item.published_at or now, n.match_keys) for n in new])
+        return count
 
-    def update_items(self, updates: Sequence[ItemUpdate], now: datetime) -> int:
+    def match_candidates(self, keys: Sequence[str], earliest: datetime, latest: datetime) -> list[MatchCandidate]:
+        """Stored items that share a story-matching key with the new ones, within the window."""
+        found: dict[int, MatchCandidate] = {}
+        for chunk in _chunks(sorted(set(keys))):
+            rows = self.s.execute(
+                select(ItemRow.id, ItemRow.story_id, ItemRow.sort_at, ItemRow.match_signature)
+                .join(MatchKeyRow, MatchKeyRow.item_id == ItemRow.id)
+                .where(MatchKeyRow.key.in_(chunk), MatchKeyRow.sort_at.between(earliest, latest))
+                .distinct()
+            )
+            for item_id, story_id, sort_at, signature in rows:
+                if signature:
+                    found[item_id] = MatchCandidate(item_id, story_id, sort_at, signature)
+        return sorted(found.values(), key=lambda c: c.item_id)
+
+    def _write_match_keys(self, source_id: int, entries: Sequence[tuple[str, datetime, tuple[str, ...]]]) -> None:
+        wanted = {key: (at, keys) for key, at, keys in entries if keys}
+        if not wanted:
+            return
+        ids: dict[str, int] = {}
+        for chunk in _chunks(list(wanted)):
+            for item_id, key in self.s.execute(
+                select(ItemRow.id, ItemRow.key).where(ItemRow.source_id == source_id, ItemRow.key.in_(chunk))
+            ):
+                ids[key] = item_id
+        self.s.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_(list(ids.values()))))
+        rows = [
+            {"key": match_key, "item_id": ids[key], "sort_at": at}
+            for key, (at, keys) in wanted.items()
+            if key in ids
+            for match_key in dict.fromkeys(keys)
+        ]
+        self._insert_ignore(MatchKeyRow, rows)
+
+    def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
         if not updates:
             return 0
+        if source_id is not None:
+            entries = [(u.item.key, u.item.published_at or now, u.match_keys) for u in updates if u.match_keys]
+            self._write_match_keys(source_id, entries)
         self.s.execute(
             update(ItemRow),
             [
                 {
                     "id": u.stored.id,
                     **_item_columns(u.item),
+                    **({"match_signature": u.match_signature} if u.match_signature else {}),
                     "changed_at": now,
                     "update_count": u.stored.update_count + 1,
                 }
