@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aggregator import __version__, logs
-from aggregator.config import LoadedConfig, load_config
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.config import LoadedConfig, Output, load_config
+from aggregator.errors import AggregatorError, ConfigError, UsageError
 from aggregator.status import source_status
 
 if TYPE_CHECKING:
@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("--all", action="store_true", help="poll every source, due or not")
     commands.add_parser("publish", help="render and write every output now")
     commands.add_parser("check", help="validate the config; exit 1 with file:line messages")
+    items = commands.add_parser("items", help="what an output would contain, and why each item is in or out")
+    items.add_argument("output", metavar="OUTPUT", help="output slug, e.g. world")
+    items.add_argument("--limit", type=int, default=100, help="show this many items (default 100)")
+    items.add_argument("--json", action="store_true", help="machine-readable output")
+    for action, text in (("pin", "keep a story at the top of an output"), ("block", "keep a story out of an output")):
+        editorial = commands.add_parser(action, help=text)
+        editorial.add_argument("output", metavar="OUTPUT", help="output slug, e.g. world")
+        editorial.add_argument(
+            "story", metavar="STORY", help="story number (from 'items'), its tag: id, or an item URL"
+        )
+        editorial.add_argument("--remove", action="store_true", help=f"undo the {action}")
     opml = commands.add_parser("opml", help="import or export sources as OPML")
     opml_commands = opml.add_subparsers(dest="opml_command", required=True, metavar="ACTION", parser_class=_Parser)
     export = opml_commands.add_parser("export", help="write the configured sources as OPML")
@@ -76,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return EXIT_USER
+    except UsageError as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
         return EXIT_USER
     except AggregatorError as exc:
         print(f"aggregator: {exc}", file=sys.stderr)
@@ -199,6 +213,60 @@ def _daemon(args: argparse.Namespace, *, poll: bool, http: bool) -> int:
     return EXIT_OK
 
 
+def _output(loaded: LoadedConfig, slug: str) -> Output:
+    for output in loaded.config.outputs:
+        if output.slug == slug:
+            return output
+    known = ", ".join(o.slug for o in loaded.config.outputs) or "none"
+    raise UsageError(f"no output {slug!r} in {loaded.path} (outputs: {known})")
+
+
+def cmd_items(args: argparse.Namespace) -> int:
+    from aggregator.pipeline import Pipeline
+
+    loaded = _load(args)
+    output = _output(loaded, args.output)
+    with _store(loaded) as store:
+        curation = Pipeline(loaded.config, store).curation(output, datetime.now(UTC))
+    verdicts = sorted(curation.verdicts, key=lambda v: (not v.included, -v.candidate.published_at.timestamp()))
+    verdicts = verdicts[: max(args.limit, 0)]
+    if args.json:
+        rows = [
+            {
+                "story": v.candidate.story_id,
+                "story_id": v.candidate.story_uid,
+                "source": v.candidate.source_name,
+                "title": v.candidate.title,
+                "link": v.candidate.link,
+                "published_at": v.candidate.published_at.isoformat(),
+                "included": v.included,
+                "reason": v.reason,
+            }
+            for v in verdicts
+        ]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for v in verdicts:
+        c = v.candidate
+        print(f"{'+' if v.included else '-'} {c.story_id:>7}  {c.source_name[:20]:<20}  {c.title[:60]:<60}  {v.reason}")
+    return EXIT_OK
+
+
+def cmd_editorial(args: argparse.Namespace) -> int:
+    from aggregator.pipeline import Pipeline
+
+    loaded = _load(args)
+    output = _output(loaded, args.output)
+    with _store(loaded) as store:
+        story_id, uid = store.resolve_story(args.story)
+        store.set_editorial(output.slug, story_id, None if args.remove else args.command, datetime.now(UTC))
+        Pipeline(loaded.config, store).publish([output])
+    done = {"pin": "pinned", "block": "blocked"}[args.command]
+    done = f"no longer {done}" if args.remove else done
+    print(f"story {story_id} ({uid}) {done} in {output.slug}; republished")
+    return EXIT_OK
+
+
 def cmd_opml(args: argparse.Namespace) -> int:
     from aggregator import opml
     from aggregator.config import parse_config
@@ -291,4 +359,7 @@ COMMANDS = {
     "serve": lambda args: _daemon(args, poll=False, http=True),
     "sources": cmd_sources,
     "opml": cmd_opml,
+    "items": cmd_items,
+    "pin": cmd_editorial,
+    "block": cmd_editorial,
 }

@@ -9,7 +9,11 @@ output's sources and age window by the store) and returns ``OutputEntry``s:
 * one entry per story: the earliest-seen item leads (the first outlet to carry it),
   the others become "also reported by";
 * a per-source cap so one prolific outlet cannot fill the feed;
+* an editor's pins (always shown, on top, rules bypassed) and blocks (never shown);
 * newest first, at most ``max_entries``.
+
+``curate`` also returns a ``Verdict`` for every candidate saying why it is in or out,
+which is what ``aggregator items`` prints.
 """
 
 from __future__ import annotations
@@ -32,19 +36,75 @@ class Verdict:
     reason: str
 
 
-def select(output: Output, candidates: Iterable[Candidate]) -> list[OutputEntry]:
-    return build_entries(output, [v.candidate for v in judge(output, candidates) if v.included])
+@dataclass(frozen=True)
+class Editorial:
+    """An editor's overrides for one output: pinned stories (top first) and blocked ones."""
+
+    pinned: tuple[int, ...] = ()
+    blocked: frozenset[int] = frozenset()
 
 
-def judge(output: Output, candidates: Iterable[Candidate]) -> list[Verdict]:
-    verdicts = []
+@dataclass(frozen=True)
+class Curation:
+    entries: list[OutputEntry]
+    verdicts: list[Verdict]
+
+
+def select(output: Output, candidates: Iterable[Candidate], editorial: Editorial = Editorial()) -> list[OutputEntry]:
+    return curate(output, candidates, editorial).entries
+
+
+def curate(output: Output, candidates: Iterable[Candidate], editorial: Editorial = Editorial()) -> Curation:
+    """The output's entries, and a verdict with its reason for every candidate item."""
+    verdicts: dict[int, Verdict] = {}
+    included: list[Candidate] = []
     for candidate in candidates:
-        reason = _rule_verdict(output, candidate)
-        verdicts.append(Verdict(candidate, reason is None, reason or "included"))
-    return verdicts
+        if candidate.story_id in editorial.blocked:
+            verdicts[candidate.item_id] = Verdict(candidate, False, "blocked by an editor")
+            continue
+        reason = None if candidate.story_id in editorial.pinned else _rule_verdict(output, candidate)
+        if reason is not None:
+            verdicts[candidate.item_id] = Verdict(candidate, False, reason)
+        else:
+            included.append(candidate)
+    entries = _group(included)
+    pin_rank = {story: rank for rank, story in enumerate(editorial.pinned)}
+    pinned = sorted((e for e in entries if e.lead.story_id in pin_rank), key=lambda e: pin_rank[e.lead.story_id])
+    rest = [e for e in entries if e.lead.story_id not in pin_rank]
+    if output.per_source_cap:
+        per_source: dict[str, int] = {}
+        capped = []
+        for entry in rest:
+            used = per_source.get(entry.lead.source_name, 0)
+            if used < output.per_source_cap:
+                per_source[entry.lead.source_name] = used + 1
+                capped.append(entry)
+            else:
+                _explain_story(
+                    verdicts, entry, f"over the per-source cap ({output.per_source_cap}) of its lead's source"
+                )
+        rest = capped
+    ordered = pinned + rest
+    for position, entry in enumerate(ordered, start=1):
+        if position > output.max_entries:
+            _explain_story(verdicts, entry, f"beyond max_entries ({output.max_entries})")
+            continue
+        label = "pinned" if entry.lead.story_id in pin_rank else "included"
+        verdicts[entry.lead.item_id] = Verdict(entry.lead, True, f"{label}, entry {position}")
+        for other in entry.also:
+            verdicts[other.item_id] = Verdict(
+                other, True, f"also reported: same story as entry {position}, led by {entry.lead.source_name}"
+            )
+    return Curation(ordered[: output.max_entries], list(verdicts.values()))
 
 
-def build_entries(output: Output, included: Sequence[Candidate]) -> list[OutputEntry]:
+def _explain_story(verdicts: dict[int, Verdict], entry: OutputEntry, reason: str) -> None:
+    for member in (entry.lead, *entry.also):
+        verdicts[member.item_id] = Verdict(member, False, reason)
+
+
+def _group(included: Sequence[Candidate]) -> list[OutputEntry]:
+    """One entry per story, the earliest-seen item leading, newest stories first."""
     stories: dict[int, list[Candidate]] = {}
     for candidate in included:
         stories.setdefault(candidate.story_id, []).append(candidate)
@@ -54,16 +114,7 @@ def build_entries(output: Output, included: Sequence[Candidate]) -> list[OutputE
         lead, also = members[0], tuple(members[1:])
         entries.append(OutputEntry(lead.story_uid, lead, also, max(m.updated_at for m in members)))
     entries.sort(key=lambda e: (e.lead.published_at, e.lead.item_id), reverse=True)
-    if output.per_source_cap:
-        per_source: dict[str, int] = {}
-        capped = []
-        for entry in entries:
-            used = per_source.get(entry.lead.source_name, 0)
-            if used < output.per_source_cap:
-                per_source[entry.lead.source_name] = used + 1
-                capped.append(entry)
-        entries = capped
-    return entries[: output.max_entries]
+    return entries
 
 
 def _rule_verdict(output: Output, candidate: Candidate) -> str | None:

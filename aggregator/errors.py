@@ -6,6 +6,7 @@ exception never escapes a stage unwrapped, so the CLI can print one clear line
 
     AggregatorError
     ├── ConfigError          feeds.yaml is unreadable or invalid (carries file:line messages)
+    ├── UsageError           a command's arguments name something that does not exist
     ├── FetchError           one source could not be fetched (carries the source's URL)
     │   ├── BlockedAddressError   the URL resolves to a private/loopback/metadata address
     │   └── ResponseTooLargeError the body exceeded the size cap
@@ -28,6 +29,10 @@ class ConfigError(AggregatorError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class UsageError(AggregatorError):
+    """The user asked for something that does not exist (exit code 1, like a bad argument)."""
 
 
 class FetchError(AggregatorError):

@@ -26,7 +26,7 @@ from typing import Any
 
 from aggregator import cluster, metrics
 from aggregator.config import Config, Output
-from aggregator.curate import select
+from aggregator.curate import Curation, curate
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
@@ -381,6 +381,15 @@ class Pipeline:
             or summary.changed_tags & set(o.tags)
         ]
 
+    def curation(self, output: Output, now: datetime) -> Curation:
+        """What ``output`` shows now and why each candidate is in or out."""
+        editorial = self.store.editorial(output.slug)
+        candidates = self.store.candidates(self.config, output, now, output.max_entries * CANDIDATE_FACTOR + 100)
+        seen = {c.item_id for c in candidates}
+        pinned = self.store.story_candidates(self.config, output, editorial.pinned)
+        candidates += [c for c in pinned if c.item_id not in seen]
+        return curate(output, candidates, editorial)
+
     def publish(self, outputs: list[Output] | None = None, *, force_files: bool = False) -> list[Rendering]:
         """Render outputs; store and write only the renderings whose bytes changed."""
         changed = []
@@ -388,8 +397,7 @@ class Pipeline:
         settings = self.config.settings
         out_dir = Path(settings.resolved_output_dir)
         for output in self.config.outputs if outputs is None else outputs:
-            candidates = self.store.candidates(self.config, output, now, output.max_entries * CANDIDATE_FACTOR + 100)
-            entries = select(output, candidates)
+            entries = self.curation(output, now).entries
             for rendering in render_all(output, entries, settings.public_url):
                 stored = self.store.save_published(
                     rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
@@ -411,8 +419,7 @@ def prune(pipeline: Pipeline) -> PruneReport | None:
     now = pipeline.clock()
     protected: set[int] = set()
     for output in pipeline.config.outputs:
-        limit = output.max_entries * CANDIDATE_FACTOR + 100
-        for entry in select(output, pipeline.store.candidates(pipeline.config, output, now, limit)):
+        for entry in pipeline.curation(output, now).entries:
             protected.add(entry.lead.item_id)
             protected.update(c.item_id for c in entry.also)
     report = pipeline.store.prune(now, settings.retention, protected, fetch_log_keep=settings.fetch_log_retention)

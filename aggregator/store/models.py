@@ -201,3 +201,14 @@ class MatchKeyRow(Base):
         Index("ix_item_match_keys_key_sort", "key", "sort_at"),
         Index("ix_item_match_keys_item", "item_id"),
     )
+
+
+class EditorialRow(Base):
+    """An editor's decision about one story in one output: pinned to the top, or blocked."""
+
+    __tablename__ = "editorial"
+
+    slug: Mapped[str] = mapped_column(String(100), primary_key=True)
+    story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"), primary_key=True)
+    action: Mapped[str] = mapped_column(String(10))  # pin | block
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

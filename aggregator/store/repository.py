@@ -21,11 +21,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.config import Config, Output
-from aggregator.errors import StorageError
+from aggregator.curate import Editorial
+from aggregator.errors import StorageError, UsageError
+from aggregator.normalize import canonical_url
 from aggregator.records import Candidate, FetchResult, Item, ItemUpdate, NewItem, SourceToFetch, StoredItem
 from aggregator.store.models import (
     Base,
     DeletedItemRow,
+    EditorialRow,
     FetchLogRow,
     ItemRow,
     MatchKeyRow,
@@ -302,14 +305,7 @@ class Store:
     def candidates(self, config: Config, output: Output, now: datetime, limit: int) -> list[Candidate]:
         """The newest items an output may draw from, joined with their source and story."""
         with self.session() as s:
-            sources = s.execute(select(SourceRow.id, SourceRow.name, SourceRow.tags)).all()
-            wanted = [
-                r.id
-                for r in sources
-                if (not output.sources and not output.tags)
-                or r.name in output.sources
-                or set(output.tags) & set(r.tags or ())
-            ]
+            wanted = self._output_source_ids(s, output)
             if not wanted:
                 return []
             query = (
@@ -324,6 +320,63 @@ class Store:
                 query = query.where(ItemRow.sort_at >= now - output.max_age)
             return [_candidate(item, source, story) for item, source, story in s.execute(query)]
 
+    def story_candidates(self, config: Config, output: Output, story_ids: Iterable[int]) -> list[Candidate]:
+        """Every item of the given stories from the output's sources (pinned stories outlive
+        the age window and the candidate limit)."""
+        ids = list(story_ids)
+        if not ids:
+            return []
+        with self.session() as s:
+            wanted = self._output_source_ids(s, output)
+            query = (
+                select(ItemRow, SourceRow, StoryRow)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .join(StoryRow, ItemRow.story_id == StoryRow.id)
+                .where(ItemRow.story_id.in_(ids), ItemRow.source_id.in_(wanted))
+            )
+            return [_candidate(item, source, story) for item, source, story in s.execute(query)]
+
+    def editorial(self, slug: str) -> Editorial:
+        with self.session() as s:
+            rows = s.execute(
+                select(EditorialRow.story_id, EditorialRow.action)
+                .where(EditorialRow.slug == slug)
+                .order_by(EditorialRow.created_at.desc(), EditorialRow.story_id)
+            ).all()
+        pinned = tuple(story for story, action in rows if action == "pin")
+        return Editorial(pinned, frozenset(story for story, action in rows if action == "block"))
+
+    def set_editorial(self, slug: str, story_id: int, action: str | None, now: datetime) -> None:
+        """Pin or block a story in an output; ``None`` removes the decision."""
+        with self.session() as s:
+            row = s.get(EditorialRow, (slug, story_id))
+            if action is None:
+                if row is not None:
+                    s.delete(row)
+            elif row is None:
+                s.add(EditorialRow(slug=slug, story_id=story_id, action=action, created_at=now))
+            else:
+                row.action, row.created_at = action, now
+
+    def resolve_story(self, reference: str) -> tuple[int, str]:
+        """A story by its number, its tag: id, or the URL of any of its items."""
+        with self.session() as s:
+            if reference.isdigit():
+                row = s.execute(select(StoryRow.id, StoryRow.uid).where(StoryRow.id == int(reference))).first()
+            elif reference.startswith("tag:"):
+                row = s.execute(select(StoryRow.id, StoryRow.uid).where(StoryRow.uid == reference)).first()
+            else:
+                url = canonical_url(reference) or reference
+                row = s.execute(
+                    select(StoryRow.id, StoryRow.uid)
+                    .join(ItemRow, ItemRow.story_id == StoryRow.id)
+                    .where(or_(ItemRow.canonical_url == url, ItemRow.link == reference))
+                    .limit(1)
+                ).first()
+        if row is None:
+            raise UsageError(f"no story matches {reference!r} (use a story number, its tag: id, or an item URL)")
+        return int(row[0]), str(row[1])
+
     def save_published(self, slug: str, fmt: str, media_type: str, body: bytes, etag: str, now: datetime) -> bool:
         """Store a rendering; False (and no write) when the bytes are what we already have."""
         with self.session() as s:
@@ -337,6 +390,17 @@ class Store:
             else:
                 row.media_type, row.body, row.etag, row.published_at = media_type, body, etag, now
             return True
+
+    @staticmethod
+    def _output_source_ids(s: Session, output: Output) -> list[int]:
+        sources = s.execute(select(SourceRow.id, SourceRow.name, SourceRow.tags)).all()
+        return [
+            r.id
+            for r in sources
+            if (not output.sources and not output.tags)
+            or r.name in output.sources
+            or set(output.tags) & set(r.tags or ())
+        ]
 
     def published(self, slug: str, fmt: str) -> PublishedRow | None:
         with self.session() as s:

@@ -1,0 +1,131 @@
+"""Curation rules, pins and blocks, and the reasons 'aggregator items' shows. Pure, then via the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aggregator.cli import main
+from aggregator.config import Output, Rule
+from aggregator.curate import Editorial, curate, select
+from aggregator.records import Candidate
+from tests.conftest import write_config
+from tests.feeds import rss2
+from tests.server import FeedServer, Route
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def cand(n: int, *, story: int | None = None, source: str = "A", hours: float = 0, **fields: object) -> Candidate:
+    values: dict[str, object] = dict(
+        item_id=n, story_id=story or n, story_uid=f"tag:x,2026:{story or n}", source_name=source, source_tags=(),
+        source_title=None, source_url="https://a.example/feed", source_link=None, source_feed_id=None,
+        title=f"Title {n}", link=f"https://a.example/{n}", summary_html="<p>text</p>", content_html="", text="text",
+        author=None, categories=(), published_at=NOW - timedelta(hours=hours or n),
+        updated_at=NOW - timedelta(hours=hours or n), first_seen_at=NOW - timedelta(hours=hours or n),
+    )  # fmt: skip
+    values.update(fields)
+    return Candidate(**values)  # type: ignore[arg-type]
+
+
+def test_newest_first_and_max_entries() -> None:
+    entries = select(Output(slug="w", title="W", max_entries=2), [cand(3), cand(1), cand(2)])
+    assert [e.lead.item_id for e in entries] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "value", "hit"),
+    [
+        (Rule(keywords=("election",)), "title", "Election results tonight", True),
+        (Rule(keywords=("elect",)), "title", "Election results tonight", False),  # whole words only
+        (Rule(pattern=r"\bgoal(s)?\b"), "title", "Three GOALS in ten minutes", True),
+        (Rule(keywords=("sport",), fields=("categories",)), "categories", ("Sport",), True),
+        (Rule(keywords=("sport",), fields=("categories",)), "title", "sport", False),
+        (Rule(keywords=("smith",), fields=("author",)), "author", "Jane Smith", True),
+        (Rule(pattern="example.com/live", fields=("link",)), "link", "https://example.com/live/1", True),
+        (Rule(keywords=("flood",), fields=("content",)), "text", "A flood warning", True),
+    ],
+)
+def test_each_rule_kind(rule: Rule, field: str, value: object, hit: bool) -> None:
+    output = Output(slug="w", title="W", exclude=(rule,))
+    verdicts = curate(output, [cand(1, **{field: value})]).verdicts
+    assert verdicts[0].included is not hit
+    if hit:
+        assert verdicts[0].reason == "excluded by rule exclude[0]"
+
+
+def test_include_rules_and_language() -> None:
+    output = Output(slug="w", title="W", include=(Rule(keywords=("climate",)),), language="en")
+    result = curate(
+        output, [cand(1, title="Climate talks"), cand(2, title="Football"), cand(3, title="Climate", language="fr")]
+    )
+    reasons = {v.candidate.item_id: v.reason for v in result.verdicts}
+    assert reasons[1] == "included, entry 1"
+    assert reasons[2] == "excluded: matches no include rule"
+    assert reasons[3] == "excluded: language fr is not en"
+
+
+def test_one_entry_per_story_led_by_the_first_outlet() -> None:
+    early = cand(1, story=7, source="Wire", first_seen_at=NOW - timedelta(hours=5))
+    late = cand(2, story=7, source="Daily", first_seen_at=NOW - timedelta(hours=1))
+    result = curate(Output(slug="w", title="W"), [late, early, cand(3)])
+    assert [e.lead.item_id for e in result.entries] == [1, 3]
+    assert result.entries[0].also == (late,)
+    reasons = {v.candidate.item_id: v.reason for v in result.verdicts}
+    assert reasons[2] == "also reported: same story as entry 1, led by Wire"
+
+
+def test_per_source_cap() -> None:
+    output = Output(slug="w", title="W", per_source_cap=2)
+    result = curate(
+        output, [cand(1, source="Loud"), cand(2, source="Loud"), cand(3, source="Loud"), cand(4, source="Quiet")]
+    )
+    assert [e.lead.item_id for e in result.entries] == [1, 2, 4]
+    assert {v.candidate.item_id: v.reason for v in result.verdicts}[3].startswith("over the per-source cap (2)")
+
+
+def test_pins_go_on_top_past_rules_and_blocks_stay_out() -> None:
+    output = Output(slug="w", title="W", exclude=(Rule(keywords=("old",)),))
+    editorial = Editorial(pinned=(9,), blocked=frozenset({1}))
+    result = curate(output, [cand(1), cand(2), cand(9, title="old but pinned", hours=100)], editorial)
+    assert [e.lead.item_id for e in result.entries] == [9, 2]
+    reasons = {v.candidate.item_id: v.reason for v in result.verdicts}
+    assert reasons == {1: "blocked by an editor", 9: "pinned, entry 1", 2: "included, entry 2"}
+
+
+def test_items_pin_and_block_from_the_command_line(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add("/f", Route(body=rss2(1, 5)))
+    config = write_config(tmp_path, [{"name": "one", "url": server.url("/f")}], outputs="""
+        outputs:
+          - slug: world
+            title: World
+            max_entries: 3
+        """)  # fmt: skip
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "items", "world", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["included"] for r in rows] == [True, True, True, False, False]
+    assert rows[3]["reason"] == "beyond max_entries (3)"
+    oldest = rows[-1]
+
+    assert main(["--config", str(config), "pin", "world", str(oldest["story"])]) == 0
+    assert "pinned in world" in capsys.readouterr().out
+    assert main(["--config", str(config), "block", "world", rows[0]["link"]]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "items", "world", "--json"]) == 0
+    after = {r["story"]: r["reason"] for r in json.loads(capsys.readouterr().out)}
+    assert after[oldest["story"]] == "pinned, entry 1"
+    assert after[rows[0]["story"]] == "blocked by an editor"
+    atom = (tmp_path / "data" / "feeds" / "world.atom").read_text()
+    assert atom.index(oldest["story_id"]) < atom.index(rows[1]["story_id"])  # republished with the pin on top
+    assert rows[0]["story_id"] not in atom
+
+    assert main(["--config", str(config), "pin", "world", "99999"]) == 1
+    assert "no story matches '99999'" in capsys.readouterr().err
+    assert main(["--config", str(config), "items", "nope"]) == 1
