@@ -106,6 +106,7 @@ class Settings(_Strict):
     parse_workers: int | None = Field(None, ge=0, le=64)
     tick_seconds: float = Field(DEFAULT_TICK_SECONDS, gt=0)
     status_page: bool = True
+    websub_hub: str | None = None
     retention: Duration | None = DEFAULT_RETENTION
     fetch_log_retention: Duration = FETCH_LOG_RETENTION
 
@@ -113,6 +114,11 @@ class Settings(_Strict):
     @classmethod
     def _public_url(cls, value: str) -> str:
         return _http_url(value).rstrip("/")
+
+    @field_validator("websub_hub")
+    @classmethod
+    def _hub(cls, value: str | None) -> str | None:
+        return _http_url(value) if value is not None else None
 
     @field_validator("listen")
     @classmethod

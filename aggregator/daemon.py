@@ -60,6 +60,7 @@ class Daemon:
         self._tick_running = False
         self._tick_task: asyncio.Task[object] | None = None
         self._fetcher: Fetcher | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- health ----------------------------------------------------------------------
     def health(self) -> dict[str, object]:
@@ -158,7 +159,12 @@ class Daemon:
             self._tick_task = asyncio.current_task()
             summary = await self.pipeline.poll_due(self._fetcher)
             if summary.new_items or summary.updated_items:
-                await asyncio.to_thread(self.pipeline.publish, self.pipeline.affected_outputs(summary))
+                changed = await asyncio.to_thread(self.pipeline.publish, self.pipeline.affected_outputs(summary))
+                if changed and self.loaded.config.settings.websub_hub:
+                    # Beside the poll loop, never in its way: a slow hub only delays its own pings.
+                    task = asyncio.get_running_loop().create_task(self.pipeline.notify_hub(changed))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
         except AggregatorError as exc:
             log.error("poll cycle failed: %s", exc)
         finally:

@@ -31,10 +31,11 @@ from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.normalize import document_to_feed
-from aggregator.publish import Rendering, render_all, write_atomically
+from aggregator.publish import Rendering, feed_url, render_all, write_atomically
 from aggregator.records import FetchResult, IngestPlan, ParsedFeed
 from aggregator.schedule import PollOutcome, PollPolicy, next_poll
 from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, PruneReport, Store
+from aggregator.websub import ping_hub
 
 log = logging.getLogger("aggregator")
 
@@ -390,6 +391,14 @@ class Pipeline:
         candidates += [c for c in pinned if c.item_id not in seen]
         return curate(output, candidates, editorial)
 
+    async def notify_hub(self, changed: list[Rendering]) -> None:
+        """Ping the WebSub hub for the feeds whose bytes changed (never raises)."""
+        settings = self.config.settings
+        if settings.websub_hub is None:
+            return
+        urls = [feed_url(settings.public_url, r.slug, r.format) for r in changed if r.format in ("atom", "rss", "json")]
+        await ping_hub(settings.websub_hub, urls, user_agent=settings.effective_user_agent)
+
     def publish(self, outputs: list[Output] | None = None, *, force_files: bool = False) -> list[Rendering]:
         """Render outputs; store and write only the renderings whose bytes changed."""
         changed = []
@@ -398,7 +407,7 @@ class Pipeline:
         out_dir = Path(settings.resolved_output_dir)
         for output in self.config.outputs if outputs is None else outputs:
             entries = self.curation(output, now).entries
-            for rendering in render_all(output, entries, settings.public_url):
+            for rendering in render_all(output, entries, settings.public_url, settings.websub_hub):
                 stored = self.store.save_published(
                     rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
                 )
@@ -448,9 +457,10 @@ async def poll_once(pipeline: Pipeline, *, all_sources: bool = False) -> PollSum
     async with Fetcher(fetch_options(pipeline.config)) as fetcher:
         summary = await pipeline.poll_due(fetcher, until=start)
     try:
-        await asyncio.to_thread(pipeline.publish, None)
+        changed = await asyncio.to_thread(pipeline.publish, None)
     except PublishError:
         raise
     except AggregatorError as exc:
         raise PublishError(str(exc)) from exc
+    await pipeline.notify_hub(changed)
     return summary

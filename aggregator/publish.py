@@ -67,11 +67,11 @@ def feed_url(public_url: str, slug: str, fmt: str) -> str:
     return f"{public_url}/feeds/{slug}.{fmt}"
 
 
-def render_all(output: Output, entries: list[OutputEntry], public_url: str) -> list[Rendering]:
+def render_all(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> list[Rendering]:
     return [
-        Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url)),
-        Rendering(output.slug, "rss", FORMATS["rss"], render_rss(output, entries, public_url)),
-        Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url)),
+        Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url, hub)),
+        Rendering(output.slug, "rss", FORMATS["rss"], render_rss(output, entries, public_url, hub)),
+        Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url, hub)),
         Rendering(output.slug, "html", FORMATS["html"], render_html(output, entries, public_url)),
     ]
 
@@ -92,7 +92,9 @@ def render_html(output: Output, entries: list[OutputEntry], public_url: str) -> 
     return page.encode("utf-8")
 
 
-def _generator(output: Output, entries: list[OutputEntry], public_url: str, fmt: str) -> FeedGenerator:
+def _generator(
+    output: Output, entries: list[OutputEntry], public_url: str, fmt: str, hub: str | None = None
+) -> FeedGenerator:
     fg = FeedGenerator()
     self_url = feed_url(public_url, output.slug, fmt)
     fg.id(feed_url(public_url, output.slug, "atom"))
@@ -100,8 +102,11 @@ def _generator(output: Output, entries: list[OutputEntry], public_url: str, fmt:
     fg.subtitle(output.subtitle or f"{output.title}, aggregated by aggregator")
     fg.description(output.subtitle or f"{output.title}, aggregated by aggregator")
     fg.author({"name": output.title})
-    fg.link(href=f"{public_url}/feeds/{output.slug}", rel="alternate", type="text/html")
     fg.link(href=self_url, rel="self", type=FORMATS[fmt].split(";")[0])
+    if hub and fmt == "atom":
+        fg.link(href=hub, rel="hub")
+    # Last: feedgen makes the last link the RSS channel's <link>, which must be the web page.
+    fg.link(href=f"{public_url}/feeds/{output.slug}", rel="alternate", type="text/html")
     fg.generator("aggregator", __version__, GENERATOR_URI)
     if output.icon:
         fg.icon(output.icon)
@@ -155,9 +160,9 @@ def _source_name(candidate: Candidate) -> str:
     return candidate.source_title or candidate.source_name
 
 
-def render_atom(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
+def render_atom(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> bytes:
     try:
-        raw = _generator(output, entries, public_url, "atom").atom_str(pretty=True)
+        raw = _generator(output, entries, public_url, "atom", hub).atom_str(pretty=True)
         root = etree.fromstring(raw)
         for element, entry in zip(root.findall(f"{{{ATOM_NS}}}entry"), entries, strict=True):
             _atom_links(element, entry)
@@ -202,14 +207,21 @@ def _atom_source(element: etree._Element, lead: Candidate) -> None:
     etree.SubElement(source, f"{{{ATOM_NS}}}link", rel="self", href=lead.source_url)
 
 
-def render_rss(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
+def render_rss(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> bytes:
     try:
-        return bytes(_generator(output, entries, public_url, "rss").rss_str(pretty=True))
-    except (ValueError, TypeError) as exc:
+        raw = bytes(_generator(output, entries, public_url, "rss").rss_str(pretty=True))
+        if not hub:
+            return raw
+        root = etree.fromstring(raw)
+        channel = root.find("channel")
+        link = etree.SubElement(channel, f"{{{ATOM_NS}}}link", rel="hub", href=hub)
+        link.tail = "\n"
+        return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+    except (ValueError, TypeError, etree.LxmlError) as exc:
         raise PublishError(f"{output.slug}.rss: cannot render: {exc}") from exc
 
 
-def render_json(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
+def render_json(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> bytes:
     """JSON Feed 1.1 (https://jsonfeed.org/version/1.1)."""
     doc = {
         "version": "https://jsonfeed.org/version/1.1",
@@ -224,6 +236,8 @@ def render_json(output: Output, entries: list[OutputEntry], public_url: str) -> 
         doc["icon"] = output.icon
     if output.language:
         doc["language"] = output.language
+    if hub:
+        doc["hubs"] = [{"type": "WebSub", "url": hub}]
     return json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
 
 

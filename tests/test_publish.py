@@ -108,3 +108,15 @@ def test_an_unwritable_output_dir_is_a_publish_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(PublishError, match="cannot write"):
         write_atomically(blocker / "feeds", Rendering("world", "atom", "application/atom+xml", b"x"))
+
+
+def test_websub_hub_is_advertised_in_every_feed_format() -> None:
+    hub = "https://hub.example.org/"
+    atom = feedparser.parse(render_atom(OUTPUT, entries(), PUBLIC, hub))
+    assert any(link.rel == "hub" and link.href == hub for link in atom.feed.links)
+    rss_body = render_rss(OUTPUT, entries(), PUBLIC, hub)
+    assert check_rss(rss_body) == []
+    rss = feedparser.parse(rss_body)
+    assert rss.feed.link == "https://news.example.org/feeds/world"  # the hub must not become the channel link
+    assert any(link.rel == "hub" and link.href == hub for link in rss.feed.links)
+    assert json.loads(render_json(OUTPUT, entries(), PUBLIC, hub))["hubs"] == [{"type": "WebSub", "url": hub}]
