@@ -110,7 +110,9 @@ class Daemon:
                 )  # fmt: skip
                 scheduler.start()
             if self.http:
-                app = create_app(self.store, health=self.health, status_page=settings.status_page)
+                app = create_app(
+                    self.store, health=self.health, status_page=settings.status_page, config=lambda: self.loaded.config
+                )
                 config = uvicorn.Config(
                     app, host=settings.listen_host, port=settings.listen_port, log_level="warning",
                     access_log=False, lifespan="off",

@@ -23,11 +23,13 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 
 from aggregator import __version__
+from aggregator.archive import Week, archive_url
 from aggregator.config import Output
 from aggregator.errors import PublishError
 from aggregator.records import Candidate, OutputEntry
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
+HISTORY_NS = "http://purl.org/syndication/history/1.0"  # RFC 5005
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 GENERATOR_URI = "https://pypi.org/project/aggregator/"
 
@@ -68,8 +70,14 @@ def feed_url(public_url: str, slug: str, fmt: str) -> str:
 
 
 def render_all(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> list[Rendering]:
+    # RFC 5005: the subscription feed points at the archive of the week before its newest
+    # entry, from where a reader can walk back as far as the archive goes.
+    history: tuple[tuple[str, str], ...] = ()
+    if entries:
+        newest = max(e.lead.published_at for e in entries)
+        history = (("prev-archive", archive_url(public_url, output.slug, Week.of(newest).shift(-1))),)
     return [
-        Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url, hub)),
+        Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url, hub, links=history)),
         Rendering(output.slug, "rss", FORMATS["rss"], render_rss(output, entries, public_url, hub)),
         Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url, hub)),
         Rendering(output.slug, "html", FORMATS["html"], render_html(output, entries, public_url)),
@@ -160,15 +168,36 @@ def _source_name(candidate: Candidate) -> str:
     return candidate.source_title or candidate.source_name
 
 
-def render_atom(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> bytes:
+def render_atom(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    hub: str | None = None,
+    *,
+    links: tuple[tuple[str, str], ...] = (),
+    archive_of: Week | None = None,
+) -> bytes:
+    """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
+    archive document for that week (own self URL and id, ``fh:archive`` marker)."""
     try:
         raw = _generator(output, entries, public_url, "atom", hub).atom_str(pretty=True)
-        root = etree.fromstring(raw)
+        root = etree.fromstring(raw, etree.XMLParser(remove_blank_text=True))
+        if archive_of is not None:
+            url = archive_url(public_url, output.slug, archive_of)
+            root.find(f"{{{ATOM_NS}}}id").text = url
+            for link in root.findall(f"{{{ATOM_NS}}}link"):
+                if link.get("rel") == "self":
+                    link.set("href", url)
+            root.insert(0, etree.Element(f"{{{HISTORY_NS}}}archive", nsmap={"fh": HISTORY_NS}))
+        anchor = next((i for i, child in enumerate(root) if child.tag == f"{{{ATOM_NS}}}link"), len(root))
+        for offset, (rel, href) in enumerate(links):
+            root.insert(anchor + offset, etree.Element(f"{{{ATOM_NS}}}link", rel=rel, href=href))
         for element, entry in zip(root.findall(f"{{{ATOM_NS}}}entry"), entries, strict=True):
             _atom_links(element, entry)
             _atom_source(element, entry.lead)
+        etree.indent(root, space="  ")
         return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
-    except (ValueError, TypeError, etree.LxmlError) as exc:
+    except (ValueError, TypeError, AttributeError, etree.LxmlError) as exc:
         raise PublishError(f"{output.slug}.atom: cannot render: {exc}") from exc
 
 

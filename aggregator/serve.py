@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -23,14 +25,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_output, archive_url
+from aggregator.config import Config, Output
+from aggregator.curate import curate
 from aggregator.errors import StorageError
 from aggregator.metrics import exposition, registry_for
+from aggregator.publish import feed_url, render_atom
 from aggregator.status import render_status
 from aggregator.store.models import PublishedRow
 from aggregator.store.repository import Store
 
 GZIP_MIN_BYTES = 1024
 FEED_MAX_AGE = 60  # seconds a reader or proxy may reuse a feed without asking
+ARCHIVE_MAX_AGE = 3600
 PAGE_CSP = "default-src 'none'; img-src http: https: data:; media-src http: https:; style-src 'unsafe-inline'"
 
 
@@ -88,10 +95,48 @@ def _gzip_etag(etag: str) -> str:
     return etag[:-1] + '-gz"'
 
 
+def render_archive(store: Store, config: Config, output: Output, week: Week, now: datetime) -> bytes:
+    """One week of an output as an RFC 5005 archive document, linked to its neighbours."""
+    public = config.settings.public_url
+    complete = archive_output(output)
+    entries = curate(complete, store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)).entries
+    links = [("current", feed_url(public, output.slug, "atom"))]
+    earliest = store.earliest_item(output)
+    if earliest is not None and week.shift(-1) >= Week.of(earliest):
+        links.append(("prev-archive", archive_url(public, output.slug, week.shift(-1))))
+    if week.shift(1) < Week.of(now):
+        links.append(("next-archive", archive_url(public, output.slug, week.shift(1))))
+    return render_atom(complete, entries, public, config.settings.websub_hub, links=tuple(links), archive_of=week)
+
+
 def create_app(
-    store: Store, *, health: Callable[[], dict[str, object]] | None = None, status_page: bool = True
+    store: Store,
+    *,
+    health: Callable[[], dict[str, object]] | None = None,
+    status_page: bool = True,
+    config: Callable[[], Config] | None = None,
 ) -> Starlette:
     cache = OutputCache(store)
+
+    async def archive(request: Request) -> Response:
+        slug, label = request.path_params["slug"], request.path_params["week"]
+        current = config() if config is not None else None
+        output = next((o for o in current.outputs if o.slug == slug), None) if current else None
+        week = Week.parse(label)
+        now = datetime.now(UTC)
+        if current is None or output is None or week is None or week > Week.of(now):
+            return Response("no such archive page\n", status_code=404, media_type="text/plain")
+        try:
+            body = await asyncio.to_thread(render_archive, store, current, output, week, now)
+        except StorageError:
+            return Response("database unavailable\n", status_code=503, media_type="text/plain")
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        # A past week no longer changes (much); the current one still does.
+        max_age = ARCHIVE_MAX_AGE if week < Week.of(now) else FEED_MAX_AGE
+        headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}"}
+        if not_modified(request, etag, format_datetime(week.end, usegmt=True)):
+            return Response(status_code=304, headers=headers)
+        return Response(body, headers=headers, media_type="application/atom+xml; charset=utf-8")
 
     async def page(request: Request) -> Response:
         return await _output(request, request.path_params["slug"], "html")
@@ -162,6 +207,7 @@ def create_app(
     return Starlette(
         routes=[
             *extra,
+            Route("/feeds/{slug}/archive/{week}.atom", archive, methods=["GET", "HEAD"]),
             Route("/feeds/{slug}.{fmt}", feed, methods=["GET", "HEAD"]),
             Route("/feeds/{slug}", page, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),

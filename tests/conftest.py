@@ -14,6 +14,7 @@ import pytest
 from tests.server import FeedServer
 
 if TYPE_CHECKING:
+    from aggregator.config import Config
     from aggregator.store.repository import Store
 
 
@@ -98,7 +99,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @contextlib.contextmanager
-def serving(store: Store) -> Iterator[str]:
+def serving(store: Store, config: Config | None = None) -> Iterator[str]:
     """aggregator's HTTP app in a real uvicorn server on a free 127.0.0.1 port."""
     import uvicorn
 
@@ -107,7 +108,8 @@ def serving(store: Store) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning", lifespan="off"))
+    app = create_app(store, config=(lambda: config) if config is not None else None)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -320,6 +320,25 @@ class Store:
                 query = query.where(ItemRow.sort_at >= now - output.max_age)
             return [_candidate(item, source, story) for item, source, story in s.execute(query)]
 
+    def candidates_between(self, output: Output, start: datetime, end: datetime, limit: int) -> list[Candidate]:
+        """The output's items dated in [start, end): one page of its archive."""
+        with self.session() as s:
+            wanted = self._output_source_ids(s, output)
+            query = (
+                select(ItemRow, SourceRow, StoryRow)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .join(StoryRow, ItemRow.story_id == StoryRow.id)
+                .where(ItemRow.source_id.in_(wanted), ItemRow.sort_at >= start, ItemRow.sort_at < end)
+                .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
+                .limit(limit)
+            )
+            return [_candidate(item, source, story) for item, source, story in s.execute(query)]
+
+    def earliest_item(self, output: Output) -> datetime | None:
+        with self.session() as s:
+            wanted = self._output_source_ids(s, output)
+            return s.scalar(select(func.min(ItemRow.sort_at)).where(ItemRow.source_id.in_(wanted)))
+
     def story_candidates(self, config: Config, output: Output, story_ids: Iterable[int]) -> list[Candidate]:
         """Every item of the given stories from the output's sources (pinned stories outlive
         the age window and the candidate limit)."""

@@ -1,0 +1,64 @@
+"""Archived feeds (RFC 5005 §4): every week of an output as a stable Atom document.
+
+A feed reader that was away longer than the subscription feed's window follows
+``prev-archive`` links back week by week and misses nothing. Pages are ISO weeks of the
+items' dates, so a page's address never changes and, once its week is over, neither
+(in practice) does its content. Each page applies the output's rules but not its
+``max_entries`` or per-source cap: an archive is complete.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from aggregator.config import Output
+
+ARCHIVE_MAX_ENTRIES = 5000
+_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+
+
+@dataclass(frozen=True, order=True)
+class Week:
+    year: int
+    week: int
+
+    @classmethod
+    def of(cls, moment: datetime) -> Week:
+        iso = moment.astimezone(UTC).isocalendar()
+        return cls(iso.year, iso.week)
+
+    @classmethod
+    def parse(cls, label: str) -> Week | None:
+        match = _WEEK.match(label)
+        if not match:
+            return None
+        try:
+            date.fromisocalendar(int(match.group(1)), int(match.group(2)), 1)
+        except ValueError:
+            return None
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def start(self) -> datetime:
+        return datetime.combine(date.fromisocalendar(self.year, self.week, 1), datetime.min.time(), tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(days=7)
+
+    def shift(self, weeks: int) -> Week:
+        return Week.of(self.start + timedelta(weeks=weeks))
+
+    def __str__(self) -> str:
+        return f"{self.year}-W{self.week:02d}"
+
+
+def archive_url(public_url: str, slug: str, week: Week) -> str:
+    return f"{public_url}/feeds/{slug}/archive/{week}.atom"
+
+
+def archive_output(output: Output) -> Output:
+    """The output's rules, without the limits that make sense only for the current window."""
+    return output.model_copy(update={"max_entries": ARCHIVE_MAX_ENTRIES, "per_source_cap": None, "max_age": None})
