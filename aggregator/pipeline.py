@@ -34,7 +34,14 @@ from aggregator.normalize import document_to_feed
 from aggregator.publish import Rendering, feed_url, render_all, write_atomically
 from aggregator.records import FetchResult, IngestPlan, ParsedFeed
 from aggregator.schedule import PollOutcome, PollPolicy, next_poll
-from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, PruneReport, Store
+from aggregator.store.repository import (
+    ClaimedSource,
+    IngestTransaction,
+    MatchCandidate,
+    PollRecord,
+    PruneReport,
+    Store,
+)
 from aggregator.websub import ping_hub
 
 log = logging.getLogger("aggregator")
@@ -314,20 +321,23 @@ class Pipeline:
         the stored story whose text they copy (cluster.match), if any."""
         signed = [(new, cluster.signature(new.item.title, new.item.text)) for new in plan.inserts]
         unmatched = [(new, sig) for new, sig in signed if new.story_id is None]
-        recent: list[cluster.RecentItem] = []
+        by_key: dict[str, list[cluster.RecentItem]] = {}
         if unmatched:
             moments = [new.item.published_at or now for new, _ in unmatched]
             keys = [key for _, sig in unmatched for key in cluster.band_keys(sig)]
             window = cluster.DEFAULT_WINDOW
-            for candidate in tx.match_candidates(keys, min(moments) - window, max(moments) + window):
-                try:
-                    stored_sig = cluster.Signature.loads(candidate.signature)
-                except ValueError:
-                    continue  # written by another signature version: it simply cannot match
-                recent.append(cluster.RecentItem(candidate.story_id, candidate.item_id, candidate.sort_at, stored_sig))
+            decoded: dict[int, cluster.RecentItem | None] = {}
+            for key, candidates in tx.match_candidates(keys, min(moments) - window, max(moments) + window).items():
+                for candidate in candidates:
+                    if candidate.item_id not in decoded:
+                        decoded[candidate.item_id] = _recent(candidate)
+                    if (stored := decoded[candidate.item_id]) is not None:
+                        by_key.setdefault(key, []).append(stored)
         inserts = []
         for new, sig in signed:
             story_id, reason = new.story_id, None
+            # Compare only with the stored items that share one of this item's keys.
+            recent = list({r.item_id: r for k in cluster.band_keys(sig) for r in by_key.get(k, ())}.values())
             if story_id is None and recent:
                 found = cluster.match(sig, new.item.published_at or now, recent)
                 if found is not None:
@@ -436,6 +446,14 @@ def prune(pipeline: Pipeline) -> PruneReport | None:
         "retention: %d items, %d stories and %d fetch-log rows removed", report.items, report.stories, report.fetch_log
     )
     return report
+
+
+def _recent(candidate: MatchCandidate) -> cluster.RecentItem | None:
+    try:
+        signature = cluster.Signature.loads(candidate.signature)
+    except ValueError:
+        return None  # written by another signature version: it simply cannot match
+    return cluster.RecentItem(candidate.story_id, candidate.item_id, candidate.sort_at, signature)
 
 
 def _with_error(result: FetchResult, message: str) -> FetchResult:

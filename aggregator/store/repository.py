@@ -41,6 +41,7 @@ IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 STORY_NAMESPACE = uuid.UUID("6f1c6b0e-5d0a-4d5e-9a57-5e7f1a0b2c3d")
 RATE_WINDOW = timedelta(days=7)
 MATCH_KEY_RETENTION = timedelta(days=14)
+MAX_KEY_FANOUT = 100  # a story copied by more outlets than this still matches through its other keys
 
 
 @dataclass(frozen=True)
@@ -399,15 +400,22 @@ class Store:
     def save_published(self, slug: str, fmt: str, media_type: str, body: bytes, etag: str, now: datetime) -> bool:
         """Store a rendering; False (and no write) when the bytes are what we already have."""
         with self.session() as s:
-            row = s.get(PublishedRow, (slug, fmt))
-            if row is not None and row.etag == etag:
+            current = s.scalar(select(PublishedRow.etag).where(PublishedRow.slug == slug, PublishedRow.format == fmt))
+            if current == etag:
                 return False
-            if row is None:
-                s.add(
-                    PublishedRow(slug=slug, format=fmt, media_type=media_type, body=body, etag=etag, published_at=now)
-                )
+            # An upsert: several workers may publish the same output at the same moment.
+            values: dict[str, object] = {"slug": slug, "format": fmt, "media_type": media_type, "body": body}
+            values.update(etag=etag, published_at=now)
+            changes = {k: values[k] for k in ("media_type", "body", "etag", "published_at")}
+            dialect = s.get_bind().dialect.name
+            stmt: Any
+            if dialect == "postgresql":
+                stmt = postgresql.insert(PublishedRow).values(values)
+                stmt = stmt.on_conflict_do_update(index_elements=["slug", "format"], set_=changes)
             else:
-                row.media_type, row.body, row.etag, row.published_at = media_type, body, etag, now
+                stmt = sqlite.insert(PublishedRow).values(values)
+                stmt = stmt.on_conflict_do_update(index_elements=["slug", "format"], set_=changes)
+            s.execute(stmt)
             return True
 
     @staticmethod
@@ -619,20 +627,35 @@ class IngestTransaction:
         self._write_match_keys(source_id, [(n.item.key, n.item.published_at or now, n.match_keys) for n in new])
         return count
 
-    def match_candidates(self, keys: Sequence[str], earliest: datetime, latest: datetime) -> list[MatchCandidate]:
-        """Stored items that share a story-matching key with the new ones, within the window."""
-        found: dict[int, MatchCandidate] = {}
+    def match_candidates(
+        self, keys: Sequence[str], earliest: datetime, latest: datetime
+    ) -> dict[str, list[MatchCandidate]]:
+        """Stored items sharing each story-matching key, within the window.
+
+        A key carried by more than ``MAX_KEY_FANOUT`` items is a stock phrase (a feed's own
+        boilerplate, a recurring teaser), not evidence: it is dropped, which also keeps
+        matching linear when a feed repeats the same words in every item.
+        """
+        found: dict[str, list[MatchCandidate]] = {}
+        window = MatchKeyRow.sort_at.between(earliest, latest)
         for chunk in _chunks(sorted(set(keys))):
-            rows = self.s.execute(
-                select(ItemRow.id, ItemRow.story_id, ItemRow.sort_at, ItemRow.match_signature)
-                .join(MatchKeyRow, MatchKeyRow.item_id == ItemRow.id)
-                .where(MatchKeyRow.key.in_(chunk), MatchKeyRow.sort_at.between(earliest, latest))
-                .distinct()
+            fanout = self.s.execute(
+                select(MatchKeyRow.key, func.count())
+                .where(MatchKeyRow.key.in_(chunk), window)
+                .group_by(MatchKeyRow.key)
             )
-            for item_id, story_id, sort_at, signature in rows:
+            useful = [key for key, count in fanout if count <= MAX_KEY_FANOUT]
+            if not useful:
+                continue
+            rows = self.s.execute(
+                select(MatchKeyRow.key, ItemRow.id, ItemRow.story_id, ItemRow.sort_at, ItemRow.match_signature)
+                .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
+                .where(MatchKeyRow.key.in_(useful), window)
+            )
+            for key, item_id, story_id, sort_at, signature in rows:
                 if signature:
-                    found[item_id] = MatchCandidate(item_id, story_id, sort_at, signature)
-        return sorted(found.values(), key=lambda c: c.item_id)
+                    found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
+        return found
 
     def _write_match_keys(self, source_id: int, entries: Sequence[tuple[str, datetime, tuple[str, ...]]]) -> None:
         wanted = {key: (at, keys) for key, at, keys in entries if keys}
