@@ -48,6 +48,7 @@ log = logging.getLogger("aggregator")
 
 LEASE_MARGIN = timedelta(minutes=2)
 COMMIT_ATTEMPTS = 4
+COMMIT_SLOTS = 4
 CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
 
 
@@ -151,7 +152,9 @@ class Pipeline:
         self.owner = owner or worker_id()
         self.clock = clock
         self.on_progress = on_progress
-        self._write_lock = asyncio.Lock()
+        # SQLite has one writer anyway; PostgreSQL takes a few commits at once (they are
+        # short, and a lost race is retried), so one slow fsync does not stall the rest.
+        self._write_lock = asyncio.Semaphore(1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS)
         self.authority = _authority(config.settings.public_url)
 
     # --- polling ---------------------------------------------------------------------

@@ -38,6 +38,7 @@ from aggregator.store.repository import Store
 GZIP_MIN_BYTES = 1024
 FEED_MAX_AGE = 60  # seconds a reader or proxy may reuse a feed without asking
 ARCHIVE_MAX_AGE = 3600
+REVALIDATE_SECONDS = 1.0
 PAGE_CSP = "default-src 'none'; img-src http: https: data:; media-src http: https:; style-src 'unsafe-inline'"
 
 
@@ -51,17 +52,33 @@ class CachedOutput:
 
 
 class OutputCache:
-    def __init__(self, store: Store) -> None:
+    """Renderings in memory; the database is asked whether one changed at most every
+    ``revalidate`` seconds (feeds are served with max-age=60, so a second of staleness
+    costs nothing, and a busy server stops paying a query and a thread hop per request)."""
+
+    def __init__(self, store: Store, revalidate: float = REVALIDATE_SECONDS) -> None:
         self.store = store
+        self.revalidate = revalidate
         self._entries: dict[tuple[str, str], CachedOutput] = {}
+        self._checked: dict[tuple[str, str], float] = {}
+
+    def fresh(self, slug: str, fmt: str) -> CachedOutput | None:
+        """The cached rendering if it was checked against the database recently enough."""
+        cached = self._entries.get((slug, fmt))
+        checked = self._checked.get((slug, fmt))
+        if cached is None or checked is None or time.monotonic() - checked >= self.revalidate:
+            return None
+        return cached
 
     def get(self, slug: str, fmt: str) -> CachedOutput | None:
+        checked = time.monotonic()  # before the query: an honest bound on staleness
         with self.store.session() as s:
             etag = s.scalar(select(PublishedRow.etag).where(PublishedRow.slug == slug, PublishedRow.format == fmt))
         if etag is None:
             return None
         cached = self._entries.get((slug, fmt))
         if cached is not None and cached.etag == etag:
+            self._checked[(slug, fmt)] = checked
             return cached
         row = self.store.published(slug, fmt)
         if row is None:
@@ -75,6 +92,7 @@ class OutputCache:
             gzipped=gzip.compress(body, mtime=0) if len(body) >= GZIP_MIN_BYTES else None,
         )
         self._entries[(slug, fmt)] = cached
+        self._checked[(slug, fmt)] = checked
         return cached
 
 
@@ -115,8 +133,9 @@ def create_app(
     health: Callable[[], dict[str, object]] | None = None,
     status_page: bool = True,
     config: Callable[[], Config] | None = None,
+    revalidate: float = REVALIDATE_SECONDS,
 ) -> Starlette:
-    cache = OutputCache(store)
+    cache = OutputCache(store, revalidate)
 
     async def archive(request: Request) -> Response:
         slug, label = request.path_params["slug"], request.path_params["week"]
@@ -148,7 +167,7 @@ def create_app(
         if fmt not in ("atom", "rss", "json", "html"):
             return Response("not found\n", status_code=404, media_type="text/plain")
         try:
-            cached = await asyncio.to_thread(cache.get, slug, fmt)
+            cached = cache.fresh(slug, fmt) or await asyncio.to_thread(cache.get, slug, fmt)
         except StorageError:
             return Response("database unavailable\n", status_code=503, media_type="text/plain")
         if cached is None:

@@ -108,7 +108,8 @@ def serving(store: Store, config: Config | None = None) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(store, config=(lambda: config) if config is not None else None)
+    # revalidate=0: tests publish and read back at once.
+    app = create_app(store, config=(lambda: config) if config is not None else None, revalidate=0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -27,7 +27,8 @@ def unread(home: Path, url: str) -> tuple[int, set[str]]:
     (home / "urls").write_text(url + "\n")
     (home / "config").write_text("")
     result = subprocess.run(
-        [NEWSBOAT or "newsboat", "-u", "urls", "-c", "cache.db", "-C", "config", "-x", "reload", "print-unread"],
+        [NEWSBOAT or "newsboat", "-u", "urls", "-c", "cache.db", "-C", "config", "-l", "6", "-d", "newsboat.log",
+         "-x", "reload", "print-unread"],
         cwd=home, env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -61,7 +62,7 @@ def test_newsboat_sees_every_entry_once_and_nothing_new_after_a_rebuild(server: 
             server.add("/f0", Route(body=any_dialect(0, ITEMS + 3), etag='"0-b"'))
             assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
             count, after = unread(home, url)
-            assert count == FEEDS * ITEMS + 3
+            assert count == FEEDS * ITEMS + 3, (home / "newsboat.log").read_text()[-3000:]
             assert guids < after and len(after - guids) == 3
     finally:
         engine.dispose()

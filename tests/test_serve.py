@@ -103,3 +103,13 @@ def test_html_page_is_served_with_a_strict_content_security_policy(store: Store,
     assert "default-src 'none'" in response.headers["content-security-policy"]
     assert "script-src" not in response.headers["content-security-policy"]
     assert httpx.get(f"{base_url}/feeds/world", headers={"If-None-Match": '"p1"'}).status_code == 304
+
+
+def test_a_change_within_the_same_second_still_moves_last_modified(store: Store, base_url: str) -> None:
+    """Readers that send only If-Modified-Since (newsboat does) must not miss a quick change."""
+    store.save_published("world", "atom", "application/atom+xml", ATOM, '"one"', NOW)
+    first = httpx.get(f"{base_url}/feeds/world.atom").headers["last-modified"]
+    store.save_published("world", "atom", "application/atom+xml", ATOM + b" ", '"two"', NOW)
+    response = httpx.get(f"{base_url}/feeds/world.atom", headers={"If-Modified-Since": first})
+    assert response.status_code == 200
+    assert response.headers["last-modified"] != first
