@@ -169,6 +169,11 @@ class Daemon:
                     task.add_done_callback(self._background.discard)
         except AggregatorError as exc:
             log.error("poll cycle failed: %s", exc)
+        except asyncio.CancelledError:
+            # SIGTERM mid-cycle: poll_due has handed its leases back. Ending quietly keeps
+            # APScheduler from logging a clean shutdown as a job that "raised an exception".
+            if not self._stop.is_set():
+                raise
         finally:
             self._tick_running = False
             self._last_tick = time.monotonic()

@@ -46,10 +46,11 @@ class FetchError(AggregatorError):
 
 
 class BlockedAddressError(FetchError):
-    """The URL points into a network we refuse to reach (SSRF guard)."""
+    """The URL points into a network we refuse to reach (SSRF guard).
 
-    def __init__(self, url: str, message: str) -> None:
-        super().__init__(url, message, retryable=False)
+    Retryable: the operator can lift the guard (settings or the source's flag), and the
+    source must then simply work on its next poll, not stay retired.
+    """
 
 
 class ResponseTooLargeError(FetchError):

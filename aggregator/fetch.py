@@ -3,17 +3,25 @@
 Politeness and safety live here and nowhere else:
 
 * conditional GET with the stored ETag / Last-Modified;
-* an identifying User-Agent; gzip, deflate and brotli;
+* an identifying User-Agent; gzip, deflate and brotli, decoded here rather than by
+  httpx so that output is produced in bounded steps: httpx inflates each network chunk
+  in one call, and 300 bytes of brotli can expand to 200 MiB in that call;
 * connect / read / total timeouts, and a body cap enforced while streaming and
   after decompression (a gzip bomb stops at the cap, not at the end of memory);
 * redirects followed by hand (at most ``max_redirects``) so that 301/308 can move the
-  stored URL while 302/307 do not, loops are caught, and every hop passes the
-  SSRF guard: private, loopback, link-local and metadata addresses are refused
-  unless the operator allowed them;
-* a global and a per-host concurrency limit.
+  stored URL while 302/307 do not, and loops are caught;
+* the SSRF guard: private, loopback, link-local and metadata addresses are refused
+  unless the operator allowed them. It runs where the socket is opened, on the very
+  addresses we connect to, so it covers every redirect hop and cannot be dodged by a
+  name that resolves to a public address for the check and a private one for the
+  connection (DNS rebinding);
+* a per-host and a global concurrency limit.
 
 It knows nothing of the database: failures come back as a ``FetchResult`` with
-``error`` set, never as an exception, so one bad source cannot stop a batch.
+``error`` set, never as an exception, so one bad source cannot stop a batch. Only
+410 Gone is reported as permanent (``retryable=False``): every other failure —
+including a refused address, which the operator can lift in the config — is retried
+with backoff, because a source must never be switched off by errors alone.
 """
 
 from __future__ import annotations
@@ -22,27 +30,44 @@ import asyncio
 import ipaddress
 import socket
 import time
+import zlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 from aggregator import config as defaults
 from aggregator.errors import BlockedAddressError, FetchError, ResponseTooLargeError
 from aggregator.records import FetchResult, SourceToFetch
 
+try:
+    import brotli  # type: ignore[import-untyped]
+except ImportError:  # pragma: no cover - brotli is a declared dependency
+    brotli = None
+
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/rdf+xml;q=0.9, application/feed+json;q=0.9, "
     "application/xml;q=0.8, text/xml;q=0.8, application/json;q=0.5, */*;q=0.1"
 )
+# Only advertise brotli when the installed module can bound its output (brotli >= 1.2).
+BROTLI_BOUNDED = brotli is not None and hasattr(brotli.Decompressor, "can_accept_more_data")
+ACCEPT_ENCODING = "gzip, deflate, br" if BROTLI_BOUNDED else "gzip, deflate"
+DECODE_STEP = 64 * 1024  # the most a decoder produces before the cap is checked again
+DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error, brotli.error) if brotli is not None else (zlib.error,)
 PERMANENT_REDIRECTS = frozenset({301, 308})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Cloud metadata endpoints that are not covered by the private/link-local checks.
 METADATA_ADDRESSES = frozenset({ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")})
+CARRIER_GRADE_NAT = ipaddress.ip_network("100.64.0.0/10")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True)
@@ -59,21 +84,30 @@ class FetchOptions:
 
 
 class Fetcher:
-    """Owns the HTTP client and the concurrency limits; use as an async context manager."""
+    """Owns the HTTP clients and the concurrency limits; use as an async context manager.
 
-    def __init__(self, options: FetchOptions) -> None:
+    ``clock`` stamps ``FetchResult.fetched_at`` (a pipeline on a test clock passes its
+    own). ``resolve`` and ``is_blocked`` are the SSRF guard's two halves, replaceable so
+    tests can stand a name or an address in for "the public internet" without DNS.
+    """
+
+    def __init__(
+        self,
+        options: FetchOptions,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        resolve: Resolver | None = None,
+        is_blocked: Callable[[IPAddress], bool] | None = None,
+    ) -> None:
         self.options = options
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=httpx.Timeout(
-                connect=options.connect_timeout,
-                read=options.read_timeout,
-                write=options.read_timeout,
-                pool=options.total_timeout,
-            ),
-            limits=httpx.Limits(max_connections=options.concurrency, max_keepalive_connections=options.concurrency),
-            headers={"User-Agent": options.user_agent, "Accept": ACCEPT},
-            trust_env=False,
+        self.clock = clock
+        # Two pools: a connection opened for a source allowed onto private networks must
+        # never be reused by a source that is not (a redirect to the same intranet host).
+        self._open = _client(options, None)
+        self._guarded = (
+            None
+            if options.allow_private_networks
+            else _client(options, _GuardedBackend(resolve or _system_resolve, is_blocked or blocked_address))
         )
         self._global = asyncio.Semaphore(options.concurrency)
         self._hosts: defaultdict[str, asyncio.Semaphore] = defaultdict(
@@ -87,40 +121,51 @@ class Fetcher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._open.aclose()
+        if self._guarded is not None:
+            await self._guarded.aclose()
 
     async def fetch(self, source: SourceToFetch) -> FetchResult:
         """GET one source. Never raises for network or HTTP trouble: see ``FetchResult.error``."""
         # Wait for a slot first: time spent queued behind other feeds of the same host must
-        # not count against this feed's own timeout.
-        async with self._global, self._host_slot(source.url):
-            started = time.monotonic()
-            fetched_at = datetime.now(UTC)
-            return await self._fetch_timed(source, fetched_at, started)
+        # not count against this feed's own timeout. The host slot comes first so that a
+        # feed waiting behind its own host does not sit on one of the global slots too.
+        async with self._host_slot(source.url), self._global:
+            return await self._fetch_timed(source, time.monotonic())
 
-    async def _fetch_timed(self, source: SourceToFetch, fetched_at: datetime, started: float) -> FetchResult:
+    async def _fetch_timed(self, source: SourceToFetch, started: float) -> FetchResult:
+        options = self.options
         try:
-            return await asyncio.wait_for(self._fetch(source, fetched_at, started), self.options.total_timeout)
+            return await asyncio.wait_for(self._fetch(source, started), options.total_timeout)
         except TimeoutError:
-            error, retryable = f"timed out after {self.options.total_timeout:g}s", True
+            error = f"timed out: no complete answer within {options.total_timeout:g}s (total timeout)"
         except FetchError as exc:
-            error, retryable = exc.message, exc.retryable
+            error = exc.message
+        except httpx.ConnectTimeout:
+            error = f"timed out connecting after {options.connect_timeout:g}s"
+        except httpx.ReadTimeout:
+            error = f"timed out: the server sent nothing for {options.read_timeout:g}s (read timeout)"
         except httpx.TimeoutException as exc:
-            error, retryable = f"timeout: {type(exc).__name__}", True
+            error = f"timeout: {type(exc).__name__}"
         except httpx.HTTPError as exc:
-            error, retryable = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, True
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         except OSError as exc:
-            error, retryable = f"network error: {exc}", True
+            error = f"network error: {exc}"
+        except (httpx.InvalidURL, ValueError) as exc:
+            # A malformed Location (e.g. "http://[oops/") must cost this source, not the batch.
+            error = f"invalid URL: {exc}"
         return FetchResult(
             source_id=source.id,
             url=source.url,
-            fetched_at=fetched_at,
+            # Backoff counts from when we gave up, not from when we started waiting.
+            fetched_at=self.clock(),
             error=error,
-            retryable=retryable,
+            retryable=True,
             elapsed=time.monotonic() - started,
         )
 
-    async def _fetch(self, source: SourceToFetch, fetched_at: datetime, started: float) -> FetchResult:
+    async def _fetch(self, source: SourceToFetch, started: float) -> FetchResult:
+        client = self._open if self._guarded is None or source.allow_private else self._guarded
         url = source.url
         permanent_url: str | None = None
         still_permanent = True
@@ -131,12 +176,11 @@ class Fetcher:
         if source.last_modified:
             headers["If-Modified-Since"] = source.last_modified
         for _hop in range(self.options.max_redirects + 1):
-            await self._guard(url, source.allow_private)
-            async with self._client.stream("GET", url, headers=headers) as response:
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise FetchError(url, f"redirect to a non-HTTP URL: {url}")
+            async with client.stream("GET", url, headers=headers) as response:
                 if response.status_code in REDIRECTS and "location" in response.headers:
                     target = urljoin(url, response.headers["location"])
-                    if urlsplit(target).scheme not in ("http", "https"):
-                        raise FetchError(url, f"redirect to a non-HTTP URL: {target}", retryable=False)
                     if target in seen:
                         raise FetchError(url, f"redirect loop at {target}")
                     seen.add(target)
@@ -148,7 +192,7 @@ class Fetcher:
                 body = None
                 if response.status_code == 200:
                     body = await self._read_capped(response, url)
-                return self._result(source, response, url, body, permanent_url, fetched_at, started)
+                return self._result(source, response, url, body, permanent_url, started)
         raise FetchError(source.url, f"more than {self.options.max_redirects} redirects")
 
     def _result(
@@ -158,7 +202,6 @@ class Fetcher:
         url: str,
         body: bytes | None,
         permanent_url: str | None,
-        fetched_at: datetime,
         started: float,
     ) -> FetchResult:
         status = response.status_code
@@ -174,7 +217,9 @@ class Fetcher:
         return FetchResult(
             source_id=source.id,
             url=url,
-            fetched_at=fetched_at,
+            # Stamped once the answer is in: Retry-After and max-age count from when we
+            # heard them, so "come back in 60 s" can never be scheduled a few ms early.
+            fetched_at=self.clock(),
             status=status,
             body=body,
             content_type=h.get("content-type"),
@@ -195,14 +240,26 @@ class Fetcher:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             raise ResponseTooLargeError(url, f"body of {int(declared)} bytes exceeds the {cap}-byte cap")
-        chunks = []
+        encoding = response.headers.get("content-encoding", "")
+        decoder = _decoder(encoding, url)
+        after = f" (after {encoding} decompression)" if decoder.decodes else ""
+        chunks: list[bytes] = []
         size = 0
-        # aiter_bytes yields decompressed bytes: the cap holds after gzip/brotli too.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise ResponseTooLargeError(url, f"body exceeds the {cap}-byte cap (after decompression)")
-            chunks.append(chunk)
+
+        def keep(pieces: Iterable[bytes]) -> None:
+            nonlocal size
+            for piece in pieces:
+                size += len(piece)
+                if size > cap:
+                    raise ResponseTooLargeError(url, f"body exceeds the {cap}-byte cap{after}")
+                chunks.append(piece)
+
+        try:
+            async for raw in response.aiter_raw():
+                keep(decoder.feed(raw))
+            keep(decoder.flush())
+        except DECODE_ERRORS as exc:
+            raise FetchError(url, f"cannot decode the {encoding} body: {exc}") from None
         return b"".join(chunks)
 
     @asynccontextmanager
@@ -210,27 +267,8 @@ class Fetcher:
         async with self._hosts[(urlsplit(url).hostname or "").lower()]:
             yield
 
-    async def _guard(self, url: str, allow_private: bool) -> None:
-        if self.options.allow_private_networks or allow_private:
-            return
-        host = urlsplit(url).hostname
-        if not host:
-            raise FetchError(url, "URL has no host", retryable=False)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise FetchError(url, f"cannot resolve {host}: {exc.strerror}") from None
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if blocked_address(address):
-                raise BlockedAddressError(
-                    url,
-                    f"{host} resolves to {address}, a private or local address; refused "
-                    "(set allow_private_networks in settings, or allow_private_network on the source)",
-                )
 
-
-def blocked_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def blocked_address(address: IPAddress) -> bool:
     """True for addresses a public feed has no business living on (SSRF guard)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
@@ -242,5 +280,216 @@ def blocked_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
         or address.is_reserved
         or address.is_unspecified
         or address in METADATA_ADDRESSES
-        or (isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network("100.64.0.0/10"))
+        or (isinstance(address, ipaddress.IPv4Address) and address in CARRIER_GRADE_NAT)
     )
+
+
+# --- the SSRF guard, where sockets are opened ------------------------------------------------
+
+
+def _client(options: FetchOptions, backend: httpcore.AsyncNetworkBackend | None) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=options.concurrency, max_keepalive_connections=options.concurrency)
+    ssl_context = httpx.create_ssl_context(verify=True, trust_env=False)
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits, trust_env=False)
+    if backend is not None:
+        # httpx (0.27, 0.28) has no public way to hand httpcore a network backend, so the
+        # pool is rebuilt with the same settings plus ours. If httpx ever renames `_pool`,
+        # the guard tests in tests/test_fetch.py fail: 127.0.0.1 would no longer be refused.
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=backend,
+        )
+    return httpx.AsyncClient(
+        transport=transport,
+        follow_redirects=False,
+        timeout=httpx.Timeout(
+            connect=options.connect_timeout,
+            read=options.read_timeout,
+            write=options.read_timeout,
+            pool=options.total_timeout,
+        ),
+        headers={"User-Agent": options.user_agent, "Accept": ACCEPT, "Accept-Encoding": ACCEPT_ENCODING},
+        trust_env=False,
+    )
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves the host itself, refuses blocked addresses, and connects to the checked ones.
+
+    TLS still verifies the certificate against the host name: httpcore passes the
+    origin's name as ``server_hostname`` when it starts TLS on the stream we return.
+    """
+
+    def __init__(self, resolve: Resolver, is_blocked: Callable[[IPAddress], bool]) -> None:
+        self._resolve = resolve
+        self._is_blocked = is_blocked
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in await self._resolve(host, port)]
+        except OSError as exc:
+            raise FetchError(host, f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not addresses:
+            raise FetchError(host, f"cannot resolve {host}: no addresses")
+        for address in addresses:
+            if self._is_blocked(address):
+                shown = host if host == str(address) else f"{host} resolves to {address}, which"
+                raise BlockedAddressError(
+                    host,
+                    f"{shown} is a private, loopback, link-local or metadata address; refused "
+                    "(set allow_private_networks: true in settings, or allow_private_network: true on the source)",
+                )
+        failure: Exception | None = None
+        for address in addresses:  # in resolver order, like a browser without happy eyeballs
+            try:
+                return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - we never configure a socket path
+        raise FetchError(path, "unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+async def _system_resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# --- content decoding, in bounded steps ----------------------------------------------------
+
+
+class _Decoder(Protocol):
+    decodes: bool
+
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+    def flush(self) -> Iterator[bytes]: ...
+
+
+def _decoder(content_encoding: str, url: str) -> _Decoder:
+    """The decoder chain for a Content-Encoding list (applied in order, so undone in reverse)."""
+    names = [n.strip().lower() for n in content_encoding.split(",") if n.strip()]
+    names = [n for n in names if n != "identity"]
+    steps: list[_Decoder] = []
+    for name in reversed(names):
+        if name in ("gzip", "x-gzip"):
+            steps.append(_Inflate(zlib.MAX_WBITS | 16))
+        elif name == "deflate":
+            steps.append(_Inflate(zlib.MAX_WBITS, raw_fallback=True))
+        elif name == "br" and BROTLI_BOUNDED:
+            steps.append(_Brotli())
+        else:
+            raise FetchError(url, f"unsupported Content-Encoding {content_encoding!r} (we asked for {ACCEPT_ENCODING})")
+    if not steps:
+        return _Identity()
+    return steps[0] if len(steps) == 1 else _Chain(steps)
+
+
+class _Identity:
+    decodes = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        yield data
+
+    def flush(self) -> Iterator[bytes]:
+        return iter(())
+
+
+class _Inflate:
+    """gzip (possibly multi-member) or deflate; ``raw_fallback`` for servers sending raw deflate."""
+
+    decodes = True
+
+    def __init__(self, wbits: int, *, raw_fallback: bool = False) -> None:
+        self._wbits = wbits
+        self._multi_member = bool(wbits & 16)  # concatenated gzip members are one valid gzip body
+        self._d = zlib.decompressobj(wbits)
+        self._raw_fallback = raw_fallback
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._raw_fallback:
+            self._raw_fallback = False
+            try:
+                self._d.copy().decompress(data[:2])
+            except zlib.error:
+                # "deflate" is meant to be zlib-wrapped (RFC 9110 §8.4.1.2); many servers send it raw.
+                self._wbits = -zlib.MAX_WBITS
+                self._d = zlib.decompressobj(self._wbits)
+        while data:
+            if self._d.eof:
+                if not self._multi_member or not data.strip(b"\0"):
+                    return  # trailing bytes (often NUL padding) after the stream: not content
+                self._d = zlib.decompressobj(self._wbits)
+            out = self._d.decompress(data, DECODE_STEP)
+            if out:
+                yield out
+            data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
+            # All input taken but the output limit was hit: zlib may still hold output.
+            while not data and len(out) == DECODE_STEP and not self._d.eof:
+                out = self._d.decompress(b"", DECODE_STEP)
+                if out:
+                    yield out
+
+    def flush(self) -> Iterator[bytes]:
+        out = self._d.flush()
+        if out:
+            yield out
+
+
+class _Brotli:
+    decodes = True
+
+    def __init__(self) -> None:
+        self._d = brotli.Decompressor()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        out = self._d.process(data, output_buffer_limit=DECODE_STEP)
+        # Drain in bounded steps: brotli may hold output back even when it reports it can
+        # take more input, so "until it gives nothing" rather than can_accept_more_data().
+        while out:
+            yield out
+            if self._d.is_finished():
+                return
+            out = self._d.process(b"", output_buffer_limit=DECODE_STEP)
+
+    def flush(self) -> Iterator[bytes]:
+        return iter(())
+
+
+class _Chain:
+    decodes = True
+
+    def __init__(self, steps: list[_Decoder]) -> None:
+        self._steps = steps
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        return self._through(0, iter((data,)))
+
+    def flush(self) -> Iterator[bytes]:
+        for index, step in enumerate(self._steps):
+            yield from self._through(index + 1, step.flush())
+
+    def _through(self, index: int, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        if index == len(self._steps):
+            yield from pieces
+            return
+        for piece in pieces:
+            yield from self._through(index + 1, self._steps[index].feed(piece))

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aggregator import cluster, metrics
 from aggregator.config import Config, Output
@@ -33,7 +34,15 @@ from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.normalize import document_to_feed
 from aggregator.publish import Rendering, feed_url, render_all, write_atomically
 from aggregator.records import FetchResult, IngestPlan, ParsedFeed
-from aggregator.schedule import PollOutcome, PollPolicy, next_poll
+from aggregator.schedule import (
+    THROTTLED_STATUSES,
+    HostSource,
+    NextPoll,
+    PollOutcome,
+    PollPolicy,
+    host_slowdown,
+    next_poll,
+)
 from aggregator.store.repository import (
     ClaimedSource,
     IngestTransaction,
@@ -156,6 +165,9 @@ class Pipeline:
         # short, and a lost race is retried), so one slow fsync does not stall the rest.
         self._write_lock = asyncio.Semaphore(1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS)
         self.authority = _authority(config.settings.public_url)
+        # Hosts that are throttling us, and until when: their other sources wait too. Only
+        # a shortcut for this process; the postponed times themselves are in the database.
+        self._host_holds: dict[str, datetime] = {}
 
     # --- polling ---------------------------------------------------------------------
     async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:
@@ -273,7 +285,7 @@ class Pipeline:
                 )
                 record = PollRecord("error", decision.at, decision.reason, errors)
                 tx.record_poll(source.fetch.id, _with_error(result, result.error or parse_error or "failed"), record)
-                return "error", record
+                return "error", self._respect_host(tx, source, result, record, now)
             new = updated = 0
             items_per_day = None
             if parsed is not None:
@@ -299,7 +311,8 @@ class Pipeline:
                     expires=result.expires,
                     ttl_minutes=parsed.ttl_minutes if parsed else None,
                     update_period_minutes=parsed.update_period_minutes if parsed else None,
-                    items_per_day=items_per_day,
+                    # Not re-measured when the body did not change: keep the last rate.
+                    items_per_day=items_per_day if parsed is not None else source.items_per_day,
                 ),
                 now,
             )
@@ -317,7 +330,28 @@ class Pipeline:
                 items_per_day=items_per_day,
             )
             tx.record_poll(source.fetch.id, result, record)
-            return outcome, record
+            return outcome, self._respect_host(tx, source, result, record, now)
+
+    def _respect_host(
+        self, tx: IngestTransaction, source: ClaimedSource, result: FetchResult, record: PollRecord, now: datetime
+    ) -> PollRecord:
+        """After a 429/503, or any poll of a host that is holding us off: apply schedule.host_slowdown.
+
+        Runs inside the poll's transaction, after its own state is written, so whichever of a
+        host's polls commits last, the host's sources end up waiting together.
+        """
+        host = (urlsplit(source.fetch.url).hostname or "").lower()
+        if result.status not in THROTTLED_STATUSES and self._host_holds.get(host, now) <= now:
+            return record
+        moves = host_slowdown([HostSource(*row) for row in tx.sources_on_host(host)], now)
+        if not moves:
+            return record
+        tx.postpone({source_id: (decision.at, decision.reason) for source_id, decision in moves.items()})
+        self._host_holds[host] = max(decision.at for decision in moves.values())
+        if result.status in THROTTLED_STATUSES:
+            log.warning("host %s is throttling us: %d more of its sources wait", host, len(moves))
+        mine: NextPoll | None = moves.get(source.fetch.id)
+        return replace(record, next_poll_at=mine.at, next_poll_reason=mine.reason) if mine else record
 
     def _match_stories(self, tx: IngestTransaction, plan: IngestPlan, now: datetime) -> IngestPlan:
         """Sign every new or changed item, and join new items whose URL matched no story to
@@ -475,7 +509,7 @@ async def poll_once(pipeline: Pipeline, *, all_sources: bool = False) -> PollSum
     await asyncio.to_thread(reclaim_dead_leases, pipeline.store)
     if all_sources:
         await asyncio.to_thread(pipeline.store.make_all_due, start)
-    async with Fetcher(fetch_options(pipeline.config)) as fetcher:
+    async with Fetcher(fetch_options(pipeline.config), clock=pipeline.clock) as fetcher:
         summary = await pipeline.poll_due(fetcher, until=start)
     try:
         changed = await asyncio.to_thread(pipeline.publish, None)

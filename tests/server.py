@@ -2,8 +2,10 @@
 
 Each path is a ``Route``: a status, a body, headers, and optional misbehaviour — ETag /
 Last-Modified with real conditional handling, gzip, a delay before answering, a stall
-in the middle of the body, a truncated body. Every request is recorded so a test can
-assert what the client sent (conditional headers, User-Agent).
+in the middle of the body, a body trickled out a few bytes at a time, a truncated body,
+a chunked body with no Content-Length. Every request is recorded so a test can assert
+what the client sent (conditional headers, User-Agent), and the most requests ever in
+flight at once is kept so a test can check concurrency limits without timing anything.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class Route:
     stall_after: int | None = None  # bytes sent before stalling
     stall_seconds: float = 0.0
     truncate_to: int | None = None  # announce the full length, send fewer bytes, close
+    chunked: bool = False  # Transfer-Encoding: chunked, so the client cannot know the size up front
+    trickle_bytes: int = 0  # send the body this many bytes at a time ...
+    trickle_seconds: float = 0.0  # ... with this pause between pieces
 
 
 @dataclass
@@ -41,6 +46,8 @@ class FeedServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[Seen] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         server = self
 
@@ -53,9 +60,15 @@ class FeedServer:
             def do_GET(self) -> None:
                 server._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # The default listen backlog of 5 drops connections when a test fetches dozens of
+            # feeds at once, and the client then sees a connect timeout that is not the test's.
+            request_queue_size = 128
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll interval: stop() waits up to one interval, once per test.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def base(self) -> str:
@@ -84,6 +97,15 @@ class FeedServer:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         with self._lock:
             self.requests.append(Seen("GET", h.path, {k.lower(): v for k, v in h.headers.items()}))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._answer(h)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler) -> None:
         route = self.routes.get(h.path)
         if route is None:
             self._send(h, 404, b"not found", {"Content-Type": "text/plain"})
@@ -115,6 +137,14 @@ class FeedServer:
             h.send_response(status)
             for name, value in headers.items():
                 h.send_header(name, value)
+            if route is not None and route.chunked:
+                h.send_header("Transfer-Encoding", "chunked")
+                h.end_headers()
+                for start in range(0, len(body), 16384):
+                    piece = body[start : start + 16384]
+                    h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                h.wfile.write(b"0\r\n\r\n")
+                return
             h.send_header("Content-Length", str(len(body)))
             if route is not None and route.truncate_to is not None:
                 h.send_header("Connection", "close")
@@ -126,7 +156,12 @@ class FeedServer:
                 h.wfile.flush()
                 h.close_connection = True
                 return
-            if route is not None and route.stall_after is not None:
+            if route is not None and route.trickle_bytes:
+                for start in range(0, len(body), route.trickle_bytes):
+                    h.wfile.write(body[start : start + route.trickle_bytes])
+                    h.wfile.flush()
+                    time.sleep(route.trickle_seconds)
+            elif route is not None and route.stall_after is not None:
                 h.wfile.write(body[: route.stall_after])
                 h.wfile.flush()
                 time.sleep(route.stall_seconds)

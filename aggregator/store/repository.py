@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,6 +61,7 @@ class ClaimedSource:
     error_count: int
     interval_seconds: int | None
     tags: tuple[str, ...]
+    items_per_day: float | None = None  # as last measured: a 304 must not forget the adaptive rate
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,7 @@ class Store:
                 .returning(
                     SourceRow.id, SourceRow.name, SourceRow.url, SourceRow.etag, SourceRow.last_modified,
                     SourceRow.allow_private, SourceRow.body_hash, SourceRow.error_count,
-                    SourceRow.interval_seconds, SourceRow.tags, SourceRow.next_poll_at,
+                    SourceRow.interval_seconds, SourceRow.tags, SourceRow.next_poll_at, SourceRow.items_per_day,
                 )
             ).all())  # fmt: skip
         rows.sort(key=lambda r: r.next_poll_at)
@@ -260,6 +262,7 @@ class Store:
                 r.error_count,
                 r.interval_seconds,
                 tuple(r.tags or ()),
+                r.items_per_day,
             )
             for r in rows
         ]
@@ -718,6 +721,30 @@ class IngestTransaction:
             select(func.count()).where(ItemRow.source_id == source_id, ItemRow.sort_at >= now - RATE_WINDOW)
         )
         return (count or 0) / RATE_WINDOW.days if count else None
+
+    def sources_on_host(self, host: str) -> list[tuple[int, datetime, int | None]]:
+        """(id, next_poll_at, last_status) of the active sources whose current URL is on ``host``.
+
+        Sees this transaction's own writes (autoflush), so the poll just recorded counts.
+        """
+        rows = self.s.execute(
+            select(SourceRow.id, SourceRow.url, SourceRow.next_poll_at, SourceRow.last_status).where(
+                SourceRow.in_config.is_(True),
+                SourceRow.enabled.is_(True),
+                SourceRow.retired_at.is_(None),
+                SourceRow.url.contains(host, autoescape=True),  # a prefilter; the exact test is below
+            )
+        )
+        return [(r.id, r.next_poll_at, r.last_status) for r in rows if (urlsplit(r.url).hostname or "") == host]
+
+    def postpone(self, moves: dict[int, tuple[datetime, str]]) -> None:
+        """Move sources' next poll later (never earlier); a source being polled right now is left alone."""
+        for source_id, (at, reason) in moves.items():
+            self.s.execute(
+                update(SourceRow)
+                .where(SourceRow.id == source_id, SourceRow.next_poll_at < at, SourceRow.lease_owner.is_(None))
+                .values(next_poll_at=at, next_poll_reason=reason)
+            )
 
     def record_poll(self, source_id: int, result: FetchResult, record: PollRecord) -> None:
         row = self.s.get(SourceRow, source_id, with_for_update=False)

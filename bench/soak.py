@@ -1,0 +1,567 @@
+"""Soak: the real daemon polling >= 1,000 misbehaving local sources for several cycles.
+
+What runs
+    The scheduler half of ``aggregator worker`` — ``daemon.Daemon(poll=True, http=False)``
+    with its APScheduler tick, ``Pipeline``, ``Fetcher`` and a real SQLite file — in this
+    process, against an HTTP server in a *separate* process on 127.0.0.1 (so the CPU
+    figure is the daemon's alone). Nothing else is contacted.
+
+    First a warm-up polls every source once (``poll --once --all``: full bodies, parsing,
+    ingest) and is timed on its own; then the daemon starts on that database, as after a
+    restart, and runs for ``--duration`` seconds until it is sent SIGTERM. The figures
+    below are for the daemon's run, where polling — not first-time ingest — is the work.
+
+Time: real, with short intervals (not an accelerated clock)
+    Every source's interval is ``--interval`` seconds (default 45 s instead of 30 min,
+    40 times denser), ``min_interval`` 10 s, ``max_backoff`` 120 s, ``tick_seconds`` 1.
+    A real clock keeps the server's Retry-After dates, the slow sources' delays, timeouts
+    and the database's ``next_poll_at`` on one time line, so "earlier than allowed" can be checked against
+    the wall clock without translating anything. The cost is that a cycle is 45 s, so a
+    run of a few minutes covers ~5 cycles.
+
+The sources (``--sources``, default 1,200), by behaviour
+    etag      ETag + Last-Modified, unchanged: 304 to every conditional request
+    changing  a new item about every 1.5 intervals (new ETag); otherwise 304
+    throttled every third request answered 429 or 503 with Retry-After 45 s, in the
+              seconds form for even sources and the HTTP-date form for odd ones; these
+              sources are reached as http://localhost:PORT (their own host)
+    failing   500 every time (backoff doubles up to max_backoff, never disabled)
+    flaky     500 on every other request (error, then recovery)
+    slow      answers after 1.5 s
+    moved     301 to a new path (the stored URL moves; later polls go there directly)
+    cached    Cache-Control: max-age=90 (polled every 90 s, not every 45 s)
+
+What it prints
+    * polls (and HTTP requests) per source per cycle, per behaviour, while the daemon ran
+      (cycles = run time / interval);
+    * the share of conditional requests (If-None-Match / If-Modified-Since) answered 304;
+    * polls earlier than allowed. "Allowed" is checked two ways and both must be 0:
+      (a) against the database: a request for a source arriving before the
+      ``next_poll_at`` stored by that source's previous poll (read from a ledger the
+      store writes after each commit); (b) against the server: a request arriving before
+      the moment its last 429/503 said (Retry-After seconds from when it was sent, or
+      the HTTP date);
+    * sources left unpolled past their due time: sampled every second from the database,
+      the most sources ever overdue by more than ``--late`` seconds (default 5: one tick
+      plus the slow sources' delay plus a few batches), and the lateness distribution of
+      every poll (arrival minus the stored next_poll_at);
+    * the daemon's CPU seconds (this process: every thread, including the in-process
+      parsing, as ``parse_workers`` is 0) per 1,000 conditional polls over the whole run,
+      and, separately, for a burst where every etag source is made due at once and
+      answers 304 — the cost of a conditional poll on its own;
+    * how it was run: arguments, cores, load, Python and library versions.
+
+Run:  .venv/bin/python bench/soak.py            (a warm-up of 1-3 minutes, then 4 minutes)
+      .venv/bin/python bench/soak.py --sources 1000 --duration 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import logging
+import multiprocessing
+import os
+import platform
+import signal
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from aggregator.config import LoadedConfig, load_config  # noqa: E402
+from aggregator.daemon import Daemon  # noqa: E402
+from aggregator.fetch import Fetcher  # noqa: E402
+from aggregator.pipeline import Pipeline, fetch_options  # noqa: E402
+from aggregator.store.database import ensure_schema, make_engine  # noqa: E402
+from aggregator.store.models import SourceRow  # noqa: E402
+from aggregator.store.repository import IngestTransaction, Store  # noqa: E402
+
+MIX = [  # (behaviour, share of sources)
+    ("etag", 0.65),
+    ("changing", 0.08),
+    ("throttled", 0.06),
+    ("failing", 0.04),
+    ("flaky", 0.04),
+    ("slow", 0.05),
+    ("moved", 0.04),
+    ("cached", 0.04),
+]
+RETRY_AFTER = 45
+SLOW_SECONDS = 1.5
+MAX_AGE = 90
+# The throttling publisher is its own host, as it would be in the wild: 72 sources answering
+# 429/503 on the host that also serves the other 1,128 would make that whole host a
+# throttling one. "localhost" is 127.0.0.1 here (see /etc/hosts); nothing else is contacted.
+HOSTS = {"throttled": "localhost"}
+ITEMS = 5  # per feed: enough to parse and dedupe, few enough that the warm-up stays short
+
+
+# --- the misbehaving server, in its own process ------------------------------------------------
+
+
+def behaviours(count: int) -> list[str]:
+    """Deterministic assignment, interleaved so no batch is all of one kind."""
+    cumulative, out = [], []
+    total = 0.0
+    for name, share in MIX:
+        total += share
+        cumulative.append((total, name))
+    for n in range(count):
+        position = ((n * 0.6180339887) % 1.0) * total
+        out.append(next(name for edge, name in cumulative if position < edge))
+    return out
+
+
+def rss(source: int, version: int) -> bytes:
+    items = "".join(
+        f"<item><title>Source {source} story {k}</title><link>https://soak.example/{source}/{k}</link>"
+        f"<guid>https://soak.example/{source}/{k}</guid><description>Story {k} of source {source}, "
+        f"with a paragraph of text that a real feed would carry.</description>"
+        f"<pubDate>Fri, 20 Nov 2026 {k % 24:02d}:00:00 GMT</pubDate></item>"
+        for k in range(version, version + ITEMS)
+    )
+    return (
+        f"<?xml version='1.0' encoding='utf-8'?><rss version='2.0'><channel><title>Soak {source}</title>"
+        f"<link>https://soak.example/{source}</link><description>soak</description>{items}</channel></rss>"
+    ).encode()
+
+
+class SoakServer:
+    """A keep-alive HTTP/1.1 server on asyncio streams; logs every request with its outcome."""
+
+    def __init__(self, kinds: list[str], interval: float) -> None:
+        self.kinds = kinds
+        self.interval = interval
+        self.started = time.time()
+        self.counts: Counter[int] = Counter()
+        # (source, arrival, status, conditional, not_before) — not_before: Retry-After deadline sent
+        self.log: list[tuple[int, float, int, bool, float | None]] = []
+
+    async def serve(self, conn: Any) -> None:
+        server = await asyncio.start_server(self._client, "127.0.0.1", 0, backlog=512)
+        conn.send(server.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, conn.recv)  # "stop"
+        server.close()
+        conn.send(self.log)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                headers: dict[str, str] = {}
+                while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = header.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                path = line.split()[1].decode()
+                status, out_headers, body = await self._answer(path, headers)
+                head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}"]
+                head += [f"{k}: {v}" for k, v in out_headers.items()]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+                await writer.drain()
+        except (ConnectionError, IndexError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        arrival = time.time()
+        _, prefix, number = path.split("/")
+        source = int(number)
+        kind = self.kinds[source]
+        conditional = "if-none-match" in headers or "if-modified-since" in headers
+        nth = self.counts[source]
+        self.counts[source] += 1
+        status, out, body, not_before = 200, {"Content-Type": "application/rss+xml"}, b"", None
+        if kind == "moved" and prefix == "s":
+            status, out = 301, {"Location": f"/moved/{source}"}
+        elif kind == "failing" or (kind == "flaky" and nth % 2 == 0):
+            status, body = 500, b"oops"
+        elif kind == "throttled" and nth % 3 == 1:
+            status = 429 if source % 4 < 2 else 503
+            not_before = time.time() + RETRY_AFTER
+            if source % 2 == 0:
+                out = {"Retry-After": str(RETRY_AFTER)}
+            else:
+                not_before = float(int(not_before) + 1)  # HTTP dates have whole seconds
+                out = {"Retry-After": format_datetime(datetime.fromtimestamp(not_before, UTC), usegmt=True)}
+        else:
+            if kind == "slow":
+                await asyncio.sleep(SLOW_SECONDS)
+            version = int((arrival - self.started) / (self.interval * 1.5)) if kind == "changing" else 0
+            etag = f'"{source}-{version}"'
+            out = {"ETag": etag, "Last-Modified": "Fri, 20 Nov 2026 12:00:00 GMT", **out}
+            if kind == "cached":
+                out["Cache-Control"] = f"max-age={MAX_AGE}"
+            if headers.get("if-none-match") == etag:
+                status = 304
+            else:
+                body = rss(source, version)
+        self.log.append((source, arrival, status, conditional, not_before))
+        return status, out, body
+
+
+def run_server(conn: Any, kinds: list[str], interval: float) -> None:
+    asyncio.run(SoakServer(kinds, interval).serve(conn))
+
+
+# --- the ledger: what the daemon stored after each poll ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Stored:
+    source_id: int
+    committed: float  # wall clock, after the commit
+    next_poll_at: float | None
+
+
+class LedgerStore(Store):
+    """The real store, noting each committed poll's next_poll_at (the schedule we must honour)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ledger: list[Stored] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def ingest(self) -> Iterator[IngestTransaction]:
+        recorded: list[tuple[int, float | None]] = []
+        with super().ingest() as tx:
+            original = tx.record_poll
+
+            def record_poll(source_id: int, result: Any, record: Any) -> None:
+                original(source_id, result, record)
+                at = record.next_poll_at.timestamp() if record.next_poll_at is not None else None
+                recorded.append((source_id, at))
+
+            tx.record_poll = record_poll  # type: ignore[method-assign]
+            yield tx
+        committed = time.time()
+        with self._lock:
+            self.ledger.extend(Stored(source_id, committed, at) for source_id, at in recorded)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def write_config(directory: Path, port: int, kinds: list[str], opts: argparse.Namespace) -> Path:
+    lines = [
+        "settings:",
+        f"  data_dir: {directory}",
+        "  public_url: http://soak.invalid",
+        "  allow_private_networks: true",
+        "  parse_workers: 0",
+        f"  default_interval: {opts.interval}s",
+        "  min_interval: 10s",
+        "  max_interval: 300s",
+        "  max_backoff: 120s",
+        f"  concurrency: {opts.concurrency}",
+        f"  per_host_concurrency: {opts.concurrency}",  # 1,128 of the sources share one host
+        "  tick_seconds: 1",
+        "  connect_timeout: 5",
+        "  read_timeout: 10",
+        "  total_timeout: 20",
+        "sources:",
+    ]
+    for n, kind in enumerate(kinds):
+        lines += [
+            f"  - name: {kind}-{n:05d}",
+            f"    url: http://{HOSTS.get(kind, '127.0.0.1')}:{port}/s/{n}",
+            f"    interval: {opts.interval}s",
+        ]
+    lines += ["outputs:", "  - slug: all", "    title: Everything"]
+    path = directory / "feeds.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def sample_overdue(db: Path, late: float, stop: threading.Event, samples: list[tuple[float, int]]) -> None:
+    """Every second: how many active, unleased sources are past due by more than ``late`` seconds."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    while not stop.wait(1.0):
+        cutoff = datetime.fromtimestamp(time.time() - late, UTC).replace(tzinfo=None).isoformat(sep=" ")
+        (count,) = conn.execute(
+            "SELECT count(*) FROM sources WHERE retired_at IS NULL AND enabled AND in_config "
+            "AND next_poll_at < ? AND lease_until IS NULL",
+            (cutoff,),
+        ).fetchone()
+        samples.append((time.time(), int(count)))
+    conn.close()
+
+
+async def poll_everything_once(config_path: Path, store: Store) -> int:
+    """The warm-up: every source's first poll (full bodies, parsing, ingest), as `poll --once --all`."""
+    config = load_config(config_path).config
+    pipeline = Pipeline(config, store, parse_pool=None)
+    async with Fetcher(fetch_options(config)) as fetcher:
+        return (await pipeline.poll_due(fetcher)).polled
+
+
+async def conditional_burst(config_path: Path, store: Store, names: list[str]) -> tuple[int, float, float]:
+    """Make every etag source due now and poll them once: each answers 304. Returns (polls, cpu, wall)."""
+    config = load_config(config_path).config
+    now = datetime.now(UTC)
+    with store.session() as s:
+        s.execute(update(SourceRow).where(SourceRow.name.in_(names)).values(next_poll_at=now))
+    pipeline = Pipeline(config, store, parse_pool=None)
+    async with Fetcher(fetch_options(config)) as fetcher:
+        cpu, wall = time.process_time(), time.perf_counter()
+        summary = await pipeline.poll_due(fetcher, until=now)
+        return summary.not_modified, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Figures:
+    """Everything measured; ``report`` only formats it."""
+
+    opts: argparse.Namespace
+    kinds: list[str]
+    log: list[tuple[int, float, int, bool, float | None]]
+    ledger: list[Stored]
+    index_of: dict[int, int]
+    samples: list[tuple[float, int]]
+    warm_up: float
+    daemon_start: float
+    daemon_end: float
+    cpu_run: float
+    retired: int
+    burst: tuple[int, float, float]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=int, default=1200)
+    parser.add_argument("--interval", type=int, default=45, help="seconds between polls of one source")
+    parser.add_argument("--duration", type=float, default=240, help="seconds the daemon runs after the warm-up")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--late", type=float, default=5.0, help="seconds past due that count as 'left unpolled'")
+    opts = parser.parse_args()
+    if opts.sources < 1000 or opts.duration > 300:
+        parser.error("the soak wants >= 1000 sources and at most 5 minutes of daemon time")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    logging.getLogger("aggregator").setLevel(logging.ERROR)  # 429/500 sources warn on every poll
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "tick skipped: still running" is expected
+
+    kinds = behaviours(opts.sources)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=run_server, args=(child, kinds, opts.interval), daemon=True)
+    server.start()
+    port = parent.recv()
+    try:
+        figures = soak(opts, kinds, port)
+    finally:
+        parent.send("stop")
+        log: list[tuple[int, float, int, bool, float | None]] = parent.recv()
+        server.join(timeout=10)
+    figures.log = log
+    report(figures)
+    return 0
+
+
+def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
+    with tempfile.TemporaryDirectory(prefix="aggregator-soak-") as tmp:
+        directory = Path(tmp)
+        config_path = write_config(directory, port, kinds, opts)
+        loaded = load_config(config_path)
+        engine = make_engine(loaded.config.settings.database_url)
+        ensure_schema(engine)
+        store = LedgerStore(engine)
+        store.sync_sources(loaded.config, datetime.now(UTC))
+
+        started = time.perf_counter()
+        asyncio.run(poll_everything_once(config_path, store))
+        warm_up = time.perf_counter() - started
+
+        # Then the daemon starts on that database, as after a restart: it resumes the stored schedule.
+        daemon = Daemon(LoadedConfig(loaded.config, config_path), store, poll=True, http=False)
+        stop_sampling = threading.Event()
+        samples: list[tuple[float, int]] = []
+        db = directory / "aggregator.db"
+
+        async def run() -> None:
+            # Stop the way an operator does: SIGTERM, after --duration seconds.
+            asyncio.get_running_loop().call_later(opts.duration, os.kill, os.getpid(), signal.SIGTERM)
+            await daemon.run()
+
+        sampler = threading.Thread(target=sample_overdue, args=(db, opts.late, stop_sampling, samples), daemon=True)
+        cpu0, daemon_start = time.process_time(), time.time()
+        sampler.start()
+        asyncio.run(run())
+        cpu_run, daemon_end = time.process_time() - cpu0, time.time()
+        stop_sampling.set()
+        sampler.join()
+
+        with sqlite3.connect(db) as conn:
+            names = dict(conn.execute("SELECT id, name FROM sources").fetchall())
+            retired = conn.execute("SELECT count(*) FROM sources WHERE retired_at IS NOT NULL").fetchone()[0]
+        ledger = list(store.ledger)
+        etag_names = [name for name in names.values() if name.startswith("etag-")]
+        burst = asyncio.run(conditional_burst(config_path, store, etag_names))
+        engine.dispose()
+    return Figures(
+        opts=opts,
+        kinds=kinds,
+        log=[],
+        ledger=ledger,
+        index_of={source_id: int(name.rsplit("-", 1)[1]) for source_id, name in names.items()},
+        samples=samples,
+        warm_up=warm_up,
+        daemon_start=daemon_start,
+        daemon_end=daemon_end,
+        cpu_run=cpu_run,
+        retired=retired,
+        burst=burst,
+    )
+
+
+def report(f: Figures) -> None:
+    import httpx
+    import sqlalchemy
+
+    opts, kinds = f.opts, f.kinds
+    # The burst at the end moved next_poll_at by hand: its requests are not part of the schedule.
+    scheduled = [entry for entry in f.log if entry[1] <= f.daemon_end]
+    run_time = f.daemon_end - f.daemon_start
+    cycles = run_time / opts.interval
+
+    by_source: defaultdict[int, list[tuple[float, int, bool, float | None]]] = defaultdict(list)
+    for source, arrival, status, conditional, not_before in scheduled:
+        by_source[source].append((arrival, status, conditional, not_before))
+
+    # (a) Against the stored schedule. The commit governing a request is the source's last
+    # commit before it arrived; requests sharing one governing commit are one poll (a 301
+    # and the hop after it), since a source is not claimed again before its poll commits.
+    commits: defaultdict[int, list[Stored]] = defaultdict(list)
+    for stored in f.ledger:
+        commits[f.index_of[stored.source_id]].append(stored)
+    early_db, lateness, daemon_polls = 0, [], Counter[str]()
+    early_examples = []
+    for source, requests in by_source.items():
+        history = sorted(commits[source], key=lambda c: c.committed)
+        times = [c.committed for c in history]
+        seen_governing: set[int] = set()
+        for arrival, _status, _conditional, _promised in sorted(requests):
+            governing = bisect.bisect_left(times, arrival) - 1  # -1: before any commit (the first poll)
+            if governing in seen_governing:
+                continue
+            seen_governing.add(governing)
+            if arrival >= f.daemon_start:
+                daemon_polls[kinds[source]] += 1
+            allowed = history[governing].next_poll_at if governing >= 0 else None
+            if allowed is not None:
+                lateness.append(arrival - allowed)
+                if arrival < allowed:
+                    early_db += 1
+                    early_examples.append((kinds[source], source, round(arrival - allowed, 3)))
+
+    # (b) Against the server's own Retry-After promises.
+    early_retry = 0
+    for requests in by_source.values():
+        not_before = None
+        for arrival, _status, _conditional, promised in sorted(requests):
+            if not_before is not None and arrival < not_before:
+                early_retry += 1
+            if promised is not None:
+                not_before = promised
+
+    in_run = [entry for entry in scheduled if entry[1] >= f.daemon_start]
+    conditional = [entry for entry in in_run if entry[3]]
+    answered_304 = sum(1 for entry in conditional if entry[2] == 304)
+    cond_by_kind: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for source, _arrival, status, is_conditional, _nb in in_run:
+        if is_conditional:
+            cond_by_kind[kinds[source]][0] += 1
+            cond_by_kind[kinds[source]][1] += status == 304
+    requests_by_kind = Counter(kinds[entry[0]] for entry in in_run)
+    per_kind = Counter(kinds)
+
+    print("== aggregator soak ==")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"arguments: sources={opts.sources} interval={opts.interval}s duration={opts.duration:g}s "
+        f"concurrency={opts.concurrency} (also per host) late={opts.late:g}s; min_interval=10s max_backoff=120s "
+        f"tick=1s parse_workers=0; server: Retry-After={RETRY_AFTER}s slow={SLOW_SECONDS}s max-age={MAX_AGE}s"
+    )
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end (shared machine), "
+        f"{platform.platform()}; Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"httpx {httpx.__version__}, SQLAlchemy {sqlalchemy.__version__}"
+    )
+    print(
+        f"warm-up (every source's first poll, full body + ingest): {f.warm_up:.0f}s; then the daemon ran "
+        f"{run_time:.0f}s = {cycles:.1f} cycles of {opts.interval}s: {len(in_run)} requests, {f.retired} retired"
+    )
+    print()
+    print("polls per source per cycle while the daemon ran (a 301 and its hop count as one poll):")
+    for kind, _share in MIX:
+        print(
+            f"  {kind:<10} {per_kind[kind]:>5} sources  {daemon_polls[kind] / per_kind[kind] / cycles:5.2f}"
+            f"   ({requests_by_kind[kind] / per_kind[kind] / cycles:4.2f} HTTP requests)"
+        )
+    total = sum(daemon_polls.values())
+    print(f"  {'all':<10} {len(kinds):>5} sources  {total / len(kinds) / cycles:5.2f}")
+    print()
+    share = answered_304 / len(conditional) if conditional else float("nan")
+    print(f"conditional requests answered 304: {answered_304}/{len(conditional)} = {share:.1%}")
+    for kind, (count, hits) in sorted(cond_by_kind.items()):
+        print(f"  {kind:<10} {hits:>5}/{count:<5} = {hits / count:6.1%}")
+    print()
+    print(f"polls earlier than allowed: {early_db + early_retry}")
+    print(f"  before the stored next_poll_at: {early_db}" + (f"  e.g. {early_examples[:5]}" if early_examples else ""))
+    print(f"  before the server's Retry-After: {early_retry}")
+    print()
+    samples = [count for at, count in f.samples]
+    print(
+        f"sources left unpolled more than {opts.late:g}s past due (sampled every second): "
+        f"max {max(samples, default=0)}, mean {sum(samples) / max(len(samples), 1):.1f}, "
+        f"{samples[-1] if samples else 0} at the end"
+    )
+    print(
+        f"  lateness of every poll (arrival - stored next_poll_at): p50 {percentile(lateness, 0.5):.2f}s, "
+        f"p90 {percentile(lateness, 0.9):.2f}s, p99 {percentile(lateness, 0.99):.2f}s, "
+        f"max {max(lateness, default=float('nan')):.2f}s, min {min(lateness, default=float('nan')):.3f}s "
+        f"over {len(lateness)} polls"
+    )
+    print()
+    polls_run = sum(1 for stored in f.ledger if f.daemon_start <= stored.committed <= f.daemon_end)
+    print(
+        f"daemon CPU while it ran: {f.cpu_run:.1f}s over {run_time:.0f}s ({f.cpu_run / run_time:.0%} of one core) = "
+        f"{f.cpu_run / max(len(conditional), 1) * 1000:.2f}s per 1,000 conditional polls "
+        f"({f.cpu_run / max(polls_run, 1) * 1000:.2f}s per 1,000 polls of any kind; includes parsing and "
+        "ingesting the changed feeds, and publishing)"
+    )
+    polls, cpu, wall = f.burst
+    print(
+        f"  conditional polls alone: {polls} etag sources made due at once, each answered 304: "
+        f"{cpu:.2f}s CPU in {wall:.1f}s wall = {cpu / max(polls, 1) * 1000:.2f}s per 1,000"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
