@@ -11,7 +11,11 @@ Rules:
 * a stored item whose fingerprint changed is an update, kept in place: it keeps its
   first-seen time and its story, so output ids never churn;
 * a feed that changes an item on every fetch (view counters, rotating ads) would
-  rewrite it forever: after ``MAX_UPDATES`` updates the item is frozen.
+  rewrite it forever: after ``MAX_UPDATES`` updates the item is frozen;
+* a key seen twice in one batch counts once (the first wins): ``normalize`` already
+  guarantees it, but two inserts with one key would make the store drop one silently.
+
+An item that vanishes from its feed is simply not in ``items``: nothing here deletes.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ def decide_ingest(
     inserts: list[NewItem] = []
     updates: list[ItemUpdate] = []
     unchanged = 0
+    seen: set[str] = set()
     for item in items:
+        if item.key in seen:
+            continue
+        seen.add(item.key)
         existing = stored.get(item.key)
         if existing is None:
             story = stories_by_url.get(item.canonical_url) if item.canonical_url else None

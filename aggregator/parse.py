@@ -4,12 +4,35 @@ This stage only extracts; it decides nothing about identity, dates or HTML
 safety (that is ``normalize``). It is a pure function of its inputs, so it can run
 in a worker process: the result is made of plain dataclasses that pickle cheaply,
 never feedparser's dicts.
+
+The rest is about hostile or broken input rather than about feeds:
+
+* the body is handed to feedparser as a stream, never as ``bytes``: feedparser tries
+  ``open()`` on a bytes argument first, so a body reading ``/etc/passwd`` or
+  ``/dev/zero`` would make it read a local file;
+* cheap checks run before feedparser sees the body (``check_bounds``): more than
+  ``MAX_ENTRIES`` entries, or internal DTD entities that would expand past
+  ``MAX_ENTITY_EXPANSION`` bytes (feedparser's fallback parser expands them itself,
+  quadratically: a 100 KB body became 1 GB), reject the document outright; a body that
+  is still gzip is inflated, up to ``MAX_GUNZIP_BYTES``;
+* a document that is no feed is rejected with a reason a user can act on (an HTML page,
+  an empty body, invalid JSON…), and the half entry at the end of a truncated body is
+  dropped rather than stored under a made-up identity;
+* feedparser's own sanitizer and relative-URI resolver are switched off: they run the
+  HTML through a pure-Python SGML parser, cost a third of the parse, and are redone
+  better by nh3 in ``normalize`` (which resolves against each element's ``xml:base``,
+  carried here as ``summary_base`` / ``content_base``).
 """
 
 from __future__ import annotations
 
 import calendar
+import codecs
+import html
+import io
 import json
+import re
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +42,29 @@ import feedparser
 from aggregator.errors import ParseError
 
 JSON_FEED_TYPES = ("application/feed+json", "application/json")
+# A feed with more entries than this is refused, not truncated: it is either broken or hostile
+# (a daily podcast of twenty years has 7,300), and feedparser would spend minutes and gigabytes
+# on a million of them before we could count.
+MAX_ENTRIES = 10_000
+# Bytes that internal DTD entities may add to a document when expanded (see check_bounds).
+MAX_ENTITY_EXPANSION = 1 << 20
+MAX_GUNZIP_BYTES = 16 << 20  # a body still gzip-compressed inflates to at most this (fetch caps at 15 MB)
+MAX_REASON = 200  # a ParseError reason is one line of at most this many characters
+
+_ENTRY_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(?:item|entry)[\s/>]")
+# The spec's version URLs; generators also write a bare "1.1" (gofeed reads those, so do we).
+_JSON_FEED_VERSION = re.compile(r"(?:https?://jsonfeed\.org/version/|v?)1(?:\.\d+)?/?$", re.IGNORECASE)
+_ENTRY_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?(?:item|entry)\s*>")
+_FIRST_ELEMENT = re.compile(rb"<[A-Za-z_]")
+_HTML_PAGE = re.compile(rb"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html[\s>])", re.IGNORECASE | re.DOTALL)
+# What feedparser keeps of an internal DTD subset (sanitizer.RE_SAFE_ENTITY_PATTERN).
+_SAFE_ENTITY = re.compile(rb'<!ENTITY\s+(\w+)\s+"(&#\w+;|[^&"]*)"')
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +81,10 @@ class RawEntry:
     categories: tuple[str, ...]
     enclosures: tuple[tuple[str, str | None, int | None], ...]
     language: str | None
+    # The base URL in effect (xml:base, else the document URL) for relative links inside the
+    # summary / content HTML; None means the document URL.
+    summary_base: str | None = None
+    content_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,36 +97,57 @@ class RawFeed:
     update_period_minutes: int | None
     entries: tuple[RawEntry, ...]
     warning: str | None = None
+    title_is_html: bool = False
 
 
 def parse_document(body: bytes, url: str, content_type: str | None = None) -> RawFeed:
-    """Parse one fetched body. Raises ``ParseError`` when it is not a feed at all."""
+    """Parse one fetched body. Raises ``ParseError`` (one-line reason) when it is not a feed we can read."""
+    body = _gunzipped(body)
+    if not body.strip():
+        raise ParseError("empty body")
+    if _HTML_PAGE.match(body.lstrip(b"\xef\xbb\xbf")[:1024]):
+        raise ParseError("an HTML page, not a feed (is the URL the site rather than its feed?)")
     if _looks_like_json(body, content_type):
         return _parse_json_feed(body, url)
+    check_bounds(body)
     headers = {"content-location": url}
     if content_type:
-        # feedparser uses the HTTP charset to decode; without it, it sniffs the XML prolog.
+        # feedparser uses the HTTP charset to decode; without it, it sniffs the BOM and XML prolog.
         headers["content-type"] = content_type
     try:
-        parsed = feedparser.parse(body, response_headers=headers, sanitize_html=False)
+        parsed = feedparser.parse(
+            io.BytesIO(body), response_headers=headers, sanitize_html=False, resolve_relative_uris=False
+        )
+    except ParseError:
+        raise  # the CPU budget ran out (normalize.document_to_feed)
+    except MemoryError:
+        raise ParseError("document too large to parse within the memory limit") from None
     except Exception as exc:  # feedparser raises rarely, but anything from a hostile body stays here
-        raise ParseError(f"unreadable feed: {type(exc).__name__}: {exc}") from None
+        raise ParseError(one_line(f"unreadable feed: {type(exc).__name__}: {exc}")) from None
     feed = parsed.get("feed", {})
     entries = parsed.get("entries", [])
     warning = None
     if parsed.get("bozo"):
         problem = parsed.get("bozo_exception")
-        warning = f"{type(problem).__name__}: {problem}" if problem else "malformed document"
-        if not entries and not feed.get("title") and parsed.get("version", "") == "":
-            raise ParseError(f"not a feed ({warning})")
-    if not parsed.get("version") and not entries and not feed:
-        raise ParseError("not an RSS, Atom, RDF or JSON feed")
-    language = feed.get("language")
+        warning = one_line(f"{type(problem).__name__}: {problem}" if problem else "malformed document")
+    if not parsed.get("version") and not entries:
+        # An HTML page, an error page, plain text, or XML that is no feed dialect feedparser knows.
+        detail = warning if warning and "SAX" in warning else "no rss, feed or RDF root element"
+        raise ParseError(one_line(f"not an RSS, Atom, RDF or JSON feed ({detail})"))
+    if len(entries) > MAX_ENTRIES:
+        raise ParseError(f"more than {MAX_ENTRIES} entries")
+    if warning and entries and "SAX" in warning and _last_entry_unclosed(body):
+        # A body cut short (a dropped connection, a full disk at the publisher): the loose
+        # parser still returns the entry it was in the middle of, with half a title and no id.
+        # Stored under a hash key it would stay forever beside the real one; drop it.
+        entries = entries[:-1]
+    language = _text(feed.get("language"))
     return RawFeed(
         title=_text(feed.get("title")),
+        title_is_html="html" in ((feed.get("title_detail") or {}).get("type") or ""),
         link=_text(feed.get("link")),
         feed_id=_text(feed.get("id")),
-        language=_text(language),
+        language=language,
         ttl_minutes=_int(feed.get("ttl")),
         update_period_minutes=_update_period(feed),
         entries=tuple(_entry(e, language) for e in entries),
@@ -84,37 +155,124 @@ def parse_document(body: bytes, url: str, content_type: str | None = None) -> Ra
     )
 
 
+def _gunzipped(body: bytes) -> bytes:
+    """A body that is still gzip (a .xml.gz served as is, or compressed twice) is decompressed.
+
+    Bounded: a gzip bomb stops at ``MAX_GUNZIP_BYTES``, as the fetcher's own cap does.
+    """
+    if not body.startswith(b"\x1f\x8b"):
+        return body
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, MAX_GUNZIP_BYTES + 1)
+    except zlib.error as exc:
+        raise ParseError(one_line(f"corrupt gzip body: {exc}")) from None
+    if len(out) > MAX_GUNZIP_BYTES:
+        raise ParseError(f"gzip body expands past {MAX_GUNZIP_BYTES} bytes")
+    if not inflater.eof:
+        raise ParseError("corrupt gzip body: truncated")
+    return out
+
+
+def check_bounds(body: bytes) -> None:
+    """Refuse, before parsing, an XML body whose parse could not be bounded in time or memory.
+
+    Both checks are a few scans of the body in C, so every document pays almost nothing:
+
+    * more than ``MAX_ENTRIES`` item/entry start tags;
+    * internal entities whose expansion (value length x number of references) exceeds
+      ``MAX_ENTITY_EXPANSION``. Nested entities (the classic billion laughs) never get
+      this far: feedparser drops every entity whose value contains ``&``, and expat caps
+      amplification; but one flat 100 KB entity referenced 10,000 times is 1 GB, and when
+      expat refuses it feedparser's fallback parser expands it anyway.
+    """
+    view = _ascii_view(body)
+    entries = len(_ENTRY_TAG.findall(view))
+    if entries > MAX_ENTRIES:
+        raise ParseError(f"more than {MAX_ENTRIES} entries ({entries} item/entry tags)")
+    start = _FIRST_ELEMENT.search(view)
+    head = view[: start.start()] if start else view
+    if b"<!ENTITY" not in head:
+        return
+    expansion = 0
+    for name, value in _SAFE_ENTITY.findall(head):
+        expansion += len(value) * view.count(b"&" + name + b";")
+        if expansion > MAX_ENTITY_EXPANSION:
+            raise ParseError(f"DTD entities would expand to more than {MAX_ENTITY_EXPANSION} bytes")
+
+
+def _last_entry_unclosed(body: bytes) -> bool:
+    view = _ascii_view(body)
+    last = max(_ENTRY_TAG.finditer(view), key=lambda m: m.start(), default=None)
+    if last is None or view[last.end() - 2 : last.end()] == b"/>":
+        return False
+    return _ENTRY_END.search(view, last.end()) is None
+
+
+def _ascii_view(body: bytes) -> bytes:
+    """The body as ASCII-compatible bytes, so the byte patterns above also see UTF-16/32 documents."""
+    for bom, codec in _WIDE_BOMS:
+        if body.startswith(bom):
+            return body.decode(codec, "replace").encode("utf-8", "replace")
+    if b"\x00" in body[:4]:  # UTF-16/32 without a BOM: "<?xm" has a NUL in every code unit
+        for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+            view = body.decode(codec, "replace").encode("utf-8", "replace")
+            if view.lstrip()[:1] == b"<":
+                return view
+    return body
+
+
+def one_line(reason: str) -> str:
+    """A ParseError reason as one line: it goes into a log line and the sources table."""
+    text = " ".join(reason.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
 def _entry(e: Any, feed_language: str | None) -> RawEntry:
-    content = None
+    content = content_base = content_language = None
     for part in e.get("content") or ():
         # Prefer the HTML rendering when a feed offers several (Atom allows text + html).
-        if content is None or "html" in (part.get("type") or ""):
-            content = part.get("value")
+        kind = part.get("type") or ""
+        if content is None or "html" in kind:
+            value = part.get("value")
+            # A text/plain part is text, not markup: escape it so "a < b" survives sanitizing.
+            content = html.escape(value) if value and "html" not in kind and "xml" not in kind else value
+            content_base, content_language = part.get("base"), part.get("language")
+    summary_detail = e.get("summary_detail") or {}
+    summary = e.get("summary")
+    if summary and "html" not in (summary_detail.get("type") or "html"):
+        summary = html.escape(summary)
     title_detail = e.get("title_detail") or {}
     enclosures = []
     for enc in e.get("enclosures") or ():
-        if href := enc.get("href"):
-            enclosures.append((str(href), _text(enc.get("type")), _int(enc.get("length"))))
+        if href := _text(enc.get("href")):
+            enclosures.append((href, _text(enc.get("type")), _int(enc.get("length"))))
     return RawEntry(
         id=_text(e.get("id")),
         link=_text(e.get("link")),
         title=_text(e.get("title")),
         title_is_html="html" in (title_detail.get("type") or ""),
-        summary=_text(e.get("summary")),
+        summary=_text(summary),
         content=_text(content),
         published=_struct_time(e.get("published_parsed")),
         updated=_struct_time(e.get("updated_parsed")),
         author=_text(e.get("author")),
         categories=tuple(t for t in (_text(tag.get("term")) for tag in e.get("tags") or ()) if t),
         enclosures=tuple(enclosures),
-        language=_text((e.get("content") or [{}])[0].get("language")) or _text(feed_language),
+        language=_text(content_language) or feed_language,
+        summary_base=_text(summary_detail.get("base")),
+        content_base=_text(content_base),
     )
 
 
 def _looks_like_json(body: bytes, content_type: str | None) -> bool:
-    if content_type and content_type.split(";")[0].strip().lower() in JSON_FEED_TYPES:
+    """The body decides; the content type only breaks a tie (servers label feeds wrongly both ways)."""
+    first = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if first in (b"{", b"["):
         return True
-    return body.lstrip()[:1] == b"{"
+    if first == b"<":
+        return False
+    return bool(content_type and content_type.split(";")[0].strip().lower() in JSON_FEED_TYPES)
 
 
 def _parse_json_feed(body: bytes, url: str) -> RawFeed:
@@ -122,38 +280,41 @@ def _parse_json_feed(body: bytes, url: str) -> RawFeed:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ParseError(f"invalid JSON: {exc}") from None
-    if not isinstance(doc, dict) or not str(doc.get("version", "")).startswith("https://jsonfeed.org/version/"):
+        raise ParseError(one_line(f"invalid JSON: {exc}")) from None
+    except RecursionError:
+        raise ParseError("invalid JSON: nested too deeply") from None
+    if not isinstance(doc, dict) or not _JSON_FEED_VERSION.match(str(doc.get("version", ""))):
         raise ParseError("JSON document is not a JSON Feed (no jsonfeed.org version)")
     items = doc.get("items")
     if not isinstance(items, list):
         raise ParseError("JSON Feed has no items list")
+    if len(items) > MAX_ENTRIES:
+        raise ParseError(f"more than {MAX_ENTRIES} entries")
     language = _text(doc.get("language"))
+    feed_authors = _authors(doc)
     entries = []
     for item in items:
         if not isinstance(item, dict):
             continue
-        authors = item.get("authors") or ([item["author"]] if isinstance(item.get("author"), dict) else [])
-        author = next((_text(a.get("name")) for a in authors if isinstance(a, dict) and a.get("name")), None)
-        attachments: list[Any] = item["attachments"] if isinstance(item.get("attachments"), list) else []
-        html = _text(item.get("content_html"))
+        html_content = _text(item.get("content_html"))
         plain = _text(item.get("content_text"))
+        summary = _text(item.get("summary"))  # plain text in JSON Feed, unlike RSS/Atom
         entries.append(
             RawEntry(
                 id=_text(item.get("id")),
                 link=_text(item.get("url")) or _text(item.get("external_url")),
                 title=_text(item.get("title")),
                 title_is_html=False,
-                summary=_text(item.get("summary")),
-                content=html if html is not None else (_escape(plain) if plain is not None else None),
+                summary=html.escape(summary) if summary else None,
+                content=html_content if html_content is not None else (_paragraphs(plain) if plain else None),
                 published=_iso_date(item.get("date_published")),
                 updated=_iso_date(item.get("date_modified")),
-                author=author,
-                categories=tuple(str(t) for t in item.get("tags") or () if isinstance(t, str | int)),
+                author=_authors(item) or feed_authors,
+                categories=tuple(str(t) for t in _list(item.get("tags")) if isinstance(t, str | int)),
                 enclosures=tuple(
                     (str(a["url"]), _text(a.get("mime_type")), _int(a.get("size_in_bytes")))
-                    for a in attachments
-                    if isinstance(a, dict) and a.get("url")
+                    for a in _list(item.get("attachments"))
+                    if isinstance(a, dict) and isinstance(a.get("url"), str)
                 ),
                 language=_text(item.get("language")) or language,
             )
@@ -169,14 +330,24 @@ def _parse_json_feed(body: bytes, url: str) -> RawFeed:
     )
 
 
-def _escape(text: str) -> str:
-    from html import escape
+def _authors(obj: dict[str, Any]) -> str | None:
+    """JSON Feed 1.1 ``authors`` (a list), else 1.0 ``author`` (one object): the first name."""
+    authors = obj.get("authors")
+    if not isinstance(authors, list):
+        authors = [obj.get("author")]
+    return next((_text(a["name"]) for a in authors if isinstance(a, dict) and _text(a.get("name"))), None)
 
-    return "<p>" + escape(text).replace("\n\n", "</p><p>") + "</p>"
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _paragraphs(text: str) -> str:
+    return "<p>" + html.escape(text).replace("\n\n", "</p><p>") + "</p>"
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
+    if value is None or isinstance(value, dict | list):
         return None
     text = str(value).strip()
     return text or None
@@ -201,13 +372,15 @@ def _struct_time(value: Any) -> datetime | None:
 
 
 def _iso_date(value: Any) -> datetime | None:
+    """RFC 3339 (JSON Feed's date format); None for anything unreadable or out of range."""
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        # Year 1 with a positive offset is before datetime.min in UTC: astimezone overflows.
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 _PERIOD_MINUTES = {"hourly": 60, "daily": 1440, "weekly": 10080, "monthly": 43200, "yearly": 525600}

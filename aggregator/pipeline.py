@@ -17,12 +17,13 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator import cluster, metrics
@@ -31,9 +32,11 @@ from aggregator.curate import Curation, curate
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
-from aggregator.normalize import document_to_feed
+from aggregator.normalize import init_parse_worker
+from aggregator.parse import one_line
+from aggregator.parsejob import parse_and_sign
 from aggregator.publish import Rendering, feed_url, render_all, write_atomically
-from aggregator.records import FetchResult, IngestPlan, ParsedFeed
+from aggregator.records import FetchResult, IngestPlan, Item, ParsedFeed
 from aggregator.schedule import (
     THROTTLED_STATUSES,
     HostSource,
@@ -120,13 +123,48 @@ def _alive(pid: int) -> bool:
     return True
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class ParsePool(Executor):
+    """The parse process pool, started again whenever a worker has died.
+
+    Each worker bounds every document's CPU time and its own memory
+    (``normalize.init_parse_worker``), so a pathological document fails its source with a
+    ParseError. A worker can still die (the OOM killer, a crash in native code), and that
+    breaks a ProcessPoolExecutor for good: every later submit raises BrokenProcessPool, so
+    one bad document would stop all parsing until a restart. The documents in flight fail
+    their sources (retried at their next poll); the next submit gets a fresh pool.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # forkserver: never fork a process that holds threads, sockets and database handles.
+        return ProcessPoolExecutor(self.workers, mp_context=get_context("forkserver"), initializer=init_parse_worker)
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        try:
+            return self._pool.submit(fn, *args, **kwargs)
+        except BrokenProcessPool:
+            log.warning("a parse worker died; starting a new parse pool")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 def make_parse_pool(workers: int | None) -> Executor | None:
     """A process pool sized to the machine; 0 parses in a thread of this process instead."""
     count = os.cpu_count() or 1 if workers is None else workers
     if count <= 0:
         return None
-    # forkserver: never fork a process that holds threads, sockets and database handles.
-    return ProcessPoolExecutor(max_workers=count, mp_context=get_context("forkserver"))
+    return ParsePool(count)
 
 
 def fetch_options(config: Config) -> FetchOptions:
@@ -198,11 +236,12 @@ class Pipeline:
     async def _poll_one(self, fetcher: Fetcher, source: ClaimedSource, summary: PollSummary) -> None:
         result = await fetcher.fetch(source.fetch)
         parsed: ParsedFeed | None = None
+        signatures: dict[str, cluster.Signature] = {}
         parse_error: str | None = None
         body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
         if result.ok and result.body is not None and body_hash != source.body_hash:
             try:
-                parsed = await self._parse(result)
+                parsed, signatures = await self._parse(result)
             except ParseError as exc:
                 parse_error = str(exc)
             except Exception as exc:  # a parser bug must cost one source, not the whole batch
@@ -210,7 +249,7 @@ class Pipeline:
                 parse_error = f"parser crashed: {type(exc).__name__}"
         async with self._write_lock:
             outcome, record = await asyncio.to_thread(
-                self._commit_with_retry, source, result, parsed, parse_error, body_hash
+                self._commit_with_retry, source, result, parsed, parse_error, body_hash, signatures
             )
         summary.add(outcome, record, source)
         if self.on_progress is not None:
@@ -223,18 +262,20 @@ class Pipeline:
             metrics.ITEMS.labels("updated").inc(record.items_updated)
         self._log(source, result, outcome, record, parse_error)
 
-    async def _parse(self, result: FetchResult) -> ParsedFeed:
+    async def _parse(self, result: FetchResult) -> tuple[ParsedFeed, dict[str, cluster.Signature]]:
         assert result.body is not None
         loop = asyncio.get_running_loop()
         args = (result.body, result.url, result.content_type, result.fetched_at)
         if self.parse_pool is None:
-            return await asyncio.to_thread(document_to_feed, *args)
+            return await asyncio.to_thread(parse_and_sign, *args)
         try:
-            return await loop.run_in_executor(self.parse_pool, document_to_feed, *args)
+            return await loop.run_in_executor(self.parse_pool, parse_and_sign, *args)
         except ParseError:
             raise
-        except Exception as exc:  # a crashed worker (e.g. out of memory) fails this source only
-            raise ParseError(f"parser failed: {type(exc).__name__}: {exc}") from None
+        except BrokenProcessPool:
+            raise ParseError("a parse worker died (out of memory or a crash); retried at the next poll") from None
+        except Exception as exc:  # fails this source only; the reason is one line in `sources`
+            raise ParseError(one_line(f"parser failed: {type(exc).__name__}: {exc}")) from None
 
     def _commit_with_retry(self, *args: Any) -> tuple[str, PollRecord]:
         """Retry a commit that lost a race with another worker (deadlock, lock timeout)."""
@@ -255,6 +296,7 @@ class Pipeline:
         parsed: ParsedFeed | None,
         parse_error: str | None,
         body_hash: str | None,
+        signatures: dict[str, cluster.Signature] | None = None,
     ) -> tuple[str, PollRecord]:
         """Decide and write everything about one poll, in one transaction."""
         now = result.fetched_at
@@ -293,7 +335,9 @@ class Pipeline:
                 items = tuple(i for i in parsed.items if i.key not in gone)
                 stored = tx.stored_items(source.fetch.id, [i.key for i in items])
                 fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
-                plan = self._match_stories(tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now)
+                plan = self._match_stories(
+                    tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}
+                )
                 new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
                 updated = tx.update_items(plan.updates, now, source.fetch.id)
                 items_per_day = tx.items_per_day(source.fetch.id, now)
@@ -353,10 +397,16 @@ class Pipeline:
         mine: NextPoll | None = moves.get(source.fetch.id)
         return replace(record, next_poll_at=mine.at, next_poll_reason=mine.reason) if mine else record
 
-    def _match_stories(self, tx: IngestTransaction, plan: IngestPlan, now: datetime) -> IngestPlan:
-        """Sign every new or changed item, and join new items whose URL matched no story to
-        the stored story whose text they copy (cluster.match), if any."""
-        signed = [(new, cluster.signature(new.item.title, new.item.text)) for new in plan.inserts]
+    def _match_stories(
+        self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signature]
+    ) -> IngestPlan:
+        """Sign every new or changed item (the parse pool did, see ``parsejob``), and join new
+        items whose URL matched no story to the stored story whose text they copy, if any."""
+
+        def sign(item: Item) -> cluster.Signature:
+            return signatures.get(item.key) or cluster.signature(item.title, item.text)
+
+        signed = [(new, sign(new.item)) for new in plan.inserts]
         unmatched = [(new, sig) for new, sig in signed if new.story_id is None]
         by_key: dict[str, list[cluster.RecentItem]] = {}
         if unmatched:
@@ -390,7 +440,7 @@ class Pipeline:
             )
         updates = []
         for update in plan.updates:
-            sig = cluster.signature(update.item.title, update.item.text)
+            sig = sign(update.item)
             updates.append(replace(update, match_signature=sig.dumps(), match_keys=tuple(cluster.band_keys(sig))))
         return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
 

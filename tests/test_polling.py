@@ -148,7 +148,7 @@ def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         seen.append(hashlib.sha256(body).hexdigest())
         return real(body, *args)
 
-    monkeypatch.setattr("aggregator.pipeline.document_to_feed", counting)
+    monkeypatch.setattr("aggregator.parsejob.document_to_feed", counting)
     yield seen
 
 

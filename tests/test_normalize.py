@@ -1,0 +1,347 @@
+"""Normalization rules, one at a time: canonical URLs, sanitizing, text, identity, dates.
+
+``find_escapes`` is the definition of a sanitizer escape used here and by the corpus sweep
+(tests/test_corpus.py). An *escape* is anything in sanitized HTML that a browser could run or
+that lets the feed restyle or overlay the page around it:
+
+* an element outside ``ALLOWED_TAGS`` — among them ``script``, ``style``, ``iframe``, ``frame``,
+  ``object``, ``embed``, ``form``, ``input``, ``button``, ``svg``, ``math``, ``meta``, ``link``,
+  ``base``;
+* an attribute outside the allow-list of its element — among them every ``on*`` handler,
+  ``style``, ``srcset``, ``formaction``, ``srcdoc``, ``xlink:href``;
+* a URL attribute (``href``, ``src``, ``poster``, ``cite``, …) whose scheme is not http, https
+  or mailto once the browser has decoded entities and dropped the whitespace and control
+  characters it ignores (so ``jav&#x09;ascript:`` is ``javascript:``) — ``javascript:``,
+  ``data:``, ``vbscript:`` and the rest.
+
+The HTML is tokenized with ``html.parser`` as a browser would, so ``&lt;script&gt;`` shown as
+text is not an escape, and neither is ``alt="<script>"``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+
+import pytest
+
+from aggregator.normalize import (
+    ALLOWED_ATTRIBUTES,
+    ALLOWED_TAGS,
+    ALLOWED_URL_SCHEMES,
+    MAX_HTML_DEPTH,
+    canonical_url,
+    clamp,
+    html_to_text,
+    normalize_entry,
+    normalize_feed,
+    plain_text,
+    sanitize_html,
+)
+from aggregator.parse import RawEntry, RawFeed
+
+BASE = "https://example.com/news/feed.xml"
+FETCHED_AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+URL_ATTRIBUTES = frozenset(
+    {"href", "src", "poster", "cite", "action", "formaction", "background", "data", "longdesc", "ping", "xlink:href"}
+)
+ADDED_BY_SANITIZER = {"a": {"rel"}}  # link_rel
+_IGNORED_IN_URLS = re.compile(r"[\x00-\x20]")
+
+
+class _EscapeFinder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.escapes: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in ALLOWED_TAGS:
+            self.escapes.append(f"element <{tag}>")
+        allowed = (
+            ALLOWED_ATTRIBUTES.get("*", set()) | ALLOWED_ATTRIBUTES.get(tag, set()) | ADDED_BY_SANITIZER.get(tag, set())
+        )
+        for name, value in attrs:
+            if name not in allowed:
+                self.escapes.append(f"attribute {name}= on <{tag}>")
+            if name in URL_ATTRIBUTES and value:
+                scheme = url_scheme(value)
+                if scheme and scheme not in ALLOWED_URL_SCHEMES:
+                    self.escapes.append(f"{scheme}: URL in {name}= on <{tag}>")
+
+    handle_startendtag = handle_starttag
+
+
+def url_scheme(url: str) -> str | None:
+    """The scheme a browser would see: it ignores whitespace and control characters in it."""
+    cleaned = _IGNORED_IN_URLS.sub("", url)
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", cleaned)
+    return match.group(1).lower() if match else None
+
+
+def find_escapes(sanitized: str) -> list[str]:
+    """Every escape (see the module docstring) in one piece of sanitized HTML."""
+    finder = _EscapeFinder()
+    finder.feed(sanitized)
+    finder.close()
+    return finder.escapes
+
+
+@pytest.mark.parametrize(
+    ("html", "found"),
+    [
+        ('<p onclick="x()">a</p>', "attribute onclick="),
+        ("<script>alert(1)</script>", "element <script>"),
+        ('<a href=" jav&#x09;ascript:alert(1)">x</a>', "javascript: URL"),
+        ('<img src="DATA:image/png;base64,AAAA">', "data: URL"),
+        ('<p style="position:fixed">x</p>', "attribute style="),
+        ('<img srcset="javascript:x 1x">', "attribute srcset="),
+    ],
+)
+def test_the_escape_finder_finds_escapes(html: str, found: str) -> None:
+    assert any(found in escape for escape in find_escapes(html)), find_escapes(html)
+
+
+def test_the_escape_finder_does_not_count_text_or_attribute_values() -> None:
+    assert (
+        find_escapes('<p>&lt;script&gt;alert(1)&lt;/script&gt; javascript:x</p><img src="a.png" alt="<script>">') == []
+    )
+
+
+# --- canonical URLs ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "canonical"),
+    [
+        ("https://example.com/a?utm_source=rss&utm_medium=feed&id=7", "https://example.com/a?id=7"),
+        ("https://example.com/a?fbclid=1&gclid=2&mc_cid=3&_hsenc=4&pk_campaign=5&ref_src=6", "https://example.com/a"),
+        ("https://example.com/a?UTM_SOURCE=x&keep=1", "https://example.com/a?keep=1"),
+        ("https://example.com/a#section", "https://example.com/a"),
+        ("HTTPS://EXAMPLE.com/Path/Case?Q=V", "https://example.com/Path/Case?Q=V"),
+        ("http://example.com:80/a", "http://example.com/a"),
+        ("https://example.com:443/a", "https://example.com/a"),
+        ("https://example.com:80/a", "https://example.com:80/a"),
+        ("http://example.com:8080", "http://example.com:8080/"),
+        ("https://example.com./a", "https://example.com/a"),
+        ("https://user:secret@example.com/a", "https://example.com/a"),
+        ("https://Bücher.example/a", "https://xn--bcher-kva.example/a"),
+        ("https://[2001:DB8::1]:443/a", "https://[2001:db8::1]/a"),
+        ("https://example.com/a?b=1&a=2", "https://example.com/a?b=1&a=2"),
+        ("https://example.com/a?q=x%20y", "https://example.com/a?q=x+y"),
+        ("ftp://example.com/a", None),
+        ("javascript:alert(1)", None),
+        ("/relative/path", None),
+        ("http://[::1/broken", None),
+        ("http://example.com:99999/", None),
+    ],
+)
+def test_canonical_url(url: str, canonical: str | None) -> None:
+    assert canonical_url(url) == canonical
+
+
+def test_canonical_url_is_idempotent() -> None:
+    for url in ("https://Example.com:443/a?utm_source=x&b=%2F#f", "http://bücher.example:8080"):
+        once = canonical_url(url)
+        assert once is not None and canonical_url(once) == once
+
+
+# --- sanitizing ------------------------------------------------------------------------------------
+ATTACKS = [
+    "<script>alert(1)</script>",
+    "<SCRIPT SRC=//evil.example/x.js></SCRIPT>",
+    "<img src=x onerror=alert(1)>",
+    "<body onload=alert(1)>",
+    "<a href='javascript:alert(1)'>x</a>",
+    "<a href='&#x6A;avascript:alert(1)'>x</a>",
+    "<a href='java\tscript:alert(1)'>x</a>",
+    "<a href='  javascript:alert(1)'>x</a>",
+    "<a href='vbscript:msgbox(1)'>x</a>",
+    "<img src='data:image/svg+xml;base64,PHN2Zz48L3N2Zz4='>",
+    "<a href='data:text/html,<script>alert(1)</script>'>x</a>",
+    "<img srcset='javascript:alert(1) 1x'>",
+    "<iframe src='https://evil.example/'></iframe>",
+    "<iframe srcdoc='<script>alert(1)</script>'></iframe>",
+    "<form action='https://evil.example/'><input name=p><button formaction='javascript:alert(1)'>go</button></form>",
+    "<object data='x.swf'></object><embed src='x.swf'>",
+    "<style>*{display:none}</style><p style='position:fixed'>x</p>",
+    "<svg onload=alert(1)><script>alert(2)</script></svg>",
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)></style></mglyph></table></mtext></math>",
+    "<meta http-equiv=refresh content='0;url=javascript:alert(1)'>",
+    "<base href='javascript:alert(1)//'>",
+    "<link rel=stylesheet href='https://evil.example/x.css'>",
+    "<video poster='javascript:alert(1)' src='https://example.com/v.mp4'></video>",
+    "<blockquote cite='javascript:alert(1)'>q</blockquote>",
+    "<noscript><p title='</noscript><img src=x onerror=alert(1)>'></noscript>",
+    "<a href='https://example.com/' target=_blank>x</a>",
+    '<div><a href="x" onmouseover=alert(1)//">y</a></div>',
+    "<img src=`javascript:alert(1)`>",
+    "<<img src=x onerror=alert(1)//<",
+]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_sanitize_leaves_no_escape(attack: str) -> None:
+    assert find_escapes(sanitize_html(attack, BASE)) == []
+
+
+def test_sanitize_keeps_what_an_article_needs_and_resolves_relative_urls() -> None:
+    html = (
+        '<h2>Title</h2><p><a href="../about" title="t">about</a> <img src="img/a.png" alt="a" width="10"></p>'
+        '<blockquote cite="/q">q</blockquote><a href="mailto:x@example.com">mail</a><a href="#top">top</a>'
+    )
+    assert sanitize_html(html, BASE) == (
+        '<h2>Title</h2><p><a href="https://example.com/about" title="t" rel="noopener noreferrer nofollow">about</a> '
+        '<img src="https://example.com/news/img/a.png" alt="a" width="10"></p>'
+        "<blockquote>q</blockquote>"
+        '<a href="mailto:x@example.com" rel="noopener noreferrer nofollow">mail</a>'
+        '<a href="https://example.com/news/feed.xml#top" rel="noopener noreferrer nofollow">top</a>'
+    )
+
+
+def test_sanitize_survives_a_base_url_nh3_cannot_use() -> None:
+    assert sanitize_html('<a href="/x">x</a>', "not a url") == '<a href="/x" rel="noopener noreferrer nofollow">x</a>'
+
+
+def test_deep_nesting_is_rendered_as_text_and_sloppy_paragraphs_are_not_deep() -> None:
+    deep = "<div>" * (MAX_HTML_DEPTH + 1) + "a &amp; b" + "</div>" * (MAX_HTML_DEPTH + 1)
+    assert sanitize_html(deep, BASE) == "<p>a &amp; b</p>"
+    shallow = "<div>" * MAX_HTML_DEPTH + "x" + "</div>" * MAX_HTML_DEPTH
+    assert sanitize_html(shallow, BASE).count("<div>") == MAX_HTML_DEPTH
+    sloppy = "<p>para" * 2000 + "<br><img src=a.png>" * 500
+    assert sanitize_html(sloppy, BASE).count("<p>") == 2000
+
+
+def test_sanitize_drops_the_content_of_code_and_chrome_elements() -> None:
+    html = "<p>a</p><script>var x</script><style>p{}</style><iframe>frame text</iframe><svg><text>s</text></svg>b"
+    assert sanitize_html(html, BASE) == "<p>a</p>b"
+
+
+# --- text --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("sanitized", "text"),
+    [
+        ("<p>One</p><p>Two</p>", "One Two"),
+        ("w<b>or</b>d", "word"),
+        ("a<br>b", "a b"),
+        ('<img src="x" alt="a > b">after', "after"),
+        ("&lt;b&gt; &amp;amp; &eacute;&nbsp;x", "<b> &amp; é x"),
+        ("<ul><li>one</li><li>two</li></ul>", "one two"),
+        ("  spaced \n\t out  ", "spaced out"),
+    ],
+)
+def test_html_to_text(sanitized: str, text: str) -> None:
+    assert html_to_text(sanitized) == text
+
+
+def test_html_to_text_agrees_with_plain_text_on_sanitized_html() -> None:
+    html = sanitize_html(
+        "<h1>Head</h1><p>Para <a href='/x'>link</a> &amp; <em>more</em></p><ul><li>i</li></ul><script>no</script>",
+        BASE,
+    )
+    assert html_to_text(html) == plain_text(html) == "Head Para link & more i"
+
+
+def test_plain_text_skips_scripts_in_raw_html() -> None:
+    assert plain_text("<b>Bold</b> <script>alert(1)</script>claim &amp; more") == "Bold claim & more"
+
+
+# --- entries -----------------------------------------------------------------------------------------
+def _entry(**fields: object) -> RawEntry:
+    defaults: dict[str, object] = {
+        "id": None, "link": None, "title": None, "title_is_html": False, "summary": None, "content": None,
+        "published": None, "updated": None, "author": None, "categories": (), "enclosures": (), "language": None,
+    }  # fmt: skip
+    return RawEntry(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+def test_identity_prefers_the_guid_then_the_canonical_link_then_a_hash() -> None:
+    with_id = normalize_entry(_entry(id="g1", link="https://example.com/a?utm_source=x"), BASE, FETCHED_AT)
+    assert with_id.key == "id:g1"
+    by_link = normalize_entry(_entry(link="https://example.com/a?utm_source=x", title="t"), BASE, FETCHED_AT)
+    assert by_link.key == "url:https://example.com/a"
+    by_hash = normalize_entry(_entry(title="t", summary="<p>body</p>"), BASE, FETCHED_AT)
+    again = normalize_entry(_entry(title="t", summary="<p>body</p>"), BASE, FETCHED_AT)
+    other = normalize_entry(_entry(title="t", summary="<p>other body</p>"), BASE, FETCHED_AT)
+    assert by_hash.key.startswith("hash:") and by_hash.key == again.key != other.key
+
+
+def test_the_fingerprint_moves_with_content_and_not_with_tracking_in_nothing_else() -> None:
+    one = normalize_entry(_entry(id="g", title="t", summary="<p>a</p>", updated=FETCHED_AT), BASE, FETCHED_AT)
+    later = normalize_entry(
+        _entry(id="g", title="t", summary="<p>a</p>", updated=FETCHED_AT - timedelta(days=1)), BASE, FETCHED_AT
+    )
+    edited = normalize_entry(_entry(id="g", title="t", summary="<p>b</p>"), BASE, FETCHED_AT)
+    retitled = normalize_entry(_entry(id="g", title="t2", summary="<p>a</p>"), BASE, FETCHED_AT)
+    assert one.fingerprint == later.fingerprint
+    assert len({one.fingerprint, edited.fingerprint, retitled.fingerprint}) == 3
+
+
+def test_only_http_links_and_enclosures_are_kept() -> None:
+    item = normalize_entry(
+        _entry(
+            id="g",
+            link="javascript:alert(1)",
+            enclosures=(
+                ("data:audio/mpeg;base64,AA", "audio/mpeg", 2),
+                ("ep.mp3", "audio/mpeg", 3),
+                ("http://[x", None, None),
+            ),
+        ),
+        BASE,
+        FETCHED_AT,
+    )
+    assert item.link is None and item.canonical_url is None
+    assert [(e.url, e.length) for e in item.enclosures] == [("https://example.com/news/ep.mp3", 3)]
+
+
+def test_dates_are_utc_and_never_in_the_future() -> None:
+    future = FETCHED_AT + timedelta(days=400)
+    item = normalize_entry(_entry(id="g", published=future, updated=future), BASE, FETCHED_AT)
+    assert item.published_at == item.updated_at == FETCHED_AT
+    past = FETCHED_AT - timedelta(hours=3)
+    assert clamp(past, FETCHED_AT) == past
+    assert clamp(None, FETCHED_AT) is None
+
+
+def test_categories_authors_and_titles_are_clean_text() -> None:
+    item = normalize_entry(
+        _entry(
+            id="g",
+            title="  <b>Bold</b>\n title ",
+            title_is_html=True,
+            author="<a href='x'>Jane</a> Doe",
+            categories=("World", " world ", "World", "  ", "Europe\n Union"),
+        ),
+        BASE,
+        FETCHED_AT,
+    )
+    assert (item.title, item.author, item.categories) == ("Bold title", "Jane Doe", ("World", "world", "Europe Union"))
+
+
+def test_duplicate_guids_keep_their_first_key_and_get_distinct_ones() -> None:
+    """The first item with a guid keeps the plain key it was stored under in earlier polls."""
+    raw = RawFeed(
+        title=None,
+        link=None,
+        feed_id=None,
+        language=None,
+        ttl_minutes=None,
+        update_period_minutes=None,
+        entries=(
+            _entry(id="same", link="https://example.com/a", title="A"),
+            _entry(id="same", link="https://example.com/b", title="B"),
+            _entry(id="same", link="https://example.com/a#again", title="A again"),
+            _entry(id="same", title="C"),
+            _entry(id="same", title="C", summary="different words"),
+            _entry(id="same", title="D"),
+        ),
+    )
+    keys = [i.key for i in normalize_feed(raw, BASE, FETCHED_AT).items]
+    assert keys[:2] == ["id:same", "id:same|https://example.com/b"]
+    assert len(keys) == 4 and len(set(keys)) == 4
+    assert all(k.startswith("id:same|title:") for k in keys[2:])
+
+
+@pytest.mark.parametrize("base", ["javascript:alert(1)//", "data:text/html,x/", "vbscript:x/"])
+def test_a_hostile_base_url_cannot_turn_relative_urls_into_scripts(base: str) -> None:
+    html = sanitize_html('<a href="x">a</a><img src="/i.png" alt="i">', base)
+    assert find_escapes(html) == [] and "script" not in html and "data:" not in html
