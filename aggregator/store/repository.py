@@ -639,7 +639,8 @@ class IngestTransaction:
                 }
             )
         count = self._insert_ignore(ItemRow, rows)
-        self._write_match_keys(source_id, [(n.item.key, n.item.published_at or now, n.match_keys) for n in new])
+        entries = [(n.item.key, n.item.published_at or now, n.match_keys) for n in new]
+        self._write_match_keys(source_id, entries, replace=False)
         return count
 
     def match_candidates(
@@ -672,7 +673,11 @@ class IngestTransaction:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
 
-    def _write_match_keys(self, source_id: int, entries: Sequence[tuple[str, datetime, tuple[str, ...]]]) -> None:
+    def _write_match_keys(
+        self, source_id: int, entries: Sequence[tuple[str, datetime, tuple[str, ...]]], *, replace: bool = True
+    ) -> None:
+        """Store items' story-matching keys; ``replace`` first drops an updated item's old ones
+        (a fresh insert has none, and the DELETE was a measurable share of a first ingest)."""
         wanted = {key: (at, keys) for key, at, keys in entries if keys}
         if not wanted:
             return
@@ -682,7 +687,8 @@ class IngestTransaction:
                 select(ItemRow.id, ItemRow.key).where(ItemRow.source_id == source_id, ItemRow.key.in_(chunk))
             ):
                 ids[key] = item_id
-        self.s.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_(list(ids.values()))))
+        if replace:
+            self.s.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_(list(ids.values()))))
         rows = [
             {"key": match_key, "item_id": ids[key], "sort_at": at}
             for key, (at, keys) in wanted.items()
