@@ -105,6 +105,7 @@ class Settings(_Strict):
     allow_private_networks: bool = False
     parse_workers: int | None = Field(None, ge=0, le=64)
     tick_seconds: float = Field(DEFAULT_TICK_SECONDS, gt=0)
+    retire_after: Duration | None = None
     status_page: bool = True
     websub_hub: str | None = None
     retention: Duration | None = DEFAULT_RETENTION

@@ -45,6 +45,7 @@ from aggregator.schedule import (
     PollPolicy,
     host_slowdown,
     next_poll,
+    retirement,
 )
 from aggregator.store.repository import (
     ClaimedSource,
@@ -311,8 +312,10 @@ class Pipeline:
         )
         with self.store.ingest() as tx:
             failed = not result.ok or parse_error is not None
-            if failed and not result.retryable:
-                reason = result.error or "permanent failure"
+            given_up = retirement(source.failing_since, now, settings.retire_after) if failed else None
+            if failed and (not result.retryable or given_up):
+                reason = (result.error or parse_error or "permanent failure") if not result.retryable else given_up
+                reason = reason or "permanent failure"
                 record = PollRecord(
                     "retired", None, f"retired: {reason}", source.error_count + 1, retired_reason=reason
                 )

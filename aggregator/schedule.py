@@ -251,3 +251,14 @@ def _human(delta: timedelta) -> str:
     if seconds >= 60:
         return f"{seconds / 60:.1f}m"
     return f"{seconds}s"
+
+
+def retirement(failing_since: datetime | None, now: datetime, retire_after: timedelta | None) -> str | None:
+    """The reason to retire a source that has failed without a break for ``retire_after``.
+
+    Off unless configured: by default errors alone never switch a source off (backoff
+    caps at ``max_backoff`` and the source keeps being tried).
+    """
+    if retire_after is None or failing_since is None or now - failing_since < retire_after:
+        return None
+    return f"no successful poll since {failing_since:%Y-%m-%d %H:%M}Z (settings.retire_after: {_human(retire_after)})"

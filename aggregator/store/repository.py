@@ -62,6 +62,7 @@ class ClaimedSource:
     interval_seconds: int | None
     tags: tuple[str, ...]
     items_per_day: float | None = None  # as last measured: a 304 must not forget the adaptive rate
+    failing_since: datetime | None = None  # last success, else when the source was added
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,10 @@ class Store:
                     if row.next_poll_at > sooner:
                         row.next_poll_at, row.next_poll_reason = sooner, "interval changed in config"
                 if not row.in_config:
+                    # Removed and added again: a fresh start, also for a retired source.
                     row.next_poll_at, row.next_poll_reason = now, "back in config"
+                    row.retired_at = row.retired_reason = None
+                    row.error_count = 0
                 row.tags, row.interval_seconds, row.enabled = list(source.tags), interval, source.enabled
                 row.in_config, row.allow_private = True, source.allow_private_network
                 after = (row.config_url, row.tags, row.interval_seconds, row.enabled, row.in_config, row.allow_private)
@@ -252,6 +256,7 @@ class Store:
                     SourceRow.id, SourceRow.name, SourceRow.url, SourceRow.etag, SourceRow.last_modified,
                     SourceRow.allow_private, SourceRow.body_hash, SourceRow.error_count,
                     SourceRow.interval_seconds, SourceRow.tags, SourceRow.next_poll_at, SourceRow.items_per_day,
+                    SourceRow.last_success_at, SourceRow.created_at,
                 )
             ).all())  # fmt: skip
         rows.sort(key=lambda r: r.next_poll_at)
@@ -263,6 +268,7 @@ class Store:
                 r.interval_seconds,
                 tuple(r.tags or ()),
                 r.items_per_day,
+                r.last_success_at or r.created_at,
             )
             for r in rows
         ]
