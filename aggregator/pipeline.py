@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from aggregator import cluster, metrics
+from aggregator import __version__, cluster, metrics
 from aggregator.config import Config, Output
 from aggregator.curate import Curation, curate
 from aggregator.dedupe import decide_ingest
@@ -60,6 +60,9 @@ from aggregator.websub import ping_hub
 log = logging.getLogger("aggregator")
 
 LEASE_MARGIN = timedelta(minutes=2)
+# A row of the published table per output holding a fingerprint of the settings it was
+# rendered with: a poll with nothing new re-renders an output only when those changed.
+CONFIG_FORMAT = "config"
 COMMIT_ATTEMPTS = 4
 COMMIT_SLOTS = 4
 CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
@@ -517,7 +520,29 @@ class Pipeline:
                     metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
                     changed.append(rendering)
                     log.info("published %s (%d entries)", rendering.filename, len(entries))
+            fingerprint = self._fingerprint(output)
+            self.store.save_published(output.slug, CONFIG_FORMAT, "text/plain", fingerprint.encode(), fingerprint, now)
         return changed
+
+    def stale_outputs(self) -> list[Output]:
+        """Outputs never published, or published under other settings (or by another version)."""
+        stale = []
+        for output in self.config.outputs:
+            row = self.store.published(output.slug, CONFIG_FORMAT)
+            if row is None or row.etag != self._fingerprint(output):
+                stale.append(output)
+        return stale
+
+    def outputs_to_publish(self, summary: PollSummary) -> list[Output]:
+        """What a poll must re-render: outputs its new items touch, and stale ones."""
+        chosen = {o.slug: o for o in self.affected_outputs(summary) if summary.new_items or summary.updated_items}
+        chosen.update({o.slug: o for o in self.stale_outputs()})
+        return [o for o in self.config.outputs if o.slug in chosen]
+
+    def _fingerprint(self, output: Output) -> str:
+        settings = self.config.settings
+        text = "|".join((__version__, output.model_dump_json(), settings.public_url, settings.websub_hub or ""))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def prune(pipeline: Pipeline) -> PruneReport | None:
@@ -565,7 +590,8 @@ async def poll_once(pipeline: Pipeline, *, all_sources: bool = False) -> PollSum
     async with Fetcher(fetch_options(pipeline.config), clock=pipeline.clock) as fetcher:
         summary = await pipeline.poll_due(fetcher, until=start)
     try:
-        changed = await asyncio.to_thread(pipeline.publish, None)
+        # Re-render only what changed: a poll that got nothing but 304s renders nothing.
+        changed = await asyncio.to_thread(pipeline.publish, pipeline.outputs_to_publish(summary))
     except PublishError:
         raise
     except AggregatorError as exc:

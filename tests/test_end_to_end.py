@@ -120,3 +120,17 @@ def test_status_page_shows_health_escaped_and_chart(server: FeedServer, tmp_path
     assert "failing (503)" in page and "Retry-After 2m (503)" in page
     assert page.count("<rect") == 1  # one bar: today's 4 items for "good"
     assert "4 items" in page
+
+
+def test_a_poll_re_renders_only_what_changed(server: FeedServer, tmp_path: Path) -> None:
+    server.add("/f", Route(body=any_dialect(0, 3), etag='"1"'))
+    config = write_config(tmp_path, [{"name": "one", "url": server.url("/f")}])
+    atom = tmp_path / "data" / "feeds" / "world.atom"
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    first = atom.stat().st_mtime_ns
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0  # 304 only
+    assert atom.stat().st_mtime_ns == first
+    # An edited output is re-rendered by the next poll even with nothing new to fetch.
+    config.write_text(config.read_text().replace("title: World", "title: Whole World"))
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    assert "<title>Whole World</title>" in atom.read_text()
