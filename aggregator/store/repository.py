@@ -337,14 +337,14 @@ class Store:
         with self.session() as s:
             wanted = self._output_source_ids(s, output)
             query = (
-                select(ItemRow, SourceRow, StoryRow)
+                select(*CANDIDATE_COLUMNS)
                 .join(SourceRow, ItemRow.source_id == SourceRow.id)
                 .join(StoryRow, ItemRow.story_id == StoryRow.id)
                 .where(ItemRow.source_id.in_(wanted), ItemRow.sort_at >= start, ItemRow.sort_at < end)
                 .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
                 .limit(limit)
             )
-            return [_candidate(item, source, story) for item, source, story in s.execute(query)]
+            return [_candidate_row(row) for row in s.execute(query)]
 
     def earliest_item(self, output: Output) -> datetime | None:
         with self.session() as s:
@@ -360,12 +360,12 @@ class Store:
         with self.session() as s:
             wanted = self._output_source_ids(s, output)
             query = (
-                select(ItemRow, SourceRow, StoryRow)
+                select(*CANDIDATE_COLUMNS)
                 .join(SourceRow, ItemRow.source_id == SourceRow.id)
                 .join(StoryRow, ItemRow.story_id == StoryRow.id)
                 .where(ItemRow.story_id.in_(ids), ItemRow.source_id.in_(wanted))
             )
-            return [_candidate(item, source, story) for item, source, story in s.execute(query)]
+            return [_candidate_row(row) for row in s.execute(query)]
 
     def editorial(self, slug: str) -> Editorial:
         with self.session() as s:
@@ -855,31 +855,6 @@ def _item_columns(item: Item) -> dict[str, Any]:
         "updated_at": item.updated_at,
         "fingerprint": item.fingerprint,
     }
-
-
-def _candidate(item: ItemRow, source: SourceRow, story: StoryRow) -> Candidate:
-    return Candidate(
-        item_id=item.id,
-        story_id=story.id,
-        story_uid=story.uid,
-        source_name=source.name,
-        source_tags=tuple(source.tags or ()),
-        source_title=source.feed_title,
-        source_url=source.url,
-        source_link=source.feed_link,
-        source_feed_id=source.feed_id,
-        title=item.title,
-        link=item.link,
-        summary_html=item.summary_html,
-        content_html=item.content_html,
-        text=item.text,
-        author=item.author,
-        categories=tuple(item.categories or ()),
-        published_at=item.sort_at,
-        updated_at=max(item.changed_at, item.updated_at or item.changed_at),
-        first_seen_at=item.first_seen_at,
-        language=item.language,
-    )
 
 
 CANDIDATE_COLUMNS = (
