@@ -50,6 +50,14 @@ class Curation:
     verdicts: list[Verdict]
 
 
+def draws_from(output: Output, source_name: str, source_tags: Iterable[str]) -> bool:
+    """Whether ``output`` takes items from a source: named in its ``sources``, carrying one of its
+    ``tags``, or any source at all when it names neither."""
+    if not output.sources and not output.tags:
+        return True
+    return source_name in output.sources or not set(output.tags).isdisjoint(source_tags)
+
+
 def select(output: Output, candidates: Iterable[Candidate], editorial: Editorial = Editorial()) -> list[OutputEntry]:
     return curate(output, candidates, editorial).entries
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from aggregator import __version__, cluster, metrics
 from aggregator.config import Config, Output
-from aggregator.curate import Curation, curate
+from aggregator.curate import Curation, curate, draws_from
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
@@ -36,7 +36,7 @@ from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
 from aggregator.parsejob import parse_and_sign
 from aggregator.publish import Rendering, feed_url, render_all, write_atomically
-from aggregator.records import FetchResult, IngestPlan, Item, ParsedFeed
+from aggregator.records import FetchResult, IngestPlan, Item, NewItem, ParsedFeed
 from aggregator.schedule import (
     THROTTLED_STATUSES,
     HostSource,
@@ -76,8 +76,7 @@ class PollSummary:
     not_modified: int = 0
     unchanged: int = 0
     errors: int = 0
-    changed_sources: set[str] = field(default_factory=set)
-    changed_tags: set[str] = field(default_factory=set)
+    changed_sources: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> tags
 
     def add(self, outcome: str, record: PollRecord, source: ClaimedSource) -> None:
         self.polled += 1
@@ -90,8 +89,7 @@ class PollSummary:
         elif outcome in ("error", "retired"):
             self.errors += 1
         if record.items_new or record.items_updated:
-            self.changed_sources.add(source.fetch.name)
-            self.changed_tags.update(source.tags)
+            self.changed_sources[source.fetch.name] = source.tags
 
 
 def worker_id() -> str:
@@ -412,25 +410,28 @@ class Pipeline:
         def sign(item: Item) -> cluster.Signature:
             return signatures.get(item.key) or cluster.signature(item.title, item.text)
 
-        signed = [(new, sign(new.item)) for new in plan.inserts]
-        unmatched = [(new, sig) for new, sig in signed if new.story_id is None]
+        signed: list[tuple[NewItem, cluster.Signature, tuple[str, ...]]] = []
+        for new in plan.inserts:
+            sig = sign(new.item)
+            signed.append((new, sig, tuple(cluster.band_keys(sig))))
+        unmatched = [(new, keys) for new, _, keys in signed if new.story_id is None]
         by_key: dict[str, list[cluster.RecentItem]] = {}
         if unmatched:
             moments = [new.item.published_at or now for new, _ in unmatched]
-            keys = [key for _, sig in unmatched for key in cluster.band_keys(sig)]
+            wanted = [key for _, keys in unmatched for key in keys]
             window = cluster.DEFAULT_WINDOW
             decoded: dict[int, cluster.RecentItem | None] = {}
-            for key, candidates in tx.match_candidates(keys, min(moments) - window, max(moments) + window).items():
+            for key, candidates in tx.match_candidates(wanted, min(moments) - window, max(moments) + window).items():
                 for candidate in candidates:
                     if candidate.item_id not in decoded:
                         decoded[candidate.item_id] = _recent(candidate)
                     if (stored := decoded[candidate.item_id]) is not None:
                         by_key.setdefault(key, []).append(stored)
         inserts = []
-        for new, sig in signed:
+        for new, sig, keys in signed:
             story_id, reason = new.story_id, None
             # Compare only with the stored items that share one of this item's keys.
-            recent = list({r.item_id: r for k in cluster.band_keys(sig) for r in by_key.get(k, ())}.values())
+            recent = list({r.item_id: r for k in keys for r in by_key.get(k, ())}.values())
             if story_id is None and recent:
                 found = cluster.match(sig, new.item.published_at or now, recent)
                 if found is not None:
@@ -440,7 +441,7 @@ class Pipeline:
                     new,
                     story_id=story_id,
                     match_signature=sig.dumps(),
-                    match_keys=tuple(cluster.band_keys(sig)),
+                    match_keys=keys,
                     match_reason=reason,
                 )
             )
@@ -477,13 +478,9 @@ class Pipeline:
 
     # --- publishing --------------------------------------------------------------------
     def affected_outputs(self, summary: PollSummary) -> list[Output]:
-        return [
-            o
-            for o in self.config.outputs
-            if (not o.sources and not o.tags)
-            or summary.changed_sources & set(o.sources)
-            or summary.changed_tags & set(o.tags)
-        ]
+        """Outputs drawing from a source whose items changed in this poll."""
+        changed = summary.changed_sources.items()
+        return [o for o in self.config.outputs if any(draws_from(o, name, tags) for name, tags in changed)]
 
     def curation(self, output: Output, now: datetime) -> Curation:
         """What ``output`` shows now and why each candidate is in or out."""
@@ -535,7 +532,7 @@ class Pipeline:
 
     def outputs_to_publish(self, summary: PollSummary) -> list[Output]:
         """What a poll must re-render: outputs its new items touch, and stale ones."""
-        chosen = {o.slug: o for o in self.affected_outputs(summary) if summary.new_items or summary.updated_items}
+        chosen = {o.slug: o for o in self.affected_outputs(summary)}
         chosen.update({o.slug: o for o in self.stale_outputs()})
         return [o for o in self.config.outputs if o.slug in chosen]
 

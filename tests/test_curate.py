@@ -129,3 +129,14 @@ def test_items_pin_and_block_from_the_command_line(
     assert main(["--config", str(config), "pin", "world", "99999"]) == 1
     assert "no story matches '99999'" in capsys.readouterr().err
     assert main(["--config", str(config), "items", "nope"]) == 1
+
+
+def test_which_sources_an_output_draws_from() -> None:
+    from aggregator.curate import draws_from
+
+    everything = Output(slug="w", title="W")
+    by_name = Output(slug="w", title="W", sources=("Wire",))
+    by_tag = Output(slug="w", title="W", tags=("world", "europe"))
+    assert draws_from(everything, "Anything", ())
+    assert draws_from(by_name, "Wire", ()) and not draws_from(by_name, "Daily", ("world",))
+    assert draws_from(by_tag, "Daily", ("sport", "europe")) and not draws_from(by_tag, "Daily", ("sport",))

@@ -16,13 +16,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.config import Config, Output
-from aggregator.curate import Editorial
+from aggregator.curate import Editorial, draws_from
 from aggregator.errors import StorageError, UsageError
 from aggregator.normalize import canonical_url
 from aggregator.records import Candidate, FetchResult, Item, ItemUpdate, NewItem, SourceToFetch, StoredItem
@@ -315,18 +315,10 @@ class Store:
     def candidates(self, config: Config, output: Output, now: datetime, limit: int) -> list[Candidate]:
         """The newest items an output may draw from, joined with their source and story."""
         with self.session() as s:
-            query = (
-                select(*CANDIDATE_COLUMNS)
-                .join(SourceRow, ItemRow.source_id == SourceRow.id)
-                .join(StoryRow, ItemRow.story_id == StoryRow.id)
-                .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
-                .limit(limit)
-            )
-            if output.sources or output.tags:  # an output of every source needs no id list
-                wanted = self._output_source_ids(s, output)
-                if not wanted:
-                    return []
-                query = query.where(ItemRow.source_id.in_(wanted))
+            where = self._output_filter(s, output)
+            if where is None:
+                return []
+            query = self._candidate_select(where).order_by(ItemRow.sort_at.desc(), ItemRow.id.desc()).limit(limit)
             if output.max_age:
                 query = query.where(ItemRow.sort_at >= now - output.max_age)
             # Plain columns, not ORM objects: building 500 entities cost more than the query.
@@ -335,12 +327,12 @@ class Store:
     def candidates_between(self, output: Output, start: datetime, end: datetime, limit: int) -> list[Candidate]:
         """The output's items dated in [start, end): one page of its archive."""
         with self.session() as s:
-            wanted = self._output_source_ids(s, output)
+            where = self._output_filter(s, output)
+            if where is None:
+                return []
             query = (
-                select(*CANDIDATE_COLUMNS)
-                .join(SourceRow, ItemRow.source_id == SourceRow.id)
-                .join(StoryRow, ItemRow.story_id == StoryRow.id)
-                .where(ItemRow.source_id.in_(wanted), ItemRow.sort_at >= start, ItemRow.sort_at < end)
+                self._candidate_select(where)
+                .where(ItemRow.sort_at >= start, ItemRow.sort_at < end)
                 .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
                 .limit(limit)
             )
@@ -348,8 +340,8 @@ class Store:
 
     def earliest_item(self, output: Output) -> datetime | None:
         with self.session() as s:
-            wanted = self._output_source_ids(s, output)
-            return s.scalar(select(func.min(ItemRow.sort_at)).where(ItemRow.source_id.in_(wanted)))
+            where = self._output_filter(s, output)
+            return None if where is None else s.scalar(select(func.min(ItemRow.sort_at)).where(where))
 
     def story_candidates(self, config: Config, output: Output, story_ids: Iterable[int]) -> list[Candidate]:
         """Every item of the given stories from the output's sources (pinned stories outlive
@@ -358,14 +350,12 @@ class Store:
         if not ids:
             return []
         with self.session() as s:
-            wanted = self._output_source_ids(s, output)
-            query = (
-                select(*CANDIDATE_COLUMNS)
-                .join(SourceRow, ItemRow.source_id == SourceRow.id)
-                .join(StoryRow, ItemRow.story_id == StoryRow.id)
-                .where(ItemRow.story_id.in_(ids), ItemRow.source_id.in_(wanted))
-            )
-            return [_candidate_row(row) for row in s.execute(query)]
+            where = self._output_filter(s, output)
+            if where is None:
+                return []
+            return [
+                _candidate_row(row) for row in s.execute(self._candidate_select(where).where(ItemRow.story_id.in_(ids)))
+            ]
 
     def editorial(self, slug: str) -> Editorial:
         with self.session() as s:
@@ -440,15 +430,23 @@ class Store:
             return True
 
     @staticmethod
-    def _output_source_ids(s: Session, output: Output) -> list[int]:
-        sources = s.execute(select(SourceRow.id, SourceRow.name, SourceRow.tags)).all()
-        return [
-            r.id
-            for r in sources
-            if (not output.sources and not output.tags)
-            or r.name in output.sources
-            or set(output.tags) & set(r.tags or ())
-        ]
+    def _output_filter(s: Session, output: Output) -> ColumnElement[bool] | None:
+        """The WHERE clause limiting items to the output's sources (curate.draws_from decides);
+        None when no source qualifies. An output of every source needs no id list at all."""
+        if not output.sources and not output.tags:
+            return true()
+        rows = s.execute(select(SourceRow.id, SourceRow.name, SourceRow.tags)).all()
+        wanted = [r.id for r in rows if draws_from(output, r.name, r.tags or ())]
+        return ItemRow.source_id.in_(wanted) if wanted else None
+
+    @staticmethod
+    def _candidate_select(where: ColumnElement[bool]) -> Any:
+        return (
+            select(*CANDIDATE_COLUMNS)
+            .join(SourceRow, ItemRow.source_id == SourceRow.id)
+            .join(StoryRow, ItemRow.story_id == StoryRow.id)
+            .where(where)
+        )
 
     def published(self, slug: str, fmt: str) -> PublishedRow | None:
         with self.session() as s:
