@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -332,21 +333,8 @@ def _when(moment: datetime | None) -> str:
 
 
 def _health_json(r: SourceHealth) -> dict[str, object]:
-    return {
-        "name": r.name,
-        "url": r.url,
-        "status": source_status(r),
-        "last_polled_at": r.last_polled_at.isoformat() if r.last_polled_at else None,
-        "last_status": r.last_status,
-        "last_success_at": r.last_success_at.isoformat() if r.last_success_at else None,
-        "next_poll_at": r.next_poll_at.isoformat() if r.next_poll_at else None,
-        "next_poll_reason": r.next_poll_reason,
-        "error_count": r.error_count,
-        "last_error": r.last_error,
-        "retired_reason": r.retired_reason,
-        "items": r.items,
-        "items_per_day": r.items_per_day,
-    }
+    fields = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in dataclasses.asdict(r).items()}
+    return {"name": r.name, "url": r.url, "status": source_status(r), **fields}
 
 
 COMMANDS = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -125,7 +125,6 @@ class SourceHealth:
     retired_reason: str | None
     items: int
     items_per_day: float | None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def story_uid(key: str, authority: str, first_seen: datetime) -> str:
