@@ -52,13 +52,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
+
+from benchsupport import admin_dsn, autoanalyze, database, load, words
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -66,16 +66,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 OLD_HOST = "https://old.bench.example"
-SYLLABLES = [a + b for a in "bdfklmnrst" for b in "aeiou"]
-VOCABULARY = [a + b + c for a in SYLLABLES[:10] for b in SYLLABLES for c in ("", "n", "r", "s")]  # 2,000 words
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 # --- the batches of fresh feeds ---------------------------------------------------------------
-def words(rng: random.Random, count: int) -> str:
-    return " ".join(rng.choice(VOCABULARY) for _ in range(count))
-
-
 def batch_feed(batch: str, feed: int, items: int, old_items: int, now: datetime) -> bytes:
     """RSS 2.0 with ``items`` fresh items; every tenth links to an already stored story's URL."""
     rng = random.Random(f"{batch}-{feed}")
@@ -246,34 +240,6 @@ def reset_batches(url: str, now: datetime) -> None:
         )
 
 
-@contextlib.contextmanager
-def autoanalyze(url: str, every: float) -> Iterator[None]:
-    """ANALYZE every ``every`` seconds, standing in for autovacuum on a server that runs without
-    it (as CI's does): otherwise the growing tables keep "unknown" statistics and psycopg's
-    prepared plans from the first, tiny tables are never replanned. <= 0: off."""
-    if every <= 0:
-        yield
-        return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    stop = threading.Event()
-
-    def loop() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not stop.wait(every):
-                conn.execute("analyze")
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(60)
-
-
 # --- one phase, in a child process -------------------------------------------------------------
 def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
     from sqlalchemy import update
@@ -361,35 +327,6 @@ def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
 
 
 # --- the driver --------------------------------------------------------------------------------
-def admin_dsn(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def database(admin_url: str, keep: bool) -> Iterator[str]:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    dsn = admin_dsn(admin_url)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield (
-            make_url(admin_url)
-            .set(drivername="postgresql+psycopg", database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        if keep:
-            print(f"kept database {name}")
-        else:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def environment(url: str) -> dict[str, str]:
     import psycopg
 
@@ -410,10 +347,6 @@ def environment(url: str) -> dict[str, str]:
         "postgresql": ", ".join(f"{k}={v}" for k, v in sorted(settings.items())),
         "aggregator": commit.stdout.strip() + (" + uncommitted changes in aggregator/" if dirty.stdout.strip() else ""),
     }
-
-
-def load() -> str:
-    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def write_config(directory: Path, url: str, base: str, opts: argparse.Namespace) -> Path:

@@ -37,7 +37,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -45,17 +44,14 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from benchsupport import database as pg_database
+from benchsupport import words
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-SYLLABLES = [a + b for a in "bdfklmnrst" for b in "aeiou"]
-VOCABULARY = [a + b + c for a in SYLLABLES[:10] for b in SYLLABLES for c in ("", "n", "r", "s")]  # 2,000 words
-
-
-def words(rng: random.Random, count: int) -> str:
-    return " ".join(rng.choice(VOCABULARY) for _ in range(count))
 
 
 def feed_body(feed: int, items: int, now: datetime) -> bytes:
@@ -83,22 +79,8 @@ def database(opts: argparse.Namespace, tmp: Path) -> Iterator[str]:
     if opts.backend == "sqlite":
         yield f"sqlite:///{tmp / 'aggregator.db'}"
         return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = make_url(opts.database_url).set(drivername="postgresql")
-    dsn = admin.render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-    finally:
-        if opts.keep:
-            print(f"kept database {name}")
-        else:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database(opts.database_url, opts.keep) as url:
+        yield url
 
 
 def free_port() -> int:

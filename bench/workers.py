@@ -41,14 +41,14 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
+
+from benchsupport import autoanalyze, database, load, words
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -60,13 +60,6 @@ WIRE_GROUP = 10  # item 0 of sources 0-9, 10-19, ... is one shared story
 
 
 # --- feeds and the feed server (its own process) ---------------------------------------------
-SYLLABLES = [a + b for a in "bdfklmnrst" for b in "aeiou"]  # 50
-VOCABULARY = [a + b + c for a in SYLLABLES[:10] for b in SYLLABLES for c in ("", "n", "r", "s")]  # 2,000
-
-
-def words(rng: random.Random, count: int) -> str:
-    """Diverse text (2,000 made-up words), so story matching sees what real news gives it."""
-    return " ".join(rng.choice(VOCABULARY) for _ in range(count))
 
 
 def feed_body(source: int, items: int) -> bytes:
@@ -295,31 +288,6 @@ def environment(admin_url: str) -> dict[str, str]:
     }
 
 
-def load() -> str:
-    return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-@contextlib.contextmanager
-def database(admin_url: str, keep: bool) -> Iterator[str]:
-    """A fresh database ``bench_<hex>`` on the server of ``admin_url``, dropped afterwards."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = make_url(admin_url).set(drivername="postgresql")
-    dsn = admin.render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-    finally:
-        if keep:
-            print(f"kept database {name}")
-        else:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def write_config(directory: Path, url: str, base: str, opts: argparse.Namespace) -> Path:
     parse = "" if opts.parse_workers is None else f"  parse_workers: {opts.parse_workers}\n"
     lines = [
@@ -409,38 +377,6 @@ def postmaster_pid(url: str) -> int | None:
             return int(stat.rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError):
             return None  # PostgreSQL is not on this machine's /proc
-
-
-@contextlib.contextmanager
-def autoanalyze(url: str, every: float) -> Iterator[None]:
-    """Stand in for autovacuum's ANALYZE when the server runs without autovacuum (as CI's does).
-
-    Without it the statistics of the growing tables stay "unknown" for the whole run, and a
-    plan that psycopg prepared on the first, tiny tables (a sequential scan) is never
-    replanned: the per-poll cost then grows with the table, which a production server with
-    autovacuum would not show. ``every`` <= 0 turns this off.
-    """
-    if every <= 0:
-        yield
-        return
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    stop = threading.Event()
-
-    def loop() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not stop.wait(every):
-                conn.execute("analyze")
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(60)
 
 
 def autovacuum_on(url: str) -> bool:
