@@ -287,7 +287,8 @@ def test_a_bad_redirect_target_is_an_error_not_an_exception(server: FeedServer, 
 def test_connection_refused(server: FeedServer) -> None:
     result = fetch(f"http://127.0.0.1:{closed_port()}/feed")
     assert result.status is None and not result.ok and result.retryable
-    assert result.error is not None and "ConnectError" in result.error
+    assert result.error is not None and result.error.startswith("cannot connect to 127.0.0.1:")
+    assert "refused" in result.error.lower()
 
 
 def test_a_server_stalling_mid_body_hits_the_read_timeout(server: FeedServer) -> None:
@@ -308,7 +309,7 @@ def test_a_server_trickling_forever_hits_the_total_timeout(server: FeedServer) -
 def test_a_truncated_body_is_an_error(server: FeedServer) -> None:
     result = fetch(server.add("/short", body=BODY, truncate_to=50))
     assert result.body is None and result.retryable
-    assert result.error is not None and "RemoteProtocolError" in result.error
+    assert result.error == "truncated: the connection closed before the whole body arrived"
 
 
 # --- the size cap ---------------------------------------------------------------------------
