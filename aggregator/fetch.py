@@ -381,7 +381,7 @@ def _refused(host: str, shown: str) -> BlockedAddressError:
 
 
 def _reason(exc: OSError) -> str:
-    """"Connection refused" rather than asyncio's "Connect call failed ('10.0.0.1', 80)"."""
+    """The reason an OS error gives ("Connection refused"), not asyncio's "Connect call failed (…)"."""
     if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
         return os.strerror(exc.errno)
     return exc.strerror or str(exc) or type(exc).__name__
