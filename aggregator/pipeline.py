@@ -211,29 +211,47 @@ class Pipeline:
 
     # --- polling ---------------------------------------------------------------------
     async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:
-        """Poll every source due at ``until`` (default: now), in batches, until none is left."""
+        """Poll every source due at ``until`` (default: now), until none is left.
+
+        Claims are refilled as polls finish (whenever fewer than half a batch is in flight),
+        rather than batch after batch: waiting for a batch's slowest poll before claiming
+        the next left the parse workers idle at every batch's tail and the writer idle at
+        every batch's head, and held every source of the next batch back behind one slow
+        server.
+        """
         summary = PollSummary()
         cutoff = until or self.clock()
         settings = self.config.settings
         lease = timedelta(seconds=settings.total_timeout) * 2 + LEASE_MARGIN
         batch_size = settings.concurrency * 2
-        while True:
-            claimed = await asyncio.to_thread(self.store.claim_due, self.owner, cutoff, batch_size, lease)
-            if not claimed:
-                return summary
-            try:
-                async with asyncio.TaskGroup() as group:
+        running: dict[asyncio.Task[None], int] = {}  # poll -> its source id
+        exhausted = False
+        try:
+            while True:
+                if not exhausted and len(running) <= batch_size // 2:
+                    async with self._write_lock:  # SQLite: wait here, not in its busy handler
+                        claimed = await asyncio.to_thread(
+                            self.store.claim_due, self.owner, cutoff, batch_size - len(running), lease
+                        )
+                    exhausted = not claimed
                     for source in claimed:
-                        group.create_task(self._poll_one(fetcher, source, summary))
-            except BaseException as exc:
-                # Shutting down, or the database failed: hand back the leases we did not finish
-                # (committed polls already cleared theirs) so nobody waits for them to expire.
-                with contextlib.suppress(AggregatorError):
-                    ids = [c.fetch.id for c in claimed]
-                    await asyncio.shield(asyncio.to_thread(self.store.release, ids, self.owner))
-                if isinstance(exc, BaseExceptionGroup):
-                    raise exc.exceptions[0] from None
-                raise
+                        running[asyncio.create_task(self._poll_one(fetcher, source, summary))] = source.fetch.id
+                if not running:
+                    return summary
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del running[task]
+                    task.result()  # a poll raises only when the database failed: stop
+        except BaseException:
+            # Shutting down, or the database failed: stop the other polls and hand back the
+            # leases we did not finish (committed polls already cleared theirs) so nobody
+            # waits for them to expire.
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            with contextlib.suppress(AggregatorError):
+                await asyncio.shield(asyncio.to_thread(self.store.release, list(running.values()), self.owner))
+            raise
 
     async def _poll_one(self, fetcher: Fetcher, source: ClaimedSource, summary: PollSummary) -> None:
         result = await fetcher.fetch(source.fetch)
