@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import calendar
 import codecs
+import functools
 import html
 import io
 import json
@@ -38,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import feedparser
+import feedparser.mixin
 
 from aggregator.errors import ParseError
 
@@ -65,6 +67,29 @@ _WIDE_BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+
+
+URL_CACHE_SIZE = 4096  # (base, reference) pairs remembered per process; a document has a handful
+
+
+def _memoize_feedparser_urls() -> None:
+    """Let feedparser's per-element URL joins hit a cache.
+
+    On every start tag feedparser re-joins the current base URL with itself (to track
+    ``xml:base``), and on every link it joins the href: two urllib parses per element,
+    a fifth of a whole parse, nearly always of the same few strings. Both functions are
+    pure (strings in, a string out), so a bounded cache cannot change a result.
+    ``tests/test_parse.py`` fails if a feedparser release renames them (the cache would
+    then silently stop applying).
+    """
+    mixin = feedparser.mixin
+    for name in ("make_safe_absolute_uri", "_urljoin"):
+        function = getattr(mixin, name, None)
+        if function is not None and not hasattr(function, "cache_info"):
+            setattr(mixin, name, functools.lru_cache(maxsize=URL_CACHE_SIZE)(function))
+
+
+_memoize_feedparser_urls()
 
 
 @dataclass(frozen=True)

@@ -209,3 +209,22 @@ def test_a_gzip_bomb_in_the_body_stops_at_the_cap() -> None:
         document_to_feed(bomb, DEFAULT_URL, None, FETCHED_AT)
     with pytest.raises(ParseError, match="corrupt gzip body"):
         document_to_feed(bomb[:50], DEFAULT_URL, None, FETCHED_AT)
+
+
+def test_feedparser_url_joins_are_memoized_and_still_honour_xml_base() -> None:
+    import feedparser.mixin
+
+    # The names aggregator.parse wraps: if a feedparser release renames them, this fails
+    # instead of the cache silently no longer applying.
+    for name in ("make_safe_absolute_uri", "_urljoin"):
+        assert hasattr(getattr(feedparser.mixin, name), "cache_info"), name
+    doc = (
+        b'<feed xmlns="http://www.w3.org/2005/Atom" xml:base="https://a.example/news/">'
+        b"<title>t</title><id>urn:f</id>"
+        b'<entry xml:base="sub/"><id>urn:1</id><title>one</title><link href="one.html"/></entry>'
+        b'<entry><id>urn:2</id><title>two</title><link href="two.html"/></entry>'
+        b"</feed>"
+    )
+    for _ in range(2):  # the second parse is served from the cache: same answers
+        links = [e.link for e in parse_document(doc, "https://elsewhere.example/feed").entries]
+        assert links == ["https://a.example/news/sub/one.html", "https://a.example/news/two.html"]
