@@ -152,3 +152,22 @@ def test_retention_deletes_old_items_keeps_protected_and_remembers_keys(store: S
         assert sorted(s.execute(text("select key from items")).scalars()) == ["id:new", "id:old0"]
     with store.ingest() as tx:
         assert tx.deleted_keys(1, ["id:old1", "id:old2", "id:new"]) == {"id:old1", "id:old2"}
+
+
+def test_match_candidates_find_shared_keys_in_the_window_and_drop_stock_phrases(store: Store) -> None:
+    from aggregator.store.repository import MAX_KEY_FANOUT
+
+    def keyed(key: str, keys: tuple[str, ...]) -> NewItem:
+        return NewItem(item(key, f"https://x.example/{key}"), None, match_signature=f"sig-{key}", match_keys=keys)
+
+    common = tuple(keyed(f"id:c{n}", ("stock",)) for n in range(MAX_KEY_FANOUT + 1))
+    with store.ingest() as tx:
+        tx.insert_items(1, [keyed("id:a", ("k1", "k2")), keyed("id:b", ("k2", "k3")), *common], NOW, "news.example.org")
+    hour = timedelta(hours=1)
+    with store.ingest() as tx:
+        found = tx.match_candidates(["k2", "k3", "k9", "stock"], NOW - 2 * hour, NOW)
+        outside = tx.match_candidates(["k1"], NOW - 10 * hour, NOW - 2 * hour)
+    assert sorted(found) == ["k2", "k3"]  # "stock" is carried by more than MAX_KEY_FANOUT items
+    assert sorted(c.signature for c in found["k2"]) == ["sig-id:a", "sig-id:b"]
+    assert [c.signature for c in found["k3"]] == ["sig-id:b"]
+    assert outside == {}  # the items are dated an hour ago: outside that window

@@ -9,6 +9,7 @@ leaves either the old state (the poll is simply redone) or the new one.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Text,
     and_,
     bindparam,
     delete,
@@ -588,19 +590,36 @@ _ITEM_STORIES_BY_URL = select(ItemRow.canonical_url, ItemRow.story_id).where(Ite
 _STORY_IDS = select(StoryRow.key, StoryRow.id).where(StoryRow.key.in_(_KEYS))
 _ITEM_IDS = select(ItemRow.key, ItemRow.id).where(ItemRow.source_id == bindparam("source_id"), ItemRow.key.in_(_KEYS))
 _MATCH_WINDOW = MatchKeyRow.sort_at.between(bindparam("earliest"), bindparam("latest"))
-_MATCH_CANDIDATES = (
-    select(MatchKeyRow.key, ItemRow.id, ItemRow.story_id, ItemRow.sort_at, ItemRow.match_signature)
-    .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
-    .where(
-        MatchKeyRow.key.in_(
-            select(MatchKeyRow.key)
-            .where(MatchKeyRow.key.in_(_KEYS), _MATCH_WINDOW)
-            .group_by(MatchKeyRow.key)
-            .having(func.count() <= bindparam("fanout"))
-        ),
-        _MATCH_WINDOW,
+
+
+def _match_candidates(wanted: Any) -> Any:
+    """Stored items carrying one of the ``wanted`` keys in the window, leaving out keys whose
+    fan-out exceeds :fanout (one statement: the fan-out test is its sub-select)."""
+    return (
+        select(MatchKeyRow.key, ItemRow.id, ItemRow.story_id, ItemRow.sort_at, ItemRow.match_signature)
+        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
+        .where(
+            MatchKeyRow.key.in_(
+                select(MatchKeyRow.key)
+                .where(wanted, _MATCH_WINDOW)
+                .group_by(MatchKeyRow.key)
+                .having(func.count() <= bindparam("fanout"))
+            ),
+            _MATCH_WINDOW,
+        )
     )
-)
+
+
+# A poll asks for ~300 keys at once. As an expanding IN list they are rendered into the SQL
+# on every execution (and SQLite prepares a new statement); as one array parameter the
+# statement is fixed: a JSON array read by json_each on SQLite, a text[] on PostgreSQL.
+_MATCH_CANDIDATES = {
+    "sqlite": _match_candidates(
+        MatchKeyRow.key.in_(select(func.json_each(bindparam("keys_json")).table_valued("value").c.value))
+    ),
+    "postgresql": _match_candidates(MatchKeyRow.key == func.any(bindparam("keys_array", type_=postgresql.ARRAY(Text)))),
+}
+_MATCH_CANDIDATES_ANY = _match_candidates(MatchKeyRow.key.in_(_KEYS))
 _ITEMS_SINCE = select(func.count()).where(
     ItemRow.source_id == bindparam("source_id"), ItemRow.sort_at >= bindparam("since")
 )
@@ -720,9 +739,17 @@ class IngestTransaction:
         matching linear when a feed repeats the same words in every item.
         """
         found: dict[str, list[MatchCandidate]] = {}
-        for chunk in _chunks(sorted(set(keys))):
-            params = {"keys": chunk, "earliest": earliest, "latest": latest, "fanout": MAX_KEY_FANOUT}
-            for key, item_id, story_id, sort_at, signature in self.c.execute(_MATCH_CANDIDATES, params):
+        wanted = sorted(set(keys))
+        params: dict[str, Any] = {"earliest": earliest, "latest": latest, "fanout": MAX_KEY_FANOUT}
+        dialect = self.c.dialect.name
+        if dialect == "sqlite":
+            batches = [(_MATCH_CANDIDATES[dialect], {**params, "keys_json": json.dumps(wanted)})]
+        elif dialect == "postgresql":
+            batches = [(_MATCH_CANDIDATES[dialect], {**params, "keys_array": wanted})]
+        else:  # pragma: no cover - other backends get the portable IN list
+            batches = [(_MATCH_CANDIDATES_ANY, {**params, "keys": chunk}) for chunk in _chunks(wanted)]
+        for statement, values in batches:
+            for key, item_id, story_id, sort_at, signature in self.c.execute(statement, values):
                 if signature:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
