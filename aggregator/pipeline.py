@@ -161,9 +161,20 @@ class ParsePool(Executor):
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
+def default_parse_workers() -> int:
+    """One parser process per CPU but one, at least one.
+
+    This process needs a core of its own while a large ingest runs (the event loop and the
+    database writer). With as many parsers as cores, three busy processes shared two cores on
+    the benchmark machine: a first ingest of 1,000 feeds took 36.4 s of CPU and 21.1 s against
+    33.2 s and 20.2 s with one parser, and 10% of the feeds changing 4.2 s against 3.2 s.
+    """
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def make_parse_pool(workers: int | None) -> Executor | None:
     """A process pool sized to the machine; 0 parses in a thread of this process instead."""
-    count = os.cpu_count() or 1 if workers is None else workers
+    count = default_parse_workers() if workers is None else workers
     if count <= 0:
         return None
     return ParsePool(count)
