@@ -439,12 +439,12 @@ class Pipeline:
         def sign(item: Item) -> cluster.Signature:
             return signatures.get(item.key) or cluster.signature(item.title, item.text)
 
-        signed: list[tuple[NewItem, cluster.Signature, tuple[str, ...]]] = []
+        signed: list[tuple[NewItem, cluster.Signature, tuple[int, ...]]] = []
         for new in plan.inserts:
             sig = sign(new.item)
             signed.append((new, sig, tuple(cluster.band_keys(sig))))
         unmatched = [(new, keys) for new, _, keys in signed if new.story_id is None]
-        by_key: dict[str, list[cluster.RecentItem]] = {}
+        by_key: dict[int, list[cluster.RecentItem]] = {}
         if unmatched:
             moments = [new.item.published_at or now for new, _ in unmatched]
             wanted = [key for _, keys in unmatched for key in keys]

@@ -120,7 +120,7 @@ class ItemUpdate:
     stored: StoredItem
     item: Item
     match_signature: str | None = None
-    match_keys: tuple[str, ...] = ()
+    match_keys: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class NewItem:
     item: Item
     story_id: int | None
     match_signature: str | None = None  # cluster.Signature.dumps(), stored to find later copies
-    match_keys: tuple[str, ...] = ()
+    match_keys: tuple[int, ...] = ()  # cluster.band_keys()
     match_reason: str | None = None  # why it joined a story by text, for the log
 
 

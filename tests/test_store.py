@@ -157,17 +157,44 @@ def test_retention_deletes_old_items_keeps_protected_and_remembers_keys(store: S
 def test_match_candidates_find_shared_keys_in_the_window_and_drop_stock_phrases(store: Store) -> None:
     from aggregator.store.repository import MAX_KEY_FANOUT
 
-    def keyed(key: str, keys: tuple[str, ...]) -> NewItem:
+    def keyed(key: str, keys: tuple[int, ...]) -> NewItem:
         return NewItem(item(key, f"https://x.example/{key}"), None, match_signature=f"sig-{key}", match_keys=keys)
 
-    common = tuple(keyed(f"id:c{n}", ("stock",)) for n in range(MAX_KEY_FANOUT + 1))
+    stock = 99
+    common = tuple(keyed(f"id:c{n}", (stock,)) for n in range(MAX_KEY_FANOUT + 1))
     with store.ingest() as tx:
-        tx.insert_items(1, [keyed("id:a", ("k1", "k2")), keyed("id:b", ("k2", "k3")), *common], NOW, "news.example.org")
+        tx.insert_items(1, [keyed("id:a", (1, 2)), keyed("id:b", (2, 3)), *common], NOW, "news.example.org")
     hour = timedelta(hours=1)
     with store.ingest() as tx:
-        found = tx.match_candidates(["k2", "k3", "k9", "stock"], NOW - 2 * hour, NOW)
-        outside = tx.match_candidates(["k1"], NOW - 10 * hour, NOW - 2 * hour)
-    assert sorted(found) == ["k2", "k3"]  # "stock" is carried by more than MAX_KEY_FANOUT items
-    assert sorted(c.signature for c in found["k2"]) == ["sig-id:a", "sig-id:b"]
-    assert [c.signature for c in found["k3"]] == ["sig-id:b"]
+        found = tx.match_candidates([2, 3, 9, stock], NOW - 2 * hour, NOW)
+        outside = tx.match_candidates([1], NOW - 10 * hour, NOW - 2 * hour)
+    assert sorted(found) == [2, 3]  # the stock phrase is carried by more than MAX_KEY_FANOUT items
+    assert sorted(c.signature for c in found[2]) == ["sig-id:a", "sig-id:b"]
+    assert [c.signature for c in found[3]] == ["sig-id:b"]
     assert outside == {}  # the items are dated an hour ago: outside that window
+
+
+def test_migration_0006_converts_match_keys_both_ways(store: Store, engine: Engine) -> None:
+    from alembic import command
+
+    from aggregator.cluster import HEADLINE_KEY
+    from aggregator.store.database import alembic_config
+
+    keys = (0x0A1B2C3D, 7, HEADLINE_KEY + 0xFFFFFFFF)
+    with store.ingest() as tx:
+        tx.insert_items(1, [NewItem(item("id:k"), None, match_signature="s", match_keys=keys)], NOW, "n.example")
+    sort_epoch = int((NOW - timedelta(hours=1)).timestamp())
+
+    def rows() -> list[tuple[object, ...]]:
+        with engine.connect() as connection:
+            return sorted(tuple(r) for r in connection.execute(text("SELECT * FROM item_match_keys")))
+
+    current = sorted((key, sort_epoch, 1) for key in keys)
+    assert [(r[0], r[1]) for r in rows()] == [(k, e) for k, e, _ in current]
+    command.downgrade(alembic_config(engine), "0005")
+    with engine.connect() as connection:
+        old = sorted(connection.execute(text("SELECT key, sort_at FROM item_match_keys")).all())
+    assert [k for k, _ in old] == ["h" + "f" * 8, "p00000007", "p0a1b2c3d"]
+    assert all(str(at).startswith("2026-11-26 11:00:00") for _, at in old)
+    command.upgrade(alembic_config(engine), "head")
+    assert [(r[0], r[1]) for r in rows()] == [(k, e) for k, e, _ in current]

