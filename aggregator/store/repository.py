@@ -926,7 +926,7 @@ class _RawInsert:
     each parameter set); a first ingest writes ~10 story-matching keys per item, so for
     those rows that was a third of the main process's CPU. The SQL is compiled by
     SQLAlchemy once per dialect, table and columns; rows are tuples in ``columns`` order,
-    with values already in the driver's form (``converter`` gives the column type's own
+    with values already in the driver's form (``convert`` applies each column type's own
     conversion, so nothing about storage formats is restated here).
     """
 
@@ -955,11 +955,6 @@ class _RawInsert:
             cls._compiled[key] = cls(dialect, model, columns)
         return cls._compiled[key]
 
-    def converter(self, column: str) -> Callable[[Any], Any]:
-        """The column type's bind conversion (e.g. aware datetime → naive UTC → SQLite text)."""
-        process = self._bind_processor(column)
-        return process if process is not None else _identity
-
     def _bind_processor(self, column: str) -> Callable[[Any], Any] | None:
         # The dialect's own implementation: psycopg's JSON, for one, wraps values itself.
         processor: Callable[[Any], Any] | None = (
@@ -968,7 +963,8 @@ class _RawInsert:
         return processor
 
     def convert(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """Rows given as column → value dicts, as driver-ready tuples."""
+        """Rows given as column → value dicts, as driver-ready tuples (each column type's own
+        bind conversion, e.g. aware datetime → naive UTC → SQLite text)."""
         columns, conversions = self._columns, self._conversions
         out = []
         for row in rows:
@@ -993,10 +989,6 @@ class _RawInsert:
 def _epoch(moment: datetime) -> int:
     """Unix seconds, the unit of ``MatchKeyRow.sort_epoch``."""
     return int(moment.timestamp())
-
-
-def _identity(value: Any) -> Any:
-    return value
 
 
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
