@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("source", "url", "outcome", "status")
-NOISY_LOGGERS = ("apscheduler", "alembic", "httpx", "httpcore", "uvicorn.error")
+NOISY_LOGGERS = ("apscheduler", "alembic", "aiohttp", "uvicorn.error")
 
 
 class JsonFormatter(logging.Formatter):

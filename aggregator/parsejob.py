@@ -2,7 +2,7 @@
 
 It has a module of its own so that a worker process imports only what parsing needs
 (``normalize`` and ``cluster``, both pure): a function defined in ``pipeline`` would make
-every worker import the I/O stages too — SQLAlchemy and httpx, 50 MB per worker.
+every worker import the I/O stages too — SQLAlchemy and aiohttp, 50 MB per worker.
 """
 
 from __future__ import annotations

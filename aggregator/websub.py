@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-import httpx
+import aiohttp
 
 log = logging.getLogger("aggregator")
 
@@ -34,22 +34,24 @@ async def ping_hub(
     urls = sorted(set(feed_urls))
     if not urls:
         return True
-    async with httpx.AsyncClient(timeout=PING_TIMEOUT_SECONDS, headers={"User-Agent": user_agent}) as client:
+    timeout = aiohttp.ClientTimeout(total=PING_TIMEOUT_SECONDS)
+    async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": user_agent}, trust_env=False) as client:
         results = await asyncio.gather(*(_ping_one(client, hub, url, attempts, backoff) for url in urls))
     return all(results)
 
 
-async def _ping_one(client: httpx.AsyncClient, hub: str, url: str, attempts: int, backoff: float) -> bool:
+async def _ping_one(client: aiohttp.ClientSession, hub: str, url: str, attempts: int, backoff: float) -> bool:
     problem = ""
     for attempt in range(attempts):
         try:
-            response = await client.post(hub, data={"hub.mode": "publish", "hub.url": url})
-            if 200 <= response.status_code < 300:
+            async with client.post(hub, data={"hub.mode": "publish", "hub.url": url}) as response:
+                status = response.status
+            if 200 <= status < 300:
                 return True
-            problem = f"HTTP {response.status_code}"
-            if 400 <= response.status_code < 500 and response.status_code != 429:
+            problem = f"HTTP {status}"
+            if 400 <= status < 500 and status != 429:
                 break  # the hub refuses this request; retrying will not change its mind
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if attempt < attempts - 1:
             await asyncio.sleep(backoff * 2**attempt)
