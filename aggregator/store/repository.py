@@ -888,8 +888,7 @@ class IngestTransaction:
     def _insert_rows(self, model: type[Base], rows: list[dict[str, Any]]) -> None:
         """INSERT … ON CONFLICT DO NOTHING of rows that all have the same columns (``_RawInsert``)."""
         if rows:
-            insert = _RawInsert.of(self.c.dialect, model, tuple(rows[0]))
-            insert.run(self.c, insert.convert(rows))
+            _RawInsert.of(self.c.dialect, model, tuple(rows[0])).run_dicts(self.c, rows)
 
     def _ids(self, statement: Any, keys: Sequence[str], **params: Any) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -939,12 +938,15 @@ class _RawInsert:
         # for_executemany: without it PostgreSQL's compiler adds an implicit RETURNING id.
         compiled = stmt.compile(dialect=dialect, for_executemany=True)
         self.sql = compiled.string
-        names = compiled.positiontup
-        self._order = [columns.index(name) for name in names] if names is not None else None
-        self._columns = columns
+        # Positional (SQLite's qmark): tuples in the order the SQL wants them, which need not
+        # be the order the columns were given in. Named (psycopg's pyformat): any order.
+        self._positional = compiled.positiontup is not None
+        self._columns = tuple(compiled.positiontup) if compiled.positiontup is not None else columns
+        # Tuples given to ``run`` are in ``columns`` order; reordered only if the SQL differs.
+        self._reorder = None if self._columns == columns else [columns.index(name) for name in self._columns]
         self._conversions = [
             (index, process)
-            for index, name in enumerate(columns)
+            for index, name in enumerate(self._columns)
             if (process := self._bind_processor(name)) is not None
         ]
 
@@ -963,8 +965,8 @@ class _RawInsert:
         return processor
 
     def convert(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """Rows given as column → value dicts, as driver-ready tuples (each column type's own
-        bind conversion, e.g. aware datetime → naive UTC → SQLite text)."""
+        """Rows given as column → value dicts, as driver-ready tuples in the SQL's order (each
+        column type's own bind conversion, e.g. aware datetime → naive UTC → SQLite text)."""
         columns, conversions = self._columns, self._conversions
         out = []
         for row in rows:
@@ -975,13 +977,18 @@ class _RawInsert:
         return out
 
     def run(self, connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Execute for ``rows``, tuples in the ``columns`` order given to ``of``."""
+        self._execute(connection, rows if self._reorder is None else [tuple(r[i] for i in self._reorder) for r in rows])
+
+    def run_dicts(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Execute for rows given as column → value dicts, converted (see ``convert``)."""
+        self._execute(connection, self.convert(rows))
+
+    def _execute(self, connection: Connection, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        params: list[Any]
-        if self._order is not None:  # positional paramstyle (SQLite's qmark)
-            order = self._order
-            params = rows if order == list(range(len(order))) else [tuple(r[i] for i in order) for r in rows]
-        else:  # named (psycopg's pyformat)
+        params: list[Any] = rows
+        if not self._positional:
             params = [dict(zip(self._columns, r, strict=True)) for r in rows]
         connection.exec_driver_sql(self.sql, params)
 
