@@ -194,6 +194,21 @@ class Signature:
 
 
 @dataclass(frozen=True)
+class Signed:
+    """An item's signature with the two forms storage needs, computed where it is signed
+    (a parse worker) rather than by the process that writes the item."""
+
+    signature: Signature
+    stored: str  # Signature.dumps()
+    keys: tuple[int, ...]  # band_keys()
+
+    @classmethod
+    def of(cls, title: str, text: str) -> Signed:
+        sig = signature(title, text)
+        return cls(sig, sig.dumps(), tuple(band_keys(sig)))
+
+
+@dataclass(frozen=True)
 class Evidence:
     """Why two signatures are (or are not) the same story."""
 

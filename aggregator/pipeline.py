@@ -36,7 +36,7 @@ from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
 from aggregator.parsejob import parse_and_sign
 from aggregator.publish import Rendering, feed_url, render_all, write_atomically
-from aggregator.records import FetchResult, IngestPlan, Item, NewItem, ParsedFeed
+from aggregator.records import FetchResult, IngestPlan, Item, ParsedFeed
 from aggregator.schedule import (
     THROTTLED_STATUSES,
     HostSource,
@@ -267,7 +267,7 @@ class Pipeline:
     async def _poll_one(self, fetcher: Fetcher, source: ClaimedSource, summary: PollSummary) -> None:
         result = await fetcher.fetch(source.fetch)
         parsed: ParsedFeed | None = None
-        signatures: dict[str, cluster.Signature] = {}
+        signatures: dict[str, cluster.Signed] = {}
         parse_error: str | None = None
         body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
         if result.ok and result.body is not None and body_hash != source.body_hash:
@@ -293,7 +293,7 @@ class Pipeline:
             metrics.ITEMS.labels("updated").inc(record.items_updated)
         self._log(source, result, outcome, record, parse_error)
 
-    async def _parse(self, result: FetchResult) -> tuple[ParsedFeed, dict[str, cluster.Signature]]:
+    async def _parse(self, result: FetchResult) -> tuple[ParsedFeed, dict[str, cluster.Signed]]:
         assert result.body is not None
         loop = asyncio.get_running_loop()
         args = (result.body, result.url, result.content_type, result.fetched_at)
@@ -327,7 +327,7 @@ class Pipeline:
         parsed: ParsedFeed | None,
         parse_error: str | None,
         body_hash: str | None,
-        signatures: dict[str, cluster.Signature] | None = None,
+        signatures: dict[str, cluster.Signed] | None = None,
     ) -> tuple[str, PollRecord]:
         """Decide and write everything about one poll, in one transaction."""
         now = result.fetched_at
@@ -431,19 +431,16 @@ class Pipeline:
         return replace(record, next_poll_at=mine.at, next_poll_reason=mine.reason) if mine else record
 
     def _match_stories(
-        self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signature]
+        self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
     ) -> IngestPlan:
         """Sign every new or changed item (the parse pool did, see ``parsejob``), and join new
         items whose URL matched no story to the stored story whose text they copy, if any."""
 
-        def sign(item: Item) -> cluster.Signature:
-            return signatures.get(item.key) or cluster.signature(item.title, item.text)
+        def sign(item: Item) -> cluster.Signed:
+            return signatures.get(item.key) or cluster.Signed.of(item.title, item.text)
 
-        signed: list[tuple[NewItem, cluster.Signature, tuple[int, ...]]] = []
-        for new in plan.inserts:
-            sig = sign(new.item)
-            signed.append((new, sig, tuple(cluster.band_keys(sig))))
-        unmatched = [(new, keys) for new, _, keys in signed if new.story_id is None]
+        signed = [(new, sign(new.item)) for new in plan.inserts]
+        unmatched = [(new, s.keys) for new, s in signed if new.story_id is None]
         by_key: dict[int, list[cluster.RecentItem]] = {}
         if unmatched:
             moments = [new.item.published_at or now for new, _ in unmatched]
@@ -457,27 +454,21 @@ class Pipeline:
                     if (stored := decoded[candidate.item_id]) is not None:
                         by_key.setdefault(key, []).append(stored)
         inserts = []
-        for new, sig, keys in signed:
+        for new, s in signed:
             story_id, reason = new.story_id, None
             # Compare only with the stored items that share one of this item's keys.
-            recent = list({r.item_id: r for k in keys for r in by_key.get(k, ())}.values())
+            recent = list({r.item_id: r for k in s.keys for r in by_key.get(k, ())}.values()) if by_key else []
             if story_id is None and recent:
-                found = cluster.match(sig, new.item.published_at or now, recent)
+                found = cluster.match(s.signature, new.item.published_at or now, recent)
                 if found is not None:
                     story_id, reason = found.story_id, f"same story as item {found.item_id}: {found.reason}"
             inserts.append(
-                replace(
-                    new,
-                    story_id=story_id,
-                    match_signature=sig.dumps(),
-                    match_keys=keys,
-                    match_reason=reason,
-                )
+                replace(new, story_id=story_id, match_signature=s.stored, match_keys=s.keys, match_reason=reason)
             )
         updates = []
         for update in plan.updates:
-            sig = sign(update.item)
-            updates.append(replace(update, match_signature=sig.dumps(), match_keys=tuple(cluster.band_keys(sig))))
+            s = sign(update.item)
+            updates.append(replace(update, match_signature=s.stored, match_keys=s.keys))
         return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
 
     def _log(
