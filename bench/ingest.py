@@ -462,6 +462,7 @@ def drive(opts: argparse.Namespace) -> int:
     try:
         assert server.stdout is not None
         opts.port = int(server.stdout.readline())
+        opts.server_pid = server.pid
         results = run_all(opts, root)
     finally:
         server.terminate()
@@ -477,8 +478,10 @@ def run_all(opts: argparse.Namespace, root: Path) -> dict[str, dict[str, Any]]:
     changed = sorted(random.Random(7).sample(range(opts.feeds), max(1, opts.feeds // 10)))
     results["a"] = run_phase(opts, "floor", root)
     (root / "aggregator").mkdir()
+    server_before = _cpu_and_hwm([opts.server_pid])[0]
     rounds = run_phase(opts, "aggregator", root / "aggregator", only=json.dumps(changed))
     results.update(rounds)
+    results["server"] = {"aggregator": _cpu_and_hwm([opts.server_pid])[0] - server_before}
     results["d"]["changed_feeds"] = len(changed)
     results["a'"] = run_phase(opts, "floor", root, only=json.dumps(changed))  # the changed bodies
     # The floor again: this machine's speed drifts by ±15% over a minute, so the ratio to (b)
@@ -488,7 +491,9 @@ def run_all(opts: argparse.Namespace, root: Path) -> dict[str, dict[str, Any]]:
         for n in changed:  # reader sees the bodies (b) saw
             (opts.feeds_dir / f"{n}.xml").write_bytes(feed_body(n, opts.items))
         (root / "reader").mkdir()
+        server_before = _cpu_and_hwm([opts.server_pid])[0]
         results["e"] = run_phase(opts, "reader", root / "reader")
+        results["server"]["reader"] = _cpu_and_hwm([opts.server_pid])[0] - server_before
     return results
 
 
@@ -548,6 +553,9 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
     print(f"(c): wall {c['wall']:.2f}s for {c['polled']} sources, {c['not_modified']} not modified (target < 2 s)")
     print(f"(d)/(a'): CPU {d['cpu'] / a2['cpu']:.2f}x (target <= 1.3)")
     print(f"peak RSS of (b), all processes: {b['rss'] / 1e6:.0f} MB (target <= 300)")
+    server = results["server"]
+    shares = ", ".join(f"{seconds:.1f} s during the {phase} rounds" for phase, seconds in server.items())
+    print(f"the feed server (not counted above, but on the same 2 cores): {shares} of CPU")
     print(f"total bench time {total:.0f}s")
 
 
