@@ -630,23 +630,11 @@ _FETCH_LOG = insert(FetchLogRow)
 
 
 @functools.cache
-def _source_update(columns: tuple[str, ...]) -> Any:
-    """UPDATE sources SET <columns> WHERE id = :source_id, one prebuilt statement per column set."""
-    return (
-        update(SourceRow)
-        .where(SourceRow.id == bindparam("source_id"))
-        .values({name: bindparam(f"v_{name}") for name in columns})
-    )
-
-
-@functools.cache
-def _item_update(columns: tuple[str, ...]) -> Any:
-    """UPDATE items SET <columns> WHERE id = :v_id, one prebuilt statement per column set."""
-    return (
-        update(ItemRow)
-        .where(ItemRow.id == bindparam("v_id"))
-        .values({name: bindparam(f"v_{name}") for name in columns})
-    )
+def _update_by_id(model: type[Base], columns: tuple[str, ...]) -> Any:
+    """UPDATE <table> SET <columns> WHERE id = :row_id, one prebuilt statement per column set
+    (values are bound as ``v_<column>``: a bind named like a column it sets is reserved)."""
+    table: Any = model.__table__
+    return update(table).where(table.c.id == bindparam("row_id")).values({c: bindparam(f"v_{c}") for c in columns})
 
 
 class IngestTransaction:
@@ -783,22 +771,16 @@ class IngestTransaction:
         if source_id is not None:
             entries = [(u.stored.id, u.item.published_at or now, u.match_keys) for u in updates if u.match_keys]
             self._write_match_keys(entries, replace=True)
-        rows = [
-            {
+        changes = {
+            u.stored.id: {
                 **_item_columns(u.item),
                 **({"match_signature": u.match_signature} if u.match_signature else {}),
                 "changed_at": now,
                 "update_count": u.stored.update_count + 1,
-                "id": u.stored.id,
             }
             for u in updates
-        ]
-        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in rows:
-            shapes.setdefault(tuple(row), []).append(row)
-        for columns, same in shapes.items():
-            statement = _item_update(columns[:-1])
-            self.c.execute(statement, [{f"v_{name}": value for name, value in row.items()} for row in same])
+        }
+        self._update_rows(ItemRow, changes)
         # The story's entry moves its `updated` only because its content did.
         self.c.execute(
             update(StoryRow).where(StoryRow.id.in_({u.stored.story_id for u in updates})).values(updated_at=now)
@@ -866,9 +848,7 @@ class IngestTransaction:
                 values[attr] = value
         if record.retired_reason:
             values.update(retired_at=now, retired_reason=record.retired_reason)
-        statement = _source_update(tuple(values))
-        params = {f"v_{name}": value for name, value in values.items()}
-        if _rowcount(self.c.execute(statement, {"source_id": source_id, **params})) == 0:
+        if self._update_rows(SourceRow, {source_id: values}) == 0:
             return  # the source was removed meanwhile
         self.c.execute(
             _FETCH_LOG,
@@ -883,6 +863,18 @@ class IngestTransaction:
                 "items_updated": record.items_updated,
                 "bytes": len(result.body or b""),
             },
+        )
+
+    def _update_rows(self, model: type[Base], changes: dict[int, dict[str, Any]]) -> int:
+        """Set each row's (by id) columns to its values: one executemany per set of columns."""
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row_id, values in changes.items():
+            params = {"row_id": row_id, **{f"v_{name}": value for name, value in values.items()}}
+            by_columns.setdefault(tuple(values), []).append(params)
+        # One parameter set goes as a plain execute: executemany row counts are not reliable everywhere.
+        return sum(
+            _rowcount(self.c.execute(_update_by_id(model, columns), params[0] if len(params) == 1 else params))
+            for columns, params in by_columns.items()
         )
 
     def _insert_rows(self, model: type[Base], rows: list[dict[str, Any]]) -> None:
