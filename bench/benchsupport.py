@@ -1,20 +1,48 @@
-"""What the benchmarks share: made-up but varied text, the load average, and a throwaway
-PostgreSQL database with the statistics upkeep a server without autovacuum lacks.
+"""What the benchmarks share: made-up but varied text, the load average, a throwaway
+PostgreSQL database with the statistics upkeep a server without autovacuum lacks, and the
+scaffold of their feed servers.
 
 Imported by the scripts beside it (``python bench/x.py`` puts this folder on sys.path).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
+import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 SYLLABLES = [a + b for a in "bdfklmnrst" for b in "aeiou"]  # 50
 VOCABULARY = [a + b + c for a in SYLLABLES[:10] for b in SYLLABLES for c in ("", "n", "r", "s")]  # 2,000 words
+
+
+def serve_until_stdin_closes(protocol: Callable[[], asyncio.Protocol]) -> None:
+    """Serve ``protocol`` on a free 127.0.0.1 port, print the port, stop when stdin closes.
+
+    The parent kills the server when done; if the parent dies first, stdin closes and the
+    server stops (at most an hour later in any case).
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(protocol, "127.0.0.1", 0, backlog=1024)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        done = asyncio.Event()
+
+        def watch_stdin() -> None:
+            sys.stdin.read()
+            loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=watch_stdin, daemon=True).start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 3600)
+        server.close()
+
+    asyncio.run(main())
 
 
 def words(rng: random.Random, count: int) -> str:

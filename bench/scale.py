@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import hashlib
 import io
@@ -50,7 +49,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -58,7 +56,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from benchsupport import admin_dsn, autoanalyze, database, load, words
+from benchsupport import admin_dsn, autoanalyze, database, load, serve_until_stdin_closes, words
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -118,22 +116,7 @@ def run_feed_server(directory: str) -> None:
                 path = parts[1].decode() if len(parts) > 2 else "/"
                 self.transport.write(routes.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Protocol, "127.0.0.1", 0, backlog=1024)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        done = asyncio.Event()
-
-        def watch_stdin() -> None:
-            sys.stdin.read()
-            loop.call_soon_threadsafe(done.set)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 3600)
-        server.close()
-
-    asyncio.run(main())
+    serve_until_stdin_closes(Protocol)
 
 
 # --- filling the database ---------------------------------------------------------------------

@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from benchsupport import autoanalyze, database, load, words
+from benchsupport import autoanalyze, database, load, serve_until_stdin_closes, words
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -158,23 +157,7 @@ def run_feed_server(sources: int, items: int) -> None:
                     headers[name.strip().lower()] = value.strip()
                 self.transport.write(answer(path, headers))
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Protocol, "127.0.0.1", 0, backlog=1024)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        # The parent kills us when done; if it dies first, stdin closes and we stop (at most in an hour).
-        done = asyncio.Event()
-
-        def watch_stdin() -> None:
-            sys.stdin.read()
-            loop.call_soon_threadsafe(done.set)
-
-        threading.Thread(target=watch_stdin, daemon=True).start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), 3600)
-        server.close()
-
-    asyncio.run(main())
+    serve_until_stdin_closes(Protocol)
 
 
 def descendants_cpu(root: int | None = None) -> float:
