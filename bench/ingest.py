@@ -17,7 +17,10 @@ as in the daemon: one parse pool (started during (b), warm afterwards) and one S
 database. (a), (a') and (e) run in processes of their own.
 Figures: wall seconds; CPU seconds of the measured process and all its descendants (the parse
 workers), and how much of it the main process used; and the peak RSS of all those processes
-together (the sum of each one's high-water mark: an upper bound of the true peak). The feed
+together (the sum of each one's high-water mark: an upper bound of the true peak). For (b),
+(c) and (d) ``main_by_thread`` splits the main process's CPU: the event loop (fetching, "loop"),
+the executor threads (each poll's transaction, claims, publishing: "db") and the parse
+pool's own threads (moving bodies out and results back: "pool"). The feed
 server runs in a separate process and is never counted. Usage::
 
     .venv/bin/python bench/ingest.py                      # 1000 feeds x 30 items
@@ -40,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -269,15 +273,32 @@ def _cpu_and_hwm(pids: list[int]) -> tuple[float, int]:
     return cpu, hwm
 
 
+def _threads_cpu() -> dict[str, float]:
+    """This process's CPU seconds by kind of thread: the event loop ("loop"), the executor
+    threads that run each poll's transaction, claims and publishing ("db"), and the parse
+    pool's threads that move bodies and results across the process boundary ("pool")."""
+    tick = os.sysconf("SC_CLK_TCK")
+    kinds = {"loop": 0.0, "db": 0.0, "pool": 0.0}
+    for thread in threading.enumerate():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            kind = "db" if thread.name.startswith("asyncio_") else "pool"
+            kind = "loop" if thread is threading.main_thread() else kind
+            kinds[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return kinds
+
+
 class Meter:
     """Wall, CPU (this process + live descendants) and summed peak RSS between two readings.
 
     Every process a phase measures lives until its last reading (the pool is shut down after),
-    so no CPU is lost to a child that exited unseen.
+    so no CPU is lost to a child that exited unseen. The main process's CPU is also split by
+    thread (``_threads_cpu``), which says where the aggregator's own overhead goes.
     """
 
     def __init__(self) -> None:
         self.last = self._read()
+        self.threads = _threads_cpu()
 
     @staticmethod
     def _read() -> tuple[float, float, float]:
@@ -295,6 +316,11 @@ class Meter:
             "processes": len(tree),
         }
         self.last = now
+        threads = _threads_cpu()
+        figures["main_by_thread"] = "+".join(
+            f"{kind}:{threads[kind] - self.threads.get(kind, 0.0):.2f}" for kind in ("loop", "db", "pool")
+        )
+        self.threads = threads
         return figures
 
 
@@ -313,7 +339,9 @@ def phase_floor(opts: argparse.Namespace) -> dict[str, Any]:
     for n, body in bodies:
         headers = {"content-type": f"{CONTENT_TYPES[n % 3]}; charset=utf-8", "content-location": opts.url(n)}
         entries += len(feedparser.parse(io.BytesIO(body), response_headers=headers).entries)
-    return {**meter.lap(), "entries": entries}
+    figures = meter.lap()
+    del figures["main_by_thread"]  # one thread: nothing to split
+    return {**figures, "entries": entries}
 
 
 def _aggregator_config(opts: argparse.Namespace) -> Any:
@@ -398,6 +426,7 @@ def phase_reader(opts: argparse.Namespace) -> dict[str, Any]:
         reader.add_feed(opts.url(n))
     reader.update_feeds(workers=opts.reader_workers)
     figures = meter.lap()
+    del figures["main_by_thread"]  # reader's threads are not ours to label
     figures["entries"] = reader.get_entry_counts().total
     reader.close()
     return figures
