@@ -282,7 +282,7 @@ def _threads_cpu() -> dict[str, float]:
     for thread in threading.enumerate():
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-            kind = "db" if thread.name.startswith("asyncio_") else "pool"
+            kind = "db" if thread.name.startswith(("asyncio_", "aggregator-writer")) else "pool"
             kind = "loop" if thread is threading.main_thread() else kind
             kinds[kind] += (int(fields[11]) + int(fields[12])) / tick
     return kinds
