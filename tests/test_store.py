@@ -198,3 +198,25 @@ def test_migration_0006_converts_match_keys_both_ways(store: Store, engine: Engi
     assert all(str(at).startswith("2026-11-26 11:00:00") for _, at in old)
     command.upgrade(alembic_config(engine), "head")
     assert [(r[0], r[1]) for r in rows()] == [(k, e) for k, e, _ in current]
+
+
+def test_lookups_by_many_awkward_keys_find_exactly_the_stored_ones(store: Store) -> None:
+    # A poll's keys travel as one array parameter (JSON on SQLite): quotes, backslashes,
+    # non-ASCII and a list longer than any IN list we would render must all come back intact.
+    from aggregator.store.repository import IN_CHUNK
+
+    awkward = ['id:"quoted"', "id:back\\slash", "id:naïve-東京-🙂", "id:'single'", "id:tab\tand space"]
+    stored = awkward + [f"id:{n}" for n in range(IN_CHUNK + 20)]
+    with store.ingest() as tx:
+        new = [NewItem(item(key, f"https://x.example/{n}?q={key}"), None) for n, key in enumerate(stored)]
+        assert tx.insert_items(1, new, NOW, "a.b") == len(stored)
+    asked = [*stored, "id:absent", "id:NAÏVE-東京-🙂"]
+    with store.ingest() as tx:
+        found = tx.stored_items(1, asked)
+        assert sorted(found) == sorted(stored)
+        assert all(found[key].key == key for key in stored)
+        assert tx.stored_items(2, asked) == {}  # another source's keys are its own
+        urls = [f"https://x.example/{n}?q={key}" for n, key in enumerate(stored)]
+        by_url = tx.stories_by_url([*urls, "https://x.example/absent"])
+        assert sorted(by_url) == sorted(urls) and len(set(by_url.values())) == len(urls)
+        assert tx.deleted_keys(1, asked) == set()

@@ -19,7 +19,6 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import (
-    BigInteger,
     BindParameter,
     ColumnElement,
     Connection,
@@ -580,16 +579,61 @@ class Store:
 # The statements of one poll, built once: constructing a select() on every call cost six
 # times its execution (140 µs against 22 µs), and a first ingest runs ten per source.
 _KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
-_DELETED_KEYS = select(DeletedItemRow.key).where(
-    DeletedItemRow.source_id == bindparam("source_id"), DeletedItemRow.key.in_(_KEYS)
+In = Callable[[Any], ColumnElement[bool]]  # column -> "column is one of the given values"
+
+
+class _ByValues:
+    """A prebuilt statement about a list of values (a poll's item keys, URLs, match keys),
+    whose SQL text stays the same whatever the list's length.
+
+    An expanding IN list is rendered into the SQL on every execution (SQLAlchemy's
+    post-compile step, then a new prepared statement in SQLite for each length); a first
+    ingest runs six such statements per poll. Here the list is one parameter: a JSON array
+    read by json_each on SQLite, an array with ``= ANY`` on PostgreSQL. Other backends get
+    the expanding IN list, in chunks.
+    """
+
+    def __init__(self, build: Callable[[In], Any]) -> None:
+        self._sqlite = build(
+            lambda column: column.in_(select(func.json_each(bindparam("values_json")).table_valued("value").c.value))
+        )
+        self._postgresql = build(
+            lambda column: column == func.any(bindparam("values_array", type_=postgresql.ARRAY(column.type)))
+        )
+        self._portable = build(lambda column: column.in_(_KEYS))
+
+    def batches(self, dialect: str, values: Sequence[Any], **params: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(statement, parameters) to execute for ``values``: one pair, or none for no values."""
+        if not values:
+            return
+        if dialect == "sqlite":
+            yield self._sqlite, {**params, "values_json": json.dumps(list(values))}
+        elif dialect == "postgresql":
+            yield self._postgresql, {**params, "values_array": list(values)}
+        else:  # pragma: no cover - other backends get the portable IN list
+            for chunk in _chunks(values):
+                yield self._portable, {**params, "keys": chunk}
+
+
+_SOURCE: BindParameter[int] = bindparam("source_id")
+_DELETED_KEYS = _ByValues(
+    lambda wanted: select(DeletedItemRow.key).where(DeletedItemRow.source_id == _SOURCE, wanted(DeletedItemRow.key))
 )
-_STORED_ITEMS = select(ItemRow.id, ItemRow.key, ItemRow.fingerprint, ItemRow.story_id, ItemRow.update_count).where(
-    ItemRow.source_id == bindparam("source_id"), ItemRow.key.in_(_KEYS)
+_STORED_ITEMS = _ByValues(
+    lambda wanted: select(ItemRow.id, ItemRow.key, ItemRow.fingerprint, ItemRow.story_id, ItemRow.update_count).where(
+        ItemRow.source_id == _SOURCE, wanted(ItemRow.key)
+    )
 )
-_STORIES_BY_URL = select(StoryRow.canonical_url, StoryRow.id).where(StoryRow.canonical_url.in_(_KEYS))
-_ITEM_STORIES_BY_URL = select(ItemRow.canonical_url, ItemRow.story_id).where(ItemRow.canonical_url.in_(_KEYS))
-_STORY_IDS = select(StoryRow.key, StoryRow.id).where(StoryRow.key.in_(_KEYS))
-_ITEM_IDS = select(ItemRow.key, ItemRow.id).where(ItemRow.source_id == bindparam("source_id"), ItemRow.key.in_(_KEYS))
+_STORIES_BY_URL = _ByValues(
+    lambda wanted: select(StoryRow.canonical_url, StoryRow.id).where(wanted(StoryRow.canonical_url))
+)
+_ITEM_STORIES_BY_URL = _ByValues(
+    lambda wanted: select(ItemRow.canonical_url, ItemRow.story_id).where(wanted(ItemRow.canonical_url))
+)
+_STORY_IDS = _ByValues(lambda wanted: select(StoryRow.key, StoryRow.id).where(wanted(StoryRow.key)))
+_ITEM_IDS = _ByValues(
+    lambda wanted: select(ItemRow.key, ItemRow.id).where(ItemRow.source_id == _SOURCE, wanted(ItemRow.key))
+)
 _MATCH_WINDOW = MatchKeyRow.sort_epoch.between(bindparam("earliest"), bindparam("latest"))
 
 
@@ -611,18 +655,7 @@ def _match_candidates(wanted: Any) -> Any:
     )
 
 
-# A poll asks for ~300 keys at once. As an expanding IN list they are rendered into the SQL
-# on every execution (and SQLite prepares a new statement); as one array parameter the
-# statement is fixed: a JSON array read by json_each on SQLite, a text[] on PostgreSQL.
-_MATCH_CANDIDATES = {
-    "sqlite": _match_candidates(
-        MatchKeyRow.key.in_(select(func.json_each(bindparam("keys_json")).table_valued("value").c.value))
-    ),
-    "postgresql": _match_candidates(
-        MatchKeyRow.key == func.any(bindparam("keys_array", type_=postgresql.ARRAY(BigInteger)))
-    ),
-}
-_MATCH_CANDIDATES_ANY = _match_candidates(MatchKeyRow.key.in_(_KEYS))
+_MATCH_CANDIDATES = _ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow.key)))  # ~300 keys a poll
 _ITEMS_SINCE = select(func.count()).where(
     ItemRow.source_id == bindparam("source_id"), ItemRow.sort_at >= bindparam("since")
 )
@@ -650,22 +683,22 @@ class IngestTransaction:
     def deleted_keys(self, source_id: int, keys: Sequence[str]) -> set[str]:
         """Keys retention removed from this source: they must not come back as new items."""
         found: set[str] = set()
-        for chunk in _chunks(keys):
-            found.update(self.c.scalars(_DELETED_KEYS, {"source_id": source_id, "keys": chunk}))
+        for statement, params in _DELETED_KEYS.batches(self.c.dialect.name, keys, source_id=source_id):
+            found.update(self.c.scalars(statement, params))
         return found
 
     def stored_items(self, source_id: int, keys: Sequence[str]) -> dict[str, StoredItem]:
         found: dict[str, StoredItem] = {}
-        for chunk in _chunks(keys):
-            for r in self.c.execute(_STORED_ITEMS, {"source_id": source_id, "keys": chunk}):
+        for statement, params in _STORED_ITEMS.batches(self.c.dialect.name, keys, source_id=source_id):
+            for r in self.c.execute(statement, params):
                 found[r.key] = StoredItem(r.id, r.key, r.fingerprint, r.story_id, r.update_count)
         return found
 
     def stories_by_url(self, urls: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
-        for chunk in _chunks(urls):
-            for statement in (_STORIES_BY_URL, _ITEM_STORIES_BY_URL):
-                for url, story_id in self.c.execute(statement, {"keys": chunk}):
+        for query in (_STORIES_BY_URL, _ITEM_STORIES_BY_URL):
+            for statement, params in query.batches(self.c.dialect.name, urls):
+                for url, story_id in self.c.execute(statement, params):
                     if url is not None:
                         found.setdefault(url, story_id)
         return found
@@ -732,14 +765,7 @@ class IngestTransaction:
         found: dict[int, list[MatchCandidate]] = {}
         wanted = sorted(set(keys))
         params: dict[str, Any] = {"earliest": _epoch(earliest), "latest": _epoch(latest), "fanout": MAX_KEY_FANOUT}
-        dialect = self.c.dialect.name
-        if dialect == "sqlite":
-            batches = [(_MATCH_CANDIDATES[dialect], {**params, "keys_json": json.dumps(wanted)})]
-        elif dialect == "postgresql":
-            batches = [(_MATCH_CANDIDATES[dialect], {**params, "keys_array": wanted})]
-        else:  # pragma: no cover - other backends get the portable IN list
-            batches = [(_MATCH_CANDIDATES_ANY, {**params, "keys": chunk}) for chunk in _chunks(wanted)]
-        for statement, values in batches:
+        for statement, values in _MATCH_CANDIDATES.batches(self.c.dialect.name, wanted, **params):
             for key, item_id, story_id, sort_at, signature in self.c.execute(statement, values):
                 if signature:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
@@ -882,10 +908,10 @@ class IngestTransaction:
         if rows:
             _RawInsert.of(self.c.dialect, model, tuple(rows[0])).run_dicts(self.c, rows)
 
-    def _ids(self, statement: Any, keys: Sequence[str], **params: Any) -> dict[str, int]:
+    def _ids(self, query: _ByValues, keys: Sequence[str], **params: Any) -> dict[str, int]:
         found: dict[str, int] = {}
-        for chunk in _chunks(keys):
-            found.update((key, row_id) for key, row_id in self.c.execute(statement, {"keys": chunk, **params}))
+        for statement, values in query.batches(self.c.dialect.name, keys, **params):
+            found.update((key, row_id) for key, row_id in self.c.execute(statement, values))
         return found
 
 
