@@ -345,3 +345,18 @@ def test_duplicate_guids_keep_their_first_key_and_get_distinct_ones() -> None:
 def test_a_hostile_base_url_cannot_turn_relative_urls_into_scripts(base: str) -> None:
     html = sanitize_html('<a href="x">a</a><img src="/i.png" alt="i">', base)
     assert find_escapes(html) == [] and "script" not in html and "data:" not in html
+
+
+def test_whitespace_collapses_exactly_as_the_regex_would() -> None:
+    # _collapse replaced re.sub(r"\s+", " ", text).strip() for speed; stored texts and story
+    # signatures depend on it giving the same result for every kind of whitespace.
+    import sys
+
+    from aggregator.normalize import _collapse
+
+    space = re.compile(r"\s")
+    odd = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() or space.match(c)]
+    assert "\u00a0" in odd and "\u3000" in odd and "\x1c" in odd
+    for c in odd:
+        for text in (f"a{c}b", f"{c}a{c}{c}b{c}", c):
+            assert _collapse(text) == re.sub(r"\s+", " ", text).strip(), hex(ord(c))
