@@ -265,3 +265,17 @@ def test_evaluation_precision_and_recall_floors() -> None:
     assert scores.precision >= 0.95, scores.merged
     assert scores.recall >= 0.85, scores.split
     assert scores.candidate_misses <= 2  # the indexed key lookup finds what a full scan would
+
+
+def test_phrase_hashes_are_the_stored_definition() -> None:
+    # Stored signatures and match keys hold these values: 32-bit big-endian BLAKE2b of each
+    # 3-word phrase. However the hashing is done, it must give exactly these.
+    from hashlib import blake2b
+
+    words = ["kilometer", "armored", "canceled", "wire", "copy", "republisher", "reader", "spelling"]
+    expected = {
+        int.from_bytes(blake2b(" ".join(words[i : i + 3]).encode(), digest_size=4).digest(), "big")
+        for i in range(len(words) - 2)
+    }
+    assert cluster._phrases(words) == expected
+    assert cluster._hash("two words") == int.from_bytes(blake2b(b"two words", digest_size=4).digest(), "big")
