@@ -7,11 +7,23 @@ every worker import the I/O stages too — SQLAlchemy and aiohttp, 50 MB per wor
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
+from hashlib import blake2b
 
 from aggregator import cluster
 from aggregator.normalize import document_to_feed
 from aggregator.records import ParsedFeed
+
+SIGNED_CACHE_SIZE = 50_000
+"""Signatures a process remembers, by a digest of what they were computed from: their
+stored form only, about 330 bytes each with the digest (16 MB when full). A feed that
+changed usually changed by a few items; the others were signed when that feed was last
+parsed, by this process if it is the only parse worker. Polls go round every source, so
+this must hold about every live item to help at all (first in, first out)."""
+
+_signed: dict[bytes, str] = {}
+_signed_lock = threading.Lock()  # without a pool, parsing runs on several threads
 
 
 def parse_and_sign(
@@ -24,4 +36,22 @@ def parse_and_sign(
     do the stored form of each signature and its lookup keys.
     """
     feed = document_to_feed(body, url, content_type, fetched_at)
-    return feed, {item.key: cluster.Signed.of(item.title, item.text) for item in feed.items}
+    return feed, {item.key: sign(item.title, item.text) for item in feed.items}
+
+
+def sign(title: str, text: str) -> cluster.Signed:
+    """``cluster.Signed.of``, remembered: a changed feed's unchanged items cost a digest
+    and a decode (10 µs) instead of a signature (60 µs). Signatures are pure, so a
+    remembered one is the one that would be computed."""
+    digest = blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    with _signed_lock:
+        stored = _signed.get(digest)
+    if stored is not None:
+        signature = cluster.Signature.loads(stored)
+        return cluster.Signed(stored, tuple(cluster.band_keys(signature)), signature)
+    signed = cluster.Signed.of(title, text)
+    with _signed_lock:
+        _signed[digest] = signed.stored
+        while len(_signed) > SIGNED_CACHE_SIZE:
+            del _signed[next(iter(_signed))]
+    return signed

@@ -1,0 +1,56 @@
+"""The parse pool's unit of work: signatures are remembered, and a remembered one is exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from aggregator import cluster, parsejob
+
+LEAD = "Rescue teams reached the flooded villages on Tuesday after the river broke its banks, officials said."
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parsejob, "_signed", {})
+
+
+def test_a_remembered_signature_is_the_one_that_would_be_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = parsejob.sign("Floods cut off villages in the north", LEAD)
+    fresh = cluster.Signed.of("Floods cut off villages in the north", LEAD)
+
+    def must_not_sign(title: str, text: str) -> cluster.Signed:
+        raise AssertionError("signed again")
+
+    monkeypatch.setattr(cluster.Signed, "of", must_not_sign)
+    again = parsejob.sign("Floods cut off villages in the north", LEAD)
+    assert again == first == fresh
+    assert again.signature == fresh.signature and again.keys == tuple(cluster.band_keys(fresh.signature))
+
+
+def test_title_and_text_both_count() -> None:
+    # (Headlines count only with five words or more that are not stopwords.)
+    one = parsejob.sign("Floods cut off mountain villages across northern province", LEAD)
+    assert parsejob.sign("Rescuers reach flooded mountain villages after landslides", LEAD) != one
+    assert parsejob.sign("Floods cut off mountain villages across northern province", LEAD + " Rain due.") != one
+    # The separator keeps (title, text) pairs apart that would otherwise run together.
+    assert parsejob.sign("a b", "c d e f") == cluster.Signed.of("a b", "c d e f")
+    assert parsejob.sign("a", "b c d e f") == cluster.Signed.of("a", "b c d e f")
+
+
+def test_the_cache_is_bounded_and_forgets_the_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parsejob, "SIGNED_CACHE_SIZE", 3)
+    titles = [f"Headline number {n} about the floods" for n in range(5)]
+    for title in titles:
+        parsejob.sign(title, LEAD)
+    assert len(parsejob._signed) == 3
+    calls: list[str] = []
+    real = cluster.Signed.of
+
+    def counting(title: str, text: str) -> cluster.Signed:
+        calls.append(title)
+        return real(title, text)
+
+    monkeypatch.setattr(cluster.Signed, "of", counting)
+    parsejob.sign(titles[4], LEAD)  # among the newest: remembered
+    parsejob.sign(titles[0], LEAD)  # the oldest: forgotten, signed again
+    assert calls == [titles[0]]
