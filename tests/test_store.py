@@ -220,3 +220,20 @@ def test_lookups_by_many_awkward_keys_find_exactly_the_stored_ones(store: Store)
         by_url = tx.stories_by_url([*urls, "https://x.example/absent"])
         assert sorted(by_url) == sorted(urls) and len(set(by_url.values())) == len(urls)
         assert tx.deleted_keys(1, asked) == set()
+
+
+def test_story_ids_are_the_uuid5_of_the_story_key() -> None:
+    # Output entry ids must never churn: story_uid computes uuid5 by hand, so it is pinned
+    # to the standard library's uuid5 here.
+    import uuid
+
+    from aggregator.store.repository import STORY_NAMESPACE, story_uid
+
+    day = datetime(2026, 11, 26, 23, 59, tzinfo=UTC)
+    for key in ["url:https://x.example/a", "item:3:id:ü-東京", "id:" + "x" * 500, ""]:
+        assert story_uid(key, "news.example.org", day) == (
+            f"tag:news.example.org,2026-11-26:story/{uuid.uuid5(STORY_NAMESPACE, key).hex}"
+        )
+    # And to one id minted before the rewrite: published ids must stay what they were.
+    minted = "tag:a.b,2026-11-26:story/dffac0fb46ec5c369d06b256447b7d3a"
+    assert story_uid("url:https://x.example/a", "a.b", day) == minted
