@@ -54,3 +54,29 @@ def test_the_cache_is_bounded_and_forgets_the_oldest_first(monkeypatch: pytest.M
     parsejob.sign(titles[4], LEAD)  # among the newest: remembered
     parsejob.sign(titles[0], LEAD)  # the oldest: forgotten, signed again
     assert calls == [titles[0]]
+
+
+def test_parsed_items_cross_to_the_writer_unchanged() -> None:
+    import dataclasses
+    import pickle
+    from datetime import UTC, datetime
+
+    from aggregator.records import Enclosure, Item
+
+    item = Item(
+        key="id:1", guid="1", link="https://x.example/a", canonical_url="https://x.example/a", title="T",
+        summary_html="<p>s</p>", content_html="<p>c</p>", text="c", author="Ann", categories=("a", "b"),
+        published_at=datetime(2026, 11, 26, tzinfo=UTC), updated_at=None, fingerprint="f", language="en",
+        enclosures=(Enclosure("https://x.example/a.mp3", "audio/mpeg", 10),),
+    )  # fmt: skip
+    copy = pickle.loads(pickle.dumps(item))
+    assert copy == item and hash(copy) == hash(item)
+    assert dataclasses.asdict(copy) == dataclasses.asdict(item)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.title = "changed"  # type: ignore[misc]
+    feed, signed = parsejob.parse_and_sign(
+        b"<rss version='2.0'><channel><title>F</title><item><title>One</title><guid>g1</guid>"
+        b"<description>&lt;b&gt;Body&lt;/b&gt; text</description></item></channel></rss>",
+        "https://x.example/feed", "application/rss+xml", datetime(2026, 11, 26, tzinfo=UTC),
+    )  # fmt: skip
+    assert pickle.loads(pickle.dumps((feed, signed))) == (feed, signed)
