@@ -41,6 +41,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -218,8 +219,8 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
     if pool is not None:  # start the parse processes before the clock starts
         list(pool.map(abs, range(config.settings.parse_workers or os.cpu_count() or 1)))
     pipeline = Pipeline(config, Store(engine), parse_pool=pool, owner=owner)
-    if commit_slots > 1:  # the experiment of --commit-slots: several commits of one worker at once
-        pipeline._write_lock = asyncio.Semaphore(commit_slots)  # type: ignore[assignment]
+    if commit_slots:  # the experiment of --commit-slots: this many commits of one worker at once
+        pipeline._writer = ThreadPoolExecutor(max_workers=commit_slots, thread_name_prefix="aggregator-writer")
     print("ready", flush=True)
     sys.stdin.readline()  # the barrier: the parent releases every worker at once
 
@@ -536,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--commit-slots",
         type=int,
-        default=1,
-        help="experiment: commits one worker may run at once (replaces Pipeline._write_lock; shipped: 4 on PostgreSQL)",
+        default=0,
+        help="experiment: commits one worker may run at once (its writer threads; 0: as shipped, 4 on PostgreSQL)",
     )
     parser.add_argument("--trace-sql", action="store_true", help="time every statement the workers send; print the top")
     parser.add_argument("--role", choices=["driver", "server", "worker"], default="driver", help=argparse.SUPPRESS)
@@ -667,7 +668,7 @@ def report(
     print()
     print(
         f"run: {opts.sources} sources x {opts.items} items, cold with {opts.cold} workers, warm with {opts.workers};"
-        f" concurrency {opts.concurrency}, commit slots {opts.commit_slots} "
+        f" concurrency {opts.concurrency}, commit slots {opts.commit_slots or 'as shipped'} "
         f"per worker, parse_workers {'one per core' if opts.parse_workers is None else opts.parse_workers}"
     )
     for key, value in env.items():
