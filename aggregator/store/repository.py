@@ -588,7 +588,7 @@ class Store:
 # The statements of one poll, built once: constructing a select() on every call cost six
 # times its execution (140 µs against 22 µs), and a first ingest runs ten per source.
 _KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
-In = Callable[[Any], ColumnElement[bool]]  # column -> "column is one of the given values"
+_Wanted = Callable[[Any], ColumnElement[bool]]  # column -> "column is one of the given values"
 
 
 class _ByValues:
@@ -602,7 +602,7 @@ class _ByValues:
     the expanding IN list, in chunks.
     """
 
-    def __init__(self, build: Callable[[In], Any]) -> None:
+    def __init__(self, build: Callable[[_Wanted], Any]) -> None:
         self._sqlite = build(
             lambda column: column.in_(select(func.json_each(bindparam("values_json")).table_valued("value").c.value))
         )
