@@ -254,40 +254,53 @@ def one_line(reason: str) -> str:
 
 
 def _entry(e: Any, feed_language: str | None) -> RawEntry:
+    # dict.get, not feedparser's own: FeedParserDict.get runs its alias and fallback logic for
+    # every key (0.34 µs against 0.05), and this reads ~20 keys per entry. Only "enclosures"
+    # (computed from links) and "updated_parsed" (see _updated) need that logic.
+    get = dict.get
     content = content_base = content_language = None
-    for part in e.get("content") or ():
+    for part in get(e, "content") or ():
         # Prefer the HTML rendering when a feed offers several (Atom allows text + html).
-        kind = part.get("type") or ""
+        kind = get(part, "type") or ""
         if content is None or "html" in kind:
-            value = part.get("value")
+            value = get(part, "value")
             # A text/plain part is text, not markup: escape it so "a < b" survives sanitizing.
             content = html.escape(value) if value and "html" not in kind and "xml" not in kind else value
-            content_base, content_language = part.get("base"), part.get("language")
-    summary_detail = e.get("summary_detail") or {}
-    summary = e.get("summary")
-    if summary and "html" not in (summary_detail.get("type") or "html"):
+            content_base, content_language = get(part, "base"), get(part, "language")
+    summary_detail = get(e, "summary_detail") or {}
+    summary = get(e, "summary")
+    if summary and "html" not in (get(summary_detail, "type") or "html"):
         summary = html.escape(summary)
-    title_detail = e.get("title_detail") or {}
+    title_detail = get(e, "title_detail") or {}
     enclosures = []
     for enc in e.get("enclosures") or ():
-        if href := _text(enc.get("href")):
-            enclosures.append((href, _text(enc.get("type")), _int(enc.get("length"))))
+        if href := _text(get(enc, "href")):
+            enclosures.append((href, _text(get(enc, "type")), _int(get(enc, "length"))))
     return RawEntry(
-        id=_text(e.get("id")),
-        link=_text(e.get("link")),
-        title=_text(e.get("title")),
-        title_is_html="html" in (title_detail.get("type") or ""),
+        id=_text(get(e, "id")),
+        link=_text(get(e, "link")),
+        title=_text(get(e, "title")),
+        title_is_html="html" in (get(title_detail, "type") or ""),
         summary=_text(summary),
         content=_text(content),
-        published=_struct_time(e.get("published_parsed")),
-        updated=_struct_time(e.get("updated_parsed")),
-        author=_text(e.get("author")),
-        categories=tuple(t for t in (_text(tag.get("term")) for tag in e.get("tags") or ()) if t),
+        published=_struct_time(get(e, "published_parsed")),
+        updated=_struct_time(_updated(e)),
+        author=_text(get(e, "author")),
+        categories=tuple(t for t in (_text(get(tag, "term")) for tag in get(e, "tags") or ()) if t),
         enclosures=tuple(enclosures),
         language=_text(content_language) or feed_language,
-        summary_base=_text(summary_detail.get("base")),
+        summary_base=_text(get(summary_detail, "base")),
         content_base=_text(content_base),
     )
+
+
+def _updated(entry: dict[str, Any]) -> Any:
+    """The entry's update time, or else its publication time: what feedparser's own
+    ``entry.get("updated_parsed")`` returns today (with a DeprecationWarning each time, and a
+    promise to stop), kept as the meaning of ``updated`` for the items already stored."""
+    if dict.__contains__(entry, "updated_parsed"):
+        return dict.get(entry, "updated_parsed")
+    return dict.get(entry, "published_parsed")
 
 
 def _looks_like_json(body: bytes, content_type: str | None) -> bool:
