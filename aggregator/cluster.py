@@ -215,6 +215,12 @@ class Signed:
         sig = signature(title, text)
         return cls(sig.dumps(), tuple(band_keys(sig)), sig)
 
+    @classmethod
+    def from_stored(cls, stored: str) -> Signed:
+        """Back from ``stored`` alone (ValueError if it is not a current signature)."""
+        sig = Signature.loads(stored)
+        return cls(stored, tuple(band_keys(sig)), sig)
+
     @property
     def signature(self) -> Signature:
         if self._signature is None:

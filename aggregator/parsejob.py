@@ -47,8 +47,7 @@ def sign(title: str, text: str) -> cluster.Signed:
     with _signed_lock:
         stored = _signed.get(digest)
     if stored is not None:
-        signature = cluster.Signature.loads(stored)
-        return cluster.Signed(stored, tuple(cluster.band_keys(signature)), signature)
+        return cluster.Signed.from_stored(stored)
     signed = cluster.Signed.of(title, text)
     with _signed_lock:
         _signed[digest] = signed.stored

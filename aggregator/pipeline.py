@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from aggregator import __version__, cluster, metrics
+from aggregator import __version__, cluster, metrics, parsejob
 from aggregator.config import Config, Output
 from aggregator.curate import Curation, curate, draws_from
 from aggregator.dedupe import decide_ingest
@@ -36,7 +36,6 @@ from aggregator.errors import AggregatorError, ParseError, PublishError, Storage
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
-from aggregator.parsejob import parse_and_sign
 from aggregator.publish import Rendering, feed_url, render_all, write_atomically
 from aggregator.records import FetchResult, IngestPlan, Item, ParsedFeed
 from aggregator.schedule import (
@@ -309,9 +308,9 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         args = (result.body, result.url, result.content_type, result.fetched_at)
         if self.parse_pool is None:
-            return await asyncio.to_thread(parse_and_sign, *args)
+            return await asyncio.to_thread(parsejob.parse_and_sign, *args)
         try:
-            return await loop.run_in_executor(self.parse_pool, parse_and_sign, *args)
+            return await loop.run_in_executor(self.parse_pool, parsejob.parse_and_sign, *args)
         except ParseError:
             raise
         except BrokenProcessPool:
@@ -448,7 +447,7 @@ class Pipeline:
         items whose URL matched no story to the stored story whose text they copy, if any."""
 
         def sign(item: Item) -> cluster.Signed:
-            return signatures.get(item.key) or cluster.Signed.of(item.title, item.text)
+            return signatures.get(item.key) or parsejob.sign(item.title, item.text)
 
         signed = [(new, sign(new.item)) for new in plan.inserts]
         unmatched = [(new, s.keys) for new, s in signed if new.story_id is None]

@@ -192,6 +192,8 @@ def test_signed_crosses_processes_as_its_stored_form() -> None:
     assert (copy.stored, copy.keys) == (signed.stored, tuple(band_keys(signed.signature)))
     assert copy == signed and copy.signature == signed.signature
     assert b"frozenset" not in pickle.dumps(signed)
+    back = cluster.Signed.from_stored(signed.stored)
+    assert back == signed and back.signature == signed.signature
 
 
 @pytest.mark.parametrize("stored", ["c0:AAAAAA", "nonsense", "c1:", "c1:AAAA", "c1:AAAAAAAAAAE", "c1:!!!!"])

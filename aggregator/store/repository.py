@@ -665,9 +665,7 @@ def _match_candidates(wanted: Any) -> Any:
 
 
 _MATCH_CANDIDATES = _ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow.key)))  # ~300 keys a poll
-_ITEMS_SINCE = select(func.count()).where(
-    ItemRow.source_id == bindparam("source_id"), ItemRow.sort_at >= bindparam("since")
-)
+_ITEMS_SINCE = select(func.count()).where(ItemRow.source_id == _SOURCE, ItemRow.sort_at >= bindparam("since"))
 _FETCH_LOG = insert(FetchLogRow)
 
 
@@ -793,12 +791,11 @@ class IngestTransaction:
             return
         if replace:
             self.c.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_([item_id for item_id, _, _ in wanted])))
-        insert = _RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id"))
         rows: list[tuple[int, int, int]] = []
         for item_id, at, keys in wanted:
             epoch = _epoch(at)
             rows.extend((match_key, epoch, item_id) for match_key in dict.fromkeys(keys))
-        insert.run(self.c, rows)
+        _RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id")).run(self.c, rows)
 
     def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
         if not updates:
