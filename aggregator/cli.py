@@ -307,10 +307,22 @@ def cmd_sources(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_health_json(r) for r in rows], indent=2))
         return EXIT_OK
-    header = ("SOURCE", "STATUS", "LAST POLL", "ITEMS", "/DAY", "NEXT POLL", "WHY", "ERRORS", "LAST ERROR")
+    header = (
+        "SOURCE",
+        "FEED TITLE",
+        "STATUS",
+        "LAST POLL",
+        "ITEMS",
+        "/DAY",
+        "NEXT POLL",
+        "WHY",
+        "ERRORS",
+        "LAST ERROR",
+    )
     table = [header] + [
         (
             r.name[:30],
+            (r.feed_title or "-")[:30],
             source_status(r),
             _when(r.last_polled_at),
             str(r.items),
