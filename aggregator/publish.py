@@ -108,6 +108,7 @@ def render_html(output: Output, entries: list[OutputEntry], public_url: str) -> 
             outlets_text=_outlets_text,
             preview=_preview,
             size=_size,
+            kind=_kind,
         )
     except jinja2.TemplateError as exc:
         raise PublishError(f"{output.slug}.html: cannot render: {exc}") from exc
@@ -218,6 +219,12 @@ def _preview(candidate: Candidate) -> str | None:
     if candidate.thumbnail:
         return candidate.thumbnail
     return next((e.url for e in candidate.enclosures if (e.type or "").startswith("image/")), None)
+
+
+def _kind(enclosure: Enclosure) -> str:
+    """What a link to an attachment is called on the page: "Audio", "Video", "Image" or "Attachment"."""
+    major = _media_type(enclosure).split("/")[0]
+    return {"audio": "Audio", "video": "Video", "image": "Image"}.get(major, "Attachment")
 
 
 def _size(enclosure: Enclosure) -> str:

@@ -125,4 +125,4 @@ def test_the_page_shows_the_thumbnail_and_a_player_for_audio(server: FeedServer,
     page = (poll(server, tmp_path) / "world.html").read_text()
     assert f'<img class="thumb" src="{COVER}"' in page
     assert f'<audio controls preload="none" src="{AUDIO}">' in page
-    assert "audio/mpeg, 48.2 MB" in page
+    assert f'<a href="{AUDIO}" rel="noopener noreferrer">Audio</a> (audio/mpeg, 48.2 MB)' in page
