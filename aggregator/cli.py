@@ -239,7 +239,7 @@ def cmd_items(args: argparse.Namespace) -> int:
                 "source": v.candidate.source_name,
                 "title": v.candidate.title,
                 "link": v.candidate.link,
-                "published_at": v.candidate.published_at.isoformat(),
+                "published_at": v.candidate.published_at.isoformat() if v.candidate.dated else None,
                 "included": v.included,
                 "reason": v.reason,
             }

@@ -136,5 +136,6 @@ def test_the_undated_cap_is_reported_by_items(server: FeedServer, tmp_path: Path
         assert conn.execute("select count(*) from items where published_at is null").fetchone()[0] == COLUMNS
     capsys.readouterr()
     assert main(["--config", str(config), "items", "world", "--json"]) == 0
-    out = capsys.readouterr().out
-    assert "over the undated cap of 2" in out
+    rows = json.loads(capsys.readouterr().out)
+    assert sum("over the undated cap of 2" in row["reason"] for row in rows) == COLUMNS - 2
+    assert all(row["published_at"] is None for row in rows)  # no invented date here either
