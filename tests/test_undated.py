@@ -139,3 +139,21 @@ def test_the_undated_cap_is_reported_by_items(server: FeedServer, tmp_path: Path
     rows = json.loads(capsys.readouterr().out)
     assert sum("over the undated cap of 2" in row["reason"] for row in rows) == COLUMNS - 2
     assert all(row["published_at"] is None for row in rows)  # no invented date here either
+
+
+def test_many_undated_items_do_not_crowd_dated_news_out_of_the_candidates(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    # 2 entries read 110 candidates (pipeline.CANDIDATE_FACTOR): 150 undated items would be all of them.
+    server.add("/opinion", Route(body=rss("opinion", [(f"column-{n:03d}", None) for n in range(150)])))
+    server.add("/wire", Route(body=rss("wire", [(f"h{n}", now - timedelta(hours=n)) for n in (1, 2)])))
+    config = write_config(
+        tmp_path,
+        [{"name": "Opinion", "url": server.url("/opinion")}, {"name": "Wire", "url": server.url("/wire")}],
+        settings=f"database: {database_url}",
+        outputs=outputs(max_entries=2, undated_cap=0),
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    titles = [e.title for e in feedparser.parse(published(tmp_path, "atom")).entries]
+    assert titles == ["wire h1", "wire h2"]

@@ -365,7 +365,15 @@ class Store:
             if output.max_age:
                 query = query.where(ItemRow.sort_at >= now - output.max_age)
             # Plain columns, not ORM objects: building 500 entities cost more than the query.
-            return [_candidate_row(row) for row in s.execute(query)]
+            found = [_candidate_row(row) for row in s.execute(query)]
+            if sum(not c.dated for c in found) * 2 > len(found):
+                # Undated items sort near their first-seen time, so a few feeds without dates can
+                # fill the newest `limit` items on their own: read the dated news as well, or
+                # curate's undated cap would have nothing to put above them.
+                seen = {c.item_id for c in found}
+                dated = query.where(ItemRow.published_at.is_not(None))
+                found += [c for c in map(_candidate_row, s.execute(dated)) if c.item_id not in seen]
+            return found
 
     def coverage_candidates(self, output: Output, now: datetime, limit: int) -> list[Candidate]:
         """Every item within ``max_age`` of the ``limit`` stories the most outlets carry
