@@ -719,8 +719,12 @@ class IngestTransaction:
         if not new:
             return 0
         # Sorted: concurrent workers then take the unique-index locks in the same order
-        # and cannot deadlock on each other's stories.
-        needed = dict(sorted((story_key(source_id, n.item), n.item) for n in new if n.story_id is None))
+        # and cannot deadlock on each other's stories. By the key alone: new items sharing a
+        # canonical URL (a link blog, a podcast linking its site) share one story key, and
+        # Items do not compare.
+        needed = dict(
+            sorted(((story_key(source_id, n.item), n.item) for n in new if n.story_id is None), key=lambda p: p[0])
+        )
         story_ids: dict[str, int] = {}
         if needed:
             story_rows = [
