@@ -6,14 +6,28 @@ real HTTP server and a real database (SQLite file and PostgreSQL), the stored st
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from aggregator import metrics, parsejob
+from aggregator import pipeline as pipeline_module
 from aggregator.cli import main
+from aggregator.fetch import Fetcher
+from aggregator.records import FetchResult, SourceToFetch
+from aggregator.store.repository import IngestTransaction
 from tests.conftest import write_config
 from tests.feeds import rss2
-from tests.server import FeedServer
+from tests.server import FeedServer, Route
 
 ITEMS_PER_SOURCE = "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name"
 STORIES_OF_POD = (
@@ -64,3 +78,155 @@ def test_new_items_sharing_a_link_are_all_stored_and_the_run_goes_on(
     assert stories == [(1,)]
     errors = _rows(database_url, "select name, error_count, last_error from sources where error_count > 0")
     assert errors == []
+
+
+# --- the per-source fault boundary ----------------------------------------------------------
+
+BAD_FEED = 99  # rss2(BAD_FEED, …) links read https://news.example.com/feed99/…
+
+
+def _is_bad(items: object) -> bool:
+    return any(f"/feed{BAD_FEED}/" in (getattr(i, "link", None) or "") for i in items)  # type: ignore[attr-defined]
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> str:
+    """Make one stage raise, for the 'bad' source only: a bug no real input produces today.
+
+    Returns the exception class the source must record.
+    """
+    if stage == "fetch":
+        real_fetch = Fetcher.fetch
+
+        async def fetch(self: Fetcher, source: SourceToFetch) -> FetchResult:
+            if source.name == "bad":
+                raise RuntimeError("boom in fetch")
+            return await real_fetch(self, source)
+
+        monkeypatch.setattr(Fetcher, "fetch", fetch)
+        return "RuntimeError"
+    if stage == "parse":
+        real_parse = parsejob.document_to_feed
+
+        def parse(body: bytes, url: str, *args: Any) -> Any:
+            if url.endswith("/bad"):
+                raise ValueError("boom in parse")
+            return real_parse(body, url, *args)
+
+        monkeypatch.setattr(parsejob, "document_to_feed", parse)
+        return "ValueError"
+    if stage == "match":
+        real_decide = pipeline_module.decide_ingest
+
+        def decide(items: Any, *args: Any) -> Any:
+            if _is_bad(items):
+                raise KeyError("boom in match")
+            return real_decide(items, *args)
+
+        monkeypatch.setattr(pipeline_module, "decide_ingest", decide)
+        return "KeyError"
+    # store: the items are inserted, then the transaction fails: they must be rolled back
+    real_insert = IngestTransaction.insert_items
+
+    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> int:
+        count = real_insert(self, source_id, new, *args)
+        if _is_bad(n.item for n in new):
+            raise ZeroDivisionError("boom in store")
+        return count
+
+    monkeypatch.setattr(IngestTransaction, "insert_items", insert)
+    return "ZeroDivisionError"
+
+
+def _source_errors(error_class: str) -> float:
+    registry = CollectorRegistry()
+    registry.register(metrics.SOURCE_ERRORS)
+    return registry.get_sample_value("aggregator_source_errors_total", {"error_class": error_class}) or 0.0
+
+
+@pytest.mark.parametrize("stage", ["fetch", "parse", "match", "store"])
+def test_an_unexpected_error_costs_its_source_alone_and_is_recorded_on_it(
+    server: FeedServer,
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stage: str,
+) -> None:
+    sources = [{"name": "bad", "url": server.add("/bad", body=rss2(BAD_FEED, 3))}]
+    sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(3)]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    error_class = _inject(monkeypatch, stage)
+    counted = _source_errors(error_class)
+
+    assert poll_all(config) == 0
+    counts = dict(_rows(database_url, ITEMS_PER_SOURCE))
+    assert counts == {"bad": 0, "news 0": 4, "news 1": 4, "news 2": 4}  # "store": its inserts rolled back
+    [(errors, last_error, reason, lease, body_hash)] = _rows(
+        database_url,
+        "select error_count, last_error, next_poll_reason, lease_owner, body_hash from sources where name = 'bad'",
+    )
+    assert (errors, last_error, reason, lease, body_hash) == (
+        1, f"{error_class}: {'boom in ' + stage!r}" if error_class == "KeyError" else f"{error_class}: boom in {stage}",
+        "backoff after 1 error", None, None,
+    )  # fmt: skip
+    assert _source_errors(error_class) == counted + 1
+    out, err = capsys.readouterr()
+    assert "1 failed" in out
+    about_bad = [line for line in err.splitlines() if "'bad'" in line]
+    assert len(about_bad) == 1 and "WARNING" in about_bad[0] and f"boom in {stage}" in about_bad[0]
+    assert "Traceback" not in err
+
+    # The source keeps its error where operators look...
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    health = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert health["bad"]["status"] == "failing (200)" if stage != "fetch" else "failing"
+    assert error_class in str(health["bad"]["last_error"])
+
+    # ...and once the bug is gone, the same bytes are handled again: nothing was lost.
+    monkeypatch.undo()
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE))["bad"] == 3
+    assert _rows(database_url, "select error_count, last_error from sources where name = 'bad'") == [(0, None)]
+
+
+def _break_database(database_url: str) -> None:
+    """Make the database fail for real: PostgreSQL's is dropped (connections killed), SQLite's
+    files are overwritten in place (the open connection then finds no database in them)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        assert url.database
+        for suffix in ("", "-wal", "-shm"):  # WAL mode: the newest pages may be in the -wal file
+            with contextlib.suppress(FileNotFoundError), open(url.database + suffix, "r+b") as file:
+                file.write(b"\0" * 4096)
+        return
+    dsn = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
+
+
+def test_a_failed_database_stops_the_run_with_one_line_and_exit_2(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the database itself failing stops `poll --once`: here it fails while a fetch is in flight."""
+    sources = [{"name": "slow", "url": server.add("/slow", Route(body=rss2(1, 3), delay=1.5))}]
+    sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(3)]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+
+    def breaker() -> None:
+        deadline = time.monotonic() + 10
+        while not server.hits("/slow") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the fast sources have committed by now; "slow" is still waiting
+        _break_database(database_url)
+
+    thread = threading.Thread(target=breaker)
+    thread.start()
+    try:
+        code = poll_all(config)
+    finally:
+        thread.join()
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("aggregator: database error: ")

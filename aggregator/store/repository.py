@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.config import Config, Output
@@ -1031,7 +1031,8 @@ TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, de
 
 def _storage_error(exc: SQLAlchemyError) -> StorageError:
     message = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    return StorageError(f"database error: {message}", transient=_transient(exc))
+    refused = isinstance(exc, DataError | IntegrityError) and not _transient(exc)
+    return StorageError(f"database error: {message}", transient=_transient(exc), data_refused=refused)
 
 
 def _transient(exc: SQLAlchemyError) -> bool:
