@@ -436,6 +436,8 @@ class Pipeline:
                 feed_link=parsed.link if parsed else None,
                 feed_id=parsed.feed_id if parsed else None,
                 items_per_day=items_per_day,
+                parsed=parsed is not None,
+                warning=parsed.warning if parsed else None,
             )
             tx.record_poll(source.fetch.id, result, record)
             return outcome, self._respect_host(tx, source, result, record, now)
@@ -522,9 +524,10 @@ class Pipeline:
             )  # fmt: skip
         else:
             log.info(
-                "source %r: %s, %d new, %d updated; next poll %s (%s)",
+                "source %r: %s, %d new, %d updated; next poll %s (%s)%s",
                 name, outcome, record.items_new, record.items_updated,
-                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason, extra=context,
+                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason,
+                f"; read leniently: {record.warning}" if record.warning else "", extra=context,
             )  # fmt: skip
 
     # --- publishing --------------------------------------------------------------------

@@ -230,3 +230,49 @@ def test_a_failed_database_stops_the_run_with_one_line_and_exit_2(
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("aggregator: database error: ")
+
+
+# --- lenient parsing ------------------------------------------------------------------------
+
+CLEAN = rss2(7, 5)
+ILL_FORMED = {
+    # What the real web serves: each is read by feedparser's loose parser after the strict one gave up.
+    "bare ampersand": (CLEAN.replace(b"talks resume", b"talks & resume"), 5, "ill-formed XML: not well-formed"),
+    "unclosed tag": (CLEAN.replace(b"<title>Feed 7 story 1", b"<title><b>Feed 7 story 1"), 5, "mismatched tag"),
+    "junk after the end": (CLEAN + b"<p>Powered by</p>", 5, "junk after document element"),
+    "control characters": (CLEAN.replace(b"talks resume", b"talks \x01\x1b resume"), 5, "not well-formed"),
+    # Cut in the third entry: the two whole ones are kept, the half one dropped.
+    "truncated": (CLEAN[: CLEAN.index(b"<item>", CLEAN.index(b"story2")) - 30], 2, "truncated document"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ILL_FORMED))
+def test_ill_formed_documents_give_their_readable_items_and_a_warning_on_the_source(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    body, expected, warning = ILL_FORMED[case]
+    sources = [{"name": "sloppy", "url": server.add("/sloppy", body=body)}]
+    sources.append({"name": "tidy", "url": server.add("/tidy", body=rss2(1, 3))})
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"sloppy": expected, "tidy": 3}
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and " WARNING " not in err  # a forgiven document is no failure
+
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    health = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (health["sloppy"]["status"], health["sloppy"]["error_count"], health["sloppy"]["last_error"]) == (
+        "ok", 0, None,
+    )  # fmt: skip
+    assert warning in str(health["sloppy"]["last_warning"])
+    assert health["tidy"]["last_warning"] is None
+    assert main(["--config", str(config), "sources"]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sloppy")]
+    assert "warning: " in line
+
+    # The publisher fixes the feed: the warning goes, the items stay once each.
+    server.routes["/sloppy"] = Route(body=CLEAN)
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"sloppy": 5, "tidy": 3}
+    assert _rows(database_url, "select last_warning from sources where name = 'sloppy'") == [(None,)]

@@ -101,6 +101,9 @@ class PollRecord:
     feed_id: str | None = None
     items_per_day: float | None = None
     retired_reason: str | None = None
+    # Set when a document was parsed: its warning (None: parsed cleanly) replaces the stored one.
+    parsed: bool = False
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class SourceHealth:
     retired_reason: str | None
     items: int
     items_per_day: float | None
+    last_warning: str | None = None
 
 
 def story_uid(key: str, authority: str, first_seen: datetime) -> str:
@@ -506,6 +510,7 @@ class Store:
                     retired_reason=r.retired_reason,
                     items=counts.get(r.id, 0),
                     items_per_day=r.items_per_day,
+                    last_warning=r.last_warning,
                 )
                 for r in s.scalars(select(SourceRow).order_by(SourceRow.name))
             ]
@@ -882,6 +887,8 @@ class IngestTransaction:
             value = getattr(record, attr)
             if value is not None:
                 values[attr] = value
+        if record.parsed:
+            values["last_warning"] = record.warning
         if record.retired_reason:
             values.update(retired_at=now, retired_reason=record.retired_reason)
         if self._update_rows(SourceRow, {source_id: values}) == 0:
