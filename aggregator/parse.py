@@ -138,8 +138,12 @@ def parse_document(body: bytes, url: str, content_type: str | None = None) -> Ra
     check_bounds(body)
     headers = {"content-location": url}
     if content_type:
-        # feedparser uses the HTTP charset to decode; without it, it sniffs the BOM and XML prolog.
-        headers["content-type"] = content_type
+        # feedparser decodes by the HTTP charset (text/* without one means US-ASCII to it), and
+        # sniffs the BOM and XML prolog only under an XML type without one. A byte order mark
+        # outranks the HTTP header (as in browsers): a UTF-16 file served as "charset=utf-8" or
+        # "text/html" by a server that labels everything so is still a readable feed.
+        has_bom = body.startswith((codecs.BOM_UTF8, *(bom for bom, _ in _WIDE_BOMS)))
+        headers["content-type"] = "application/xml" if has_bom else content_type
     try:
         parsed = feedparser.parse(
             io.BytesIO(body), response_headers=headers, sanitize_html=False, resolve_relative_uris=False

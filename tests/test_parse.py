@@ -228,3 +228,16 @@ def test_feedparser_url_joins_are_memoized_and_still_honour_xml_base() -> None:
     for _ in range(2):  # the second parse is served from the cache: same answers
         links = [e.link for e in parse_document(doc, "https://elsewhere.example/feed").entries]
         assert links == ["https://a.example/news/sub/one.html", "https://a.example/news/two.html"]
+
+
+@pytest.mark.parametrize("content_type", ["application/xml; charset=iso-8859-1", "text/html"])
+@pytest.mark.parametrize("codec", ["utf-16", "utf-8-sig"])
+def test_a_byte_order_mark_outranks_a_wrong_http_charset(codec: str, content_type: str) -> None:
+    # Found by tests/test_ingest_properties.py: a UTF-16 feed served as "charset=utf-8" was refused.
+    prolog = "<?xml version='1.0' encoding='utf-16'?>" if codec == "utf-16" else "<?xml version='1.0'?>"
+    body = (
+        f"{prolog}<rss version='2.0'><channel><title>Café</title>"
+        "<item><guid>1</guid><title>Crème brûlée</title></item></channel></rss>"
+    ).encode(codec)
+    feed = parse_document(body, "https://example.com/feed", content_type)
+    assert (feed.title, [e.title for e in feed.entries], feed.warning) == ("Café", ["Crème brûlée"], None)
