@@ -156,7 +156,11 @@ def render(doc: Document) -> bytes:
             for e in doc.entries
         )
         xml = f"<feed xmlns='http://www.w3.org/2005/Atom'><id>urn:generated</id><title>Generated</title>{body}</feed>"
-    return f"<?xml version='1.0'{declaration}?>{xml}".encode(doc.encoding, "xmlcharrefreplace")
+    document = f"<?xml version='1.0'{declaration}?>{xml}"
+    if doc.encoding == "mixed":  # pasted together: UTF-8 up to the middle, Latin-1 after it
+        middle = len(document) // 2
+        return document[:middle].encode("utf-8") + document[middle:].encode("iso-8859-1", "xmlcharrefreplace")
+    return document.encode(doc.encoding, "xmlcharrefreplace")
 
 
 # (bytes encoding, declared encoding): right, absent, and wrong declarations.
@@ -168,6 +172,7 @@ XML_ENCODINGS = [
     ("utf-8", "iso-8859-1"),  # UTF-8 bytes declared Latin-1: mojibake, but no crash
     ("iso-8859-1", "utf-8"),  # Latin-1 bytes declared UTF-8: not even valid UTF-8
     ("windows-1252", "windows-1252"),
+    ("mixed", "utf-8"),
 ]
 CONTENT_TYPES = ["application/rss+xml", "application/xml; charset=utf-8", "text/html", "application/octet-stream"]
 
