@@ -304,11 +304,14 @@ class Pipeline:
             log.debug(
                 "source %r (%s): traceback of %s", source.fetch.name, source.fetch.url, error_class, exc_info=True
             )
-            if result is None:
-                result = FetchResult(source.fetch.id, source.fetch.url, self.clock())
-            # A fresh transaction: the one that failed was rolled back, items and all. No body
-            # hash is kept, so the same bytes are handled again at the next poll (after a fix).
-            outcome, record = await self._write(self._commit_with_retry, source, result, None, parse_error, None, {})
+            result = result or FetchResult(source.fetch.id, source.fetch.url, self.clock())
+            recorded = await self._record_fault(source, result, parse_error)
+            if recorded is None:
+                metrics.SOURCE_ERRORS.labels(error_class).inc()
+                summary.polled += 1
+                summary.errors += 1
+                return
+            outcome, record = recorded
         if outcome in ("error", "retired"):
             metrics.SOURCE_ERRORS.labels(error_class or ("fetch" if not result.ok else "parse")).inc()
         summary.add(outcome, record, source)
@@ -321,6 +324,26 @@ class Pipeline:
         if record.items_updated:
             metrics.ITEMS.labels("updated").inc(record.items_updated)
         self._log(source, result, outcome, record, parse_error)
+
+    async def _record_fault(
+        self, source: ClaimedSource, result: FetchResult, reason: str
+    ) -> tuple[str, PollRecord] | None:
+        """Record an unexpected failure on its source, as a failed poll, in a fresh transaction.
+
+        The transaction it happened in was rolled back, items and all. No body hash is kept, so
+        the same bytes are handled again at the next poll (after a fix). None when even this
+        fails (short of the database itself): that is logged, and the lease expiring retries.
+        """
+        try:
+            return await self._write(self._commit_with_retry, source, result, None, reason, None, {})
+        except Exception as exc:
+            if not source_fault(exc):
+                raise
+            log.error(
+                "source %r (%s): %s, and recording it failed too: %s",
+                source.fetch.name, source.fetch.url, reason, fault_reason(exc),
+            )  # fmt: skip
+            return None
 
     async def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the writer threads (FIFO); a cancelled caller's call that has not

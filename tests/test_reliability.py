@@ -189,6 +189,39 @@ def test_an_unexpected_error_costs_its_source_alone_and_is_recorded_on_it(
     assert _rows(database_url, "select error_count, last_error from sources where name = 'bad'") == [(0, None)]
 
 
+def test_a_source_whose_failure_cannot_be_recorded_either_still_costs_only_itself(
+    server: FeedServer,
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sources = [{"name": "bad", "url": server.add("/bad", body=rss2(BAD_FEED, 3))}]
+    sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(2)]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    real_record = IngestTransaction.record_poll
+
+    def record_poll(self: IngestTransaction, source_id: int, result: FetchResult, record: Any) -> None:
+        if result.url.endswith("/bad"):
+            raise AttributeError("boom in record_poll")
+        real_record(self, source_id, result, record)
+
+    monkeypatch.setattr(IngestTransaction, "record_poll", record_poll)
+    counted = _source_errors("AttributeError")
+
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"bad": 0, "news 0": 4, "news 1": 4}
+    # Nothing could be written about it: its lease stays until it expires, then it is retried.
+    [(lease, errors)] = _rows(database_url, "select lease_owner, error_count from sources where name = 'bad'")
+    assert lease is not None and errors == 0
+    assert _source_errors("AttributeError") == counted + 1
+    out, err = capsys.readouterr()
+    assert "polled 3 sources" in out and "1 failed" in out
+    [line] = [line for line in err.splitlines() if "'bad'" in line]
+    assert " ERROR " in line and "AttributeError: boom in record_poll, and recording it failed too" in line
+    assert "Traceback" not in err
+
+
 def _break_database(database_url: str) -> None:
     """Make the database fail for real: PostgreSQL's is dropped (connections killed), SQLite's
     files are overwritten in place (the open connection then finds no database in them)."""
