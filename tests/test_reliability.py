@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
+import string
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from aggregator import metrics, parsejob
+from aggregator import metrics, normalize, parsejob
 from aggregator import pipeline as pipeline_module
 from aggregator.cli import main
 from aggregator.fetch import Fetcher
@@ -220,6 +222,57 @@ def test_a_source_whose_failure_cannot_be_recorded_either_still_costs_only_itsel
     [line] = [line for line in err.splitlines() if "'bad'" in line]
     assert " ERROR " in line and "AttributeError: boom in record_poll, and recording it failed too" in line
     assert "Traceback" not in err
+
+
+def long_identity_rss() -> bytes:
+    """One entry with a 9 KB guid, one with a 9 KB link: random, so no index compresses them."""
+    rng = random.Random(11)
+    guid = "".join(rng.choices(string.ascii_letters, k=9000))
+    link = "https://news.example.com/" + "".join(rng.choices(string.ascii_letters, k=9000))
+    return (
+        "<?xml version='1.0'?><rss version='2.0'><channel><title>Long</title>"
+        f"<item><guid isPermaLink='false'>{guid}</guid><title>Long guid</title></item>"
+        f"<item><link>{link}</link><title>Long link</title></item></channel></rss>"
+    ).encode()
+
+
+def test_ids_and_urls_too_long_to_index_are_stored_by_hash(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """PostgreSQL refuses an index entry past ~2.7 KB: a 9 KB guid stopped the whole run (exit 2)."""
+    sources = [
+        {"name": "long", "url": server.add("/long", body=long_identity_rss())},
+        {"name": "news", "url": server.add("/news", body=rss2(1, 2))},
+    ]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    assert poll_all(config) == 0
+    assert poll_all(config) == 0  # and the same items again are the same items
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"long": 2, "news": 2}
+    keys = _rows(database_url, "select i.key, length(i.link) from items i join sources s on s.id = i.source_id "
+                 "where s.name = 'long' order by i.key")  # fmt: skip
+    [(link_key, link_length), (guid_key, _)] = keys
+    assert str(link_key).startswith("hash:") and str(guid_key).startswith("id-hash:")
+    assert link_length == len("https://news.example.com/") + 9000  # the link is kept, just not matched on
+
+
+def test_values_the_database_refuses_fail_their_source_not_the_run(
+    server: FeedServer, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the identity cap, PostgreSQL refuses the 9 KB key: that source fails, alone."""
+    monkeypatch.setattr(normalize, "MAX_IDENTITY_BYTES", 1 << 20)
+    sources = [
+        {"name": "long", "url": server.add("/long", body=long_identity_rss())},
+        {"name": "news", "url": server.add("/news", body=rss2(1, 2))},
+    ]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    assert poll_all(config) == 0
+    counts = dict(_rows(database_url, ITEMS_PER_SOURCE))
+    [(errors, last_error)] = _rows(database_url, "select error_count, last_error from sources where name = 'long'")
+    if database_url.startswith("sqlite"):  # SQLite has no such limit
+        assert (counts, errors, last_error) == ({"long": 2, "news": 2}, 0, None)
+    else:
+        assert (counts, errors) == ({"long": 0, "news": 2}, 1)
+        assert str(last_error).startswith("ProgramLimitExceeded: database error: index row")
 
 
 def _break_database(database_url: str) -> None:

@@ -1034,12 +1034,18 @@ def _epoch(moment: datetime) -> int:
 
 
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+DATA_REFUSED_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 
 def _storage_error(exc: SQLAlchemyError) -> StorageError:
     message = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    refused = isinstance(exc, DataError | IntegrityError) and not _transient(exc)
-    return StorageError(f"database error: {message}", transient=_transient(exc), data_refused=refused)
+    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    # PostgreSQL: 22 data exception, 23 integrity constraint, 54 program limit exceeded (an
+    # index entry too large): the values were refused, the database itself is fine.
+    refused = isinstance(exc, DataError | IntegrityError) or sqlstate[:2] in DATA_REFUSED_SQLSTATE_CLASSES
+    return StorageError(
+        f"database error: {message}", transient=_transient(exc), data_refused=refused and not _transient(exc)
+    )
 
 
 def _transient(exc: SQLAlchemyError) -> bool:
