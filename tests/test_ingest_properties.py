@@ -2,7 +2,8 @@
 
 Hypothesis writes RSS 2.0, Atom and JSON Feed documents whose entries share links, guids and
 titles, leave fields out or empty, carry absurd dates, come in several encodings (declared
-rightly or wrongly), and sometimes number in the thousands. Each document is served by the
+rightly or wrongly), ids and links too long for a database index, and sometimes number in the
+thousands. Each document is served by the
 real HTTP server (``FeedServer``) as a source of its own and polled the way ``aggregator poll
 --once --all`` polls (``poll_once``: fetch, parse, normalize, match, store, publish) into a
 real SQLite file and a real PostgreSQL database. For every document:
@@ -16,7 +17,9 @@ real SQLite file and a real PostgreSQL database. For every document:
 The example budget is bounded (``MAX_EXAMPLES``) so the whole suite stays well inside CI's
 minutes; the shared server and database make an example cost three polls, not a set-up.
 It found a UTF-16 feed refused when served under a wrong HTTP charset
-(``test_a_byte_order_mark_outranks_a_wrong_http_charset`` in tests/test_parse.py).
+(``test_a_byte_order_mark_outranks_a_wrong_http_charset`` in tests/test_parse.py); with long
+ids it finds the PostgreSQL index limit (``test_ids_and_urls_too_long_to_index_are_stored_by_hash``
+in tests/test_reliability.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import asyncio
 import itertools
 import json
 import os
+import random
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +81,15 @@ TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_
 SOMETIMES_CONTROL = st.sampled_from(["", "", "", "\x01", "\x0b", "\x1f"])
 
 
+def _long_random(seed: int) -> str:
+    # Random letters: PostgreSQL compresses a repetitive index entry below its 2.7 KB limit.
+    return "".join(random.Random(seed).choices(string.ascii_letters, k=5000))
+
+
+# Ids and URLs too long for a database index (they must still be stored, by hash).
+LONG = st.integers(min_value=0, max_value=1 << 32).map(_long_random)
+
+
 def optional(values: st.SearchStrategy[str]) -> st.SearchStrategy[str | None]:
     return st.one_of(st.none(), st.just(""), values)
 
@@ -91,8 +105,8 @@ class Entry:
 
 ENTRIES = st.builds(
     Entry,
-    guid=optional(st.one_of(st.sampled_from(GUIDS), TEXT)),
-    link=optional(st.sampled_from(LINKS)),
+    guid=optional(st.one_of(st.sampled_from(GUIDS), TEXT, LONG)),
+    link=optional(st.one_of(st.sampled_from(LINKS), LONG.map(lambda path: f"https://news.example.com/{path}"))),
     title=optional(st.one_of(st.sampled_from(TITLES), TEXT)),
     summary=optional(st.one_of(TEXT, st.builds(lambda t, c: f"<p>{t}{c}</p>", TEXT, SOMETIMES_CONTROL))),
     date=optional(st.one_of(st.sampled_from(DATES), st.datetimes(timezones=st.just(UTC)).map(str))),
