@@ -7,6 +7,7 @@ real HTTP server and a real database (SQLite file and PostgreSQL), the stored st
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import random
 import string
@@ -26,7 +27,9 @@ from aggregator import pipeline as pipeline_module
 from aggregator.cli import main
 from aggregator.fetch import Fetcher
 from aggregator.records import FetchResult, SourceToFetch
-from aggregator.store.repository import IngestTransaction
+from aggregator.status import render_status
+from aggregator.store.database import make_engine
+from aggregator.store.repository import IngestTransaction, Store
 from tests.conftest import write_config
 from tests.feeds import rss2
 from tests.server import FeedServer, Route
@@ -356,6 +359,12 @@ def test_ill_formed_documents_give_their_readable_items_and_a_warning_on_the_sou
     assert main(["--config", str(config), "sources"]) == 0
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sloppy")]
     assert "warning: " in line
+    engine = make_engine(database_url)
+    try:
+        page = render_status(Store(engine)).decode()
+    finally:
+        engine.dispose()
+    assert f'<div class="warning">warning: {html.escape(health["sloppy"]["last_warning"])}</div>' in page
 
     # The publisher fixes the feed: the warning goes, the items stay once each.
     server.routes["/sloppy"] = Route(body=CLEAN)
