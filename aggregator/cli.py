@@ -330,7 +330,7 @@ def cmd_sources(args: argparse.Namespace) -> int:
             _when(r.next_poll_at),
             r.next_poll_reason[:40],
             str(r.error_count),
-            (r.last_error or "")[:60],
+            (r.last_error or (f"warning: {r.last_warning}" if r.last_warning else ""))[:60],
         )
         for r in rows
     ]

@@ -65,11 +65,15 @@ class StorageError(AggregatorError):
     """The database could not be reached or refused a statement.
 
     ``transient`` marks failures worth retrying as they are: a deadlock or serialization
-    failure between concurrent workers, or SQLite's "database is locked".
+    failure between concurrent workers, or SQLite's "database is locked". ``data_refused``
+    marks a statement refused for the values it carried (a value the column cannot hold, a
+    violated constraint): the fault of what one source sent, not of the database, so the
+    pipeline fails that source alone rather than the run.
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, data_refused: bool = False) -> None:
         self.transient = transient
+        self.data_refused = data_refused
         super().__init__(message)
 
 

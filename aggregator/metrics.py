@@ -29,7 +29,10 @@ FETCH_SECONDS = Histogram(
 ITEMS = Counter("aggregator_items_ingested", "Items stored by this process", ["kind"], registry=None)
 REBUILDS = Counter("aggregator_output_rebuilds", "Renderings whose bytes changed", ["slug", "format"], registry=None)
 TICKS = Counter("aggregator_scheduler_ticks", "Scheduler ticks that ran", registry=None)
-OWN_METRICS: tuple[Collector, ...] = (POLLS, FETCH_SECONDS, ITEMS, REBUILDS, TICKS)
+# "fetch" and "parse" are the expected failures of the real web; any other value is the class
+# of an unexpected exception caught at the pipeline's per-source boundary (a bug to look at).
+SOURCE_ERRORS = Counter("aggregator_source_errors", "Failed polls by error class", ["error_class"], registry=None)
+OWN_METRICS: tuple[Collector, ...] = (POLLS, FETCH_SECONDS, ITEMS, REBUILDS, TICKS, SOURCE_ERRORS)
 
 
 class StoreCollector(Collector):

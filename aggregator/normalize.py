@@ -3,7 +3,8 @@
 Everything here is a pure function (``init_parse_worker`` aside). The rules:
 
 * identity within a source: the entry id/guid, else the canonical link, else a hash of
-  title + content (DESIGN.md, decision 4). A guid repeated inside one document for
+  title + content (DESIGN.md, decision 4); an id or URL past ``MAX_IDENTITY_BYTES`` counts
+  by its hash, or not at all. A guid repeated inside one document for
   different articles is disambiguated (by link, else by title) rather than silently merged;
 * canonical URL: lowercase scheme and host (IDNA), no default port, no fragment, no
   tracking parameters — so the same article shared with ``?utm_source=…`` is one URL;
@@ -91,6 +92,10 @@ DROPPED_WITH_CONTENT = frozenset({"script", "style", "template", "noscript", "if
 
 # html5ever is quadratic in nesting depth; real feed HTML nests a few dozen deep (Chrome caps at 512).
 MAX_HTML_DEPTH = 400
+# An id or canonical URL longer than this (UTF-8 bytes) is no usable identity: PostgreSQL
+# refuses a btree index entry past ~2.7 KB, and items.key, stories.key and canonical_url are
+# indexed. Such an id is keyed by its hash; such a URL is kept as the link but not matched on.
+MAX_IDENTITY_BYTES = 1000
 # Budgets of one parse worker (see init_parse_worker). A body at the fetch cap (15 MB, 9,500 items of
 # 1.5 KB) takes 5 s of CPU and 140 MB of address space; the budgets leave 6x and 7x that.
 PARSE_CPU_SECONDS = 30.0
@@ -243,6 +248,8 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     entry = _xml_safe(entry)
     link = _http_url(entry.link, feed_url) if entry.link else None
     canonical = canonical_url(link) if link else None
+    if canonical and len(canonical.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
+        canonical = None
     summary_html = sanitize_html(entry.summary, entry.summary_base or feed_url) if entry.summary else ""
     content_html = sanitize_html(entry.content, entry.content_base or feed_url) if entry.content else ""
     if content_html == summary_html:
@@ -250,7 +257,9 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     title = _title(entry.title, entry.title_is_html)
     text = html_to_text(content_html or summary_html)
     fingerprint = _hash(title, content_html or summary_html, link or "")
-    if entry.id:
+    if entry.id and len(entry.id.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
+        key = f"id-hash:{_hash(entry.id)}"
+    elif entry.id:
         key = f"id:{entry.id}"
     elif canonical:
         key = f"url:{canonical}"

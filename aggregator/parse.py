@@ -33,6 +33,7 @@ import html
 import io
 import json
 import re
+import xml.sax
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -139,8 +140,12 @@ def parse_document(body: bytes, url: str, content_type: str | None = None) -> Ra
     check_bounds(body)
     headers = {"content-location": url}
     if content_type:
-        # feedparser uses the HTTP charset to decode; without it, it sniffs the BOM and XML prolog.
-        headers["content-type"] = content_type
+        # feedparser decodes by the HTTP charset (text/* without one means US-ASCII to it), and
+        # sniffs the BOM and XML prolog only under an XML type without one. A byte order mark
+        # outranks the HTTP header (as in browsers): a UTF-16 file served as "charset=utf-8" or
+        # "text/html" by a server that labels everything so is still a readable feed.
+        has_bom = body.startswith((codecs.BOM_UTF8, *(bom for bom, _ in _WIDE_BOMS)))
+        headers["content-type"] = "application/xml" if has_bom else content_type
     try:
         parsed = feedparser.parse(
             io.BytesIO(body), response_headers=headers, sanitize_html=False, resolve_relative_uris=False
@@ -153,21 +158,22 @@ def parse_document(body: bytes, url: str, content_type: str | None = None) -> Ra
         raise ParseError(one_line(f"unreadable feed: {type(exc).__name__}: {exc}")) from None
     feed = parsed.get("feed", {})
     entries = parsed.get("entries", [])
-    warning = None
-    if parsed.get("bozo"):
-        problem = parsed.get("bozo_exception")
-        warning = one_line(f"{type(problem).__name__}: {problem}" if problem else "malformed document")
+    problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
+    # Ill-formed XML: the strict parser gave up and feedparser's loose parser read the document.
+    ill_formed = isinstance(problem, xml.sax.SAXException)
+    warning = _warning(problem) if parsed.get("bozo") else None
     if not parsed.get("version") and not entries:
         # An HTML page, an error page, plain text, or XML that is no feed dialect feedparser knows.
-        detail = warning if warning and "SAX" in warning else "no rss, feed or RDF root element"
+        detail = warning if warning and ill_formed else "no rss, feed or RDF root element"
         raise ParseError(one_line(f"not an RSS, Atom, RDF or JSON feed ({detail})"))
     if len(entries) > MAX_ENTRIES:
         raise ParseError(f"more than {MAX_ENTRIES} entries")
-    if warning and entries and "SAX" in warning and _last_entry_unclosed(body):
+    if ill_formed and entries and _last_entry_unclosed(body):
         # A body cut short (a dropped connection, a full disk at the publisher): the loose
         # parser still returns the entry it was in the middle of, with half a title and no id.
         # Stored under a hash key it would stay forever beside the real one; drop it.
         entries = entries[:-1]
+        warning = one_line(f"truncated document, its unfinished last entry dropped ({warning})")
     language = _text(feed.get("language"))
     return RawFeed(
         title=_text(feed.get("title")),
@@ -180,6 +186,16 @@ def parse_document(body: bytes, url: str, content_type: str | None = None) -> Ra
         entries=tuple(_entry(e, language) for e in entries),
         warning=warning,
     )
+
+
+def _warning(problem: Any) -> str:
+    """feedparser's bozo exception as one line an operator can act on."""
+    if isinstance(problem, xml.sax.SAXParseException):
+        where = f"line {problem.getLineNumber()}, column {problem.getColumnNumber()}"
+        return one_line(f"ill-formed XML: {problem.getMessage()} at {where}")
+    if problem is None:
+        return "malformed document"
+    return one_line(f"{type(problem).__name__}: {problem}")
 
 
 def _gunzipped(body: bytes) -> bytes:

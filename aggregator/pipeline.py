@@ -271,22 +271,49 @@ class Pipeline:
             raise
 
     async def _poll_one(self, fetcher: Fetcher, source: ClaimedSource, summary: PollSummary) -> None:
-        result = await fetcher.fetch(source.fetch)
-        parsed: ParsedFeed | None = None
-        signatures: dict[str, cluster.Signed] = {}
+        """Fetch, parse, normalize, match and store one source: the per-source fault boundary.
+
+        Anything unexpected in there (a bug, a value the database will not take) costs this
+        source alone: it is recorded on the source like any failed poll (``last_error`` with
+        the exception's type and message, the normal backoff), counted by class in
+        ``aggregator_source_errors`` and logged as one line, its traceback at debug level.
+        The transaction it happened in is rolled back and the failure is recorded in a fresh
+        one. Only a failure of the database itself (``source_fault`` is False) propagates,
+        which stops a ``poll --once`` run and ends the daemon's tick.
+        """
+        result: FetchResult | None = None
         parse_error: str | None = None
-        body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
-        if result.ok and result.body is not None and body_hash != source.body_hash:
-            try:
-                parsed, signatures = await self._parse(result)
-            except ParseError as exc:
-                parse_error = str(exc)
-            except Exception as exc:  # a parser bug must cost one source, not the whole batch
-                log.exception("source %r (%s): parser crashed", source.fetch.name, source.fetch.url)
-                parse_error = f"parser crashed: {type(exc).__name__}"
-        outcome, record = await self._write(
-            self._commit_with_retry, source, result, parsed, parse_error, body_hash, signatures
-        )
+        error_class: str | None = None
+        try:
+            result = await fetcher.fetch(source.fetch)
+            parsed: ParsedFeed | None = None
+            signatures: dict[str, cluster.Signed] = {}
+            body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
+            if result.ok and result.body is not None and body_hash != source.body_hash:
+                try:
+                    parsed, signatures = await self._parse(result)
+                except ParseError as exc:
+                    parse_error, error_class = str(exc), "parse"
+            outcome, record = await self._write(
+                self._commit_with_retry, source, result, parsed, parse_error, body_hash, signatures
+            )
+        except Exception as exc:
+            if not source_fault(exc):
+                raise
+            parse_error, error_class = fault_reason(exc), fault_class(exc)
+            log.debug(
+                "source %r (%s): traceback of %s", source.fetch.name, source.fetch.url, error_class, exc_info=True
+            )
+            result = result or FetchResult(source.fetch.id, source.fetch.url, self.clock())
+            recorded = await self._record_fault(source, result, parse_error)
+            if recorded is None:
+                metrics.SOURCE_ERRORS.labels(error_class).inc()
+                summary.polled += 1
+                summary.errors += 1
+                return
+            outcome, record = recorded
+        if outcome in ("error", "retired"):
+            metrics.SOURCE_ERRORS.labels(error_class or ("fetch" if not result.ok else "parse")).inc()
         summary.add(outcome, record, source)
         if self.on_progress is not None:
             self.on_progress(summary)
@@ -297,6 +324,26 @@ class Pipeline:
         if record.items_updated:
             metrics.ITEMS.labels("updated").inc(record.items_updated)
         self._log(source, result, outcome, record, parse_error)
+
+    async def _record_fault(
+        self, source: ClaimedSource, result: FetchResult, reason: str
+    ) -> tuple[str, PollRecord] | None:
+        """Record an unexpected failure on its source, as a failed poll, in a fresh transaction.
+
+        The transaction it happened in was rolled back, items and all. No body hash is kept, so
+        the same bytes are handled again at the next poll (after a fix). None when even this
+        fails (short of the database itself): that is logged, and the lease expiring retries.
+        """
+        try:
+            return await self._write(self._commit_with_retry, source, result, None, reason, None, {})
+        except Exception as exc:
+            if not source_fault(exc):
+                raise
+            log.error(
+                "source %r (%s): %s, and recording it failed too: %s",
+                source.fetch.name, source.fetch.url, reason, fault_reason(exc),
+            )  # fmt: skip
+            return None
 
     async def _write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the writer threads (FIFO); a cancelled caller's call that has not
@@ -311,12 +358,9 @@ class Pipeline:
             return await asyncio.to_thread(parsejob.parse_and_sign, *args)
         try:
             return await loop.run_in_executor(self.parse_pool, parsejob.parse_and_sign, *args)
-        except ParseError:
-            raise
         except BrokenProcessPool:
             raise ParseError("a parse worker died (out of memory or a crash); retried at the next poll") from None
-        except Exception as exc:  # fails this source only; the reason is one line in `sources`
-            raise ParseError(one_line(f"parser failed: {type(exc).__name__}: {exc}")) from None
+        # Any other exception is a parser bug: _poll_one's boundary records it on the source.
 
     def _commit_with_retry(self, *args: Any) -> tuple[str, PollRecord]:
         """Retry a commit that lost a race with another worker (deadlock, lock timeout)."""
@@ -415,6 +459,8 @@ class Pipeline:
                 feed_link=parsed.link if parsed else None,
                 feed_id=parsed.feed_id if parsed else None,
                 items_per_day=items_per_day,
+                parsed=parsed is not None,
+                warning=parsed.warning if parsed else None,
             )
             tx.record_poll(source.fetch.id, result, record)
             return outcome, self._respect_host(tx, source, result, record, now)
@@ -501,9 +547,10 @@ class Pipeline:
             )  # fmt: skip
         else:
             log.info(
-                "source %r: %s, %d new, %d updated; next poll %s (%s)",
+                "source %r: %s, %d new, %d updated; next poll %s (%s)%s",
                 name, outcome, record.items_new, record.items_updated,
-                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason, extra=context,
+                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason,
+                f"; read leniently: {record.warning}" if record.warning else "", extra=context,
             )  # fmt: skip
 
     # --- publishing --------------------------------------------------------------------
@@ -592,6 +639,32 @@ def prune(pipeline: Pipeline) -> PruneReport | None:
         "retention: %d items, %d stories and %d fetch-log rows removed", report.items, report.stories, report.fetch_log
     )
     return report
+
+
+def source_fault(exc: Exception) -> bool:
+    """Whether an exception raised while handling one source is that source's alone.
+
+    Everything is, except a failure of the database itself (unreachable, read-only, full,
+    out of retries): that one would fail every other source the same way, so it stops the
+    run instead of being written, in vain, on each source. A statement the database refused
+    for the values it carried is the source's.
+    """
+    return not isinstance(exc, StorageError) or exc.data_refused
+
+
+def fault_class(exc: Exception) -> str:
+    """The metric label of an unexpected failure: the exception's class (the driver's, for the database)."""
+    cause = exc.__cause__
+    if isinstance(exc, StorageError) and cause is not None:
+        cause = getattr(cause, "orig", None) or cause
+        return type(cause).__name__
+    return type(exc).__name__
+
+
+def fault_reason(exc: Exception) -> str:
+    """What ``last_error`` says about an unexpected failure: one line, its type and message."""
+    message = str(exc)
+    return one_line(f"{fault_class(exc)}: {message}" if message else fault_class(exc))
 
 
 def _recent(candidate: MatchCandidate) -> cluster.RecentItem | None:

@@ -251,3 +251,16 @@ def test_thumbnails_come_from_media_thumbnail_else_an_image_media_content_else_j
     assert parse_document(json_feed, "https://i.example/feed.json", None).entries[0].thumbnail == (
         "https://i.example/j.png"
     )
+
+
+@pytest.mark.parametrize("content_type", ["application/xml; charset=iso-8859-1", "text/html"])
+@pytest.mark.parametrize("codec", ["utf-16", "utf-8-sig"])
+def test_a_byte_order_mark_outranks_a_wrong_http_charset(codec: str, content_type: str) -> None:
+    # Found by tests/test_ingest_properties.py: a UTF-16 feed served as "charset=utf-8" was refused.
+    prolog = "<?xml version='1.0' encoding='utf-16'?>" if codec == "utf-16" else "<?xml version='1.0'?>"
+    body = (
+        f"{prolog}<rss version='2.0'><channel><title>Café</title>"
+        "<item><guid>1</guid><title>Crème brûlée</title></item></channel></rss>"
+    ).encode(codec)
+    feed = parse_document(body, "https://example.com/feed", content_type)
+    assert (feed.title, [e.title for e in feed.entries], feed.warning) == ("Café", ["Crème brûlée"], None)

@@ -79,6 +79,8 @@ class SourceRow(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # What the parser forgave in the last parsed document (ill-formed XML, a truncated end).
+    last_warning: Mapped[str | None] = mapped_column(Text)
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

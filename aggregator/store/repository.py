@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.config import Config, Output
@@ -111,6 +111,9 @@ class PollRecord:
     feed_id: str | None = None
     items_per_day: float | None = None
     retired_reason: str | None = None
+    # Set when a document was parsed: its warning (None: parsed cleanly) replaces the stored one.
+    parsed: bool = False
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class SourceHealth:
     items: int
     items_per_day: float | None
     feed_title: str | None = None  # the feed's own title; outputs name the source by ``name``
+    last_warning: str | None = None
 
 
 def story_uid(key: str, authority: str, first_seen: datetime) -> str:
@@ -549,6 +553,7 @@ class Store:
                     items=counts.get(r.id, 0),
                     items_per_day=r.items_per_day,
                     feed_title=r.feed_title,
+                    last_warning=r.last_warning,
                 )
                 for r in s.scalars(select(SourceRow).order_by(SourceRow.name))
             ]
@@ -762,8 +767,12 @@ class IngestTransaction:
         if not new:
             return 0
         # Sorted: concurrent workers then take the unique-index locks in the same order
-        # and cannot deadlock on each other's stories.
-        needed = dict(sorted((story_key(source_id, n.item), n.item) for n in new if n.story_id is None))
+        # and cannot deadlock on each other's stories. By the key alone: new items sharing a
+        # canonical URL (a link blog, a podcast linking its site) share one story key, and
+        # Items do not compare.
+        needed = dict(
+            sorted(((story_key(source_id, n.item), n.item) for n in new if n.story_id is None), key=lambda p: p[0])
+        )
         story_ids: dict[str, int] = {}
         if needed:
             story_rows = [
@@ -921,6 +930,8 @@ class IngestTransaction:
             value = getattr(record, attr)
             if value is not None:
                 values[attr] = value
+        if record.parsed:
+            values["last_warning"] = record.warning
         if record.retired_reason:
             values.update(retired_at=now, retired_reason=record.retired_reason)
         if self._update_rows(SourceRow, {source_id: values}) == 0:
@@ -1066,11 +1077,18 @@ def _epoch(moment: datetime) -> int:
 
 
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+DATA_REFUSED_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 
 def _storage_error(exc: SQLAlchemyError) -> StorageError:
     message = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    return StorageError(f"database error: {message}", transient=_transient(exc))
+    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    # PostgreSQL: 22 data exception, 23 integrity constraint, 54 program limit exceeded (an
+    # index entry too large): the values were refused, the database itself is fine.
+    refused = isinstance(exc, DataError | IntegrityError) or sqlstate[:2] in DATA_REFUSED_SQLSTATE_CLASSES
+    return StorageError(
+        f"database error: {message}", transient=_transient(exc), data_refused=refused and not _transient(exc)
+    )
 
 
 def _transient(exc: SQLAlchemyError) -> bool:

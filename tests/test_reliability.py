@@ -1,0 +1,373 @@
+"""One source's trouble stays its own: regressions and the per-source fault boundary.
+
+Driven from outside where it can be: the ``aggregator`` CLI (``poll --once --all``) against a
+real HTTP server and a real database (SQLite file and PostgreSQL), the stored state read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import random
+import string
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from aggregator import metrics, normalize, parsejob
+from aggregator import pipeline as pipeline_module
+from aggregator.cli import main
+from aggregator.fetch import Fetcher
+from aggregator.records import FetchResult, SourceToFetch
+from aggregator.status import render_status
+from aggregator.store.database import make_engine
+from aggregator.store.repository import IngestTransaction, Store
+from tests.conftest import write_config
+from tests.feeds import rss2
+from tests.server import FeedServer, Route
+
+ITEMS_PER_SOURCE = "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name"
+STORIES_OF_POD = (
+    "select count(distinct story_id) from items i join sources s on s.id = i.source_id where s.name = 'pod'"
+)
+
+
+def _rows(database_url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def shared_link_rss(count: int) -> bytes:
+    """A link blog / podcast shape: every entry has its own guid but the same link."""
+    items = "".join(
+        f"<item><title>Episode {n}</title><link>https://pod.example.com/</link>"
+        f"<guid isPermaLink='false'>episode-{n}</guid><description>Show notes {n}</description></item>"
+        for n in range(count)
+    )
+    return (
+        "<?xml version='1.0' encoding='utf-8'?><rss version='2.0'><channel><title>Pod</title>"
+        f"<link>https://pod.example.com/</link>{items}</channel></rss>"
+    ).encode()
+
+
+def poll_all(config: Path) -> int:
+    return main(["--config", str(config), "poll", "--once", "--all"])
+
+
+def test_new_items_sharing_a_link_are_all_stored_and_the_run_goes_on(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """Defect 1: two new items with one link made insert_items compare Items (TypeError), which
+    aborted the whole `poll --once --all` run after that source."""
+    sources = [{"name": "pod", "url": server.add("/pod", body=shared_link_rss(3))}]
+    sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(3)]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+
+    assert poll_all(config) == 0
+    counts = dict(_rows(database_url, ITEMS_PER_SOURCE))
+    assert counts == {"pod": 3, "news 0": 4, "news 1": 4, "news 2": 4}
+    # The three episodes are one story (one canonical URL), as the story rule says.
+    stories = _rows(database_url, STORIES_OF_POD)
+    assert stories == [(1,)]
+    errors = _rows(database_url, "select name, error_count, last_error from sources where error_count > 0")
+    assert errors == []
+
+
+# --- the per-source fault boundary ----------------------------------------------------------
+
+BAD_FEED = 99  # rss2(BAD_FEED, …) links read https://news.example.com/feed99/…
+
+
+def _is_bad(items: object) -> bool:
+    return any(f"/feed{BAD_FEED}/" in (getattr(i, "link", None) or "") for i in items)  # type: ignore[attr-defined]
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> str:
+    """Make one stage raise, for the 'bad' source only: a bug no real input produces today.
+
+    Returns the exception class the source must record.
+    """
+    if stage == "fetch":
+        real_fetch = Fetcher.fetch
+
+        async def fetch(self: Fetcher, source: SourceToFetch) -> FetchResult:
+            if source.name == "bad":
+                raise RuntimeError("boom in fetch")
+            return await real_fetch(self, source)
+
+        monkeypatch.setattr(Fetcher, "fetch", fetch)
+        return "RuntimeError"
+    if stage == "parse":
+        real_parse = parsejob.document_to_feed
+
+        def parse(body: bytes, url: str, *args: Any) -> Any:
+            if url.endswith("/bad"):
+                raise ValueError("boom in parse")
+            return real_parse(body, url, *args)
+
+        monkeypatch.setattr(parsejob, "document_to_feed", parse)
+        return "ValueError"
+    if stage == "match":
+        real_decide = pipeline_module.decide_ingest
+
+        def decide(items: Any, *args: Any) -> Any:
+            if _is_bad(items):
+                raise KeyError("boom in match")
+            return real_decide(items, *args)
+
+        monkeypatch.setattr(pipeline_module, "decide_ingest", decide)
+        return "KeyError"
+    # store: the items are inserted, then the transaction fails: they must be rolled back
+    real_insert = IngestTransaction.insert_items
+
+    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> int:
+        count = real_insert(self, source_id, new, *args)
+        if _is_bad(n.item for n in new):
+            raise ZeroDivisionError("boom in store")
+        return count
+
+    monkeypatch.setattr(IngestTransaction, "insert_items", insert)
+    return "ZeroDivisionError"
+
+
+def _source_errors(error_class: str) -> float:
+    registry = CollectorRegistry()
+    registry.register(metrics.SOURCE_ERRORS)
+    return registry.get_sample_value("aggregator_source_errors_total", {"error_class": error_class}) or 0.0
+
+
+@pytest.mark.parametrize("stage", ["fetch", "parse", "match", "store"])
+def test_an_unexpected_error_costs_its_source_alone_and_is_recorded_on_it(
+    server: FeedServer,
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stage: str,
+) -> None:
+    sources = [{"name": "bad", "url": server.add("/bad", body=rss2(BAD_FEED, 3))}]
+    sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(3)]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    error_class = _inject(monkeypatch, stage)
+    counted = _source_errors(error_class)
+
+    assert poll_all(config) == 0
+    counts = dict(_rows(database_url, ITEMS_PER_SOURCE))
+    assert counts == {"bad": 0, "news 0": 4, "news 1": 4, "news 2": 4}  # "store": its inserts rolled back
+    [(errors, last_error, reason, lease, body_hash)] = _rows(
+        database_url,
+        "select error_count, last_error, next_poll_reason, lease_owner, body_hash from sources where name = 'bad'",
+    )
+    assert (errors, last_error, reason, lease, body_hash) == (
+        1, f"{error_class}: {'boom in ' + stage!r}" if error_class == "KeyError" else f"{error_class}: boom in {stage}",
+        "backoff after 1 error", None, None,
+    )  # fmt: skip
+    assert _source_errors(error_class) == counted + 1
+    out, err = capsys.readouterr()
+    assert "1 failed" in out
+    about_bad = [line for line in err.splitlines() if "'bad'" in line]
+    assert len(about_bad) == 1 and "WARNING" in about_bad[0] and f"boom in {stage}" in about_bad[0]
+    assert "Traceback" not in err
+
+    # The source keeps its error where operators look...
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    health = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert health["bad"]["status"] == "failing (200)" if stage != "fetch" else "failing"
+    assert error_class in str(health["bad"]["last_error"])
+
+    # ...and once the bug is gone, the same bytes are handled again: nothing was lost.
+    monkeypatch.undo()
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE))["bad"] == 3
+    assert _rows(database_url, "select error_count, last_error from sources where name = 'bad'") == [(0, None)]
+
+
+def test_a_source_whose_failure_cannot_be_recorded_either_still_costs_only_itself(
+    server: FeedServer,
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sources = [{"name": "bad", "url": server.add("/bad", body=rss2(BAD_FEED, 3))}]
+    sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(2)]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    real_record = IngestTransaction.record_poll
+
+    def record_poll(self: IngestTransaction, source_id: int, result: FetchResult, record: Any) -> None:
+        if result.url.endswith("/bad"):
+            raise AttributeError("boom in record_poll")
+        real_record(self, source_id, result, record)
+
+    monkeypatch.setattr(IngestTransaction, "record_poll", record_poll)
+    counted = _source_errors("AttributeError")
+
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"bad": 0, "news 0": 4, "news 1": 4}
+    # Nothing could be written about it: its lease stays until it expires, then it is retried.
+    [(lease, errors)] = _rows(database_url, "select lease_owner, error_count from sources where name = 'bad'")
+    assert lease is not None and errors == 0
+    assert _source_errors("AttributeError") == counted + 1
+    out, err = capsys.readouterr()
+    assert "polled 3 sources" in out and "1 failed" in out
+    [line] = [line for line in err.splitlines() if "'bad'" in line]
+    assert " ERROR " in line and "AttributeError: boom in record_poll, and recording it failed too" in line
+    assert "Traceback" not in err
+
+
+def long_identity_rss() -> bytes:
+    """One entry with a 9 KB guid, one with a 9 KB link: random, so no index compresses them."""
+    rng = random.Random(11)
+    guid = "".join(rng.choices(string.ascii_letters, k=9000))
+    link = "https://news.example.com/" + "".join(rng.choices(string.ascii_letters, k=9000))
+    return (
+        "<?xml version='1.0'?><rss version='2.0'><channel><title>Long</title>"
+        f"<item><guid isPermaLink='false'>{guid}</guid><title>Long guid</title></item>"
+        f"<item><link>{link}</link><title>Long link</title></item></channel></rss>"
+    ).encode()
+
+
+def test_ids_and_urls_too_long_to_index_are_stored_by_hash(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """PostgreSQL refuses an index entry past ~2.7 KB: a 9 KB guid stopped the whole run (exit 2)."""
+    sources = [
+        {"name": "long", "url": server.add("/long", body=long_identity_rss())},
+        {"name": "news", "url": server.add("/news", body=rss2(1, 2))},
+    ]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    assert poll_all(config) == 0
+    assert poll_all(config) == 0  # and the same items again are the same items
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"long": 2, "news": 2}
+    keys = _rows(database_url, "select i.key, length(i.link) from items i join sources s on s.id = i.source_id "
+                 "where s.name = 'long' order by i.key")  # fmt: skip
+    [(link_key, link_length), (guid_key, _)] = keys
+    assert str(link_key).startswith("hash:") and str(guid_key).startswith("id-hash:")
+    assert link_length == len("https://news.example.com/") + 9000  # the link is kept, just not matched on
+
+
+def test_values_the_database_refuses_fail_their_source_not_the_run(
+    server: FeedServer, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the identity cap, PostgreSQL refuses the 9 KB key: that source fails, alone."""
+    monkeypatch.setattr(normalize, "MAX_IDENTITY_BYTES", 1 << 20)
+    sources = [
+        {"name": "long", "url": server.add("/long", body=long_identity_rss())},
+        {"name": "news", "url": server.add("/news", body=rss2(1, 2))},
+    ]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    assert poll_all(config) == 0
+    counts = dict(_rows(database_url, ITEMS_PER_SOURCE))
+    [(errors, last_error)] = _rows(database_url, "select error_count, last_error from sources where name = 'long'")
+    if database_url.startswith("sqlite"):  # SQLite has no such limit
+        assert (counts, errors, last_error) == ({"long": 2, "news": 2}, 0, None)
+    else:
+        assert (counts, errors) == ({"long": 0, "news": 2}, 1)
+        assert str(last_error).startswith("ProgramLimitExceeded: database error: index row")
+
+
+def _break_database(database_url: str) -> None:
+    """Make the database fail for real: PostgreSQL's is dropped (connections killed), SQLite's
+    files are overwritten in place (the open connection then finds no database in them)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        assert url.database
+        for suffix in ("", "-wal", "-shm"):  # WAL mode: the newest pages may be in the -wal file
+            with contextlib.suppress(FileNotFoundError), open(url.database + suffix, "r+b") as file:
+                file.write(b"\0" * 4096)
+        return
+    dsn = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
+
+
+def test_a_failed_database_stops_the_run_with_one_line_and_exit_2(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the database itself failing stops `poll --once`: here it fails while a fetch is in flight."""
+    sources = [{"name": "slow", "url": server.add("/slow", Route(body=rss2(1, 3), delay=1.5))}]
+    sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(3)]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+
+    def breaker() -> None:
+        deadline = time.monotonic() + 10
+        while not server.hits("/slow") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the fast sources have committed by now; "slow" is still waiting
+        _break_database(database_url)
+
+    thread = threading.Thread(target=breaker)
+    thread.start()
+    try:
+        code = poll_all(config)
+    finally:
+        thread.join()
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("aggregator: database error: ")
+
+
+# --- lenient parsing ------------------------------------------------------------------------
+
+CLEAN = rss2(7, 5)
+ILL_FORMED = {
+    # What the real web serves: each is read by feedparser's loose parser after the strict one gave up.
+    "bare ampersand": (CLEAN.replace(b"talks resume", b"talks & resume"), 5, "ill-formed XML: not well-formed"),
+    "unclosed tag": (CLEAN.replace(b"<title>Feed 7 story 1", b"<title><b>Feed 7 story 1"), 5, "mismatched tag"),
+    "junk after the end": (CLEAN + b"<p>Powered by</p>", 5, "junk after document element"),
+    "control characters": (CLEAN.replace(b"talks resume", b"talks \x01\x1b resume"), 5, "not well-formed"),
+    # Cut in the third entry: the two whole ones are kept, the half one dropped.
+    "truncated": (CLEAN[: CLEAN.index(b"<item>", CLEAN.index(b"story2")) - 30], 2, "truncated document"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ILL_FORMED))
+def test_ill_formed_documents_give_their_readable_items_and_a_warning_on_the_source(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    body, expected, warning = ILL_FORMED[case]
+    sources = [{"name": "sloppy", "url": server.add("/sloppy", body=body)}]
+    sources.append({"name": "tidy", "url": server.add("/tidy", body=rss2(1, 3))})
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"sloppy": expected, "tidy": 3}
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and " WARNING " not in err  # a forgiven document is no failure
+
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    health = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (health["sloppy"]["status"], health["sloppy"]["error_count"], health["sloppy"]["last_error"]) == (
+        "ok", 0, None,
+    )  # fmt: skip
+    assert warning in str(health["sloppy"]["last_warning"])
+    assert health["tidy"]["last_warning"] is None
+    assert main(["--config", str(config), "sources"]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sloppy")]
+    assert "warning: " in line
+    engine = make_engine(database_url)
+    try:
+        page = render_status(Store(engine)).decode()
+    finally:
+        engine.dispose()
+    assert f'<div class="warning">warning: {html.escape(health["sloppy"]["last_warning"])}</div>' in page
+
+    # The publisher fixes the feed: the warning goes, the items stay once each.
+    server.routes["/sloppy"] = Route(body=CLEAN)
+    assert poll_all(config) == 0
+    assert dict(_rows(database_url, ITEMS_PER_SOURCE)) == {"sloppy": 5, "tidy": 3}
+    assert _rows(database_url, "select last_warning from sources where name = 'sloppy'") == [(None,)]
