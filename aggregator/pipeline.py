@@ -227,6 +227,12 @@ class Pipeline:
         # a shortcut for this process; the postponed times themselves are in the database.
         self._host_holds: dict[str, datetime] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config. Everything else is read from ``self.config`` where it is
+        used; the story-id authority is derived once, so it is derived again here."""
+        self.config = config
+        self.authority = _authority(config.settings.public_url)
+
     # --- polling ---------------------------------------------------------------------
     async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:
         """Poll every source due at ``until`` (default: now), until none is left.
