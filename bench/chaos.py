@@ -315,6 +315,8 @@ def kill9(opts: argparse.Namespace, failures: list[str]) -> None:
             f" {unscheduled} not scheduled ahead"
         )
         print(f"  child processes (parse pool) still alive 5 s after their daemon was killed: {len(orphans)}")
+        if orphans:
+            failures.append("kill9: processes of a killed daemon outlived it")
         if not finished or missing or lost or torn or any(final.values()) or leased or unscheduled or not running:
             failures.append("kill9: items lost, duplicated or torn, or the schedule did not resume (see above)")
 

@@ -36,6 +36,7 @@ def test_kill_9_mid_ingest_loses_and_duplicates_nothing_and_the_schedule_resumes
     assert "items lost at a kill: 0; torn or doubled writes seen after kills: 0" in out
     assert re.search(r"final: 600 items of 600 expected, missing 0", out), out
     assert "afterwards 0 sources leased, 0 not scheduled ahead" in out
+    assert "child processes (parse pool) still alive 5 s after their daemon was killed: 0" in out
 
 
 @pytest.mark.skipif(shutil.which("runuser") is None and os.geteuid() == 0, reason="initdb as root needs runuser")
