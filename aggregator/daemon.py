@@ -122,6 +122,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._server: _QuietServer | None = None
         self._config_mtime = _mtime(loaded.path)
+        # What the restart-only settings (RESTART_SETTINGS) really are in this process: a
+        # reload compares against these, so a pending change is named until the restart.
+        self._started_with = loaded.config.settings
         self._scheduler: AsyncIOScheduler | None = None
         self._last_tick: float | None = None
         self._cycle: asyncio.Task[None] | None = None
@@ -298,7 +301,7 @@ class Daemon:
         report = await asyncio.to_thread(self.store.sync_sources, loaded.config, datetime.now(UTC))
         old, new = self.loaded.config.settings, loaded.config.settings
         self.loaded = loaded
-        for name in restart_needed(old, new, poll=self.poll, http=self.http):
+        for name in restart_needed(self._started_with, new, poll=self.poll, http=self.http):
             log.warning("%s changed: takes effect after restart (%s)", name, RESTART_SETTINGS[name])
         if self._scheduler is not None and self._scheduler.running and new.tick_seconds != old.tick_seconds:
             self._scheduler.reschedule_job("poll", trigger="interval", seconds=new.tick_seconds)

@@ -423,7 +423,8 @@ def full_disk(opts: argparse.Namespace, failures: list[str]) -> None:
             rig = Rig(Path(tmp), opts.disk_sources, f"sqlite:///{db}", delay=opts.delay, settings=settings)
             try:
                 process = rig.spawn("worker")
-                wait_until(lambda: rig.committed() >= opts.disk_sources // 5, 300)
+                if not wait_until(lambda: rig.committed() >= opts.disk_sources // 5, 300):
+                    raise RuntimeError(f"no ingest before the disk was filled:\n{rig.logs()[-2000:]}")
                 filler = mount / "filler"
                 with filler.open("wb") as out, contextlib.suppress(OSError):
                     while True:
@@ -532,7 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-sources", type=int, default=1000)
     parser.add_argument("--outage", type=float, default=5.0, help="seconds PostgreSQL stays down (pg)")
     parser.add_argument("--disk-sources", type=int, default=400)
-    parser.add_argument("--disk-mb", type=int, default=24, help="size of the tmpfs (disk)")
+    # Above SQLite's WAL checkpoint threshold (64 MB, store/database.py): on a smaller disk the
+    # write-ahead log alone fills it before any checkpoint, and the filler would not be needed.
+    parser.add_argument("--disk-mb", type=int, default=128, help="size of the tmpfs (disk)")
     parser.add_argument("--start-repeats", type=int, default=10)
     parser.add_argument("--delay", type=float, default=0.05, help="seconds each feed takes to answer")
     parser.add_argument("--seed", type=int, default=11)
