@@ -5,10 +5,20 @@ job claims whatever the database says is due, another watches ``feeds.yaml``. So
 restart resumes every source's schedule exactly where the database left it, and a
 second ``aggregator worker`` needs no coordination beyond the database.
 
+The tick only starts a poll cycle (when none is running) and pings systemd's watchdog;
+the cycle runs as a task of its own. A tick that polled itself was "skipped: maximum
+number of running instances reached" (a warning every tick) all through a long first
+poll, and a watchdog pinged from it would have killed the daemon during one.
+
 Signals: SIGTERM/SIGINT stop cleanly — in-flight polls are cancelled, their leases
 handed back, nothing half-written (each poll commits in one transaction). SIGHUP, or
-an edit of the config file, reloads the config; a broken edit is logged with file:line
-and the running config stays.
+an edit of the config file, reloads the config: every setting takes effect at once,
+except those named in a log line as needing a restart (``restart_needed``); a broken
+edit is logged with file:line and the running config stays.
+
+Under systemd (``Type=notify``) the daemon reports READY=1 once the schema is migrated,
+the sources are synced and it serves, WATCHDOG=1 from every tick while ``assess`` finds
+it healthy (the same judgement ``/healthz`` reports), and STOPPING=1 when it stops.
 """
 
 from __future__ import annotations
@@ -25,17 +35,73 @@ from pathlib import Path
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from aggregator import metrics
-from aggregator.config import LoadedConfig, load_config
+from aggregator import metrics, sdnotify
+from aggregator.config import LoadedConfig, Settings, load_config
 from aggregator.errors import AggregatorError, ConfigError
-from aggregator.fetch import Fetcher
-from aggregator.pipeline import Pipeline, fetch_options, make_parse_pool, prune, reclaim_dead_leases
+from aggregator.fetch import Fetcher, FetchOptions
+from aggregator.pipeline import (
+    LEASE_MARGIN,
+    Pipeline,
+    PollSummary,
+    fetch_options,
+    make_parse_pool,
+    prune,
+    reclaim_dead_leases,
+)
 from aggregator.serve import create_app
 from aggregator.store.repository import Store
 
 log = logging.getLogger("aggregator")
 CONFIG_WATCH_SECONDS = 2.0
 HOUSEKEEPING_DELAY = timedelta(minutes=10)  # let the first poll cycle finish before pruning
+TICK_GRACE_SECONDS = 60.0  # a tick this late means the scheduler (or the event loop) is stuck
+
+
+def assess(now: float, last_tick: float | None, polling_since: float | None, settings: Settings) -> dict[str, object]:
+    """Is this process doing its job? The one judgement behind /healthz and the watchdog.
+
+    ``last_tick``: when the scheduler last ticked (None: not yet). ``polling_since``: None
+    when no poll cycle runs, else when it started or last finished a poll. Unhealthy when
+    the scheduler stopped ticking, or a cycle made no progress for longer than a lease (no
+    single poll may take that long: its fetch is bounded by total_timeout). A database that
+    is down is not this judgement's business: restarting the process would not help, and
+    /healthz reports it beside this.
+    """
+    tick_age = None if last_tick is None else now - last_tick
+    stalled = tick_age is None or tick_age > max(TICK_GRACE_SECONDS, settings.tick_seconds * 3)
+    lease = settings.total_timeout * 2 + LEASE_MARGIN.total_seconds()
+    stuck = polling_since is not None and now - polling_since > lease
+    return {
+        "status": "failing" if stalled or stuck else "ok",
+        "scheduler": ("starting" if tick_age is None else "stalled") if stalled else "ok",
+        "last_tick_seconds_ago": None if tick_age is None else round(tick_age, 1),
+        "polling": "stuck" if stuck else "idle" if polling_since is None else "running",
+    }
+
+
+# Settings read once at start: a change is logged as needing a restart. Every other setting
+# is applied by a reload (see Daemon.reload); tests/test_reload.py checks the split covers
+# every field, so a new setting has to be placed on one side.
+RESTART_SETTINGS = {
+    "database": "the database (data_dir, database or $AGGREGATOR_DATABASE_URL)",
+    "listen": "the HTTP listener",
+    "status_page": "the HTTP routes",
+    "parse_workers": "the parse pool",
+}
+
+
+def restart_needed(old: Settings, new: Settings, *, poll: bool = True, http: bool = True) -> list[str]:
+    """The settings that changed but take effect only after a restart, for this process's role."""
+    changed = []
+    if old.database_url != new.database_url:
+        changed.append("database")
+    if http and old.listen != new.listen:
+        changed.append("listen")
+    if http and old.status_page != new.status_page:
+        changed.append("status_page")
+    if poll and old.parse_workers != new.parse_workers:
+        changed.append("parse_workers")
+    return changed
 
 
 class _QuietServer(uvicorn.Server):
@@ -56,25 +122,26 @@ class Daemon:
         self._stop = asyncio.Event()
         self._server: _QuietServer | None = None
         self._config_mtime = _mtime(loaded.path)
+        # What the restart-only settings (RESTART_SETTINGS) really are in this process: a
+        # reload compares against these, so a pending change is named until the restart.
+        self._started_with = loaded.config.settings
+        self._scheduler: AsyncIOScheduler | None = None
         self._last_tick: float | None = None
-        self._tick_running = False
-        self._tick_task: asyncio.Task[object] | None = None
+        self._cycle: asyncio.Task[None] | None = None
+        self._polling_since: float | None = None  # a cycle's start or its latest finished poll
+        self._release_own_leases = False
+        self._ready = False  # READY=1 sent: watchdog pings before it would confuse systemd's order
         self._fetcher: Fetcher | None = None
+        self._cycle_fetcher: Fetcher | None = None  # the one the running cycle fetches with
+        self._fetch_options: FetchOptions | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     # --- health ----------------------------------------------------------------------
     def health(self) -> dict[str, object]:
+        report = assess(time.monotonic(), self._last_tick, self._polling_since, self.loaded.config.settings)
         if not self.poll:
-            return {"scheduler": "not running in this process"}
-        settings = self.loaded.config.settings
-        allowed = max(60.0, settings.tick_seconds * 3 + settings.total_timeout * 2)
-        age = None if self._last_tick is None else time.monotonic() - self._last_tick
-        stalled = age is None or (age > allowed and not self._tick_running)
-        return {
-            "status": "failing" if stalled else "ok",
-            "scheduler": "stalled" if stalled else "ok",
-            "last_tick_seconds_ago": None if age is None else round(age, 1),
-        }
+            report["polling"] = "not in this process"
+        return report
 
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -84,7 +151,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
         settings = self.loaded.config.settings
         pool = make_parse_pool(settings.parse_workers) if self.poll else None
-        scheduler = AsyncIOScheduler(timezone=UTC)
+        # misfire_grace_time=None: a tick delayed by a busy event loop runs late (coalesced)
+        # instead of being dropped with a warning.
+        scheduler = AsyncIOScheduler(timezone=UTC, job_defaults={"misfire_grace_time": None, "coalesce": True})
+        self._scheduler = scheduler
         server_task: asyncio.Task[None] | None = None
         try:
             if self.poll:
@@ -96,19 +166,21 @@ class Daemon:
                     len(report.removed),
                 )
                 await asyncio.to_thread(reclaim_dead_leases, self.store)
-                self.pipeline = Pipeline(self.loaded.config, self.store, parse_pool=pool)
-                self._fetcher = Fetcher(fetch_options(self.loaded.config))
+                self.pipeline = Pipeline(self.loaded.config, self.store, parse_pool=pool, on_progress=self._progressed)
+                self._fetch_options = fetch_options(self.loaded.config)
+                self._fetcher = Fetcher(self._fetch_options)
                 await asyncio.to_thread(self.pipeline.publish, None)
-                scheduler.add_job(
-                    self._tick, "interval", seconds=settings.tick_seconds, max_instances=1, coalesce=True,
-                    next_run_time=datetime.now(UTC), id="poll",
-                )  # fmt: skip
                 scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
                 scheduler.add_job(
                     self._housekeeping, "interval", hours=24, id="retention",
                     next_run_time=datetime.now(UTC) + HOUSEKEEPING_DELAY,
                 )  # fmt: skip
-                scheduler.start()
+            # Also without polling (serve): the tick is what pings the watchdog.
+            scheduler.add_job(
+                self._tick, "interval", seconds=settings.tick_seconds, max_instances=1,
+                next_run_time=datetime.now(UTC), id="poll",
+            )  # fmt: skip
+            scheduler.start()
             if self.http:
                 app = create_app(
                     self.store, health=self.health, status_page=settings.status_page, config=lambda: self.loaded.config
@@ -119,7 +191,13 @@ class Daemon:
                 )  # fmt: skip
                 self._server = _QuietServer(config)
                 server_task = loop.create_task(self._server.serve())
-                log.info("serving on http://%s/feeds/", settings.listen)
+                while not self._server.started and not server_task.done():
+                    await asyncio.sleep(0.02)
+                if self._server.started:
+                    log.info("serving on http://%s/feeds/", settings.listen)
+            if server_task is None or not server_task.done():
+                sdnotify.ready()
+                self._ready = True
             stopper = loop.create_task(self._stop.wait())
             waiting: set[asyncio.Future[object]] = {stopper}  # type: ignore[arg-type]
             if server_task is not None:
@@ -130,12 +208,13 @@ class Daemon:
                 raise AggregatorError(f"HTTP server on {settings.listen} stopped unexpectedly")
             stopper.cancel()
         finally:
+            sdnotify.stopping()
             if scheduler.running:
                 scheduler.shutdown(wait=False)
-            if self._tick_task is not None and not self._tick_task.done():
-                self._tick_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, AggregatorError):
-                    await self._tick_task
+            if self._cycle is not None and not self._cycle.done():
+                self._cycle.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._cycle
             if self._server is not None:
                 self._server.should_exit = True
             if server_task is not None:
@@ -152,14 +231,34 @@ class Daemon:
         self._stop.set()
 
     async def _tick(self) -> None:
-        if self.pipeline is None or self._fetcher is None or self._stop.is_set():
+        """Start a poll cycle unless one is running, and tell the watchdog we are alive.
+
+        Returns at once: a cycle can take many ticks (a first poll of thousands of sources),
+        and the tick must still run meanwhile, or the watchdog would fire.
+        """
+        if self._stop.is_set():
             return
         self._last_tick = time.monotonic()
-        self._tick_running = True
         metrics.TICKS.inc()
+        if self.pipeline is not None and (self._cycle is None or self._cycle.done()):
+            self._cycle = asyncio.get_running_loop().create_task(self._poll_cycle())
+        if self._ready and self.health()["status"] == "ok":
+            sdnotify.watchdog()
+
+    def _progressed(self, _summary: PollSummary) -> None:
+        self._polling_since = time.monotonic()
+
+    async def _poll_cycle(self) -> None:
+        assert self.pipeline is not None and self._fetcher is not None
+        fetcher = self._cycle_fetcher = self._fetcher  # a reload may replace it; this cycle keeps its own
+        self._polling_since = time.monotonic()
         try:
-            self._tick_task = asyncio.current_task()
-            summary = await self.pipeline.poll_due(self._fetcher)
+            if self._release_own_leases:
+                # The last cycle failed (the database went away mid-cycle) and could not
+                # hand its leases back; no cycle of ours runs now, so they are all stale.
+                await asyncio.to_thread(self.store.release_owner, self.pipeline.owner)
+                self._release_own_leases = False
+            summary = await self.pipeline.poll_due(fetcher)
             if summary.new_items or summary.updated_items:
                 changed = await asyncio.to_thread(self.pipeline.publish, self.pipeline.affected_outputs(summary))
                 if changed and self.loaded.config.settings.websub_hub:
@@ -168,15 +267,15 @@ class Daemon:
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
         except AggregatorError as exc:
+            self._release_own_leases = True
             log.error("poll cycle failed: %s", exc)
-        except asyncio.CancelledError:
-            # SIGTERM mid-cycle: poll_due has handed its leases back. Ending quietly keeps
-            # APScheduler from logging a clean shutdown as a job that "raised an exception".
-            if not self._stop.is_set():
-                raise
+        except Exception:  # a bug: one cycle lost, the next tick starts another
+            self._release_own_leases = True
+            log.exception("poll cycle failed unexpectedly")
         finally:
-            self._tick_running = False
-            self._last_tick = time.monotonic()
+            self._polling_since = self._cycle_fetcher = None
+            if fetcher is not self._fetcher:
+                await fetcher.aclose()
 
     async def _housekeeping(self) -> None:
         if self.pipeline is None:
@@ -200,9 +299,22 @@ class Daemon:
                 log.error("config not reloaded: %s", problem)
             return False
         report = await asyncio.to_thread(self.store.sync_sources, loaded.config, datetime.now(UTC))
+        old, new = self.loaded.config.settings, loaded.config.settings
         self.loaded = loaded
+        for name in restart_needed(self._started_with, new, poll=self.poll, http=self.http):
+            log.warning("%s changed: takes effect after restart (%s)", name, RESTART_SETTINGS[name])
+        if self._scheduler is not None and self._scheduler.running and new.tick_seconds != old.tick_seconds:
+            self._scheduler.reschedule_job("poll", trigger="interval", seconds=new.tick_seconds)
         if self.pipeline is not None:
-            self.pipeline.config = loaded.config
+            self.pipeline.reconfigure(loaded.config)
+            options = fetch_options(loaded.config)
+            if options != self._fetch_options and self._fetcher is not None:
+                # User agent, timeouts, limits, body cap, private-network guard: the next
+                # cycle fetches with a new Fetcher; a running one finishes with the old one
+                # and closes it (_poll_cycle), else it is closed here.
+                previous, self._fetcher, self._fetch_options = self._fetcher, Fetcher(options), options
+                if previous is not self._cycle_fetcher:
+                    await previous.aclose()
             await asyncio.to_thread(self.pipeline.publish, None)
         log.info(
             "config reloaded (%s): %d sources added, %d changed, %d removed",

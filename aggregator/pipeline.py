@@ -15,7 +15,9 @@ import functools
 import hashlib
 import logging
 import os
+import select
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -147,7 +149,9 @@ class ParsePool(Executor):
 
     def _start(self) -> ProcessPoolExecutor:
         # forkserver: never fork a process that holds threads, sockets and database handles.
-        return ProcessPoolExecutor(self.workers, mp_context=get_context("forkserver"), initializer=init_parse_worker)
+        return ProcessPoolExecutor(
+            self.workers, mp_context=get_context("forkserver"), initializer=_init_worker, initargs=(os.getpid(),)
+        )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         try:
@@ -160,6 +164,33 @@ class ParsePool(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def _init_worker(parent: int) -> None:
+    _exit_with(parent)
+    init_parse_worker()
+
+
+def _exit_with(pid: int) -> None:
+    """End this process when process ``pid`` (the daemon) ends, however it ends.
+
+    A parse worker holds both ends of its own task queue, so it never sees the daemon go: after
+    a ``kill -9`` the workers waited forever, and kept the forkserver and the resource tracker
+    alive with them (three processes per kill, unless systemd killed the whole cgroup). A
+    pidfd becomes readable when its process exits; a thread waits on it.
+    """
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(0)  # already gone
+    except (AttributeError, OSError):
+        return  # no pidfd here (not Linux >= 5.3): the worker lives as long as its queue
+
+    def wait() -> None:
+        select.select([handle], [], [])
+        os._exit(0)
+
+    threading.Thread(target=wait, name="exit-with-daemon", daemon=True).start()
 
 
 def default_parse_workers() -> int:
@@ -226,6 +257,12 @@ class Pipeline:
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
         self._host_holds: dict[str, datetime] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config. Everything else is read from ``self.config`` where it is
+        used; the story-id authority is derived once, so it is derived again here."""
+        self.config = config
+        self.authority = _authority(config.settings.public_url)
 
     # --- polling ---------------------------------------------------------------------
     async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:

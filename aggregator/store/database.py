@@ -8,7 +8,10 @@ instead of failing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -32,6 +35,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # back to that size after one.
 SQLITE_WAL_CHECKPOINT_PAGES = 16_384
 SQLITE_WAL_SIZE_LIMIT = 64 << 20
+# pg_advisory_lock's key for "migrating the schema": any fixed bigint, the same in every version.
+MIGRATION_LOCK_KEY = 0x61676772_00000001  # "aggr", 1
 
 
 def migrations_dir() -> Path:
@@ -103,16 +108,69 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Migrate to head; return (from, to). Refuses a database newer than this code."""
-    before = current_revision(engine)
+    """Migrate to head; return (from, to). Refuses a database newer than this code.
+
+    Several processes may start at the same moment on one empty database (workers under one
+    systemd target, containers scaled up): only one of them migrates, the others wait for it
+    and then find the schema at head. The revision is read again under the lock for that.
+    """
     head = head_revision()
+    before = current_revision(engine)
     _refuse_newer(before, head)
-    if before != head:
-        try:
-            command.upgrade(alembic_config(engine), "head")
-        except SQLAlchemyError as exc:
-            raise StorageError(f"migration failed: {_short(exc)}") from None
+    if before == head:
+        return before, head  # the usual start: no lock needed to do nothing
+    with migration_lock(engine):
+        before = current_revision(engine)
+        _refuse_newer(before, head)
+        if before != head:
+            try:
+                command.upgrade(alembic_config(engine), "head")
+            except SQLAlchemyError as exc:
+                raise StorageError(f"migration failed: {_short(exc)}") from None
     return before, head
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Hold the database's migration lock: one migrating process at a time, any number waiting.
+
+    PostgreSQL: a session advisory lock, on a connection of its own (Alembic migrates on
+    another), released by the server if this process dies. SQLite: an exclusive ``flock`` on
+    a file beside the database, released by the kernel if this process dies; a write
+    transaction (``BEGIN IMMEDIATE``) cannot serve, as Alembic's own connection would then
+    wait for ours.
+    """
+    if engine.dialect.name == "postgresql":
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot take the migration lock: {_short(exc)}") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(SQLAlchemyError):
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            # Invalidated, not returned to the pool: a connection whose unlock failed would
+            # hand the lock on to whoever borrows it next.
+            connection.invalidate()
+            connection.close()
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield  # nothing another process could share
+        return
+    lock_path = Path(f"{database}.migrate-lock")
+    try:
+        handle = lock_path.open("a")
+    except OSError as exc:
+        raise StorageError(f"cannot take the migration lock {lock_path}: {exc.strerror or exc}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_schema(engine: Engine) -> None:

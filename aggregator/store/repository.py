@@ -32,6 +32,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -73,6 +74,7 @@ _STORY_NAMESPACE_BYTES = STORY_NAMESPACE.bytes
 RATE_WINDOW = timedelta(days=7)
 MATCH_KEY_RETENTION = timedelta(days=14)
 MAX_KEY_FANOUT = 100  # a story copied by more outlets than this still matches through its other keys
+SYNC_LOCK_KEY = 0x61676772_00000002  # pg_advisory_xact_lock key of sync_sources ("aggr", 2)
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,17 @@ class Store:
 
     # --- the desired state from feeds.yaml ------------------------------------------------
     def sync_sources(self, config: Config, now: datetime) -> SyncReport:
-        """Make the sources table match the config; removed sources stop, their items stay."""
+        """Make the sources table match the config; removed sources stop, their items stay.
+
+        Safe under any number of processes syncing at once (workers started together, a
+        reload in each): the whole read-compare-write runs under a lock the database holds
+        until commit, so each process sees what the one before it wrote and finds nothing
+        left to add. Without it two of them inserted the same new source and one died on
+        the unique name.
+        """
         added, changed, removed = [], [], []
         with self.session() as s:
+            _serialize_writers(s, SYNC_LOCK_KEY)
             rows = {row.name: row for row in s.scalars(select(SourceRow))}
             for source in config.sources:
                 interval = int(source.interval.total_seconds()) if source.interval else None
@@ -973,6 +983,21 @@ class IngestTransaction:
         for statement, values in query.batches(self.c.dialect.name, keys, **params):
             found.update((key, row_id) for key, row_id in self.c.execute(statement, values))
         return found
+
+
+def _serialize_writers(session: Session, key: int) -> None:
+    """Make this transaction wait for, and then exclude, every other one calling this with ``key``.
+
+    PostgreSQL: a transaction-scoped advisory lock (released at commit or rollback, or when
+    the connection dies). SQLite: take the write lock up front with ``BEGIN IMMEDIATE``; a
+    transaction that read first and wrote later would fail with "database is locked" instead
+    of waiting when another process wrote in between.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    elif connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _rowcount(result: Any) -> int:
