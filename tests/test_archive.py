@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import shutil
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -188,3 +193,67 @@ def test_a_week_is_open_until_a_day_after_it_ends() -> None:
     monday = datetime(2026, 11, 30, tzinfo=UTC)  # 2026-W49 begins
     assert first_open_week(monday + timedelta(hours=23)) == Week(2026, 48)
     assert first_open_week(monday + timedelta(days=1)) == Week(2026, 49)
+
+
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+def readme_nginx_location(output_dir: Path) -> str:
+    """The README's nginx ``location`` block, verbatim but for the directory."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("```nginx\n", 1)[1].split("```", 1)[0]
+    assert "alias /var/lib/aggregator/feeds/;" in block
+    return block.replace("/var/lib/aggregator/feeds/", f"{output_dir}/")
+
+
+@contextlib.contextmanager
+def nginx(tmp_path: Path, location: str) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    temp = " ".join(
+        f"{kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"{'user root;' if os.geteuid() == 0 else ''}\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; {temp}\n  server {{ listen 127.0.0.1:{port};\n{location}\n  }}\n}}\n"
+    )
+    process = subprocess.Popen([NGINX or "nginx", "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base, timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, (prefix / "error.log").read_text()
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_readme_nginx_setup_serves_the_whole_archive_chain(
+    archived: tuple[Config, Store, Path], tmp_path: Path
+) -> None:
+    config, store, www = archived
+    public = config.settings.public_url
+    with serving(store, config) as app:
+        served = walk(f"{public}/feeds/world.atom", public, app)
+    with nginx(tmp_path, readme_nginx_location(www / "feeds")) as base:
+        assert walk(f"{public}/feeds/world.atom", public, base) == served
+        page = httpx.get(f"{base}/feeds/world")  # world.html
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert f"{public}/feeds/world/archive/2026-W47" in page.text
+        week = httpx.get(f"{base}/feeds/world/archive/2026-W47")  # 2026-W47.html
+        assert week.status_code == 200 and "Story a" in week.text
+        assert httpx.get(f"{base}/feeds/world/archive/2026-W48.atom").status_code == 404
