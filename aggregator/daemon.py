@@ -35,6 +35,7 @@ from aggregator.store.repository import Store
 
 log = logging.getLogger("aggregator")
 CONFIG_WATCH_SECONDS = 2.0
+ARCHIVE_CHECK_SECONDS = 3600  # a finished week waits at most this long for its archive
 HOUSEKEEPING_DELAY = timedelta(minutes=10)  # let the first poll cycle finish before pruning
 
 
@@ -104,6 +105,7 @@ class Daemon:
                     next_run_time=datetime.now(UTC), id="poll",
                 )  # fmt: skip
                 scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
+                scheduler.add_job(self._archive, "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
                 scheduler.add_job(
                     self._housekeeping, "interval", hours=24, id="retention",
                     next_run_time=datetime.now(UTC) + HOUSEKEEPING_DELAY,
@@ -177,6 +179,18 @@ class Daemon:
         finally:
             self._tick_running = False
             self._last_tick = time.monotonic()
+
+    async def _archive(self) -> None:
+        """Archive weeks that ended, also for outputs that had no new item since."""
+        if self.pipeline is None:
+            return
+        pipeline = self.pipeline
+        try:
+            due = await asyncio.to_thread(pipeline.archives_due, pipeline.clock())
+            if due:
+                await asyncio.to_thread(pipeline.publish, due)
+        except AggregatorError as exc:
+            log.error("archiving failed: %s", exc)
 
     async def _housekeeping(self) -> None:
         if self.pipeline is None:

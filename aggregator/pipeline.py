@@ -555,6 +555,22 @@ class Pipeline:
             self.store.save_published(output.slug, CONFIG_FORMAT, "text/plain", fingerprint.encode(), fingerprint, now)
         return changed
 
+    def archives_due(self, now: datetime) -> list[Output]:
+        """Outputs with a finished week not archived yet: the daemon publishes them even when
+        no new item arrives, so a quiet output's archive still grows week by week."""
+        due = []
+        open_week = first_open_week(now)
+        for output in self.config.outputs:
+            if self.store.next_item_at(output, self._archived_until(output), open_week.start) is not None:
+                due.append(output)
+        return due
+
+    def _archived_until(self, output: Output) -> datetime | None:
+        """The end of the newest week already archived (None: nothing archived yet)."""
+        last = self.store.last_archived_week(output.slug)
+        week = Week.parse(last) if last is not None else None
+        return week.end if week is not None else None
+
     def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
         """Archive every complete week of ``output`` not archived yet, oldest first, and write
         the new pages beside the feeds; return the weeks with entries, oldest first.
@@ -566,8 +582,7 @@ class Pipeline:
         """
         store, public = self.store, self.config.settings.public_url
         open_week = first_open_week(now)
-        last = store.last_archived_week(output.slug)
-        cursor = week.end if last is not None and (week := Week.parse(last)) is not None else None
+        cursor = self._archived_until(output)
         pages = [page.week for page in store.archive_pages(output.slug)]
         complete = archive_output(output)
         blocked = Editorial(blocked=store.editorial(output.slug).blocked)

@@ -182,6 +182,21 @@ def test_a_finished_week_is_frozen_and_the_next_one_joins_the_chain(
         assert httpx.get(f"{app}/feeds/world/archive/2026-W47.atom").content == frozen
 
 
+def test_a_quiet_output_is_republished_when_a_week_ends(archived: tuple[Config, Store, Path]) -> None:
+    config, store, www = archived
+    later = NOW + timedelta(weeks=1)
+    pipeline = Pipeline(config, store, clock=lambda: later)
+    assert Pipeline(config, store, clock=lambda: NOW).archives_due(NOW) == []
+    assert [o.slug for o in pipeline.archives_due(later)] == ["world"]  # W48 is over; no new item needed
+    pipeline.publish(pipeline.archives_due(later))
+    assert pipeline.archives_due(later) == []
+    assert (www / "feeds" / "world" / "archive" / "2026-W48.atom").exists()
+    current = feedparser.parse((www / "feeds" / "world.atom").read_bytes())
+    assert [link.href for link in current.feed.links if link.rel == "prev-archive"] == [
+        f"{config.settings.public_url}/feeds/world/archive/2026-W48.atom"
+    ]
+
+
 def test_weeks() -> None:
     week = Week.of(datetime(2026, 1, 1, tzinfo=UTC))
     assert str(week) == "2026-W01" and week.start == datetime(2025, 12, 29, tzinfo=UTC)
