@@ -126,7 +126,7 @@ def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
     settings = loaded.config.settings
     url = settings.database_url
     if not create and (missing := sqlite_file_missing(url)) is not None:
-        raise UsageError(_no_database(loaded, f"no database at {missing}"))
+        raise UsageError(_no_database(loaded, f"no database at {missing.absolute()}"))
     engine = make_engine(url)
     try:
         if create:
@@ -146,7 +146,7 @@ def _no_database(loaded: LoadedConfig, problem: str) -> str:
         where = "the database is settings.database or $AGGREGATOR_DATABASE_URL"
     else:
         data_dir, chosen_by = settings.data_dir_choice
-        where = f"data directory {data_dir} ({chosen_by})"
+        where = f"data directory {data_dir.absolute()} ({chosen_by})"
     return (
         f"{problem}; {where}. Point this command at the service's data (--data-dir DIR, ${DATA_DIR_ENV} "
         f"or settings.data_dir in {loaded.path}), or create a new database there with 'aggregator db upgrade'"
@@ -351,7 +351,7 @@ def cmd_opml(args: argparse.Namespace) -> int:
         print(f"{where}: skipped {problem.source.name!r} ({problem.source.url}): {problem.reason}", file=sys.stderr)
     fresh = opml.new_sources(loaded.config, usable)
     if not fresh:
-        print("nothing to import: every feed is already configured")
+        print("nothing to import: every usable feed is already configured")
         return EXIT_OK
     if not args.write:
         sys.stdout.write(opml.as_yaml(fresh))

@@ -585,10 +585,11 @@ class Pipeline:
         cursor = self._archived_until(output)
         pages = [page.week for page in store.archive_pages(output.slug)]
         complete = archive_output(output)
-        blocked = Editorial(blocked=store.editorial(output.slug).blocked)
+        blocked: Editorial | None = None
         fresh: list[str] = []
         while (at := store.next_item_at(output, cursor, open_week.start)) is not None:
             week = Week.of(at)
+            blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
             candidates = store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)
             entries = curate(complete, candidates, blocked).entries
             atom, page = render_archive(complete, entries, public, week, pages[-1] if pages else None)

@@ -195,7 +195,7 @@ def create_app(
             coverage = await asyncio.to_thread(store.story_coverage, story_id)
         except StorageError:
             return Response("database unavailable\n", status_code=503, media_type="text/plain")
-        if coverage is None:
+        if coverage is None or not coverage.items:
             return Response("no such story\n", status_code=404, media_type="text/plain")
         body = render_story(coverage, current.settings.public_url if current is not None else "")
         return _dynamic(request, body, "text/html; charset=utf-8")

@@ -73,7 +73,7 @@ def test_a_command_run_elsewhere_refuses_an_empty_database_and_finds_the_right_o
         assert main(["--config", str(config), *command]) == 1, command
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
-        assert "no database at data/aggregator.db" in err and "the default, ./data in the working directory" in err
+        assert f"no database at {home / 'data' / 'aggregator.db'}; data directory {home / 'data'} (the default" in err
         assert "--data-dir" in err and "aggregator db upgrade" in err
     assert list(home.iterdir()) == []
 
