@@ -51,6 +51,7 @@ from aggregator.schedule import (
 )
 from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import (
+    ArchivePage,
     ClaimedSource,
     IngestTransaction,
     MatchCandidate,
@@ -561,15 +562,16 @@ class Pipeline:
         due = []
         open_week = first_open_week(now)
         for output in self.config.outputs:
-            if self.store.next_item_at(output, self._archived_until(output), open_week.start) is not None:
+            cursor = _archived_until(self.store.archive_weeks(output.slug))
+            if self._unarchived_item_at(output, cursor, open_week) is not None:
                 due.append(output)
         return due
 
-    def _archived_until(self, output: Output) -> datetime | None:
-        """The end of the newest week already archived (None: nothing archived yet)."""
-        last = self.store.last_archived_week(output.slug)
-        week = Week.parse(last) if last is not None else None
-        return week.end if week is not None else None
+    def _unarchived_item_at(self, output: Output, cursor: datetime | None, open_week: Week) -> datetime | None:
+        """The date of the oldest item after ``cursor`` in a complete week, if any."""
+        if cursor is not None and cursor >= open_week.start:
+            return None  # every complete week is archived: the usual case, and no query
+        return self.store.next_item_at(output, cursor, open_week.start)
 
     def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
         """Archive every complete week of ``output`` not archived yet, oldest first, and write
@@ -582,12 +584,13 @@ class Pipeline:
         """
         store, public = self.store, self.config.settings.public_url
         open_week = first_open_week(now)
-        cursor = self._archived_until(output)
-        pages = [page.week for page in store.archive_pages(output.slug)]
+        evaluated = store.archive_weeks(output.slug)
+        cursor = _archived_until(evaluated)
+        pages = [page.week for page in evaluated if page.entries]
         complete = archive_output(output)
         blocked: Editorial | None = None
         fresh: list[str] = []
-        while (at := store.next_item_at(output, cursor, open_week.start)) is not None:
+        while (at := self._unarchived_item_at(output, cursor, open_week)) is not None:
             week = Week.of(at)
             blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
             candidates = store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)
@@ -636,6 +639,12 @@ class Pipeline:
         settings = self.config.settings
         text = "|".join((__version__, output.model_dump_json(), settings.public_url, settings.websub_hub or ""))
         return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:
+    """The end of the newest week already archived (None: nothing archived yet)."""
+    week = Week.parse(evaluated[-1].week) if evaluated else None
+    return week.end if week is not None else None
 
 
 def prune(pipeline: Pipeline) -> PruneReport | None:

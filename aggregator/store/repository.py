@@ -414,20 +414,20 @@ class Store:
             return s.scalar(query)
 
     # --- archives ----------------------------------------------------------------------
-    def last_archived_week(self, slug: str) -> str | None:
-        """The newest week evaluated for the archive, with entries or not."""
-        with self.session() as s:
-            return s.scalar(select(func.max(ArchiveRow.week)).where(ArchiveRow.slug == slug))
-
-    def archive_pages(self, slug: str) -> list[ArchivePage]:
-        """The archive weeks with entries, oldest first."""
+    def archive_weeks(self, slug: str) -> list[ArchivePage]:
+        """Every week evaluated for the archive, oldest first; those with ``entries`` 0 had
+        items the output's rules all left out (they are not linked)."""
         with self.session() as s:
             rows = s.execute(
                 select(ArchiveRow.week, ArchiveRow.entries, ArchiveRow.updated_at)
-                .where(ArchiveRow.slug == slug, ArchiveRow.entries > 0)
+                .where(ArchiveRow.slug == slug)
                 .order_by(ArchiveRow.week)
             )
             return [ArchivePage(r.week, r.entries, r.updated_at) for r in rows]
+
+    def archive_pages(self, slug: str) -> list[ArchivePage]:
+        """The archive weeks with entries, oldest first."""
+        return [page for page in self.archive_weeks(slug) if page.entries]
 
     def archive(self, slug: str, week: str) -> ArchiveRow | None:
         """A frozen archive week with entries (None for an empty or unarchived one)."""
