@@ -117,7 +117,10 @@ def poll(config: Config, store: Store, now: datetime) -> None:
 
 
 @pytest.fixture
-def archived(server: FeedServer, tmp_path: Path, database_url: str) -> Iterator[tuple[Config, Store, Path]]:
+def archived(
+    request: pytest.FixtureRequest, server: FeedServer, tmp_path: Path, database_url: str
+) -> Iterator[tuple[Config, Store, Path]]:
+    """The feed polled at NOW (or at the time given as the fixture's parameter)."""
     server.add("/f", Route(body=feed(DATES)))
     www = tmp_path / "www"
     settings = f"database: {database_url}\noutput_dir: {www / 'feeds'}"
@@ -127,7 +130,7 @@ def archived(server: FeedServer, tmp_path: Path, database_url: str) -> Iterator[
     ensure_schema(engine)
     try:
         store = Store(engine)
-        poll(config, store, NOW)
+        poll(config, store, getattr(request, "param", NOW))
         yield config, store, www
     finally:
         engine.dispose()
@@ -195,6 +198,18 @@ def test_a_quiet_output_is_republished_when_a_week_ends(archived: tuple[Config, 
     assert [link.href for link in current.feed.links if link.rel == "prev-archive"] == [
         f"{config.settings.public_url}/feeds/world/archive/2026-W48.atom"
     ]
+
+
+@pytest.mark.parametrize("archived", [NOW - timedelta(weeks=1)], indirect=True)
+def test_a_story_blocked_before_its_week_ends_stays_out_of_the_archive(archived: tuple[Config, Store, Path]) -> None:
+    config, store, www = archived
+    assert not (www / "feeds" / "world" / "archive" / "2026-W47.atom").exists()  # W47 was in progress
+    story, _ = store.resolve_story("https://n.example/a")
+    store.set_editorial("world", story, "block", NOW)
+    Pipeline(config, store, clock=lambda: NOW).publish()
+    archive = feedparser.parse((www / "feeds" / "world" / "archive" / "2026-W47.atom").read_bytes())
+    # "Story current" was dated in the future when seen on the 17th, so it counts from then (W47).
+    assert sorted(e.title for e in archive.entries) == ["Story b", "Story current"]
 
 
 def test_weeks() -> None:
