@@ -36,7 +36,7 @@ outputs:
     subtitle: Research and discoveries
     tags: [science]
 """
-SHARED = "https://wire.example/2026/11/20/summit-ends-without-a-deal"
+SHARED = "https://wire.example/2026/11/20/summitendswithoutadealaftertwodaysoftalks/~r/wire/~3/a1b2c3d4e5f6"
 
 
 def rss(title: str, items: list[tuple[str, str, datetime]]) -> bytes:
@@ -187,6 +187,7 @@ def test_the_pages_fit_a_phone_and_a_desktop_in_chromium(site: tuple[Config, Sto
         "world": ("/feeds/world", "article h2, article .meta, .also a, nav a"),
         "story": (f"/stories/{story_id}", "li h2, li .meta, li .outlet"),
         "status": ("/status", "tbody td"),
+        "archive": ("/feeds/world/archive/2026-W47", "article h2, article .meta, nav a"),
     }
     shots = tmp_path / "shots"
     with serving(store, config) as base, Browser(tmp_path / "profile") as browser:
