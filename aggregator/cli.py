@@ -298,7 +298,7 @@ def cmd_items(args: argparse.Namespace) -> int:
                 "source": v.candidate.source_name,
                 "title": v.candidate.title,
                 "link": v.candidate.link,
-                "published_at": v.candidate.published_at.isoformat(),
+                "published_at": v.candidate.published_at.isoformat() if v.candidate.dated else None,
                 "included": v.included,
                 "reason": v.reason,
             }
@@ -372,10 +372,22 @@ def cmd_sources(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_health_json(r) for r in rows], indent=2))
         return EXIT_OK
-    header = ("SOURCE", "STATUS", "LAST POLL", "ITEMS", "/DAY", "NEXT POLL", "WHY", "ERRORS", "LAST ERROR")
+    header = (
+        "SOURCE",
+        "FEED TITLE",
+        "STATUS",
+        "LAST POLL",
+        "ITEMS",
+        "/DAY",
+        "NEXT POLL",
+        "WHY",
+        "ERRORS",
+        "LAST ERROR",
+    )
     table = [header] + [
         (
             r.name[:30],
+            (r.feed_title or "-")[:30],
             source_status(r),
             _when(r.last_polled_at),
             str(r.items),

@@ -43,6 +43,10 @@ DEFAULT_TOTAL_TIMEOUT = 60.0
 DEFAULT_MAX_BODY_BYTES = 15 * 1024 * 1024
 DEFAULT_MAX_REDIRECTS = 5
 DEFAULT_MAX_ENTRIES = 50
+# Entries led by one source's undated items that may rank among the dated news of an output;
+# the rest follow every dated entry. An undated item sorts by when it was first seen, so a
+# feed without dates would otherwise fill the top of an output each time it is first polled.
+DEFAULT_UNDATED_CAP = 3
 DEFAULT_TICK_SECONDS = 5.0
 DEFAULT_RETENTION = timedelta(days=90)  # items older than this go, unless an output still shows them
 FETCH_LOG_RETENTION = timedelta(days=14)
@@ -239,6 +243,10 @@ class Output(_Strict):
     max_age: Duration | None = None
     max_entries: int = Field(DEFAULT_MAX_ENTRIES, ge=1, le=10_000)
     per_source_cap: int | None = Field(None, ge=1)
+    undated_cap: int = Field(DEFAULT_UNDATED_CAP, ge=0)
+    # newest: newest stories first. coverage: within max_age, stories carried by more outlets
+    # first, ties newest first.
+    order: Literal["newest", "coverage"] = "newest"
 
     @field_validator("slug")
     @classmethod
@@ -246,6 +254,12 @@ class Output(_Strict):
         if not _SLUG.match(value):
             raise ValueError("use lowercase letters, digits and '-' (it becomes a URL path)")
         return value
+
+    @model_validator(mode="after")
+    def _coverage_window(self) -> Output:
+        if self.order == "coverage" and self.max_age is None:
+            raise ValueError("order: coverage needs max_age (the window in which coverage is compared)")
+        return self
 
 
 class Config(_Strict):

@@ -9,8 +9,12 @@ output's sources and age window by the store) and returns ``OutputEntry``s:
 * one entry per story: the earliest-seen item leads (the first outlet to carry it),
   the others become "also reported by";
 * a per-source cap so one prolific outlet cannot fill the feed;
+* an undated cap: entries led by an undated item sort by where normalize placed them (their
+  position in the feed, their first-seen time), which for a feed with no dates at all is the
+  moment it was first polled; beyond ``undated_cap`` per source they follow every dated entry;
 * an editor's pins (always shown, on top, rules bypassed) and blocks (never shown);
-* newest first, at most ``max_entries``.
+* ``order: newest`` — newest first — or ``order: coverage`` — stories carried by more outlets
+  first, ties newest first; at most ``max_entries``.
 
 ``curate`` also returns a ``Verdict`` for every candidate saying why it is in or out,
 which is what ``aggregator items`` prints.
@@ -76,6 +80,8 @@ def curate(output: Output, candidates: Iterable[Candidate], editorial: Editorial
         else:
             included.append(candidate)
     entries = _group(included)
+    if output.order == "coverage":
+        entries.sort(key=lambda e: e.outlets, reverse=True)  # stable: ties stay newest first
     pin_rank = {story: rank for rank, story in enumerate(editorial.pinned)}
     pinned = sorted((e for e in entries if e.lead.story_id in pin_rank), key=lambda e: pin_rank[e.lead.story_id])
     rest = [e for e in entries if e.lead.story_id not in pin_rank]
@@ -92,18 +98,37 @@ def curate(output: Output, candidates: Iterable[Candidate], editorial: Editorial
                     verdicts, entry, f"over the per-source cap ({output.per_source_cap}) of its lead's source"
                 )
         rest = capped
-    ordered = pinned + rest
+    rest, late = _undated_last(rest, output.undated_cap)
+    ordered = pinned + rest + late
+    demoted = {e.lead.story_id for e in late}
     for position, entry in enumerate(ordered, start=1):
         if position > output.max_entries:
             _explain_story(verdicts, entry, f"beyond max_entries ({output.max_entries})")
             continue
         label = "pinned" if entry.lead.story_id in pin_rank else "included"
+        if entry.lead.story_id in demoted:
+            label += f" after the dated entries (undated, over the undated cap of {output.undated_cap})"
         verdicts[entry.lead.item_id] = Verdict(entry.lead, True, f"{label}, entry {position}")
         for other in entry.also:
             verdicts[other.item_id] = Verdict(
                 other, True, f"also reported: same story as entry {position}, led by {entry.lead.source_name}"
             )
     return Curation(ordered[: output.max_entries], list(verdicts.values()))
+
+
+def _undated_last(entries: list[OutputEntry], cap: int) -> tuple[list[OutputEntry], list[OutputEntry]]:
+    """Split off, in order, each source's undated entries beyond the first ``cap``."""
+    kept, late = [], []
+    undated: dict[str, int] = {}
+    for entry in entries:
+        if not entry.lead.dated:
+            used = undated.get(entry.lead.source_name, 0)
+            undated[entry.lead.source_name] = used + 1
+            if used >= cap:
+                late.append(entry)
+                continue
+        kept.append(entry)
+    return kept, late
 
 
 def _explain_story(verdicts: dict[int, Verdict], entry: OutputEntry, reason: str) -> None:
@@ -121,7 +146,9 @@ def _group(included: Sequence[Candidate]) -> list[OutputEntry]:
         members.sort(key=lambda c: (c.first_seen_at, c.published_at, c.item_id))
         lead, also = members[0], tuple(members[1:])
         entries.append(OutputEntry(lead.story_uid, lead, also, max(m.updated_at for m in members)))
-    entries.sort(key=lambda e: (e.lead.published_at, e.lead.item_id), reverse=True)
+    # Newest first; a tie goes to the lower item id (stored first: higher up in its document).
+    entries.sort(key=lambda e: e.lead.item_id)
+    entries.sort(key=lambda e: e.lead.published_at, reverse=True)
     return entries
 
 

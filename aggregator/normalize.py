@@ -10,7 +10,9 @@ Everything here is a pure function (``init_parse_worker`` aside). The rules:
 * links and enclosures are kept only when they are http(s): an entry link is published
   as-is in our outputs, so ``javascript:`` there would be an XSS as real as in the HTML;
 * dates: UTC, and a date in the future is clamped to the fetch time, so a feed with a
-  broken clock cannot pin itself to the top of every output;
+  broken clock cannot pin itself to the top of every output. An undated item gets no
+  date, only a place in time to sort by (``place_undated``): from where it stands in the
+  document between dated neighbours, else from when it was first seen, in document order;
 * HTML: sanitized with nh3 (an allow-list; no scripts, handlers, styles, forms, iframes,
   ``javascript:``/``data:`` URLs), relative URLs resolved against the element's
   ``xml:base`` or the feed URL, plus a plain-text rendering for matching.
@@ -30,12 +32,13 @@ import re
 import resource
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from html.parser import HTMLParser
+from itertools import pairwise
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -92,6 +95,9 @@ MAX_HTML_DEPTH = 400
 # 1.5 KB) takes 5 s of CPU and 140 MB of address space; the budgets leave 6x and 7x that.
 PARSE_CPU_SECONDS = 30.0
 PARSE_MEMORY_BYTES = 1 << 30
+# How far apart undated items are placed when nothing bounds them (see place_undated): enough
+# to keep document order through every database's timestamp precision.
+PLACEMENT_STEP = timedelta(seconds=1)
 
 
 # --- the unit of work of the parse pool -----------------------------------------------------------
@@ -186,9 +192,51 @@ def normalize_feed(raw: RawFeed, feed_url: str, fetched_at: datetime) -> ParsedF
         feed_id=xml_safe(raw.feed_id) if raw.feed_id else None,
         ttl_minutes=raw.ttl_minutes,
         update_period_minutes=raw.update_period_minutes,
-        items=tuple(items),
+        items=place_undated(items, fetched_at),
         warning=raw.warning,
     )
+
+
+def place_undated(items: Sequence[Item], fetched_at: datetime) -> tuple[Item, ...]:
+    """Give each undated item a ``placed_at``: where it sorts, never a published date.
+
+    A document lists its items in order, usually newest first (oldest first when its dated
+    items mostly ascend). An undated run between two dated neighbours is spread evenly between
+    their dates; a run above the newest dated item sits just above it (never above genuinely
+    newer news from elsewhere); a run below the oldest, or a document with no dates at all,
+    steps down by ``PLACEMENT_STEP`` from the nearest bound — the fetch time, i.e. first seen.
+    So an all-undated feed keeps its own order, newest first, and its next new item (seen
+    later) sorts above the ones before it.
+    """
+    dates = [item.published_at for item in items if item.published_at is not None]
+    if len(dates) == len(items):
+        return tuple(items)
+    rising = sum(later > earlier for earlier, later in pairwise(dates))
+    falling = sum(later < earlier for earlier, later in pairwise(dates))
+    newest_first = list(reversed(items)) if rising > falling else list(items)
+    placed: dict[int, datetime] = {}
+    upper: datetime | None = None  # the date of the newer dated neighbour of the current run
+    run: list[int] = []
+    for index, item in enumerate([*newest_first, None]):
+        lower = None if item is None else item.published_at
+        if item is not None and lower is None:
+            run.append(index)
+            continue
+        if run:
+            top = upper
+            if top is None:  # the run heads the document
+                top = fetched_at if lower is None else min(fetched_at, lower + PLACEMENT_STEP * (len(run) + 1))
+            for k, position in enumerate(run, start=1):
+                if lower is None or lower >= top:
+                    placed[position] = top - PLACEMENT_STEP * k
+                else:
+                    placed[position] = top - (top - lower) * k / (len(run) + 1)
+            run = []
+        upper = lower
+    result = [
+        replace(item, placed_at=placed[index]) if index in placed else item for index, item in enumerate(newest_first)
+    ]
+    return tuple(reversed(result)) if rising > falling else tuple(result)
 
 
 def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Item:
@@ -214,6 +262,8 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     for url, kind, length in entry.enclosures:
         if absolute := _http_url(url, feed_url):
             enclosures.append(Enclosure(absolute, kind, length))
+    if entry.thumbnail and (thumbnail := _http_url(entry.thumbnail, feed_url)):
+        enclosures.append(Enclosure(thumbnail, thumbnail=True))
     return Item(
         key=key,
         guid=entry.id,
@@ -245,7 +295,9 @@ def xml_safe(text: str) -> str:
 
 def _xml_safe(entry: RawEntry) -> RawEntry:
     changes: dict[str, Any] = {}
-    for field in ("id", "link", "title", "summary", "content", "author", "language", "summary_base", "content_base"):
+    for field in (
+        "id", "link", "title", "summary", "content", "author", "language", "summary_base", "content_base", "thumbnail"
+    ):  # fmt: skip
         value = getattr(entry, field)
         if value and _NOT_XML.search(value):
             changes[field] = _NOT_XML.sub("", value) or None

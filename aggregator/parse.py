@@ -37,6 +37,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import feedparser
 import feedparser.mixin
@@ -110,6 +111,7 @@ class RawEntry:
     # summary / content HTML; None means the document URL.
     summary_base: str | None = None
     content_base: str | None = None
+    thumbnail: str | None = None  # media:thumbnail, else an image media:content; JSON Feed ``image``
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,35 @@ def _entry(e: Any, feed_language: str | None) -> RawEntry:
         language=_text(content_language) or feed_language,
         summary_base=_text(get(summary_detail, "base")),
         content_base=_text(content_base),
+        thumbnail=_thumbnail(e),
     )
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif")
+
+
+def _thumbnail(e: dict[str, Any]) -> str | None:
+    """The item's preview image: ``media:thumbnail``, else the first ``media:content`` that is an
+    image (by ``medium``, by ``type``, or — the Guardian gives neither — by its file name)."""
+    for thumb in dict.get(e, "media_thumbnail") or ():
+        if isinstance(thumb, dict) and (url := _text(thumb.get("url"))):
+            return url
+    for media in dict.get(e, "media_content") or ():
+        if not isinstance(media, dict) or not (url := _text(media.get("url"))):
+            continue
+        medium, kind = _text(media.get("medium")), _text(media.get("type"))
+        if medium == "image" or (kind or "").startswith("image/"):
+            return url
+        if medium is None and kind is None and _path(url).lower().endswith(_IMAGE_SUFFIXES):
+            return url
+    return None
+
+
+def _path(url: str) -> str:
+    try:
+        return urlsplit(url).path
+    except ValueError:
+        return ""
 
 
 def _updated(entry: dict[str, Any]) -> Any:
@@ -355,6 +385,7 @@ def _parse_json_feed(body: bytes, url: str) -> RawFeed:
                     if isinstance(a, dict) and isinstance(a.get("url"), str)
                 ),
                 language=_text(item.get("language")) or language,
+                thumbnail=_text(item.get("image")),
             )
         )
     return RawFeed(

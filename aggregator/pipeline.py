@@ -518,7 +518,11 @@ class Pipeline:
     def curation(self, output: Output, now: datetime) -> Curation:
         """What ``output`` shows now and why each candidate is in or out."""
         editorial = self.store.editorial(output.slug)
-        candidates = self.store.candidates(self.config, output, now, output.max_entries * CANDIDATE_FACTOR + 100)
+        limit = output.max_entries * CANDIDATE_FACTOR + 100
+        if output.order == "coverage":
+            candidates = self.store.coverage_candidates(output, now, limit)
+        else:
+            candidates = self.store.candidates(self.config, output, now, limit)
         seen = {c.item_id for c in candidates}
         pinned = self.store.story_candidates(self.config, output, editorial.pinned)
         candidates += [c for c in pinned if c.item_id not in seen]

@@ -5,6 +5,13 @@ same stories give the same bytes and the same ETag: feed readers' conditional GE
 keep answering 304 until something really changed. Atom and RSS come from feedgen;
 feedgen cannot write ``atom:source`` with an id and ``updated`` (the validator wants
 both), so we add those to its tree. JSON Feed 1.1 is plain ``json``.
+
+What every entry tells a reader, in all formats: the outlet by its configured ``name`` (not
+the feed's own title, which is often a tagline), how many outlets carry the story, the lead's
+attachments (podcast audio keeps playing: Atom ``link rel="enclosure"``, RSS ``enclosure`` —
+one per item, RSS allows no more —, JSON Feed ``attachments``) and its preview image
+(``media:thumbnail``, JSON Feed ``image``). An undated item gets no ``published`` date: its
+``updated`` is when it was first seen, and the HTML page says so.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import mimetypes
 import os
 import tempfile
 from collections.abc import Sequence
@@ -27,9 +35,11 @@ from aggregator import __version__
 from aggregator.archive import Week, archive_page_url, archive_url
 from aggregator.config import Output
 from aggregator.errors import PublishError
-from aggregator.records import Candidate, OutputEntry
+from aggregator.records import Candidate, Enclosure, OutputEntry
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
+MEDIA_NS = "http://search.yahoo.com/mrss/"  # Media RSS: media:thumbnail
+DC_NS = "http://purl.org/dc/elements/1.1/"
 HISTORY_NS = "http://purl.org/syndication/history/1.0"  # RFC 5005
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 GENERATOR_URI = "https://pypi.org/project/aggregator/"
@@ -134,6 +144,11 @@ def render_html(
             previous_url=archive_page_url(public_url, output.slug, previous) if previous else None,
             story_url=lambda entry: story_url(public_url, entry.lead.story_id),
             source_name=_source_name,
+            other_outlets=_other_outlets,
+            outlets_text=_outlets_text,
+            preview=_preview,
+            size=_size,
+            kind=_kind,
         )
     except jinja2.TemplateError as exc:
         raise PublishError(f"{output.slug}.html: cannot render: {exc}") from exc
@@ -178,7 +193,8 @@ def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str, public_url: str)
     if lead.link:
         # For Atom, entry links are rewritten in _atom_entry (feedgen 1.0 drops rel/type).
         fe.link(href=lead.link, rel="alternate", type="text/html")
-    fe.published(lead.published_at)
+    if lead.dated:  # an undated item's sort time is no publication date: say none
+        fe.published(lead.published_at)
     fe.updated(entry.updated_at)
     fe.author({"name": lead.author or _source_name(lead)})
     # An Atom entry needs content or an alternate link; the title stands in for neither-nor.
@@ -191,22 +207,79 @@ def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str, public_url: str)
         fe.category(term=category)
     if fmt == "rss":
         fe.source(url=lead.source_url, title=_source_name(lead))
+        if lead.enclosures:
+            first = lead.enclosures[0]
+            fe.enclosure(first.url, str(first.length or 0), _media_type(first))
 
 
 def _entry_html(entry: OutputEntry, public_url: str) -> str:
     body = entry.lead.content_html or entry.lead.summary_html
-    others = [c for c in entry.also if c.link]
+    others = _other_outlets(entry)
+    coverage = html.escape(_outlets_text(entry))
     if others:
         links = ", ".join(
-            f'<a href="{html.escape(c.link or "", quote=True)}">{html.escape(_source_name(c))}</a>' for c in others
+            f'<a href="{html.escape(c.link, quote=True)}">{html.escape(_source_name(c))}</a>'
+            if c.link
+            else html.escape(_source_name(c))
+            for c in others
         )
-        coverage = html.escape(story_url(public_url, entry.lead.story_id), quote=True)
-        body += f'<p>Also reported by: {links} · <a href="{coverage}">Full coverage</a></p>'
-    return body
+        coverage += f". Also reported by: {links}"
+        full = html.escape(story_url(public_url, entry.lead.story_id), quote=True)
+        coverage += f' · <a href="{full}">Full coverage</a>'
+    return body + f"<p>{coverage}</p>"
 
 
 def _source_name(candidate: Candidate) -> str:
-    return candidate.source_title or candidate.source_name
+    """The outlet as the operator named it in feeds.yaml: the feed's own title is often a
+    tagline ("UK homepage") or shared by mirrors, so it names nothing a reader recognises."""
+    return candidate.source_name
+
+
+def _other_outlets(entry: OutputEntry) -> list[Candidate]:
+    """One item per outlet besides the lead's (preferring one with a link), in member order."""
+    chosen: dict[str, Candidate] = {}
+    for other in entry.also:
+        if other.source_name == entry.lead.source_name:
+            continue
+        if other.source_name not in chosen or (other.link and not chosen[other.source_name].link):
+            chosen[other.source_name] = other
+    return list(chosen.values())
+
+
+def _outlets_text(entry: OutputEntry) -> str:
+    count = entry.outlets
+    return f"Reported by {count} outlet{'' if count == 1 else 's'}"
+
+
+def _media_type(enclosure: Enclosure) -> str:
+    """RSS and JSON Feed require a type: the given one, else a guess from the file name."""
+    return enclosure.type or mimetypes.guess_type(enclosure.url)[0] or "application/octet-stream"
+
+
+def _preview(candidate: Candidate) -> str | None:
+    """The image to show with an entry: the source's thumbnail, else an image attachment."""
+    if candidate.thumbnail:
+        return candidate.thumbnail
+    return next((e.url for e in candidate.enclosures if (e.type or "").startswith("image/")), None)
+
+
+def _kind(enclosure: Enclosure) -> str:
+    """What a link to an attachment is called on the page: "Audio", "Video", "Image" or "Attachment"."""
+    major = _media_type(enclosure).split("/")[0]
+    return {"audio": "Audio", "video": "Video", "image": "Image"}.get(major, "Attachment")
+
+
+def _size(enclosure: Enclosure) -> str:
+    """An attachment's kind and size for people: "audio/mpeg, 100.1 MB"."""
+    kind = _media_type(enclosure)
+    if not enclosure.length:
+        return kind
+    size, unit = float(enclosure.length), "bytes"
+    for bigger in ("kB", "MB", "GB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, bigger
+    return f"{kind}, {size:.0f} {unit}" if unit == "bytes" else f"{kind}, {size:.1f} {unit}"
 
 
 def render_atom(
@@ -236,6 +309,7 @@ def render_atom(
         for element, entry in zip(root.findall(f"{{{ATOM_NS}}}entry"), entries, strict=True):
             _atom_links(element, entry)
             _atom_source(element, entry.lead)
+            _thumbnail(element, entry.lead)
         etree.indent(root, space="  ")
         return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
     except (ValueError, TypeError, AttributeError, etree.LxmlError) as exc:
@@ -260,6 +334,12 @@ def _atom_links(element: etree._Element, entry: OutputEntry) -> None:
         if other.link and other.link not in seen:
             seen.add(other.link)
             links.append({"rel": "related", "type": "text/html", "href": other.link, "title": _source_name(other)})
+    for enclosure in entry.lead.enclosures:
+        attributes = {"rel": "enclosure", "href": enclosure.url, "type": _media_type(enclosure)}
+        if enclosure.length:
+            attributes["length"] = str(enclosure.length)
+        if (enclosure.url, "enclosure") not in {(a["href"], a["rel"]) for a in links}:
+            links.append(attributes)
     for offset, attributes in enumerate(links):
         link = etree.Element(f"{{{ATOM_NS}}}link", attrib=attributes)
         link.tail = element[0].tail if len(element) else None
@@ -277,15 +357,33 @@ def _atom_source(element: etree._Element, lead: Candidate) -> None:
     etree.SubElement(source, f"{{{ATOM_NS}}}link", rel="self", href=lead.source_url)
 
 
+def _thumbnail(element: etree._Element, lead: Candidate) -> None:
+    if lead.thumbnail:
+        etree.SubElement(element, f"{{{MEDIA_NS}}}thumbnail", url=lead.thumbnail, nsmap={"media": MEDIA_NS})
+
+
 def render_rss(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> bytes:
+    """RSS 2.0. ``author`` needs an e-mail address, so the author (else the outlet) goes in
+    ``dc:creator``, as most feeds do; the outlet itself is the item's ``source``."""
     try:
         raw = bytes(_generator(output, entries, public_url, "rss").rss_str(pretty=True))
-        if not hub:
-            return raw
-        root = etree.fromstring(raw)
+        parsed = etree.fromstring(raw, etree.XMLParser(remove_blank_text=True))
+        nsmap = {**parsed.nsmap, "dc": DC_NS}
+        if any(entry.lead.thumbnail for entry in entries):
+            nsmap["media"] = MEDIA_NS
+        root = etree.Element(parsed.tag, attrib=dict(parsed.attrib), nsmap=nsmap)  # namespaces declared once
+        root.extend(list(parsed))
         channel = root.find("channel")
-        link = etree.SubElement(channel, f"{{{ATOM_NS}}}link", rel="hub", href=hub)
-        link.tail = "\n"
+        for element, entry in zip(channel.findall("item"), entries, strict=True):
+            for author in element.findall("author"):
+                element.remove(author)
+            creator = etree.Element(f"{{{DC_NS}}}creator")
+            creator.text = entry.lead.author or _source_name(entry.lead)
+            element.append(creator)
+            _thumbnail(element, entry.lead)
+        if hub:
+            etree.SubElement(channel, f"{{{ATOM_NS}}}link", rel="hub", href=hub)
+        etree.indent(root, space="  ")
         return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
     except (ValueError, TypeError, etree.LxmlError) as exc:
         raise PublishError(f"{output.slug}.rss: cannot render: {exc}") from exc
@@ -317,17 +415,37 @@ def _json_item(entry: OutputEntry, public_url: str) -> dict[str, object]:
         "id": entry.story_uid,
         "title": lead.title,
         "content_html": _entry_html(entry, public_url),
-        "date_published": lead.published_at.isoformat(),
-        "date_modified": entry.updated_at.isoformat(),
-        "authors": [{"name": lead.author or _source_name(lead)}],
     }
+    if lead.dated:
+        item["date_published"] = lead.published_at.isoformat()
+    item["date_modified"] = entry.updated_at.isoformat()
+    author: dict[str, str] = {"name": lead.author or _source_name(lead)}
+    if not lead.author and lead.source_link:
+        author["url"] = lead.source_link
+    item["authors"] = [author]
     if lead.link:
         item["url"] = lead.link
+    if image := _preview(lead):
+        item["image"] = image
+    if lead.enclosures:
+        item["attachments"] = [_json_attachment(e) for e in lead.enclosures]
+    # JSON Feed has no field for the outlet or the coverage: an extension object carries them.
+    outlet: dict[str, str] = {"name": _source_name(lead), "feed_url": lead.source_url}
+    if lead.source_link:
+        outlet["home_page_url"] = lead.source_link
+    item["_aggregator"] = {"about": GENERATOR_URI, "outlet": outlet, "outlets": entry.outlets, "dated": lead.dated}
     if lead.categories:
         item["tags"] = list(lead.categories)
     if lead.content_html and lead.summary_html:
         item["summary"] = lead.summary_html
     return item
+
+
+def _json_attachment(enclosure: Enclosure) -> dict[str, object]:
+    attachment: dict[str, object] = {"url": enclosure.url, "mime_type": _media_type(enclosure)}
+    if enclosure.length:
+        attachment["size_in_bytes"] = enclosure.length
+    return attachment
 
 
 def write_atomically(directory: Path, rendering: Rendering) -> Path:

@@ -63,9 +63,13 @@ class FetchResult:
 
 @dataclass(frozen=True)
 class Enclosure:
+    """A file attached to an item (podcast audio, an image), or, with ``thumbnail``, the
+    preview image the source gave for it (``media:thumbnail``, JSON Feed ``image``)."""
+
     url: str
     type: str | None = None
     length: int | None = None
+    thumbnail: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ class Item:
     fingerprint: str
     language: str | None = None
     enclosures: tuple[Enclosure, ...] = ()
+    # An undated item's place in time, estimated from where it stands in the document between
+    # dated neighbours and from when it was first seen (normalize.place_undated); never
+    # published as its date, only used to sort it. None for a dated item.
+    placed_at: datetime | None = None
 
     def __reduce__(self) -> tuple[Callable[..., Item], tuple[Any, ...]]:
         # Items go from the parse workers to the writer by the tens of thousands. Pickled
@@ -187,6 +195,11 @@ class Candidate:
     updated_at: datetime
     first_seen_at: datetime
     language: str | None = None
+    # False when the source gave no date: ``published_at`` is then only where the item sorts
+    # (see Item.placed_at), and outputs must not present it as a publication date.
+    dated: bool = True
+    enclosures: tuple[Enclosure, ...] = ()  # attachments only; the preview image is ``thumbnail``
+    thumbnail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,3 +210,8 @@ class OutputEntry:
     lead: Candidate
     also: tuple[Candidate, ...]
     updated_at: datetime
+
+    @property
+    def outlets(self) -> int:
+        """How many outlets (configured sources) carry the story in this output."""
+        return len({member.source_name for member in (self.lead, *self.also)})

@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from aggregator.archive import Week
 from aggregator.config import Config
@@ -48,6 +49,42 @@ class CachedOutput:
     last_modified: str
     body: bytes
     gzipped: bytes | None
+    # Response headers, encoded once per rendering rather than once per request: the
+    # validators of the plain and the gzip variant (each with its own ETag), then what a
+    # 200 adds to them.
+    plain_headers: tuple[tuple[bytes, bytes], ...] = ()
+    gzip_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @classmethod
+    def of(cls, fmt: str, etag: str, media_type: str, last_modified: str, body: bytes) -> CachedOutput:
+        gzipped = gzip.compress(body, mtime=0) if len(body) >= GZIP_MIN_BYTES else None
+        return cls(
+            etag=etag,
+            media_type=media_type,
+            last_modified=last_modified,
+            body=body,
+            gzipped=gzipped,
+            plain_headers=_raw(_validators(fmt, etag, last_modified)),
+            gzip_headers=_raw(_validators(fmt, _gzip_etag(etag), last_modified)) if gzipped is not None else (),
+        )
+
+
+def _validators(fmt: str, etag: str, last_modified: str) -> dict[str, str]:
+    """The headers every answer for a rendering carries, 200 or 304 alike."""
+    headers = {
+        "ETag": etag,
+        "Last-Modified": last_modified,
+        "Cache-Control": f"public, max-age={FEED_MAX_AGE}",
+        "Vary": "Accept-Encoding",
+    }
+    if fmt == "html":
+        # Feed content is sanitized at ingest; this makes sure no script could run anyway.
+        headers["Content-Security-Policy"] = PAGE_CSP
+    return headers
+
+
+def _raw(headers: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items())
 
 
 class OutputCache:
@@ -82,27 +119,31 @@ class OutputCache:
         row = self.store.published(slug, fmt)
         if row is None:
             return None
-        body = row.body
-        cached = CachedOutput(
-            etag=row.etag,
-            media_type=row.media_type,
-            last_modified=format_datetime(row.published_at, usegmt=True),
-            body=body,
-            gzipped=gzip.compress(body, mtime=0) if len(body) >= GZIP_MIN_BYTES else None,
-        )
+        last_modified = format_datetime(row.published_at, usegmt=True)
+        cached = CachedOutput.of(fmt, row.etag, row.media_type, last_modified, row.body)
         self._entries[(slug, fmt)] = cached
         self._checked[(slug, fmt)] = checked
         return cached
 
 
 def not_modified(request: Request, etag: str, last_modified: str) -> bool:
-    """RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since; weak comparison."""
-    if (inm := request.headers.get("if-none-match")) is not None:
-        tags = {t.strip().removeprefix("W/") for t in inm.split(",")}
+    """RFC 9110 §13.2.2 for a Starlette request (see ``is_not_modified``)."""
+    headers = request.headers
+    return is_not_modified(headers.get("if-none-match"), headers.get("if-modified-since"), etag, last_modified)
+
+
+def is_not_modified(if_none_match: str | None, if_modified_since: str | None, etag: str, last_modified: str) -> bool:
+    """RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since; weak comparison.
+
+    Either ETag of a rendering (plain or gzip) validates it: the two bodies stand for the
+    same content, and a reader that switched encodings should still get its 304.
+    """
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
         return "*" in tags or etag in tags or _gzip_etag(etag) in tags
-    if (ims := request.headers.get("if-modified-since")) is not None:
+    if if_modified_since is not None:
         try:
-            return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(ims)
+            return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(if_modified_since)
         except (TypeError, ValueError, IndexError):
             return False
     return False
@@ -141,7 +182,7 @@ def create_app(
     status_page: bool = True,
     config: Callable[[], Config] | None = None,
     revalidate: float = REVALIDATE_SECONDS,
-) -> Starlette:
+) -> PublishedFeeds:
     cache = OutputCache(store, revalidate)
 
     async def archive(request: Request) -> Response:
@@ -200,42 +241,6 @@ def create_app(
         body = render_story(coverage, current.settings.public_url if current is not None else "")
         return _dynamic(request, body, "text/html; charset=utf-8")
 
-    async def page(request: Request) -> Response:
-        return await _output(request, request.path_params["slug"], "html")
-
-    async def feed(request: Request) -> Response:
-        return await _output(request, request.path_params["slug"], request.path_params["fmt"])
-
-    async def _output(request: Request, slug: str, fmt: str) -> Response:
-        if fmt not in ("atom", "rss", "json", "html"):
-            return Response("not found\n", status_code=404, media_type="text/plain")
-        try:
-            cached = cache.fresh(slug, fmt) or await asyncio.to_thread(cache.get, slug, fmt)
-        except StorageError:
-            return Response("database unavailable\n", status_code=503, media_type="text/plain")
-        if cached is None:
-            return Response(f"no output {slug!r} has been published\n", status_code=404, media_type="text/plain")
-        use_gzip = cached.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "").lower()
-        etag = _gzip_etag(cached.etag) if use_gzip else cached.etag
-        headers = {
-            "ETag": etag,
-            "Last-Modified": cached.last_modified,
-            "Cache-Control": f"public, max-age={FEED_MAX_AGE}",
-            "Vary": "Accept-Encoding",
-        }
-        if fmt == "html":
-            # Feed content is sanitized at ingest; this makes sure no script could run anyway.
-            headers["Content-Security-Policy"] = PAGE_CSP
-        if not_modified(request, cached.etag, cached.last_modified):
-            return Response(status_code=304, headers=headers)
-        if use_gzip:
-            headers["Content-Encoding"] = "gzip"
-        body = cached.gzipped if use_gzip and cached.gzipped is not None else cached.body
-        if request.method == "HEAD":
-            headers["Content-Length"] = str(len(body))
-            return Response(status_code=200, headers=headers, media_type=cached.media_type)
-        return Response(body, headers=headers, media_type=cached.media_type)
-
     registry = registry_for(store)
 
     async def prometheus(request: Request) -> Response:
@@ -269,7 +274,7 @@ def create_app(
         return RedirectResponse("/", status_code=308)
 
     extra = [Route("/status", status, methods=["GET"])] if status_page else []
-    return Starlette(
+    router = Starlette(
         routes=[
             *extra,
             Route("/", front_door, methods=["GET", "HEAD"]),
@@ -278,9 +283,87 @@ def create_app(
             Route("/opml", opml, methods=["GET", "HEAD"]),
             Route("/stories/{story:int}", story, methods=["GET", "HEAD"]),
             Route("/feeds/{slug}/archive/{week}", archive, methods=["GET", "HEAD"]),
-            Route("/feeds/{slug}.{fmt}", feed, methods=["GET", "HEAD"]),
-            Route("/feeds/{slug}", page, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/metrics", prometheus, methods=["GET"]),
         ]
     )
+    return PublishedFeeds(router, cache)
+
+
+FEED_FORMATS = frozenset(("atom", "rss", "json", "html"))
+
+
+class PublishedFeeds:
+    """``GET``/``HEAD`` of ``/feeds/<slug>.<format>`` and ``/feeds/<slug>``, in front of the router.
+
+    Feed readers poll with validators, so most requests to a busy instance are 304s of a
+    rendering already in memory. Answering them here, from bytes and headers encoded once per
+    rendering, skips Starlette's routing and its request and response objects, which cost
+    more than the answer itself; every other path goes on to the router.
+    """
+
+    def __init__(self, app: Starlette, cache: OutputCache) -> None:
+        self.app = app
+        self.cache = cache
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = _feed_target(scope)
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        slug, fmt = target
+        if scope["method"] not in ("GET", "HEAD"):
+            await _plain(send, 405, b"method not allowed\n", ((b"allow", b"GET, HEAD"),))
+            return
+        if fmt not in FEED_FORMATS:
+            await _plain(send, 404, b"not found\n")
+            return
+        try:
+            cached = self.cache.fresh(slug, fmt) or await asyncio.to_thread(self.cache.get, slug, fmt)
+        except StorageError:
+            await _plain(send, 503, b"database unavailable\n")
+            return
+        if cached is None:
+            await _plain(send, 404, f"no output {slug!r} has been published\n".encode())
+            return
+        if_none_match = if_modified_since = accept_encoding = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
+            elif name == b"if-modified-since":
+                if_modified_since = value.decode("latin-1")
+            elif name == b"accept-encoding":
+                accept_encoding = value
+        use_gzip = cached.gzipped is not None and accept_encoding is not None and b"gzip" in accept_encoding.lower()
+        headers = list(cached.gzip_headers if use_gzip else cached.plain_headers)
+        if is_not_modified(if_none_match, if_modified_since, cached.etag, cached.last_modified):
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = cached.gzipped if use_gzip and cached.gzipped is not None else cached.body
+        headers.append((b"content-type", cached.media_type.encode("latin-1")))
+        headers.append((b"content-length", str(len(body)).encode()))
+        if use_gzip:
+            headers.append((b"content-encoding", b"gzip"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def _feed_target(scope: Scope) -> tuple[str, str] | None:
+    """(slug, format) of a feed request; None for anything the router answers."""
+    if scope["type"] != "http":
+        return None
+    path: str = scope["path"]
+    if not path.startswith("/feeds/"):
+        return None
+    name = path[len("/feeds/") :]
+    if not name or "/" in name:
+        return None  # the feeds index, archives
+    slug, dot, fmt = name.rpartition(".")
+    return (slug, fmt) if dot else (name, "html")
+
+
+async def _plain(send: Send, status: int, text: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text})

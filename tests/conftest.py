@@ -99,7 +99,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @contextlib.contextmanager
-def serving(store: Store, config: Config | None = None) -> Iterator[str]:
+def serving(store: Store, config: Config | None = None, *, revalidate: float = 0) -> Iterator[str]:
     """aggregator's HTTP app in a real uvicorn server on a free 127.0.0.1 port."""
     import uvicorn
 
@@ -108,8 +108,8 @@ def serving(store: Store, config: Config | None = None) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    # revalidate=0: tests publish and read back at once.
-    app = create_app(store, config=(lambda: config) if config is not None else None, revalidate=0)
+    # revalidate=0 by default: tests publish and read back at once.
+    app = create_app(store, config=(lambda: config) if config is not None else None, revalidate=revalidate)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -79,6 +79,10 @@ def check_atom(body: bytes) -> list[str]:
         _date(_one(entry, "published", where, problems, required=False), where + "/published", problems)
         entry_links = entry.findall(A + "link")
         _check_links(entry_links, where, problems)
+        for link in entry_links:
+            length = link.get("length")
+            if link.get("rel") == "enclosure" and length is not None and not length.isdigit():
+                problems.append(f"{where}: enclosure length is not a number of octets: {length!r}")
         content = entry.find(A + "content")
         _text_construct(content, where + "/content", problems)
         _text_construct(entry.find(A + "summary"), where + "/summary", problems)
@@ -139,6 +143,16 @@ def check_rss(body: bytes) -> list[str]:
                 parsedate_to_datetime(date)
             except (TypeError, ValueError):
                 problems.append(f"{where}: pubDate is not an RFC 822 date: {date!r}")
+        enclosures = item.findall("enclosure")
+        if len(enclosures) > 1:
+            problems.append(f"{where}: more than one enclosure")  # readers take one; the validator warns
+        for enclosure in enclosures:
+            if not _absolute_iri(enclosure.get("url")):
+                problems.append(f"{where}: enclosure url is not absolute: {enclosure.get('url')!r}")
+            if not (enclosure.get("length") or "").isdigit():
+                problems.append(f"{where}: enclosure needs a length in bytes: {enclosure.get('length')!r}")
+            if not enclosure.get("type") or "/" not in enclosure.get("type", ""):
+                problems.append(f"{where}: enclosure needs a MIME type: {enclosure.get('type')!r}")
         source = item.find("source")
         if source is not None and not _absolute_iri(source.get("url")):
             problems.append(f"{where}: source without an absolute url attribute")
@@ -169,4 +183,12 @@ def check_json_feed(body: bytes) -> list[str]:
         for key in ("date_published", "date_modified"):
             if key in item and not RFC3339.match(item[key]):
                 problems.append(f"{where}: {key} is not RFC 3339: {item[key]!r}")
+        for attachment in item.get("attachments", []):
+            if not _absolute_iri(attachment.get("url")) or not isinstance(attachment.get("mime_type"), str):
+                problems.append(f"{where}: an attachment needs an absolute url and a mime_type")
+            if "size_in_bytes" in attachment and not isinstance(attachment["size_in_bytes"], int):
+                problems.append(f"{where}: size_in_bytes is not a number")
+        for key in item:
+            if key.startswith("_") and not isinstance(item[key], dict):
+                problems.append(f"{where}: extension {key} is not an object")
     return problems

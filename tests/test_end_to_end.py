@@ -85,8 +85,11 @@ def test_sources_shows_health_and_why_each_source_is_next_polled(
     assert rows["bad"]["next_poll_reason"] == "backoff after 1 error"
     assert main(["--config", str(config), "sources"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["SOURCE", "STATUS", "LAST"]
+    assert table[0].split()[:4] == ["SOURCE", "FEED", "TITLE", "STATUS"]
     assert any(line.startswith("bad") and "HTTP 500" in line for line in table)
+    # Outputs name a source by its configured name; the feed's own title stays visible here.
+    assert rows["good"]["feed_title"] == "RSS feed 0"
+    assert any(line.startswith("good") and "RSS feed 0" in line for line in table)
 
 
 def test_status_page_shows_health_escaped_and_chart(server: FeedServer, tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def test_a_story_page_lists_every_outlet_newest_first_and_the_feeds_link_it(site
 
         # The World entry links it: the HTML page, and "Also reported by" in every format.
         html = etree.HTML(httpx.get(f"{base}/feeds/world").content)
-        assert story_url in html.xpath("//a[@class='coverage']/@href")
+        assert story_url in html.xpath("//a[@class='full-coverage']/@href")
         atom = feedparser.parse(httpx.get(f"{base}/feeds/world.atom").content)
         rss = feedparser.parse(httpx.get(f"{base}/feeds/world.rss").content)
         feed = json.loads(httpx.get(f"{base}/feeds/world.json").content)

@@ -83,3 +83,26 @@ def test_feed_content_never_runs_script_in_the_output_page(server: FeedServer, t
     assert "javascript:" not in dom.lower()
     assert "<iframe" not in dom.lower()
     assert 'rel="alternate" type="application/atom+xml"' in dom  # feed auto-discovery
+
+
+def test_the_page_marks_undated_items_and_shows_thumbnails_and_audio(server: FeedServer, tmp_path: Path) -> None:
+    from tests.test_enclosures import AUDIO, COVER, podcast
+    from tests.test_undated import columns
+
+    server.add("/podcast", Route(body=podcast()))
+    server.add("/opinion", Route(body=columns()))
+    config = write_config(
+        tmp_path,
+        [{"name": "Weekly Show", "url": server.url("/podcast")}, {"name": "Opinion", "url": server.url("/opinion")}],
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    engine = make_engine(load_config(config).config.settings.database_url)
+    try:
+        with serving(Store(engine)) as base:
+            dom = dump_dom(f"{base}/feeds/world", tmp_path / "profile")
+    finally:
+        engine.dispose()
+    assert dom.count("undated · first seen") == 20
+    assert f'src="{COVER}"' in dom and f'src="{AUDIO}"' in dom and "<audio" in dom
+    assert dom.count('<span class="outlet">Opinion</span>') == 20
+    assert dom.index("Episode 42") < dom.index("opinion column-03")  # beyond the undated cap: after dated news

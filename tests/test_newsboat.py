@@ -66,3 +66,24 @@ def test_newsboat_sees_every_entry_once_and_nothing_new_after_a_rebuild(server: 
             assert guids < after and len(after - guids) == 3
     finally:
         engine.dispose()
+
+
+def test_newsboat_reads_the_audio_of_a_republished_podcast(server: FeedServer, tmp_path: Path) -> None:
+    from tests.test_enclosures import AUDIO, podcast
+
+    server.add("/podcast", Route(body=podcast()))
+    config = write_config(tmp_path, [{"name": "Weekly Show", "url": server.url("/podcast")}])
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    engine = make_engine(load_config(config).config.settings.database_url)
+    try:
+        with serving(Store(engine)) as base:
+            for fmt in ("rss", "atom"):
+                home = tmp_path / f"reader-{fmt}"
+                home.mkdir()
+                count, _guids = unread(home, f"{base}/feeds/world.{fmt}")
+                assert count == 1
+                with sqlite3.connect(home / "cache.db") as db:
+                    rows = db.execute("select enclosure_url, enclosure_type, author from rss_item").fetchall()
+                assert rows == [(AUDIO, "audio/mpeg", "Weekly Show")], fmt
+    finally:
+        engine.dispose()

@@ -360,3 +360,51 @@ def test_whitespace_collapses_exactly_as_the_regex_would() -> None:
     for c in odd:
         for text in (f"a{c}b", f"{c}a{c}{c}b{c}", c):
             assert _collapse(text) == re.sub(r"\s+", " ", text).strip(), hex(ord(c))
+
+
+# --- undated items: placed by their position in the document, never given a date -------------------
+def _doc(*hours: float | None) -> bytes:
+    """An RSS document whose items are dated ``hours`` before FETCHED (None: no date), in order."""
+    from email.utils import format_datetime
+
+    items = "".join(
+        f"<item><title>Item {n}</title><link>https://n.example/{n}</link>"
+        + ("" if h is None else f"<pubDate>{format_datetime(FETCHED - timedelta(hours=h))}</pubDate>")
+        + "</item>"
+        for n, h in enumerate(hours)
+    )
+    return f"<rss version='2.0'><channel><title>t</title>{items}</channel></rss>".encode()
+
+
+FETCHED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def _placed(*hours: float | None) -> list[datetime]:
+    from aggregator.normalize import document_to_feed
+
+    items = document_to_feed(_doc(*hours), "https://n.example/feed", None, FETCHED).items
+    assert [item.published_at is None for item in items] == [h is None for h in hours]  # no invented dates
+    return [item.published_at or item.placed_at for item in items]  # type: ignore[misc]
+
+
+def test_a_feed_without_dates_keeps_its_order_from_first_seen_down() -> None:
+    placed = _placed(None, None, None, None)
+    assert placed == sorted(placed, reverse=True)  # the document's first item is its newest
+    assert placed[0] <= FETCHED and len(set(placed)) == 4
+
+
+def test_an_undated_item_sits_between_its_dated_neighbours() -> None:
+    placed = _placed(2, None, None, 5, None)
+    assert placed[0] > placed[1] > placed[2] > placed[3] > placed[4]
+    assert FETCHED - timedelta(hours=5) < placed[2] and placed[1] < FETCHED - timedelta(hours=2)
+
+
+def test_undated_items_above_the_newest_dated_one_sit_just_above_it_not_at_first_seen() -> None:
+    placed = _placed(None, None, 3)
+    assert placed[0] > placed[1] > placed[2] == FETCHED - timedelta(hours=3)
+    assert placed[0] - placed[2] < timedelta(minutes=1)  # not "now": older news is not news
+
+
+def test_an_oldest_first_document_is_read_in_its_own_direction() -> None:
+    placed = _placed(5, None, 2, None)  # ascending dates: the last item is the newest
+    assert placed[3] > placed[2] > placed[1] > placed[0]

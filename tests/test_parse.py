@@ -228,3 +228,26 @@ def test_feedparser_url_joins_are_memoized_and_still_honour_xml_base() -> None:
     for _ in range(2):  # the second parse is served from the cache: same answers
         links = [e.link for e in parse_document(doc, "https://elsewhere.example/feed").entries]
         assert links == ["https://a.example/news/sub/one.html", "https://a.example/news/two.html"]
+
+
+def test_thumbnails_come_from_media_thumbnail_else_an_image_media_content_else_json_image() -> None:
+    from aggregator.parse import parse_document
+
+    media = "xmlns:media='http://search.yahoo.com/mrss/'"
+    rss = (
+        f"<rss version='2.0' {media}><channel><title>t</title>"
+        "<item><title>a</title><media:thumbnail url='https://i.example/a-thumb.jpg'/>"
+        "<media:content url='https://i.example/a-big.jpg' type='image/jpeg'/></item>"
+        "<item><title>b</title><media:content url='https://i.example/b.mp4' type='video/mp4'/>"
+        "<media:content url='https://i.example/b.jpg?w=140' width='140'/></item>"
+        "<item><title>c</title><media:content url='https://i.example/c.mp3' medium='audio'/></item>"
+        "</channel></rss>"
+    ).encode()
+    entries = parse_document(rss, "https://i.example/feed", None).entries
+    assert [e.thumbnail for e in entries] == ["https://i.example/a-thumb.jpg", "https://i.example/b.jpg?w=140", None]
+    json_feed = (
+        b'{"version": "https://jsonfeed.org/version/1.1", "items": [{"id": "1", "image": "https://i.example/j.png"}]}'
+    )
+    assert parse_document(json_feed, "https://i.example/feed.json", None).entries[0].thumbnail == (
+        "https://i.example/j.png"
+    )

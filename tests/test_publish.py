@@ -53,8 +53,10 @@ def test_atom_is_valid_and_carries_source_and_related_links() -> None:
     assert first.id == entries()[0].story_uid
     assert first.title == "Story 1 & <friends>"
     assert [link.href for link in first.links if link.rel == "related"] == ["https://daily.example.com/2"]
-    assert first.source.title == "Wire News"
-    assert first.author == "Wire News"
+    # The configured source name, never the feed's own title ("Wire News" in candidate()).
+    assert first.source.title == "Wire"
+    assert first.author == "Wire"
+    assert b"Wire News" not in body
     assert parsed.entries[1].author == "Ann Reporter"
     assert "Also reported by" in first.content[0].value
 
@@ -66,7 +68,9 @@ def test_rss_is_valid_with_non_permalink_guids_and_sources() -> None:
     assert parsed.version == "rss20"
     assert parsed.entries[0].id == entries()[0].story_uid
     assert parsed.entries[0].guidislink is False
-    assert b'<source url="https://wire.example.com/feed.xml">Wire News</source>' in body
+    assert b'<source url="https://wire.example.com/feed.xml">Wire</source>' in body
+    assert [e.get("author") for e in parsed.entries] == ["Wire", "Ann Reporter"]  # dc:creator
+    assert b"Wire News" not in body
 
 
 def test_json_feed_is_valid() -> None:

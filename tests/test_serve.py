@@ -113,3 +113,41 @@ def test_a_change_within_the_same_second_still_moves_last_modified(store: Store,
     response = httpx.get(f"{base_url}/feeds/world.atom", headers={"If-Modified-Since": first})
     assert response.status_code == 200
     assert response.headers["last-modified"] != first
+
+
+def test_head_and_304_carry_the_validators_but_no_body(store: Store, base_url: str) -> None:
+    store.save_published("world", "atom", "application/atom+xml", ATOM, '"abc"', NOW)
+    url = f"{base_url}/feeds/world.atom"
+    head = httpx.head(url, headers={"Accept-Encoding": "identity"})
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(ATOM)
+    assert head.headers["etag"] == '"abc"'
+    gzipped_head = httpx.head(url, headers={"Accept-Encoding": "gzip"})
+    assert gzipped_head.headers["etag"] == '"abc-gz"' and gzipped_head.headers["content-encoding"] == "gzip"
+    assert int(gzipped_head.headers["content-length"]) < len(ATOM)
+    for encoding, etag in (("identity", '"abc"'), ("gzip", '"abc-gz"')):
+        response = httpx.get(url, headers={"Accept-Encoding": encoding, "If-None-Match": '"abc"'})
+        assert response.status_code == 304 and response.content == b""
+        assert response.headers["etag"] == etag
+        assert response.headers["cache-control"] == "public, max-age=60"
+        assert response.headers["vary"] == "Accept-Encoding"
+        assert "content-encoding" not in response.headers
+
+
+def test_a_busy_server_answers_from_memory_within_the_revalidation_period(store: Store) -> None:
+    """Within ``revalidate`` seconds a feed is answered without asking the database; after it, the
+    new rendering is seen."""
+    store.save_published("world", "atom", "application/atom+xml", ATOM, '"one"', NOW)
+    with serving(store, revalidate=3600) as url:
+        identity = {"Accept-Encoding": "identity"}
+        assert httpx.get(f"{url}/feeds/world.atom", headers=identity).headers["etag"] == '"one"'
+        store.save_published("world", "atom", "application/atom+xml", ATOM + b" ", '"two"', NOW)
+        assert httpx.get(f"{url}/feeds/world.atom", headers={"If-None-Match": '"one"'}).status_code == 304
+    with serving(store, revalidate=3600) as url:
+        assert httpx.get(f"{url}/feeds/world.atom", headers=identity).headers["etag"] == '"two"'
+
+
+def test_other_paths_still_reach_the_router(store: Store, base_url: str) -> None:
+    assert httpx.post(f"{base_url}/feeds/world.atom").status_code == 405
+    assert httpx.get(f"{base_url}/healthz").status_code == 200
+    assert httpx.get(f"{base_url}/nowhere").status_code == 404

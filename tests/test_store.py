@@ -237,3 +237,16 @@ def test_story_ids_are_the_uuid5_of_the_story_key() -> None:
     # And to one id minted before the rewrite: published ids must stay what they were.
     minted = "tag:a.b,2026-11-26:story/dffac0fb46ec5c369d06b256447b7d3a"
     assert story_uid("url:https://x.example/a", "a.b", day) == minted
+
+
+def test_undated_items_sort_by_their_placement_and_ties_by_document_order(store: Store) -> None:
+    config = parse_config(CONFIG)
+    undated = [replace(item(f"id:u{n}", f"https://one.example.com/u{n}"), published_at=None) for n in range(4)]
+    # Stored before placement existed: all four share their first-seen time, in document order.
+    placed = [replace(i, placed_at=NOW - timedelta(minutes=n)) for n, i in enumerate(undated[2:])]
+    with store.ingest() as tx:
+        tx.insert_items(1, [NewItem(i, None) for i in undated[:2]], NOW - timedelta(hours=2), "a.b")
+        tx.insert_items(2, [NewItem(i, None) for i in reversed(placed)], NOW, "a.b")
+    found = store.candidates(config, config.outputs[0], NOW, limit=10)
+    assert [c.link for c in found] == [f"https://one.example.com/u{n}" for n in (2, 3, 0, 1)]
+    assert not any(c.dated for c in found)

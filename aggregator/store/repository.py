@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    distinct,
     func,
     insert,
     or_,
@@ -43,7 +44,16 @@ from aggregator.config import Config, Output
 from aggregator.curate import Editorial, draws_from
 from aggregator.errors import StorageError, UsageError
 from aggregator.normalize import canonical_url
-from aggregator.records import Candidate, FetchResult, Item, ItemUpdate, NewItem, SourceToFetch, StoredItem
+from aggregator.records import (
+    Candidate,
+    Enclosure,
+    FetchResult,
+    Item,
+    ItemUpdate,
+    NewItem,
+    SourceToFetch,
+    StoredItem,
+)
 from aggregator.store.models import (
     ArchiveRow,
     Base,
@@ -173,6 +183,7 @@ class SourceHealth:
     retired_reason: str | None
     items: int
     items_per_day: float | None
+    feed_title: str | None = None  # the feed's own title; outputs name the source by ``name``
 
 
 def story_uid(key: str, authority: str, first_seen: datetime) -> str:
@@ -376,10 +387,41 @@ class Store:
             where = self._output_filter(s, output)
             if where is None:
                 return []
-            query = self._candidate_select(where).order_by(ItemRow.sort_at.desc(), ItemRow.id.desc()).limit(limit)
+            # Ties (undated items stored before they were placed share their first-seen time)
+            # go to the lower id: inserted first, i.e. higher up in the document.
+            query = self._candidate_select(where).order_by(ItemRow.sort_at.desc(), ItemRow.id.asc()).limit(limit)
             if output.max_age:
                 query = query.where(ItemRow.sort_at >= now - output.max_age)
             # Plain columns, not ORM objects: building 500 entities cost more than the query.
+            found = [_candidate_row(row) for row in s.execute(query)]
+            if sum(not c.dated for c in found) * 2 > len(found):
+                # Undated items sort near their first-seen time, so a few feeds without dates can
+                # fill the newest `limit` items on their own: read the dated news as well, or
+                # curate's undated cap would have nothing to put above them.
+                seen = {c.item_id for c in found}
+                dated = query.where(ItemRow.published_at.is_not(None))
+                found += [c for c in map(_candidate_row, s.execute(dated)) if c.item_id not in seen]
+            return found
+
+    def coverage_candidates(self, output: Output, now: datetime, limit: int) -> list[Candidate]:
+        """Every item within ``max_age`` of the ``limit`` stories the most outlets carry
+        (``order: coverage``): a widely covered story older than the newest few hundred items
+        must still be seen, and counted whole."""
+        with self.session() as s:
+            where = self._output_filter(s, output)
+            if where is None:
+                return []
+            if output.max_age:
+                where = and_(where, ItemRow.sort_at >= now - output.max_age)
+            outlets = func.count(distinct(ItemRow.source_id))
+            ranked = (
+                select(ItemRow.story_id)
+                .where(where)
+                .group_by(ItemRow.story_id)
+                .order_by(outlets.desc(), func.max(ItemRow.sort_at).desc(), ItemRow.story_id.desc())
+                .limit(limit)
+            )
+            query = self._candidate_select(where).where(ItemRow.story_id.in_(ranked.scalar_subquery()))
             return [_candidate_row(row) for row in s.execute(query)]
 
     def candidates_between(self, output: Output, start: datetime, end: datetime, limit: int) -> list[Candidate]:
@@ -391,7 +433,7 @@ class Store:
             query = (
                 self._candidate_select(where)
                 .where(ItemRow.sort_at >= start, ItemRow.sort_at < end)
-                .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
+                .order_by(ItemRow.sort_at.desc(), ItemRow.id.asc())
                 .limit(limit)
             )
             return [_candidate_row(row) for row in s.execute(query)]
@@ -593,6 +635,7 @@ class Store:
                     retired_reason=r.retired_reason,
                     items=counts.get(r.id, 0),
                     items_per_day=r.items_per_day,
+                    feed_title=r.feed_title,
                 )
                 for r in s.scalars(select(SourceRow).order_by(SourceRow.name))
             ]
@@ -833,7 +876,7 @@ class IngestTransaction:
                     "story_id": story_id,
                     "match_signature": n.match_signature,
                     **_item_columns(item),
-                    "sort_at": item.published_at or now,
+                    "sort_at": item.published_at or item.placed_at or now,
                     "first_seen_at": now,
                     "changed_at": now,
                     "update_count": 0,
@@ -1136,7 +1179,10 @@ def _item_columns(item: Item) -> dict[str, Any]:
         "text": item.text,
         "author": item.author,
         "categories": list(item.categories),
-        "enclosures": [{"url": e.url, "type": e.type, "length": e.length} for e in item.enclosures],
+        "enclosures": [
+            {"url": e.url, "type": e.type, "length": e.length, **({"thumbnail": True} if e.thumbnail else {})}
+            for e in item.enclosures
+        ],
         "language": item.language,
         "published_at": item.published_at,
         "updated_at": item.updated_at,
@@ -1149,6 +1195,7 @@ CANDIDATE_COLUMNS = (
     SourceRow.feed_title, SourceRow.url, SourceRow.feed_link, SourceRow.feed_id, ItemRow.title, ItemRow.link,
     ItemRow.summary_html, ItemRow.content_html, ItemRow.text, ItemRow.author, ItemRow.categories, ItemRow.sort_at,
     ItemRow.changed_at, ItemRow.updated_at, ItemRow.first_seen_at, ItemRow.language,
+    ItemRow.published_at.is_not(None).label("dated"), ItemRow.enclosures,
 )  # fmt: skip
 
 
@@ -1174,7 +1221,22 @@ def _candidate_row(r: Any) -> Candidate:
         updated_at=max(r.changed_at, r.updated_at or r.changed_at),
         first_seen_at=r.first_seen_at,
         language=r.language,
+        dated=bool(r.dated),
+        **_attachments(r.enclosures),
     )
+
+
+def _attachments(stored: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A stored enclosures list as a Candidate's ``enclosures`` and ``thumbnail``."""
+    enclosures, thumbnail = [], None
+    for e in stored or ():
+        if not isinstance(e, dict) or not isinstance(e.get("url"), str):
+            continue
+        if e.get("thumbnail"):
+            thumbnail = thumbnail or e["url"]
+        else:
+            enclosures.append(Enclosure(e["url"], e.get("type"), e.get("length")))
+    return {"enclosures": tuple(enclosures), "thumbnail": thumbnail}
 
 
 def _chunks(values: Sequence[T]) -> Iterator[list[T]]:

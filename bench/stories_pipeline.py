@@ -1,0 +1,291 @@
+"""Story matching on real labelled news, through the real pipeline: outlet feeds served over HTTP.
+
+``bench/dedup.py`` scores the matching functions directly; this script asks what a user sees.
+Each outlet (host) of a labelled set becomes one RSS feed served by a local HTTP server on
+127.0.0.1, every feed one source of a fresh ``feeds.yaml``, and one real
+``aggregator --config X poll --once --all`` (a subprocess of the installed CLI) fetches,
+parses, matches and stores them all. The story each item ended in is then read back from the
+database and scored against the labels, pairwise:
+
+* precision: of the pairs of items the pipeline put in one story, the share that carry one label;
+* recall: of the pairs that carry one label, the share the pipeline put in one story.
+
+Sets (``../shared/stories``, see its README; the texts are publishers': measurement only):
+
+* ``wikinews``: ``wikinews-dev.csv``. Publication times are mostly unknown, so a stream is
+  simulated as the README says: each story's items arrive within ``--spread-hours`` of the
+  story's start, and story starts are spread at random over ``--days`` days (seeded), so time
+  alone does not give the labels away. Several seeds can be run (``--seeds``).
+* ``semeval``: ``semeval2022-task8-en-pairs.csv``. Each pair's two articles are published by two
+  outlets within an hour of each other, pairs spread over the same days; scored as the share of
+  same-event pairs (Overall ≤ 1.5) and of different-event pairs (Overall ≥ 3.5) linked.
+
+    .venv/bin/python bench/stories_pipeline.py                 # both sets, seed 1
+    .venv/bin/python bench/stories_pipeline.py --seeds 1 2 3 --errors
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import platform
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+ROOT = Path(__file__).resolve().parent.parent
+STORIES = ROOT.parent / "shared" / "stories"
+
+
+@dataclass(frozen=True)
+class Article:
+    ref: str  # unique within the run
+    label: str  # same label = same story (for SemEval: the pair it belongs to)
+    outlet: str
+    url: str
+    title: str
+    lead: str
+    published: datetime
+
+
+def wikinews(seed: int, days: float, spread_hours: float, now: datetime) -> list[Article]:
+    rows = list(csv.DictReader((STORIES / "wikinews-dev.csv").open(encoding="utf-8")))
+    rng = random.Random(seed)
+    first = now - timedelta(days=days + 1)
+    starts = {story: first + timedelta(days=rng.uniform(0, days)) for story in sorted({r["story_id"] for r in rows})}
+    articles = []
+    for number, row in enumerate(rows):
+        at = starts[row["story_id"]] + timedelta(hours=rng.uniform(0, spread_hours))
+        articles.append(Article(f"w{number}", row["story_id"], row["host"], row["url"], row["title"], row["lead"], at))
+    return articles
+
+
+@dataclass(frozen=True)
+class Pair:
+    ligne: str
+    overall: float
+
+
+def semeval(seed: int, days: float, now: datetime) -> tuple[list[Article], dict[str, Pair]]:
+    rows = list(csv.DictReader((STORIES / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8")))
+    rng = random.Random(seed)
+    first = now - timedelta(days=days + 1)
+    articles, pairs = [], {}
+    for row in rows:
+        if not (row["title_1"] or row["lead_1"]) or not (row["title_2"] or row["lead_2"]):
+            continue  # scraping failed for one side: nothing to match
+        at = first + timedelta(days=rng.uniform(0, days))
+        label = f"s{row['ligne']}"
+        pairs[label] = Pair(row["ligne"], float(row["Overall"]))
+        for side in ("1", "2"):
+            articles.append(
+                Article(
+                    f"{label}-{side}",
+                    label,
+                    f"semeval-outlet-{side}-{rng.randrange(40)}",
+                    f"https://{label}-{side}.semeval.example/article",
+                    row[f"title_{side}"] or "(untitled)",
+                    row[f"lead_{side}"],
+                    at + timedelta(minutes=rng.uniform(0, 60)),
+                )
+            )
+    return articles, pairs
+
+
+def rss(outlet: str, articles: list[Article]) -> bytes:
+    items = []
+    for a in sorted(articles, key=lambda a: a.published, reverse=True):
+        items.append(
+            "<item>"
+            f"<title>{escape(a.title)}</title><link>{escape(a.url)}</link>"
+            f'<guid isPermaLink="false">{escape(a.ref)}</guid>'
+            f"<description>{escape(a.lead)}</description>"
+            f"<pubDate>{format_datetime(a.published, usegmt=True)}</pubDate>"
+            "</item>"
+        )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+        f"<title>{escape(outlet)}</title><link>https://{escape(outlet)}/</link><description>x</description>"
+        + "".join(items)
+        + "</channel></rss>"
+    ).encode()
+
+
+class Feeds:
+    """The outlet feeds on a free 127.0.0.1 port, one path per outlet."""
+
+    def __init__(self, bodies: dict[str, bytes]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = bodies.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/rss+xml; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_pipeline(articles: list[Article], workdir: Path, extra_settings: list[str]) -> tuple[dict[str, int], float]:
+    """Serve, poll once with the real CLI, and return each article's story id and the poll's wall time."""
+    by_outlet: dict[str, list[Article]] = defaultdict(list)
+    for a in articles:
+        by_outlet[a.outlet].append(a)
+    paths = {outlet: f"/feed/{n}.xml" for n, outlet in enumerate(sorted(by_outlet))}
+    feeds = Feeds({paths[o]: rss(o, arts) for o, arts in by_outlet.items()})
+    try:
+        config = workdir / "feeds.yaml"
+        lines = [
+            "settings:",
+            f"  data_dir: {workdir / 'data'}",
+            "  allow_private_networks: true",
+            "  public_url: http://stories.bench.example",
+            "  per_host_concurrency: 16",
+            *(f"  {line}" for line in extra_settings),
+            "sources:",
+        ]
+        for outlet, path in sorted(paths.items()):
+            lines += [f"  - name: {outlet!r}", f"    url: http://127.0.0.1:{feeds.port}{path}"]
+        lines += ["outputs:", "  - slug: world", "    title: World"]
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "aggregator", "--config", str(config), "poll", "--once", "--all"],
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            check=False,
+        )
+        elapsed = time.monotonic() - started
+        if done.returncode != 0:
+            raise SystemExit(f"aggregator poll failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    finally:
+        feeds.close()
+    database = sqlite3.connect(workdir / "data" / "aggregator.db")
+    try:
+        rows = database.execute("SELECT guid, story_id FROM items").fetchall()
+    finally:
+        database.close()
+    story_of = {guid: story for guid, story in rows}
+    missing = [a.ref for a in articles if a.ref not in story_of]
+    if missing:
+        print(f"  warning: {len(missing)} articles not stored, e.g. {missing[:3]}")
+    return story_of, elapsed
+
+
+@dataclass(frozen=True)
+class Pairwise:
+    true_pairs: int
+    predicted_pairs: int
+    correct_pairs: int
+    merged: list[tuple[Article, Article]]
+
+    @property
+    def precision(self) -> float:
+        return self.correct_pairs / self.predicted_pairs if self.predicted_pairs else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.correct_pairs / self.true_pairs if self.true_pairs else 1.0
+
+
+def score(articles: list[Article], story_of: dict[str, int]) -> Pairwise:
+    stored = [a for a in articles if a.ref in story_of]
+    true = predicted = correct = 0
+    merged = []
+    for a, b in itertools.combinations(stored, 2):
+        same_label = a.label == b.label
+        same_story = story_of[a.ref] == story_of[b.ref]
+        true += same_label
+        predicted += same_story
+        correct += same_label and same_story
+        if same_story and not same_label:
+            merged.append((a, b))
+    return Pairwise(true, predicted, correct, merged)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=["wikinews", "semeval"], choices=["wikinews", "semeval"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument("--days", type=float, default=10.0, help="story starts spread over this many days")
+    parser.add_argument("--spread-hours", type=float, default=6.0, help="a story's items arrive within this")
+    parser.add_argument(
+        "--setting", action="append", default=[], help="extra settings line, e.g. 'story_matching: lexical'"
+    )
+    parser.add_argument("--errors", action="store_true", help="list wrongly merged pairs")
+    args = parser.parse_args()
+    if not STORIES.is_dir():
+        raise SystemExit(f"no labelled stories at {STORIES}")
+    print(f"# bench/stories_pipeline.py  python {platform.python_version()}  {platform.machine()}")
+    print(f"# run: {' '.join(sys.argv[1:]) or '(defaults)'}; settings: {args.setting or 'defaults'}")
+    now = datetime.now(UTC).replace(microsecond=0)
+    for seed in args.seeds:
+        if "wikinews" in args.sets:
+            articles = wikinews(seed, args.days, args.spread_hours, now)
+            with tempfile.TemporaryDirectory() as tmp:
+                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting)
+            result = score(articles, story_of)
+            outlets = len({a.outlet for a in articles})
+            print(
+                f"wikinews-dev seed {seed}: {len(story_of)} items from {outlets} outlets, "
+                f"{len(set(story_of.values()))} stories formed (140 labelled); "
+                f"pairs true {result.true_pairs}, linked {result.predicted_pairs}, correct {result.correct_pairs}: "
+                f"P {result.precision:.4f} R {result.recall:.4f}; poll {elapsed:.1f} s"
+            )
+            if args.errors:
+                for a, b in result.merged[:40]:
+                    print(f"    merged {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
+        if "semeval" in args.sets:
+            articles, pairs = semeval(seed, args.days, now)
+            with tempfile.TemporaryDirectory() as tmp:
+                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting)
+            same = [p for p in pairs if pairs[p].overall <= 1.5]
+            different = [p for p in pairs if pairs[p].overall >= 3.5]
+
+            def linked(label: str, story_of: dict[str, int] = story_of) -> bool:
+                a, b = story_of.get(f"{label}-1"), story_of.get(f"{label}-2")
+                return a is not None and a == b
+
+            same_linked = sum(linked(p) for p in same)
+            different_linked = sum(linked(p) for p in different)
+            cross = score(articles, story_of)
+            print(
+                f"semeval seed {seed}: {len(pairs)} pairs; same event (Overall ≤ 1.5) linked "
+                f"{same_linked}/{len(same)} = {same_linked / max(1, len(same)):.1%}; different (≥ 3.5) linked "
+                f"{different_linked}/{len(different)} = {different_linked / max(1, len(different)):.1%}; "
+                f"items of different pairs merged: {len(cross.merged)} pairs; poll {elapsed:.1f} s"
+            )
+            if args.errors:
+                for p in different:
+                    if linked(p):
+                        print(f"    linked though different: ligne {pairs[p].ligne} (Overall {pairs[p].overall})")
+
+
+if __name__ == "__main__":
+    main()

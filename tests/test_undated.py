@@ -1,0 +1,159 @@
+"""Undated items through the real pipeline: true order, no invented dates, a cap on the top.
+
+A feed whose items carry no dates (an opinion column's feed) once filled entries 1-15 of
+World with the *last* 15 of its document, in scrambled order, each dated with the moment it
+was first seen, and its newest item left out. Served by a real HTTP server, polled by the
+CLI into a real database, and read back from the published outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import feedparser
+
+from aggregator.cli import main
+from tests.conftest import write_config
+from tests.feedcheck import check_atom, check_json_feed, check_rss
+from tests.server import FeedServer, Route
+
+COLUMNS = 20
+
+
+def rss(name: str, items: list[tuple[str, datetime | None]]) -> bytes:
+    """An RSS document listing ``items`` (slug, date or None) in the order given."""
+    body = "".join(
+        f"<item><title>{name} {slug}</title><link>https://{name}.example/{slug}</link>"
+        f"<guid>https://{name}.example/{slug}</guid><description>{name} {slug} text</description>"
+        + (f"<pubDate>{format_datetime(date)}</pubDate>" if date else "")
+        + "</item>"
+        for slug, date in items
+    )
+    return (
+        f"<?xml version='1.0'?><rss version='2.0'><channel><title>{name} feed</title>"
+        f"<link>https://{name}.example/</link><description>d</description>{body}</channel></rss>"
+    ).encode()
+
+
+def columns() -> bytes:
+    """The opinion feed: newest column first, no dates anywhere."""
+    return rss("opinion", [(f"column-{n:02d}", None) for n in range(COLUMNS)])
+
+
+def outputs(**settings: object) -> str:
+    lines = "".join(f"\n    {key}: {value}" for key, value in settings.items())
+    return f"outputs:\n  - slug: world\n    title: World{lines}\n"
+
+
+def published(tmp_path: Path, fmt: str) -> bytes:
+    return (tmp_path / "data" / "feeds" / f"world.{fmt}").read_bytes()
+
+
+def test_an_undated_feed_shows_its_newest_items_in_its_own_order(server: FeedServer, tmp_path: Path) -> None:
+    server.add("/opinion", Route(body=columns()))
+    config = write_config(
+        tmp_path, [{"name": "Opinion", "url": server.url("/opinion")}], outputs=outputs(max_entries=15, undated_cap=15)
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    atom = published(tmp_path, "atom")
+    assert check_atom(atom) == []
+    titles = [e.title for e in feedparser.parse(atom).entries]
+    assert titles == [f"opinion column-{n:02d}" for n in range(15)]  # the first 15 of the document, in order
+
+
+def test_undated_items_are_marked_undated_and_never_above_newer_dated_news(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    server.add("/opinion", Route(body=columns()))
+    # A mixed feed: "lead" and "middle" carry no date, between and above dated neighbours.
+    mixed = [
+        ("lead", None),
+        ("two-hours", now - timedelta(hours=2)),
+        ("middle", None),
+        ("five-hours", now - timedelta(hours=5)),
+    ]
+    server.add("/mixed", Route(body=rss("mixed", mixed)))
+    server.add("/wire", Route(body=rss("wire", [(f"h{n}", now - timedelta(hours=n)) for n in (1, 3, 4, 6)])))
+    config = write_config(
+        tmp_path,
+        [
+            {"name": "Opinion", "url": server.url("/opinion")},
+            {"name": "Mixed", "url": server.url("/mixed")},
+            {"name": "Wire", "url": server.url("/wire")},
+        ],
+        settings=f"database: {database_url}",
+        outputs=outputs(max_entries=30),
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+
+    atom = published(tmp_path, "atom")
+    assert check_atom(atom) == []
+    entries = feedparser.parse(atom).entries
+    titles = [e.title for e in entries]
+    # The default undated cap (3): three columns rank by their first-seen time, in the feed's
+    # order; the other 17 follow every dated entry, still in order.
+    opinion = [f"opinion column-{n:02d}" for n in range(COLUMNS)]
+    assert titles[:3] == opinion[:3]
+    assert titles[-17:] == opinion[3:]
+    # Everything else by time: an undated item sits just above its newer dated neighbour, and
+    # news genuinely newer than that (Wire, 1 h) stays above it although it was seen at the same time.
+    assert titles[3:-17] == [
+        "wire h1", "mixed lead", "mixed two-hours", "wire h3", "mixed middle", "wire h4", "mixed five-hours", "wire h6"
+    ]  # fmt: skip
+    undated = {"mixed lead", "mixed middle", *opinion}
+    for entry in entries:
+        assert ("published" in entry) == (entry.title not in undated), entry.title
+    first_seen = datetime.fromisoformat(next(e for e in entries if e.title == "mixed lead").updated)
+    assert abs(first_seen - datetime.now(UTC)) < timedelta(minutes=10)  # updated = when first seen
+
+    rss_body = published(tmp_path, "rss")
+    assert check_rss(rss_body) == []
+    for item in feedparser.parse(rss_body).entries:
+        assert ("published" in item) == (item.title not in undated), item.title
+    doc = json.loads(published(tmp_path, "json"))
+    assert check_json_feed(published(tmp_path, "json")) == []
+    for item in doc["items"]:
+        assert ("date_published" in item) == (item["title"] not in undated)
+        assert item["_aggregator"]["dated"] == (item["title"] not in undated)
+        assert "date_modified" in item
+    page = published(tmp_path, "html").decode()
+    assert page.count("undated · first seen") == len(undated)
+
+
+def test_the_undated_cap_is_reported_by_items(server: FeedServer, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    server.add("/opinion", Route(body=columns()))
+    config = write_config(
+        tmp_path, [{"name": "Opinion", "url": server.url("/opinion")}], outputs=outputs(undated_cap=2)
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    db = tmp_path / "data" / "aggregator.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from items where published_at is null").fetchone()[0] == COLUMNS
+    capsys.readouterr()
+    assert main(["--config", str(config), "items", "world", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sum("over the undated cap of 2" in row["reason"] for row in rows) == COLUMNS - 2
+    assert all(row["published_at"] is None for row in rows)  # no invented date here either
+
+
+def test_many_undated_items_do_not_crowd_dated_news_out_of_the_candidates(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    # 2 entries read 110 candidates (pipeline.CANDIDATE_FACTOR): 150 undated items would be all of them.
+    server.add("/opinion", Route(body=rss("opinion", [(f"column-{n:03d}", None) for n in range(150)])))
+    server.add("/wire", Route(body=rss("wire", [(f"h{n}", now - timedelta(hours=n)) for n in (1, 2)])))
+    config = write_config(
+        tmp_path,
+        [{"name": "Opinion", "url": server.url("/opinion")}, {"name": "Wire", "url": server.url("/wire")}],
+        settings=f"database: {database_url}",
+        outputs=outputs(max_entries=2, undated_cap=0),
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    titles = [e.title for e in feedparser.parse(published(tmp_path, "atom")).entries]
+    assert titles == ["wire h1", "wire h2"]
