@@ -5,6 +5,10 @@ processes can answer for one database — and kept in memory keyed by ETag: a re
 costs one tiny indexed lookup of the current ETag, and the body (and its gzip) is
 only re-read when it changed. We compress ourselves rather than with a middleware so
 the compressed variant gets its own ETag, as RFC 9110 requires of a different body.
+
+Behind the feeds, the router answers the reader's pages (the front door, ``/opml``, a
+story's full coverage: ``pages.py``) and the frozen archive weeks, all read through the
+store, so ``serve`` processes still hold no state of their own.
 """
 
 from __future__ import annotations
