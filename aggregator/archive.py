@@ -5,6 +5,12 @@ A feed reader that was away longer than the subscription feed's window follows
 items' dates, so a page's address never changes and, once its week is over, neither
 (in practice) does its content. Each page applies the output's rules but not its
 ``max_entries`` or per-source cap: an archive is complete.
+
+A week is archived once it is over (``first_open_week``), rendered once and stored
+(``ArchiveRow``) and written beside the feeds: it never changes afterwards, so its
+``prev-archive`` link is the previous week that has entries (weeks without any are
+skipped) and it carries no ``next-archive`` (that week is not known yet when it freezes).
+The subscription feed links the newest archived week.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from aggregator.config import Output
 
@@ -55,10 +62,30 @@ class Week:
         return f"{self.year}-W{self.week:02d}"
 
 
-def archive_url(public_url: str, slug: str, week: Week) -> str:
+def archive_url(public_url: str, slug: str, week: Week | str) -> str:
     return f"{public_url}/feeds/{slug}/archive/{week}.atom"
 
 
 def archive_output(output: Output) -> Output:
     """The output's rules, without the limits that make sense only for the current window."""
     return output.model_copy(update={"max_entries": ARCHIVE_MAX_ENTRIES, "per_source_cap": None, "max_age": None})
+
+
+# A week is archived (and frozen) one day after it ends: polling intervals are capped at a
+# day, so by then the items dated inside it have normally been fetched.
+ARCHIVE_GRACE = timedelta(days=1)
+
+
+def first_open_week(now: datetime) -> Week:
+    """The oldest week that is not complete at ``now``: it and later weeks are not archived yet."""
+    return Week.of(now - ARCHIVE_GRACE)
+
+
+def archive_page_url(public_url: str, slug: str, week: Week | str) -> str:
+    """The archive week as an HTML page (``<week>.html`` on disk, so nginx's ``$uri.html`` finds it)."""
+    return f"{public_url}/feeds/{slug}/archive/{week}"
+
+
+def archive_dir(output_dir: Path, slug: str) -> Path:
+    """Where an output's archive files go, mirroring their URLs under ``/feeds/``."""
+    return output_dir / slug / "archive"

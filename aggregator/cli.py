@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aggregator import __version__, logs
-from aggregator.config import LoadedConfig, Output, load_config
+from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
+from aggregator.curate import draws_from
 from aggregator.errors import AggregatorError, ConfigError, UsageError
 from aggregator.status import source_status
 
 if TYPE_CHECKING:
     from aggregator.pipeline import PollSummary
-from aggregator.store.database import ensure_schema, make_engine, upgrade
+from aggregator.store.database import current_revision, ensure_schema, make_engine, sqlite_file_missing, upgrade
 from aggregator.store.repository import SourceHealth, Store
 
 EXIT_OK, EXIT_USER, EXIT_RUNTIME = 0, 1, 2
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aggregator", description="Poll news feeds, store each item once, publish curated feeds.")
     parser.add_argument("--version", action="version", version=f"aggregator {__version__}")
     parser.add_argument("--config", metavar="PATH", help="config file (default: $AGGREGATOR_CONFIG or ./feeds.yaml)")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"where the database and feeds are (default: ${DATA_DIR_ENV}, else settings.data_dir, else ./data)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -83,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
+    if args.data_dir:
+        # An environment variable rather than a parameter: the daemon's config reloads and
+        # every later load_config see the same directory.
+        os.environ[DATA_DIR_ENV] = str(Path(args.data_dir).absolute())
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -104,21 +115,69 @@ def _load(args: argparse.Namespace) -> LoadedConfig:
 
 
 @contextlib.contextmanager
-def _store(loaded: LoadedConfig) -> Iterator[Store]:
-    """The store, migrated if the database is empty or older; connections closed on exit."""
-    engine = make_engine(loaded.config.settings.database_url)
+def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
+    """The store, migrated if older; connections closed on exit.
+
+    Only the commands that fill a database (``run``, ``worker``, ``poll``) start a new one;
+    the others refuse, since an empty database there means they were pointed at the wrong
+    place (another working directory, or not the service's data directory) and would
+    report or change nothing the service sees.
+    """
+    settings = loaded.config.settings
+    url = settings.database_url
+    if not create and (missing := sqlite_file_missing(url)) is not None:
+        raise UsageError(_no_database(loaded, f"no database at {missing.absolute()}"))
+    engine = make_engine(url)
     try:
+        if create:
+            if current_revision(engine) is None:
+                log.warning("starting a new, empty database: %s", engine.url.render_as_string(hide_password=True))
+        elif current_revision(engine) is None:
+            raise UsageError(_no_database(loaded, f"{engine.url.render_as_string(hide_password=True)} is empty"))
         ensure_schema(engine)
         yield Store(engine)
     finally:
         engine.dispose()
 
 
+def _no_database(loaded: LoadedConfig, problem: str) -> str:
+    settings = loaded.config.settings
+    if settings.database or os.environ.get("AGGREGATOR_DATABASE_URL"):
+        where = "the database is settings.database or $AGGREGATOR_DATABASE_URL"
+    else:
+        data_dir, chosen_by = settings.data_dir_choice
+        where = f"data directory {data_dir.absolute()} ({chosen_by})"
+    return (
+        f"{problem}; {where}. Point this command at the service's data (--data-dir DIR, ${DATA_DIR_ENV} "
+        f"or settings.data_dir in {loaded.path}), or create a new database there with 'aggregator db upgrade'"
+    )
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args)
     config = loaded.config
+    for warning in _unselected_sources(loaded):
+        print(warning, file=sys.stderr)
     print(f"{loaded.path}: ok ({len(config.sources)} sources, {len(config.outputs)} outputs)")
     return EXIT_OK
+
+
+def _unselected_sources(loaded: LoadedConfig) -> list[str]:
+    """A warning per source that no output draws from: it would be polled for nothing."""
+    config = loaded.config
+    unused = [
+        (index, source)
+        for index, source in enumerate(config.sources)
+        if not any(draws_from(output, source.name, source.tags) for output in config.outputs)
+    ]
+    if not unused:
+        return []
+    lines = entry_lines(loaded.path.read_text(encoding="utf-8"), "sources")
+    return [
+        f"{loaded.path}:{lines.get(index, 1)}: sources[{index}]: warning: no output selects {source.name!r} "
+        f"(no output names it{' or one of its tags ' + ', '.join(source.tags) if source.tags else ''})"
+        for index, source in unused
+    ]
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -149,7 +208,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from aggregator.pipeline import Pipeline, make_parse_pool, poll_once
 
     loaded = _load(args)
-    with _store(loaded) as store:
+    with _store(loaded, create=True) as store:
         now = datetime.now(UTC)
         store.sync_sources(loaded.config, now)
         progress = _Progress(store.stats(now).sources if args.all else store.stats(now).due)
@@ -209,7 +268,7 @@ def _daemon(args: argparse.Namespace, *, poll: bool, http: bool) -> int:
     from aggregator.daemon import Daemon
 
     loaded = _load(args)
-    with _store(loaded) as store:
+    with _store(loaded, create=poll) as store:
         asyncio.run(Daemon(loaded, store, poll=poll, http=http).run())
     return EXIT_OK
 
@@ -284,9 +343,15 @@ def cmd_opml(args: argparse.Namespace) -> int:
         data = Path(args.file).read_bytes()
     except OSError as exc:
         raise ConfigError([f"{args.file}: cannot read: {exc.strerror or exc}"]) from None
-    fresh = opml.new_sources(loaded.config, opml.parse_opml(data, args.file))
+    usable, rewritten, unusable = opml.split_usable(opml.parse_opml(data, args.file))
+    for note in rewritten:
+        print(f"{args.file}:{note.source.line or 1}: {note.source.name!r}: {note.reason}", file=sys.stderr)
+    for problem in unusable:
+        where = f"{args.file}:{problem.source.line or 1}"
+        print(f"{where}: skipped {problem.source.name!r} ({problem.source.url}): {problem.reason}", file=sys.stderr)
+    fresh = opml.new_sources(loaded.config, usable)
     if not fresh:
-        print("nothing to import: every feed is already configured")
+        print("nothing to import: every usable feed is already configured")
         return EXIT_OK
     if not args.write:
         sys.stdout.write(opml.as_yaml(fresh))

@@ -27,6 +27,7 @@ from aggregator.errors import ConfigError
 CONFIG_FILENAME = "feeds.yaml"
 CONFIG_ENV = "AGGREGATOR_CONFIG"
 DATABASE_ENV = "AGGREGATOR_DATABASE_URL"
+DATA_DIR_ENV = "AGGREGATOR_DATA_DIR"  # what --data-dir sets, and what the systemd unit sets
 DEFAULT_DATA_DIR = "data"  # relative to the working directory; systemd's $STATE_DIRECTORY wins
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_PUBLIC_URL = "http://localhost:8080"
@@ -135,11 +136,21 @@ class Settings(_Strict):
 
     @property
     def resolved_data_dir(self) -> Path:
+        return self.data_dir_choice[0]
+
+    @property
+    def data_dir_choice(self) -> tuple[Path, str]:
+        """The data directory and what chose it, in the one order every command and the
+        service follow: --data-dir / $AGGREGATOR_DATA_DIR, then ``settings.data_dir``, then
+        systemd's $STATE_DIRECTORY, then ./data."""
+        if env := os.environ.get(DATA_DIR_ENV):
+            return Path(env), f"--data-dir or ${DATA_DIR_ENV}"
         if self.data_dir:
-            return Path(self.data_dir)
+            return Path(self.data_dir), "settings.data_dir"
         # Under systemd, StateDirectory= hands us a writable place; use it.
-        state = os.environ.get("STATE_DIRECTORY")
-        return Path(state.split(":")[0]) if state else Path(DEFAULT_DATA_DIR)
+        if state := os.environ.get("STATE_DIRECTORY"):
+            return Path(state.split(":")[0]), "$STATE_DIRECTORY"
+        return Path(DEFAULT_DATA_DIR), "the default, ./data in the working directory"
 
     @property
     def database_url(self) -> str:
@@ -433,3 +444,14 @@ def _cross_check(data: dict[str, Any], lines: dict[Path_, int], filename: str) -
                 path = ("outputs", index, "sources", position)
                 problems.append(f"{filename}:{_line_for(path, lines)}: {_dotted(path)}: no source is named {name!r}")
     return problems
+
+
+def entry_lines(text: str, section: str) -> dict[int, int]:
+    """The line of each entry of a top-level list (``sources``, ``outputs``) of a valid config,
+    for messages about an entry that is valid on its own (``aggregator check``'s warnings)."""
+    _, lines, _ = _compose(text, "")
+    return {
+        index: line
+        for path, line in lines.items()
+        if len(path) == 2 and path[0] == section and isinstance(index := path[1], int)
+    }

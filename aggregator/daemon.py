@@ -53,6 +53,7 @@ from aggregator.store.repository import Store
 
 log = logging.getLogger("aggregator")
 CONFIG_WATCH_SECONDS = 2.0
+ARCHIVE_CHECK_SECONDS = 3600  # a finished week waits at most this long for its archive
 HOUSEKEEPING_DELAY = timedelta(minutes=10)  # let the first poll cycle finish before pruning
 TICK_GRACE_SECONDS = 60.0  # a tick this late means the scheduler (or the event loop) is stuck
 
@@ -171,6 +172,7 @@ class Daemon:
                 self._fetcher = Fetcher(self._fetch_options)
                 await asyncio.to_thread(self.pipeline.publish, None)
                 scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
+                scheduler.add_job(self._archive, "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
                 scheduler.add_job(
                     self._housekeeping, "interval", hours=24, id="retention",
                     next_run_time=datetime.now(UTC) + HOUSEKEEPING_DELAY,
@@ -276,6 +278,18 @@ class Daemon:
             self._polling_since = self._cycle_fetcher = None
             if fetcher is not self._fetcher:
                 await fetcher.aclose()
+
+    async def _archive(self) -> None:
+        """Archive weeks that ended, also for outputs that had no new item since."""
+        if self.pipeline is None:
+            return
+        pipeline = self.pipeline
+        try:
+            due = await asyncio.to_thread(pipeline.archives_due, pipeline.clock())
+            if due:
+                await asyncio.to_thread(pipeline.publish, due)
+        except AggregatorError as exc:
+            log.error("archiving failed: %s", exc)
 
     async def _housekeeping(self) -> None:
         if self.pipeline is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
 import yaml
@@ -20,12 +21,64 @@ from lxml import etree
 from aggregator.config import Config, Source
 from aggregator.errors import ConfigError
 
+MAX_NAME = 200  # Source.name's limit: a longer OPML title is cut, not refused
+
 
 @dataclass(frozen=True)
 class OpmlSource:
     name: str
     url: str
     tags: tuple[str, ...]
+    line: int | None = None  # of its outline, for messages
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A feed of the OPML file that cannot be a source, and why."""
+
+    source: OpmlSource
+    reason: str
+
+
+# ``feed:`` is the old "subscribe in a feed reader" scheme, common in exported OPML:
+# ``feed://host/path`` stands for http, ``feed:https://host/path`` wraps the real URL.
+_FEED_SCHEME = re.compile(r"^feed:(?://)?", re.IGNORECASE)
+_WRAPPED = re.compile(r"^https?://", re.IGNORECASE)
+
+
+def usable_url(url: str) -> tuple[str | None, str]:
+    """(the URL to poll, or None; what was done or what is wrong). Pure."""
+    url = url.strip()
+    if _FEED_SCHEME.match(url):
+        rest = _FEED_SCHEME.sub("", url, count=1)
+        rewritten = rest if _WRAPPED.match(rest) else f"http://{rest}"
+        fixed, problem = usable_url(rewritten)
+        return fixed, f"rewritten from {url}" if fixed else problem
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return None, f"not an http(s) URL (scheme {parts.scheme + ':' if parts.scheme else 'missing'})"
+    if not parts.hostname:
+        return None, "no host name in the URL"
+    if any(ch.isspace() for ch in url):
+        return None, "the URL contains spaces"
+    return url, ""
+
+
+def split_usable(sources: list[OpmlSource]) -> tuple[list[OpmlSource], list[Unusable], list[Unusable]]:
+    """(the sources that can be polled, with URLs fixed; the rewritten ones, as notes; the unusable)."""
+    good: list[OpmlSource] = []
+    rewritten: list[Unusable] = []
+    bad: list[Unusable] = []
+    for source in sources:
+        url, note = usable_url(source.url)
+        if url is None:
+            bad.append(Unusable(source, note))
+            continue
+        fixed = OpmlSource(source.name[:MAX_NAME].strip() or url, url, source.tags, source.line)
+        if note:
+            rewritten.append(Unusable(fixed, note))
+        good.append(fixed)
+    return good, rewritten, bad
 
 
 def export_opml(config: Config, title: str = "aggregator sources") -> bytes:
@@ -71,7 +124,8 @@ def _walk(element: etree._Element, folders: tuple[str, ...], found: list[OpmlSou
                 tag = category.strip().strip("/").split("/")[-1].strip()
                 if tag:
                     tags.append(tag)
-            found.append(OpmlSource(name or url, url, tuple(_slug(t) for t in dict.fromkeys(tags) if _slug(t))))
+            tags_ = tuple(_slug(t) for t in dict.fromkeys(tags) if _slug(t))
+            found.append(OpmlSource(name or url, url, tags_, outline.sourceline))
         else:
             folder = _slug(name)
             _walk(outline, (*folders, folder) if folder else folders, found)
@@ -94,7 +148,7 @@ def new_sources(config: Config, imported: list[OpmlSource]) -> list[OpmlSource]:
             name, n = f"{source.name} ({n})", n + 1
         names.add(name)
         urls.add(source.url)
-        fresh.append(OpmlSource(name, source.url, source.tags))
+        fresh.append(OpmlSource(name, source.url, source.tags, source.line))
     return fresh
 
 

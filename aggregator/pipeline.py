@@ -31,14 +31,15 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator import __version__, cluster, metrics, parsejob
+from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_dir, archive_output, first_open_week
 from aggregator.config import Config, Output
-from aggregator.curate import Curation, curate, draws_from
+from aggregator.curate import Curation, Editorial, curate, draws_from
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
-from aggregator.publish import Rendering, feed_url, render_all, write_atomically
+from aggregator.publish import Rendering, feed_url, render_all, render_archive, write_atomically, write_file
 from aggregator.records import FetchResult, IngestPlan, Item, ParsedFeed
 from aggregator.schedule import (
     THROTTLED_STATUSES,
@@ -50,7 +51,9 @@ from aggregator.schedule import (
     next_poll,
     retirement,
 )
+from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import (
+    ArchivePage,
     ClaimedSource,
     IngestTransaction,
     MatchCandidate,
@@ -624,8 +627,10 @@ class Pipeline:
         settings = self.config.settings
         out_dir = Path(settings.resolved_output_dir)
         for output in self.config.outputs if outputs is None else outputs:
+            weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
             entries = self.curation(output, now).entries
-            for rendering in render_all(output, entries, settings.public_url, settings.websub_hub):
+            renderings = render_all(output, entries, settings.public_url, settings.websub_hub, archives=weeks)
+            for rendering in renderings:
                 stored = self.store.save_published(
                     rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
                 )
@@ -638,6 +643,70 @@ class Pipeline:
             fingerprint = self._fingerprint(output)
             self.store.save_published(output.slug, CONFIG_FORMAT, "text/plain", fingerprint.encode(), fingerprint, now)
         return changed
+
+    def archives_due(self, now: datetime) -> list[Output]:
+        """Outputs with a finished week not archived yet: the daemon publishes them even when
+        no new item arrives, so a quiet output's archive still grows week by week."""
+        due = []
+        open_week = first_open_week(now)
+        for output in self.config.outputs:
+            cursor = _archived_until(self.store.archive_weeks(output.slug))
+            if self._unarchived_item_at(output, cursor, open_week) is not None:
+                due.append(output)
+        return due
+
+    def _unarchived_item_at(self, output: Output, cursor: datetime | None, open_week: Week) -> datetime | None:
+        """The date of the oldest item after ``cursor`` in a complete week, if any."""
+        if cursor is not None and cursor >= open_week.start:
+            return None  # every complete week is archived: the usual case, and no query
+        return self.store.next_item_at(output, cursor, open_week.start)
+
+    def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
+        """Archive every complete week of ``output`` not archived yet, oldest first, and write
+        the new pages beside the feeds; return the weeks with entries, oldest first.
+
+        Each week is rendered once (``ArchiveRow``) and never again: a later item dated in it
+        shows in the subscription feed, not in the frozen archive. Weeks without items cost
+        nothing (``next_item_at`` jumps over them), and a week whose items the output's rules
+        all leave out is recorded as empty, so it is neither linked nor looked at again.
+        """
+        store, public = self.store, self.config.settings.public_url
+        open_week = first_open_week(now)
+        evaluated = store.archive_weeks(output.slug)
+        cursor = _archived_until(evaluated)
+        pages = [page.week for page in evaluated if page.entries]
+        complete = archive_output(output)
+        blocked: Editorial | None = None
+        fresh: list[str] = []
+        while (at := self._unarchived_item_at(output, cursor, open_week)) is not None:
+            week = Week.of(at)
+            blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
+            candidates = store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)
+            entries = curate(complete, candidates, blocked).entries
+            atom, page = render_archive(complete, entries, public, week, pages[-1] if pages else None)
+            store.save_archive(
+                ArchiveRow(
+                    slug=output.slug, week=str(week), entries=len(entries),
+                    updated_at=max((e.updated_at for e in entries), default=None),
+                    atom=atom if entries else b"", html=page if entries else b"",
+                    etag=Rendering(output.slug, "atom", "", atom).etag, created_at=now,
+                )
+            )  # fmt: skip
+            if entries:
+                pages.append(str(week))
+                fresh.append(str(week))
+                log.info("archived %s week %s (%d entries)", output.slug, week, len(entries))
+            cursor = week.end
+        if fresh:  # another worker may have frozen a week first: what is stored is the truth
+            pages = [page.week for page in store.archive_pages(output.slug)]
+        directory = archive_dir(out_dir, output.slug)
+        for label in pages:
+            if label in fresh or force_files or not (directory / f"{label}.atom").exists():
+                row = store.archive(output.slug, label)
+                if row is not None:
+                    write_file(directory, f"{label}.atom", row.atom)
+                    write_file(directory, f"{label}.html", row.html)
+        return pages
 
     def stale_outputs(self) -> list[Output]:
         """Outputs never published, or published under other settings (or by another version)."""
@@ -658,6 +727,12 @@ class Pipeline:
         settings = self.config.settings
         text = "|".join((__version__, output.model_dump_json(), settings.public_url, settings.websub_hub or ""))
         return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:
+    """The end of the newest week already archived (None: nothing archived yet)."""
+    week = Week.parse(evaluated[-1].week) if evaluated else None
+    return week.end if week is not None else None
 
 
 def prune(pipeline: Pipeline) -> PruneReport | None:

@@ -22,6 +22,7 @@ import json
 import mimetypes
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 
 from aggregator import __version__
-from aggregator.archive import Week, archive_url
+from aggregator.archive import Week, archive_page_url, archive_url
 from aggregator.config import Output
 from aggregator.errors import PublishError
 from aggregator.records import Candidate, Enclosure, OutputEntry
@@ -79,23 +80,56 @@ def feed_url(public_url: str, slug: str, fmt: str) -> str:
     return f"{public_url}/feeds/{slug}.{fmt}"
 
 
-def render_all(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> list[Rendering]:
-    # RFC 5005: the subscription feed points at the archive of the week before its newest
-    # entry, from where a reader can walk back as far as the archive goes.
+def story_url(public_url: str, story_id: int) -> str:
+    """The story's full-coverage page: every outlet's item of it."""
+    return f"{public_url}/stories/{story_id}"
+
+
+def render_all(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    hub: str | None = None,
+    *,
+    archives: Sequence[str] = (),
+) -> list[Rendering]:
+    """Every format of the subscription feed; ``archives`` are its frozen archive weeks with
+    entries, oldest first (RFC 5005: the feed links the newest, which links the one before)."""
     history: tuple[tuple[str, str], ...] = ()
-    if entries:
-        newest = max(e.lead.published_at for e in entries)
-        history = (("prev-archive", archive_url(public_url, output.slug, Week.of(newest).shift(-1))),)
+    if archives:
+        history = (("prev-archive", archive_url(public_url, output.slug, archives[-1])),)
     return [
         Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url, hub, links=history)),
         Rendering(output.slug, "rss", FORMATS["rss"], render_rss(output, entries, public_url, hub)),
         Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url, hub)),
-        Rendering(output.slug, "html", FORMATS["html"], render_html(output, entries, public_url)),
+        Rendering(output.slug, "html", FORMATS["html"], render_html(output, entries, public_url, archives=archives)),
     ]
 
 
-def render_html(output: Output, entries: list[OutputEntry], public_url: str) -> bytes:
-    """The output as a page people can read on a phone, linking its feeds for auto-discovery."""
+def render_archive(
+    output: Output, entries: list[OutputEntry], public_url: str, week: Week, previous: str | None
+) -> tuple[bytes, bytes]:
+    """One archived week as an RFC 5005 archive document and as an HTML page. ``previous`` is
+    the week before it that has entries; no ``next-archive``: the document never changes."""
+    links = [("current", feed_url(public_url, output.slug, "atom"))]
+    if previous is not None:
+        links.append(("prev-archive", archive_url(public_url, output.slug, previous)))
+    atom = render_atom(output, entries, public_url, links=tuple(links), archive_of=week)
+    page = render_html(output, entries, public_url, week=str(week), previous=previous)
+    return atom, page
+
+
+def render_html(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    *,
+    archives: Sequence[str] = (),
+    week: str | None = None,
+    previous: str | None = None,
+) -> bytes:
+    """The output as a page people can read on a phone, linking its feeds for auto-discovery
+    and its archive pages for older entries (``week``: this page is that archived week)."""
     try:
         page = _TEMPLATES.get_template("output.html").render(
             output=output,
@@ -103,6 +137,12 @@ def render_html(output: Output, entries: list[OutputEntry], public_url: str) -> 
             atom_url=feed_url(public_url, output.slug, "atom"),
             rss_url=feed_url(public_url, output.slug, "rss"),
             json_url=feed_url(public_url, output.slug, "json"),
+            page_url=f"{public_url}/feeds/{output.slug}",
+            home_url=f"{public_url}/",
+            archives=[(label, archive_page_url(public_url, output.slug, label)) for label in reversed(archives)],
+            week=week,
+            previous_url=archive_page_url(public_url, output.slug, previous) if previous else None,
+            story_url=lambda entry: story_url(public_url, entry.lead.story_id),
             source_name=_source_name,
             other_outlets=_other_outlets,
             outlets_text=_outlets_text,
@@ -140,11 +180,11 @@ def _generator(
     fg.updated(updated)
     fg.lastBuildDate(updated)
     for entry in entries:
-        _add_entry(fg, entry, fmt)
+        _add_entry(fg, entry, fmt, public_url)
     return fg
 
 
-def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str) -> None:
+def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str, public_url: str) -> None:
     lead = entry.lead
     fe = fg.add_entry(order="append")
     fe.id(entry.story_uid)
@@ -158,7 +198,7 @@ def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str) -> None:
     fe.updated(entry.updated_at)
     fe.author({"name": lead.author or _source_name(lead)})
     # An Atom entry needs content or an alternate link; the title stands in for neither-nor.
-    body = _entry_html(entry) or ("" if lead.link else f"<p>{html.escape(lead.title)}</p>")
+    body = _entry_html(entry, public_url) or ("" if lead.link else f"<p>{html.escape(lead.title)}</p>")
     if body:
         fe.content(body, type="CDATA" if fmt == "rss" else "html")
     if lead.summary_html and lead.content_html:
@@ -172,7 +212,7 @@ def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str) -> None:
             fe.enclosure(first.url, str(first.length or 0), _media_type(first))
 
 
-def _entry_html(entry: OutputEntry) -> str:
+def _entry_html(entry: OutputEntry, public_url: str) -> str:
     body = entry.lead.content_html or entry.lead.summary_html
     others = _other_outlets(entry)
     coverage = html.escape(_outlets_text(entry))
@@ -184,6 +224,8 @@ def _entry_html(entry: OutputEntry) -> str:
             for c in others
         )
         coverage += f". Also reported by: {links}"
+        full = html.escape(story_url(public_url, entry.lead.story_id), quote=True)
+        coverage += f' · <a href="{full}">Full coverage</a>'
     return body + f"<p>{coverage}</p>"
 
 
@@ -356,7 +398,7 @@ def render_json(output: Output, entries: list[OutputEntry], public_url: str, hub
         "feed_url": feed_url(public_url, output.slug, "json"),
         "description": output.subtitle or f"{output.title}, aggregated by aggregator",
         "authors": [{"name": output.title}],
-        "items": [_json_item(entry) for entry in entries],
+        "items": [_json_item(entry, public_url) for entry in entries],
     }
     if output.icon:
         doc["icon"] = output.icon
@@ -367,12 +409,12 @@ def render_json(output: Output, entries: list[OutputEntry], public_url: str, hub
     return json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
 
 
-def _json_item(entry: OutputEntry) -> dict[str, object]:
+def _json_item(entry: OutputEntry, public_url: str) -> dict[str, object]:
     lead = entry.lead
     item: dict[str, object] = {
         "id": entry.story_uid,
         "title": lead.title,
-        "content_html": _entry_html(entry),
+        "content_html": _entry_html(entry, public_url),
     }
     if lead.dated:
         item["date_published"] = lead.published_at.isoformat()
@@ -407,14 +449,18 @@ def _json_attachment(enclosure: Enclosure) -> dict[str, object]:
 
 
 def write_atomically(directory: Path, rendering: Rendering) -> Path:
+    return write_file(directory, rendering.filename, rendering.body)
+
+
+def write_file(directory: Path, filename: str, body: bytes) -> Path:
     """Temp file + fsync + rename: readers (and nginx) see the old file or the new, never half."""
-    target = directory / rendering.filename
+    target = directory / filename
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{rendering.filename}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(rendering.body)
+                handle.write(body)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)

@@ -5,6 +5,10 @@ processes can answer for one database — and kept in memory keyed by ETag: a re
 costs one tiny indexed lookup of the current ETag, and the body (and its gzip) is
 only re-read when it changed. We compress ourselves rather than with a middleware so
 the compressed variant gets its own ETag, as RFC 9110 requires of a different body.
+
+Behind the feeds, the router answers the reader's pages (the front door, ``/opml``, a
+story's full coverage: ``pages.py``) and the frozen archive weeks, all read through the
+store, so ``serve`` processes still hold no state of their own.
 """
 
 from __future__ import annotations
@@ -15,30 +19,29 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_output, archive_url
-from aggregator.config import Config, Output
-from aggregator.curate import curate
+from aggregator.archive import Week
+from aggregator.config import Config
 from aggregator.errors import StorageError
 from aggregator.metrics import exposition, registry_for
-from aggregator.publish import feed_url, render_atom
+from aggregator.pages import outputs_opml, render_front_door, render_story
 from aggregator.status import render_status
 from aggregator.store.models import PublishedRow
 from aggregator.store.repository import Store
 
 GZIP_MIN_BYTES = 1024
 FEED_MAX_AGE = 60  # seconds a reader or proxy may reuse a feed without asking
-ARCHIVE_MAX_AGE = 3600
+ARCHIVE_MAX_AGE = 86400  # an archived week never changes
+PAGE_MAX_AGE = 60
 REVALIDATE_SECONDS = 1.0
 PAGE_CSP = "default-src 'none'; img-src http: https: data:; media-src http: https:; style-src 'unsafe-inline'"
 
@@ -154,18 +157,26 @@ def _gzip_etag(etag: str) -> str:
     return etag[:-1] + '-gz"'
 
 
-def render_archive(store: Store, config: Config, output: Output, week: Week, now: datetime) -> bytes:
-    """One week of an output as an RFC 5005 archive document, linked to its neighbours."""
-    public = config.settings.public_url
-    complete = archive_output(output)
-    entries = curate(complete, store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)).entries
-    links = [("current", feed_url(public, output.slug, "atom"))]
-    earliest = store.earliest_item(output)
-    if earliest is not None and week.shift(-1) >= Week.of(earliest):
-        links.append(("prev-archive", archive_url(public, output.slug, week.shift(-1))))
-    if week.shift(1) < Week.of(now):
-        links.append(("next-archive", archive_url(public, output.slug, week.shift(1))))
-    return render_atom(complete, entries, public, config.settings.websub_hub, links=tuple(links), archive_of=week)
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _page(request: Request, body: bytes, media_type: str, headers: dict[str, str]) -> Response:
+    if request.method == "HEAD":
+        return Response(status_code=200, headers={**headers, "Content-Length": str(len(body))}, media_type=media_type)
+    return Response(body, headers=headers, media_type=media_type)
+
+
+def _dynamic(request: Request, body: bytes, media_type: str) -> Response:
+    """A page rendered on request: an ETag of its bytes, so a reload costs a 304."""
+    etag = _etag(body)
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={PAGE_MAX_AGE}"}
+    if media_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = PAGE_CSP
+    inm = request.headers.get("if-none-match")
+    if inm is not None and etag in {t.strip().removeprefix("W/") for t in inm.split(",")}:
+        return Response(status_code=304, headers=headers)
+    return _page(request, body, media_type, headers)
 
 
 def create_app(
@@ -179,24 +190,60 @@ def create_app(
     cache = OutputCache(store, revalidate)
 
     async def archive(request: Request) -> Response:
+        """A frozen archive week, as Atom (``.atom``) or as its HTML page; the current,
+        incomplete week and weeks without entries are not archives (404)."""
         slug, label = request.path_params["slug"], request.path_params["week"]
-        current = config() if config is not None else None
-        output = next((o for o in current.outputs if o.slug == slug), None) if current else None
-        week = Week.parse(label)
-        now = datetime.now(UTC)
-        if current is None or output is None or week is None or week > Week.of(now):
+        fmt = "atom" if label.endswith(".atom") else "html"
+        week = Week.parse(label.removesuffix(".atom"))
+        if week is None:
             return Response("no such archive page\n", status_code=404, media_type="text/plain")
         try:
-            body = await asyncio.to_thread(render_archive, store, current, output, week, now)
+            row = await asyncio.to_thread(store.archive, slug, str(week))
         except StorageError:
             return Response("database unavailable\n", status_code=503, media_type="text/plain")
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        # A past week no longer changes (much); the current one still does.
-        max_age = ARCHIVE_MAX_AGE if week < Week.of(now) else FEED_MAX_AGE
-        headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}"}
-        if not_modified(request, etag, format_datetime(week.end, usegmt=True)):
+        if row is None:
+            return Response("no such archive page\n", status_code=404, media_type="text/plain")
+        body = row.atom if fmt == "atom" else row.html
+        etag = row.etag if fmt == "atom" else _etag(body)
+        headers = {
+            "ETag": etag,
+            "Last-Modified": format_datetime(row.created_at.replace(microsecond=0), usegmt=True),
+            "Cache-Control": f"public, max-age={ARCHIVE_MAX_AGE}",
+        }
+        if fmt == "html":
+            headers["Content-Security-Policy"] = PAGE_CSP
+        if not_modified(request, etag, headers["Last-Modified"]):
             return Response(status_code=304, headers=headers)
-        return Response(body, headers=headers, media_type="application/atom+xml; charset=utf-8")
+        media_type = "application/atom+xml; charset=utf-8" if fmt == "atom" else "text/html; charset=utf-8"
+        return _page(request, body, media_type, headers)
+
+    async def front_door(request: Request) -> Response:
+        current = config() if config is not None else None
+        if current is None:
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        try:
+            pages = await asyncio.to_thread(lambda: {o.slug: store.archive_pages(o.slug) for o in current.outputs})
+        except StorageError:
+            return Response("database unavailable\n", status_code=503, media_type="text/plain")
+        return _dynamic(request, render_front_door(current, pages), "text/html; charset=utf-8")
+
+    async def opml(request: Request) -> Response:
+        current = config() if config is not None else None
+        if current is None:
+            return Response("not found\n", status_code=404, media_type="text/plain")
+        return _dynamic(request, outputs_opml(current), "text/x-opml; charset=utf-8")
+
+    async def story(request: Request) -> Response:
+        story_id = request.path_params["story"]
+        current = config() if config is not None else None
+        try:
+            coverage = await asyncio.to_thread(store.story_coverage, story_id)
+        except StorageError:
+            return Response("database unavailable\n", status_code=503, media_type="text/plain")
+        if coverage is None or not coverage.items:
+            return Response("no such story\n", status_code=404, media_type="text/plain")
+        body = render_story(coverage, current.settings.public_url if current is not None else "")
+        return _dynamic(request, body, "text/html; charset=utf-8")
 
     registry = registry_for(store)
 
@@ -227,11 +274,19 @@ def create_app(
         headers = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
         return Response(body, media_type="text/html; charset=utf-8", headers=headers)
 
+    async def to_front_door(request: Request) -> Response:
+        return RedirectResponse("/", status_code=308)
+
     extra = [Route("/status", status, methods=["GET"])] if status_page else []
     router = Starlette(
         routes=[
             *extra,
-            Route("/feeds/{slug}/archive/{week}.atom", archive, methods=["GET", "HEAD"]),
+            Route("/", front_door, methods=["GET", "HEAD"]),
+            Route("/feeds", to_front_door, methods=["GET", "HEAD"]),
+            Route("/feeds/", to_front_door, methods=["GET", "HEAD"]),
+            Route("/opml", opml, methods=["GET", "HEAD"]),
+            Route("/stories/{story:int}", story, methods=["GET", "HEAD"]),
+            Route("/feeds/{slug}/archive/{week}", archive, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/metrics", prometheus, methods=["GET"]),
         ]

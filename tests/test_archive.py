@@ -1,77 +1,215 @@
-"""RFC 5005 archives: a reader walks prev-archive links back week by week and misses nothing."""
+"""RFC 5005 archives: a reader walks prev-archive links back and misses nothing.
+
+The archive is walked twice, on SQLite and on PostgreSQL: through ``aggregator serve``'s
+app and through a plain static file server pointed at ``output_dir`` (what nginx does),
+and both must give the same chain and the same bytes.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import feedparser
 import httpx
+import pytest
 from lxml import etree
 
-from aggregator.archive import Week
-from aggregator.cli import main
-from aggregator.config import load_config
-from aggregator.store.database import make_engine
+from aggregator.archive import Week, first_open_week
+from aggregator.config import Config, load_config
+from aggregator.pipeline import Pipeline, poll_once
+from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
 from tests.conftest import serving, write_config
 from tests.feedcheck import check_atom
 from tests.server import FeedServer, Route
 
+HISTORY = "{http://purl.org/syndication/history/1.0}"
+ATOM = "{http://www.w3.org/2005/Atom}"
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)  # a Tuesday of 2026-W48: W47 is complete, W48 is not
 DATES = {
+    "current": datetime(2026, 11, 23, 9, tzinfo=UTC),  # 2026-W48, the week in progress
     "a": datetime(2026, 11, 20, 9, tzinfo=UTC),  # 2026-W47
     "b": datetime(2026, 11, 19, 9, tzinfo=UTC),  # 2026-W47
-    "c": datetime(2026, 11, 12, 9, tzinfo=UTC),  # 2026-W46
-    "d": datetime(2026, 11, 4, 9, tzinfo=UTC),  # 2026-W45
+    "c": datetime(2026, 11, 4, 9, tzinfo=UTC),  # 2026-W45 (W46 has nothing)
+    "horoscope": datetime(2026, 10, 21, 9, tzinfo=UTC),  # 2026-W43: excluded by the output's rule
+    "d": datetime(2026, 9, 30, 9, tzinfo=UTC),  # 2026-W40
 }
+OUTPUTS = """
+outputs:
+  - slug: world
+    title: World
+    max_entries: 2
+    exclude:
+      - keywords: [horoscope]
+"""
 
 
-def feed() -> bytes:
+def feed(dates: dict[str, datetime]) -> bytes:
     items = "".join(
         f"<item><title>Story {key}</title><link>https://n.example/{key}</link><guid>https://n.example/{key}</guid>"
         f"<description>Body {key}</description><pubDate>{format_datetime(when)}</pubDate></item>"
-        for key, when in DATES.items()
+        for key, when in dates.items()
     )
     return f"<rss version='2.0'><channel><title>N</title><link>https://n.example/</link><description>d</description>{items}</channel></rss>".encode()
 
 
-def test_walking_back_the_archive_finds_every_week(server: FeedServer, tmp_path: Path) -> None:
-    server.add("/f", Route(body=feed()))
-    config_path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}])
-    assert main(["--config", str(config_path), "poll", "--once"]) == 0
-    config = load_config(config_path).config
-    public = config.settings.public_url
-    current = feedparser.parse((tmp_path / "data" / "feeds" / "world.atom").read_bytes())
-    prev = [link.href for link in current.feed.links if link.rel == "prev-archive"]
-    assert prev == [f"{public}/feeds/world/archive/2026-W46.atom"]  # the week before the newest entry
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
-    engine = make_engine(config.settings.database_url)
-    seen: dict[str, list[str]] = {}
+
+@contextlib.contextmanager
+def static_files(root: Path) -> Iterator[str]:
+    """A plain file server over ``root``: no aggregator code answers, as behind nginx."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
     try:
-        with serving(Store(engine), config) as base:
-            url: str | None = f"{public}/feeds/world/archive/2026-W47.atom"
-            while url:
-                response = httpx.get(url.replace(public, base))
-                assert response.status_code == 200, url
-                assert check_atom(response.content) == []
-                root = etree.fromstring(response.content)
-                assert root.find("{http://purl.org/syndication/history/1.0}archive") is not None
-                parsed = feedparser.parse(response.content)
-                week = url.rsplit("/", 1)[1].removesuffix(".atom")
-                seen[week] = sorted(e.title for e in parsed.entries)
-                links = {link.rel: link.href for link in parsed.feed.links}
-                assert links["current"] == f"{public}/feeds/world.atom"
-                assert links["self"] == url
-                again = httpx.get(url.replace(public, base), headers={"If-None-Match": response.headers["etag"]})
-                assert again.status_code == 304
-                url = links.get("prev-archive")
-            assert httpx.get(f"{base}/feeds/world/archive/2999-W01.atom").status_code == 404
-            assert httpx.get(f"{base}/feeds/world/archive/last-week.atom").status_code == 404
-            assert httpx.get(f"{base}/feeds/nope/archive/2026-W46.atom").status_code == 404
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def walk(start: str, public: str, base: str) -> list[tuple[str, list[str], bytes]]:
+    """Follow prev-archive from the subscription feed: (week, entry titles, bytes) per archive."""
+    chain = []
+    response = httpx.get(start.replace(public, base))
+    assert response.status_code == 200
+    url = {link.href for link in feedparser.parse(response.content).feed.links if link.rel == "prev-archive"}
+    next_url = url.pop() if url else None
+    while next_url:
+        response = httpx.get(next_url.replace(public, base))
+        assert response.status_code == 200, next_url
+        assert check_atom(response.content) == []
+        root = etree.fromstring(response.content)
+        assert root.find(f"{HISTORY}archive") is not None
+        parsed = feedparser.parse(response.content)
+        links = {link.rel: link.href for link in parsed.feed.links}
+        assert links["self"] == next_url
+        assert links["current"] == f"{public}/feeds/world.atom"
+        assert "next-archive" not in links  # an archive never changes, so it cannot know the next one
+        # `updated` is the newest entry's, never 1970 or the time it was rendered.
+        assert parsed.feed.updated_parsed == max(e.updated_parsed for e in parsed.entries)
+        week = next_url.rsplit("/", 1)[1].removesuffix(".atom")
+        chain.append((week, sorted(e.title for e in parsed.entries), response.content))
+        assert len(chain) < 50, "the chain loops"
+        next_url = links.get("prev-archive")
+    return chain
+
+
+def poll(config: Config, store: Store, now: datetime) -> None:
+    store.sync_sources(config, now)
+    asyncio.run(poll_once(Pipeline(config, store, clock=lambda: now), all_sources=True))
+
+
+@pytest.fixture
+def archived(
+    request: pytest.FixtureRequest, server: FeedServer, tmp_path: Path, database_url: str
+) -> Iterator[tuple[Config, Store, Path]]:
+    """The feed polled at NOW (or at the time given as the fixture's parameter)."""
+    server.add("/f", Route(body=feed(DATES)))
+    www = tmp_path / "www"
+    settings = f"database: {database_url}\noutput_dir: {www / 'feeds'}"
+    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=OUTPUTS)
+    config = load_config(path).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    try:
+        store = Store(engine)
+        poll(config, store, getattr(request, "param", NOW))
+        yield config, store, www
     finally:
         engine.dispose()
-    assert seen == {"2026-W47": ["Story a", "Story b"], "2026-W46": ["Story c"], "2026-W45": ["Story d"]}
+
+
+EXPECTED = [("2026-W47", ["Story a", "Story b"]), ("2026-W45", ["Story c"]), ("2026-W40", ["Story d"])]
+
+
+def test_the_archive_chain_skips_empty_weeks_and_is_the_same_from_static_files(
+    archived: tuple[Config, Store, Path],
+) -> None:
+    config, store, www = archived
+    public = config.settings.public_url
+    subscription = f"{public}/feeds/world.atom"
+    with serving(store, config) as app:
+        served = walk(subscription, public, app)
+        # The week in progress is not a finished archive; empty weeks and the rules' empty week are none.
+        for week in ("2026-W48", "2026-W46", "2026-W43", "2026-W41"):
+            assert httpx.get(f"{app}/feeds/world/archive/{week}.atom").status_code == 404, week
+        assert httpx.get(f"{app}/feeds/world/archive/last-week.atom").status_code == 404
+        assert httpx.get(f"{app}/feeds/nope/archive/2026-W47.atom").status_code == 404
+        first = httpx.get(f"{app}/feeds/world/archive/2026-W47.atom")
+        again = httpx.get(f"{app}/feeds/world/archive/2026-W47.atom", headers={"If-None-Match": first.headers["etag"]})
+        assert again.status_code == 304
+        page = httpx.get(f"{app}/feeds/world/archive/2026-W47")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "Story a" in page.text and f"{public}/feeds/world/archive/2026-W45" in page.text  # older entries
+    with static_files(www) as files:
+        static = walk(subscription, public, files)
+    assert [(week, titles) for week, titles, _ in served] == EXPECTED
+    assert static == served  # nginx serves the very same documents
+    for week, _ in EXPECTED:
+        assert (www / "feeds" / "world" / "archive" / f"{week}.html").exists()
+    assert not (www / "feeds" / "world" / "archive" / "2026-W48.atom").exists()
+
+
+def test_a_finished_week_is_frozen_and_the_next_one_joins_the_chain(
+    archived: tuple[Config, Store, Path], server: FeedServer
+) -> None:
+    config, store, www = archived
+    public = config.settings.public_url
+    frozen = (www / "feeds" / "world" / "archive" / "2026-W47.atom").read_bytes()
+    late = {**DATES, "late": datetime(2026, 11, 21, 9, tzinfo=UTC)}  # dated in W47, fetched in W49
+    server.add("/f", Route(body=feed(late)))
+    poll(config, store, NOW + timedelta(weeks=1))  # W48 is now over
+    assert (www / "feeds" / "world" / "archive" / "2026-W47.atom").read_bytes() == frozen
+    with static_files(www) as files:
+        chain = walk(f"{public}/feeds/world.atom", public, files)
+    assert [(week, titles) for week, titles, _ in chain] == [("2026-W48", ["Story current"]), *EXPECTED]
+    assert chain[1][2] == frozen
+    with serving(store, config) as app:
+        assert httpx.get(f"{app}/feeds/world/archive/2026-W47.atom").content == frozen
+
+
+def test_a_quiet_output_is_republished_when_a_week_ends(archived: tuple[Config, Store, Path]) -> None:
+    config, store, www = archived
+    later = NOW + timedelta(weeks=1)
+    pipeline = Pipeline(config, store, clock=lambda: later)
+    assert Pipeline(config, store, clock=lambda: NOW).archives_due(NOW) == []
+    assert [o.slug for o in pipeline.archives_due(later)] == ["world"]  # W48 is over; no new item needed
+    pipeline.publish(pipeline.archives_due(later))
+    assert pipeline.archives_due(later) == []
+    assert (www / "feeds" / "world" / "archive" / "2026-W48.atom").exists()
+    current = feedparser.parse((www / "feeds" / "world.atom").read_bytes())
+    assert [link.href for link in current.feed.links if link.rel == "prev-archive"] == [
+        f"{config.settings.public_url}/feeds/world/archive/2026-W48.atom"
+    ]
+
+
+@pytest.mark.parametrize("archived", [NOW - timedelta(weeks=1)], indirect=True)
+def test_a_story_blocked_before_its_week_ends_stays_out_of_the_archive(archived: tuple[Config, Store, Path]) -> None:
+    config, store, www = archived
+    assert not (www / "feeds" / "world" / "archive" / "2026-W47.atom").exists()  # W47 was in progress
+    story, _ = store.resolve_story("https://n.example/a")
+    store.set_editorial("world", story, "block", NOW)
+    Pipeline(config, store, clock=lambda: NOW).publish()
+    archive = feedparser.parse((www / "feeds" / "world" / "archive" / "2026-W47.atom").read_bytes())
+    # "Story current" was dated in the future when seen on the 17th, so it counts from then (W47).
+    assert sorted(e.title for e in archive.entries) == ["Story b", "Story current"]
 
 
 def test_weeks() -> None:
@@ -79,3 +217,73 @@ def test_weeks() -> None:
     assert str(week) == "2026-W01" and week.start == datetime(2025, 12, 29, tzinfo=UTC)
     assert str(week.shift(-1)) == "2025-W52"
     assert Week.parse("2025-W53") is None and Week.parse("2026-W53") == Week(2026, 53)
+
+
+def test_a_week_is_open_until_a_day_after_it_ends() -> None:
+    monday = datetime(2026, 11, 30, tzinfo=UTC)  # 2026-W49 begins
+    assert first_open_week(monday + timedelta(hours=23)) == Week(2026, 48)
+    assert first_open_week(monday + timedelta(days=1)) == Week(2026, 49)
+
+
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+def readme_nginx_location(output_dir: Path) -> str:
+    """The README's nginx ``location`` block, verbatim but for the directory."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("```nginx\n", 1)[1].split("```", 1)[0]
+    assert "alias /var/lib/aggregator/feeds/;" in block
+    return block.replace("/var/lib/aggregator/feeds/", f"{output_dir}/")
+
+
+@contextlib.contextmanager
+def nginx(tmp_path: Path, location: str) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    temp = " ".join(
+        f"{kind}_temp_path {prefix}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"{'user root;' if os.geteuid() == 0 else ''}\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log;\nevents {{}}\n"
+        f"http {{ access_log off; {temp}\n  server {{ listen 127.0.0.1:{port};\n{location}\n  }}\n}}\n"
+    )
+    process = subprocess.Popen([NGINX or "nginx", "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base, timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, (prefix / "error.log").read_text()
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_readme_nginx_setup_serves_the_whole_archive_chain(
+    archived: tuple[Config, Store, Path], tmp_path: Path
+) -> None:
+    config, store, www = archived
+    public = config.settings.public_url
+    with serving(store, config) as app:
+        served = walk(f"{public}/feeds/world.atom", public, app)
+    with nginx(tmp_path, readme_nginx_location(www / "feeds")) as base:
+        assert walk(f"{public}/feeds/world.atom", public, base) == served
+        page = httpx.get(f"{base}/feeds/world")  # world.html
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert f"{public}/feeds/world/archive/2026-W47" in page.text
+        week = httpx.get(f"{base}/feeds/world/archive/2026-W47")  # 2026-W47.html
+        assert week.status_code == 200 and "Story a" in week.text
+        assert httpx.get(f"{base}/feeds/world/archive/2026-W48.atom").status_code == 404

@@ -77,3 +77,42 @@ def test_broken_opml_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--config", str(config), "opml", "import", str(broken)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{broken}:1: not valid OPML") and "Traceback" not in err
+
+
+EXPORTED = b"""<?xml version="1.0"?>
+<opml version="2.0"><head><title>Old reader</title></head><body>
+  <outline type="rss" text="Podcast" xmlUrl="feed://pod.example.com/rss.xml"/>
+  <outline type="rss" text="Wrapped" xmlUrl="feed:https://wrapped.example.com/atom"/>
+  <outline type="rss" text="Mail list" xmlUrl="mailto:list@example.com"/>
+  <outline type="rss" text="Gopher" xmlUrl="gopher://hole.example.com/1"/>
+  <outline type="rss" text="No host" xmlUrl="http:///feed"/>
+  <outline type="rss" text="Fine" xmlUrl="https://fine.example.com/feed"/>
+</body></opml>
+"""
+
+
+def test_import_rewrites_feed_urls_and_lists_the_unusable_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(CONFIG)
+    exported = tmp_path / "exported.opml"
+    exported.write_bytes(EXPORTED)
+    assert main(["--config", str(config), "opml", "import", str(exported), "--write"]) == 0
+    captured = capsys.readouterr()
+    assert "added 3 sources" in captured.out
+    assert "Traceback" not in captured.err
+    assert captured.err.splitlines() == [
+        f"{exported}:3: 'Podcast': rewritten from feed://pod.example.com/rss.xml",
+        f"{exported}:4: 'Wrapped': rewritten from feed:https://wrapped.example.com/atom",
+        f"{exported}:5: skipped 'Mail list' (mailto:list@example.com): not an http(s) URL (scheme mailto:)",
+        f"{exported}:6: skipped 'Gopher' (gopher://hole.example.com/1): not an http(s) URL (scheme gopher:)",
+        f"{exported}:7: skipped 'No host' (http:///feed): no host name in the URL",
+    ]
+    urls = {s.name: s.url for s in load_config(config).config.sources}
+    assert urls == {
+        "One": "https://one.example.com/feed",
+        "Podcast": "http://pod.example.com/rss.xml",
+        "Wrapped": "https://wrapped.example.com/atom",
+        "Fine": "https://fine.example.com/feed",
+    }

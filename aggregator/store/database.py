@@ -107,6 +107,18 @@ def current_revision(engine: Engine) -> str | None:
         ) from None
 
 
+def sqlite_file_missing(url: str) -> Path | None:
+    """The file of a SQLite URL when it does not exist yet (opening it would create it)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database or "")
+    return None if path.exists() else path
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Migrate to head; return (from, to). Refuses a database newer than this code.
 

@@ -219,3 +219,23 @@ class EditorialRow(Base):
     story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"), primary_key=True)
     action: Mapped[str] = mapped_column(String(10))  # pin | block
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ArchiveRow(Base):
+    """One finished week of an output as RFC 5005 archive documents, rendered once and frozen.
+
+    ``week`` is the ISO week label (``2026-W46``), which sorts like the weeks themselves.
+    A week whose items the output's rules all left out is kept with ``entries`` 0 and empty
+    bodies: it is never linked or served, and never evaluated again.
+    """
+
+    __tablename__ = "archives"
+
+    slug: Mapped[str] = mapped_column(String(100), primary_key=True)
+    week: Mapped[str] = mapped_column(String(10), primary_key=True)
+    entries: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the newest entry's
+    atom: Mapped[bytes] = mapped_column(LargeBinary)
+    html: Mapped[bytes] = mapped_column(LargeBinary)
+    etag: Mapped[str] = mapped_column(String(100))  # of the Atom document
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -56,6 +56,7 @@ from aggregator.records import (
     StoredItem,
 )
 from aggregator.store.models import (
+    ArchiveRow,
     Base,
     DeletedItemRow,
     EditorialRow,
@@ -142,6 +143,33 @@ class StoreStats:
     stories: int
     due: int
     lag_seconds: float
+
+
+@dataclass(frozen=True)
+class ArchivePage:
+    """A frozen archive week of an output that has entries (the links of the chain)."""
+
+    week: str
+    entries: int
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CoverageItem:
+    """One outlet's item of a story, as the story page lists it."""
+
+    source_name: str
+    title: str
+    link: str | None
+    sort_at: datetime
+    dated: bool  # False: the outlet gave no date; sort_at is when we first saw it
+
+
+@dataclass(frozen=True)
+class StoryCoverage:
+    story_id: int
+    uid: str
+    items: tuple[CoverageItem, ...]  # newest first
 
 
 @dataclass
@@ -428,6 +456,65 @@ class Store:
         with self.session() as s:
             where = self._output_filter(s, output)
             return None if where is None else s.scalar(select(func.min(ItemRow.sort_at)).where(where))
+
+    def next_item_at(self, output: Output, start: datetime | None, end: datetime) -> datetime | None:
+        """The date of the output's first item in [start, end): where the next non-empty week is,
+        found in one indexed query however many empty weeks lie between."""
+        with self.session() as s:
+            where = self._output_filter(s, output)
+            if where is None:
+                return None
+            query = select(func.min(ItemRow.sort_at)).where(where, ItemRow.sort_at < end)
+            if start is not None:
+                query = query.where(ItemRow.sort_at >= start)
+            return s.scalar(query)
+
+    # --- archives ----------------------------------------------------------------------
+    def archive_weeks(self, slug: str) -> list[ArchivePage]:
+        """Every week evaluated for the archive, oldest first; those with ``entries`` 0 had
+        items the output's rules all left out (they are not linked)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ArchiveRow.week, ArchiveRow.entries, ArchiveRow.updated_at)
+                .where(ArchiveRow.slug == slug)
+                .order_by(ArchiveRow.week)
+            )
+            return [ArchivePage(r.week, r.entries, r.updated_at) for r in rows]
+
+    def archive_pages(self, slug: str) -> list[ArchivePage]:
+        """The archive weeks with entries, oldest first."""
+        return [page for page in self.archive_weeks(slug) if page.entries]
+
+    def archive(self, slug: str, week: str) -> ArchiveRow | None:
+        """A frozen archive week with entries (None for an empty or unarchived one)."""
+        with self.session() as s:
+            row = s.get(ArchiveRow, (slug, week))
+            if row is None or row.entries == 0:
+                return None
+            s.expunge(row)
+            return row
+
+    def save_archive(self, row: ArchiveRow) -> None:
+        """Freeze a week; when another worker froze it first, theirs stays (same rules, same bytes)."""
+        values = {column.name: getattr(row, column.name) for column in ArchiveRow.__table__.columns}
+        with self.session() as s:
+            _insert_ignore(s, ArchiveRow, [values])
+
+    # --- stories -----------------------------------------------------------------------
+    def story_coverage(self, story_id: int) -> StoryCoverage | None:
+        """Every stored item of a story, from every source, newest first."""
+        with self.session() as s:
+            uid = s.scalar(select(StoryRow.uid).where(StoryRow.id == story_id))
+            if uid is None:
+                return None
+            rows = s.execute(
+                select(SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.published_at)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .where(ItemRow.story_id == story_id)
+                .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
+            )
+            items = tuple(CoverageItem(r.name, r.title, r.link, r.sort_at, r.published_at is not None) for r in rows)
+        return StoryCoverage(story_id, uid, items)
 
     def story_candidates(self, config: Config, output: Output, story_ids: Iterable[int]) -> list[Candidate]:
         """Every item of the given stories from the output's sources (pinned stories outlive

@@ -1,0 +1,125 @@
+"""The command line finds the service's data, and says so when it is pointed elsewhere.
+
+One order everywhere: --data-dir / $AGGREGATOR_DATA_DIR, then settings.data_dir, then
+systemd's $STATE_DIRECTORY, then ./data. A command that only reads or edits a database
+refuses to start a new empty one; ``check`` warns about sources no output selects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from aggregator.cli import main
+from aggregator.config import DATA_DIR_ENV, Settings
+from tests.server import FeedServer, Route
+
+RSS = (
+    b"<rss version='2.0'><channel><title>T</title><link>https://t.example/</link><description>d</description>"
+    b"<item><title>Hello</title><link>https://t.example/1</link><guid>https://t.example/1</guid></item>"
+    b"</channel></rss>"
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data-dir sets $AGGREGATOR_DATA_DIR in the process; monkeypatch puts it back after the test."""
+    monkeypatch.setenv(DATA_DIR_ENV, "")
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("AGGREGATOR_DATABASE_URL", raising=False)
+
+
+def service_config(path: Path, url: str, extra: str = "") -> Path:
+    """A config like /etc/aggregator/feeds.yaml: no data_dir of its own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "settings:\n  allow_private_networks: true\n  parse_workers: 0\n"
+        + extra
+        + f"sources:\n  - name: Tee\n    url: {url}\noutputs:\n  - slug: world\n    title: World\n"
+    )
+    return path
+
+
+def test_the_order_that_chooses_the_data_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().data_dir_choice == (Path("data"), "the default, ./data in the working directory")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/aggregator")
+    assert Settings().resolved_data_dir == Path("/var/lib/aggregator")
+    assert Settings(data_dir="/srv/agg").data_dir_choice == (Path("/srv/agg"), "settings.data_dir")
+    monkeypatch.setenv(DATA_DIR_ENV, "/opt/state")
+    assert Settings(data_dir="/srv/agg").resolved_data_dir == Path("/opt/state")
+    assert Settings(data_dir="/srv/agg").database_url == "sqlite:////opt/state/aggregator.db"
+
+
+def test_a_command_run_elsewhere_refuses_an_empty_database_and_finds_the_right_one(
+    server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add("/t", Route(body=RSS))
+    config = service_config(tmp_path / "etc" / "feeds.yaml", server.url("/t"))
+    state = tmp_path / "state"
+    # The service polls with its data directory (the systemd unit sets $AGGREGATOR_DATA_DIR).
+    assert main(["--config", str(config), "--data-dir", str(state), "poll", "--once"]) == 0
+    assert (state / "aggregator.db").exists() and (state / "feeds" / "world.atom").exists()
+    os.environ[DATA_DIR_ENV] = ""
+    capsys.readouterr()
+
+    # An operator in their home directory forgets it: refused, nothing created.
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    for command in (["sources"], ["items", "world"], ["pin", "world", "1"], ["publish"], ["db", "prune"]):
+        assert main(["--config", str(config), *command]) == 1, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"no database at {home / 'data' / 'aggregator.db'}; data directory {home / 'data'} (the default" in err
+        assert "--data-dir" in err and "aggregator db upgrade" in err
+    assert list(home.iterdir()) == []
+
+    # Each documented way finds the service's data.
+    assert main(["--config", str(config), "--data-dir", str(state), "sources", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["Tee"]
+    os.environ[DATA_DIR_ENV] = str(state)
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["items"] == 1
+    os.environ[DATA_DIR_ENV] = ""
+    configured = service_config(tmp_path / "etc2" / "feeds.yaml", server.url("/t"), f"  data_dir: {state}\n")
+    assert main(["--config", str(configured), "items", "world", "--json"]) == 0
+    assert [row["title"] for row in json.loads(capsys.readouterr().out)] == ["Hello"]
+
+    # db upgrade is how a new database is started on purpose.
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    assert "database migrated from empty" in capsys.readouterr().out
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_an_empty_database_is_refused_on_both_backends(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = service_config(tmp_path / "feeds.yaml", "https://t.example/rss", f"  database: {database_url}\n")
+    assert main(["--config", str(config), "sources"]) == 1
+    err = capsys.readouterr().err
+    assert ("is empty" in err or "no database at" in err) and "aggregator db upgrade" in err
+    assert "settings.database" in err
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    assert main(["--config", str(config), "sources"]) == 0
+
+
+def test_check_warns_about_sources_no_output_selects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        "sources:\n"
+        "  - name: World One\n    url: https://one.example/rss\n    tags: [world]\n"
+        "  - name: Orphan\n    url: https://orphan.example/rss\n    tags: [sport]\n"
+        "  - name: Named\n    url: https://named.example/rss\n"
+        "outputs:\n"
+        "  - slug: world\n    title: World\n    tags: [world]\n    sources: [Named]\n"
+    )
+    assert main(["--config", str(config), "check"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"{config}:5: sources[1]: warning: no output selects 'Orphan' (no output names it or one of its tags sport)"
+    ]
+    assert "ok (3 sources, 1 outputs)" in captured.out
