@@ -131,7 +131,9 @@ def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
     try:
         if create:
             if current_revision(engine) is None:
-                log.warning("starting a new, empty database: %s", engine.url.render_as_string(hide_password=True))
+                # INFO, not WARNING: a first start is normal operation, and a healthy daemon logs
+                # no warnings; the line still shows which database an unexpected one is.
+                log.info("starting a new, empty database: %s", engine.url.render_as_string(hide_password=True))
         elif current_revision(engine) is None:
             raise UsageError(_no_database(loaded, f"{engine.url.render_as_string(hide_password=True)} is empty"))
         ensure_schema(engine)
