@@ -185,10 +185,10 @@ def _unselected_sources(loaded: LoadedConfig) -> list[str]:
 def cmd_db(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if args.db_command == "prune":
-        from aggregator.pipeline import Pipeline, prune
+        from aggregator.publisher import Publisher, prune
 
         with _store(loaded) as store:
-            report = prune(Pipeline(loaded.config, store))
+            report = prune(Publisher(loaded.config, store))
         if report is None:
             print("retention is off (settings.retention: null)")
         else:
@@ -257,11 +257,11 @@ class _Progress:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from aggregator.pipeline import Pipeline
+    from aggregator.publisher import Publisher
 
     loaded = _load(args)
     with _store(loaded) as store:
-        changed = Pipeline(loaded.config, store).publish(force_files=True)
+        changed = Publisher(loaded.config, store).publish(force_files=True)
     print(f"published {len(loaded.config.outputs)} outputs ({len(changed)} renderings changed)")
     return EXIT_OK
 
@@ -284,12 +284,12 @@ def _output(loaded: LoadedConfig, slug: str) -> Output:
 
 
 def cmd_items(args: argparse.Namespace) -> int:
-    from aggregator.pipeline import Pipeline
+    from aggregator.publisher import Publisher
 
     loaded = _load(args)
     output = _output(loaded, args.output)
     with _store(loaded) as store:
-        curation = Pipeline(loaded.config, store).curation(output, datetime.now(UTC))
+        curation = Publisher(loaded.config, store).curation(output, datetime.now(UTC))
     verdicts = sorted(curation.verdicts, key=lambda v: (not v.included, -v.candidate.published_at.timestamp()))
     verdicts = verdicts[: max(args.limit, 0)]
     if args.json:
@@ -315,14 +315,14 @@ def cmd_items(args: argparse.Namespace) -> int:
 
 
 def cmd_editorial(args: argparse.Namespace) -> int:
-    from aggregator.pipeline import Pipeline
+    from aggregator.publisher import Publisher
 
     loaded = _load(args)
     output = _output(loaded, args.output)
     with _store(loaded) as store:
         story_id, uid = store.resolve_story(args.story)
         store.set_editorial(output.slug, story_id, None if args.remove else args.command, datetime.now(UTC))
-        Pipeline(loaded.config, store).publish([output])
+        Publisher(loaded.config, store).publish([output])
     done = {"pin": "pinned", "block": "blocked"}[args.command]
     done = f"no longer {done}" if args.remove else done
     print(f"story {story_id} ({uid}) {done} in {output.slug}; republished")

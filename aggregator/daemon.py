@@ -45,9 +45,9 @@ from aggregator.pipeline import (
     PollSummary,
     fetch_options,
     make_parse_pool,
-    prune,
     reclaim_dead_leases,
 )
+from aggregator.publisher import Publisher, prune
 from aggregator.serve import create_app
 from aggregator.store.repository import Store
 
@@ -120,6 +120,7 @@ class Daemon:
         self.poll = poll
         self.http = http
         self.pipeline: Pipeline | None = None
+        self.publisher: Publisher | None = None
         self._stop = asyncio.Event()
         self._server: _QuietServer | None = None
         self._config_mtime = _mtime(loaded.path)
@@ -168,9 +169,10 @@ class Daemon:
                 )
                 await asyncio.to_thread(reclaim_dead_leases, self.store)
                 self.pipeline = Pipeline(self.loaded.config, self.store, parse_pool=pool, on_progress=self._progressed)
+                self.publisher = Publisher(self.loaded.config, self.store)
                 self._fetch_options = fetch_options(self.loaded.config)
                 self._fetcher = Fetcher(self._fetch_options)
-                await asyncio.to_thread(self.pipeline.publish, None)
+                await asyncio.to_thread(self.publisher.publish, None)
                 scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
                 scheduler.add_job(self._archive, "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
                 scheduler.add_job(
@@ -251,7 +253,8 @@ class Daemon:
         self._polling_since = time.monotonic()
 
     async def _poll_cycle(self) -> None:
-        assert self.pipeline is not None and self._fetcher is not None
+        assert self.pipeline is not None and self.publisher is not None and self._fetcher is not None
+        publisher = self.publisher
         fetcher = self._cycle_fetcher = self._fetcher  # a reload may replace it; this cycle keeps its own
         self._polling_since = time.monotonic()
         try:
@@ -262,10 +265,11 @@ class Daemon:
                 self._release_own_leases = False
             summary = await self.pipeline.poll_due(fetcher)
             if summary.new_items or summary.updated_items:
-                changed = await asyncio.to_thread(self.pipeline.publish, self.pipeline.affected_outputs(summary))
+                affected = publisher.affected_outputs(summary.changed_sources)
+                changed = await asyncio.to_thread(publisher.publish, affected)
                 if changed and self.loaded.config.settings.websub_hub:
                     # Beside the poll loop, never in its way: a slow hub only delays its own pings.
-                    task = asyncio.get_running_loop().create_task(self.pipeline.notify_hub(changed))
+                    task = asyncio.get_running_loop().create_task(publisher.notify_hub(changed))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
         except AggregatorError as exc:
@@ -281,21 +285,21 @@ class Daemon:
 
     async def _archive(self) -> None:
         """Archive weeks that ended, also for outputs that had no new item since."""
-        if self.pipeline is None:
+        if self.publisher is None:
             return
-        pipeline = self.pipeline
+        publisher = self.publisher
         try:
-            due = await asyncio.to_thread(pipeline.archives_due, pipeline.clock())
+            due = await asyncio.to_thread(publisher.archives_due, publisher.clock())
             if due:
-                await asyncio.to_thread(pipeline.publish, due)
+                await asyncio.to_thread(publisher.publish, due)
         except AggregatorError as exc:
             log.error("archiving failed: %s", exc)
 
     async def _housekeeping(self) -> None:
-        if self.pipeline is None:
+        if self.publisher is None:
             return
         try:
-            await asyncio.to_thread(prune, self.pipeline)
+            await asyncio.to_thread(prune, self.publisher)
         except AggregatorError as exc:
             log.error("retention failed: %s", exc)
 
@@ -329,7 +333,9 @@ class Daemon:
                 previous, self._fetcher, self._fetch_options = self._fetcher, Fetcher(options), options
                 if previous is not self._cycle_fetcher:
                     await previous.aclose()
-            await asyncio.to_thread(self.pipeline.publish, None)
+        if self.publisher is not None:
+            self.publisher.reconfigure(loaded.config)
+            await asyncio.to_thread(self.publisher.publish, None)
         log.info(
             "config reloaded (%s): %d sources added, %d changed, %d removed",
             why, len(report.added), len(report.changed), len(report.removed),

@@ -1,8 +1,8 @@
-"""Wiring: one poll of one source through every stage, and one publish of every output.
+"""Wiring: one poll of one source through every stage, then ``publisher`` for the outputs.
 
 ``Pipeline.poll_due`` claims due sources, fetches them concurrently, parses changed
 bodies in a process pool (feedparser is where the CPU goes), and commits each result
-in its own transaction. ``Pipeline.publish`` renders the outputs whose sources changed.
+in its own transaction. ``Publisher.publish`` renders the outputs whose sources changed.
 The deciders (``schedule.next_poll``, ``dedupe.decide_ingest``, ``curate.select``) are
 called from here; the I/O stages never call each other.
 """
@@ -26,20 +26,17 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from aggregator import __version__, cluster, metrics, parsejob
-from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_dir, archive_output, first_open_week
-from aggregator.config import Config, Output
-from aggregator.curate import Curation, Editorial, curate, draws_from
+from aggregator import cluster, metrics, parsejob
+from aggregator.config import Config
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
-from aggregator.publish import Rendering, feed_url, render_all, render_archive, write_atomically, write_file
+from aggregator.publisher import Publisher
 from aggregator.records import FetchResult, IngestPlan, Item, ParsedFeed
 from aggregator.schedule import (
     THROTTLED_STATUSES,
@@ -51,27 +48,19 @@ from aggregator.schedule import (
     next_poll,
     retirement,
 )
-from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import (
-    ArchivePage,
     ClaimedSource,
     IngestTransaction,
     MatchCandidate,
     PollRecord,
-    PruneReport,
     Store,
 )
-from aggregator.websub import ping_hub
 
 log = logging.getLogger("aggregator")
 
 LEASE_MARGIN = timedelta(minutes=2)
-# A row of the published table per output holding a fingerprint of the settings it was
-# rendered with: a poll with nothing new re-renders an output only when those changed.
-CONFIG_FORMAT = "config"
 COMMIT_ATTEMPTS = 4
 COMMIT_SLOTS = 4
-CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
 
 
 @dataclass
@@ -593,165 +582,6 @@ class Pipeline:
                 f"; read leniently: {record.warning}" if record.warning else "", extra=context,
             )  # fmt: skip
 
-    # --- publishing --------------------------------------------------------------------
-    def affected_outputs(self, summary: PollSummary) -> list[Output]:
-        """Outputs drawing from a source whose items changed in this poll."""
-        changed = summary.changed_sources.items()
-        return [o for o in self.config.outputs if any(draws_from(o, name, tags) for name, tags in changed)]
-
-    def curation(self, output: Output, now: datetime) -> Curation:
-        """What ``output`` shows now and why each candidate is in or out."""
-        editorial = self.store.editorial(output.slug)
-        limit = output.max_entries * CANDIDATE_FACTOR + 100
-        if output.order == "coverage":
-            candidates = self.store.coverage_candidates(output, now, limit)
-        else:
-            candidates = self.store.candidates(self.config, output, now, limit)
-        seen = {c.item_id for c in candidates}
-        pinned = self.store.story_candidates(self.config, output, editorial.pinned)
-        candidates += [c for c in pinned if c.item_id not in seen]
-        return curate(output, candidates, editorial)
-
-    async def notify_hub(self, changed: list[Rendering]) -> None:
-        """Ping the WebSub hub for the feeds whose bytes changed (never raises)."""
-        settings = self.config.settings
-        if settings.websub_hub is None:
-            return
-        urls = [feed_url(settings.public_url, r.slug, r.format) for r in changed if r.format in ("atom", "rss", "json")]
-        await ping_hub(settings.websub_hub, urls, user_agent=settings.effective_user_agent)
-
-    def publish(self, outputs: list[Output] | None = None, *, force_files: bool = False) -> list[Rendering]:
-        """Render outputs; store and write only the renderings whose bytes changed."""
-        changed = []
-        now = self.clock()
-        settings = self.config.settings
-        out_dir = Path(settings.resolved_output_dir)
-        for output in self.config.outputs if outputs is None else outputs:
-            weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
-            entries = self.curation(output, now).entries
-            renderings = render_all(output, entries, settings.public_url, settings.websub_hub, archives=weeks)
-            for rendering in renderings:
-                stored = self.store.save_published(
-                    rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
-                )
-                if stored or force_files or not (out_dir / rendering.filename).exists():
-                    write_atomically(out_dir, rendering)
-                if stored:
-                    metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
-                    changed.append(rendering)
-                    log.info("published %s (%d entries)", rendering.filename, len(entries))
-            fingerprint = self._fingerprint(output)
-            self.store.save_published(output.slug, CONFIG_FORMAT, "text/plain", fingerprint.encode(), fingerprint, now)
-        return changed
-
-    def archives_due(self, now: datetime) -> list[Output]:
-        """Outputs with a finished week not archived yet: the daemon publishes them even when
-        no new item arrives, so a quiet output's archive still grows week by week."""
-        due = []
-        open_week = first_open_week(now)
-        for output in self.config.outputs:
-            cursor = _archived_until(self.store.archive_weeks(output.slug))
-            if self._unarchived_item_at(output, cursor, open_week) is not None:
-                due.append(output)
-        return due
-
-    def _unarchived_item_at(self, output: Output, cursor: datetime | None, open_week: Week) -> datetime | None:
-        """The date of the oldest item after ``cursor`` in a complete week, if any."""
-        if cursor is not None and cursor >= open_week.start:
-            return None  # every complete week is archived: the usual case, and no query
-        return self.store.next_item_at(output, cursor, open_week.start)
-
-    def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
-        """Archive every complete week of ``output`` not archived yet, oldest first, and write
-        the new pages beside the feeds; return the weeks with entries, oldest first.
-
-        Each week is rendered once (``ArchiveRow``) and never again: a later item dated in it
-        shows in the subscription feed, not in the frozen archive. Weeks without items cost
-        nothing (``next_item_at`` jumps over them), and a week whose items the output's rules
-        all leave out is recorded as empty, so it is neither linked nor looked at again.
-        """
-        store, public = self.store, self.config.settings.public_url
-        open_week = first_open_week(now)
-        evaluated = store.archive_weeks(output.slug)
-        cursor = _archived_until(evaluated)
-        pages = [page.week for page in evaluated if page.entries]
-        complete = archive_output(output)
-        blocked: Editorial | None = None
-        fresh: list[str] = []
-        while (at := self._unarchived_item_at(output, cursor, open_week)) is not None:
-            week = Week.of(at)
-            blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
-            candidates = store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)
-            entries = curate(complete, candidates, blocked).entries
-            atom, page = render_archive(complete, entries, public, week, pages[-1] if pages else None)
-            store.save_archive(
-                ArchiveRow(
-                    slug=output.slug, week=str(week), entries=len(entries),
-                    updated_at=max((e.updated_at for e in entries), default=None),
-                    atom=atom if entries else b"", html=page if entries else b"",
-                    etag=Rendering(output.slug, "atom", "", atom).etag, created_at=now,
-                )
-            )  # fmt: skip
-            if entries:
-                pages.append(str(week))
-                fresh.append(str(week))
-                log.info("archived %s week %s (%d entries)", output.slug, week, len(entries))
-            cursor = week.end
-        if fresh:  # another worker may have frozen a week first: what is stored is the truth
-            pages = [page.week for page in store.archive_pages(output.slug)]
-        directory = archive_dir(out_dir, output.slug)
-        for label in pages:
-            if label in fresh or force_files or not (directory / f"{label}.atom").exists():
-                row = store.archive(output.slug, label)
-                if row is not None:
-                    write_file(directory, f"{label}.atom", row.atom)
-                    write_file(directory, f"{label}.html", row.html)
-        return pages
-
-    def stale_outputs(self) -> list[Output]:
-        """Outputs never published, or published under other settings (or by another version)."""
-        stale = []
-        for output in self.config.outputs:
-            row = self.store.published(output.slug, CONFIG_FORMAT)
-            if row is None or row.etag != self._fingerprint(output):
-                stale.append(output)
-        return stale
-
-    def outputs_to_publish(self, summary: PollSummary) -> list[Output]:
-        """What a poll must re-render: outputs its new items touch, and stale ones."""
-        chosen = {o.slug: o for o in self.affected_outputs(summary)}
-        chosen.update({o.slug: o for o in self.stale_outputs()})
-        return [o for o in self.config.outputs if o.slug in chosen]
-
-    def _fingerprint(self, output: Output) -> str:
-        settings = self.config.settings
-        text = "|".join((__version__, output.model_dump_json(), settings.public_url, settings.websub_hub or ""))
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:
-    """The end of the newest week already archived (None: nothing archived yet)."""
-    week = Week.parse(evaluated[-1].week) if evaluated else None
-    return week.end if week is not None else None
-
-
-def prune(pipeline: Pipeline) -> PruneReport | None:
-    """Retention, keeping every item an output shows now (the housekeeping job)."""
-    settings = pipeline.config.settings
-    if settings.retention is None:
-        return None
-    now = pipeline.clock()
-    protected: set[int] = set()
-    for output in pipeline.config.outputs:
-        for entry in pipeline.curation(output, now).entries:
-            protected.add(entry.lead.item_id)
-            protected.update(c.item_id for c in entry.also)
-    report = pipeline.store.prune(now, settings.retention, protected, fetch_log_keep=settings.fetch_log_retention)
-    log.info(
-        "retention: %d items, %d stories and %d fetch-log rows removed", report.items, report.stories, report.fetch_log
-    )
-    return report
-
 
 def source_fault(exc: Exception) -> bool:
     """Whether an exception raised while handling one source is that source's alone.
@@ -797,8 +627,12 @@ def _authority(public_url: str) -> str:
     return (urlsplit(public_url).hostname or "localhost").lower()
 
 
-async def poll_once(pipeline: Pipeline, *, all_sources: bool = False) -> PollSummary:
-    """``aggregator poll --once``: poll what is due (or everything), then publish."""
+async def poll_once(
+    pipeline: Pipeline, *, all_sources: bool = False, publisher: Publisher | None = None
+) -> PollSummary:
+    """``aggregator poll --once``: poll what is due (or everything), then publish (with
+    ``publisher``, by default one of the pipeline's config, store and clock)."""
+    publisher = publisher or Publisher(pipeline.config, pipeline.store, clock=pipeline.clock)
     start = pipeline.clock()
     await asyncio.to_thread(reclaim_dead_leases, pipeline.store)
     if all_sources:
@@ -807,10 +641,10 @@ async def poll_once(pipeline: Pipeline, *, all_sources: bool = False) -> PollSum
         summary = await pipeline.poll_due(fetcher, until=start)
     try:
         # Re-render only what changed: a poll that got nothing but 304s renders nothing.
-        changed = await asyncio.to_thread(pipeline.publish, pipeline.outputs_to_publish(summary))
+        changed = await asyncio.to_thread(publisher.publish, publisher.outputs_to_publish(summary.changed_sources))
     except PublishError:
         raise
     except AggregatorError as exc:
         raise PublishError(str(exc)) from exc
-    await pipeline.notify_hub(changed)
+    await publisher.notify_hub(changed)
     return summary

@@ -16,7 +16,6 @@ one per item, RSS allows no more —, JSON Feed ``attachments``) and its preview
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import mimetypes
@@ -35,7 +34,7 @@ from aggregator import __version__
 from aggregator.archive import Week, archive_page_url, archive_url
 from aggregator.config import Output
 from aggregator.errors import PublishError
-from aggregator.records import Candidate, Enclosure, OutputEntry
+from aggregator.records import Candidate, Enclosure, OutputEntry, etag_of
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 MEDIA_NS = "http://search.yahoo.com/mrss/"  # Media RSS: media:thumbnail
@@ -54,7 +53,7 @@ class Rendering:
 
     @property
     def etag(self) -> str:
-        return '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
+        return etag_of(self.body)
 
     @property
     def filename(self) -> str:

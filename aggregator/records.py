@@ -9,6 +9,7 @@ an output. They are frozen dataclasses so the pure deciders cannot mutate them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -215,3 +216,9 @@ class OutputEntry:
     def outlets(self) -> int:
         """How many outlets (configured sources) carry the story in this output."""
         return len({member.source_name for member in (self.lead, *self.also)})
+
+
+def etag_of(body: bytes) -> str:
+    """The ETag of published bytes (a feed, an archive week, a page): a strong validator of
+    the bytes alone, so the same bytes carry the same ETag whoever rendered or serves them."""
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

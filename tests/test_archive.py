@@ -30,6 +30,7 @@ from lxml import etree
 from aggregator.archive import Week, first_open_week
 from aggregator.config import Config, load_config
 from aggregator.pipeline import Pipeline, poll_once
+from aggregator.publisher import Publisher
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
 from tests.conftest import serving, write_config
@@ -188,11 +189,11 @@ def test_a_finished_week_is_frozen_and_the_next_one_joins_the_chain(
 def test_a_quiet_output_is_republished_when_a_week_ends(archived: tuple[Config, Store, Path]) -> None:
     config, store, www = archived
     later = NOW + timedelta(weeks=1)
-    pipeline = Pipeline(config, store, clock=lambda: later)
-    assert Pipeline(config, store, clock=lambda: NOW).archives_due(NOW) == []
-    assert [o.slug for o in pipeline.archives_due(later)] == ["world"]  # W48 is over; no new item needed
-    pipeline.publish(pipeline.archives_due(later))
-    assert pipeline.archives_due(later) == []
+    publisher = Publisher(config, store, clock=lambda: later)
+    assert Publisher(config, store, clock=lambda: NOW).archives_due(NOW) == []
+    assert [o.slug for o in publisher.archives_due(later)] == ["world"]  # W48 is over; no new item needed
+    publisher.publish(publisher.archives_due(later))
+    assert publisher.archives_due(later) == []
     assert (www / "feeds" / "world" / "archive" / "2026-W48.atom").exists()
     current = feedparser.parse((www / "feeds" / "world.atom").read_bytes())
     assert [link.href for link in current.feed.links if link.rel == "prev-archive"] == [
@@ -206,7 +207,7 @@ def test_a_story_blocked_before_its_week_ends_stays_out_of_the_archive(archived:
     assert not (www / "feeds" / "world" / "archive" / "2026-W47.atom").exists()  # W47 was in progress
     story, _ = store.resolve_story("https://n.example/a")
     store.set_editorial("world", story, "block", NOW)
-    Pipeline(config, store, clock=lambda: NOW).publish()
+    Publisher(config, store, clock=lambda: NOW).publish()
     archive = feedparser.parse((www / "feeds" / "world" / "archive" / "2026-W47.atom").read_bytes())
     # "Story current" was dated in the future when seen on the 17th, so it counts from then (W47).
     assert sorted(e.title for e in archive.entries) == ["Story b", "Story current"]

@@ -145,7 +145,7 @@ def test_many_undated_items_do_not_crowd_dated_news_out_of_the_candidates(
     server: FeedServer, tmp_path: Path, database_url: str
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
-    # 2 entries read 110 candidates (pipeline.CANDIDATE_FACTOR): 150 undated items would be all of them.
+    # 2 entries read 110 candidates (publisher.CANDIDATE_FACTOR): 150 undated items would be all of them.
     server.add("/opinion", Route(body=rss("opinion", [(f"column-{n:03d}", None) for n in range(150)])))
     server.add("/wire", Route(body=rss("wire", [(f"h{n}", now - timedelta(hours=n)) for n in (1, 2)])))
     config = write_config(

@@ -1,0 +1,225 @@
+"""Publishing: curation → rendering → saving → files → archives → WebSub, for every output.
+
+A ``Publisher`` is built from the config, the store and a clock, and nothing else: no parse
+pool, no writer threads. So ``aggregator publish``, ``items`` and the editorial commands
+curate and render without starting the machinery a poll needs, and the daemon, ``poll
+--once`` and the CLI all publish through the same code. The choices that need no database
+(which outputs a poll touches, whether an output's settings changed) are pure functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aggregator import __version__, metrics
+from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_dir, archive_output, first_open_week
+from aggregator.config import Config, Output, Settings
+from aggregator.curate import Curation, Editorial, curate, draws_from
+from aggregator.publish import Rendering, feed_url, render_all, render_archive, write_atomically, write_file
+from aggregator.records import etag_of
+from aggregator.store.models import ArchiveRow
+from aggregator.store.repository import ArchivePage, PruneReport, Store
+from aggregator.websub import ping_hub
+
+log = logging.getLogger("aggregator")
+
+# A row of the published table per output holding a fingerprint of the settings it was
+# rendered with: a poll with nothing new re-renders an output only when those changed.
+CONFIG_FORMAT = "config"
+CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
+
+
+def affected_outputs(outputs: Sequence[Output], changed_sources: Mapping[str, Sequence[str]]) -> list[Output]:
+    """Outputs drawing from a source whose items changed (``changed_sources``: name -> tags)."""
+    changed = changed_sources.items()
+    return [o for o in outputs if any(draws_from(o, name, tags) for name, tags in changed)]
+
+
+def outputs_to_publish(
+    outputs: Sequence[Output], changed_sources: Mapping[str, Sequence[str]], stale: Collection[str]
+) -> list[Output]:
+    """What a poll must re-render, in config order: outputs its new items touch, and the
+    ``stale`` ones (slugs) whatever the poll brought."""
+    chosen = {o.slug for o in affected_outputs(outputs, changed_sources)} | set(stale)
+    return [o for o in outputs if o.slug in chosen]
+
+
+def config_fingerprint(output: Output, settings: Settings) -> str:
+    """What an output was rendered with: its rules, the addresses its bytes name, the version."""
+    text = "|".join((__version__, output.model_dump_json(), settings.public_url, settings.websub_hub or ""))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class Publisher:
+    def __init__(
+        self, config: Config, store: Store, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config: every setting is read from ``self.config`` where it is used."""
+        self.config = config
+
+    def affected_outputs(self, changed_sources: Mapping[str, Sequence[str]]) -> list[Output]:
+        """Outputs drawing from a source whose items changed (``PollSummary.changed_sources``)."""
+        return affected_outputs(self.config.outputs, changed_sources)
+
+    def curation(self, output: Output, now: datetime) -> Curation:
+        """What ``output`` shows now and why each candidate is in or out."""
+        editorial = self.store.editorial(output.slug)
+        limit = output.max_entries * CANDIDATE_FACTOR + 100
+        if output.order == "coverage":
+            candidates = self.store.coverage_candidates(output, now, limit)
+        else:
+            candidates = self.store.candidates(self.config, output, now, limit)
+        seen = {c.item_id for c in candidates}
+        pinned = self.store.story_candidates(self.config, output, editorial.pinned)
+        candidates += [c for c in pinned if c.item_id not in seen]
+        return curate(output, candidates, editorial)
+
+    async def notify_hub(self, changed: list[Rendering]) -> None:
+        """Ping the WebSub hub for the feeds whose bytes changed (never raises)."""
+        settings = self.config.settings
+        if settings.websub_hub is None:
+            return
+        urls = [feed_url(settings.public_url, r.slug, r.format) for r in changed if r.format in ("atom", "rss", "json")]
+        await ping_hub(settings.websub_hub, urls, user_agent=settings.effective_user_agent)
+
+    def publish(self, outputs: list[Output] | None = None, *, force_files: bool = False) -> list[Rendering]:
+        """Render outputs; store and write only the renderings whose bytes changed."""
+        changed = []
+        now = self.clock()
+        settings = self.config.settings
+        out_dir = Path(settings.resolved_output_dir)
+        for output in self.config.outputs if outputs is None else outputs:
+            weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
+            entries = self.curation(output, now).entries
+            renderings = render_all(output, entries, settings.public_url, settings.websub_hub, archives=weeks)
+            for rendering in renderings:
+                stored = self.store.save_published(
+                    rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
+                )
+                if stored or force_files or not (out_dir / rendering.filename).exists():
+                    write_atomically(out_dir, rendering)
+                if stored:
+                    metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
+                    changed.append(rendering)
+                    log.info("published %s (%d entries)", rendering.filename, len(entries))
+            fingerprint = self._fingerprint(output)
+            self.store.save_published(output.slug, CONFIG_FORMAT, "text/plain", fingerprint.encode(), fingerprint, now)
+        return changed
+
+    def archives_due(self, now: datetime) -> list[Output]:
+        """Outputs with a finished week not archived yet: the daemon publishes them even when
+        no new item arrives, so a quiet output's archive still grows week by week."""
+        due = []
+        open_week = first_open_week(now)
+        for output in self.config.outputs:
+            cursor = _archived_until(self.store.archive_weeks(output.slug))
+            if self._unarchived_item_at(output, cursor, open_week) is not None:
+                due.append(output)
+        return due
+
+    def _unarchived_item_at(self, output: Output, cursor: datetime | None, open_week: Week) -> datetime | None:
+        """The date of the oldest item after ``cursor`` in a complete week, if any."""
+        if cursor is not None and cursor >= open_week.start:
+            return None  # every complete week is archived: the usual case, and no query
+        return self.store.next_item_at(output, cursor, open_week.start)
+
+    def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
+        """Archive every complete week of ``output`` not archived yet, oldest first, and write
+        the new pages beside the feeds; return the weeks with entries, oldest first.
+
+        Each week is rendered once (``ArchiveRow``) and never again: a later item dated in it
+        shows in the subscription feed, not in the frozen archive. Weeks without items cost
+        nothing (``next_item_at`` jumps over them), and a week whose items the output's rules
+        all leave out is recorded as empty, so it is neither linked nor looked at again.
+        """
+        store, public = self.store, self.config.settings.public_url
+        open_week = first_open_week(now)
+        evaluated = store.archive_weeks(output.slug)
+        cursor = _archived_until(evaluated)
+        pages = [page.week for page in evaluated if page.entries]
+        complete = archive_output(output)
+        blocked: Editorial | None = None
+        fresh: list[str] = []
+        while (at := self._unarchived_item_at(output, cursor, open_week)) is not None:
+            week = Week.of(at)
+            blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
+            candidates = store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)
+            entries = curate(complete, candidates, blocked).entries
+            atom, page = render_archive(complete, entries, public, week, pages[-1] if pages else None)
+            store.save_archive(
+                ArchiveRow(
+                    slug=output.slug, week=str(week), entries=len(entries),
+                    updated_at=max((e.updated_at for e in entries), default=None),
+                    atom=atom if entries else b"", html=page if entries else b"",
+                    etag=etag_of(atom), created_at=now,
+                )
+            )  # fmt: skip
+            if entries:
+                pages.append(str(week))
+                fresh.append(str(week))
+                log.info("archived %s week %s (%d entries)", output.slug, week, len(entries))
+            cursor = week.end
+        if fresh:  # another worker may have frozen a week first: what is stored is the truth
+            pages = [page.week for page in store.archive_pages(output.slug)]
+        directory = archive_dir(out_dir, output.slug)
+        for label in pages:
+            if label in fresh or force_files or not (directory / f"{label}.atom").exists():
+                row = store.archive(output.slug, label)
+                if row is not None:
+                    write_file(directory, f"{label}.atom", row.atom)
+                    write_file(directory, f"{label}.html", row.html)
+        return pages
+
+    def stale_outputs(self) -> list[Output]:
+        """Outputs never published, or published under other settings (or by another version)."""
+        stale = []
+        for output in self.config.outputs:
+            row = self.store.published(output.slug, CONFIG_FORMAT)
+            if row is None or row.etag != self._fingerprint(output):
+                stale.append(output)
+        return stale
+
+    def outputs_to_publish(self, changed_sources: Mapping[str, Sequence[str]]) -> list[Output]:
+        """What a poll must re-render: outputs its new items touch, and stale ones."""
+        stale = [o.slug for o in self.stale_outputs()]
+        return outputs_to_publish(self.config.outputs, changed_sources, stale)
+
+    def _fingerprint(self, output: Output) -> str:
+        return config_fingerprint(output, self.config.settings)
+
+
+def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:
+    """The end of the newest week already archived (None: nothing archived yet)."""
+    week = Week.parse(evaluated[-1].week) if evaluated else None
+    return week.end if week is not None else None
+
+
+def prune(publisher: Publisher) -> PruneReport | None:
+    """Retention, keeping every item an output shows now (the housekeeping job).
+
+    Here rather than in the store because what to keep is a curation: the store deletes what
+    it is told may go.
+    """
+    settings = publisher.config.settings
+    if settings.retention is None:
+        return None
+    now = publisher.clock()
+    protected: set[int] = set()
+    for output in publisher.config.outputs:
+        for entry in publisher.curation(output, now).entries:
+            protected.add(entry.lead.item_id)
+            protected.update(c.item_id for c in entry.also)
+    report = publisher.store.prune(now, settings.retention, protected, fetch_log_keep=settings.fetch_log_retention)
+    log.info(
+        "retention: %d items, %d stories and %d fetch-log rows removed", report.items, report.stories, report.fetch_log
+    )
+    return report
