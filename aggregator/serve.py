@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -34,8 +32,8 @@ from aggregator.config import Config
 from aggregator.errors import StorageError
 from aggregator.metrics import exposition, registry_for
 from aggregator.pages import outputs_opml, render_front_door, render_story
+from aggregator.records import etag_of
 from aggregator.status import render_status
-from aggregator.store.models import PublishedRow
 from aggregator.store.repository import Store
 
 GZIP_MIN_BYTES = 1024
@@ -112,8 +110,7 @@ class OutputCache:
 
     def get(self, slug: str, fmt: str) -> CachedOutput | None:
         checked = time.monotonic()  # before the query: an honest bound on staleness
-        with self.store.session() as s:
-            etag = s.scalar(select(PublishedRow.etag).where(PublishedRow.slug == slug, PublishedRow.format == fmt))
+        etag = self.store.published_etag(slug, fmt)
         if etag is None:
             return None
         cached = self._entries.get((slug, fmt))
@@ -157,10 +154,6 @@ def _gzip_etag(etag: str) -> str:
     return etag[:-1] + '-gz"'
 
 
-def _etag(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-
-
 def _page(request: Request, body: bytes, media_type: str, headers: dict[str, str]) -> Response:
     if request.method == "HEAD":
         return Response(status_code=200, headers={**headers, "Content-Length": str(len(body))}, media_type=media_type)
@@ -169,7 +162,7 @@ def _page(request: Request, body: bytes, media_type: str, headers: dict[str, str
 
 def _dynamic(request: Request, body: bytes, media_type: str) -> Response:
     """A page rendered on request: an ETag of its bytes, so a reload costs a 304."""
-    etag = _etag(body)
+    etag = etag_of(body)
     headers = {"ETag": etag, "Cache-Control": f"public, max-age={PAGE_MAX_AGE}"}
     if media_type.startswith("text/html"):
         headers["Content-Security-Policy"] = PAGE_CSP
@@ -187,9 +180,42 @@ def create_app(
     config: Callable[[], Config] | None = None,
     revalidate: float = REVALIDATE_SECONDS,
 ) -> PublishedFeeds:
-    cache = OutputCache(store, revalidate)
+    handlers = Handlers(store, health=health, config=config)
+    extra = [Route("/status", handlers.status, methods=["GET"])] if status_page else []
+    router = Starlette(
+        routes=[
+            *extra,
+            Route("/", handlers.front_door, methods=["GET", "HEAD"]),
+            Route("/feeds", handlers.to_front_door, methods=["GET", "HEAD"]),
+            Route("/feeds/", handlers.to_front_door, methods=["GET", "HEAD"]),
+            Route("/opml", handlers.opml, methods=["GET", "HEAD"]),
+            Route("/stories/{story:int}", handlers.story, methods=["GET", "HEAD"]),
+            Route("/feeds/{slug}/archive/{week}", handlers.archive, methods=["GET", "HEAD"]),
+            Route("/healthz", handlers.healthz, methods=["GET", "HEAD"]),
+            Route("/metrics", handlers.prometheus, methods=["GET"]),
+        ]
+    )
+    return PublishedFeeds(router, OutputCache(store, revalidate))
 
-    async def archive(request: Request) -> Response:
+
+class Handlers:
+    """What the router answers behind the feeds. Every read goes through the store (in a
+    thread: the event loop must not wait on the database); ``config`` gives the current
+    configuration, which a reload may replace (None: no pages that need it)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        health: Callable[[], dict[str, object]] | None = None,
+        config: Callable[[], Config] | None = None,
+    ) -> None:
+        self.store = store
+        self.health = health
+        self.config = config
+        self.registry = registry_for(store)
+
+    async def archive(self, request: Request) -> Response:
         """A frozen archive week, as Atom (``.atom``) or as its HTML page; the current,
         incomplete week and weeks without entries are not archives (404)."""
         slug, label = request.path_params["slug"], request.path_params["week"]
@@ -198,13 +224,13 @@ def create_app(
         if week is None:
             return Response("no such archive page\n", status_code=404, media_type="text/plain")
         try:
-            row = await asyncio.to_thread(store.archive, slug, str(week))
+            row = await asyncio.to_thread(self.store.archive, slug, str(week))
         except StorageError:
             return Response("database unavailable\n", status_code=503, media_type="text/plain")
         if row is None:
             return Response("no such archive page\n", status_code=404, media_type="text/plain")
         body = row.atom if fmt == "atom" else row.html
-        etag = row.etag if fmt == "atom" else _etag(body)
+        etag = row.etag if fmt == "atom" else etag_of(body)
         headers = {
             "ETag": etag,
             "Last-Modified": format_datetime(row.created_at.replace(microsecond=0), usegmt=True),
@@ -217,27 +243,28 @@ def create_app(
         media_type = "application/atom+xml; charset=utf-8" if fmt == "atom" else "text/html; charset=utf-8"
         return _page(request, body, media_type, headers)
 
-    async def front_door(request: Request) -> Response:
-        current = config() if config is not None else None
+    async def front_door(self, request: Request) -> Response:
+        current = self.config() if self.config is not None else None
         if current is None:
             return Response("not found\n", status_code=404, media_type="text/plain")
+        store = self.store
         try:
             pages = await asyncio.to_thread(lambda: {o.slug: store.archive_pages(o.slug) for o in current.outputs})
         except StorageError:
             return Response("database unavailable\n", status_code=503, media_type="text/plain")
         return _dynamic(request, render_front_door(current, pages), "text/html; charset=utf-8")
 
-    async def opml(request: Request) -> Response:
-        current = config() if config is not None else None
+    async def opml(self, request: Request) -> Response:
+        current = self.config() if self.config is not None else None
         if current is None:
             return Response("not found\n", status_code=404, media_type="text/plain")
         return _dynamic(request, outputs_opml(current), "text/x-opml; charset=utf-8")
 
-    async def story(request: Request) -> Response:
+    async def story(self, request: Request) -> Response:
         story_id = request.path_params["story"]
-        current = config() if config is not None else None
+        current = self.config() if self.config is not None else None
         try:
-            coverage = await asyncio.to_thread(store.story_coverage, story_id)
+            coverage = await asyncio.to_thread(self.store.story_coverage, story_id)
         except StorageError:
             return Response("database unavailable\n", status_code=503, media_type="text/plain")
         if coverage is None or not coverage.items:
@@ -245,16 +272,14 @@ def create_app(
         body = render_story(coverage, current.settings.public_url if current is not None else "")
         return _dynamic(request, body, "text/html; charset=utf-8")
 
-    registry = registry_for(store)
-
-    async def prometheus(request: Request) -> Response:
-        body = await asyncio.to_thread(exposition, registry)
+    async def prometheus(self, request: Request) -> Response:
+        body = await asyncio.to_thread(exposition, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         started = time.monotonic()
         try:
-            await asyncio.to_thread(store.counts)
+            await asyncio.to_thread(self.store.counts)
         except StorageError as exc:
             return JSONResponse({"status": "failing", "database": str(exc)}, status_code=503)
         report: dict[str, object] = {
@@ -262,36 +287,20 @@ def create_app(
             "database": "ok",
             "db_ms": round((time.monotonic() - started) * 1000, 1),
         }
-        if health is not None:
-            report.update(health())
+        if self.health is not None:
+            report.update(self.health())
         return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
 
-    async def status(request: Request) -> Response:
+    async def status(self, request: Request) -> Response:
         try:
-            body = await asyncio.to_thread(render_status, store)
+            body = await asyncio.to_thread(render_status, self.store)
         except StorageError as exc:
             return Response(f"database unavailable: {exc}\n", status_code=503, media_type="text/plain")
         headers = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
         return Response(body, media_type="text/html; charset=utf-8", headers=headers)
 
-    async def to_front_door(request: Request) -> Response:
+    async def to_front_door(self, request: Request) -> Response:
         return RedirectResponse("/", status_code=308)
-
-    extra = [Route("/status", status, methods=["GET"])] if status_page else []
-    router = Starlette(
-        routes=[
-            *extra,
-            Route("/", front_door, methods=["GET", "HEAD"]),
-            Route("/feeds", to_front_door, methods=["GET", "HEAD"]),
-            Route("/feeds/", to_front_door, methods=["GET", "HEAD"]),
-            Route("/opml", opml, methods=["GET", "HEAD"]),
-            Route("/stories/{story:int}", story, methods=["GET", "HEAD"]),
-            Route("/feeds/{slug}/archive/{week}", archive, methods=["GET", "HEAD"]),
-            Route("/healthz", healthz, methods=["GET", "HEAD"]),
-            Route("/metrics", prometheus, methods=["GET"]),
-        ]
-    )
-    return PublishedFeeds(router, cache)
 
 
 FEED_FORMATS = frozenset(("atom", "rss", "json", "html"))

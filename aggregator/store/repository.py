@@ -628,6 +628,12 @@ class Store:
                 s.expunge(row)
             return row
 
+    def published_etag(self, slug: str, fmt: str) -> str | None:
+        """The current ETag of a rendering, without its body: what ``serve`` asks to learn
+        whether the bytes it holds are still the published ones."""
+        with self.session() as s:
+            return s.scalar(select(PublishedRow.etag).where(PublishedRow.slug == slug, PublishedRow.format == fmt))
+
     # --- visibility ------------------------------------------------------------------
     def health(self) -> list[SourceHealth]:
         with self.session() as s:
