@@ -1,0 +1,116 @@
+"""The Publisher: its decisions without a database, and the CLI publishing without the poll machinery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from aggregator.cli import main
+from aggregator.config import Output, Settings
+from aggregator.publish import Rendering
+from aggregator.publisher import affected_outputs, config_fingerprint, outputs_to_publish
+from aggregator.records import etag_of
+from tests.conftest import write_config
+from tests.feeds import rss2
+from tests.server import FeedServer, Route
+
+WORLD = Output(slug="world", title="World")  # every source
+SCIENCE = Output(slug="science", title="Science", tags=("science",))
+BBC = Output(slug="bbc", title="BBC", sources=("BBC",))
+OUTPUTS = (WORLD, SCIENCE, BBC)
+
+
+def slugs(outputs: list[Output]) -> list[str]:
+    return [o.slug for o in outputs]
+
+
+@pytest.mark.parametrize(
+    ("changed", "stale", "expected"),
+    [
+        ({}, (), []),  # nothing new (all 304s), nothing stale: nothing is rendered
+        ({"Reuters": ("world",)}, (), ["world"]),
+        ({"Nature": ("science",)}, (), ["world", "science"]),
+        ({"BBC": ()}, (), ["world", "bbc"]),
+        ({"Nature": ("science",), "BBC": ()}, (), ["world", "science", "bbc"]),
+        ({}, ("bbc",), ["bbc"]),  # settings changed: re-rendered without a new item
+        ({"BBC": ()}, ("science", "bbc"), ["world", "science", "bbc"]),  # config order, each once
+        ({}, ("gone",), []),  # a stale slug no longer configured is not published
+    ],
+)
+def test_a_poll_publishes_the_outputs_its_changes_touch_and_the_stale_ones(
+    changed: dict[str, tuple[str, ...]], stale: tuple[str, ...], expected: list[str]
+) -> None:
+    assert slugs(outputs_to_publish(OUTPUTS, changed, stale)) == expected
+
+
+def test_affected_outputs_follow_the_outputs_rules_for_sources_and_tags() -> None:
+    assert slugs(affected_outputs(OUTPUTS, {"Nature": ("science", "europe")})) == ["world", "science"]
+    assert slugs(affected_outputs(OUTPUTS, {"bbc": ()})) == ["world"]  # source names are exact
+    assert affected_outputs((SCIENCE, BBC), {}) == []
+
+
+def test_the_config_fingerprint_moves_with_what_the_bytes_depend_on_only() -> None:
+    settings = Settings(public_url="https://news.example")
+    base = config_fingerprint(WORLD, settings)
+    assert config_fingerprint(WORLD, Settings(public_url="https://news.example")) == base
+    assert config_fingerprint(WORLD, settings.model_copy(update={"listen": "0.0.0.0:9000"})) == base
+    assert config_fingerprint(WORLD, Settings(public_url="https://other.example")) != base
+    assert config_fingerprint(WORLD, settings.model_copy(update={"websub_hub": "https://hub.example/"})) != base
+    assert config_fingerprint(WORLD.model_copy(update={"max_entries": 5}), settings) != base
+    assert config_fingerprint(BBC, settings) != base
+
+
+def test_one_etag_for_published_bytes() -> None:
+    body = b"<feed/>"
+    assert etag_of(body) == etag_of(b"<feed/>")
+    assert etag_of(body) != etag_of(b"<feed></feed>")
+    assert etag_of(body).startswith('"') and etag_of(body).endswith('"') and len(etag_of(body)) == 34
+    assert Rendering("world", "atom", "application/atom+xml", body).etag == etag_of(body)
+
+
+# Runs a CLI command in a fresh interpreter, then reports what it left running or loaded.
+PROBE = """
+import json, multiprocessing, sys, threading
+from aggregator.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({
+    "code": code,
+    "pipeline_loaded": "aggregator.pipeline" in sys.modules,
+    "children": len(multiprocessing.active_children()),
+    "threads": sorted(t.name for t in threading.enumerate()),
+}))
+"""
+
+
+@pytest.mark.parametrize("command", [["publish"], ["items", "world"], ["pin", "world", "1"]])
+def test_publishing_commands_start_no_parse_pool_and_no_writer_threads(
+    command: list[str], server: FeedServer, tmp_path: Path
+) -> None:
+    server.add("/f", Route(body=rss2(0, 5)))
+    config = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings="parse_workers: 2")
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    atom = tmp_path / "data" / "feeds" / "world.atom"
+    atom.unlink()
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "--config", str(config), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0
+    # No Pipeline could have been built: its module (parse pool, writer threads) is never loaded.
+    assert report["pipeline_loaded"] is False
+    assert report["children"] == 0
+    assert report["threads"] == ["MainThread"]
+    if command[0] == "items":
+        assert sum(line.startswith("+ ") for line in done.stdout.splitlines()) == 5  # all five curated in
+    else:  # publish (forced files) and pin (republished: the missing file is written again)
+        assert len(feedparser.parse(atom.read_bytes()).entries) == 5
