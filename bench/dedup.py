@@ -24,22 +24,25 @@ predicted when both items ended in the same story, as true when both carry the s
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import platform
+import random
+import statistics
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from aggregator import cluster  # noqa: E402
+from aggregator import cluster, stories  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "stories"
@@ -238,8 +241,15 @@ def report(name: str, items: list[LabelledItem]) -> Scores:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--errors", action="store_true", help="list wrongly split and merged pairs")
+    parser.add_argument("--quick", action="store_true", help="skip the 20,000-item cost run")
     args = parser.parse_args(argv)
     print(f"command      .venv/bin/python bench/dedup.py  (Python {platform.python_version()}, {platform.machine()})")
+    print("machine      2 cores shared with other jobs: times are medians and noisy")
+    print()
+    print("######## story engine v2 (story_matching: semantic) against today's lexical matcher")
+    semantic_report(quick=args.quick)
+    print()
+    print("######## today's lexical matcher (cluster.py) on the project's own sets")
     print(
         f"thresholds   lead {cluster.LEAD_WORDS} words; phrases of {cluster.SHINGLE_WORDS} content words; "
         f"overlap >= {cluster.MIN_OVERLAP} (>= {cluster.MIN_OVERLAP_NUMBERS_DIFFER} when figures differ) "
@@ -265,6 +275,226 @@ def main(argv: list[str] | None = None) -> int:
                 sb = cluster.signature(by_id[b].title, plain_text(by_id[b].summary))
                 print(f"{label:6} {a} ({by_id[a].kind}) ~ {b} ({by_id[b].kind}): {cluster.compare(sa, sb).reason}")
     return 0
+
+
+# --- story engine v2 --------------------------------------------------------------------------
+SHARED = ROOT.parent / "shared" / "stories"
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One item of a simulated stream, whichever set it comes from."""
+
+    id: str
+    label: str
+    title: str
+    text: str
+    url: str
+    published_at: datetime
+
+
+@dataclass(frozen=True)
+class PairScores:
+    items: int
+    labels: int
+    clusters: int
+    true_pairs: int
+    predicted_pairs: int
+    correct_pairs: int
+
+    @property
+    def precision(self) -> float:
+        return self.correct_pairs / self.predicted_pairs if self.predicted_pairs else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.correct_pairs / self.true_pairs if self.true_pairs else 1.0
+
+    def line(self) -> str:
+        return (
+            f"P {self.precision:.4f} ({self.correct_pairs}/{self.predicted_pairs})  "
+            f"R {self.recall:.4f} ({self.correct_pairs}/{self.true_pairs})  "
+            f"{self.clusters} clusters for {self.labels} labels, {self.items} items"
+        )
+
+
+def pair_scores(entries: list[StreamEntry], story_of: dict[str, int]) -> PairScores:
+    """Pairwise precision and recall from cluster and label sizes (no loop over pairs)."""
+
+    def pairs(counts: Iterable[int]) -> int:
+        return sum(n * (n - 1) // 2 for n in counts)
+
+    labels = defaultdict(int)
+    clusters = defaultdict(int)
+    both = defaultdict(int)
+    for e in entries:
+        labels[e.label] += 1
+        clusters[story_of[e.id]] += 1
+        both[(e.label, story_of[e.id])] += 1
+    return PairScores(
+        len(entries), len(labels), len(clusters), pairs(labels.values()), pairs(clusters.values()),
+        pairs(both.values()),
+    )  # fmt: skip
+
+
+def features_for(entries: list[StreamEntry]) -> tuple[dict[str, stories.Features], list[float]]:
+    """Every entry's features, and the time each took (embedding + names + lead signature)."""
+    found, costs = {}, []
+    for e in entries:
+        started = time.perf_counter()
+        found[e.id] = stories.features_of(e.title, e.text)[0]
+        costs.append(time.perf_counter() - started)
+    return found, costs
+
+
+def run_semantic(
+    entries: list[StreamEntry], features: dict[str, stories.Features], *, window: timedelta = timedelta(days=3)
+) -> tuple[dict[str, int], list[float]]:
+    """Story per entry through ``stories.Stream`` (URL joins first, as the pipeline does), and the
+    matching cost of each item."""
+    stream = stories.Stream(window)
+    by_url: dict[str, int] = {}
+    story_of: dict[str, int] = {}
+    costs = []
+    for number, e in enumerate(sorted(entries, key=lambda x: (x.published_at, x.id))):
+        url = canonical_url(e.url)
+        known = by_url.get(url) if url else None
+        started = time.perf_counter()
+        story, _ = stream.add(number, e.published_at, features[e.id], known)
+        costs.append(time.perf_counter() - started)
+        story_of[e.id] = story
+        if url:
+            by_url.setdefault(url, story)
+    return story_of, costs
+
+
+def run_lexical(entries: list[StreamEntry]) -> dict[str, int]:
+    """Today's matcher (``assign``) on the same stream."""
+    labelled = [LabelledItem(e.id, e.label, "", "", "", e.title, e.text, e.url, e.published_at) for e in entries]
+    return assign(labelled)
+
+
+def wikinews(seed: int, spread_days: float, within_hours: float) -> list[StreamEntry]:
+    """wikinews-dev as a stream: each story starts at a random moment over ``spread_days`` and its
+    items follow within ``within_hours`` (the README's advice: time alone must not give it away)."""
+    rng = random.Random(seed)
+    rows = list(csv.DictReader((SHARED / "wikinews-dev.csv").open(encoding="utf-8")))
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    starts: dict[str, datetime] = {}
+    entries = []
+    for n, row in enumerate(rows):
+        story = row["story_id"]
+        if story not in starts:
+            starts[story] = start + timedelta(seconds=rng.uniform(0, spread_days * 86400))
+        at = starts[story] + timedelta(seconds=rng.uniform(0, within_hours * 3600))
+        entries.append(StreamEntry(f"w{n:04d}", story, row["title"], row["lead"], row["url"], at))
+    return entries
+
+
+def own_sets() -> list[StreamEntry]:
+    return [StreamEntry(i.id, i.story, i.title, plain_text(i.summary), i.url, i.published_at) for i in load_all()]
+
+
+def templated_entries(**kwargs: object) -> list[StreamEntry]:
+    from tests import templated
+
+    return [
+        StreamEntry(i.id, i.event, i.title, i.text, i.url, i.published_at)
+        for i in templated.generate(**kwargs)  # type: ignore[arg-type]
+    ]
+
+
+def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
+    features, feature_costs = features_for(entries)
+    story_of, costs = run_semantic(entries, features)
+    lexical = run_lexical(entries)
+    semantic_scores, lexical_scores = pair_scores(entries, story_of), pair_scores(entries, lexical)
+    print(f"== {name}{f' ({note})' if note else ''}")
+    print(f"   semantic   {semantic_scores.line()}")
+    print(f"   lexical    {lexical_scores.line()}")
+    print(
+        f"   cost       features {statistics.median(feature_costs) * 1e6:.0f} µs/item median; "
+        f"matching {statistics.median(costs) * 1e6:.0f} µs/item median, "
+        f"p99 {sorted(costs)[int(len(costs) * 0.99)] * 1e6:.0f} µs"
+    )
+
+
+def semeval() -> None:
+    """SemEval-2022 task 8 pairs: each pair is a story of its first article and a decision on
+    the second, an hour later; term rarity is counted over all the pairs' articles."""
+    rows = list(csv.DictReader((SHARED / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8")))
+    at = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    counts: dict[int, int] = defaultdict(int)
+    feats = []
+    for row in rows:
+        a = stories.features_of(row["title_1"], row["lead_1"])[0]
+        b = stories.features_of(row["title_2"], row["lead_2"])[0]
+        feats.append((a, b))
+        for f in (a, b):
+            for term in f.terms:
+                counts[term] += 1
+    stats = stories.TermStats(2 * len(rows), dict(counts))
+    groups: dict[str, list[bool]] = {"same (Overall <= 1.5)": [], "middle": [], "different (Overall >= 3.5)": []}
+    found_by_keys = 0
+    for row, (a, b) in zip(rows, feats, strict=True):
+        profile = stories.StoryProfile(1, (stories.Member(1, at, a),), at)
+        linked = stories.decide(b, at + timedelta(hours=1), [profile], stats).story_id == 1
+        overall = float(row["Overall"])
+        group = (
+            "same (Overall <= 1.5)" if overall <= 1.5 else "different (Overall >= 3.5)" if overall >= 3.5 else "middle"
+        )
+        groups[group].append(linked)
+        if overall <= 1.5:
+            found_by_keys += bool(set(stats.keys(a.terms)) & set(stats.keys(b.terms)))
+    print(f"== SemEval-2022 task 8 English pairs ({len(rows)}; second article judged against the first, 1 h later)")
+    for group, linked in groups.items():
+        share = sum(linked) / len(linked) if linked else 0.0
+        print(f"   {group:28} linked {sum(linked)}/{len(linked)} = {share:.1%}")
+    same = len(groups["same (Overall <= 1.5)"])
+    print(f"   lookup     {found_by_keys}/{same} same-event pairs share a lookup key")
+
+
+def cost_at_scale() -> None:
+    """Matching cost with about 20,000 items in the window: a templated stream of three days."""
+    entries = templated_entries(events_per_day=1500, days=3, seed=7)
+    features, feature_costs = features_for(entries)
+    story_of, costs = run_semantic(entries, features, window=timedelta(days=3))
+    tail = costs[-2000:]
+    scores = pair_scores(entries, story_of)
+    print(f"== cost with a full window: templated stream of {len(entries)} items over 3 days (window 3 days)")
+    print(
+        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
+        f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs); features "
+        f"{statistics.median(feature_costs) * 1e6:.0f} µs/item median (in the parse workers)"
+    )
+    print(f"   quality    {scores.line()}")
+
+
+def semantic_report(*, quick: bool = False) -> None:
+    print(
+        f"constants    story span {stories.STORY_SPAN}; cosine >= {stories.MIN_COSINE} with name weight >= "
+        f"{stories.MIN_NAME_WEIGHT}, or cosine >= {stories.STRONG_COSINE} with >= {stories.STRONG_NAME_WEIGHT}; "
+        f"copies: cosine >= {stories.COPY_MIN_COSINE}"
+    )
+    print(
+        f"             terms weigh ln(1/share) - ln(1/{stories.COMMON_SHARE}) (prior {stories.PRIOR_ITEMS} items); "
+        f"keys: <= {stories.KEY_MAX_ITEMS} items, {stories.MAX_KEYS} per item; {stories.MAX_CANDIDATES} stories "
+        f"judged on {stories.REPRESENTATIVES} members"
+    )
+    compare_on("own sets (tests/data/stories, all three)", own_sets())
+    compare_on("templated stream", templated_entries(), "1,260 events over 7 days, 6 templates, copies")
+    if (SHARED / "wikinews-dev.csv").exists():
+        for seed, spread, within in ((1, 7, 6), (2, 7, 6), (3, 3, 2), (4, 14, 12), (5, 1, 6), (6, 30, 24)):
+            compare_on(
+                "wikinews-dev",
+                wikinews(seed, spread, within),
+                f"seed {seed}: stories over {spread} days, items within {within} h",
+            )
+        semeval()
+    else:
+        print(f"== wikinews-dev and SemEval skipped: {SHARED} is absent")
+    if not quick:
+        cost_at_scale()
 
 
 if __name__ == "__main__":

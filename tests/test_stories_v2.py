@@ -1,0 +1,191 @@
+"""Story engine v2: independent coverage of one event joins, look-alikes and follow-ups stay apart,
+a story never grows through one member, and the model loads without a network.
+
+The decision (``stories``) is exercised with real text through the real model, names and lead
+signatures; the chaining case builds its features by hand so the arithmetic is visible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator import names, semantic, stories
+from aggregator.stories import Features, Member, StoryProfile, Stream, TermStats, decide, features_of
+from tests import templated
+
+ROOT = Path(__file__).resolve().parent.parent
+NOON = datetime(2026, 3, 3, 12, tzinfo=UTC)
+
+ORIGINAL = (
+    "Aldoria and Belmaris agree grain corridor after talks in Port Aven",
+    "PORT AVEN — Aldorian President Karim Salezovic and Belmaris Prime Minister Lena Dorardi agreed on Tuesday "
+    "to open a grain corridor through the Kestrel Strait, with shipments of 2.4 million tonnes planned before "
+    "winter, the two governments said after talks in Port Aven.",
+)
+REWRITE = (  # another outlet's own report: other words, the same people, place and figures
+    "Salezovic, Dorardi strike Kestrel Strait grain deal",
+    "The leaders of Aldoria and Belmaris, Karim Salezovic and Lena Dorardi, have struck a deal to let grain "
+    "ships pass the Kestrel Strait. Officials in Port Aven said 2.4 million tonnes could move before the cold "
+    "season begins.",
+)
+FOLLOW_UP = (  # the next development of the same story, a day later
+    "First grain ships pass Kestrel Strait under Aldoria-Belmaris deal",
+    "The first three ships carrying grain passed the Kestrel Strait on Wednesday under the corridor agreed by "
+    "Aldorian President Karim Salezovic and Belmaris Prime Minister Lena Dorardi in Port Aven.",
+)
+UNRELATED = (
+    "Harrow Glen council approves new tram line",
+    "Councillors in Harrow Glen voted on Tuesday to build a 14-kilometre tram line linking the harbour to the "
+    "university, at a cost of 310 million dollars, the council said.",
+)
+
+
+def feats(pair: tuple[str, str]) -> Features:
+    return features_of(*pair)[0]
+
+
+def test_an_independent_rewrite_with_the_same_names_place_and_figures_joins() -> None:
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(ORIGINAL))
+    assert stream.add(2, NOON + timedelta(hours=1), feats(UNRELATED))[0] != first
+    story, decision = stream.add(3, NOON + timedelta(hours=2), feats(REWRITE))
+    assert story == first
+    assert decision.chosen is not None and decision.chosen.copy_of is None  # joined on names, not copied text
+    reason = decision.explain(names.extract(*REWRITE))
+    assert reason.startswith(f"joined story {first}: cosine ")
+    assert "salezovic" in reason and "dorardi" in reason
+
+
+def test_a_follow_up_a_day_later_starts_its_own_story() -> None:
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(ORIGINAL))
+    story, decision = stream.add(2, NOON + timedelta(hours=26), feats(FOLLOW_UP))
+    assert story != first
+    assert decision.chosen is None
+    assert [miss.story_id for miss in decision.near_misses] == [first]  # found, judged, refused
+    assert "h from the story's first item" in decision.near_misses[0].why_not
+
+
+def test_look_alikes_from_templates_stay_apart_and_their_copies_join() -> None:
+    items = templated.generate(events_per_day=40, days=2, seed=3)
+    stream = Stream()
+    events_of: dict[int, set[str]] = defaultdict(set)
+    stories_of: dict[str, set[int]] = defaultdict(set)
+    for number, item in enumerate(items):
+        story, _ = stream.add(number, item.published_at, feats((item.title, item.text)))
+        events_of[story].add(item.event)
+        stories_of[item.event].add(story)
+    assert len(items) > 300 and len(stories_of) == 80
+    assert [events for events in events_of.values() if len(events) > 1] == []  # no story mixes two events
+    split = [event for event, found in stories_of.items() if len(found) > 1]
+    assert len(split) <= 2, split  # and copies (new headline, trimmed, edited) find their original
+
+
+def unit(*components: tuple[int, float]) -> semantic.Vector:
+    vector = np.zeros(semantic.DIMENSIONS, dtype=np.float32)
+    for index, value in components:
+        vector[index] = value
+    return vector / np.float32(np.linalg.norm(vector))
+
+
+def test_a_story_cannot_grow_through_its_newest_member() -> None:
+    # Each item shares three names with the one before it and none with the one before that:
+    # judged against its predecessor alone, each would join; against the story, it does not.
+    a = Features(unit((0, 1), (1, 0.9)), frozenset({101, 102, 103, 104}))
+    b = Features(unit((0, 1), (2, 0.9)), frozenset({101, 102, 103, 201, 202, 203}))
+    c = Features(unit((0, 1), (3, 0.9)), frozenset({201, 202, 203, 301}))
+    stats = TermStats(stories=0)  # a fresh stream: every term is rare, each weighs 1
+    story_a = StoryProfile(1, (Member(1, NOON, a),), NOON)
+    assert decide(b, NOON, [story_a], stats).story_id == 1
+
+    story_ab = StoryProfile(1, (Member(1, NOON, a), Member(2, NOON, b)), NOON)
+    only_b = StoryProfile(2, (Member(2, NOON, b),), NOON)
+    assert decide(c, NOON, [only_b], stats).story_id == 2  # the member alone would take it
+    decision = decide(c, NOON, [story_ab], stats)
+    assert decision.story_id is None  # the story as a whole does not
+    (miss,) = decision.near_misses
+    assert miss.name_weight == pytest.approx(1.5)  # three names, carried by half the members
+    assert "names" in miss.why_not  # too few of them, or too few of the story's
+
+
+def test_common_names_are_neither_evidence_nor_keys() -> None:
+    stats = TermStats(stories=2000, counts={1: 500, 2: 25, 3: 1})
+    assert stats.weight(1) == 0.0 and not stats.is_key(1)  # a quarter of the stories: a topic
+    assert 0.0 < stats.weight(2) < stats.weight(3) < stats.weight(4) == 1.0
+    assert stats.keys([1, 2, 3, 4]) == [4, 3]  # rarest first; 25 stories is past KEY_MAX_STORIES
+    assert stats.weight(3, own=True) == 1.0  # the judged story's own mention is not another story's
+
+
+def test_candidates_are_bounded_whatever_the_text() -> None:
+    # Every story names the same place and weekday: once enough stories carry them they stop being
+    # keys, so each new item is judged against a bounded number of stories however long it runs.
+    stream = Stream()
+    judged, found = [], set()
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo"]
+    for n in range(60):
+        x, y, z = (f"{syllables[n % 8]}{syllables[n // 8]}{end}".title() for end in ("rin", "dal", "mont"))
+        title = f"{x} and {y} sign {z} pact"
+        text = f"Officials in Port Aven said on Tuesday that {x}, {y} and {z} signed it."
+        story, decision = stream.add(n, NOON + timedelta(minutes=n), feats((title, text)))
+        found.add(story)
+        judged.append(len(decision.near_misses) + (decision.chosen is not None))
+    assert len(found) == 60  # sixty different events
+    assert max(judged) <= stories.MAX_CANDIDATES
+    stats = stream.stats()
+    assert not any(stats.is_key(names.term_key(word)) for word in ("port", "aven", "tuesday"))
+    assert judged[-1] == 0  # nothing but the stock words in common: no key reaches another story
+
+
+def test_features_survive_storage() -> None:
+    original = feats(ORIGINAL)
+    stored = original.dumps()
+    back = Features.loads(stored, original.signature)
+    assert back.terms == original.terms and back.signature == original.signature
+    assert float(np.dot(back.vector, original.vector)) > 0.999
+    with pytest.raises(ValueError):
+        Features.loads("s0:" + stored.partition(":")[2])
+    with pytest.raises(ValueError):
+        Features.loads(stored[:40])
+
+
+def test_names_and_figures_are_extracted_without_a_word_list() -> None:
+    terms = names.extract(
+        "Markets Rally As Central Bank Holds",  # Title Case: only what the lead capitalises counts
+        "FRANKFURT (ANA) - The European Central Bank kept rates at 4.00% on Thursday. Analysts at Dresdner "
+        "said 3,000 jobs and $2.5 billion were at stake, 4.5 per cent of the U.S. total.",
+    ).words
+    assert {"frankfurt", "ana", "european", "central", "bank", "thursday", "dresdner"} <= set(terms)
+    assert {"4%", "3000", "2500000000", "4.5%", "us"} <= set(terms)
+    assert "the" not in terms and "analysts" not in terms and "markets" not in terms
+
+
+NETWORK_GUARD = """
+import socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("network is unreachable (test)")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+sys.path.insert(0, sys.argv[1])
+from aggregator import semantic
+vector = semantic.embedder().embed("Grain corridor agreed", "Leaders agreed a grain corridor.")
+print(vector.shape[0], round(float((vector * vector).sum()), 3))
+"""
+
+
+def test_the_model_loads_with_the_network_unreachable() -> None:
+    command = [sys.executable, "-c", NETWORK_GUARD, str(ROOT)]
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        command = ["unshare", "--net", *command]  # no network namespace to reach anything from
+    env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(semantic.DIMENSIONS), "1.0"]
