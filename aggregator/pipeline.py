@@ -16,8 +16,10 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from aggregator import __version__, cluster, metrics, parsejob
+from aggregator import __version__, cluster, metrics, names, parsejob, stories
 from aggregator.config import Config, Output
 from aggregator.curate import Curation, curate, draws_from
 from aggregator.dedupe import decide_ingest
@@ -55,6 +57,7 @@ from aggregator.store.repository import (
     PollRecord,
     PruneReport,
     Store,
+    StoredMember,
 )
 from aggregator.websub import ping_hub
 
@@ -67,6 +70,9 @@ CONFIG_FORMAT = "config"
 COMMIT_ATTEMPTS = 4
 COMMIT_SLOTS = 4
 CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
+DECODED_MEMBERS = 20_000
+"""Stored story members whose features the writer keeps decoded (about 1.3 KB each): the same
+stories are candidates poll after poll while their event is in the news."""
 
 
 @dataclass
@@ -226,6 +232,7 @@ class Pipeline:
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
         self._host_holds: dict[str, datetime] = {}
+        self._members = _DecodedMembers()
 
     # --- polling ---------------------------------------------------------------------
     async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:
@@ -274,18 +281,19 @@ class Pipeline:
         result = await fetcher.fetch(source.fetch)
         parsed: ParsedFeed | None = None
         signatures: dict[str, cluster.Signed] = {}
+        features: dict[str, str] = {}
         parse_error: str | None = None
         body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
         if result.ok and result.body is not None and body_hash != source.body_hash:
             try:
-                parsed, signatures = await self._parse(result)
+                parsed, signatures, features = await self._parse(result)
             except ParseError as exc:
                 parse_error = str(exc)
             except Exception as exc:  # a parser bug must cost one source, not the whole batch
                 log.exception("source %r (%s): parser crashed", source.fetch.name, source.fetch.url)
                 parse_error = f"parser crashed: {type(exc).__name__}"
         outcome, record = await self._write(
-            self._commit_with_retry, source, result, parsed, parse_error, body_hash, signatures
+            self._commit_with_retry, source, result, parsed, parse_error, body_hash, signatures, features
         )
         summary.add(outcome, record, source)
         if self.on_progress is not None:
@@ -303,14 +311,15 @@ class Pipeline:
         started yet is dropped."""
         return await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
 
-    async def _parse(self, result: FetchResult) -> tuple[ParsedFeed, dict[str, cluster.Signed]]:
+    async def _parse(self, result: FetchResult) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, str]]:
         assert result.body is not None
         loop = asyncio.get_running_loop()
-        args = (result.body, result.url, result.content_type, result.fetched_at)
+        semantic = self.config.settings.story_matching == "semantic"
+        args = (result.body, result.url, result.content_type, result.fetched_at, semantic)
         if self.parse_pool is None:
-            return await asyncio.to_thread(parsejob.parse_and_sign, *args)
+            return await asyncio.to_thread(parsejob.parse_and_prepare, *args)
         try:
-            return await loop.run_in_executor(self.parse_pool, parsejob.parse_and_sign, *args)
+            return await loop.run_in_executor(self.parse_pool, parsejob.parse_and_prepare, *args)
         except ParseError:
             raise
         except BrokenProcessPool:
@@ -338,6 +347,7 @@ class Pipeline:
         parse_error: str | None,
         body_hash: str | None,
         signatures: dict[str, cluster.Signed] | None = None,
+        features: dict[str, str] | None = None,
     ) -> tuple[str, PollRecord]:
         """Decide and write everything about one poll, in one transaction."""
         now = result.fetched_at
@@ -379,7 +389,7 @@ class Pipeline:
                 stored = tx.stored_items(source.fetch.id, [i.key for i in items])
                 fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
                 plan = self._match_stories(
-                    tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}
+                    tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}, features or {}
                 )
                 new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
                 updated = tx.update_items(plan.updates, now, source.fetch.id)
@@ -441,6 +451,23 @@ class Pipeline:
         return replace(record, next_poll_at=mine.at, next_poll_reason=mine.reason) if mine else record
 
     def _match_stories(
+        self,
+        tx: IngestTransaction,
+        plan: IngestPlan,
+        now: datetime,
+        signatures: dict[str, cluster.Signed],
+        features: dict[str, str] | None = None,
+    ) -> IngestPlan:
+        """Join new items whose URL matched no story to a stored story, as ``story_matching``
+        says: "semantic" (``stories``), "lexical" (copied text only) or "off"."""
+        mode = self.config.settings.story_matching
+        if mode == "off":
+            return plan
+        if mode == "lexical":
+            return self._match_lexical(tx, plan, now, signatures)
+        return self._match_semantic(tx, plan, now, signatures, features or {})
+
+    def _match_lexical(
         self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
     ) -> IngestPlan:
         """Sign every new or changed item (the parse pool did, see ``parsejob``), and join new
@@ -479,6 +506,53 @@ class Pipeline:
         for update in plan.updates:
             s = sign(update.item)
             updates.append(replace(update, match_signature=s.stored, match_keys=s.keys))
+        return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
+
+    def _match_semantic(
+        self,
+        tx: IngestTransaction,
+        plan: IngestPlan,
+        now: datetime,
+        signatures: dict[str, cluster.Signed],
+        features: dict[str, str],
+    ) -> IngestPlan:
+        """Story matching v2: look up candidate stories (rare names, lead-copy keys), read the
+        stream statistics and the candidates' first members, let ``stories.decide`` choose,
+        and keep each item's features, keys and reason."""
+
+        def prepare(item: Item) -> tuple[cluster.Signed, str, stories.Features]:
+            signed = signatures.get(item.key) or parsejob.sign(item.title, item.text)
+            stored = features.get(item.key) or parsejob.featurize(item.title, item.text)
+            return signed, stored, stories.Features.loads(stored, signed.signature)
+
+        prepared = [(new, *prepare(new.item)) for new in plan.inserts]
+        decisions = _StoryLookup(tx, now, self._members).decide(
+            [(new.item, f) for new, _, _, f in prepared if new.story_id is None]
+        )
+        inserts = []
+        for new, signed, stored, feats in prepared:
+            story_id, reason = new.story_id, None
+            if story_id is not None:
+                reason = f"joined story {story_id}: same URL as one of its items"
+            elif (decision := decisions.get(new.item.key)) is not None:
+                story_id = decision.story_id
+                reason = decision.explain(names.extract(new.item.title, new.item.text))
+            keys = signed.keys + tuple(stories.name_key(t) for t in sorted(feats.terms))
+            inserts.append(
+                replace(
+                    new,
+                    story_id=story_id,
+                    match_signature=signed.stored,
+                    match_keys=keys,
+                    match_reason=reason,
+                    match_features=stored,
+                )
+            )
+        updates = []
+        for update in plan.updates:
+            signed, stored, feats = prepare(update.item)
+            keys = signed.keys + tuple(stories.name_key(t) for t in sorted(feats.terms))
+            updates.append(replace(update, match_signature=signed.stored, match_keys=keys, match_features=stored))
         return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
 
     def _log(
@@ -588,6 +662,98 @@ def prune(pipeline: Pipeline) -> PruneReport | None:
         "retention: %d items, %d stories and %d fetch-log rows removed", report.items, report.stories, report.fetch_log
     )
     return report
+
+
+class _StoryLookup:
+    """The reads ``stories.decide`` needs for one poll's new items, batched: term counts over
+    ``stories.TERM_WINDOW``, the stories reached through rare names and lead-copy keys, and
+    their first members. The decision itself stays pure."""
+
+    def __init__(self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers) -> None:
+        self.tx = tx
+        self.now = now
+        self.decoded = decoded
+
+    def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, stories.Decision]:
+        if not items:
+            return {}
+        tx = self.tx
+        moments = [item.published_at or self.now for item, _ in items]
+        earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
+        terms = {t for _, f in items for t in f.terms}
+        counts = tx.term_story_counts([stories.name_key(t) for t in terms], earliest, latest)
+        stats = stories.TermStats(
+            tx.stories_in_window(earliest, latest),
+            {key - stories.NAME_KEY: count for key, count in counts.items()},
+        )
+        keys_of = {item.key: stats.keys(f.terms) for item, f in items}
+        wanted = {stories.name_key(t) for keys in keys_of.values() for t in keys}
+        by_name = tx.stories_with_keys(sorted(wanted), earliest, latest)
+        copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
+        window = cluster.DEFAULT_WINDOW
+        by_copy = tx.copy_key_stories(copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES)
+        chosen: dict[str, list[int]] = {}
+        for item, f in items:
+            found: dict[int, float] = {}
+            for term in keys_of[item.key]:
+                for story in by_name.get(stories.name_key(term), ()):
+                    found[story] = found.get(story, 0.0) + stats.weight(term)
+            if f.signature is not None:
+                for key in cluster.band_keys(f.signature):
+                    for story in by_copy.get(key, ()):
+                        found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
+            chosen[item.key] = stories.rank_candidates(found)
+        profiles = self._profiles({story for ids in chosen.values() for story in ids}, earliest)
+        return {
+            item.key: stories.decide(
+                f, item.published_at or self.now, [profiles[s] for s in chosen[item.key] if s in profiles], stats
+            )
+            for item, f in items
+        }
+
+    def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
+        profiles = {}
+        for story_id, members in self.tx.story_members(sorted(story_ids), since, stories.REPRESENTATIVES).items():
+            usable = []
+            for member in members:
+                decoded = self.decoded.get(member)
+                if decoded is not None:
+                    usable.append(decoded)
+            if usable:
+                profiles[story_id] = stories.StoryProfile(story_id, tuple(usable), members[0].sort_at)
+        return profiles
+
+
+class _DecodedMembers:
+    """Stored story members already decoded, by item id, the most recently used kept
+    (``DECODED_MEMBERS``). Shared by the writer threads. A member updated since keeps the
+    features it was first read with until it falls out: an update rarely changes the event."""
+
+    def __init__(self) -> None:
+        self._found: OrderedDict[int, stories.Member | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, stored: StoredMember) -> stories.Member | None:
+        with self._lock:
+            if stored.item_id in self._found:
+                self._found.move_to_end(stored.item_id)
+                return self._found[stored.item_id]
+        decoded = _member(stored)
+        with self._lock:
+            self._found[stored.item_id] = decoded
+            while len(self._found) > DECODED_MEMBERS:
+                self._found.popitem(last=False)
+        return decoded
+
+
+def _member(stored: StoredMember) -> stories.Member | None:
+    if stored.features is None:
+        return None  # stored before story features existed: nothing to compare with
+    try:
+        signature = cluster.Signature.loads(stored.signature) if stored.signature else None
+        return stories.Member(stored.item_id, stored.sort_at, stories.Features.loads(stored.features, signature))
+    except ValueError:
+        return None  # written by another version: it simply cannot match
 
 
 def _recent(candidate: MatchCandidate) -> cluster.RecentItem | None:

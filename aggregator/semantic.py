@@ -16,6 +16,7 @@ decision works with (the rounding error of each component is at most 1/254 of th
 from __future__ import annotations
 
 import importlib.util
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -103,5 +104,5 @@ def quantise(vector: Vector) -> bytes:
 def dequantise(stored: bytes) -> Vector:
     """Back from ``quantise``: a unit vector (zeros stay zeros)."""
     vector = np.frombuffer(stored, dtype=np.int8).astype(np.float32)
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
+    norm = math.sqrt(float(np.dot(vector, vector)))
+    return vector / np.float32(norm) if norm > 0 else vector

@@ -49,6 +49,13 @@ FEATURES_VERSION = "s1"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised and simply not compared."""
 
+NAME_KEY = 2 << 32
+"""Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
+keys (``cluster.band_keys``: below 2**33) in the same table."""
+
+TERM_WINDOW = timedelta(days=3)
+"""The recent stream whose stories term counts are taken over."""
+
 STORY_SPAN = timedelta(hours=12)
 """How long after a story's first member an item can still join it. Outlets cover an event
 within hours; what comes a day later is a development and a story of its own."""
@@ -132,8 +139,7 @@ class Features:
         if len(raw) < semantic.DIMENSIONS or (len(raw) - semantic.DIMENSIONS) % 4:
             raise ValueError("features are corrupt: truncated")
         vector = semantic.dequantise(raw[: semantic.DIMENSIONS])
-        body = raw[semantic.DIMENSIONS :]
-        terms = frozenset(int.from_bytes(body[i : i + 4], "big") for i in range(0, len(body), 4))
+        terms = frozenset(np.frombuffer(raw, dtype=">u4", offset=semantic.DIMENSIONS).tolist())
         return cls(vector, terms, signature)
 
 
@@ -247,6 +253,11 @@ class Decision:
             misses = "; ".join(f"story {j.story_id}: {j.reason(terms)}" for j in self.near_misses[:3])
             return "new story" + (f" (near misses: {misses})" if misses else "")
         return f"joined story {self.chosen.story_id}: {self.chosen.reason(terms)}"
+
+
+def name_key(term: int) -> int:
+    """A term's lookup key in storage (``NAME_KEY`` + its hash)."""
+    return NAME_KEY + term
 
 
 def features_of(title: str, text: str) -> tuple[Features, Terms]:

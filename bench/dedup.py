@@ -241,10 +241,14 @@ def report(name: str, items: list[LabelledItem]) -> Scores:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--errors", action="store_true", help="list wrongly split and merged pairs")
-    parser.add_argument("--quick", action="store_true", help="skip the 20,000-item cost run")
+    parser.add_argument("--quick", action="store_true", help="skip the 20,000-item cost runs")
+    parser.add_argument("--storage-only", action="store_true", help="only the run through storage")
     args = parser.parse_args(argv)
     print(f"command      .venv/bin/python bench/dedup.py  (Python {platform.python_version()}, {platform.machine()})")
     print("machine      2 cores shared with other jobs: times are medians and noisy")
+    if args.storage_only:
+        storage_cost()
+        return 0
     print()
     print("######## story engine v2 (story_matching: semantic) against today's lexical matcher")
     semantic_report(quick=args.quick)
@@ -378,7 +382,8 @@ def wikinews(seed: int, spread_days: float, within_hours: float) -> list[StreamE
     """wikinews-dev as a stream: each story starts at a random moment over ``spread_days`` and its
     items follow within ``within_hours`` (the README's advice: time alone must not give it away)."""
     rng = random.Random(seed)
-    rows = list(csv.DictReader((SHARED / "wikinews-dev.csv").open(encoding="utf-8")))
+    with (SHARED / "wikinews-dev.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
     start = datetime(2026, 1, 5, tzinfo=UTC)
     starts: dict[str, datetime] = {}
     entries = []
@@ -419,10 +424,12 @@ def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
     )
 
 
-def semeval() -> None:
+def semeval(*, quiet: bool = False) -> tuple[float, float]:
     """SemEval-2022 task 8 pairs: each pair is a story of its first article and a decision on
-    the second, an hour later; term rarity is counted over all the pairs' articles."""
-    rows = list(csv.DictReader((SHARED / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8")))
+    the second, an hour later; term rarity is counted over all the pairs' articles. Returns the
+    shares of same-event and of different-event pairs linked."""
+    with (SHARED / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
     at = datetime(2026, 1, 5, 12, tzinfo=UTC)
     counts: dict[int, int] = defaultdict(int)
     feats = []
@@ -446,12 +453,35 @@ def semeval() -> None:
         groups[group].append(linked)
         if overall <= 1.5:
             found_by_keys += bool(set(stats.keys(a.terms)) & set(stats.keys(b.terms)))
-    print(f"== SemEval-2022 task 8 English pairs ({len(rows)}; second article judged against the first, 1 h later)")
-    for group, linked in groups.items():
-        share = sum(linked) / len(linked) if linked else 0.0
-        print(f"   {group:28} linked {sum(linked)}/{len(linked)} = {share:.1%}")
-    same = len(groups["same (Overall <= 1.5)"])
-    print(f"   lookup     {found_by_keys}/{same} same-event pairs share a lookup key")
+    same = groups["same (Overall <= 1.5)"]
+    different = groups["different (Overall >= 3.5)"]
+    if not quiet:
+        print(f"== SemEval-2022 task 8 English pairs ({len(rows)}; second article judged against the first, 1 h later)")
+        for group, linked in groups.items():
+            share = sum(linked) / len(linked) if linked else 0.0
+            print(f"   {group:28} linked {sum(linked)}/{len(linked)} = {share:.1%}")
+        print(f"   lookup     {found_by_keys}/{len(same)} same-event pairs share a lookup key")
+    return sum(same) / len(same), sum(different) / len(different)
+
+
+def sensitivity() -> None:
+    """How the one precision/recall dial moves the figures: the name agreement an independent
+    report needs (``stories.MIN_AGREEMENT``; the default is the one the engine ships with)."""
+    streams = [(seed, wikinews(seed, spread, within)) for seed, spread, within in ((1, 7, 6), (3, 3, 2), (5, 1, 6))]
+    feats = [(seed, entries, features_for(entries)[0]) for seed, entries in streams]
+    shipped = stories.MIN_AGREEMENT
+    print(f"== sensitivity: name agreement needed by independent reports (shipped: {shipped})")
+    try:
+        for value in (0.0, 0.3, 0.4, 0.5, 0.6):
+            stories.MIN_AGREEMENT = value
+            cells = []
+            for seed, entries, features in feats:
+                scores = pair_scores(entries, run_semantic(entries, features)[0])
+                cells.append(f"seed {seed} P {scores.precision:.3f} R {scores.recall:.3f}")
+            same, different = semeval(quiet=True)
+            print(f"   {value:.1f}  wikinews {'; '.join(cells)}; SemEval same {same:.0%}, different {different:.0%}")
+    finally:
+        stories.MIN_AGREEMENT = shipped
 
 
 def cost_at_scale() -> None:
@@ -470,16 +500,80 @@ def cost_at_scale() -> None:
     print(f"   quality    {scores.line()}")
 
 
+def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> None:
+    """The same decision through storage: ``Pipeline._match_semantic`` on a real SQLite database
+    (term counts, candidate and member queries, then ``stories.decide``), polls of ``batch`` new
+    items in publication order, features computed beforehand as the parse workers would. The
+    cost per item is a poll's matching time over its items (inserting them is not counted)."""
+    import tempfile
+
+    from aggregator.config import parse_config
+    from aggregator.pipeline import Pipeline
+    from aggregator.records import IngestPlan, Item, NewItem
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.repository import Store
+
+    entries = sorted(templated_entries(events_per_day=events_per_day, days=days, seed=7), key=lambda e: e.published_at)
+    signed = {e.id: cluster.Signed.of(e.title, e.text) for e in entries}
+    stored = {e.id: f.dumps() for e, f in zip(entries, features_for(entries)[0].values(), strict=True)}
+    with tempfile.TemporaryDirectory() as directory:
+        sources = "".join(f"  - name: s{n}\n    url: http://127.0.0.1:9/{n}\n" for n in range(100))
+        config = parse_config(
+            f"settings:\n  data_dir: {directory}\n  allow_private_networks: true\nsources:\n{sources}"
+            "outputs:\n  - slug: all\n    title: All\n"
+        )
+        engine = make_engine(config.settings.database_url)
+        ensure_schema(engine)
+        store = Store(engine)
+        store.sync_sources(config, entries[0].published_at)
+        pipeline = Pipeline(config, store)
+        costs: list[tuple[int, float]] = []
+        story_of: dict[str, int] = {}
+        for start in range(0, len(entries), batch):
+            chunk = entries[start : start + batch]
+            items = [
+                Item(e.id, e.id, e.url, e.url, e.title, "", "", e.text, None, (), e.published_at, None, e.id)
+                for e in chunk
+            ]
+            plan = IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
+            with store.ingest() as tx:
+                started = time.perf_counter()
+                matched = pipeline._match_semantic(
+                    tx, plan, chunk[-1].published_at, {e.id: signed[e.id] for e in chunk}, stored
+                )
+                costs.append((start, (time.perf_counter() - started) / len(chunk)))
+                tx.insert_items(1 + start // batch % 100, matched.inserts, chunk[-1].published_at, "bench.example")
+            for new in matched.inserts:
+                if new.story_id is not None:
+                    story_of[new.item.key] = new.story_id
+        with engine.connect() as connection:
+            from sqlalchemy import text
+
+            for key, story in connection.execute(text("select key, story_id from items")):
+                story_of[key] = story
+        engine.dispose()
+    tail = [cost for start, cost in costs if start >= len(entries) - 2000]
+    scores = pair_scores(entries, story_of)
+    print(f"== through storage (SQLite): the templated stream of {len(entries)} items, polls of {batch} new items")
+    print(
+        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
+        f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs): queries and decision, inserts not counted"
+    )
+    print(f"   quality    {scores.line()}")
+
+
 def semantic_report(*, quick: bool = False) -> None:
     print(
-        f"constants    story span {stories.STORY_SPAN}; cosine >= {stories.MIN_COSINE} with name weight >= "
-        f"{stories.MIN_NAME_WEIGHT}, or cosine >= {stories.STRONG_COSINE} with >= {stories.STRONG_NAME_WEIGHT}; "
-        f"copies: cosine >= {stories.COPY_MIN_COSINE}"
+        f"constants    story span {stories.STORY_SPAN}; independent reports: cosine >= {stories.MIN_COSINE} with "
+        f"name weight >= {stories.MIN_NAME_WEIGHT} (>= {stories.STRONG_NAME_WEIGHT} at cosine >= "
+        f"{stories.STRONG_COSINE}) and name agreement >= {stories.MIN_AGREEMENT}; lead copies: cosine >= "
+        f"{stories.COPY_MIN_COSINE}, agreement >= {stories.COPY_AGREEMENT}"
     )
     print(
-        f"             terms weigh ln(1/share) - ln(1/{stories.COMMON_SHARE}) (prior {stories.PRIOR_ITEMS} items); "
-        f"keys: <= {stories.KEY_MAX_ITEMS} items, {stories.MAX_KEYS} per item; {stories.MAX_CANDIDATES} stories "
-        f"judged on {stories.REPRESENTATIVES} members"
+        f"             a term weighs 1 - ln(1 + other stories carrying it) / ln({stories.COMMON_SHARE} x (stories in "
+        f"window + {stories.PRIOR_STORIES})); keys: terms of <= {stories.KEY_MAX_STORIES} stories, "
+        f"{stories.MAX_KEYS} per item; {stories.MAX_CANDIDATES} stories judged on <= {stories.REPRESENTATIVES} "
+        f"members; window {stories.TERM_WINDOW}"
     )
     compare_on("own sets (tests/data/stories, all three)", own_sets())
     compare_on("templated stream", templated_entries(), "1,260 events over 7 days, 6 templates, copies")
@@ -491,10 +585,12 @@ def semantic_report(*, quick: bool = False) -> None:
                 f"seed {seed}: stories over {spread} days, items within {within} h",
             )
         semeval()
+        sensitivity()
     else:
         print(f"== wikinews-dev and SemEval skipped: {SHARED} is absent")
     if not quick:
         cost_at_scale()
+        storage_cost()
 
 
 if __name__ == "__main__":

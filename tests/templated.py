@@ -27,6 +27,8 @@ FIRST = (
 )  # fmt: skip
 LAST_A = ("Ber", "Cal", "Dor", "Fen", "Gar", "Hal", "Kor", "Lin", "Mar", "Nov", "Pet", "Ros", "Sal", "Tor", "Val",
           "Wil", "Yan", "Zan", "Bri", "Dra")  # fmt: skip
+CITY_END = ("", "ton", "by", "ford", "mouth", "wick", "stead", "vale")
+LAST_MID = ("", "a", "en", "ol", "ir", "us", "ar", "et")
 LAST_B = ("ovic", "enko", "sson", "ardi", "etti", "mann", "ström", "elli", "ova", "inger", "ado", "ez")
 COUNTRIES = ("Aldoria", "Belmaris", "Corvania", "Dravonia", "Estavia", "Fenland", "Galdora", "Hestria", "Istovia",
              "Jorvania", "Kalmaria", "Lostria", "Morvania", "Nordavia", "Ostrava", "Pelaria", "Quellin", "Rostavia",
@@ -135,7 +137,7 @@ class StreamItem:
 
 
 def person(rng: random.Random) -> str:
-    return f"{rng.choice(FIRST)} {rng.choice(LAST_A)}{rng.choice(LAST_B)}"
+    return f"{rng.choice(FIRST)} {rng.choice(LAST_A)}{rng.choice(LAST_MID)}{rng.choice(LAST_B)}"
 
 
 def generate(
@@ -199,7 +201,7 @@ def _slots(rng: random.Random, at: datetime) -> dict[str, str]:
         "b_last": b.split()[-1],
         "country_a": country_a,
         "country_b": country_b,
-        "city": f"{rng.choice(CITY_A)} {rng.choice(CITY_B)}",
+        "city": f"{rng.choice(CITY_A)} {rng.choice(CITY_B)}{rng.choice(CITY_END)}",
         "company": rng.choice(COMPANIES),
         "topic": rng.choice(TOPICS),
         "day": DAYS[at.weekday()],

@@ -112,6 +112,29 @@ class MatchCandidate:
 
 
 @dataclass(frozen=True)
+class StoredMember:
+    """A stored item of a candidate story, as story matching reads it."""
+
+    item_id: int
+    story_id: int
+    sort_at: datetime
+    features: str | None  # stories.Features.dumps()
+    signature: str | None  # cluster.Signature.dumps()
+
+
+@dataclass(frozen=True)
+class StoryMemberRow:
+    """One item of a story as ``aggregator story`` shows it."""
+
+    item_id: int
+    source: str
+    title: str
+    link: str | None
+    sort_at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class PruneReport:
     items: int
     stories: int
@@ -428,6 +451,17 @@ class Store:
             raise UsageError(f"no story matches {reference!r} (use a story number, its tag: id, or an item URL)")
         return int(row[0]), str(row[1])
 
+    def story_members_detail(self, story_id: int) -> list[StoryMemberRow]:
+        """Every item of a story, earliest first, with why it joined (``aggregator story``)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ItemRow.id, SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.match_reason)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .where(ItemRow.story_id == story_id)
+                .order_by(ItemRow.sort_at, ItemRow.id)
+            ).all()
+        return [StoryMemberRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
     def save_published(self, slug: str, fmt: str, media_type: str, body: bytes, etag: str, now: datetime) -> bool:
         """Store a rendering; False (and no write) when the bytes are what we already have."""
         with self.session() as s:
@@ -664,6 +698,63 @@ def _match_candidates(wanted: Any) -> Any:
     )
 
 
+_TERM_STORY_COUNTS = _ByValues(
+    lambda wanted: (
+        select(MatchKeyRow.key, func.count(ItemRow.story_id.distinct()))
+        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
+        .where(wanted(MatchKeyRow.key), _MATCH_WINDOW)
+        .group_by(MatchKeyRow.key)
+    )
+)
+_STORIES_WITH_KEYS = _ByValues(
+    lambda wanted: (
+        select(MatchKeyRow.key, ItemRow.story_id)
+        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
+        .where(wanted(MatchKeyRow.key), _MATCH_WINDOW)
+        .distinct()
+    )
+)
+
+
+def _story_members(wanted: _Wanted) -> Any:
+    """The first ``:per_story`` items of each wanted story dated from ``:since`` on."""
+    order = (ItemRow.sort_at, ItemRow.id)
+    ranked = (
+        select(
+            ItemRow.id,
+            ItemRow.story_id,
+            ItemRow.sort_at,
+            ItemRow.match_features,
+            ItemRow.match_signature,
+            func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
+        )
+        .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
+        .subquery()
+    )
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.sort_at, ranked.c.match_features, ranked.c.match_signature)
+    return select(*columns).where(ranked.c.rank <= bindparam("per_story"))
+
+
+_STORY_MEMBERS = _ByValues(_story_members)
+_COPY_KEY_STORIES = _ByValues(
+    lambda wanted: (
+        select(MatchKeyRow.key, ItemRow.story_id)
+        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
+        .where(
+            MatchKeyRow.key.in_(
+                select(MatchKeyRow.key)
+                .where(wanted(MatchKeyRow.key), _MATCH_WINDOW)
+                .group_by(MatchKeyRow.key)
+                .having(func.count() <= bindparam("fanout"))
+            ),
+            _MATCH_WINDOW,
+        )
+        .distinct()
+    )
+)
+_STORIES_IN_WINDOW = select(func.count(ItemRow.story_id.distinct())).where(
+    ItemRow.sort_at.between(bindparam("earliest"), bindparam("latest"))
+)
 _MATCH_CANDIDATES = _ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow.key)))  # ~300 keys a poll
 _ITEMS_SINCE = select(func.count()).where(ItemRow.source_id == _SOURCE, ItemRow.sort_at >= bindparam("since"))
 _FETCH_LOG = insert(FetchLogRow)
@@ -745,6 +836,8 @@ class IngestTransaction:
                     "source_id": source_id,
                     "story_id": story_id,
                     "match_signature": n.match_signature,
+                    "match_features": n.match_features,
+                    "match_reason": n.match_reason,
                     **_item_columns(item),
                     "sort_at": item.published_at or now,
                     "first_seen_at": now,
@@ -778,6 +871,53 @@ class IngestTransaction:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
 
+    def term_story_counts(self, keys: Sequence[int], earliest: datetime, latest: datetime) -> dict[int, int]:
+        """How many stories carry each name key among the items dated in the window (keys no
+        item carries are left out): the stream statistics ``stories.TermStats`` weighs by."""
+        found: dict[int, int] = {}
+        params = {"earliest": _epoch(earliest), "latest": _epoch(latest)}
+        for statement, values in _TERM_STORY_COUNTS.batches(self.c.dialect.name, sorted(set(keys)), **params):
+            found.update((int(key), int(count)) for key, count in self.c.execute(statement, values))
+        return found
+
+    def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
+        """Stories with an item dated in the window (what term counts are shares of)."""
+        return int(self.c.scalar(_STORIES_IN_WINDOW, {"earliest": earliest, "latest": latest}) or 0)
+
+    def stories_with_keys(self, keys: Sequence[int], earliest: datetime, latest: datetime) -> dict[int, set[int]]:
+        """The stories whose items dated in the window carry each name key. Called only with
+        keys few stories carry (``stories.TermStats.keys``), so the answer stays small."""
+        found: dict[int, set[int]] = {}
+        params = {"earliest": _epoch(earliest), "latest": _epoch(latest)}
+        for statement, values in _STORIES_WITH_KEYS.batches(self.c.dialect.name, sorted(set(keys)), **params):
+            for key, story_id in self.c.execute(statement, values):
+                found.setdefault(int(key), set()).add(int(story_id))
+        return found
+
+    def story_members(self, story_ids: Sequence[int], since: datetime, per_story: int) -> dict[int, list[StoredMember]]:
+        """Each story's first ``per_story`` items dated from ``since`` on, earliest first, with
+        what they matched on."""
+        found: dict[int, list[StoredMember]] = {}
+        params = {"since": since, "per_story": per_story}
+        for statement, values in _STORY_MEMBERS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
+            for item_id, story_id, sort_at, features, signature in self.c.execute(statement, values):
+                found.setdefault(story_id, []).append(StoredMember(item_id, story_id, sort_at, features, signature))
+        for members in found.values():
+            members.sort(key=lambda m: (m.sort_at, m.item_id))
+        return found
+
+    def copy_key_stories(
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, fanout: int
+    ) -> dict[int, set[int]]:
+        """The stories whose items in the window carry each lead-copy key, leaving out keys more
+        than ``fanout`` items carry (stock phrases)."""
+        found: dict[int, set[int]] = {}
+        params = {"earliest": _epoch(earliest), "latest": _epoch(latest), "fanout": fanout}
+        for statement, values in _COPY_KEY_STORIES.batches(self.c.dialect.name, sorted(set(keys)), **params):
+            for key, story_id in self.c.execute(statement, values):
+                found.setdefault(int(key), set()).add(int(story_id))
+        return found
+
     def _write_match_keys(self, entries: Sequence[tuple[int, datetime, tuple[int, ...]]], *, replace: bool) -> None:
         """Store items' story-matching keys, given as (item id, sort time, keys).
 
@@ -807,6 +947,7 @@ class IngestTransaction:
             u.stored.id: {
                 **_item_columns(u.item),
                 **({"match_signature": u.match_signature} if u.match_signature else {}),
+                **({"match_features": u.match_features} if u.match_features else {}),
                 "changed_at": now,
                 "update_count": u.stored.update_count + 1,
             }
