@@ -327,3 +327,80 @@ def test_a_slice_of_wikinews_through_poll_forms_stories(server: object, tmp_path
     right = [(a, b) for a, b in linked if label[a] == label[b]]
     assert len(right) >= 10  # independent reports were linked (the lexical matcher links ~0.5% of pairs)
     assert len(right) >= 0.9 * len(linked)  # and few links are wrong (label noise included)
+
+
+# --- storage: the same decision on SQLite and PostgreSQL ------------------------------------
+STORE_CONFIG = """\
+settings:
+  public_url: https://news.example.org
+sources:
+  - name: Wire
+    url: https://wire.example.com/feed
+  - name: Herald
+    url: https://herald.example.com/feed
+outputs:
+  - slug: world
+    title: World
+"""
+
+
+def plain_item(key: str, title: str, text: str, at: datetime) -> object:
+    from aggregator.records import Item
+
+    return Item(key, key, None, None, title, "", "", text, None, (), at, None, key)
+
+
+def test_matching_through_storage_on_both_backends(database_url: str) -> None:
+    from alembic import command
+
+    from aggregator.config import parse_config
+    from aggregator.pipeline import Pipeline
+    from aggregator.records import IngestPlan, Item, NewItem
+    from aggregator.store.database import alembic_config, ensure_schema, make_engine
+    from aggregator.store.repository import Store
+
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    config = parse_config(STORE_CONFIG)
+    store.sync_sources(config, NOON)
+    pipeline = Pipeline(config, store)
+
+    def ingest(source_id: int, entries: list[tuple[str, tuple[str, str], datetime]]) -> dict[str, NewItem]:
+        items = [plain_item(key, *pair, at) for key, pair, at in entries]
+        plan = IngestPlan(tuple(NewItem(item, None) for item in items if isinstance(item, Item)), (), 0)
+        with store.ingest() as tx:
+            matched = pipeline._match_semantic(tx, plan, NOON, {}, {})
+            tx.insert_items(source_id, matched.inserts, NOON, "news.example.org")
+        return {new.item.key: new for new in matched.inserts}
+
+    first = ingest(1, [("w1", ORIGINAL, NOON), ("w2", UNRELATED, NOON + timedelta(minutes=5))])
+    assert first["w1"].match_reason == "new story"
+    with store.ingest() as tx:
+        ids = {key: tx.stored_items(1, [key])[key].story_id for key in ("w1", "w2")}
+        terms = sorted(Features.loads(first["w1"].match_features or "").terms)
+        counts = tx.term_story_counts([stories.name_key(t) for t in terms], NOON - timedelta(days=1), NOON)
+        assert set(counts.values()) == {1} and len(counts) == len(terms)  # each name: one story so far
+        assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
+        members = tx.story_members([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
+        assert {story: [m.item_id for m in found] for story, found in members.items()}.keys() == set(ids.values())
+
+    second = ingest(2, [("h1", REWRITE, NOON + timedelta(hours=2)), ("h2", FOLLOW_UP, NOON + timedelta(hours=26))])
+    assert second["h1"].story_id == ids["w1"]  # the independent rewrite joined, through the database
+    assert (second["h1"].match_reason or "").startswith(f"joined story {ids['w1']}: cosine")
+    assert second["h2"].story_id is None  # the follow-up a day later starts its own
+
+    # Migration 0007 down and up again keeps every item in its story (ids never change).
+    with engine.connect() as connection:
+        before = sorted(connection.execute(text_query("select id, story_id from items")).all())
+    command.downgrade(alembic_config(engine), "0006")
+    command.upgrade(alembic_config(engine), "head")
+    with engine.connect() as connection:
+        assert sorted(connection.execute(text_query("select id, story_id from items")).all()) == before
+    engine.dispose()
+
+
+def text_query(sql: str) -> object:
+    from sqlalchemy import text
+
+    return text(sql)
