@@ -232,8 +232,9 @@ def cmd_items(args: argparse.Namespace) -> int:
     output = _output(loaded, args.output)
     with _store(loaded) as store:
         curation = Pipeline(loaded.config, store).curation(output, datetime.now(UTC))
-    verdicts = sorted(curation.verdicts, key=lambda v: (not v.included, -v.candidate.published_at.timestamp()))
-    verdicts = verdicts[: max(args.limit, 0)]
+        verdicts = sorted(curation.verdicts, key=lambda v: (not v.included, -v.candidate.published_at.timestamp()))
+        verdicts = verdicts[: max(args.limit, 0)]
+        joined = store.match_reasons(v.candidate.item_id for v in verdicts)
     if args.json:
         rows = [
             {
@@ -245,6 +246,7 @@ def cmd_items(args: argparse.Namespace) -> int:
                 "published_at": v.candidate.published_at.isoformat(),
                 "included": v.included,
                 "reason": v.reason,
+                "story_reason": joined.get(v.candidate.item_id),
             }
             for v in verdicts
         ]
@@ -253,6 +255,8 @@ def cmd_items(args: argparse.Namespace) -> int:
     for v in verdicts:
         c = v.candidate
         print(f"{'+' if v.included else '-'} {c.story_id:>7}  {c.source_name[:20]:<20}  {c.title[:60]:<60}  {v.reason}")
+        if c.item_id in joined:
+            print(f"{'':11}story: {joined[c.item_id]}")
     return EXIT_OK
 
 

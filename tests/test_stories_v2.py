@@ -7,6 +7,7 @@ signatures; the chaining case builds its features by hand so the arithmetic is v
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -265,6 +266,10 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     assert f"story {found['w1'][0]}  {found['w1'][1]}  (2 items)" in shown
     assert "joined story" in shown and "salezovic" in shown  # why the rewrite joined
     assert "new story" in shown  # the first item started it
+    assert main(["--config", str(config), "items", "world", "--json"]) == 0
+    reasons = {row["title"]: row["story_reason"] or "" for row in json.loads(capsys.readouterr().out)}
+    pair = sorted(reasons[title][:12] for title in (ORIGINAL[0], REWRITE[0]))  # whichever feed came in first
+    assert pair == ["joined story", "new story"]
 
     # A restart and a re-poll of everything, with one more outlet's copy: nothing moves.
     feeds["post"] = rss("post", [("p1", ORIGINAL[0] + " - Post", ORIGINAL[1], first + timedelta(hours=4))])

@@ -451,6 +451,15 @@ class Store:
             raise UsageError(f"no story matches {reference!r} (use a story number, its tag: id, or an item URL)")
         return int(row[0]), str(row[1])
 
+    def match_reasons(self, item_ids: Iterable[int]) -> dict[int, str]:
+        """Why each of these items joined its story (or started one), where it was recorded."""
+        found: dict[int, str] = {}
+        with self.session() as s:
+            for chunk in _chunks(sorted(set(item_ids))):
+                rows = s.execute(select(ItemRow.id, ItemRow.match_reason).where(ItemRow.id.in_(chunk)))
+                found.update((item_id, reason) for item_id, reason in rows if reason)
+        return found
+
     def story_members_detail(self, story_id: int) -> list[StoryMemberRow]:
         """Every item of a story, earliest first, with why it joined (``aggregator story``)."""
         with self.session() as s:
