@@ -228,6 +228,8 @@ class Judgement:
         return (10.0 if self.copy_of is not None else 0.0) + self.cosine + self.name_weight
 
     def reason(self, terms: Terms | None = None) -> str:
+        if abs(self.hours) * 3600 > STORY_SPAN.total_seconds():  # refused on time alone: nothing else weighed
+            return f"cosine {self.cosine:.2f}, {self.hours:+.1f} h from the story's first item: {self.why_not}"
         names = ""
         if self.shared:
             shown = terms.named(set(self.shared)) if terms is not None else []
@@ -277,7 +279,7 @@ def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -
     hours = (at - story.first_at).total_seconds() / 3600
     cosine = float(np.dot(item.vector, story.centroid))
     if abs(at - story.first_at) > STORY_SPAN:
-        why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h from the story's first item"
+        why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
         return Judgement(story.story_id, False, cosine, 0.0, (), hours, None, why)
     support = story.support
     weights = {t: stats.weight(t, t in support) for t in item.terms}
