@@ -23,7 +23,7 @@ parsed, by this process if it is the only parse worker. Polls go round every sou
 this must hold about every live item to help at all (first in, first out)."""
 
 _signed: dict[bytes, str] = {}
-_featured: dict[bytes, str] = {}  # the same, for story features (about 420 bytes each)
+_featured: dict[bytes, Featurized] = {}  # the same, for story features (about 600 bytes each)
 _signed_lock = threading.Lock()  # without a pool, parsing runs on several threads
 
 
@@ -40,26 +40,32 @@ def parse_and_sign(
     return feed, {item.key: sign(item.title, item.text) for item in feed.items}
 
 
+Featurized = tuple[str, tuple[str, ...]]
+"""An item's ``stories.Features.dumps()`` and its names and figures as words (``names.Terms``),
+which the writer needs only to explain a decision."""
+
+
 def parse_and_prepare(
     body: bytes, url: str, content_type: str | None, fetched_at: datetime, semantic: bool
-) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, str]]:
-    """``parse_and_sign``, and with ``semantic`` each item's story features too
-    (``stories.Features.dumps()``): embedding a headline and lead is the costliest part of
-    matching, so it runs on the parse workers, where the model is loaded once per process."""
+) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, Featurized]]:
+    """``parse_and_sign``, and with ``semantic`` each item's story features too: embedding a
+    headline and lead is the costliest part of matching, so it runs on the parse workers,
+    where the model is loaded once per process."""
     feed, signatures = parse_and_sign(body, url, content_type, fetched_at)
     prepared = {item.key: featurize(item.title, item.text) for item in feed.items} if semantic else {}
     return feed, signatures, prepared
 
 
-def featurize(title: str, text: str) -> str:
-    """An item's ``stories.Features.dumps()``, remembered like ``sign`` (a feed's unchanged
-    items are embedded once per process)."""
+def featurize(title: str, text: str) -> Featurized:
+    """An item's features and words, remembered like ``sign`` (a feed's unchanged items are
+    embedded once per process)."""
     digest = blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
     with _signed_lock:
         stored = _featured.get(digest)
     if stored is not None:
         return stored
-    stored = stories.Features(semantic.embedder().embed(title, text), names.extract(title, text).keys).dumps()
+    terms = names.extract(title, text)
+    stored = (stories.Features(semantic.embedder().embed(title, text), terms.keys).dumps(), terms.words)
     with _signed_lock:
         _featured[digest] = stored
         while len(_featured) > SIGNED_CACHE_SIZE:

@@ -70,6 +70,13 @@ CONFIG_FORMAT = "config"
 COMMIT_ATTEMPTS = 4
 COMMIT_SLOTS = 4
 CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
+COUNTS_KEPT = timedelta(minutes=5)
+"""How long the writer trusts a common term's story count and the window's number of stories:
+both move by a few percent an hour, and a common term only stays or becomes more common."""
+COMMON_TERMS_KEPT = 50_000
+TERM_SAMPLE = 500
+"""Items of the window a term's stories are counted among: enough to tell a common term from a
+rare one whatever the window holds (weights reach 0 well below this many stories)."""
 DECODED_MEMBERS = 20_000
 """Stored story members whose features the writer keeps decoded (about 1.3 KB each): the same
 stories are candidates poll after poll while their event is in the news."""
@@ -233,6 +240,7 @@ class Pipeline:
         # a shortcut for this process; the postponed times themselves are in the database.
         self._host_holds: dict[str, datetime] = {}
         self._members = _DecodedMembers()
+        self._term_counts = _TermCounts()
 
     # --- polling ---------------------------------------------------------------------
     async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:
@@ -281,7 +289,7 @@ class Pipeline:
         result = await fetcher.fetch(source.fetch)
         parsed: ParsedFeed | None = None
         signatures: dict[str, cluster.Signed] = {}
-        features: dict[str, str] = {}
+        features: dict[str, parsejob.Featurized] = {}
         parse_error: str | None = None
         body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
         if result.ok and result.body is not None and body_hash != source.body_hash:
@@ -311,7 +319,9 @@ class Pipeline:
         started yet is dropped."""
         return await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
 
-    async def _parse(self, result: FetchResult) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, str]]:
+    async def _parse(
+        self, result: FetchResult
+    ) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, parsejob.Featurized]]:
         assert result.body is not None
         loop = asyncio.get_running_loop()
         semantic = self.config.settings.story_matching == "semantic"
@@ -347,7 +357,7 @@ class Pipeline:
         parse_error: str | None,
         body_hash: str | None,
         signatures: dict[str, cluster.Signed] | None = None,
-        features: dict[str, str] | None = None,
+        features: dict[str, parsejob.Featurized] | None = None,
     ) -> tuple[str, PollRecord]:
         """Decide and write everything about one poll, in one transaction."""
         now = result.fetched_at
@@ -456,7 +466,7 @@ class Pipeline:
         plan: IngestPlan,
         now: datetime,
         signatures: dict[str, cluster.Signed],
-        features: dict[str, str] | None = None,
+        features: dict[str, parsejob.Featurized] | None = None,
     ) -> IngestPlan:
         """Join new items whose URL matched no story to a stored story, as ``story_matching``
         says: "semantic" (``stories``), "lexical" (copied text only) or "off"."""
@@ -514,29 +524,28 @@ class Pipeline:
         plan: IngestPlan,
         now: datetime,
         signatures: dict[str, cluster.Signed],
-        features: dict[str, str],
+        features: dict[str, parsejob.Featurized],
     ) -> IngestPlan:
         """Story matching v2: look up candidate stories (rare names, lead-copy keys), read the
         stream statistics and the candidates' first members, let ``stories.decide`` choose,
         and keep each item's features, keys and reason."""
 
-        def prepare(item: Item) -> tuple[cluster.Signed, str, stories.Features]:
+        def prepare(item: Item) -> tuple[cluster.Signed, str, tuple[str, ...], stories.Features]:
             signed = signatures.get(item.key) or parsejob.sign(item.title, item.text)
-            stored = features.get(item.key) or parsejob.featurize(item.title, item.text)
-            return signed, stored, stories.Features.loads(stored, signed.signature)
+            stored, words = features.get(item.key) or parsejob.featurize(item.title, item.text)
+            return signed, stored, words, stories.Features.loads(stored, signed.signature)
 
         prepared = [(new, *prepare(new.item)) for new in plan.inserts]
-        decisions = _StoryLookup(tx, now, self._members).decide(
-            [(new.item, f) for new, _, _, f in prepared if new.story_id is None]
-        )
+        lookup = _StoryLookup(tx, now, self._members, self._term_counts)
+        decisions = lookup.decide([(new.item, f) for new, _, _, _, f in prepared if new.story_id is None])
         inserts = []
-        for new, signed, stored, feats in prepared:
+        for new, signed, stored, words, feats in prepared:
             story_id, reason = new.story_id, None
             if story_id is not None:
                 reason = f"joined story {story_id}: same URL as one of its items"
             elif (decision := decisions.get(new.item.key)) is not None:
                 story_id = decision.story_id
-                reason = decision.explain(names.extract(new.item.title, new.item.text))
+                reason = decision.explain(names.Terms(words))
             keys = signed.keys + tuple(stories.name_key(t) for t in sorted(feats.terms))
             inserts.append(
                 replace(
@@ -550,7 +559,7 @@ class Pipeline:
             )
         updates = []
         for update in plan.updates:
-            signed, stored, feats = prepare(update.item)
+            signed, stored, _, feats = prepare(update.item)
             keys = signed.keys + tuple(stories.name_key(t) for t in sorted(feats.terms))
             updates.append(replace(update, match_signature=signed.stored, match_keys=keys, match_features=stored))
         return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
@@ -669,10 +678,11 @@ class _StoryLookup:
     ``stories.TERM_WINDOW``, the stories reached through rare names and lead-copy keys, and
     their first members. The decision itself stays pure."""
 
-    def __init__(self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers) -> None:
+    def __init__(self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers, counts: _TermCounts) -> None:
         self.tx = tx
         self.now = now
         self.decoded = decoded
+        self.counts = counts
 
     def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, stories.Decision]:
         if not items:
@@ -680,12 +690,7 @@ class _StoryLookup:
         tx = self.tx
         moments = [item.published_at or self.now for item, _ in items]
         earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
-        terms = {t for _, f in items for t in f.terms}
-        counts = tx.term_story_counts([stories.name_key(t) for t in terms], earliest, latest)
-        stats = stories.TermStats(
-            tx.stories_in_window(earliest, latest),
-            {key - stories.NAME_KEY: count for key, count in counts.items()},
-        )
+        stats = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
         keys_of = {item.key: stats.keys(f.terms) for item, f in items}
         wanted = {stories.name_key(t) for keys in keys_of.values() for t in keys}
         by_name = tx.stories_with_keys(sorted(wanted), earliest, latest)
@@ -714,14 +719,44 @@ class _StoryLookup:
     def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
         profiles = {}
         for story_id, members in self.tx.story_members(sorted(story_ids), since, stories.REPRESENTATIVES).items():
-            usable = []
-            for member in members:
-                decoded = self.decoded.get(member)
-                if decoded is not None:
-                    usable.append(decoded)
-            if usable:
-                profiles[story_id] = stories.StoryProfile(story_id, tuple(usable), members[0].sort_at)
+            found = self.decoded.profile(story_id, members)
+            if found is not None:
+                profiles[story_id] = found
         return profiles
+
+
+class _TermCounts:
+    """The stream statistics for story matching, read per poll, with what changes slowly kept:
+    a common term (carried by more than ``stories.KEY_MAX_STORIES`` stories: weighing little,
+    no lookup key) for ``COUNTS_KEPT``, and the number of stories in the window as long. Rare
+    terms, which a story that is just forming changes, are counted afresh at every poll.
+    Counting a common term is what costs (it names thousands of items), so each poll pays
+    only for the rare ones."""
+
+    def __init__(self) -> None:
+        self._common: dict[int, tuple[int, float]] = {}  # term -> (stories, monotonic expiry)
+        self._stories: tuple[int, float] | None = None
+        self._lock = threading.Lock()
+
+    def stats(self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime) -> stories.TermStats:
+        now = time.monotonic()
+        kept = COUNTS_KEPT.total_seconds()
+        with self._lock:
+            known = {t: self._common[t][0] for t in terms if t in self._common and self._common[t][1] > now}
+            total = self._stories[0] if self._stories is not None and self._stories[1] > now else None
+        wanted = [stories.name_key(t) for t in terms if t not in known]
+        counted = tx.term_story_counts(wanted, earliest, latest, TERM_SAMPLE)
+        if total is None:
+            total = tx.stories_in_window(earliest, latest)
+        counts = {**known, **{key - stories.NAME_KEY: count for key, count in counted.items()}}
+        with self._lock:
+            self._stories = (total, now + kept)
+            for term, count in counts.items():
+                if count > stories.KEY_MAX_STORIES and term not in known:
+                    self._common[term] = (count, now + kept)
+            if len(self._common) > COMMON_TERMS_KEPT:
+                self._common = {t: v for t, v in self._common.items() if v[1] > now}
+        return stories.TermStats(total, counts)
 
 
 class _DecodedMembers:
@@ -731,7 +766,28 @@ class _DecodedMembers:
 
     def __init__(self) -> None:
         self._found: OrderedDict[int, stories.Member | None] = OrderedDict()
+        self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
         self._lock = threading.Lock()
+
+    def profile(self, story_id: int, members: list[StoredMember]) -> stories.StoryProfile | None:
+        """The story as ``stories.decide`` judges it, from its first stored members: the same
+        members give the same profile object, whose centroid and name shares are then computed
+        once rather than at every poll the story is a candidate in."""
+        usable = tuple(m for m in map(self.get, members) if m is not None)
+        if not usable:
+            return None
+        key = (story_id, members[0].item_id, *(m.item_id for m in usable))
+        with self._lock:
+            found = self._profiles.get(key)
+            if found is not None:
+                self._profiles.move_to_end(key)
+                return found
+        found = stories.StoryProfile(story_id, usable, members[0].sort_at)
+        with self._lock:
+            self._profiles[key] = found
+            while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
+                self._profiles.popitem(last=False)
+        return found
 
     def get(self, stored: StoredMember) -> stories.Member | None:
         with self._lock:

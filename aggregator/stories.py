@@ -67,7 +67,7 @@ an event, and as a key it would make the candidates grow with the stream."""
 MAX_KEYS = 12
 """Rarest terms of an item used as lookup keys."""
 
-MAX_CANDIDATES = 12
+MAX_CANDIDATES = 6
 """Stories judged per item, those sharing the most rare-term weight first."""
 
 REPRESENTATIVES = 8

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from aggregator import cluster, stories  # noqa: E402
+from aggregator import cluster, names, stories  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "stories"
@@ -515,7 +515,10 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
 
     entries = sorted(templated_entries(events_per_day=events_per_day, days=days, seed=7), key=lambda e: e.published_at)
     signed = {e.id: cluster.Signed.of(e.title, e.text) for e in entries}
-    stored = {e.id: f.dumps() for e, f in zip(entries, features_for(entries)[0].values(), strict=True)}
+    stored = {
+        e.id: (f.dumps(), names.extract(e.title, e.text).words)
+        for e, f in zip(entries, features_for(entries)[0].values(), strict=True)
+    }
     with tempfile.TemporaryDirectory() as directory:
         sources = "".join(f"  - name: s{n}\n    url: http://127.0.0.1:9/{n}\n" for n in range(100))
         config = parse_config(

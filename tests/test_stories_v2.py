@@ -384,7 +384,7 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     with store.ingest() as tx:
         ids = {key: tx.stored_items(1, [key])[key].story_id for key in ("w1", "w2")}
         terms = sorted(Features.loads(first["w1"].match_features or "").terms)
-        counts = tx.term_story_counts([stories.name_key(t) for t in terms], NOON - timedelta(days=1), NOON)
+        counts = tx.term_story_counts([stories.name_key(t) for t in terms], NOON - timedelta(days=1), NOON, 50)
         assert set(counts.values()) == {1} and len(counts) == len(terms)  # each name: one story so far
         assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
         members = tx.story_members([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)

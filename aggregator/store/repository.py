@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
     Connection,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -707,14 +709,19 @@ def _match_candidates(wanted: Any) -> Any:
     )
 
 
-_TERM_STORY_COUNTS = _ByValues(
-    lambda wanted: (
-        select(MatchKeyRow.key, func.count(ItemRow.story_id.distinct()))
-        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
-        .where(wanted(MatchKeyRow.key), _MATCH_WINDOW)
-        .group_by(MatchKeyRow.key)
-    )
+# Stories per name key among at most :sample of the window's items carrying it: a common name
+# ("Tuesday") costs :sample index entries, not every item of the week that names it.
+_TERM_SAMPLE = (
+    "(SELECT COUNT(DISTINCT sampled.story_id) FROM (SELECT items.story_id FROM item_match_keys "
+    "JOIN items ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
+    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled)"
 )
+_TERM_STORY_COUNTS_SQLITE = text(
+    f"SELECT wanted.value, {_TERM_SAMPLE.format(key='wanted.value')} FROM json_each(:values_json) AS wanted"
+)
+_TERM_STORY_COUNTS_POSTGRESQL = text(
+    f"SELECT wanted.key, {_TERM_SAMPLE.format(key='wanted.key')} FROM unnest(:values_array) AS wanted(key)"
+).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
 _STORIES_WITH_KEYS = _ByValues(
     lambda wanted: (
         select(MatchKeyRow.key, ItemRow.story_id)
@@ -880,14 +887,21 @@ class IngestTransaction:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
 
-    def term_story_counts(self, keys: Sequence[int], earliest: datetime, latest: datetime) -> dict[int, int]:
-        """How many stories carry each name key among the items dated in the window (keys no
-        item carries are left out): the stream statistics ``stories.TermStats`` weighs by."""
-        found: dict[int, int] = {}
-        params = {"earliest": _epoch(earliest), "latest": _epoch(latest)}
-        for statement, values in _TERM_STORY_COUNTS.batches(self.c.dialect.name, sorted(set(keys)), **params):
-            found.update((int(key), int(count)) for key, count in self.c.execute(statement, values))
-        return found
+    def term_story_counts(
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, sample: int
+    ) -> dict[int, int]:
+        """How many stories carry each name key among (at most ``sample`` of) the items dated in
+        the window: the stream statistics ``stories.TermStats`` weighs by. Keys no item carries
+        are left out."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        params: dict[str, Any] = {"earliest": _epoch(earliest), "latest": _epoch(latest), "sample": sample}
+        if self.c.dialect.name == "postgresql":
+            rows = self.c.execute(_TERM_STORY_COUNTS_POSTGRESQL, {**params, "values_array": wanted})
+        else:
+            rows = self.c.execute(_TERM_STORY_COUNTS_SQLITE, {**params, "values_json": json.dumps(wanted)})
+        return {int(key): int(count) for key, count in rows if count}
 
     def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
         """Stories with an item dated in the window (what term counts are shares of)."""
