@@ -121,7 +121,7 @@ def _stock_items() -> list[Any]:
 
         wanted = STREAM["feeds"] * (STREAM["items"] + 3)
         days = 6
-        found = templated.generate(events_per_day=wanted // (days * 4) + 1, days=days, seed=11)
+        found = templated.generate(events_per_day=wanted // (days * 4) + 1, days=days, seed=11, distinct=False)
         STREAM["stock"] = found[:wanted]  # type: ignore[assignment]
     return STREAM["stock"]  # type: ignore[return-value]
 
