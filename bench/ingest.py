@@ -388,6 +388,7 @@ def _aggregator_config(opts: argparse.Namespace) -> Any:
         f"  concurrency: {opts.concurrency}",
         "  per_host_concurrency: 64",  # every feed lives on 127.0.0.1
         f"  parse_workers: {opts.workers}",
+        f"  story_matching: {opts.story_matching}",
         "sources:",
     ]
     for n in range(opts.feeds):
@@ -473,7 +474,7 @@ PHASES = {"floor": phase_floor, "aggregator": phase_aggregator, "reader": phase_
 def run_phase(opts: argparse.Namespace, name: str, data: Path, **extra: str) -> dict[str, Any]:
     args = [sys.executable, __file__, "--phase", name, "--dir", str(opts.feeds_dir), "--data", str(data)]
     args += ["--port", str(opts.port), "--feeds", str(opts.feeds), "--items", str(opts.items)]
-    args += ["--workers", str(opts.workers), "--stream", opts.stream]
+    args += ["--workers", str(opts.workers), "--stream", opts.stream, "--story-matching", opts.story_matching]
     args += ["--concurrency", str(opts.concurrency), "--reader-workers", str(opts.reader_workers)]
     for key, value in extra.items():
         args += [f"--{key}", value]
@@ -494,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="aggregator fetch concurrency")
     parser.add_argument("--reader-workers", type=int, default=16, help="reader update_feeds(workers=...)")
     parser.add_argument("--skip-reader", action="store_true")
+    parser.add_argument(
+        "--story-matching", choices=["semantic", "lexical", "off"], default="semantic", help="aggregator's setting"
+    )
     parser.add_argument(
         "--stream",
         choices=["random", "stock"],
@@ -592,7 +596,8 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
         f"{size / 1e6:.1f} MB, {size / items:.0f} bytes per item on average"
     )
     print(
-        f"aggregator: parse_workers={opts.workers}, concurrency={opts.concurrency}; "
+        f"aggregator: parse_workers={opts.workers}, concurrency={opts.concurrency}, "
+        f"story_matching={opts.story_matching}; "
         f"reader: update_feeds(workers={opts.reader_workers})"
     )
     labels = {
