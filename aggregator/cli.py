@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
             "story", metavar="STORY", help="story number (from 'items'), its tag: id, or an item URL"
         )
         editorial.add_argument("--remove", action="store_true", help=f"undo the {action}")
+    story = commands.add_parser("story", help="a story's items, and why each one joined it")
+    story.add_argument("story", metavar="STORY", help="story number (from 'items'), its tag: id, or an item URL")
+    story.add_argument("--json", action="store_true", help="machine-readable output")
     opml = commands.add_parser("opml", help="import or export sources as OPML")
     opml_commands = opml.add_subparsers(dest="opml_command", required=True, metavar="ACTION", parser_class=_Parser)
     export = opml_commands.add_parser("export", help="write the configured sources as OPML")
@@ -290,8 +293,9 @@ def cmd_items(args: argparse.Namespace) -> int:
     output = _output(loaded, args.output)
     with _store(loaded) as store:
         curation = Publisher(loaded.config, store).curation(output, datetime.now(UTC))
-    verdicts = sorted(curation.verdicts, key=lambda v: (not v.included, -v.candidate.published_at.timestamp()))
-    verdicts = verdicts[: max(args.limit, 0)]
+        verdicts = sorted(curation.verdicts, key=lambda v: (not v.included, -v.candidate.published_at.timestamp()))
+        verdicts = verdicts[: max(args.limit, 0)]
+        joined = store.match_reasons(v.candidate.item_id for v in verdicts)
     if args.json:
         rows = [
             {
@@ -303,6 +307,7 @@ def cmd_items(args: argparse.Namespace) -> int:
                 "published_at": v.candidate.published_at.isoformat() if v.candidate.dated else None,
                 "included": v.included,
                 "reason": v.reason,
+                "story_reason": joined.get(v.candidate.item_id),
             }
             for v in verdicts
         ]
@@ -311,6 +316,8 @@ def cmd_items(args: argparse.Namespace) -> int:
     for v in verdicts:
         c = v.candidate
         print(f"{'+' if v.included else '-'} {c.story_id:>7}  {c.source_name[:20]:<20}  {c.title[:60]:<60}  {v.reason}")
+        if c.item_id in joined:
+            print(f"{'':11}story: {joined[c.item_id]}")
     return EXIT_OK
 
 
@@ -326,6 +333,32 @@ def cmd_editorial(args: argparse.Namespace) -> int:
     done = {"pin": "pinned", "block": "blocked"}[args.command]
     done = f"no longer {done}" if args.remove else done
     print(f"story {story_id} ({uid}) {done} in {output.slug}; republished")
+    return EXIT_OK
+
+
+def cmd_story(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    with _store(loaded) as store:
+        story_id, uid = store.resolve_story(args.story)
+        members = store.story_members_detail(story_id)
+    if args.json:
+        rows = [
+            {
+                "item": m.item_id,
+                "source": m.source,
+                "title": m.title,
+                "link": m.link,
+                "published_at": m.sort_at.isoformat(),
+                "reason": m.reason,
+            }
+            for m in members
+        ]
+        print(json.dumps({"story": story_id, "story_id": uid, "items": rows}, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"story {story_id}  {uid}  ({len(members)} item{'s' if len(members) != 1 else ''})")
+    for m in members:
+        print(f"  item {m.item_id:>7}  {m.sort_at:%Y-%m-%d %H:%M}Z  {m.source[:24]:<24}  {m.title[:70]}")
+        print(f"                {m.reason or 'no reason recorded (stored before story matching kept one)'}")
     return EXIT_OK
 
 
@@ -427,6 +460,7 @@ COMMANDS = {
     "sources": cmd_sources,
     "opml": cmd_opml,
     "items": cmd_items,
+    "story": cmd_story,
     "pin": cmd_editorial,
     "block": cmd_editorial,
 }

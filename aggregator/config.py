@@ -115,6 +115,16 @@ class Settings(_Strict):
     websub_hub: str | None = None
     retention: Duration | None = DEFAULT_RETENTION
     fetch_log_retention: Duration = FETCH_LOG_RETENTION
+    # How items of different outlets are linked into one story beyond a shared URL: "semantic"
+    # (copies, and independent reports by meaning, names, figures and time), "lexical" (copied
+    # text only, no model), "off" (shared URLs only).
+    story_matching: Literal["semantic", "lexical", "off"] = "semantic"
+
+    @field_validator("story_matching", mode="before")
+    @classmethod
+    def _story_matching(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` as false: that is what the user wrote.
+        return "off" if value is False else value
 
     @field_validator("public_url")
     @classmethod

@@ -1,8 +1,8 @@
 """The parse pool's unit of work: bytes in, the normalized feed and its story signatures out.
 
 It has a module of its own so that a worker process imports only what parsing needs
-(``normalize`` and ``cluster``, both pure): a function defined in ``pipeline`` would make
-every worker import the I/O stages too — SQLAlchemy and aiohttp, 50 MB per worker.
+(``normalize``, ``cluster`` and ``stories``, all pure): a function defined in ``pipeline`` would
+make every worker import the I/O stages too — SQLAlchemy and aiohttp, 50 MB per worker.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from datetime import datetime
 from hashlib import blake2b
 
-from aggregator import cluster
+from aggregator import cluster, names, semantic, stories
 from aggregator.normalize import document_to_feed
 from aggregator.records import ParsedFeed
 
@@ -23,6 +23,7 @@ parsed, by this process if it is the only parse worker. Polls go round every sou
 this must hold about every live item to help at all (first in, first out)."""
 
 _signed: dict[bytes, str] = {}
+_featured: dict[bytes, Featurized] = {}  # the same, for story features (about 600 bytes each)
 _signed_lock = threading.Lock()  # without a pool, parsing runs on several threads
 
 
@@ -37,6 +38,39 @@ def parse_and_sign(
     """
     feed = document_to_feed(body, url, content_type, fetched_at)
     return feed, {item.key: sign(item.title, item.text) for item in feed.items}
+
+
+Featurized = tuple[str, tuple[str, ...]]
+"""An item's ``stories.Features.dumps()`` and its names and figures as words (``names.Terms``),
+which the writer needs only to explain a decision."""
+
+
+def parse_and_prepare(
+    body: bytes, url: str, content_type: str | None, fetched_at: datetime, semantic: bool
+) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, Featurized]]:
+    """``parse_and_sign``, and with ``semantic`` each item's story features too: embedding a
+    headline and lead is the costliest part of matching, so it runs on the parse workers,
+    where the model is loaded once per process."""
+    feed, signatures = parse_and_sign(body, url, content_type, fetched_at)
+    prepared = {item.key: featurize(item.title, item.text) for item in feed.items} if semantic else {}
+    return feed, signatures, prepared
+
+
+def featurize(title: str, text: str) -> Featurized:
+    """An item's features and words, remembered like ``sign`` (a feed's unchanged items are
+    embedded once per process)."""
+    digest = blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    with _signed_lock:
+        stored = _featured.get(digest)
+    if stored is not None:
+        return stored
+    terms = names.extract(title, text)
+    stored = (stories.Features(semantic.embedder().embed(title, text), terms.keys).dumps(), terms.words)
+    with _signed_lock:
+        _featured[digest] = stored
+        while len(_featured) > SIGNED_CACHE_SIZE:
+            del _featured[next(iter(_featured))]
+    return stored
 
 
 def sign(title: str, text: str) -> cluster.Signed:

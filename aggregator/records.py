@@ -146,6 +146,7 @@ class ItemUpdate:
     item: Item
     match_signature: str | None = None
     match_keys: tuple[int, ...] = ()
+    match_features: str | None = None  # stories.Features.dumps()
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,9 @@ class NewItem:
     item: Item
     story_id: int | None
     match_signature: str | None = None  # cluster.Signature.dumps(), stored to find later copies
-    match_keys: tuple[int, ...] = ()  # cluster.band_keys()
-    match_reason: str | None = None  # why it joined a story by text, for the log
+    match_keys: tuple[int, ...] = ()  # cluster.band_keys(), and name keys (stories.name_key)
+    match_reason: str | None = None  # why it joined its story or started one (``aggregator story``)
+    match_features: str | None = None  # stories.Features.dumps(), stored to judge later items
 
 
 @dataclass(frozen=True)

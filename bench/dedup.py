@@ -24,22 +24,25 @@ predicted when both items ended in the same story, as true when both carry the s
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import platform
+import random
+import statistics
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from aggregator import cluster  # noqa: E402
+from aggregator import cluster, names, stories  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "stories"
@@ -238,8 +241,19 @@ def report(name: str, items: list[LabelledItem]) -> Scores:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--errors", action="store_true", help="list wrongly split and merged pairs")
+    parser.add_argument("--quick", action="store_true", help="skip the 20,000-item cost runs")
+    parser.add_argument("--storage-only", action="store_true", help="only the run through storage")
     args = parser.parse_args(argv)
     print(f"command      .venv/bin/python bench/dedup.py  (Python {platform.python_version()}, {platform.machine()})")
+    print("machine      2 cores shared with other jobs: times are medians and noisy")
+    if args.storage_only:
+        storage_cost()
+        return 0
+    print()
+    print("######## story engine v2 (story_matching: semantic) against today's lexical matcher")
+    semantic_report(quick=args.quick)
+    print()
+    print("######## today's lexical matcher (cluster.py) on the project's own sets")
     print(
         f"thresholds   lead {cluster.LEAD_WORDS} words; phrases of {cluster.SHINGLE_WORDS} content words; "
         f"overlap >= {cluster.MIN_OVERLAP} (>= {cluster.MIN_OVERLAP_NUMBERS_DIFFER} when figures differ) "
@@ -265,6 +279,321 @@ def main(argv: list[str] | None = None) -> int:
                 sb = cluster.signature(by_id[b].title, plain_text(by_id[b].summary))
                 print(f"{label:6} {a} ({by_id[a].kind}) ~ {b} ({by_id[b].kind}): {cluster.compare(sa, sb).reason}")
     return 0
+
+
+# --- story engine v2 --------------------------------------------------------------------------
+SHARED = ROOT.parent / "shared" / "stories"
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One item of a simulated stream, whichever set it comes from."""
+
+    id: str
+    label: str
+    title: str
+    text: str
+    url: str
+    published_at: datetime
+
+
+@dataclass(frozen=True)
+class PairScores:
+    items: int
+    labels: int
+    clusters: int
+    true_pairs: int
+    predicted_pairs: int
+    correct_pairs: int
+
+    @property
+    def precision(self) -> float:
+        return self.correct_pairs / self.predicted_pairs if self.predicted_pairs else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.correct_pairs / self.true_pairs if self.true_pairs else 1.0
+
+    def line(self) -> str:
+        return (
+            f"P {self.precision:.4f} ({self.correct_pairs}/{self.predicted_pairs})  "
+            f"R {self.recall:.4f} ({self.correct_pairs}/{self.true_pairs})  "
+            f"{self.clusters} clusters for {self.labels} labels, {self.items} items"
+        )
+
+
+def pair_scores(entries: list[StreamEntry], story_of: dict[str, int]) -> PairScores:
+    """Pairwise precision and recall from cluster and label sizes (no loop over pairs)."""
+
+    def pairs(counts: Iterable[int]) -> int:
+        return sum(n * (n - 1) // 2 for n in counts)
+
+    labels = defaultdict(int)
+    clusters = defaultdict(int)
+    both = defaultdict(int)
+    for e in entries:
+        labels[e.label] += 1
+        clusters[story_of[e.id]] += 1
+        both[(e.label, story_of[e.id])] += 1
+    return PairScores(
+        len(entries), len(labels), len(clusters), pairs(labels.values()), pairs(clusters.values()),
+        pairs(both.values()),
+    )  # fmt: skip
+
+
+def features_for(entries: list[StreamEntry]) -> tuple[dict[str, stories.Features], list[float]]:
+    """Every entry's features, and the time each took (embedding + names + lead signature)."""
+    found, costs = {}, []
+    for e in entries:
+        started = time.perf_counter()
+        found[e.id] = stories.features_of(e.title, e.text)[0]
+        costs.append(time.perf_counter() - started)
+    return found, costs
+
+
+def run_semantic(
+    entries: list[StreamEntry], features: dict[str, stories.Features], *, window: timedelta = timedelta(days=3)
+) -> tuple[dict[str, int], list[float]]:
+    """Story per entry through ``stories.Stream`` (URL joins first, as the pipeline does), and the
+    matching cost of each item."""
+    stream = stories.Stream(window)
+    by_url: dict[str, int] = {}
+    story_of: dict[str, int] = {}
+    costs = []
+    for number, e in enumerate(sorted(entries, key=lambda x: (x.published_at, x.id))):
+        url = canonical_url(e.url)
+        known = by_url.get(url) if url else None
+        started = time.perf_counter()
+        story, _ = stream.add(number, e.published_at, features[e.id], known)
+        costs.append(time.perf_counter() - started)
+        story_of[e.id] = story
+        if url:
+            by_url.setdefault(url, story)
+    return story_of, costs
+
+
+def run_lexical(entries: list[StreamEntry]) -> dict[str, int]:
+    """Today's matcher (``assign``) on the same stream."""
+    labelled = [LabelledItem(e.id, e.label, "", "", "", e.title, e.text, e.url, e.published_at) for e in entries]
+    return assign(labelled)
+
+
+def wikinews(seed: int, spread_days: float, within_hours: float) -> list[StreamEntry]:
+    """wikinews-dev as a stream: each story starts at a random moment over ``spread_days`` and its
+    items follow within ``within_hours`` (the README's advice: time alone must not give it away)."""
+    rng = random.Random(seed)
+    with (SHARED / "wikinews-dev.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    starts: dict[str, datetime] = {}
+    entries = []
+    for n, row in enumerate(rows):
+        story = row["story_id"]
+        if story not in starts:
+            starts[story] = start + timedelta(seconds=rng.uniform(0, spread_days * 86400))
+        at = starts[story] + timedelta(seconds=rng.uniform(0, within_hours * 3600))
+        entries.append(StreamEntry(f"w{n:04d}", story, row["title"], row["lead"], row["url"], at))
+    return entries
+
+
+def own_sets() -> list[StreamEntry]:
+    return [StreamEntry(i.id, i.story, i.title, plain_text(i.summary), i.url, i.published_at) for i in load_all()]
+
+
+def templated_entries(**kwargs: object) -> list[StreamEntry]:
+    from tests import templated
+
+    return [
+        StreamEntry(i.id, i.event, i.title, i.text, i.url, i.published_at)
+        for i in templated.generate(**kwargs)  # type: ignore[arg-type]
+    ]
+
+
+def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
+    features, feature_costs = features_for(entries)
+    story_of, costs = run_semantic(entries, features)
+    lexical = run_lexical(entries)
+    semantic_scores, lexical_scores = pair_scores(entries, story_of), pair_scores(entries, lexical)
+    print(f"== {name}{f' ({note})' if note else ''}")
+    print(f"   semantic   {semantic_scores.line()}")
+    print(f"   lexical    {lexical_scores.line()}")
+    print(
+        f"   cost       features {statistics.median(feature_costs) * 1e6:.0f} µs/item median; "
+        f"matching {statistics.median(costs) * 1e6:.0f} µs/item median, "
+        f"p99 {sorted(costs)[int(len(costs) * 0.99)] * 1e6:.0f} µs"
+    )
+
+
+def semeval(*, quiet: bool = False) -> tuple[float, float]:
+    """SemEval-2022 task 8 pairs: each pair is a story of its first article and a decision on
+    the second, an hour later; term rarity is counted over all the pairs' articles. Returns the
+    shares of same-event and of different-event pairs linked."""
+    with (SHARED / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    at = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    counts: dict[int, int] = defaultdict(int)
+    feats = []
+    for row in rows:
+        a = stories.features_of(row["title_1"], row["lead_1"])[0]
+        b = stories.features_of(row["title_2"], row["lead_2"])[0]
+        feats.append((a, b))
+        for f in (a, b):
+            for term in f.terms:
+                counts[term] += 1
+    stats = stories.TermStats(2 * len(rows), dict(counts))
+    groups: dict[str, list[bool]] = {"same (Overall <= 1.5)": [], "middle": [], "different (Overall >= 3.5)": []}
+    found_by_keys = 0
+    for row, (a, b) in zip(rows, feats, strict=True):
+        profile = stories.StoryProfile(1, (stories.Member(1, at, a),), at)
+        linked = stories.decide(b, at + timedelta(hours=1), [profile], stats).story_id == 1
+        overall = float(row["Overall"])
+        group = (
+            "same (Overall <= 1.5)" if overall <= 1.5 else "different (Overall >= 3.5)" if overall >= 3.5 else "middle"
+        )
+        groups[group].append(linked)
+        if overall <= 1.5:
+            found_by_keys += bool(set(stats.keys(a.terms)) & set(stats.keys(b.terms)))
+    same = groups["same (Overall <= 1.5)"]
+    different = groups["different (Overall >= 3.5)"]
+    if not quiet:
+        print(f"== SemEval-2022 task 8 English pairs ({len(rows)}; second article judged against the first, 1 h later)")
+        for group, linked in groups.items():
+            share = sum(linked) / len(linked) if linked else 0.0
+            print(f"   {group:28} linked {sum(linked)}/{len(linked)} = {share:.1%}")
+        print(f"   lookup     {found_by_keys}/{len(same)} same-event pairs share a lookup key")
+    return sum(same) / len(same), sum(different) / len(different)
+
+
+def sensitivity() -> None:
+    """How the one precision/recall dial moves the figures: the name agreement an independent
+    report needs (``stories.MIN_AGREEMENT``; the default is the one the engine ships with)."""
+    streams = [(seed, wikinews(seed, spread, within)) for seed, spread, within in ((1, 7, 6), (3, 3, 2), (5, 1, 6))]
+    feats = [(seed, entries, features_for(entries)[0]) for seed, entries in streams]
+    shipped = stories.MIN_AGREEMENT
+    print(f"== sensitivity: name agreement needed by independent reports (shipped: {shipped})")
+    try:
+        for value in (0.0, 0.3, 0.4, 0.5, 0.6):
+            stories.MIN_AGREEMENT = value
+            cells = []
+            for seed, entries, features in feats:
+                scores = pair_scores(entries, run_semantic(entries, features)[0])
+                cells.append(f"seed {seed} P {scores.precision:.3f} R {scores.recall:.3f}")
+            same, different = semeval(quiet=True)
+            print(f"   {value:.1f}  wikinews {'; '.join(cells)}; SemEval same {same:.0%}, different {different:.0%}")
+    finally:
+        stories.MIN_AGREEMENT = shipped
+
+
+def cost_at_scale() -> None:
+    """Matching cost with about 20,000 items in the window: a templated stream of three days."""
+    entries = templated_entries(events_per_day=1500, days=3, seed=7)
+    features, feature_costs = features_for(entries)
+    story_of, costs = run_semantic(entries, features, window=timedelta(days=3))
+    tail = costs[-2000:]
+    scores = pair_scores(entries, story_of)
+    print(f"== cost with a full window: templated stream of {len(entries)} items over 3 days (window 3 days)")
+    print(
+        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
+        f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs); features "
+        f"{statistics.median(feature_costs) * 1e6:.0f} µs/item median (in the parse workers)"
+    )
+    print(f"   quality    {scores.line()}")
+
+
+def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> None:
+    """The same decision through storage: ``Pipeline._match_semantic`` on a real SQLite database
+    (term counts, candidate and member queries, then ``stories.decide``), polls of ``batch`` new
+    items in publication order, features computed beforehand as the parse workers would. The
+    cost per item is a poll's matching time over its items (inserting them is not counted)."""
+    import tempfile
+
+    from aggregator.config import parse_config
+    from aggregator.pipeline import Pipeline
+    from aggregator.records import IngestPlan, Item, NewItem
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.repository import Store
+
+    entries = sorted(templated_entries(events_per_day=events_per_day, days=days, seed=7), key=lambda e: e.published_at)
+    signed = {e.id: cluster.Signed.of(e.title, e.text) for e in entries}
+    stored = {
+        e.id: (f.dumps(), names.extract(e.title, e.text).words)
+        for e, f in zip(entries, features_for(entries)[0].values(), strict=True)
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        sources = "".join(f"  - name: s{n}\n    url: http://127.0.0.1:9/{n}\n" for n in range(100))
+        config = parse_config(
+            f"settings:\n  data_dir: {directory}\n  allow_private_networks: true\nsources:\n{sources}"
+            "outputs:\n  - slug: all\n    title: All\n"
+        )
+        engine = make_engine(config.settings.database_url)
+        ensure_schema(engine)
+        store = Store(engine)
+        store.sync_sources(config, entries[0].published_at)
+        pipeline = Pipeline(config, store)
+        costs: list[tuple[int, float]] = []
+        story_of: dict[str, int] = {}
+        for start in range(0, len(entries), batch):
+            chunk = entries[start : start + batch]
+            items = [
+                Item(e.id, e.id, e.url, e.url, e.title, "", "", e.text, None, (), e.published_at, None, e.id)
+                for e in chunk
+            ]
+            plan = IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
+            with store.ingest() as tx:
+                started = time.perf_counter()
+                matched = pipeline._match_semantic(
+                    tx, plan, chunk[-1].published_at, {e.id: signed[e.id] for e in chunk}, stored
+                )
+                costs.append((start, (time.perf_counter() - started) / len(chunk)))
+                tx.insert_items(1 + start // batch % 100, matched.inserts, chunk[-1].published_at, "bench.example")
+            for new in matched.inserts:
+                if new.story_id is not None:
+                    story_of[new.item.key] = new.story_id
+        with engine.connect() as connection:
+            from sqlalchemy import text
+
+            for key, story in connection.execute(text("select key, story_id from items")):
+                story_of[key] = story
+        engine.dispose()
+    tail = [cost for start, cost in costs if start >= len(entries) - 2000]
+    scores = pair_scores(entries, story_of)
+    print(f"== through storage (SQLite): the templated stream of {len(entries)} items, polls of {batch} new items")
+    print(
+        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
+        f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs): queries and decision, inserts not counted"
+    )
+    print(f"   quality    {scores.line()}")
+
+
+def semantic_report(*, quick: bool = False) -> None:
+    print(
+        f"constants    story span {stories.STORY_SPAN}; independent reports: cosine >= {stories.MIN_COSINE} with "
+        f"name weight >= {stories.MIN_NAME_WEIGHT} (>= {stories.STRONG_NAME_WEIGHT} at cosine >= "
+        f"{stories.STRONG_COSINE}) and name agreement >= {stories.MIN_AGREEMENT}; lead copies: cosine >= "
+        f"{stories.COPY_MIN_COSINE}, agreement >= {stories.COPY_AGREEMENT}"
+    )
+    print(
+        f"             a term weighs 1 - ln(1 + other stories carrying it) / ln({stories.COMMON_SHARE} x (stories in "
+        f"window + {stories.PRIOR_STORIES})); keys: terms of <= {stories.KEY_MAX_STORIES} stories, "
+        f"{stories.MAX_KEYS} per item; {stories.MAX_CANDIDATES} stories judged on <= {stories.REPRESENTATIVES} "
+        f"members; window {stories.TERM_WINDOW}"
+    )
+    compare_on("own sets (tests/data/stories, all three)", own_sets())
+    compare_on("templated stream", templated_entries(), "1,260 events over 7 days, 6 templates, copies")
+    if (SHARED / "wikinews-dev.csv").exists():
+        for seed, spread, within in ((1, 7, 6), (2, 7, 6), (3, 3, 2), (4, 14, 12), (5, 1, 6), (6, 30, 24)):
+            compare_on(
+                "wikinews-dev",
+                wikinews(seed, spread, within),
+                f"seed {seed}: stories over {spread} days, items within {within} h",
+            )
+        semeval()
+        sensitivity()
+    else:
+        print(f"== wikinews-dev and SemEval skipped: {SHARED} is absent")
+    if not quick:
+        cost_at_scale()
+        storage_cost()
 
 
 if __name__ == "__main__":

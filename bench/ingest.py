@@ -25,6 +25,7 @@ server runs in a separate process and is never counted. Usage::
 
     .venv/bin/python bench/ingest.py                      # 1000 feeds x 30 items
     .venv/bin/python bench/ingest.py --feeds 200 --skip-reader
+    .venv/bin/python bench/ingest.py --stream stock       # news from a few templates: story matching at work
 """
 
 from __future__ import annotations
@@ -108,8 +109,40 @@ def _article_html(rng: random.Random, feed: int, index: int) -> str:
     return "".join(paragraphs)
 
 
+STREAM = {"kind": "random", "feeds": 1000, "items": 30}  # set from the command line in main()
+
+
+def _stock_items() -> list[Any]:
+    """The stock-phrase stream (``--stream stock``): news told from a few templates, with copies
+    across feeds (tests/templated.py), enough for every feed's items and the ones it gains."""
+    if "stock" not in STREAM:
+        sys.path.insert(0, str(REPO))
+        from tests import templated
+
+        wanted = STREAM["feeds"] * (STREAM["items"] + 3)
+        days = 6
+        found = templated.generate(events_per_day=wanted // (days * 4) + 1, days=days, seed=11, distinct=False)
+        STREAM["stock"] = found[:wanted]  # type: ignore[assignment]
+    return STREAM["stock"]  # type: ignore[return-value]
+
+
 def _item(feed: int, index: int) -> dict[str, Any]:
     rng = random.Random(feed * 1_000_003 + index)
+    if STREAM["kind"] == "stock":
+        stock = _stock_items()
+        feeds, items = STREAM["feeds"], STREAM["items"]
+        number = index * feeds + feed if index >= 0 else feeds * items + feed * 3 - index - 1
+        source = stock[number]
+        host = f"site{feed % 97}.example.com"
+        return {
+            "id": f"https://{host}/feed{feed}/{source.id}",
+            "link": f"https://{host}/feed{feed}/{source.id}?utm_source=rss",
+            "title": source.title,
+            "html": f"<p>{escape(source.text)}</p>",
+            "author": f"Reporter {rng.randint(1, 40)}",
+            "tags": ["World"],
+            "date": BASE_TIME - (stock[-1].published_at - source.published_at),
+        }
     host = f"site{feed % 97}.example.com"
     return {
         "id": f"https://{host}/feed{feed}/2026/11/story-{index}",
@@ -355,6 +388,7 @@ def _aggregator_config(opts: argparse.Namespace) -> Any:
         f"  concurrency: {opts.concurrency}",
         "  per_host_concurrency: 64",  # every feed lives on 127.0.0.1
         f"  parse_workers: {opts.workers}",
+        f"  story_matching: {opts.story_matching}",
         "sources:",
     ]
     for n in range(opts.feeds):
@@ -440,7 +474,7 @@ PHASES = {"floor": phase_floor, "aggregator": phase_aggregator, "reader": phase_
 def run_phase(opts: argparse.Namespace, name: str, data: Path, **extra: str) -> dict[str, Any]:
     args = [sys.executable, __file__, "--phase", name, "--dir", str(opts.feeds_dir), "--data", str(data)]
     args += ["--port", str(opts.port), "--feeds", str(opts.feeds), "--items", str(opts.items)]
-    args += ["--workers", str(opts.workers)]
+    args += ["--workers", str(opts.workers), "--stream", opts.stream, "--story-matching", opts.story_matching]
     args += ["--concurrency", str(opts.concurrency), "--reader-workers", str(opts.reader_workers)]
     for key, value in extra.items():
         args += [f"--{key}", value]
@@ -461,6 +495,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="aggregator fetch concurrency")
     parser.add_argument("--reader-workers", type=int, default=16, help="reader update_feeds(workers=...)")
     parser.add_argument("--skip-reader", action="store_true")
+    parser.add_argument(
+        "--story-matching", choices=["semantic", "lexical", "off"], default="semantic", help="aggregator's setting"
+    )
+    parser.add_argument(
+        "--stream",
+        choices=["random", "stock"],
+        default="random",
+        help="items of random words, or news told from a few templates with copies across feeds (story matching)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--serve", metavar="DIR", help=argparse.SUPPRESS)
@@ -469,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--only", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
+    STREAM.update(kind=opts.stream, feeds=opts.feeds, items=opts.items)
     opts.url = lambda n: f"http://127.0.0.1:{opts.port}/{n}.xml"
     if opts.serve:
         serve(Path(opts.serve))
@@ -548,11 +592,12 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
     nh3_version = getattr(nh3, "__version__", "?")
     print(f"versions: feedparser {feedparser.__version__}, nh3 {nh3_version}, reader {reader_version}")
     print(
-        f"corpus: {opts.feeds} feeds x {opts.items} items (RSS 2.0 / Atom / RSS 1.0 in turn), "
+        f"corpus: {opts.feeds} feeds x {opts.items} items of the {opts.stream} stream (RSS 2.0 / Atom / RSS 1.0), "
         f"{size / 1e6:.1f} MB, {size / items:.0f} bytes per item on average"
     )
     print(
-        f"aggregator: parse_workers={opts.workers}, concurrency={opts.concurrency}; "
+        f"aggregator: parse_workers={opts.workers}, concurrency={opts.concurrency}, "
+        f"story_matching={opts.story_matching}; "
         f"reader: update_feeds(workers={opts.reader_workers})"
     )
     labels = {

