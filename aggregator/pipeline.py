@@ -1,8 +1,9 @@
 """Wiring: one poll of one source through every stage, and one publish of every output.
 
 ``Pipeline.poll_due`` claims due sources, fetches them concurrently, parses changed
-bodies in a process pool (feedparser is where the CPU goes), and commits each result
-in its own transaction. ``Pipeline.publish`` renders the outputs whose sources changed.
+bodies in a process pool (feedparser is where the CPU goes), and commits the results
+waiting for the writer together (``groupcommit``), each whole or not at all.
+``Pipeline.publish`` renders the outputs whose sources changed.
 The deciders (``schedule.next_poll``, ``dedupe.decide_ingest``, ``curate.select``) are
 called from here; the I/O stages never call each other.
 """
@@ -34,6 +35,7 @@ from aggregator.curate import Curation, curate, draws_from
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
+from aggregator.groupcommit import GroupCommit
 from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
 from aggregator.publish import Rendering, feed_url, render_all, write_atomically
@@ -222,6 +224,8 @@ class Pipeline:
         slots = 1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS
         self._writer = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="aggregator-writer")
         weakref.finalize(self, self._writer.shutdown, wait=False)
+        # Fetch results waiting for those threads go together, one transaction per batch.
+        self._group: GroupCommit[tuple[Any, ...], tuple[str, PollRecord]] = GroupCommit(self._write_batch, slots=slots)
         self.authority = _authority(config.settings.public_url)
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
@@ -294,9 +298,7 @@ class Pipeline:
                     parsed, signatures = await self._parse(result)
                 except ParseError as exc:
                     parse_error, error_class = str(exc), "parse"
-            outcome, record = await self._write(
-                self._commit_with_retry, source, result, parsed, parse_error, body_hash, signatures
-            )
+            outcome, record = await self._group.submit((source, result, parsed, parse_error, body_hash, signatures))
         except Exception as exc:
             if not source_fault(exc):
                 raise
@@ -362,11 +364,48 @@ class Pipeline:
             raise ParseError("a parse worker died (out of memory or a crash); retried at the next poll") from None
         # Any other exception is a parser bug: _poll_one's boundary records it on the source.
 
+    async def _write_batch(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, PollRecord] | Exception]:
+        return await self._write(self._commit_batch, batch)
+
+    def _commit_batch(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, PollRecord] | Exception]:
+        """Commit several fetch results in one transaction, all of them or none.
+
+        When anything in the batch fails (a value the database refuses, a bug, a lost race),
+        the whole transaction is rolled back and each result is committed again in one of its
+        own, so the failure costs only the result that caused it: that one gets its exception,
+        the others their outcome.
+        """
+        if len(batch) > 1:
+            started = time.perf_counter()
+            try:
+                with self.store.ingest() as tx:
+                    done: list[tuple[str, PollRecord] | Exception] = [self._commit(tx, *args) for args in batch]
+            except Exception as exc:
+                metrics.COMMIT_BATCH_RETRIES.inc()
+                log.info("a batch of %d results failed (%s); committing them one by one", len(batch), fault_reason(exc))
+            else:
+                metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+                metrics.COMMIT_BATCH_SIZE.observe(len(batch))
+                return done
+        return [self._commit_alone(args) for args in batch]
+
+    def _commit_alone(self, args: tuple[Any, ...]) -> tuple[str, PollRecord] | Exception:
+        started = time.perf_counter()
+        try:
+            done = self._commit_with_retry(*args)
+        except Exception as exc:
+            return exc
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.COMMIT_BATCH_SIZE.observe(1)
+        return done
+
     def _commit_with_retry(self, *args: Any) -> tuple[str, PollRecord]:
-        """Retry a commit that lost a race with another worker (deadlock, lock timeout)."""
+        """Commit one fetch result in a transaction of its own, retrying one that lost a race
+        with another worker (deadlock, lock timeout)."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                return self._commit(*args)
+                with self.store.ingest() as tx:
+                    return self._commit(tx, *args)
             except StorageError as exc:
                 if not exc.transient or attempt == COMMIT_ATTEMPTS - 1:
                     raise
@@ -376,6 +415,7 @@ class Pipeline:
 
     def _commit(
         self,
+        tx: IngestTransaction,
         source: ClaimedSource,
         result: FetchResult,
         parsed: ParsedFeed | None,
@@ -383,7 +423,7 @@ class Pipeline:
         body_hash: str | None,
         signatures: dict[str, cluster.Signed] | None = None,
     ) -> tuple[str, PollRecord]:
-        """Decide and write everything about one poll, in one transaction."""
+        """Decide and write everything about one poll in ``tx``, which commits it whole or not at all."""
         now = result.fetched_at
         settings = self.config.settings
         interval = timedelta(seconds=source.interval_seconds) if source.interval_seconds else settings.default_interval
@@ -394,76 +434,73 @@ class Pipeline:
             max_interval=settings.max_interval,
             max_backoff=settings.max_backoff,
         )
-        with self.store.ingest() as tx:
-            failed = not result.ok or parse_error is not None
-            given_up = retirement(source.failing_since, now, settings.retire_after) if failed else None
-            if failed and (not result.retryable or given_up):
-                reason = (result.error or parse_error or "permanent failure") if not result.retryable else given_up
-                reason = reason or "permanent failure"
-                record = PollRecord(
-                    "retired", None, f"retired: {reason}", source.error_count + 1, retired_reason=reason
-                )
-                tx.record_poll(source.fetch.id, _with_error(result, reason), record)
-                return "retired", record
-            if failed:
-                errors = source.error_count + 1
-                decision = next_poll(
-                    policy,
-                    PollOutcome(ok=False, status=result.status, error_count=errors, retry_after=result.retry_after),
-                    now,
-                )
-                record = PollRecord("error", decision.at, decision.reason, errors)
-                tx.record_poll(source.fetch.id, _with_error(result, result.error or parse_error or "failed"), record)
-                return "error", self._respect_host(tx, source, result, record, now)
-            new = updated = 0
-            items_per_day = None
-            if parsed is not None:
-                gone = tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items])
-                items = tuple(i for i in parsed.items if i.key not in gone)
-                stored = tx.stored_items(source.fetch.id, [i.key for i in items])
-                fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
-                plan = self._match_stories(
-                    tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}
-                )
-                new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
-                updated = tx.update_items(plan.updates, now, source.fetch.id)
-                items_per_day = tx.items_per_day(source.fetch.id, now)
-            outcome = (
-                "not_modified" if result.not_modified else
-                "unchanged" if parsed is None else
-                "new" if new else "updated" if updated else "unchanged"
-            )  # fmt: skip
+        failed = not result.ok or parse_error is not None
+        given_up = retirement(source.failing_since, now, settings.retire_after) if failed else None
+        if failed and (not result.retryable or given_up):
+            reason = (result.error or parse_error or "permanent failure") if not result.retryable else given_up
+            reason = reason or "permanent failure"
+            record = PollRecord("retired", None, f"retired: {reason}", source.error_count + 1, retired_reason=reason)
+            tx.record_poll(source.fetch.id, _with_error(result, reason), record)
+            return "retired", record
+        if failed:
+            errors = source.error_count + 1
             decision = next_poll(
                 policy,
-                PollOutcome(
-                    ok=True,
-                    status=result.status,
-                    cache_control=result.cache_control,
-                    expires=result.expires,
-                    ttl_minutes=parsed.ttl_minutes if parsed else None,
-                    update_period_minutes=parsed.update_period_minutes if parsed else None,
-                    # Not re-measured when the body did not change: keep the last rate.
-                    items_per_day=items_per_day if parsed is not None else source.items_per_day,
-                ),
+                PollOutcome(ok=False, status=result.status, error_count=errors, retry_after=result.retry_after),
                 now,
             )
-            record = PollRecord(
-                outcome,
-                decision.at,
-                decision.reason,
-                0,
-                body_hash=body_hash,
-                items_new=new,
-                items_updated=updated,
-                feed_title=parsed.title if parsed else None,
-                feed_link=parsed.link if parsed else None,
-                feed_id=parsed.feed_id if parsed else None,
-                items_per_day=items_per_day,
-                parsed=parsed is not None,
-                warning=parsed.warning if parsed else None,
+            record = PollRecord("error", decision.at, decision.reason, errors)
+            tx.record_poll(source.fetch.id, _with_error(result, result.error or parse_error or "failed"), record)
+            return "error", self._respect_host(tx, source, result, record, now)
+        new = updated = 0
+        items_per_day = None
+        if parsed is not None:
+            gone = tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items])
+            items = tuple(i for i in parsed.items if i.key not in gone)
+            stored = tx.stored_items(source.fetch.id, [i.key for i in items])
+            fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
+            plan = self._match_stories(
+                tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}
             )
-            tx.record_poll(source.fetch.id, result, record)
-            return outcome, self._respect_host(tx, source, result, record, now)
+            new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
+            updated = tx.update_items(plan.updates, now, source.fetch.id)
+            items_per_day = tx.items_per_day(source.fetch.id, now)
+        outcome = (
+            "not_modified" if result.not_modified else
+            "unchanged" if parsed is None else
+            "new" if new else "updated" if updated else "unchanged"
+        )  # fmt: skip
+        decision = next_poll(
+            policy,
+            PollOutcome(
+                ok=True,
+                status=result.status,
+                cache_control=result.cache_control,
+                expires=result.expires,
+                ttl_minutes=parsed.ttl_minutes if parsed else None,
+                update_period_minutes=parsed.update_period_minutes if parsed else None,
+                # Not re-measured when the body did not change: keep the last rate.
+                items_per_day=items_per_day if parsed is not None else source.items_per_day,
+            ),
+            now,
+        )
+        record = PollRecord(
+            outcome,
+            decision.at,
+            decision.reason,
+            0,
+            body_hash=body_hash,
+            items_new=new,
+            items_updated=updated,
+            feed_title=parsed.title if parsed else None,
+            feed_link=parsed.link if parsed else None,
+            feed_id=parsed.feed_id if parsed else None,
+            items_per_day=items_per_day,
+            parsed=parsed is not None,
+            warning=parsed.warning if parsed else None,
+        )
+        tx.record_poll(source.fetch.id, result, record)
+        return outcome, self._respect_host(tx, source, result, record, now)
 
     def _respect_host(
         self, tx: IngestTransaction, source: ClaimedSource, result: FetchResult, record: PollRecord, now: datetime
