@@ -32,7 +32,34 @@ TICKS = Counter("aggregator_scheduler_ticks", "Scheduler ticks that ran", regist
 # "fetch" and "parse" are the expected failures of the real web; any other value is the class
 # of an unexpected exception caught at the pipeline's per-source boundary (a bug to look at).
 SOURCE_ERRORS = Counter("aggregator_source_errors", "Failed polls by error class", ["error_class"], registry=None)
-OWN_METRICS: tuple[Collector, ...] = (POLLS, FETCH_SECONDS, ITEMS, REBUILDS, TICKS, SOURCE_ERRORS)
+# Group commit (``groupcommit``): how many fetch results each committed transaction held, how
+# long it took from opening to commit, and how many batches failed and were redone one by one.
+COMMIT_BATCH_SIZE = Histogram(
+    "aggregator_commit_batch_size",
+    "Fetch results per committed ingest transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=None,
+)
+COMMIT_SECONDS = Histogram(
+    "aggregator_commit_duration_seconds",
+    "Time from opening an ingest transaction to its commit (retries included)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=None,
+)
+COMMIT_BATCH_RETRIES = Counter(
+    "aggregator_commit_batch_retries", "Batches rolled back and committed again result by result", registry=None
+)
+OWN_METRICS: tuple[Collector, ...] = (
+    POLLS,
+    FETCH_SECONDS,
+    ITEMS,
+    REBUILDS,
+    TICKS,
+    SOURCE_ERRORS,
+    COMMIT_BATCH_SIZE,
+    COMMIT_SECONDS,
+    COMMIT_BATCH_RETRIES,
+)
 
 
 class StoreCollector(Collector):

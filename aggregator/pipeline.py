@@ -1,8 +1,9 @@
 """Wiring: one poll of one source through every stage, then ``publisher`` for the outputs.
 
 ``Pipeline.poll_due`` claims due sources, fetches them concurrently, parses changed
-bodies in a process pool (feedparser is where the CPU goes), and commits each result
-in its own transaction. ``Publisher.publish`` renders the outputs whose sources changed.
+bodies in a process pool (feedparser is where the CPU goes), and commits the results
+waiting for the writer together (``groupcommit``), each whole or not at all.
+``Publisher.publish`` renders the outputs whose sources changed.
 The deciders (``schedule.next_poll``, ``dedupe.decide_ingest``, ``curate.select``) are
 called from here; the I/O stages never call each other.
 """
@@ -35,6 +36,7 @@ from aggregator.config import Config
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
+from aggregator.groupcommit import GroupCommit
 from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
 from aggregator.publisher import Publisher
@@ -257,6 +259,8 @@ class Pipeline:
         slots = 1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS
         self._writer = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="aggregator-writer")
         weakref.finalize(self, self._writer.shutdown, wait=False)
+        # Fetch results waiting for those threads go together, one transaction per batch.
+        self._group: GroupCommit[tuple[Any, ...], tuple[str, PollRecord]] = GroupCommit(self._write_batch, slots=slots)
         self.authority = _authority(config.settings.public_url)
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
@@ -338,8 +342,8 @@ class Pipeline:
                     parsed, signatures, features = await self._parse(result)
                 except ParseError as exc:
                     parse_error, error_class = str(exc), "parse"
-            outcome, record = await self._write(
-                self._commit_with_retry, source, result, parsed, parse_error, body_hash, signatures, features
+            outcome, record = await self._group.submit(
+                (source, result, parsed, parse_error, body_hash, signatures, features)
             )
         except Exception as exc:
             if not source_fault(exc):
@@ -409,11 +413,48 @@ class Pipeline:
             raise ParseError("a parse worker died (out of memory or a crash); retried at the next poll") from None
         # Any other exception is a parser bug: _poll_one's boundary records it on the source.
 
+    async def _write_batch(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, PollRecord] | Exception]:
+        return await self._write(self._commit_batch, batch)
+
+    def _commit_batch(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, PollRecord] | Exception]:
+        """Commit several fetch results in one transaction, all of them or none.
+
+        When anything in the batch fails (a value the database refuses, a bug, a lost race),
+        the whole transaction is rolled back and each result is committed again in one of its
+        own, so the failure costs only the result that caused it: that one gets its exception,
+        the others their outcome.
+        """
+        if len(batch) > 1:
+            started = time.perf_counter()
+            try:
+                with self.store.ingest() as tx:
+                    done: list[tuple[str, PollRecord] | Exception] = [self._commit(tx, *args) for args in batch]
+            except Exception as exc:
+                metrics.COMMIT_BATCH_RETRIES.inc()
+                log.info("a batch of %d results failed (%s); committing them one by one", len(batch), fault_reason(exc))
+            else:
+                metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+                metrics.COMMIT_BATCH_SIZE.observe(len(batch))
+                return done
+        return [self._commit_alone(args) for args in batch]
+
+    def _commit_alone(self, args: tuple[Any, ...]) -> tuple[str, PollRecord] | Exception:
+        started = time.perf_counter()
+        try:
+            done = self._commit_with_retry(*args)
+        except Exception as exc:
+            return exc
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.COMMIT_BATCH_SIZE.observe(1)
+        return done
+
     def _commit_with_retry(self, *args: Any) -> tuple[str, PollRecord]:
-        """Retry a commit that lost a race with another worker (deadlock, lock timeout)."""
+        """Commit one fetch result in a transaction of its own, retrying one that lost a race
+        with another worker (deadlock, lock timeout)."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                return self._commit(*args)
+                with self.store.ingest() as tx:
+                    return self._commit(tx, *args)
             except StorageError as exc:
                 if not exc.transient or attempt == COMMIT_ATTEMPTS - 1:
                     raise
@@ -423,6 +464,7 @@ class Pipeline:
 
     def _commit(
         self,
+        tx: IngestTransaction,
         source: ClaimedSource,
         result: FetchResult,
         parsed: ParsedFeed | None,
@@ -431,7 +473,7 @@ class Pipeline:
         signatures: dict[str, cluster.Signed] | None = None,
         features: dict[str, parsejob.Featurized] | None = None,
     ) -> tuple[str, PollRecord]:
-        """Decide and write everything about one poll, in one transaction."""
+        """Decide and write everything about one poll in ``tx``, which commits it whole or not at all."""
         now = result.fetched_at
         settings = self.config.settings
         interval = timedelta(seconds=source.interval_seconds) if source.interval_seconds else settings.default_interval
@@ -442,76 +484,73 @@ class Pipeline:
             max_interval=settings.max_interval,
             max_backoff=settings.max_backoff,
         )
-        with self.store.ingest() as tx:
-            failed = not result.ok or parse_error is not None
-            given_up = retirement(source.failing_since, now, settings.retire_after) if failed else None
-            if failed and (not result.retryable or given_up):
-                reason = (result.error or parse_error or "permanent failure") if not result.retryable else given_up
-                reason = reason or "permanent failure"
-                record = PollRecord(
-                    "retired", None, f"retired: {reason}", source.error_count + 1, retired_reason=reason
-                )
-                tx.record_poll(source.fetch.id, _with_error(result, reason), record)
-                return "retired", record
-            if failed:
-                errors = source.error_count + 1
-                decision = next_poll(
-                    policy,
-                    PollOutcome(ok=False, status=result.status, error_count=errors, retry_after=result.retry_after),
-                    now,
-                )
-                record = PollRecord("error", decision.at, decision.reason, errors)
-                tx.record_poll(source.fetch.id, _with_error(result, result.error or parse_error or "failed"), record)
-                return "error", self._respect_host(tx, source, result, record, now)
-            new = updated = 0
-            items_per_day = None
-            if parsed is not None:
-                gone = tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items])
-                items = tuple(i for i in parsed.items if i.key not in gone)
-                stored = tx.stored_items(source.fetch.id, [i.key for i in items])
-                fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
-                plan = self._match_stories(
-                    tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}, features or {}
-                )
-                new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
-                updated = tx.update_items(plan.updates, now, source.fetch.id)
-                items_per_day = tx.items_per_day(source.fetch.id, now)
-            outcome = (
-                "not_modified" if result.not_modified else
-                "unchanged" if parsed is None else
-                "new" if new else "updated" if updated else "unchanged"
-            )  # fmt: skip
+        failed = not result.ok or parse_error is not None
+        given_up = retirement(source.failing_since, now, settings.retire_after) if failed else None
+        if failed and (not result.retryable or given_up):
+            reason = (result.error or parse_error or "permanent failure") if not result.retryable else given_up
+            reason = reason or "permanent failure"
+            record = PollRecord("retired", None, f"retired: {reason}", source.error_count + 1, retired_reason=reason)
+            tx.record_poll(source.fetch.id, _with_error(result, reason), record)
+            return "retired", record
+        if failed:
+            errors = source.error_count + 1
             decision = next_poll(
                 policy,
-                PollOutcome(
-                    ok=True,
-                    status=result.status,
-                    cache_control=result.cache_control,
-                    expires=result.expires,
-                    ttl_minutes=parsed.ttl_minutes if parsed else None,
-                    update_period_minutes=parsed.update_period_minutes if parsed else None,
-                    # Not re-measured when the body did not change: keep the last rate.
-                    items_per_day=items_per_day if parsed is not None else source.items_per_day,
-                ),
+                PollOutcome(ok=False, status=result.status, error_count=errors, retry_after=result.retry_after),
                 now,
             )
-            record = PollRecord(
-                outcome,
-                decision.at,
-                decision.reason,
-                0,
-                body_hash=body_hash,
-                items_new=new,
-                items_updated=updated,
-                feed_title=parsed.title if parsed else None,
-                feed_link=parsed.link if parsed else None,
-                feed_id=parsed.feed_id if parsed else None,
-                items_per_day=items_per_day,
-                parsed=parsed is not None,
-                warning=parsed.warning if parsed else None,
+            record = PollRecord("error", decision.at, decision.reason, errors)
+            tx.record_poll(source.fetch.id, _with_error(result, result.error or parse_error or "failed"), record)
+            return "error", self._respect_host(tx, source, result, record, now)
+        new = updated = 0
+        items_per_day = None
+        if parsed is not None:
+            gone = tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items])
+            items = tuple(i for i in parsed.items if i.key not in gone)
+            stored = tx.stored_items(source.fetch.id, [i.key for i in items])
+            fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
+            plan = self._match_stories(
+                tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}, features or {}
             )
-            tx.record_poll(source.fetch.id, result, record)
-            return outcome, self._respect_host(tx, source, result, record, now)
+            new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
+            updated = tx.update_items(plan.updates, now, source.fetch.id)
+            items_per_day = tx.items_per_day(source.fetch.id, now)
+        outcome = (
+            "not_modified" if result.not_modified else
+            "unchanged" if parsed is None else
+            "new" if new else "updated" if updated else "unchanged"
+        )  # fmt: skip
+        decision = next_poll(
+            policy,
+            PollOutcome(
+                ok=True,
+                status=result.status,
+                cache_control=result.cache_control,
+                expires=result.expires,
+                ttl_minutes=parsed.ttl_minutes if parsed else None,
+                update_period_minutes=parsed.update_period_minutes if parsed else None,
+                # Not re-measured when the body did not change: keep the last rate.
+                items_per_day=items_per_day if parsed is not None else source.items_per_day,
+            ),
+            now,
+        )
+        record = PollRecord(
+            outcome,
+            decision.at,
+            decision.reason,
+            0,
+            body_hash=body_hash,
+            items_new=new,
+            items_updated=updated,
+            feed_title=parsed.title if parsed else None,
+            feed_link=parsed.link if parsed else None,
+            feed_id=parsed.feed_id if parsed else None,
+            items_per_day=items_per_day,
+            parsed=parsed is not None,
+            warning=parsed.warning if parsed else None,
+        )
+        tx.record_poll(source.fetch.id, result, record)
+        return outcome, self._respect_host(tx, source, result, record, now)
 
     def _respect_host(
         self, tx: IngestTransaction, source: ClaimedSource, result: FetchResult, record: PollRecord, now: datetime
@@ -778,12 +817,11 @@ class _TermCounts:
 
 
 class _DecodedMembers:
-    """Stored story members already decoded, by item id, the most recently used kept
-    (``DECODED_MEMBERS``). Shared by the writer threads. A member updated since keeps the
-    features it was first read with until it falls out: an update rarely changes the event."""
+    """Stored story members already decoded, by item id and stored values, the most recently
+    used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
 
     def __init__(self) -> None:
-        self._found: OrderedDict[int, stories.Member | None] = OrderedDict()
+        self._found: OrderedDict[int, tuple[str | None, str | None, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -794,7 +832,9 @@ class _DecodedMembers:
         usable = tuple(m for m in map(self.get, members) if m is not None)
         if not usable:
             return None
-        key = (story_id, members[0].item_id, *(m.item_id for m in usable))
+        # By the decoded objects themselves (a re-decoded member is a new object): the cached
+        # profile holds them, so their ids cannot be reused while it is kept.
+        key = (story_id, members[0].item_id, *(id(m) for m in usable))
         with self._lock:
             found = self._profiles.get(key)
             if found is not None:
@@ -808,13 +848,16 @@ class _DecodedMembers:
         return found
 
     def get(self, stored: StoredMember) -> stories.Member | None:
+        # A hit must also match the stored values: an item id freed by a rolled-back batch can
+        # be given to another item, and an updated member carries new features.
         with self._lock:
-            if stored.item_id in self._found:
+            hit = self._found.get(stored.item_id)
+            if hit is not None and hit[0] == stored.features and hit[1] == stored.signature:
                 self._found.move_to_end(stored.item_id)
-                return self._found[stored.item_id]
+                return hit[2]
         decoded = _member(stored)
         with self._lock:
-            self._found[stored.item_id] = decoded
+            self._found[stored.item_id] = (stored.features, stored.signature, decoded)
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded

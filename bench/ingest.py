@@ -18,6 +18,8 @@ database. (a), (a') and (e) run in processes of their own.
 Figures: wall seconds; CPU seconds of the measured process and all its descendants (the parse
 workers), and how much of it the main process used; and the peak RSS of all those processes
 together (the sum of each one's high-water mark: an upper bound of the true peak). For (b),
+(c) and (d) the report also gives the group commit's batches (``groupcommit``): how many
+transactions the round committed and how many fetch results each held. For (b),
 (c) and (d) ``main_by_thread`` splits the main process's CPU: the event loop (fetching, "loop"),
 the executor threads (each poll's transaction, claims, publishing: "db") and the parse
 pool's own threads (moving bodies out and results back: "pool"). The feed
@@ -357,6 +359,53 @@ class Meter:
         return figures
 
 
+BATCH_KEYS = ("transactions", "results_per_tx", "tx_sizes", "commit_s", "batch_retries")
+
+
+class Batches:
+    """Group-commit batches between two readings, from the pipeline's own Prometheus histograms."""
+
+    def __init__(self) -> None:
+        self.last = self._read()
+
+    @staticmethod
+    def _read() -> dict[str, float]:
+        from aggregator import metrics
+
+        values: dict[str, float] = {}
+        for histogram, prefix in ((metrics.COMMIT_BATCH_SIZE, "size"), (metrics.COMMIT_SECONDS, "seconds")):
+            for metric in histogram.collect():
+                for sample in metric.samples:
+                    kind = sample.name.rsplit("_", 1)[1]
+                    key = f"{prefix}_{kind}" + (f"_{sample.labels['le']}" if kind == "bucket" else "")
+                    values[key] = sample.value
+        for metric in metrics.COMMIT_BATCH_RETRIES.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    values["retries"] = sample.value
+        return values
+
+    def lap(self) -> dict[str, Any]:
+        now = self._read()
+        delta = {k: v - self.last.get(k, 0.0) for k, v in now.items()}
+        self.last = now
+        count = int(delta.get("size_count", 0))
+        # Results per transaction by histogram bucket ("<=4: n" counts transactions of 3 or 4).
+        spread, below = [], 0.0
+        for bound in ("1.0", "2.0", "4.0", "8.0", "16.0", "32.0", "64.0"):
+            cumulative = delta.get(f"size_bucket_{bound}", 0.0)
+            if cumulative - below:
+                spread.append(f"<={int(float(bound))}:{int(cumulative - below)}")
+            below = cumulative
+        return {
+            "transactions": count,
+            "results_per_tx": round(delta.get("size_sum", 0.0) / count, 1) if count else 0.0,
+            "tx_sizes": ",".join(spread) or "-",
+            "commit_s": round(delta.get("seconds_sum", 0.0), 2),
+            "batch_retries": int(delta.get("retries", 0)),
+        }
+
+
 # --- the phases (each in its own child process) -----------------------------------------------
 def phase_floor(opts: argparse.Namespace) -> dict[str, Any]:
     """feedparser.parse with its defaults (sanitize + resolve URIs), one process, same bodies."""
@@ -415,6 +464,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     changed = json.loads(opts.only)
     rounds: dict[str, Any] = {}
     meter = Meter()
+    batches = Batches()
     engine = make_engine(config.settings.database_url)
     pool = make_parse_pool(config.settings.parse_workers)
     try:
@@ -430,6 +480,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
                     for n in changed:
                         (Path(opts.dir) / f"{n}.xml").write_bytes(feed_body(n, opts.items, gained=3))
                     meter.lap()
+                    batches.lap()
                 summary = await poll_once(pipeline, all_sources=True)
                 rounds[name] = {
                     **meter.lap(),
@@ -438,6 +489,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
                     "updated": summary.updated_items,
                     "not_modified": summary.not_modified,
                     "errors": summary.errors,
+                    **batches.lap(),
                 }
 
         asyncio.run(three_rounds())
@@ -613,7 +665,8 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
         r = results.get(key)
         if r is None:
             continue
-        notes = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("wall", "cpu", "cpu_main", "rss"))
+        shown = ("wall", "cpu", "cpu_main", "rss", *BATCH_KEYS)
+        notes = " ".join(f"{k}={v}" for k, v in r.items() if k not in shown)
         print(f"{label:40} {r['wall']:8.2f} {r['cpu']:8.2f} {r['cpu_main']:14.2f} {r['rss'] / 1e6:12.0f}  {notes}")
     a, b, c, d, a2 = (results[k] for k in ("a", "b", "c", "d", "a'"))
     after = results["a2"]
@@ -632,6 +685,13 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
         print(f"(b)/(e): wall {b['wall'] / e['wall']:.2f}x (target <= 0.35), CPU {b['cpu'] / e['cpu']:.2f}x")
     print(f"(c): wall {c['wall']:.2f}s for {c['polled']} sources, {c['not_modified']} not modified (target < 2 s)")
     print(f"(d)/(a'): CPU {d['cpu'] / a2['cpu']:.2f}x (target <= 1.3)")
+    for key in ("b", "c", "d"):
+        r = results[key]
+        print(
+            f"group commit in ({key}): {r['transactions']} transactions for {r['polled']} fetch results, "
+            f"{r['results_per_tx']} each on average (transactions by size: {r['tx_sizes']}), "
+            f"{r['commit_s']:.2f} s inside them, {r['batch_retries']} batches redone one by one"
+        )
     print(f"peak RSS of (b), all processes: {b['rss'] / 1e6:.0f} MB (target <= 300)")
     server = results["server"]
     shares = ", ".join(f"{seconds:.1f} s during the {phase} rounds" for phase, seconds in server.items())

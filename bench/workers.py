@@ -221,6 +221,7 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
     pipeline = Pipeline(config, Store(engine), parse_pool=pool, owner=owner)
     if commit_slots:  # the experiment of --commit-slots: this many commits of one worker at once
         pipeline._writer = ThreadPoolExecutor(max_workers=commit_slots, thread_name_prefix="aggregator-writer")
+        pipeline._group.slots = commit_slots  # and as many group-commit batches at once
     print("ready", flush=True)
     sys.stdin.readline()  # the barrier: the parent releases every worker at once
 

@@ -1,9 +1,10 @@
 """The queries the pipeline needs, and nothing that decides anything.
 
-``Store`` wraps the engine. ``Store.ingest()`` opens the one transaction in which a fetch
-result is written (DESIGN.md, decision 3): items, stories, the source's new state and
-the fetch-log row commit together or not at all, so killing the process at any instant
-leaves either the old state (the poll is simply redone) or the new one.
+``Store`` wraps the engine. ``Store.ingest()`` opens the transaction in which fetch results
+are written, one or several (group commit), never one split across two (DESIGN.md, decision
+3): items, stories, the source's new state and the fetch-log row commit together or not at
+all, so killing the process at any instant leaves either the old state (the poll is simply
+redone) or the new one.
 """
 
 from __future__ import annotations
@@ -935,7 +936,7 @@ def _update_by_id(model: type[Base], columns: tuple[str, ...]) -> Any:
 
 
 class IngestTransaction:
-    """Reads and writes for one fetch result, all inside one database transaction.
+    """Reads and writes for fetch results, all inside one database transaction.
 
     Core statements on a plain connection rather than the ORM: the rows are plain
     columns, and the ORM layer cost more than the queries.
