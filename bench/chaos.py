@@ -426,10 +426,11 @@ def full_disk(opts: argparse.Namespace, failures: list[str]) -> None:
                 if not wait_until(lambda: rig.committed() >= opts.disk_sources // 5, 300):
                     raise RuntimeError(f"no ingest before the disk was filled:\n{rig.logs()[-2000:]}")
                 filler = mount / "filler"
-                with filler.open("wb") as out, contextlib.suppress(OSError):
+                # Unbuffered, and the suppress outside the file: closing a buffered file on a full
+                # disk flushes, and that ENOSPC escaped the inner suppress now and then.
+                with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:
                     while True:
                         out.write(b"\0" * 65536)
-                        out.flush()
                 at_full = rig.committed()
                 full_seen = wait_until(lambda: "disk is full" in rig.logs() or "No space" in rig.logs(), 60)
                 time.sleep(3)  # some more failing ticks
