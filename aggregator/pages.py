@@ -17,17 +17,10 @@ import jinja2
 from aggregator.archive import archive_page_url, archive_url
 from aggregator.config import Config, Output
 from aggregator.errors import PublishError
-from aggregator.publish import feed_url
+from aggregator.publish import TEMPLATES, feed_url
 from aggregator.store.repository import ArchivePage, StoryCoverage
 
 FRONT_DOOR_ARCHIVES = 6  # newest archive weeks listed per output; the feed page lists them all
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("aggregator", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 @dataclass(frozen=True)
@@ -103,7 +96,7 @@ def outputs_opml(config: Config) -> bytes:
 
 def _render(template: str, **context: object) -> bytes:
     try:
-        return _TEMPLATES.get_template(template).render(**context).encode("utf-8")
+        return TEMPLATES.get_template(template).render(**context).encode("utf-8")
     except jinja2.TemplateError as exc:
         raise PublishError(f"{template}: cannot render: {exc}") from exc
 

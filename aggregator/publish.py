@@ -66,7 +66,8 @@ FORMATS = {
     "json": "application/feed+json; charset=utf-8",
     "html": "text/html; charset=utf-8",
 }
-_TEMPLATES = jinja2.Environment(
+# The HTML templates of every page we render (feed pages, archives, the front door, stories).
+TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("aggregator", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
@@ -130,7 +131,7 @@ def render_html(
     """The output as a page people can read on a phone, linking its feeds for auto-discovery
     and its archive pages for older entries (``week``: this page is that archived week)."""
     try:
-        page = _TEMPLATES.get_template("output.html").render(
+        page = TEMPLATES.get_template("output.html").render(
             output=output,
             entries=entries,
             atom_url=feed_url(public_url, output.slug, "atom"),
