@@ -659,13 +659,12 @@ class Pipeline:
             elif (decision := decisions.get(new.item.key)) is not None:
                 story_id = decision.story_id
                 reason = decision.explain(names.Terms(words))
-            keys = signed.keys + tuple(stories.name_key(t) for t in sorted(feats.terms))
             inserts.append(
                 replace(
                     new,
                     story_id=story_id,
                     match_signature=signed.stored,
-                    match_keys=keys,
+                    match_keys=stories.stored_keys(signed.keys, feats),
                     match_reason=reason,
                     match_features=stored,
                 )
@@ -673,7 +672,7 @@ class Pipeline:
         updates = []
         for update in plan.updates:
             signed, stored, _, feats = prepare(update.item)
-            keys = signed.keys + tuple(stories.name_key(t) for t in sorted(feats.terms))
+            keys = stories.stored_keys(signed.keys, feats)
             updates.append(replace(update, match_signature=signed.stored, match_keys=keys, match_features=stored))
         return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
 

@@ -262,6 +262,14 @@ def name_key(term: int) -> int:
     return NAME_KEY + term
 
 
+def stored_keys(copy_keys: tuple[int, ...], features: Features) -> tuple[int, ...]:
+    """Every key an item is stored under: its lead-copy keys, then each of its terms' keys.
+
+    All terms are stored, rare or not: whether a term is rare is decided when a later item
+    looks it up, against the stream as it is then."""
+    return copy_keys + tuple(name_key(t) for t in sorted(features.terms))
+
+
 def features_of(title: str, text: str) -> tuple[Features, Terms]:
     """An item's features from its plain-text title and text, and its readable terms."""
     terms = names.extract(title, text)
