@@ -122,3 +122,15 @@ def serving(store: Store, config: Config | None = None, *, revalidate: float = 0
         server.should_exit = True
         thread.join(5)
         sock.close()
+
+
+def query_rows(database_url: str, sql: str) -> list[tuple[object, ...]]:
+    """The rows of one SQL query on either backend, through a short-lived engine of its own."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql))]
+    finally:
+        engine.dispose()

@@ -19,28 +19,18 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
 from aggregator import groupcommit, metrics
 from aggregator.cli import main
 from aggregator.groupcommit import GroupCommit
 from aggregator.store.database import make_engine
 from aggregator.store.repository import IngestTransaction, Store
-from tests.conftest import serving, write_config
+from tests.conftest import query_rows, serving, write_config
 from tests.feeds import any_dialect, rss2
 from tests.server import FeedServer, Route
 from tests.test_daemon import aggregator, free_port, wait_for
 
 ITEMS = 4
-
-
-def _rows(database_url: str, sql: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(sql))]
-    finally:
-        engine.dispose()
 
 
 def _sample(collector: Any, name: str, labels: dict[str, str] | None = None) -> float:
@@ -176,16 +166,16 @@ def test_a_batch_with_one_failing_result_commits_the_others(
     assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
     assert time.monotonic() - started < 50, "the batch went on its delay, not when full"
     counts = dict(
-        _rows(
+        query_rows(
             database_url,
             "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name",
         )
     )
     assert counts == {"bad": 0, **{f"news {n}": ITEMS for n in range(feeds)}}
-    state = _rows(database_url, "select name, error_count, last_error, lease_owner from sources order by name")
+    state = query_rows(database_url, "select name, error_count, last_error, lease_owner from sources order by name")
     assert state[0] == ("bad", 1, "ZeroDivisionError: boom in store", None)
     assert all(errors == 0 and error is None and lease is None for _, errors, error, lease in state[1:])
-    logged = _rows(database_url, "select count(*), count(distinct source_id) from fetch_log")
+    logged = query_rows(database_url, "select count(*), count(distinct source_id) from fetch_log")
     assert logged == [(feeds + 1, feeds + 1)]  # the bad source's row is its fault record
     # One batch of all seven was tried and rolled back, then each result went alone: six commits of
     # one result (the bad one's fault record is written apart), and no other transaction.
@@ -200,7 +190,7 @@ def test_a_batch_with_one_failing_result_commits_the_others(
     assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
     assert (
         dict(
-            _rows(
+            query_rows(
                 database_url,
                 "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name",
             )
@@ -210,7 +200,7 @@ def test_a_batch_with_one_failing_result_commits_the_others(
     # A transaction of 5-8 results: all seven (304s for the six, the bad one's items at last).
     assert _sample(metrics.COMMIT_BATCH_SIZE, "aggregator_commit_batch_size_bucket", {"le": "8.0"}) - wide == 1
     assert _sample(metrics.COMMIT_BATCH_SIZE, "aggregator_commit_batch_size_bucket", {"le": "4.0"}) == narrow
-    assert _rows(database_url, "select count(*) from sources where lease_owner is not null") == [(0,)]
+    assert query_rows(database_url, "select count(*) from sources where lease_owner is not null") == [(0,)]
 
 
 # --- kill -9 mid-batch --------------------------------------------------------------------------
@@ -252,24 +242,26 @@ def test_kill_9_during_a_batched_ingest_loses_nothing_and_duplicates_nothing(
             daemon.kill()
             daemon.wait()
     log = (tmp_path / "daemon.log").read_text()
-    per_source = dict(_rows(database_url, "select source_id, count(*) from items group by source_id"))
-    logged = {row[0] for row in _rows(database_url, "select distinct source_id from fetch_log")}
+    per_source = dict(query_rows(database_url, "select source_id, count(*) from items group by source_id"))
+    logged = {row[0] for row in query_rows(database_url, "select distinct source_id from fetch_log")}
     assert 0 < len(logged) < feeds, f"the kill must land mid-ingest for this test to mean anything\n{log}"
     # A fetch result is whole or absent: every logged source has all its items, no other has any.
     assert set(per_source) == logged
     assert set(per_source.values()) == {ITEMS}
     # The uncommitted ones were not marked fetched either: no validators, no body hash, still leased.
-    unfinished = _rows(database_url, "select count(*) from sources where etag is not null or body_hash is not null")
+    unfinished = query_rows(
+        database_url, "select count(*) from sources where etag is not null or body_hash is not null"
+    )
     assert unfinished == [(len(logged),)]
 
     # A re-poll (the dead daemon's leases are released: same host, its pid is gone) finishes the
     # job: every item once, and the served feed holds exactly them.
     finished = aggregator("--config", str(config), "poll", "--once", "--all", cwd=tmp_path)
     assert finished.wait(timeout=120) == 0, (tmp_path / "daemon.log").read_text()
-    assert _rows(database_url, "select count(*), count(distinct source_id || ':' || key) from items") == [
+    assert query_rows(database_url, "select count(*), count(distinct source_id || ':' || key) from items") == [
         (feeds * ITEMS, feeds * ITEMS)
     ]
-    assert _rows(database_url, "select count(*) from sources where lease_owner is not null") == [(0,)]
+    assert query_rows(database_url, "select count(*) from sources where lease_owner is not null") == [(0,)]
     engine = make_engine(database_url)
     try:
         with serving(Store(engine)) as base:
