@@ -210,7 +210,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    from aggregator.pipeline import Pipeline, make_parse_pool, poll_once
+    from aggregator.parseworker import make_parse_pool
+    from aggregator.pipeline import Pipeline, poll_once
 
     loaded = _load(args)
     with _store(loaded, create=True) as store:

@@ -39,12 +39,12 @@ from aggregator import metrics, sdnotify
 from aggregator.config import LoadedConfig, Settings, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher, FetchOptions
+from aggregator.parseworker import make_parse_pool
 from aggregator.pipeline import (
     LEASE_MARGIN,
     Pipeline,
     PollSummary,
     fetch_options,
-    make_parse_pool,
     reclaim_dead_leases,
 )
 from aggregator.publisher import Publisher, prune

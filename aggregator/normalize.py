@@ -1,6 +1,6 @@
 """``RawFeed`` → ``ParsedFeed`` of ``Item``s: identity, canonical URLs, UTC dates, safe HTML.
 
-Everything here is a pure function (``init_parse_worker`` aside). The rules:
+Everything here is a pure function. The rules:
 
 * identity within a source: the entry id/guid, else the canonical link, else a hash of
   title + content (DESIGN.md, decision 4); an id or URL past ``MAX_IDENTITY_BYTES`` counts
@@ -20,9 +20,8 @@ Everything here is a pure function (``init_parse_worker`` aside). The rules:
 
 Bounds: parse.check_bounds refuses bombs before parsing; here, HTML nested deeper than
 ``MAX_HTML_DEPTH`` is rendered as text (html5ever, under nh3, is quadratic in nesting
-depth: 40,000 nested ``<div>`` take 7 s of uninterruptible native code); and a parse
-worker started with ``init_parse_worker`` gives each document ``PARSE_CPU_SECONDS`` of
-CPU and the process ``PARSE_MEMORY_BYTES`` of address space.
+depth: 40,000 nested ``<div>`` take 7 s of uninterruptible native code); the parse worker
+process bounds each document's CPU and its own memory (``parseworker``).
 """
 
 from __future__ import annotations
@@ -30,11 +29,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-import resource
-import signal
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -45,8 +40,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import nh3
 
-from aggregator.errors import ParseError
-from aggregator.parse import RawEntry, RawFeed, parse_document
+from aggregator.parse import RawEntry, RawFeed
 from aggregator.records import Enclosure, Item, ParsedFeed
 
 TRACKING_PARAMS = frozenset(
@@ -96,79 +90,9 @@ MAX_HTML_DEPTH = 400
 # refuses a btree index entry past ~2.7 KB, and items.key, stories.key and canonical_url are
 # indexed. Such an id is keyed by its hash; such a URL is kept as the link but not matched on.
 MAX_IDENTITY_BYTES = 1000
-# Budgets of one parse worker (see init_parse_worker). A body at the fetch cap (15 MB, 9,500 items of
-# 1.5 KB) takes 5 s of CPU and 140 MB of address space; the budgets leave 6x and 7x that.
-PARSE_CPU_SECONDS = 30.0
-PARSE_MEMORY_BYTES = 1 << 30
 # How far apart undated items are placed when nothing bounds them (see place_undated): enough
 # to keep document order through every database's timestamp precision.
 PLACEMENT_STEP = timedelta(seconds=1)
-
-
-# --- the unit of work of the parse pool -----------------------------------------------------------
-_cpu_budget: float | None = None  # set in parse workers by init_parse_worker
-
-
-class ParseTimeout(ParseError):
-    """The document used up its CPU budget."""
-
-
-def init_parse_worker(
-    cpu_seconds: float | None = PARSE_CPU_SECONDS, memory_bytes: int | None = PARSE_MEMORY_BYTES
-) -> None:
-    """Initializer of a parse worker process: bound each document's CPU and the process's memory.
-
-    Time is bounded per document with a CPU timer (``document_to_feed`` arms it), memory per
-    process with RLIMIT_AS: an allocation past it raises MemoryError, which fails the document,
-    not the worker. Both only make sense in a process of our own, hence an initializer.
-    """
-    global _cpu_budget
-    _cpu_budget = cpu_seconds
-    if memory_bytes:
-        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
-def document_to_feed(body: bytes, url: str, content_type: str | None, fetched_at: datetime) -> ParsedFeed:
-    """Parse and normalize one body; the unit of work sent to the parse process pool.
-
-    Raises only ``ParseError``: a hostile document must cost its source, never the batch.
-    """
-    try:
-        with _cpu_limit(_cpu_budget):
-            return normalize_feed(parse_document(body, url, content_type), url, fetched_at)
-    except MemoryError:
-        raise ParseError("document too large to parse within the memory limit") from None
-    except RecursionError:
-        raise ParseError("document nested too deeply") from None
-
-
-@contextmanager
-def _cpu_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``ParseTimeout`` in this thread once the process has spent ``seconds`` more CPU.
-
-    A signal can only interrupt the main thread, so this applies in a worker process (where
-    tasks run on the main thread) and is a no-op elsewhere. The timer repeats every 0.1 s
-    after it first fires, so the exception keeps coming until it leaves the parser.
-    """
-    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGPROF"):
-        yield
-        return
-    armed = True
-
-    def expire(_signum: int, _frame: Any) -> None:
-        if armed:
-            raise ParseTimeout(f"gave up after {seconds:g} s of CPU")
-
-    previous = signal.signal(signal.SIGPROF, expire)
-    signal.setitimer(signal.ITIMER_PROF, seconds, 0.1)
-    try:
-        yield
-    finally:
-        armed = False
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, previous)
 
 
 # --- normalizing ----------------------------------------------------------------------------------

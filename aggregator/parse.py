@@ -151,7 +151,7 @@ def parse_document(body: bytes, url: str, content_type: str | None = None) -> Ra
             io.BytesIO(body), response_headers=headers, sanitize_html=False, resolve_relative_uris=False
         )
     except ParseError:
-        raise  # the CPU budget ran out (normalize.document_to_feed)
+        raise  # the CPU budget ran out (parseworker.document_to_feed)
     except MemoryError:
         raise ParseError("document too large to parse within the memory limit") from None
     except Exception as exc:  # feedparser raises rarely, but anything from a hostile body stays here

@@ -455,7 +455,8 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     """
     import logging
 
-    from aggregator.pipeline import Pipeline, make_parse_pool, poll_once
+    from aggregator.parseworker import make_parse_pool
+    from aggregator.pipeline import Pipeline, poll_once
     from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.repository import Store
 

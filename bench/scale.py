@@ -230,8 +230,8 @@ def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
 
     from aggregator.config import load_config
     from aggregator.fetch import Fetcher
-    from aggregator.normalize import document_to_feed
-    from aggregator.pipeline import Pipeline, fetch_options, make_parse_pool
+    from aggregator.parseworker import document_to_feed, make_parse_pool
+    from aggregator.pipeline import Pipeline, fetch_options
     from aggregator.publisher import Publisher
     from aggregator.records import FetchResult
     from aggregator.store.database import make_engine

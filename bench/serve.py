@@ -112,7 +112,7 @@ def write_config(tmp: Path, url: str, port: int, opts: argparse.Namespace) -> Pa
 def fill(config_path: Path, opts: argparse.Namespace) -> int:
     """Parse and store every generated feed with the pipeline's own commit (no HTTP needed)."""
     from aggregator.config import load_config
-    from aggregator.normalize import document_to_feed
+    from aggregator.parseworker import document_to_feed
     from aggregator.pipeline import Pipeline
     from aggregator.records import FetchResult
     from aggregator.store.database import ensure_schema, make_engine

@@ -208,7 +208,8 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
     """What one ``aggregator worker`` tick does, minus publishing, after a start barrier."""
     from aggregator.config import load_config
     from aggregator.fetch import Fetcher
-    from aggregator.pipeline import Pipeline, fetch_options, make_parse_pool
+    from aggregator.parseworker import make_parse_pool
+    from aggregator.pipeline import Pipeline, fetch_options
     from aggregator.store.database import make_engine
     from aggregator.store.repository import Store
 

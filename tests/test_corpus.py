@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.errors import ParseError
-from aggregator.normalize import document_to_feed, init_parse_worker
+from aggregator.parseworker import document_to_feed, init_parse_worker
 from tests.test_normalize import find_escapes, url_scheme
 
 CORPUS = Path(os.environ.get("AGGREGATOR_CORPUS") or Path(__file__).resolve().parents[1].parent / "shared" / "corpus")

@@ -380,7 +380,7 @@ FETCHED = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def _placed(*hours: float | None) -> list[datetime]:
-    from aggregator.normalize import document_to_feed
+    from aggregator.parseworker import document_to_feed
 
     items = document_to_feed(_doc(*hours), "https://n.example/feed", None, FETCHED).items
     assert [item.published_at is None for item in items] == [h is None for h in hours]  # no invented dates

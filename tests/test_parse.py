@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from aggregator.errors import ParseError
-from aggregator.normalize import document_to_feed, init_parse_worker
 from aggregator.parse import MAX_ENTRIES, MAX_GUNZIP_BYTES, check_bounds, parse_document
+from aggregator.parseworker import document_to_feed, init_parse_worker
 from aggregator.records import Item
 
 DATA = Path(__file__).parent / "data" / "ingest"

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from aggregator import normalize
+from aggregator import parseworker
 from aggregator.config import Config, load_config
 from aggregator.fetch import Fetcher
 from aggregator.pipeline import Pipeline, PollSummary, fetch_options
@@ -142,13 +142,13 @@ def source(name: str, url: str, interval: str | None = "30m") -> dict[str, Any]:
 def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Records every body the pipeline hands to the parser."""
     seen: list[str] = []
-    real = normalize.document_to_feed
+    real = parseworker.document_to_feed
 
     def counting(body: bytes, *args: Any) -> Any:
         seen.append(hashlib.sha256(body).hexdigest())
         return real(body, *args)
 
-    monkeypatch.setattr("aggregator.parsejob.document_to_feed", counting)
+    monkeypatch.setattr("aggregator.parseworker.document_to_feed", counting)
     yield seen
 
 

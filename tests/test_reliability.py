@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
-from aggregator import metrics, normalize, parsejob
+from aggregator import metrics, normalize, parseworker
 from aggregator import pipeline as pipeline_module
 from aggregator.cli import main
 from aggregator.fetch import Fetcher
@@ -100,14 +100,14 @@ def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> str:
         monkeypatch.setattr(Fetcher, "fetch", fetch)
         return "RuntimeError"
     if stage == "parse":
-        real_parse = parsejob.document_to_feed
+        real_parse = parseworker.document_to_feed
 
         def parse(body: bytes, url: str, *args: Any) -> Any:
             if url.endswith("/bad"):
                 raise ValueError("boom in parse")
             return real_parse(body, url, *args)
 
-        monkeypatch.setattr(parsejob, "document_to_feed", parse)
+        monkeypatch.setattr(parseworker, "document_to_feed", parse)
         return "ValueError"
     if stage == "match":
         real_decide = pipeline_module.decide_ingest

@@ -4,45 +4,45 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator import cluster, parsejob
+from aggregator import cluster, parseworker
 
 LEAD = "Rescue teams reached the flooded villages on Tuesday after the river broke its banks, officials said."
 
 
 @pytest.fixture(autouse=True)
 def empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parsejob, "_signed", {})
+    monkeypatch.setattr(parseworker, "_signed", {})
 
 
 def test_a_remembered_signature_is_the_one_that_would_be_computed(monkeypatch: pytest.MonkeyPatch) -> None:
-    first = parsejob.sign("Floods cut off villages in the north", LEAD)
+    first = parseworker.sign("Floods cut off villages in the north", LEAD)
     fresh = cluster.Signed.of("Floods cut off villages in the north", LEAD)
 
     def must_not_sign(title: str, text: str) -> cluster.Signed:
         raise AssertionError("signed again")
 
     monkeypatch.setattr(cluster.Signed, "of", must_not_sign)
-    again = parsejob.sign("Floods cut off villages in the north", LEAD)
+    again = parseworker.sign("Floods cut off villages in the north", LEAD)
     assert again == first == fresh
     assert again.signature == fresh.signature and again.keys == tuple(cluster.band_keys(fresh.signature))
 
 
 def test_title_and_text_both_count() -> None:
     # (Headlines count only with five words or more that are not stopwords.)
-    one = parsejob.sign("Floods cut off mountain villages across northern province", LEAD)
-    assert parsejob.sign("Rescuers reach flooded mountain villages after landslides", LEAD) != one
-    assert parsejob.sign("Floods cut off mountain villages across northern province", LEAD + " Rain due.") != one
+    one = parseworker.sign("Floods cut off mountain villages across northern province", LEAD)
+    assert parseworker.sign("Rescuers reach flooded mountain villages after landslides", LEAD) != one
+    assert parseworker.sign("Floods cut off mountain villages across northern province", LEAD + " Rain due.") != one
     # The separator keeps (title, text) pairs apart that would otherwise run together.
-    assert parsejob.sign("a b", "c d e f") == cluster.Signed.of("a b", "c d e f")
-    assert parsejob.sign("a", "b c d e f") == cluster.Signed.of("a", "b c d e f")
+    assert parseworker.sign("a b", "c d e f") == cluster.Signed.of("a b", "c d e f")
+    assert parseworker.sign("a", "b c d e f") == cluster.Signed.of("a", "b c d e f")
 
 
 def test_the_cache_is_bounded_and_forgets_the_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parsejob, "SIGNED_CACHE_SIZE", 3)
+    monkeypatch.setattr(parseworker, "SIGNED_CACHE_SIZE", 3)
     titles = [f"Headline number {n} about the floods" for n in range(5)]
     for title in titles:
-        parsejob.sign(title, LEAD)
-    assert len(parsejob._signed) == 3
+        parseworker.sign(title, LEAD)
+    assert len(parseworker._signed) == 3
     calls: list[str] = []
     real = cluster.Signed.of
 
@@ -51,8 +51,8 @@ def test_the_cache_is_bounded_and_forgets_the_oldest_first(monkeypatch: pytest.M
         return real(title, text)
 
     monkeypatch.setattr(cluster.Signed, "of", counting)
-    parsejob.sign(titles[4], LEAD)  # among the newest: remembered
-    parsejob.sign(titles[0], LEAD)  # the oldest: forgotten, signed again
+    parseworker.sign(titles[4], LEAD)  # among the newest: remembered
+    parseworker.sign(titles[0], LEAD)  # the oldest: forgotten, signed again
     assert calls == [titles[0]]
 
 
@@ -74,7 +74,7 @@ def test_parsed_items_cross_to_the_writer_unchanged() -> None:
     assert dataclasses.asdict(copy) == dataclasses.asdict(item)
     with pytest.raises(dataclasses.FrozenInstanceError):
         copy.title = "changed"  # type: ignore[misc]
-    feed, signed = parsejob.parse_and_sign(
+    feed, signed = parseworker.parse_and_sign(
         b"<rss version='2.0'><channel><title>F</title><item><title>One</title><guid>g1</guid>"
         b"<description>&lt;b&gt;Body&lt;/b&gt; text</description></item></channel></rss>",
         "https://x.example/feed", "application/rss+xml", datetime(2026, 11, 26, tzinfo=UTC),
