@@ -16,31 +16,26 @@ import functools
 import hashlib
 import logging
 import os
-import select
 import socket
-import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from multiprocessing import get_context
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from aggregator import cluster, metrics, names, parsejob, stories
+from aggregator import cluster, metrics, parseworker
 from aggregator.config import Config
 from aggregator.dedupe import decide_ingest
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.groupcommit import GroupCommit
-from aggregator.normalize import init_parse_worker
 from aggregator.parse import one_line
 from aggregator.publisher import Publisher
-from aggregator.records import FetchResult, IngestPlan, Item, ParsedFeed
+from aggregator.records import FetchResult, ParsedFeed
 from aggregator.schedule import (
     THROTTLED_STATUSES,
     HostSource,
@@ -54,27 +49,16 @@ from aggregator.schedule import (
 from aggregator.store.repository import (
     ClaimedSource,
     IngestTransaction,
-    MatchCandidate,
     PollRecord,
     Store,
-    StoredMember,
 )
+from aggregator.storymatch import StoryMatcher
 
 log = logging.getLogger("aggregator")
 
 LEASE_MARGIN = timedelta(minutes=2)
 COMMIT_ATTEMPTS = 4
 COMMIT_SLOTS = 4
-COUNTS_KEPT = timedelta(minutes=5)
-"""How long the writer trusts a common term's story count and the window's number of stories:
-both move by a few percent an hour, and a common term only stays or becomes more common."""
-COMMON_TERMS_KEPT = 50_000
-TERM_SAMPLE = 500
-"""Items of the window a term's stories are counted among: enough to tell a common term from a
-rare one whatever the window holds (weights reach 0 well below this many stories)."""
-DECODED_MEMBERS = 20_000
-"""Stored story members whose features the writer keeps decoded (about 1.3 KB each): the same
-stories are candidates poll after poll while their event is in the news."""
 
 
 @dataclass
@@ -138,86 +122,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class ParsePool(Executor):
-    """The parse process pool, started again whenever a worker has died.
-
-    Each worker bounds every document's CPU time and its own memory
-    (``normalize.init_parse_worker``), so a pathological document fails its source with a
-    ParseError. A worker can still die (the OOM killer, a crash in native code), and that
-    breaks a ProcessPoolExecutor for good: every later submit raises BrokenProcessPool, so
-    one bad document would stop all parsing until a restart. The documents in flight fail
-    their sources (retried at their next poll); the next submit gets a fresh pool.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        # forkserver: never fork a process that holds threads, sockets and database handles.
-        return ProcessPoolExecutor(
-            self.workers, mp_context=get_context("forkserver"), initializer=_init_worker, initargs=(os.getpid(),)
-        )
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        try:
-            return self._pool.submit(fn, *args, **kwargs)
-        except BrokenProcessPool:
-            log.warning("a parse worker died; starting a new parse pool")
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._start()
-            return self._pool.submit(fn, *args, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-def _init_worker(parent: int) -> None:
-    _exit_with(parent)
-    init_parse_worker()
-
-
-def _exit_with(pid: int) -> None:
-    """End this process when process ``pid`` (the daemon) ends, however it ends.
-
-    A parse worker holds both ends of its own task queue, so it never sees the daemon go: after
-    a ``kill -9`` the workers waited forever, and kept the forkserver and the resource tracker
-    alive with them (three processes per kill, unless systemd killed the whole cgroup). A
-    pidfd becomes readable when its process exits; a thread waits on it.
-    """
-    try:
-        handle = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os._exit(0)  # already gone
-    except (AttributeError, OSError):
-        return  # no pidfd here (not Linux >= 5.3): the worker lives as long as its queue
-
-    def wait() -> None:
-        select.select([handle], [], [])
-        os._exit(0)
-
-    threading.Thread(target=wait, name="exit-with-daemon", daemon=True).start()
-
-
-def default_parse_workers() -> int:
-    """One parser process per CPU but one, at least one.
-
-    This process needs a core of its own while a large ingest runs (the event loop and the
-    database writer). With as many parsers as cores, three busy processes shared two cores on
-    the benchmark machine: a first ingest of 1,000 feeds took 36.4 s of CPU and 21.1 s against
-    33.2 s and 20.2 s with one parser, and 10% of the feeds changing 4.2 s against 3.2 s.
-    """
-    return max(1, (os.cpu_count() or 1) - 1)
-
-
-def make_parse_pool(workers: int | None) -> Executor | None:
-    """A process pool sized to the machine; 0 parses in a thread of this process instead."""
-    count = default_parse_workers() if workers is None else workers
-    if count <= 0:
-        return None
-    return ParsePool(count)
-
-
 def fetch_options(config: Config) -> FetchOptions:
     s = config.settings
     return FetchOptions(
@@ -265,8 +169,7 @@ class Pipeline:
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
         self._host_holds: dict[str, datetime] = {}
-        self._members = _DecodedMembers()
-        self._term_counts = _TermCounts()
+        self.stories = StoryMatcher()
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config. Everything else is read from ``self.config`` where it is
@@ -335,7 +238,7 @@ class Pipeline:
             result = await fetcher.fetch(source.fetch)
             parsed: ParsedFeed | None = None
             signatures: dict[str, cluster.Signed] = {}
-            features: dict[str, parsejob.Featurized] = {}
+            features: dict[str, parseworker.Featurized] = {}
             body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
             if result.ok and result.body is not None and body_hash != source.body_hash:
                 try:
@@ -400,15 +303,15 @@ class Pipeline:
 
     async def _parse(
         self, result: FetchResult
-    ) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, parsejob.Featurized]]:
+    ) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, parseworker.Featurized]]:
         assert result.body is not None
         loop = asyncio.get_running_loop()
         semantic = self.config.settings.story_matching == "semantic"
         args = (result.body, result.url, result.content_type, result.fetched_at, semantic)
         if self.parse_pool is None:
-            return await asyncio.to_thread(parsejob.parse_and_prepare, *args)
+            return await asyncio.to_thread(parseworker.parse_and_prepare, *args)
         try:
-            return await loop.run_in_executor(self.parse_pool, parsejob.parse_and_prepare, *args)
+            return await loop.run_in_executor(self.parse_pool, parseworker.parse_and_prepare, *args)
         except BrokenProcessPool:
             raise ParseError("a parse worker died (out of memory or a crash); retried at the next poll") from None
         # Any other exception is a parser bug: _poll_one's boundary records it on the source.
@@ -471,7 +374,7 @@ class Pipeline:
         parse_error: str | None,
         body_hash: str | None,
         signatures: dict[str, cluster.Signed] | None = None,
-        features: dict[str, parsejob.Featurized] | None = None,
+        features: dict[str, parseworker.Featurized] | None = None,
     ) -> tuple[str, PollRecord]:
         """Decide and write everything about one poll in ``tx``, which commits it whole or not at all."""
         now = result.fetched_at
@@ -509,8 +412,13 @@ class Pipeline:
             items = tuple(i for i in parsed.items if i.key not in gone)
             stored = tx.stored_items(source.fetch.id, [i.key for i in items])
             fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
-            plan = self._match_stories(
-                tx, decide_ingest(items, stored, tx.stories_by_url(fresh)), now, signatures or {}, features or {}
+            plan = self.stories.match(
+                tx,
+                decide_ingest(items, stored, tx.stories_by_url(fresh)),
+                now,
+                self.config.settings.story_matching,
+                signatures or {},
+                features or {},
             )
             new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
             updated = tx.update_items(plan.updates, now, source.fetch.id)
@@ -573,109 +481,6 @@ class Pipeline:
         mine: NextPoll | None = moves.get(source.fetch.id)
         return replace(record, next_poll_at=mine.at, next_poll_reason=mine.reason) if mine else record
 
-    def _match_stories(
-        self,
-        tx: IngestTransaction,
-        plan: IngestPlan,
-        now: datetime,
-        signatures: dict[str, cluster.Signed],
-        features: dict[str, parsejob.Featurized] | None = None,
-    ) -> IngestPlan:
-        """Join new items whose URL matched no story to a stored story, as ``story_matching``
-        says: "semantic" (``stories``), "lexical" (copied text only) or "off"."""
-        mode = self.config.settings.story_matching
-        if mode == "off":
-            return plan
-        if mode == "lexical":
-            return self._match_lexical(tx, plan, now, signatures)
-        return self._match_semantic(tx, plan, now, signatures, features or {})
-
-    def _match_lexical(
-        self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
-    ) -> IngestPlan:
-        """Sign every new or changed item (the parse pool did, see ``parsejob``), and join new
-        items whose URL matched no story to the stored story whose text they copy, if any."""
-
-        def sign(item: Item) -> cluster.Signed:
-            return signatures.get(item.key) or parsejob.sign(item.title, item.text)
-
-        signed = [(new, sign(new.item)) for new in plan.inserts]
-        unmatched = [(new, s.keys) for new, s in signed if new.story_id is None]
-        by_key: dict[int, list[cluster.RecentItem]] = {}
-        if unmatched:
-            moments = [new.item.published_at or now for new, _ in unmatched]
-            wanted = [key for _, keys in unmatched for key in keys]
-            window = cluster.DEFAULT_WINDOW
-            decoded: dict[int, cluster.RecentItem | None] = {}
-            for key, candidates in tx.match_candidates(wanted, min(moments) - window, max(moments) + window).items():
-                for candidate in candidates:
-                    if candidate.item_id not in decoded:
-                        decoded[candidate.item_id] = _recent(candidate)
-                    if (stored := decoded[candidate.item_id]) is not None:
-                        by_key.setdefault(key, []).append(stored)
-        inserts = []
-        for new, s in signed:
-            story_id, reason = new.story_id, None
-            # Compare only with the stored items that share one of this item's keys.
-            recent = list({r.item_id: r for k in s.keys for r in by_key.get(k, ())}.values()) if by_key else []
-            if story_id is None and recent:
-                found = cluster.match(s.signature, new.item.published_at or now, recent)
-                if found is not None:
-                    story_id, reason = found.story_id, f"same story as item {found.item_id}: {found.reason}"
-            inserts.append(
-                replace(new, story_id=story_id, match_signature=s.stored, match_keys=s.keys, match_reason=reason)
-            )
-        updates = []
-        for update in plan.updates:
-            s = sign(update.item)
-            updates.append(replace(update, match_signature=s.stored, match_keys=s.keys))
-        return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
-
-    def _match_semantic(
-        self,
-        tx: IngestTransaction,
-        plan: IngestPlan,
-        now: datetime,
-        signatures: dict[str, cluster.Signed],
-        features: dict[str, parsejob.Featurized],
-    ) -> IngestPlan:
-        """Story matching v2: look up candidate stories (rare names, lead-copy keys), read the
-        stream statistics and the candidates' first members, let ``stories.decide`` choose,
-        and keep each item's features, keys and reason."""
-
-        def prepare(item: Item) -> tuple[cluster.Signed, str, tuple[str, ...], stories.Features]:
-            signed = signatures.get(item.key) or parsejob.sign(item.title, item.text)
-            stored, words = features.get(item.key) or parsejob.featurize(item.title, item.text)
-            return signed, stored, words, stories.Features.loads(stored, signed.signature)
-
-        prepared = [(new, *prepare(new.item)) for new in plan.inserts]
-        lookup = _StoryLookup(tx, now, self._members, self._term_counts)
-        decisions = lookup.decide([(new.item, f) for new, _, _, _, f in prepared if new.story_id is None])
-        inserts = []
-        for new, signed, stored, words, feats in prepared:
-            story_id, reason = new.story_id, None
-            if story_id is not None:
-                reason = f"joined story {story_id}: same URL as one of its items"
-            elif (decision := decisions.get(new.item.key)) is not None:
-                story_id = decision.story_id
-                reason = decision.explain(names.Terms(words))
-            inserts.append(
-                replace(
-                    new,
-                    story_id=story_id,
-                    match_signature=signed.stored,
-                    match_keys=stories.stored_keys(signed.keys, feats),
-                    match_reason=reason,
-                    match_features=stored,
-                )
-            )
-        updates = []
-        for update in plan.updates:
-            signed, stored, _, feats = prepare(update.item)
-            keys = stories.stored_keys(signed.keys, feats)
-            updates.append(replace(update, match_signature=signed.stored, match_keys=keys, match_features=stored))
-        return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
-
     def _log(
         self, source: ClaimedSource, result: FetchResult, outcome: str, record: PollRecord, parse_error: str | None
     ) -> None:
@@ -727,157 +532,6 @@ def fault_reason(exc: Exception) -> str:
     """What ``last_error`` says about an unexpected failure: one line, its type and message."""
     message = str(exc)
     return one_line(f"{fault_class(exc)}: {message}" if message else fault_class(exc))
-
-
-class _StoryLookup:
-    """The reads ``stories.decide`` needs for one poll's new items, batched: term counts over
-    ``stories.TERM_WINDOW``, the stories reached through rare names and lead-copy keys, and
-    their first members. The decision itself stays pure."""
-
-    def __init__(self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers, counts: _TermCounts) -> None:
-        self.tx = tx
-        self.now = now
-        self.decoded = decoded
-        self.counts = counts
-
-    def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, stories.Decision]:
-        if not items:
-            return {}
-        tx = self.tx
-        moments = [item.published_at or self.now for item, _ in items]
-        earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
-        stats = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
-        keys_of = {item.key: stats.keys(f.terms) for item, f in items}
-        wanted = {stories.name_key(t) for keys in keys_of.values() for t in keys}
-        by_name = tx.stories_with_keys(sorted(wanted), earliest, latest)
-        copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
-        window = cluster.DEFAULT_WINDOW
-        by_copy = tx.copy_key_stories(copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES)
-        chosen: dict[str, list[int]] = {}
-        for item, f in items:
-            found: dict[int, float] = {}
-            for term in keys_of[item.key]:
-                for story in by_name.get(stories.name_key(term), ()):
-                    found[story] = found.get(story, 0.0) + stats.weight(term)
-            if f.signature is not None:
-                for key in cluster.band_keys(f.signature):
-                    for story in by_copy.get(key, ()):
-                        found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
-            chosen[item.key] = stories.rank_candidates(found)
-        profiles = self._profiles({story for ids in chosen.values() for story in ids}, earliest)
-        return {
-            item.key: stories.decide(
-                f, item.published_at or self.now, [profiles[s] for s in chosen[item.key] if s in profiles], stats
-            )
-            for item, f in items
-        }
-
-    def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
-        profiles = {}
-        for story_id, members in self.tx.story_members(sorted(story_ids), since, stories.REPRESENTATIVES).items():
-            found = self.decoded.profile(story_id, members)
-            if found is not None:
-                profiles[story_id] = found
-        return profiles
-
-
-class _TermCounts:
-    """The stream statistics for story matching, read per poll, with what changes slowly kept:
-    a common term (carried by more than ``stories.KEY_MAX_STORIES`` stories: weighing little,
-    no lookup key) for ``COUNTS_KEPT``, and the number of stories in the window as long. Rare
-    terms, which a story that is just forming changes, are counted afresh at every poll.
-    Counting a common term is what costs (it names thousands of items), so each poll pays
-    only for the rare ones."""
-
-    def __init__(self) -> None:
-        self._common: dict[int, tuple[int, float]] = {}  # term -> (stories, monotonic expiry)
-        self._stories: tuple[int, float] | None = None
-        self._lock = threading.Lock()
-
-    def stats(self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime) -> stories.TermStats:
-        now = time.monotonic()
-        kept = COUNTS_KEPT.total_seconds()
-        with self._lock:
-            known = {t: self._common[t][0] for t in terms if t in self._common and self._common[t][1] > now}
-            total = self._stories[0] if self._stories is not None and self._stories[1] > now else None
-        wanted = [stories.name_key(t) for t in terms if t not in known]
-        counted = tx.term_story_counts(wanted, earliest, latest, TERM_SAMPLE)
-        if total is None:
-            total = tx.stories_in_window(earliest, latest)
-        counts = {**known, **{key - stories.NAME_KEY: count for key, count in counted.items()}}
-        with self._lock:
-            self._stories = (total, now + kept)
-            for term, count in counts.items():
-                if count > stories.KEY_MAX_STORIES and term not in known:
-                    self._common[term] = (count, now + kept)
-            if len(self._common) > COMMON_TERMS_KEPT:
-                self._common = {t: v for t, v in self._common.items() if v[1] > now}
-        return stories.TermStats(total, counts)
-
-
-class _DecodedMembers:
-    """Stored story members already decoded, by item id and stored values, the most recently
-    used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
-
-    def __init__(self) -> None:
-        self._found: OrderedDict[int, tuple[str | None, str | None, stories.Member | None]] = OrderedDict()
-        self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def profile(self, story_id: int, members: list[StoredMember]) -> stories.StoryProfile | None:
-        """The story as ``stories.decide`` judges it, from its first stored members: the same
-        members give the same profile object, whose centroid and name shares are then computed
-        once rather than at every poll the story is a candidate in."""
-        usable = tuple(m for m in map(self.get, members) if m is not None)
-        if not usable:
-            return None
-        # By the decoded objects themselves (a re-decoded member is a new object): the cached
-        # profile holds them, so their ids cannot be reused while it is kept.
-        key = (story_id, members[0].item_id, *(id(m) for m in usable))
-        with self._lock:
-            found = self._profiles.get(key)
-            if found is not None:
-                self._profiles.move_to_end(key)
-                return found
-        found = stories.StoryProfile(story_id, usable, members[0].sort_at)
-        with self._lock:
-            self._profiles[key] = found
-            while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
-                self._profiles.popitem(last=False)
-        return found
-
-    def get(self, stored: StoredMember) -> stories.Member | None:
-        # A hit must also match the stored values: an item id freed by a rolled-back batch can
-        # be given to another item, and an updated member carries new features.
-        with self._lock:
-            hit = self._found.get(stored.item_id)
-            if hit is not None and hit[0] == stored.features and hit[1] == stored.signature:
-                self._found.move_to_end(stored.item_id)
-                return hit[2]
-        decoded = _member(stored)
-        with self._lock:
-            self._found[stored.item_id] = (stored.features, stored.signature, decoded)
-            while len(self._found) > DECODED_MEMBERS:
-                self._found.popitem(last=False)
-        return decoded
-
-
-def _member(stored: StoredMember) -> stories.Member | None:
-    if stored.features is None:
-        return None  # stored before story features existed: nothing to compare with
-    try:
-        signature = cluster.Signature.loads(stored.signature) if stored.signature else None
-        return stories.Member(stored.item_id, stored.sort_at, stories.Features.loads(stored.features, signature))
-    except ValueError:
-        return None  # written by another version: it simply cannot match
-
-
-def _recent(candidate: MatchCandidate) -> cluster.RecentItem | None:
-    try:
-        signature = cluster.Signature.loads(candidate.signature)
-    except ValueError:
-        return None  # written by another signature version: it simply cannot match
-    return cluster.RecentItem(candidate.story_id, candidate.item_id, candidate.sort_at, signature)
 
 
 def _with_error(result: FetchResult, message: str) -> FetchResult:

@@ -501,17 +501,17 @@ def cost_at_scale() -> None:
 
 
 def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> None:
-    """The same decision through storage: ``Pipeline._match_semantic`` on a real SQLite database
+    """The same decision through storage: ``StoryMatcher.match`` on a real SQLite database
     (term counts, candidate and member queries, then ``stories.decide``), polls of ``batch`` new
     items in publication order, features computed beforehand as the parse workers would. The
     cost per item is a poll's matching time over its items (inserting them is not counted)."""
     import tempfile
 
     from aggregator.config import parse_config
-    from aggregator.pipeline import Pipeline
     from aggregator.records import IngestPlan, Item, NewItem
     from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.repository import Store
+    from aggregator.storymatch import StoryMatcher
 
     entries = sorted(templated_entries(events_per_day=events_per_day, days=days, seed=7), key=lambda e: e.published_at)
     signed = {e.id: cluster.Signed.of(e.title, e.text) for e in entries}
@@ -529,7 +529,7 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
         ensure_schema(engine)
         store = Store(engine)
         store.sync_sources(config, entries[0].published_at)
-        pipeline = Pipeline(config, store)
+        matcher = StoryMatcher()
         costs: list[tuple[int, float]] = []
         story_of: dict[str, int] = {}
         for start in range(0, len(entries), batch):
@@ -541,8 +541,8 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
             plan = IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
             with store.ingest() as tx:
                 started = time.perf_counter()
-                matched = pipeline._match_semantic(
-                    tx, plan, chunk[-1].published_at, {e.id: signed[e.id] for e in chunk}, stored
+                matched = matcher.match(
+                    tx, plan, chunk[-1].published_at, "semantic", {e.id: signed[e.id] for e in chunk}, stored
                 )
                 costs.append((start, (time.perf_counter() - started) / len(chunk)))
                 tx.insert_items(1 + start // batch % 100, matched.inserts, chunk[-1].published_at, "bench.example")

@@ -359,23 +359,23 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     from alembic import command
 
     from aggregator.config import parse_config
-    from aggregator.pipeline import Pipeline
     from aggregator.records import IngestPlan, Item, NewItem
     from aggregator.store.database import alembic_config, ensure_schema, make_engine
     from aggregator.store.repository import Store
+    from aggregator.storymatch import StoryMatcher
 
     engine = make_engine(database_url)
     ensure_schema(engine)
     store = Store(engine)
     config = parse_config(STORE_CONFIG)
     store.sync_sources(config, NOON)
-    pipeline = Pipeline(config, store)
+    matcher = StoryMatcher()
 
     def ingest(source_id: int, entries: list[tuple[str, tuple[str, str], datetime]]) -> dict[str, NewItem]:
         items = [plain_item(key, *pair, at) for key, pair, at in entries]
         plan = IngestPlan(tuple(NewItem(item, None) for item in items if isinstance(item, Item)), (), 0)
         with store.ingest() as tx:
-            matched = pipeline._match_semantic(tx, plan, NOON, {}, {})
+            matched = matcher.match(tx, plan, NOON, "semantic", {}, {})
             tx.insert_items(source_id, matched.inserts, NOON, "news.example.org")
         return {new.item.key: new for new in matched.inserts}
 

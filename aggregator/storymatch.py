@@ -1,0 +1,294 @@
+"""Story matching against storage: the reads a poll's new items need, then the pure decision.
+
+``stories.decide`` (semantic) and ``cluster.match`` (lexical) decide; this module looks up what
+they decide on, batched per poll inside the poll's transaction: candidate stories by rare names
+and lead-copy keys, the stream statistics, and the candidates' first members. What changes
+slowly is kept between polls (common terms' counts, decoded members), shared by the writer
+threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from aggregator import cluster, names, parseworker, stories
+from aggregator.records import IngestPlan, Item
+from aggregator.store.repository import IngestTransaction, MatchCandidate, StoredMember
+
+COUNTS_KEPT = timedelta(minutes=5)
+"""How long the writer trusts a common term's story count and the window's number of stories:
+both move by a few percent an hour, and a common term only stays or becomes more common."""
+COMMON_TERMS_KEPT = 50_000
+TERM_SAMPLE = 500
+"""Items of the window a term's stories are counted among: enough to tell a common term from a
+rare one whatever the window holds (weights reach 0 well below this many stories)."""
+DECODED_MEMBERS = 20_000
+"""Stored story members whose features the writer keeps decoded (about 1.3 KB each): the same
+stories are candidates poll after poll while their event is in the news."""
+
+
+class StoryMatcher:
+    """Joins a poll's new items to stored stories, as the ``story_matching`` setting says. One
+    per pipeline: it keeps what the writer threads have decoded and counted."""
+
+    def __init__(self) -> None:
+        self._members = _DecodedMembers()
+        self._term_counts = _TermCounts()
+
+    def match(
+        self,
+        tx: IngestTransaction,
+        plan: IngestPlan,
+        now: datetime,
+        mode: str,
+        signatures: dict[str, cluster.Signed],
+        features: dict[str, parseworker.Featurized] | None = None,
+    ) -> IngestPlan:
+        """Join new items whose URL matched no story to a stored story, as ``story_matching``
+        says: "semantic" (``stories``), "lexical" (copied text only) or "off"."""
+        if mode == "off":
+            return plan
+        if mode == "lexical":
+            return self._match_lexical(tx, plan, now, signatures)
+        return self._match_semantic(tx, plan, now, signatures, features or {})
+
+    def _match_lexical(
+        self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
+    ) -> IngestPlan:
+        """Sign every new or changed item (the parse pool did, see ``parseworker``), and join new
+        items whose URL matched no story to the stored story whose text they copy, if any."""
+
+        def sign(item: Item) -> cluster.Signed:
+            return signatures.get(item.key) or parseworker.sign(item.title, item.text)
+
+        signed = [(new, sign(new.item)) for new in plan.inserts]
+        unmatched = [(new, s.keys) for new, s in signed if new.story_id is None]
+        by_key: dict[int, list[cluster.RecentItem]] = {}
+        if unmatched:
+            moments = [new.item.published_at or now for new, _ in unmatched]
+            wanted = [key for _, keys in unmatched for key in keys]
+            window = cluster.DEFAULT_WINDOW
+            decoded: dict[int, cluster.RecentItem | None] = {}
+            for key, candidates in tx.match_candidates(wanted, min(moments) - window, max(moments) + window).items():
+                for candidate in candidates:
+                    if candidate.item_id not in decoded:
+                        decoded[candidate.item_id] = _recent(candidate)
+                    if (stored := decoded[candidate.item_id]) is not None:
+                        by_key.setdefault(key, []).append(stored)
+        inserts = []
+        for new, s in signed:
+            story_id, reason = new.story_id, None
+            # Compare only with the stored items that share one of this item's keys.
+            recent = list({r.item_id: r for k in s.keys for r in by_key.get(k, ())}.values()) if by_key else []
+            if story_id is None and recent:
+                found = cluster.match(s.signature, new.item.published_at or now, recent)
+                if found is not None:
+                    story_id, reason = found.story_id, f"same story as item {found.item_id}: {found.reason}"
+            inserts.append(
+                replace(new, story_id=story_id, match_signature=s.stored, match_keys=s.keys, match_reason=reason)
+            )
+        updates = []
+        for update in plan.updates:
+            s = sign(update.item)
+            updates.append(replace(update, match_signature=s.stored, match_keys=s.keys))
+        return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
+
+    def _match_semantic(
+        self,
+        tx: IngestTransaction,
+        plan: IngestPlan,
+        now: datetime,
+        signatures: dict[str, cluster.Signed],
+        features: dict[str, parseworker.Featurized],
+    ) -> IngestPlan:
+        """Story matching v2: look up candidate stories (rare names, lead-copy keys), read the
+        stream statistics and the candidates' first members, let ``stories.decide`` choose,
+        and keep each item's features, keys and reason."""
+
+        def prepare(item: Item) -> tuple[cluster.Signed, str, tuple[str, ...], stories.Features]:
+            signed = signatures.get(item.key) or parseworker.sign(item.title, item.text)
+            stored, words = features.get(item.key) or parseworker.featurize(item.title, item.text)
+            return signed, stored, words, stories.Features.loads(stored, signed.signature)
+
+        prepared = [(new, *prepare(new.item)) for new in plan.inserts]
+        lookup = _StoryLookup(tx, now, self._members, self._term_counts)
+        decisions = lookup.decide([(new.item, f) for new, _, _, _, f in prepared if new.story_id is None])
+        inserts = []
+        for new, signed, stored, words, feats in prepared:
+            story_id, reason = new.story_id, None
+            if story_id is not None:
+                reason = f"joined story {story_id}: same URL as one of its items"
+            elif (decision := decisions.get(new.item.key)) is not None:
+                story_id = decision.story_id
+                reason = decision.explain(names.Terms(words))
+            inserts.append(
+                replace(
+                    new,
+                    story_id=story_id,
+                    match_signature=signed.stored,
+                    match_keys=stories.stored_keys(signed.keys, feats),
+                    match_reason=reason,
+                    match_features=stored,
+                )
+            )
+        updates = []
+        for update in plan.updates:
+            signed, stored, _, feats = prepare(update.item)
+            keys = stories.stored_keys(signed.keys, feats)
+            updates.append(replace(update, match_signature=signed.stored, match_keys=keys, match_features=stored))
+        return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
+
+
+class _StoryLookup:
+    """The reads ``stories.decide`` needs for one poll's new items, batched: term counts over
+    ``stories.TERM_WINDOW``, the stories reached through rare names and lead-copy keys, and
+    their first members. The decision itself stays pure."""
+
+    def __init__(self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers, counts: _TermCounts) -> None:
+        self.tx = tx
+        self.now = now
+        self.decoded = decoded
+        self.counts = counts
+
+    def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, stories.Decision]:
+        if not items:
+            return {}
+        tx = self.tx
+        moments = [item.published_at or self.now for item, _ in items]
+        earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
+        stats = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
+        keys_of = {item.key: stats.keys(f.terms) for item, f in items}
+        wanted = {stories.name_key(t) for keys in keys_of.values() for t in keys}
+        by_name = tx.stories_with_keys(sorted(wanted), earliest, latest)
+        copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
+        window = cluster.DEFAULT_WINDOW
+        by_copy = tx.copy_key_stories(copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES)
+        chosen: dict[str, list[int]] = {}
+        for item, f in items:
+            found: dict[int, float] = {}
+            for term in keys_of[item.key]:
+                for story in by_name.get(stories.name_key(term), ()):
+                    found[story] = found.get(story, 0.0) + stats.weight(term)
+            if f.signature is not None:
+                for key in cluster.band_keys(f.signature):
+                    for story in by_copy.get(key, ()):
+                        found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
+            chosen[item.key] = stories.rank_candidates(found)
+        profiles = self._profiles({story for ids in chosen.values() for story in ids}, earliest)
+        return {
+            item.key: stories.decide(
+                f, item.published_at or self.now, [profiles[s] for s in chosen[item.key] if s in profiles], stats
+            )
+            for item, f in items
+        }
+
+    def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
+        profiles = {}
+        for story_id, members in self.tx.story_members(sorted(story_ids), since, stories.REPRESENTATIVES).items():
+            found = self.decoded.profile(story_id, members)
+            if found is not None:
+                profiles[story_id] = found
+        return profiles
+
+
+class _TermCounts:
+    """The stream statistics for story matching, read per poll, with what changes slowly kept:
+    a common term (carried by more than ``stories.KEY_MAX_STORIES`` stories: weighing little,
+    no lookup key) for ``COUNTS_KEPT``, and the number of stories in the window as long. Rare
+    terms, which a story that is just forming changes, are counted afresh at every poll.
+    Counting a common term is what costs (it names thousands of items), so each poll pays
+    only for the rare ones."""
+
+    def __init__(self) -> None:
+        self._common: dict[int, tuple[int, float]] = {}  # term -> (stories, monotonic expiry)
+        self._stories: tuple[int, float] | None = None
+        self._lock = threading.Lock()
+
+    def stats(self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime) -> stories.TermStats:
+        now = time.monotonic()
+        kept = COUNTS_KEPT.total_seconds()
+        with self._lock:
+            known = {t: self._common[t][0] for t in terms if t in self._common and self._common[t][1] > now}
+            total = self._stories[0] if self._stories is not None and self._stories[1] > now else None
+        wanted = [stories.name_key(t) for t in terms if t not in known]
+        counted = tx.term_story_counts(wanted, earliest, latest, TERM_SAMPLE)
+        if total is None:
+            total = tx.stories_in_window(earliest, latest)
+        counts = {**known, **{key - stories.NAME_KEY: count for key, count in counted.items()}}
+        with self._lock:
+            self._stories = (total, now + kept)
+            for term, count in counts.items():
+                if count > stories.KEY_MAX_STORIES and term not in known:
+                    self._common[term] = (count, now + kept)
+            if len(self._common) > COMMON_TERMS_KEPT:
+                self._common = {t: v for t, v in self._common.items() if v[1] > now}
+        return stories.TermStats(total, counts)
+
+
+class _DecodedMembers:
+    """Stored story members already decoded, by item id and stored values, the most recently
+    used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
+
+    def __init__(self) -> None:
+        self._found: OrderedDict[int, tuple[str | None, str | None, stories.Member | None]] = OrderedDict()
+        self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def profile(self, story_id: int, members: list[StoredMember]) -> stories.StoryProfile | None:
+        """The story as ``stories.decide`` judges it, from its first stored members: the same
+        members give the same profile object, whose centroid and name shares are then computed
+        once rather than at every poll the story is a candidate in."""
+        usable = tuple(m for m in map(self.get, members) if m is not None)
+        if not usable:
+            return None
+        # By the decoded objects themselves (a re-decoded member is a new object): the cached
+        # profile holds them, so their ids cannot be reused while it is kept.
+        key = (story_id, members[0].item_id, *(id(m) for m in usable))
+        with self._lock:
+            found = self._profiles.get(key)
+            if found is not None:
+                self._profiles.move_to_end(key)
+                return found
+        found = stories.StoryProfile(story_id, usable, members[0].sort_at)
+        with self._lock:
+            self._profiles[key] = found
+            while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
+                self._profiles.popitem(last=False)
+        return found
+
+    def get(self, stored: StoredMember) -> stories.Member | None:
+        # A hit must also match the stored values: an item id freed by a rolled-back batch can
+        # be given to another item, and an updated member carries new features.
+        with self._lock:
+            hit = self._found.get(stored.item_id)
+            if hit is not None and hit[0] == stored.features and hit[1] == stored.signature:
+                self._found.move_to_end(stored.item_id)
+                return hit[2]
+        decoded = _member(stored)
+        with self._lock:
+            self._found[stored.item_id] = (stored.features, stored.signature, decoded)
+            while len(self._found) > DECODED_MEMBERS:
+                self._found.popitem(last=False)
+        return decoded
+
+
+def _member(stored: StoredMember) -> stories.Member | None:
+    if stored.features is None:
+        return None  # stored before story features existed: nothing to compare with
+    try:
+        signature = cluster.Signature.loads(stored.signature) if stored.signature else None
+        return stories.Member(stored.item_id, stored.sort_at, stories.Features.loads(stored.features, signature))
+    except ValueError:
+        return None  # written by another version: it simply cannot match
+
+
+def _recent(candidate: MatchCandidate) -> cluster.RecentItem | None:
+    try:
+        signature = cluster.Signature.loads(candidate.signature)
+    except ValueError:
+        return None  # written by another signature version: it simply cannot match
+    return cluster.RecentItem(candidate.story_id, candidate.item_id, candidate.sort_at, signature)
