@@ -3,9 +3,8 @@
 Politeness and safety live here and nowhere else:
 
 * conditional GET with the stored ETag / Last-Modified;
-* an identifying User-Agent; gzip, deflate and brotli, decoded here rather than by
-  the HTTP client so that output is produced in bounded steps: a client inflating each
-  network chunk in one call lets 300 bytes of brotli expand to 200 MiB in that call;
+* an identifying User-Agent; gzip, deflate and brotli, decoded in bounded steps by
+  ``contentcoding`` rather than by the HTTP client (see there why);
 * connect / read / total timeouts, and a body cap enforced while streaming and
   after decompression (a gzip bomb stops at the cap, not at the end of memory);
 * redirects followed by hand (at most ``max_redirects``) so that 301/308 can move the
@@ -17,9 +16,8 @@ Politeness and safety live here and nowhere else:
   connection (DNS rebinding);
 * a per-host and a global concurrency limit.
 
-The client is aiohttp: a first ingest of 1,000 feeds cost the main process 5.4 s of CPU
-in httpx (its connection pool rescans every connection for every request) against 0.4 s
-in aiohttp, and a round of 1,000 304s 1.35 s against 0.18 s (bench/ingest.py).
+The client is aiohttp rather than httpx: httpx's connection pool rescans every connection
+for every request, which made the main process, not the network, the limit of a large ingest.
 
 It knows nothing of the database: failures come back as a ``FetchResult`` with
 ``error`` set, never as an exception, so one bad source cannot stop a batch. Only
@@ -35,36 +33,27 @@ import ipaddress
 import os
 import socket
 import time
-import zlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from aggregator import config as defaults
+from aggregator import contentcoding
+from aggregator.contentcoding import ACCEPT_ENCODING, DECODE_ERRORS
 from aggregator.errors import BlockedAddressError, FetchError, ResponseTooLargeError
 from aggregator.records import FetchResult, SourceToFetch
-
-try:
-    import brotli  # type: ignore[import-untyped]
-except ImportError:  # pragma: no cover - brotli is a declared dependency
-    brotli = None
 
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/rdf+xml;q=0.9, application/feed+json;q=0.9, "
     "application/xml;q=0.8, text/xml;q=0.8, application/json;q=0.5, */*;q=0.1"
 )
-# Only advertise brotli when the installed module can bound its output (brotli >= 1.2).
-BROTLI_BOUNDED = brotli is not None and hasattr(brotli.Decompressor, "can_accept_more_data")
-ACCEPT_ENCODING = "gzip, deflate, br" if BROTLI_BOUNDED else "gzip, deflate"
-DECODE_STEP = 64 * 1024  # the most a decoder produces before the cap is checked again
-DECODE_ERRORS: tuple[type[Exception], ...] = (zlib.error, brotli.error) if brotli is not None else (zlib.error,)
 PERMANENT_REDIRECTS = frozenset({301, 308})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Cloud metadata endpoints that are not covered by the private/link-local checks.
@@ -256,7 +245,7 @@ class Fetcher:
         if declared.isdigit() and int(declared) > cap:
             raise ResponseTooLargeError(url, f"body of {int(declared)} bytes exceeds the {cap}-byte cap")
         encoding = response.headers.get("content-encoding", "")
-        decoder = _decoder(encoding, url)
+        decoder = contentcoding.decoder(encoding, url)
         after = f" (after {encoding} decompression)" if decoder.decodes else ""
         chunks: list[bytes] = []
         size = 0
@@ -390,125 +379,3 @@ def _reason(exc: OSError) -> str:
 async def _system_resolve(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-# --- content decoding, in bounded steps ----------------------------------------------------
-
-
-class _Decoder(Protocol):
-    decodes: bool
-
-    def feed(self, data: bytes) -> Iterator[bytes]: ...
-
-    def flush(self) -> Iterator[bytes]: ...
-
-
-def _decoder(content_encoding: str, url: str) -> _Decoder:
-    """The decoder chain for a Content-Encoding list (applied in order, so undone in reverse)."""
-    names = [n.strip().lower() for n in content_encoding.split(",") if n.strip()]
-    names = [n for n in names if n != "identity"]
-    steps: list[_Decoder] = []
-    for name in reversed(names):
-        if name in ("gzip", "x-gzip"):
-            steps.append(_Inflate(zlib.MAX_WBITS | 16))
-        elif name == "deflate":
-            steps.append(_Inflate(zlib.MAX_WBITS, raw_fallback=True))
-        elif name == "br" and BROTLI_BOUNDED:
-            steps.append(_Brotli())
-        else:
-            raise FetchError(url, f"unsupported Content-Encoding {content_encoding!r} (we asked for {ACCEPT_ENCODING})")
-    if not steps:
-        return _Identity()
-    return steps[0] if len(steps) == 1 else _Chain(steps)
-
-
-class _Identity:
-    decodes = False
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        yield data
-
-    def flush(self) -> Iterator[bytes]:
-        return iter(())
-
-
-class _Inflate:
-    """gzip (possibly multi-member) or deflate; ``raw_fallback`` for servers sending raw deflate."""
-
-    decodes = True
-
-    def __init__(self, wbits: int, *, raw_fallback: bool = False) -> None:
-        self._wbits = wbits
-        self._multi_member = bool(wbits & 16)  # concatenated gzip members are one valid gzip body
-        self._d = zlib.decompressobj(wbits)
-        self._raw_fallback = raw_fallback
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        if self._raw_fallback:
-            self._raw_fallback = False
-            try:
-                self._d.copy().decompress(data[:2])
-            except zlib.error:
-                # "deflate" is meant to be zlib-wrapped (RFC 9110 §8.4.1.2); many servers send it raw.
-                self._wbits = -zlib.MAX_WBITS
-                self._d = zlib.decompressobj(self._wbits)
-        while data:
-            if self._d.eof:
-                if not self._multi_member or not data.strip(b"\0"):
-                    return  # trailing bytes (often NUL padding) after the stream: not content
-                self._d = zlib.decompressobj(self._wbits)
-            out = self._d.decompress(data, DECODE_STEP)
-            if out:
-                yield out
-            data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
-            # All input taken but the output limit was hit: zlib may still hold output.
-            while not data and len(out) == DECODE_STEP and not self._d.eof:
-                out = self._d.decompress(b"", DECODE_STEP)
-                if out:
-                    yield out
-
-    def flush(self) -> Iterator[bytes]:
-        out = self._d.flush()
-        if out:
-            yield out
-
-
-class _Brotli:
-    decodes = True
-
-    def __init__(self) -> None:
-        self._d = brotli.Decompressor()
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        out = self._d.process(data, output_buffer_limit=DECODE_STEP)
-        # Drain in bounded steps: brotli may hold output back even when it reports it can
-        # take more input, so "until it gives nothing" rather than can_accept_more_data().
-        while out:
-            yield out
-            if self._d.is_finished():
-                return
-            out = self._d.process(b"", output_buffer_limit=DECODE_STEP)
-
-    def flush(self) -> Iterator[bytes]:
-        return iter(())
-
-
-class _Chain:
-    decodes = True
-
-    def __init__(self, steps: list[_Decoder]) -> None:
-        self._steps = steps
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        return self._through(0, iter((data,)))
-
-    def flush(self) -> Iterator[bytes]:
-        for index, step in enumerate(self._steps):
-            yield from self._through(index + 1, step.flush())
-
-    def _through(self, index: int, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        if index == len(self._steps):
-            yield from pieces
-            return
-        for piece in pieces:
-            yield from self._through(index + 1, self._steps[index].feed(piece))
