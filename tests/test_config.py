@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from aggregator.cli import main
-from aggregator.config import ConfigError, load_config, parse_config, parse_duration
+from aggregator.config import load_config, parse_config, parse_duration
+from aggregator.errors import ConfigError
 
 GOOD = """\
 settings:
@@ -250,3 +251,4 @@ def test_bad_arguments_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["frobnicate"])
     assert caught.value.code == 1
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
