@@ -55,9 +55,6 @@ class Week:
     def end(self) -> datetime:
         return self.start + timedelta(days=7)
 
-    def shift(self, weeks: int) -> Week:
-        return Week.of(self.start + timedelta(weeks=weeks))
-
     def __str__(self) -> str:
         return f"{self.year}-W{self.week:02d}"
 

@@ -199,8 +199,8 @@ class Signed:
 
     It crosses the process boundary as just those two forms: ``signature`` is decoded from
     ``stored`` when first asked for, which the writer does only for an item that has
-    candidates to compare with. Pickling the decoded sets cost the writer 0.6 s of a first
-    ingest of 30,000 items, more than the rest of the parsed feed.
+    candidates to compare with. Pickling the decoded sets cost the writer more than the rest
+    of the parsed feed.
     """
 
     __slots__ = ("_signature", "keys", "stored")
@@ -459,8 +459,8 @@ def _phrases(words: list[str]) -> set[int]:
     if len(words) < SHINGLE_WORDS:
         return {_hash(" ".join(words))} if words else set()
     shingles = map(" ".join, zip(*(words[i:] for i in range(SHINGLE_WORDS)), strict=False))
-    # _hash inlined: a function call per phrase was a fifth of the cost. Keep the two alike.
-    # Copying a blank hasher skips the keyword parsing of a new one: 25% of this loop.
+    # _hash inlined: a function call per phrase is a large share of this loop. Keep the two alike.
+    # Copying a blank hasher skips the keyword parsing of a new one, another large share.
     phrases: set[int] = set()
     add, blank, from_bytes = phrases.add, _BLANK_HASH.copy, int.from_bytes
     for phrase in shingles:

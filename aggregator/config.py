@@ -277,9 +277,6 @@ class Config(_Strict):
     sources: tuple[Source, ...] = ()
     outputs: tuple[Output, ...] = ()
 
-    def source_interval(self, source: Source) -> timedelta:
-        return source.interval or self.settings.default_interval
-
 
 @dataclass(frozen=True)
 class LoadedConfig:

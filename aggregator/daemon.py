@@ -29,6 +29,7 @@ import logging
 import signal
 import time
 from collections.abc import Generator
+from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -160,25 +161,7 @@ class Daemon:
         server_task: asyncio.Task[None] | None = None
         try:
             if self.poll:
-                report = await asyncio.to_thread(self.store.sync_sources, self.loaded.config, datetime.now(UTC))
-                log.info(
-                    "sources: %d added, %d changed, %d removed",
-                    len(report.added),
-                    len(report.changed),
-                    len(report.removed),
-                )
-                await asyncio.to_thread(reclaim_dead_leases, self.store)
-                self.pipeline = Pipeline(self.loaded.config, self.store, parse_pool=pool, on_progress=self._progressed)
-                self.publisher = Publisher(self.loaded.config, self.store)
-                self._fetch_options = fetch_options(self.loaded.config)
-                self._fetcher = Fetcher(self._fetch_options)
-                await asyncio.to_thread(self.publisher.publish, None)
-                scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
-                scheduler.add_job(self._archive, "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
-                scheduler.add_job(
-                    self._housekeeping, "interval", hours=24, id="retention",
-                    next_run_time=datetime.now(UTC) + HOUSEKEEPING_DELAY,
-                )  # fmt: skip
+                await self._start_polling(scheduler, pool)
             # Also without polling (serve): the tick is what pings the watchdog.
             scheduler.add_job(
                 self._tick, "interval", seconds=settings.tick_seconds, max_instances=1,
@@ -186,51 +169,87 @@ class Daemon:
             )  # fmt: skip
             scheduler.start()
             if self.http:
-                app = create_app(
-                    self.store, health=self.health, status_page=settings.status_page, config=lambda: self.loaded.config
-                )
-                # httptools, not h11: with h11 a 304 cost several times what it does with the C
-                # parser (bench/serve.py: 0.11x nginx against 0.4x).
-                config = uvicorn.Config(
-                    app, host=settings.listen_host, port=settings.listen_port, log_level="warning",
-                    access_log=False, lifespan="off", http="httptools",
-                )  # fmt: skip
-                self._server = _QuietServer(config)
-                server_task = loop.create_task(self._server.serve())
-                while not self._server.started and not server_task.done():
-                    await asyncio.sleep(0.02)
-                if self._server.started:
-                    log.info("serving on http://%s/feeds/", settings.listen)
+                server_task = await self._start_serving(settings)
             if server_task is None or not server_task.done():
                 sdnotify.ready()
                 self._ready = True
-            stopper = loop.create_task(self._stop.wait())
-            waiting: set[asyncio.Future[object]] = {stopper}  # type: ignore[arg-type]
-            if server_task is not None:
-                waiting.add(server_task)  # type: ignore[arg-type]
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if server_task in done and server_task is not None and not self._stop.is_set():
-                server_task.result()  # the server died (e.g. port in use): surface it
-                raise AggregatorError(f"HTTP server on {settings.listen} stopped unexpectedly")
-            stopper.cancel()
+            await self._wait_for_stop(server_task, settings)
         finally:
-            sdnotify.stopping()
-            if scheduler.running:
-                scheduler.shutdown(wait=False)
-            if self._cycle is not None and not self._cycle.done():
-                self._cycle.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._cycle
-            if self._server is not None:
-                self._server.should_exit = True
-            if server_task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await server_task
-            if self._fetcher is not None:
-                await self._fetcher.aclose()
-            if pool is not None:
-                pool.shutdown(wait=False, cancel_futures=True)
-            log.info("stopped")
+            await self._shut_down(scheduler, server_task, pool)
+
+    async def _start_polling(self, scheduler: AsyncIOScheduler, pool: Executor | None) -> None:
+        """Sync the sources, publish what is stored, and schedule the housekeeping jobs."""
+        report = await asyncio.to_thread(self.store.sync_sources, self.loaded.config, datetime.now(UTC))
+        log.info(
+            "sources: %d added, %d changed, %d removed",
+            len(report.added),
+            len(report.changed),
+            len(report.removed),
+        )
+        await asyncio.to_thread(reclaim_dead_leases, self.store)
+        self.pipeline = Pipeline(self.loaded.config, self.store, parse_pool=pool, on_progress=self._progressed)
+        self.publisher = Publisher(self.loaded.config, self.store)
+        self._fetch_options = fetch_options(self.loaded.config)
+        self._fetcher = Fetcher(self._fetch_options)
+        await asyncio.to_thread(self.publisher.publish, None)
+        scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
+        scheduler.add_job(self._archive, "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
+        scheduler.add_job(
+            self._housekeeping, "interval", hours=24, id="retention",
+            next_run_time=datetime.now(UTC) + HOUSEKEEPING_DELAY,
+        )  # fmt: skip
+
+    async def _start_serving(self, settings: Settings) -> asyncio.Task[None]:
+        """Start uvicorn and wait until it listens (or fails to: the task is then done)."""
+        app = create_app(
+            self.store, health=self.health, status_page=settings.status_page, config=lambda: self.loaded.config
+        )
+        # httptools, not h11: the C parser answers a conditional GET (most of the traffic) several
+        # times cheaper; bench/serve.py measures both against nginx.
+        config = uvicorn.Config(
+            app, host=settings.listen_host, port=settings.listen_port, log_level="warning",
+            access_log=False, lifespan="off", http="httptools",
+        )  # fmt: skip
+        self._server = _QuietServer(config)
+        server_task = asyncio.get_running_loop().create_task(self._server.serve())
+        while not self._server.started and not server_task.done():
+            await asyncio.sleep(0.02)
+        if self._server.started:
+            log.info("serving on http://%s/feeds/", settings.listen)
+        return server_task
+
+    async def _wait_for_stop(self, server_task: asyncio.Task[None] | None, settings: Settings) -> None:
+        """Until a signal asks to stop, or the HTTP server dies (e.g. port in use): surface that."""
+        stopper = asyncio.get_running_loop().create_task(self._stop.wait())
+        waiting: set[asyncio.Future[object]] = {stopper}  # type: ignore[arg-type]
+        if server_task is not None:
+            waiting.add(server_task)  # type: ignore[arg-type]
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if server_task in done and server_task is not None and not self._stop.is_set():
+            server_task.result()  # the server died (e.g. port in use): surface it
+            raise AggregatorError(f"HTTP server on {settings.listen} stopped unexpectedly")
+        stopper.cancel()
+
+    async def _shut_down(
+        self, scheduler: AsyncIOScheduler, server_task: asyncio.Task[None] | None, pool: Executor | None
+    ) -> None:
+        sdnotify.stopping()
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if self._cycle is not None and not self._cycle.done():
+            self._cycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cycle
+        if self._server is not None:
+            self._server.should_exit = True
+        if server_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await server_task
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
 
     def _request_stop(self, sig: signal.Signals) -> None:
         log.info("received %s, stopping", sig.name)

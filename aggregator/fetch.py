@@ -16,8 +16,9 @@ Politeness and safety live here and nowhere else:
   connection (DNS rebinding);
 * a per-host and a global concurrency limit.
 
-The client is aiohttp rather than httpx: httpx's connection pool rescans every connection
-for every request, which made the main process, not the network, the limit of a large ingest.
+The client is aiohttp, not httpx: httpx's connection pool rescans every connection for
+every request, so with a thousand feeds the client itself became the main process's
+largest CPU cost, in a first ingest and in a round of conditional polls alike.
 
 It knows nothing of the database: failures come back as a ``FetchResult`` with
 ``error`` set, never as an exception, so one bad source cannot stop a batch. Only
@@ -129,34 +130,10 @@ class Fetcher:
             return await self._fetch_timed(source, time.monotonic())
 
     async def _fetch_timed(self, source: SourceToFetch, started: float) -> FetchResult:
-        options = self.options
         try:
-            return await asyncio.wait_for(self._fetch(source, started), options.total_timeout)
-        except FetchError as exc:
-            error = exc.message
-        except aiohttp.ConnectionTimeoutError:
-            error = f"timed out connecting after {options.connect_timeout:g}s"
-        except aiohttp.SocketTimeoutError:
-            error = f"timed out: the server sent nothing for {options.read_timeout:g}s (read timeout)"
-        except TimeoutError:  # after aiohttp's own timeouts, which are TimeoutErrors too
-            error = f"timed out: no complete answer within {options.total_timeout:g}s (total timeout)"
-        except aiohttp.InvalidURL as exc:
-            # A malformed Location (e.g. "http://[oops/") must cost this source, not the batch.
-            error = f"invalid URL: {exc}"
-        except aiohttp.ClientConnectorDNSError as exc:
-            error = f"cannot resolve {exc.host}: {_reason(exc.os_error)}"
-        except aiohttp.ClientConnectorError as exc:
-            error = f"cannot connect to {exc.host}:{exc.port}: {_reason(exc.os_error)}"
-        except aiohttp.ClientPayloadError:
-            error = "truncated: the connection closed before the whole body arrived"
-        except aiohttp.ServerDisconnectedError:
-            error = "the server closed the connection without answering"
-        except aiohttp.ClientError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except OSError as exc:
-            error = f"network error: {exc}"
-        except ValueError as exc:
-            error = f"invalid URL: {exc}"
+            return await asyncio.wait_for(self._fetch(source, started), self.options.total_timeout)
+        except (FetchError, aiohttp.ClientError, OSError, ValueError) as exc:
+            error = failure_message(exc, self.options)
         return FetchResult(
             source_id=source.id,
             url=source.url,
@@ -312,6 +289,42 @@ def _session(options: FetchOptions, guard: _Guard | None) -> aiohttp.ClientSessi
     )
 
 
+def failure_message(exc: FetchError | aiohttp.ClientError | OSError | ValueError, options: FetchOptions) -> str:
+    """Why a fetch failed, in words a feed's owner can act on (the most specific kind first)."""
+    if isinstance(exc, FetchError):
+        return exc.message
+    if isinstance(exc, TimeoutError):  # aiohttp's own timeouts are TimeoutErrors too
+        return _timeout_message(exc, options)
+    if isinstance(exc, aiohttp.ClientError):
+        return _client_error_message(exc)
+    if isinstance(exc, OSError):
+        return f"network error: {exc}"
+    return f"invalid URL: {exc}"
+
+
+def _timeout_message(exc: TimeoutError, options: FetchOptions) -> str:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"timed out connecting after {options.connect_timeout:g}s"
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return f"timed out: the server sent nothing for {options.read_timeout:g}s (read timeout)"
+    return f"timed out: no complete answer within {options.total_timeout:g}s (total timeout)"
+
+
+def _client_error_message(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.InvalidURL):
+        # A malformed Location (e.g. "http://[oops/") must cost this source, not the batch.
+        return f"invalid URL: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve {exc.host}: {_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "truncated: the connection closed before the whole body arrived"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class _Guard(AbstractResolver):
     """The SSRF guard: resolves names itself and refuses blocked addresses, twice over.
 
@@ -327,7 +340,12 @@ class _Guard(AbstractResolver):
         self._is_blocked = is_blocked
 
     async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        self,
+        host: str,
+        port: int = 0,
+        # Part of aiohttp's resolver signature (passed by name): the guard returns every address
+        # the name has, each with its own family, and the connector chooses.
+        family: socket.AddressFamily = socket.AF_INET,  # noqa: ARG002
     ) -> list[ResolveResult]:
         try:
             addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in await self._resolve(host, port)]

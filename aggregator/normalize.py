@@ -318,7 +318,7 @@ def sanitize_html(fragment: str, base_url: str) -> str:
 
 @lru_cache(maxsize=64)
 def _cleaner(base_url: str) -> nh3.Cleaner:
-    """One compiled nh3 Cleaner per base URL: building the options costs 3x the cleaning itself."""
+    """One compiled nh3 Cleaner per base URL: building the options costs more than the cleaning itself."""
     options: dict[str, Any] = {
         "tags": set(ALLOWED_TAGS),
         "clean_content_tags": set(DROPPED_WITH_CONTENT),
@@ -372,7 +372,7 @@ _BLOCK_TAG = re.compile(
 
 def _collapse(text: str) -> str:
     r"""Whitespace runs to one space, ends stripped: what ``re.sub(r"\s+", " ", text).strip()``
-    gives (both use Python's own whitespace test), at a fifth of the cost; it runs several
+    gives (both use Python's own whitespace test), at a fraction of the cost; it runs several
     times per item."""
     return " ".join(text.split())
 
@@ -393,7 +393,7 @@ class _TextExtractor(HTMLParser):
         self.parts: list[str] = []
         self._skip = 0
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def handle_starttag(self, tag: str, _attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style"):
             self._skip += 1
         elif tag in self._BLOCK:

@@ -3,7 +3,7 @@
 feedparser is where ingest spends its CPU, so bodies are parsed in worker processes
 (``ParsePool``). Everything a worker does lives here, and a worker imports only this module and
 the pure stages it calls (``normalize``, ``cluster``, ``stories``): importing the I/O stages
-too (SQLAlchemy, aiohttp) would cost 50 MB per worker.
+too (SQLAlchemy, aiohttp) would cost every worker the memory of libraries it never uses.
 
 * limits: each document gets ``PARSE_CPU_SECONDS`` of CPU and the process
   ``PARSE_MEMORY_BYTES`` of address space (``init_parse_worker``), so a pathological document
@@ -39,8 +39,8 @@ from aggregator.records import ParsedFeed
 
 log = logging.getLogger("aggregator")
 
-# Budgets of one parse worker (see init_parse_worker). A body at the fetch cap (15 MB, 9,500 items of
-# 1.5 KB) takes 5 s of CPU and 140 MB of address space; the budgets leave 6x and 7x that.
+# Budgets of one parse worker (see init_parse_worker): several times what a body at the fetch cap
+# needs, so an honest feed never meets them and only a pathological document is stopped.
 PARSE_CPU_SECONDS = 30.0
 PARSE_MEMORY_BYTES = 1 << 30
 
@@ -61,9 +61,9 @@ def parse_and_sign(
 ) -> tuple[ParsedFeed, dict[str, cluster.Signed]]:
     """Parse and normalize one body, and sign every item for story matching.
 
-    Signing is text processing as costly as normalizing (0.18 ms an item, 15% of the main
-    process's CPU in a first ingest); here it runs on every core instead of the one, and so
-    do the stored form of each signature and its lookup keys.
+    Signing is text processing as costly as normalizing, and in the main process it would
+    take a large share of a first ingest's CPU; here it runs on every core instead of the one,
+    and so do the stored form of each signature and its lookup keys.
     """
     feed = document_to_feed(body, url, content_type, fetched_at)
     return feed, {item.key: sign(item.title, item.text) for item in feed.items}
@@ -104,8 +104,8 @@ def featurize(title: str, text: str) -> Featurized:
 
 def sign(title: str, text: str) -> cluster.Signed:
     """``cluster.Signed.of``, remembered: a changed feed's unchanged items cost a digest
-    and a decode (10 µs) instead of a signature (60 µs). Signatures are pure, so a
-    remembered one is the one that would be computed."""
+    and a decode, a fraction of a signature. Signatures are pure, so a remembered one is
+    the one that would be computed."""
     digest = blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
     with _signed_lock:
         stored = _signed.get(digest)
@@ -255,9 +255,8 @@ def default_parse_workers() -> int:
     """One parser process per CPU but one, at least one.
 
     This process needs a core of its own while a large ingest runs (the event loop and the
-    database writer). With as many parsers as cores, three busy processes shared two cores on
-    the benchmark machine: a first ingest of 1,000 feeds took 36.4 s of CPU and 21.1 s against
-    33.2 s and 20.2 s with one parser, and 10% of the feeds changing 4.2 s against 3.2 s.
+    database writer). With as many parsers as cores, the parsers and this process contend for
+    every core, and the switching costs more CPU and more time than the extra parser saves.
     """
     return max(1, (os.cpu_count() or 1) - 1)
 

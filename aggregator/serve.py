@@ -272,11 +272,11 @@ class Handlers:
         body = render_story(coverage, current.settings.public_url if current is not None else "")
         return _dynamic(request, body, "text/html; charset=utf-8")
 
-    async def prometheus(self, request: Request) -> Response:
+    async def prometheus(self, _request: Request) -> Response:
         body = await asyncio.to_thread(exposition, self.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    async def healthz(self, request: Request) -> Response:
+    async def healthz(self, _request: Request) -> Response:
         started = time.monotonic()
         try:
             await asyncio.to_thread(self.store.counts)
@@ -291,7 +291,7 @@ class Handlers:
             report.update(self.health())
         return JSONResponse(report, status_code=200 if report.get("status") == "ok" else 503)
 
-    async def status(self, request: Request) -> Response:
+    async def status(self, _request: Request) -> Response:
         try:
             body = await asyncio.to_thread(render_status, self.store)
         except StorageError as exc:
@@ -299,7 +299,7 @@ class Handlers:
         headers = {"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"}
         return Response(body, media_type="text/html; charset=utf-8", headers=headers)
 
-    async def to_front_door(self, request: Request) -> Response:
+    async def to_front_door(self, _request: Request) -> Response:
         return RedirectResponse("/", status_code=308)
 
 

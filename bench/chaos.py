@@ -51,6 +51,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -94,7 +95,7 @@ class Rig:
         rng = random.Random(sources)
         self.server = FeedServer().start()
         # A killed worker resets its connections: expected here, not worth a traceback each.
-        self.server.httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+        self.server.httpd.handle_error = lambda *_: None  # type: ignore[method-assign]
         for n in range(sources):
             self.server.add(f"/f{n}", Route(body=feed(n, rng), delay=delay))
         lines = [
@@ -247,78 +248,106 @@ def ms(values: list[float]) -> str:
 # --- scenarios -------------------------------------------------------------------------------
 
 
+@dataclass
+class Kills:
+    """What a series of kill -9s during an ingest left behind, and how fast each restart recovered."""
+
+    lost: int = 0
+    torn: Counter[str] = field(default_factory=Counter)
+    to_ready: list[float] = field(default_factory=list)
+    to_commit: list[float] = field(default_factory=list)
+    orphans: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Finish:
+    """The last start after the kills: did the ingest finish, and is the schedule carrying on?"""
+
+    finished: bool
+    total: float
+    leased: int
+    unscheduled: int
+    running: bool
+    items: int
+    problems: dict[str, int]
+
+
+def kill_repeatedly(rig: Rig, notify: NotifySocket, targets: list[int], kills: Kills, failures: list[str]) -> None:
+    """Start a worker, let it commit up to the target, kill -9 it, count what the kill tore."""
+    for number, target in enumerate(targets, 1):
+        before = max(rig.committed(), 0)
+        started = time.monotonic()
+        process = rig.spawn(f"worker{number}", notify.address)
+        if not wait_until(lambda: rig.committed() > before, 120):  # noqa: B023
+            failures.append(f"kill9: restart {number} committed nothing in 120 s")
+            break
+        kills.to_commit.append(time.monotonic() - started)
+        kills.to_ready += [t - started for t in notify.ready_at if t > started][:1]
+        wait_until(lambda: rig.committed() >= target or process.poll() is not None, 300)  # noqa: B023
+        items_before = rig.items()
+        kids = descendants(process.pid)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills.lost += max(0, items_before - rig.items())
+        kills.torn.update({k: v for k, v in rig.problems().items() if v})
+        wait_until(lambda: not any(alive(kid) for kid in kids), 5, step=0.1)  # noqa: B023
+        kills.orphans += [kid for kid in kids if alive(kid)]
+        print(
+            f"  kill {number:2d}: at {rig.committed():5d}/{rig.sources} sources committed (target {target})",
+            flush=True,
+        )
+
+
+def finish_ingest(rig: Rig, notify: NotifySocket) -> Finish:
+    """The last start: the ingest finishes and the schedule carries on."""
+    started = time.monotonic()
+    process = rig.spawn("final", notify.address)
+    finished = wait_until(lambda: rig.committed() == rig.sources, 600, step=0.2)
+    total = time.monotonic() - started
+    time.sleep(2)  # a few idle ticks
+    leased = int(rig.scalar("select count(*) from sources where lease_owner is not null") or 0)
+    unscheduled = int(
+        rig.scalar("select count(*) from sources where last_polled_at is null or next_poll_at <= current_timestamp")
+        or 0
+    )
+    return Finish(finished, total, leased, unscheduled, process.poll() is None, rig.items(), rig.problems())
+
+
 def kill9(opts: argparse.Namespace, failures: list[str]) -> None:
     print(f"\n## kill -9 during a first ingest: {opts.sources} sources, {opts.kills} kills (SQLite)", flush=True)
     rng = random.Random(opts.seed)
+    kills = Kills()
     with tempfile.TemporaryDirectory(prefix="chaos-kill9-") as tmp:
         workdir = Path(tmp)
         rig = Rig(workdir, opts.sources, f"sqlite:///{workdir / 'data' / 'aggregator.db'}", delay=opts.delay)
         notify = NotifySocket()
         targets = sorted(rng.sample(range(1, opts.sources), opts.kills))
-        lost = 0
-        torn: Counter[str] = Counter()
-        to_ready: list[float] = []
-        to_commit: list[float] = []
-        orphans: list[int] = []
         try:
-            for number, target in enumerate(targets, 1):
-                before = max(rig.committed(), 0)
-                started = time.monotonic()
-                process = rig.spawn(f"worker{number}", notify.address)
-                if not wait_until(lambda: rig.committed() > before, 120):  # noqa: B023
-                    failures.append(f"kill9: restart {number} committed nothing in 120 s")
-                    break
-                to_commit.append(time.monotonic() - started)
-                to_ready += [t - started for t in notify.ready_at if t > started][:1]
-                wait_until(lambda: rig.committed() >= target or process.poll() is not None, 300)  # noqa: B023
-                items_before = rig.items()
-                kids = descendants(process.pid)
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                lost += max(0, items_before - rig.items())
-                torn.update({k: v for k, v in rig.problems().items() if v})
-                wait_until(lambda: not any(alive(kid) for kid in kids), 5, step=0.1)  # noqa: B023
-                orphans += [kid for kid in kids if alive(kid)]
-                print(
-                    f"  kill {number:2d}: at {rig.committed():5d}/{opts.sources} sources committed (target {target})",
-                    flush=True,
-                )
-            # The last start: the ingest finishes and the schedule carries on.
-            started = time.monotonic()
-            process = rig.spawn("final", notify.address)
-            finished = wait_until(lambda: rig.committed() == opts.sources, 600, step=0.2)
-            total = time.monotonic() - started
-            time.sleep(2)  # a few idle ticks
-            leased = int(rig.scalar("select count(*) from sources where lease_owner is not null") or 0)
-            unscheduled = int(
-                rig.scalar(
-                    "select count(*) from sources where last_polled_at is null or next_poll_at <= current_timestamp"
-                )
-                or 0
-            )
-            running = process.poll() is None
-            final_items = rig.items()
-            final = rig.problems()
+            kill_repeatedly(rig, notify, targets, kills, failures)
+            final = finish_ingest(rig, notify)
         finally:
             rig.close()
-            for kid in orphans:  # parse workers of a killed daemon that outlived it
+            for kid in kills.orphans:  # parse workers of a killed daemon that outlived it
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(kid, signal.SIGKILL)
-        missing = opts.sources * ITEMS - final_items
-        print(f"  kills survived: {len(to_commit)}/{opts.kills} (each restart resumed and committed)")
-        print(f"  items lost at a kill: {lost}; torn or doubled writes seen after kills: {dict(torn) or 0}")
-        print(f"  final: {final_items} items of {opts.sources * ITEMS} expected, missing {missing}, problems {final}")
-        print(f"  recovery, restart to READY=1: {ms(to_ready)}")
-        print(f"  recovery, restart to first committed poll: {ms(to_commit)}")
-        print(
-            f"  last run finished the ingest in {total:.1f} s; afterwards {leased} sources leased,"
-            f" {unscheduled} not scheduled ahead"
-        )
-        print(f"  child processes (parse pool) still alive 5 s after their daemon was killed: {len(orphans)}")
-        if orphans:
-            failures.append("kill9: processes of a killed daemon outlived it")
-        if not finished or missing or lost or torn or any(final.values()) or leased or unscheduled or not running:
-            failures.append("kill9: items lost, duplicated or torn, or the schedule did not resume (see above)")
+    missing = opts.sources * ITEMS - final.items
+    print(f"  kills survived: {len(kills.to_commit)}/{opts.kills} (each restart resumed and committed)")
+    print(f"  items lost at a kill: {kills.lost}; torn or doubled writes seen after kills: {dict(kills.torn) or 0}")
+    print(
+        f"  final: {final.items} items of {opts.sources * ITEMS} expected, missing {missing}, problems {final.problems}"
+    )
+    print(f"  recovery, restart to READY=1: {ms(kills.to_ready)}")
+    print(f"  recovery, restart to first committed poll: {ms(kills.to_commit)}")
+    print(
+        f"  last run finished the ingest in {final.total:.1f} s; afterwards {final.leased} sources leased,"
+        f" {final.unscheduled} not scheduled ahead"
+    )
+    print(f"  child processes (parse pool) still alive 5 s after their daemon was killed: {len(kills.orphans)}")
+    if kills.orphans:
+        failures.append("kill9: processes of a killed daemon outlived it")
+    broken = missing or kills.lost or kills.torn or any(final.problems.values()) or final.leased or final.unscheduled
+    if broken or not final.finished or not final.running:
+        failures.append("kill9: items lost, duplicated or torn, or the schedule did not resume (see above)")
 
 
 @contextlib.contextmanager
@@ -406,6 +435,53 @@ def pg_restart(opts: argparse.Namespace, failures: list[str]) -> None:
         failures.append("pg: a worker did not recover by itself, or items were lost or duplicated (see above)")
 
 
+@dataclass
+class DiskRun:
+    """A worker's ingest through a full disk and after space came back."""
+
+    at_full: int
+    full_seen: bool
+    during: int
+    integrity_full: str
+    up_while_full: bool
+    resumed: bool
+    recovery: float
+    finished: bool
+    items: int
+    problems: dict[str, int]
+    integrity_after: str
+    log: str
+    up: bool
+
+
+def fill_and_recover(rig: Rig, mount: Path, db: Path) -> DiskRun:
+    """Ingest a fifth, fill the filesystem, watch the worker while full, then free the space."""
+    process = rig.spawn("worker")
+    if not wait_until(lambda: rig.committed() >= rig.sources // 5, 300):
+        raise RuntimeError(f"no ingest before the disk was filled:\n{rig.logs()[-2000:]}")
+    filler = mount / "filler"
+    # Unbuffered, and the suppress outside the file: closing a buffered file on a full
+    # disk flushes, and that ENOSPC escaped the inner suppress now and then.
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:
+        while True:
+            out.write(b"\0" * 65536)
+    at_full = rig.committed()
+    full_seen = wait_until(lambda: "disk is full" in rig.logs() or "No space" in rig.logs(), 60)
+    time.sleep(3)  # some more failing ticks
+    during = rig.committed()
+    integrity_full = integrity(db)
+    up_while_full = process.poll() is None
+    filler.unlink()
+    back = time.monotonic()
+    resumed = wait_until(lambda: rig.committed() > during, 120)
+    recovery = time.monotonic() - back
+    finished = wait_until(lambda: rig.committed() == rig.sources, 600, step=0.2)
+    return DiskRun(
+        at_full, full_seen, during, integrity_full, up_while_full, resumed, recovery, finished,
+        rig.items(), rig.problems(), integrity(db), rig.logs(), process.poll() is None,
+    )  # fmt: skip
+
+
 def full_disk(opts: argparse.Namespace, failures: list[str]) -> None:
     print(
         f"\n## SQLite on a nearly full filesystem: {opts.disk_sources} sources, tmpfs of {opts.disk_mb} MB", flush=True
@@ -422,31 +498,7 @@ def full_disk(opts: argparse.Namespace, failures: list[str]) -> None:
             settings = f"output_dir: {mount / 'feeds'}"
             rig = Rig(Path(tmp), opts.disk_sources, f"sqlite:///{db}", delay=opts.delay, settings=settings)
             try:
-                process = rig.spawn("worker")
-                if not wait_until(lambda: rig.committed() >= opts.disk_sources // 5, 300):
-                    raise RuntimeError(f"no ingest before the disk was filled:\n{rig.logs()[-2000:]}")
-                filler = mount / "filler"
-                # Unbuffered, and the suppress outside the file: closing a buffered file on a full
-                # disk flushes, and that ENOSPC escaped the inner suppress now and then.
-                with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:
-                    while True:
-                        out.write(b"\0" * 65536)
-                at_full = rig.committed()
-                full_seen = wait_until(lambda: "disk is full" in rig.logs() or "No space" in rig.logs(), 60)
-                time.sleep(3)  # some more failing ticks
-                during = rig.committed()
-                integrity_full = integrity(db)
-                up_while_full = process.poll() is None
-                filler.unlink()
-                back = time.monotonic()
-                resumed = wait_until(lambda: rig.committed() > during, 120)
-                recovery = time.monotonic() - back
-                finished = wait_until(lambda: rig.committed() == opts.disk_sources, 600, step=0.2)
-                items = rig.items()
-                problems = rig.problems()
-                integrity_after = integrity(db)
-                log = rig.logs()
-                up = process.poll() is None
+                run = fill_and_recover(rig, mount, db)
             finally:
                 rig.close()
     finally:
@@ -454,22 +506,26 @@ def full_disk(opts: argparse.Namespace, failures: list[str]) -> None:
             subprocess.run(["umount", "-l", str(mount)], check=False)  # still open somewhere: detach
         with contextlib.suppress(OSError):
             mount.rmdir()
-    errors = [line for line in log.splitlines() if " ERROR " in line or " WARNING " in line]
+    errors = [line for line in run.log.splitlines() if " ERROR " in line or " WARNING " in line]
     full_lines = [line for line in errors if "full" in line or "No space" in line]
-    missing = opts.disk_sources * ITEMS - items
-    print(f"  filled at {at_full} committed sources; {during} while full; worker up while full: {up_while_full}")
+    missing = opts.disk_sources * ITEMS - run.items
+    print(
+        f"  filled at {run.at_full} committed sources; {run.during} while full;"
+        f" worker up while full: {run.up_while_full}"
+    )
     print(
         f"  error lines about the full disk: {len(full_lines)} (of {len(errors)} error/warning lines);"
-        f" tracebacks: {log.count('Traceback')}"
+        f" tracebacks: {run.log.count('Traceback')}"
     )
     for line in sorted({line[24:].split(" (")[0][:160] for line in full_lines})[:4]:
         print(f"    {line}")
-    print(f"  integrity_check while full: {integrity_full}; after: {integrity_after}")
-    print(f"  space back: first commit after {recovery:.1f} s; worker never restarted: {up}")
-    print(f"  final: {items} items of {opts.disk_sources * ITEMS}, missing {missing}, problems {problems}")
-    if not (full_seen and resumed and finished and up and up_while_full) or missing or any(problems.values()):
+    print(f"  integrity_check while full: {run.integrity_full}; after: {run.integrity_after}")
+    print(f"  space back: first commit after {run.recovery:.1f} s; worker never restarted: {run.up}")
+    print(f"  final: {run.items} items of {opts.disk_sources * ITEMS}, missing {missing}, problems {run.problems}")
+    recovered = run.full_seen and run.resumed and run.finished and run.up and run.up_while_full
+    if not recovered or missing or any(run.problems.values()):
         failures.append("disk: no clear error, or no recovery once space returned (see above)")
-    if integrity_full != "ok" or integrity_after != "ok" or "Traceback" in log:
+    if run.integrity_full != "ok" or run.integrity_after != "ok" or "Traceback" in run.log:
         failures.append("disk: database corrupt or a traceback in the log")
 
 

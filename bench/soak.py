@@ -440,28 +440,27 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
     )
 
 
-def report(f: Figures) -> None:
-    import httpx
-    import sqlalchemy
+Request = tuple[float, int, bool, float | None]  # arrival, status, conditional, Retry-After promise
 
-    opts, kinds = f.opts, f.kinds
-    # The burst at the end moved next_poll_at by hand: its requests are not part of the schedule.
-    scheduled = [entry for entry in f.log if entry[1] <= f.daemon_end]
-    run_time = f.daemon_end - f.daemon_start
-    cycles = run_time / opts.interval
 
-    by_source: defaultdict[int, list[tuple[float, int, bool, float | None]]] = defaultdict(list)
-    for source, arrival, status, conditional, not_before in scheduled:
-        by_source[source].append((arrival, status, conditional, not_before))
+@dataclass
+class Earliness:
+    """Polls against the stored schedule: which came early, how late the rest came."""
 
-    # (a) Against the stored schedule. The commit governing a request is the source's last
-    # commit before it arrived; requests sharing one governing commit are one poll (a 301
-    # and the hop after it), since a source is not claimed again before its poll commits.
+    early: int
+    examples: list[tuple[str, int, float]]
+    lateness: list[float]
+    polls_by_kind: Counter[str]
+
+
+def against_schedule(f: Figures, by_source: dict[int, list[Request]]) -> Earliness:
+    """The commit governing a request is the source's last commit before it arrived; requests
+    sharing one governing commit are one poll (a 301 and the hop after it), since a source is not
+    claimed again before its poll commits."""
     commits: defaultdict[int, list[Stored]] = defaultdict(list)
     for stored in f.ledger:
         commits[f.index_of[stored.source_id]].append(stored)
-    early_db, lateness, daemon_polls = 0, [], Counter[str]()
-    early_examples = []
+    found = Earliness(0, [], [], Counter())
     for source, requests in by_source.items():
         history = sorted(commits[source], key=lambda c: c.committed)
         times = [c.committed for c in history]
@@ -472,27 +471,45 @@ def report(f: Figures) -> None:
                 continue
             seen_governing.add(governing)
             if arrival >= f.daemon_start:
-                daemon_polls[kinds[source]] += 1
+                found.polls_by_kind[f.kinds[source]] += 1
             allowed = history[governing].next_poll_at if governing >= 0 else None
             if allowed is not None:
-                lateness.append(arrival - allowed)
+                found.lateness.append(arrival - allowed)
                 if arrival < allowed:
-                    early_db += 1
-                    early_examples.append((kinds[source], source, round(arrival - allowed, 3)))
+                    found.early += 1
+                    found.examples.append((f.kinds[source], source, round(arrival - allowed, 3)))
+    return found
 
-    # (b) Against the server's own Retry-After promises.
-    early_retry = 0
+
+def early_against_retry_after(by_source: dict[int, list[Request]]) -> int:
+    """Requests that came before the server's own Retry-After promise allowed."""
+    early = 0
     for requests in by_source.values():
         not_before = None
         for arrival, _status, _conditional, promised in sorted(requests):
             if not_before is not None and arrival < not_before:
-                early_retry += 1
+                early += 1
             if promised is not None:
                 not_before = promised
+    return early
+
+
+def report(f: Figures) -> None:
+    opts, kinds = f.opts, f.kinds
+    # The burst at the end moved next_poll_at by hand: its requests are not part of the schedule.
+    scheduled = [entry for entry in f.log if entry[1] <= f.daemon_end]
+    run_time = f.daemon_end - f.daemon_start
+    cycles = run_time / opts.interval
+
+    by_source: defaultdict[int, list[Request]] = defaultdict(list)
+    for source, arrival, status, conditional, not_before in scheduled:
+        by_source[source].append((arrival, status, conditional, not_before))
+    schedule = against_schedule(f, by_source)
+    early_retry = early_against_retry_after(by_source)
 
     in_run = [entry for entry in scheduled if entry[1] >= f.daemon_start]
-    conditional = [entry for entry in in_run if entry[3]]
-    answered_304 = sum(1 for entry in conditional if entry[2] == 304)
+    conditional_requests = [entry for entry in in_run if entry[3]]
+    answered_304 = sum(1 for entry in conditional_requests if entry[2] == 304)
     cond_by_kind: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     for source, _arrival, status, is_conditional, _nb in in_run:
         if is_conditional:
@@ -501,6 +518,36 @@ def report(f: Figures) -> None:
     requests_by_kind = Counter(kinds[entry[0]] for entry in in_run)
     per_kind = Counter(kinds)
 
+    print_setting(f, run_time, cycles, len(in_run))
+    print("polls per source per cycle while the daemon ran (a 301 and its hop count as one poll):")
+    for kind, _share in MIX:
+        print(
+            f"  {kind:<10} {per_kind[kind]:>5} sources  {schedule.polls_by_kind[kind] / per_kind[kind] / cycles:5.2f}"
+            f"   ({requests_by_kind[kind] / per_kind[kind] / cycles:4.2f} HTTP requests)"
+        )
+    total = sum(schedule.polls_by_kind.values())
+    print(f"  {'all':<10} {len(kinds):>5} sources  {total / len(kinds) / cycles:5.2f}")
+    print()
+    share = answered_304 / len(conditional_requests) if conditional_requests else float("nan")
+    print(f"conditional requests answered 304: {answered_304}/{len(conditional_requests)} = {share:.1%}")
+    for kind, (count, hits) in sorted(cond_by_kind.items()):
+        print(f"  {kind:<10} {hits:>5}/{count:<5} = {hits / count:6.1%}")
+    print()
+    print(f"polls earlier than allowed: {schedule.early + early_retry}")
+    examples = f"  e.g. {schedule.examples[:5]}" if schedule.examples else ""
+    print(f"  before the stored next_poll_at: {schedule.early}" + examples)
+    print(f"  before the server's Retry-After: {early_retry}")
+    print()
+    print_lateness(f, schedule.lateness)
+    print()
+    print_cpu(f, run_time, len(conditional_requests))
+
+
+def print_setting(f: Figures, run_time: float, cycles: float, requests: int) -> None:
+    import httpx
+    import sqlalchemy
+
+    opts = f.opts
     print("== aggregator soak ==")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
@@ -515,30 +562,15 @@ def report(f: Figures) -> None:
     )
     print(
         f"warm-up (every source's first poll, full body + ingest): {f.warm_up:.0f}s; then the daemon ran "
-        f"{run_time:.0f}s = {cycles:.1f} cycles of {opts.interval}s: {len(in_run)} requests, {f.retired} retired"
+        f"{run_time:.0f}s = {cycles:.1f} cycles of {opts.interval}s: {requests} requests, {f.retired} retired"
     )
     print()
-    print("polls per source per cycle while the daemon ran (a 301 and its hop count as one poll):")
-    for kind, _share in MIX:
-        print(
-            f"  {kind:<10} {per_kind[kind]:>5} sources  {daemon_polls[kind] / per_kind[kind] / cycles:5.2f}"
-            f"   ({requests_by_kind[kind] / per_kind[kind] / cycles:4.2f} HTTP requests)"
-        )
-    total = sum(daemon_polls.values())
-    print(f"  {'all':<10} {len(kinds):>5} sources  {total / len(kinds) / cycles:5.2f}")
-    print()
-    share = answered_304 / len(conditional) if conditional else float("nan")
-    print(f"conditional requests answered 304: {answered_304}/{len(conditional)} = {share:.1%}")
-    for kind, (count, hits) in sorted(cond_by_kind.items()):
-        print(f"  {kind:<10} {hits:>5}/{count:<5} = {hits / count:6.1%}")
-    print()
-    print(f"polls earlier than allowed: {early_db + early_retry}")
-    print(f"  before the stored next_poll_at: {early_db}" + (f"  e.g. {early_examples[:5]}" if early_examples else ""))
-    print(f"  before the server's Retry-After: {early_retry}")
-    print()
-    samples = [count for at, count in f.samples]
+
+
+def print_lateness(f: Figures, lateness: list[float]) -> None:
+    samples = [count for _at, count in f.samples]
     print(
-        f"sources left unpolled more than {opts.late:g}s past due (sampled every second): "
+        f"sources left unpolled more than {f.opts.late:g}s past due (sampled every second): "
         f"max {max(samples, default=0)}, mean {sum(samples) / max(len(samples), 1):.1f}, "
         f"{samples[-1] if samples else 0} at the end"
     )
@@ -548,11 +580,13 @@ def report(f: Figures) -> None:
         f"max {max(lateness, default=float('nan')):.2f}s, min {min(lateness, default=float('nan')):.3f}s "
         f"over {len(lateness)} polls"
     )
-    print()
+
+
+def print_cpu(f: Figures, run_time: float, conditional: int) -> None:
     polls_run = sum(1 for stored in f.ledger if f.daemon_start <= stored.committed <= f.daemon_end)
     print(
         f"daemon CPU while it ran: {f.cpu_run:.1f}s over {run_time:.0f}s ({f.cpu_run / run_time:.0%} of one core) = "
-        f"{f.cpu_run / max(len(conditional), 1) * 1000:.2f}s per 1,000 conditional polls "
+        f"{f.cpu_run / max(conditional, 1) * 1000:.2f}s per 1,000 conditional polls "
         f"({f.cpu_run / max(polls_run, 1) * 1000:.2f}s per 1,000 polls of any kind; includes parsing and "
         "ingesting the changed feeds, and publishing)"
     )

@@ -5,7 +5,7 @@ import socket
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ def server() -> Iterator[FeedServer]:
 
 
 def write_config(
-    tmp_path: Path, sources: list[dict[str, object]], *, settings: str = "", outputs: str | None = None
+    tmp_path: Path, sources: Sequence[Mapping[str, object]], *, settings: str = "", outputs: str | None = None
 ) -> Path:
     """A feeds.yaml in tmp_path with a real SQLite file beside it; private networks allowed (127.0.0.1)."""
     values = {
@@ -46,9 +46,9 @@ def write_config(
     lines.append("sources:" if sources else "sources: []")
     for source in sources:
         first = True
-        for key, value in source.items():
-            rendered = f"[{', '.join(map(str, value))}]" if isinstance(value, list | tuple) else str(value)
-            lines.append(f"  {'- ' if first else '  '}{key}: {rendered}")
+        for field, given in source.items():
+            rendered = f"[{', '.join(map(str, given))}]" if isinstance(given, list | tuple) else str(given)
+            lines.append(f"  {'- ' if first else '  '}{field}: {rendered}")
             first = False
     if outputs is None:
         outputs = """
@@ -134,3 +134,15 @@ def query_rows(database_url: str, sql: str) -> list[tuple[object, ...]]:
             return [tuple(row) for row in conn.execute(text(sql))]
     finally:
         engine.dispose()
+
+
+def items_per_source(database_url: str) -> dict[str, int]:
+    """How many items each source holds, by source name (a source with none counts 0)."""
+    counts: dict[str, int] = {}
+    for name, count in query_rows(
+        database_url,
+        "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name",
+    ):
+        assert isinstance(name, str) and isinstance(count, int), (name, count)
+        counts[name] = count
+    return counts

@@ -98,5 +98,5 @@ def json_feed(feed: int, count: int, *, start: int = 0) -> bytes:
 DIALECTS = (rss2, atom, rss1)
 
 
-def any_dialect(feed: int, count: int, **kwargs: object) -> bytes:
-    return DIALECTS[feed % 3](feed, count, **kwargs)  # type: ignore[operator]
+def any_dialect(feed: int, count: int, *, title: str | None = None, start: int = 0) -> bytes:
+    return DIALECTS[feed % 3](feed, count, title=title, start=start)

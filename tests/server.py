@@ -73,6 +73,7 @@ class FeedServer:
     @property
     def base(self) -> str:
         host, port = self.httpd.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server: bytes are for AF_UNIX paths
         return f"http://{host}:{port}"
 
     def url(self, path: str) -> str:

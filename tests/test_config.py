@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from aggregator.cli import main
-from aggregator.config import ConfigError, load_config, parse_config, parse_duration
+from aggregator.config import load_config, parse_config, parse_duration
+from aggregator.errors import ConfigError
 
 GOOD = """\
 settings:
@@ -41,8 +42,8 @@ def test_a_good_config_loads_with_defaults_filled_in() -> None:
     config = parse_config(GOOD)
     assert config.settings.public_url == "https://news.example.org"
     assert config.settings.default_interval == timedelta(minutes=15)
-    assert config.source_interval(config.sources[0]) == timedelta(minutes=15)
-    assert config.source_interval(config.sources[1]) == timedelta(hours=2)
+    assert config.sources[0].interval is None  # polled at default_interval
+    assert config.sources[1].interval == timedelta(hours=2)
     assert config.outputs[0].exclude[0].keywords == ("sport",)
     assert config.settings.effective_user_agent.startswith("aggregator/")
     assert "https://news.example.org" in config.settings.effective_user_agent
@@ -250,3 +251,4 @@ def test_bad_arguments_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["frobnicate"])
     assert caught.value.code == 1
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err

@@ -14,8 +14,9 @@ import feedparser
 import pytest
 
 from aggregator.cli import main
-from aggregator.config import ConfigError, Output, load_config, parse_config
+from aggregator.config import Output, load_config, parse_config
 from aggregator.curate import select
+from aggregator.errors import ConfigError
 from aggregator.store.database import make_engine
 from aggregator.store.repository import Store
 from tests.conftest import write_config

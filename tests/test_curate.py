@@ -37,21 +37,21 @@ def test_newest_first_and_max_entries() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rule", "field", "value", "hit"),
+    ("rule", "candidate", "hit"),
     [
-        (Rule(keywords=("election",)), "title", "Election results tonight", True),
-        (Rule(keywords=("elect",)), "title", "Election results tonight", False),  # whole words only
-        (Rule(pattern=r"\bgoal(s)?\b"), "title", "Three GOALS in ten minutes", True),
-        (Rule(keywords=("sport",), fields=("categories",)), "categories", ("Sport",), True),
-        (Rule(keywords=("sport",), fields=("categories",)), "title", "sport", False),
-        (Rule(keywords=("smith",), fields=("author",)), "author", "Jane Smith", True),
-        (Rule(pattern="example.com/live", fields=("link",)), "link", "https://example.com/live/1", True),
-        (Rule(keywords=("flood",), fields=("content",)), "text", "A flood warning", True),
+        (Rule(keywords=("election",)), cand(1, title="Election results tonight"), True),
+        (Rule(keywords=("elect",)), cand(1, title="Election results tonight"), False),  # whole words only
+        (Rule(pattern=r"\bgoal(s)?\b"), cand(1, title="Three GOALS in ten minutes"), True),
+        (Rule(keywords=("sport",), fields=("categories",)), cand(1, categories=("Sport",)), True),
+        (Rule(keywords=("sport",), fields=("categories",)), cand(1, title="sport"), False),
+        (Rule(keywords=("smith",), fields=("author",)), cand(1, author="Jane Smith"), True),
+        (Rule(pattern="example.com/live", fields=("link",)), cand(1, link="https://example.com/live/1"), True),
+        (Rule(keywords=("flood",), fields=("content",)), cand(1, text="A flood warning"), True),
     ],
 )
-def test_each_rule_kind(rule: Rule, field: str, value: object, hit: bool) -> None:
+def test_each_rule_kind(rule: Rule, candidate: Candidate, hit: bool) -> None:
     output = Output(slug="w", title="W", exclude=(rule,))
-    verdicts = curate(output, [cand(1, **{field: value})]).verdicts
+    verdicts = curate(output, [candidate]).verdicts
     assert verdicts[0].included is not hit
     if hit:
         assert verdicts[0].reason == "excluded by rule exclude[0]"

@@ -76,7 +76,7 @@ def closed_port() -> int:
 def resolver(names: dict[str, str]) -> Callable[[str, int], Any]:
     """DNS as a dict: lets a test say "this name resolves there" without a DNS server."""
 
-    async def resolve(host: str, port: int) -> list[str]:
+    async def resolve(host: str, _port: int) -> list[str]:
         if host in names:
             return [names[host]]
         try:
@@ -284,7 +284,7 @@ def test_a_bad_redirect_target_is_an_error_not_an_exception(server: FeedServer, 
 # --- network trouble ------------------------------------------------------------------------
 
 
-def test_connection_refused(server: FeedServer) -> None:
+def test_connection_refused() -> None:
     result = fetch(f"http://127.0.0.1:{closed_port()}/feed")
     assert result.status is None and not result.ok and result.retryable
     assert result.error is not None and result.error.startswith("cannot connect to 127.0.0.1:")
@@ -401,7 +401,7 @@ def test_a_redirect_into_a_private_network_is_refused(server: FeedServer, target
     assert [r.path for r in server.requests] == ["/feed"]  # the first hop went out, the second never did
 
 
-def test_an_unresolvable_name_is_a_retryable_error(server: FeedServer) -> None:
+def test_an_unresolvable_name_is_a_retryable_error() -> None:
     result = fetch("http://nowhere.publisher.test/feed", GUARDED, resolve=resolver({}))
     assert result.error is not None and result.error.startswith("cannot resolve nowhere.publisher.test")
     assert result.retryable

@@ -75,7 +75,7 @@ def site(server: FeedServer, tmp_path: Path, database_url: str) -> Iterator[tupl
         Route(body=rss("Gazette", [("Talks collapse at summit", SHARED, datetime(2026, 11, 20, 15, tzinfo=UTC))])),
     )
     server.add("/lab", Route(body=rss("Lab", [("A new comet", "https://lab.example/comet", NOW)])))
-    sources = [
+    sources: list[dict[str, object]] = [
         {"name": "Herald", "url": server.url("/herald")},
         {"name": "Gazette", "url": server.url("/gazette")},
         {"name": "Lab Notes", "url": server.url("/lab"), "tags": ["science"]},

@@ -25,7 +25,7 @@ from aggregator.cli import main
 from aggregator.groupcommit import GroupCommit
 from aggregator.store.database import make_engine
 from aggregator.store.repository import IngestTransaction, Store
-from tests.conftest import query_rows, serving, write_config
+from tests.conftest import items_per_source, query_rows, serving, write_config
 from tests.feeds import any_dialect, rss2
 from tests.server import FeedServer, Route
 from tests.test_daemon import aggregator, free_port, wait_for
@@ -165,12 +165,7 @@ def test_a_batch_with_one_failing_result_commits_the_others(
 
     assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
     assert time.monotonic() - started < 50, "the batch went on its delay, not when full"
-    counts = dict(
-        query_rows(
-            database_url,
-            "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name",
-        )
-    )
+    counts = items_per_source(database_url)
     assert counts == {"bad": 0, **{f"news {n}": ITEMS for n in range(feeds)}}
     state = query_rows(database_url, "select name, error_count, last_error, lease_owner from sources order by name")
     assert state[0] == ("bad", 1, "ZeroDivisionError: boom in store", None)
@@ -188,15 +183,7 @@ def test_a_batch_with_one_failing_result_commits_the_others(
     wide = _sample(metrics.COMMIT_BATCH_SIZE, "aggregator_commit_batch_size_bucket", {"le": "8.0"})
     narrow = _sample(metrics.COMMIT_BATCH_SIZE, "aggregator_commit_batch_size_bucket", {"le": "4.0"})
     assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
-    assert (
-        dict(
-            query_rows(
-                database_url,
-                "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name",
-            )
-        )["bad"]
-        == 3
-    )
+    assert items_per_source(database_url)["bad"] == 3
     # A transaction of 5-8 results: all seven (304s for the six, the bad one's items at last).
     assert _sample(metrics.COMMIT_BATCH_SIZE, "aggregator_commit_batch_size_bucket", {"le": "8.0"}) - wide == 1
     assert _sample(metrics.COMMIT_BATCH_SIZE, "aggregator_commit_batch_size_bucket", {"le": "4.0"}) == narrow
@@ -242,7 +229,9 @@ def test_kill_9_during_a_batched_ingest_loses_nothing_and_duplicates_nothing(
             daemon.kill()
             daemon.wait()
     log = (tmp_path / "daemon.log").read_text()
-    per_source = dict(query_rows(database_url, "select source_id, count(*) from items group by source_id"))
+    per_source = {
+        source: n for source, n in query_rows(database_url, "select source_id, count(*) from items group by source_id")
+    }
     logged = {row[0] for row in query_rows(database_url, "select distinct source_id from fetch_log")}
     assert 0 < len(logged) < feeds, f"the kill must land mid-ingest for this test to mean anything\n{log}"
     # A fetch result is whole or absent: every logged source has all its items, no other has any.

@@ -37,13 +37,13 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from aggregator import metrics
-from aggregator.config import load_config
+from aggregator.config import DEFAULT_MAX_BODY_BYTES, load_config
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
@@ -76,7 +76,7 @@ DATES = [
     "1970-01-01T00:00:00Z",
     "yesterday",
 ]
-TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 # XML 1.0 cannot carry most C0 controls: a document that has them is ill-formed and read leniently.
 SOMETIMES_CONTROL = st.sampled_from(["", "", "", "\x01", "\x0b", "\x1f"])
 
@@ -269,7 +269,11 @@ SNAPSHOT = (
 @given(doc=documents())
 def test_generated_documents_ingest_once_and_idempotently(harness: Harness, doc: Document) -> None:
     name = f"gen{next(harness.names)}"
-    harness.server.add(f"/{name}", Route(body=render(doc), content_type=doc.content_type))
+    body = render(doc)
+    # A long feed of long ids and links (3,000 entries of 10 KB) can outgrow the body cap, and a
+    # body over the cap is refused by design (tests/test_fetch.py): not a document for this property.
+    assume(len(body) <= DEFAULT_MAX_BODY_BYTES)
+    harness.server.add(f"/{name}", Route(body=body, content_type=doc.content_type))
     before = unexpected_errors()
 
     new, _ = harness.poll(name)

@@ -36,7 +36,7 @@ FOREIGN = b"""<?xml version="1.0"?>
 """
 
 
-def test_export_then_parse_round_trips_names_urls_and_tags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_then_parse_round_trips_names_urls_and_tags(tmp_path: Path) -> None:
     config = tmp_path / "feeds.yaml"
     config.write_text(CONFIG)
     out = tmp_path / "out.opml"

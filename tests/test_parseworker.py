@@ -18,7 +18,7 @@ def test_a_remembered_signature_is_the_one_that_would_be_computed(monkeypatch: p
     first = parseworker.sign("Floods cut off villages in the north", LEAD)
     fresh = cluster.Signed.of("Floods cut off villages in the north", LEAD)
 
-    def must_not_sign(title: str, text: str) -> cluster.Signed:
+    def must_not_sign(_title: str, _text: str) -> cluster.Signed:
         raise AssertionError("signed again")
 
     monkeypatch.setattr(cluster.Signed, "of", must_not_sign)
@@ -69,7 +69,7 @@ def test_parsed_items_cross_to_the_writer_unchanged() -> None:
         published_at=datetime(2026, 11, 26, tzinfo=UTC), updated_at=None, fingerprint="f", language="en",
         enclosures=(Enclosure("https://x.example/a.mp3", "audio/mpeg", 10),),
     )  # fmt: skip
-    copy = pickle.loads(pickle.dumps(item))
+    copy: Item = pickle.loads(pickle.dumps(item))
     assert copy == item and hash(copy) == hash(item)
     assert dataclasses.asdict(copy) == dataclasses.asdict(item)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -29,11 +29,10 @@ from aggregator.records import FetchResult, SourceToFetch
 from aggregator.status import render_status
 from aggregator.store.database import make_engine
 from aggregator.store.repository import IngestTransaction, Store
-from tests.conftest import query_rows, write_config
+from tests.conftest import items_per_source, query_rows, write_config
 from tests.feeds import rss2
 from tests.server import FeedServer, Route
 
-ITEMS_PER_SOURCE = "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name"
 STORIES_OF_POD = (
     "select count(distinct story_id) from items i join sources s on s.id = i.source_id where s.name = 'pod'"
 )
@@ -66,7 +65,7 @@ def test_new_items_sharing_a_link_are_all_stored_and_the_run_goes_on(
     config = write_config(tmp_path, sources, settings=f"database: {database_url}")
 
     assert poll_all(config) == 0
-    counts = dict(query_rows(database_url, ITEMS_PER_SOURCE))
+    counts = items_per_source(database_url)
     assert counts == {"pod": 3, "news 0": 4, "news 1": 4, "news 2": 4}
     # The three episodes are one story (one canonical URL), as the story rule says.
     stories = query_rows(database_url, STORIES_OF_POD)
@@ -110,7 +109,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> str:
         monkeypatch.setattr(parseworker, "document_to_feed", parse)
         return "ValueError"
     if stage == "match":
-        real_decide = pipeline_module.decide_ingest
+        real_decide = pipeline_module.decide_ingest  # type: ignore[attr-defined]  # the name pipeline calls
 
         def decide(items: Any, *args: Any) -> Any:
             if _is_bad(items):
@@ -154,7 +153,7 @@ def test_an_unexpected_error_costs_its_source_alone_and_is_recorded_on_it(
     counted = _source_errors(error_class)
 
     assert poll_all(config) == 0
-    counts = dict(query_rows(database_url, ITEMS_PER_SOURCE))
+    counts = items_per_source(database_url)
     assert counts == {"bad": 0, "news 0": 4, "news 1": 4, "news 2": 4}  # "store": its inserts rolled back
     [(errors, last_error, reason, lease, body_hash)] = query_rows(
         database_url,
@@ -180,7 +179,7 @@ def test_an_unexpected_error_costs_its_source_alone_and_is_recorded_on_it(
     # ...and once the bug is gone, the same bytes are handled again: nothing was lost.
     monkeypatch.undo()
     assert poll_all(config) == 0
-    assert dict(query_rows(database_url, ITEMS_PER_SOURCE))["bad"] == 3
+    assert items_per_source(database_url)["bad"] == 3
     assert query_rows(database_url, "select error_count, last_error from sources where name = 'bad'") == [(0, None)]
 
 
@@ -205,7 +204,7 @@ def test_a_source_whose_failure_cannot_be_recorded_either_still_costs_only_itsel
     counted = _source_errors("AttributeError")
 
     assert poll_all(config) == 0
-    assert dict(query_rows(database_url, ITEMS_PER_SOURCE)) == {"bad": 0, "news 0": 4, "news 1": 4}
+    assert items_per_source(database_url) == {"bad": 0, "news 0": 4, "news 1": 4}
     # Nothing could be written about it: its lease stays until it expires, then it is retried.
     [(lease, errors)] = query_rows(database_url, "select lease_owner, error_count from sources where name = 'bad'")
     assert lease is not None and errors == 0
@@ -240,7 +239,7 @@ def test_ids_and_urls_too_long_to_index_are_stored_by_hash(
     config = write_config(tmp_path, sources, settings=f"database: {database_url}")
     assert poll_all(config) == 0
     assert poll_all(config) == 0  # and the same items again are the same items
-    assert dict(query_rows(database_url, ITEMS_PER_SOURCE)) == {"long": 2, "news": 2}
+    assert items_per_source(database_url) == {"long": 2, "news": 2}
     keys = query_rows(database_url, "select i.key, length(i.link) from items i join sources s on s.id = i.source_id "
                  "where s.name = 'long' order by i.key")  # fmt: skip
     [(link_key, link_length), (guid_key, _)] = keys
@@ -259,7 +258,7 @@ def test_values_the_database_refuses_fail_their_source_not_the_run(
     ]
     config = write_config(tmp_path, sources, settings=f"database: {database_url}")
     assert poll_all(config) == 0
-    counts = dict(query_rows(database_url, ITEMS_PER_SOURCE))
+    counts = items_per_source(database_url)
     [(errors, last_error)] = query_rows(database_url, "select error_count, last_error from sources where name = 'long'")
     if database_url.startswith("sqlite"):  # SQLite has no such limit
         assert (counts, errors, last_error) == ({"long": 2, "news": 2}, 0, None)
@@ -337,7 +336,7 @@ def test_ill_formed_documents_give_their_readable_items_and_a_warning_on_the_sou
     capsys.readouterr()
 
     assert poll_all(config) == 0
-    assert dict(query_rows(database_url, ITEMS_PER_SOURCE)) == {"sloppy": expected, "tidy": 3}
+    assert items_per_source(database_url) == {"sloppy": expected, "tidy": 3}
     err = capsys.readouterr().err
     assert "Traceback" not in err and " WARNING " not in err  # a forgiven document is no failure
 
@@ -361,5 +360,5 @@ def test_ill_formed_documents_give_their_readable_items_and_a_warning_on_the_sou
     # The publisher fixes the feed: the warning goes, the items stay once each.
     server.routes["/sloppy"] = Route(body=CLEAN)
     assert poll_all(config) == 0
-    assert dict(query_rows(database_url, ITEMS_PER_SOURCE)) == {"sloppy": 5, "tidy": 3}
+    assert items_per_source(database_url) == {"sloppy": 5, "tidy": 3}
     assert query_rows(database_url, "select last_warning from sources where name = 'sloppy'") == [(None,)]

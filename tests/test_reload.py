@@ -119,7 +119,7 @@ def test_a_new_tick_interval_applies_on_reload(server: FeedServer, tmp_path: Pat
         wait_for(lambda: bool(server.hits("/b")))
 
 
-def test_settings_that_need_a_restart_are_named_in_the_log(server: FeedServer, tmp_path: Path) -> None:
+def test_settings_that_need_a_restart_are_named_in_the_log(tmp_path: Path) -> None:
     port, other = free_port(), free_port()
     settings = f"{FAST}\nlisten: 127.0.0.1:{port}\nparse_workers: 0"
     write_config(tmp_path, [], settings=settings)

@@ -80,7 +80,7 @@ def test_healthz_reports_the_database(base_url: str) -> None:
     assert response.json()["status"] == "ok"
 
 
-def test_metrics_expose_counters_and_database_gauges(store: Store, base_url: str) -> None:
+def test_metrics_expose_counters_and_database_gauges(base_url: str) -> None:
     from aggregator import metrics
 
     metrics.POLLS.labels("new").inc()
@@ -147,7 +147,7 @@ def test_a_busy_server_answers_from_memory_within_the_revalidation_period(store:
         assert httpx.get(f"{url}/feeds/world.atom", headers=identity).headers["etag"] == '"two"'
 
 
-def test_other_paths_still_reach_the_router(store: Store, base_url: str) -> None:
+def test_other_paths_still_reach_the_router(base_url: str) -> None:
     assert httpx.post(f"{base_url}/feeds/world.atom").status_code == 405
     assert httpx.get(f"{base_url}/healthz").status_code == 200
     assert httpx.get(f"{base_url}/nowhere").status_code == 404

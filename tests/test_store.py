@@ -144,7 +144,7 @@ def test_retention_deletes_old_items_keeps_protected_and_remembers_keys(store: S
         tx.insert_items(1, [NewItem(i, None) for i in olds], old, "a.b")
         tx.insert_items(1, [NewItem(item("id:new", "https://x.example/new"), None)], NOW, "a.b")
     with store.session() as s:
-        rows = dict(s.execute(text("select key, id from items")).all())
+        rows: dict[str, int] = dict(s.execute(text("select key, id from items")).all())
     protected = {rows["id:old0"]}
     report = store.prune(NOW, timedelta(days=90), protected, fetch_log_keep=timedelta(days=14))
     assert (report.items, report.stories) == (2, 2)

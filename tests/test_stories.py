@@ -40,7 +40,7 @@ def outlet_feeds(items: list[dict[str, str]]) -> dict[str, bytes]:
     by_outlet: dict[str, list[dict[str, str]]] = defaultdict(list)
     for item in items:
         by_outlet[item["outlet"]].append(item)
-    feeds = {}
+    feeds: dict[str, bytes] = {}
     for outlet, entries in by_outlet.items():
         body = "".join(
             f"<item><title>{escape(e['title'])}</title><link>{escape(e['url'])}</link>"
