@@ -10,8 +10,8 @@ import pytest
 
 from aggregator.cli import main
 from aggregator.config import Output, Rule
-from aggregator.curate import Editorial, curate, select
-from aggregator.records import Candidate
+from aggregator.curate import curate, select
+from aggregator.records import Candidate, Editorial
 from tests.conftest import write_config
 from tests.feeds import rss2
 from tests.server import FeedServer, Route
