@@ -248,3 +248,23 @@ def test_undated_items_sort_by_their_placement_and_ties_by_document_order(store:
     found = store.candidates(None, None, limit=10)
     assert [c.link for c in found] == [f"https://one.example.com/u{n}" for n in (2, 3, 0, 1)]
     assert not any(c.dated for c in found)
+
+
+def test_candidates_come_from_the_given_sources_only_and_dated_when_asked(store: Store) -> None:
+    ids = {label.name: label.id for label in store.source_labels()}
+    assert sorted(ids) == ["One", "Three", "Two"]
+    undated = replace(item("id:c", "https://x.example/c"), published_at=None)
+    with store.ingest() as tx:
+        tx.insert_items(ids["One"], [NewItem(item("id:a", "https://x.example/a"), None)], NOW, "a.b")
+        tx.insert_items(ids["Two"], [NewItem(item("id:b", "https://x.example/b"), None)], NOW, "a.b")
+        tx.insert_items(ids["Two"], [NewItem(undated, None)], NOW, "a.b")
+    assert sorted(c.link or "" for c in store.candidates({ids["Two"]}, None, 10)) == [
+        "https://x.example/b",
+        "https://x.example/c",
+    ]
+    assert [c.link for c in store.candidates({ids["Two"]}, None, 10, dated_only=True)] == ["https://x.example/b"]
+    assert len(store.candidates(None, None, 10)) == 3  # None: every source
+    assert store.candidates(set(), None, 10) == []  # no source: nothing, not everything
+    story = store.candidates({ids["One"]}, None, 10)[0].story_id
+    assert store.story_candidates({ids["Two"]}, [story]) == []
+    assert [c.source_name for c in store.story_candidates(None, [story])] == ["One"]
