@@ -216,7 +216,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     loaded = _load(args)
     with _store(loaded, create=True) as store:
         now = datetime.now(UTC)
-        store.sync_sources(loaded.config, now)
+        store.sync_sources(loaded.config.source_specs(), now)
         progress = _Progress(store.stats(now).sources if args.all else store.stats(now).due)
         pool = make_parse_pool(loaded.config.settings.parse_workers)
         pipeline = Pipeline(
@@ -332,7 +332,7 @@ def cmd_editorial(args: argparse.Namespace) -> int:
     loaded = _load(args)
     output = _output(loaded, args.output)
     with _store(loaded) as store:
-        story_id, uid = store.resolve_story(args.story)
+        story_id, uid = resolve_story(store, args.story)
         store.set_editorial(output.slug, story_id, None if args.remove else args.command, datetime.now(UTC))
         Publisher(loaded.config, store).publish([output])
     done = {"pin": "pinned", "block": "blocked"}[args.command]
@@ -341,10 +341,25 @@ def cmd_editorial(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def resolve_story(store: Store, reference: str) -> tuple[int, str]:
+    """(id, tag: id) of the story a user named by its number, its tag: id, or an item's URL."""
+    from aggregator.normalize import canonical_url
+
+    if reference.isdigit():
+        found = store.story_by_id(int(reference))
+    elif reference.startswith("tag:"):
+        found = store.story_by_uid(reference)
+    else:
+        found = store.story_by_url(canonical_url(reference) or reference, reference)
+    if found is None:
+        raise UsageError(f"no story matches {reference!r} (use a story number, its tag: id, or an item URL)")
+    return found
+
+
 def cmd_story(args: argparse.Namespace) -> int:
     loaded = _load(args)
     with _store(loaded) as store:
-        story_id, uid = store.resolve_story(args.story)
+        story_id, uid = resolve_story(store, args.story)
         members = store.story_members_detail(story_id)
     if args.json:
         rows = [

@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from aggregator import __version__
 from aggregator.errors import ConfigError
+from aggregator.records import SourceSpec
 
 # --- Defaults, in one place -------------------------------------------------------------
 CONFIG_FILENAME = "feeds.yaml"
@@ -276,6 +277,20 @@ class Config(_Strict):
     settings: Settings = Field(default_factory=lambda: Settings())
     sources: tuple[Source, ...] = ()
     outputs: tuple[Output, ...] = ()
+
+    def source_specs(self) -> list[SourceSpec]:
+        """The sources as storage takes them (``Store.sync_sources``): plain values, in config order."""
+        return [
+            SourceSpec(
+                name=s.name,
+                url=s.url,
+                tags=s.tags,
+                interval_seconds=int(s.interval.total_seconds()) if s.interval else None,
+                enabled=s.enabled,
+                allow_private=s.allow_private_network,
+            )
+            for s in self.sources
+        ]
 
 
 @dataclass(frozen=True)

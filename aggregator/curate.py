@@ -1,7 +1,7 @@
 """Which stories go into an output, led by which item, in what order. Pure.
 
 ``select`` takes the output's rules and the candidate items (already limited to the
-output's sources and age window by the store) and returns ``OutputEntry``s:
+output's sources, ``source_scope``, and age window by the store) and returns ``OutputEntry``s:
 
 * include rules: when any are given, an item must match at least one; exclude rules:
   an item matching any is out. Keywords match whole words, case-insensitively;
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from aggregator.config import Output, Rule
-from aggregator.records import Candidate, OutputEntry
+from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,7 @@ class Verdict:
     reason: str
 
 
-@dataclass(frozen=True)
-class Editorial:
-    """An editor's overrides for one output: pinned stories (top first) and blocked ones."""
-
-    pinned: tuple[int, ...] = ()
-    blocked: frozenset[int] = frozenset()
+NO_EDITORIAL = Editorial()  # nothing pinned, nothing blocked
 
 
 @dataclass(frozen=True)
@@ -57,16 +52,36 @@ class Curation:
 def draws_from(output: Output, source_name: str, source_tags: Iterable[str]) -> bool:
     """Whether ``output`` takes items from a source: named in its ``sources``, carrying one of its
     ``tags``, or any source at all when it names neither."""
-    if not output.sources and not output.tags:
+    if draws_from_every_source(output):
         return True
     return source_name in output.sources or not set(output.tags).isdisjoint(source_tags)
 
 
-def select(output: Output, candidates: Iterable[Candidate], editorial: Editorial = Editorial()) -> list[OutputEntry]:
+def draws_from_every_source(output: Output) -> bool:
+    """True for an output that names no source and no tag: storage then needs no id list."""
+    return not output.sources and not output.tags
+
+
+def source_scope(output: Output, sources: Iterable[SourceLabel]) -> frozenset[int]:
+    """The ids of the stored sources ``output`` draws from (``draws_from`` decides)."""
+    return frozenset(s.id for s in sources if draws_from(output, s.name, s.tags))
+
+
+def needs_dated_candidates(candidates: Sequence[Candidate]) -> bool:
+    """Whether the newest items read are mostly undated, so the dated news must be read as well.
+
+    Undated items sort near their first-seen time, so a few feeds without dates can fill the
+    newest ``limit`` items on their own: without the dated news beside them, the undated cap
+    would have nothing to put above them.
+    """
+    return sum(not c.dated for c in candidates) * 2 > len(candidates)
+
+
+def select(output: Output, candidates: Iterable[Candidate], editorial: Editorial = NO_EDITORIAL) -> list[OutputEntry]:
     return curate(output, candidates, editorial).entries
 
 
-def curate(output: Output, candidates: Iterable[Candidate], editorial: Editorial = Editorial()) -> Curation:
+def curate(output: Output, candidates: Iterable[Candidate], editorial: Editorial = NO_EDITORIAL) -> Curation:
     """The output's entries, and a verdict with its reason for every candidate item."""
     verdicts: dict[int, Verdict] = {}
     included: list[Candidate] = []

@@ -179,7 +179,7 @@ class Daemon:
 
     async def _start_polling(self, scheduler: AsyncIOScheduler, pool: Executor | None) -> None:
         """Sync the sources, publish what is stored, and schedule the housekeeping jobs."""
-        report = await asyncio.to_thread(self.store.sync_sources, self.loaded.config, datetime.now(UTC))
+        report = await asyncio.to_thread(self.store.sync_sources, self.loaded.config.source_specs(), datetime.now(UTC))
         log.info(
             "sources: %d added, %d changed, %d removed",
             len(report.added),
@@ -337,7 +337,7 @@ class Daemon:
             for problem in exc.problems:
                 log.error("config not reloaded: %s", problem)
             return False
-        report = await asyncio.to_thread(self.store.sync_sources, loaded.config, datetime.now(UTC))
+        report = await asyncio.to_thread(self.store.sync_sources, loaded.config.source_specs(), datetime.now(UTC))
         old, new = self.loaded.config.settings, loaded.config.settings
         self.loaded = loaded
         for name in restart_needed(self._started_with, new, poll=self.poll, http=self.http):

@@ -18,11 +18,18 @@ from pathlib import Path
 from aggregator import __version__, metrics
 from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_dir, archive_output, first_open_week
 from aggregator.config import Config, Output, Settings
-from aggregator.curate import Curation, Editorial, curate, draws_from
+from aggregator.curate import (
+    Curation,
+    curate,
+    draws_from,
+    draws_from_every_source,
+    needs_dated_candidates,
+    source_scope,
+)
 from aggregator.publish import Rendering, feed_url, render_all, render_archive, write_atomically, write_file
-from aggregator.records import etag_of
+from aggregator.records import Candidate, Editorial, etag_of
 from aggregator.store.models import ArchiveRow
-from aggregator.store.repository import ArchivePage, PruneReport, Store
+from aggregator.store.repository import ArchivePage, PruneReport, SourceIds, Store
 from aggregator.websub import ping_hub
 
 log = logging.getLogger("aggregator")
@@ -73,15 +80,23 @@ class Publisher:
     def curation(self, output: Output, now: datetime) -> Curation:
         """What ``output`` shows now and why each candidate is in or out."""
         editorial = self.store.editorial(output.slug)
+        scope = self.source_ids(output)
         limit = output.max_entries * CANDIDATE_FACTOR + 100
+        since = now - output.max_age if output.max_age else None
         if output.order == "coverage":
-            candidates = self.store.coverage_candidates(output, now, limit)
+            candidates = self.store.coverage_candidates(scope, since, limit)
         else:
-            candidates = self.store.candidates(self.config, output, now, limit)
-        seen = {c.item_id for c in candidates}
-        pinned = self.store.story_candidates(self.config, output, editorial.pinned)
-        candidates += [c for c in pinned if c.item_id not in seen]
-        return curate(output, candidates, editorial)
+            candidates = self.store.candidates(scope, since, limit)
+            if needs_dated_candidates(candidates):
+                candidates = _merged(candidates, self.store.candidates(scope, since, limit, dated_only=True))
+        pinned = self.store.story_candidates(scope, editorial.pinned)
+        return curate(output, _merged(candidates, pinned), editorial)
+
+    def source_ids(self, output: Output) -> SourceIds:
+        """The ids of the sources ``output`` draws from, as the store takes them (None: every source)."""
+        if draws_from_every_source(output):
+            return None
+        return source_scope(output, self.store.source_labels())
 
     async def notify_hub(self, changed: list[Rendering]) -> None:
         """Ping the WebSub hub for the feeds whose bytes changed (never raises)."""
@@ -130,7 +145,7 @@ class Publisher:
         """The date of the oldest item after ``cursor`` in a complete week, if any."""
         if cursor is not None and cursor >= open_week.start:
             return None  # every complete week is archived: the usual case, and no query
-        return self.store.next_item_at(output, cursor, open_week.start)
+        return self.store.next_item_at(self.source_ids(output), cursor, open_week.start)
 
     def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
         """Archive every complete week of ``output`` not archived yet, oldest first, and write
@@ -152,7 +167,7 @@ class Publisher:
         while (at := self._unarchived_item_at(output, cursor, open_week)) is not None:
             week = Week.of(at)
             blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
-            candidates = store.candidates_between(output, week.start, week.end, ARCHIVE_MAX_ENTRIES)
+            candidates = store.candidates_between(self.source_ids(output), week.start, week.end, ARCHIVE_MAX_ENTRIES)
             entries = curate(complete, candidates, blocked).entries
             atom, page = render_archive(complete, entries, public, week, pages[-1] if pages else None)
             store.save_archive(
@@ -195,6 +210,12 @@ class Publisher:
 
     def _fingerprint(self, output: Output) -> str:
         return config_fingerprint(output, self.config.settings)
+
+
+def _merged(candidates: list[Candidate], more: list[Candidate]) -> list[Candidate]:
+    """``candidates`` followed by the items of ``more`` not among them."""
+    seen = {c.item_id for c in candidates}
+    return candidates + [c for c in more if c.item_id not in seen]
 
 
 def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:

@@ -1,10 +1,14 @@
 """The plain, typed records that travel between pipeline stages.
 
-Each name says where in the pipeline a value lives: a ``SourceToFetch`` goes into
+Each name says where in the pipeline a value lives: the config hands storage
+``SourceSpec``s; a lease comes out as a ``ClaimedSource`` whose ``SourceToFetch`` goes into
 ``fetch``, a ``FetchResult`` comes out; ``parse`` turns its body into a
 ``ParsedFeed``; ``normalize`` makes ``Item``s; ``dedupe`` compares them with
-``StoredItem``s and returns an ``IngestPlan``; ``curate`` picks ``Candidate``s for
-an output. They are frozen dataclasses so the pure deciders cannot mutate them.
+``StoredItem``s (and story matching with ``MatchCandidate``s and ``StoredMember``s) and
+returns an ``IngestPlan``; the poll's outcome goes back as a ``PollRecord``; ``curate``
+picks ``Candidate``s for an output, with the ``Editorial`` overrides. They are frozen
+dataclasses so the pure deciders cannot mutate them, and they import nothing of the
+package, so storage and the deciders can both speak them without knowing each other.
 """
 
 from __future__ import annotations
@@ -26,6 +30,61 @@ class SourceToFetch:
     etag: str | None = None
     last_modified: str | None = None
     allow_private: bool = False
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source as the config wants it, in plain values: what ``Store.sync_sources`` makes true."""
+
+    name: str
+    url: str
+    tags: tuple[str, ...] = ()
+    interval_seconds: int | None = None
+    enabled: bool = True
+    allow_private: bool = False
+
+
+@dataclass(frozen=True)
+class SourceLabel:
+    """A stored source's id with what outputs choose sources by (``curate.source_scope``)."""
+
+    id: int
+    name: str
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClaimedSource:
+    """A leased source: what to fetch, plus the state the decisions after the fetch need."""
+
+    fetch: SourceToFetch
+    body_hash: str | None
+    error_count: int
+    interval_seconds: int | None
+    tags: tuple[str, ...]
+    items_per_day: float | None = None  # as last measured: a 304 must not forget the adaptive rate
+    failing_since: datetime | None = None  # last success, else when the source was added
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    """The source's new state after one poll, as decided by the wiring."""
+
+    outcome: str  # new | updated | unchanged | not_modified | error | retired
+    next_poll_at: datetime | None
+    next_poll_reason: str
+    error_count: int
+    body_hash: str | None = None
+    items_new: int = 0
+    items_updated: int = 0
+    feed_title: str | None = None
+    feed_link: str | None = None
+    feed_id: str | None = None
+    items_per_day: float | None = None
+    retired_reason: str | None = None
+    # Set when a document was parsed: its warning (None: parsed cleanly) replaces the stored one.
+    parsed: bool = False
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +200,27 @@ class StoredItem:
 
 
 @dataclass(frozen=True)
+class MatchCandidate:
+    """A stored item sharing a story-matching key with a new one."""
+
+    item_id: int
+    story_id: int
+    sort_at: datetime
+    signature: str
+
+
+@dataclass(frozen=True)
+class StoredMember:
+    """A stored item of a candidate story, as story matching reads it."""
+
+    item_id: int
+    story_id: int
+    sort_at: datetime
+    features: str | None  # stories.Features.dumps()
+    signature: str | None  # cluster.Signature.dumps()
+
+
+@dataclass(frozen=True)
 class ItemUpdate:
     stored: StoredItem
     item: Item
@@ -203,6 +283,14 @@ class Candidate:
     dated: bool = True
     enclosures: tuple[Enclosure, ...] = ()  # attachments only; the preview image is ``thumbnail``
     thumbnail: str | None = None
+
+
+@dataclass(frozen=True)
+class Editorial:
+    """An editor's overrides for one output: pinned stories (top first) and blocked ones."""
+
+    pinned: tuple[int, ...] = ()
+    blocked: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)

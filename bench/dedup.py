@@ -528,7 +528,7 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
         engine = make_engine(config.settings.database_url)
         ensure_schema(engine)
         store = Store(engine)
-        store.sync_sources(config, entries[0].published_at)
+        store.sync_sources(config.source_specs(), entries[0].published_at)
         matcher = StoryMatcher()
         costs: list[tuple[int, float]] = []
         story_of: dict[str, int] = {}

@@ -471,7 +471,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     try:
         ensure_schema(engine)
         store = Store(engine)
-        store.sync_sources(config, datetime.now(UTC))
+        store.sync_sources(config.source_specs(), datetime.now(UTC))
         pipeline = Pipeline(config, store, parse_pool=pool)
         setup_cpu = Meter._read()[1] - meter.last[1]  # part of (b), shown apart in the report
 

@@ -435,7 +435,7 @@ def drive(opts: argparse.Namespace) -> int:
                 config_path = write_config(Path(tmp), url, base, opts)
                 engine = create_engine(url)
                 ensure_schema(engine)
-                Store(engine).sync_sources(load_config(config_path).config, now)
+                Store(engine).sync_sources(load_config(config_path).config.source_specs(), now)
                 with engine.connect() as conn:
                     old = list(conn.scalars(select(SourceRow.id).where(SourceRow.name.startswith("old-"))))
                 engine.dispose()

@@ -124,7 +124,7 @@ def fill(config_path: Path, opts: argparse.Namespace) -> int:
         ensure_schema(engine)
         store = Store(engine)
         now = datetime.now(UTC)
-        store.sync_sources(config, now)
+        store.sync_sources(config.source_specs(), now)
         pipeline = Pipeline(config, store, owner="bench-serve")
         stored = 0
         for source in store.claim_due("bench-serve", now, 100_000, timedelta(minutes=30)):

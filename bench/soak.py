@@ -392,7 +392,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         engine = make_engine(loaded.config.settings.database_url)
         ensure_schema(engine)
         store = LedgerStore(engine)
-        store.sync_sources(loaded.config, datetime.now(UTC))
+        store.sync_sources(loaded.config.source_specs(), datetime.now(UTC))
 
         started = time.perf_counter()
         asyncio.run(poll_everything_once(config_path, store))

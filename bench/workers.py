@@ -584,7 +584,7 @@ def drive(opts: argparse.Namespace) -> int:
             config_path = write_config(Path(tmp), url, base, opts)
             engine = create_engine(url)
             ensure_schema(engine)
-            Store(engine).sync_sources(load_config(config_path).config, datetime.now(UTC))
+            Store(engine).sync_sources(load_config(config_path).config.source_specs(), datetime.now(UTC))
             meter = CpuMeter(postmaster_pid(url), server.pid)
             autovacuum = autovacuum_on(url)
             env["autovacuum"] = "on" if autovacuum else f"off (the script runs ANALYZE every {opts.analyze_every:g}s)"

@@ -28,6 +28,7 @@ import pytest
 from lxml import etree
 
 from aggregator.archive import Week, first_open_week
+from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.publisher import Publisher
@@ -113,7 +114,7 @@ def walk(start: str, public: str, base: str) -> list[tuple[str, list[str], bytes
 
 
 def poll(config: Config, store: Store, now: datetime) -> None:
-    store.sync_sources(config, now)
+    store.sync_sources(config.source_specs(), now)
     asyncio.run(poll_once(Pipeline(config, store, clock=lambda: now), all_sources=True))
 
 
@@ -205,7 +206,7 @@ def test_a_quiet_output_is_republished_when_a_week_ends(archived: tuple[Config, 
 def test_a_story_blocked_before_its_week_ends_stays_out_of_the_archive(archived: tuple[Config, Store, Path]) -> None:
     config, store, www = archived
     assert not (www / "feeds" / "world" / "archive" / "2026-W47.atom").exists()  # W47 was in progress
-    story, _ = store.resolve_story("https://n.example/a")
+    story, _ = resolve_story(store, "https://n.example/a")
     store.set_editorial("world", story, "block", NOW)
     Publisher(config, store, clock=lambda: NOW).publish()
     archive = feedparser.parse((www / "feeds" / "world" / "archive" / "2026-W47.atom").read_bytes())

@@ -129,7 +129,9 @@ def test_coverage_order_through_the_pipeline(server: FeedServer, tmp_path: Path,
     loaded = load_config(config).config
     engine = make_engine(loaded.settings.database_url)
     try:
-        chosen = Store(engine).coverage_candidates(loaded.outputs[0], datetime.now(UTC), limit=1)
+        output = loaded.outputs[0]
+        assert output.max_age is not None
+        chosen = Store(engine).coverage_candidates(None, datetime.now(UTC) - output.max_age, limit=1)
     finally:
         engine.dispose()
     assert sorted(c.source_name for c in chosen) == ["Outlet 0", "Outlet 1", "Outlet 2"]

@@ -10,8 +10,8 @@ import pytest
 
 from aggregator.cli import main
 from aggregator.config import Output, Rule
-from aggregator.curate import Editorial, curate, select
-from aggregator.records import Candidate
+from aggregator.curate import curate, select
+from aggregator.records import Candidate, Editorial
 from tests.conftest import write_config
 from tests.feeds import rss2
 from tests.server import FeedServer, Route
@@ -140,3 +140,22 @@ def test_which_sources_an_output_draws_from() -> None:
     assert draws_from(everything, "Anything", ())
     assert draws_from(by_name, "Wire", ()) and not draws_from(by_name, "Daily", ("world",))
     assert draws_from(by_tag, "Daily", ("sport", "europe")) and not draws_from(by_tag, "Daily", ("sport",))
+
+
+def test_an_output_s_sources_as_the_store_takes_them() -> None:
+    from aggregator.curate import draws_from_every_source, source_scope
+    from aggregator.records import SourceLabel
+
+    stored = [SourceLabel(1, "Wire", ()), SourceLabel(2, "Daily", ("world",)), SourceLabel(3, "Sport", ("sport",))]
+    assert draws_from_every_source(Output(slug="w", title="W"))
+    assert not draws_from_every_source(Output(slug="w", title="W", tags=("world",)))
+    assert source_scope(Output(slug="w", title="W", sources=("Wire",), tags=("world",)), stored) == {1, 2}
+    assert source_scope(Output(slug="w", title="W", sources=("Gone",)), stored) == frozenset()
+
+
+def test_mostly_undated_candidates_call_for_the_dated_news_as_well() -> None:
+    from aggregator.curate import needs_dated_candidates
+
+    assert not needs_dated_candidates([])
+    assert not needs_dated_candidates([cand(1, dated=False), cand(2)])  # half is not over half
+    assert needs_dated_candidates([cand(1, dated=False), cand(2, dated=False), cand(3)])

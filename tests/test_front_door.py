@@ -17,6 +17,7 @@ import httpx
 import pytest
 from lxml import etree
 
+from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.store.database import ensure_schema, make_engine
@@ -87,7 +88,7 @@ def site(server: FeedServer, tmp_path: Path, database_url: str) -> Iterator[tupl
     ensure_schema(engine)
     store = Store(engine)
     try:
-        store.sync_sources(config, NOW)
+        store.sync_sources(config.source_specs(), NOW)
         asyncio.run(poll_once(Pipeline(config, store, clock=lambda: NOW), all_sources=True))
         yield config, store
     finally:
@@ -136,7 +137,7 @@ def test_the_front_door_lists_every_output_with_its_formats_page_and_archives(si
 def test_a_story_page_lists_every_outlet_newest_first_and_the_feeds_link_it(site: tuple[Config, Store]) -> None:
     config, store = site
     public = config.settings.public_url
-    story_id, _ = store.resolve_story(SHARED)
+    story_id, _ = resolve_story(store, SHARED)
     story_url = f"{public}/stories/{story_id}"
     with serving(store, config) as base:
         response = httpx.get(f"{base}/stories/{story_id}")
@@ -181,7 +182,7 @@ def test_the_pages_fit_a_phone_and_a_desktop_in_chromium(site: tuple[Config, Sto
     Screenshots go to tmp_path, and to $AGGREGATOR_SCREENSHOTS when set (to look at them).
     """
     config, store = site
-    story_id, _ = store.resolve_story(SHARED)
+    story_id, _ = resolve_story(store, SHARED)
     pages = {
         "front": ("/", "section h2, section a, header a"),
         "world": ("/feeds/world", "article h2, article .meta, .also a, nav a"),

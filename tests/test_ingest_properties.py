@@ -220,7 +220,7 @@ class Harness:
         config = load_config(
             write_config(self.tmp_path, [{"name": name, "url": self.server.url(f"/{name}")}], settings=self.settings)
         ).config
-        self.store.sync_sources(config, datetime.now(UTC))
+        self.store.sync_sources(config.source_specs(), datetime.now(UTC))
         pipeline = Pipeline(config, self.store, parse_pool=None)
         summary = asyncio.run(poll_once(pipeline, all_sources=True))
         return summary.new_items, summary.updated_items

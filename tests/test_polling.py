@@ -130,7 +130,7 @@ def rig_for(path: Path, server: FeedServer) -> Rig:
     ensure_schema(engine)
     store = Store(engine)
     clock = ShiftedClock()
-    store.sync_sources(config, clock())
+    store.sync_sources(config.source_specs(), clock())
     return Rig(config, store, server, clock)
 
 

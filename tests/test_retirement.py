@@ -35,7 +35,7 @@ def test_a_source_failing_longer_than_retire_after_is_retired_and_revived_by_re_
     ensure_schema(engine)
     store = Store(engine)
     try:
-        store.sync_sources(config, datetime.now(UTC))
+        store.sync_sources(config.source_specs(), datetime.now(UTC))
         later = datetime.now(UTC) + timedelta(hours=2)  # the source was added two hours "ago"
         asyncio.run(poll_once(Pipeline(config, store, clock=lambda: later)))
         (health,) = store.health()
@@ -44,8 +44,10 @@ def test_a_source_failing_longer_than_retire_after_is_retired_and_revived_by_re_
         assert store.claim_due("w", later + timedelta(days=30), 10, timedelta(minutes=5)) == []
 
         empty = write_config(tmp_path, [], settings="retire_after: 1h")
-        store.sync_sources(load_config(empty).config, later)
-        store.sync_sources(load_config(write_config(tmp_path, sources, settings="retire_after: 1h")).config, later)
+        store.sync_sources(load_config(empty).config.source_specs(), later)
+        store.sync_sources(
+            load_config(write_config(tmp_path, sources, settings="retire_after: 1h")).config.source_specs(), later
+        )
         (health,) = store.health()
         assert health.retired_reason is None and health.error_count == 0
     finally:

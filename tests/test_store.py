@@ -49,7 +49,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def store(engine: Engine) -> Store:
     store = Store(engine)
-    store.sync_sources(parse_config(CONFIG), NOW)
+    store.sync_sources(parse_config(CONFIG).source_specs(), NOW)
     return store
 
 
@@ -87,7 +87,7 @@ def test_sync_adds_changes_and_removes_without_losing_items(store: Store) -> Non
         "  - name: Three\n    url: https://three.example.com/feed\n    interval: 1h\n", ""
     )
     edited = edited.replace("  - name: One", "  - name: Four\n    url: https://four.example.com/feed\n  - name: One")
-    report = store.sync_sources(parse_config(edited), NOW)
+    report = store.sync_sources(parse_config(edited).source_specs(), NOW)
     assert report.added == ("Four",)
     assert report.changed == ("Two",)
     assert report.removed == ("Three",)
@@ -131,8 +131,7 @@ def test_the_same_url_in_two_sources_is_one_story_with_a_stable_tag_id(store: St
         known = tx.stories_by_url([url])
         tx.insert_items(2, [NewItem(item("id:b", url), known[url])], NOW, "news.example.org")
     assert store.counts()["stories"] == 1
-    output = parse_config(CONFIG).outputs[0]
-    candidates = store.candidates(parse_config(CONFIG), output, NOW, 10)
+    candidates = store.candidates(None, None, 10)
     assert len({c.story_uid for c in candidates}) == 1
     assert candidates[0].story_uid.startswith("tag:news.example.org,2026-11-26:story/")
 
@@ -240,13 +239,32 @@ def test_story_ids_are_the_uuid5_of_the_story_key() -> None:
 
 
 def test_undated_items_sort_by_their_placement_and_ties_by_document_order(store: Store) -> None:
-    config = parse_config(CONFIG)
     undated = [replace(item(f"id:u{n}", f"https://one.example.com/u{n}"), published_at=None) for n in range(4)]
     # Stored before placement existed: all four share their first-seen time, in document order.
     placed = [replace(i, placed_at=NOW - timedelta(minutes=n)) for n, i in enumerate(undated[2:])]
     with store.ingest() as tx:
         tx.insert_items(1, [NewItem(i, None) for i in undated[:2]], NOW - timedelta(hours=2), "a.b")
         tx.insert_items(2, [NewItem(i, None) for i in reversed(placed)], NOW, "a.b")
-    found = store.candidates(config, config.outputs[0], NOW, limit=10)
+    found = store.candidates(None, None, limit=10)
     assert [c.link for c in found] == [f"https://one.example.com/u{n}" for n in (2, 3, 0, 1)]
     assert not any(c.dated for c in found)
+
+
+def test_candidates_come_from_the_given_sources_only_and_dated_when_asked(store: Store) -> None:
+    ids = {label.name: label.id for label in store.source_labels()}
+    assert sorted(ids) == ["One", "Three", "Two"]
+    undated = replace(item("id:c", "https://x.example/c"), published_at=None)
+    with store.ingest() as tx:
+        tx.insert_items(ids["One"], [NewItem(item("id:a", "https://x.example/a"), None)], NOW, "a.b")
+        tx.insert_items(ids["Two"], [NewItem(item("id:b", "https://x.example/b"), None)], NOW, "a.b")
+        tx.insert_items(ids["Two"], [NewItem(undated, None)], NOW, "a.b")
+    assert sorted(c.link or "" for c in store.candidates({ids["Two"]}, None, 10)) == [
+        "https://x.example/b",
+        "https://x.example/c",
+    ]
+    assert [c.link for c in store.candidates({ids["Two"]}, None, 10, dated_only=True)] == ["https://x.example/b"]
+    assert len(store.candidates(None, None, 10)) == 3  # None: every source
+    assert store.candidates(set(), None, 10) == []  # no source: nothing, not everything
+    story = store.candidates({ids["One"]}, None, 10)[0].story_id
+    assert store.story_candidates({ids["Two"]}, [story]) == []
+    assert [c.source_name for c in store.story_candidates(None, [story])] == ["One"]

@@ -368,7 +368,7 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     ensure_schema(engine)
     store = Store(engine)
     config = parse_config(STORE_CONFIG)
-    store.sync_sources(config, NOON)
+    store.sync_sources(config.source_specs(), NOON)
     matcher = StoryMatcher()
 
     def ingest(source_id: int, entries: list[tuple[str, tuple[str, str], datetime]]) -> dict[str, NewItem]:

@@ -44,7 +44,7 @@ def test_two_workers_share_the_work_without_duplicates(server: FeedServer, tmp_p
     config = load_config(config_path).config
     engine = make_engine(database_url)
     ensure_schema(engine)
-    Store(engine).sync_sources(config, datetime.now(UTC))
+    Store(engine).sync_sources(config.source_specs(), datetime.now(UTC))
 
     summaries: list[PollSummary] = []
     errors: list[BaseException] = []

@@ -2,5 +2,7 @@
 
 SQLite is the embedded default and PostgreSQL the scale-out backend; everything here is
 written against SQLAlchemy Core/ORM constructs that both understand, with the one
-dialect-specific point (claiming due sources) kept in ``repository.claim_due``.
+dialect-specific point (claiming due sources) kept in ``sources.SourceStore.claim_due``.
+Storage knows no domain rule: it imports nothing of ``config``, ``curate`` or ``normalize``,
+takes ids and plain values, and returns records.
 """

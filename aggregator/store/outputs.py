@@ -1,0 +1,267 @@
+"""What outputs are made from and what they are: candidate items, editorial overrides,
+published bytes and frozen archive weeks.
+
+Which sources an output draws from, how many items to read and whether to read more are
+curation's choices (``curate``, ``publisher``): these queries take source ids and dates.
+A ``source_ids`` of None means every source; an empty collection means none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, distinct, func, select, true
+
+from aggregator.records import Candidate, Editorial, Enclosure
+from aggregator.store._sql import StoreBase, insert_ignore, upsert_statement
+from aggregator.store.models import ArchiveRow, EditorialRow, ItemRow, PublishedRow, SourceRow, StoryRow
+
+SourceIds = Collection[int] | None  # the sources an output draws from; None: every source
+
+
+@dataclass(frozen=True)
+class ArchivePage:
+    """A frozen archive week of an output that has entries (the links of the chain)."""
+
+    week: str
+    entries: int
+    updated_at: datetime | None
+
+
+class OutputStore(StoreBase):
+    # --- candidates ------------------------------------------------------------------
+    def candidates(
+        self, source_ids: SourceIds, since: datetime | None, limit: int, *, dated_only: bool = False
+    ) -> list[Candidate]:
+        """The newest ``limit`` items of these sources sorted from ``since`` on (all when None),
+        joined with their source and story; only items their source dated with ``dated_only``."""
+        where = _from_sources(source_ids)
+        if where is None:
+            return []
+        # Ties (undated items stored before they were placed share their first-seen time)
+        # go to the lower id: inserted first, i.e. higher up in the document.
+        query = _candidate_select(where).order_by(ItemRow.sort_at.desc(), ItemRow.id.asc()).limit(limit)
+        if since is not None:
+            query = query.where(ItemRow.sort_at >= since)
+        if dated_only:
+            query = query.where(ItemRow.published_at.is_not(None))
+        with self.session() as s:
+            # Plain columns, not ORM objects: building 500 entities cost more than the query.
+            return [_candidate_row(row) for row in s.execute(query)]
+
+    def coverage_candidates(self, source_ids: SourceIds, since: datetime | None, limit: int) -> list[Candidate]:
+        """Every item sorted from ``since`` on of the ``limit`` stories the most outlets carry
+        (``order: coverage``): a widely covered story older than the newest few hundred items
+        must still be seen, and counted whole."""
+        where = _from_sources(source_ids)
+        if where is None:
+            return []
+        if since is not None:
+            where = where & (ItemRow.sort_at >= since)
+        outlets = func.count(distinct(ItemRow.source_id))
+        ranked = (
+            select(ItemRow.story_id)
+            .where(where)
+            .group_by(ItemRow.story_id)
+            .order_by(outlets.desc(), func.max(ItemRow.sort_at).desc(), ItemRow.story_id.desc())
+            .limit(limit)
+        )
+        query = _candidate_select(where).where(ItemRow.story_id.in_(ranked.scalar_subquery()))
+        with self.session() as s:
+            return [_candidate_row(row) for row in s.execute(query)]
+
+    def candidates_between(self, source_ids: SourceIds, start: datetime, end: datetime, limit: int) -> list[Candidate]:
+        """The items of these sources dated in [start, end): one page of an archive."""
+        where = _from_sources(source_ids)
+        if where is None:
+            return []
+        query = (
+            _candidate_select(where)
+            .where(ItemRow.sort_at >= start, ItemRow.sort_at < end)
+            .order_by(ItemRow.sort_at.desc(), ItemRow.id.asc())
+            .limit(limit)
+        )
+        with self.session() as s:
+            return [_candidate_row(row) for row in s.execute(query)]
+
+    def story_candidates(self, source_ids: SourceIds, story_ids: Iterable[int]) -> list[Candidate]:
+        """Every item of the given stories from these sources (pinned stories outlive the age
+        window and the candidate limit)."""
+        ids = list(story_ids)
+        where = _from_sources(source_ids)
+        if not ids or where is None:
+            return []
+        with self.session() as s:
+            return [_candidate_row(row) for row in s.execute(_candidate_select(where).where(ItemRow.story_id.in_(ids)))]
+
+    def next_item_at(self, source_ids: SourceIds, start: datetime | None, end: datetime) -> datetime | None:
+        """The date of the first item of these sources in [start, end): where the next non-empty
+        week is, found in one indexed query however many empty weeks lie between."""
+        where = _from_sources(source_ids)
+        if where is None:
+            return None
+        query = select(func.min(ItemRow.sort_at)).where(where, ItemRow.sort_at < end)
+        if start is not None:
+            query = query.where(ItemRow.sort_at >= start)
+        with self.session() as s:
+            return s.scalar(query)
+
+    # --- editorial ---------------------------------------------------------------------
+    def editorial(self, slug: str) -> Editorial:
+        with self.session() as s:
+            rows = s.execute(
+                select(EditorialRow.story_id, EditorialRow.action)
+                .where(EditorialRow.slug == slug)
+                .order_by(EditorialRow.created_at.desc(), EditorialRow.story_id)
+            ).all()
+        pinned = tuple(story for story, action in rows if action == "pin")
+        return Editorial(pinned, frozenset(story for story, action in rows if action == "block"))
+
+    def set_editorial(self, slug: str, story_id: int, action: str | None, now: datetime) -> None:
+        """Pin or block a story in an output; ``None`` removes the decision."""
+        with self.session() as s:
+            row = s.get(EditorialRow, (slug, story_id))
+            if action is None:
+                if row is not None:
+                    s.delete(row)
+            elif row is None:
+                s.add(EditorialRow(slug=slug, story_id=story_id, action=action, created_at=now))
+            else:
+                row.action, row.created_at = action, now
+
+    # --- published bytes ---------------------------------------------------------------
+    def save_published(self, slug: str, fmt: str, media_type: str, body: bytes, etag: str, now: datetime) -> bool:
+        """Store a rendering; False (and no write) when the bytes are what we already have."""
+        with self.session() as s:
+            current = s.execute(
+                select(PublishedRow.etag, PublishedRow.published_at).where(
+                    PublishedRow.slug == slug, PublishedRow.format == fmt
+                )
+            ).first()
+            if current is not None and current.etag == etag:
+                return False
+            # Last-Modified has one-second resolution: a change within the same second as the
+            # previous one must still move it, or readers that only send If-Modified-Since
+            # would be told 304 and miss the change.
+            now = now.replace(microsecond=0)
+            if current is not None and now <= current.published_at.replace(microsecond=0):
+                now = current.published_at.replace(microsecond=0) + timedelta(seconds=1)
+            # An upsert: several workers may publish the same output at the same moment.
+            values: dict[str, object] = {"slug": slug, "format": fmt, "media_type": media_type, "body": body}
+            values.update(etag=etag, published_at=now)
+            changes = ["media_type", "body", "etag", "published_at"]
+            s.execute(upsert_statement(s.get_bind().dialect.name, PublishedRow, values, ["slug", "format"], changes))
+            return True
+
+    def published(self, slug: str, fmt: str) -> PublishedRow | None:
+        with self.session() as s:
+            row = s.get(PublishedRow, (slug, fmt))
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    def published_etag(self, slug: str, fmt: str) -> str | None:
+        """The current ETag of a rendering, without its body: what ``serve`` asks to learn
+        whether the bytes it holds are still the published ones."""
+        with self.session() as s:
+            return s.scalar(select(PublishedRow.etag).where(PublishedRow.slug == slug, PublishedRow.format == fmt))
+
+    # --- archives ----------------------------------------------------------------------
+    def archive_weeks(self, slug: str) -> list[ArchivePage]:
+        """Every week evaluated for the archive, oldest first; those with ``entries`` 0 had
+        items the output's rules all left out (they are not linked)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ArchiveRow.week, ArchiveRow.entries, ArchiveRow.updated_at)
+                .where(ArchiveRow.slug == slug)
+                .order_by(ArchiveRow.week)
+            )
+            return [ArchivePage(r.week, r.entries, r.updated_at) for r in rows]
+
+    def archive_pages(self, slug: str) -> list[ArchivePage]:
+        """The archive weeks with entries, oldest first."""
+        return [page for page in self.archive_weeks(slug) if page.entries]
+
+    def archive(self, slug: str, week: str) -> ArchiveRow | None:
+        """A frozen archive week with entries (None for an empty or unarchived one)."""
+        with self.session() as s:
+            row = s.get(ArchiveRow, (slug, week))
+            if row is None or row.entries == 0:
+                return None
+            s.expunge(row)
+            return row
+
+    def save_archive(self, row: ArchiveRow) -> None:
+        """Freeze a week; when another worker froze it first, theirs stays (same rules, same bytes)."""
+        values = {column.name: getattr(row, column.name) for column in ArchiveRow.__table__.columns}
+        with self.session() as s:
+            insert_ignore(s, ArchiveRow, [values])
+
+
+def _from_sources(source_ids: SourceIds) -> ColumnElement[bool] | None:
+    """The WHERE clause limiting items to these sources; None when there are none. Every
+    source needs no id list at all."""
+    if source_ids is None:
+        return true()
+    return ItemRow.source_id.in_(sorted(source_ids)) if source_ids else None
+
+
+CANDIDATE_COLUMNS = (
+    ItemRow.id, StoryRow.id.label("story_id"), StoryRow.uid, SourceRow.name, SourceRow.tags,
+    SourceRow.feed_title, SourceRow.url, SourceRow.feed_link, SourceRow.feed_id, ItemRow.title, ItemRow.link,
+    ItemRow.summary_html, ItemRow.content_html, ItemRow.text, ItemRow.author, ItemRow.categories, ItemRow.sort_at,
+    ItemRow.changed_at, ItemRow.updated_at, ItemRow.first_seen_at, ItemRow.language,
+    ItemRow.published_at.is_not(None).label("dated"), ItemRow.enclosures,
+)  # fmt: skip
+
+
+def _candidate_select(where: ColumnElement[bool]) -> Any:
+    return (
+        select(*CANDIDATE_COLUMNS)
+        .join(SourceRow, ItemRow.source_id == SourceRow.id)
+        .join(StoryRow, ItemRow.story_id == StoryRow.id)
+        .where(where)
+    )
+
+
+def _candidate_row(r: Any) -> Candidate:
+    return Candidate(
+        item_id=r.id,
+        story_id=r.story_id,
+        story_uid=r.uid,
+        source_name=r.name,
+        source_tags=tuple(r.tags or ()),
+        source_title=r.feed_title,
+        source_url=r.url,
+        source_link=r.feed_link,
+        source_feed_id=r.feed_id,
+        title=r.title,
+        link=r.link,
+        summary_html=r.summary_html,
+        content_html=r.content_html,
+        text=r.text,
+        author=r.author,
+        categories=tuple(r.categories or ()),
+        published_at=r.sort_at,
+        updated_at=max(r.changed_at, r.updated_at or r.changed_at),
+        first_seen_at=r.first_seen_at,
+        language=r.language,
+        dated=bool(r.dated),
+        **_attachments(r.enclosures),
+    )
+
+
+def _attachments(stored: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A stored enclosures list as a Candidate's ``enclosures`` and ``thumbnail``."""
+    enclosures, thumbnail = [], None
+    for e in stored or ():
+        if not isinstance(e, dict) or not isinstance(e.get("url"), str):
+            continue
+        if e.get("thumbnail"):
+            thumbnail = thumbnail or e["url"]
+        else:
+            enclosures.append(Enclosure(e["url"], e.get("type"), e.get("length")))
+    return {"enclosures": tuple(enclosures), "thumbnail": thumbnail}

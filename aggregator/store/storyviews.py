@@ -1,0 +1,107 @@
+"""Stored stories as people look at them: a story's coverage page, ``aggregator story``, and
+finding a story by its number, its tag: id or an item's URL.
+
+How a user's reference is read (which form it is, how a URL is canonicalized) is the
+caller's business (``cli.resolve_story``); these queries take the plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+
+from aggregator.store._sql import StoreBase, chunks
+from aggregator.store.models import ItemRow, SourceRow, StoryRow
+
+
+@dataclass(frozen=True)
+class CoverageItem:
+    """One outlet's item of a story, as the story page lists it."""
+
+    source_name: str
+    title: str
+    link: str | None
+    sort_at: datetime
+    dated: bool  # False: the outlet gave no date; sort_at is when we first saw it
+
+
+@dataclass(frozen=True)
+class StoryCoverage:
+    story_id: int
+    uid: str
+    items: tuple[CoverageItem, ...]  # newest first
+
+
+@dataclass(frozen=True)
+class StoryMemberRow:
+    """One item of a story as ``aggregator story`` shows it."""
+
+    item_id: int
+    source: str
+    title: str
+    link: str | None
+    sort_at: datetime
+    reason: str | None
+
+
+class StoryViewStore(StoreBase):
+    def story_coverage(self, story_id: int) -> StoryCoverage | None:
+        """Every stored item of a story, from every source, newest first."""
+        with self.session() as s:
+            uid = s.scalar(select(StoryRow.uid).where(StoryRow.id == story_id))
+            if uid is None:
+                return None
+            rows = s.execute(
+                select(SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.published_at)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .where(ItemRow.story_id == story_id)
+                .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
+            )
+            items = tuple(CoverageItem(r.name, r.title, r.link, r.sort_at, r.published_at is not None) for r in rows)
+        return StoryCoverage(story_id, uid, items)
+
+    def story_by_id(self, story_id: int) -> tuple[int, str] | None:
+        """(id, tag: id) of the story with this number, if there is one."""
+        with self.session() as s:
+            row = s.execute(select(StoryRow.id, StoryRow.uid).where(StoryRow.id == story_id)).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def story_by_uid(self, uid: str) -> tuple[int, str] | None:
+        """(id, tag: id) of the story with this tag: id, if there is one."""
+        with self.session() as s:
+            row = s.execute(select(StoryRow.id, StoryRow.uid).where(StoryRow.uid == uid)).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def story_by_url(self, canonical_url: str, link: str) -> tuple[int, str] | None:
+        """(id, tag: id) of a story with an item at this canonical URL or with this link."""
+        with self.session() as s:
+            row = s.execute(
+                select(StoryRow.id, StoryRow.uid)
+                .join(ItemRow, ItemRow.story_id == StoryRow.id)
+                .where(or_(ItemRow.canonical_url == canonical_url, ItemRow.link == link))
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def match_reasons(self, item_ids: Iterable[int]) -> dict[int, str]:
+        """Why each of these items joined its story (or started one), where it was recorded."""
+        found: dict[int, str] = {}
+        with self.session() as s:
+            for chunk in chunks(sorted(set(item_ids))):
+                rows = s.execute(select(ItemRow.id, ItemRow.match_reason).where(ItemRow.id.in_(chunk)))
+                found.update((item_id, reason) for item_id, reason in rows if reason)
+        return found
+
+    def story_members_detail(self, story_id: int) -> list[StoryMemberRow]:
+        """Every item of a story, earliest first, with why it joined (``aggregator story``)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ItemRow.id, SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.match_reason)
+                .join(SourceRow, ItemRow.source_id == SourceRow.id)
+                .where(ItemRow.story_id == story_id)
+                .order_by(ItemRow.sort_at, ItemRow.id)
+            ).all()
+        return [StoryMemberRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
