@@ -33,16 +33,18 @@ from aggregator.config import Config, Settings
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.groupcommit import GroupCommit
-from aggregator.parse import one_line
 from aggregator.poll import (
     Polled,
     PollLookups,
     PollPlan,
     decide_poll,
+    fault_class,
+    fault_reason,
     fresh_urls,
     ingest_plan,
     kept_items,
     recent_items,
+    source_fault,
 )
 from aggregator.publisher import Publisher
 from aggregator.records import FetchResult, ParsedFeed
@@ -143,20 +145,22 @@ class Pipeline:
         owner: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_progress: Callable[[PollSummary], None] | None = None,
+        commit_slots: int | None = None,
     ) -> None:
+        """``commit_slots``: how many transactions of this worker may commit at once; by
+        default one on SQLite (it has one writer anyway) and ``COMMIT_SLOTS`` on PostgreSQL."""
         self.config = config
         self.store = store
         self.parse_pool = parse_pool
         self.owner = owner or worker_id()
         self.clock = clock
         self.on_progress = on_progress
-        # Claims and commits run in turn on threads of their own. SQLite has one writer
-        # anyway; PostgreSQL takes a few commits at once (they are short, and a lost race is
-        # retried), so one slow fsync does not stall the rest. A queue in front of always the
-        # same threads, rather than asyncio.to_thread behind a semaphore: a round of 1,000
-        # 304s cost the main process 0.87 s of CPU that way, 0.66-0.78 s this way (and 0.53 s
-        # committing on the event loop itself, which would stall it).
-        slots = 1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS
+        # Claims and commits run in turn on threads of their own, off the event loop (a
+        # commit there would stall every fetch). PostgreSQL takes a few commits at once (they
+        # are short, and a lost race is retried), so one slow fsync does not stall the rest.
+        # A queue in front of always the same threads rather than asyncio.to_thread behind a
+        # semaphore: handing each commit to a fresh pool slot cost the main process more CPU.
+        slots = commit_slots or (1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS)
         self._writer = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="aggregator-writer")
         weakref.finalize(self, self._writer.shutdown, wait=False)
         # Fetch results waiting for those threads go together, one transaction per batch.
@@ -406,32 +410,6 @@ class Pipeline:
         mode = self.config.settings.story_matching
         matched = self.stories.match(tx, ingest_plan(parsed, lookups), now, mode, polled.signatures, polled.features)
         return replace(lookups, matched=matched)
-
-
-def source_fault(exc: Exception) -> bool:
-    """Whether an exception raised while handling one source is that source's alone.
-
-    Everything is, except a failure of the database itself (unreachable, read-only, full,
-    out of retries): that one would fail every other source the same way, so it stops the
-    run instead of being written, in vain, on each source. A statement the database refused
-    for the values it carried is the source's.
-    """
-    return not isinstance(exc, StorageError) or exc.data_refused
-
-
-def fault_class(exc: Exception) -> str:
-    """The metric label of an unexpected failure: the exception's class (the driver's, for the database)."""
-    cause = exc.__cause__
-    if isinstance(exc, StorageError) and cause is not None:
-        cause = getattr(cause, "orig", None) or cause
-        return type(cause).__name__
-    return type(exc).__name__
-
-
-def fault_reason(exc: Exception) -> str:
-    """What ``last_error`` says about an unexpected failure: one line, its type and message."""
-    message = str(exc)
-    return one_line(f"{fault_class(exc)}: {message}" if message else fault_class(exc))
 
 
 def schedule_settings(settings: Settings) -> ScheduleSettings:

@@ -12,6 +12,9 @@ back off, 304, unchanged, new, updated, joined a story) is tested without a data
 Story matching by text stays a lookup: ``StoryMatcher.match`` reads candidate stories for the
 plan ``ingest_plan`` gives and returns it with stories joined, which ``decide_poll`` takes
 as ``PollLookups.matched``.
+
+The per-source fault boundary's choices are here too (``source_fault``, ``fault_class``,
+``fault_reason``): whether an unexpected exception is one source's to record, and how.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from aggregator.dedupe import decide_ingest
+from aggregator.errors import StorageError
+from aggregator.parse import one_line
 from aggregator.records import FetchResult, IngestPlan, Item, ItemUpdate, NewItem, ParsedFeed, StoredItem
 from aggregator.schedule import (
     THROTTLED_STATUSES,
@@ -286,3 +291,32 @@ def _poll_lines(polled: Polled, plan: PollPlan) -> tuple[LogLine, ...]:
 
 def _at(moment: datetime | None, fmt: str) -> str:
     return f"{moment:{fmt}}Z" if moment is not None else "never"
+
+
+# --- unexpected failures while handling one source ------------------------------------
+
+
+def source_fault(exc: Exception) -> bool:
+    """Whether an exception raised while handling one source is that source's alone.
+
+    Everything is, except a failure of the database itself (unreachable, read-only, full,
+    out of retries): that one would fail every other source the same way, so it stops the
+    run instead of being written, in vain, on each source. A statement the database refused
+    for the values it carried is the source's.
+    """
+    return not isinstance(exc, StorageError) or exc.data_refused
+
+
+def fault_class(exc: Exception) -> str:
+    """The metric label of an unexpected failure: the exception's class (the driver's, for the database)."""
+    cause = exc.__cause__
+    if isinstance(exc, StorageError) and cause is not None:
+        cause = getattr(cause, "orig", None) or cause
+        return type(cause).__name__
+    return type(exc).__name__
+
+
+def fault_reason(exc: Exception) -> str:
+    """What ``last_error`` says about an unexpected failure: one line, its type and message."""
+    message = str(exc)
+    return one_line(f"{fault_class(exc)}: {message}" if message else fault_class(exc))

@@ -20,7 +20,7 @@ Ingest is measured twice per phase:
   end-to-end   ``Pipeline.poll_due`` with the real ``Fetcher`` and parse pool over batch A,
                served from a local server (its own process) on 127.0.0.1
   store only   batch B parsed before the clock starts, then only the database part:
-               ``Pipeline._commit_with_retry`` per source, as ``poll_due`` calls it
+               ``Pipeline.commit`` per source (what ``poll_due`` does per result, unbatched)
 
 The rebuild is ``Publisher.publish([world])`` (curation query, select, rendering Atom, RSS,
 JSON Feed and HTML, saving them), timed ``--publish-runs`` times after one untimed run;
@@ -232,6 +232,7 @@ def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
     from aggregator.fetch import Fetcher
     from aggregator.parseworker import document_to_feed, make_parse_pool
     from aggregator.pipeline import Pipeline, fetch_options
+    from aggregator.poll import Polled
     from aggregator.publisher import Publisher
     from aggregator.records import FetchResult
     from aggregator.store.database import make_engine
@@ -276,8 +277,7 @@ def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
     started = time.monotonic()
     new = 0
     for source, result, parsed, body_hash in prepared:
-        _, record = pipeline._commit_with_retry(source, result, parsed, None, body_hash)
-        new += record.items_new
+        new += pipeline.commit(Polled(source, result, parsed, body_hash=body_hash)).record.items_new
     out["store"] = {"seconds": time.monotonic() - started, "items": new, "sources": len(prepared)}
 
     # The World rebuild.

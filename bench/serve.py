@@ -114,6 +114,7 @@ def fill(config_path: Path, opts: argparse.Namespace) -> int:
     from aggregator.config import load_config
     from aggregator.parseworker import document_to_feed
     from aggregator.pipeline import Pipeline
+    from aggregator.poll import Polled
     from aggregator.records import FetchResult
     from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.repository import Store
@@ -132,8 +133,8 @@ def fill(config_path: Path, opts: argparse.Namespace) -> int:
             body = feed_body(n, opts.items, now)
             result = FetchResult(source.fetch.id, source.fetch.url, now, 200, body, "application/rss+xml")
             parsed = document_to_feed(body, source.fetch.url, result.content_type, now)
-            _, record = pipeline._commit_with_retry(source, result, parsed, None, hashlib.sha256(body).hexdigest())
-            stored += record.items_new
+            polled = Polled(source, result, parsed, body_hash=hashlib.sha256(body).hexdigest())
+            stored += pipeline.commit(polled).record.items_new
         return stored
     finally:
         engine.dispose()

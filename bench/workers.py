@@ -41,7 +41,6 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -219,10 +218,8 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
     pool = make_parse_pool(config.settings.parse_workers)
     if pool is not None:  # start the parse processes before the clock starts
         list(pool.map(abs, range(config.settings.parse_workers or os.cpu_count() or 1)))
-    pipeline = Pipeline(config, Store(engine), parse_pool=pool, owner=owner)
-    if commit_slots:  # the experiment of --commit-slots: this many commits of one worker at once
-        pipeline._writer = ThreadPoolExecutor(max_workers=commit_slots, thread_name_prefix="aggregator-writer")
-        pipeline._group.slots = commit_slots  # and as many group-commit batches at once
+    # --commit-slots: this many commits (and group-commit batches) of one worker at once.
+    pipeline = Pipeline(config, Store(engine), parse_pool=pool, owner=owner, commit_slots=commit_slots or None)
     print("ready", flush=True)
     sys.stdin.readline()  # the barrier: the parent releases every worker at once
 
