@@ -16,8 +16,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
-import socket
 import time
 import weakref
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from aggregator.config import Config, Settings
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.groupcommit import GroupCommit
+from aggregator.leases import reclaim_dead_leases, worker_id
 from aggregator.poll import (
     Polled,
     PollLookups,
@@ -81,39 +80,6 @@ class PollSummary:
             self.errors += 1
         if record.items_new or record.items_updated:
             self.changed_sources[source.fetch.name] = source.tags
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def reclaim_dead_leases(store: Store) -> int:
-    """Release leases held by processes of this host that no longer exist.
-
-    A killed worker's leases would otherwise block its sources until they expire; on
-    this host we can tell for sure that the holder is gone, so there is no need to wait.
-    Leases of other hosts are left to expire (we cannot see their processes).
-    """
-    host = socket.gethostname()
-    released = 0
-    for owner in store.lease_owners():
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        released += store.release_owner(owner)
-    if released:
-        log.info("released %d leases held by dead workers on this host", released)
-    return released
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 P = ParamSpec("P")
@@ -375,7 +341,11 @@ class Pipeline:
         """Look up, decide, apply: one poll in ``tx``, which commits it whole or not at all."""
         now = polled.result.fetched_at
         plan = decide_poll(polled, self._look_up(tx, polled, now), schedule_settings(self.config.settings), now)
-        source_id = polled.source.fetch.id
+        self._apply(tx, polled, plan)
+        return plan
+
+    def _apply(self, tx: IngestTransaction, polled: Polled, plan: PollPlan) -> None:
+        source_id, now = polled.source.fetch.id, polled.result.fetched_at
         if plan.inserts:
             tx.insert_items(source_id, plan.inserts, now, self.authority)
         if plan.updates:
@@ -385,7 +355,6 @@ class Pipeline:
             tx.postpone({other: (decision.at, decision.reason) for other, decision in plan.postpone.items()})
         if plan.host_held_until is not None:
             self._host_holds[host_of(polled.source.fetch.url)] = plan.host_held_until
-        return plan
 
     def _look_up(self, tx: IngestTransaction, polled: Polled, now: datetime) -> PollLookups:
         """Read what ``decide_poll`` needs: the host's sources only when it may be throttling
