@@ -13,7 +13,7 @@ import pytest
 
 from aggregator.poll import Polled, PollLookups, PollPlan, decide_poll, ingest_plan, items_per_day, recent_items
 from aggregator.records import FetchResult, IngestPlan, Item, NewItem, ParsedFeed, SourceToFetch, StoredItem
-from aggregator.schedule import HostSource, ScheduleSettings
+from aggregator.schedule import HostSource, ScheduleSettings, host_needs_check, host_of
 from aggregator.store.repository import RATE_WINDOW, ClaimedSource
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -320,3 +320,35 @@ def test_a_retired_source_moves_nobody() -> None:
     polled = Polled(_source(), _failed(429, "HTTP 429", retryable=False))
     plan: PollPlan = decide_poll(polled, PollLookups(host_sources=host), SETTINGS, NOW)
     assert plan.outcome == "retired" and not plan.postpone
+
+
+@pytest.mark.parametrize(
+    ("status", "held_until", "needed"),
+    [
+        (200, None, False),  # the common poll reads nothing more
+        (304, NOW - HOUR, False),  # the host's hold has run out
+        (None, None, False),  # a connection error says nothing about throttling
+        (429, None, True),
+        (503, None, True),
+        (200, NOW + HOUR, True),  # the host holds us off: this source waits with the others
+    ],
+)
+def test_a_poll_looks_at_its_host_only_when_it_may_be_throttled(
+    status: int | None, held_until: datetime | None, needed: bool
+) -> None:
+    assert host_needs_check(status, held_until, NOW) is needed
+
+
+def test_the_host_is_the_urls_host_name() -> None:
+    assert host_of("https://News.Example.com:8443/feed?x=1") == "news.example.com"
+    assert host_of("not a url") == ""
+
+
+def test_a_source_with_its_own_interval_is_never_adapted() -> None:
+    own = SETTINGS.policy(1800)
+    assert (own.interval, own.explicit) == (timedelta(minutes=30), True)
+    default = SETTINGS.policy(None)
+    assert (default.interval, default.explicit) == (HOUR, False)
+    polled = Polled(replace(_source(), interval_seconds=1800), _ok(), _feed(_item("a")), body_hash="new")
+    plan = decide_poll(polled, PollLookups(recent_items=200), SETTINGS, NOW, random.Random(1))
+    assert plan.record.next_poll_reason == "interval"
