@@ -40,13 +40,13 @@ from aggregator import metrics, sdnotify
 from aggregator.config import LoadedConfig, Settings, load_config
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher, FetchOptions
+from aggregator.leases import reclaim_dead_leases
 from aggregator.parseworker import make_parse_pool
 from aggregator.pipeline import (
     LEASE_MARGIN,
     Pipeline,
     PollSummary,
     fetch_options,
-    reclaim_dead_leases,
 )
 from aggregator.publisher import Publisher, prune
 from aggregator.serve import create_app

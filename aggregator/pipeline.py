@@ -3,9 +3,10 @@
 ``Pipeline.poll_due`` claims due sources, fetches them concurrently, parses changed
 bodies in a process pool (feedparser is where the CPU goes), and commits the results
 waiting for the writer together (``groupcommit``), each whole or not at all.
-``Publisher.publish`` renders the outputs whose sources changed.
-The deciders (``schedule.next_poll``, ``dedupe.decide_ingest``, ``curate.select``) are
-called from here; the I/O stages never call each other.
+Each result is committed in three steps: look up what the store holds for it (and let
+``StoryMatcher`` join its new items to stored stories), decide with the pure
+``poll.decide_poll``, apply the ``PollPlan``. ``Publisher.publish`` renders the outputs
+whose sources changed. The I/O stages never call each other.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
-import socket
 import time
 import weakref
 from collections.abc import Callable
@@ -24,34 +23,32 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator import cluster, metrics, parseworker
-from aggregator.config import Config
-from aggregator.dedupe import decide_ingest
+from aggregator.config import Config, Settings
 from aggregator.errors import AggregatorError, ParseError, PublishError, StorageError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.groupcommit import GroupCommit
-from aggregator.parse import one_line
+from aggregator.leases import reclaim_dead_leases, worker_id
+from aggregator.poll import (
+    RATE_WINDOW,
+    Polled,
+    PollLookups,
+    PollPlan,
+    decide_poll,
+    fault_class,
+    fault_reason,
+    fresh_urls,
+    ingest_plan,
+    kept_items,
+    source_fault,
+)
 from aggregator.publisher import Publisher
 from aggregator.records import FetchResult, ParsedFeed
-from aggregator.schedule import (
-    THROTTLED_STATUSES,
-    HostSource,
-    NextPoll,
-    PollOutcome,
-    PollPolicy,
-    host_slowdown,
-    next_poll,
-    retirement,
-)
-from aggregator.store.repository import (
-    ClaimedSource,
-    IngestTransaction,
-    PollRecord,
-    Store,
-)
+from aggregator.schedule import HostSource, ScheduleSettings, host_needs_check, host_of
+from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, Store
 from aggregator.storymatch import StoryMatcher
 
 log = logging.getLogger("aggregator")
@@ -85,39 +82,6 @@ class PollSummary:
             self.changed_sources[source.fetch.name] = source.tags
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def reclaim_dead_leases(store: Store) -> int:
-    """Release leases held by processes of this host that no longer exist.
-
-    A killed worker's leases would otherwise block its sources until they expire; on
-    this host we can tell for sure that the holder is gone, so there is no need to wait.
-    Leases of other hosts are left to expire (we cannot see their processes).
-    """
-    host = socket.gethostname()
-    released = 0
-    for owner in store.lease_owners():
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        released += store.release_owner(owner)
-    if released:
-        log.info("released %d leases held by dead workers on this host", released)
-    return released
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -147,24 +111,26 @@ class Pipeline:
         owner: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_progress: Callable[[PollSummary], None] | None = None,
+        commit_slots: int | None = None,
     ) -> None:
+        """``commit_slots``: how many transactions of this worker may commit at once; by
+        default one on SQLite (it has one writer anyway) and ``COMMIT_SLOTS`` on PostgreSQL."""
         self.config = config
         self.store = store
         self.parse_pool = parse_pool
         self.owner = owner or worker_id()
         self.clock = clock
         self.on_progress = on_progress
-        # Claims and commits run in turn on threads of their own. SQLite has one writer
-        # anyway; PostgreSQL takes a few commits at once (they are short, and a lost race is
-        # retried), so one slow fsync does not stall the rest. A queue in front of always the
-        # same threads, rather than asyncio.to_thread behind a semaphore: a round of 1,000
-        # 304s cost the main process 0.87 s of CPU that way, 0.66-0.78 s this way (and 0.53 s
-        # committing on the event loop itself, which would stall it).
-        slots = 1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS
+        # Claims and commits run in turn on threads of their own, off the event loop (a
+        # commit there would stall every fetch). PostgreSQL takes a few commits at once (they
+        # are short, and a lost race is retried), so one slow fsync does not stall the rest.
+        # A queue in front of always the same threads rather than asyncio.to_thread behind a
+        # semaphore: handing each commit to a fresh pool slot cost the main process more CPU.
+        slots = commit_slots or (1 if store.engine.dialect.name == "sqlite" else COMMIT_SLOTS)
         self._writer = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="aggregator-writer")
         weakref.finalize(self, self._writer.shutdown, wait=False)
         # Fetch results waiting for those threads go together, one transaction per batch.
-        self._group: GroupCommit[tuple[Any, ...], tuple[str, PollRecord]] = GroupCommit(self._write_batch, slots=slots)
+        self._group: GroupCommit[Polled, PollPlan] = GroupCommit(self._write_batch, slots=slots)
         self.authority = _authority(config.settings.public_url)
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
@@ -232,37 +198,39 @@ class Pipeline:
         which stops a ``poll --once`` run and ends the daemon's tick.
         """
         result: FetchResult | None = None
-        parse_error: str | None = None
         error_class: str | None = None
         try:
             result = await fetcher.fetch(source.fetch)
-            parsed: ParsedFeed | None = None
-            signatures: dict[str, cluster.Signed] = {}
-            features: dict[str, parseworker.Featurized] = {}
             body_hash = hashlib.sha256(result.body).hexdigest() if result.body is not None else None
+            polled = Polled(source, result, body_hash=body_hash)
             if result.ok and result.body is not None and body_hash != source.body_hash:
                 try:
                     parsed, signatures, features = await self._parse(result)
+                    polled = replace(polled, parsed=parsed, signatures=signatures, features=features)
                 except ParseError as exc:
-                    parse_error, error_class = str(exc), "parse"
-            outcome, record = await self._group.submit(
-                (source, result, parsed, parse_error, body_hash, signatures, features)
-            )
+                    polled, error_class = replace(polled, parse_error=str(exc)), "parse"
+            plan = await self._group.submit(polled)
         except Exception as exc:
             if not source_fault(exc):
                 raise
-            parse_error, error_class = fault_reason(exc), fault_class(exc)
+            error_class = fault_class(exc)
             log.debug(
                 "source %r (%s): traceback of %s", source.fetch.name, source.fetch.url, error_class, exc_info=True
             )
             result = result or FetchResult(source.fetch.id, source.fetch.url, self.clock())
-            recorded = await self._record_fault(source, result, parse_error)
+            recorded = await self._record_fault(Polled(source, result, parse_error=fault_reason(exc)))
             if recorded is None:
                 metrics.SOURCE_ERRORS.labels(error_class).inc()
                 summary.polled += 1
                 summary.errors += 1
                 return
-            outcome, record = recorded
+            plan = recorded
+        self._count(plan, source, summary, error_class)
+        for line in plan.log:
+            log.log(line.level, line.message, *line.args, extra=line.extra)
+
+    def _count(self, plan: PollPlan, source: ClaimedSource, summary: PollSummary, error_class: str | None) -> None:
+        outcome, record, result = plan.outcome, plan.record, plan.result
         if outcome in ("error", "retired"):
             metrics.SOURCE_ERRORS.labels(error_class or ("fetch" if not result.ok else "parse")).inc()
         summary.add(outcome, record, source)
@@ -274,11 +242,8 @@ class Pipeline:
             metrics.ITEMS.labels("new").inc(record.items_new)
         if record.items_updated:
             metrics.ITEMS.labels("updated").inc(record.items_updated)
-        self._log(source, result, outcome, record, parse_error)
 
-    async def _record_fault(
-        self, source: ClaimedSource, result: FetchResult, reason: str
-    ) -> tuple[str, PollRecord] | None:
+    async def _record_fault(self, polled: Polled) -> PollPlan | None:
         """Record an unexpected failure on its source, as a failed poll, in a fresh transaction.
 
         The transaction it happened in was rolled back, items and all. No body hash is kept, so
@@ -286,13 +251,14 @@ class Pipeline:
         fails (short of the database itself): that is logged, and the lease expiring retries.
         """
         try:
-            return await self._write(self._commit_with_retry, source, result, None, reason, None, {})
+            return await self._write(self.commit, polled)
         except Exception as exc:
             if not source_fault(exc):
                 raise
+            source = polled.source
             log.error(
                 "source %r (%s): %s, and recording it failed too: %s",
-                source.fetch.name, source.fetch.url, reason, fault_reason(exc),
+                source.fetch.name, source.fetch.url, polled.parse_error, fault_reason(exc),
             )  # fmt: skip
             return None
 
@@ -316,10 +282,11 @@ class Pipeline:
             raise ParseError("a parse worker died (out of memory or a crash); retried at the next poll") from None
         # Any other exception is a parser bug: _poll_one's boundary records it on the source.
 
-    async def _write_batch(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, PollRecord] | Exception]:
+    # --- committing: look up, decide, apply ----------------------------------------------
+    async def _write_batch(self, batch: list[Polled]) -> list[PollPlan | Exception]:
         return await self._write(self._commit_batch, batch)
 
-    def _commit_batch(self, batch: list[tuple[Any, ...]]) -> list[tuple[str, PollRecord] | Exception]:
+    def _commit_batch(self, batch: list[Polled]) -> list[PollPlan | Exception]:
         """Commit several fetch results in one transaction, all of them or none.
 
         When anything in the batch fails (a value the database refuses, a bug, a lost race),
@@ -331,7 +298,7 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 with self.store.ingest() as tx:
-                    done: list[tuple[str, PollRecord] | Exception] = [self._commit(tx, *args) for args in batch]
+                    done: list[PollPlan | Exception] = [self._commit(tx, polled) for polled in batch]
             except Exception as exc:
                 metrics.COMMIT_BATCH_RETRIES.inc()
                 log.info("a batch of %d results failed (%s); committing them one by one", len(batch), fault_reason(exc))
@@ -339,25 +306,30 @@ class Pipeline:
                 metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                 metrics.COMMIT_BATCH_SIZE.observe(len(batch))
                 return done
-        return [self._commit_alone(args) for args in batch]
+        return [self._commit_alone(polled) for polled in batch]
 
-    def _commit_alone(self, args: tuple[Any, ...]) -> tuple[str, PollRecord] | Exception:
+    def _commit_alone(self, polled: Polled) -> PollPlan | Exception:
         started = time.perf_counter()
         try:
-            done = self._commit_with_retry(*args)
+            done = self.commit(polled)
         except Exception as exc:
             return exc
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_SIZE.observe(1)
         return done
 
-    def _commit_with_retry(self, *args: Any) -> tuple[str, PollRecord]:
-        """Commit one fetch result in a transaction of its own, retrying one that lost a race
-        with another worker (deadlock, lock timeout)."""
+    def commit(self, polled: Polled) -> PollPlan:
+        """Commit one fetch result now, in a transaction of its own, and return what it changed.
+
+        What ``poll_due`` does for each source after fetching and parsing it, minus the
+        batching with other results: for callers that already hold the results (benchmarks,
+        tools filling a database). A transaction that lost a race with another worker
+        (deadlock, lock timeout) is retried; any other failure is raised.
+        """
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 with self.store.ingest() as tx:
-                    return self._commit(tx, *args)
+                    return self._commit(tx, polled)
             except StorageError as exc:
                 if not exc.transient or attempt == COMMIT_ATTEMPTS - 1:
                     raise
@@ -365,182 +337,61 @@ class Pipeline:
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _commit(
-        self,
-        tx: IngestTransaction,
-        source: ClaimedSource,
-        result: FetchResult,
-        parsed: ParsedFeed | None,
-        parse_error: str | None,
-        body_hash: str | None,
-        signatures: dict[str, cluster.Signed] | None = None,
-        features: dict[str, parseworker.Featurized] | None = None,
-    ) -> tuple[str, PollRecord]:
-        """Decide and write everything about one poll in ``tx``, which commits it whole or not at all."""
-        now = result.fetched_at
-        settings = self.config.settings
-        interval = timedelta(seconds=source.interval_seconds) if source.interval_seconds else settings.default_interval
-        policy = PollPolicy(
-            interval=interval,
-            explicit=source.interval_seconds is not None,
-            min_interval=settings.min_interval,
-            max_interval=settings.max_interval,
-            max_backoff=settings.max_backoff,
+    def _commit(self, tx: IngestTransaction, polled: Polled) -> PollPlan:
+        """Look up, decide, apply: one poll in ``tx``, which commits it whole or not at all."""
+        now = polled.result.fetched_at
+        plan = decide_poll(polled, self._look_up(tx, polled, now), schedule_settings(self.config.settings), now)
+        self._apply(tx, polled, plan)
+        return plan
+
+    def _apply(self, tx: IngestTransaction, polled: Polled, plan: PollPlan) -> None:
+        source_id, now = polled.source.fetch.id, polled.result.fetched_at
+        if plan.inserts:
+            tx.insert_items(source_id, plan.inserts, now, self.authority)
+        if plan.updates:
+            tx.update_items(plan.updates, now, source_id)
+        tx.record_poll(source_id, plan.result, plan.record)
+        if plan.postpone:
+            tx.postpone({other: (decision.at, decision.reason) for other, decision in plan.postpone.items()})
+        if plan.host_held_until is not None:
+            self._host_holds[host_of(polled.source.fetch.url)] = plan.host_held_until
+
+    def _look_up(self, tx: IngestTransaction, polled: Polled, now: datetime) -> PollLookups:
+        """Read what ``decide_poll`` needs: the host's sources only when it may be throttling
+        us, the stored items and story matches only when a document was parsed."""
+        source, parsed = polled.source, polled.parsed
+        host = host_of(source.fetch.url)
+        host_sources = None
+        if host_needs_check(polled.result.status, self._host_holds.get(host), now):
+            host_sources = tuple(HostSource(*row) for row in tx.sources_on_host(host))
+        if parsed is None or polled.failed:
+            return PollLookups(host_sources=host_sources)
+        gone = frozenset(tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items]))
+        items = kept_items(parsed, gone)
+        stored = tx.stored_items(source.fetch.id, [i.key for i in items])
+        lookups = PollLookups(
+            deleted_keys=gone,
+            stored=stored,
+            stories_by_url=tx.stories_by_url(fresh_urls(items, stored)),
+            recent_items=tx.items_since(source.fetch.id, now - RATE_WINDOW),
+            host_sources=host_sources,
         )
-        failed = not result.ok or parse_error is not None
-        given_up = retirement(source.failing_since, now, settings.retire_after) if failed else None
-        if failed and (not result.retryable or given_up):
-            reason = (result.error or parse_error or "permanent failure") if not result.retryable else given_up
-            reason = reason or "permanent failure"
-            record = PollRecord("retired", None, f"retired: {reason}", source.error_count + 1, retired_reason=reason)
-            tx.record_poll(source.fetch.id, _with_error(result, reason), record)
-            return "retired", record
-        if failed:
-            errors = source.error_count + 1
-            decision = next_poll(
-                policy,
-                PollOutcome(ok=False, status=result.status, error_count=errors, retry_after=result.retry_after),
-                now,
-            )
-            record = PollRecord("error", decision.at, decision.reason, errors)
-            tx.record_poll(source.fetch.id, _with_error(result, result.error or parse_error or "failed"), record)
-            return "error", self._respect_host(tx, source, result, record, now)
-        new = updated = 0
-        items_per_day = None
-        if parsed is not None:
-            gone = tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items])
-            items = tuple(i for i in parsed.items if i.key not in gone)
-            stored = tx.stored_items(source.fetch.id, [i.key for i in items])
-            fresh = [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
-            plan = self.stories.match(
-                tx,
-                decide_ingest(items, stored, tx.stories_by_url(fresh)),
-                now,
-                self.config.settings.story_matching,
-                signatures or {},
-                features or {},
-            )
-            new = tx.insert_items(source.fetch.id, plan.inserts, now, self.authority)
-            updated = tx.update_items(plan.updates, now, source.fetch.id)
-            items_per_day = tx.items_per_day(source.fetch.id, now)
-        outcome = (
-            "not_modified" if result.not_modified else
-            "unchanged" if parsed is None else
-            "new" if new else "updated" if updated else "unchanged"
-        )  # fmt: skip
-        decision = next_poll(
-            policy,
-            PollOutcome(
-                ok=True,
-                status=result.status,
-                cache_control=result.cache_control,
-                expires=result.expires,
-                ttl_minutes=parsed.ttl_minutes if parsed else None,
-                update_period_minutes=parsed.update_period_minutes if parsed else None,
-                # Not re-measured when the body did not change: keep the last rate.
-                items_per_day=items_per_day if parsed is not None else source.items_per_day,
-            ),
-            now,
-        )
-        record = PollRecord(
-            outcome,
-            decision.at,
-            decision.reason,
-            0,
-            body_hash=body_hash,
-            items_new=new,
-            items_updated=updated,
-            feed_title=parsed.title if parsed else None,
-            feed_link=parsed.link if parsed else None,
-            feed_id=parsed.feed_id if parsed else None,
-            items_per_day=items_per_day,
-            parsed=parsed is not None,
-            warning=parsed.warning if parsed else None,
-        )
-        tx.record_poll(source.fetch.id, result, record)
-        return outcome, self._respect_host(tx, source, result, record, now)
-
-    def _respect_host(
-        self, tx: IngestTransaction, source: ClaimedSource, result: FetchResult, record: PollRecord, now: datetime
-    ) -> PollRecord:
-        """After a 429/503, or any poll of a host that is holding us off: apply schedule.host_slowdown.
-
-        Runs inside the poll's transaction, after its own state is written, so whichever of a
-        host's polls commits last, the host's sources end up waiting together.
-        """
-        host = (urlsplit(source.fetch.url).hostname or "").lower()
-        if result.status not in THROTTLED_STATUSES and self._host_holds.get(host, now) <= now:
-            return record
-        moves = host_slowdown([HostSource(*row) for row in tx.sources_on_host(host)], now)
-        if not moves:
-            return record
-        tx.postpone({source_id: (decision.at, decision.reason) for source_id, decision in moves.items()})
-        self._host_holds[host] = max(decision.at for decision in moves.values())
-        if result.status in THROTTLED_STATUSES:
-            log.warning("host %s is throttling us: %d more of its sources wait", host, len(moves))
-        mine: NextPoll | None = moves.get(source.fetch.id)
-        return replace(record, next_poll_at=mine.at, next_poll_reason=mine.reason) if mine else record
-
-    def _log(
-        self, source: ClaimedSource, result: FetchResult, outcome: str, record: PollRecord, parse_error: str | None
-    ) -> None:
-        name, url = source.fetch.name, source.fetch.url
-        context = {"source": name, "url": url, "outcome": outcome, "status": result.status}
-        if result.permanent_url and result.ok:
-            log.warning(
-                "source %r moved permanently: %s -> %s (stored URL updated)", name, url, result.permanent_url,
-                extra=context,
-            )  # fmt: skip
-        if outcome == "retired":
-            log.error("source %r (%s) retired: %s", name, url, record.retired_reason, extra=context)
-        elif outcome == "error":
-            log.warning(
-                "source %r (%s): %s; next try %s (%s)",
-                name, url, parse_error or result.error, f"{record.next_poll_at:%Y-%m-%d %H:%M:%S}Z",
-                record.next_poll_reason, extra=context,
-            )  # fmt: skip
-        else:
-            log.info(
-                "source %r: %s, %d new, %d updated; next poll %s (%s)%s",
-                name, outcome, record.items_new, record.items_updated,
-                f"{record.next_poll_at:%H:%M:%S}Z", record.next_poll_reason,
-                f"; read leniently: {record.warning}" if record.warning else "", extra=context,
-            )  # fmt: skip
+        mode = self.config.settings.story_matching
+        matched = self.stories.match(tx, ingest_plan(parsed, lookups), now, mode, polled.signatures, polled.features)
+        return replace(lookups, matched=matched)
 
 
-def source_fault(exc: Exception) -> bool:
-    """Whether an exception raised while handling one source is that source's alone.
-
-    Everything is, except a failure of the database itself (unreachable, read-only, full,
-    out of retries): that one would fail every other source the same way, so it stops the
-    run instead of being written, in vain, on each source. A statement the database refused
-    for the values it carried is the source's.
-    """
-    return not isinstance(exc, StorageError) or exc.data_refused
-
-
-def fault_class(exc: Exception) -> str:
-    """The metric label of an unexpected failure: the exception's class (the driver's, for the database)."""
-    cause = exc.__cause__
-    if isinstance(exc, StorageError) and cause is not None:
-        cause = getattr(cause, "orig", None) or cause
-        return type(cause).__name__
-    return type(exc).__name__
-
-
-def fault_reason(exc: Exception) -> str:
-    """What ``last_error`` says about an unexpected failure: one line, its type and message."""
-    message = str(exc)
-    return one_line(f"{fault_class(exc)}: {message}" if message else fault_class(exc))
-
-
-def _with_error(result: FetchResult, message: str) -> FetchResult:
-    return replace(result, error=message)
+def schedule_settings(settings: Settings) -> ScheduleSettings:
+    return ScheduleSettings(
+        default_interval=settings.default_interval,
+        min_interval=settings.min_interval,
+        max_interval=settings.max_interval,
+        max_backoff=settings.max_backoff,
+        retire_after=settings.retire_after,
+    )
 
 
 def _authority(public_url: str) -> str:
-    from urllib.parse import urlsplit
-
     return (urlsplit(public_url).hostname or "localhost").lower()
 
 

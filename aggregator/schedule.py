@@ -23,6 +23,8 @@ the configured interval, whichever is longer, for successes) — jitter included
 ``host_slowdown`` is the one decision that spans sources: a 429/503 delays only its
 own URL, but once several sources on one host are waiting out a Retry-After, the host
 is rate-limiting *us*, and its other sources wait too instead of each earning a 429.
+``host_needs_check`` says when a poll must look at its host's other sources at all, so
+the common poll (no throttling anywhere on its host) reads nothing more.
 
 Every number here can come from a stranger's server (``<ttl>99999999999999</ttl>``,
 ``Retry-After: 1e30``-sized digits), so each is clamped before it meets ``timedelta``
@@ -37,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 JITTER = 0.10
 BACKOFF_BASE = 2.0
@@ -56,6 +59,27 @@ class PollPolicy:
     min_interval: timedelta
     max_interval: timedelta
     max_backoff: timedelta
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """The scheduling part of ``settings`` in feeds.yaml, as the poll decision needs it."""
+
+    default_interval: timedelta
+    min_interval: timedelta
+    max_interval: timedelta
+    max_backoff: timedelta
+    retire_after: timedelta | None = None
+
+    def policy(self, interval_seconds: int | None) -> PollPolicy:
+        """The policy of one source: its own interval, which is then never adapted, or the default."""
+        return PollPolicy(
+            interval=timedelta(seconds=interval_seconds) if interval_seconds else self.default_interval,
+            explicit=interval_seconds is not None,
+            min_interval=self.min_interval,
+            max_interval=self.max_interval,
+            max_backoff=self.max_backoff,
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +172,18 @@ def host_slowdown(
         for s in sources
         if s.id not in waiting and s.next_poll_at < until
     }
+
+
+def host_of(url: str) -> str:
+    """The host whose sources are throttled together: the URL's host name, lower case."""
+    return (urlsplit(url).hostname or "").lower()
+
+
+def host_needs_check(status: int | None, held_until: datetime | None, now: datetime) -> bool:
+    """Whether a poll must look at the other sources of its host: it was throttled itself, or
+    the host throttled an earlier poll and holds us off until ``held_until`` (what this process
+    remembers; the postponed times themselves are in the database)."""
+    return status in THROTTLED_STATUSES or (held_until is not None and held_until > now)
 
 
 def backoff_delay(policy: PollPolicy, error_count: int) -> timedelta:

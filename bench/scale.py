@@ -20,7 +20,7 @@ Ingest is measured twice per phase:
   end-to-end   ``Pipeline.poll_due`` with the real ``Fetcher`` and parse pool over batch A,
                served from a local server (its own process) on 127.0.0.1
   store only   batch B parsed before the clock starts, then only the database part:
-               ``Pipeline._commit_with_retry`` per source, as ``poll_due`` calls it
+               ``Pipeline.commit`` per source (what ``poll_due`` does per result, unbatched)
 
 The rebuild is ``Publisher.publish([world])`` (curation query, select, rendering Atom, RSS,
 JSON Feed and HTML, saving them), timed ``--publish-runs`` times after one untimed run;
@@ -53,10 +53,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from benchsupport import admin_dsn, autoanalyze, database, load, serve_until_stdin_closes, words
+
+if TYPE_CHECKING:
+    from aggregator.config import Output
+    from aggregator.pipeline import Pipeline, PollSummary
+    from aggregator.publisher import Publisher
+    from aggregator.store.repository import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -210,7 +216,7 @@ def truncate_items(conn: Any) -> None:
     conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
 
 
-def reset_batches(url: str, now: datetime) -> None:
+def reset_batches(url: str) -> None:
     """Every source idle far in the future, batch sources with no validators, as if new."""
     import psycopg
     from sqlalchemy.engine import make_url
@@ -226,16 +232,10 @@ def reset_batches(url: str, now: datetime) -> None:
 
 # --- one phase, in a child process -------------------------------------------------------------
 def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
-    from sqlalchemy import update
-
     from aggregator.config import load_config
-    from aggregator.fetch import Fetcher
-    from aggregator.parseworker import document_to_feed, make_parse_pool
-    from aggregator.pipeline import Pipeline, fetch_options
-    from aggregator.publisher import Publisher
-    from aggregator.records import FetchResult
+    from aggregator.parseworker import make_parse_pool
+    from aggregator.pipeline import Pipeline
     from aggregator.store.database import make_engine
-    from aggregator.store.models import SourceRow
     from aggregator.store.repository import Store
 
     config = load_config(config_path).config
@@ -245,50 +245,68 @@ def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
     if pool is not None:  # start the parse processes before any clock starts
         list(pool.map(abs, range(os.cpu_count() or 1)))
     pipeline = Pipeline(config, store, parse_pool=pool, owner="bench-scale")
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"e2e": ingest_end_to_end(pipeline), "store": ingest_store_only(pipeline, feeds_dir)}
+    out.update(time_publish(pipeline, publish_runs))
+    if pool is not None:
+        pool.shutdown()
+    engine.dispose()
+    print(json.dumps(out), flush=True)
 
-    def make_due(prefix: str) -> datetime:
-        now = datetime.now(UTC)
-        with store.session() as s:
-            s.execute(update(SourceRow).where(SourceRow.name.startswith(prefix)).values(next_poll_at=now))
-        return now
 
-    # End-to-end: batch A through fetch, parse and commit.
-    until = make_due("a-")
+def make_due(store: Store, prefix: str) -> datetime:
+    """The sources of one batch (their names start with ``prefix``) due now."""
+    from sqlalchemy import update
 
-    async def poll() -> Any:
-        async with Fetcher(fetch_options(config)) as fetcher:
+    from aggregator.store.models import SourceRow
+
+    now = datetime.now(UTC)
+    with store.session() as s:
+        s.execute(update(SourceRow).where(SourceRow.name.startswith(prefix)).values(next_poll_at=now))
+    return now
+
+
+def ingest_end_to_end(pipeline: Pipeline) -> dict[str, Any]:
+    """Batch A through fetch, parse and commit: ``Pipeline.poll_due``."""
+    from aggregator.fetch import Fetcher
+    from aggregator.pipeline import fetch_options
+
+    until = make_due(pipeline.store, "a-")
+
+    async def poll() -> PollSummary:
+        async with Fetcher(fetch_options(pipeline.config)) as fetcher:
             return await pipeline.poll_due(fetcher, until=until)
 
     started = time.monotonic()
     summary = asyncio.run(poll())
-    out["e2e"] = {"seconds": time.monotonic() - started, "items": summary.new_items, "errors": summary.errors}
+    return {"seconds": time.monotonic() - started, "items": summary.new_items, "errors": summary.errors}
 
-    # Store only: batch B parsed beforehand; then the commits alone.
-    now = make_due("b-")
-    claimed = store.claim_due("bench-scale", now, 100_000, timedelta(minutes=30))
+
+def ingest_store_only(pipeline: Pipeline, feeds_dir: str) -> dict[str, Any]:
+    """Batch B parsed before the clock starts; then the commits alone (``Pipeline.commit``)."""
+    from aggregator.parseworker import document_to_feed
+    from aggregator.poll import Polled
+    from aggregator.records import FetchResult
+
+    now = make_due(pipeline.store, "b-")
     prepared = []
-    for source in claimed:
+    for source in pipeline.store.claim_due("bench-scale", now, 100_000, timedelta(minutes=30)):
         body = (Path(feeds_dir) / source.fetch.url.rsplit("/", 1)[1]).read_bytes()
         result = FetchResult(source.fetch.id, source.fetch.url, now, 200, body, "application/rss+xml")
         parsed = document_to_feed(body, source.fetch.url, result.content_type, now)
-        prepared.append((source, result, parsed, hashlib.sha256(body).hexdigest()))
+        prepared.append(Polled(source, result, parsed, body_hash=hashlib.sha256(body).hexdigest()))
     started = time.monotonic()
-    new = 0
-    for source, result, parsed, body_hash in prepared:
-        _, record = pipeline._commit_with_retry(source, result, parsed, None, body_hash)
-        new += record.items_new
-    out["store"] = {"seconds": time.monotonic() - started, "items": new, "sources": len(prepared)}
+    new = sum(pipeline.commit(polled).record.items_new for polled in prepared)
+    return {"seconds": time.monotonic() - started, "items": new, "sources": len(prepared)}
 
-    # The World rebuild.
-    publisher = Publisher(config, store)
-    world = [o for o in config.outputs if o.slug == "world"]
+
+def time_publish(pipeline: Pipeline, publish_runs: int) -> dict[str, Any]:
+    """The World rebuild, timed and profiled, and the rebuild of an output of five sources."""
+    from aggregator.publisher import Publisher
+
+    publisher = Publisher(pipeline.config, pipeline.store)
+    world = [o for o in pipeline.config.outputs if o.slug == "world"]
     publisher.publish(world)  # first: renders, stores and writes every format
-    times = []
-    for _ in range(publish_runs):
-        started = time.perf_counter()
-        publisher.publish(world)
-        times.append((time.perf_counter() - started) * 1000)
+    world_ms = publish_times(publisher, world, publish_runs)
     profile = cProfile.Profile()
     profile.enable()
     publisher.publish(world)
@@ -296,20 +314,19 @@ def run_phase(config_path: str, feeds_dir: str, publish_runs: int) -> None:
     text = io.StringIO()
     stats = pstats.Stats(profile, stream=text)
     stats.sort_stats("cumulative").print_stats(r"aggregator/|sqlalchemy/orm/session.py.*execute|feedgen/feed.py", 14)
-    out["publish_ms"] = times
-    narrow = [o for o in config.outputs if o.slug == "narrow"]
+    narrow = [o for o in pipeline.config.outputs if o.slug == "narrow"]
     publisher.publish(narrow)
+    narrow_ms = publish_times(publisher, narrow, max(publish_runs // 4, 1))
+    return {"publish_ms": world_ms, "narrow_ms": narrow_ms, "profile": text.getvalue()}
+
+
+def publish_times(publisher: Publisher, outputs: list[Output], runs: int) -> list[float]:
     times = []
-    for _ in range(max(publish_runs // 4, 1)):
+    for _ in range(runs):
         started = time.perf_counter()
-        publisher.publish(narrow)
+        publisher.publish(outputs)
         times.append((time.perf_counter() - started) * 1000)
-    out["narrow_ms"] = times
-    out["profile"] = text.getvalue()
-    if pool is not None:
-        pool.shutdown()
-    engine.dispose()
-    print(json.dumps(out), flush=True)
+    return times
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -445,12 +462,12 @@ def drive(opts: argparse.Namespace) -> int:
                 if analyze_every:
                     env["autovacuum"] = f"off on this server: the script runs ANALYZE every {analyze_every:g}s instead"
 
-                reset_batches(url, now)
+                reset_batches(url)
                 with autoanalyze(url, analyze_every):
                     results["empty"] = child(opts, config_path, feeds_dir)
                 print_phase("empty (0 stored items)", results["empty"], opts)
 
-                reset_batches(url, now)
+                reset_batches(url)
                 fill_stats = fill(url, opts.items, old, datetime.now(UTC))
                 print(
                     f"filled: {fill_stats['items']:,} items, {fill_stats['stories']:,} stories, "

@@ -114,6 +114,7 @@ def fill(config_path: Path, opts: argparse.Namespace) -> int:
     from aggregator.config import load_config
     from aggregator.parseworker import document_to_feed
     from aggregator.pipeline import Pipeline
+    from aggregator.poll import Polled
     from aggregator.records import FetchResult
     from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.repository import Store
@@ -132,8 +133,8 @@ def fill(config_path: Path, opts: argparse.Namespace) -> int:
             body = feed_body(n, opts.items, now)
             result = FetchResult(source.fetch.id, source.fetch.url, now, 200, body, "application/rss+xml")
             parsed = document_to_feed(body, source.fetch.url, result.content_type, now)
-            _, record = pipeline._commit_with_retry(source, result, parsed, None, hashlib.sha256(body).hexdigest())
-            stored += record.items_new
+            polled = Polled(source, result, parsed, body_hash=hashlib.sha256(body).hexdigest())
+            stored += pipeline.commit(polled).record.items_new
         return stored
     finally:
         engine.dispose()
@@ -268,7 +269,7 @@ def stop(process: subprocess.Popen[Any]) -> None:
             process.wait()
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument(
@@ -285,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
-    opts = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = arguments(argv)
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (Debian: apt-get install -y wrk nginx)", file=sys.stderr)
@@ -295,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}", flush=True)
     env = environment(opts)
     load_before = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-    results: dict[tuple[str, str], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as name:
         tmp = Path(name)
         tmp.chmod(0o755)  # nginx's workers run as nobody: they must reach output_dir
@@ -304,16 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path = write_config(tmp, url, agg_port, opts)
             stored = fill(config_path, opts)
             agg = [sys.executable, "-m", "aggregator", "--config", str(config_path), "--log-level", "warning"]
-            subprocess.run([*agg, "publish"], check=True, cwd=ROOT, capture_output=True, timeout=120)
-            for path in [tmp / "data", tmp / "feeds"]:
-                if path.exists():
-                    path.chmod(0o755)
-            size = (tmp / "feeds" / "world.atom").stat().st_size
-            atom = (tmp / "feeds" / "world.atom").read_bytes()
-            (tmp / "feeds" / "world.atom.gz").write_bytes(gzip.compress(atom, mtime=0))
-            (tmp / "nginx.conf").write_text(
-                NGINX_CONF.format(workers=opts.nginx_workers, tmp=tmp, port=nginx_port, output=tmp / "feeds")
-            )
+            size = publish_files(tmp, agg, opts, nginx_port)
             with open(tmp / "serve.log", "wb") as log:
                 server = subprocess.Popen([*agg, "serve"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
             command = ["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")]
@@ -324,31 +319,72 @@ def main(argv: list[str] | None = None) -> int:
                     "aggregator": f"http://127.0.0.1:{agg_port}/feeds/world.atom",
                     "nginx": f"http://127.0.0.1:{nginx_port}/feeds/world.atom",
                 }
-                for url_ in targets.values():
-                    wait_for(url_, 30)
-                etags = {}
-                for target, url_ in targets.items():
-                    status, etag, length = probe(url_)
-                    if status != 200 or length != size or not etag:
-                        raise SystemExit(f"{target}: plain GET gave {status}, {length} bytes, ETag {etag!r}")
-                    status, _, length = probe(url_, etag)
-                    if status != 304 or length:
-                        raise SystemExit(f"{target}: conditional GET gave {status} with {length} bytes, not a 304")
-                    etags[target] = etag
-                # Mode by mode, the two servers one after the other: the load of a shared
-                # machine drifts, and a ratio of back-to-back figures drifts least.
-                for mode in MODES:
-                    for target, url_ in targets.items():
-                        results[(target, mode)] = wrk(url_, opts, mode, etags[target])
-                        row = results[(target, mode)]
-                        print(
-                            f"{target:>10} {mode:>11}: {row['rps']:>9,.0f} req/s  avg {row['latency_ms']:6.2f} ms"
-                            f"  p99 {row['p99_ms']:6.2f} ms  bad {row['bad']}  (load {row['load']})",
-                            flush=True,
-                        )
+                results = measure(targets, check_servers(targets, size), opts)
             finally:
                 stop(server)
                 stop(nginx)
+    report(opts, env, results, size=size, stored=stored, load_before=load_before, started=started)
+    return 0
+
+
+def publish_files(tmp: Path, agg: list[str], opts: argparse.Namespace, nginx_port: int) -> int:
+    """``aggregator publish`` the files, gzip the Atom one for nginx, write nginx's config;
+    returns the size of world.atom."""
+    subprocess.run([*agg, "publish"], check=True, cwd=ROOT, capture_output=True, timeout=120)
+    for path in [tmp / "data", tmp / "feeds"]:
+        if path.exists():
+            path.chmod(0o755)
+    atom = (tmp / "feeds" / "world.atom").read_bytes()
+    (tmp / "feeds" / "world.atom.gz").write_bytes(gzip.compress(atom, mtime=0))
+    (tmp / "nginx.conf").write_text(
+        NGINX_CONF.format(workers=opts.nginx_workers, tmp=tmp, port=nginx_port, output=tmp / "feeds")
+    )
+    return len(atom)
+
+
+def check_servers(targets: dict[str, str], size: int) -> dict[str, str]:
+    """Both servers answer the whole file with an ETag, and a 304 to it; returns their ETags."""
+    for url in targets.values():
+        wait_for(url, 30)
+    etags = {}
+    for target, url in targets.items():
+        status, etag, length = probe(url)
+        if status != 200 or length != size or not etag:
+            raise SystemExit(f"{target}: plain GET gave {status}, {length} bytes, ETag {etag!r}")
+        status, _, length = probe(url, etag)
+        if status != 304 or length:
+            raise SystemExit(f"{target}: conditional GET gave {status} with {length} bytes, not a 304")
+        etags[target] = etag
+    return etags
+
+
+def measure(
+    targets: dict[str, str], etags: dict[str, str], opts: argparse.Namespace
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Mode by mode, the two servers one after the other: the load of a shared machine
+    drifts, and a ratio of back-to-back figures drifts least."""
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for mode in MODES:
+        for target, url in targets.items():
+            results[(target, mode)] = row = wrk(url, opts, mode, etags[target])
+            print(
+                f"{target:>10} {mode:>11}: {row['rps']:>9,.0f} req/s  avg {row['latency_ms']:6.2f} ms"
+                f"  p99 {row['p99_ms']:6.2f} ms  bad {row['bad']}  (load {row['load']})",
+                flush=True,
+            )
+    return results
+
+
+def report(
+    opts: argparse.Namespace,
+    env: dict[str, str],
+    results: dict[tuple[str, str], dict[str, Any]],
+    *,
+    size: int,
+    stored: int,
+    load_before: str,
+    started: float,
+) -> None:
     print()
     print(
         f"run: --backend {opts.backend} --sources {opts.sources} --items {opts.items} --max-entries {opts.max_entries}"
@@ -368,7 +404,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{mode}: aggregator/nginx = {results[('aggregator', mode)]['rps']:,.0f}/"
             f"{results[('nginx', mode)]['rps']:,.0f} req/s = {ratio:.3f}"
         )
-    return 0
 
 
 if __name__ == "__main__":

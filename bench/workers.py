@@ -41,7 +41,6 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -193,11 +192,11 @@ def trace_sql(engine: Any) -> Counter[str]:
     spent: Counter[str] = Counter()
 
     @event.listens_for(engine, "before_cursor_execute")
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def before(conn: Any, _cursor: Any, _statement: str, *_args: Any) -> None:
         conn.info["bench_t0"] = time.perf_counter()
 
     @event.listens_for(engine, "after_cursor_execute")
-    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def after(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         kind = " ".join(statement.split()[:6])[:70]
         spent[kind] += (time.perf_counter() - conn.info.pop("bench_t0", time.perf_counter())) * 1000
 
@@ -219,10 +218,8 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
     pool = make_parse_pool(config.settings.parse_workers)
     if pool is not None:  # start the parse processes before the clock starts
         list(pool.map(abs, range(config.settings.parse_workers or os.cpu_count() or 1)))
-    pipeline = Pipeline(config, Store(engine), parse_pool=pool, owner=owner)
-    if commit_slots:  # the experiment of --commit-slots: this many commits of one worker at once
-        pipeline._writer = ThreadPoolExecutor(max_workers=commit_slots, thread_name_prefix="aggregator-writer")
-        pipeline._group.slots = commit_slots  # and as many group-commit batches at once
+    # --commit-slots: this many commits (and group-commit batches) of one worker at once.
+    pipeline = Pipeline(config, Store(engine), parse_pool=pool, owner=owner, commit_slots=commit_slots or None)
     print("ready", flush=True)
     sys.stdin.readline()  # the barrier: the parent releases every worker at once
 
@@ -448,8 +445,17 @@ def run_cycle(opts: argparse.Namespace, config_path: Path, base: str, workers: i
 
 def check(engine: Any, opts: argparse.Namespace, cycle: dict[str, Any], cold: bool) -> list[str]:
     """Everything that must hold after one cycle; returns the problems (empty: all good)."""
-    from sqlalchemy import text
+    problems = fetch_problems(opts, cycle)
+    problems += storage_problems(opts, stored_counts(engine, cycle["until"].replace(tzinfo=None)))
+    if cold:
+        new = sum(r["new"] for r in cycle["results"])
+        if new != opts.sources * opts.items:
+            problems.append(f"workers report {new} new items, want {opts.sources * opts.items}")
+    return problems
 
+
+def fetch_problems(opts: argparse.Namespace, cycle: dict[str, Any]) -> list[str]:
+    """Every due source fetched exactly once, and polled once by the workers' own count."""
     problems = []
     hits: dict[str, int] = cycle["server"]["hits"]
     expected = {f"/feed/{n}" for n in range(opts.sources)}
@@ -468,47 +474,52 @@ def check(engine: Any, opts: argparse.Namespace, cycle: dict[str, Any], cold: bo
     errors = sum(r["errors"] for r in cycle["results"])
     if errors:
         problems.append(f"{errors} polls failed")
-    since = cycle["until"].replace(tzinfo=None)
+    return problems
+
+
+def stored_counts(engine: Any, since: datetime) -> dict[str, int]:
+    """What the database holds after a cycle: this cycle's fetch-log rows, leases, duplicates."""
+    from sqlalchemy import text
+
     with engine.connect() as conn:
         logs, logged = conn.execute(
             text("select count(*), count(distinct source_id) from fetch_log where fetched_at >= :t"), {"t": since}
         ).one()
-        leased = conn.scalar(text("select count(*) from sources where lease_owner is not null"))
-        dup_items = conn.scalar(
-            text("select count(*) from (select 1 from items group by source_id, key having count(*) > 1) d")
+        queries = {
+            "leased": "select count(*) from sources where lease_owner is not null",
+            "dup_items": "select count(*) from (select 1 from items group by source_id, key having count(*) > 1) d",
+            "dup_stories": "select count(*) from (select 1 from stories where canonical_url is not null"
+            " group by canonical_url having count(*) > 1) d",
+            "items": "select count(*) from items",
+            "stories": "select count(*) from stories",
+            "split": "select count(*) from (select story_id from items group by story_id having count(*) > 1) d",
+        }
+        counts = {name: int(conn.scalar(text(sql)) or 0) for name, sql in queries.items()}
+    return {"logs": int(logs), "logged": int(logged), **counts}
+
+
+def storage_problems(opts: argparse.Namespace, counts: dict[str, int]) -> list[str]:
+    """One fetch-log row per source, no lease left, no duplicate, the expected items and stories."""
+    problems = []
+    if counts["logs"] != opts.sources or counts["logged"] != opts.sources:
+        problems.append(
+            f"fetch_log has {counts['logs']} rows for {counts['logged']} sources this cycle (want {opts.sources} each)"
         )
-        dup_stories = conn.scalar(
-            text(
-                "select count(*) from (select 1 from stories where canonical_url is not null"
-                " group by canonical_url having count(*) > 1) d"
-            )
-        )
-        items = conn.scalar(text("select count(*) from items"))
-        stories = conn.scalar(text("select count(*) from stories"))
-        split = conn.scalar(
-            text("select count(*) from (select story_id from items group by story_id having count(*) > 1) d")
-        )
-    if logs != opts.sources or logged != opts.sources:
-        problems.append(f"fetch_log has {logs} rows for {logged} sources this cycle (want {opts.sources} each)")
-    if leased:
-        problems.append(f"{leased} leases left behind")
-    if dup_items:
-        problems.append(f"{dup_items} duplicated (source_id, key) items")
-    if dup_stories:
-        problems.append(f"{dup_stories} canonical URLs with two stories")
+    if counts["leased"]:
+        problems.append(f"{counts['leased']} leases left behind")
+    if counts["dup_items"]:
+        problems.append(f"{counts['dup_items']} duplicated (source_id, key) items")
+    if counts["dup_stories"]:
+        problems.append(f"{counts['dup_stories']} canonical URLs with two stories")
     want_items = opts.sources * opts.items
     wire = -(-opts.sources // WIRE_GROUP) if opts.items else 0
     want_stories = opts.sources * max(opts.items - 1, 0) + wire
-    if items != want_items:
-        problems.append(f"{items} items stored, want {want_items}")
-    if stories != want_stories:
-        problems.append(f"{stories} stories, want {want_stories}")
-    if opts.sources >= 2 * WIRE_GROUP and opts.items and split != wire:
-        problems.append(f"{split} shared stories, want {wire}")
-    if cold:
-        new = sum(r["new"] for r in cycle["results"])
-        if new != want_items:
-            problems.append(f"workers report {new} new items, want {want_items}")
+    if counts["items"] != want_items:
+        problems.append(f"{counts['items']} items stored, want {want_items}")
+    if counts["stories"] != want_stories:
+        problems.append(f"{counts['stories']} stories, want {want_stories}")
+    if opts.sources >= 2 * WIRE_GROUP and opts.items and counts["split"] != wire:
+        problems.append(f"{counts['split']} shared stories, want {wire}")
     return problems
 
 

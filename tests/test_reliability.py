@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
 from aggregator import metrics, normalize, parseworker
-from aggregator import pipeline as pipeline_module
 from aggregator.cli import main
+from aggregator.dedupe import decide_ingest
 from aggregator.fetch import Fetcher
 from aggregator.records import FetchResult, SourceToFetch
 from aggregator.status import render_status
@@ -109,14 +109,13 @@ def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> str:
         monkeypatch.setattr(parseworker, "document_to_feed", parse)
         return "ValueError"
     if stage == "match":
-        real_decide = pipeline_module.decide_ingest  # type: ignore[attr-defined]  # the name pipeline calls
 
         def decide(items: Any, *args: Any) -> Any:
             if _is_bad(items):
                 raise KeyError("boom in match")
-            return real_decide(items, *args)
+            return decide_ingest(items, *args)
 
-        monkeypatch.setattr(pipeline_module, "decide_ingest", decide)
+        monkeypatch.setattr("aggregator.poll.decide_ingest", decide)  # where the poll decision calls it
         return "KeyError"
     # store: the items are inserted, then the transaction fails: they must be rolled back
     real_insert = IngestTransaction.insert_items

@@ -18,7 +18,6 @@ from aggregator.records import ClaimedSource, FetchResult, PollRecord, SourceLab
 from aggregator.store._sql import StoreBase, TransactionBase, rowcount, serialize_writers
 from aggregator.store.models import FetchLogRow, ItemRow, SourceRow
 
-RATE_WINDOW = timedelta(days=7)
 SYNC_LOCK_KEY = 0x61676772_00000002  # pg_advisory_xact_lock key of sync_sources ("aggr", 2)
 
 
@@ -256,9 +255,9 @@ _FETCH_LOG = insert(FetchLogRow)
 class SourcePollWrites(TransactionBase):
     """What a poll reads and writes about sources inside the ingest transaction."""
 
-    def items_per_day(self, source_id: int, now: datetime) -> float | None:
-        count = self.c.scalar(_ITEMS_SINCE, {"source_id": source_id, "since": now - RATE_WINDOW})
-        return (count or 0) / RATE_WINDOW.days if count else None
+    def items_since(self, source_id: int, since: datetime) -> int:
+        """How many of the source's stored items sort at or after ``since`` (its publishing rate's input)."""
+        return int(self.c.scalar(_ITEMS_SINCE, {"source_id": source_id, "since": since}) or 0)
 
     def sources_on_host(self, host: str) -> list[tuple[int, datetime, int | None]]:
         """(id, next_poll_at, last_status) of the active sources whose current URL is on ``host``.
