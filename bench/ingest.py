@@ -308,6 +308,31 @@ def _cpu_and_hwm(pids: list[int]) -> tuple[float, int]:
     return cpu, hwm
 
 
+def _process_kind(pid: int) -> str:
+    """What a process of the measured tree is: this one ("main"), the forkserver, the resource
+    tracker, or (anything else) a parse worker."""
+    if pid == os.getpid():
+        return "main"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    if "forkserver" in command:  # the forkserver's children (the workers) share its command line
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return "forkserver" if parent == os.getpid() else "worker"
+    return "tracker" if "resource_tracker" in command else "worker"
+
+
+def _hwm_by_process(pids: list[int]) -> str:
+    """Each live process's peak RSS in MB, by kind (``_process_kind``): which one holds the memory."""
+    parts = []
+    for pid in sorted(pids):
+        hwm = _cpu_and_hwm([pid])[1]
+        if hwm:
+            parts.append(f"{_process_kind(pid)}:{hwm / 1e6:.0f}")
+    return ",".join(parts)
+
+
 def _threads_cpu() -> dict[str, float]:
     """This process's CPU seconds by kind of thread: the event loop ("loop"), the executor
     threads that run each poll's transaction, claims and publishing ("db"), and the parse
@@ -348,6 +373,7 @@ class Meter:
             "cpu": now[1] - self.last[1],
             "cpu_main": now[2] - self.last[2],
             "rss": _cpu_and_hwm(tree)[1],
+            "rss_by_process": _hwm_by_process(tree),
             "processes": len(tree),
         }
         self.last = now
