@@ -17,7 +17,8 @@ as in the daemon: one parse pool (started during (b), warm afterwards) and one S
 database. (a), (a') and (e) run in processes of their own.
 Figures: wall seconds; CPU seconds of the measured process and all its descendants (the parse
 workers), and how much of it the main process used; and the peak RSS of all those processes
-together (the sum of each one's high-water mark: an upper bound of the true peak). For (b),
+together (the sum of each one's high-water mark: an upper bound of the true peak), and each
+one's high-water mark by kind (``rss_by_process``: main, forkserver, tracker, worker). For (b),
 (c) and (d) the report also gives the group commit's batches (``groupcommit``): how many
 transactions the round committed and how many fetch results each held. For (b),
 (c) and (d) ``main_by_thread`` splits the main process's CPU: the event loop (fetching, "loop"),
