@@ -45,15 +45,17 @@ PARSE_CPU_SECONDS = 30.0
 PARSE_MEMORY_BYTES = 1 << 30
 
 SIGNED_CACHE_SIZE = 50_000
-"""Signatures a process remembers, by a digest of what they were computed from: their
-stored form only, about 330 bytes each with the digest (16 MB when full). A feed that
-changed usually changed by a few items; the others were signed when that feed was last
-parsed, by this process if it is the only parse worker. Polls go round every source, so
-this must hold about every live item to help at all (first in, first out)."""
+"""Items a process remembers the signature and story features of, by a digest of what they
+were computed from. A feed that changed usually changed by a few items; the others were
+signed when that feed was last parsed, by this process if it is the only parse worker. Polls
+go round every source, so this must hold about every live item to help at all (first in,
+first out). Each is kept as one bytes object (``_Remembered``): with the semantic features
+about 0.7 KB, 35 MB when full (kept as Python strings and tuples they took 1.3 KB)."""
 
-_signed: dict[bytes, str] = {}
-_featured: dict[bytes, Featurized] = {}  # the same, for story features (about 600 bytes each)
-_signed_lock = threading.Lock()  # without a pool, parsing runs on several threads
+_remembered: dict[bytes, bytes] = {}
+_remembered_lock = threading.Lock()  # without a pool, parsing runs on several threads
+_FIELD = b"\n"  # between the parts of a remembered item: never inside the ASCII stored forms
+_WORD = "\0"  # between the words: a word holding it is not remembered
 
 
 def parse_and_sign(
@@ -88,35 +90,57 @@ def parse_and_prepare(
 def featurize(title: str, text: str) -> Featurized:
     """An item's features and words, remembered like ``sign`` (a feed's unchanged items are
     embedded once per process)."""
-    digest = blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    with _signed_lock:
-        stored = _featured.get(digest)
-    if stored is not None:
-        return stored
+    digest = _digest(title, text)
+    signed, featurized = _recall(digest)
+    if featurized is not None:
+        return featurized
     terms = names.extract(title, text)
-    stored = (stories.Features(semantic.embedder().embed(title, text), terms.keys).dumps(), terms.words)
-    with _signed_lock:
-        _featured[digest] = stored
-        while len(_featured) > SIGNED_CACHE_SIZE:
-            del _featured[next(iter(_featured))]
-    return stored
+    featurized = (stories.Features(semantic.embedder().embed(title, text), terms.keys).dumps(), terms.words)
+    _remember(digest, signed, featurized)
+    return featurized
 
 
 def sign(title: str, text: str) -> cluster.Signed:
     """``cluster.Signed.of``, remembered: a changed feed's unchanged items cost a digest
     and a decode, a fraction of a signature. Signatures are pure, so a remembered one is
     the one that would be computed."""
-    digest = blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    with _signed_lock:
-        stored = _signed.get(digest)
+    digest = _digest(title, text)
+    stored, featurized = _recall(digest)
     if stored is not None:
         return cluster.Signed.from_stored(stored)
     signed = cluster.Signed.of(title, text)
-    with _signed_lock:
-        _signed[digest] = signed.stored
-        while len(_signed) > SIGNED_CACHE_SIZE:
-            del _signed[next(iter(_signed))]
+    _remember(digest, signed.stored, featurized)
     return signed
+
+
+def _digest(title: str, text: str) -> bytes:
+    return blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _recall(digest: bytes) -> tuple[str | None, Featurized | None]:
+    """What is remembered of an item: its stored signature and its features, each if known."""
+    with _remembered_lock:
+        packed = _remembered.get(digest)
+    if packed is None:
+        return None, None
+    signed, features, words = packed.split(_FIELD, 2)
+    featurized = None
+    if features:
+        text = words.decode("utf-8", "surrogatepass")
+        featurized = (features.decode("ascii"), tuple(text.split(_WORD)) if text else ())
+    return signed.decode("ascii") or None, featurized
+
+
+def _remember(digest: bytes, signed: str | None, featurized: Featurized | None) -> None:
+    """Keep an item's stored signature and features (either may be unknown) as one bytes
+    object, forgetting the oldest items past ``SIGNED_CACHE_SIZE``."""
+    parts = [(signed or "").encode("ascii"), b"", b""]
+    if featurized is not None and all(word and _WORD not in word for word in featurized[1]):
+        parts[1:] = featurized[0].encode("ascii"), _WORD.join(featurized[1]).encode("utf-8", "surrogatepass")
+    with _remembered_lock:
+        _remembered[digest] = _FIELD.join(parts)
+        while len(_remembered) > SIGNED_CACHE_SIZE:
+            del _remembered[next(iter(_remembered))]
 
 
 # --- limits of a worker -------------------------------------------------------------------------

@@ -156,7 +156,12 @@ def render_html(
 
 
 def _generator(
-    output: Output, entries: list[OutputEntry], public_url: str, fmt: str, hub: str | None = None
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    fmt: str,
+    hub: str | None = None,
+    updated: datetime | None = None,
 ) -> FeedGenerator:
     fg = FeedGenerator()
     self_url = feed_url(public_url, output.slug, fmt)
@@ -176,7 +181,7 @@ def _generator(
         fg.logo(output.icon)
     if output.language:
         fg.language(output.language)
-    updated = max((e.updated_at for e in entries), default=EPOCH)
+    updated = updated or max((e.updated_at for e in entries), default=EPOCH)
     fg.updated(updated)
     fg.lastBuildDate(updated)
     for entry in entries:
@@ -282,6 +287,15 @@ def _size(enclosure: Enclosure) -> str:
     return f"{kind}, {size:.0f} {unit}" if unit == "bytes" else f"{kind}, {size:.1f} {unit}"
 
 
+ATOM_PIECE = 250
+"""Entries rendered at a time in a long Atom document (an archive week holds up to 5,000):
+feedgen and lxml hold several times a document's size while building it, twice over (feedgen's
+tree, then ours parsed from its text), so a long document is rendered in pieces of this many
+entries and spliced; only one piece's trees are alive at a time. The bytes are the same."""
+_FIRST_ENTRY = b"\n  <entry>"  # etree.indent puts every entry on a line of its own, 2 spaces in
+_FEED_END = b"\n</feed>"
+
+
 def render_atom(
     output: Output,
     entries: list[OutputEntry],
@@ -293,9 +307,33 @@ def render_atom(
 ) -> bytes:
     """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
     archive document for that week (own self URL and id, ``fh:archive`` marker)."""
+    if len(entries) <= ATOM_PIECE:
+        return _render_atom(output, entries, public_url, hub, links, archive_of)
+    updated = max(e.updated_at for e in entries)
+    pieces: list[bytes] = []
+    end = b""
+    for start in range(0, len(entries), ATOM_PIECE):
+        piece = entries[start : start + ATOM_PIECE]
+        document = _render_atom(output, piece, public_url, hub, links, archive_of, updated)
+        first, last = document.index(_FIRST_ENTRY), document.rindex(_FEED_END)
+        pieces += [document[:first], document[first:last]] if start == 0 else [document[first:last]]
+        end = document[last:]
+    return b"".join([*pieces, end])
+
+
+def _render_atom(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    hub: str | None,
+    links: tuple[tuple[str, str], ...],
+    archive_of: Week | None,
+    updated: datetime | None = None,
+) -> bytes:
     try:
-        raw = _generator(output, entries, public_url, "atom", hub).atom_str(pretty=True)
+        raw = _generator(output, entries, public_url, "atom", hub, updated).atom_str(pretty=True)
         root = etree.fromstring(raw, etree.XMLParser(remove_blank_text=True))
+        del raw
         if archive_of is not None:
             url = archive_url(public_url, output.slug, archive_of)
             root.find(f"{{{ATOM_NS}}}id").text = url

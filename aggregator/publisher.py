@@ -156,32 +156,21 @@ class Publisher:
         nothing (``next_item_at`` jumps over them), and a week whose items the output's rules
         all leave out is recorded as empty, so it is neither linked nor looked at again.
         """
-        store, public = self.store, self.config.settings.public_url
+        store = self.store
         open_week = first_open_week(now)
         evaluated = store.archive_weeks(output.slug)
         cursor = _archived_until(evaluated)
         pages = [page.week for page in evaluated if page.entries]
         complete = archive_output(output)
+        sources = self.source_ids(output)
         blocked: Editorial | None = None
         fresh: list[str] = []
         while (at := self._unarchived_item_at(output, cursor, open_week)) is not None:
             week = Week.of(at)
             blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
-            candidates = store.candidates_between(self.source_ids(output), week.start, week.end, ARCHIVE_MAX_ENTRIES)
-            entries = curate(complete, candidates, blocked).entries
-            atom, page = render_archive(complete, entries, public, week, pages[-1] if pages else None)
-            store.save_archive(
-                ArchiveRow(
-                    slug=output.slug, week=str(week), entries=len(entries),
-                    updated_at=max((e.updated_at for e in entries), default=None),
-                    atom=atom if entries else b"", html=page if entries else b"",
-                    etag=etag_of(atom), created_at=now,
-                )
-            )  # fmt: skip
-            if entries:
+            if self._freeze_week(complete, sources, week, blocked, pages[-1] if pages else None, now):
                 pages.append(str(week))
                 fresh.append(str(week))
-                log.info("archived %s week %s (%d entries)", output.slug, week, len(entries))
             cursor = week.end
         if fresh:  # another worker may have frozen a week first: what is stored is the truth
             pages = [page.week for page in store.archive_pages(output.slug)]
@@ -193,6 +182,31 @@ class Publisher:
                     write_file(directory, f"{label}.atom", row.atom)
                     write_file(directory, f"{label}.html", row.html)
         return pages
+
+    def _freeze_week(
+        self, complete: Output, sources: SourceIds, week: Week, blocked: Editorial, previous: str | None, now: datetime
+    ) -> bool:
+        """Render and store one archive week of ``complete`` (an ``archive_output``); False
+        when the output's rules leave none of its items in.
+
+        A week holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates are
+        let go as soon as it is rendered, and its bytes when it is stored (they are written
+        to files from what is stored), so no two of those are held at once longer than needed.
+        """
+        candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES)
+        entries = curate(complete, candidates, blocked).entries
+        count, updated = len(entries), max((e.updated_at for e in entries), default=None)
+        atom, page = render_archive(complete, entries, self.config.settings.public_url, week, previous)
+        del candidates, entries
+        etag = etag_of(atom)
+        row = ArchiveRow(
+            slug=complete.slug, week=str(week), entries=count, updated_at=updated,
+            atom=atom if count else b"", html=page if count else b"", etag=etag, created_at=now,
+        )  # fmt: skip
+        self.store.save_archive(row)
+        if count:
+            log.info("archived %s week %s (%d entries)", complete.slug, week, count)
+        return count > 0
 
     def stale_outputs(self) -> list[Output]:
         """Outputs never published, or published under other settings (or by another version)."""

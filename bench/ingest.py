@@ -17,7 +17,8 @@ as in the daemon: one parse pool (started during (b), warm afterwards) and one S
 database. (a), (a') and (e) run in processes of their own.
 Figures: wall seconds; CPU seconds of the measured process and all its descendants (the parse
 workers), and how much of it the main process used; and the peak RSS of all those processes
-together (the sum of each one's high-water mark: an upper bound of the true peak). For (b),
+together (the sum of each one's high-water mark: an upper bound of the true peak), and each
+one's high-water mark by kind (``rss_by_process``: main, forkserver, tracker, worker). For (b),
 (c) and (d) the report also gives the group commit's batches (``groupcommit``): how many
 transactions the round committed and how many fetch results each held. For (b),
 (c) and (d) ``main_by_thread`` splits the main process's CPU: the event loop (fetching, "loop"),
@@ -308,6 +309,31 @@ def _cpu_and_hwm(pids: list[int]) -> tuple[float, int]:
     return cpu, hwm
 
 
+def _process_kind(pid: int) -> str:
+    """What a process of the measured tree is: this one ("main"), the forkserver, the resource
+    tracker, or (anything else) a parse worker."""
+    if pid == os.getpid():
+        return "main"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    if "forkserver" in command:  # the forkserver's children (the workers) share its command line
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return "forkserver" if parent == os.getpid() else "worker"
+    return "tracker" if "resource_tracker" in command else "worker"
+
+
+def _hwm_by_process(pids: list[int]) -> str:
+    """Each live process's peak RSS in MB, by kind (``_process_kind``): which one holds the memory."""
+    parts = []
+    for pid in sorted(pids):
+        hwm = _cpu_and_hwm([pid])[1]
+        if hwm:
+            parts.append(f"{_process_kind(pid)}:{hwm / 1e6:.0f}")
+    return ",".join(parts)
+
+
 def _threads_cpu() -> dict[str, float]:
     """This process's CPU seconds by kind of thread: the event loop ("loop"), the executor
     threads that run each poll's transaction, claims and publishing ("db"), and the parse
@@ -348,6 +374,7 @@ class Meter:
             "cpu": now[1] - self.last[1],
             "cpu_main": now[2] - self.last[2],
             "rss": _cpu_and_hwm(tree)[1],
+            "rss_by_process": _hwm_by_process(tree),
             "processes": len(tree),
         }
         self.last = now

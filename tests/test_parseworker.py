@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator import cluster, parseworker
+from aggregator import cluster, names, parseworker
 
 LEAD = "Rescue teams reached the flooded villages on Tuesday after the river broke its banks, officials said."
 
 
 @pytest.fixture(autouse=True)
 def empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parseworker, "_signed", {})
+    monkeypatch.setattr(parseworker, "_remembered", {})
 
 
 def test_a_remembered_signature_is_the_one_that_would_be_computed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +42,7 @@ def test_the_cache_is_bounded_and_forgets_the_oldest_first(monkeypatch: pytest.M
     titles = [f"Headline number {n} about the floods" for n in range(5)]
     for title in titles:
         parseworker.sign(title, LEAD)
-    assert len(parseworker._signed) == 3
+    assert len(parseworker._remembered) == 3
     calls: list[str] = []
     real = cluster.Signed.of
 
@@ -80,3 +80,40 @@ def test_parsed_items_cross_to_the_writer_unchanged() -> None:
         "https://x.example/feed", "application/rss+xml", datetime(2026, 11, 26, tzinfo=UTC),
     )  # fmt: skip
     assert pickle.loads(pickle.dumps((feed, signed))) == (feed, signed)
+
+
+@pytest.mark.parametrize("signed_first", [True, False])
+def test_remembered_features_and_signature_are_the_computed_ones_in_either_order(
+    monkeypatch: pytest.MonkeyPatch, signed_first: bool
+) -> None:
+    title, text = "Grain corridor agreed in Istanbul", "Ministers from Ankara and Kyiv agreed a grain corridor. " + LEAD
+    fresh_features = parseworker.featurize(title, text)
+    fresh_signed = cluster.Signed.of(title, text)
+    monkeypatch.setattr(parseworker, "_remembered", {})
+    if signed_first:
+        parseworker.sign(title, text)
+        parseworker.featurize(title, text)
+    else:
+        parseworker.featurize(title, text)
+        parseworker.sign(title, text)
+    assert len(parseworker._remembered) == 1
+
+    def must_not_compute(*_args: object) -> object:
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(cluster.Signed, "of", must_not_compute)
+    monkeypatch.setattr(names, "extract", must_not_compute)
+    assert parseworker.featurize(title, text) == fresh_features
+    assert fresh_features[1]  # it has words to remember
+    assert parseworker.sign(title, text) == fresh_signed
+
+
+def test_words_that_cannot_be_packed_are_computed_again_not_garbled(monkeypatch: pytest.MonkeyPatch) -> None:
+    odd = ("Ankara", "a\0b")
+
+    def extract(_title: str, _text: str) -> object:
+        return names.Terms(words=odd)
+
+    monkeypatch.setattr(names, "extract", extract)
+    assert parseworker.featurize("T", "x")[1] == odd
+    assert parseworker.featurize("T", "x")[1] == odd  # not remembered: computed again, the same

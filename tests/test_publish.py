@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import feedparser
 import pytest
 
+from aggregator import publish
+from aggregator.archive import Week
 from aggregator.config import Output
 from aggregator.publish import Rendering, render_all, render_atom, render_json, render_rss, write_atomically
-from aggregator.records import Candidate, OutputEntry
+from aggregator.records import Candidate, Enclosure, OutputEntry
 from tests.feedcheck import check_atom, check_json_feed, check_rss
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -124,3 +127,29 @@ def test_websub_hub_is_advertised_in_every_feed_format() -> None:
     assert rss.feed.link == "https://news.example.org/feeds/world"  # the hub must not become the channel link
     assert any(link.rel == "hub" and link.href == hub for link in rss.feed.links)
     assert json.loads(render_json(OUTPUT, entries(), PUBLIC, hub))["hubs"] == [{"type": "WebSub", "url": hub}]
+
+
+@pytest.mark.parametrize("archive_of", [None, Week(2026, 47)])
+def test_a_long_atom_document_rendered_in_pieces_has_the_bytes_of_one_rendered_whole(
+    monkeypatch: pytest.MonkeyPatch, archive_of: Week | None
+) -> None:
+    many = []
+    for n in range(1, 12):  # thumbnails, enclosures, other outlets, a non-ASCII title; the newest in the middle
+        lead = replace(
+            candidate(n),
+            title=f"Nouvelle n° {n}",
+            updated_at=NOW - timedelta(hours=abs(n - 6)),
+            thumbnail=f"https://wire.example.com/{n}.jpg" if n % 3 == 0 else None,
+            enclosures=(Enclosure(f"https://wire.example.com/{n}.mp3", "audio/mpeg", 1000),) if n % 4 == 0 else (),
+        )
+        also = (candidate(100 + n, source="Daily", story=n),) if n % 2 else ()
+        many.append(OutputEntry(lead.story_uid, lead, also, lead.updated_at))
+    links = (("current", f"{PUBLIC}/feeds/world.atom"),)
+    whole = render_atom(OUTPUT, many, PUBLIC, "https://hub.example.org/", links=links, archive_of=archive_of)
+    monkeypatch.setattr(publish, "ATOM_PIECE", 4)  # pieces of 4, 4 and 3 entries
+    pieced = render_atom(OUTPUT, many, PUBLIC, "https://hub.example.org/", links=links, archive_of=archive_of)
+    assert pieced == whole
+    assert check_atom(pieced) == []
+    parsed = feedparser.parse(pieced)
+    assert [e.title for e in parsed.entries] == [f"Nouvelle n° {n}" for n in range(1, 12)]
+    assert parsed.feed.updated == NOW.isoformat()  # the newest entry's, which is in the second piece
