@@ -159,6 +159,7 @@ class NewItem:
     match_keys: tuple[int, ...] = ()  # cluster.band_keys(), and name keys (stories.name_key)
     match_reason: str | None = None  # why it joined its story or started one (``aggregator story``)
     match_features: str | None = None  # stories.Features.dumps(), stored to judge later items
+    joins_new: str | None = None  # key of an item of the same batch whose new story this one joins
 
 
 @dataclass(frozen=True)

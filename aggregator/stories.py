@@ -89,11 +89,14 @@ MIN_NAME_WEIGHT = 3.0
 """Weight of names and figures an independent report must share with a story: three that no
 other recent story carries, or more that a few others do."""
 
-STRONG_COSINE = 0.7
+STRONG_COSINE = 0.8
 """Above this cosine to the centroid, ``STRONG_NAME_WEIGHT`` is enough."""
 
-STRONG_NAME_WEIGHT = 2.0
+STRONG_NAME_WEIGHT = 1.5
 """Names needed when the meaning is close (``STRONG_COSINE``): two that no other story carries."""
+
+WEAK_COSINE = 0.6
+STRONG_AGREEMENT = 0.35
 
 COPY_MIN_COSINE = 0.5
 """A lead copy still has to be near the story's centre: a copy of a member that is itself an
@@ -250,11 +253,17 @@ class Decision:
     chosen: Judgement | None
     near_misses: tuple[Judgement, ...]
 
-    def explain(self, terms: Terms | None = None) -> str:
+    def explain(self, terms: Terms | None = None, named: Mapping[int, str] | None = None) -> str:
+        """Why, in words. ``named``: how to call stories that have no number yet (those an item
+        of the same poll is starting), by the provisional id they were judged under."""
+
+        def story(story_id: int) -> str:
+            return named[story_id] if named is not None and story_id in named else f"story {story_id}"
+
         if self.chosen is None:
-            misses = "; ".join(f"story {j.story_id}: {j.reason(terms)}" for j in self.near_misses[:3])
+            misses = "; ".join(f"{story(j.story_id)}: {j.reason(terms)}" for j in self.near_misses[:3])
             return "new story" + (f" (near misses: {misses})" if misses else "")
-        return f"joined story {self.chosen.story_id}: {self.chosen.reason(terms)}"
+        return f"joined {story(self.chosen.story_id)}: {self.chosen.reason(terms)}"
 
 
 def name_key(term: int) -> int:
@@ -308,15 +317,27 @@ def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -
                 if agreeing() >= COPY_AGREEMENT:
                     return Judgement(story.story_id, True, cosine, name_weight, shared, hours, member.item_id)
                 break
-    needed = STRONG_NAME_WEIGHT if cosine >= STRONG_COSINE else MIN_NAME_WEIGHT
+    needed, agree = names_needed(cosine)
     why_not = ""
     if cosine < MIN_COSINE:
         why_not = f"another topic (cosine < {MIN_COSINE})"
     elif name_weight < needed:
-        why_not = f"too few rare names and figures in common (< {needed} at cosine {cosine:.2f})"
-    elif agreeing() < MIN_AGREEMENT:
-        why_not = f"its rare names and figures mostly differ from the story's (< {MIN_AGREEMENT} shared)"
+        why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
+    elif agreeing() < agree:
+        why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not)
+
+
+def names_needed(cosine: float) -> tuple[float, float]:
+    """The rare-name weight and the name agreement an independent report needs at ``cosine``
+    to the story: the closer in meaning, the less the names must carry, sliding from
+    (``MIN_NAME_WEIGHT``, ``MIN_AGREEMENT``) at ``WEAK_COSINE`` down to (``STRONG_NAME_WEIGHT``,
+    ``STRONG_AGREEMENT``) at ``STRONG_COSINE``."""
+    share = min(1.0, max(0.0, (cosine - WEAK_COSINE) / (STRONG_COSINE - WEAK_COSINE)))
+    return (
+        MIN_NAME_WEIGHT - share * (MIN_NAME_WEIGHT - STRONG_NAME_WEIGHT),
+        MIN_AGREEMENT - share * (MIN_AGREEMENT - STRONG_AGREEMENT),
+    )
 
 
 def decide(item: Features, at: datetime, stories: Sequence[StoryProfile], stats: TermStats) -> Decision:
@@ -339,6 +360,54 @@ def rank_candidates(found: Mapping[int, float]) -> list[int]:
 
 COPY_KEY_WEIGHT = 100.0
 """Lookup weight of a shared lead-copy key: a story an item may copy is always judged."""
+
+
+class Batch:
+    """Items decided together, in publication order (one poll's new items): each that starts a
+    story becomes a candidate for the later ones, under a provisional negative id, since its
+    story has no number until it is stored. Found through the same rare keys as stored ones."""
+
+    def __init__(self, stats: TermStats) -> None:
+        self.stats = stats
+        self.named: dict[int, str] = {}  # provisional id -> how explanations call it
+        self._founders: dict[int, str] = {}
+        self._members: dict[int, list[Member]] = {}
+
+    def decide(
+        self,
+        key: str,
+        at: datetime,
+        item: Features,
+        keys: Sequence[int],
+        found: Mapping[int, float],
+        stored: Mapping[int, StoryProfile],
+        title: str = "",
+    ) -> tuple[Decision, str | None]:
+        """The item's decision among the ``stored`` stories ``found`` reached (see
+        ``rank_candidates``) and the batch's own new stories, and the key of the batch item whose
+        new story it joins (None: a stored story, or a story of its own). ``title`` names the item
+        in explanations of later items (its key if empty)."""
+        reached = dict(found)
+        for story, members in self._members.items():
+            weight = sum(self.stats.weight(t) for t in keys if any(t in m.features.terms for m in members))
+            if weight > 0:
+                reached[story] = weight
+        candidates = [
+            stored[s] if s >= 0 else StoryProfile(s, tuple(self._members[s]), self._members[s][0].published_at)
+            for s in rank_candidates(reached)
+        ]
+        decision = decide(item, at, candidates, self.stats)
+        joined = decision.story_id
+        if joined is None:
+            new = -(len(self._founders) + 1)
+            self._founders[new] = key
+            self._members[new] = [Member(new, at, item)]
+            self.named[new] = f"the new story of {title or repr(key)} (same poll)"
+        elif joined < 0:
+            if len(self._members[joined]) < REPRESENTATIVES:
+                self._members[joined].append(Member(joined, at, item))
+            return decision, self._founders[joined]
+        return decision, None
 
 
 class Stream:

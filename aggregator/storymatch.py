@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from aggregator import cluster, names, parseworker, stories
@@ -119,16 +120,17 @@ class StoryMatcher:
         decisions = lookup.decide([(new.item, f) for new, _, _, _, f in prepared if new.story_id is None])
         inserts = []
         for new, signed, stored, words, feats in prepared:
-            story_id, reason = new.story_id, None
+            story_id, reason, verdict = new.story_id, None, None
             if story_id is not None:
                 reason = f"joined story {story_id}: same URL as one of its items"
-            elif (decision := decisions.get(new.item.key)) is not None:
-                story_id = decision.story_id
-                reason = decision.explain(names.Terms(words))
+            elif (verdict := decisions.get(new.item.key)) is not None:
+                story_id = verdict.decision.story_id if verdict.founder is None else None
+                reason = verdict.decision.explain(names.Terms(words), verdict.named)
             inserts.append(
                 replace(
                     new,
                     story_id=story_id,
+                    joins_new=verdict.founder if story_id is None and verdict is not None else None,
                     match_signature=signed.stored,
                     match_keys=stories.stored_keys(signed.keys, feats),
                     match_reason=reason,
@@ -154,7 +156,10 @@ class _StoryLookup:
         self.decoded = decoded
         self.counts = counts
 
-    def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, stories.Decision]:
+    def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, Verdict]:
+        """Each item's verdict, in publication order: against the stored stories its keys reach,
+        and against the stories earlier items of the same poll are starting (an outlet's two
+        reports of one event arrive in one fetch)."""
         if not items:
             return {}
         tx = self.tx
@@ -167,7 +172,7 @@ class _StoryLookup:
         copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
         window = cluster.DEFAULT_WINDOW
         by_copy = tx.copy_key_stories(copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES)
-        chosen: dict[str, list[int]] = {}
+        found_of: dict[str, dict[int, float]] = {}
         for item, f in items:
             found: dict[int, float] = {}
             for term in keys_of[item.key]:
@@ -177,14 +182,17 @@ class _StoryLookup:
                 for key in cluster.band_keys(f.signature):
                     for story in by_copy.get(key, ()):
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
-            chosen[item.key] = stories.rank_candidates(found)
-        profiles = self._profiles({story for ids in chosen.values() for story in ids}, earliest)
-        return {
-            item.key: stories.decide(
-                f, item.published_at or self.now, [profiles[s] for s in chosen[item.key] if s in profiles], stats
-            )
-            for item, f in items
-        }
+            found_of[item.key] = found
+        stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
+        profiles = self._profiles(stored, earliest)
+        batch = stories.Batch(stats)
+        verdicts = {}
+        for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
+            at = item.published_at or self.now
+            found = {s: w for s, w in found_of[item.key].items() if s in profiles}
+            decision, founder = batch.decide(item.key, at, f, keys_of[item.key], found, profiles, repr(item.title))
+            verdicts[item.key] = Verdict(decision, founder, batch.named)
+        return verdicts
 
     def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
         profiles = {}
@@ -193,6 +201,15 @@ class _StoryLookup:
             if found is not None:
                 profiles[story_id] = found
         return profiles
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A new item's decision, and the item of the same poll whose new story it joins, if any."""
+
+    decision: stories.Decision
+    founder: str | None
+    named: Mapping[int, str]
 
 
 class _TermCounts:

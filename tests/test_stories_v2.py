@@ -268,8 +268,8 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     assert "new story" in shown  # the first item started it
     assert main(["--config", str(config), "items", "world", "--json"]) == 0
     reasons = {row["title"]: row["story_reason"] or "" for row in json.loads(capsys.readouterr().out)}
-    pair = sorted(reasons[title][:12] for title in (ORIGINAL[0], REWRITE[0]))  # whichever feed came in first
-    assert pair == ["joined story", "new story"]
+    pair = sorted(reasons[title].split(" (")[0][:12] for title in (ORIGINAL[0], REWRITE[0]))  # either came first
+    assert pair == ["joined story", "new story"], [reasons[title] for title in (ORIGINAL[0], REWRITE[0])]
 
     # A restart and a re-poll of everything, with one more outlet's copy: nothing moves.
     feeds["post"] = rss("post", [("p1", ORIGINAL[0] + " - Post", ORIGINAL[1], first + timedelta(hours=4))])
@@ -278,6 +278,40 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     again = stories_by_guid(db)
     assert {guid: again[guid] for guid in found} == found  # story numbers and tag: ids unchanged
     assert again["p1"] == found["w1"]  # the copy joined the same story
+
+
+def test_reports_of_one_event_in_one_fetch_share_a_new_story(server: object, tmp_path: Path) -> None:
+    # One outlet's feed carries its report and its rewrite of one event (and an unrelated item):
+    # decided in one poll, the later report joins the story the earlier one starts.
+    from aggregator.cli import main
+    from tests.conftest import write_config
+
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    entries = [("a1", *ORIGINAL, first), ("a2", *UNRELATED, first + timedelta(hours=1))]
+    feeds = {"wire": rss("wire", [*entries, ("a3", *REWRITE, first + timedelta(hours=2))])}
+    config = write_config(tmp_path, serve_outlets(server, feeds))
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    db = tmp_path / "data" / "aggregator.db"
+    found = stories_by_guid(db)
+    assert found["a3"] == found["a1"] != found["a2"]
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        (reason,) = connection.execute("select match_reason from items where guid = 'a3'").fetchone()
+    assert reason.startswith(f"joined the new story of {ORIGINAL[0]!r} (same poll): cosine"), reason
+
+
+def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
+    stats = TermStats(stories=0)
+    batch = stories.Batch(stats)
+    original, rewrite, unrelated = feats(ORIGINAL), feats(REWRITE), feats(UNRELATED)
+    first, founder = batch.decide("o", NOON, original, stats.keys(original.terms), {}, {})
+    assert first.story_id is None and founder is None  # starts a story
+    other, founder = batch.decide("u", NOON, unrelated, stats.keys(unrelated.terms), {}, {})
+    assert other.story_id is None and founder is None
+    joined, founder = batch.decide("r", NOON + timedelta(hours=1), rewrite, stats.keys(rewrite.terms), {}, {})
+    assert founder == "o" and joined.story_id is not None and joined.story_id < 0
+    assert joined.explain(None, batch.named).startswith("joined the new story of 'o' (same poll)")
 
 
 @pytest.mark.parametrize("mode", ["lexical", "off"])

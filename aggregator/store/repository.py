@@ -980,8 +980,17 @@ class IngestTransaction:
         # and cannot deadlock on each other's stories. By the key alone: new items sharing a
         # canonical URL (a link blog, a podcast linking its site) share one story key, and
         # Items do not compare.
+        # An item joining the new story of another item of the batch (``NewItem.joins_new``)
+        # takes that item's story key instead of creating a story of its own.
+        batch = {n.item.key: n.item for n in new}
+
+        def founder(n: NewItem) -> Item:
+            return batch.get(n.joins_new, n.item) if n.joins_new is not None else n.item
+
         needed = dict(
-            sorted(((story_key(source_id, n.item), n.item) for n in new if n.story_id is None), key=lambda p: p[0])
+            sorted(
+                ((story_key(source_id, founder(n)), founder(n)) for n in new if n.story_id is None), key=lambda p: p[0]
+            )
         )
         story_ids: dict[str, int] = {}
         if needed:
@@ -1001,7 +1010,7 @@ class IngestTransaction:
         rows = []
         for n in new:
             item = n.item
-            story_id = n.story_id if n.story_id is not None else story_ids[story_key(source_id, item)]
+            story_id = n.story_id if n.story_id is not None else story_ids[story_key(source_id, founder(n))]
             rows.append(
                 {
                     "source_id": source_id,
