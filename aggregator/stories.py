@@ -195,13 +195,19 @@ class TermStats:
     def __post_init__(self) -> None:
         common = COMMON_SHARE * (self.stories + PRIOR_STORIES)
         self._scale = 1 / math.log(common) if common > 1 else math.inf
+        self._weights: dict[int, float] = {}
 
     def weight(self, term: int, own: bool = False) -> float:
         """Evidence a shared term gives, from 1 (no other story carries it) down to 0 (at least
         ``COMMON_SHARE`` of the stories do). ``own``: the story being judged carries it, and
         is not counted as another."""
         others = self.counts.get(term, 0) - own
-        return 1.0 if others <= 0 else max(0.0, 1.0 - math.log1p(others) * self._scale)
+        if others <= 0:
+            return 1.0
+        found = self._weights.get(others)
+        if found is None:  # a few distinct counts recur across many terms: computed once each
+            found = self._weights[others] = max(0.0, 1.0 - math.log1p(others) * self._scale)
+        return found
 
     def is_key(self, term: int) -> bool:
         return self.counts.get(term, 0) <= KEY_MAX_STORIES and self.weight(term) > 0

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from aggregator import cluster, names, parseworker, stories
 from aggregator.records import IngestPlan, Item
-from aggregator.store.repository import IngestTransaction, MatchCandidate, StoredMember
+from aggregator.store.repository import IngestTransaction, MatchCandidate
 
 COUNTS_KEPT = timedelta(minutes=5)
 """How long the writer trusts a common term's story count and the window's number of stories:
@@ -195,9 +195,14 @@ class _StoryLookup:
         return verdicts
 
     def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
+        """The candidates' first members: which they are (one light query), then the stored
+        features of only those not already decoded (most were, at an earlier poll)."""
+        refs = self.tx.story_member_refs(sorted(story_ids), since, stories.REPRESENTATIVES)
+        missing = [ref[0] for members in refs.values() for ref in members if not self.decoded.knows(*ref)]
+        fetched = self.tx.member_features(missing) if missing else {}
         profiles = {}
-        for story_id, members in self.tx.story_members(sorted(story_ids), since, stories.REPRESENTATIVES).items():
-            found = self.decoded.profile(story_id, members)
+        for story_id, members in refs.items():
+            found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
                 profiles[story_id] = found
         return profiles
@@ -246,59 +251,81 @@ class _TermCounts:
         return stories.TermStats(total, counts)
 
 
+MemberRef = tuple[int, datetime, datetime]
+"""A stored story member as ``IngestTransaction.story_member_refs`` gives it: (item id, sort
+time, last changed)."""
+
+
 class _DecodedMembers:
-    """Stored story members already decoded, by item id and stored values, the most recently
-    used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
+    """Stored story members already decoded, by item id, sort time and last change, the most
+    recently used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
 
     def __init__(self) -> None:
-        self._found: OrderedDict[int, tuple[str | None, str | None, stories.Member | None]] = OrderedDict()
+        self._found: OrderedDict[int, tuple[datetime, datetime, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
         self._lock = threading.Lock()
 
-    def profile(self, story_id: int, members: list[StoredMember]) -> stories.StoryProfile | None:
+    def knows(self, item_id: int, sort_at: datetime, changed_at: datetime) -> bool:
+        with self._lock:
+            hit = self._found.get(item_id)
+        return hit is not None and hit[0] == sort_at and hit[1] == changed_at
+
+    def profile(
+        self,
+        story_id: int,
+        members: list[MemberRef],
+        fetched: dict[int, tuple[str | None, str | None]],
+        tx: IngestTransaction,
+    ) -> stories.StoryProfile | None:
         """The story as ``stories.decide`` judges it, from its first stored members: the same
         members give the same profile object, whose centroid and name shares are then computed
         once rather than at every poll the story is a candidate in."""
-        usable = tuple(m for m in map(self.get, members) if m is not None)
+        usable = tuple(m for m in (self.get(ref, fetched, tx) for ref in members) if m is not None)
         if not usable:
             return None
         # By the decoded objects themselves (a re-decoded member is a new object): the cached
         # profile holds them, so their ids cannot be reused while it is kept.
-        key = (story_id, members[0].item_id, *(id(m) for m in usable))
+        key = (story_id, members[0][0], *(id(m) for m in usable))
         with self._lock:
             found = self._profiles.get(key)
             if found is not None:
                 self._profiles.move_to_end(key)
                 return found
-        found = stories.StoryProfile(story_id, usable, members[0].sort_at)
+        found = stories.StoryProfile(story_id, usable, members[0][1])
         with self._lock:
             self._profiles[key] = found
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
                 self._profiles.popitem(last=False)
         return found
 
-    def get(self, stored: StoredMember) -> stories.Member | None:
-        # A hit must also match the stored values: an item id freed by a rolled-back batch can
-        # be given to another item, and an updated member carries new features.
+    def get(
+        self, ref: MemberRef, fetched: dict[int, tuple[str | None, str | None]], tx: IngestTransaction
+    ) -> stories.Member | None:
+        # A hit must also match the sort time and last change: an item id freed by a rolled-back
+        # batch can be given to another item, and an updated member carries new features.
+        item_id, sort_at, changed_at = ref
         with self._lock:
-            hit = self._found.get(stored.item_id)
-            if hit is not None and hit[0] == stored.features and hit[1] == stored.signature:
-                self._found.move_to_end(stored.item_id)
+            hit = self._found.get(item_id)
+            if hit is not None and hit[0] == sort_at and hit[1] == changed_at:
+                self._found.move_to_end(item_id)
                 return hit[2]
-        decoded = _member(stored)
+        stored = fetched.get(item_id)
+        if stored is None:  # decoded when the poll began, dropped by another thread since
+            stored = tx.member_features([item_id]).get(item_id, (None, None))
+        decoded = _member(item_id, sort_at, *stored)
         with self._lock:
-            self._found[stored.item_id] = (stored.features, stored.signature, decoded)
+            self._found[item_id] = (sort_at, changed_at, decoded)
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded
 
 
-def _member(stored: StoredMember) -> stories.Member | None:
-    if stored.features is None:
+def _member(item_id: int, sort_at: datetime, features: str | None, signature: str | None) -> stories.Member | None:
+    if features is None:
         return None  # stored before story features existed: nothing to compare with
     try:
-        signature = cluster.Signature.loads(stored.signature) if stored.signature else None
-        return stories.Member(stored.item_id, stored.sort_at, stories.Features.loads(stored.features, signature))
+        loaded = cluster.Signature.loads(signature) if signature else None
+        return stories.Member(item_id, sort_at, stories.Features.loads(features, loaded))
     except ValueError:
         return None  # written by another version: it simply cannot match
 

@@ -423,6 +423,12 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
         assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
         members = tx.story_members([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
         assert {story: [m.item_id for m in found] for story, found in members.items()}.keys() == set(ids.values())
+        refs = tx.story_member_refs([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
+        assert {story: [ref[0] for ref in found] for story, found in refs.items()} == {
+            story: [m.item_id for m in found] for story, found in members.items()
+        }
+        (item_id, _, _), *_ = refs[ids["w1"]]
+        assert tx.member_features([item_id]) == {item_id: (first["w1"].match_features, first["w1"].match_signature)}
 
     second = ingest(2, [("h1", REWRITE, NOON + timedelta(hours=2)), ("h2", FOLLOW_UP, NOON + timedelta(hours=26))])
     assert second["h1"].story_id == ids["w1"]  # the independent rewrite joined, through the database
