@@ -361,8 +361,12 @@ def decide(item: Features, at: datetime, stories: Sequence[StoryProfile], stats:
 def rank_candidates(found: Mapping[int, float]) -> list[int]:
     """The ``MAX_CANDIDATES`` stories to judge, from ``found``: each story reached through the
     item's lookup keys and the weight of the keys that reached it (most first, then lowest id)."""
-    return [story for story, _ in sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CANDIDATES]]
+    usable = [(story, weight) for story, weight in found.items() if weight >= MIN_KEY_WEIGHT]
+    ranked = sorted(usable, key=lambda kv: (-kv[1], kv[0]))
+    return [story for story, _ in ranked[:MAX_CANDIDATES]]
 
+
+MIN_KEY_WEIGHT = 1.0
 
 COPY_KEY_WEIGHT = 100.0
 """Lookup weight of a shared lead-copy key: a story an item may copy is always judged."""

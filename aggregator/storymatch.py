@@ -198,7 +198,9 @@ class _StoryLookup:
         """The candidates' first members: which they are (one light query), then the stored
         features of only those not already decoded (most were, at an earlier poll)."""
         refs = self.tx.story_member_refs(sorted(story_ids), since, stories.REPRESENTATIVES)
-        missing = [ref[0] for members in refs.values() for ref in members if not self.decoded.knows(*ref)]
+        missing = [
+            m for story, members in refs.items() for m, updates in members if not self.decoded.knows(m, story, updates)
+        ]
         fetched = self.tx.member_features(missing) if missing else {}
         profiles = {}
         for story_id, members in refs.items():
@@ -251,36 +253,31 @@ class _TermCounts:
         return stories.TermStats(total, counts)
 
 
-MemberRef = tuple[int, datetime, datetime]
-"""A stored story member as ``IngestTransaction.story_member_refs`` gives it: (item id, sort
-time, last changed)."""
+Fetched = dict[int, tuple[datetime, str | None, str | None]]
+"""Stored members' sort time, features and signature by item id (``member_features``)."""
 
 
 class _DecodedMembers:
-    """Stored story members already decoded, by item id, sort time and last change, the most
+    """Stored story members already decoded, by item id, story and update count, the most
     recently used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
 
     def __init__(self) -> None:
-        self._found: OrderedDict[int, tuple[datetime, datetime, stories.Member | None]] = OrderedDict()
+        self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
         self._lock = threading.Lock()
 
-    def knows(self, item_id: int, sort_at: datetime, changed_at: datetime) -> bool:
+    def knows(self, item_id: int, story_id: int, updates: int) -> bool:
         with self._lock:
             hit = self._found.get(item_id)
-        return hit is not None and hit[0] == sort_at and hit[1] == changed_at
+        return hit is not None and hit[0] == story_id and hit[1] == updates
 
     def profile(
-        self,
-        story_id: int,
-        members: list[MemberRef],
-        fetched: dict[int, tuple[str | None, str | None]],
-        tx: IngestTransaction,
+        self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
     ) -> stories.StoryProfile | None:
-        """The story as ``stories.decide`` judges it, from its first stored members: the same
-        members give the same profile object, whose centroid and name shares are then computed
-        once rather than at every poll the story is a candidate in."""
-        usable = tuple(m for m in (self.get(ref, fetched, tx) for ref in members) if m is not None)
+        """The story as ``stories.decide`` judges it, from its first stored members (item id,
+        update count): the same members give the same profile object, whose centroid and name
+        shares are then computed once rather than at every poll the story is a candidate in."""
+        usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
         if not usable:
             return None
         # By the decoded objects themselves (a re-decoded member is a new object): the cached
@@ -291,7 +288,7 @@ class _DecodedMembers:
             if found is not None:
                 self._profiles.move_to_end(key)
                 return found
-        found = stories.StoryProfile(story_id, usable, members[0][1])
+        found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
             self._profiles[key] = found
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
@@ -299,22 +296,22 @@ class _DecodedMembers:
         return found
 
     def get(
-        self, ref: MemberRef, fetched: dict[int, tuple[str | None, str | None]], tx: IngestTransaction
+        self, item_id: int, story_id: int, updates: int, fetched: Fetched, tx: IngestTransaction
     ) -> stories.Member | None:
-        # A hit must also match the sort time and last change: an item id freed by a rolled-back
-        # batch can be given to another item, and an updated member carries new features.
-        item_id, sort_at, changed_at = ref
+        # A hit must also match the story and the update count: an updated member carries new
+        # features, and an item id freed by a rolled-back batch can be given to another item
+        # (which then sits in another story, or was updated a different number of times).
         with self._lock:
             hit = self._found.get(item_id)
-            if hit is not None and hit[0] == sort_at and hit[1] == changed_at:
+            if hit is not None and hit[0] == story_id and hit[1] == updates:
                 self._found.move_to_end(item_id)
                 return hit[2]
         stored = fetched.get(item_id)
         if stored is None:  # decoded when the poll began, dropped by another thread since
-            stored = tx.member_features([item_id]).get(item_id, (None, None))
-        decoded = _member(item_id, sort_at, *stored)
+            stored = tx.member_features([item_id]).get(item_id)
+        decoded = _member(item_id, *stored) if stored is not None else None
         with self._lock:
-            self._found[item_id] = (sort_at, changed_at, decoded)
+            self._found[item_id] = (story_id, updates, decoded)
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded

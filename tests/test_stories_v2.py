@@ -427,8 +427,10 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
         assert {story: [ref[0] for ref in found] for story, found in refs.items()} == {
             story: [m.item_id for m in found] for story, found in members.items()
         }
-        (item_id, _, _), *_ = refs[ids["w1"]]
-        assert tx.member_features([item_id]) == {item_id: (first["w1"].match_features, first["w1"].match_signature)}
+        assert {ref[1] for found in refs.values() for ref in found} == {0}  # never updated
+        (item_id, _), *_ = refs[ids["w1"]]
+        ((sort_at, *stored),) = tx.member_features([item_id]).values()
+        assert sort_at == NOON and stored == [first["w1"].match_features, first["w1"].match_signature]
 
     second = ingest(2, [("h1", REWRITE, NOON + timedelta(hours=2)), ("h2", FOLLOW_UP, NOON + timedelta(hours=26))])
     assert second["h1"].story_id == ids["w1"]  # the independent rewrite joined, through the database

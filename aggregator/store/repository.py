@@ -906,27 +906,28 @@ _STORY_MEMBERS = _ByValues(_story_members)
 
 
 def _story_member_refs(wanted: _Wanted) -> Any:
-    """The first ``:per_story`` items of each wanted story dated from ``:since`` on, without
-    their features: which members, and when each last changed."""
+    """The first ``:per_story`` items of each wanted story dated from ``:since`` on, earliest
+    first, without their features: which members, and how often each was updated."""
     order = (ItemRow.sort_at, ItemRow.id)
     ranked = (
         select(
             ItemRow.id,
             ItemRow.story_id,
-            ItemRow.sort_at,
-            ItemRow.changed_at,
+            ItemRow.update_count,
             func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
         )
         .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
         .subquery()
     )
-    columns = (ranked.c.id, ranked.c.story_id, ranked.c.sort_at, ranked.c.changed_at)
-    return select(*columns).where(ranked.c.rank <= bindparam("per_story"))
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count)
+    return select(*columns).where(ranked.c.rank <= bindparam("per_story")).order_by(ranked.c.story_id, ranked.c.rank)
 
 
 _STORY_MEMBER_REFS = _ByValues(_story_member_refs)
 _MEMBER_FEATURES = _ByValues(
-    lambda wanted: select(ItemRow.id, ItemRow.match_features, ItemRow.match_signature).where(wanted(ItemRow.id))
+    lambda wanted: select(ItemRow.id, ItemRow.sort_at, ItemRow.match_features, ItemRow.match_signature).where(
+        wanted(ItemRow.id)
+    )
 )
 _COPY_KEY_STORIES = _ByValues(
     lambda wanted: (
@@ -1277,25 +1278,23 @@ class IngestTransaction:
 
     def story_member_refs(
         self, story_ids: Sequence[int], since: datetime, per_story: int
-    ) -> dict[int, list[tuple[int, datetime, datetime]]]:
+    ) -> dict[int, list[tuple[int, int]]]:
         """Each story's first ``per_story`` items dated from ``since`` on, earliest first, as
-        (item id, sort time, last changed): ``story_members`` without the stored features, for a
-        reader that keeps decoded features and fetches only those it lacks (``member_features``)."""
-        found: dict[int, list[tuple[int, datetime, datetime]]] = {}
+        (item id, update count): ``story_members`` without the stored features, for a reader
+        that keeps decoded features and fetches only those it lacks (``member_features``)."""
+        found: dict[int, list[tuple[int, int]]] = {}
         params = {"since": since, "per_story": per_story}
         for statement, values in _STORY_MEMBER_REFS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
-            for item_id, story_id, sort_at, changed_at in self.c.execute(statement, values):
-                found.setdefault(story_id, []).append((item_id, sort_at, changed_at))
-        for members in found.values():
-            members.sort(key=lambda m: (m[1], m[0]))
+            for item_id, story_id, update_count in self.c.execute(statement, values):
+                found.setdefault(story_id, []).append((item_id, update_count))
         return found
 
-    def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
-        """Stored story features and lead signature of each item, by id."""
-        found: dict[int, tuple[str | None, str | None]] = {}
+    def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[datetime, str | None, str | None]]:
+        """Sort time, stored story features and lead signature of each item, by id."""
+        found: dict[int, tuple[datetime, str | None, str | None]] = {}
         for statement, values in _MEMBER_FEATURES.batches(self.c.dialect.name, sorted(set(item_ids))):
-            for item_id, features, signature in self.c.execute(statement, values):
-                found[item_id] = (features, signature)
+            for item_id, sort_at, features, signature in self.c.execute(statement, values):
+                found[item_id] = (sort_at, features, signature)
         return found
 
 
