@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,6 +163,8 @@ class StoryProfile:
     story_id: int
     members: tuple[Member, ...]
     first_at: datetime
+    rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0], compare=False, repr=False)
+    """(which TermStats, the weight it gives the story): see ``TermStats.story_weight``."""
 
     @cached_property
     def centroid(self) -> semantic.Vector:
@@ -185,6 +188,9 @@ class StoryProfile:
         return {term: count / size for term, count in self.carriers.items()}
 
 
+_STATS_MADE = itertools.count()
+
+
 @dataclass
 class TermStats:
     """How many recent stories carry each term, out of how many: the stream's own word list."""
@@ -196,6 +202,7 @@ class TermStats:
         common = COMMON_SHARE * (self.stories + PRIOR_STORIES)
         self._scale = 1 / math.log(common) if common > 1 else math.inf
         self._weights: dict[int, float] = {}
+        self._token = next(_STATS_MADE)
 
     def weight(self, term: int, own: bool = False) -> float:
         """Evidence a shared term gives, from 1 (no other story carries it) down to 0 (at least
@@ -208,6 +215,14 @@ class TermStats:
         if found is None:  # a few distinct counts recur across many terms: computed once each
             found = self._weights[others] = max(0.0, 1.0 - math.log1p(others) * self._scale)
         return found
+
+    def story_weight(self, story: StoryProfile) -> float:
+        """The rare weight a story carries (each term's, times the share of members carrying
+        it), kept on the story for these statistics: one poll judges a story for several items."""
+        kept = story.rare_weight
+        if kept[0] != self._token:
+            kept[:] = [self._token, sum(self.weight(t, True) * share for t, share in story.support.items())]
+        return kept[1]
 
     def is_key(self, term: int) -> bool:
         return self.counts.get(term, 0) <= KEY_MAX_STORIES and self.weight(term) > 0
@@ -541,7 +556,7 @@ def _agreement(own: float, name_weight: float, story: StoryProfile, stats: TermS
     """How far an item's rare names and figures agree with the story's, 0..1: the share of the
     rare weight of whichever side carries less that both carry. A side too plain to tell
     (less than ``AGREEMENT_FLOOR``) agrees with anything."""
-    theirs = sum(stats.weight(t, True) * share for t, share in story.support.items())
+    theirs = stats.story_weight(story)
     smaller = min(own, theirs)
     if smaller < AGREEMENT_FLOOR:
         return 1.0

@@ -171,7 +171,9 @@ class _StoryLookup:
         by_name = tx.stories_with_keys(sorted(wanted), earliest, latest)
         copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
         window = cluster.DEFAULT_WINDOW
-        by_copy = tx.copy_key_stories(copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES)
+        by_copy = tx.copy_key_stories_bounded(
+            copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES
+        )
         found_of: dict[str, dict[int, float]] = {}
         for item, f in items:
             found: dict[int, float] = {}

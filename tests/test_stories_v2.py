@@ -427,6 +427,12 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
         assert {story: [ref[0] for ref in found] for story, found in refs.items()} == {
             story: [m.item_id for m in found] for story, found in members.items()
         }
+        copy_keys = [k for k in first["w1"].match_keys if k < stories.NAME_KEY]
+        window = (NOON - timedelta(days=1), NOON + timedelta(hours=1))
+        bounded = tx.copy_key_stories_bounded(copy_keys, *window, 20)
+        assert copy_keys and bounded == tx.copy_key_stories(copy_keys, *window, 20)
+        assert set().union(*bounded.values()) == {ids["w1"]}
+        assert tx.copy_key_stories_bounded(copy_keys, *window, 0) == {}  # every key carried by more than none
         assert {ref[1] for found in refs.values() for ref in found} == {0}  # never updated
         (item_id, _), *_ = refs[ids["w1"]]
         ((sort_at, *stored),) = tx.member_features([item_id]).values()

@@ -924,6 +924,18 @@ def _story_member_refs(wanted: _Wanted) -> Any:
 
 
 _STORY_MEMBER_REFS = _ByValues(_story_member_refs)
+_BOUNDED_KEYS = (
+    "WITH usable AS MATERIALIZED (SELECT wanted.{column} AS key FROM {values} AS {wanted} "
+    "WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM item_match_keys AS counted WHERE counted.key = wanted.{column} "
+    "AND counted.sort_epoch BETWEEN :earliest AND :latest LIMIT :fanout + 1) AS bounded) <= :fanout) "
+    "SELECT DISTINCT item_match_keys.key, items.story_id FROM usable "
+    "JOIN item_match_keys ON item_match_keys.key = usable.key JOIN items ON items.id = item_match_keys.item_id "
+    "WHERE item_match_keys.sort_epoch BETWEEN :earliest AND :latest"
+)
+_COPY_KEY_STORIES_SQLITE = text(_BOUNDED_KEYS.format(column="value", values="json_each(:values_json)", wanted="wanted"))
+_COPY_KEY_STORIES_POSTGRESQL = text(
+    _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)")
+).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
 _MEMBER_FEATURES = _ByValues(
     lambda wanted: select(ItemRow.id, ItemRow.sort_at, ItemRow.match_features, ItemRow.match_signature).where(
         wanted(ItemRow.id)
@@ -1287,6 +1299,25 @@ class IngestTransaction:
         for statement, values in _STORY_MEMBER_REFS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
             for item_id, story_id, update_count in self.c.execute(statement, values):
                 found.setdefault(story_id, []).append((item_id, update_count))
+        return found
+
+    def copy_key_stories_bounded(
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, fanout: int
+    ) -> dict[int, set[int]]:
+        """``copy_key_stories``, with each key's items in the window counted only up to
+        ``fanout`` + 1: a stock phrase carried by thousands of items is recognised after
+        reading ``fanout`` + 1 of them rather than all."""
+        wanted = sorted(set(keys))
+        found: dict[int, set[int]] = {}
+        if not wanted:
+            return found
+        params: dict[str, Any] = {"earliest": _epoch(earliest), "latest": _epoch(latest), "fanout": fanout}
+        if self.c.dialect.name == "postgresql":
+            rows = self.c.execute(_COPY_KEY_STORIES_POSTGRESQL, {**params, "values_array": wanted})
+        else:
+            rows = self.c.execute(_COPY_KEY_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
+        for key, story_id in rows:
+            found.setdefault(int(key), set()).add(int(story_id))
         return found
 
     def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[datetime, str | None, str | None]]:
