@@ -306,13 +306,20 @@ def features_of(title: str, text: str) -> tuple[Features, Terms]:
     return Features(semantic.embedder().embed(title, text), terms.keys, cluster.signature(title, text)), terms
 
 
-def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -> Judgement:
+def judge(
+    item: Features,
+    at: datetime,
+    story: StoryProfile,
+    stats: TermStats,
+    weighed: Mapping[int, tuple[float, float]] | None = None,
+) -> Judgement:
     """Weigh one item against one story, whatever the verdict (for explaining it).
 
     It joins when it is within ``STORY_SPAN`` of the story's start and either copies a member's
     lead (and agrees with the story's names, near its centre), or is close enough in meaning
     and shares enough rare names, agreeing with the story's. The costlier checks run only when
-    the cheaper ones leave the verdict open.
+    the cheaper ones leave the verdict open. ``weighed``: each of the item's terms' weight when
+    the story does not and when it does carry it (``item_weights``), if already computed.
     """
     hours = (at - story.first_at).total_seconds() / 3600
     cosine = float(np.dot(item.vector, story.centroid))
@@ -320,7 +327,8 @@ def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -
         why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
         return Judgement(story.story_id, False, cosine, 0.0, (), hours, None, why)
     support = story.support
-    weights = {t: stats.weight(t, t in support) for t in item.terms}
+    weighed = weighed if weighed is not None else item_weights(item, stats)
+    weights = {t: pair[t in support] for t, pair in weighed.items()}
     shared = tuple(sorted(t for t in item.terms if t in support and weights[t] > 0))
     name_weight = sum(weights[t] * support[t] for t in shared)
     agreement: float | None = None
@@ -349,6 +357,12 @@ def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -
     return Judgement(story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not)
 
 
+def item_weights(item: Features, stats: TermStats) -> dict[int, tuple[float, float]]:
+    """Each of the item's terms' weight as evidence against a story that does not, and one
+    that does, carry it (``TermStats.weight``): the same for every story judged."""
+    return {t: (stats.weight(t), stats.weight(t, True)) for t in item.terms}
+
+
 def names_needed(cosine: float) -> tuple[float, float]:
     """The rare-name weight and the name agreement an independent report needs at ``cosine``
     to the story: the closer in meaning, the less the names must carry, sliding from
@@ -367,7 +381,8 @@ def decide(item: Features, at: datetime, stories: Sequence[StoryProfile], stats:
     The best-scoring story that accepts it wins (a copy first, then cosine plus names); ties go
     to the lowest story id so the verdict does not depend on the order candidates came in.
     """
-    judged = sorted((judge(item, at, story, stats) for story in stories), key=lambda j: (-j.score, j.story_id))
+    weighed = item_weights(item, stats)
+    judged = sorted((judge(item, at, s, stats, weighed) for s in stories), key=lambda j: (-j.score, j.story_id))
     chosen = next((j for j in judged if j.joins), None)
     misses = tuple(j for j in judged if not j.joins)
     return Decision(chosen.story_id if chosen else None, chosen, misses)

@@ -165,10 +165,8 @@ class _StoryLookup:
         tx = self.tx
         moments = [item.published_at or self.now for item, _ in items]
         earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
-        stats = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
+        stats, carriers = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
         keys_of = {item.key: stats.keys(f.terms) for item, f in items}
-        wanted = {stories.name_key(t) for keys in keys_of.values() for t in keys}
-        by_name = tx.stories_with_keys(sorted(wanted), earliest, latest)
         copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
         window = cluster.DEFAULT_WINDOW
         by_copy = tx.copy_key_stories_bounded(
@@ -177,8 +175,8 @@ class _StoryLookup:
         found_of: dict[str, dict[int, float]] = {}
         for item, f in items:
             found: dict[int, float] = {}
-            for term in keys_of[item.key]:
-                for story in by_name.get(stories.name_key(term), ()):
+            for term in keys_of[item.key]:  # a key is rare: counted afresh, its stories at hand
+                for story in carriers.get(term, ()):
                     found[story] = found.get(story, 0.0) + stats.weight(term)
             if f.signature is not None:
                 for key in cluster.band_keys(f.signature):
@@ -234,17 +232,23 @@ class _TermCounts:
         self._stories: tuple[int, float] | None = None
         self._lock = threading.Lock()
 
-    def stats(self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime) -> stories.TermStats:
+    def stats(
+        self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime
+    ) -> tuple[stories.TermStats, dict[int, frozenset[int]]]:
+        """The statistics, and the stories carrying each term counted afresh (the rare ones)."""
         now = time.monotonic()
         kept = COUNTS_KEPT.total_seconds()
         with self._lock:
             known = {t: self._common[t][0] for t in terms if t in self._common and self._common[t][1] > now}
             total = self._stories[0] if self._stories is not None and self._stories[1] > now else None
         wanted = [stories.name_key(t) for t in terms if t not in known]
-        counted = tx.term_story_counts(wanted, earliest, latest, TERM_SAMPLE)
+        carriers = {
+            key - stories.NAME_KEY: found
+            for key, found in tx.term_stories(wanted, earliest, latest, TERM_SAMPLE).items()
+        }
         if total is None:
             total = tx.stories_in_window(earliest, latest)
-        counts = {**known, **{key - stories.NAME_KEY: count for key, count in counted.items()}}
+        counts = {**known, **{term: len(found) for term, found in carriers.items()}}
         with self._lock:
             self._stories = (total, now + kept)
             for term, count in counts.items():
@@ -252,7 +256,7 @@ class _TermCounts:
                     self._common[term] = (count, now + kept)
             if len(self._common) > COMMON_TERMS_KEPT:
                 self._common = {t: v for t, v in self._common.items() if v[1] > now}
-        return stories.TermStats(total, counts)
+        return stories.TermStats(total, counts), carriers
 
 
 Fetched = dict[int, tuple[datetime, str | None, str | None]]

@@ -420,6 +420,8 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
         terms = sorted(Features.loads(first["w1"].match_features or "").terms)
         counts = tx.term_story_counts([stories.name_key(t) for t in terms], NOON - timedelta(days=1), NOON, 50)
         assert set(counts.values()) == {1} and len(counts) == len(terms)  # each name: one story so far
+        found = tx.term_stories([stories.name_key(t) for t in terms], NOON - timedelta(days=1), NOON, 50)
+        assert found == dict.fromkeys(counts, frozenset({ids["w1"]}))  # the same, with the story
         assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
         members = tx.story_members([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
         assert {story: [m.item_id for m in found] for story, found in members.items()}.keys() == set(ids.values())

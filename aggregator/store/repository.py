@@ -932,6 +932,21 @@ _BOUNDED_KEYS = (
     "JOIN item_match_keys ON item_match_keys.key = usable.key JOIN items ON items.id = item_match_keys.item_id "
     "WHERE item_match_keys.sort_epoch BETWEEN :earliest AND :latest"
 )
+_TERM_STORIES = (
+    "(SELECT {aggregate} FROM (SELECT DISTINCT sampled.story_id FROM (SELECT items.story_id FROM item_match_keys "
+    "JOIN items ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
+    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled) AS found)"
+)
+_TERM_STORIES_SQLITE = text(
+    "SELECT wanted.value, "
+    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story_id)")
+    + " FROM json_each(:values_json) AS wanted"
+)
+_TERM_STORIES_POSTGRESQL = text(
+    "SELECT wanted.key, "
+    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story_id::text, ',')")
+    + " FROM unnest(:values_array) AS wanted(key)"
+).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
 _COPY_KEY_STORIES_SQLITE = text(_BOUNDED_KEYS.format(column="value", values="json_each(:values_json)", wanted="wanted"))
 _COPY_KEY_STORIES_POSTGRESQL = text(
     _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)")
@@ -1319,6 +1334,23 @@ class IngestTransaction:
         for key, story_id in rows:
             found.setdefault(int(key), set()).add(int(story_id))
         return found
+
+    def term_stories(
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, sample: int
+    ) -> dict[int, frozenset[int]]:
+        """The stories carrying each name key among (at most ``sample`` of) the items dated in
+        the window: ``term_story_counts`` and ``stories_with_keys`` in one query, for a reader
+        that needs the stories of the rare keys and only the count of the others. Keys no item
+        carries are left out."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        params: dict[str, Any] = {"earliest": _epoch(earliest), "latest": _epoch(latest), "sample": sample}
+        if self.c.dialect.name == "postgresql":
+            rows = self.c.execute(_TERM_STORIES_POSTGRESQL, {**params, "values_array": wanted})
+        else:
+            rows = self.c.execute(_TERM_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
+        return {int(key): frozenset(map(int, str(found).split(","))) for key, found in rows if found}
 
     def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[datetime, str | None, str | None]]:
         """Sort time, stored story features and lead signature of each item, by id."""
