@@ -184,7 +184,7 @@ class _StoryLookup:
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
             found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
-        profiles = self._profiles(stored, earliest)
+        profiles = self._profiles(stored, earliest, min(moments))
         batch = stories.Batch(stats)
         verdicts = {}
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
@@ -194,15 +194,18 @@ class _StoryLookup:
             verdicts[item.key] = Verdict(decision, founder, batch.named)
         return verdicts
 
-    def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
+    def _profiles(self, story_ids: set[int], since: datetime, first: datetime) -> dict[int, stories.StoryProfile]:
         """The candidates' first members: which they are (one light query), then the stored
-        features of only those not already decoded (most were, at an earlier poll)."""
-        refs = self.tx.story_member_refs(sorted(story_ids), since, stories.REPRESENTATIVES)
+        features of only those not already decoded (most were, at an earlier poll). A story
+        known to have begun more than ``stories.STORY_SPAN`` before the poll's ``first`` item
+        can take none of its items: the profile it was last judged on is enough to say so
+        (and how close it was), and it is not read again."""
+        profiles = self.decoded.closed(story_ids, first - stories.STORY_SPAN)
+        refs = self.tx.story_member_refs(sorted(story_ids - profiles.keys()), since, stories.REPRESENTATIVES)
         missing = [
             m for story, members in refs.items() for m, updates in members if not self.decoded.knows(m, story, updates)
         ]
         fetched = self.tx.member_features(missing) if missing else {}
-        profiles = {}
         for story_id, members in refs.items():
             found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
@@ -270,7 +273,15 @@ class _DecodedMembers:
     def __init__(self) -> None:
         self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
+        self._latest: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile
         self._lock = threading.Lock()
+
+    def closed(self, story_ids: set[int], before: datetime) -> dict[int, stories.StoryProfile]:
+        """The last profile of each of ``story_ids`` known to have begun ``before``: new members
+        of such a story can only move its beginning earlier, so it stays closed to later items."""
+        with self._lock:
+            known = ((s, self._latest.get(s)) for s in story_ids)
+            return {s: p for s, p in known if p is not None and p.first_at < before}
 
     def knows(self, item_id: int, story_id: int, updates: int) -> bool:
         with self._lock:
@@ -293,12 +304,18 @@ class _DecodedMembers:
             found = self._profiles.get(key)
             if found is not None:
                 self._profiles.move_to_end(key)
+                self._latest[story_id] = found
+                self._latest.move_to_end(story_id)
                 return found
         found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
             self._profiles[key] = found
+            self._latest[story_id] = found
+            self._latest.move_to_end(story_id)
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
                 self._profiles.popitem(last=False)
+            while len(self._latest) > DECODED_MEMBERS // stories.REPRESENTATIVES:
+                self._latest.popitem(last=False)
         return found
 
     def get(
