@@ -36,7 +36,7 @@ import base64
 import bisect
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -312,6 +312,7 @@ def judge(
     story: StoryProfile,
     stats: TermStats,
     weighed: Mapping[int, tuple[float, float]] | None = None,
+    may_copy: bool = True,
 ) -> Judgement:
     """Weigh one item against one story, whatever the verdict (for explaining it).
 
@@ -319,7 +320,8 @@ def judge(
     lead (and agrees with the story's names, near its centre), or is close enough in meaning
     and shares enough rare names, agreeing with the story's. The costlier checks run only when
     the cheaper ones leave the verdict open. ``weighed``: each of the item's terms' weight when
-    the story does not and when it does carry it (``item_weights``), if already computed.
+    the story does not and when it does carry it (``item_weights``), if already computed;
+    ``may_copy``: whether to compare the item's lead with the members' (see ``decide``).
     """
     hours = (at - story.first_at).total_seconds() / 3600
     cosine = float(np.dot(item.vector, story.centroid))
@@ -339,7 +341,7 @@ def judge(
             agreement = _agreement(sum(weights.values()), name_weight, story, stats)
         return agreement
 
-    if cosine >= COPY_MIN_COSINE and item.signature is not None:
+    if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
         for member in story.members:
             sig = member.features.signature
             if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
@@ -375,14 +377,25 @@ def names_needed(cosine: float) -> tuple[float, float]:
     )
 
 
-def decide(item: Features, at: datetime, stories: Sequence[StoryProfile], stats: TermStats) -> Decision:
+def decide(
+    item: Features,
+    at: datetime,
+    stories: Sequence[StoryProfile],
+    stats: TermStats,
+    copied: Collection[int] | None = None,
+) -> Decision:
     """The story ``item`` (published ``at``) joins among the candidate ``stories``, or None.
 
     The best-scoring story that accepts it wins (a copy first, then cosine plus names); ties go
     to the lowest story id so the verdict does not depend on the order candidates came in.
+    ``copied``: the stories the item shares a lead-copy key with, the only ones whose members'
+    leads it is compared with (None: every story's); a copy shares a key with its original.
     """
     weighed = item_weights(item, stats)
-    judged = sorted((judge(item, at, s, stats, weighed) for s in stories), key=lambda j: (-j.score, j.story_id))
+    judged = sorted(
+        (judge(item, at, s, stats, weighed, copied is None or s.story_id in copied) for s in stories),
+        key=lambda j: (-j.score, j.story_id),
+    )
     chosen = next((j for j in judged if j.joins), None)
     misses = tuple(j for j in judged if not j.joins)
     return Decision(chosen.story_id if chosen else None, chosen, misses)
@@ -436,7 +449,7 @@ class Batch:
             stored[s] if s >= 0 else StoryProfile(s, tuple(self._members[s]), self._members[s][0].published_at)
             for s in rank_candidates(reached)
         ]
-        decision = decide(item, at, candidates, self.stats)
+        decision = decide(item, at, candidates, self.stats, _copied(reached))
         joined = decision.story_id
         if joined is None:
             new = -(len(self._founders) + 1)
@@ -492,7 +505,7 @@ class Stream:
                             story = self._items[index][3]
                             found[story] = found.get(story, 0.0) + COPY_KEY_WEIGHT
             profiles = [self.profile(story) for story in rank_candidates(found)]
-            decision = decide(features, at, profiles, stats)
+            decision = decide(features, at, profiles, stats, _copied(found))
             story_id = decision.story_id
         if story_id is None:
             story_id = self._next_story
@@ -545,6 +558,11 @@ class Stream:
             if not self._stories_live[story]:
                 del self._stories_live[story]
             self._start += 1
+
+
+def _copied(found: Mapping[int, float]) -> set[int]:
+    """The stories reached through a lead-copy key (``COPY_KEY_WEIGHT``), and the batch's own."""
+    return {story for story, weight in found.items() if weight >= COPY_KEY_WEIGHT or story < 0}
 
 
 class _Counts(Mapping[int, int]):
