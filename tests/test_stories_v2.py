@@ -118,6 +118,16 @@ def test_a_story_cannot_grow_through_its_newest_member() -> None:
     assert "names" in miss.why_not  # too few of them, or too few of the story's
 
 
+def test_leads_are_compared_only_with_stories_sharing_a_copy_key() -> None:
+    original, copy = feats(ORIGINAL), feats((ORIGINAL[0] + " - Post", ORIGINAL[1]))
+    story = StoryProfile(1, (Member(7, NOON, original),), NOON)
+    stats = TermStats(stories=0)
+    copied = decide(copy, NOON + timedelta(hours=1), [story], stats, copied={1})
+    assert copied.chosen is not None and copied.chosen.copy_of == 7
+    not_compared = decide(copy, NOON + timedelta(hours=1), [story], stats, copied=set())
+    assert not_compared.chosen is not None and not_compared.chosen.copy_of is None  # joined on names alone
+
+
 def test_common_names_are_neither_evidence_nor_keys() -> None:
     stats = TermStats(stories=2000, counts={1: 500, 2: 25, 3: 1})
     assert stats.weight(1) == 0.0 and not stats.is_key(1)  # a quarter of the stories: a topic
