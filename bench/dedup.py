@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from aggregator import cluster, names, stories  # noqa: E402
+from aggregator import cluster, names, stories, storystream  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "stories"
@@ -354,9 +354,9 @@ def features_for(entries: list[StreamEntry]) -> tuple[dict[str, stories.Features
 def run_semantic(
     entries: list[StreamEntry], features: dict[str, stories.Features], *, window: timedelta = timedelta(days=3)
 ) -> tuple[dict[str, int], list[float]]:
-    """Story per entry through ``stories.Stream`` (URL joins first, as the pipeline does), and the
+    """Story per entry through ``storystream.Stream`` (URL joins first, as the pipeline does), and the
     matching cost of each item."""
-    stream = stories.Stream(window)
+    stream = storystream.Stream(window)
     by_url: dict[str, int] = {}
     story_of: dict[str, int] = {}
     costs = []

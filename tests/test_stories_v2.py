@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from aggregator import names, semantic, stories
-from aggregator.stories import Features, Member, StoryProfile, Stream, TermStats, decide, features_of
+from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
+from aggregator.storystream import Stream
 from tests import templated
 
 ROOT = Path(__file__).resolve().parent.parent
