@@ -92,7 +92,7 @@ other recent story carries, or more that a few others do."""
 STRONG_COSINE = 0.8
 """Above this cosine to the centroid, ``STRONG_NAME_WEIGHT`` is enough."""
 
-STRONG_NAME_WEIGHT = 1.5
+STRONG_NAME_WEIGHT = 2.0
 """Names needed when the meaning is close (``STRONG_COSINE``): two that no other story carries."""
 
 WEAK_COSINE = 0.6
@@ -424,6 +424,8 @@ class Batch:
         self.named: dict[int, str] = {}  # provisional id -> how explanations call it
         self._founders: dict[int, str] = {}
         self._members: dict[int, list[Member]] = {}
+        self._figures: dict[int, frozenset[int]] = {}
+        self._names: dict[int, frozenset[int]] = {}
 
     def decide(
         self,
@@ -434,13 +436,20 @@ class Batch:
         found: Mapping[int, float],
         stored: Mapping[int, StoryProfile],
         title: str = "",
+        figures: frozenset[int] = frozenset(),
     ) -> tuple[Decision, str | None]:
         """The item's decision among the ``stored`` stories ``found`` reached (see
         ``rank_candidates``) and the batch's own new stories, and the key of the batch item whose
         new story it joins (None: a stored story, or a story of its own). ``title`` names the item
-        in explanations of later items (its key if empty)."""
+        in explanations of later items (its key if empty). ``figures``: the item's terms that are
+        figures (``names.figures``). Items of one poll come from one feed: an outlet does not
+        report one event twice with other figures each time, but it does publish series from
+        one template (results, prices, draws) that differ only there: an item naming nothing
+        a story of its poll does not joins it only with the same figures."""
         reached = dict(found)
         for story, members in self._members.items():
+            if figures != self._figures[story] and item.terms - figures <= self._names[story]:
+                continue  # one outlet's series told from one template: another result, another day
             weight = sum(self.stats.weight(t) for t in keys if any(t in m.features.terms for m in members))
             if weight > 0:
                 reached[story] = weight
@@ -454,10 +463,14 @@ class Batch:
             new = -(len(self._founders) + 1)
             self._founders[new] = key
             self._members[new] = [Member(new, at, item)]
+            self._figures[new] = figures
+            self._names[new] = item.terms - figures
             self.named[new] = f"the new story of {title or repr(key)} (same poll)"
         elif joined < 0:
             if len(self._members[joined]) < REPRESENTATIVES:
                 self._members[joined].append(Member(joined, at, item))
+            self._figures[joined] |= figures
+            self._names[joined] |= item.terms - figures
             return decision, self._founders[joined]
         return decision, None
 

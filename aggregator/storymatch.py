@@ -117,7 +117,7 @@ class StoryMatcher:
 
         prepared = [(new, *prepare(new.item)) for new in plan.inserts]
         lookup = _StoryLookup(tx, now, self._members, self._term_counts)
-        decisions = lookup.decide([(new.item, f) for new, _, _, _, f in prepared if new.story_id is None])
+        decisions = lookup.decide([(new.item, f, w) for new, _, _, w, f in prepared if new.story_id is None])
         inserts = []
         for new, signed, stored, words, feats in prepared:
             story_id, reason, verdict = new.story_id, None, None
@@ -156,12 +156,14 @@ class _StoryLookup:
         self.decoded = decoded
         self.counts = counts
 
-    def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, Verdict]:
+    def decide(self, batch_items: list[tuple[Item, stories.Features, tuple[str, ...]]]) -> dict[str, Verdict]:
         """Each item's verdict, in publication order: against the stored stories its keys reach,
         and against the stories earlier items of the same poll are starting (an outlet's two
         reports of one event arrive in one fetch)."""
-        if not items:
+        if not batch_items:
             return {}
+        items = [(item, f) for item, f, _ in batch_items]
+        figures = {item.key: names.figures(words) for item, _, words in batch_items}
         tx = self.tx
         moments = [item.published_at or self.now for item, _ in items]
         earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
@@ -190,7 +192,9 @@ class _StoryLookup:
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
             at = item.published_at or self.now
             found = {s: w for s, w in found_of[item.key].items() if s in profiles}
-            decision, founder = batch.decide(item.key, at, f, keys_of[item.key], found, profiles, repr(item.title))
+            decision, founder = batch.decide(
+                item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key]
+            )
             verdicts[item.key] = Verdict(decision, founder, batch.named)
         return verdicts
 

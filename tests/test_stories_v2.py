@@ -325,6 +325,23 @@ def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
     assert joined.explain(None, batch.named).startswith("joined the new story of 'o' (same poll)")
 
 
+def test_one_outlets_series_from_a_template_stays_apart_in_one_fetch() -> None:
+    # Two results from one template in one feed: the same names, other figures.
+    stats = TermStats(stories=0)
+    batch = stories.Batch(stats)
+    series = [
+        (f"Feed 5 story {n}: talks resume in Geneva", f"Story {n} of feed 5. Talks resumed on Tuesday.")
+        for n in (17, 22)
+    ]
+    decided = []
+    for n, pair in enumerate(series):
+        terms = names.extract(*pair)
+        f = feats(pair)
+        decided.append(batch.decide(f"s{n}", NOON, f, stats.keys(f.terms), {}, {}, "", names.figures(terms.words)))
+    assert [founder for _, founder in decided] == [None, None]  # each starts its own story
+    assert decided[1][0].story_id is None
+
+
 @pytest.mark.parametrize("mode", ["lexical", "off"])
 def test_the_setting_selects_the_matcher(mode: str, server: object, tmp_path: Path) -> None:
     from aggregator.cli import main
