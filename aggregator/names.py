@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 
@@ -97,6 +98,12 @@ def extract(title: str, text: str) -> Terms:
         if word in confirmed or word in found:
             found.setdefault(word)
     return Terms(tuple(found))
+
+
+def figures(words: Iterable[str]) -> frozenset[int]:
+    """The keys of the terms among ``words`` that are figures (``extract`` writes them as
+    digits, with "%" kept)."""
+    return frozenset(term_key(word) for word in words if word[:1].isdigit())
 
 
 def term_key(word: str) -> int:

@@ -4,7 +4,7 @@ Each name says where in the pipeline a value lives: the config hands storage
 ``SourceSpec``s; a lease comes out as a ``ClaimedSource`` whose ``SourceToFetch`` goes into
 ``fetch``, a ``FetchResult`` comes out; ``parse`` turns its body into a
 ``ParsedFeed``; ``normalize`` makes ``Item``s; ``dedupe`` compares them with
-``StoredItem``s (and story matching with ``MatchCandidate``s and ``StoredMember``s) and
+``StoredItem``s (and story matching with ``MatchCandidate``s) and
 returns an ``IngestPlan``; the poll's outcome goes back as a ``PollRecord``; ``curate``
 picks ``Candidate``s for an output, with the ``Editorial`` overrides. They are frozen
 dataclasses so the pure deciders cannot mutate them, and they import nothing of the
@@ -210,17 +210,6 @@ class MatchCandidate:
 
 
 @dataclass(frozen=True)
-class StoredMember:
-    """A stored item of a candidate story, as story matching reads it."""
-
-    item_id: int
-    story_id: int
-    sort_at: datetime
-    features: str | None  # stories.Features.dumps()
-    signature: str | None  # cluster.Signature.dumps()
-
-
-@dataclass(frozen=True)
 class ItemUpdate:
     stored: StoredItem
     item: Item
@@ -239,6 +228,7 @@ class NewItem:
     match_keys: tuple[int, ...] = ()  # cluster.band_keys(), and name keys (stories.name_key)
     match_reason: str | None = None  # why it joined its story or started one (``aggregator story``)
     match_features: str | None = None  # stories.Features.dumps(), stored to judge later items
+    joins_new: str | None = None  # key of an item of the same batch whose new story this one joins
 
 
 @dataclass(frozen=True)

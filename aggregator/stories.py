@@ -33,9 +33,9 @@ reason each failed: ``aggregator story`` shows both.
 from __future__ import annotations
 
 import base64
-import bisect
+import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -89,11 +89,14 @@ MIN_NAME_WEIGHT = 3.0
 """Weight of names and figures an independent report must share with a story: three that no
 other recent story carries, or more that a few others do."""
 
-STRONG_COSINE = 0.7
+STRONG_COSINE = 0.8
 """Above this cosine to the centroid, ``STRONG_NAME_WEIGHT`` is enough."""
 
 STRONG_NAME_WEIGHT = 2.0
 """Names needed when the meaning is close (``STRONG_COSINE``): two that no other story carries."""
+
+WEAK_COSINE = 0.6
+STRONG_AGREEMENT = 0.35
 
 COPY_MIN_COSINE = 0.5
 """A lead copy still has to be near the story's centre: a copy of a member that is itself an
@@ -159,6 +162,8 @@ class StoryProfile:
     story_id: int
     members: tuple[Member, ...]
     first_at: datetime
+    rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0], compare=False, repr=False)
+    """(which TermStats, the weight it gives the story): see ``TermStats.story_weight``."""
 
     @cached_property
     def centroid(self) -> semantic.Vector:
@@ -182,6 +187,9 @@ class StoryProfile:
         return {term: count / size for term, count in self.carriers.items()}
 
 
+_STATS_MADE = itertools.count()
+
+
 @dataclass
 class TermStats:
     """How many recent stories carry each term, out of how many: the stream's own word list."""
@@ -192,13 +200,28 @@ class TermStats:
     def __post_init__(self) -> None:
         common = COMMON_SHARE * (self.stories + PRIOR_STORIES)
         self._scale = 1 / math.log(common) if common > 1 else math.inf
+        self._weights: dict[int, float] = {}
+        self._token = next(_STATS_MADE)
 
     def weight(self, term: int, own: bool = False) -> float:
         """Evidence a shared term gives, from 1 (no other story carries it) down to 0 (at least
         ``COMMON_SHARE`` of the stories do). ``own``: the story being judged carries it, and
         is not counted as another."""
         others = self.counts.get(term, 0) - own
-        return 1.0 if others <= 0 else max(0.0, 1.0 - math.log1p(others) * self._scale)
+        if others <= 0:
+            return 1.0
+        found = self._weights.get(others)
+        if found is None:  # a few distinct counts recur across many terms: computed once each
+            found = self._weights[others] = max(0.0, 1.0 - math.log1p(others) * self._scale)
+        return found
+
+    def story_weight(self, story: StoryProfile) -> float:
+        """The rare weight a story carries (each term's, times the share of members carrying
+        it), kept on the story for these statistics: one poll judges a story for several items."""
+        kept = story.rare_weight
+        if kept[0] != self._token:
+            kept[:] = [self._token, sum(self.weight(t, True) * share for t, share in story.support.items())]
+        return kept[1]
 
     def is_key(self, term: int) -> bool:
         return self.counts.get(term, 0) <= KEY_MAX_STORIES and self.weight(term) > 0
@@ -250,11 +273,17 @@ class Decision:
     chosen: Judgement | None
     near_misses: tuple[Judgement, ...]
 
-    def explain(self, terms: Terms | None = None) -> str:
+    def explain(self, terms: Terms | None = None, named: Mapping[int, str] | None = None) -> str:
+        """Why, in words. ``named``: how to call stories that have no number yet (those an item
+        of the same poll is starting), by the provisional id they were judged under."""
+
+        def story(story_id: int) -> str:
+            return named[story_id] if named is not None and story_id in named else f"story {story_id}"
+
         if self.chosen is None:
-            misses = "; ".join(f"story {j.story_id}: {j.reason(terms)}" for j in self.near_misses[:3])
+            misses = "; ".join(f"{story(j.story_id)}: {j.reason(terms)}" for j in self.near_misses[:3])
             return "new story" + (f" (near misses: {misses})" if misses else "")
-        return f"joined story {self.chosen.story_id}: {self.chosen.reason(terms)}"
+        return f"joined {story(self.chosen.story_id)}: {self.chosen.reason(terms)}"
 
 
 def name_key(term: int) -> int:
@@ -276,13 +305,22 @@ def features_of(title: str, text: str) -> tuple[Features, Terms]:
     return Features(semantic.embedder().embed(title, text), terms.keys, cluster.signature(title, text)), terms
 
 
-def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -> Judgement:
+def judge(
+    item: Features,
+    at: datetime,
+    story: StoryProfile,
+    stats: TermStats,
+    weighed: Mapping[int, tuple[float, float]] | None = None,
+    may_copy: bool = True,
+) -> Judgement:
     """Weigh one item against one story, whatever the verdict (for explaining it).
 
     It joins when it is within ``STORY_SPAN`` of the story's start and either copies a member's
     lead (and agrees with the story's names, near its centre), or is close enough in meaning
     and shares enough rare names, agreeing with the story's. The costlier checks run only when
-    the cheaper ones leave the verdict open.
+    the cheaper ones leave the verdict open. ``weighed``: each of the item's terms' weight when
+    the story does not and when it does carry it (``item_weights``), if already computed;
+    ``may_copy``: whether to compare the item's lead with the members' (see ``decide``).
     """
     hours = (at - story.first_at).total_seconds() / 3600
     cosine = float(np.dot(item.vector, story.centroid))
@@ -290,7 +328,8 @@ def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -
         why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
         return Judgement(story.story_id, False, cosine, 0.0, (), hours, None, why)
     support = story.support
-    weights = {t: stats.weight(t, t in support) for t in item.terms}
+    weighed = weighed if weighed is not None else item_weights(item, stats)
+    weights = {t: pair[t in support] for t, pair in weighed.items()}
     shared = tuple(sorted(t for t in item.terms if t in support and weights[t] > 0))
     name_weight = sum(weights[t] * support[t] for t in shared)
     agreement: float | None = None
@@ -301,31 +340,61 @@ def judge(item: Features, at: datetime, story: StoryProfile, stats: TermStats) -
             agreement = _agreement(sum(weights.values()), name_weight, story, stats)
         return agreement
 
-    if cosine >= COPY_MIN_COSINE and item.signature is not None:
+    if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
         for member in story.members:
             sig = member.features.signature
             if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
                 if agreeing() >= COPY_AGREEMENT:
                     return Judgement(story.story_id, True, cosine, name_weight, shared, hours, member.item_id)
                 break
-    needed = STRONG_NAME_WEIGHT if cosine >= STRONG_COSINE else MIN_NAME_WEIGHT
+    needed, agree = names_needed(cosine)
     why_not = ""
     if cosine < MIN_COSINE:
         why_not = f"another topic (cosine < {MIN_COSINE})"
     elif name_weight < needed:
-        why_not = f"too few rare names and figures in common (< {needed} at cosine {cosine:.2f})"
-    elif agreeing() < MIN_AGREEMENT:
-        why_not = f"its rare names and figures mostly differ from the story's (< {MIN_AGREEMENT} shared)"
+        why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
+    elif agreeing() < agree:
+        why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not)
 
 
-def decide(item: Features, at: datetime, stories: Sequence[StoryProfile], stats: TermStats) -> Decision:
+def item_weights(item: Features, stats: TermStats) -> dict[int, tuple[float, float]]:
+    """Each of the item's terms' weight as evidence against a story that does not, and one
+    that does, carry it (``TermStats.weight``): the same for every story judged."""
+    return {t: (stats.weight(t), stats.weight(t, True)) for t in item.terms}
+
+
+def names_needed(cosine: float) -> tuple[float, float]:
+    """The rare-name weight and the name agreement an independent report needs at ``cosine``
+    to the story: the closer in meaning, the less the names must carry, sliding from
+    (``MIN_NAME_WEIGHT``, ``MIN_AGREEMENT``) at ``WEAK_COSINE`` down to (``STRONG_NAME_WEIGHT``,
+    ``STRONG_AGREEMENT``) at ``STRONG_COSINE``."""
+    share = min(1.0, max(0.0, (cosine - WEAK_COSINE) / (STRONG_COSINE - WEAK_COSINE)))
+    return (
+        MIN_NAME_WEIGHT - share * (MIN_NAME_WEIGHT - STRONG_NAME_WEIGHT),
+        MIN_AGREEMENT - share * (MIN_AGREEMENT - STRONG_AGREEMENT),
+    )
+
+
+def decide(
+    item: Features,
+    at: datetime,
+    stories: Sequence[StoryProfile],
+    stats: TermStats,
+    copied: Collection[int] | None = None,
+) -> Decision:
     """The story ``item`` (published ``at``) joins among the candidate ``stories``, or None.
 
     The best-scoring story that accepts it wins (a copy first, then cosine plus names); ties go
     to the lowest story id so the verdict does not depend on the order candidates came in.
+    ``copied``: the stories the item shares a lead-copy key with, the only ones whose members'
+    leads it is compared with (None: every story's); a copy shares a key with its original.
     """
-    judged = sorted((judge(item, at, story, stats) for story in stories), key=lambda j: (-j.score, j.story_id))
+    weighed = item_weights(item, stats)
+    judged = sorted(
+        (judge(item, at, s, stats, weighed, copied is None or s.story_id in copied) for s in stories),
+        key=lambda j: (-j.score, j.story_id),
+    )
     chosen = next((j for j in judged if j.joins), None)
     misses = tuple(j for j in judged if not j.joins)
     return Decision(chosen.story_id if chosen else None, chosen, misses)
@@ -334,135 +403,88 @@ def decide(item: Features, at: datetime, stories: Sequence[StoryProfile], stats:
 def rank_candidates(found: Mapping[int, float]) -> list[int]:
     """The ``MAX_CANDIDATES`` stories to judge, from ``found``: each story reached through the
     item's lookup keys and the weight of the keys that reached it (most first, then lowest id)."""
-    return [story for story, _ in sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CANDIDATES]]
+    usable = [(story, weight) for story, weight in found.items() if weight >= MIN_KEY_WEIGHT]
+    ranked = sorted(usable, key=lambda kv: (-kv[1], kv[0]))
+    return [story for story, _ in ranked[:MAX_CANDIDATES]]
 
+
+MIN_KEY_WEIGHT = 1.0
 
 COPY_KEY_WEIGHT = 100.0
 """Lookup weight of a shared lead-copy key: a story an item may copy is always judged."""
 
 
-class Stream:
-    """Story matching over a stream held in memory: the same lookup and decision the pipeline
-    makes with the database, for the benchmark and the tests.
+class Batch:
+    """Items decided together, in publication order (one poll's new items): each that starts a
+    story becomes a candidate for the later ones, under a provisional negative id, since its
+    story has no number until it is stored. Found through the same rare keys as stored ones."""
 
-    ``add`` decides an item and records it; items older than ``window`` before the newest are
-    forgotten (the database's window leaves them out). Items must come in time order.
-    """
+    def __init__(self, stats: TermStats) -> None:
+        self.stats = stats
+        self.named: dict[int, str] = {}  # provisional id -> how explanations call it
+        self._founders: dict[int, str] = {}
+        self._members: dict[int, list[Member]] = {}
+        self._figures: dict[int, frozenset[int]] = {}
+        self._names: dict[int, frozenset[int]] = {}
 
-    def __init__(self, window: timedelta = timedelta(days=3)) -> None:
-        self.window = window
-        self._items: list[tuple[datetime, int, Features, int]] = []  # (at, item id, features, story)
-        self._start = 0  # index of the oldest item still in the window
-        self._term_stories: dict[int, dict[int, int]] = {}  # term -> story -> items in the window
-        self._copy_keys: dict[int, list[int]] = {}  # lead-copy key -> indexes into _items
-        self._stories_live: dict[int, int] = {}  # story -> items in the window
-        self.members: dict[int, list[Member]] = {}
-        self.first_at: dict[int, datetime] = {}
-        self._profiles: dict[int, StoryProfile] = {}
-        self._next_story = 1
-
-    def stats(self) -> TermStats:
-        return TermStats(len(self._stories_live), _Counts(self._term_stories))
-
-    def add(self, item_id: int, at: datetime, features: Features, story_id: int | None = None) -> tuple[int, Decision]:
-        """Decide the item's story (``story_id`` given: it joins that one, e.g. by URL)."""
-        self._expire(at)
-        decision = Decision(story_id, None, ())
-        if story_id is None:
-            stats = self.stats()
-            found: dict[int, float] = {}
-            for term in stats.keys(features.terms):
-                weight = stats.weight(term)
-                for story in self._term_stories.get(term, {}):
-                    found[story] = found.get(story, 0.0) + weight
-            if features.signature is not None:
-                for key in cluster.band_keys(features.signature):
-                    hits = self._live(key)
-                    if len(hits) <= KEY_MAX_STORIES:
-                        for index in hits:
-                            story = self._items[index][3]
-                            found[story] = found.get(story, 0.0) + COPY_KEY_WEIGHT
-            profiles = [self.profile(story) for story in rank_candidates(found)]
-            decision = decide(features, at, profiles, stats)
-            story_id = decision.story_id
-        if story_id is None:
-            story_id = self._next_story
-        self._next_story = max(self._next_story, story_id + 1)
-        index = len(self._items)
-        self._items.append((at, item_id, features, story_id))
-        self._stories_live[story_id] = self._stories_live.get(story_id, 0) + 1
-        for term in features.terms:
-            per_story = self._term_stories.setdefault(term, {})
-            per_story[story_id] = per_story.get(story_id, 0) + 1
-        if features.signature is not None:
-            for key in cluster.band_keys(features.signature):
-                self._copy_keys.setdefault(key, []).append(index)
-        members = self.members.setdefault(story_id, [])
-        if len(members) < REPRESENTATIVES:
-            members.append(Member(item_id, at, features))
-            self._profiles.pop(story_id, None)
-        self.first_at[story_id] = min(self.first_at.get(story_id, at), at)
-        return story_id, decision
-
-    def profile(self, story_id: int) -> StoryProfile:
-        """The story as ``decide`` sees it (kept until it gains a representative: its centroid
-        and name shares are computed once, as storage would keep them per poll)."""
-        found = self._profiles.get(story_id)
-        if found is None:
-            found = StoryProfile(story_id, tuple(self.members[story_id]), self.first_at[story_id])
-            self._profiles[story_id] = found
-        return found
-
-    def _live(self, key: int) -> list[int]:
-        """The items under a lead-copy key still in the window (forgetting the others)."""
-        entries = self._copy_keys.get(key)
-        if not entries:
-            return []
-        if entries[0] < self._start:
-            del entries[: bisect.bisect_left(entries, self._start)]
-        return entries
-
-    def _expire(self, now: datetime) -> None:
-        while self._start < len(self._items) and self._items[self._start][0] < now - self.window:
-            _, _, features, story = self._items[self._start]
-            for term in features.terms:
-                per_story = self._term_stories[term]
-                per_story[story] -= 1
-                if not per_story[story]:
-                    del per_story[story]
-                    if not per_story:
-                        del self._term_stories[term]
-            self._stories_live[story] -= 1
-            if not self._stories_live[story]:
-                del self._stories_live[story]
-            self._start += 1
+    def decide(
+        self,
+        key: str,
+        at: datetime,
+        item: Features,
+        keys: Sequence[int],
+        found: Mapping[int, float],
+        stored: Mapping[int, StoryProfile],
+        title: str = "",
+        figures: frozenset[int] = frozenset(),
+    ) -> tuple[Decision, str | None]:
+        """The item's decision among the ``stored`` stories ``found`` reached (see
+        ``rank_candidates``) and the batch's own new stories, and the key of the batch item whose
+        new story it joins (None: a stored story, or a story of its own). ``title`` names the item
+        in explanations of later items (its key if empty). ``figures``: the item's terms that are
+        figures (``names.figures``). Items of one poll come from one feed: an outlet does not
+        report one event twice with other figures each time, but it does publish series from
+        one template (results, prices, draws) that differ only there: an item naming nothing
+        a story of its poll does not joins it only with the same figures."""
+        reached = dict(found)
+        for story, members in self._members.items():
+            if figures != self._figures[story] and item.terms - figures <= self._names[story]:
+                continue  # one outlet's series told from one template: another result, another day
+            weight = sum(self.stats.weight(t) for t in keys if any(t in m.features.terms for m in members))
+            if weight > 0:
+                reached[story] = weight
+        candidates = [
+            stored[s] if s >= 0 else StoryProfile(s, tuple(self._members[s]), self._members[s][0].published_at)
+            for s in rank_candidates(reached)
+        ]
+        decision = decide(item, at, candidates, self.stats, copied(reached))
+        joined = decision.story_id
+        if joined is None:
+            new = -(len(self._founders) + 1)
+            self._founders[new] = key
+            self._members[new] = [Member(new, at, item)]
+            self._figures[new] = figures
+            self._names[new] = item.terms - figures
+            self.named[new] = f"the new story of {title or repr(key)} (same poll)"
+        elif joined < 0:
+            if len(self._members[joined]) < REPRESENTATIVES:
+                self._members[joined].append(Member(joined, at, item))
+            self._figures[joined] |= figures
+            self._names[joined] |= item.terms - figures
+            return decision, self._founders[joined]
+        return decision, None
 
 
-class _Counts(Mapping[int, int]):
-    """Stories per term, read from ``Stream``'s term -> story -> items index."""
-
-    def __init__(self, index: dict[int, dict[int, int]]) -> None:
-        self._index = index
-
-    def __getitem__(self, term: int) -> int:
-        return len(self._index[term])
-
-    def get(self, term: int, default: int = 0) -> int:  # type: ignore[override]
-        found = self._index.get(term)
-        return len(found) if found else default
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
+def copied(found: Mapping[int, float]) -> set[int]:
+    """The stories reached through a lead-copy key (``COPY_KEY_WEIGHT``), and the batch's own."""
+    return {story for story, weight in found.items() if weight >= COPY_KEY_WEIGHT or story < 0}
 
 
 def _agreement(own: float, name_weight: float, story: StoryProfile, stats: TermStats) -> float:
     """How far an item's rare names and figures agree with the story's, 0..1: the share of the
     rare weight of whichever side carries less that both carry. A side too plain to tell
     (less than ``AGREEMENT_FLOOR``) agrees with anything."""
-    theirs = sum(stats.weight(t, True) * share for t, share in story.support.items())
+    theirs = stats.story_weight(story)
     smaller = min(own, theirs)
     if smaller < AGREEMENT_FLOOR:
         return 1.0

@@ -12,12 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from aggregator import cluster, names, parseworker, stories
 from aggregator.records import IngestPlan, Item
-from aggregator.store.repository import IngestTransaction, MatchCandidate, StoredMember
+from aggregator.store.repository import IngestTransaction, MatchCandidate
 
 COUNTS_KEPT = timedelta(minutes=5)
 """How long the writer trusts a common term's story count and the window's number of stories:
@@ -118,19 +119,20 @@ class StoryMatcher:
 
         prepared = [(new, *prepare(new.item)) for new in plan.inserts]
         lookup = _StoryLookup(tx, now, self._members, self._term_counts)
-        decisions = lookup.decide([(new.item, f) for new, _, _, _, f in prepared if new.story_id is None])
+        decisions = lookup.decide([(new.item, f, w) for new, _, _, w, f in prepared if new.story_id is None])
         inserts = []
         for new, signed, stored, words, feats in prepared:
-            story_id, reason = new.story_id, None
+            story_id, reason, verdict = new.story_id, None, None
             if story_id is not None:
                 reason = f"joined story {story_id}: same URL as one of its items"
-            elif (decision := decisions.get(new.item.key)) is not None:
-                story_id = decision.story_id
-                reason = decision.explain(names.Terms(words))
+            elif (verdict := decisions.get(new.item.key)) is not None:
+                story_id = verdict.decision.story_id if verdict.founder is None else None
+                reason = verdict.decision.explain(names.Terms(words), verdict.named)
             inserts.append(
                 replace(
                     new,
                     story_id=story_id,
+                    joins_new=verdict.founder if story_id is None and verdict is not None else None,
                     match_signature=signed.stored,
                     match_keys=stories.stored_keys(signed.keys, feats),
                     match_reason=reason,
@@ -156,45 +158,74 @@ class _StoryLookup:
         self.decoded = decoded
         self.counts = counts
 
-    def decide(self, items: list[tuple[Item, stories.Features]]) -> dict[str, stories.Decision]:
-        if not items:
+    def decide(self, batch_items: list[tuple[Item, stories.Features, tuple[str, ...]]]) -> dict[str, Verdict]:
+        """Each item's verdict, in publication order: against the stored stories its keys reach,
+        and against the stories earlier items of the same poll are starting (an outlet's two
+        reports of one event arrive in one fetch)."""
+        if not batch_items:
             return {}
+        items = [(item, f) for item, f, _ in batch_items]
+        figures = {item.key: names.figures(words) for item, _, words in batch_items}
         tx = self.tx
         moments = [item.published_at or self.now for item, _ in items]
         earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
-        stats = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
+        stats, carriers = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
         keys_of = {item.key: stats.keys(f.terms) for item, f in items}
-        wanted = {stories.name_key(t) for keys in keys_of.values() for t in keys}
-        by_name = tx.stories_with_keys(sorted(wanted), earliest, latest)
         copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
         window = cluster.DEFAULT_WINDOW
-        by_copy = tx.copy_key_stories(copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES)
-        chosen: dict[str, list[int]] = {}
+        by_copy = tx.copy_key_stories_bounded(
+            copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES
+        )
+        found_of: dict[str, dict[int, float]] = {}
         for item, f in items:
             found: dict[int, float] = {}
-            for term in keys_of[item.key]:
-                for story in by_name.get(stories.name_key(term), ()):
+            for term in keys_of[item.key]:  # a key is rare: counted afresh, its stories at hand
+                for story in carriers.get(term, ()):
                     found[story] = found.get(story, 0.0) + stats.weight(term)
             if f.signature is not None:
                 for key in cluster.band_keys(f.signature):
                     for story in by_copy.get(key, ()):
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
-            chosen[item.key] = stories.rank_candidates(found)
-        profiles = self._profiles({story for ids in chosen.values() for story in ids}, earliest)
-        return {
-            item.key: stories.decide(
-                f, item.published_at or self.now, [profiles[s] for s in chosen[item.key] if s in profiles], stats
+            found_of[item.key] = found
+        stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
+        profiles = self._profiles(stored, earliest, min(moments))
+        batch = stories.Batch(stats)
+        verdicts = {}
+        for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
+            at = item.published_at or self.now
+            found = {s: w for s, w in found_of[item.key].items() if s in profiles}
+            decision, founder = batch.decide(
+                item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key]
             )
-            for item, f in items
-        }
+            verdicts[item.key] = Verdict(decision, founder, batch.named)
+        return verdicts
 
-    def _profiles(self, story_ids: set[int], since: datetime) -> dict[int, stories.StoryProfile]:
-        profiles = {}
-        for story_id, members in self.tx.story_members(sorted(story_ids), since, stories.REPRESENTATIVES).items():
-            found = self.decoded.profile(story_id, members)
+    def _profiles(self, story_ids: set[int], since: datetime, first: datetime) -> dict[int, stories.StoryProfile]:
+        """The candidates' first members: which they are (one light query), then the stored
+        features of only those not already decoded (most were, at an earlier poll). A story
+        known to have begun more than ``stories.STORY_SPAN`` before the poll's ``first`` item
+        can take none of its items: the profile it was last judged on is enough to say so
+        (and how close it was), and it is not read again."""
+        profiles = self.decoded.closed(story_ids, first - stories.STORY_SPAN)
+        refs = self.tx.story_member_refs(sorted(story_ids - profiles.keys()), since, stories.REPRESENTATIVES)
+        missing = [
+            m for story, members in refs.items() for m, updates in members if not self.decoded.knows(m, story, updates)
+        ]
+        fetched = self.tx.member_features(missing) if missing else {}
+        for story_id, members in refs.items():
+            found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
                 profiles[story_id] = found
         return profiles
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A new item's decision, and the item of the same poll whose new story it joins, if any."""
+
+    decision: stories.Decision
+    founder: str | None
+    named: Mapping[int, str]
 
 
 class _TermCounts:
@@ -210,17 +241,23 @@ class _TermCounts:
         self._stories: tuple[int, float] | None = None
         self._lock = threading.Lock()
 
-    def stats(self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime) -> stories.TermStats:
+    def stats(
+        self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime
+    ) -> tuple[stories.TermStats, dict[int, frozenset[int]]]:
+        """The statistics, and the stories carrying each term counted afresh (the rare ones)."""
         now = time.monotonic()
         kept = COUNTS_KEPT.total_seconds()
         with self._lock:
             known = {t: self._common[t][0] for t in terms if t in self._common and self._common[t][1] > now}
             total = self._stories[0] if self._stories is not None and self._stories[1] > now else None
         wanted = [stories.name_key(t) for t in terms if t not in known]
-        counted = tx.term_story_counts(wanted, earliest, latest, TERM_SAMPLE)
+        carriers = {
+            key - stories.NAME_KEY: found
+            for key, found in tx.term_stories(wanted, earliest, latest, TERM_SAMPLE).items()
+        }
         if total is None:
             total = tx.stories_in_window(earliest, latest)
-        counts = {**known, **{key - stories.NAME_KEY: count for key, count in counted.items()}}
+        counts = {**known, **{term: len(found) for term, found in carriers.items()}}
         with self._lock:
             self._stories = (total, now + kept)
             for term, count in counts.items():
@@ -228,62 +265,93 @@ class _TermCounts:
                     self._common[term] = (count, now + kept)
             if len(self._common) > COMMON_TERMS_KEPT:
                 self._common = {t: v for t, v in self._common.items() if v[1] > now}
-        return stories.TermStats(total, counts)
+        return stories.TermStats(total, counts), carriers
+
+
+Fetched = dict[int, tuple[datetime, str | None, str | None]]
+"""Stored members' sort time, features and signature by item id (``member_features``)."""
 
 
 class _DecodedMembers:
-    """Stored story members already decoded, by item id and stored values, the most recently
-    used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
+    """Stored story members already decoded, by item id, story and update count, the most
+    recently used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
 
     def __init__(self) -> None:
-        self._found: OrderedDict[int, tuple[str | None, str | None, stories.Member | None]] = OrderedDict()
+        self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
+        self._latest: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile
         self._lock = threading.Lock()
 
-    def profile(self, story_id: int, members: list[StoredMember]) -> stories.StoryProfile | None:
-        """The story as ``stories.decide`` judges it, from its first stored members: the same
-        members give the same profile object, whose centroid and name shares are then computed
-        once rather than at every poll the story is a candidate in."""
-        usable = tuple(m for m in map(self.get, members) if m is not None)
+    def closed(self, story_ids: set[int], before: datetime) -> dict[int, stories.StoryProfile]:
+        """The last profile of each of ``story_ids`` known to have begun ``before``: new members
+        of such a story can only move its beginning earlier, so it stays closed to later items."""
+        with self._lock:
+            known = ((s, self._latest.get(s)) for s in story_ids)
+            return {s: p for s, p in known if p is not None and p.first_at < before}
+
+    def knows(self, item_id: int, story_id: int, updates: int) -> bool:
+        with self._lock:
+            hit = self._found.get(item_id)
+        return hit is not None and hit[0] == story_id and hit[1] == updates
+
+    def profile(
+        self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
+    ) -> stories.StoryProfile | None:
+        """The story as ``stories.decide`` judges it, from its first stored members (item id,
+        update count): the same members give the same profile object, whose centroid and name
+        shares are then computed once rather than at every poll the story is a candidate in."""
+        usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
         if not usable:
             return None
         # By the decoded objects themselves (a re-decoded member is a new object): the cached
         # profile holds them, so their ids cannot be reused while it is kept.
-        key = (story_id, members[0].item_id, *(id(m) for m in usable))
+        key = (story_id, members[0][0], *(id(m) for m in usable))
         with self._lock:
             found = self._profiles.get(key)
             if found is not None:
                 self._profiles.move_to_end(key)
+                self._latest[story_id] = found
+                self._latest.move_to_end(story_id)
                 return found
-        found = stories.StoryProfile(story_id, usable, members[0].sort_at)
+        found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
             self._profiles[key] = found
+            self._latest[story_id] = found
+            self._latest.move_to_end(story_id)
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
                 self._profiles.popitem(last=False)
+            while len(self._latest) > DECODED_MEMBERS // stories.REPRESENTATIVES:
+                self._latest.popitem(last=False)
         return found
 
-    def get(self, stored: StoredMember) -> stories.Member | None:
-        # A hit must also match the stored values: an item id freed by a rolled-back batch can
-        # be given to another item, and an updated member carries new features.
+    def get(
+        self, item_id: int, story_id: int, updates: int, fetched: Fetched, tx: IngestTransaction
+    ) -> stories.Member | None:
+        # A hit must also match the story and the update count: an updated member carries new
+        # features, and an item id freed by a rolled-back batch can be given to another item
+        # (which then sits in another story, or was updated a different number of times).
         with self._lock:
-            hit = self._found.get(stored.item_id)
-            if hit is not None and hit[0] == stored.features and hit[1] == stored.signature:
-                self._found.move_to_end(stored.item_id)
+            hit = self._found.get(item_id)
+            if hit is not None and hit[0] == story_id and hit[1] == updates:
+                self._found.move_to_end(item_id)
                 return hit[2]
-        decoded = _member(stored)
+        stored = fetched.get(item_id)
+        if stored is None:  # decoded when the poll began, dropped by another thread since
+            stored = tx.member_features([item_id]).get(item_id)
+        decoded = _member(item_id, *stored) if stored is not None else None
         with self._lock:
-            self._found[stored.item_id] = (stored.features, stored.signature, decoded)
+            self._found[item_id] = (story_id, updates, decoded)
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded
 
 
-def _member(stored: StoredMember) -> stories.Member | None:
-    if stored.features is None:
+def _member(item_id: int, sort_at: datetime, features: str | None, signature: str | None) -> stories.Member | None:
+    if features is None:
         return None  # stored before story features existed: nothing to compare with
     try:
-        signature = cluster.Signature.loads(stored.signature) if stored.signature else None
-        return stories.Member(stored.item_id, stored.sort_at, stories.Features.loads(stored.features, signature))
+        loaded = cluster.Signature.loads(signature) if signature else None
+        return stories.Member(item_id, sort_at, stories.Features.loads(features, loaded))
     except ValueError:
         return None  # written by another version: it simply cannot match
 

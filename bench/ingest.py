@@ -112,7 +112,7 @@ def _article_html(rng: random.Random, feed: int, index: int) -> str:
     return "".join(paragraphs)
 
 
-STREAM = {"kind": "random", "feeds": 1000, "items": 30}  # set from the command line in main()
+STREAM: dict[str, Any] = {"kind": "random", "feeds": 1000, "items": 30}  # set from the command line in main()
 
 
 def _stock_items() -> list[Any]:
@@ -125,8 +125,9 @@ def _stock_items() -> list[Any]:
         wanted = STREAM["feeds"] * (STREAM["items"] + 3)
         days = 6
         found = templated.generate(events_per_day=wanted // (days * 4) + 1, days=days, seed=11, distinct=False)
-        STREAM["stock"] = found[:wanted]  # type: ignore[assignment]
-    return STREAM["stock"]  # type: ignore[return-value]
+        STREAM["stock"] = found[:wanted]
+    stock: list[Any] = STREAM["stock"]
+    return stock
 
 
 def _item(feed: int, index: int) -> dict[str, Any]:
@@ -358,16 +359,17 @@ class Meter:
     """
 
     def __init__(self) -> None:
-        self.last = self._read()
+        self.last = self.read()
         self.threads = _threads_cpu()
 
     @staticmethod
-    def _read() -> tuple[float, float, float]:
+    def read() -> tuple[float, float, float]:
+        """Now: wall clock, CPU of this process tree, CPU of this process."""
         cpu, _hwm = _cpu_and_hwm(_proc_tree(os.getpid()))
         return time.perf_counter(), cpu, sum(os.times()[:2])
 
     def lap(self) -> dict[str, Any]:
-        now = self._read()
+        now = self.read()
         tree = _proc_tree(os.getpid())
         figures = {
             "wall": now[0] - self.last[0],
@@ -500,7 +502,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
         store = Store(engine)
         store.sync_sources(config.source_specs(), datetime.now(UTC))
         pipeline = Pipeline(config, store, parse_pool=pool)
-        setup_cpu = Meter._read()[1] - meter.last[1]  # part of (b), shown apart in the report
+        setup_cpu = Meter.read()[1] - meter.last[1]  # part of (b), shown apart in the report
 
         async def three_rounds() -> None:  # one event loop for all three, as in the daemon
             for name in ("b", "c", "d"):

@@ -18,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from aggregator import names, semantic, stories
-from aggregator.stories import Features, Member, StoryProfile, Stream, TermStats, decide, features_of
+from aggregator.records import NewItem
+from aggregator.store.items import IngestTransaction
+from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
+from aggregator.storystream import Stream
 from tests import templated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +120,16 @@ def test_a_story_cannot_grow_through_its_newest_member() -> None:
     (miss,) = decision.near_misses
     assert miss.name_weight == pytest.approx(1.5)  # three names, carried by half the members
     assert "names" in miss.why_not  # too few of them, or too few of the story's
+
+
+def test_leads_are_compared_only_with_stories_sharing_a_copy_key() -> None:
+    original, copy = feats(ORIGINAL), feats((ORIGINAL[0] + " - Post", ORIGINAL[1]))
+    story = StoryProfile(1, (Member(7, NOON, original),), NOON)
+    stats = TermStats(stories=0)
+    copied = decide(copy, NOON + timedelta(hours=1), [story], stats, copied={1})
+    assert copied.chosen is not None and copied.chosen.copy_of == 7
+    not_compared = decide(copy, NOON + timedelta(hours=1), [story], stats, copied=set())
+    assert not_compared.chosen is not None and not_compared.chosen.copy_of is None  # joined on names alone
 
 
 def test_common_names_are_neither_evidence_nor_keys() -> None:
@@ -268,8 +282,8 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     assert "new story" in shown  # the first item started it
     assert main(["--config", str(config), "items", "world", "--json"]) == 0
     reasons = {row["title"]: row["story_reason"] or "" for row in json.loads(capsys.readouterr().out)}
-    pair = sorted(reasons[title][:12] for title in (ORIGINAL[0], REWRITE[0]))  # whichever feed came in first
-    assert pair == ["joined story", "new story"]
+    pair = sorted(reasons[title].split(" (")[0][:12] for title in (ORIGINAL[0], REWRITE[0]))  # either came first
+    assert pair == ["joined story", "new story"], [reasons[title] for title in (ORIGINAL[0], REWRITE[0])]
 
     # A restart and a re-poll of everything, with one more outlet's copy: nothing moves.
     feeds["post"] = rss("post", [("p1", ORIGINAL[0] + " - Post", ORIGINAL[1], first + timedelta(hours=4))])
@@ -278,6 +292,57 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     again = stories_by_guid(db)
     assert {guid: again[guid] for guid in found} == found  # story numbers and tag: ids unchanged
     assert again["p1"] == found["w1"]  # the copy joined the same story
+
+
+def test_reports_of_one_event_in_one_fetch_share_a_new_story(server: object, tmp_path: Path) -> None:
+    # One outlet's feed carries its report and its rewrite of one event (and an unrelated item):
+    # decided in one poll, the later report joins the story the earlier one starts.
+    from aggregator.cli import main
+    from tests.conftest import write_config
+
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    entries = [("a1", *ORIGINAL, first), ("a2", *UNRELATED, first + timedelta(hours=1))]
+    feeds = {"wire": rss("wire", [*entries, ("a3", *REWRITE, first + timedelta(hours=2))])}
+    config = write_config(tmp_path, serve_outlets(server, feeds))
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    db = tmp_path / "data" / "aggregator.db"
+    found = stories_by_guid(db)
+    assert found["a3"] == found["a1"] != found["a2"]
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        (reason,) = connection.execute("select match_reason from items where guid = 'a3'").fetchone()
+    assert reason.startswith(f"joined the new story of {ORIGINAL[0]!r} (same poll): cosine"), reason
+
+
+def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
+    stats = TermStats(stories=0)
+    batch = stories.Batch(stats)
+    original, rewrite, unrelated = feats(ORIGINAL), feats(REWRITE), feats(UNRELATED)
+    first, founder = batch.decide("o", NOON, original, stats.keys(original.terms), {}, {})
+    assert first.story_id is None and founder is None  # starts a story
+    other, founder = batch.decide("u", NOON, unrelated, stats.keys(unrelated.terms), {}, {})
+    assert other.story_id is None and founder is None
+    joined, founder = batch.decide("r", NOON + timedelta(hours=1), rewrite, stats.keys(rewrite.terms), {}, {})
+    assert founder == "o" and joined.story_id is not None and joined.story_id < 0
+    assert joined.explain(None, batch.named).startswith("joined the new story of 'o' (same poll)")
+
+
+def test_one_outlets_series_from_a_template_stays_apart_in_one_fetch() -> None:
+    # Two results from one template in one feed: the same names, other figures.
+    stats = TermStats(stories=0)
+    batch = stories.Batch(stats)
+    series = [
+        (f"Feed 5 story {n}: talks resume in Geneva", f"Story {n} of feed 5. Talks resumed on Tuesday.")
+        for n in (17, 22)
+    ]
+    decided = []
+    for n, pair in enumerate(series):
+        terms = names.extract(*pair)
+        f = feats(pair)
+        decided.append(batch.decide(f"s{n}", NOON, f, stats.keys(f.terms), {}, {}, "", names.figures(terms.words)))
+    assert [founder for _, founder in decided] == [None, None]  # each starts its own story
+    assert decided[1][0].story_id is None
 
 
 @pytest.mark.parametrize("mode", ["lexical", "off"])
@@ -382,13 +447,7 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     first = ingest(1, [("w1", ORIGINAL, NOON), ("w2", UNRELATED, NOON + timedelta(minutes=5))])
     assert first["w1"].match_reason == "new story"
     with store.ingest() as tx:
-        ids = {key: tx.stored_items(1, [key])[key].story_id for key in ("w1", "w2")}
-        terms = sorted(Features.loads(first["w1"].match_features or "").terms)
-        counts = tx.term_story_counts([stories.name_key(t) for t in terms], NOON - timedelta(days=1), NOON, 50)
-        assert set(counts.values()) == {1} and len(counts) == len(terms)  # each name: one story so far
-        assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
-        members = tx.story_members([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
-        assert {story: [m.item_id for m in found] for story, found in members.items()}.keys() == set(ids.values())
+        ids = _check_match_lookups(tx, first)
 
     second = ingest(2, [("h1", REWRITE, NOON + timedelta(hours=2)), ("h2", FOLLOW_UP, NOON + timedelta(hours=26))])
     assert second["h1"].story_id == ids["w1"]  # the independent rewrite joined, through the database
@@ -397,15 +456,34 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
 
     # The story-features migration (0009) down and up again keeps every item in its story (ids never change).
     with engine.connect() as connection:
-        before = sorted(connection.execute(text_query("select id, story_id from items")).all())
+        before = sorted(connection.execute(text("select id, story_id from items")).all())
     command.downgrade(alembic_config(engine), "0008")
     command.upgrade(alembic_config(engine), "head")
     with engine.connect() as connection:
-        assert sorted(connection.execute(text_query("select id, story_id from items")).all()) == before
+        assert sorted(connection.execute(text("select id, story_id from items")).all()) == before
     engine.dispose()
 
 
-def text_query(sql: str) -> object:
-    from sqlalchemy import text
-
-    return text(sql)
+def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> dict[str, int]:
+    """Story matching's reads, on the two first items (w1 and w2, two stories): their story ids by key."""
+    rows = {key: tx.stored_items(1, [key])[key] for key in ("w1", "w2")}
+    ids = {key: row.story_id for key, row in rows.items()}
+    terms = sorted(Features.loads(first["w1"].match_features or "").terms)
+    keys = [stories.name_key(t) for t in terms]
+    found = tx.term_stories(keys, NOON - timedelta(days=1), NOON, 50)
+    assert terms and found == dict.fromkeys(keys, frozenset({ids["w1"]}))  # each name: one story so far
+    assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
+    refs = tx.story_member_refs([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
+    assert {story: [ref[0] for ref in members] for story, members in refs.items()} == {
+        ids[key]: [row.id] for key, row in rows.items()
+    }
+    copy_keys = [k for k in first["w1"].match_keys if k < stories.NAME_KEY]
+    window = (NOON - timedelta(days=1), NOON + timedelta(hours=1))
+    bounded = tx.copy_key_stories_bounded(copy_keys, *window, 20)
+    assert copy_keys and set().union(*bounded.values()) == {ids["w1"]}
+    assert tx.copy_key_stories_bounded(copy_keys, *window, 0) == {}  # every key carried by more than none
+    assert {ref[1] for members in refs.values() for ref in members} == {0}  # never updated
+    (item_id, _), *_ = refs[ids["w1"]]
+    ((sort_at, *stored),) = tx.member_features([item_id]).values()
+    assert sort_at == NOON and stored == [first["w1"].match_features, first["w1"].match_signature]
+    return ids

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -105,10 +105,11 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         if not new:
             return 0
         story_ids = self._new_stories(source_id, new, now, authority)
+        founders = _founders(new)
         rows = []
         for n in new:
             item = n.item
-            story_id = n.story_id if n.story_id is not None else story_ids[story_key(source_id, item)]
+            story_id = n.story_id if n.story_id is not None else story_ids[story_key(source_id, founders(n))]
             rows.append(
                 {
                     "source_id": source_id,
@@ -136,9 +137,14 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         # Sorted: concurrent workers then take the unique-index locks in the same order
         # and cannot deadlock on each other's stories. By the key alone: new items sharing a
         # canonical URL (a link blog, a podcast linking its site) share one story key, and
-        # Items do not compare.
+        # Items do not compare. An item joining the new story of another item of the batch
+        # (``NewItem.joins_new``) takes that item's story key instead of a story of its own.
+        founders = _founders(new)
         needed = dict(
-            sorted(((story_key(source_id, n.item), n.item) for n in new if n.story_id is None), key=lambda p: p[0])
+            sorted(
+                ((story_key(source_id, founders(n)), founders(n)) for n in new if n.story_id is None),
+                key=lambda p: p[0],
+            )
         )
         if not needed:
             return {}
@@ -232,3 +238,13 @@ def _item_columns(item: Item) -> dict[str, Any]:
         "updated_at": item.updated_at,
         "fingerprint": item.fingerprint,
     }
+
+
+def _founders(new: Sequence[NewItem]) -> Callable[[NewItem], Item]:
+    """The item whose story each new item takes: the batch item it joins (``joins_new``), else itself."""
+    batch = {n.item.key: n.item for n in new}
+
+    def founder(n: NewItem) -> Item:
+        return batch.get(n.joins_new, n.item) if n.joins_new is not None else n.item
+
+    return founder

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import BigInteger, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql
 
-from aggregator.records import MatchCandidate, StoredMember
+from aggregator.records import MatchCandidate
 from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch
 from aggregator.store.models import ItemRow, MatchKeyRow
 
@@ -46,55 +46,55 @@ def _match_candidates(wanted: Any) -> Any:
     )
 
 
-# Stories per name key among at most :sample of the window's items carrying it: a common name
-# ("Tuesday") costs :sample index entries, not every item of the week that names it.
-_TERM_SAMPLE = (
-    "(SELECT COUNT(DISTINCT sampled.story_id) FROM (SELECT items.story_id FROM item_match_keys "
-    "JOIN items ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
-    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled)"
-)
-_TERM_STORY_COUNTS_SQLITE = text(
-    f"SELECT wanted.value, {_TERM_SAMPLE.format(key='wanted.value')} FROM json_each(:values_json) AS wanted"
-)
-_TERM_STORY_COUNTS_POSTGRESQL = text(
-    f"SELECT wanted.key, {_TERM_SAMPLE.format(key='wanted.key')} FROM unnest(:values_array) AS wanted(key)"
-).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
-_STORIES_WITH_KEYS = ByValues(
-    lambda wanted: (
-        select(MatchKeyRow.key, ItemRow.story_id)
-        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
-        .where(wanted(MatchKeyRow.key), _MATCH_WINDOW)
-        .distinct()
-    )
-)
-
-
-def _story_members(wanted: Wanted) -> Any:
-    """The first ``:per_story`` items of each wanted story dated from ``:since`` on."""
+def _story_member_refs(wanted: Wanted) -> Any:
+    """The first ``:per_story`` items of each wanted story dated from ``:since`` on, earliest
+    first, without their features: which members, and how often each was updated."""
     order = (ItemRow.sort_at, ItemRow.id)
     ranked = (
         select(
             ItemRow.id,
             ItemRow.story_id,
-            ItemRow.sort_at,
-            ItemRow.match_features,
-            ItemRow.match_signature,
+            ItemRow.update_count,
             func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
         )
         .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
         .subquery()
     )
-    columns = (ranked.c.id, ranked.c.story_id, ranked.c.sort_at, ranked.c.match_features, ranked.c.match_signature)
-    return select(*columns).where(ranked.c.rank <= bindparam("per_story"))
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count)
+    return select(*columns).where(ranked.c.rank <= bindparam("per_story")).order_by(ranked.c.story_id, ranked.c.rank)
 
 
-_STORY_MEMBERS = ByValues(_story_members)
-_COPY_KEY_STORIES = ByValues(
-    lambda wanted: (
-        select(MatchKeyRow.key, ItemRow.story_id)
-        .join(ItemRow, MatchKeyRow.item_id == ItemRow.id)
-        .where(_keys_within_fanout(wanted(MatchKeyRow.key)), _MATCH_WINDOW)
-        .distinct()
+_STORY_MEMBER_REFS = ByValues(_story_member_refs)
+_BOUNDED_KEYS = (
+    "WITH usable AS MATERIALIZED (SELECT wanted.{column} AS key FROM {values} AS {wanted} "
+    "WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM item_match_keys AS counted WHERE counted.key = wanted.{column} "
+    "AND counted.sort_epoch BETWEEN :earliest AND :latest LIMIT :fanout + 1) AS bounded) <= :fanout) "
+    "SELECT DISTINCT item_match_keys.key, items.story_id FROM usable "
+    "JOIN item_match_keys ON item_match_keys.key = usable.key JOIN items ON items.id = item_match_keys.item_id "
+    "WHERE item_match_keys.sort_epoch BETWEEN :earliest AND :latest"
+)
+_TERM_STORIES = (
+    "(SELECT {aggregate} FROM (SELECT DISTINCT sampled.story_id FROM (SELECT items.story_id FROM item_match_keys "
+    "JOIN items ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
+    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled) AS found)"
+)
+_TERM_STORIES_SQLITE = text(
+    "SELECT wanted.value, "
+    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story_id)")
+    + " FROM json_each(:values_json) AS wanted"
+)
+_TERM_STORIES_POSTGRESQL = text(
+    "SELECT wanted.key, "
+    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story_id::text, ',')")
+    + " FROM unnest(:values_array) AS wanted(key)"
+).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
+_COPY_KEY_STORIES_SQLITE = text(_BOUNDED_KEYS.format(column="value", values="json_each(:values_json)", wanted="wanted"))
+_COPY_KEY_STORIES_POSTGRESQL = text(
+    _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)")
+).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
+_MEMBER_FEATURES = ByValues(
+    lambda wanted: select(ItemRow.id, ItemRow.sort_at, ItemRow.match_features, ItemRow.match_signature).where(
+        wanted(ItemRow.id)
     )
 )
 _STORIES_IN_WINDOW = select(func.count(ItemRow.story_id.distinct())).where(
@@ -124,56 +124,63 @@ class StoryLookups(TransactionBase):
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
 
-    def term_story_counts(
+    def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
+        """Stories with an item dated in the window (what term counts are shares of)."""
+        return int(self.c.scalar(_STORIES_IN_WINDOW, {"earliest": earliest, "latest": latest}) or 0)
+
+    def story_member_refs(
+        self, story_ids: Sequence[int], since: datetime, per_story: int
+    ) -> dict[int, list[tuple[int, int]]]:
+        """Each story's first ``per_story`` items dated from ``since`` on, earliest first, as
+        (item id, update count): ``story_members`` without the stored features, for a reader
+        that keeps decoded features and fetches only those it lacks (``member_features``)."""
+        found: dict[int, list[tuple[int, int]]] = {}
+        params = {"since": since, "per_story": per_story}
+        for statement, values in _STORY_MEMBER_REFS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
+            for item_id, story_id, update_count in self.c.execute(statement, values):
+                found.setdefault(story_id, []).append((item_id, update_count))
+        return found
+
+    def copy_key_stories_bounded(
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, fanout: int
+    ) -> dict[int, set[int]]:
+        """``copy_key_stories``, with each key's items in the window counted only up to
+        ``fanout`` + 1: a stock phrase carried by thousands of items is recognised after
+        reading ``fanout`` + 1 of them rather than all."""
+        wanted = sorted(set(keys))
+        found: dict[int, set[int]] = {}
+        if not wanted:
+            return found
+        params: dict[str, Any] = {"earliest": epoch(earliest), "latest": epoch(latest), "fanout": fanout}
+        if self.c.dialect.name == "postgresql":
+            rows = self.c.execute(_COPY_KEY_STORIES_POSTGRESQL, {**params, "values_array": wanted})
+        else:
+            rows = self.c.execute(_COPY_KEY_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
+        for key, story_id in rows:
+            found.setdefault(int(key), set()).add(int(story_id))
+        return found
+
+    def term_stories(
         self, keys: Sequence[int], earliest: datetime, latest: datetime, sample: int
-    ) -> dict[int, int]:
-        """How many stories carry each name key among (at most ``sample`` of) the items dated in
-        the window: the stream statistics ``stories.TermStats`` weighs by. Keys no item carries
-        are left out."""
+    ) -> dict[int, frozenset[int]]:
+        """The stories carrying each name key among (at most ``sample`` of) the items dated in
+        the window: ``term_story_counts`` and ``stories_with_keys`` in one query, for a reader
+        that needs the stories of the rare keys and only the count of the others. Keys no item
+        carries are left out."""
         wanted = sorted(set(keys))
         if not wanted:
             return {}
         params: dict[str, Any] = {"earliest": epoch(earliest), "latest": epoch(latest), "sample": sample}
         if self.c.dialect.name == "postgresql":
-            rows = self.c.execute(_TERM_STORY_COUNTS_POSTGRESQL, {**params, "values_array": wanted})
+            rows = self.c.execute(_TERM_STORIES_POSTGRESQL, {**params, "values_array": wanted})
         else:
-            rows = self.c.execute(_TERM_STORY_COUNTS_SQLITE, {**params, "values_json": json.dumps(wanted)})
-        return {int(key): int(count) for key, count in rows if count}
+            rows = self.c.execute(_TERM_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
+        return {int(key): frozenset(map(int, str(found).split(","))) for key, found in rows if found}
 
-    def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
-        """Stories with an item dated in the window (what term counts are shares of)."""
-        return int(self.c.scalar(_STORIES_IN_WINDOW, {"earliest": earliest, "latest": latest}) or 0)
-
-    def stories_with_keys(self, keys: Sequence[int], earliest: datetime, latest: datetime) -> dict[int, set[int]]:
-        """The stories whose items dated in the window carry each name key. Called only with
-        keys few stories carry (``stories.TermStats.keys``), so the answer stays small."""
-        found: dict[int, set[int]] = {}
-        params = {"earliest": epoch(earliest), "latest": epoch(latest)}
-        for statement, values in _STORIES_WITH_KEYS.batches(self.c.dialect.name, sorted(set(keys)), **params):
-            for key, story_id in self.c.execute(statement, values):
-                found.setdefault(int(key), set()).add(int(story_id))
-        return found
-
-    def story_members(self, story_ids: Sequence[int], since: datetime, per_story: int) -> dict[int, list[StoredMember]]:
-        """Each story's first ``per_story`` items dated from ``since`` on, earliest first, with
-        what they matched on."""
-        found: dict[int, list[StoredMember]] = {}
-        params = {"since": since, "per_story": per_story}
-        for statement, values in _STORY_MEMBERS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
-            for item_id, story_id, sort_at, features, signature in self.c.execute(statement, values):
-                found.setdefault(story_id, []).append(StoredMember(item_id, story_id, sort_at, features, signature))
-        for members in found.values():
-            members.sort(key=lambda m: (m.sort_at, m.item_id))
-        return found
-
-    def copy_key_stories(
-        self, keys: Sequence[int], earliest: datetime, latest: datetime, fanout: int
-    ) -> dict[int, set[int]]:
-        """The stories whose items in the window carry each lead-copy key, leaving out keys more
-        than ``fanout`` items carry (stock phrases)."""
-        found: dict[int, set[int]] = {}
-        params = {"earliest": epoch(earliest), "latest": epoch(latest), "fanout": fanout}
-        for statement, values in _COPY_KEY_STORIES.batches(self.c.dialect.name, sorted(set(keys)), **params):
-            for key, story_id in self.c.execute(statement, values):
-                found.setdefault(int(key), set()).add(int(story_id))
+    def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[datetime, str | None, str | None]]:
+        """Sort time, stored story features and lead signature of each item, by id."""
+        found: dict[int, tuple[datetime, str | None, str | None]] = {}
+        for statement, values in _MEMBER_FEATURES.batches(self.c.dialect.name, sorted(set(item_ids))):
+            for item_id, sort_at, features, signature in self.c.execute(statement, values):
+                found[item_id] = (sort_at, features, signature)
         return found

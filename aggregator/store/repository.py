@@ -9,7 +9,7 @@ so that ``from aggregator.store.repository import X`` keeps working for every im
 
 from __future__ import annotations
 
-from aggregator.records import ClaimedSource, MatchCandidate, PollRecord, StoredMember
+from aggregator.records import ClaimedSource, MatchCandidate, PollRecord
 from aggregator.store._sql import IN_CHUNK
 from aggregator.store.items import STORY_NAMESPACE, IngestStore, IngestTransaction, story_uid
 from aggregator.store.matchkeys import MAX_KEY_FANOUT
@@ -33,7 +33,6 @@ __all__ = [
     "SourceIds",
     "Store",
     "StoreStats",
-    "StoredMember",
     "StoryCoverage",
     "StoryMemberRow",
     "SyncReport",
