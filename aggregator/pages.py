@@ -16,8 +16,9 @@ import jinja2
 
 from aggregator.archive import archive_page_url, archive_url
 from aggregator.config import Config, Output
+from aggregator.entryview import feed_url
 from aggregator.errors import PublishError
-from aggregator.publish import TEMPLATES, feed_url
+from aggregator.publish import TEMPLATES
 from aggregator.store.repository import ArchivePage, StoryCoverage
 
 FRONT_DOOR_ARCHIVES = 6  # newest archive weeks listed per output; the feed page lists them all

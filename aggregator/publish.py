@@ -6,19 +6,16 @@ keep answering 304 until something really changed. Atom and RSS come from feedge
 feedgen cannot write ``atom:source`` with an id and ``updated`` (the validator wants
 both), so we add those to its tree. JSON Feed 1.1 is plain ``json``.
 
-What every entry tells a reader, in all formats: the outlet by its configured ``name`` (not
-the feed's own title, which is often a tagline), how many outlets carry the story, the lead's
-attachments (podcast audio keeps playing: Atom ``link rel="enclosure"``, RSS ``enclosure`` —
-one per item, RSS allows no more —, JSON Feed ``attachments``) and its preview image
-(``media:thumbnail``, JSON Feed ``image``). An undated item gets no ``published`` date: its
-``updated`` is when it was first seen, and the HTML page says so.
+What every entry tells a reader (the outlet, the coverage, attachments, a preview image) is
+``entryview``'s, the same in every format. Attachments: Atom ``link rel="enclosure"``, RSS
+``enclosure`` (one per item, RSS allows no more), JSON Feed ``attachments``. An undated item gets
+no ``published`` date: its ``updated`` is when it was first seen, and the HTML page says so.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import mimetypes
 import os
 import tempfile
 from collections.abc import Sequence
@@ -33,6 +30,18 @@ from lxml import etree
 from aggregator import __version__
 from aggregator.archive import Week, archive_page_url, archive_url
 from aggregator.config import Output
+from aggregator.entryview import (
+    entry_html,
+    feed_url,
+    kind,
+    media_type,
+    other_outlets,
+    outlets_text,
+    preview,
+    size,
+    source_name,
+    story_url,
+)
 from aggregator.errors import PublishError
 from aggregator.records import Candidate, Enclosure, OutputEntry, etag_of
 
@@ -74,15 +83,6 @@ TEMPLATES = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-
-
-def feed_url(public_url: str, slug: str, fmt: str) -> str:
-    return f"{public_url}/feeds/{slug}.{fmt}"
-
-
-def story_url(public_url: str, story_id: int) -> str:
-    """The story's full-coverage page: every outlet's item of it."""
-    return f"{public_url}/stories/{story_id}"
 
 
 def render_all(
@@ -143,12 +143,12 @@ def render_html(
             week=week,
             previous_url=archive_page_url(public_url, output.slug, previous) if previous else None,
             story_url=lambda entry: story_url(public_url, entry.lead.story_id),
-            source_name=_source_name,
-            other_outlets=_other_outlets,
-            outlets_text=_outlets_text,
-            preview=_preview,
-            size=_size,
-            kind=_kind,
+            source_name=source_name,
+            other_outlets=other_outlets,
+            outlets_text=outlets_text,
+            preview=preview,
+            size=size,
+            kind=kind,
         )
     except jinja2.TemplateError as exc:
         raise PublishError(f"{output.slug}.html: cannot render: {exc}") from exc
@@ -201,9 +201,9 @@ def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str, public_url: str)
     if lead.dated:  # an undated item's sort time is no publication date: say none
         fe.published(lead.published_at)
     fe.updated(entry.updated_at)
-    fe.author({"name": lead.author or _source_name(lead)})
+    fe.author({"name": lead.author or source_name(lead)})
     # An Atom entry needs content or an alternate link; the title stands in for neither-nor.
-    body = _entry_html(entry, public_url) or ("" if lead.link else f"<p>{html.escape(lead.title)}</p>")
+    body = entry_html(entry, public_url) or ("" if lead.link else f"<p>{html.escape(lead.title)}</p>")
     if body:
         fe.content(body, type="CDATA" if fmt == "rss" else "html")
     if lead.summary_html and lead.content_html:
@@ -211,80 +211,10 @@ def _add_entry(fg: FeedGenerator, entry: OutputEntry, fmt: str, public_url: str)
     for category in lead.categories:
         fe.category(term=category)
     if fmt == "rss":
-        fe.source(url=lead.source_url, title=_source_name(lead))
+        fe.source(url=lead.source_url, title=source_name(lead))
         if lead.enclosures:
             first = lead.enclosures[0]
-            fe.enclosure(first.url, str(first.length or 0), _media_type(first))
-
-
-def _entry_html(entry: OutputEntry, public_url: str) -> str:
-    body = entry.lead.content_html or entry.lead.summary_html
-    others = _other_outlets(entry)
-    coverage = html.escape(_outlets_text(entry))
-    if others:
-        links = ", ".join(
-            f'<a href="{html.escape(c.link, quote=True)}">{html.escape(_source_name(c))}</a>'
-            if c.link
-            else html.escape(_source_name(c))
-            for c in others
-        )
-        coverage += f". Also reported by: {links}"
-        full = html.escape(story_url(public_url, entry.lead.story_id), quote=True)
-        coverage += f' · <a href="{full}">Full coverage</a>'
-    return body + f"<p>{coverage}</p>"
-
-
-def _source_name(candidate: Candidate) -> str:
-    """The outlet as the operator named it in feeds.yaml: the feed's own title is often a
-    tagline ("UK homepage") or shared by mirrors, so it names nothing a reader recognises."""
-    return candidate.source_name
-
-
-def _other_outlets(entry: OutputEntry) -> list[Candidate]:
-    """One item per outlet besides the lead's (preferring one with a link), in member order."""
-    chosen: dict[str, Candidate] = {}
-    for other in entry.also:
-        if other.source_name == entry.lead.source_name:
-            continue
-        if other.source_name not in chosen or (other.link and not chosen[other.source_name].link):
-            chosen[other.source_name] = other
-    return list(chosen.values())
-
-
-def _outlets_text(entry: OutputEntry) -> str:
-    count = entry.outlets
-    return f"Reported by {count} outlet{'' if count == 1 else 's'}"
-
-
-def _media_type(enclosure: Enclosure) -> str:
-    """RSS and JSON Feed require a type: the given one, else a guess from the file name."""
-    return enclosure.type or mimetypes.guess_type(enclosure.url)[0] or "application/octet-stream"
-
-
-def _preview(candidate: Candidate) -> str | None:
-    """The image to show with an entry: the source's thumbnail, else an image attachment."""
-    if candidate.thumbnail:
-        return candidate.thumbnail
-    return next((e.url for e in candidate.enclosures if (e.type or "").startswith("image/")), None)
-
-
-def _kind(enclosure: Enclosure) -> str:
-    """What a link to an attachment is called on the page: "Audio", "Video", "Image" or "Attachment"."""
-    major = _media_type(enclosure).split("/")[0]
-    return {"audio": "Audio", "video": "Video", "image": "Image"}.get(major, "Attachment")
-
-
-def _size(enclosure: Enclosure) -> str:
-    """An attachment's kind and size for people: "audio/mpeg, 100.1 MB"."""
-    kind = _media_type(enclosure)
-    if not enclosure.length:
-        return kind
-    size, unit = float(enclosure.length), "bytes"
-    for bigger in ("kB", "MB", "GB"):
-        if size < 1000:
-            break
-        size, unit = size / 1000, bigger
-    return f"{kind}, {size:.0f} {unit}" if unit == "bytes" else f"{kind}, {size:.1f} {unit}"
+            fe.enclosure(first.url, str(first.length or 0), media_type(first))
 
 
 ATOM_PIECE = 250
@@ -371,9 +301,9 @@ def _atom_links(element: etree._Element, entry: OutputEntry) -> None:
     for other in entry.also:
         if other.link and other.link not in seen:
             seen.add(other.link)
-            links.append({"rel": "related", "type": "text/html", "href": other.link, "title": _source_name(other)})
+            links.append({"rel": "related", "type": "text/html", "href": other.link, "title": source_name(other)})
     for enclosure in entry.lead.enclosures:
-        attributes = {"rel": "enclosure", "href": enclosure.url, "type": _media_type(enclosure)}
+        attributes = {"rel": "enclosure", "href": enclosure.url, "type": media_type(enclosure)}
         if enclosure.length:
             attributes["length"] = str(enclosure.length)
         if (enclosure.url, "enclosure") not in {(a["href"], a["rel"]) for a in links}:
@@ -388,7 +318,7 @@ def _atom_source(element: etree._Element, lead: Candidate) -> None:
     """``atom:source`` names the original feed (RFC 4287 §4.2.11): id, title, updated, self link."""
     source = etree.SubElement(element, f"{{{ATOM_NS}}}source")
     etree.SubElement(source, f"{{{ATOM_NS}}}id").text = lead.source_feed_id or lead.source_url
-    etree.SubElement(source, f"{{{ATOM_NS}}}title").text = _source_name(lead)
+    etree.SubElement(source, f"{{{ATOM_NS}}}title").text = source_name(lead)
     etree.SubElement(source, f"{{{ATOM_NS}}}updated").text = lead.updated_at.isoformat()
     if lead.source_link:
         etree.SubElement(source, f"{{{ATOM_NS}}}link", rel="alternate", href=lead.source_link)
@@ -416,7 +346,7 @@ def render_rss(output: Output, entries: list[OutputEntry], public_url: str, hub:
             for author in element.findall("author"):
                 element.remove(author)
             creator = etree.Element(f"{{{DC_NS}}}creator")
-            creator.text = entry.lead.author or _source_name(entry.lead)
+            creator.text = entry.lead.author or source_name(entry.lead)
             element.append(creator)
             _thumbnail(element, entry.lead)
         if hub:
@@ -452,23 +382,23 @@ def _json_item(entry: OutputEntry, public_url: str) -> dict[str, object]:
     item: dict[str, object] = {
         "id": entry.story_uid,
         "title": lead.title,
-        "content_html": _entry_html(entry, public_url),
+        "content_html": entry_html(entry, public_url),
     }
     if lead.dated:
         item["date_published"] = lead.published_at.isoformat()
     item["date_modified"] = entry.updated_at.isoformat()
-    author: dict[str, str] = {"name": lead.author or _source_name(lead)}
+    author: dict[str, str] = {"name": lead.author or source_name(lead)}
     if not lead.author and lead.source_link:
         author["url"] = lead.source_link
     item["authors"] = [author]
     if lead.link:
         item["url"] = lead.link
-    if image := _preview(lead):
+    if image := preview(lead):
         item["image"] = image
     if lead.enclosures:
         item["attachments"] = [_json_attachment(e) for e in lead.enclosures]
     # JSON Feed has no field for the outlet or the coverage: an extension object carries them.
-    outlet: dict[str, str] = {"name": _source_name(lead), "feed_url": lead.source_url}
+    outlet: dict[str, str] = {"name": source_name(lead), "feed_url": lead.source_url}
     if lead.source_link:
         outlet["home_page_url"] = lead.source_link
     item["_aggregator"] = {"about": GENERATOR_URI, "outlet": outlet, "outlets": entry.outlets, "dated": lead.dated}
@@ -480,7 +410,7 @@ def _json_item(entry: OutputEntry, public_url: str) -> dict[str, object]:
 
 
 def _json_attachment(enclosure: Enclosure) -> dict[str, object]:
-    attachment: dict[str, object] = {"url": enclosure.url, "mime_type": _media_type(enclosure)}
+    attachment: dict[str, object] = {"url": enclosure.url, "mime_type": media_type(enclosure)}
     if enclosure.length:
         attachment["size_in_bytes"] = enclosure.length
     return attachment

@@ -26,7 +26,8 @@ from aggregator.curate import (
     needs_dated_candidates,
     source_scope,
 )
-from aggregator.publish import Rendering, feed_url, render_all, render_archive, write_atomically, write_file
+from aggregator.entryview import feed_url
+from aggregator.publish import Rendering, render_all, render_archive, write_atomically, write_file
 from aggregator.records import Candidate, Editorial, etag_of
 from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import ArchivePage, PruneReport, SourceIds, Store

@@ -1,0 +1,93 @@
+"""What an output entry tells a reader, in every format: the outlet, the coverage, attachments.
+
+The feeds (``publish``), the archive pages and the story pages (``pages``) all show an entry the
+same way: the outlet by its configured ``name`` (not the feed's own title, which is often a
+tagline), how many outlets carry the story with links to the others and to the full coverage,
+the lead's attachments with a type and a size for people, and its preview image.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+
+from aggregator.records import Candidate, Enclosure, OutputEntry
+
+
+def feed_url(public_url: str, slug: str, fmt: str) -> str:
+    return f"{public_url}/feeds/{slug}.{fmt}"
+
+
+def story_url(public_url: str, story_id: int) -> str:
+    """The story's full-coverage page: every outlet's item of it."""
+    return f"{public_url}/stories/{story_id}"
+
+
+def entry_html(entry: OutputEntry, public_url: str) -> str:
+    body = entry.lead.content_html or entry.lead.summary_html
+    others = other_outlets(entry)
+    coverage = html.escape(outlets_text(entry))
+    if others:
+        links = ", ".join(
+            f'<a href="{html.escape(c.link, quote=True)}">{html.escape(source_name(c))}</a>'
+            if c.link
+            else html.escape(source_name(c))
+            for c in others
+        )
+        coverage += f". Also reported by: {links}"
+        full = html.escape(story_url(public_url, entry.lead.story_id), quote=True)
+        coverage += f' · <a href="{full}">Full coverage</a>'
+    return body + f"<p>{coverage}</p>"
+
+
+def source_name(candidate: Candidate) -> str:
+    """The outlet as the operator named it in feeds.yaml: the feed's own title is often a
+    tagline ("UK homepage") or shared by mirrors, so it names nothing a reader recognises."""
+    return candidate.source_name
+
+
+def other_outlets(entry: OutputEntry) -> list[Candidate]:
+    """One item per outlet besides the lead's (preferring one with a link), in member order."""
+    chosen: dict[str, Candidate] = {}
+    for other in entry.also:
+        if other.source_name == entry.lead.source_name:
+            continue
+        if other.source_name not in chosen or (other.link and not chosen[other.source_name].link):
+            chosen[other.source_name] = other
+    return list(chosen.values())
+
+
+def outlets_text(entry: OutputEntry) -> str:
+    count = entry.outlets
+    return f"Reported by {count} outlet{'' if count == 1 else 's'}"
+
+
+def media_type(enclosure: Enclosure) -> str:
+    """RSS and JSON Feed require a type: the given one, else a guess from the file name."""
+    return enclosure.type or mimetypes.guess_type(enclosure.url)[0] or "application/octet-stream"
+
+
+def preview(candidate: Candidate) -> str | None:
+    """The image to show with an entry: the source's thumbnail, else an image attachment."""
+    if candidate.thumbnail:
+        return candidate.thumbnail
+    return next((e.url for e in candidate.enclosures if (e.type or "").startswith("image/")), None)
+
+
+def kind(enclosure: Enclosure) -> str:
+    """What a link to an attachment is called on the page: "Audio", "Video", "Image" or "Attachment"."""
+    major = media_type(enclosure).split("/")[0]
+    return {"audio": "Audio", "video": "Video", "image": "Image"}.get(major, "Attachment")
+
+
+def size(enclosure: Enclosure) -> str:
+    """An attachment's kind and size for people: "audio/mpeg, 100.1 MB"."""
+    mime = media_type(enclosure)
+    if not enclosure.length:
+        return mime
+    amount, unit = float(enclosure.length), "bytes"
+    for bigger in ("kB", "MB", "GB"):
+        if amount < 1000:
+            break
+        amount, unit = amount / 1000, bigger
+    return f"{mime}, {amount:.0f} {unit}" if unit == "bytes" else f"{mime}, {amount:.1f} {unit}"
