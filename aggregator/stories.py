@@ -414,67 +414,6 @@ COPY_KEY_WEIGHT = 100.0
 """Lookup weight of a shared lead-copy key: a story an item may copy is always judged."""
 
 
-class Batch:
-    """Items decided together, in publication order (one poll's new items): each that starts a
-    story becomes a candidate for the later ones, under a provisional negative id, since its
-    story has no number until it is stored. Found through the same rare keys as stored ones."""
-
-    def __init__(self, stats: TermStats) -> None:
-        self.stats = stats
-        self.named: dict[int, str] = {}  # provisional id -> how explanations call it
-        self._founders: dict[int, str] = {}
-        self._members: dict[int, list[Member]] = {}
-        self._figures: dict[int, frozenset[int]] = {}
-        self._names: dict[int, frozenset[int]] = {}
-
-    def decide(
-        self,
-        key: str,
-        at: datetime,
-        item: Features,
-        keys: Sequence[int],
-        found: Mapping[int, float],
-        stored: Mapping[int, StoryProfile],
-        title: str = "",
-        figures: frozenset[int] = frozenset(),
-    ) -> tuple[Decision, str | None]:
-        """The item's decision among the ``stored`` stories ``found`` reached (see
-        ``rank_candidates``) and the batch's own new stories, and the key of the batch item whose
-        new story it joins (None: a stored story, or a story of its own). ``title`` names the item
-        in explanations of later items (its key if empty). ``figures``: the item's terms that are
-        figures (``names.figures``). Items of one poll come from one feed: an outlet does not
-        report one event twice with other figures each time, but it does publish series from
-        one template (results, prices, draws) that differ only there: an item naming nothing
-        a story of its poll does not joins it only with the same figures."""
-        reached = dict(found)
-        for story, members in self._members.items():
-            if figures != self._figures[story] and item.terms - figures <= self._names[story]:
-                continue  # one outlet's series told from one template: another result, another day
-            weight = sum(self.stats.weight(t) for t in keys if any(t in m.features.terms for m in members))
-            if weight > 0:
-                reached[story] = weight
-        candidates = [
-            stored[s] if s >= 0 else StoryProfile(s, tuple(self._members[s]), self._members[s][0].published_at)
-            for s in rank_candidates(reached)
-        ]
-        decision = decide(item, at, candidates, self.stats, copied(reached))
-        joined = decision.story_id
-        if joined is None:
-            new = -(len(self._founders) + 1)
-            self._founders[new] = key
-            self._members[new] = [Member(new, at, item)]
-            self._figures[new] = figures
-            self._names[new] = item.terms - figures
-            self.named[new] = f"the new story of {title or repr(key)} (same poll)"
-        elif joined < 0:
-            if len(self._members[joined]) < REPRESENTATIVES:
-                self._members[joined].append(Member(joined, at, item))
-            self._figures[joined] |= figures
-            self._names[joined] |= item.terms - figures
-            return decision, self._founders[joined]
-        return decision, None
-
-
 def copied(found: Mapping[int, float]) -> set[int]:
     """The stories reached through a lead-copy key (``COPY_KEY_WEIGHT``), and the batch's own."""
     return {story for story, weight in found.items() if weight >= COPY_KEY_WEIGHT or story < 0}

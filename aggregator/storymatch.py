@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from aggregator import cluster, names, parseworker, stories
+from aggregator import cluster, names, parseworker, stories, storybatch
 from aggregator.records import IngestPlan, Item
 from aggregator.store.repository import IngestTransaction, MatchCandidate
 
@@ -189,7 +189,7 @@ class _StoryLookup:
             found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
         profiles = self._profiles(stored, earliest, min(moments))
-        batch = stories.Batch(stats)
+        batch = storybatch.Batch(stats)
         verdicts = {}
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
             at = item.published_at or self.now

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from aggregator import names, semantic, stories
+from aggregator import names, semantic, stories, storybatch
 from aggregator.records import NewItem
 from aggregator.store.items import IngestTransaction
 from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
@@ -317,7 +317,7 @@ def test_reports_of_one_event_in_one_fetch_share_a_new_story(server: object, tmp
 
 def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
     stats = TermStats(stories=0)
-    batch = stories.Batch(stats)
+    batch = storybatch.Batch(stats)
     original, rewrite, unrelated = feats(ORIGINAL), feats(REWRITE), feats(UNRELATED)
     first, founder = batch.decide("o", NOON, original, stats.keys(original.terms), {}, {})
     assert first.story_id is None and founder is None  # starts a story
@@ -331,7 +331,7 @@ def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
 def test_one_outlets_series_from_a_template_stays_apart_in_one_fetch() -> None:
     # Two results from one template in one feed: the same names, other figures.
     stats = TermStats(stories=0)
-    batch = stories.Batch(stats)
+    batch = storybatch.Batch(stats)
     series = [
         (f"Feed 5 story {n}: talks resume in Geneva", f"Story {n} of feed 5. Talks resumed on Tuesday.")
         for n in (17, 22)
