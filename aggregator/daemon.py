@@ -113,6 +113,15 @@ class _QuietServer(uvicorn.Server):
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
+    async def serve_or_fail(self, listen: str) -> None:
+        """``serve``, with a failed start as an ``AggregatorError``: uvicorn logs why (the port is
+        in use, the address is not this host's) and then calls ``sys.exit``, which would escape
+        the event loop with a traceback instead of reaching the command's one-line error."""
+        try:
+            await self.serve()
+        except SystemExit:
+            raise AggregatorError(f"cannot serve HTTP on {listen} (the reason is logged above)") from None
+
 
 class Daemon:
     def __init__(self, loaded: LoadedConfig, store: Store, *, poll: bool = True, http: bool = True) -> None:
@@ -211,7 +220,7 @@ class Daemon:
             access_log=False, lifespan="off", http="httptools",
         )  # fmt: skip
         self._server = _QuietServer(config)
-        server_task = asyncio.get_running_loop().create_task(self._server.serve())
+        server_task = asyncio.get_running_loop().create_task(self._server.serve_or_fail(settings.listen))
         while not self._server.started and not server_task.done():
             await asyncio.sleep(0.02)
         if self._server.started:
@@ -243,7 +252,8 @@ class Daemon:
         if self._server is not None:
             self._server.should_exit = True
         if server_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            # A server that failed to start has said why already (``_wait_for_stop`` raised it).
+            with contextlib.suppress(asyncio.CancelledError, AggregatorError):
                 await server_task
         if self._fetcher is not None:
             await self._fetcher.aclose()

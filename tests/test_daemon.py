@@ -86,6 +86,26 @@ def test_run_polls_serves_reloads_and_stops_cleanly_on_sigterm(server: FeedServe
     assert "Traceback" not in stderr
 
 
+def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        config = write_config(tmp_path, [], settings=f"listen: 127.0.0.1:{port}\ntick_seconds: 0.2")
+        process = aggregator("--config", str(config), "run", cwd=tmp_path)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    stderr = (tmp_path / "daemon.log").read_text()
+    assert process.returncode == 2, stderr
+    assert f"aggregator: cannot serve HTTP on 127.0.0.1:{port}" in stderr
+    assert "address already in use" in stderr  # uvicorn's own line says why
+    assert "Traceback" not in stderr and "never retrieved" not in stderr, stderr
+
+
 def test_kill_9_mid_poll_loses_nothing_and_duplicates_nothing(server: FeedServer, tmp_path: Path) -> None:
     feeds = 80
     for n in range(feeds):
