@@ -138,15 +138,17 @@ class Publisher:
         open_week = first_open_week(now)
         for output in self.config.outputs:
             cursor = _archived_until(self.store.archive_weeks(output.slug))
-            if self._unarchived_item_at(output, cursor, open_week) is not None:
+            if _all_archived(cursor, open_week):
+                continue  # the usual case, and no query
+            if self._unarchived_item_at(self.source_ids(output), cursor, open_week) is not None:
                 due.append(output)
         return due
 
-    def _unarchived_item_at(self, output: Output, cursor: datetime | None, open_week: Week) -> datetime | None:
-        """The date of the oldest item after ``cursor`` in a complete week, if any."""
-        if cursor is not None and cursor >= open_week.start:
-            return None  # every complete week is archived: the usual case, and no query
-        return self.store.next_item_at(self.source_ids(output), cursor, open_week.start)
+    def _unarchived_item_at(self, sources: SourceIds, cursor: datetime | None, open_week: Week) -> datetime | None:
+        """The date of the oldest item of ``sources`` after ``cursor`` in a complete week, if any."""
+        if _all_archived(cursor, open_week):
+            return None
+        return self.store.next_item_at(sources, cursor, open_week.start)
 
     def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
         """Archive every complete week of ``output`` not archived yet, oldest first, and write
@@ -163,10 +165,12 @@ class Publisher:
         cursor = _archived_until(evaluated)
         pages = [page.week for page in evaluated if page.entries]
         complete = archive_output(output)
-        sources = self.source_ids(output)
+        # The sources only when a week is to be frozen (the label query is not free, and the
+        # usual publish finds every complete week archived already).
+        sources = None if _all_archived(cursor, open_week) else self.source_ids(output)
         blocked: Editorial | None = None
         fresh: list[str] = []
-        while (at := self._unarchived_item_at(output, cursor, open_week)) is not None:
+        while (at := self._unarchived_item_at(sources, cursor, open_week)) is not None:
             week = Week.of(at)
             blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
             if self._freeze_week(complete, sources, week, blocked, pages[-1] if pages else None, now):
@@ -231,6 +235,11 @@ def _merged(candidates: list[Candidate], more: list[Candidate]) -> list[Candidat
     """``candidates`` followed by the items of ``more`` not among them."""
     seen = {c.item_id for c in candidates}
     return candidates + [c for c in more if c.item_id not in seen]
+
+
+def _all_archived(cursor: datetime | None, open_week: Week) -> bool:
+    """Whether every complete week before ``open_week`` is archived, given the archive cursor."""
+    return cursor is not None and cursor >= open_week.start
 
 
 def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:
