@@ -132,6 +132,7 @@ class Pipeline:
         # Fetch results waiting for those threads go together, one transaction per batch.
         self._group: GroupCommit[Polled, PollPlan] = GroupCommit(self._write_batch, slots=slots)
         self.authority = _authority(config.settings.public_url)
+        self._schedule = schedule_settings(config.settings)
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
         self._host_holds: dict[str, datetime] = {}
@@ -139,9 +140,11 @@ class Pipeline:
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config. Everything else is read from ``self.config`` where it is
-        used; the story-id authority is derived once, so it is derived again here."""
+        used; the story-id authority and the poll decision's schedule settings are derived
+        once, so they are derived again here."""
         self.config = config
         self.authority = _authority(config.settings.public_url)
+        self._schedule = schedule_settings(config.settings)
 
     # --- polling ---------------------------------------------------------------------
     async def poll_due(self, fetcher: Fetcher, *, until: datetime | None = None) -> PollSummary:
@@ -340,7 +343,7 @@ class Pipeline:
     def _commit(self, tx: IngestTransaction, polled: Polled) -> PollPlan:
         """Look up, decide, apply: one poll in ``tx``, which commits it whole or not at all."""
         now = polled.result.fetched_at
-        plan = decide_poll(polled, self._look_up(tx, polled, now), schedule_settings(self.config.settings), now)
+        plan = decide_poll(polled, self._look_up(tx, polled, now), self._schedule, now)
         self._apply(tx, polled, plan)
         return plan
 
