@@ -253,7 +253,6 @@ class Candidate:
     story_uid: str
     source_name: str
     source_tags: tuple[str, ...]
-    source_title: str | None
     source_url: str
     source_link: str | None
     source_feed_id: str | None

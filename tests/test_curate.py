@@ -22,7 +22,7 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 def cand(n: int, *, story: int | None = None, source: str = "A", hours: float = 0, **fields: object) -> Candidate:
     values: dict[str, object] = dict(
         item_id=n, story_id=story or n, story_uid=f"tag:x,2026:{story or n}", source_name=source, source_tags=(),
-        source_title=None, source_url="https://a.example/feed", source_link=None, source_feed_id=None,
+        source_url="https://a.example/feed", source_link=None, source_feed_id=None,
         title=f"Title {n}", link=f"https://a.example/{n}", summary_html="<p>text</p>", content_html="", text="text",
         author=None, categories=(), published_at=NOW - timedelta(hours=hours or n),
         updated_at=NOW - timedelta(hours=hours or n), first_seen_at=NOW - timedelta(hours=hours or n),

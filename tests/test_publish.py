@@ -25,7 +25,7 @@ PUBLIC = "https://news.example.org"
 def candidate(n: int, *, source: str = "Wire", story: int | None = None, **changes: object) -> Candidate:
     fields: dict[str, object] = dict(
         item_id=n, story_id=story or n, story_uid=f"tag:news.example.org,2026-11-26:story/{story or n:032x}",
-        source_name=source, source_tags=("world",), source_title=f"{source} News",
+        source_name=source, source_tags=("world",),
         source_url=f"https://{source.lower()}.example.com/feed.xml", source_link=f"https://{source.lower()}.example.com/",
         source_feed_id=None, title=f"Story {n} & <friends>", link=f"https://{source.lower()}.example.com/{n}",
         summary_html=f"<p>Summary {n} with <b>bold</b></p>", content_html="", text=f"Summary {n} with bold",

@@ -211,7 +211,7 @@ def _from_sources(source_ids: SourceIds) -> ColumnElement[bool] | None:
 
 CANDIDATE_COLUMNS = (
     ItemRow.id, StoryRow.id.label("story_id"), StoryRow.uid, SourceRow.name, SourceRow.tags,
-    SourceRow.feed_title, SourceRow.url, SourceRow.feed_link, SourceRow.feed_id, ItemRow.title, ItemRow.link,
+    SourceRow.url, SourceRow.feed_link, SourceRow.feed_id, ItemRow.title, ItemRow.link,
     ItemRow.summary_html, ItemRow.content_html, ItemRow.text, ItemRow.author, ItemRow.categories, ItemRow.sort_at,
     ItemRow.changed_at, ItemRow.updated_at, ItemRow.first_seen_at, ItemRow.language,
     ItemRow.published_at.is_not(None).label("dated"), ItemRow.enclosures,
@@ -234,7 +234,6 @@ def _candidate_row(r: Any) -> Candidate:
         story_uid=r.uid,
         source_name=r.name,
         source_tags=tuple(r.tags or ()),
-        source_title=r.feed_title,
         source_url=r.url,
         source_link=r.feed_link,
         source_feed_id=r.feed_id,
