@@ -1,4 +1,4 @@
-"""What the benchmarks share: made-up but varied text, the load average, a throwaway
+"""What the benchmarks share: pairwise precision and recall, made-up but varied text, the load average, a throwaway
 PostgreSQL database with the statistics upkeep a server without autovacuum lacks, and the
 scaffold of their feed servers.
 
@@ -113,3 +113,20 @@ def autoanalyze(url: str, every: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(60)
+
+
+class PairRates:
+    """Pairwise precision and recall of a clustering, from its pair counts (1.0 when there is
+    nothing to count): the story benchmarks score every set this way."""
+
+    true_pairs: int
+    predicted_pairs: int
+    correct_pairs: int
+
+    @property
+    def precision(self) -> float:
+        return self.correct_pairs / self.predicted_pairs if self.predicted_pairs else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.correct_pairs / self.true_pairs if self.true_pairs else 1.0

@@ -39,8 +39,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "bench"):  # run as a script from anywhere, or loaded by the tests
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from benchsupport import PairRates  # noqa: E402
 
 from aggregator import cluster, names, stories, storystream  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text  # noqa: E402
@@ -77,7 +80,7 @@ class LabelledItem:
 
 
 @dataclass(frozen=True)
-class Scores:
+class Scores(PairRates):
     items: int
     stories: int
     clusters: int
@@ -90,14 +93,6 @@ class Scores:
     joined_by_url: int
     split: list[tuple[str, str]]
     merged: list[tuple[str, str]]
-
-    @property
-    def precision(self) -> float:
-        return self.correct_pairs / self.predicted_pairs if self.predicted_pairs else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.correct_pairs / self.true_pairs if self.true_pairs else 1.0
 
 
 def load_all() -> list[LabelledItem]:
@@ -298,21 +293,13 @@ class StreamEntry:
 
 
 @dataclass(frozen=True)
-class PairScores:
+class PairScores(PairRates):
     items: int
     labels: int
     clusters: int
     true_pairs: int
     predicted_pairs: int
     correct_pairs: int
-
-    @property
-    def precision(self) -> float:
-        return self.correct_pairs / self.predicted_pairs if self.predicted_pairs else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.correct_pairs / self.true_pairs if self.true_pairs else 1.0
 
     def line(self) -> str:
         return (

@@ -45,6 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from benchsupport import PairRates
+
 ROOT = Path(__file__).resolve().parent.parent
 STORIES = ROOT.parent / "shared" / "stories"
 
@@ -199,19 +201,11 @@ def run_pipeline(articles: list[Article], workdir: Path, extra_settings: list[st
 
 
 @dataclass(frozen=True)
-class Pairwise:
+class Pairwise(PairRates):
     true_pairs: int
     predicted_pairs: int
     correct_pairs: int
     merged: list[tuple[Article, Article]]
-
-    @property
-    def precision(self) -> float:
-        return self.correct_pairs / self.predicted_pairs if self.predicted_pairs else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.correct_pairs / self.true_pairs if self.true_pairs else 1.0
 
 
 def score(articles: list[Article], story_of: dict[str, int]) -> Pairwise:
