@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 
+import snowballstemmer
+
 LEAD_CHARS = 700
 """Characters of text read after the headline: the lead carries the who, where and how many;
 later paragraphs name background people and places that other reports need not share."""
@@ -98,6 +100,29 @@ def extract(title: str, text: str) -> Terms:
         if word in confirmed or word in found:
             found.setdefault(word)
     return Terms(tuple(found))
+
+
+PLAIN_WORD_LETTERS = 5
+"""Shortest word ``plain_words`` reads: shorter ones ("said", "were", "town") are the language's
+glue, and a rare one that short is mostly a name or an abbreviation, which ``extract`` reads."""
+
+_PLAIN_WORD = re.compile(rf"[^\W\d_]{{{PLAIN_WORD_LETTERS},}}")
+_stemmer = snowballstemmer.stemmer("english")
+
+
+def plain_words(title: str, text: str, terms: Terms) -> list[tuple[str, str]]:
+    """The words of the headline and lead that are not names (``terms``), each once, as (the
+    word case-folded, its stem): "slaps" and "slapping" in two reports of one incident share
+    the stem "slap". Whether a word is rare enough to be evidence is ``stories.rare_words``'s
+    business."""
+    lead = unicodedata.normalize("NFKC", f"{title}\n{text[:LEAD_CHARS]}")
+    named = set(terms.words)
+    found: dict[str, str] = {}
+    for match in _PLAIN_WORD.finditer(lead):
+        word = match.group(0).casefold()
+        if word not in found and word not in named:
+            found[word] = "~" + _stemmer.stemWord(word)
+    return list(found.items())
 
 
 def figures(words: Iterable[str]) -> frozenset[int]:

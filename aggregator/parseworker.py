@@ -31,7 +31,7 @@ from hashlib import blake2b
 from multiprocessing import get_context
 from typing import Any, ParamSpec, TypeVar
 
-from aggregator import cluster, names, semantic, stories
+from aggregator import cluster, stories
 from aggregator.errors import ParseError
 from aggregator.normalize import normalize_feed
 from aggregator.parse import parse_document
@@ -94,8 +94,8 @@ def featurize(title: str, text: str) -> Featurized:
     signed, featurized = _recall(digest)
     if featurized is not None:
         return featurized
-    terms = names.extract(title, text)
-    featurized = (stories.Features(semantic.embedder().embed(title, text), terms.keys).dumps(), terms.words)
+    features, terms = stories.features_of(title, text, signed=False)
+    featurized = (features.dumps(), terms.words)
     _remember(digest, signed, featurized)
     return featurized
 

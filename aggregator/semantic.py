@@ -87,6 +87,21 @@ class Embedder:
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
 
+    def pieces(self, words: list[str]) -> list[int]:
+        """How many tokens each word (as it would stand mid-sentence) splits into. The
+        tokenizer's vocabulary holds the words its training text used most as single tokens,
+        so a word that needs several pieces is a rare one: a free estimate of how common a
+        word is in the language, from files the model already ships."""
+        if not words:
+            return []
+        encoded = self._tokenizer.encode_batch([f" {word}" for word in words], add_special_tokens=False)
+        return [sum(1 for token in e.tokens if token != SPACE_TOKEN) for e in encoded]
+
+
+SPACE_TOKEN = "\u2581"
+"""The tokenizer's token for a lone space: the leading space given to each word comes out as
+this token of its own before the word's pieces."""
+
 
 def map_tensor(path: Path, name: str) -> npt.NDArray[np.floating[Any]]:
     """Tensor ``name`` of a safetensors file as a read-only memory map (no copy is made).

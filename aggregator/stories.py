@@ -17,6 +17,12 @@ four kinds of evidence, always against a story as a whole:
   lowers the names needed (``STRONG_COSINE``) or rules a story out (``MIN_COSINE``);
 * **time**: a story takes members for ``STORY_SPAN`` after its first one; a development later
   (the verdict after the charge, the race after qualifying) starts a story of its own;
+* **rare plain words** (``rare_words``): "slapped", "robocall", "landfall" are not names, but
+  two reports of one incident share them where reports of other events do not. A word the
+  model's vocabulary holds whole is common and not evidence; one it must split is, and adds
+  ``RARE_WORD_WEIGHT`` of a name's weight at most. They add to the names' weight, never to
+  the agreement check, so they help a report that is plainly about the story's event across a
+  bar the names alone left it just under, and cannot make two events' names agree;
 * **copied text** (``cluster.same_story``), the most precise signal, still only against a
   story whose centroid is close and whose names agree with the copy's (a look-alike built from
   the same template carries other names and figures).
@@ -45,9 +51,11 @@ import numpy as np
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
-FEATURES_VERSION = "s1"
+FEATURES_VERSION = "s2"
+OLDER_VERSIONS = ("s1",)
+"""Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words."""
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
-changes, so features written by older code are recognised and simply not compared."""
+changes, so features written by older code are recognised (and read, or simply not compared)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -111,6 +119,14 @@ COPY_AGREEMENT = 0.8
 """Agreement a lead copy needs: a copy keeps its original's names and figures (a trimmed one
 keeps a subset), while a look-alike from the same template carries other ones."""
 
+RARE_WORD_WEIGHT = 0.5
+"""What a shared plain word weighs at most, against a name's 1: plain words say what happened,
+names who and where; a word tells less about which event it is than a name does."""
+
+RARE_PIECES = 3
+"""Tokens a word splits into for its full weight (``RARE_WORD_WEIGHT``); two pieces give half
+of it; a word the vocabulary holds whole gives nothing."""
+
 AGREEMENT_FLOOR = 0.5
 """Rare-name weight below which a side is too plain to contradict anything: it agrees."""
 
@@ -122,28 +138,55 @@ class Features:
     vector: semantic.Vector
     terms: frozenset[int]
     signature: cluster.Signature | None = None
+    words: Mapping[int, float] = field(default_factory=dict)
+    """Rare plain words (``rare_words``): hash -> weight as evidence."""
 
     def dumps(self) -> str:
-        """Stored form: version, then the quantised vector and term hashes in base64 (about 400
-        characters). The lead signature is stored on its own (``cluster.Signature.dumps``)."""
-        packed = semantic.quantise(self.vector) + b"".join(t.to_bytes(4, "big") for t in sorted(self.terms))
+        """Stored form: version, then in base64 the quantised vector, the term hashes, and the
+        rare words' hashes, full-weight ones first (about 500 characters). The lead signature
+        is stored on its own (``cluster.Signature.dumps``)."""
+        full = sorted(w for w, weight in self.words.items() if weight >= RARE_WORD_WEIGHT)
+        half = sorted(w for w, weight in self.words.items() if weight < RARE_WORD_WEIGHT)
+        packed = b"".join(
+            (
+                semantic.quantise(self.vector),
+                len(self.terms).to_bytes(2, "big"),
+                *(t.to_bytes(4, "big") for t in sorted(self.terms)),
+                len(full).to_bytes(2, "big"),
+                *(t.to_bytes(4, "big") for t in (*full, *half)),
+            )
+        )
         return f"{FEATURES_VERSION}:{base64.b64encode(packed).decode('ascii')}"
 
     @classmethod
     def loads(cls, text: str, signature: cluster.Signature | None = None) -> Features:
         """Back from ``dumps``; ValueError for another version or a damaged value."""
         version, _, payload = text.partition(":")
-        if version != FEATURES_VERSION:
+        if version != FEATURES_VERSION and version not in OLDER_VERSIONS:
             raise ValueError(f"features version {version!r} is not {FEATURES_VERSION!r}")
         try:
             raw = base64.b64decode(payload, validate=True)
         except ValueError as exc:
             raise ValueError(f"features are corrupt: {exc}") from None
-        if len(raw) < semantic.DIMENSIONS or (len(raw) - semantic.DIMENSIONS) % 4:
-            raise ValueError("features are corrupt: truncated")
-        vector = semantic.dequantise(raw[: semantic.DIMENSIONS])
-        terms = frozenset(np.frombuffer(raw, dtype=">u4", offset=semantic.DIMENSIONS).tolist())
-        return cls(vector, terms, signature)
+        dims = semantic.DIMENSIONS
+        if version == "s1":
+            if len(raw) < dims or (len(raw) - dims) % 4:
+                raise ValueError("features are corrupt: truncated")
+            terms = frozenset(np.frombuffer(raw, dtype=">u4", offset=dims).tolist())
+            return cls(semantic.dequantise(raw[:dims]), terms, signature)
+        try:
+            n_terms = int.from_bytes(raw[dims : dims + 2], "big")
+            words_at = dims + 2 + 4 * n_terms
+            n_full = int.from_bytes(raw[words_at : words_at + 2], "big")
+            if len(raw) < words_at + 2 or (len(raw) - words_at - 2) % 4 or 4 * n_full > len(raw) - words_at - 2:
+                raise ValueError("truncated")
+            terms = frozenset(np.frombuffer(raw, dtype=">u4", count=n_terms, offset=dims + 2).tolist())
+            words = np.frombuffer(raw, dtype=">u4", offset=words_at + 2).tolist()
+        except ValueError as exc:
+            raise ValueError(f"features are corrupt: {exc}") from None
+        half = RARE_WORD_WEIGHT / 2
+        weights = {w: (RARE_WORD_WEIGHT if n < n_full else half) for n, w in enumerate(words)}
+        return cls(semantic.dequantise(raw[:dims]), terms, signature, weights)
 
 
 @dataclass(frozen=True)
@@ -185,6 +228,16 @@ class StoryProfile:
         """Share of the members that carry each term."""
         size = len(self.members)
         return {term: count / size for term, count in self.carriers.items()}
+
+    @cached_property
+    def word_support(self) -> dict[int, float]:
+        """Share of the members that use each rare plain word."""
+        counts: dict[int, int] = {}
+        for member in self.members:
+            for word in member.features.words:
+                counts[word] = counts.get(word, 0) + 1
+        size = len(self.members)
+        return {word: count / size for word, count in counts.items()}
 
 
 _STATS_MADE = itertools.count()
@@ -245,6 +298,8 @@ class Judgement:
     hours: float  # from the story's first member
     copy_of: int | None  # the member the item copies, if any
     why_not: str = ""
+    shared_words: tuple[int, ...] = ()  # the item's rare plain words the story uses
+    word_weight: float = 0.0  # what they add to ``name_weight``
 
     @property
     def score(self) -> float:
@@ -257,6 +312,10 @@ class Judgement:
         if self.shared:
             shown = terms.named(set(self.shared)) if terms is not None else []
             names = f"; names {', '.join(shown[:8])}" if shown else f"; {len(self.shared)} names"
+        if self.shared_words:
+            shown = [w.lstrip("~") for w in terms.named(set(self.shared_words))] if terms is not None else []
+            listed = ", ".join(shown[:6]) if shown else f"{len(self.shared_words)}"
+            names += f"; rare word stems {listed} (+{self.word_weight:.1f})"
         copy = f"; copies item {self.copy_of}" if self.copy_of is not None else ""
         text = (
             f"cosine {self.cosine:.2f}, name weight {self.name_weight:.1f}{names}{copy}, "
@@ -299,10 +358,29 @@ def stored_keys(copy_keys: tuple[int, ...], features: Features) -> tuple[int, ..
     return copy_keys + tuple(name_key(t) for t in sorted(features.terms))
 
 
-def features_of(title: str, text: str) -> tuple[Features, Terms]:
-    """An item's features from its plain-text title and text, and its readable terms."""
+def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, Terms]:
+    """An item's features from its plain-text title and text (with its lead signature unless
+    ``signed`` is false: the parse worker signs items on its own), and its readable terms:
+    names and figures, then the stems of its rare plain words (marked ``~``)."""
     terms = names.extract(title, text)
-    return Features(semantic.embedder().embed(title, text), terms.keys, cluster.signature(title, text)), terms
+    words = rare_words(title, text, terms)
+    signature = cluster.signature(title, text) if signed else None
+    weights = {names.term_key(stem): weight for stem, weight in words.items()}
+    features = Features(semantic.embedder().embed(title, text), terms.keys, signature, weights)
+    return features, Terms((*terms.words, *words))
+
+
+def rare_words(title: str, text: str, terms: Terms) -> dict[str, float]:
+    """The plain words of an item (``names.plain_words``) rare enough to be evidence, by stem,
+    with what each weighs: ``RARE_WORD_WEIGHT`` for a word the model's tokenizer splits into
+    ``RARE_PIECES`` or more tokens, half of it for two, nothing for a word it holds whole."""
+    plain = names.plain_words(title, text, terms)
+    found: dict[str, float] = {}
+    for (_, stem), pieces in zip(plain, semantic.embedder().pieces([word for word, _ in plain]), strict=True):
+        weight = RARE_WORD_WEIGHT if pieces >= RARE_PIECES else RARE_WORD_WEIGHT / 2 if pieces == 2 else 0.0
+        if weight > found.get(stem, 0.0):
+            found[stem] = weight
+    return found
 
 
 def judge(
@@ -331,13 +409,17 @@ def judge(
     weighed = weighed if weighed is not None else item_weights(item, stats)
     weights = {t: pair[t in support] for t, pair in weighed.items()}
     shared = tuple(sorted(t for t in item.terms if t in support and weights[t] > 0))
-    name_weight = sum(weights[t] * support[t] for t in shared)
+    used = story.word_support
+    shared_words = tuple(sorted(w for w in item.words if w in used))
+    word_weight = sum(item.words[w] * used[w] for w in shared_words)
+    names_only = sum(weights[t] * support[t] for t in shared)
+    name_weight = names_only + word_weight
     agreement: float | None = None
 
     def agreeing() -> float:
         nonlocal agreement
         if agreement is None:
-            agreement = _agreement(sum(weights.values()), name_weight, story, stats)
+            agreement = _agreement(sum(weights.values()), names_only, story, stats)
         return agreement
 
     if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
@@ -345,7 +427,10 @@ def judge(
             sig = member.features.signature
             if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
                 if agreeing() >= COPY_AGREEMENT:
-                    return Judgement(story.story_id, True, cosine, name_weight, shared, hours, member.item_id)
+                    return Judgement(
+                        story.story_id, True, cosine, name_weight, shared, hours, member.item_id, "",
+                        shared_words, word_weight,
+                    )  # fmt: skip
                 break
     needed, agree = names_needed(cosine)
     why_not = ""
@@ -355,7 +440,9 @@ def judge(
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
     elif agreeing() < agree:
         why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
-    return Judgement(story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not)
+    return Judgement(
+        story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight
+    )
 
 
 def item_weights(item: Features, stats: TermStats) -> dict[int, tuple[float, float]]:
