@@ -64,13 +64,13 @@ def test_rare_words_never_make_other_names_agree(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(stories, "MIN_NAME_WEIGHT", 1.0)
     monkeypatch.setattr(stories, "STRONG_NAME_WEIGHT", 1.0)
     first, _ = features_of(*CAPSIZE)
-    other = tuple(
+    title, text = (
         part.replace("Lake Torvane", "Lake Marisk").replace("Torvane", "Marisk").replace("Sunday", "Friday")
         for part in OVERTURN
     )
     story = StoryProfile(1, (Member(1, NOON, first),), NOON)
     stats = TermStats(200, {})
-    look_alike = judge(features_of(*other)[0], NOON + timedelta(hours=1), story, stats)
+    look_alike = judge(features_of(title, text)[0], NOON + timedelta(hours=1), story, stats)
     assert look_alike.word_weight >= 1.0 and not look_alike.joins
     assert "mostly differ" in look_alike.why_not
     assert judge(features_of(*OVERTURN)[0], NOON + timedelta(hours=1), story, stats).joins
