@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 
-import snowballstemmer
+import Stemmer
 
 LEAD_CHARS = 700
 """Characters of text read after the headline: the lead carries the who, where and how many;
@@ -107,7 +107,7 @@ PLAIN_WORD_LETTERS = 5
 glue, and a rare one that short is mostly a name or an abbreviation, which ``extract`` reads."""
 
 _PLAIN_WORD = re.compile(rf"[^\W\d_]{{{PLAIN_WORD_LETTERS},}}")
-_stemmer = snowballstemmer.stemmer("english")
+_stemmer = Stemmer.Stemmer("english")
 
 
 def plain_words(title: str, text: str, terms: Terms) -> list[tuple[str, str]]:

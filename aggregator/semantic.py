@@ -91,16 +91,29 @@ class Embedder:
         """How many tokens each word (as it would stand mid-sentence) splits into. The
         tokenizer's vocabulary holds the words its training text used most as single tokens,
         so a word that needs several pieces is a rare one: a free estimate of how common a
-        word is in the language, from files the model already ships."""
+        word is in the language, from files the model already ships.
+
+        The words are tokenized as one text (one call, not one per word) and the tokens
+        counted between word starts (a token beginning with ``WORD_START``)."""
         if not words:
             return []
-        encoded = self._tokenizer.encode_batch([f" {word}" for word in words], add_special_tokens=False)
-        return [sum(1 for token in e.tokens if token != SPACE_TOKEN) for e in encoded]
+        tokens = self._tokenizer.encode(" ".join(words), add_special_tokens=False).tokens
+        counts: list[int] = []
+        for token in tokens:
+            if token == WORD_START:  # a bare word start: the word's pieces follow unmarked
+                counts.append(0)
+            elif token.startswith(WORD_START) or not counts:
+                counts.append(1)
+            else:
+                counts[-1] += 1
+        if len(counts) != len(words):  # a word the tokenizer read as two: count each alone
+            encoded = self._tokenizer.encode_batch(words, add_special_tokens=False)
+            return [sum(1 for token in e.tokens if token != WORD_START) for e in encoded]
+        return counts
 
 
-SPACE_TOKEN = "\u2581"
-"""The tokenizer's token for a lone space: the leading space given to each word comes out as
-this token of its own before the word's pieces."""
+WORD_START = "\u2581"
+"""How the tokenizer marks a token that begins a word (alone, it is a bare space)."""
 
 
 def map_tensor(path: Path, name: str) -> npt.NDArray[np.floating[Any]]:
