@@ -413,8 +413,8 @@ def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
 
 def semeval(*, quiet: bool = False) -> tuple[float, float]:
     """SemEval-2022 task 8 pairs: each pair is a story of its first article and a decision on
-    the second, an hour later; term rarity is counted over all the pairs' articles. Returns the
-    shares of same-event and of different-event pairs linked."""
+    the second, an hour later; term rarity is counted over all the pairs' articles but the one
+    judged. Returns the shares of same-event and of different-event pairs linked."""
     with (SHARED / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     at = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -427,10 +427,12 @@ def semeval(*, quiet: bool = False) -> tuple[float, float]:
         for f in (a, b):
             for term in f.terms:
                 counts[term] += 1
-    stats = stories.TermStats(2 * len(rows), dict(counts))
     groups: dict[str, list[bool]] = {"same (Overall <= 1.5)": [], "middle": [], "different (Overall >= 3.5)": []}
     found_by_keys = 0
     for row, (a, b) in zip(rows, feats, strict=True):
+        # The stream as the second article finds it: every article but itself (in a pipeline
+        # an item is not counted among the stories before it is stored).
+        stats = stories.TermStats(2 * len(rows) - 1, {t: n - (t in b.terms) for t, n in counts.items()})
         profile = stories.StoryProfile(1, (stories.Member(1, at, a),), at)
         linked = stories.decide(b, at + timedelta(hours=1), [profile], stats).story_id == 1
         overall = float(row["Overall"])
