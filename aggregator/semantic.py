@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator.errors import AggregatorError
+from aggregator.wordpieces import WordPieces
 
 MODEL_PACKAGE = "wordllama"
 WEIGHTS_FILE = "weights/l2_supercat_256.safetensors"
@@ -42,6 +43,9 @@ DIMENSIONS = 256
 MAX_TOKENS = 160
 """Tokens of headline + lead that are averaged: the lead's first sentences carry the event; the
 rest of a long text would only pull every vector towards the average news article."""
+
+READ_CHARS = 1500
+"""Characters of text given to the tokenizer (more than ``MAX_TOKENS`` need in any prose)."""
 
 Vector = npt.NDArray[np.float32]
 SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4"}
@@ -57,6 +61,7 @@ class Embedder:
     def __init__(self, table: npt.NDArray[np.floating[Any]], tokenizer: Any) -> None:
         self._table = table
         self._tokenizer = tokenizer
+        self._pieces = WordPieces.of(tokenizer)
 
     @classmethod
     def load(cls) -> Embedder:
@@ -78,8 +83,17 @@ class Embedder:
         tokenizer.no_truncation()
         return cls(table, tokenizer)
 
+    def ids(self, title: str, text: str) -> list[int]:
+        """The ids of the tokens that are averaged: the first ``MAX_TOKENS`` of the headline and
+        the start of the text."""
+        joined = f"{title}\n{text[:READ_CHARS]}"
+        if self._pieces is None:
+            ids: list[int] = self._tokenizer.encode(joined, add_special_tokens=False).ids[:MAX_TOKENS]
+            return ids
+        return self._pieces.first(joined, MAX_TOKENS)
+
     def embed(self, title: str, text: str) -> Vector:
-        ids = self._tokenizer.encode(f"{title}\n{text[:1500]}", add_special_tokens=False).ids[:MAX_TOKENS]
+        ids = self.ids(title, text)
         if not ids:
             return np.zeros(DIMENSIONS, dtype=np.float32)
         rows = self._table[np.clip(ids, 0, len(self._table) - 1)]
