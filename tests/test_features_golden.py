@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from aggregator import names, parseworker, semantic, stories
+from aggregator import names, parseworker, semantic, stories, wordpieces
 
 DATA = Path(__file__).resolve().parent / "data"
 EXPECTED = DATA / "features" / "expected.json"
@@ -89,6 +89,15 @@ def test_the_worker_stores_the_recorded_features(
     for name, title, text in samples():
         stored, words = parseworker.featurize(title, text)
         assert (stored, list(words)) == (expected[name]["features"], expected[name]["words"]), name
+
+
+def test_words_forgotten_and_learnt_again_give_the_recorded_features(
+    expected: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(names, "WORDS_REMEMBERED", 7)
+    monkeypatch.setattr(wordpieces, "WORDS_REMEMBERED", 7)
+    for name, title, text in samples():
+        assert record(title, text) == expected[name], name
 
 
 def main() -> None:
