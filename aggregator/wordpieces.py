@@ -12,21 +12,18 @@ run of "▁", into words that are tokenized independently of each other, and the
 whole are the ids of its words in order: each word's are computed once and remembered, and
 reading stops as soon as enough ids are known.
 
-Two things bypass this and use the tokenizer itself: a text holding one of the tokenizer's
-added tokens verbatim ("<s>"), which the tokenizer splits out before normalizing, and a
-tokenizer this reasoning was not checked for (``WordPieces.of`` gives None).
+Three things bypass this and use the tokenizer itself: a text holding one of the tokenizer's
+added tokens verbatim ("<s>"), which the tokenizer splits out before normalizing, a text holding
+"▁" itself (rare, and words could no longer be cut at spaces), and a tokenizer this reasoning
+was not checked for (``WordPieces.of`` gives None).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 SPACE = "\u2581"
-WORD = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")
-"""A word: a run of "▁" and what follows it up to the next one (the text's end may leave a run alone)."""
-
 WORDS_REMEMBERED = 30_000
 """Distinct words a process keeps the ids of (forgotten all at once when full): news reuses a
 vocabulary of this order, and each word costs about 200 bytes."""
@@ -74,24 +71,36 @@ class WordPieces:
     def first(self, text: str, count: int) -> list[int]:
         if not text:
             return []  # the normalizer puts no "▁" before nothing
-        if any(token in text for token in self._added):
+        if SPACE in text or any(token in text for token in self._added):
             ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids[:count]
             return ids
+        # Each word is a part between spaces with the "▁" that stands for the space before it
+        # (and the start of the text); the cache is keyed without that one "▁", so that for most
+        # words the part itself is the key. Empty parts are runs of spaces, and go with the next.
         known = self._known
         ids = []
-        for word in WORD.findall(SPACE + text.replace(" ", SPACE)):
-            pieces = known.get(word)
+        run = ""
+        for part in text.split(" "):
+            if not part:
+                run += SPACE
+                continue
+            key = run + part if run else part
+            run = ""
+            pieces = known.get(key)
             if pieces is None:
-                pieces = self._learn(word)
+                pieces = self._learn(key)
             ids += pieces
             if len(ids) >= count:
                 return ids[:count]
-        return ids
+        if run:  # spaces at the end: a word of "▁" alone, one for each
+            ids += known.get(run[1:]) or self._learn(run[1:])
+        return ids[:count]
 
-    def _learn(self, word: str) -> tuple[int, ...]:
+    def _learn(self, key: str) -> tuple[int, ...]:
+        """The ids of the word ``SPACE + key``, remembered under ``key``."""
         if len(self._known) >= WORDS_REMEMBERED:
             self._known.clear()
         ints = self._ints
-        pieces = tuple(ints[token.id] for token in self._model.tokenize(word))
-        self._known[word] = pieces
+        pieces = tuple(ints[token.id] for token in self._model.tokenize(SPACE + key))
+        self._known[key] = pieces
         return pieces
