@@ -24,9 +24,9 @@ import json
 from typing import Any
 
 SPACE = "\u2581"
-WORDS_REMEMBERED = 30_000
+WORDS_REMEMBERED = 20_000
 """Distinct words a process keeps the ids of (forgotten all at once when full): news reuses a
-vocabulary of this order, and each word costs about 200 bytes."""
+vocabulary of this order, and each word costs about 250 bytes of the worker's memory."""
 
 _NORMALIZER = {
     "type": "Sequence",
@@ -49,24 +49,29 @@ class WordPieces:
 
     @classmethod
     def of(cls, tokenizer: Any) -> WordPieces | None:
-        """Word-by-word tokenizing for ``tokenizer``, or None if it may not give the same ids."""
-        config = json.loads(tokenizer.to_str())
-        model = config.get("model") or {}
-        vocabulary: dict[str, int] = model.get("vocab") or {}
+        """Word-by-word tokenizing for ``tokenizer``, or None if it may not give the same ids.
+
+        Read from the loaded objects, not from ``tokenizer.to_str()``: parsing that JSON (the
+        merges above all) would raise a parse worker's peak memory by some 20 MB.
+        """
+        model = tokenizer.model
+        normalizer = tokenizer.normalizer
         if not (
-            config.get("normalizer") == _NORMALIZER
-            and config.get("pre_tokenizer") is None
-            and model.get("type") == "BPE"
-            and not model.get("dropout")
-            and not model.get("ignore_merges")
-            and not model.get("continuing_subword_prefix")
-            and not model.get("end_of_word_suffix")
-            and vocabulary
-            and not any(SPACE in token.lstrip(SPACE) for token in vocabulary)
+            type(model).__name__ == "BPE"
+            and normalizer is not None
+            and json.loads(normalizer.__getstate__()) == _NORMALIZER
+            and tokenizer.pre_tokenizer is None
+            and not model.dropout
+            and not model.ignore_merges
+            and not model.continuing_subword_prefix
+            and not model.end_of_word_suffix
         ):
             return None
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if any(SPACE in (tokenizer.id_to_token(i) or "").lstrip(SPACE) for i in range(size)):
+            return None
         added = tuple(token.content for token in tokenizer.get_added_tokens_decoder().values())
-        return cls(tokenizer, added, max(vocabulary.values()) + 1)
+        return cls(tokenizer, added, size)
 
     def first(self, text: str, count: int) -> list[int]:
         if not text:
