@@ -76,6 +76,8 @@ def extract(title: str, text: str) -> Terms:
             elif number:
                 found.setdefault(_figure(number, unit))
                 initial = False
+            elif raw[0].islower():  # no name, and not remembered: only whether it ends a sentence counts
+                initial = raw[-1] == "." and len(raw) > 3 and not _ABBREVIATION.match(raw)
             else:
                 word, acronym, upper, ends = _WORDS.get(raw) or _word(raw)
                 if acronym or (upper and capitals_tell and not initial):
@@ -89,9 +91,10 @@ WordFacts = tuple[str, bool, bool, bool]
 whether it starts with a capital, and whether it ends the sentence."""
 
 _WORDS: dict[str, WordFacts] = {}
-WORDS_REMEMBERED = 20_000
+WORDS_REMEMBERED = 10_000
 """Distinct words as written that a process keeps the facts of (``_word``), forgotten all at
-once when full: news reuses its words, and working them out again is most of ``extract``."""
+once when full: news reuses its words, and working them out again was most of ``extract``.
+Words starting with a small letter, most of any text, are never names and are not kept."""
 
 
 def _word(raw: str) -> WordFacts:

@@ -39,6 +39,7 @@ CORNERS = [
     ("ALL CAPS HEADLINE FROM KARACHI", "KARACHI (AP) — Dr. Smith met Mr. Jones in St. Louis on Tuesday. Then left."),
     ("Words cut mid-way", "antidisestablishmentarianism " * 60),
     ("A text with no spaces", "x" * 1400 + "yz" * 100),
+    ("lower-case start", "e.g. this, i.e. that, etc. and so on. also cf. the u.s. and end. then more."),
     ("Numbers", "1,234,567 and 1.5bn and 12k and 3 thousand and 0.50% and 7.0 percent and 1,5 m and 10.000."),
 ]
 
