@@ -43,6 +43,9 @@ class WordPieces:
     def __init__(self, tokenizer: Any, added: tuple[str, ...], vocabulary: int) -> None:
         self._tokenizer = tokenizer
         self._model = tokenizer.model
+        # The BPE model's own cache of words would now hold the same words a second time (about
+        # 5 MB of a worker's memory); its texts as a whole were never short enough to be kept.
+        getattr(self._model, "_resize_cache", lambda _capacity: None)(0)
         self._added = added
         self._known: dict[str, tuple[int, ...]] = {}
         self._ints = list(range(vocabulary))  # one int object per id, shared by every word
