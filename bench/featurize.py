@@ -8,11 +8,14 @@ in this process and on one thread, and prints the CPU time per item of each stag
 * ``farm``: the items of bench/ingest.py's first 60 feeds, parsed and normalized as a parse worker
   sees them (1-2.5 KB of text each, cut to what the embedding reads).
 
-Each corpus is featurized twice, both times with the worker's item cache off: the first pass
-is what a fresh worker pays, the second what it pays once its per-word caches are warm (they are
-kept across corpora: wikinews runs first). The figures are CPU seconds (``time.process_time``)
-divided by items; ``threads`` compares them with the calling thread's CPU, which is equal when no
-other thread did any of the work.
+Each stage runs over each corpus twice, with the worker's item cache off (every item is
+computed): pass 1 is the first time this process meets the texts, pass 2 the best of
+``--repeat`` runs after it. The per-word caches of the tokenizer and of ``names`` are kept from
+one run to the next, so only the first row (``wikinews featurize``, pass 1) is what a freshly
+started worker pays; the farm's pass 1 meets a new vocabulary with those caches already warm.
+The figures are CPU seconds (``time.process_time``) divided by items; ``threads`` is the calling
+thread's CPU over the process's, 1.00 when no other thread (such as a tokenizer's thread pool)
+did any of the work.
 
 The digests at the end are of every item's stored features and words and of every vector's
 float32 bytes: equal digests before and after a change mean the change altered no output.
