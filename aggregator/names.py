@@ -34,12 +34,16 @@ Title Case ("Voice Readers Raise Thousands For Couple"): its capitals say nothin
 count only if the lead capitalises them too. Short words ("of", "to", "for") are left lowercase
 by most house styles, so they do not tell."""
 
-_TOKEN = re.compile(
+TOKENS = (
     r"(?P<number>\d+(?:[.,]\d+)*)(?:\s?(?P<unit>%|per\s?cent\b|percent\b|million\b|billion\b|trillion\b|"
     r"thousand\b|bn\b|m\b|k\b))?"
     r"|(?P<word>[^\W\d_]+(?:[.'’\-][^\W\d_]+)*\.?)"
     r"|(?P<stop>[.!?:;\"“”«»—–|()]|(?<=\s)-(?=\s))"
 )
+# No token starts with a space or a comma, the commonest characters between tokens: skipping
+# them at once (possessively, never given back) spares the engine trying every alternative at
+# each of them, and finds the same tokens.
+_TOKEN = re.compile(rf"[\s,]*+(?:{TOKENS})")
 _POSSESSIVE = re.compile(r"[’']s$")
 _SCALE = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
           "trillion": 10**12}  # fmt: skip
@@ -63,43 +67,55 @@ class Terms:
 
 def extract(title: str, text: str) -> Terms:
     """The names and figures of an item's headline and the start of its text."""
-    title = unicodedata.normalize("NFKC", title).replace("\u00ad", "")
-    lead = unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", "")
-    title_words = [m.group("word") for m in _TOKEN.finditer(title) if m.group("word")]
-    long_words = [w for w in title_words if len(w) >= TITLE_CASE_LETTERS]
-    title_case = len(long_words) >= 2 and all(w[0].isupper() for w in long_words)
+    title_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", title).replace("\u00ad", ""))
+    lead_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", ""))
+    long_words = [raw for _n, _u, raw, _s in title_tokens if len(raw) >= TITLE_CASE_LETTERS]
+    title_case = len(long_words) >= 2 and all(raw[0].isupper() for raw in long_words)
     found: dict[str, None] = {}
-    confirmed: set[str] = set()  # capitalised mid-sentence (or in capitals) somewhere in the lead
-    pending: list[str] = []  # sentence-initial or Title-Case words, kept only if confirmed
-    for part, is_title in ((title, True), (lead, False)):
+    # A sentence-initial or Title-Case word counts only where the same item capitalises it
+    # elsewhere, and there it has already been found.
+    for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
         initial = True
-        for match in _TOKEN.finditer(part):
-            if match.group("stop"):
+        for number, unit, raw, stop in tokens:
+            if stop:
                 initial = True
-                continue
-            if match.group("number"):
-                found.setdefault(_figure(match.group("number"), match.group("unit")))
+            elif number:
+                found.setdefault(_figure(number, unit))
                 initial = False
-                continue
-            raw = match.group("word")
-            word = _fold(raw)
-            if not word:
-                initial = raw.endswith(".") and not _ABBREVIATION.match(raw)
-                continue
-            upper = raw[0].isupper()
-            acronym = len(word) >= 2 and (raw.replace(".", "").isupper())
-            if acronym or (upper and not initial and not (is_title and title_case)):
-                found.setdefault(word)
-                if not is_title:
-                    confirmed.add(word)
-            elif upper:
-                pending.append(word)
-            # A word ending with a full stop ends the sentence, unless it is an abbreviation.
-            initial = raw.endswith(".") and not _ABBREVIATION.match(raw) and len(raw) > 3
-    for word in pending:
-        if word in confirmed or word in found:
-            found.setdefault(word)
+            elif raw[0].islower():  # no name, and not remembered: only whether it ends a sentence counts
+                initial = raw[-1] == "." and len(raw) > 3 and not _ABBREVIATION.match(raw)
+            else:
+                word, acronym, upper, ends = _WORDS.get(raw) or _word(raw)
+                if acronym or (upper and capitals_tell and not initial):
+                    found.setdefault(word)
+                initial = ends
     return Terms(tuple(found))
+
+
+WordFacts = tuple[str, bool, bool, bool]
+"""What ``extract`` needs of a word as written: its term (folded), whether it is in capitals,
+whether it starts with a capital, and whether it ends the sentence."""
+
+_WORDS: dict[str, WordFacts] = {}
+WORDS_REMEMBERED = 10_000
+"""Distinct words as written that a process keeps the facts of (``_word``), forgotten all at
+once when full: news reuses its words, and working them out again was most of ``extract``.
+Words starting with a small letter, most of any text, are never names and are not kept."""
+
+
+def _word(raw: str) -> WordFacts:
+    word = _fold(raw)
+    if not word:
+        facts = ("", False, False, raw.endswith(".") and not _ABBREVIATION.match(raw))
+    else:
+        acronym = len(word) >= 2 and raw.replace(".", "").isupper()
+        # A word ending with a full stop ends the sentence, unless it is an abbreviation.
+        ends = raw.endswith(".") and not _ABBREVIATION.match(raw) and len(raw) > 3
+        facts = (word, acronym, raw[0].isupper(), ends)
+    if len(_WORDS) >= WORDS_REMEMBERED:
+        _WORDS.clear()
+    _WORDS[raw] = facts
+    return facts
 
 
 PLAIN_WORD_LETTERS = 5

@@ -41,3 +41,8 @@ def test_a_tensor_whose_bytes_do_not_fit_its_shape_is_refused(tmp_path: Path) ->
     damaged.write_bytes(len(header).to_bytes(8, "little") + header + bytes(100))
     with pytest.raises(ValueError, match="100 bytes"):
         semantic.map_tensor(damaged, "t")
+
+
+def test_the_widening_table_gives_what_astype_gives_for_every_half_float() -> None:
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    assert semantic.HALF_TO_SINGLE.take(halves.view(np.uint16)).tobytes() == halves.astype(np.float32).tobytes()
