@@ -169,18 +169,24 @@ class Publisher:
         # usual publish finds every complete week archived already).
         sources = None if _all_archived(cursor, open_week) else self.source_ids(output)
         blocked: Editorial | None = None
+        directory = archive_dir(out_dir, output.slug)
         fresh: list[str] = []
+        written: set[str] = set()  # frozen by this call, and written from its own bytes
         while (at := self._unarchived_item_at(sources, cursor, open_week)) is not None:
             week = Week.of(at)
             blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
-            if self._freeze_week(complete, sources, week, blocked, pages[-1] if pages else None, now):
+            frozen = self._freeze_week(complete, sources, week, blocked, pages[-1] if pages else None, now, directory)
+            if frozen is not None:
                 pages.append(str(week))
                 fresh.append(str(week))
+                if frozen:
+                    written.add(str(week))
             cursor = week.end
         if fresh:  # another worker may have frozen a week first: what is stored is the truth
             pages = [page.week for page in store.archive_pages(output.slug)]
-        directory = archive_dir(out_dir, output.slug)
         for label in pages:
+            if label in written:
+                continue
             if label in fresh or force_files or not (directory / f"{label}.atom").exists():
                 row = store.archive(output.slug, label)
                 if row is not None:
@@ -189,14 +195,23 @@ class Publisher:
         return pages
 
     def _freeze_week(
-        self, complete: Output, sources: SourceIds, week: Week, blocked: Editorial, previous: str | None, now: datetime
-    ) -> bool:
-        """Render and store one archive week of ``complete`` (an ``archive_output``); False
-        when the output's rules leave none of its items in.
+        self,
+        complete: Output,
+        sources: SourceIds,
+        week: Week,
+        blocked: Editorial,
+        previous: str | None,
+        now: datetime,
+        directory: Path,
+    ) -> bool | None:
+        """Render and store one archive week of ``complete`` (an ``archive_output``): None when
+        the output's rules leave none of its items in; True when this call's row was stored and
+        its files written to ``directory``; False when another worker froze the week first
+        (what it stored is the truth, and is written from the store).
 
         A week holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates are
-        let go as soon as it is rendered, and its bytes when it is stored (they are written
-        to files from what is stored), so no two of those are held at once longer than needed.
+        let go as soon as it is rendered, and the files are written from the bytes just
+        rendered rather than read back, so no two copies of a week are held at once.
         """
         candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES)
         entries = curate(complete, candidates, blocked).entries
@@ -208,10 +223,15 @@ class Publisher:
             slug=complete.slug, week=str(week), entries=count, updated_at=updated,
             atom=atom if count else b"", html=page if count else b"", etag=etag, created_at=now,
         )  # fmt: skip
-        self.store.save_archive(row)
-        if count:
-            log.info("archived %s week %s (%d entries)", complete.slug, week, count)
-        return count > 0
+        stored = self.store.save_archive(row)
+        del row
+        if not count:
+            return None
+        log.info("archived %s week %s (%d entries)", complete.slug, week, count)
+        if stored:
+            write_file(directory, f"{week}.atom", atom)
+            write_file(directory, f"{week}.html", page)
+        return stored
 
     def stale_outputs(self) -> list[Output]:
         """Outputs never published, or published under other settings (or by another version)."""

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, distinct, func, select, true
 
 from aggregator.records import Candidate, Editorial, Enclosure
-from aggregator.store._sql import StoreBase, insert_ignore, upsert_statement
+from aggregator.store._sql import StoreBase, insert_ignore_statement, upsert_statement
 from aggregator.store.models import ArchiveRow, EditorialRow, ItemRow, PublishedRow, SourceRow, StoryRow
 
 SourceIds = Collection[int] | None  # the sources an output draws from; None: every source
@@ -194,11 +194,14 @@ class OutputStore(StoreBase):
             s.expunge(row)
             return row
 
-    def save_archive(self, row: ArchiveRow) -> None:
-        """Freeze a week; when another worker froze it first, theirs stays (same rules, same bytes)."""
+    def save_archive(self, row: ArchiveRow) -> bool:
+        """Freeze a week; False when another worker froze it first: theirs stays (same rules,
+        same bytes) and nothing is written."""
         values = {column.name: getattr(row, column.name) for column in ArchiveRow.__table__.columns}
         with self.session() as s:
-            insert_ignore(s, ArchiveRow, [values])
+            statement = insert_ignore_statement(s.get_bind().dialect.name, ArchiveRow).values(values)
+            # RETURNING, not the row count: psycopg reports none (-1) for this statement.
+            return s.execute(statement.returning(ArchiveRow.week)).first() is not None
 
 
 def _from_sources(source_ids: SourceIds) -> ColumnElement[bool] | None:
