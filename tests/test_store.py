@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,7 +18,14 @@ from aggregator.cli import main
 from aggregator.config import parse_config
 from aggregator.errors import SchemaError
 from aggregator.records import Item, NewItem
-from aggregator.store.database import alembic_config, current_revision, ensure_schema, head_revision, make_engine
+from aggregator.store.database import (
+    SCHEMA_HEAD,
+    alembic_config,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    make_engine,
+)
 from aggregator.store.models import Base
 from aggregator.store.repository import Store
 
@@ -91,6 +100,24 @@ def test_sqlite_archives_keep_their_documents_last_and_the_rows_they_had(databas
     stored = Store(engine)
     assert stored.archive("world", "2026-W47").atom == row["atom"]  # type: ignore[union-attr]
     engine.dispose()
+
+
+def test_the_schema_head_constant_is_alembics_head() -> None:
+    assert head_revision() == SCHEMA_HEAD
+
+
+@pytest.mark.usefixtures("engine")  # migrated to head
+def test_a_database_at_head_is_opened_without_importing_alembic(database_url: str) -> None:
+    """Alembic (~8 MB) is imported to migrate, not to find that nothing needs migrating."""
+    code = (
+        "import sys\n"
+        "from aggregator.store.database import current_revision, ensure_schema, make_engine\n"
+        f"engine = make_engine({database_url!r})\n"
+        "ensure_schema(engine)\n"
+        "print(current_revision(engine), sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [SCHEMA_HEAD, "[]"]
 
 
 def test_a_newer_schema_is_refused(engine: Engine, database_url: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
