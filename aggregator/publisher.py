@@ -24,6 +24,7 @@ from aggregator.curate import (
     draws_from,
     draws_from_every_source,
     needs_dated_candidates,
+    reads_text,
     source_scope,
 )
 from aggregator.entryview import feed_url
@@ -213,7 +214,8 @@ class Publisher:
         let go as soon as it is rendered, and the files are written from the bytes just
         rendered rather than read back, so no two copies of a week are held at once.
         """
-        candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES)
+        text = reads_text(complete)
+        candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES, with_text=text)
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
         atom, page = render_archive(complete, entries, self.config.settings.public_url, week, previous)

@@ -315,3 +315,23 @@ def test_a_week_another_worker_froze_first_is_written_as_they_stored_it(archived
     assert (archive / "2026-W48.html").read_bytes() == b"<p>theirs</p>"
     assert store.archive("world", "2026-W48") is not None
     assert store.archive("world", "2026-W48").atom == theirs  # type: ignore[union-attr]
+
+
+def test_an_archive_rule_on_the_item_text_still_reads_it(server: FeedServer, tmp_path: Path, database_url: str) -> None:
+    """Archive weeks read items without their text unless a rule looks at it: this one does."""
+    server.add("/f", Route(body=feed(DATES)))
+    www = tmp_path / "www"
+    rules = OUTPUTS.replace("keywords: [horoscope]", "keywords: [body c]\n        fields: [content]")
+    settings = f"database: {database_url}\noutput_dir: {www / 'feeds'}"
+    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=rules)
+    config = load_config(path).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    try:
+        store = Store(engine)
+        poll(config, store, NOW)
+        weeks = {page.week: page.entries for page in store.archive_weeks("world")}
+    finally:
+        engine.dispose()
+    assert weeks["2026-W45"] == 0  # story c's only text ("Body c") is excluded by the rule
+    assert weeks["2026-W43"] == 1 and weeks["2026-W47"] == 2  # the horoscope is in now

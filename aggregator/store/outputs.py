@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, distinct, func, literal_column, select, true
+from sqlalchemy import ColumnElement, distinct, func, literal, literal_column, select, true
 
 from aggregator.records import Candidate, Editorial, Enclosure
 from aggregator.store._sql import StoreBase, insert_ignore_statement, upsert_statement
@@ -74,13 +74,16 @@ class OutputStore(StoreBase):
         with self.session() as s:
             return [_candidate_row(row) for row in s.execute(query)]
 
-    def candidates_between(self, source_ids: SourceIds, start: datetime, end: datetime, limit: int) -> list[Candidate]:
-        """The items of these sources dated in [start, end): one page of an archive."""
+    def candidates_between(
+        self, source_ids: SourceIds, start: datetime, end: datetime, limit: int, *, with_text: bool = True
+    ) -> list[Candidate]:
+        """The items of these sources dated in [start, end): one page of an archive; their
+        ``text`` empty unless ``with_text`` (only rules read it)."""
         where = _from_sources(source_ids)
         if where is None:
             return []
         query = (
-            _candidate_select(where)
+            _candidate_select(where, with_text)
             .where(ItemRow.sort_at >= start, ItemRow.sort_at < end)
             .order_by(ItemRow.sort_at.desc(), ItemRow.id.asc())
             .limit(limit)
@@ -242,9 +245,13 @@ CANDIDATE_COLUMNS = (
 )  # fmt: skip
 
 
-def _candidate_select(where: ColumnElement[bool]) -> Any:
+_WITHOUT_TEXT = tuple(literal("").label("text") if c is ItemRow.text else c for c in CANDIDATE_COLUMNS)
+
+
+def _candidate_select(where: ColumnElement[bool], with_text: bool = True) -> Any:
+    columns = CANDIDATE_COLUMNS if with_text else _WITHOUT_TEXT
     return (
-        select(*CANDIDATE_COLUMNS)
+        select(*columns)
         .join(SourceRow, ItemRow.source_id == SourceRow.id)
         .join(StoryRow, ItemRow.story_id == StoryRow.id)
         .where(where)
