@@ -67,6 +67,15 @@ def source_scope(output: Output, sources: Iterable[SourceLabel]) -> frozenset[in
     return frozenset(s.id for s in sources if draws_from(output, s.name, s.tags))
 
 
+TEXT_FIELDS = ("summary", "content")  # the rule fields read from an item's plain text (``_field``)
+
+
+def reads_text(output: Output) -> bool:
+    """Whether any of the output's rules looks at an item's plain text: only then do its
+    candidates need it (rendering never does), and an archive week's 5,000 texts weigh ~10 MB."""
+    return any(field in TEXT_FIELDS for rule in (*output.include, *output.exclude) for field in rule.fields)
+
+
 def needs_dated_candidates(candidates: Sequence[Candidate]) -> bool:
     """Whether the newest items read are mostly undated, so the dated news must be read as well.
 

@@ -15,10 +15,11 @@ no ``published`` date: its ``updated`` is when it was first seen, and the HTML p
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,7 +132,7 @@ def render_html(
     """The output as a page people can read on a phone, linking its feeds for auto-discovery
     and its archive pages for older entries (``week``: this page is that archived week)."""
     try:
-        page = TEMPLATES.get_template("output.html").render(
+        chunks = TEMPLATES.get_template("output.html").generate(
             output=output,
             entries=entries,
             atom_url=feed_url(public_url, output.slug, "atom"),
@@ -150,9 +151,28 @@ def render_html(
             size=size,
             kind=kind,
         )
+        return _encoded(chunks)
     except jinja2.TemplateError as exc:
         raise PublishError(f"{output.slug}.html: cannot render: {exc}") from exc
-    return page.encode("utf-8")
+
+
+HTML_CHUNKS = 4096
+"""Pieces of a page's text encoded at a time. An archive week's page is several MB: rendered
+whole, its text (two or four bytes a character once one is not Latin-1) and the list of
+pieces it was joined from were held beside the encoded bytes; encoded as it is generated,
+only the bytes grow. UTF-8 of the pieces, concatenated, is UTF-8 of the whole: same bytes."""
+
+
+def _encoded(chunks: Iterator[str]) -> bytes:
+    page = io.BytesIO()
+    batch: list[str] = []
+    for chunk in chunks:
+        batch.append(chunk)
+        if len(batch) >= HTML_CHUNKS:
+            page.write("".join(batch).encode("utf-8"))
+            batch.clear()
+    page.write("".join(batch).encode("utf-8"))
+    return page.getvalue()
 
 
 def _generator(
@@ -240,15 +260,16 @@ def render_atom(
     if len(entries) <= ATOM_PIECE:
         return _render_atom(output, entries, public_url, hub, links, archive_of)
     updated = max(e.updated_at for e in entries)
-    pieces: list[bytes] = []
+    spliced = io.BytesIO()  # grows in place; a list of pieces joined at the end held the document twice
     end = b""
     for start in range(0, len(entries), ATOM_PIECE):
         piece = entries[start : start + ATOM_PIECE]
         document = _render_atom(output, piece, public_url, hub, links, archive_of, updated)
         first, last = document.index(_FIRST_ENTRY), document.rindex(_FEED_END)
-        pieces += [document[:first], document[first:last]] if start == 0 else [document[first:last]]
+        spliced.write(memoryview(document)[0 if start == 0 else first : last])
         end = document[last:]
-    return b"".join([*pieces, end])
+    spliced.write(end)
+    return spliced.getvalue()
 
 
 def _render_atom(

@@ -9,6 +9,8 @@ curate and render without starting the machinery a poll needs, and the daemon, `
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -24,6 +26,7 @@ from aggregator.curate import (
     draws_from,
     draws_from_every_source,
     needs_dated_candidates,
+    reads_text,
     source_scope,
 )
 from aggregator.entryview import feed_url
@@ -169,18 +172,24 @@ class Publisher:
         # usual publish finds every complete week archived already).
         sources = None if _all_archived(cursor, open_week) else self.source_ids(output)
         blocked: Editorial | None = None
+        directory = archive_dir(out_dir, output.slug)
         fresh: list[str] = []
+        written: set[str] = set()  # frozen by this call, and written from its own bytes
         while (at := self._unarchived_item_at(sources, cursor, open_week)) is not None:
             week = Week.of(at)
             blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
-            if self._freeze_week(complete, sources, week, blocked, pages[-1] if pages else None, now):
+            frozen = self._freeze_week(complete, sources, week, blocked, pages[-1] if pages else None, now, directory)
+            if frozen is not None:
                 pages.append(str(week))
                 fresh.append(str(week))
+                if frozen:
+                    written.add(str(week))
             cursor = week.end
         if fresh:  # another worker may have frozen a week first: what is stored is the truth
             pages = [page.week for page in store.archive_pages(output.slug)]
-        directory = archive_dir(out_dir, output.slug)
         for label in pages:
+            if label in written:
+                continue
             if label in fresh or force_files or not (directory / f"{label}.atom").exists():
                 row = store.archive(output.slug, label)
                 if row is not None:
@@ -189,16 +198,27 @@ class Publisher:
         return pages
 
     def _freeze_week(
-        self, complete: Output, sources: SourceIds, week: Week, blocked: Editorial, previous: str | None, now: datetime
-    ) -> bool:
-        """Render and store one archive week of ``complete`` (an ``archive_output``); False
-        when the output's rules leave none of its items in.
+        self,
+        complete: Output,
+        sources: SourceIds,
+        week: Week,
+        blocked: Editorial,
+        previous: str | None,
+        now: datetime,
+        directory: Path,
+    ) -> bool | None:
+        """Render and store one archive week of ``complete`` (an ``archive_output``): None when
+        the output's rules leave none of its items in; True when this call's row was stored and
+        its files written to ``directory``; False when another worker froze the week first
+        (what it stored is the truth, and is written from the store).
 
         A week holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates are
-        let go as soon as it is rendered, and its bytes when it is stored (they are written
-        to files from what is stored), so no two of those are held at once longer than needed.
+        let go as soon as it is rendered, and the files are written from the bytes just
+        rendered rather than read back, so no two copies of a week are held at once.
         """
-        candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES)
+        text = reads_text(complete)
+        release_freed_memory()
+        candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES, with_text=text)
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
         atom, page = render_archive(complete, entries, self.config.settings.public_url, week, previous)
@@ -208,10 +228,15 @@ class Publisher:
             slug=complete.slug, week=str(week), entries=count, updated_at=updated,
             atom=atom if count else b"", html=page if count else b"", etag=etag, created_at=now,
         )  # fmt: skip
-        self.store.save_archive(row)
-        if count:
-            log.info("archived %s week %s (%d entries)", complete.slug, week, count)
-        return count > 0
+        stored = self.store.save_archive(row)
+        del row
+        if not count:
+            return None
+        log.info("archived %s week %s (%d entries)", complete.slug, week, count)
+        if stored:
+            write_file(directory, f"{week}.atom", atom)
+            write_file(directory, f"{week}.html", page)
+        return stored
 
     def stale_outputs(self) -> list[Output]:
         """Outputs never published, or published under other settings (or by another version)."""
@@ -229,6 +254,32 @@ class Publisher:
 
     def _fingerprint(self, output: Output) -> str:
         return config_fingerprint(output, self.config.settings)
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``); False where
+    there is no such call, and nothing happens.
+
+    Freezing an archive week is the largest allocation a process makes (a first ingest
+    freezes weeks of up to 5,000 entries), and it runs on an executor thread: glibc gives
+    threads malloc arenas of their own, so the week cannot reuse what the ingest before it
+    freed in the others, and the process's peak was that freed memory plus the week.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` among the symbols this process already has loaded, if any."""
+    try:
+        trim: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
+    return trim
 
 
 def _merged(candidates: list[Candidate], more: list[Candidate]) -> list[Candidate]:

@@ -32,7 +32,9 @@ from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.publisher import Publisher
+from aggregator.records import etag_of
 from aggregator.store.database import ensure_schema, make_engine
+from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import Store
 from tests.conftest import serving, write_config
 from tests.feedcheck import check_atom
@@ -289,3 +291,47 @@ def test_the_readme_nginx_setup_serves_the_whole_archive_chain(
         week = httpx.get(f"{base}/feeds/world/archive/2026-W47")  # 2026-W47.html
         assert week.status_code == 200 and "Story a" in week.text
         assert httpx.get(f"{base}/feeds/world/archive/2026-W48.atom").status_code == 404
+
+
+def test_a_week_another_worker_froze_first_is_written_as_they_stored_it(archived: tuple[Config, Store, Path]) -> None:
+    config, store, www = archived
+    later = NOW + timedelta(weeks=1)  # W48 is over
+    theirs = b"<feed>theirs</feed>"
+
+    class FrozenFirstElsewhere(Store):
+        """Another worker stores the week between this one rendering it and storing it."""
+
+        def save_archive(self, row: ArchiveRow) -> bool:
+            other = ArchiveRow(
+                slug=row.slug, week=row.week, entries=row.entries, updated_at=row.updated_at,
+                atom=theirs, html=b"<p>theirs</p>", etag=etag_of(theirs), created_at=row.created_at,
+            )  # fmt: skip
+            assert super().save_archive(other)
+            return super().save_archive(row)
+
+    Publisher(config, FrozenFirstElsewhere(store.engine), clock=lambda: later).publish()
+    archive = www / "feeds" / "world" / "archive"
+    assert (archive / "2026-W48.atom").read_bytes() == theirs
+    assert (archive / "2026-W48.html").read_bytes() == b"<p>theirs</p>"
+    assert store.archive("world", "2026-W48") is not None
+    assert store.archive("world", "2026-W48").atom == theirs  # type: ignore[union-attr]
+
+
+def test_an_archive_rule_on_the_item_text_still_reads_it(server: FeedServer, tmp_path: Path, database_url: str) -> None:
+    """Archive weeks read items without their text unless a rule looks at it: this one does."""
+    server.add("/f", Route(body=feed(DATES)))
+    www = tmp_path / "www"
+    rules = OUTPUTS.replace("keywords: [horoscope]", "keywords: [body c]\n        fields: [content]")
+    settings = f"database: {database_url}\noutput_dir: {www / 'feeds'}"
+    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=rules)
+    config = load_config(path).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    try:
+        store = Store(engine)
+        poll(config, store, NOW)
+        weeks = {page.week: page.entries for page in store.archive_weeks("world")}
+    finally:
+        engine.dispose()
+    assert weeks["2026-W45"] == 0  # story c's only text ("Body c") is excluded by the rule
+    assert weeks["2026-W43"] == 1 and weeks["2026-W47"] == 2  # the horoscope is in now

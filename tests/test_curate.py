@@ -10,7 +10,7 @@ import pytest
 
 from aggregator.cli import main
 from aggregator.config import Output, Rule
-from aggregator.curate import curate, select
+from aggregator.curate import curate, reads_text, select
 from aggregator.records import Candidate, Editorial
 from tests.conftest import write_config
 from tests.feeds import rss2
@@ -159,3 +159,13 @@ def test_mostly_undated_candidates_call_for_the_dated_news_as_well() -> None:
     assert not needs_dated_candidates([])
     assert not needs_dated_candidates([cand(1, dated=False), cand(2)])  # half is not over half
     assert needs_dated_candidates([cand(1, dated=False), cand(2, dated=False), cand(3)])
+
+
+def test_only_rules_on_summary_or_content_read_an_item_s_text() -> None:
+    def output(**rules: object) -> Output:
+        return Output.model_validate({"slug": "s", "title": "S", **rules})
+
+    assert not reads_text(output())
+    assert reads_text(output(exclude=[{"keywords": ["x"]}]))  # title and summary by default
+    assert not reads_text(output(include=[{"keywords": ["x"], "fields": ["title", "categories", "author", "link"]}]))
+    assert reads_text(output(include=[{"pattern": "x", "fields": ["content"]}]))

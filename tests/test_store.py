@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, text
@@ -15,7 +18,14 @@ from aggregator.cli import main
 from aggregator.config import parse_config
 from aggregator.errors import SchemaError
 from aggregator.records import Item, NewItem
-from aggregator.store.database import current_revision, ensure_schema, head_revision, make_engine
+from aggregator.store.database import (
+    SCHEMA_HEAD,
+    alembic_config,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    make_engine,
+)
 from aggregator.store.models import Base
 from aggregator.store.repository import Store
 
@@ -66,6 +76,48 @@ def test_migrations_reach_head_and_match_the_models(engine: Engine) -> None:
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
     assert diff == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_archives_keep_their_documents_last_and_the_rows_they_had(database_url: str) -> None:
+    """Migration 0010 rebuilds SQLite's archives table with the documents last (what streaming
+    them into blobs relies on) and copies every row as it was."""
+    engine = make_engine(database_url)
+    command.upgrade(alembic_config(engine), "0009")
+    row = {"slug": "world", "week": "2026-W47", "entries": 2, "updated_at": None, "etag": '"e"'}
+    row |= {"created_at": NOW.replace(tzinfo=None), "atom": b"<feed/>" * 1000, "html": b"<p>\xe2\x80\x94</p>"}
+    with engine.begin() as connection:
+        columns = ", ".join(row)
+        connection.execute(text(f"INSERT INTO archives ({columns}) VALUES (:{', :'.join(row)})"), row)
+    ensure_schema(engine)
+    with engine.connect() as connection:
+        names = [r[1] for r in connection.execute(text("PRAGMA table_info(archives)"))]
+        copied = connection.execute(text("SELECT * FROM archives")).mappings().one()
+    assert names[-2:] == ["atom", "html"]
+    assert {k: copied[k] for k in ("slug", "week", "entries", "etag", "atom", "html")} == {
+        k: row[k] for k in ("slug", "week", "entries", "etag", "atom", "html")
+    }
+    stored = Store(engine)
+    assert stored.archive("world", "2026-W47").atom == row["atom"]  # type: ignore[union-attr]
+    engine.dispose()
+
+
+def test_the_schema_head_constant_is_alembics_head() -> None:
+    assert head_revision() == SCHEMA_HEAD
+
+
+@pytest.mark.usefixtures("engine")  # migrated to head
+def test_a_database_at_head_is_opened_without_importing_alembic(database_url: str) -> None:
+    """Alembic (~8 MB) is imported to migrate, not to find that nothing needs migrating."""
+    code = (
+        "import sys\n"
+        "from aggregator.store.database import current_revision, ensure_schema, make_engine\n"
+        f"engine = make_engine({database_url!r})\n"
+        "ensure_schema(engine)\n"
+        "print(current_revision(engine), sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [SCHEMA_HEAD, "[]"]
 
 
 def test_a_newer_schema_is_refused(engine: Engine, database_url: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

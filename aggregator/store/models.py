@@ -238,7 +238,9 @@ class ArchiveRow(Base):
     week: Mapped[str] = mapped_column(String(10), primary_key=True)
     entries: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the newest entry's
-    atom: Mapped[bytes] = mapped_column(LargeBinary)
-    html: Mapped[bytes] = mapped_column(LargeBinary)
     etag: Mapped[str] = mapped_column(String(100))  # of the Atom document
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Last (on SQLite since migration 0010): the documents are streamed into blobs of their size
+    # (``OutputStore.save_archive``), which SQLite builds without zeroes only at a row's end.
+    atom: Mapped[bytes] = mapped_column(LargeBinary)
+    html: Mapped[bytes] = mapped_column(LargeBinary)

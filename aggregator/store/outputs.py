@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, distinct, func, select, true
+from sqlalchemy import ColumnElement, distinct, func, literal, literal_column, select, true
 
 from aggregator.records import Candidate, Editorial, Enclosure
-from aggregator.store._sql import StoreBase, insert_ignore, upsert_statement
+from aggregator.store._sql import StoreBase, insert_ignore_statement, upsert_statement
 from aggregator.store.models import ArchiveRow, EditorialRow, ItemRow, PublishedRow, SourceRow, StoryRow
 
+ARCHIVE_DOCUMENTS = ("atom", "html")  # an archive row's documents, streamed in on SQLite
 SourceIds = Collection[int] | None  # the sources an output draws from; None: every source
 
 
@@ -73,13 +74,16 @@ class OutputStore(StoreBase):
         with self.session() as s:
             return [_candidate_row(row) for row in s.execute(query)]
 
-    def candidates_between(self, source_ids: SourceIds, start: datetime, end: datetime, limit: int) -> list[Candidate]:
-        """The items of these sources dated in [start, end): one page of an archive."""
+    def candidates_between(
+        self, source_ids: SourceIds, start: datetime, end: datetime, limit: int, *, with_text: bool = True
+    ) -> list[Candidate]:
+        """The items of these sources dated in [start, end): one page of an archive; their
+        ``text`` empty unless ``with_text`` (only rules read it)."""
         where = _from_sources(source_ids)
         if where is None:
             return []
         query = (
-            _candidate_select(where)
+            _candidate_select(where, with_text)
             .where(ItemRow.sort_at >= start, ItemRow.sort_at < end)
             .order_by(ItemRow.sort_at.desc(), ItemRow.id.asc())
             .limit(limit)
@@ -194,11 +198,34 @@ class OutputStore(StoreBase):
             s.expunge(row)
             return row
 
-    def save_archive(self, row: ArchiveRow) -> None:
-        """Freeze a week; when another worker froze it first, theirs stays (same rules, same bytes)."""
+    def save_archive(self, row: ArchiveRow) -> bool:
+        """Freeze a week; False when another worker froze it first: theirs stays (same rules,
+        same bytes) and nothing is written.
+
+        On SQLite the documents are streamed into blobs of their size, the row's last columns:
+        bound as parameters, a full week's ~20 MB was copied by the driver and again into the
+        record SQLite builds, beside the caller's own bytes."""
         values = {column.name: getattr(row, column.name) for column in ArchiveRow.__table__.columns}
         with self.session() as s:
-            insert_ignore(s, ArchiveRow, [values])
+            dialect = s.get_bind().dialect.name
+            documents = {name: values[name] for name in ARCHIVE_DOCUMENTS} if dialect == "sqlite" else {}
+            values.update({name: func.zeroblob(len(body)) for name, body in documents.items()})
+            # RETURNING, not the row count: psycopg reports none (-1) for this statement.
+            statement = insert_ignore_statement(dialect, ArchiveRow).values(values)
+            inserted = s.execute(statement.returning(literal_column("rowid") if documents else ArchiveRow.week)).first()
+            if inserted is None:
+                return False
+            if documents:
+                _stream_into(s.connection().connection.driver_connection, inserted[0], documents)
+            return True
+
+
+def _stream_into(sqlite: Any, rowid: int, documents: dict[str, bytes]) -> None:
+    """Write each document into its blob column of the archive row ``rowid`` (SQLite)."""
+    for name, body in documents.items():
+        if body:
+            with sqlite.blobopen(ArchiveRow.__tablename__, name, rowid) as blob:
+                blob.write(body)
 
 
 def _from_sources(source_ids: SourceIds) -> ColumnElement[bool] | None:
@@ -218,9 +245,13 @@ CANDIDATE_COLUMNS = (
 )  # fmt: skip
 
 
-def _candidate_select(where: ColumnElement[bool]) -> Any:
+_WITHOUT_TEXT = tuple(literal("").label("text") if c is ItemRow.text else c for c in CANDIDATE_COLUMNS)
+
+
+def _candidate_select(where: ColumnElement[bool], with_text: bool = True) -> Any:
+    columns = CANDIDATE_COLUMNS if with_text else _WITHOUT_TEXT
     return (
-        select(*CANDIDATE_COLUMNS)
+        select(*columns)
         .join(SourceRow, ItemRow.source_id == SourceRow.id)
         .join(StoryRow, ItemRow.story_id == StoryRow.id)
         .where(where)
