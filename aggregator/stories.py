@@ -165,6 +165,15 @@ class StoryProfile:
     rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0], compare=False, repr=False)
     """(which TermStats, the weight it gives the story): see ``TermStats.story_weight``."""
 
+    @classmethod
+    def settled(cls, story_id: int, first_at: datetime, centroid: semantic.Vector) -> StoryProfile:
+        """A story known to be closed to the items being judged (they come more than
+        ``STORY_SPAN`` after ``first_at``): ``judge`` then weighs only the time and the
+        cosine to its centroid, so that is all it keeps, not its members."""
+        profile = cls(story_id, (), first_at)
+        profile.__dict__["centroid"] = centroid  # where the cached property keeps its value
+        return profile
+
     @cached_property
     def centroid(self) -> semantic.Vector:
         total: semantic.Vector = np.sum([m.features.vector for m in self.members], axis=0, dtype=np.float32)

@@ -32,6 +32,11 @@ DECODED_MEMBERS = 5_000
 signatures and the profiles holding them, 17 MB when full): the same stories are candidates
 poll after poll while their event is in the news. Decoding a member costs about 20 µs, so a
 miss is cheap; holding every member a first ingest meets is not."""
+SETTLED_STORIES = 8_000
+"""Stories whose beginning and centroid the writer keeps once it has judged them (about 1.5 KB
+each, 12 MB when full): a story that began more than ``stories.STORY_SPAN`` before a poll is
+judged on those alone, and such stories are most of the candidates rare names reach over
+``stories.TERM_WINDOW``. Kept apart from the members, far fewer of which fit."""
 
 
 class StoryMatcher:
@@ -54,10 +59,14 @@ class StoryMatcher:
         """Join new items whose URL matched no story to a stored story, as ``story_matching``
         says: "semantic" (``stories``), "lexical" (copied text only) or "off"."""
         if mode == "off":
-            return plan
-        if mode == "lexical":
-            return self._match_lexical(tx, plan, now, signatures)
-        return self._match_semantic(tx, plan, now, signatures, features or {})
+            matched = plan
+        elif mode == "lexical":
+            matched = self._match_lexical(tx, plan, now, signatures)
+        else:
+            matched = self._match_semantic(tx, plan, now, signatures, features or {})
+        joined = {new.story_id for new in matched.inserts if new.story_id is not None}
+        self._members.touched(joined | {update.stored.story_id for update in matched.updates})
+        return matched
 
     def _match_lexical(
         self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
@@ -206,7 +215,7 @@ class _StoryLookup:
         known to have begun more than ``stories.STORY_SPAN`` before the poll's ``first`` item
         can take none of its items: the profile it was last judged on is enough to say so
         (and how close it was), and it is not read again."""
-        profiles = self.decoded.closed(story_ids, first - stories.STORY_SPAN)
+        profiles = self.decoded.closed(story_ids, first - stories.STORY_SPAN, since)
         refs = self.tx.story_member_refs(sorted(story_ids - profiles.keys()), since, stories.REPRESENTATIVES)
         missing = [
             m for story, members in refs.items() for m, updates in members if not self.decoded.knows(m, story, updates)
@@ -279,15 +288,27 @@ class _DecodedMembers:
     def __init__(self) -> None:
         self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
-        self._latest: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile
+        self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
         self._lock = threading.Lock()
 
-    def closed(self, story_ids: set[int], before: datetime) -> dict[int, stories.StoryProfile]:
+    def closed(self, story_ids: set[int], before: datetime, since: datetime) -> dict[int, stories.StoryProfile]:
         """The last profile of each of ``story_ids`` known to have begun ``before``: new members
-        of such a story can only move its beginning earlier, so it stays closed to later items."""
+        of such a story can only move its beginning earlier, so it stays closed to later items.
+        Only a profile that reading the story's members from ``since`` on would give again:
+        one whose first member is not older, of a story that took no member and saw no update
+        since (``touched``)."""
         with self._lock:
-            known = ((s, self._latest.get(s)) for s in story_ids)
-            return {s: p for s, p in known if p is not None and p.first_at < before}
+            known = ((s, self._settled.get(s)) for s in story_ids)
+            found = {s: p for s, p in known if p is not None and since <= p.first_at < before}
+            for story_id in found:
+                self._settled.move_to_end(story_id)
+            return found
+
+    def touched(self, story_ids: set[int]) -> None:
+        """Forget the profiles kept for ``closed`` of stories a poll adds members to or updates."""
+        with self._lock:
+            for story_id in story_ids:
+                self._settled.pop(story_id, None)
 
     def knows(self, item_id: int, story_id: int, updates: int) -> bool:
         with self._lock:
@@ -310,19 +331,25 @@ class _DecodedMembers:
             found = self._profiles.get(key)
             if found is not None:
                 self._profiles.move_to_end(key)
-                self._latest[story_id] = found
-                self._latest.move_to_end(story_id)
+                self._settle(found)
                 return found
         found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
             self._profiles[key] = found
-            self._latest[story_id] = found
-            self._latest.move_to_end(story_id)
+            self._settle(found)
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
                 self._profiles.popitem(last=False)
-            while len(self._latest) > DECODED_MEMBERS // stories.REPRESENTATIVES:
-                self._latest.popitem(last=False)
         return found
+
+    def _settle(self, profile: stories.StoryProfile) -> None:
+        """Keep what judging the story needs once it is closed (``closed``); under the lock."""
+        kept = self._settled.get(profile.story_id)
+        if kept is None or kept.first_at != profile.first_at or kept.centroid is not profile.centroid:
+            kept = stories.StoryProfile.settled(profile.story_id, profile.first_at, profile.centroid)
+            self._settled[profile.story_id] = kept
+        self._settled.move_to_end(profile.story_id)
+        while len(self._settled) > SETTLED_STORIES:
+            self._settled.popitem(last=False)
 
     def get(
         self, item_id: int, story_id: int, updates: int, fetched: Fetched, tx: IngestTransaction
