@@ -197,7 +197,7 @@ class _StoryLookup:
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
             found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
-        profiles = self._profiles(stored, earliest, min(moments))
+        profiles = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
         batch = storybatch.Batch(stats)
         verdicts = {}
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
@@ -209,14 +209,14 @@ class _StoryLookup:
             verdicts[item.key] = Verdict(decision, founder, batch.named)
         return verdicts
 
-    def _profiles(self, story_ids: set[int], since: datetime, first: datetime) -> dict[int, stories.StoryProfile]:
+    def _profiles(self, first: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
         """The candidates' first members: which they are (one light query), then the stored
         features of only those not already decoded (most were, at an earlier poll). A story
-        known to have begun more than ``stories.STORY_SPAN`` before the poll's ``first`` item
-        can take none of its items: the profile it was last judged on is enough to say so
-        (and how close it was), and it is not read again."""
-        profiles = self.decoded.closed(story_ids, first - stories.STORY_SPAN, since)
-        refs = self.tx.story_member_refs(sorted(story_ids - profiles.keys()), since, stories.REPRESENTATIVES)
+        known to have begun more than ``stories.STORY_SPAN`` before the ``first`` item that may
+        judge it can take none of the poll's items: the profile it was last judged on is enough
+        to say so (and how close it was), and it is not read again."""
+        profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
+        refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
         missing = [
             m for story, members in refs.items() for m, updates in members if not self.decoded.knows(m, story, updates)
         ]
@@ -291,15 +291,16 @@ class _DecodedMembers:
         self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
         self._lock = threading.Lock()
 
-    def closed(self, story_ids: set[int], before: datetime, since: datetime) -> dict[int, stories.StoryProfile]:
-        """The last profile of each of ``story_ids`` known to have begun ``before``: new members
-        of such a story can only move its beginning earlier, so it stays closed to later items.
+    def closed(self, before: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
+        """The last profile of each story known to have begun before the time ``before`` gives
+        it: new members of such a story can only move its beginning earlier, so it stays closed
+        to later items.
         Only a profile that reading the story's members from ``since`` on would give again:
         one whose first member is not older, of a story that took no member and saw no update
         since (``touched``)."""
         with self._lock:
-            known = ((s, self._settled.get(s)) for s in story_ids)
-            found = {s: p for s, p in known if p is not None and since <= p.first_at < before}
+            known = ((s, self._settled.get(s)) for s in before)
+            found = {s: p for s, p in known if p is not None and since <= p.first_at < before[s]}
             for story_id in found:
                 self._settled.move_to_end(story_id)
             return found
@@ -371,6 +372,25 @@ class _DecodedMembers:
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded
+
+
+def _first_reached(
+    stored: set[int],
+    found_of: Mapping[str, Mapping[int, float]],
+    items: list[tuple[Item, stories.Features]],
+    now: datetime,
+) -> dict[int, datetime]:
+    """When the earliest item that may be judged against each ``stored`` story was published:
+    any item whose keys reach the story may be (``storybatch.Batch`` ranks what it reaches
+    among the stories read), not only those that rank it first. A poll's items can span days
+    (a feed's first fetch): a story closed to all of them need not be read."""
+    first: dict[int, datetime] = {}
+    for item, _ in items:
+        at = item.published_at or now
+        for story in found_of[item.key].keys() & stored:
+            if story not in first or at < first[story]:
+                first[story] = at
+    return first
 
 
 def _member(item_id: int, sort_at: datetime, features: str | None, signature: str | None) -> stories.Member | None:
