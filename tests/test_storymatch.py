@@ -53,3 +53,30 @@ def test_a_closed_story_is_explained_from_its_members_as_stored_now(database_url
         assert f"story {joined}: cosine" in (kept.match_reason or "")  # the closed story is a near miss
         assert kept.match_reason == fresh.match_reason
     engine.dispose()
+
+
+def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(database_url: str) -> None:
+    """A feed's first fetch spans days: a story kept as closed for a late item is still read in
+    full for an earlier item of the same poll, which joins it."""
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
+    matcher = StoryMatcher()
+    with store.ingest() as tx:
+        first = matcher.match(tx, plan_of([("w1", ORIGINAL, NOON), ("w2", UNRELATED, NOON)]), NOON, "semantic", {}, {})
+        tx.insert_items(1, first.inserts, NOON, "news.example.org")
+        story = tx.stored_items(1, ["w1"])["w1"].story_id
+    late = ("f1", FOLLOW_UP, NOON + timedelta(hours=26))
+    with store.ingest() as tx:  # the story is judged, and kept, as closed to the follow-up
+        assert f"story {story}: cosine" in (
+            matcher.match(tx, plan_of([late]), NOON, "semantic", {}, {}).inserts[0].match_reason or ""
+        )
+    plan = plan_of([("h1", REWRITE, NOON + timedelta(hours=2)), late])
+    with store.ingest() as tx:
+        kept = {new.item.key: new for new in matcher.match(tx, plan, NOON, "semantic", {}, {}).inserts}
+        fresh = {new.item.key: new for new in StoryMatcher().match(tx, plan, NOON, "semantic", {}, {}).inserts}
+    assert kept["h1"].story_id == story  # the rewrite two hours after the original joins it
+    assert kept["f1"].story_id is None
+    assert [n.match_reason for n in kept.values()] == [n.match_reason for n in fresh.values()]
+    engine.dispose()
