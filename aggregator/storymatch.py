@@ -217,11 +217,20 @@ class _StoryLookup:
         to say so (and how close it was), and it is not read again."""
         profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
         refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
+        unknown = {}
+        for story_id, members in refs.items():
+            if (kept := self.decoded.kept(story_id, members)) is not None:
+                profiles[story_id] = kept
+            else:
+                unknown[story_id] = members
         missing = [
-            m for story, members in refs.items() for m, updates in members if not self.decoded.knows(m, story, updates)
+            m
+            for story, members in unknown.items()
+            for m, updates in members
+            if not self.decoded.knows(m, story, updates)
         ]
         fetched = self.tx.member_features(missing) if missing else {}
-        for story_id, members in refs.items():
+        for story_id, members in unknown.items():
             found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
                 profiles[story_id] = found
@@ -316,24 +325,27 @@ class _DecodedMembers:
             hit = self._found.get(item_id)
         return hit is not None and hit[0] == story_id and hit[1] == updates
 
-    def profile(
-        self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
-    ) -> stories.StoryProfile | None:
-        """The story as ``stories.decide`` judges it, from its first stored members (item id,
-        update count): the same members give the same profile object, whose centroid and name
-        shares are then computed once rather than at every poll the story is a candidate in."""
-        usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
-        if not usable:
-            return None
-        # By the decoded objects themselves (a re-decoded member is a new object): the cached
-        # profile holds them, so their ids cannot be reused while it is kept.
-        key = (story_id, members[0][0], *(id(m) for m in usable))
+    def kept(self, story_id: int, members: list[tuple[int, int]]) -> stories.StoryProfile | None:
+        """The profile built from the same first stored members (item id, update count), if
+        kept: nothing of them is fetched or decoded again (what ``get`` trusts a hit on)."""
+        key = (story_id, *(n for member in members for n in member))
         with self._lock:
             found = self._profiles.get(key)
             if found is not None:
                 self._profiles.move_to_end(key)
                 self._settle(found)
-                return found
+            return found
+
+    def profile(
+        self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
+    ) -> stories.StoryProfile | None:
+        """The story as ``stories.decide`` judges it, from its first stored members (item id,
+        update count), kept by those (``kept``): its centroid and name shares are then computed
+        once rather than at every poll the story is a candidate in."""
+        usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
+        if not usable:
+            return None
+        key = (story_id, *(n for member in members for n in member))
         found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
             self._profiles[key] = found
