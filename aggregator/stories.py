@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import itertools
 import math
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -208,6 +209,15 @@ class StoryProfile:
     rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0], compare=False, repr=False)
     """(which TermStats, the weight it gives the story): see ``TermStats.story_weight``."""
 
+    @classmethod
+    def settled(cls, story_id: int, first_at: datetime, centroid: semantic.Vector) -> StoryProfile:
+        """A story known to be closed to the items being judged (they come more than
+        ``STORY_SPAN`` after ``first_at``): ``judge`` then weighs only the time and the
+        cosine to its centroid, so that is all it keeps, not its members."""
+        profile = cls(story_id, (), first_at)
+        profile.__dict__["centroid"] = centroid  # where the cached property keeps its value
+        return profile
+
     @cached_property
     def centroid(self) -> semantic.Vector:
         total: semantic.Vector = np.sum([m.features.vector for m in self.members], axis=0, dtype=np.float32)
@@ -217,11 +227,8 @@ class StoryProfile:
     @cached_property
     def carriers(self) -> dict[int, int]:
         """How many of the members carry each term."""
-        counts: dict[int, int] = {}
-        for member in self.members:
-            for term in member.features.terms:
-                counts[term] = counts.get(term, 0) + 1
-        return counts
+        # Counted in C, in the order the loop over members and terms would insert them.
+        return dict(Counter(itertools.chain.from_iterable(m.features.terms for m in self.members)))
 
     @cached_property
     def support(self) -> dict[int, float]:

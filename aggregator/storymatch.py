@@ -32,6 +32,11 @@ DECODED_MEMBERS = 5_000
 signatures and the profiles holding them, 17 MB when full): the same stories are candidates
 poll after poll while their event is in the news. Decoding a member costs about 20 µs, so a
 miss is cheap; holding every member a first ingest meets is not."""
+SETTLED_STORIES = 8_000
+"""Stories whose beginning and centroid the writer keeps once it has judged them (about 1.5 KB
+each, 12 MB when full): a story that began more than ``stories.STORY_SPAN`` before a poll is
+judged on those alone, and such stories are most of the candidates rare names reach over
+``stories.TERM_WINDOW``. Kept apart from the members, far fewer of which fit."""
 
 
 class StoryMatcher:
@@ -54,10 +59,14 @@ class StoryMatcher:
         """Join new items whose URL matched no story to a stored story, as ``story_matching``
         says: "semantic" (``stories``), "lexical" (copied text only) or "off"."""
         if mode == "off":
-            return plan
-        if mode == "lexical":
-            return self._match_lexical(tx, plan, now, signatures)
-        return self._match_semantic(tx, plan, now, signatures, features or {})
+            matched = plan
+        elif mode == "lexical":
+            matched = self._match_lexical(tx, plan, now, signatures)
+        else:
+            matched = self._match_semantic(tx, plan, now, signatures, features or {})
+        joined = {new.story_id for new in matched.inserts if new.story_id is not None}
+        self._members.touched(joined | {update.stored.story_id for update in matched.updates})
+        return matched
 
     def _match_lexical(
         self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
@@ -188,7 +197,7 @@ class _StoryLookup:
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
             found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
-        profiles = self._profiles(stored, earliest, min(moments))
+        profiles = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
         batch = storybatch.Batch(stats)
         verdicts = {}
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
@@ -200,19 +209,28 @@ class _StoryLookup:
             verdicts[item.key] = Verdict(decision, founder, batch.named)
         return verdicts
 
-    def _profiles(self, story_ids: set[int], since: datetime, first: datetime) -> dict[int, stories.StoryProfile]:
+    def _profiles(self, first: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
         """The candidates' first members: which they are (one light query), then the stored
         features of only those not already decoded (most were, at an earlier poll). A story
-        known to have begun more than ``stories.STORY_SPAN`` before the poll's ``first`` item
-        can take none of its items: the profile it was last judged on is enough to say so
-        (and how close it was), and it is not read again."""
-        profiles = self.decoded.closed(story_ids, first - stories.STORY_SPAN)
-        refs = self.tx.story_member_refs(sorted(story_ids - profiles.keys()), since, stories.REPRESENTATIVES)
+        known to have begun more than ``stories.STORY_SPAN`` before the ``first`` item that may
+        judge it can take none of the poll's items: the profile it was last judged on is enough
+        to say so (and how close it was), and it is not read again."""
+        profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
+        refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
+        unknown = {}
+        for story_id, members in refs.items():
+            if (kept := self.decoded.kept(story_id, members)) is not None:
+                profiles[story_id] = kept
+            else:
+                unknown[story_id] = members
         missing = [
-            m for story, members in refs.items() for m, updates in members if not self.decoded.knows(m, story, updates)
+            m
+            for story, members in unknown.items()
+            for m, updates in members
+            if not self.decoded.knows(m, story, updates)
         ]
         fetched = self.tx.member_features(missing) if missing else {}
-        for story_id, members in refs.items():
+        for story_id, members in unknown.items():
             found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
                 profiles[story_id] = found
@@ -279,50 +297,72 @@ class _DecodedMembers:
     def __init__(self) -> None:
         self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
-        self._latest: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile
+        self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
         self._lock = threading.Lock()
 
-    def closed(self, story_ids: set[int], before: datetime) -> dict[int, stories.StoryProfile]:
-        """The last profile of each of ``story_ids`` known to have begun ``before``: new members
-        of such a story can only move its beginning earlier, so it stays closed to later items."""
+    def closed(self, before: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
+        """The last profile of each story known to have begun before the time ``before`` gives
+        it: new members of such a story can only move its beginning earlier, so it stays closed
+        to later items.
+        Only a profile that reading the story's members from ``since`` on would give again:
+        one whose first member is not older, of a story that took no member and saw no update
+        since (``touched``)."""
         with self._lock:
-            known = ((s, self._latest.get(s)) for s in story_ids)
-            return {s: p for s, p in known if p is not None and p.first_at < before}
+            known = ((s, self._settled.get(s)) for s in before)
+            found = {s: p for s, p in known if p is not None and since <= p.first_at < before[s]}
+            for story_id in found:
+                self._settled.move_to_end(story_id)
+            return found
+
+    def touched(self, story_ids: set[int]) -> None:
+        """Forget the profiles kept for ``closed`` of stories a poll adds members to or updates."""
+        with self._lock:
+            for story_id in story_ids:
+                self._settled.pop(story_id, None)
 
     def knows(self, item_id: int, story_id: int, updates: int) -> bool:
         with self._lock:
             hit = self._found.get(item_id)
         return hit is not None and hit[0] == story_id and hit[1] == updates
 
-    def profile(
-        self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
-    ) -> stories.StoryProfile | None:
-        """The story as ``stories.decide`` judges it, from its first stored members (item id,
-        update count): the same members give the same profile object, whose centroid and name
-        shares are then computed once rather than at every poll the story is a candidate in."""
-        usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
-        if not usable:
-            return None
-        # By the decoded objects themselves (a re-decoded member is a new object): the cached
-        # profile holds them, so their ids cannot be reused while it is kept.
-        key = (story_id, members[0][0], *(id(m) for m in usable))
+    def kept(self, story_id: int, members: list[tuple[int, int]]) -> stories.StoryProfile | None:
+        """The profile built from the same first stored members (item id, update count), if
+        kept: nothing of them is fetched or decoded again (what ``get`` trusts a hit on)."""
+        key = (story_id, *(n for member in members for n in member))
         with self._lock:
             found = self._profiles.get(key)
             if found is not None:
                 self._profiles.move_to_end(key)
-                self._latest[story_id] = found
-                self._latest.move_to_end(story_id)
-                return found
+                self._settle(found)
+            return found
+
+    def profile(
+        self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
+    ) -> stories.StoryProfile | None:
+        """The story as ``stories.decide`` judges it, from its first stored members (item id,
+        update count), kept by those (``kept``): its centroid and name shares are then computed
+        once rather than at every poll the story is a candidate in."""
+        usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
+        if not usable:
+            return None
+        key = (story_id, *(n for member in members for n in member))
         found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
             self._profiles[key] = found
-            self._latest[story_id] = found
-            self._latest.move_to_end(story_id)
+            self._settle(found)
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
                 self._profiles.popitem(last=False)
-            while len(self._latest) > DECODED_MEMBERS // stories.REPRESENTATIVES:
-                self._latest.popitem(last=False)
         return found
+
+    def _settle(self, profile: stories.StoryProfile) -> None:
+        """Keep what judging the story needs once it is closed (``closed``); under the lock."""
+        kept = self._settled.get(profile.story_id)
+        if kept is None or kept.first_at != profile.first_at or kept.centroid is not profile.centroid:
+            kept = stories.StoryProfile.settled(profile.story_id, profile.first_at, profile.centroid)
+            self._settled[profile.story_id] = kept
+        self._settled.move_to_end(profile.story_id)
+        while len(self._settled) > SETTLED_STORIES:
+            self._settled.popitem(last=False)
 
     def get(
         self, item_id: int, story_id: int, updates: int, fetched: Fetched, tx: IngestTransaction
@@ -344,6 +384,25 @@ class _DecodedMembers:
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded
+
+
+def _first_reached(
+    stored: set[int],
+    found_of: Mapping[str, Mapping[int, float]],
+    items: list[tuple[Item, stories.Features]],
+    now: datetime,
+) -> dict[int, datetime]:
+    """When the earliest item that may be judged against each ``stored`` story was published:
+    any item whose keys reach the story may be (``storybatch.Batch`` ranks what it reaches
+    among the stories read), not only those that rank it first. A poll's items can span days
+    (a feed's first fetch): a story closed to all of them need not be read."""
+    first: dict[int, datetime] = {}
+    for item, _ in items:
+        at = item.published_at or now
+        for story in found_of[item.key].keys() & stored:
+            if story not in first or at < first[story]:
+                first[story] = at
+    return first
 
 
 def _member(item_id: int, sort_at: datetime, features: str | None, signature: str | None) -> stories.Member | None:
