@@ -20,6 +20,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from hashlib import blake2b
 
 import Stemmer
@@ -58,11 +59,17 @@ class Terms:
 
     @property
     def keys(self) -> frozenset[int]:
-        return frozenset(term_key(word) for word in self.words)
+        return frozenset(key for _, key in self._keyed)
 
     def named(self, keys: set[int] | frozenset[int]) -> list[str]:
         """The readable terms among ``keys``, in the order they appear."""
-        return [word for word in self.words if term_key(word) in keys]
+        return [word for word, key in self._keyed if key in keys]
+
+    @cached_property
+    def _keyed(self) -> tuple[tuple[str, int], ...]:
+        # Hashed once: one explanation names the shared terms of the story joined and of
+        # each near miss.
+        return tuple((word, term_key(word)) for word in self.words)
 
 
 def extract(title: str, text: str) -> Terms:
@@ -126,19 +133,19 @@ _PLAIN_WORD = re.compile(rf"[^\W\d_]{{{PLAIN_WORD_LETTERS},}}")
 _stemmer = Stemmer.Stemmer("english")
 
 
-def plain_words(title: str, text: str, terms: Terms) -> list[tuple[str, str]]:
-    """The words of the headline and lead that are not names (``terms``), each once, as (the
-    word case-folded, its stem): "slaps" and "slapping" in two reports of one incident share
-    the stem "slap". Whether a word is rare enough to be evidence is ``stories.rare_words``'s
-    business."""
+def plain_words(title: str, text: str, terms: Terms) -> list[str]:
+    """The words of the headline and lead that are not names (``terms``), case-folded, each
+    once. Whether one is rare enough to be evidence is ``stories.rare_words``'s business."""
     lead = unicodedata.normalize("NFKC", f"{title}\n{text[:LEAD_CHARS]}")
     named = set(terms.words)
-    found: dict[str, str] = {}
-    for match in _PLAIN_WORD.finditer(lead):
-        word = match.group(0).casefold()
-        if word not in found and word not in named:
-            found[word] = "~" + _stemmer.stemWord(word)
-    return list(found.items())
+    folded = dict.fromkeys(raw.casefold() for raw in dict.fromkeys(_PLAIN_WORD.findall(lead)))
+    return [word for word in folded if word not in named]
+
+
+def stem(word: str) -> str:
+    """A plain word's Snowball stem, marked as one ("~slap"), so that "slaps" and "slapping" in
+    two reports of one incident agree and no stem is ever taken for a name."""
+    return "~" + str(_stemmer.stemWord(word))
 
 
 def figures(words: Iterable[str]) -> frozenset[int]:

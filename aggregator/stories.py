@@ -372,22 +372,53 @@ def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, T
     terms = names.extract(title, text)
     words = rare_words(title, text, terms)
     signature = cluster.signature(title, text) if signed else None
-    weights = {names.term_key(stem): weight for stem, weight in words.items()}
+    weights = {key: weight for key, weight in words.values()}
     features = Features(semantic.embedder().embed(title, text), terms.keys, signature, weights)
     return features, Terms((*terms.words, *words))
 
 
-def rare_words(title: str, text: str, terms: Terms) -> dict[str, float]:
-    """The plain words of an item (``names.plain_words``) rare enough to be evidence, by stem,
-    with what each weighs: ``RARE_WORD_WEIGHT`` for a word the model's tokenizer splits into
-    ``RARE_PIECES`` or more tokens, half of it for two, nothing for a word it holds whole."""
+def rare_words(title: str, text: str, terms: Terms) -> dict[str, tuple[int, float]]:
+    """The plain words of an item (``names.plain_words``) rare enough to be evidence: each
+    stem with its term hash and what it weighs, ``RARE_WORD_WEIGHT`` for a word the model's
+    tokenizer splits into ``RARE_PIECES`` or more tokens, half of it for two, nothing (left
+    out) for a word it holds whole. At most ``MAX_RARE_WORDS``, the rarest first, then in the
+    order they appear. What a word weighs never changes, so it is worked out once per process
+    (``RARE_WORDS_REMEMBERED``): news reuses its words."""
+    known: dict[str, Rarity] = {}
+    missing: list[str] = []
     plain = names.plain_words(title, text, terms)
-    found: dict[str, float] = {}
-    for (_, stem), pieces in zip(plain, semantic.embedder().pieces([word for word, _ in plain]), strict=True):
-        weight = RARE_WORD_WEIGHT if pieces >= RARE_PIECES else RARE_WORD_WEIGHT / 2 if pieces == 2 else 0.0
-        if weight > found.get(stem, 0.0):
-            found[stem] = weight
+    for word in plain:
+        hit = _rarity.get(word)
+        if hit is None:
+            missing.append(word)
+        else:
+            known[word] = hit
+    if missing:
+        for word, pieces in zip(missing, semantic.embedder().pieces(missing), strict=True):
+            weight = RARE_WORD_WEIGHT if pieces >= RARE_PIECES else RARE_WORD_WEIGHT / 2 if pieces == 2 else 0.0
+            stem = names.stem(word)
+            known[word] = (stem, names.term_key(stem), weight)
+        if len(_rarity) + len(missing) > RARE_WORDS_REMEMBERED:
+            _rarity.clear()
+        _rarity.update((word, known[word]) for word in missing)
+    found: dict[str, tuple[int, float]] = {}
+    for rank in (RARE_WORD_WEIGHT, RARE_WORD_WEIGHT / 2):
+        for word in plain:
+            stem, key, weight = known[word]
+            if weight == rank and stem not in found:
+                found[stem] = (key, weight)
+                if len(found) == MAX_RARE_WORDS:
+                    return found
     return found
+
+
+MAX_RARE_WORDS = 16
+"""Rare plain words an item keeps: a headline and lead of real news has about ten, and a text
+made of nothing but unusual words must not make its features, and each judgement, grow with it."""
+RARE_WORDS_REMEMBERED = 10_000
+"""Plain words whose stem, hash and weight a process keeps (forgotten all at once when full)."""
+Rarity = tuple[str, int, float]
+_rarity: dict[str, Rarity] = {}
 
 
 def judge(
