@@ -53,10 +53,10 @@ from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
 FEATURES_VERSION = "s2"
-OLDER_VERSIONS = ("s1",)
-"""Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words."""
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
+OLDER_VERSIONS = ("s1",)
+"""Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -225,26 +225,21 @@ class StoryProfile:
         return total / np.float32(norm) if norm > 0 else total
 
     @cached_property
-    def carriers(self) -> dict[int, int]:
-        """How many of the members carry each term."""
-        # Counted in C, in the order the loop over members and terms would insert them.
-        return dict(Counter(itertools.chain.from_iterable(m.features.terms for m in self.members)))
-
-    @cached_property
     def support(self) -> dict[int, float]:
         """Share of the members that carry each term."""
-        size = len(self.members)
-        return {term: count / size for term, count in self.carriers.items()}
+        return _shares([m.features.terms for m in self.members])
 
     @cached_property
     def word_support(self) -> dict[int, float]:
         """Share of the members that use each rare plain word."""
-        counts: dict[int, int] = {}
-        for member in self.members:
-            for word in member.features.words:
-                counts[word] = counts.get(word, 0) + 1
-        size = len(self.members)
-        return {word: count / size for word, count in counts.items()}
+        return _shares([m.features.words for m in self.members])
+
+
+def _shares(carried: Sequence[Iterable[int]]) -> dict[int, float]:
+    """Share of ``carried`` (one collection per member) that holds each value. Counted in C,
+    in the order a loop over members and values would meet them."""
+    size = len(carried)
+    return {value: count / size for value, count in Counter(itertools.chain.from_iterable(carried)).items()}
 
 
 _STATS_MADE = itertools.count()
