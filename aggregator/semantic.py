@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from aggregator.errors import AggregatorError
-from aggregator.wordpieces import WordPieces
+from aggregator.wordpieces import SPACE, WordPieces
 
 MODEL_PACKAGE = "wordllama"
 WEIGHTS_FILE = "weights/l2_supercat_256.safetensors"
@@ -67,6 +67,7 @@ class Embedder:
         self._rows = table.view(np.ndarray)  # the same memory: a memmap's slices cost a Python hook each
         self._tokenizer = tokenizer
         self._pieces = WordPieces.of(tokenizer)
+        self._bare = tokenizer.token_to_id(SPACE)  # a word start standing alone
         self._widen = HALF_TO_SINGLE if table.dtype == np.float16 else None
 
     @classmethod
@@ -115,34 +116,13 @@ class Embedder:
         """How many tokens each word (as it would stand mid-sentence) splits into. The
         tokenizer's vocabulary holds the words its training text used most as single tokens,
         so a word that needs several pieces is a rare one: a free estimate of how common a
-        word is in the language, from files the model already ships.
-
-        Through ``WordPieces`` where it applies (each word's ids are remembered there, for
-        ``embed`` as well); otherwise the words are tokenized as one text and the tokens
-        counted between word starts (a token beginning with ``WORD_START``). Either way a bare
+        word is in the language, from files the model already ships. Through ``WordPieces``
+        where it applies (each word's ids are remembered there, for ``embed`` as well). A bare
         word start (a token of its own before an unusual word) is not a piece."""
-        if not words:
-            return []
         if self._pieces is not None:
-            bare = self._tokenizer.token_to_id(WORD_START)
-            return [sum(1 for i in self._pieces.first(word, len(word) + 1) if i != bare) for word in words]
-        tokens = self._tokenizer.encode(" ".join(words), add_special_tokens=False).tokens
-        counts: list[int] = []
-        for token in tokens:
-            if token == WORD_START:  # a bare word start: the word's pieces follow unmarked
-                counts.append(0)
-            elif token.startswith(WORD_START) or not counts:
-                counts.append(1)
-            else:
-                counts[-1] += 1
-        if len(counts) != len(words):  # a word the tokenizer read as two: count each alone
-            encoded = self._tokenizer.encode_batch(words, add_special_tokens=False)
-            return [sum(1 for token in e.tokens if token != WORD_START) for e in encoded]
-        return counts
-
-
-WORD_START = "\u2581"
-"""How the tokenizer marks a token that begins a word (alone, it is a bare space)."""
+            return [sum(1 for i in self._pieces.first(word, len(word) + 1) if i != self._bare) for word in words]
+        encoded = self._tokenizer.encode_batch(words, add_special_tokens=False) if words else []
+        return [sum(1 for i in e.ids if i != self._bare) for e in encoded]
 
 
 def map_tensor(path: Path, name: str) -> npt.NDArray[np.floating[Any]]:

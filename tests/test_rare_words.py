@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from aggregator import names, semantic, stories
+from aggregator import names, semantic, stories, wordpieces
 from aggregator.stories import Features, Member, StoryProfile, TermStats, features_of, judge
 
 NOON = datetime(2026, 3, 3, 12, tzinfo=UTC)
@@ -42,6 +42,16 @@ def test_a_word_the_vocabulary_holds_whole_is_no_evidence() -> None:
     assert found["~robocal"][1] == stories.RARE_WORD_WEIGHT  # three pieces or more: full weight
     pieces = semantic.embedder().pieces(["government", "robocall"])
     assert pieces[0] == 1 and pieces[1] >= stories.RARE_PIECES
+
+
+def test_word_pieces_are_the_same_without_the_word_by_word_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    words = ["slapping", "government", "robocall", "izzadin", "parade"]
+    loaded = semantic.embedder()
+    monkeypatch.setattr(wordpieces.WordPieces, "of", classmethod(lambda _cls, _tokenizer: None))
+    plain = semantic.Embedder(loaded._table, loaded._tokenizer)
+    assert plain._pieces is None
+    assert plain.pieces(words) == loaded.pieces(words)
+    assert plain.pieces([]) == []
 
 
 def test_an_item_keeps_a_bounded_number_of_rare_words_the_rarest_first() -> None:
