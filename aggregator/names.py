@@ -29,6 +29,11 @@ LEAD_CHARS = 700
 """Characters of text read after the headline: the lead carries the who, where and how many;
 later paragraphs name background people and places that other reports need not share."""
 
+LEADING_CHARS = 300
+"""Characters of text after the headline whose names say which event an item reports (the
+lead's first sentence or two): the names a report of the same event is expected to share.
+Later ones are background, which independent reports pick differently."""
+
 TITLE_CASE_LETTERS = 4
 """A headline in which every word of at least this many letters is capitalised is written in
 Title Case ("Voice Readers Raise Thousands For Couple"): its capitals say nothing, so its words
@@ -56,10 +61,18 @@ class Terms:
     """An item's names and figures: readable forms (for explanations) and their hashes."""
 
     words: tuple[str, ...]
+    leading: int | None = None
+    """How many of ``words`` (the first ones) the headline and the lead's first
+    ``LEADING_CHARS`` name: who and where the event is. None: all of them."""
 
     @property
     def keys(self) -> frozenset[int]:
         return frozenset(key for _, key in self._keyed)
+
+    @property
+    def leading_keys(self) -> frozenset[int]:
+        """The hashes of the headline's and the lead's opening names (``leading``)."""
+        return frozenset(key for _, key in self._keyed[: self.leading])
 
     def named(self, keys: set[int] | frozenset[int]) -> list[str]:
         """The readable terms among ``keys``, in the order they appear."""
@@ -73,17 +86,26 @@ class Terms:
 
 
 def extract(title: str, text: str) -> Terms:
-    """The names and figures of an item's headline and the start of its text."""
+    """The names and figures of an item's headline and the start of its text, those of the
+    headline and the lead's first ``LEADING_CHARS`` first (``Terms.leading`` counts them)."""
     title_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", title).replace("\u00ad", ""))
-    lead_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", ""))
+    lead = unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", "")
+    matches = list(_TOKEN.finditer(lead))
+    lead_tokens = [m.groups() for m in matches]
+    # The first token that ends past the mark is the first after the opening: a name or a
+    # figure ("$3.41 billion") is never cut in two.
+    opening = next((n for n, m in enumerate(matches) if m.end() > LEADING_CHARS), len(matches))
     long_words = [raw for _n, _u, raw, _s in title_tokens if len(raw) >= TITLE_CASE_LETTERS]
     title_case = len(long_words) >= 2 and all(raw[0].isupper() for raw in long_words)
     found: dict[str, None] = {}
+    leading: int | None = None
     # A sentence-initial or Title-Case word counts only where the same item capitalises it
     # elsewhere, and there it has already been found.
     for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
         initial = True
-        for number, unit, raw, stop in tokens:
+        for n, (number, unit, raw, stop) in enumerate(tokens):
+            if n == opening and tokens is lead_tokens:
+                leading = len(found)
             if stop:
                 initial = True
             elif number:
@@ -96,7 +118,7 @@ def extract(title: str, text: str) -> Terms:
                 if acronym or (upper and capitals_tell and not initial):
                     found.setdefault(word)
                 initial = ends
-    return Terms(tuple(found))
+    return Terms(tuple(found), len(found) if leading is None else leading)
 
 
 WordFacts = tuple[str, bool, bool, bool]

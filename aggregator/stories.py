@@ -11,7 +11,9 @@ four kinds of evidence, always against a story as a whole:
   week "Gaza"). Counting stories rather than items matters: forty outlets covering one summit
   must not make the summit's city look common. A name counts in proportion to the share of the
   story's members that carry it, so one that only a single member of a large story mentions
-  weighs little: that is what keeps a story from growing through its newest member (chaining);
+  weighs little: that is what keeps a story from growing through its newest member (chaining).
+  The names must also *agree*: most of what the item or the story leads with (headline and
+  the lead's opening, ``names.LEADING_CHARS``) is found on the other side;
 * **meaning**: the cosine between the item's vector (``semantic``) and the story's centroid.
   Alone it tells topics apart, not events (every summit reads like every other), so it only
   lowers the names needed (``STRONG_COSINE``) or rules a story out (``MIN_COSINE``);
@@ -52,11 +54,12 @@ import numpy as np
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
-FEATURES_VERSION = "s2"
+FEATURES_VERSION = "s3"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1",)
-"""Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words."""
+OLDER_VERSIONS = ("s1", "s2")
+"""Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
+tell the leading names (``Features.leading``) from the others."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -113,8 +116,8 @@ outlier does not pull the story elsewhere."""
 
 MIN_AGREEMENT = 0.5
 """Agreement of names (``_agreement``) an independent report needs: at least half of the rare
-weight of the plainer side (item or story) is shared. Two stories about the same actors
-share some names; reports of one event share most of what the shorter one names."""
+weight of one side's leading names is shared. Two stories about the same actors share some
+names; reports of one event share most of what one of them opens with."""
 
 COPY_AGREEMENT = 0.8
 """Agreement a lead copy needs: a copy keeps its original's names and figures (a trimmed one
@@ -141,18 +144,27 @@ class Features:
     signature: cluster.Signature | None = None
     words: Mapping[int, float] = field(default_factory=dict)
     """Rare plain words (``rare_words``): hash -> weight as evidence."""
+    leading: frozenset[int] | None = None
+    """The terms of the headline and the lead's opening (``names.Terms.leading``), which name
+    the event; None: all of ``terms`` (features stored before they were told apart)."""
+
+    @property
+    def lead_terms(self) -> frozenset[int]:
+        return self.terms if self.leading is None else self.leading
 
     def dumps(self) -> str:
-        """Stored form: version, then in base64 the quantised vector, the term hashes, and the
-        rare words' hashes, full-weight ones first (about 500 characters). The lead signature
-        is stored on its own (``cluster.Signature.dumps``)."""
+        """Stored form: version, then in base64 the quantised vector, the term hashes (leading
+        ones first), and the rare words' hashes, full-weight ones first (about 500 characters).
+        The lead signature is stored on its own (``cluster.Signature.dumps``)."""
         full = sorted(w for w, weight in self.words.items() if weight >= RARE_WORD_WEIGHT)
         half = sorted(w for w, weight in self.words.items() if weight < RARE_WORD_WEIGHT)
+        leading = self.lead_terms
         packed = b"".join(
             (
                 semantic.quantise(self.vector),
                 len(self.terms).to_bytes(2, "big"),
-                *(t.to_bytes(4, "big") for t in sorted(self.terms)),
+                len(leading).to_bytes(2, "big"),
+                *(t.to_bytes(4, "big") for t in (*sorted(leading), *sorted(self.terms - leading))),
                 len(full).to_bytes(2, "big"),
                 *(t.to_bytes(4, "big") for t in (*full, *half)),
             )
@@ -175,19 +187,26 @@ class Features:
                 raise ValueError("features are corrupt: truncated")
             terms = frozenset(np.frombuffer(raw, dtype=">u4", offset=dims).tolist())
             return cls(semantic.dequantise(raw[:dims]), terms, signature)
+        counts = 2 if version == "s2" else 4  # s2 has no count of leading terms
         try:
             n_terms = int.from_bytes(raw[dims : dims + 2], "big")
-            words_at = dims + 2 + 4 * n_terms
+            n_leading = n_terms if version == "s2" else int.from_bytes(raw[dims + 2 : dims + 4], "big")
+            words_at = dims + counts + 4 * n_terms
             n_full = int.from_bytes(raw[words_at : words_at + 2], "big")
-            if len(raw) < words_at + 2 or (len(raw) - words_at - 2) % 4 or 4 * n_full > len(raw) - words_at - 2:
+            if (
+                len(raw) < words_at + 2 or (len(raw) - words_at - 2) % 4 or 4 * n_full > len(raw) - words_at - 2
+                or n_leading > n_terms
+            ):  # fmt: skip
                 raise ValueError("truncated")
-            terms = frozenset(np.frombuffer(raw, dtype=">u4", count=n_terms, offset=dims + 2).tolist())
+            hashes = np.frombuffer(raw, dtype=">u4", count=n_terms, offset=dims + counts).tolist()
             words = np.frombuffer(raw, dtype=">u4", offset=words_at + 2).tolist()
         except ValueError as exc:
             raise ValueError(f"features are corrupt: {exc}") from None
         half = RARE_WORD_WEIGHT / 2
         weights = {w: (RARE_WORD_WEIGHT if n < n_full else half) for n, w in enumerate(words)}
-        return cls(semantic.dequantise(raw[:dims]), terms, signature, weights)
+        terms = frozenset(hashes)
+        leading = None if n_leading == n_terms else frozenset(hashes[:n_leading])
+        return cls(semantic.dequantise(raw[:dims]), terms, signature, weights, leading)
 
 
 @dataclass(frozen=True)
@@ -228,6 +247,11 @@ class StoryProfile:
     def support(self) -> dict[int, float]:
         """Share of the members that carry each term."""
         return _shares([m.features.terms for m in self.members])
+
+    @cached_property
+    def lead_support(self) -> dict[int, float]:
+        """Share of the members that name each term in their headline or lead's opening."""
+        return _shares([m.features.lead_terms for m in self.members])
 
     @cached_property
     def word_support(self) -> dict[int, float]:
@@ -271,11 +295,12 @@ class TermStats:
         return found
 
     def story_weight(self, story: StoryProfile) -> float:
-        """The rare weight a story carries (each term's, times the share of members carrying
-        it), kept on the story for these statistics: one poll judges a story for several items."""
+        """The rare weight of a story's leading names (each term's, times the share of members
+        naming it there), kept on the story for these statistics: one poll judges a story for
+        several items."""
         kept = story.rare_weight
         if kept[0] != self._token:
-            kept[:] = [self._token, sum(self.weight(t, True) * share for t, share in story.support.items())]
+            kept[:] = [self._token, sum(self.weight(t, True) * share for t, share in story.lead_support.items())]
         return kept[1]
 
     def is_key(self, term: int) -> bool:
@@ -368,7 +393,10 @@ def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, T
     words = rare_words(title, text, terms)
     signature = cluster.signature(title, text) if signed else None
     weights = {key: weight for key, weight in words.values()}
-    features = Features(semantic.embedder().embed(title, text), terms.keys, signature, weights)
+    keys, leading = terms.keys, terms.leading_keys
+    features = Features(
+        semantic.embedder().embed(title, text), keys, signature, weights, None if leading == keys else leading
+    )
     return features, Terms((*terms.words, *words))
 
 
@@ -452,7 +480,7 @@ def judge(
     def agreeing() -> float:
         nonlocal agreement
         if agreement is None:
-            agreement = _agreement(sum(weights.values()), names_only, story, stats)
+            agreement = _agreement(item, weights, story, stats)
         return agreement
 
     if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
@@ -539,12 +567,26 @@ def copied(found: Mapping[int, float]) -> set[int]:
     return {story for story, weight in found.items() if weight >= COPY_KEY_WEIGHT or story < 0}
 
 
-def _agreement(own: float, name_weight: float, story: StoryProfile, stats: TermStats) -> float:
-    """How far an item's rare names and figures agree with the story's, 0..1: the share of the
-    rare weight of whichever side carries less that both carry. A side too plain to tell
-    (less than ``AGREEMENT_FLOOR``) agrees with anything."""
+def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile, stats: TermStats) -> float:
+    """How far an item's rare names and figures agree with the story's, 0..1: of the rare
+    weight of the item's leading names (headline and the lead's opening), the share the story
+    carries; or of the story's leading names, the share the item also leads with; whichever is
+    more. A side whose leading names are too plain to tell (less than ``AGREEMENT_FLOOR``)
+    agrees with anything.
+
+    Leading names, not all: the opening says who did what where, and two reports of one event
+    name the same there; further down each outlet picks its own background (an earlier
+    incident, a spokesman, a second city), which says nothing against the event being one.
+    Either direction suffices, so a report naming only part of a story's event agrees with it.
+    The story's opening is matched against the item's opening only: a report of a development
+    that recalls the story's event further down ("a week after ...") does not agree by that."""
+    support = story.support
+    mine = item.lead_terms
+    own = sum(weights[t] for t in mine)
+    item_side = sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
     theirs = stats.story_weight(story)
-    smaller = min(own, theirs)
-    if smaller < AGREEMENT_FLOOR:
+    if theirs < AGREEMENT_FLOOR:
         return 1.0
-    return min(1.0, name_weight / smaller)
+    carried = mine
+    story_side = sum(stats.weight(t, True) * share for t, share in story.lead_support.items() if t in carried) / theirs
+    return min(1.0, max(item_side, story_side))

@@ -1,0 +1,85 @@
+"""Leading names: the names and figures of the headline and the lead's opening say which event
+an item reports, and name agreement is weighed on them. Background further down (an earlier
+incident, a second spokesman) differs between independent reports and must not keep them apart;
+an item whose opening names another event must still stay out."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from aggregator import names, semantic, stories
+from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
+
+NOON = datetime(2026, 3, 3, 12, tzinfo=UTC)
+OPENING = "A passenger ferry capsized on Lake Torvane near Ostrava Harbour on Sunday, the Kessel coastguard said."
+
+
+def test_the_opening_names_come_first_and_are_counted() -> None:
+    filler = " and then more words without names" * 12  # past names.LEADING_CHARS
+    terms = names.extract("Ferry capsizes on Lake Torvane", f"{OPENING}{filler}. Later Mirel Dorsan spoke.")
+    assert len(OPENING) + len(filler) > names.LEADING_CHARS
+    assert terms.words[: terms.leading] == ("lake", "torvane", "ostrava", "harbour", "sunday", "kessel")
+    assert terms.words[terms.leading :] == ("mirel", "dorsan")
+    assert terms.leading_keys == {names.term_key(w) for w in terms.words[: terms.leading]}
+    short = names.extract("Ferry capsizes", OPENING)  # a lead shorter than the opening: all of it leads
+    assert short.leading == len(short.words)
+
+
+def test_a_figure_across_the_mark_is_read_whole_and_after_it() -> None:
+    text = "x" * (names.LEADING_CHARS - 6) + " $3.41 billion in profit, Greystone said."
+    terms = names.extract("Profit rises", text)
+    assert "3410000000" in terms.words and "3.41" not in terms.words
+    assert terms.leading is not None and terms.words.index("3410000000") >= terms.leading
+
+
+def unit(*components: tuple[int, float]) -> semantic.Vector:
+    vector = np.zeros(semantic.DIMENSIONS, dtype=np.float32)
+    for index, value in components:
+        vector[index] = value
+    return vector / np.float32(np.linalg.norm(vector))
+
+
+def item(opening: set[int], background: set[int], axis: int) -> Features:
+    return Features(unit((0, 1), (axis, 0.6)), frozenset(opening | background), leading=frozenset(opening))
+
+
+def test_other_background_does_not_keep_a_report_of_the_same_event_out() -> None:
+    # Three opening names in common; each report then names five or six background names of its
+    # own. Weighed over all names, fewer than half would be shared (3 of 8): "mostly differ".
+    story = StoryProfile(1, (Member(1, NOON, item({1, 2, 3}, {11, 12, 13, 14, 15}, 1)),), NOON)
+    report = item({1, 2, 3}, {21, 22, 23, 24, 25, 26}, 2)
+    stats = TermStats(stories=0)  # a fresh stream: every term is rare, each weighs 1
+    cosine = float(np.dot(report.vector, story.centroid))
+    assert stories.WEAK_COSINE < cosine < stories.STRONG_COSINE
+    assert 3 / 8 < stories.names_needed(cosine)[1] < 3 / 3  # the bar between the two ways of counting
+    judged = decide(report, NOON + timedelta(hours=1), [story], stats)
+    assert judged.story_id == 1, judged.explain()
+
+
+def test_a_report_opening_with_other_names_stays_out_though_its_background_matches() -> None:
+    # Its opening names another event (two of three names differ), and its background repeats
+    # the story's opening names ("a week after ..."): the story's names are all in it, but its
+    # own opening mostly is not in the story.
+    story = StoryProfile(1, (Member(1, NOON, item({1, 2, 3}, {11, 12}, 1)),), NOON)
+    development = item({31, 32, 3}, {1, 2, 41, 42, 43, 44}, 2)
+    decision = decide(development, NOON + timedelta(hours=1), [story], TermStats(stories=0))
+    assert decision.story_id is None
+    assert "mostly differ" in decision.near_misses[0].why_not
+
+
+def test_leading_names_survive_storage_and_older_features_lead_with_all() -> None:
+    features, _ = features_of("Ferry capsizes on Lake Torvane", f"{OPENING} {'Words without names. ' * 20}Mirel Dorsan")
+    assert features.leading is not None and features.leading < features.terms
+    back = Features.loads(features.dumps())
+    assert (back.terms, back.leading, back.words) == (features.terms, features.leading, features.words)
+    # Stored by the previous release ("s2": no count of leading terms): every term leads.
+    s2 = semantic.quantise(features.vector) + len(features.terms).to_bytes(2, "big")
+    s2 += b"".join(t.to_bytes(4, "big") for t in sorted(features.terms)) + (0).to_bytes(2, "big")
+    older = Features.loads("s2:" + base64.b64encode(s2).decode("ascii"))
+    assert older.terms == features.terms and older.leading is None and older.lead_terms == older.terms
+    with pytest.raises(ValueError):
+        Features.loads(features.dumps()[:300])
