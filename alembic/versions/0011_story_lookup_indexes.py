@@ -12,7 +12,7 @@ indexes answer both reads without reading the rows:
 
 * ``ix_items_story_of`` (id, story_id): an item's story. SQLite never prefers an index to its
   rowid for ``id = ?``, so the SQLite statements name it (``INDEXED BY``);
-* ``ix_items_story_members`` (story_id, sort_at, update_count) replaces ``ix_items_story``
+* ``ix_items_story_members`` (story_id, sort_at, id, update_count) replaces ``ix_items_story``
   (story_id), whose every use it serves as well (same leading column).
 
 Nothing is rewritten: only indexes change.
@@ -30,7 +30,7 @@ depends_on: Union[str, Sequence[str], None] = None
 
 def upgrade() -> None:
     op.create_index('ix_items_story_of', 'items', ['id', 'story_id'], unique=False)
-    op.create_index('ix_items_story_members', 'items', ['story_id', 'sort_at', 'update_count'], unique=False)
+    op.create_index('ix_items_story_members', 'items', ['story_id', 'sort_at', 'id', 'update_count'], unique=False)
     op.drop_index('ix_items_story', table_name='items')
 
 
