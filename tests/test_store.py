@@ -20,6 +20,7 @@ from aggregator.errors import SchemaError
 from aggregator.records import Item, NewItem
 from aggregator.store.database import (
     SCHEMA_HEAD,
+    SQLITE_CACHE_KIB,
     alembic_config,
     current_revision,
     ensure_schema,
@@ -127,6 +128,12 @@ def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: 
     assert "SEARCH items USING COVERING INDEX ix_items_story_of (id=?)" in plans["copy"]
     assert not [step for step in plans["copy"] if step.startswith("SEARCH items ") and "COVERING" not in step]
     assert plans["members"] == ["SEARCH items USING COVERING INDEX ix_items_story_members (story_id=? AND sort_at>?)"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_connections_get_the_larger_page_cache(engine: Engine) -> None:
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
 
 
 def test_the_schema_head_constant_is_alembics_head() -> None:
