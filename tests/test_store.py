@@ -20,6 +20,7 @@ from aggregator.errors import SchemaError
 from aggregator.records import Item, NewItem
 from aggregator.store.database import (
     SCHEMA_HEAD,
+    SQLITE_CACHE_KIB,
     alembic_config,
     current_revision,
     ensure_schema,
@@ -100,6 +101,39 @@ def test_sqlite_archives_keep_their_documents_last_and_the_rows_they_had(databas
     stored = Store(engine)
     assert stored.archive("world", "2026-W47").atom == row["atom"]  # type: ignore[union-attr]
     engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: Engine) -> None:
+    """Migration 0011's reason: an item's story and a story's first members are read from
+    indexes, never from the large ``items`` rows (SQLite takes the rowid unless told)."""
+    from aggregator.store import matchkeys
+
+    members, wanted = next(iter(matchkeys._STORY_MEMBER_REFS.batches("sqlite", [1, 2], since=NOW, per_story=3)))
+    params = {"earliest": 0, "latest": 1, "fanout": 20, "sample": 50, "values_json": "[1, 2]"}
+    with engine.connect() as connection:
+        plans = {}
+        for name, statement, values in (
+            ("term", matchkeys._TERM_STORIES_SQLITE, params),
+            ("copy", matchkeys._COPY_KEY_STORIES_SQLITE, params),
+            ("members", members, wanted),
+        ):
+            compiled = statement.compile(dialect=connection.dialect)
+            bound = compiled.construct_params(values)
+            raw = connection.connection.driver_connection
+            assert raw is not None
+            rows = raw.execute(f"EXPLAIN QUERY PLAN {compiled}", [bound[k] for k in compiled.positiontup or ()])
+            plans[name] = [str(row[3]) for row in rows if "items" in str(row[3])]
+    assert plans["term"] == ["SEARCH items USING COVERING INDEX ix_items_story_of (id=?)"]
+    assert "SEARCH items USING COVERING INDEX ix_items_story_of (id=?)" in plans["copy"]
+    assert not [step for step in plans["copy"] if step.startswith("SEARCH items ") and "COVERING" not in step]
+    assert plans["members"] == ["SEARCH items USING COVERING INDEX ix_items_story_members (story_id=? AND sort_at>?)"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_connections_get_the_larger_page_cache(engine: Engine) -> None:
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB
 
 
 def test_the_schema_head_constant_is_alembics_head() -> None:

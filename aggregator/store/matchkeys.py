@@ -70,27 +70,32 @@ _BOUNDED_KEYS = (
     "WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM item_match_keys AS counted WHERE counted.key = wanted.{column} "
     "AND counted.sort_epoch BETWEEN :earliest AND :latest LIMIT :fanout + 1) AS bounded) <= :fanout) "
     "SELECT DISTINCT item_match_keys.key, items.story_id FROM usable "
-    "JOIN item_match_keys ON item_match_keys.key = usable.key JOIN items ON items.id = item_match_keys.item_id "
+    "JOIN item_match_keys ON item_match_keys.key = usable.key JOIN {items} ON items.id = item_match_keys.item_id "
     "WHERE item_match_keys.sort_epoch BETWEEN :earliest AND :latest"
 )
+# An item's story is read from ``ix_items_story_of`` rather than the item's row (migration
+# 0011): SQLite looks a row up by its rowid whenever it can, so its statements name the index.
+_ITEMS_SQLITE = "items INDEXED BY ix_items_story_of"
 _TERM_STORIES = (
     "(SELECT {aggregate} FROM (SELECT DISTINCT sampled.story_id FROM (SELECT items.story_id FROM item_match_keys "
-    "JOIN items ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
+    "JOIN {items} ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
     "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled) AS found)"
 )
 _TERM_STORIES_SQLITE = text(
     "SELECT wanted.value, "
-    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story_id)")
+    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story_id)", items=_ITEMS_SQLITE)
     + " FROM json_each(:values_json) AS wanted"
 )
 _TERM_STORIES_POSTGRESQL = text(
     "SELECT wanted.key, "
-    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story_id::text, ',')")
+    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story_id::text, ',')", items="items")
     + " FROM unnest(:values_array) AS wanted(key)"
 ).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
-_COPY_KEY_STORIES_SQLITE = text(_BOUNDED_KEYS.format(column="value", values="json_each(:values_json)", wanted="wanted"))
+_COPY_KEY_STORIES_SQLITE = text(
+    _BOUNDED_KEYS.format(column="value", values="json_each(:values_json)", wanted="wanted", items=_ITEMS_SQLITE)
+)
 _COPY_KEY_STORIES_POSTGRESQL = text(
-    _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)")
+    _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)", items="items")
 ).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
 _MEMBER_FEATURES = ByValues(
     lambda wanted: select(ItemRow.id, ItemRow.sort_at, ItemRow.match_features, ItemRow.match_signature).where(
