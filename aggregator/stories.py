@@ -225,8 +225,9 @@ class StoryProfile:
     story_id: int
     members: tuple[Member, ...]
     first_at: datetime
-    rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0], compare=False, repr=False)
-    """(which TermStats, the weight it gives the story): see ``TermStats.story_weight``."""
+    rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0, -1.0], compare=False, repr=False)
+    """(which TermStats, the weight it gives the story's leading names, and all its names, -1
+    until needed): see ``TermStats.story_weight``."""
 
     @classmethod
     def settled(cls, story_id: int, first_at: datetime, centroid: semantic.Vector) -> StoryProfile:
@@ -294,14 +295,16 @@ class TermStats:
             found = self._weights[others] = max(0.0, 1.0 - math.log1p(others) * self._scale)
         return found
 
-    def story_weight(self, story: StoryProfile) -> float:
+    def story_weight(self, story: StoryProfile, leading: bool = True) -> float:
         """The rare weight of a story's leading names (each term's, times the share of members
-        naming it there), kept on the story for these statistics: one poll judges a story for
-        several items."""
+        naming it there), or of all its names, kept on the story for these statistics: one
+        poll judges a story for several items."""
         kept = story.rare_weight
         if kept[0] != self._token:
-            kept[:] = [self._token, sum(self.weight(t, True) * share for t, share in story.lead_support.items())]
-        return kept[1]
+            kept[:] = [self._token, sum(self.weight(t, True) * share for t, share in story.lead_support.items()), -1.0]
+        if not leading and kept[2] < 0:
+            kept[2] = sum(self.weight(t, True) * share for t, share in story.support.items())
+        return kept[1] if leading else kept[2]
 
     def is_key(self, term: int) -> bool:
         return self.counts.get(term, 0) <= KEY_MAX_STORIES and self.weight(term) > 0
@@ -571,8 +574,10 @@ def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile
     """How far an item's rare names and figures agree with the story's, 0..1: of the rare
     weight of the item's leading names (headline and the lead's opening), the share the story
     carries; or of the story's leading names, the share the item also leads with; whichever is
-    more. A side whose leading names are too plain to tell (less than ``AGREEMENT_FLOOR``)
-    agrees with anything.
+    more. A side whose leading names are too plain to tell (less than ``AGREEMENT_FLOOR``: the
+    countries of a busy week) is weighed on all its names instead, and only a side too plain
+    even so agrees with anything: look-alikes from one template open with the same common names
+    and differ in the ones that follow.
 
     Leading names, not all: the opening says who did what where, and two reports of one event
     name the same there; further down each outlet picks its own background (an earlier
@@ -583,10 +588,13 @@ def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile
     support = story.support
     mine = item.lead_terms
     own = sum(weights[t] for t in mine)
+    if own < AGREEMENT_FLOOR:  # an opening too plain to tell: all its names
+        mine, own = item.terms, sum(weights.values())
     item_side = sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
-    theirs = stats.story_weight(story)
+    lead, carried, theirs = story.lead_support, item.lead_terms, stats.story_weight(story)
     if theirs < AGREEMENT_FLOOR:
-        return 1.0
-    carried = mine
-    story_side = sum(stats.weight(t, True) * share for t, share in story.lead_support.items() if t in carried) / theirs
+        lead, carried, theirs = support, item.terms, stats.story_weight(story, leading=False)
+        if theirs < AGREEMENT_FLOOR:
+            return 1.0
+    story_side = sum(stats.weight(t, True) * share for t, share in lead.items() if t in carried) / theirs
     return min(1.0, max(item_side, story_side))

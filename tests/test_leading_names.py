@@ -71,6 +71,25 @@ def test_a_report_opening_with_other_names_stays_out_though_its_background_match
     assert "mostly differ" in decision.near_misses[0].why_not
 
 
+def test_an_opening_of_common_names_is_weighed_with_the_names_that_follow() -> None:
+    # Look-alikes from one template on a busy week: both open with the same two countries,
+    # which so many stories name that they weigh nothing; they share two rare names further
+    # down (enough weight at this cosine) and differ in the rest. Agreeing with anything
+    # because the openings are too plain to tell would merge them.
+    stats = TermStats(stories=2000, counts={1: 500, 2: 500})
+    assert stats.weight(1) == stats.weight(2) == 0.0
+    story_item = Features(unit((0, 1), (1, 0.3)), frozenset({1, 2, 11, 12, 13, 14, 15, 16}), leading=frozenset({1, 2}))
+    look_alike = Features(
+        unit((0, 1), (2, 0.3)), frozenset({1, 2, 11, 12, 21, 22, 23, 24, 25}), leading=frozenset({1, 2})
+    )
+    story = StoryProfile(1, (Member(1, NOON, story_item),), NOON)
+    decision = decide(look_alike, NOON + timedelta(hours=1), [story], stats)
+    assert decision.story_id is None
+    (miss,) = decision.near_misses
+    assert miss.cosine > stories.STRONG_COSINE and miss.name_weight >= stories.STRONG_NAME_WEIGHT
+    assert "mostly differ" in miss.why_not
+
+
 def test_leading_names_survive_storage_and_older_features_lead_with_all() -> None:
     features, _ = features_of("Ferry capsizes on Lake Torvane", f"{OPENING} {'Words without names. ' * 20}Mirel Dorsan")
     assert features.leading is not None and features.leading < features.terms
