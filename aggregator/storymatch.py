@@ -23,6 +23,10 @@ from aggregator.store.repository import IngestTransaction, MatchCandidate
 COUNTS_KEPT = timedelta(minutes=5)
 """How long the writer trusts a common term's story count and the window's number of stories:
 both move by a few percent an hour, and a common term only stays or becomes more common."""
+STORIES_KEPT_STREAM = timedelta(hours=1)
+"""How far the stream may move on (the latest time a poll judges) before the window's number of
+stories is counted again, however little wall time passed: a first ingest reads days of backlog
+in minutes, and a count taken at its start would make every name look commoner than it is."""
 COMMON_TERMS_KEPT = 50_000
 TERM_SAMPLE = 500
 """Items of the window a term's stories are counted among: enough to tell a common term from a
@@ -249,14 +253,15 @@ class Verdict:
 class _TermCounts:
     """The stream statistics for story matching, read per poll, with what changes slowly kept:
     a common term (carried by more than ``stories.KEY_MAX_STORIES`` stories: weighing little,
-    no lookup key) for ``COUNTS_KEPT``, and the number of stories in the window as long. Rare
-    terms, which a story that is just forming changes, are counted afresh at every poll.
+    no lookup key) for ``COUNTS_KEPT``, and the number of stories in the window as long, or
+    until the stream has moved on ``STORIES_KEPT_STREAM`` since it was counted. Rare terms,
+    which a story that is just forming changes, are counted afresh at every poll.
     Counting a common term is what costs (it names thousands of items), so each poll pays
     only for the rare ones."""
 
     def __init__(self) -> None:
         self._common: dict[int, tuple[int, float]] = {}  # term -> (stories, monotonic expiry)
-        self._stories: tuple[int, float] | None = None
+        self._stories: tuple[int, float, datetime] | None = None  # (count, monotonic expiry, for when)
         self._lock = threading.Lock()
 
     def stats(
@@ -267,17 +272,22 @@ class _TermCounts:
         kept = COUNTS_KEPT.total_seconds()
         with self._lock:
             known = {t: self._common[t][0] for t in terms if t in self._common and self._common[t][1] > now}
-            total = self._stories[0] if self._stories is not None and self._stories[1] > now else None
+            kept_total = self._stories
+        total = None
+        if kept_total is not None and kept_total[1] > now and abs(latest - kept_total[2]) <= STORIES_KEPT_STREAM:
+            total = kept_total[0]
         wanted = [stories.name_key(t) for t in terms if t not in known]
         carriers = {
             key - stories.NAME_KEY: found
             for key, found in tx.term_stories(wanted, earliest, latest, TERM_SAMPLE).items()
         }
+        counted = total is None
         if total is None:
             total = tx.stories_in_window(earliest, latest)
         counts = {**known, **{term: len(found) for term, found in carriers.items()}}
         with self._lock:
-            self._stories = (total, now + kept)
+            if counted:  # kept from when it was counted, not from the last poll that used it
+                self._stories = (total, now + kept, latest)
             for term, count in counts.items():
                 if count > stories.KEY_MAX_STORIES and term not in known:
                     self._common[term] = (count, now + kept)

@@ -1,0 +1,61 @@
+"""The writer's stream statistics (``storymatch._TermCounts``) keep the window's number of
+stories for a while, because counting it reads the whole window. It must be counted again when
+that while has passed since it was *counted* (not since the last poll that used it: steady
+polling would otherwise keep the first count for ever), and when the stream has moved on by
+``STORIES_KEPT_STREAM`` however little wall time passed (a first ingest reads days of backlog in
+minutes). The transaction is a stand-in that counts its calls, and the clock is set by hand:
+what is tested is when the count is read, over hours, not what the database returns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aggregator import storymatch
+
+NOON = datetime(2026, 3, 3, 12, tzinfo=UTC)
+
+
+class CountingTransaction:
+    def __init__(self) -> None:
+        self.counted = 0
+
+    def term_stories(self, *_args: object) -> dict[int, frozenset[int]]:
+        return {}
+
+    def stories_in_window(self, *_args: object) -> int:
+        self.counted += 1
+        return 100 * self.counted
+
+
+def total(counts: storymatch._TermCounts, tx: CountingTransaction, latest: datetime) -> int:
+    stats, _ = counts.stats(tx, set(), latest - timedelta(days=3), latest)  # type: ignore[arg-type]
+    return stats.stories
+
+
+def test_the_story_count_is_kept_from_when_it_was_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("aggregator.storymatch.time.monotonic", lambda: clock[0])
+    counts, tx = storymatch._TermCounts(), CountingTransaction()
+    assert total(counts, tx, NOON) == 100
+    kept = storymatch.COUNTS_KEPT.total_seconds()
+    for step in range(1, 6):  # polls every fifth of the while keep using it...
+        clock[0] += kept / 5 - 1
+        assert total(counts, tx, NOON + timedelta(minutes=step)) == 100
+    clock[0] += 10
+    assert total(counts, tx, NOON + timedelta(minutes=6)) == 200  # ...until the while since counting has passed
+    assert tx.counted == 2
+
+
+def test_the_story_count_is_read_again_when_the_stream_moves_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("aggregator.storymatch.time.monotonic", lambda: 1000.0)  # a backlog: no wall time passes
+    counts, tx = storymatch._TermCounts(), CountingTransaction()
+    later = NOON + storymatch.STORIES_KEPT_STREAM
+    assert [total(counts, tx, at) for at in (NOON, later - timedelta(minutes=1), later + timedelta(minutes=1))] == [
+        100,
+        100,
+        200,
+    ]
+    assert total(counts, tx, later + timedelta(minutes=2)) == 200
+    assert tx.counted == 2
