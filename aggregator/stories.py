@@ -132,7 +132,8 @@ RARE_PIECES = 3
 of it; a word the vocabulary holds whole gives nothing."""
 
 AGREEMENT_FLOOR = 0.5
-"""Rare-name weight below which a side is too plain to contradict anything: it agrees."""
+"""Rare-name weight below which a side's leading names are too plain to tell: it is weighed on
+all its names, and if those are too plain as well, it agrees with anything (``_agreement``)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class Features:
 
     @property
     def lead_terms(self) -> frozenset[int]:
+        """The leading terms, or all of them for features stored without the distinction."""
         return self.terms if self.leading is None else self.leading
 
     def dumps(self) -> str:
