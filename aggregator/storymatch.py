@@ -281,13 +281,12 @@ class _TermCounts:
             key - stories.NAME_KEY: found
             for key, found in tx.term_stories(wanted, earliest, latest, TERM_SAMPLE).items()
         }
-        counted = total is None
         if total is None:
             total = tx.stories_in_window(earliest, latest)
+            with self._lock:  # kept from when it was counted, not from the last poll that used it
+                self._stories = (total, now + kept, latest)
         counts = {**known, **{term: len(found) for term, found in carriers.items()}}
         with self._lock:
-            if counted:  # kept from when it was counted, not from the last poll that used it
-                self._stories = (total, now + kept, latest)
             for term, count in counts.items():
                 if count > stories.KEY_MAX_STORIES and term not in known:
                     self._common[term] = (count, now + kept)
