@@ -46,7 +46,7 @@ from aggregator.poll import (
     source_fault,
 )
 from aggregator.publisher import Publisher
-from aggregator.records import FetchResult, ParsedFeed
+from aggregator.records import FetchResult, InsertedItem, ParsedFeed
 from aggregator.schedule import HostSource, ScheduleSettings, host_needs_check, host_of
 from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, Store
 from aggregator.storymatch import StoryMatcher
@@ -301,14 +301,16 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 with self.store.ingest() as tx:
-                    done: list[PollPlan | Exception] = [self._commit(tx, polled) for polled in batch]
+                    committed = [self._commit(tx, polled) for polled in batch]
             except Exception as exc:
                 metrics.COMMIT_BATCH_RETRIES.inc()
                 log.info("a batch of %d results failed (%s); committing them one by one", len(batch), fault_reason(exc))
             else:
                 metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                 metrics.COMMIT_BATCH_SIZE.observe(len(batch))
-                return done
+                for plan, inserted in committed:
+                    self.stories.stored(plan.inserts, inserted)
+                return [plan for plan, _ in committed]
         return [self._commit_alone(polled) for polled in batch]
 
     def _commit_alone(self, polled: Polled) -> PollPlan | Exception:
@@ -332,7 +334,9 @@ class Pipeline:
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 with self.store.ingest() as tx:
-                    return self._commit(tx, polled)
+                    plan, inserted = self._commit(tx, polled)
+                self.stories.stored(plan.inserts, inserted)
+                return plan
             except StorageError as exc:
                 if not exc.transient or attempt == COMMIT_ATTEMPTS - 1:
                     raise
@@ -340,17 +344,16 @@ class Pipeline:
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _commit(self, tx: IngestTransaction, polled: Polled) -> PollPlan:
-        """Look up, decide, apply: one poll in ``tx``, which commits it whole or not at all."""
+    def _commit(self, tx: IngestTransaction, polled: Polled) -> tuple[PollPlan, dict[str, InsertedItem]]:
+        """Look up, decide, apply: one poll in ``tx``, which commits it whole or not at all.
+        Also where its new items were stored, for the story matcher once ``tx`` committed."""
         now = polled.result.fetched_at
         plan = decide_poll(polled, self._look_up(tx, polled, now), self._schedule, now)
-        self._apply(tx, polled, plan)
-        return plan
+        return plan, self._apply(tx, polled, plan)
 
-    def _apply(self, tx: IngestTransaction, polled: Polled, plan: PollPlan) -> None:
+    def _apply(self, tx: IngestTransaction, polled: Polled, plan: PollPlan) -> dict[str, InsertedItem]:
         source_id, now = polled.source.fetch.id, polled.result.fetched_at
-        if plan.inserts:
-            tx.insert_items(source_id, plan.inserts, now, self.authority)
+        inserted = tx.insert_items(source_id, plan.inserts, now, self.authority) if plan.inserts else {}
         if plan.updates:
             tx.update_items(plan.updates, now, source_id)
         tx.record_poll(source_id, plan.result, plan.record)
@@ -358,6 +361,7 @@ class Pipeline:
             tx.postpone({other: (decision.at, decision.reason) for other, decision in plan.postpone.items()})
         if plan.host_held_until is not None:
             self._host_holds[host_of(polled.source.fetch.url)] = plan.host_held_until
+        return inserted
 
     def _look_up(self, tx: IngestTransaction, polled: Polled, now: datetime) -> PollLookups:
         """Read what ``decide_poll`` needs: the host's sources only when it may be throttling

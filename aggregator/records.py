@@ -232,6 +232,16 @@ class NewItem:
 
 
 @dataclass(frozen=True)
+class InsertedItem:
+    """Where a new item was stored: its row, its story and the time it sorts by, for a reader
+    that keeps what it decided about the item (``StoryMatcher.stored``)."""
+
+    item_id: int
+    story_id: int
+    sort_at: datetime
+
+
+@dataclass(frozen=True)
 class IngestPlan:
     """The decision for one fetched document: what to insert, update, or leave alone."""
 

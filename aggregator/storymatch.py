@@ -12,12 +12,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from aggregator import cluster, names, parseworker, stories, storybatch
-from aggregator.records import IngestPlan, Item
+from aggregator.records import IngestPlan, InsertedItem, Item, NewItem
 from aggregator.store.repository import IngestTransaction, MatchCandidate
 
 COUNTS_KEPT = timedelta(minutes=5)
@@ -36,6 +36,10 @@ DECODED_MEMBERS = 5_000
 signatures and the profiles holding them, 17 MB when full): the same stories are candidates
 poll after poll while their event is in the news. Decoding a member costs about 20 µs, so a
 miss is cheap; holding every member a first ingest meets is not."""
+FRESH_KEPT = 2_000
+"""New items' decoded features the writer keeps between deciding about them and their
+transaction committing (``StoryMatcher.stored``): a commit that fails leaves its items here
+until newer ones push them out."""
 SETTLED_STORIES = 8_000
 """Stories whose beginning and centroid the writer keeps once it has judged them (about 1.5 KB
 each, 12 MB when full): a story that began more than ``stories.STORY_SPAN`` before a poll is
@@ -71,6 +75,16 @@ class StoryMatcher:
         joined = {new.story_id for new in matched.inserts if new.story_id is not None}
         self._members.touched(joined | {update.stored.story_id for update in matched.updates})
         return matched
+
+    def stored(self, inserts: Sequence[NewItem], inserted: Mapping[str, InsertedItem]) -> None:
+        """Keep the features decided on of new items now committed (``inserted``: where each
+        was stored): they are the members later polls judge stories on, and would otherwise
+        be read back and decoded once each. Call it only once the transaction committed: an
+        item id a rolled-back transaction used is given to another item."""
+        for new in inserts:
+            where = inserted.get(new.item.key)
+            if where is not None and new.match_features is not None:
+                self._members.add(where, new.match_features)
 
     def _match_lexical(
         self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
@@ -131,6 +145,8 @@ class StoryMatcher:
             return signed, stored, words, stories.Features.loads(stored, signed.signature)
 
         prepared = [(new, *prepare(new.item)) for new in plan.inserts]
+        for _, _, stored, _, feats in prepared:
+            self._members.expect(stored, feats)
         lookup = _StoryLookup(tx, now, self._members, self._term_counts)
         decisions = lookup.decide([(new.item, f, w) for new, _, _, w, f in prepared if new.story_id is None])
         inserts = []
@@ -307,7 +323,25 @@ class _DecodedMembers:
         self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
         self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
+        self._fresh: OrderedDict[str, stories.Features] = OrderedDict()  # stored form -> decided on, uncommitted
         self._lock = threading.Lock()
+
+    def expect(self, stored: str, features: stories.Features) -> None:
+        """Keep a new item's features, by their stored form, until it is committed (``add``)."""
+        with self._lock:
+            self._fresh[stored] = features
+            while len(self._fresh) > FRESH_KEPT:
+                self._fresh.popitem(last=False)
+
+    def add(self, where: InsertedItem, stored: str) -> None:
+        """A committed new item's features, kept (``expect``) as the member it now is."""
+        with self._lock:
+            features = self._fresh.pop(stored, None)
+            if features is not None:
+                member = stories.Member(where.item_id, where.sort_at, features)
+                self._found[where.item_id] = (where.story_id, 0, member)
+                while len(self._found) > DECODED_MEMBERS:
+                    self._found.popitem(last=False)
 
     def closed(self, before: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
         """The last profile of each story known to have begun before the time ``before`` gives

@@ -536,7 +536,10 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
                     tx, plan, chunk[-1].published_at, "semantic", {e.id: signed[e.id] for e in chunk}, stored
                 )
                 costs.append((start, (time.perf_counter() - started) / len(chunk)))
-                tx.insert_items(1 + start // batch % 100, matched.inserts, chunk[-1].published_at, "bench.example")
+                inserted = tx.insert_items(
+                    1 + start // batch % 100, matched.inserts, chunk[-1].published_at, "bench.example"
+                )
+            matcher.stored(matched.inserts, inserted)  # as the pipeline does once the poll committed
             for new in matched.inserts:
                 if new.story_id is not None:
                     story_of[new.item.key] = new.story_id

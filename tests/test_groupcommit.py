@@ -151,11 +151,11 @@ def test_a_batch_with_one_failing_result_commits_the_others(
     monkeypatch.setattr(groupcommit, "MAX_DELAY", 60.0)
     real_insert = IngestTransaction.insert_items
 
-    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> int:
-        count = real_insert(self, source_id, new, *args)
+    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> Any:
+        inserted = real_insert(self, source_id, new, *args)
         if any(f"/feed{BAD_FEED}/" in (n.item.link or "") for n in new):
             raise ZeroDivisionError("boom in store")  # after its rows went in: they must be rolled back
-        return count
+        return inserted
 
     monkeypatch.setattr(IngestTransaction, "insert_items", insert)
     retried = _sample(metrics.COMMIT_BATCH_RETRIES, "aggregator_commit_batch_retries_total")

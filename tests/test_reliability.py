@@ -120,11 +120,11 @@ def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> str:
     # store: the items are inserted, then the transaction fails: they must be rolled back
     real_insert = IngestTransaction.insert_items
 
-    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> int:
-        count = real_insert(self, source_id, new, *args)
+    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> Any:
+        inserted = real_insert(self, source_id, new, *args)
         if _is_bad(n.item for n in new):
             raise ZeroDivisionError("boom in store")
-        return count
+        return inserted
 
     monkeypatch.setattr(IngestTransaction, "insert_items", insert)
     return "ZeroDivisionError"

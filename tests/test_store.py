@@ -294,7 +294,8 @@ def test_lookups_by_many_awkward_keys_find_exactly_the_stored_ones(store: Store)
     stored = awkward + [f"id:{n}" for n in range(IN_CHUNK + 20)]
     with store.ingest() as tx:
         new = [NewItem(item(key, f"https://x.example/{n}?q={key}"), None) for n, key in enumerate(stored)]
-        assert tx.insert_items(1, new, NOW, "a.b") == len(stored)
+        inserted = tx.insert_items(1, new, NOW, "a.b")
+        assert sorted(inserted) == sorted(stored) and len({i.item_id for i in inserted.values()}) == len(stored)
     asked = [*stored, "id:absent", "id:NAÏVE-東京-🙂"]
     with store.ingest() as tx:
         found = tx.stored_items(1, asked)

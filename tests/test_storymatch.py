@@ -6,12 +6,16 @@ Real SQLite file and real PostgreSQL, the real model; the texts are ``test_stori
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
 
 from aggregator.config import parse_config
 from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.database import ensure_schema, make_engine
-from aggregator.store.repository import Store
+from aggregator.store.repository import IngestTransaction, Store
 from aggregator.storymatch import StoryMatcher
 from tests.test_stories_v2 import FOLLOW_UP, NOON, ORIGINAL, REWRITE, STORE_CONFIG, UNRELATED
 
@@ -79,4 +83,53 @@ def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(databas
     assert kept["h1"].story_id == story  # the rewrite two hours after the original joins it
     assert kept["f1"].story_id is None
     assert [n.match_reason for n in kept.values()] == [n.match_reason for n in fresh.values()]
+    engine.dispose()
+
+
+def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgotten(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its poll committed (``stored``), a new item is a member the next poll judges its
+    story on without reading its features back; an item whose transaction rolled back is never
+    taken for the item that is given its id next, and verdicts match a matcher that kept nothing."""
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
+    matcher = StoryMatcher()
+    read_back: list[int] = []
+    real_member_features = IngestTransaction.member_features
+
+    def member_features(self: IngestTransaction, item_ids: Sequence[int]) -> Any:
+        read_back.extend(item_ids)
+        return real_member_features(self, item_ids)
+
+    monkeypatch.setattr(IngestTransaction, "member_features", member_features)
+    # The original is decided on and inserted, then its transaction fails: nothing of it is kept.
+    with pytest.raises(ZeroDivisionError), store.ingest() as tx:
+        lost = matcher.match(tx, plan_of([("w1", ORIGINAL, NOON)]), NOON, "semantic", {}, {})
+        tx.insert_items(1, lost.inserts, NOON, "news.example.org")
+        raise ZeroDivisionError("the poll's commit fails")
+    # Another worker commits an item naming the same people in its place (SQLite gives it the
+    # rolled-back item's id, and its story the rolled-back story's).
+    with store.ingest() as tx:
+        other = StoryMatcher().match(tx, plan_of([("u1", FOLLOW_UP, NOON)]), NOON, "semantic", {}, {})
+        tx.insert_items(1, other.inserts, NOON, "news.example.org")
+    again = plan_of([("w1", ORIGINAL, NOON)])
+    with store.ingest() as tx:
+        kept = matcher.match(tx, again, NOON, "semantic", {}, {})
+        fresh = StoryMatcher().match(tx, again, NOON, "semantic", {}, {})
+        assert kept.inserts[0].match_reason == fresh.inserts[0].match_reason
+        original = tx.insert_items(1, kept.inserts, NOON, "news.example.org")
+    matcher.stored(kept.inserts, original)
+    read_back.clear()
+
+    plan = plan_of([("h1", REWRITE, NOON + timedelta(hours=2))])
+    with store.ingest() as tx:
+        joined = matcher.match(tx, plan, NOON, "semantic", {}, {}).inserts[0]
+        assert read_back == []  # the original was judged on as decided on, not read back
+        fresh = StoryMatcher().match(tx, plan, NOON, "semantic", {}, {}).inserts[0]
+    assert original["w1"].item_id in read_back  # a matcher that kept nothing reads it
+    assert joined.story_id == original["w1"].story_id  # the rewrite joins the original's story
+    assert joined.match_reason == fresh.match_reason
     engine.dispose()

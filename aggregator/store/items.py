@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import BindParameter, bindparam, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from aggregator.records import Item, ItemUpdate, NewItem, StoredItem
+from aggregator.records import InsertedItem, Item, ItemUpdate, NewItem, StoredItem
 from aggregator.store._sql import ByValues, RawInsert, StoreBase, epoch, storage_error
 from aggregator.store.matchkeys import StoryLookups
 from aggregator.store.models import DeletedItemRow, ItemRow, MatchKeyRow, StoryRow
@@ -96,14 +96,17 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
                         found.setdefault(url, story_id)
         return found
 
-    def insert_items(self, source_id: int, new: Sequence[NewItem], now: datetime, authority: str) -> int:
-        """Insert new items, creating a story for each that does not join an existing one.
+    def insert_items(
+        self, source_id: int, new: Sequence[NewItem], now: datetime, authority: str
+    ) -> dict[str, InsertedItem]:
+        """Insert new items, creating a story for each that does not join an existing one;
+        where each was stored, by item key.
 
         Rows go straight to the driver's executemany (``RawInsert``); one indexed query
         per table then finds their ids.
         """
         if not new:
-            return 0
+            return {}
         story_ids = self._new_stories(source_id, new, now, authority)
         founders = _founders(new)
         rows = []
@@ -130,7 +133,11 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
             [(item_ids[n.item.key], n.item.published_at or now, n.match_keys) for n in new if n.item.key in item_ids],
             replace=False,
         )
-        return len(rows)
+        return {
+            row["key"]: InsertedItem(item_ids[row["key"]], row["story_id"], row["sort_at"])
+            for row in rows
+            if row["key"] in item_ids
+        }
 
     def _new_stories(self, source_id: int, new: Sequence[NewItem], now: datetime, authority: str) -> dict[str, int]:
         """Create the stories of new items that join none; their ids by story key."""
