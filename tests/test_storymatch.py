@@ -117,11 +117,11 @@ def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgo
         tx.insert_items(1, other.inserts, NOON, "news.example.org")
     again = plan_of([("w1", ORIGINAL, NOON)])
     with store.ingest() as tx:
-        kept = matcher.match(tx, again, NOON, "semantic", {}, {})
-        fresh = StoryMatcher().match(tx, again, NOON, "semantic", {}, {})
-        assert kept.inserts[0].match_reason == fresh.inserts[0].match_reason
-        original = tx.insert_items(1, kept.inserts, NOON, "news.example.org")
-    matcher.stored(kept.inserts, original)
+        decided = matcher.match(tx, again, NOON, "semantic", {}, {})
+        afresh = StoryMatcher().match(tx, again, NOON, "semantic", {}, {})
+        assert decided.inserts[0].match_reason == afresh.inserts[0].match_reason
+        original = tx.insert_items(1, decided.inserts, NOON, "news.example.org")
+    matcher.stored(decided.inserts, original)
     read_back.clear()
 
     plan = plan_of([("h1", REWRITE, NOON + timedelta(hours=2))])
