@@ -240,33 +240,69 @@ class StoryProfile:
         profile.__dict__["centroid"] = centroid  # where the cached property keeps its value
         return profile
 
+    def extended(self, more: Sequence[Member]) -> StoryProfile:
+        """The story with ``more`` members after these (later ones, as stored): what is already
+        summed and counted for this profile is carried over and only the new members are added,
+        giving exactly what building the longer profile afresh gives. A story is a candidate
+        again and again while it grows, one member at a time."""
+        profile = StoryProfile(self.story_id, (*self.members, *more), self.first_at)
+        if "total" in self.__dict__:
+            total = self.total
+            for member in more:
+                total = total + member.features.vector
+            profile.__dict__["total"] = total
+        if "counts" in self.__dict__:
+            terms, leads, words = (Counter(counted) for counted in self.counts)
+            for member in more:
+                terms.update(member.features.terms)
+                leads.update(member.features.lead_terms)
+                words.update(member.features.words.keys())  # a mapping would add its values
+            profile.__dict__["counts"] = (terms, leads, words)
+        return profile
+
+    @cached_property
+    def total(self) -> semantic.Vector:
+        """The members' vectors summed, in order (``centroid`` scaled to length 1)."""
+        summed: semantic.Vector = np.sum([m.features.vector for m in self.members], axis=0, dtype=np.float32)
+        return summed
+
     @cached_property
     def centroid(self) -> semantic.Vector:
-        total: semantic.Vector = np.sum([m.features.vector for m in self.members], axis=0, dtype=np.float32)
+        total = self.total
         norm = float(np.linalg.norm(total))
         return total / np.float32(norm) if norm > 0 else total
 
     @cached_property
+    def counts(self) -> tuple[Counter[int], Counter[int], Counter[int]]:
+        """How many members carry each term, name each in their opening, and use each rare
+        plain word. Counted in C, in the order a loop over members and values meets them."""
+        chain = itertools.chain.from_iterable
+        members = [m.features for m in self.members]
+        return (
+            Counter(chain(f.terms for f in members)),
+            Counter(chain(f.lead_terms for f in members)),
+            Counter(chain(f.words for f in members)),
+        )
+
+    @cached_property
     def support(self) -> dict[int, float]:
         """Share of the members that carry each term."""
-        return _shares([m.features.terms for m in self.members])
+        return _shares(self.counts[0], len(self.members))
 
     @cached_property
     def lead_support(self) -> dict[int, float]:
         """Share of the members that name each term in their headline or lead's opening."""
-        return _shares([m.features.lead_terms for m in self.members])
+        return _shares(self.counts[1], len(self.members))
 
     @cached_property
     def word_support(self) -> dict[int, float]:
         """Share of the members that use each rare plain word."""
-        return _shares([m.features.words for m in self.members])
+        return _shares(self.counts[2], len(self.members))
 
 
-def _shares(carried: Sequence[Iterable[int]]) -> dict[int, float]:
-    """Share of ``carried`` (one collection per member) that holds each value. Counted in C,
-    in the order a loop over members and values would meet them."""
-    size = len(carried)
-    return {value: count / size for value, count in Counter(itertools.chain.from_iterable(carried)).items()}
+def _shares(counts: Mapping[int, int], size: int) -> dict[int, float]:
+    """Share of ``size`` members that carry each value, from how many do."""
+    return {value: count / size for value, count in counts.items()}
 
 
 _STATS_MADE = itertools.count()

@@ -9,6 +9,7 @@ threads.
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import OrderedDict
@@ -324,6 +325,7 @@ class _DecodedMembers:
         self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
         self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
         self._fresh: OrderedDict[str, stories.Features] = OrderedDict()  # stored form -> decided on, uncommitted
+        self._latest: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile built
         self._lock = threading.Lock()
 
     def expect(self, stored: str, features: stories.Features) -> None:
@@ -389,12 +391,21 @@ class _DecodedMembers:
         if not usable:
             return None
         key = (story_id, *(n for member in members for n in member))
-        found = stories.StoryProfile(story_id, usable, usable[0].published_at)
+        with self._lock:
+            last = self._latest.get(story_id)
+        if last is not None and len(last.members) < len(usable) and all(map(operator.is_, last.members, usable)):
+            found = last.extended(usable[len(last.members) :])  # the story grew: add what is new
+        else:
+            found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
             self._profiles[key] = found
+            self._latest[story_id] = found
+            self._latest.move_to_end(story_id)
             self._settle(found)
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
                 self._profiles.popitem(last=False)
+            while len(self._latest) > DECODED_MEMBERS // stories.REPRESENTATIVES:
+                self._latest.popitem(last=False)
         return found
 
     def _settle(self, profile: stories.StoryProfile) -> None:

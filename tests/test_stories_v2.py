@@ -487,3 +487,25 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
     ((sort_at, *stored),) = tx.member_features([item_id]).values()
     assert sort_at == NOON and stored == [first["w1"].match_features, first["w1"].match_signature]
     return ids
+
+
+def test_a_profile_extended_by_new_members_is_the_profile_built_afresh() -> None:
+    """A story that grows is judged on a profile carried over from its shorter one
+    (``StoryProfile.extended``): centroid, name shares (with their order, which sums follow)
+    and rare-word shares must be exactly those of the longer profile built afresh."""
+    texts = [ORIGINAL, REWRITE, FOLLOW_UP, UNRELATED, *[(e.title, e.text) for e in templated.generate(events_per_day=4, days=1)[:4]]]
+    members = [
+        Member(n, NOON + timedelta(minutes=n), Features.loads(features_of(title, text)[0].dumps()))
+        for n, (title, text) in enumerate(texts)
+    ]
+    afresh = StoryProfile(1, tuple(members), NOON)
+    assert afresh.word_support and afresh.lead_support != afresh.support  # every share is exercised
+    for shorter in range(1, len(members)):
+        start = StoryProfile(1, tuple(members[:shorter]), NOON)
+        assert start.centroid.shape and start.support and start.lead_support is not None  # computed, carried
+        grown = start.extended(members[shorter:])
+        assert grown.members == afresh.members
+        assert np.array_equal(grown.centroid, afresh.centroid)
+        for name in ("support", "lead_support", "word_support"):
+            carried, built = getattr(grown, name), getattr(afresh, name)
+            assert list(carried.items()) == list(built.items()), name
