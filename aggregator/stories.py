@@ -252,12 +252,13 @@ class StoryProfile:
                 total = total + member.features.vector
             profile.__dict__["total"] = total
         if "counts" in self.__dict__:
-            terms, leads, words = (Counter(counted) for counted in self.counts)
+            counts = tuple(dict(counted) for counted in self.counts)  # copied in C, order kept
             for member in more:
-                terms.update(member.features.terms)
-                leads.update(member.features.lead_terms)
-                words.update(member.features.words.keys())  # a mapping would add its values
-            profile.__dict__["counts"] = (terms, leads, words)
+                carried = (member.features.terms, member.features.lead_terms, member.features.words)
+                for counted, values in zip(counts, carried, strict=True):
+                    for value in values:
+                        counted[value] = counted.get(value, 0) + 1
+            profile.__dict__["counts"] = counts
         return profile
 
     @cached_property
@@ -273,7 +274,7 @@ class StoryProfile:
         return total / np.float32(norm) if norm > 0 else total
 
     @cached_property
-    def counts(self) -> tuple[Counter[int], Counter[int], Counter[int]]:
+    def counts(self) -> tuple[dict[int, int], ...]:
         """How many members carry each term, name each in their opening, and use each rare
         plain word. Counted in C, in the order a loop over members and values meets them."""
         chain = itertools.chain.from_iterable

@@ -493,7 +493,8 @@ def test_a_profile_extended_by_new_members_is_the_profile_built_afresh() -> None
     """A story that grows is judged on a profile carried over from its shorter one
     (``StoryProfile.extended``): centroid, name shares (with their order, which sums follow)
     and rare-word shares must be exactly those of the longer profile built afresh."""
-    texts = [ORIGINAL, REWRITE, FOLLOW_UP, UNRELATED, *[(e.title, e.text) for e in templated.generate(events_per_day=4, days=1)[:4]]]
+    stream = templated.generate(events_per_day=4, days=1)[:4]
+    texts = [ORIGINAL, REWRITE, FOLLOW_UP, UNRELATED, *[(e.title, e.text) for e in stream]]
     members = [
         Member(n, NOON + timedelta(minutes=n), Features.loads(features_of(title, text)[0].dumps()))
         for n, (title, text) in enumerate(texts)
