@@ -14,6 +14,11 @@ Everything here is a pure function. The rules:
   broken clock cannot pin itself to the top of every output. An undated item gets no
   date, only a place in time to sort by (``place_undated``): from where it stands in the
   document between dated neighbours, else from when it was first seen, in document order;
+* text: UTF-8 that was decoded as Latin-1 or Windows-1252 before it reached us ("Putinâ€™s",
+  "ChÃ¡vez", "Â£200m": a feed declaring the wrong charset, or a CMS that stored it so) is
+  decoded again, once, here (``repaired``), so every output, page, archive and embedding
+  reads the text as it was written, and a name is not "Putinâ" in one report and "Putin" in
+  the next;
 * HTML: sanitized with nh3 (an allow-list; no scripts, handlers, styles, forms, iframes,
   ``javascript:``/``data:`` URLs), relative URLs resolved against the element's
   ``xml:base`` or the feed URL, plus a plain-text rendering for matching.
@@ -38,6 +43,7 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
+import ftfy
 import nh3
 
 from aggregator.parse import RawEntry, RawFeed
@@ -116,7 +122,7 @@ def normalize_feed(raw: RawFeed, feed_url: str, fetched_at: datetime) -> ParsedF
         seen[item.key] = item
         items.append(item)
     return ParsedFeed(
-        title=(_title(xml_safe(raw.title), raw.title_is_html) or None) if raw.title else None,
+        title=(_title(xml_safe(repaired(raw.title)), raw.title_is_html) or None) if raw.title else None,
         link=_http_url(xml_safe(raw.link), feed_url) if raw.link else None,
         feed_id=xml_safe(raw.feed_id) if raw.feed_id else None,
         ttl_minutes=raw.ttl_minutes,
@@ -169,7 +175,10 @@ def place_undated(items: Sequence[Item], fetched_at: datetime) -> tuple[Item, ..
 
 
 def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Item:
-    entry = _xml_safe(entry)
+    # Repaired before anything else reads the text: a no-break space that was a UTF-8 byte
+    # ("Ã\xa0" for "à") would be collapsed to a plain space below. And before _xml_safe: a
+    # repair must not be able to bring back a character XML cannot carry.
+    entry = _xml_safe(_repaired(entry))
     link = _http_url(entry.link, feed_url) if entry.link else None
     canonical = canonical_url(link) if link else None
     if canonical and len(canonical.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
@@ -240,6 +249,56 @@ def _xml_safe(entry: RawEntry) -> RawEntry:
         changes["enclosures"] = tuple(
             (_NOT_XML.sub("", u), t and _NOT_XML.sub("", t), n) for u, t, n in entry.enclosures
         )
+    return replace(entry, **changes) if changes else entry
+
+
+# --- mis-decoded text ----------------------------------------------------------------------------
+# Windows-1252's printable characters for the bytes 0x80-0x9f ("€", "’", "™", ...), which Latin-1
+# shows as C1 controls: a UTF-8 continuation byte misread as Windows-1252 shows as one of these.
+_CP1252_SPECIALS = bytes(range(0x80, 0xA0)).decode("cp1252", "ignore")
+# What every mis-decoded multi-byte UTF-8 character starts with: its lead byte (0xc2-0xf4) shown as
+# Latin-1, then a continuation byte (0x80-0xbf) shown as Latin-1 or Windows-1252. Most text, in
+# any script, has no such pair; only text that has one is worth ftfy's far dearer look.
+_MAYBE_MISDECODED = re.compile(f"[\xc2-\xf4][\x80-\xbf{_CP1252_SPECIALS}]")
+# ftfy's encoding repair and nothing else: no quotes straightened, no entities unescaped (our
+# HTML is escaped on purpose), no ligatures, widths, line breaks or normalization changed.
+# fix_encoding reads only the encoding options; the others are off too so that this stays
+# true should the call ever become fix_text.
+_ENCODING_ONLY = ftfy.TextFixerConfig(
+    unescape_html=False,
+    remove_terminal_escapes=False,
+    fix_latin_ligatures=False,
+    fix_character_width=False,
+    uncurl_quotes=False,
+    fix_line_breaks=False,
+    fix_surrogates=False,
+    remove_control_chars=False,
+    normalization=None,
+    explain=False,
+)
+
+
+def repaired(text: str) -> str:
+    """``text`` with UTF-8 that was decoded as Latin-1 or Windows-1252 decoded again as UTF-8.
+
+    ftfy decides, not a pattern of ours: it weighs the whole text, so "SÃO PAULO" or "café»"
+    written on purpose stay as they are, and it knows the lossy and mixed cases a byte-by-byte
+    rule gets wrong. It is only asked about text that could be mis-decoded at all.
+    """
+    return ftfy.fix_encoding(text, _ENCODING_ONLY) if _MAYBE_MISDECODED.search(text) else text
+
+
+def _repaired(entry: RawEntry) -> RawEntry:
+    """The entry with its readable text repaired: what readers and story matching see. Ids,
+    links and languages are identifiers, matched byte for byte, and are left alone."""
+    changes: dict[str, Any] = {}
+    for field in ("title", "summary", "content", "author"):
+        value = getattr(entry, field)
+        if value and (fixed := repaired(value)) != value:
+            changes[field] = fixed
+    categories = tuple(repaired(c) for c in entry.categories)
+    if categories != entry.categories:
+        changes["categories"] = categories
     return replace(entry, **changes) if changes else entry
 
 
