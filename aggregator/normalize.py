@@ -178,17 +178,12 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     # Repaired before anything else reads the text: a no-break space that was a UTF-8 byte
     # ("Ã\xa0" for "à") would be collapsed to a plain space below. And before _xml_safe: a
     # repair must not be able to bring back a character XML cannot carry.
-    entry = _xml_safe(_repaired(entry))
+    received, entry = entry, _xml_safe(_repaired(entry))
     link = _http_url(entry.link, feed_url) if entry.link else None
     canonical = canonical_url(link) if link else None
     if canonical and len(canonical.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
         canonical = None
-    summary_html = sanitize_html(entry.summary, entry.summary_base or feed_url) if entry.summary else ""
-    content_html = sanitize_html(entry.content, entry.content_base or feed_url) if entry.content else ""
-    if content_html == summary_html:
-        content_html = ""
-    title = _title(entry.title, entry.title_is_html)
-    text = html_to_text(content_html or summary_html)
+    title, summary_html, content_html, text = _readable(entry, feed_url)
     fingerprint = _hash(title, content_html or summary_html, link or "")
     if entry.id and len(entry.id.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
         key = f"id-hash:{_hash(entry.id)}"
@@ -196,8 +191,11 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
         key = f"id:{entry.id}"
     elif canonical:
         key = f"url:{canonical}"
-    else:
+    elif (unrepaired := _xml_safe(received)) == entry:
         key = f"hash:{_hash(title, text)}"
+    else:  # known by its text as it arrived: a stored item does not come back as a new one, repaired
+        as_received = _readable(unrepaired, feed_url)
+        key = f"hash:{_hash(as_received[0], as_received[3])}"
     published = clamp(entry.published or entry.updated, fetched_at)
     updated = clamp(entry.updated, fetched_at)
     enclosures = []
@@ -222,6 +220,21 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
         fingerprint=fingerprint,
         language=entry.language,
         enclosures=tuple(enclosures),
+    )
+
+
+def _readable(entry: RawEntry, feed_url: str) -> tuple[str, str, str, str]:
+    """An entry's title, sanitized summary and content (none if it repeats the summary), and
+    the plain text matching reads."""
+    summary_html = sanitize_html(entry.summary, entry.summary_base or feed_url) if entry.summary else ""
+    content_html = sanitize_html(entry.content, entry.content_base or feed_url) if entry.content else ""
+    if content_html == summary_html:
+        content_html = ""
+    return (
+        _title(entry.title, entry.title_is_html),
+        summary_html,
+        content_html,
+        html_to_text(content_html or summary_html),
     )
 
 

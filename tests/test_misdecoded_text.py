@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import feedparser
+import pytest
 
 from aggregator import normalize
 from aggregator.cli import main
@@ -185,3 +186,41 @@ def test_a_misdecoded_feed_is_stored_and_published_repaired(server: FeedServer, 
     # The entry's text leads its summary (what follows is ours: "Reported by 1 outlet").
     published = {e.link.rsplit("/", 1)[1]: (e.title, e.summary.split("</p>")[0]) for e in atom.entries}
     assert published == {guid: (title, f"<p>{text}") for guid, (title, text) in expected.items()}
+
+
+def test_an_item_known_by_its_text_is_updated_in_place_once_its_text_is_repaired(
+    server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An item with neither guid nor link is known by a hash of its text. Stored garbled by a
+    # release that did not repair, it must not come back as a second item now that its text
+    # reads right: the key is taken from the text as it arrives, the stored copy is updated.
+    garbled = cp1252("Putin’s visit to Chávez")
+
+    def feed(*more: str) -> Route:
+        items = (
+            f"<item><title>{title}</title><description>{cp1252('Talks on a £200m deal.')}</description></item>"
+            for title in (garbled, *more)
+        )
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>Daily</title>'
+            f"<link>https://news.example/</link>{''.join(items)}</channel></rss>"
+        )
+        return Route(body=body.encode(), content_type="application/rss+xml")
+
+    server.add("/daily", feed())
+    config = write_config(tmp_path, [{"name": "daily", "url": server.url("/daily")}], settings="story_matching: off")
+    with monkeypatch.context() as before:
+        before.setattr(normalize, "repaired", lambda text: text)  # the release before the repair
+        assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    database = tmp_path / "data" / "aggregator.db"
+    with sqlite3.connect(database) as conn:
+        assert [title for (title,) in conn.execute("select title from items")] == [garbled]
+    server.add("/daily", feed("A second report"))  # the document changed: it is read again
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("select key, title, text, update_count from items order by id").fetchall()
+    assert [row[1:] for row in rows] == [
+        ("Putin’s visit to Chávez", "Talks on a £200m deal.", 1),
+        ("A second report", "Talks on a £200m deal.", 0),
+    ]
+    assert rows[0][0].startswith("hash:")
