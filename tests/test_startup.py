@@ -79,3 +79,29 @@ def test_workers_started_at_once_on_a_fresh_database_all_stay_up(
     for n in range(workers):
         text = (tmp_path / f"worker{n}.log").read_text()
         assert "Traceback" not in text and " ERROR " not in text, text
+
+
+def test_a_connection_waits_while_another_process_writes_a_file_not_yet_in_wal_mode(tmp_path: Path) -> None:
+    # Switching to WAL needs the file to itself, and while another connection holds a write
+    # lock SQLite says "database is locked" at once instead of waiting its busy timeout: of two
+    # workers started together on a fresh file, the second exited while the first migrated.
+    import sqlite3
+    import threading
+
+    from aggregator.store.database import make_engine
+
+    path = tmp_path / "fresh.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE started (n INTEGER)")  # still in the default rollback-journal mode
+    holder.execute("BEGIN IMMEDIATE")  # writing, as a worker migrating the schema is
+    holder.execute("INSERT INTO started VALUES (1)")
+    threading.Timer(0.5, holder.execute, ("COMMIT",)).start()
+    engine = make_engine(f"sqlite:///{path}")
+    started = time.monotonic()
+    with engine.connect() as connection:
+        mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+        rows = connection.exec_driver_sql("SELECT n FROM started").scalars().all()
+    assert (mode, rows) == ("wal", [1])
+    assert time.monotonic() - started >= 0.4  # it waited for the writer, then switched
+    engine.dispose()
+    holder.close()
