@@ -322,10 +322,10 @@ class _DecodedMembers:
 
     def __init__(self) -> None:
         self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
-        self._profiles: OrderedDict[tuple[int, ...], stories.StoryProfile] = OrderedDict()
+        # story -> the first stored members (item id, update count) its last profile was built from, and it
+        self._profiles: OrderedDict[int, tuple[tuple[tuple[int, int], ...], stories.StoryProfile]] = OrderedDict()
         self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
         self._fresh: OrderedDict[str, stories.Features] = OrderedDict()  # stored form -> decided on, uncommitted
-        self._latest: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile built
         self._lock = threading.Lock()
 
     def expect(self, stored: str, features: stories.Features) -> None:
@@ -373,39 +373,37 @@ class _DecodedMembers:
     def kept(self, story_id: int, members: list[tuple[int, int]]) -> stories.StoryProfile | None:
         """The profile built from the same first stored members (item id, update count), if
         kept: nothing of them is fetched or decoded again (what ``get`` trusts a hit on)."""
-        key = (story_id, *(n for member in members for n in member))
         with self._lock:
-            found = self._profiles.get(key)
-            if found is not None:
-                self._profiles.move_to_end(key)
-                self._settle(found)
-            return found
+            found = self._profiles.get(story_id)
+            if found is None or found[0] != tuple(members):
+                return None
+            self._profiles.move_to_end(story_id)
+            self._settle(found[1])
+            return found[1]
 
     def profile(
         self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
     ) -> stories.StoryProfile | None:
         """The story as ``stories.decide`` judges it, from its first stored members (item id,
         update count), kept by those (``kept``): its centroid and name shares are then computed
-        once rather than at every poll the story is a candidate in."""
+        once rather than at every poll the story is a candidate in. One profile is kept per
+        story: one that grew since is judged on it with the new members added."""
         usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
         if not usable:
             return None
-        key = (story_id, *(n for member in members for n in member))
         with self._lock:
-            last = self._latest.get(story_id)
+            kept = self._profiles.get(story_id)
+        last = kept[1] if kept is not None else None
         if last is not None and len(last.members) < len(usable) and all(map(operator.is_, last.members, usable)):
             found = last.extended(usable[len(last.members) :])  # the story grew: add what is new
         else:
             found = stories.StoryProfile(story_id, usable, usable[0].published_at)
         with self._lock:
-            self._profiles[key] = found
-            self._latest[story_id] = found
-            self._latest.move_to_end(story_id)
+            self._profiles[story_id] = (tuple(members), found)
+            self._profiles.move_to_end(story_id)
             self._settle(found)
             while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
                 self._profiles.popitem(last=False)
-            while len(self._latest) > DECODED_MEMBERS // stories.REPRESENTATIVES:
-                self._latest.popitem(last=False)
         return found
 
     def _settle(self, profile: stories.StoryProfile) -> None:
