@@ -178,7 +178,8 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     # Repaired before anything else reads the text: a no-break space that was a UTF-8 byte
     # ("Ã\xa0" for "à") would be collapsed to a plain space below. And before _xml_safe: a
     # repair must not be able to bring back a character XML cannot carry.
-    received, entry = entry, _xml_safe(_repaired(entry))
+    received, repaired_entry = entry, _repaired(entry)
+    entry = _xml_safe(repaired_entry)
     link = _http_url(entry.link, feed_url) if entry.link else None
     canonical = canonical_url(link) if link else None
     if canonical and len(canonical.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
@@ -191,10 +192,10 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
         key = f"id:{entry.id}"
     elif canonical:
         key = f"url:{canonical}"
-    elif (unrepaired := _xml_safe(received)) == entry:
+    elif repaired_entry is received:
         key = f"hash:{_hash(title, text)}"
     else:  # known by its text as it arrived: a stored item does not come back as a new one, repaired
-        as_received = _readable(unrepaired, feed_url)
+        as_received = _readable(_xml_safe(received), feed_url)
         key = f"hash:{_hash(as_received[0], as_received[3])}"
     published = clamp(entry.published or entry.updated, fetched_at)
     updated = clamp(entry.updated, fetched_at)
