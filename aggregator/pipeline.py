@@ -384,7 +384,9 @@ class Pipeline:
             host_sources=host_sources,
         )
         mode = self.config.settings.story_matching
-        matched = self.stories.match(tx, ingest_plan(parsed, lookups), now, mode, polled.signatures, polled.features)
+        matched = self.stories.match(
+            tx, ingest_plan(parsed, lookups), now, mode, polled.signatures, polled.features, source.fetch.id
+        )
         return replace(lookups, matched=matched)
 
 

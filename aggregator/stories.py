@@ -29,6 +29,14 @@ four kinds of evidence, always against a story as a whole:
   story whose centroid is close and whose names agree with the copy's (a look-alike built from
   the same template carries other names and figures).
 
+*Independent* means another outlet's. Names an item shares with its own outlet's earlier items
+say nothing: an outlet repeats its own name, its city, its section and its templates in every
+item (a local paper's "Curitiba", an analyst desk's "BMO Capital Markets ... Kursziel", an anime
+site's studio list), and those are rare in the stream at large exactly because only it prints
+them. So a story whose judged members all come from the item's own source (``decide``'s
+``own``) is joined only by a copy; names and meaning link an item only to a story another outlet
+is in.
+
 Candidates come from lookup keys: an item's rare terms (and its lead-copy band keys). A term
 that more than ``KEY_MAX_STORIES`` recent stories carry is not a key, so however stock the
 text, an item meets a bounded number of stories: at most ``MAX_CANDIDATES`` are judged, each
@@ -493,6 +501,7 @@ def judge(
     stats: TermStats,
     weighed: Mapping[int, tuple[float, float]] | None = None,
     may_copy: bool = True,
+    independent: bool = True,
 ) -> Judgement:
     """Weigh one item against one story, whatever the verdict (for explaining it).
 
@@ -501,7 +510,9 @@ def judge(
     and shares enough rare names, agreeing with the story's. The costlier checks run only when
     the cheaper ones leave the verdict open. ``weighed``: each of the item's terms' weight when
     the story does not and when it does carry it (``item_weights``), if already computed;
-    ``may_copy``: whether to compare the item's lead with the members' (see ``decide``).
+    ``may_copy``: whether to compare the item's lead with the members' (see ``decide``);
+    ``independent``: whether another outlet than the item's is among the members judged, without
+    which only a copy joins (see the module docstring).
     """
     hours = (at - story.first_at).total_seconds() / 3600
     cosine = float(np.dot(item.vector, story.centroid))
@@ -539,6 +550,8 @@ def judge(
     why_not = ""
     if cosine < MIN_COSINE:
         why_not = f"another topic (cosine < {MIN_COSINE})"
+    elif not independent:
+        why_not = "only its own outlet's items so far, which it joins only as a copy"
     elif name_weight < needed:
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
     elif agreeing() < agree:
@@ -572,6 +585,7 @@ def decide(
     stories: Sequence[StoryProfile],
     stats: TermStats,
     copied: Collection[int] | None = None,
+    own: Collection[int] = (),
 ) -> Decision:
     """The story ``item`` (published ``at``) joins among the candidate ``stories``, or None.
 
@@ -579,10 +593,15 @@ def decide(
     to the lowest story id so the verdict does not depend on the order candidates came in.
     ``copied``: the stories the item shares a lead-copy key with, the only ones whose members'
     leads it is compared with (None: every story's); a copy shares a key with its original.
+    ``own``: the stories whose judged members all come from the item's own source, which only a
+    copy joins.
     """
     weighed = item_weights(item, stats)
     judged = sorted(
-        (judge(item, at, s, stats, weighed, copied is None or s.story_id in copied) for s in stories),
+        (
+            judge(item, at, s, stats, weighed, copied is None or s.story_id in copied, s.story_id not in own)
+            for s in stories
+        ),
         key=lambda j: (-j.score, j.story_id),
     )
     chosen = next((j for j in judged if j.joins), None)

@@ -3,12 +3,14 @@
 ``stories.decide`` judges an item against stored stories. Items of one fetch arrive together, so
 the second report of an event in a feed would otherwise find no story to join: the first one's
 story is not stored yet. ``Batch`` keeps the stories the poll's items start, under provisional
-ids, and offers them to the later items like stored ones. It is pure, like ``stories``.
+ids, and offers them to the later items like stored ones. Those stories are all one outlet's,
+so only a copy joins them: an outlet's own names are no evidence (``stories``). It is pure,
+like ``stories``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from aggregator.stories import (
@@ -47,6 +49,7 @@ class Batch:
         stored: Mapping[int, StoryProfile],
         title: str = "",
         figures: frozenset[int] = frozenset(),
+        own: Collection[int] = (),
     ) -> tuple[Decision, str | None]:
         """The item's decision among the ``stored`` stories ``found`` reached (see
         ``rank_candidates``) and the batch's own new stories, and the key of the batch item whose
@@ -55,7 +58,9 @@ class Batch:
         figures (``names.figures``). Items of one poll come from one feed: an outlet does not
         report one event twice with other figures each time, but it does publish series from
         one template (results, prices, draws) that differ only there: an item naming nothing
-        a story of its poll does not joins it only with the same figures."""
+        a story of its poll does not joins it only with the same figures. ``own``: the
+        ``stored`` stories whose judged members all come from the poll's source; like the
+        batch's own new stories, only a copy joins them (``stories.decide``)."""
         reached = dict(found)
         for story, members in self._members.items():
             if figures != self._figures[story] and item.terms - figures <= self._names[story]:
@@ -67,7 +72,8 @@ class Batch:
             stored[s] if s >= 0 else StoryProfile(s, tuple(self._members[s]), self._members[s][0].published_at)
             for s in rank_candidates(reached)
         ]
-        decision = decide(item, at, candidates, self.stats, copied(reached))
+        mine = {s for s in reached if s < 0 or s in own}  # the poll's own source only
+        decision = decide(item, at, candidates, self.stats, copied(reached), mine)
         joined = decision.story_id
         if joined is None:
             new = -(len(self._founders) + 1)

@@ -64,15 +64,17 @@ class StoryMatcher:
         mode: str,
         signatures: dict[str, cluster.Signed],
         features: dict[str, parseworker.Featurized] | None = None,
+        source_id: int | None = None,
     ) -> IngestPlan:
         """Join new items whose URL matched no story to a stored story, as ``story_matching``
-        says: "semantic" (``stories``), "lexical" (copied text only) or "off"."""
+        says: "semantic" (``stories``), "lexical" (copied text only) or "off". ``source_id``:
+        the polled source, whose own stories only a copy joins (``stories.decide``)."""
         if mode == "off":
             matched = plan
         elif mode == "lexical":
             matched = self._match_lexical(tx, plan, now, signatures)
         else:
-            matched = self._match_semantic(tx, plan, now, signatures, features or {})
+            matched = self._match_semantic(tx, plan, now, signatures, features or {}, source_id)
         joined = {new.story_id for new in matched.inserts if new.story_id is not None}
         self._members.touched(joined | {update.stored.story_id for update in matched.updates})
         return matched
@@ -135,6 +137,7 @@ class StoryMatcher:
         now: datetime,
         signatures: dict[str, cluster.Signed],
         features: dict[str, parseworker.Featurized],
+        source_id: int | None,
     ) -> IngestPlan:
         """Story matching v2: look up candidate stories (rare names, lead-copy keys), read the
         stream statistics and the candidates' first members, let ``stories.decide`` choose,
@@ -148,7 +151,7 @@ class StoryMatcher:
         prepared = [(new, *prepare(new.item)) for new in plan.inserts]
         for _, _, stored, _, feats in prepared:
             self._members.expect(stored, feats)
-        lookup = _StoryLookup(tx, now, self._members, self._term_counts)
+        lookup = _StoryLookup(tx, now, self._members, self._term_counts, source_id)
         decisions = lookup.decide([(new.item, f, w) for new, _, _, w, f in prepared if new.story_id is None])
         inserts = []
         for new, signed, stored, words, feats in prepared:
@@ -182,11 +185,14 @@ class _StoryLookup:
     ``stories.TERM_WINDOW``, the stories reached through rare names and lead-copy keys, and
     their first members. The decision itself stays pure."""
 
-    def __init__(self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers, counts: _TermCounts) -> None:
+    def __init__(
+        self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers, counts: _TermCounts, source: int | None
+    ) -> None:
         self.tx = tx
         self.now = now
         self.decoded = decoded
         self.counts = counts
+        self.source = source
 
     def decide(self, batch_items: list[tuple[Item, stories.Features, tuple[str, ...]]]) -> dict[str, Verdict]:
         """Each item's verdict, in publication order: against the stored stories its keys reach,
@@ -218,26 +224,35 @@ class _StoryLookup:
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
             found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
-        profiles = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
+        profiles, own = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
         batch = storybatch.Batch(stats)
         verdicts = {}
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
             at = item.published_at or self.now
             found = {s: w for s, w in found_of[item.key].items() if s in profiles}
             decision, founder = batch.decide(
-                item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key]
+                item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key], own
             )
             verdicts[item.key] = Verdict(decision, founder, batch.named)
         return verdicts
 
-    def _profiles(self, first: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
+    def _profiles(
+        self, first: Mapping[int, datetime], since: datetime
+    ) -> tuple[dict[int, stories.StoryProfile], set[int]]:
         """The candidates' first members: which they are (one light query), then the stored
         features of only those not already decoded (most were, at an earlier poll). A story
         known to have begun more than ``stories.STORY_SPAN`` before the ``first`` item that may
         judge it can take none of the poll's items: the profile it was last judged on is enough
-        to say so (and how close it was), and it is not read again."""
+        to say so (and how close it was), and it is not read again. With them, the stories
+        whose judged members all come from the polled source (``stories.decide``'s ``own``)."""
         profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
-        refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
+        found_refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
+        refs = {story: [(m, updates) for m, updates, _ in members] for story, members in found_refs.items()}
+        own = {
+            story
+            for story, members in found_refs.items()
+            if self.source is not None and all(source == self.source for _, _, source in members)
+        }
         unknown = {}
         for story_id, members in refs.items():
             if (kept := self.decoded.kept(story_id, members)) is not None:
@@ -255,7 +270,7 @@ class _StoryLookup:
             found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
                 profiles[story_id] = found
-        return profiles
+        return profiles, own
 
 
 @dataclass(frozen=True)

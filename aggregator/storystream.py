@@ -27,6 +27,7 @@ class Stream:
         self._copy_keys: dict[int, list[int]] = {}  # lead-copy key -> indexes into _items
         self._stories_live: dict[int, int] = {}  # story -> items in the window
         self.members: dict[int, list[Member]] = {}
+        self._sources: dict[int, set[object]] = {}  # story -> the sources of its members
         self.first_at: dict[int, datetime] = {}
         self._profiles: dict[int, StoryProfile] = {}
         self._next_story = 1
@@ -34,20 +35,25 @@ class Stream:
     def stats(self) -> TermStats:
         return TermStats(len(self._stories_live), _Counts(self._term_stories))
 
-    def add(self, item_id: int, at: datetime, features: Features, story_id: int | None = None) -> tuple[int, Decision]:
-        """Decide the item's story (``story_id`` given: it joins that one, e.g. by URL)."""
+    def add(
+        self, item_id: int, at: datetime, features: Features, story_id: int | None = None, source: object = None
+    ) -> tuple[int, Decision]:
+        """Decide the item's story (``story_id`` given: it joins that one, e.g. by URL).
+        ``source``: where it comes from (its outlet); None: every item is taken for another
+        outlet's."""
         self._expire(at)
         decision = Decision(story_id, None, ())
         if story_id is None:
             stats = self.stats()
             found = self._candidates(features, stats)
             profiles = [self.profile(story) for story in stories.rank_candidates(found)]
-            decision = stories.decide(features, at, profiles, stats, stories.copied(found))
+            own = {p.story_id for p in profiles if source is not None and self._sources[p.story_id] == {source}}
+            decision = stories.decide(features, at, profiles, stats, stories.copied(found), own)
             story_id = decision.story_id
         if story_id is None:
             story_id = self._next_story
         self._next_story = max(self._next_story, story_id + 1)
-        self._record(item_id, at, features, story_id)
+        self._record(item_id, at, features, story_id, source)
         return story_id, decision
 
     def _candidates(self, features: Features, stats: TermStats) -> dict[int, float]:
@@ -66,7 +72,7 @@ class Stream:
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
         return found
 
-    def _record(self, item_id: int, at: datetime, features: Features, story_id: int) -> None:
+    def _record(self, item_id: int, at: datetime, features: Features, story_id: int, source: object) -> None:
         index = len(self._items)
         self._items.append((at, item_id, features, story_id))
         self._stories_live[story_id] = self._stories_live.get(story_id, 0) + 1
@@ -79,6 +85,7 @@ class Stream:
         members = self.members.setdefault(story_id, [])
         if len(members) < stories.REPRESENTATIVES:
             members.append(Member(item_id, at, features))
+            self._sources.setdefault(story_id, set()).add(source)
             self._profiles.pop(story_id, None)
         self.first_at[story_id] = min(self.first_at.get(story_id, at), at)
 

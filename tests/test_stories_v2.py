@@ -294,25 +294,68 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     assert again["p1"] == found["w1"]  # the copy joined the same story
 
 
-def test_reports_of_one_event_in_one_fetch_share_a_new_story(server: object, tmp_path: Path) -> None:
-    # One outlet's feed carries its report and its rewrite of one event (and an unrelated item):
-    # decided in one poll, the later report joins the story the earlier one starts.
+def test_one_fetch_joins_an_outlets_copy_of_its_report_but_not_its_other_reports(
+    server: object, tmp_path: Path
+) -> None:
+    # One outlet's feed carries its report, the same report again under another guid, its own
+    # rewrite of the event and an unrelated item. Decided in one poll: the copy joins the story
+    # the report starts; the rewrite, which shares only names with it, stays apart, since an
+    # outlet's names (its own, its city's, its templates') are no evidence between its items.
     from aggregator.cli import main
     from tests.conftest import write_config
 
     first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
-    entries = [("a1", *ORIGINAL, first), ("a2", *UNRELATED, first + timedelta(hours=1))]
-    feeds = {"wire": rss("wire", [*entries, ("a3", *REWRITE, first + timedelta(hours=2))])}
-    config = write_config(tmp_path, serve_outlets(server, feeds))
+    entries = [
+        ("a1", *ORIGINAL, first),
+        ("a2", *UNRELATED, first + timedelta(hours=1)),
+        ("a3", *REWRITE, first + timedelta(hours=2)),
+        ("a4", ORIGINAL[0] + ", officials say", ORIGINAL[1], first + timedelta(hours=3)),
+    ]
+    config = write_config(tmp_path, serve_outlets(server, {"wire": rss("wire", entries)}))
     assert main(["--config", str(config), "poll", "--once"]) == 0
     db = tmp_path / "data" / "aggregator.db"
     found = stories_by_guid(db)
-    assert found["a3"] == found["a1"] != found["a2"]
+    assert found["a4"] == found["a1"]
+    assert len({found["a1"], found["a2"], found["a3"]}) == 3
     import sqlite3
 
     with sqlite3.connect(db) as connection:
-        (reason,) = connection.execute("select match_reason from items where guid = 'a3'").fetchone()
-    assert reason.startswith(f"joined the new story of {ORIGINAL[0]!r} (same poll): cosine"), reason
+        reasons = dict(connection.execute("select guid, match_reason from items"))
+    assert reasons["a4"].startswith(f"joined the new story of {ORIGINAL[0]!r} (same poll): cosine"), reasons["a4"]
+    assert "copies item" in reasons["a4"]
+    assert "only its own outlet's items so far" in reasons["a3"], reasons["a3"]
+
+
+def test_an_outlets_own_names_do_not_join_its_items_about_other_events() -> None:
+    # From a real feed (a city paper, its name and city in every item): each of its items on
+    # another event shares "Massa News" and "Curitiba" with the others, names no other outlet
+    # prints, so rare in the stream. Another outlet's report of the same event still joins.
+    outlet = [
+        (
+            "Boletim aponta que prefeito está bem-disposto após cirurgia",
+            "Massa News Curitiba: o boletim médico divulgado nesta manhã diz que o prefeito Rafael Greca está "
+            "bem-disposto e alegre após a cirurgia no Hospital Evangélico de Curitiba.",
+        ),
+        (
+            "Museu da Gravura oferece cursos de férias em Curitiba",
+            "Massa News Curitiba: o Museu da Gravura abre nesta manhã as inscrições para os cursos de férias de "
+            "julho, com vagas para crianças e adultos no centro de Curitiba.",
+        ),
+    ]
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(outlet[0]), source="massanews")
+    second, decision = stream.add(2, NOON + timedelta(hours=1), feats(outlet[1]), source="massanews")
+    assert second != first
+    assert "only its own outlet's items so far" in decision.explain()
+    # With their outlet unknown, the two join on those names: the merge the rule prevents.
+    again = Stream()
+    first, _ = again.add(1, NOON, feats(outlet[0]))
+    assert again.add(2, NOON + timedelta(hours=1), feats(outlet[1]))[0] == first
+    # And another outlet's report of the first event joins the story the first outlet started.
+    report = Stream()
+    first, _ = report.add(1, NOON, feats(ORIGINAL), source="wire")
+    assert report.add(2, NOON + timedelta(hours=1), feats(REWRITE), source="herald")[0] == first
+    assert report.add(3, NOON + timedelta(hours=2), feats(REWRITE), source="wire")[0] == first  # herald is in it
 
 
 def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
@@ -323,7 +366,10 @@ def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
     assert first.story_id is None and founder is None  # starts a story
     other, founder = batch.decide("u", NOON, unrelated, stats.keys(unrelated.terms), {}, {})
     assert other.story_id is None and founder is None
-    joined, founder = batch.decide("r", NOON + timedelta(hours=1), rewrite, stats.keys(rewrite.terms), {}, {})
+    apart, founder = batch.decide("r", NOON + timedelta(hours=1), rewrite, stats.keys(rewrite.terms), {}, {})
+    assert apart.story_id is None and founder is None  # the outlet's own other report: names only
+    copy = feats((ORIGINAL[0] + ", officials say", ORIGINAL[1]))
+    joined, founder = batch.decide("c", NOON + timedelta(hours=2), copy, stats.keys(copy.terms), {}, {})
     assert founder == "o" and joined.story_id is not None and joined.story_id < 0
     assert joined.explain(None, batch.named).startswith("joined the new story of 'o' (same poll)")
 
@@ -483,7 +529,8 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
     assert copy_keys and set().union(*bounded.values()) == {ids["w1"]}
     assert tx.copy_key_stories_bounded(copy_keys, *window, 0) == {}  # every key carried by more than none
     assert {ref[1] for members in refs.values() for ref in members} == {0}  # never updated
-    (item_id, _), *_ = refs[ids["w1"]]
+    (item_id, _, source), *_ = refs[ids["w1"]]
+    assert source == 1  # whose item it is: an outlet's own stories take only its copies
     ((sort_at, *stored),) = tx.member_features([item_id]).values()
     assert sort_at == NOON and stored == [first["w1"].match_features, first["w1"].match_signature]
     return ids

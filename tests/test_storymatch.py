@@ -133,3 +133,32 @@ def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgo
     assert joined.story_id == original["w1"].story_id  # the rewrite joins the original's story
     assert joined.match_reason == fresh.match_reason
     engine.dispose()
+
+
+def test_an_outlets_own_story_takes_its_copy_but_not_its_other_report(database_url: str) -> None:
+    """Through storage: a story only the polled source's items are in is joined by that source's
+    copy of them, not by its other report sharing their names; another outlet's report joins."""
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
+    matcher = StoryMatcher()
+    with store.ingest() as tx:
+        (first,) = matcher.match(tx, plan_of([("w1", ORIGINAL, NOON)]), NOON, "semantic", {}, {}, 1).inserts
+        tx.insert_items(1, [first], NOON, "news.example.org")
+        story = tx.stored_items(1, ["w1"])["w1"].story_id
+
+    def judged(source_id: int, key: str, pair: tuple[str, str]) -> NewItem:
+        with store.ingest() as tx:  # decided, not stored: each meets the one-member story alone
+            plan = plan_of([(key, pair, NOON + timedelta(hours=1))])
+            (new,) = matcher.match(tx, plan, NOON, "semantic", {}, {}, source_id).inserts
+        return new
+
+    own = judged(1, "w2", REWRITE)
+    assert own.story_id is None
+    assert "only its own outlet's items so far" in (own.match_reason or "")
+    copy = judged(1, "w3", (ORIGINAL[0] + ", officials say", ORIGINAL[1]))
+    assert copy.story_id == story and "copies item" in (copy.match_reason or "")
+    other = judged(2, "h1", REWRITE)
+    assert other.story_id == story  # another outlet's report: judged on its names
+    engine.dispose()

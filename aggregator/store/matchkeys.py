@@ -48,19 +48,20 @@ def _match_candidates(wanted: Any) -> Any:
 
 def _story_member_refs(wanted: Wanted) -> Any:
     """The first ``:per_story`` items of each wanted story dated from ``:since`` on, earliest
-    first, without their features: which members, and how often each was updated."""
+    first, without their features: which members, how often each was updated, and whose."""
     order = (ItemRow.sort_at, ItemRow.id)
     ranked = (
         select(
             ItemRow.id,
             ItemRow.story_id,
             ItemRow.update_count,
+            ItemRow.source_id,
             func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
         )
         .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
         .subquery()
     )
-    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count)
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id)
     return select(*columns).where(ranked.c.rank <= bindparam("per_story")).order_by(ranked.c.story_id, ranked.c.rank)
 
 
@@ -135,15 +136,16 @@ class StoryLookups(TransactionBase):
 
     def story_member_refs(
         self, story_ids: Sequence[int], since: datetime, per_story: int
-    ) -> dict[int, list[tuple[int, int]]]:
+    ) -> dict[int, list[tuple[int, int, int]]]:
         """Each story's first ``per_story`` items dated from ``since`` on, earliest first, as
-        (item id, update count): ``story_members`` without the stored features, for a reader
-        that keeps decoded features and fetches only those it lacks (``member_features``)."""
-        found: dict[int, list[tuple[int, int]]] = {}
+        (item id, update count, source id): ``story_members`` without the stored features, for
+        a reader that keeps decoded features and fetches only those it lacks
+        (``member_features``)."""
+        found: dict[int, list[tuple[int, int, int]]] = {}
         params = {"since": since, "per_story": per_story}
         for statement, values in _STORY_MEMBER_REFS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
-            for item_id, story_id, update_count in self.c.execute(statement, values):
-                found.setdefault(story_id, []).append((item_id, update_count))
+            for item_id, story_id, update_count, source_id in self.c.execute(statement, values):
+                found.setdefault(story_id, []).append((item_id, update_count, source_id))
         return found
 
     def copy_key_stories_bounded(
