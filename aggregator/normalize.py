@@ -7,7 +7,10 @@ Everything here is a pure function. The rules:
   by its hash, or not at all. A guid repeated inside one document for
   different articles is disambiguated (by link, else by title) rather than silently merged;
 * canonical URL: lowercase scheme and host (IDNA), no default port, no fragment, no
-  tracking parameters — so the same article shared with ``?utm_source=…`` is one URL;
+  tracking parameters — so the same article shared with ``?utm_source=…`` is one URL. It is
+  what joins an item to the story of another carrying the same article, so an entry has none
+  when its link is no article's (``article_urls``): a site's front page, or a link several
+  entries of the document share (a podcast or a link blog pointing every entry at its site);
 * links and enclosures are kept only when they are http(s): an entry link is published
   as-is in our outputs, so ``javascript:`` there would be an XSS as real as in the HTML;
 * dates: UTC, and a date in the future is clamped to the fetch time, so a feed with a
@@ -34,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -127,9 +131,27 @@ def normalize_feed(raw: RawFeed, feed_url: str, fetched_at: datetime) -> ParsedF
         feed_id=xml_safe(raw.feed_id) if raw.feed_id else None,
         ttl_minutes=raw.ttl_minutes,
         update_period_minutes=raw.update_period_minutes,
-        items=place_undated(items, fetched_at),
+        items=place_undated(article_urls(items), fetched_at),
         warning=raw.warning,
     )
+
+
+def article_urls(items: Sequence[Item]) -> list[Item]:
+    """The items with a canonical URL only where it is an article's: not a site's front page
+    (no path, no query), and not a link several entries of the document carry. Such a link is
+    the feed's own (a podcast linking every episode to its site, a link blog to its home page):
+    taken for an article, it would join every entry, and every other feed linking the site, into
+    one story, and a reader would see one episode of a hundred."""
+    carried = Counter(item.canonical_url for item in items if item.canonical_url)
+
+    def article(url: str) -> bool:
+        parts = urlsplit(url)
+        return carried[url] == 1 and (parts.path not in ("", "/") or bool(parts.query))
+
+    return [
+        replace(item, canonical_url=None) if item.canonical_url and not article(item.canonical_url) else item
+        for item in items
+    ]
 
 
 def place_undated(items: Sequence[Item], fetched_at: datetime) -> tuple[Item, ...]:

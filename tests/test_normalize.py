@@ -341,6 +341,31 @@ def test_duplicate_guids_keep_their_first_key_and_get_distinct_ones() -> None:
     assert all(k.startswith("id:same|title:") for k in keys[2:])
 
 
+def test_a_link_several_entries_share_or_a_front_page_is_no_articles_url() -> None:
+    """A podcast linking every episode to its site: no episode has an article URL (which would
+    join them all into one story); an entry with its own article link keeps it."""
+    raw = RawFeed(
+        title=None,
+        link=None,
+        feed_id=None,
+        language=None,
+        ttl_minutes=None,
+        update_period_minutes=None,
+        entries=(
+            _entry(id="ep1", link="https://cast.example/show?utm_source=rss", title="Episode 1"),
+            _entry(id="ep2", link="https://cast.example/show", title="Episode 2"),
+            _entry(id="ep3", link="https://cast.example/episodes/3", title="Episode 3"),
+            _entry(id="ep4", link="https://cast.example", title="Episode 4"),
+            _entry(id="ep5", link="https://cast.example/?p=5", title="Episode 5"),
+        ),
+    )
+    items = normalize_feed(raw, BASE, FETCHED_AT).items
+    assert [i.canonical_url for i in items] == [
+        None, None, "https://cast.example/episodes/3", None, "https://cast.example/?p=5"
+    ]  # fmt: skip
+    assert [i.link for i in items][:2] == ["https://cast.example/show?utm_source=rss", "https://cast.example/show"]
+
+
 @pytest.mark.parametrize("base", ["javascript:alert(1)//", "data:text/html,x/", "vbscript:x/"])
 def test_a_hostile_base_url_cannot_turn_relative_urls_into_scripts(base: str) -> None:
     html = sanitize_html('<a href="x">a</a><img src="/i.png" alt="i">', base)

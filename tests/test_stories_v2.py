@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,27 @@ def test_one_fetch_joins_an_outlets_copy_of_its_report_but_not_its_other_reports
     assert reasons["a4"].startswith(f"joined the new story of {ORIGINAL[0]!r} (same poll): cosine"), reasons["a4"]
     assert "copies item" in reasons["a4"]
     assert "only its own outlet's items so far" in reasons["a3"], reasons["a3"]
+
+
+def test_a_podcast_linking_every_episode_to_its_site_keeps_each_episode(server: object, tmp_path: Path) -> None:
+    # From a real feed: every episode's <link> is the show's site. Taken for the episodes'
+    # article URL, it joined all of them (and any other feed linking the site) into one story.
+    from aggregator.cli import main
+    from tests.conftest import write_config
+
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    episodes = [
+        ("ep1", "Taverncast 1: Welcome to the Bar", "Our first show: the crew meets at the bar.", first),
+        ("ep2", "Taverncast 2: Enter Kirnkaterre", "A new player joins the table.", first + timedelta(days=1)),
+        ("ep3", "Taverncast 3: Paladin Brite", "The paladin tells his story.", first + timedelta(days=2)),
+    ]
+    site = re.sub(rb"<link>[^<]*/ep\d</link>", b"<link>https://cast.example/</link>", rss("cast", episodes))
+    linking = rss("blog", [("b1", "Listen to Taverncast", "A show worth hearing.", first + timedelta(days=2))])
+    linking = linking.replace(b"<link>https://blog.example/b1</link>", b"<link>https://cast.example/</link>")
+    config = write_config(tmp_path, serve_outlets(server, {"cast": site, "blog": linking}))
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    found = stories_by_guid(tmp_path / "data" / "aggregator.db")
+    assert len({found[guid] for guid in ("ep1", "ep2", "ep3", "b1")}) == 4
 
 
 def test_an_outlets_own_names_do_not_join_its_items_about_other_events() -> None:
