@@ -29,6 +29,7 @@ STORIES_KEPT_STREAM = timedelta(hours=1)
 stories is counted again, however little wall time passed: a first ingest reads days of backlog
 in minutes, and a count taken at its start would make every name look commoner than it is."""
 COMMON_TERMS_KEPT = 50_000
+STOCK_KEYS_KEPT = 50_000
 TERM_SAMPLE = 500
 """Items of the window a term's stories are counted among: enough to tell a common term from a
 rare one whatever the window holds (weights reach 0 well below this many stories)."""
@@ -55,6 +56,7 @@ class StoryMatcher:
     def __init__(self) -> None:
         self._members = _DecodedMembers()
         self._term_counts = _TermCounts()
+        self._stock_copy_keys = _StockCopyKeys()
 
     def match(
         self,
@@ -151,7 +153,7 @@ class StoryMatcher:
         prepared = [(new, *prepare(new.item)) for new in plan.inserts]
         for _, _, stored, _, feats in prepared:
             self._members.expect(stored, feats)
-        lookup = _StoryLookup(tx, now, self._members, self._term_counts, source_id)
+        lookup = _StoryLookup(tx, now, self._members, self._term_counts, self._stock_copy_keys, source_id)
         decisions = lookup.decide([(new.item, f, w) for new, _, _, w, f in prepared if new.story_id is None])
         inserts = []
         for new, signed, stored, words, feats in prepared:
@@ -186,18 +188,25 @@ class _StoryLookup:
     their first members. The decision itself stays pure."""
 
     def __init__(
-        self, tx: IngestTransaction, now: datetime, decoded: _DecodedMembers, counts: _TermCounts, source: int | None
+        self,
+        tx: IngestTransaction,
+        now: datetime,
+        decoded: _DecodedMembers,
+        counts: _TermCounts,
+        stock: _StockCopyKeys,
+        source: int | None,
     ) -> None:
         self.tx = tx
         self.now = now
         self.decoded = decoded
         self.counts = counts
+        self.stock = stock
         self.source = source
 
     def decide(self, batch_items: list[tuple[Item, stories.Features, tuple[str, ...]]]) -> dict[str, Verdict]:
         """Each item's verdict, in publication order: against the stored stories its keys reach,
-        and against the stories earlier items of the same poll are starting (an outlet's two
-        reports of one event arrive in one fetch)."""
+        and against the stories earlier items of the same poll are starting (an outlet's copy of
+        its own report can arrive in the same fetch)."""
         if not batch_items:
             return {}
         items = [(item, f) for item, f, _ in batch_items]
@@ -207,11 +216,14 @@ class _StoryLookup:
         earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
         stats, carriers = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
         keys_of = {item.key: stats.keys(f.terms) for item, f in items}
-        copy_keys = [k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)]
+        copy_keys = self.stock.usable(
+            {k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)}
+        )
         window = cluster.DEFAULT_WINDOW
-        by_copy = tx.copy_key_stories_bounded(
+        by_copy, stock = tx.copy_key_stories_bounded(
             copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES
         )
+        self.stock.found(stock)
         found_of: dict[str, dict[int, float]] = {}
         for item, f in items:
             found: dict[int, float] = {}
@@ -325,6 +337,31 @@ class _TermCounts:
             if len(self._common) > COMMON_TERMS_KEPT:
                 self._common = {t: v for t, v in self._common.items() if v[1] > now}
         return stories.TermStats(total, counts), carriers
+
+
+class _StockCopyKeys:
+    """Lead-copy keys found carried by more than ``stories.KEY_MAX_STORIES`` items of the window
+    (a stock phrase: a feed's boilerplate, a template's opening), not asked for again for
+    ``COUNTS_KEPT``: like a common term, a stock phrase stays one while the window moves by
+    minutes, and asking costs a bounded count of its items at every poll whose items carry it."""
+
+    def __init__(self) -> None:
+        self._stock: dict[int, float] = {}  # key -> monotonic expiry
+        self._lock = threading.Lock()
+
+    def usable(self, keys: set[int]) -> list[int]:
+        """The ``keys`` not known to be stock, in order."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted(k for k in keys if self._stock.get(k, 0.0) <= now)
+
+    def found(self, stock: set[int]) -> None:
+        now = time.monotonic()
+        expiry = now + COUNTS_KEPT.total_seconds()
+        with self._lock:
+            self._stock.update(dict.fromkeys(stock, expiry))
+            if len(self._stock) > STOCK_KEYS_KEPT:
+                self._stock = {k: v for k, v in self._stock.items() if v > now}
 
 
 Fetched = dict[int, tuple[datetime, str | None, str | None]]

@@ -547,9 +547,10 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
     }
     copy_keys = [k for k in first["w1"].match_keys if k < stories.NAME_KEY]
     window = (NOON - timedelta(days=1), NOON + timedelta(hours=1))
-    bounded = tx.copy_key_stories_bounded(copy_keys, *window, 20)
-    assert copy_keys and set().union(*bounded.values()) == {ids["w1"]}
-    assert tx.copy_key_stories_bounded(copy_keys, *window, 0) == {}  # every key carried by more than none
+    bounded, stock = tx.copy_key_stories_bounded(copy_keys, *window, 20)
+    assert copy_keys and set().union(*bounded.values()) == {ids["w1"]} and not stock
+    # every key carried by more than none: stock, with no stories
+    assert tx.copy_key_stories_bounded(copy_keys, *window, 0) == ({}, set(copy_keys))
     assert {ref[1] for members in refs.values() for ref in members} == {0}  # never updated
     (item_id, _, source), *_ = refs[ids["w1"]]
     assert source == 1  # whose item it is: an outlet's own stories take only its copies

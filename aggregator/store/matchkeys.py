@@ -66,13 +66,17 @@ def _story_member_refs(wanted: Wanted) -> Any:
 
 
 _STORY_MEMBER_REFS = ByValues(_story_member_refs)
+# Each wanted key's items in the window, counted up to :fanout + 1; then the stories of the keys
+# within the fan-out, and the keys beyond it with no story (NULL), which the caller keeps.
 _BOUNDED_KEYS = (
-    "WITH usable AS MATERIALIZED (SELECT wanted.{column} AS key FROM {values} AS {wanted} "
-    "WHERE (SELECT COUNT(*) FROM (SELECT 1 FROM item_match_keys AS counted WHERE counted.key = wanted.{column} "
-    "AND counted.sort_epoch BETWEEN :earliest AND :latest LIMIT :fanout + 1) AS bounded) <= :fanout) "
-    "SELECT DISTINCT item_match_keys.key, items.story_id FROM usable "
-    "JOIN item_match_keys ON item_match_keys.key = usable.key JOIN {items} ON items.id = item_match_keys.item_id "
-    "WHERE item_match_keys.sort_epoch BETWEEN :earliest AND :latest"
+    "WITH counted AS MATERIALIZED (SELECT wanted.{column} AS key, (SELECT COUNT(*) FROM (SELECT 1 "
+    "FROM item_match_keys AS carrier WHERE carrier.key = wanted.{column} "
+    "AND carrier.sort_epoch BETWEEN :earliest AND :latest LIMIT :fanout + 1) AS bounded) AS carriers "
+    "FROM {values} AS {wanted}) "
+    "SELECT DISTINCT item_match_keys.key, items.story_id FROM counted "
+    "JOIN item_match_keys ON item_match_keys.key = counted.key JOIN {items} ON items.id = item_match_keys.item_id "
+    "WHERE counted.carriers BETWEEN 1 AND :fanout AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest "
+    "UNION ALL SELECT counted.key, NULL FROM counted WHERE counted.carriers > :fanout"
 )
 # An item's story is read from ``ix_items_story_of`` rather than the item's row (migration
 # 0011): SQLite looks a row up by its rowid whenever it can, so its statements name the index.
@@ -150,22 +154,27 @@ class StoryLookups(TransactionBase):
 
     def copy_key_stories_bounded(
         self, keys: Sequence[int], earliest: datetime, latest: datetime, fanout: int
-    ) -> dict[int, set[int]]:
-        """``copy_key_stories``, with each key's items in the window counted only up to
-        ``fanout`` + 1: a stock phrase carried by thousands of items is recognised after
-        reading ``fanout`` + 1 of them rather than all."""
+    ) -> tuple[dict[int, set[int]], set[int]]:
+        """The stories carrying each lead-copy key in the window, for the keys at most ``fanout``
+        items carry, and the keys more do (stock phrases, not evidence). Each key's items are
+        counted only up to ``fanout`` + 1: a stock phrase carried by thousands of items is
+        recognised after reading ``fanout`` + 1 of them rather than all."""
         wanted = sorted(set(keys))
         found: dict[int, set[int]] = {}
+        stock: set[int] = set()
         if not wanted:
-            return found
+            return found, stock
         params: dict[str, Any] = {"earliest": epoch(earliest), "latest": epoch(latest), "fanout": fanout}
         if self.c.dialect.name == "postgresql":
             rows = self.c.execute(_COPY_KEY_STORIES_POSTGRESQL, {**params, "values_array": wanted})
         else:
             rows = self.c.execute(_COPY_KEY_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
         for key, story_id in rows:
-            found.setdefault(int(key), set()).add(int(story_id))
-        return found
+            if story_id is None:
+                stock.add(int(key))
+            else:
+                found.setdefault(int(key), set()).add(int(story_id))
+        return found, stock
 
     def term_stories(
         self, keys: Sequence[int], earliest: datetime, latest: datetime, sample: int
