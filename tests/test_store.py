@@ -105,8 +105,9 @@ def test_sqlite_archives_keep_their_documents_last_and_the_rows_they_had(databas
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: Engine) -> None:
-    """Migration 0011's reason: an item's story and a story's first members are read from
-    indexes, never from the large ``items`` rows (SQLite takes the rowid unless told)."""
+    """Migrations 0011 and 0012: an item's story, and a story's first members and their
+    sources, are read from indexes, never from the large ``items`` rows (SQLite takes the rowid
+    unless told)."""
     from aggregator.store import matchkeys
 
     members, wanted = next(iter(matchkeys._STORY_MEMBER_REFS.batches("sqlite", [1, 2], since=NOW, per_story=3)))
