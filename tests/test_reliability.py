@@ -67,9 +67,9 @@ def test_new_items_sharing_a_link_are_all_stored_and_the_run_goes_on(
     assert poll_all(config) == 0
     counts = items_per_source(database_url)
     assert counts == {"pod": 3, "news 0": 4, "news 1": 4, "news 2": 4}
-    # The three episodes are one story (one canonical URL), as the story rule says.
+    # Three stories: a link all the episodes share is the podcast's, not an article's URL.
     stories = query_rows(database_url, STORIES_OF_POD)
-    assert stories == [(1,)]
+    assert stories == [(3,)]
     errors = query_rows(database_url, "select name, error_count, last_error from sources where error_count > 0")
     assert errors == []
 
