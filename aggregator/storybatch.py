@@ -31,8 +31,12 @@ class Batch:
     story becomes a candidate for the later ones, under a provisional negative id, since its
     story has no number until it is stored. Found through the same rare keys as stored ones."""
 
-    def __init__(self, stats: TermStats) -> None:
+    def __init__(self, stats: TermStats, one_source: bool = True) -> None:
+        """``one_source``: the items come from one source, as a poll's do (False: from several,
+        or unknown, as in a benchmark mixing outlets in one batch), so its new stories are the
+        source's own."""
         self.stats = stats
+        self.one_source = one_source
         self.named: dict[int, str] = {}  # provisional id -> how explanations call it
         self._founders: dict[int, str] = {}
         self._members: dict[int, list[Member]] = {}
@@ -72,7 +76,7 @@ class Batch:
             stored[s] if s >= 0 else StoryProfile(s, tuple(self._members[s]), self._members[s][0].published_at)
             for s in rank_candidates(reached)
         ]
-        mine = {s for s in reached if s < 0 or s in own}  # the poll's own source only
+        mine = {s for s in reached if (s < 0 and self.one_source) or s in own}  # the poll's source only
         decision = decide(item, at, candidates, self.stats, copied(reached), mine)
         joined = decision.story_id
         if joined is None:

@@ -237,7 +237,7 @@ class _StoryLookup:
             found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
         profiles, own = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
-        batch = storybatch.Batch(stats)
+        batch = storybatch.Batch(stats, one_source=self.source is not None)
         verdicts = {}
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
             at = item.published_at or self.now

@@ -499,7 +499,7 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
     (term counts, candidate and member queries, then ``stories.decide``), polls of ``batch`` new
     items in publication order, features computed beforehand as the parse workers would. The
     cost per item is a poll's matching time over its items (inserting them is not counted).
-    A poll here holds consecutive items of several outlets, so it is matched as no source's
+    A poll here holds consecutive items of several outlets, so it is matched as no one source's
     (``source_id`` None): the rule that an outlet's own stories take only its copies is left out
     of this run, and measured where items keep their outlets (``run_semantic``)."""
     import tempfile
