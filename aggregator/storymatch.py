@@ -85,7 +85,7 @@ class StoryMatcher:
         for new in inserts:
             where = inserted.get(new.item.key)
             if where is not None and new.match_features is not None:
-                self._members.add(where, new.match_features)
+                self._members.add(where, new.match_features, new.match_signature)
 
     def _match_lexical(
         self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
@@ -321,7 +321,7 @@ class _DecodedMembers:
     recently used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
 
     def __init__(self) -> None:
-        self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
+        self._found: OrderedDict[int, tuple[int, int, stories.PackedMember | None]] = OrderedDict()
         # story -> the first stored members (item id, update count) its last profile was built from, and it
         self._profiles: OrderedDict[int, tuple[tuple[tuple[int, int], ...], stories.StoryProfile]] = OrderedDict()
         self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
@@ -335,12 +335,13 @@ class _DecodedMembers:
             while len(self._fresh) > FRESH_KEPT:
                 self._fresh.popitem(last=False)
 
-    def add(self, where: InsertedItem, stored: str) -> None:
-        """A committed new item's features, kept (``expect``) as the member it now is."""
+    def add(self, where: InsertedItem, stored: str, signature: str | None) -> None:
+        """A committed new item's features, kept (``expect``) as the member it now is
+        (``signature``: the stored form of theirs)."""
         with self._lock:
             features = self._fresh.pop(stored, None)
             if features is not None:
-                member = stories.Member(where.item_id, where.sort_at, features)
+                member = stories.PackedMember(where.item_id, where.sort_at, features, stored, signature)
                 self._found[where.item_id] = (where.story_id, 0, member)
                 while len(self._found) > DECODED_MEMBERS:
                     self._found.popitem(last=False)
@@ -418,7 +419,7 @@ class _DecodedMembers:
 
     def get(
         self, item_id: int, story_id: int, updates: int, fetched: Fetched, tx: IngestTransaction
-    ) -> stories.Member | None:
+    ) -> stories.PackedMember | None:
         # A hit must also match the story and the update count: an updated member carries new
         # features, and an item id freed by a rolled-back batch can be given to another item
         # (which then sits in another story, or was updated a different number of times).
@@ -457,12 +458,15 @@ def _first_reached(
     return first
 
 
-def _member(item_id: int, sort_at: datetime, features: str | None, signature: str | None) -> stories.Member | None:
+def _member(
+    item_id: int, sort_at: datetime, features: str | None, signature: str | None
+) -> stories.PackedMember | None:
     if features is None:
         return None  # stored before story features existed: nothing to compare with
     try:
         loaded = cluster.Signature.loads(signature) if signature else None
-        return stories.Member(item_id, sort_at, stories.Features.loads(features, loaded))
+        decoded = stories.Features.loads(features, loaded)
+        return stories.PackedMember(item_id, sort_at, decoded, features, signature)
     except ValueError:
         return None  # written by another version: it simply cannot match
 
