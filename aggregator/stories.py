@@ -262,28 +262,27 @@ class PackedMember:
         return semantic.dequantise(self._packed[: semantic.DIMENSIONS])
 
     @property
-    def terms(self) -> list[int]:
+    def terms(self) -> memoryview[int]:
         return self._hashes(0, self._terms)
 
     @property
-    def lead_terms(self) -> list[int]:
-        return self.terms if self._leading is None else self._hashes(self._terms, self._leading)
+    def lead_terms(self) -> memoryview[int]:
+        return self.terms if self._leading is None else self._hashes(self._terms, self._terms + self._leading)
 
     @property
-    def words(self) -> list[int]:
+    def words(self) -> memoryview[int]:
         """The rare plain words' hashes (``Features.words``, without their weights)."""
-        start = self._terms + (self._leading or 0)
-        return self._hashes(start, (len(self._packed) - semantic.DIMENSIONS) // 4 - start)
+        return self._hashes(self._terms + (self._leading or 0), None)
 
     @property
     def signature(self) -> cluster.Signature | None:
         return cluster.Signature.loads(self._signature) if self._signature is not None else None
 
-    def _hashes(self, start: int, count: int) -> list[int]:
-        found: list[int] = np.frombuffer(
-            self._packed, dtype=np.uint32, count=count, offset=semantic.DIMENSIONS + 4 * start
-        ).tolist()
-        return found
+    def _hashes(self, start: int, end: int | None) -> memoryview[int]:
+        """The packed hashes from ``start`` to ``end`` (None: the last), read in place: a
+        profile iterates them once, into its counts."""
+        packed = memoryview(self._packed)[semantic.DIMENSIONS :]
+        return packed.cast("I")[start:end]
 
 
 @dataclass(frozen=True)
