@@ -32,11 +32,16 @@ COMMON_TERMS_KEPT = 50_000
 TERM_SAMPLE = 500
 """Items of the window a term's stories are counted among: enough to tell a common term from a
 rare one whatever the window holds (weights reach 0 well below this many stories)."""
-DECODED_MEMBERS = 5_000
-"""Stored story members whose features the writer keeps decoded (about 3.4 KB each with their
-signatures and the profiles holding them, 17 MB when full): the same stories are candidates
-poll after poll while their event is in the news. Decoding a member costs about 20 µs, so a
-miss is cheap; holding every member a first ingest meets is not."""
+DECODED_MEMBERS = 36_000
+"""Stored story members whose features the writer keeps decoded, packed (``stories.PackedMember``):
+the same stories are candidates poll after poll while their event is in the news, and a first
+ingest, whose polls each span days of a feed's backlog, meets the same ones again across its
+whole run. A miss is cheap, but a first ingest made mostly of misses is not; packed, this many
+take less memory than a few thousand decoded ones did."""
+KEPT_PROFILES = 625
+"""Stories whose profile (members, centroid, name shares) the writer keeps between polls. A
+profile's counts and shares weigh far more than its packed members, so these are bounded on
+their own rather than with ``DECODED_MEMBERS``."""
 FRESH_KEPT = 2_000
 """New items' decoded features the writer keeps between deciding about them and their
 transaction committing (``StoryMatcher.stored``): a commit that fails leaves its items here
@@ -403,7 +408,7 @@ class _DecodedMembers:
             self._profiles[story_id] = (tuple(members), found)
             self._profiles.move_to_end(story_id)
             self._settle(found)
-            while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
+            while len(self._profiles) > KEPT_PROFILES:
                 self._profiles.popitem(last=False)
         return found
 
