@@ -236,7 +236,9 @@ class PackedMember:
 
     __slots__ = ("_leading", "_packed", "_signature", "_terms", "item_id", "published_at")
 
-    def __init__(self, item_id: int, published_at: datetime, features: Features, stored: str, signature: str | None):
+    def __init__(
+        self, item_id: int, published_at: datetime, features: Features, stored: str, signature: str | None
+    ) -> None:
         """``stored``: ``features.dumps()`` as stored (its vector is kept as it is there);
         ``signature``: the stored form of ``features.signature``, if at hand."""
         self.item_id = item_id

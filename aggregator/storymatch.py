@@ -35,9 +35,9 @@ rare one whatever the window holds (weights reach 0 well below this many stories
 DECODED_MEMBERS = 36_000
 """Stored story members whose features the writer keeps decoded, packed (``stories.PackedMember``):
 the same stories are candidates poll after poll while their event is in the news, and a first
-ingest, whose polls each span days of a feed's backlog, meets the same ones again across its
-whole run. A miss is cheap, but a first ingest made mostly of misses is not; packed, this many
-take less memory than a few thousand decoded ones did."""
+ingest, whose polls each span days of a feed's backlog, meets the same ones again all through
+its run. A miss is cheap, but a first ingest made mostly of misses is not. Packed, a member is
+several times smaller than decoded, so this many fit in the memory far fewer decoded ones took."""
 KEPT_PROFILES = 625
 """Stories whose profile (members, centroid, name shares) the writer keeps between polls. A
 profile's counts and shares weigh far more than its packed members, so these are bounded on
@@ -322,8 +322,9 @@ Fetched = dict[int, tuple[datetime, str | None, str | None]]
 
 
 class _DecodedMembers:
-    """Stored story members already decoded, by item id, story and update count, the most
-    recently used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
+    """Stored story members already decoded, packed (``stories.PackedMember``), by item id,
+    story and update count, the most recently used kept (``DECODED_MEMBERS``); and the profiles
+    last built from them. Shared by the writer threads."""
 
     def __init__(self) -> None:
         self._found: OrderedDict[int, tuple[int, int, stories.PackedMember | None]] = OrderedDict()
@@ -345,11 +346,13 @@ class _DecodedMembers:
         (``signature``: the stored form of theirs)."""
         with self._lock:
             features = self._fresh.pop(stored, None)
-            if features is not None:
-                member = stories.PackedMember(where.item_id, where.sort_at, features, stored, signature)
-                self._found[where.item_id] = (where.story_id, 0, member)
-                while len(self._found) > DECODED_MEMBERS:
-                    self._found.popitem(last=False)
+        if features is None:
+            return
+        member = stories.PackedMember(where.item_id, where.sort_at, features, stored, signature)
+        with self._lock:
+            self._found[where.item_id] = (where.story_id, 0, member)
+            while len(self._found) > DECODED_MEMBERS:
+                self._found.popitem(last=False)
 
     def closed(self, before: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
         """The last profile of each story known to have begun before the time ``before`` gives
