@@ -228,12 +228,79 @@ class Member:
     features: Features
 
 
+class PackedMember:
+    """A stored member of a story packed small, for the writer to keep thousands between polls
+    (``storymatch``): decoded ``Features`` hold a float vector and sets of Python ints, several
+    times the bytes of what they carry, and a member's signature is larger still. A profile
+    built from packed members is exactly the one built from ``Member``s of the same features.
+
+    It is its own ``features``, holding only what a profile reads of a member: the vector as
+    stored (quantised), widened by ``dequantise`` when a profile sums it, which is how
+    ``Features.loads`` made it; the term, leading-term and rare-word hashes packed in the order
+    the decoded sets and dict give them, which the profile's counts, and the sums later taken
+    over those, follow (the words' weights are the judged item's business, not the story's);
+    the lead signature in its stored form, decoded when ``judge`` compares a lead with it,
+    which only a story reached through a lead-copy key asks for."""
+
+    __slots__ = ("_leading", "_packed", "_signature", "_terms", "item_id", "published_at")
+
+    def __init__(
+        self, item_id: int, published_at: datetime, features: Features, stored: str, signature: str | None
+    ) -> None:
+        """``stored``: ``features.dumps()`` as stored (its vector is kept as it is there);
+        ``signature``: the stored form of ``features.signature``, if at hand."""
+        self.item_id = item_id
+        self.published_at = published_at
+        quantised = base64.b64decode(stored.partition(":")[2])[: semantic.DIMENSIONS]
+        leading = () if features.leading is None else features.leading
+        hashes = np.fromiter(itertools.chain(features.terms, leading, features.words), dtype=np.uint32)
+        self._packed = quantised + hashes.tobytes()
+        self._terms = len(features.terms)
+        self._leading = None if features.leading is None else len(features.leading)
+        if features.signature is None:
+            signature = None
+        elif signature is None:
+            signature = features.signature.dumps()
+        self._signature = signature
+
+    @property
+    def features(self) -> PackedMember:
+        return self
+
+    @property
+    def vector(self) -> semantic.Vector:
+        return semantic.dequantise(self._packed[: semantic.DIMENSIONS])
+
+    @property
+    def terms(self) -> memoryview[int]:
+        return self._hashes(0, self._terms)
+
+    @property
+    def lead_terms(self) -> memoryview[int]:
+        return self.terms if self._leading is None else self._hashes(self._terms, self._terms + self._leading)
+
+    @property
+    def words(self) -> memoryview[int]:
+        """The rare plain words' hashes (``Features.words``, without their weights)."""
+        return self._hashes(self._terms + (self._leading or 0), None)
+
+    @property
+    def signature(self) -> cluster.Signature | None:
+        return cluster.Signature.loads(self._signature) if self._signature is not None else None
+
+    def _hashes(self, start: int, end: int | None) -> memoryview[int]:
+        """The packed hashes from ``start`` to ``end`` (None: the last), read in place: a
+        profile iterates them once, into its counts."""
+        packed = memoryview(self._packed)[semantic.DIMENSIONS :]
+        return packed.cast("I")[start:end]
+
+
 @dataclass(frozen=True)
 class StoryProfile:
     """A candidate story: its first members (``REPRESENTATIVES`` at most) and when it began."""
 
     story_id: int
-    members: tuple[Member, ...]
+    members: tuple[Member | PackedMember, ...]
     first_at: datetime
     rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0, -1.0], compare=False, repr=False)
     """(which TermStats, the weight it gives the story's leading names, and all its names, -1
@@ -248,7 +315,7 @@ class StoryProfile:
         profile.__dict__["centroid"] = centroid  # where the cached property keeps its value
         return profile
 
-    def extended(self, more: Sequence[Member]) -> StoryProfile:
+    def extended(self, more: Sequence[Member | PackedMember]) -> StoryProfile:
         """The story with ``more`` members after these (later ones, as stored): what is already
         summed and counted for this profile is carried over and only the new members are added,
         giving exactly what building the longer profile afresh gives. A story is a candidate

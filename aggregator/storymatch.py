@@ -33,11 +33,16 @@ STOCK_KEYS_KEPT = 50_000
 TERM_SAMPLE = 500
 """Items of the window a term's stories are counted among: enough to tell a common term from a
 rare one whatever the window holds (weights reach 0 well below this many stories)."""
-DECODED_MEMBERS = 5_000
-"""Stored story members whose features the writer keeps decoded (about 3.4 KB each with their
-signatures and the profiles holding them, 17 MB when full): the same stories are candidates
-poll after poll while their event is in the news. Decoding a member costs about 20 µs, so a
-miss is cheap; holding every member a first ingest meets is not."""
+DECODED_MEMBERS = 36_000
+"""Stored story members whose features the writer keeps decoded, packed (``stories.PackedMember``):
+the same stories are candidates poll after poll while their event is in the news, and a first
+ingest, whose polls each span days of a feed's backlog, meets the same ones again all through
+its run. A miss is cheap, but a first ingest made mostly of misses is not. Packed, a member is
+several times smaller than decoded, so this many fit in the memory far fewer decoded ones took."""
+KEPT_PROFILES = 625
+"""Stories whose profile (members, centroid, name shares) the writer keeps between polls. A
+profile's counts and shares weigh far more than its packed members, so these are bounded on
+their own rather than with ``DECODED_MEMBERS``."""
 FRESH_KEPT = 2_000
 """New items' decoded features the writer keeps between deciding about them and their
 transaction committing (``StoryMatcher.stored``): a commit that fails leaves its items here
@@ -89,7 +94,7 @@ class StoryMatcher:
         for new in inserts:
             where = inserted.get(new.item.key)
             if where is not None and new.match_features is not None:
-                self._members.add(where, new.match_features)
+                self._members.add(where, new.match_features, new.match_signature)
 
     def _match_lexical(
         self, tx: IngestTransaction, plan: IngestPlan, now: datetime, signatures: dict[str, cluster.Signed]
@@ -369,11 +374,12 @@ Fetched = dict[int, tuple[datetime, str | None, str | None]]
 
 
 class _DecodedMembers:
-    """Stored story members already decoded, by item id, story and update count, the most
-    recently used kept (``DECODED_MEMBERS``). Shared by the writer threads."""
+    """Stored story members already decoded, packed (``stories.PackedMember``), by item id,
+    story and update count, the most recently used kept (``DECODED_MEMBERS``); and the profiles
+    last built from them. Shared by the writer threads."""
 
     def __init__(self) -> None:
-        self._found: OrderedDict[int, tuple[int, int, stories.Member | None]] = OrderedDict()
+        self._found: OrderedDict[int, tuple[int, int, stories.PackedMember | None]] = OrderedDict()
         # story -> the first stored members (item id, update count) its last profile was built from, and it
         self._profiles: OrderedDict[int, tuple[tuple[tuple[int, int], ...], stories.StoryProfile]] = OrderedDict()
         self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
@@ -387,15 +393,18 @@ class _DecodedMembers:
             while len(self._fresh) > FRESH_KEPT:
                 self._fresh.popitem(last=False)
 
-    def add(self, where: InsertedItem, stored: str) -> None:
-        """A committed new item's features, kept (``expect``) as the member it now is."""
+    def add(self, where: InsertedItem, stored: str, signature: str | None) -> None:
+        """A committed new item's features, kept (``expect``) as the member it now is
+        (``signature``: the stored form of theirs)."""
         with self._lock:
             features = self._fresh.pop(stored, None)
-            if features is not None:
-                member = stories.Member(where.item_id, where.sort_at, features)
-                self._found[where.item_id] = (where.story_id, 0, member)
-                while len(self._found) > DECODED_MEMBERS:
-                    self._found.popitem(last=False)
+        if features is None:
+            return
+        member = stories.PackedMember(where.item_id, where.sort_at, features, stored, signature)
+        with self._lock:
+            self._found[where.item_id] = (where.story_id, 0, member)
+            while len(self._found) > DECODED_MEMBERS:
+                self._found.popitem(last=False)
 
     def closed(self, before: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
         """The last profile of each story known to have begun before the time ``before`` gives
@@ -454,7 +463,7 @@ class _DecodedMembers:
             self._profiles[story_id] = (tuple(members), found)
             self._profiles.move_to_end(story_id)
             self._settle(found)
-            while len(self._profiles) > DECODED_MEMBERS // stories.REPRESENTATIVES:
+            while len(self._profiles) > KEPT_PROFILES:
                 self._profiles.popitem(last=False)
         return found
 
@@ -470,7 +479,7 @@ class _DecodedMembers:
 
     def get(
         self, item_id: int, story_id: int, updates: int, fetched: Fetched, tx: IngestTransaction
-    ) -> stories.Member | None:
+    ) -> stories.PackedMember | None:
         # A hit must also match the story and the update count: an updated member carries new
         # features, and an item id freed by a rolled-back batch can be given to another item
         # (which then sits in another story, or was updated a different number of times).
@@ -509,12 +518,15 @@ def _first_reached(
     return first
 
 
-def _member(item_id: int, sort_at: datetime, features: str | None, signature: str | None) -> stories.Member | None:
+def _member(
+    item_id: int, sort_at: datetime, features: str | None, signature: str | None
+) -> stories.PackedMember | None:
     if features is None:
         return None  # stored before story features existed: nothing to compare with
     try:
         loaded = cluster.Signature.loads(signature) if signature else None
-        return stories.Member(item_id, sort_at, stories.Features.loads(features, loaded))
+        decoded = stories.Features.loads(features, loaded)
+        return stories.PackedMember(item_id, sort_at, decoded, features, signature)
     except ValueError:
         return None  # written by another version: it simply cannot match
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from aggregator import names, semantic, stories, storybatch
+from aggregator import names, semantic, stories, storybatch, storymatch
 from aggregator.records import NewItem
 from aggregator.store.items import IngestTransaction
 from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
@@ -580,3 +580,42 @@ def test_a_profile_extended_by_new_members_is_the_profile_built_afresh() -> None
         for name in ("support", "lead_support", "word_support"):
             carried, built = getattr(grown, name), getattr(afresh, name)
             assert list(carried.items()) == list(built.items()), name
+
+
+def test_a_profile_of_packed_members_is_the_profile_of_decoded_ones() -> None:
+    """The writer keeps stored members packed (``PackedMember``), from their stored forms as
+    read back or from the features a new item was decided on: a profile built from them, or
+    extended by them, must have exactly the centroid and shares (with their order, which sums
+    follow) of one built from decoded members, and judge every item exactly alike, copies too."""
+    stream = templated.generate(events_per_day=4, days=1)
+    texts = [ORIGINAL, REWRITE, FOLLOW_UP, UNRELATED, *[(e.title, e.text) for e in stream[:8]]]
+    full, packed = [], []
+    for n, (title, body) in enumerate(texts):
+        decided, _ = features_of(title, body)
+        stored, signature = decided.dumps(), decided.signature.dumps() if decided.signature else None
+        loaded = Features.loads(stored, decided.signature)
+        at = NOON + timedelta(minutes=n)
+        full.append(Member(n, at, loaded))
+        from_row = storymatch._member(n, at, stored, signature)  # read back from storage
+        assert from_row is not None
+        packed.append(from_row if n % 2 else stories.PackedMember(n, at, loaded, stored, signature))
+    assert any(m.features.leading is not None for m in full) and any(m.features.leading is None for m in full)
+    items = [(feats((e.title, e.text)), e.published_at) for e in stream]
+    items += [(feats(t), NOON + timedelta(hours=1)) for t in (ORIGINAL, REWRITE, FOLLOW_UP)]
+    stats = TermStats(stories=3, counts={t: 2 for m in full[:3] for t in m.features.terms})
+    judged = []
+    for size in range(1, len(full) + 1):
+        afresh = StoryProfile(1, tuple(full[:size]), NOON)
+        built = StoryProfile(1, tuple(packed[:size]), NOON)
+        grown = StoryProfile(1, tuple(packed[: size // 2 or 1]), NOON)
+        assert grown.centroid.shape and grown.support is not None  # computed, to be carried over
+        if size > 1:
+            grown = grown.extended(packed[size // 2 or 1 : size])
+        for profile in (built, grown):
+            assert np.array_equal(profile.total, afresh.total) and np.array_equal(profile.centroid, afresh.centroid)
+            for name in ("support", "lead_support", "word_support"):
+                assert list(getattr(profile, name).items()) == list(getattr(afresh, name).items()), name
+            for item, at in items:
+                judged.append(stories.judge(item, at, afresh, stats))
+                assert stories.judge(item, at, profile, stats) == judged[-1]
+    assert any(j.copy_of is not None for j in judged) and any(j.joins for j in judged)  # both paths taken
