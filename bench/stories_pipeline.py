@@ -279,6 +279,8 @@ def main() -> None:
                 for p in different:
                     if linked(p):
                         print(f"    linked though different: ligne {pairs[p].ligne} (Overall {pairs[p].overall})")
+                for a, b in cross.merged[:40]:  # articles of two pairs in one story (not labelled either way)
+                    print(f"    merged across pairs {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
 
 
 if __name__ == "__main__":
