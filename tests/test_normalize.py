@@ -317,23 +317,28 @@ def test_categories_authors_and_titles_are_clean_text() -> None:
     assert (item.title, item.author, item.categories) == ("Bold title", "Jane Doe", ("World", "world", "Europe Union"))
 
 
-def test_duplicate_guids_keep_their_first_key_and_get_distinct_ones() -> None:
-    """The first item with a guid keeps the plain key it was stored under in earlier polls."""
-    raw = RawFeed(
+def _feed(*entries: RawEntry) -> RawFeed:
+    """A document of these entries and nothing else."""
+    return RawFeed(
         title=None,
         link=None,
         feed_id=None,
         language=None,
         ttl_minutes=None,
         update_period_minutes=None,
-        entries=(
-            _entry(id="same", link="https://example.com/a", title="A"),
-            _entry(id="same", link="https://example.com/b", title="B"),
-            _entry(id="same", link="https://example.com/a#again", title="A again"),
-            _entry(id="same", title="C"),
-            _entry(id="same", title="C", summary="different words"),
-            _entry(id="same", title="D"),
-        ),
+        entries=entries,
+    )
+
+
+def test_duplicate_guids_keep_their_first_key_and_get_distinct_ones() -> None:
+    """The first item with a guid keeps the plain key it was stored under in earlier polls."""
+    raw = _feed(
+        _entry(id="same", link="https://example.com/a", title="A"),
+        _entry(id="same", link="https://example.com/b", title="B"),
+        _entry(id="same", link="https://example.com/a#again", title="A again"),
+        _entry(id="same", title="C"),
+        _entry(id="same", title="C", summary="different words"),
+        _entry(id="same", title="D"),
     )
     keys = [i.key for i in normalize_feed(raw, BASE, FETCHED_AT).items]
     assert keys[:2] == ["id:same", "id:same|https://example.com/b"]
@@ -344,20 +349,12 @@ def test_duplicate_guids_keep_their_first_key_and_get_distinct_ones() -> None:
 def test_a_link_several_entries_share_or_a_front_page_is_no_articles_url() -> None:
     """A podcast linking every episode to its site: no episode has an article URL (which would
     join them all into one story); an entry with its own article link keeps it."""
-    raw = RawFeed(
-        title=None,
-        link=None,
-        feed_id=None,
-        language=None,
-        ttl_minutes=None,
-        update_period_minutes=None,
-        entries=(
-            _entry(id="ep1", link="https://cast.example/show?utm_source=rss", title="Episode 1"),
-            _entry(id="ep2", link="https://cast.example/show", title="Episode 2"),
-            _entry(id="ep3", link="https://cast.example/episodes/3", title="Episode 3"),
-            _entry(id="ep4", link="https://cast.example", title="Episode 4"),
-            _entry(id="ep5", link="https://cast.example/?p=5", title="Episode 5"),
-        ),
+    raw = _feed(
+        _entry(id="ep1", link="https://cast.example/show?utm_source=rss", title="Episode 1"),
+        _entry(id="ep2", link="https://cast.example/show", title="Episode 2"),
+        _entry(id="ep3", link="https://cast.example/episodes/3", title="Episode 3"),
+        _entry(id="ep4", link="https://cast.example", title="Episode 4"),
+        _entry(id="ep5", link="https://cast.example/?p=5", title="Episode 5"),
     )
     items = normalize_feed(raw, BASE, FETCHED_AT).items
     assert [i.canonical_url for i in items] == [

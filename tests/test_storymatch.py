@@ -6,7 +6,7 @@ Real SQLite file and real PostgreSQL, the real model; the texts are ``test_stori
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,17 @@ from aggregator.storymatch import StoryMatcher
 from tests.test_stories_v2 import FOLLOW_UP, NOON, ORIGINAL, REWRITE, STORE_CONFIG, UNRELATED
 
 
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated database (SQLite file or PostgreSQL) with the test config's sources."""
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    found = Store(engine)
+    found.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
+    yield found
+    engine.dispose()
+
+
 def plan_of(entries: list[tuple[str, tuple[str, str], datetime]]) -> IngestPlan:
     items = [
         Item(key, key, None, None, title, "", "", text, None, (), at, None, key) for key, (title, text), at in entries
@@ -27,14 +38,10 @@ def plan_of(entries: list[tuple[str, tuple[str, str], datetime]]) -> IngestPlan:
     return IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
 
 
-def test_a_closed_story_is_explained_from_its_members_as_stored_now(database_url: str) -> None:
+def test_a_closed_story_is_explained_from_its_members_as_stored_now(store: Store) -> None:
     """A story that took a member after the matcher last judged it is, once closed, judged on
     its members as they are stored now, as by a matcher that kept nothing; and the profile then
     kept for it gives the same explanation at the next poll."""
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
     matcher = StoryMatcher()
 
     def ingest(source_id: int, plan: IngestPlan) -> dict[str, NewItem]:
@@ -56,16 +63,11 @@ def test_a_closed_story_is_explained_from_its_members_as_stored_now(database_url
         assert kept.story_id is None  # a day later: a story of its own
         assert f"story {joined}: cosine" in (kept.match_reason or "")  # the closed story is a near miss
         assert kept.match_reason == fresh.match_reason
-    engine.dispose()
 
 
-def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(database_url: str) -> None:
+def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(store: Store) -> None:
     """A feed's first fetch spans days: a story kept as closed for a late item is still read in
     full for an earlier item of the same poll, which joins it."""
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
     matcher = StoryMatcher()
     with store.ingest() as tx:
         first = matcher.match(tx, plan_of([("w1", ORIGINAL, NOON), ("w2", UNRELATED, NOON)]), NOON, "semantic", {}, {})
@@ -83,19 +85,14 @@ def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(databas
     assert kept["h1"].story_id == story  # the rewrite two hours after the original joins it
     assert kept["f1"].story_id is None
     assert [n.match_reason for n in kept.values()] == [n.match_reason for n in fresh.values()]
-    engine.dispose()
 
 
 def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgotten(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once its poll committed (``stored``), a new item is a member the next poll judges its
     story on without reading its features back; an item whose transaction rolled back is never
     taken for the item that is given its id next, and verdicts match a matcher that kept nothing."""
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
     matcher = StoryMatcher()
     read_back: list[int] = []
     real_member_features = IngestTransaction.member_features
@@ -132,16 +129,11 @@ def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgo
     assert original["w1"].item_id in read_back  # a matcher that kept nothing reads it
     assert joined.story_id == original["w1"].story_id  # the rewrite joins the original's story
     assert joined.match_reason == fresh.match_reason
-    engine.dispose()
 
 
-def test_an_outlets_own_story_takes_its_copy_but_not_its_other_report(database_url: str) -> None:
+def test_an_outlets_own_story_takes_its_copy_but_not_its_other_report(store: Store) -> None:
     """Through storage: a story only the polled source's items are in is joined by that source's
     copy of them, not by its other report sharing their names; another outlet's report joins."""
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
     matcher = StoryMatcher()
     with store.ingest() as tx:
         (first,) = matcher.match(tx, plan_of([("w1", ORIGINAL, NOON)]), NOON, "semantic", {}, {}, 1).inserts
@@ -161,4 +153,3 @@ def test_an_outlets_own_story_takes_its_copy_but_not_its_other_report(database_u
     assert copy.story_id == story and "copies item" in (copy.match_reason or "")
     other = judged(2, "h1", REWRITE)
     assert other.story_id == story  # another outlet's report: judged on its names
-    engine.dispose()
