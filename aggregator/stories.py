@@ -334,7 +334,23 @@ class StoryProfile:
                     for value in values:
                         counted[value] = counted.get(value, 0) + 1
             profile.__dict__["counts"] = counts
+        if "signatures" in self.__dict__:
+            profile.__dict__["signatures"] = dict(self.signatures)  # the same members, at the same places
         return profile
+
+    @cached_property
+    def signatures(self) -> dict[int, cluster.Signature | None]:
+        """The lead signatures of the members compared so far, by place (``signature``)."""
+        return {}
+
+    def signature(self, index: int) -> cluster.Signature | None:
+        """The lead signature of the member at ``index``, decoded once for the profile: a packed
+        member keeps its own in stored form, and a kept profile is compared with new leads poll
+        after poll, mostly with its first member only (a copy stops the comparison)."""
+        kept = self.signatures
+        if index not in kept:
+            kept[index] = self.members[index].features.signature
+        return kept[index]
 
     @cached_property
     def total(self) -> semantic.Vector:
@@ -604,8 +620,8 @@ def judge(
         return agreement
 
     if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
-        for member in story.members:
-            sig = member.features.signature
+        for index, member in enumerate(story.members):
+            sig = story.signature(index)
             if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
                 if agreeing() >= COPY_AGREEMENT:
                     return Judgement(

@@ -609,6 +609,7 @@ def test_a_profile_of_packed_members_is_the_profile_of_decoded_ones() -> None:
         built = StoryProfile(1, tuple(packed[:size]), NOON)
         grown = StoryProfile(1, tuple(packed[: size // 2 or 1]), NOON)
         assert grown.centroid.shape and grown.support is not None  # computed, to be carried over
+        assert grown.signature(0) == (full[0].features.signature)  # decoded, to be carried over
         if size > 1:
             grown = grown.extended(packed[size // 2 or 1 : size])
         for profile in (built, grown):
