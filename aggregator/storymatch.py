@@ -13,9 +13,10 @@ import operator
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Generic, TypeVar
 
 from aggregator import cluster, names, parseworker, stories, storybatch
 from aggregator.records import IngestPlan, InsertedItem, Item, NewItem
@@ -61,7 +62,7 @@ class StoryMatcher:
     def __init__(self) -> None:
         self._members = _DecodedMembers()
         self._term_counts = _TermCounts()
-        self._stock_copy_keys = _StockCopyKeys()
+        self._stock_copy_keys = _Kept[bool](STOCK_KEYS_KEPT)  # lead-copy keys found to be stock phrases
 
     def match(
         self,
@@ -198,7 +199,7 @@ class _StoryLookup:
         now: datetime,
         decoded: _DecodedMembers,
         counts: _TermCounts,
-        stock: _StockCopyKeys,
+        stock: _Kept[bool],
         source: int | None,
     ) -> None:
         self.tx = tx
@@ -221,14 +222,15 @@ class _StoryLookup:
         earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
         stats, carriers = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
         keys_of = {item.key: stats.keys(f.terms) for item, f in items}
-        copy_keys = self.stock.usable(
-            {k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)}
-        )
+        copy_keys = {k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)}
         window = cluster.DEFAULT_WINDOW
         by_copy, stock = tx.copy_key_stories_bounded(
-            copy_keys, min(moments) - window, max(moments) + window, stories.KEY_MAX_STORIES
+            sorted(copy_keys - self.stock.fresh(copy_keys).keys()),
+            min(moments) - window,
+            max(moments) + window,
+            stories.KEY_MAX_STORIES,
         )
-        self.stock.found(stock)
+        self.stock.keep(dict.fromkeys(stock, True))  # a stock phrase, not asked for again
         found_of: dict[str, dict[int, float]] = {}
         for item, f in items:
             found: dict[int, float] = {}
@@ -309,7 +311,7 @@ class _TermCounts:
     only for the rare ones."""
 
     def __init__(self) -> None:
-        self._common: dict[int, tuple[int, float]] = {}  # term -> (stories, monotonic expiry)
+        self._common = _Kept[int](COMMON_TERMS_KEPT)  # term -> stories carrying it
         self._stories: tuple[int, float, datetime] | None = None  # (count, monotonic expiry, for when)
         self._lock = threading.Lock()
 
@@ -319,8 +321,8 @@ class _TermCounts:
         """The statistics, and the stories carrying each term counted afresh (the rare ones)."""
         now = time.monotonic()
         kept = COUNTS_KEPT.total_seconds()
+        known = self._common.fresh(terms)
         with self._lock:
-            known = {t: self._common[t][0] for t in terms if t in self._common and self._common[t][1] > now}
             kept_total = self._stories
         total = None
         if kept_total is not None and kept_total[1] > now and abs(latest - kept_total[2]) <= STORIES_KEPT_STREAM:
@@ -334,39 +336,39 @@ class _TermCounts:
             total = tx.stories_in_window(earliest, latest)
             with self._lock:  # kept from when it was counted, not from the last poll that used it
                 self._stories = (total, now + kept, latest)
-        counts = {**known, **{term: len(found) for term, found in carriers.items()}}
-        with self._lock:
-            for term, count in counts.items():
-                if count > stories.KEY_MAX_STORIES and term not in known:
-                    self._common[term] = (count, now + kept)
-            if len(self._common) > COMMON_TERMS_KEPT:
-                self._common = {t: v for t, v in self._common.items() if v[1] > now}
-        return stories.TermStats(total, counts), carriers
+        counted = {term: len(found) for term, found in carriers.items()}
+        self._common.keep({term: count for term, count in counted.items() if count > stories.KEY_MAX_STORIES})
+        return stories.TermStats(total, {**known, **counted}), carriers
 
 
-class _StockCopyKeys:
-    """Lead-copy keys found carried by more than ``stories.KEY_MAX_STORIES`` items of the window
-    (a stock phrase: a feed's boilerplate, a template's opening), not asked for again for
-    ``COUNTS_KEPT``: like a common term, a stock phrase stays one while the window moves by
-    minutes, and asking costs a bounded count of its items at every poll whose items carry it."""
+Kept = TypeVar("Kept")
 
-    def __init__(self) -> None:
-        self._stock: dict[int, float] = {}  # key -> monotonic expiry
+
+class _Kept(Generic[Kept]):
+    """What the writer threads found about a term or key and trust for ``COUNTS_KEPT``: that a
+    term is common (and its count), that a lead-copy key is a stock phrase. Both stay so while
+    the window moves by minutes, and finding out again costs a count at every poll. Expired
+    entries are forgotten once more than ``cap`` are kept."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._kept: dict[int, tuple[Kept, float]] = {}  # key -> (value, monotonic expiry)
         self._lock = threading.Lock()
 
-    def usable(self, keys: set[int]) -> list[int]:
-        """The ``keys`` not known to be stock, in order."""
+    def fresh(self, keys: Iterable[int]) -> dict[int, Kept]:
+        """The values kept, and not expired, for those of ``keys`` that have one."""
         now = time.monotonic()
         with self._lock:
-            return sorted(k for k in keys if self._stock.get(k, 0.0) <= now)
+            found = ((key, self._kept.get(key)) for key in keys)
+            return {key: hit[0] for key, hit in found if hit is not None and hit[1] > now}
 
-    def found(self, stock: set[int]) -> None:
+    def keep(self, values: Mapping[int, Kept]) -> None:
         now = time.monotonic()
         expiry = now + COUNTS_KEPT.total_seconds()
         with self._lock:
-            self._stock.update(dict.fromkeys(stock, expiry))
-            if len(self._stock) > STOCK_KEYS_KEPT:
-                self._stock = {k: v for k, v in self._stock.items() if v > now}
+            self._kept.update((key, (value, expiry)) for key, value in values.items())
+            if len(self._kept) > self._cap:
+                self._kept = {key: hit for key, hit in self._kept.items() if hit[1] > now}
 
 
 Fetched = dict[int, tuple[datetime, str | None, str | None]]
