@@ -692,6 +692,15 @@ def decide(
     return Decision(chosen.story_id if chosen else None, chosen, misses)
 
 
+def own_stories(sources: Mapping[int, Iterable[object]], source: object | None) -> set[int]:
+    """The stories, of those whose judged members come from ``sources`` (story -> each member's
+    source), that are ``source``'s own: all their members are its (``decide``'s ``own``). None:
+    the item's source is not known, and no story is taken for its own."""
+    if source is None:
+        return set()
+    return {story for story, members in sources.items() if all(member == source for member in members)}
+
+
 def rank_candidates(found: Mapping[int, float]) -> list[int]:
     """The ``MAX_CANDIDATES`` stories to judge, from ``found``: each story reached through the
     item's lookup keys and the weight of the keys that reached it (most first, then lowest id)."""

@@ -267,11 +267,9 @@ class _StoryLookup:
         profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
         found_refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
         refs = {story: [(m, updates) for m, updates, _ in members] for story, members in found_refs.items()}
-        own = {
-            story
-            for story, members in found_refs.items()
-            if self.source is not None and all(source == self.source for _, _, source in members)
-        }
+        own = stories.own_stories(
+            {story: [source for _, _, source in members] for story, members in found_refs.items()}, self.source
+        )
         unknown = {}
         for story_id, members in refs.items():
             if (kept := self.decoded.kept(story_id, members)) is not None:

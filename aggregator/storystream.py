@@ -47,7 +47,7 @@ class Stream:
             stats = self.stats()
             found = self._candidates(features, stats)
             profiles = [self.profile(story) for story in stories.rank_candidates(found)]
-            own = {p.story_id for p in profiles if source is not None and self._sources[p.story_id] == {source}}
+            own = stories.own_stories({p.story_id: self._sources[p.story_id] for p in profiles}, source)
             decision = stories.decide(features, at, profiles, stats, stories.copied(found), own)
             story_id = decision.story_id
         if story_id is None:

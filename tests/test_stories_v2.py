@@ -348,6 +348,13 @@ def test_a_podcast_linking_every_episode_to_its_site_keeps_each_episode(server: 
     assert len({found[guid] for guid in ("ep1", "ep2", "ep3", "b1")}) == 4
 
 
+def test_a_story_is_an_outlets_own_only_while_all_its_judged_members_are_its() -> None:
+    sources = {1: [7, 7, 7], 2: [7, 9], 3: [9]}
+    assert stories.own_stories(sources, 7) == {1}
+    assert stories.own_stories(sources, 9) == {3}
+    assert stories.own_stories(sources, None) == set()  # source unknown: nothing is its own
+
+
 def test_an_outlets_own_names_do_not_join_its_items_about_other_events() -> None:
     # From a real feed (a city paper, its name and city in every item): each of its items on
     # another event shares "Massa News" and "Curitiba" with the others, names no other outlet
