@@ -51,6 +51,8 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from hashlib import blake2b
 
+from aggregator.names import DATELINE
+
 SIGNATURE_VERSION = "c1"
 """Prefix of ``Signature.dumps()``; bump it whenever tokenizing or hashing changes, so
 signatures computed by older code are recognised (``loads`` refuses them) and recomputed."""
@@ -117,7 +119,6 @@ _STOPWORDS = frozenset(
 )  # fmt: skip
 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_DATELINE = re.compile(r"^\s*[A-Z][^()\n]{0,60}?\([A-Za-z]{2,12}\)\s*[-—–]{1,2}\s*")
 # Feed boilerplate at the end of a text, removed in this order. Each is anchored at the end, yet
 # ``sub`` would try it at every position of the text; ``_lead`` starts each search where a match
 # can first begin instead (see there).
@@ -382,7 +383,7 @@ def match(
 
 
 def _lead(text: str) -> str:
-    text = _DATELINE.sub("", text, count=1)
+    text = DATELINE.sub("", text, count=1)
     # The boilerplate patterns end at the end of the text, but re.sub would try each at every
     # position, which cost more than the rest of signing. Each search starts instead at the
     # first place a match's first non-space character can be: the first "The post " (absent,

@@ -3,10 +3,11 @@ even when they share no phrase.
 
 Extraction is deliberately cheap (no tagger, no model): a *name* is a capitalised word that
 does not merely start a sentence ("Ghafoor", "Karachi"), a word written in capitals ("NATO",
-"KARACHI" in a dateline), or a capitalised sentence-initial word that the same item also
-capitalises elsewhere; a *figure* is a number, normalised so that "3,000", "3000" and "3
+"KARACHI"), or a capitalised sentence-initial word that the same item also capitalises
+elsewhere; a *figure* is a number, normalised so that "3,000", "3000" and "3
 thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-folded and
-hashed to a 32-bit integer *term*.
+hashed to a 32-bit integer *term*. A wire dateline ("KARACHI, May 2 (Reuters) -") is read
+apart: its place and date are names that do not lead, and its agency credit is none.
 
 Nothing here decides what is common: "Tuesday", "President" or "2024" come out as terms like
 "Ghafoor" does. How many recent items carry a term (``stories.TermStats``) decides whether it
@@ -54,6 +55,9 @@ _POSSESSIVE = re.compile(r"[’']s$")
 _SCALE = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
           "trillion": 10**12}  # fmt: skip
 _ABBREVIATION = re.compile(r"^(?:[A-Za-z]\.){2,}$")  # U.S. U.K. U.N.
+DATELINE = re.compile(r"^\s*[A-Z][^()\n]{0,60}?(?P<credit>\([A-Za-z]{2,12}\))\s*[-—–]{1,2}\s*")
+"""A wire dateline opening a text: "FRANKFURT, April 11 (Reuters) - ", "ATHENS (AP) — ". It says
+where and when a correspondent filed and for which agency, not what happened."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,13 @@ def extract(title: str, text: str) -> Terms:
     # The first token that ends past the mark is the first after the opening: a name or a
     # figure ("$3.41 billion") is never cut in two.
     opening = next((n for n, m in enumerate(matches) if m.end() > LEADING_CHARS), len(matches))
+    # A dateline's place and date are background, not the event's (an Evia fire filed from
+    # ATHENS, a bank's results from NEW YORK): its names come after the opening's. Its agency
+    # credit names the publisher and is no term at all.
+    dateline = DATELINE.match(lead)
+    filed = sum(m.end() <= dateline.end() for m in matches) if dateline else 0
+    credit = next((n for n, m in enumerate(matches) if m.end() > dateline.start("credit")), 0) if dateline else 0
+    background: dict[str, None] = {}
     long_words = [raw for _n, _u, raw, _s in title_tokens if len(raw) >= TITLE_CASE_LETTERS]
     title_case = len(long_words) >= 2 and all(raw[0].isupper() for raw in long_words)
     found: dict[str, None] = {}
@@ -104,21 +115,29 @@ def extract(title: str, text: str) -> Terms:
     for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
         initial = True
         for n, (number, unit, raw, stop) in enumerate(tokens):
-            if n == opening and tokens is lead_tokens:
-                leading = len(found)
+            into = found
+            if tokens is lead_tokens:
+                if n == opening:
+                    leading = len(found)
+                    found.update((term, None) for term in background if term not in found)
+                if n < filed:
+                    into = background if n < credit else {}
             if stop:
                 initial = True
             elif number:
-                found.setdefault(_figure(number, unit))
+                into.setdefault(_figure(number, unit))
                 initial = False
             elif raw[0].islower():  # no name, and not remembered: only whether it ends a sentence counts
                 initial = raw[-1] == "." and len(raw) > 3 and not _ABBREVIATION.match(raw)
             else:
                 word, acronym, upper, ends = _WORDS.get(raw) or _word(raw)
                 if acronym or (upper and capitals_tell and not initial):
-                    found.setdefault(word)
+                    into.setdefault(word)
                 initial = ends
-    return Terms(tuple(found), len(found) if leading is None else leading)
+    if leading is None:
+        leading = len(found)
+        found.update((term, None) for term in background if term not in found)
+    return Terms(tuple(found), leading)
 
 
 WordFacts = tuple[str, bool, bool, bool]

@@ -62,12 +62,13 @@ import numpy as np
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
-FEATURES_VERSION = "s3"
+FEATURES_VERSION = "s4"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1", "s2")
+OLDER_VERSIONS = ("s1", "s2", "s3")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
-tell the leading names (``Features.leading``) from the others."""
+tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
+took a wire dateline's place and date for leading names and its agency credit for a name."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy

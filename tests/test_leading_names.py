@@ -95,6 +95,9 @@ def test_leading_names_survive_storage_and_older_features_lead_with_all() -> Non
     assert features.leading is not None and features.leading < features.terms
     back = Features.loads(features.dumps())
     assert (back.terms, back.leading, back.words) == (features.terms, features.leading, features.words)
+    # "s3", before datelines were read apart, has the same layout: read as it is.
+    s3 = Features.loads("s3:" + features.dumps().partition(":")[2])
+    assert (s3.terms, s3.leading, s3.words) == (features.terms, features.leading, features.words)
     # Stored by the previous release ("s2": no count of leading terms): every term leads.
     s2 = semantic.quantise(features.vector) + len(features.terms).to_bytes(2, "big")
     s2 += b"".join(t.to_bytes(4, "big") for t in sorted(features.terms)) + (0).to_bytes(2, "big")
@@ -102,3 +105,38 @@ def test_leading_names_survive_storage_and_older_features_lead_with_all() -> Non
     assert older.terms == features.terms and older.leading is None and older.lead_terms == older.terms
     with pytest.raises(ValueError):
         Features.loads(features.dumps()[:300])
+
+
+def test_a_datelines_place_and_date_follow_the_opening_and_its_credit_is_no_name() -> None:
+    terms = names.extract(
+        "ECB keeps rates on hold",
+        "FRANKFURT, April 11 (Reuters) - The European Central Bank left rates unchanged on Thursday.",
+    )
+    assert terms.words[: terms.leading] == ("ecb", "european", "central", "bank", "thursday")
+    assert terms.words[terms.leading :] == ("frankfurt", "april", "11")  # where and when it was filed
+    assert "reuters" not in terms.words  # who filed it: every item of that agency says so
+    # A place the opening names as well is the event's: it leads.
+    athens = names.extract("Wildfire forces evacuations", "ATHENS (AP) — Residents fled north of Athens on Monday.")
+    assert athens.words[: athens.leading] == ("athens", "monday") and "ap" not in athens.words
+    # Without a credit in brackets, capitals opening a text are no dateline: they lead.
+    plain = names.extract("Quake", "NORTHERN JAPAN was shaken on Monday.")
+    assert plain.words[: plain.leading] == ("northern", "japan", "monday")
+
+
+def test_two_companies_results_filed_from_one_desk_stay_apart() -> None:
+    # One agency's desk files both banks' results under the same dateline: the place, date and
+    # credit they share say nothing about which bank reported.
+    dateline = "NEW YORK, July 16 (Reuters) - "
+    greystone = features_of(
+        "Greystone Bank second-quarter profit rises 12% on trading boost",
+        f"{dateline}Greystone Bank reported a 12% rise in second-quarter profit on Tuesday, beating "
+        "analysts' estimates as a rebound in dealmaking lifted fees.",
+    )[0]
+    harlow = features_of(
+        "Harlow Financial second-quarter profit falls 5% as loan losses climb",
+        f"{dateline}Harlow Financial reported a 5% fall in second-quarter profit on Tuesday, missing "
+        "analysts' estimates as higher provisions for soured loans weighed.",
+    )[0]
+    story = StoryProfile(1, (Member(1, NOON, greystone),), NOON)
+    decision = decide(harlow, NOON + timedelta(minutes=30), [story], TermStats(stories=0))
+    assert decision.story_id is None, decision.explain()
