@@ -105,9 +105,9 @@ def test_sqlite_archives_keep_their_documents_last_and_the_rows_they_had(databas
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: Engine) -> None:
-    """Migrations 0011 and 0012: an item's story, and a story's first members and their
-    sources, are read from indexes, never from the large ``items`` rows (SQLite takes the rowid
-    unless told)."""
+    """Migrations 0011 to 0013: an item's story, a story's first members and their sources,
+    and the stories of the window's items, are read from indexes, never from the large
+    ``items`` rows (SQLite takes the rowid unless told)."""
     from aggregator.store import matchkeys
 
     members, wanted = next(iter(matchkeys._STORY_MEMBER_REFS.batches("sqlite", [1, 2], since=NOW, per_story=3)))
@@ -118,6 +118,7 @@ def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: 
             ("term", matchkeys._TERM_STORIES_SQLITE, params),
             ("copy", matchkeys._COPY_KEY_STORIES_SQLITE, params),
             ("members", members, wanted),
+            ("window", matchkeys._STORIES_IN_WINDOW, {"earliest": NOW, "latest": NOW}),
         ):
             compiled = statement.compile(dialect=connection.dialect)
             bound = compiled.construct_params(values)
@@ -129,6 +130,7 @@ def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: 
     assert "SEARCH items USING COVERING INDEX ix_items_story_of (id=?)" in plans["copy"]
     assert not [step for step in plans["copy"] if step.startswith("SEARCH items ") and "COVERING" not in step]
     assert plans["members"] == ["SEARCH items USING COVERING INDEX ix_items_story_members (story_id=? AND sort_at>?)"]
+    assert plans["window"] == ["SEARCH items USING COVERING INDEX ix_items_sort (sort_at>? AND sort_at<?)"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
