@@ -22,6 +22,12 @@ Sets (``../shared/stories``, see its README; the texts are publishers': measurem
 
     .venv/bin/python bench/stories_pipeline.py                 # both sets, seed 1
     .venv/bin/python bench/stories_pipeline.py --seeds 1 2 3 --errors
+    .venv/bin/python bench/stories_pipeline.py --days 3 --every 2   # rounds 2 h apart: ~1.5 min a seed and set
+
+One poll of everything is a first ingest of a backlog: each outlet's items arrive together,
+outlet after outlet, so a story may be started by whichever report is polled first (a side
+piece, say) rather than the first published. ``--every`` polls in rounds as a running service
+does, and shows what the order costs.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -126,15 +133,16 @@ def rss(outlet: str, articles: list[Article]) -> bytes:
 
 
 class Feeds:
-    """The outlet feeds on a free 127.0.0.1 port, one path per outlet."""
+    """The outlet feeds on a free 127.0.0.1 port, one path per outlet: ``bodies`` gives the
+    document at each path as it is now (None: no such path)."""
 
-    def __init__(self, bodies: dict[str, bytes]) -> None:
+    def __init__(self, bodies: Callable[[str], bytes | None]) -> None:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
 
             def do_GET(self) -> None:
-                body = bodies.get(self.path)
+                body = bodies(self.path)
                 if body is None:
                     self.send_error(404)
                     return
@@ -153,13 +161,32 @@ class Feeds:
         self.server.server_close()
 
 
-def run_pipeline(articles: list[Article], workdir: Path, extra_settings: list[str]) -> tuple[dict[str, int], float]:
-    """Serve, poll once with the real CLI, and return each article's story id and the poll's wall time."""
+def run_pipeline(
+    articles: list[Article], workdir: Path, extra_settings: list[str], every: timedelta | None = None
+) -> tuple[dict[str, int], float]:
+    """Serve, poll with the real CLI, and return each article's story id and the polls' wall time.
+
+    ``every`` None: one poll of everything, as a first ingest of a backlog (each outlet's items
+    arrive together, outlet after outlet). Otherwise the feeds are polled in rounds, as a
+    running service polls them: at each round a feed holds only the articles published by the
+    round's moment, rounds ``every`` apart from the first article to the last."""
     by_outlet: dict[str, list[Article]] = defaultdict(list)
     for a in articles:
         by_outlet[a.outlet].append(a)
-    paths = {outlet: f"/feed/{n}.xml" for n, outlet in enumerate(sorted(by_outlet))}
-    feeds = Feeds({paths[o]: rss(o, arts) for o, arts in by_outlet.items()})
+    paths = {f"/feed/{n}.xml": outlet for n, outlet in enumerate(sorted(by_outlet))}
+    moments = [max(a.published for a in articles)]
+    if every is not None:
+        first = min(a.published for a in articles)
+        moments = [first + every * n for n in range(int((moments[0] - first) / every) + 2)]
+    shown = [moments[0]]  # the moment the feeds are served as of
+
+    def body(path: str) -> bytes | None:
+        outlet = paths.get(path)
+        if outlet is None:
+            return None
+        return rss(outlet, [a for a in by_outlet[outlet] if a.published <= shown[0]])
+
+    feeds = Feeds(body)
     try:
         config = workdir / "feeds.yaml"
         lines = [
@@ -171,21 +198,23 @@ def run_pipeline(articles: list[Article], workdir: Path, extra_settings: list[st
             *(f"  {line}" for line in extra_settings),
             "sources:",
         ]
-        for outlet, path in sorted(paths.items()):
+        for path, outlet in sorted(paths.items(), key=lambda kv: kv[1]):
             lines += [f"  - name: {outlet!r}", f"    url: http://127.0.0.1:{feeds.port}{path}"]
         lines += ["outputs:", "  - slug: world", "    title: World"]
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "aggregator", "--config", str(config), "poll", "--once", "--all"],
-            capture_output=True,
-            text=True,
-            cwd=workdir,
-            check=False,
-        )
+        for moment in moments:
+            shown[0] = moment
+            done = subprocess.run(
+                [sys.executable, "-m", "aggregator", "--config", str(config), "poll", "--once", "--all"],
+                capture_output=True,
+                text=True,
+                cwd=workdir,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"aggregator poll failed ({done.returncode}):\n{done.stderr[-3000:]}")
         elapsed = time.monotonic() - started
-        if done.returncode != 0:
-            raise SystemExit(f"aggregator poll failed ({done.returncode}):\n{done.stderr[-3000:]}")
     finally:
         feeds.close()
     database = sqlite3.connect(workdir / "data" / "aggregator.db")
@@ -233,17 +262,26 @@ def main() -> None:
         "--setting", action="append", default=[], help="extra settings line, e.g. 'story_matching: lexical'"
     )
     parser.add_argument("--errors", action="store_true", help="list wrongly merged pairs")
+    parser.add_argument(
+        "--every",
+        type=float,
+        metavar="HOURS",
+        help="poll in rounds this many hours apart, each showing what was published by then, as a "
+        "running service does (default: one poll of everything, as a first ingest of a backlog)",
+    )
     args = parser.parse_args()
+    every = timedelta(hours=args.every) if args.every else None
     if not STORIES.is_dir():
         raise SystemExit(f"no labelled stories at {STORIES}")
     print(f"# bench/stories_pipeline.py  python {platform.python_version()}  {platform.machine()}")
     print(f"# run: {' '.join(sys.argv[1:]) or '(defaults)'}; settings: {args.setting or 'defaults'}")
+    print(f"# polls: {f'rounds every {args.every:g} h' if every else 'one poll of everything (a first ingest)'}")
     now = datetime.now(UTC).replace(microsecond=0)
     for seed in args.seeds:
         if "wikinews" in args.sets:
             articles = wikinews(seed, args.days, args.spread_hours, now)
             with tempfile.TemporaryDirectory() as tmp:
-                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting)
+                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
             result = score(articles, story_of)
             outlets = len({a.outlet for a in articles})
             print(
@@ -258,7 +296,7 @@ def main() -> None:
         if "semeval" in args.sets:
             articles, pairs = semeval(seed, args.days, now)
             with tempfile.TemporaryDirectory() as tmp:
-                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting)
+                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
             same = [p for p in pairs if pairs[p].overall <= 1.5]
             different = [p for p in pairs if pairs[p].overall >= 3.5]
 
