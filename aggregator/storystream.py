@@ -16,7 +16,10 @@ class Stream:
     makes with the database, for the benchmark and the tests.
 
     ``add`` decides an item and records it; items older than ``window`` before the newest are
-    forgotten (the database's window leaves them out). Items must come in time order.
+    forgotten (the database's window leaves them out). Items must come in time order: forgetting
+    goes by arrival, so an earlier item after later ones would be weighed against a window that
+    still holds items from more than ``window`` before it, or that lost ones inside it. ``add``
+    refuses one (ValueError) rather than answer for another stream than the one it was given.
     """
 
     def __init__(self, window: timedelta = timedelta(days=3)) -> None:
@@ -40,7 +43,10 @@ class Stream:
     ) -> tuple[int, Decision]:
         """Decide the item's story (``story_id`` given: it joins that one, e.g. by URL).
         ``source``: where it comes from (its outlet); None: every item is taken for another
-        outlet's."""
+        outlet's. ValueError: ``at`` is earlier than an item already added.
+        """
+        if self._items and at < self._items[-1][0]:
+            raise ValueError(f"item {item_id} at {at} comes after one at {self._items[-1][0]}: add in time order")
         self._expire(at)
         decision = Decision(story_id, None, ())
         if story_id is None:

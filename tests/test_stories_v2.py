@@ -81,6 +81,17 @@ def test_a_follow_up_a_day_later_starts_its_own_story() -> None:
     assert "a development is a story of its own" in decision.explain()
 
 
+def test_the_stream_in_memory_refuses_an_item_older_than_one_it_holds() -> None:
+    # It forgets by arrival: an earlier item after later ones would be judged against a window
+    # the database would not give it (a backlog replayed outlet by outlet once looked worse
+    # through this helper than through the pipeline).
+    stream = Stream()
+    stream.add(1, NOON + timedelta(hours=5), feats(ORIGINAL))
+    stream.add(2, NOON + timedelta(hours=5), feats(UNRELATED))  # the same moment is in order
+    with pytest.raises(ValueError, match="add in time order"):
+        stream.add(3, NOON, feats(REWRITE))
+
+
 def test_look_alikes_from_templates_stay_apart_and_their_copies_join() -> None:
     items = templated.generate(events_per_day=40, days=2, seed=3)
     stream = Stream()
