@@ -28,6 +28,11 @@ One poll of everything is a first ingest of a backlog: each outlet's items arriv
 outlet after outlet, so a story may be started by whichever report is polled first (a side
 piece, say) rather than the first published. ``--every`` polls in rounds as a running service
 does, and shows what the order costs.
+
+Each figure is followed by the same items decided by the pure function in memory, in
+publication order, on the features the pipeline stored for them (``in_memory``): the same
+stream and the same features, so the difference is what the pipeline's order and its per-poll
+reads cost, not a difference between two simulated streams.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from benchsupport import PairRates
+
+from aggregator import cluster, stories, storystream
 
 ROOT = Path(__file__).resolve().parent.parent
 STORIES = ROOT.parent / "shared" / "stories"
@@ -161,10 +168,20 @@ class Feeds:
         self.server.server_close()
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What the pipeline stored for an article: its story and what matching decided it on."""
+
+    story_id: int
+    source_id: int
+    features: str | None
+    signature: str | None
+
+
 def run_pipeline(
     articles: list[Article], workdir: Path, extra_settings: list[str], every: timedelta | None = None
-) -> tuple[dict[str, int], float]:
-    """Serve, poll with the real CLI, and return each article's story id and the polls' wall time.
+) -> tuple[dict[str, Stored], float]:
+    """Serve, poll with the real CLI, and return what was stored of each article and the polls' wall time.
 
     ``every`` None: one poll of everything, as a first ingest of a backlog (each outlet's items
     arrive together, outlet after outlet). Otherwise the feeds are polled in rounds, as a
@@ -219,14 +236,34 @@ def run_pipeline(
         feeds.close()
     database = sqlite3.connect(workdir / "data" / "aggregator.db")
     try:
-        rows = database.execute("SELECT guid, story_id FROM items").fetchall()
+        rows = database.execute(
+            "SELECT guid, story_id, source_id, match_features, match_signature FROM items"
+        ).fetchall()
     finally:
         database.close()
-    story_of = {guid: story for guid, story in rows}
-    missing = [a.ref for a in articles if a.ref not in story_of]
+    stored = {guid: Stored(*rest) for guid, *rest in rows}
+    missing = [a.ref for a in articles if a.ref not in stored]
     if missing:
         print(f"  warning: {len(missing)} articles not stored, e.g. {missing[:3]}")
-    return story_of, elapsed
+    return stored, elapsed
+
+
+def in_memory(articles: list[Article], stored: dict[str, Stored]) -> dict[str, int]:
+    """Each stored article's story when the pure decision takes the same items, with the
+    features the pipeline stored for them, in publication order (``storystream.Stream``): what
+    the pipeline's figure would be if the poll saw every item in time order and storage answered
+    each item's lookups over exactly its own window. The gap to the pipeline's figure is what
+    the order of a first ingest and the per-poll reads cost together."""
+    stream = storystream.Stream(stories.TERM_WINDOW)
+    story_of = {}
+    for number, a in enumerate(sorted((a for a in articles if a.ref in stored), key=lambda a: (a.published, a.ref))):
+        kept = stored[a.ref]
+        if kept.features is None:
+            continue  # stored without features (matching off or lexical): nothing to decide on
+        signature = cluster.Signature.loads(kept.signature) if kept.signature else None
+        features = stories.Features.loads(kept.features, signature)
+        story_of[a.ref], _ = stream.add(number, a.published, features, None, kept.source_id)
+    return story_of
 
 
 @dataclass(frozen=True)
@@ -279,46 +316,68 @@ def main() -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     for seed in args.seeds:
         if "wikinews" in args.sets:
-            articles = wikinews(seed, args.days, args.spread_hours, now)
-            with tempfile.TemporaryDirectory() as tmp:
-                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
-            result = score(articles, story_of)
-            outlets = len({a.outlet for a in articles})
-            print(
-                f"wikinews-dev seed {seed}: {len(story_of)} items from {outlets} outlets, "
-                f"{len(set(story_of.values()))} stories formed (140 labelled); "
-                f"pairs true {result.true_pairs}, linked {result.predicted_pairs}, correct {result.correct_pairs}: "
-                f"P {result.precision:.4f} R {result.recall:.4f}; poll {elapsed:.1f} s"
-            )
-            if args.errors:
-                for a, b in result.merged[:40]:
-                    print(f"    merged {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
+            report_wikinews(seed, args, now, every)
         if "semeval" in args.sets:
-            articles, pairs = semeval(seed, args.days, now)
-            with tempfile.TemporaryDirectory() as tmp:
-                story_of, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
-            same = [p for p in pairs if pairs[p].overall <= 1.5]
-            different = [p for p in pairs if pairs[p].overall >= 3.5]
+            report_semeval(seed, args, now, every)
 
-            def linked(label: str, story_of: dict[str, int] = story_of) -> bool:
-                a, b = story_of.get(f"{label}-1"), story_of.get(f"{label}-2")
-                return a is not None and a == b
 
-            same_linked = sum(linked(p) for p in same)
-            different_linked = sum(linked(p) for p in different)
-            cross = score(articles, story_of)
-            print(
-                f"semeval seed {seed}: {len(pairs)} pairs; same event (Overall ≤ 1.5) linked "
-                f"{same_linked}/{len(same)} = {same_linked / max(1, len(same)):.1%}; different (≥ 3.5) linked "
-                f"{different_linked}/{len(different)} = {different_linked / max(1, len(different)):.1%}; "
-                f"items of different pairs merged: {len(cross.merged)} pairs; poll {elapsed:.1f} s"
-            )
-            if args.errors:
-                for p in different:
-                    if linked(p):
-                        print(f"    linked though different: ligne {pairs[p].ligne} (Overall {pairs[p].overall})")
-                for a, b in cross.merged[:40]:  # articles of two pairs in one story (not labelled either way)
-                    print(f"    merged across pairs {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
+def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None) -> None:
+    articles = wikinews(seed, args.days, args.spread_hours, now)
+    with tempfile.TemporaryDirectory() as tmp:
+        stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
+    story_of = {ref: kept.story_id for ref, kept in stored.items()}
+    result = score(articles, story_of)
+    outlets = len({a.outlet for a in articles})
+    print(
+        f"wikinews-dev seed {seed}: {len(story_of)} items from {outlets} outlets, "
+        f"{len(set(story_of.values()))} stories formed (140 labelled); "
+        f"pairs true {result.true_pairs}, linked {result.predicted_pairs}, correct {result.correct_pairs}: "
+        f"P {result.precision:.4f} R {result.recall:.4f}; poll {elapsed:.1f} s"
+    )
+    if pure := in_memory(articles, stored):
+        ideal = score(articles, pure)
+        print(
+            f"  the same stored features in memory, in publication order: linked {ideal.predicted_pairs}, "
+            f"correct {ideal.correct_pairs}: P {ideal.precision:.4f} R {ideal.recall:.4f}"
+        )
+    if args.errors:
+        for a, b in result.merged[:40]:
+            print(f"    merged {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
+
+
+def report_semeval(seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None) -> None:
+    articles, pairs = semeval(seed, args.days, now)
+    with tempfile.TemporaryDirectory() as tmp:
+        stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
+    story_of = {ref: kept.story_id for ref, kept in stored.items()}
+    same = [p for p in pairs if pairs[p].overall <= 1.5]
+    different = [p for p in pairs if pairs[p].overall >= 3.5]
+
+    def linked(label: str, story_of: dict[str, int] = story_of) -> bool:
+        a, b = story_of.get(f"{label}-1"), story_of.get(f"{label}-2")
+        return a is not None and a == b
+
+    same_linked = sum(linked(p) for p in same)
+    different_linked = sum(linked(p) for p in different)
+    cross = score(articles, story_of)
+    print(
+        f"semeval seed {seed}: {len(pairs)} pairs; same event (Overall ≤ 1.5) linked "
+        f"{same_linked}/{len(same)} = {same_linked / max(1, len(same)):.1%}; different (≥ 3.5) linked "
+        f"{different_linked}/{len(different)} = {different_linked / max(1, len(different)):.1%}; "
+        f"items of different pairs merged: {len(cross.merged)} pairs; poll {elapsed:.1f} s"
+    )
+    if pure := in_memory(articles, stored):
+        print(
+            f"  the same stored features in memory, in publication order: same event linked "
+            f"{sum(linked(p, pure) for p in same)}/{len(same)}; different linked "
+            f"{sum(linked(p, pure) for p in different)}/{len(different)}"
+        )
+    if args.errors:
+        for p in different:
+            if linked(p):
+                print(f"    linked though different: ligne {pairs[p].ligne} (Overall {pairs[p].overall})")
+        for a, b in cross.merged[:40]:  # articles of two pairs in one story (not labelled either way)
+            print(f"    merged across pairs {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
 
 
 if __name__ == "__main__":
