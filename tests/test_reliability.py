@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from aggregator import metrics, normalize, parseworker
 from aggregator.cli import main
@@ -285,15 +286,23 @@ def test_a_failed_database_stops_the_run_with_one_line_and_exit_2(
     server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Only the database itself failing stops `poll --once`: here it fails while a fetch is in flight."""
-    sources = [{"name": "slow", "url": server.add("/slow", Route(body=rss2(1, 3), delay=1.5))}]
+    sources = [{"name": "slow", "url": server.add("/slow", Route(body=rss2(1, 3), delay=6))}]
     sources += [{"name": f"news {n}", "url": server.add(f"/news{n}", body=rss2(n, 4))} for n in range(3)]
     config = write_config(tmp_path, sources, settings=f"database: {database_url}")
 
+    def fast_ones_committed() -> bool:
+        try:
+            counts = items_per_source(database_url)
+        except SQLAlchemyError:  # the schema may not be there yet
+            return False
+        return all(counts.get(f"news {n}") == 4 for n in range(3))
+
     def breaker() -> None:
-        deadline = time.monotonic() + 10
-        while not server.hits("/slow") and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)  # the fast sources have committed by now; "slow" is still waiting
+        # Broken once the fast sources have committed (a fixed wait was too short where the
+        # parse pool is slow to start) and while "slow" is still waiting for its answer.
+        deadline = time.monotonic() + 5
+        while not (server.hits("/slow") and fast_ones_committed()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         _break_database(database_url)
 
     thread = threading.Thread(target=breaker)
