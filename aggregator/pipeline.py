@@ -356,6 +356,8 @@ class Pipeline:
         inserted = tx.insert_items(source_id, plan.inserts, now, self.authority) if plan.inserts else {}
         if plan.updates:
             tx.update_items(plan.updates, now, source_id)
+        if plan.merges:
+            tx.merge_stories(plan.merges)
         tx.record_poll(source_id, plan.result, plan.record)
         if plan.postpone:
             tx.postpone({other: (decision.at, decision.reason) for other, decision in plan.postpone.items()})

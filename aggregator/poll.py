@@ -126,6 +126,7 @@ class PollPlan:
     record: PollRecord
     inserts: tuple[NewItem, ...] = ()
     updates: tuple[ItemUpdate, ...] = ()
+    merges: tuple[tuple[int, int], ...] = ()  # IngestPlan.merges
     postpone: Mapping[int, NextPoll] = field(default_factory=dict)
     host_held_until: datetime | None = None
     log: tuple[LogLine, ...] = ()
@@ -217,7 +218,7 @@ def _succeeded(
         parsed=parsed is not None,
         warning=parsed.warning if parsed else None,
     )
-    return PollPlan(outcome, result, record, inserts=items.inserts, updates=items.updates)
+    return PollPlan(outcome, result, record, inserts=items.inserts, updates=items.updates, merges=items.merges)
 
 
 def items_per_day(recent_items: int, inserts: tuple[NewItem, ...], now: datetime) -> float | None:

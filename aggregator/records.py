@@ -248,6 +248,9 @@ class IngestPlan:
     inserts: tuple[NewItem, ...]
     updates: tuple[ItemUpdate, ...]
     unchanged: int
+    merges: tuple[tuple[int, int], ...] = ()
+    """(story, into): stored stories story matching found to be fragments of another
+    (``stories.Decision.absorbs``), merged once the inserts are stored."""
 
     @property
     def changed(self) -> bool:

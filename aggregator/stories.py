@@ -487,11 +487,13 @@ class Judgement:
 
 @dataclass(frozen=True)
 class Decision:
-    """The story a new item joins (None: it starts one), why, and the stories it nearly joined."""
+    """The story a new item joins (None: it starts one), why, and the stories it nearly joined;
+    and the stories it shows to be fragments of the one it joins (``absorbs``, see ``decide``)."""
 
     story_id: int | None
     chosen: Judgement | None
     near_misses: tuple[Judgement, ...]
+    absorbs: tuple[Judgement, ...] = ()
 
     def explain(self, terms: Terms | None = None, named: Mapping[int, str] | None = None) -> str:
         """Why, in words. ``named``: how to call stories that have no number yet (those an item
@@ -503,7 +505,11 @@ class Decision:
         if self.chosen is None:
             misses = "; ".join(f"{story(j.story_id)}: {j.reason(terms)}" for j in self.near_misses[:3])
             return "new story" + (f" (near misses: {misses})" if misses else "")
-        return f"joined {story(self.chosen.story_id)}: {self.chosen.reason(terms)}"
+        absorbed = "".join(
+            f"; and {story(j.story_id)}, one outlet's report of the same event, joins it: {j.reason(terms)}"
+            for j in self.absorbs
+        )
+        return f"joined {story(self.chosen.story_id)}: {self.chosen.reason(terms)}{absorbed}"
 
 
 def name_key(term: int) -> int:
@@ -670,6 +676,7 @@ def decide(
     stats: TermStats,
     copied: Collection[int] | None = None,
     own: Collection[int] = (),
+    one_outlet: Collection[int] = (),
 ) -> Decision:
     """The story ``item`` (published ``at``) joins among the candidate ``stories``, or None.
 
@@ -679,6 +686,14 @@ def decide(
     leads it is compared with (None: every story's); a copy shares a key with its original.
     ``own``: the stories whose judged members all come from the item's own source, which only a
     copy joins.
+
+    ``one_outlet``: the stories whose judged members all come from one source, whichever. One
+    of them that the item would join as well, as an independent report (not a copy), is a
+    fragment of the chosen story (``Decision.absorbs``): an outlet's second report of an event
+    starts a story of its own when no other outlet's report came between its two (the rule
+    above; a first ingest reads each feed's backlog whole, one outlet after another), and the
+    item, another outlet's report close enough to both, shows them to be one event. The caller
+    merges those into the chosen story where it may: one no reader has seen yet.
     """
     weighed = item_weights(item, stats)
     judged = sorted(
@@ -690,7 +705,12 @@ def decide(
     )
     chosen = next((j for j in judged if j.joins), None)
     misses = tuple(j for j in judged if not j.joins)
-    return Decision(chosen.story_id if chosen else None, chosen, misses)
+    fragments = tuple(
+        j
+        for j in judged
+        if j.joins and j is not chosen and j.copy_of is None and j.story_id in one_outlet and j.story_id not in own
+    )
+    return Decision(chosen.story_id if chosen else None, chosen, misses, fragments)
 
 
 def own_stories(sources: Mapping[int, Iterable[object]], source: object | None) -> set[int]:

@@ -54,6 +54,7 @@ class Batch:
         title: str = "",
         figures: frozenset[int] = frozenset(),
         own: Collection[int] = (),
+        one_outlet: Collection[int] = (),
     ) -> tuple[Decision, str | None]:
         """The item's decision among the ``stored`` stories ``found`` reached (see
         ``rank_candidates``) and the batch's own new stories, and the key of the batch item whose
@@ -64,7 +65,9 @@ class Batch:
         one template (results, prices, draws) that differ only there: an item naming nothing
         a story of its poll does not joins it only with the same figures. ``own``: the
         ``stored`` stories whose judged members all come from the poll's source; like the
-        batch's own new stories, only a copy joins them (``stories.decide``)."""
+        batch's own new stories, only a copy joins them (``stories.decide``). ``one_outlet``:
+        the ``stored`` stories of one source that may be merged into the story the item joins
+        (``stories.decide``); the batch's own new stories never are."""
         reached = dict(found)
         for story, members in self._members.items():
             if figures != self._figures[story] and item.terms - figures <= self._names[story]:
@@ -77,7 +80,7 @@ class Batch:
             for s in rank_candidates(reached)
         ]
         mine = {s for s in reached if (s < 0 and self.one_source) or s in own}  # the poll's source only
-        decision = decide(item, at, candidates, self.stats, copied(reached), mine)
+        decision = decide(item, at, candidates, self.stats, copied(reached), mine, one_outlet)
         joined = decision.story_id
         if joined is None:
             new = -(len(self._founders) + 1)

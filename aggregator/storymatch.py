@@ -84,7 +84,8 @@ class StoryMatcher:
         else:
             matched = self._match_semantic(tx, plan, now, signatures, features or {}, source_id)
         joined = {new.story_id for new in matched.inserts if new.story_id is not None}
-        self._members.touched(joined | {update.stored.story_id for update in matched.updates})
+        merged = {story for pair in matched.merges for story in pair}
+        self._members.touched(joined | merged | {update.stored.story_id for update in matched.updates})
         return matched
 
     def stored(self, inserts: Sequence[NewItem], inserted: Mapping[str, InsertedItem]) -> None:
@@ -161,7 +162,7 @@ class StoryMatcher:
             self._members.expect(stored, feats)
         lookup = _StoryLookup(tx, now, self._members, self._term_counts, self._stock_copy_keys, source_id)
         decisions = lookup.decide([(new.item, f, w) for new, _, _, w, f in prepared if new.story_id is None])
-        inserts = []
+        inserts, merges = [], []
         for new, signed, stored, words, feats in prepared:
             story_id, reason, verdict = new.story_id, None, None
             if story_id is not None:
@@ -169,6 +170,8 @@ class StoryMatcher:
             elif (verdict := decisions.get(new.item.key)) is not None:
                 story_id = verdict.decision.story_id if verdict.founder is None else None
                 reason = verdict.decision.explain(names.Terms(words), verdict.named)
+                if story_id is not None:
+                    merges += [(fragment.story_id, story_id) for fragment in verdict.decision.absorbs]
             inserts.append(
                 replace(
                     new,
@@ -185,7 +188,7 @@ class StoryMatcher:
             signed, stored, _, feats = prepare(update.item)
             keys = stories.stored_keys(signed.keys, feats)
             updates.append(replace(update, match_signature=signed.stored, match_keys=keys, match_features=stored))
-        return replace(plan, inserts=tuple(inserts), updates=tuple(updates))
+        return replace(plan, inserts=tuple(inserts), updates=tuple(updates), merges=tuple(merges))
 
 
 class _StoryLookup:
@@ -243,32 +246,50 @@ class _StoryLookup:
                         found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
             found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
-        profiles, own = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
+        profiles, own, single = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
         batch = storybatch.Batch(stats, one_source=self.source is not None)
         verdicts = {}
         for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
             at = item.published_at or self.now
             found = {s: w for s, w in found_of[item.key].items() if s in profiles}
             decision, founder = batch.decide(
-                item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key], own
+                item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key], own, single
             )
             verdicts[item.key] = Verdict(decision, founder, batch.named)
-        return verdicts
+        return self._unseen_fragments_only(verdicts)
+
+    def _unseen_fragments_only(self, verdicts: dict[str, Verdict]) -> dict[str, Verdict]:
+        """The verdicts with only the fragments no reader has seen yet left to merge
+        (``IngestTransaction.unseen_stories``), asked for only when a decision found any: a
+        fragment is found rarely, mostly in a first ingest."""
+        proposed = {j.story_id for v in verdicts.values() for j in v.decision.absorbs}
+        if not proposed:
+            return verdicts
+        unseen = self.tx.unseen_stories(sorted(proposed))
+        return {
+            key: replace(
+                v, decision=replace(v.decision, absorbs=tuple(j for j in v.decision.absorbs if j.story_id in unseen))
+            )
+            for key, v in verdicts.items()
+        }
 
     def _profiles(
         self, first: Mapping[int, datetime], since: datetime
-    ) -> tuple[dict[int, stories.StoryProfile], set[int]]:
+    ) -> tuple[dict[int, stories.StoryProfile], set[int], set[int]]:
         """The candidates' first members: which they are (one light query), then the stored
         features of only those not already decoded (most were, at an earlier poll). A story
         known to have begun more than ``stories.STORY_SPAN`` before the ``first`` item that may
         judge it can take none of the poll's items: the profile it was last judged on is enough
         to say so (and how close it was), and it is not read again. With them, the stories
-        whose judged members all come from the polled source (``stories.decide``'s ``own``)."""
+        whose judged members all come from the polled source (``stories.decide``'s ``own``), and
+        those all of whose judged members come from one other source (its ``one_outlet``)."""
         profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
         found_refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
         refs = {story: [(m, updates) for m, updates, _ in members] for story, members in found_refs.items()}
-        own = stories.own_stories(
-            {story: [source for _, _, source in members] for story, members in found_refs.items()}, self.source
+        sources = {story: {source for _, _, source in members} for story, members in found_refs.items()}
+        own = stories.own_stories(sources, self.source)
+        single = (
+            {story for story, found in sources.items() if len(found) == 1} - own if self.source is not None else set()
         )
         unknown = {}
         for story_id, members in refs.items():
@@ -287,7 +308,7 @@ class _StoryLookup:
             found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
                 profiles[story_id] = found
-        return profiles, own
+        return profiles, own, single
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class Stream:
         self.first_at: dict[int, datetime] = {}
         self._profiles: dict[int, StoryProfile] = {}
         self._next_story = 1
+        self.absorbed: dict[int, int] = {}  # story -> the story it was merged into (``Decision.absorbs``)
 
     def stats(self) -> TermStats:
         return TermStats(len(self._stories_live), _Counts(self._term_stories))
@@ -53,9 +54,13 @@ class Stream:
             stats = self.stats()
             found = self._candidates(features, stats)
             profiles = [self.profile(story) for story in stories.rank_candidates(found)]
-            own = stories.own_stories({p.story_id: self._sources[p.story_id] for p in profiles}, source)
-            decision = stories.decide(features, at, profiles, stats, stories.copied(found), own)
+            sources = {p.story_id: self._sources[p.story_id] for p in profiles}
+            own = stories.own_stories(sources, source)
+            one_outlet = {story for story, found in sources.items() if len(found) == 1 and None not in found}
+            decision = stories.decide(features, at, profiles, stats, stories.copied(found), own, one_outlet)
             story_id = decision.story_id
+            for fragment in decision.absorbs:
+                self._absorb(fragment.story_id, decision.story_id)
         if story_id is None:
             story_id = self._next_story
         self._next_story = max(self._next_story, story_id + 1)
@@ -94,6 +99,35 @@ class Stream:
             self._sources.setdefault(story_id, set()).add(source)
             self._profiles.pop(story_id, None)
         self.first_at[story_id] = min(self.first_at.get(story_id, at), at)
+
+    def story_of(self, story_id: int) -> int:
+        """The story a story returned by ``add`` is now: itself, or the one it was merged into."""
+        while story_id in self.absorbed:
+            story_id = self.absorbed[story_id]
+        return story_id
+
+    def _absorb(self, fragment: int, story_id: int | None) -> None:
+        """Merge ``fragment`` into ``story_id``: its items become the story's, and the story is
+        judged on the first members of both (as storage reads them: earliest first)."""
+        assert story_id is not None
+        for index in range(self._start, len(self._items)):
+            at, item_id, features, story = self._items[index]
+            if story == fragment:
+                self._items[index] = (at, item_id, features, story_id)
+                for term in features.terms:
+                    per_story = self._term_stories[term]
+                    if moved := per_story.pop(fragment, 0):  # all its items' at the first
+                        per_story[story_id] = per_story.get(story_id, 0) + moved
+        if fragment in self._stories_live:
+            self._stories_live[story_id] = self._stories_live.get(story_id, 0) + self._stories_live.pop(fragment)
+        members = [*self.members.get(story_id, ()), *self.members.pop(fragment, ())]
+        members.sort(key=lambda m: (m.published_at, m.item_id))
+        self.members[story_id] = members[: stories.REPRESENTATIVES]
+        self._sources[story_id] = self._sources.get(story_id, set()) | self._sources.pop(fragment, set())
+        self.first_at[story_id] = min(self.first_at[story_id], self.first_at.pop(fragment))
+        self._profiles.pop(fragment, None)
+        self._profiles.pop(story_id, None)
+        self.absorbed[fragment] = story_id
 
     def profile(self, story_id: int) -> StoryProfile:
         """The story as ``decide`` sees it (kept until it gains a representative: its centroid

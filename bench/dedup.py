@@ -350,14 +350,14 @@ def run_semantic(
     costs = []
     for number, e in enumerate(sorted(entries, key=lambda x: (x.published_at, x.id))):
         url = canonical_url(e.url)
-        known = by_url.get(url) if url else None
+        known = stream.story_of(by_url[url]) if url and url in by_url else None
         started = time.perf_counter()
         story, _ = stream.add(number, e.published_at, features[e.id], known, urlsplit(e.url).hostname)
         costs.append(time.perf_counter() - started)
         story_of[e.id] = story
         if url:
             by_url.setdefault(url, story)
-    return story_of, costs
+    return {key: stream.story_of(story) for key, story in story_of.items()}, costs
 
 
 def run_lexical(entries: list[StreamEntry]) -> dict[str, int]:

@@ -263,7 +263,7 @@ def in_memory(articles: list[Article], stored: dict[str, Stored]) -> dict[str, i
         signature = cluster.Signature.loads(kept.signature) if kept.signature else None
         features = stories.Features.loads(kept.features, signature)
         story_of[a.ref], _ = stream.add(number, a.published, features, None, kept.source_id)
-    return story_of
+    return {ref: stream.story_of(story) for ref, story in story_of.items()}
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,11 @@ FOLLOW_UP = (  # the next development of the same story, a day later
     "The first three ships carrying grain passed the Kestrel Strait on Wednesday under the corridor agreed by "
     "Aldorian President Karim Salezovic and Belmaris Prime Minister Lena Dorardi in Port Aven.",
 )
+THIRD = (  # a third outlet's report of ORIGINAL's event, in its own words
+    "Grain to flow through Kestrel Strait as Aldoria and Belmaris seal pact",
+    "Karim Salezovic of Aldoria and Lena Dorardi of Belmaris sealed a pact in Port Aven on Tuesday to ship 2.4 "
+    "million tonnes of grain through the Kestrel Strait before winter.",
+)
 UNRELATED = (
     "Harrow Glen council approves new tram line",
     "Councillors in Harrow Glen voted on Tuesday to build a 14-kilometre tram line linking the harbour to the "
@@ -339,6 +344,62 @@ def test_one_fetch_joins_an_outlets_copy_of_its_report_but_not_its_other_reports
     assert "only its own outlet's items so far" in reasons["a3"], reasons["a3"]
 
 
+def test_a_first_ingest_merges_one_outlets_fragments_that_another_outlet_links(server: object, tmp_path: Path) -> None:
+    # One poll of two feeds: the wire's backlog holds two reports of one event, which stay
+    # apart in its fetch; the herald's report, committed after it (its feed answers later),
+    # joins one and shows the other to be the same event. No reader has seen either story
+    # (nothing is published before the poll ends), so they become one.
+    import sqlite3
+
+    from aggregator.cli import main
+    from tests.conftest import write_config
+    from tests.server import FeedServer, Route
+
+    assert isinstance(server, FeedServer)
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    wire = rss("wire", [("w1", *ORIGINAL, first), ("w2", *REWRITE, first + timedelta(hours=1))])
+    herald = rss("herald", [("h1", *THIRD, first + timedelta(hours=2))])
+    server.add("/wire", Route(body=wire))
+    server.add("/herald", Route(body=herald, delay=1.0))  # after the wire's batch has gone
+    sources = [{"name": "wire", "url": server.url("/wire")}, {"name": "herald", "url": server.url("/herald")}]
+    config = write_config(tmp_path, sources)
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    db = tmp_path / "data" / "aggregator.db"
+    found = stories_by_guid(db)
+    assert found["w1"] == found["w2"] == found["h1"]
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("select count(*) from stories").fetchone() == (1,)
+        reason = connection.execute("select match_reason from items where guid = 'h1'").fetchone()[0]
+    assert "one outlet's report of the same event, joins it" in reason, reason
+
+
+def test_a_story_already_published_is_never_merged_away(server: object, tmp_path: Path) -> None:
+    # The same reports, the herald's a poll later: the wire's two stories were published in
+    # between, each an entry readers may hold, so the herald's report joins one and the other
+    # stays where readers found it.
+    from aggregator.cli import main
+    from tests.conftest import write_config
+    from tests.server import FeedServer, Route
+
+    assert isinstance(server, FeedServer)
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    server.add(
+        "/wire", Route(body=rss("wire", [("w1", *ORIGINAL, first), ("w2", *REWRITE, first + timedelta(hours=1))]))
+    )
+    server.add("/herald", Route(body=rss("herald", [])))
+    sources = [{"name": "wire", "url": server.url("/wire")}, {"name": "herald", "url": server.url("/herald")}]
+    config = write_config(tmp_path, sources)
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    db = tmp_path / "data" / "aggregator.db"
+    published = stories_by_guid(db)
+    assert published["w1"] != published["w2"]
+    server.add("/herald", Route(body=rss("herald", [("h1", *THIRD, first + timedelta(hours=2))])))
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    found = stories_by_guid(db)
+    assert found["h1"] in (published["w1"], published["w2"])
+    assert {found["w1"], found["w2"]} == {published["w1"], published["w2"]}  # both entries kept, ids unchanged
+
+
 def test_a_podcast_linking_every_episode_to_its_site_keeps_each_episode(server: object, tmp_path: Path) -> None:
     # From a real feed: every episode's <link> is the show's site. Taken for the episodes'
     # article URL, it joined all of them (and any other feed linking the site) into one story.
@@ -397,6 +458,35 @@ def test_an_outlets_own_names_do_not_join_its_items_about_other_events() -> None
     first, _ = report.add(1, NOON, feats(ORIGINAL), source="wire")
     assert report.add(2, NOON + timedelta(hours=1), feats(REWRITE), source="herald")[0] == first
     assert report.add(3, NOON + timedelta(hours=2), feats(REWRITE), source="wire")[0] == first  # herald is in it
+
+
+def test_another_outlets_report_merges_one_outlets_fragments_of_its_event() -> None:
+    # One outlet's two reports of one event stay apart (only a copy joins an outlet's own
+    # story); another outlet's report that joins either and would join the other as well shows
+    # them to be one event: the other is merged into the story it joins.
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(ORIGINAL), source="wire")
+    second, _ = stream.add(2, NOON + timedelta(hours=1), feats(REWRITE), source="wire")
+    assert second != first
+    joined, decision = stream.add(3, NOON + timedelta(hours=2), feats(THIRD), source="herald")
+    assert joined in (first, second)
+    assert [fragment.story_id for fragment in decision.absorbs] == [({first, second} - {joined}).pop()]
+    assert "one outlet's report of the same event, joins it" in decision.explain()
+    assert stream.story_of(first) == stream.story_of(second) == joined
+    later, _ = stream.add(4, NOON + timedelta(hours=3), feats(UNRELATED), source="herald")
+    assert later != joined  # the merged story still tells other events apart
+
+    # Only a story of one outlet other than the item's is a fragment: not one of several outlets
+    # (a story of its own), nor one the decision was not told is a single outlet's.
+    stats = stream.stats()
+    profiles = [
+        StoryProfile(7, (Member(1, NOON, feats(ORIGINAL)),), NOON),
+        StoryProfile(8, (Member(2, NOON + timedelta(hours=1), feats(REWRITE)),), NOON + timedelta(hours=1)),
+    ]
+    item, at = feats(THIRD), NOON + timedelta(hours=2)
+    assert [j.story_id for j in stories.decide(item, at, profiles, stats, one_outlet={7, 8}).absorbs] in ([7], [8])
+    assert stories.decide(item, at, profiles, stats, one_outlet=()).absorbs == ()
+    assert stories.decide(item, at, profiles, stats, own={7}, one_outlet={7, 8}).absorbs == ()  # its own: no
 
 
 def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
@@ -548,6 +638,51 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     command.upgrade(alembic_config(engine), "head")
     with engine.connect() as connection:
         assert sorted(connection.execute(text("select id, story_id from items")).all()) == before
+    engine.dispose()
+
+
+def test_fragments_merge_through_storage_only_while_unseen_on_both_backends(database_url: str) -> None:
+    from aggregator.config import parse_config
+    from aggregator.records import IngestPlan, Item, NewItem
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.repository import Store
+    from aggregator.storymatch import StoryMatcher
+
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
+    matcher = StoryMatcher()
+
+    def ingest(source_id: int, entries: list[tuple[str, tuple[str, str], datetime]]) -> IngestPlan:
+        items = [plain_item(key, *pair, at) for key, pair, at in entries]
+        plan = IngestPlan(tuple(NewItem(item, None) for item in items if isinstance(item, Item)), (), 0)
+        with store.ingest() as tx:
+            matched = matcher.match(tx, plan, NOON, "semantic", {}, {}, source_id)
+            tx.insert_items(source_id, matched.inserts, NOON, "news.example.org")
+            tx.merge_stories(matched.merges)
+        return matched
+
+    ingest(1, [("w1", ORIGINAL, NOON), ("w2", REWRITE, NOON + timedelta(hours=1))])
+    with engine.connect() as connection:
+        wire = {str(key): int(story) for key, story in connection.execute(text("select key, story_id from items"))}
+    assert wire["w1"] != wire["w2"]  # one outlet's two reports: apart
+    herald = ingest(2, [("h1", THIRD, NOON + timedelta(hours=2))])
+    assert len(herald.merges) == 1 and set(herald.merges[0]) == {wire["w1"], wire["w2"]}
+    kept = herald.merges[0][1]
+    with engine.connect() as connection:
+        assert set(connection.execute(text("select story_id from items")).scalars()) == {kept}
+        assert list(connection.execute(text("select id from stories")).scalars()) == [kept]
+
+    with store.ingest() as tx:
+        assert tx.unseen_stories([kept]) == {kept}
+    store.set_editorial("world", kept, "pin", NOON)  # an editor has seen it
+    with store.ingest() as tx:
+        assert tx.unseen_stories([kept]) == set()
+    store.set_editorial("world", kept, None, NOON)
+    store.save_published("world", "atom", "application/atom+xml", b"<feed/>", "e1", NOON + timedelta(seconds=1))
+    with store.ingest() as tx:  # published after it was created: readers may hold it
+        assert tx.unseen_stories([kept]) == set()
     engine.dispose()
 
 

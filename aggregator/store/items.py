@@ -188,6 +188,21 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
             rows.extend((match_key, at_epoch, item_id) for match_key in dict.fromkeys(keys))
         RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id")).run(self.c, rows)
 
+    def merge_stories(self, merges: Sequence[tuple[int, int]]) -> None:
+        """Merge each story into the other of its pair (story, into): its items join that story
+        and its own row goes. A chain (a into b, b into c) ends in its last story. For stories
+        ``unseen_stories`` gave, in the transaction that found them so."""
+        into = dict(merges)
+        for story in into:
+            target, seen = into[story], {story}
+            while target in into and target not in seen:  # a cycle cannot be decided; it stops
+                seen.add(target)
+                target = into[target]
+            if target == story:
+                continue
+            self.c.execute(update(ItemRow).where(ItemRow.story_id == story).values(story_id=target))
+            self.c.execute(delete(StoryRow).where(StoryRow.id == story))
+
     def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
         if not updates:
             return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, func, select, text
@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 
 from aggregator.records import MatchCandidate
 from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch
-from aggregator.store.models import ItemRow, MatchKeyRow
+from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, PublishedRow, StoryRow
 
 MATCH_KEY_RETENTION = timedelta(days=14)
 MAX_KEY_FANOUT = 100  # a story copied by more outlets than this still matches through its other keys
@@ -111,6 +111,15 @@ _STORIES_IN_WINDOW = select(func.count(ItemRow.story_id.distinct())).where(
     ItemRow.sort_at.between(bindparam("earliest"), bindparam("latest"))
 )
 _MATCH_CANDIDATES = ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow.key)))  # ~300 keys a poll
+_LAST_PUBLISHED = select(func.max(PublishedRow.published_at))
+_UNSEEN_STORIES = select(StoryRow.id).where(
+    StoryRow.id.in_(bindparam("ids", expanding=True)),
+    StoryRow.first_seen_at > bindparam("after"),
+    ~select(EditorialRow.story_id).where(EditorialRow.story_id == StoryRow.id).exists(),
+)
+PUBLISHED_MARGIN = timedelta(seconds=2)
+"""How long after an output's recorded publication time a story may still have been in it:
+the time is the publication's start, cut to the second (``OutputStore.save_published``)."""
 
 
 class StoryLookups(TransactionBase):
@@ -133,6 +142,17 @@ class StoryLookups(TransactionBase):
                 if signature:
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
+
+    def unseen_stories(self, story_ids: Sequence[int]) -> set[int]:
+        """Of ``story_ids``, the stories no reader can have seen yet: created after every output
+        was last published (with ``PUBLISHED_MARGIN``), and named in no editorial decision.
+        Only those may be merged into another story (``stories.Decision.absorbs``): a story's
+        entry, once published, stays where readers found it."""
+        if not story_ids:
+            return set()
+        last = self.c.scalar(_LAST_PUBLISHED)
+        after = datetime(1970, 1, 1, tzinfo=UTC) if last is None else last + PUBLISHED_MARGIN
+        return set(self.c.scalars(_UNSEEN_STORIES, {"ids": sorted(set(story_ids)), "after": after}))
 
     def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
         """Stories with an item dated in the window (what term counts are shares of)."""
