@@ -289,7 +289,9 @@ class _StoryLookup:
         sources = {story: {source for _, _, source in members} for story, members in found_refs.items()}
         own = stories.own_stories(sources, self.source)
         single = (
-            {story for story, found in sources.items() if len(found) == 1} - own if self.source is not None else set()
+            {story for story, outlets in sources.items() if len(outlets) == 1} - own
+            if self.source is not None
+            else set()
         )
         unknown = {}
         for story_id, members in refs.items():

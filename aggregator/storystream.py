@@ -56,7 +56,7 @@ class Stream:
             profiles = [self.profile(story) for story in stories.rank_candidates(found)]
             sources = {p.story_id: self._sources[p.story_id] for p in profiles}
             own = stories.own_stories(sources, source)
-            one_outlet = {story for story, found in sources.items() if len(found) == 1 and None not in found}
+            one_outlet = {story for story, outlets in sources.items() if len(outlets) == 1 and None not in outlets}
             decision = stories.decide(features, at, profiles, stats, stories.copied(found), own, one_outlet)
             story_id = decision.story_id
             for fragment in decision.absorbs:
