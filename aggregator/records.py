@@ -250,7 +250,8 @@ class IngestPlan:
     unchanged: int
     merges: tuple[tuple[int, int], ...] = ()
     """(story, into): stored stories story matching found to be fragments of another
-    (``stories.Decision.absorbs``), merged once the inserts are stored."""
+    (``stories.Decision.absorbs``), each into its chain's end (``stories.merge_targets``),
+    merged once the inserts are stored."""
 
     @property
     def changed(self) -> bool:

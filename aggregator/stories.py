@@ -722,6 +722,37 @@ def own_stories(sources: Mapping[int, Iterable[object]], source: object | None) 
     return {story for story, members in sources.items() if all(member == source for member in members)}
 
 
+def other_outlets_stories(sources: Mapping[int, Iterable[object]], source: object | None) -> set[int]:
+    """The stories, of those whose judged members come from ``sources`` (story -> each member's
+    source), all of whose members come from one source other than ``source``: the stories a
+    report from ``source`` may show to be fragments of another (``decide``'s ``one_outlet``).
+    None: the item's source is not known, so no report is known to be another outlet's (nor is
+    a story of members whose source is not known one outlet's)."""
+    if source is None:
+        return set()
+    return {
+        story
+        for story, members in sources.items()
+        if len(outlets := set(members)) == 1 and source not in outlets and None not in outlets
+    }
+
+
+def merge_targets(merges: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Where each merged story ends (story -> the story its items join) from the merges
+    decided, (story, into) each: a chain (a into b, b into c) ends in its last story, and a
+    cycle, which no decision makes, merges nothing."""
+    into = dict(merges)
+    ends = {}
+    for story in into:
+        target, seen = into[story], {story}
+        while target in into and target not in seen:
+            seen.add(target)
+            target = into[target]
+        if target != story:
+            ends[story] = target
+    return ends
+
+
 def rank_candidates(found: Mapping[int, float]) -> list[int]:
     """The ``MAX_CANDIDATES`` stories to judge, from ``found``: each story reached through the
     item's lookup keys and the weight of the keys that reached it (most first, then lowest id)."""

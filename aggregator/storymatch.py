@@ -188,7 +188,8 @@ class StoryMatcher:
             signed, stored, _, feats = prepare(update.item)
             keys = stories.stored_keys(signed.keys, feats)
             updates.append(replace(update, match_signature=signed.stored, match_keys=keys, match_features=stored))
-        return replace(plan, inserts=tuple(inserts), updates=tuple(updates), merges=tuple(merges))
+        ends = stories.merge_targets(merges)
+        return replace(plan, inserts=tuple(inserts), updates=tuple(updates), merges=tuple(ends.items()))
 
 
 class _StoryLookup:
@@ -286,13 +287,8 @@ class _StoryLookup:
         profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
         found_refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
         refs = {story: [(m, updates) for m, updates, _ in members] for story, members in found_refs.items()}
-        sources = {story: {source for _, _, source in members} for story, members in found_refs.items()}
-        own = stories.own_stories(sources, self.source)
-        single = (
-            {story for story, outlets in sources.items() if len(outlets) == 1} - own
-            if self.source is not None
-            else set()
-        )
+        sources = {story: [source for _, _, source in members] for story, members in found_refs.items()}
+        own, single = stories.own_stories(sources, self.source), stories.other_outlets_stories(sources, self.source)
         unknown = {}
         for story_id, members in refs.items():
             if (kept := self.decoded.kept(story_id, members)) is not None:

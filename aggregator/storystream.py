@@ -55,8 +55,7 @@ class Stream:
             found = self._candidates(features, stats)
             profiles = [self.profile(story) for story in stories.rank_candidates(found)]
             sources = {p.story_id: self._sources[p.story_id] for p in profiles}
-            own = stories.own_stories(sources, source)
-            one_outlet = {story for story, outlets in sources.items() if len(outlets) == 1 and None not in outlets}
+            own, one_outlet = stories.own_stories(sources, source), stories.other_outlets_stories(sources, source)
             decision = stories.decide(features, at, profiles, stats, stories.copied(found), own, one_outlet)
             story_id = decision.story_id
             for fragment in decision.absorbs:

@@ -428,6 +428,19 @@ def test_a_story_is_an_outlets_own_only_while_all_its_judged_members_are_its() -
     assert stories.own_stories(sources, None) == set()  # source unknown: nothing is its own
 
 
+def test_the_fragments_a_report_may_merge_are_stories_of_one_other_outlet() -> None:
+    sources: dict[int, list[int | None]] = {1: [7, 7, 7], 2: [7, 9], 3: [9], 4: [None]}
+    assert stories.other_outlets_stories(sources, 9) == {1}  # not 3 (its own), 2 (two outlets) or 4 (unknown)
+    assert stories.other_outlets_stories(sources, 5) == {1, 3}
+    assert stories.other_outlets_stories(sources, None) == set()  # whose report it is, is not known
+
+
+def test_merges_end_where_their_chain_ends() -> None:
+    assert stories.merge_targets([(1, 2), (2, 3), (4, 3)]) == {1: 3, 2: 3, 4: 3}
+    assert stories.merge_targets([(5, 6), (6, 5)]) == {}  # a cycle merges nothing
+    assert stories.merge_targets([]) == {}
+
+
 def test_an_outlets_own_names_do_not_join_its_items_about_other_events() -> None:
     # From a real feed (a city paper, its name and city in every item): each of its items on
     # another event shares "Massa News" and "Curitiba" with the others, names no other outlet

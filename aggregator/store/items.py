@@ -190,16 +190,9 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
 
     def merge_stories(self, merges: Sequence[tuple[int, int]]) -> None:
         """Merge each story into the other of its pair (story, into): its items join that story
-        and its own row goes. A chain (a into b, b into c) ends in its last story. For stories
-        ``unseen_stories`` gave, in the transaction that found them so."""
-        into = dict(merges)
-        for story in into:
-            target, seen = into[story], {story}
-            while target in into and target not in seen:  # a cycle cannot be decided; it stops
-                seen.add(target)
-                target = into[target]
-            if target == story:
-                continue
+        and its own row goes. For stories ``unseen_stories`` gave, in the transaction that found
+        them so, each pair already its chain's end (``stories.merge_targets``)."""
+        for story, target in merges:
             self.c.execute(update(ItemRow).where(ItemRow.story_id == story).values(story_id=target))
             self.c.execute(delete(StoryRow).where(StoryRow.id == story))
 
