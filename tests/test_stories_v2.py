@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import text
 
 from aggregator import names, semantic, stories, storybatch, storymatch
-from aggregator.records import NewItem
+from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.items import IngestTransaction
 from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
 from aggregator.storystream import Stream
@@ -610,29 +610,45 @@ def plain_item(key: str, title: str, text: str, at: datetime) -> object:
     return Item(key, key, None, None, title, "", "", text, None, (), at, None, key)
 
 
+class MatchingStore:
+    """A store on ``database_url`` with STORE_CONFIG's two sources (1: Wire, 2: Herald), and the
+    writer's steps for a poll's new items: match, insert, merge."""
+
+    def __init__(self, database_url: str) -> None:
+        from aggregator.config import parse_config
+        from aggregator.store.database import ensure_schema, make_engine
+        from aggregator.store.repository import Store
+        from aggregator.storymatch import StoryMatcher
+
+        self.engine = make_engine(database_url)
+        ensure_schema(self.engine)
+        self.store = Store(self.engine)
+        self.store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
+        self.matcher = StoryMatcher()
+
+    def ingest(
+        self, source_id: int, entries: list[tuple[str, tuple[str, str], datetime]], *, outlet_known: bool = True
+    ) -> IngestPlan:
+        """``outlet_known`` false: matched as no one source's (the outlet rule left out)."""
+        items = [plain_item(key, *pair, at) for key, pair, at in entries]
+        plan = IngestPlan(tuple(NewItem(item, None) for item in items if isinstance(item, Item)), (), 0)
+        with self.store.ingest() as tx:
+            matched = self.matcher.match(tx, plan, NOON, "semantic", {}, {}, source_id if outlet_known else None)
+            tx.insert_items(source_id, matched.inserts, NOON, "news.example.org")
+            tx.merge_stories(matched.merges)
+        return matched
+
+
 def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     from alembic import command
 
-    from aggregator.config import parse_config
-    from aggregator.records import IngestPlan, Item, NewItem
-    from aggregator.store.database import alembic_config, ensure_schema, make_engine
-    from aggregator.store.repository import Store
-    from aggregator.storymatch import StoryMatcher
+    from aggregator.store.database import alembic_config
 
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    config = parse_config(STORE_CONFIG)
-    store.sync_sources(config.source_specs(), NOON)
-    matcher = StoryMatcher()
+    db = MatchingStore(database_url)
+    engine, store = db.engine, db.store
 
     def ingest(source_id: int, entries: list[tuple[str, tuple[str, str], datetime]]) -> dict[str, NewItem]:
-        items = [plain_item(key, *pair, at) for key, pair, at in entries]
-        plan = IngestPlan(tuple(NewItem(item, None) for item in items if isinstance(item, Item)), (), 0)
-        with store.ingest() as tx:
-            matched = matcher.match(tx, plan, NOON, "semantic", {}, {})
-            tx.insert_items(source_id, matched.inserts, NOON, "news.example.org")
-        return {new.item.key: new for new in matched.inserts}
+        return {new.item.key: new for new in db.ingest(source_id, entries, outlet_known=False).inserts}
 
     first = ingest(1, [("w1", ORIGINAL, NOON), ("w2", UNRELATED, NOON + timedelta(minutes=5))])
     assert first["w1"].match_reason == "new story"
@@ -655,26 +671,8 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
 
 
 def test_fragments_merge_through_storage_only_while_unseen_on_both_backends(database_url: str) -> None:
-    from aggregator.config import parse_config
-    from aggregator.records import IngestPlan, Item, NewItem
-    from aggregator.store.database import ensure_schema, make_engine
-    from aggregator.store.repository import Store
-    from aggregator.storymatch import StoryMatcher
-
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    store.sync_sources(parse_config(STORE_CONFIG).source_specs(), NOON)
-    matcher = StoryMatcher()
-
-    def ingest(source_id: int, entries: list[tuple[str, tuple[str, str], datetime]]) -> IngestPlan:
-        items = [plain_item(key, *pair, at) for key, pair, at in entries]
-        plan = IngestPlan(tuple(NewItem(item, None) for item in items if isinstance(item, Item)), (), 0)
-        with store.ingest() as tx:
-            matched = matcher.match(tx, plan, NOON, "semantic", {}, {}, source_id)
-            tx.insert_items(source_id, matched.inserts, NOON, "news.example.org")
-            tx.merge_stories(matched.merges)
-        return matched
+    db = MatchingStore(database_url)
+    engine, store, ingest = db.engine, db.store, db.ingest
 
     ingest(1, [("w1", ORIGINAL, NOON), ("w2", REWRITE, NOON + timedelta(hours=1))])
     with engine.connect() as connection:
