@@ -36,6 +36,7 @@ class Batch:
         or unknown, as in a benchmark mixing outlets in one batch), so its new stories are the
         source's own."""
         self.stats = stats
+        """What the next items are weighed with: a backlog poll's stretches each bring their own."""
         self.one_source = one_source
         self.named: dict[int, str] = {}  # provisional id -> how explanations call it
         self._founders: dict[int, str] = {}

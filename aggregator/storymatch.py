@@ -30,6 +30,10 @@ STORIES_KEPT_STREAM = timedelta(hours=1)
 stories is counted again, however little wall time passed: a first ingest reads days of backlog
 in minutes, and a count taken at its start would make every name look commoner than it is."""
 COMMON_TERMS_KEPT = 50_000
+STORY_COUNTS_KEPT = 1_000
+"""Window story counts kept at once, one per ``STORIES_KEPT_STREAM`` of the stream: a first
+ingest's backlog polls each weigh items of many days (``STATS_SPAN``), and come back to the
+same days feed after feed."""
 STOCK_KEYS_KEPT = 50_000
 TERM_SAMPLE = 500
 """Items of the window a term's stories are counted among: enough to tell a common term from a
@@ -40,6 +44,13 @@ the same stories are candidates poll after poll while their event is in the news
 ingest, whose polls each span days of a feed's backlog, meets the same ones again all through
 its run. A miss is cheap, but a first ingest made mostly of misses is not. Packed, a member is
 several times smaller than decoded, so this many fit in the memory far fewer decoded ones took."""
+STATS_SPAN = stories.STORY_SPAN
+"""The longest stretch of a poll's items weighed with one set of stream statistics. A feed's
+first fetch can bring a week or more of backlog in one poll; counted over a window stretched
+to hold all of it, an event's names look as common as the feed's later days made them (the
+leaders of a summit in a dozen stories the week after), and its early reports lose the rare
+names they share with other outlets' reports of the same days. A poll of new items in a
+running service spans minutes: one stretch, one set of statistics, as before."""
 KEPT_PROFILES = 625
 """Stories whose profile (members, centroid, name shares) the writer keeps between polls. A
 profile's counts and shares weigh far more than its packed members, so these are bounded on
@@ -216,16 +227,24 @@ class _StoryLookup:
     def decide(self, batch_items: list[tuple[Item, stories.Features, tuple[str, ...]]]) -> dict[str, Verdict]:
         """Each item's verdict, in publication order: against the stored stories its keys reach,
         and against the stories earlier items of the same poll are starting (an outlet's copy of
-        its own report can arrive in the same fetch)."""
+        its own report can arrive in the same fetch). Each stretch of the poll (``STATS_SPAN``)
+        is weighed with the stream statistics of its own window."""
         if not batch_items:
             return {}
-        items = [(item, f) for item, f, _ in batch_items]
+        items = sorted(
+            ((item, f) for item, f, _ in batch_items), key=lambda p: (p[0].published_at or self.now, p[0].key)
+        )
         figures = {item.key: names.figures(words) for item, _, words in batch_items}
         tx = self.tx
         moments = [item.published_at or self.now for item, _ in items]
-        earliest, latest = min(moments) - stories.TERM_WINDOW, max(moments) + stories.STORY_SPAN
-        stats, carriers = self.counts.stats(tx, {t for _, f in items for t in f.terms}, earliest, latest)
-        keys_of = {item.key: stats.keys(f.terms) for item, f in items}
+        earliest = min(moments) - stories.TERM_WINDOW
+        spans = []  # (items, the statistics of their own window, the stories carrying their rare terms)
+        for span in _spans(items, self.now):
+            first, last = span[0][0].published_at or self.now, span[-1][0].published_at or self.now
+            terms = {t for _, f in span for t in f.terms}
+            stats, carriers = self.counts.stats(tx, terms, first - stories.TERM_WINDOW, last + stories.STORY_SPAN)
+            spans.append((span, stats, carriers))
+        keys_of = {item.key: stats.keys(f.terms) for span, stats, _ in spans for item, f in span}
         copy_keys = {k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)}
         window = cluster.DEFAULT_WINDOW
         by_copy, stock = tx.copy_key_stories_bounded(
@@ -236,27 +255,31 @@ class _StoryLookup:
         )
         self.stock.keep(dict.fromkeys(stock, True))  # a stock phrase, not asked for again
         found_of: dict[str, dict[int, float]] = {}
-        for item, f in items:
-            found: dict[int, float] = {}
-            for term in keys_of[item.key]:  # a key is rare: counted afresh, its stories at hand
-                for story in carriers.get(term, ()):
-                    found[story] = found.get(story, 0.0) + stats.weight(term)
-            if f.signature is not None:
-                for key in cluster.band_keys(f.signature):
-                    for story in by_copy.get(key, ()):
-                        found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
-            found_of[item.key] = found
+        for span, stats, carriers in spans:
+            for item, f in span:
+                found: dict[int, float] = {}
+                for term in keys_of[item.key]:  # a key is rare: counted afresh, its stories at hand
+                    for story in carriers.get(term, ()):
+                        found[story] = found.get(story, 0.0) + stats.weight(term)
+                if f.signature is not None:
+                    for key in cluster.band_keys(f.signature):
+                        for story in by_copy.get(key, ()):
+                            found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
+                found_of[item.key] = found
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
         profiles, own, single = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
-        batch = storybatch.Batch(stats, one_source=self.source is not None)
+        batch = storybatch.Batch(spans[0][1], one_source=self.source is not None)
         verdicts = {}
-        for item, f in sorted(items, key=lambda p: (p[0].published_at or self.now, p[0].key)):
-            at = item.published_at or self.now
-            found = {s: w for s, w in found_of[item.key].items() if s in profiles}
-            decision, founder = batch.decide(
-                item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key], own, single
-            )
-            verdicts[item.key] = Verdict(decision, founder, batch.named)
+        for span, stats, _ in spans:
+            batch.stats = stats
+            for item, f in span:
+                at = item.published_at or self.now
+                found = {s: w for s, w in found_of[item.key].items() if s in profiles}
+                decision, founder = batch.decide(
+                    item.key, at, f, keys_of[item.key], found, profiles, repr(item.title), figures[item.key], own,
+                    single,
+                )  # fmt: skip
+                verdicts[item.key] = Verdict(decision, founder, batch.named)
         return self._unseen_fragments_only(verdicts)
 
     def _unseen_fragments_only(self, verdicts: dict[str, Verdict]) -> dict[str, Verdict]:
@@ -329,7 +352,8 @@ class _TermCounts:
 
     def __init__(self) -> None:
         self._common = _Kept[int](COMMON_TERMS_KEPT)  # term -> stories carrying it
-        self._stories: tuple[int, float, datetime] | None = None  # (count, monotonic expiry, for when)
+        # stretch of the stream (``_hour``) -> (count, monotonic expiry, for when)
+        self._stories: dict[int, tuple[int, float, datetime]] = {}
         self._lock = threading.Lock()
 
     def stats(
@@ -340,10 +364,10 @@ class _TermCounts:
         kept = COUNTS_KEPT.total_seconds()
         known = self._common.fresh(terms)
         with self._lock:
-            kept_total = self._stories
-        total = None
-        if kept_total is not None and kept_total[1] > now and abs(latest - kept_total[2]) <= STORIES_KEPT_STREAM:
-            total = kept_total[0]
+            near = [self._stories.get(_hour(latest) + d) for d in (-1, 0, 1)]
+        total = next(
+            (k[0] for k in near if k is not None and k[1] > now and abs(latest - k[2]) <= STORIES_KEPT_STREAM), None
+        )
         wanted = [stories.name_key(t) for t in terms if t not in known]
         carriers = {
             key - stories.NAME_KEY: found
@@ -352,7 +376,9 @@ class _TermCounts:
         if total is None:
             total = tx.stories_in_window(earliest, latest)
             with self._lock:  # kept from when it was counted, not from the last poll that used it
-                self._stories = (total, now + kept, latest)
+                self._stories[_hour(latest)] = (total, now + kept, latest)
+                if len(self._stories) > STORY_COUNTS_KEPT:
+                    self._stories = {b: k for b, k in self._stories.items() if k[1] > now}
         counted = {term: len(found) for term, found in carriers.items()}
         self._common.keep({term: count for term, count in counted.items() if count > stories.KEY_MAX_STORIES})
         return stories.TermStats(total, {**known, **counted}), carriers
@@ -516,6 +542,26 @@ class _DecodedMembers:
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded
+
+
+def _hour(moment: datetime) -> int:
+    """Which ``STORIES_KEPT_STREAM`` of the stream ``moment`` falls in (a kept count's place)."""
+    return int(moment.timestamp() // STORIES_KEPT_STREAM.total_seconds())
+
+
+def _spans(items: list[tuple[Item, stories.Features]], now: datetime) -> list[list[tuple[Item, stories.Features]]]:
+    """The poll's items (in publication order) cut into stretches of at most ``STATS_SPAN``, each
+    weighed with its own statistics; one ``storybatch.Batch`` judges them all, so a story an item
+    of one stretch starts is still a candidate for the next."""
+    spans: list[list[tuple[Item, stories.Features]]] = []
+    start: datetime | None = None
+    for pair in items:
+        at = pair[0].published_at or now
+        if start is None or at - start > STATS_SPAN:
+            spans.append([])
+            start = at
+        spans[-1].append(pair)
+    return spans
 
 
 def _first_reached(

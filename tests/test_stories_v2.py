@@ -670,6 +670,42 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     engine.dispose()
 
 
+def test_a_backlog_poll_weighs_each_item_over_its_own_days_on_both_backends(database_url: str) -> None:
+    """A feed's first fetch brings days of backlog in one poll. Its report of an event is weighed
+    against the stream of the event's own days, not against what the feed's later days made
+    common: the same leaders in a dozen stories the week after say nothing about this one."""
+    db = MatchingStore(database_url)
+    db.ingest(1, [("w1", ORIGINAL, NOON)])
+    later = NOON + timedelta(days=4)
+    doings = (
+        "open a maritime museum", "sign a fisheries accord", "unveil a memorial to sailors",
+        "launch a joint satellite", "tour a flooded valley", "meet striking dock workers",
+        "announce a rail tunnel study", "host a chess tournament", "name a new central banker",
+        "pardon two journalists", "inaugurate a wind farm", "visit a children's hospital",
+    )  # fmt: skip
+    fillers = [
+        (
+            f"w{n + 2}",
+            (
+                f"Salezovic and Dorardi {doing}",
+                f"Aldorian President Karim Salezovic and Belmaris Prime Minister Lena Dorardi {doing} in Port "
+                f"Aven, near the Kestrel Strait.",
+            ),
+            later + n * (stories.STORY_SPAN + timedelta(hours=1)),  # too far apart to be one story
+        )
+        for n, doing in enumerate(doings)
+    ]
+    db.ingest(1, fillers)
+    with db.engine.connect() as connection:
+        stories_of: dict[str, int] = dict(connection.execute(text("select key, story_id from items")).all())
+    assert len(set(stories_of.values())) == 1 + len(doings)
+
+    backlog = [("h1", REWRITE, NOON + timedelta(hours=2)), ("h2", UNRELATED, fillers[-1][2] + timedelta(hours=1))]
+    rewrite = next(new for new in db.ingest(2, backlog).inserts if new.item.key == "h1")
+    assert rewrite.story_id == stories_of["w1"], rewrite.match_reason
+    db.engine.dispose()
+
+
 def test_fragments_merge_through_storage_only_while_unseen_on_both_backends(database_url: str) -> None:
     db = MatchingStore(database_url)
     engine, store, ingest = db.engine, db.store, db.ingest

@@ -59,3 +59,18 @@ def test_the_story_count_is_read_again_when_the_stream_moves_on(monkeypatch: pyt
     ]
     assert total(counts, tx, later + timedelta(minutes=2)) == 200
     assert tx.counted == 2
+
+
+def test_a_count_is_kept_for_each_stretch_of_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first ingest's backlog polls weigh items of many days each, feed after feed: a day
+    counted once is not counted again for the next feed that comes back to it."""
+    monkeypatch.setattr("aggregator.storymatch.time.monotonic", lambda: 1000.0)
+    counts, tx = storymatch._TermCounts(), CountingTransaction()
+    week_on = NOON + timedelta(days=7)
+    assert [total(counts, tx, at) for at in (NOON, week_on, NOON + timedelta(minutes=30), week_on)] == [
+        100,
+        200,
+        100,
+        200,
+    ]
+    assert tx.counted == 2
