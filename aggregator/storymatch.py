@@ -377,8 +377,9 @@ class _TermCounts:
             total = tx.stories_in_window(earliest, latest)
             with self._lock:  # kept from when it was counted, not from the last poll that used it
                 self._stories[_hour(latest)] = (total, now + kept, latest)
-                if len(self._stories) > STORY_COUNTS_KEPT:
-                    self._stories = {b: k for b, k in self._stories.items() if k[1] > now}
+                if len(self._stories) > STORY_COUNTS_KEPT:  # the expired ones, then the oldest counted
+                    fresh = [(b, k) for b, k in self._stories.items() if k[1] > now]
+                    self._stories = dict(fresh[-STORY_COUNTS_KEPT:])
         counted = {term: len(found) for term, found in carriers.items()}
         self._common.keep({term: count for term, count in counted.items() if count > stories.KEY_MAX_STORIES})
         return stories.TermStats(total, {**known, **counted}), carriers

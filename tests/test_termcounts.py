@@ -74,3 +74,14 @@ def test_a_count_is_kept_for_each_stretch_of_the_stream(monkeypatch: pytest.Monk
         200,
     ]
     assert tx.counted == 2
+
+
+def test_the_counts_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("aggregator.storymatch.time.monotonic", lambda: 1000.0)  # none expires
+    counts, tx = storymatch._TermCounts(), CountingTransaction()
+    days = storymatch.STORY_COUNTS_KEPT + 10
+    for day in range(days):
+        total(counts, tx, NOON + timedelta(days=day))
+    assert len(counts._stories) <= storymatch.STORY_COUNTS_KEPT
+    assert total(counts, tx, NOON + timedelta(days=days - 1)) == 100 * days  # the newest is still kept
+    assert tx.counted == days
