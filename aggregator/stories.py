@@ -442,9 +442,12 @@ class TermStats:
 
     def keys(self, terms: Iterable[int]) -> list[int]:
         """An item's lookup terms: the ``MAX_KEYS`` rarest that are rare enough (lowest hash
-        first among equals, so the choice does not depend on set order)."""
+        first among equals, so the choice does not depend on set order), of those some story
+        carries first. A term no story carries reaches no stored story, only those the poll's
+        earlier items start: a lead signing its photographer and its reporter ("By Jack
+        Gruber, USA TODAY") would otherwise spend every key on such names and reach nothing."""
         usable = [t for t in terms if self.is_key(t)]
-        return sorted(usable, key=lambda t: (self.counts.get(t, 0), t))[:MAX_KEYS]
+        return sorted(usable, key=lambda t: (not self.counts.get(t, 0), self.counts.get(t, 0), t))[:MAX_KEYS]
 
 
 @dataclass(frozen=True)
