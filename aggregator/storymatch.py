@@ -254,18 +254,11 @@ class _StoryLookup:
             stories.KEY_MAX_STORIES,
         )
         self.stock.keep(dict.fromkeys(stock, True))  # a stock phrase, not asked for again
-        found_of: dict[str, dict[int, float]] = {}
-        for span, stats, carriers in spans:
-            for item, f in span:
-                found: dict[int, float] = {}
-                for term in keys_of[item.key]:  # a key is rare: counted afresh, its stories at hand
-                    for story in carriers.get(term, ()):
-                        found[story] = found.get(story, 0.0) + stats.weight(term)
-                if f.signature is not None:
-                    for key in cluster.band_keys(f.signature):
-                        for story in by_copy.get(key, ()):
-                            found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
-                found_of[item.key] = found
+        found_of = {
+            item.key: _reached(f, keys_of[item.key], stats, carriers, by_copy)
+            for span, stats, carriers in spans
+            for item, f in span
+        }
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
         profiles, own, single = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
         batch = storybatch.Batch(spans[0][1], one_source=self.source is not None)
@@ -376,6 +369,7 @@ class _TermCounts:
         if total is None:
             total = tx.stories_in_window(earliest, latest)
             with self._lock:  # kept from when it was counted, not from the last poll that used it
+                self._stories.pop(_hour(latest), None)  # counted again: the newest, not kept in its old place
                 self._stories[_hour(latest)] = (total, now + kept, latest)
                 if len(self._stories) > STORY_COUNTS_KEPT:  # the expired ones, then the oldest counted
                     fresh = [(b, k) for b, k in self._stories.items() if k[1] > now]
@@ -543,6 +537,26 @@ class _DecodedMembers:
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded
+
+
+def _reached(
+    features: stories.Features,
+    keys: Sequence[int],
+    stats: stories.TermStats,
+    carriers: Mapping[int, frozenset[int]],
+    by_copy: Mapping[int, set[int]],
+) -> dict[int, float]:
+    """The stored stories an item reaches, with the weight of what reaches each: its rare
+    ``keys`` (counted afresh, their stories at hand in ``carriers``) and its lead-copy keys."""
+    found: dict[int, float] = {}
+    for term in keys:
+        for story in carriers.get(term, ()):
+            found[story] = found.get(story, 0.0) + stats.weight(term)
+    if features.signature is not None:
+        for key in cluster.band_keys(features.signature):
+            for story in by_copy.get(key, ()):
+                found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
+    return found
 
 
 def _hour(moment: datetime) -> int:
