@@ -756,6 +756,30 @@ def merge_targets(merges: Iterable[tuple[int, int]]) -> dict[int, int]:
     return ends
 
 
+def reached(
+    features: Features,
+    keys: Sequence[int],
+    stats: TermStats,
+    carriers: Mapping[int, Iterable[int]],
+    by_copy: Mapping[int, Iterable[int]],
+) -> dict[int, float]:
+    """The stories an item reaches, with the weight of what reaches each (``rank_candidates``):
+    each of its rare ``keys`` (``TermStats.keys``) the weight of that term for each story
+    ``carriers`` gives it, and each of its lead-copy keys ``COPY_KEY_WEIGHT`` for each story
+    ``by_copy`` gives it (only keys few enough items carry: a stock phrase reaches nothing).
+    Storage and the in-memory stream look both up their own way and rank the same."""
+    found: dict[int, float] = {}
+    for term in keys:
+        weight = stats.weight(term)
+        for story in carriers.get(term, ()):
+            found[story] = found.get(story, 0.0) + weight
+    if features.signature is not None:
+        for key in cluster.band_keys(features.signature):
+            for story in by_copy.get(key, ()):
+                found[story] = found.get(story, 0.0) + COPY_KEY_WEIGHT
+    return found
+
+
 def rank_candidates(found: Mapping[int, float]) -> list[int]:
     """The ``MAX_CANDIDATES`` stories to judge, from ``found``: each story reached through the
     item's lookup keys and the weight of the keys that reached it (most first, then lowest id)."""

@@ -255,7 +255,7 @@ class _StoryLookup:
         )
         self.stock.keep(dict.fromkeys(stock, True))  # a stock phrase, not asked for again
         found_of = {
-            item.key: _reached(f, keys_of[item.key], stats, carriers, by_copy)
+            item.key: stories.reached(f, keys_of[item.key], stats, carriers, by_copy)
             for span, stats, carriers in spans
             for item, f in span
         }
@@ -537,26 +537,6 @@ class _DecodedMembers:
             while len(self._found) > DECODED_MEMBERS:
                 self._found.popitem(last=False)
         return decoded
-
-
-def _reached(
-    features: stories.Features,
-    keys: Sequence[int],
-    stats: stories.TermStats,
-    carriers: Mapping[int, frozenset[int]],
-    by_copy: Mapping[int, set[int]],
-) -> dict[int, float]:
-    """The stored stories an item reaches, with the weight of what reaches each: its rare
-    ``keys`` (counted afresh, their stories at hand in ``carriers``) and its lead-copy keys."""
-    found: dict[int, float] = {}
-    for term in keys:
-        for story in carriers.get(term, ()):
-            found[story] = found.get(story, 0.0) + stats.weight(term)
-    if features.signature is not None:
-        for key in cluster.band_keys(features.signature):
-            for story in by_copy.get(key, ()):
-                found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
-    return found
 
 
 def _hour(moment: datetime) -> int:

@@ -68,19 +68,13 @@ class Stream:
 
     def _candidates(self, features: Features, stats: TermStats) -> dict[int, float]:
         """The stories the item's rare names and lead-copy keys reach, with the weight of what reaches them."""
-        found: dict[int, float] = {}
-        for term in stats.keys(features.terms):
-            weight = stats.weight(term)
-            for story in self._term_stories.get(term, {}):
-                found[story] = found.get(story, 0.0) + weight
+        by_copy: dict[int, set[int]] = {}  # lead-copy key -> the stories of the items under it
         if features.signature is not None:
             for key in cluster.band_keys(features.signature):
                 hits = self._live(key)
                 if len(hits) <= stories.KEY_MAX_STORIES:
-                    for index in hits:
-                        story = self._items[index][3]
-                        found[story] = found.get(story, 0.0) + stories.COPY_KEY_WEIGHT
-        return found
+                    by_copy[key] = {self._items[index][3] for index in hits}
+        return stories.reached(features, stats.keys(features.terms), stats, self._term_stories, by_copy)
 
     def _record(self, item_id: int, at: datetime, features: Features, story_id: int, source: object) -> None:
         index = len(self._items)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from aggregator import names, semantic, stories, storybatch, storymatch
+from aggregator import cluster, names, semantic, stories, storybatch, storymatch
 from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.items import IngestTransaction
 from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
@@ -177,6 +177,23 @@ def test_common_names_are_neither_evidence_nor_keys() -> None:
     # rarest first of those a story carries, then those none does; 25 stories is past KEY_MAX_STORIES
     assert stats.keys([1, 2, 3, 4]) == [3, 4]
     assert stats.weight(3, own=True) == 1.0  # the judged story's own mention is not another story's
+
+
+def test_what_an_item_reaches_is_weighed_by_its_keys_and_copy_keys() -> None:
+    # The one ranking storage and the in-memory stream share: each rare key adds its weight to each
+    # story carrying it, a lead-copy key a copy's weight once per story, whatever reached it else.
+    item = feats(ORIGINAL)
+    assert item.signature is not None
+    copy_key = cluster.band_keys(item.signature)[0]
+    stats = TermStats(stories=2000, counts={1: 1, 2: 3})
+    found = stories.reached(item, [1, 2], stats, {1: {10, 11}, 2: {11}}, {copy_key: {12, 11}})
+    assert found == {
+        10: stats.weight(1),
+        11: stats.weight(1) + stats.weight(2) + stories.COPY_KEY_WEIGHT,
+        12: stories.COPY_KEY_WEIGHT,
+    }
+    assert stories.copied(found) == {11, 12}
+    assert stories.reached(item, [], stats, {1: {10}}, {}) == {}  # no key of its own: nothing reached
 
 
 def test_candidates_are_bounded_whatever_the_text() -> None:
