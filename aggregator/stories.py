@@ -306,6 +306,8 @@ class StoryProfile:
     rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0, -1.0], compare=False, repr=False)
     """(which TermStats, the weight it gives the story's leading names, and all its names, -1
     until needed): see ``TermStats.story_weight``."""
+    read: bool = field(default=True, compare=False)
+    """False for a story of which only the beginning was read (``unread``): no centroid."""
 
     @classmethod
     def settled(cls, story_id: int, first_at: datetime, centroid: semantic.Vector) -> StoryProfile:
@@ -315,6 +317,14 @@ class StoryProfile:
         profile = cls(story_id, (), first_at)
         profile.__dict__["centroid"] = centroid  # where the cached property keeps its value
         return profile
+
+    @classmethod
+    def unread(cls, story_id: int, first_at: datetime) -> StoryProfile:
+        """A story known to begin more than ``STORY_SPAN`` after every item to be judged against
+        it (a feed's first fetch brings days of backlog, and other outlets' later stories are
+        already stored): ``judge`` refuses it on the time alone, so its members are not read,
+        and its cosine is not weighed."""
+        return cls(story_id, (), first_at, read=False)
 
     def extended(self, more: Sequence[Member | PackedMember]) -> StoryProfile:
         """The story with ``more`` members after these (later ones, as stored): what is already
@@ -456,7 +466,7 @@ class Judgement:
 
     story_id: int
     joins: bool
-    cosine: float
+    cosine: float | None  # None: not weighed (a story refused on time alone, ``StoryProfile.unread``)
     name_weight: float
     shared: tuple[int, ...]  # the item's terms the story carries with weight
     hours: float  # from the story's first member
@@ -467,11 +477,12 @@ class Judgement:
 
     @property
     def score(self) -> float:
-        return (10.0 if self.copy_of is not None else 0.0) + self.cosine + self.name_weight
+        return (10.0 if self.copy_of is not None else 0.0) + (self.cosine or 0.0) + self.name_weight
 
     def reason(self, terms: Terms | None = None) -> str:
         if abs(self.hours) * 3600 > STORY_SPAN.total_seconds():  # refused on time alone: nothing else weighed
-            return f"cosine {self.cosine:.2f}, {self.hours:+.1f} h from the story's first item: {self.why_not}"
+            weighed = f"cosine {self.cosine:.2f}, " if self.cosine is not None else ""
+            return f"{weighed}{self.hours:+.1f} h from the story's first item: {self.why_not}"
         names = ""
         if self.shared:
             shown = terms.named(set(self.shared)) if terms is not None else []
@@ -608,10 +619,11 @@ def judge(
     which only a copy joins (see the module docstring).
     """
     hours = (at - story.first_at).total_seconds() / 3600
-    cosine = float(np.dot(item.vector, story.centroid))
     if abs(at - story.first_at) > STORY_SPAN:
         why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
-        return Judgement(story.story_id, False, cosine, 0.0, (), hours, None, why)
+        weighed_cosine = float(np.dot(item.vector, story.centroid)) if story.read else None
+        return Judgement(story.story_id, False, weighed_cosine, 0.0, (), hours, None, why)
+    cosine = float(np.dot(item.vector, story.centroid))
     support = story.support
     weighed = weighed if weighed is not None else item_weights(item, stats)
     weights = {t: pair[t in support] for t, pair in weighed.items()}

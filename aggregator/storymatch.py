@@ -260,7 +260,7 @@ class _StoryLookup:
             for item, f in span
         }
         stored = {s for found in found_of.values() for s in stories.rank_candidates(found)}
-        profiles, own, single = self._profiles(_first_reached(stored, found_of, items, self.now), earliest)
+        profiles, own, single = self._profiles(_reached_between(stored, found_of, items, self.now), earliest)
         batch = storybatch.Batch(spans[0][1], one_source=self.source is not None)
         verdicts = {}
         for span, stats, _ in spans:
@@ -291,20 +291,34 @@ class _StoryLookup:
         }
 
     def _profiles(
-        self, first: Mapping[int, datetime], since: datetime
+        self, between: Mapping[int, tuple[datetime, datetime]], since: datetime
     ) -> tuple[dict[int, stories.StoryProfile], set[int], set[int]]:
         """The candidates' first members: which they are (one light query), then the stored
-        features of only those not already decoded (most were, at an earlier poll). A story
-        known to have begun more than ``stories.STORY_SPAN`` before the ``first`` item that may
-        judge it can take none of the poll's items: the profile it was last judged on is enough
-        to say so (and how close it was), and it is not read again. With them, the stories
-        whose judged members all come from the polled source (``stories.decide``'s ``own``), and
-        those all of whose judged members come from one other source (its ``one_outlet``)."""
-        profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, at in first.items()}, since)
-        found_refs = self.tx.story_member_refs(sorted(first.keys() - profiles.keys()), since, stories.REPRESENTATIVES)
-        refs = {story: [(m, updates) for m, updates, _ in members] for story, members in found_refs.items()}
-        sources = {story: [source for _, _, source in members] for story, members in found_refs.items()}
+        features of only those not already decoded (most were, at an earlier poll). ``between``:
+        when the earliest and the latest item that may judge each story were published.
+
+        Two kinds of story can take none of the poll's items, and are not read in full. One
+        known to have begun more than ``stories.STORY_SPAN`` before the earliest: the profile it
+        was last judged on is enough to say so (and how close it was), and its members are not
+        read again. One whose first member from ``since`` on comes more than that after the
+        latest (a first fetch's backlog meets other outlets' later stories): its beginning can
+        only be that member or a later one, so it is judged on that alone
+        (``stories.StoryProfile.unread``).
+
+        With them, the stories whose judged members all come from the polled source
+        (``stories.decide``'s ``own``), and those all of whose judged members come from one
+        other source (its ``one_outlet``)."""
+        profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, (at, _) in between.items()}, since)
+        wanted = sorted(between.keys() - profiles.keys())
+        found_refs = self.tx.story_member_refs(wanted, since, stories.REPRESENTATIVES)
+        refs = {story: [(m, updates) for m, updates, _, _ in members] for story, members in found_refs.items()}
+        sources = {story: [source for _, _, source, _ in members] for story, members in found_refs.items()}
         own, single = stories.own_stories(sources, self.source), stories.other_outlets_stories(sources, self.source)
+        for story_id, story_refs in found_refs.items():
+            begins = story_refs[0][3]  # its first member's time: the story begins then or later
+            if begins - between[story_id][1] > stories.STORY_SPAN:
+                profiles[story_id] = stories.StoryProfile.unread(story_id, begins)
+                del refs[story_id]
         unknown = {}
         for story_id, members in refs.items():
             if (kept := self.decoded.kept(story_id, members)) is not None:
@@ -559,23 +573,24 @@ def _spans(items: list[tuple[Item, stories.Features]], now: datetime) -> list[li
     return spans
 
 
-def _first_reached(
+def _reached_between(
     stored: set[int],
     found_of: Mapping[str, Mapping[int, float]],
     items: list[tuple[Item, stories.Features]],
     now: datetime,
-) -> dict[int, datetime]:
-    """When the earliest item that may be judged against each ``stored`` story was published:
-    any item whose keys reach the story may be (``storybatch.Batch`` ranks what it reaches
-    among the stories read), not only those that rank it first. A poll's items can span days
-    (a feed's first fetch): a story closed to all of them need not be read."""
-    first: dict[int, datetime] = {}
+) -> dict[int, tuple[datetime, datetime]]:
+    """When the earliest and the latest item that may be judged against each ``stored`` story
+    were published: any item whose keys reach the story may be (``storybatch.Batch`` ranks what
+    it reaches among the stories read), not only those that rank it first. A poll's items can
+    span days (a feed's first fetch): a story closed to all of them, or beginning after all of
+    them, need not be read."""
+    between: dict[int, tuple[datetime, datetime]] = {}
     for item, _ in items:
         at = item.published_at or now
         for story in found_of[item.key].keys() & stored:
-            if story not in first or at < first[story]:
-                first[story] = at
-    return first
+            earliest, latest = between.get(story, (at, at))
+            between[story] = (min(earliest, at), max(latest, at))
+    return between
 
 
 def _member(

@@ -86,7 +86,11 @@ def test_an_opening_of_common_names_is_weighed_with_the_names_that_follow() -> N
     decision = decide(look_alike, NOON + timedelta(hours=1), [story], stats)
     assert decision.story_id is None
     (miss,) = decision.near_misses
-    assert miss.cosine > stories.STRONG_COSINE and miss.name_weight >= stories.STRONG_NAME_WEIGHT
+    assert (
+        miss.cosine is not None
+        and miss.cosine > stories.STRONG_COSINE
+        and miss.name_weight >= stories.STRONG_NAME_WEIGHT
+    )
     assert "mostly differ" in miss.why_not
 
 

@@ -107,6 +107,19 @@ def test_a_follow_up_a_day_later_starts_its_own_story() -> None:
     assert "a development is a story of its own" in decision.explain()
 
 
+def test_a_story_beginning_a_day_later_is_refused_on_its_beginning_alone() -> None:
+    """A story read no further than its beginning (``StoryProfile.unread``) is refused on the
+    time, as the story read in full is, and its explanation weighs no cosine it does not have."""
+    later = StoryProfile(7, (Member(1, NOON + timedelta(hours=26), feats(FOLLOW_UP)),), NOON + timedelta(hours=26))
+    stats = TermStats(10)
+    read = stories.judge(feats(REWRITE), NOON, later, stats)
+    unread = stories.judge(feats(REWRITE), NOON, StoryProfile.unread(7, later.first_at), stats)
+    assert not read.joins and not unread.joins and read.why_not == unread.why_not
+    assert read.cosine is not None and unread.cosine is None
+    assert unread.reason() == "-26.0 h from the story's first item: " + read.why_not
+    assert read.reason().startswith(f"cosine {read.cosine:.2f}, -26.0 h")
+
+
 def test_the_stream_in_memory_refuses_an_item_older_than_one_it_holds() -> None:
     # It forgets by arrival: an earlier item after later ones would be judged against a window
     # the database would not give it (a backlog replayed outlet by outlet once looked worse
@@ -792,8 +805,9 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
     # every key carried by more than none: stock, with no stories
     assert tx.copy_key_stories_bounded(copy_keys, *window, 0) == ({}, set(copy_keys))
     assert {ref[1] for members in refs.values() for ref in members} == {0}  # never updated
-    (item_id, _, source), *_ = refs[ids["w1"]]
+    (item_id, _, source, sort_at), *_ = refs[ids["w1"]]
     assert source == 1  # whose item it is: an outlet's own stories take only its copies
+    assert sort_at == NOON  # when: a story beginning long after a poll's items is not read
     ((sort_at, *stored),) = tx.member_features([item_id]).values()
     assert sort_at == NOON and stored == [first["w1"].match_features, first["w1"].match_signature]
     return ids

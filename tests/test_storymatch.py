@@ -87,6 +87,40 @@ def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(store: 
     assert [n.match_reason for n in kept.values()] == [n.match_reason for n in fresh.values()]
 
 
+def test_a_story_beginning_long_after_a_polls_items_is_not_read(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feed's first fetch brings days of backlog, and other outlets' later stories are already
+    stored: a story beginning more than ``STORY_SPAN`` after every item of the poll that reaches
+    it is judged on its first member's time alone, its members' features not read; while one
+    item of the poll comes within that span of it, it is read and judged in full."""
+    with store.ingest() as tx:
+        later = StoryMatcher().match(
+            tx, plan_of([("f1", FOLLOW_UP, NOON + timedelta(hours=20))]), NOON, "semantic", {}, {}
+        )
+        tx.insert_items(1, later.inserts, NOON, "news.example.org")
+        stored = tx.stored_items(1, ["f1"])["f1"]
+    read_back: list[int] = []
+    real_member_features = IngestTransaction.member_features
+
+    def member_features(self: IngestTransaction, item_ids: Sequence[int]) -> Any:
+        read_back.extend(item_ids)
+        return real_member_features(self, item_ids)
+
+    def first_fetch(*entries: tuple[str, tuple[str, str], datetime]) -> dict[str, NewItem]:
+        with store.ingest() as tx:  # a matcher that kept nothing: whatever it judges on, it reads
+            plan = StoryMatcher().match(tx, plan_of(list(entries)), NOON, "semantic", {}, {})
+        return {new.item.key: new for new in plan.inserts}
+
+    monkeypatch.setattr(IngestTransaction, "member_features", member_features)
+    backlog = [("h1", REWRITE, NOON), ("u1", UNRELATED, NOON + timedelta(hours=10))]  # the poll's days
+    early = first_fetch(*backlog)["h1"]
+    assert early.story_id is None and read_back == []
+    refused = f"story {stored.story_id}: -20.0 h from the story's first item: more than 12 h apart"
+    assert refused in (early.match_reason or "")  # found, and refused on the time alone
+    both = first_fetch(*backlog, ("h2", REWRITE, NOON + timedelta(hours=9)))  # 11 h before the story
+    assert read_back == [stored.id]
+    assert both["h1"].story_id is None and f"story {stored.story_id}: cosine" in (both["h1"].match_reason or "")
+
+
 def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgotten(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -48,7 +48,7 @@ def _match_candidates(wanted: Any) -> Any:
 
 def _story_member_refs(wanted: Wanted) -> Any:
     """The first ``:per_story`` items of each wanted story dated from ``:since`` on, earliest
-    first, without their features: which members, how often each was updated, and whose."""
+    first, without their features: which members, how often each was updated, whose, and when."""
     order = (ItemRow.sort_at, ItemRow.id)
     ranked = (
         select(
@@ -56,12 +56,13 @@ def _story_member_refs(wanted: Wanted) -> Any:
             ItemRow.story_id,
             ItemRow.update_count,
             ItemRow.source_id,
+            ItemRow.sort_at,
             func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
         )
         .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
         .subquery()
     )
-    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id)
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id, ranked.c.sort_at)
     return select(*columns).where(ranked.c.rank <= bindparam("per_story")).order_by(ranked.c.story_id, ranked.c.rank)
 
 
@@ -160,16 +161,16 @@ class StoryLookups(TransactionBase):
 
     def story_member_refs(
         self, story_ids: Sequence[int], since: datetime, per_story: int
-    ) -> dict[int, list[tuple[int, int, int]]]:
+    ) -> dict[int, list[tuple[int, int, int, datetime]]]:
         """Each story's first ``per_story`` items dated from ``since`` on, earliest first, as
-        (item id, update count, source id): ``story_members`` without the stored features, for
-        a reader that keeps decoded features and fetches only those it lacks
+        (item id, update count, source id, sort time): ``story_members`` without the stored
+        features, for a reader that keeps decoded features and fetches only those it lacks
         (``member_features``)."""
-        found: dict[int, list[tuple[int, int, int]]] = {}
+        found: dict[int, list[tuple[int, int, int, datetime]]] = {}
         params = {"since": since, "per_story": per_story}
         for statement, values in _STORY_MEMBER_REFS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
-            for item_id, story_id, update_count, source_id in self.c.execute(statement, values):
-                found.setdefault(story_id, []).append((item_id, update_count, source_id))
+            for item_id, story_id, update_count, source_id, sort_at in self.c.execute(statement, values):
+                found.setdefault(story_id, []).append((item_id, update_count, source_id, sort_at))
         return found
 
     def copy_key_stories_bounded(
