@@ -209,6 +209,17 @@ class MatchCandidate:
     signature: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoryRefs:
+    """A stored story's first members as story matching looks them up (``story_member_refs``):
+    which they are, earliest first, as (item id, update count); whose they are; and when the
+    first of them was published, which is when the story begins or later."""
+
+    begins: datetime
+    members: list[tuple[int, int]]
+    sources: set[int]
+
+
 @dataclass(frozen=True)
 class ItemUpdate:
     stored: StoredItem

@@ -729,8 +729,8 @@ def decide(
 
 
 def own_stories(sources: Mapping[int, Iterable[object]], source: object | None) -> set[int]:
-    """The stories, of those whose judged members come from ``sources`` (story -> each member's
-    source), that are ``source``'s own: all their members are its (``decide``'s ``own``). None:
+    """The stories, of those whose judged members come from ``sources`` (story -> its members'
+    sources), that are ``source``'s own: all their members are its (``decide``'s ``own``). None:
     the item's source is not known, and no story is taken for its own."""
     if source is None:
         return set()
@@ -738,8 +738,8 @@ def own_stories(sources: Mapping[int, Iterable[object]], source: object | None) 
 
 
 def other_outlets_stories(sources: Mapping[int, Iterable[object]], source: object | None) -> set[int]:
-    """The stories, of those whose judged members come from ``sources`` (story -> each member's
-    source), all of whose members come from one source other than ``source``: the stories a
+    """The stories, of those whose judged members come from ``sources`` (story -> its members'
+    sources), all of whose members come from one source other than ``source``: the stories a
     report from ``source`` may show to be fragments of another (``decide``'s ``one_outlet``).
     None: the item's source is not known, so no report is known to be another outlet's (nor is
     a story of members whose source is not known one outlet's)."""

@@ -311,20 +311,16 @@ class _StoryLookup:
         profiles = self.decoded.closed({s: at - stories.STORY_SPAN for s, (at, _) in between.items()}, since)
         wanted = sorted(between.keys() - profiles.keys())
         found_refs = self.tx.story_member_refs(wanted, since, stories.REPRESENTATIVES)
-        refs = {story: [(m, updates) for m, updates, _, _ in members] for story, members in found_refs.items()}
-        sources = {story: [source for _, _, source, _ in members] for story, members in found_refs.items()}
+        sources = {story: refs.sources for story, refs in found_refs.items()}
         own, single = stories.own_stories(sources, self.source), stories.other_outlets_stories(sources, self.source)
-        for story_id, story_refs in found_refs.items():
-            begins = story_refs[0][3]  # its first member's time: the story begins then or later
-            if begins - between[story_id][1] > stories.STORY_SPAN:
-                profiles[story_id] = stories.StoryProfile.unread(story_id, begins)
-                del refs[story_id]
         unknown = {}
-        for story_id, members in refs.items():
-            if (kept := self.decoded.kept(story_id, members)) is not None:
+        for story_id, refs in found_refs.items():
+            if refs.begins - between[story_id][1] > stories.STORY_SPAN:  # it begins then or later
+                profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins)
+            elif (kept := self.decoded.kept(story_id, refs.members)) is not None:
                 profiles[story_id] = kept
             else:
-                unknown[story_id] = members
+                unknown[story_id] = refs.members
         missing = [
             m
             for story, members in unknown.items()

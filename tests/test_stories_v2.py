@@ -710,6 +710,9 @@ def test_matching_through_storage_on_both_backends(database_url: str) -> None:
     second = ingest(2, [("h1", REWRITE, NOON + timedelta(hours=2)), ("h2", FOLLOW_UP, NOON + timedelta(hours=26))])
     assert second["h1"].story_id == ids["w1"]  # the independent rewrite joined, through the database
     assert (second["h1"].match_reason or "").startswith(f"joined story {ids['w1']}: cosine")
+    with store.ingest() as tx:  # two outlets' members, earliest first; the story begins with the first
+        refs = tx.story_member_refs([ids["w1"]], NOON - timedelta(days=1), 8)[ids["w1"]]
+    assert refs.begins == NOON and len(refs.members) == 2 and refs.sources == {1, 2}
     assert second["h2"].story_id is None  # the follow-up a day later starts its own
 
     # The story-features migration (0009) down and up again keeps every item in its story (ids never change).
@@ -795,7 +798,7 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
     assert terms and found == dict.fromkeys(keys, frozenset({ids["w1"]}))  # each name: one story so far
     assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
     refs = tx.story_member_refs([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
-    assert {story: [ref[0] for ref in members] for story, members in refs.items()} == {
+    assert {story: [ref[0] for ref in found.members] for story, found in refs.items()} == {
         ids[key]: [row.id] for key, row in rows.items()
     }
     copy_keys = [k for k in first["w1"].match_keys if k < stories.NAME_KEY]
@@ -804,10 +807,10 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
     assert copy_keys and set().union(*bounded.values()) == {ids["w1"]} and not stock
     # every key carried by more than none: stock, with no stories
     assert tx.copy_key_stories_bounded(copy_keys, *window, 0) == ({}, set(copy_keys))
-    assert {ref[1] for members in refs.values() for ref in members} == {0}  # never updated
-    (item_id, _, source, sort_at), *_ = refs[ids["w1"]]
-    assert source == 1  # whose item it is: an outlet's own stories take only its copies
-    assert sort_at == NOON  # when: a story beginning long after a poll's items is not read
+    assert {ref[1] for found in refs.values() for ref in found.members} == {0}  # never updated
+    ((item_id, _),) = refs[ids["w1"]].members
+    assert refs[ids["w1"]].sources == {1}  # whose item it is: an outlet's own stories take only its copies
+    assert refs[ids["w1"]].begins == NOON  # when: a story beginning long after a poll's items is not read
     ((sort_at, *stored),) = tx.member_features([item_id]).values()
     assert sort_at == NOON and stored == [first["w1"].match_features, first["w1"].match_signature]
     return ids

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, func, select, text
+from sqlalchemy import BigInteger, bindparam, case, func, select, text
 from sqlalchemy.dialects import postgresql
 
-from aggregator.records import MatchCandidate
+from aggregator.records import MatchCandidate, StoryRefs
 from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch
 from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, PublishedRow, StoryRow
 
@@ -62,7 +62,10 @@ def _story_member_refs(wanted: Wanted) -> Any:
         .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
         .subquery()
     )
-    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id, ranked.c.sort_at)
+    # Only the first member's time is used (when the story begins): the others' are not
+    # converted, a datetime each for hundreds of rows a poll.
+    begins = case((ranked.c.rank == 1, ranked.c.sort_at))
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id, begins)
     return select(*columns).where(ranked.c.rank <= bindparam("per_story")).order_by(ranked.c.story_id, ranked.c.rank)
 
 
@@ -159,18 +162,20 @@ class StoryLookups(TransactionBase):
         """Stories with an item dated in the window (what term counts are shares of)."""
         return int(self.c.scalar(_STORIES_IN_WINDOW, {"earliest": earliest, "latest": latest}) or 0)
 
-    def story_member_refs(
-        self, story_ids: Sequence[int], since: datetime, per_story: int
-    ) -> dict[int, list[tuple[int, int, int, datetime]]]:
-        """Each story's first ``per_story`` items dated from ``since`` on, earliest first, as
-        (item id, update count, source id, sort time): ``story_members`` without the stored
-        features, for a reader that keeps decoded features and fetches only those it lacks
-        (``member_features``)."""
-        found: dict[int, list[tuple[int, int, int, datetime]]] = {}
+    def story_member_refs(self, story_ids: Sequence[int], since: datetime, per_story: int) -> dict[int, StoryRefs]:
+        """Each story's first ``per_story`` items dated from ``since`` on (``StoryRefs``):
+        ``story_members`` without the stored features, for a reader that keeps decoded features
+        and fetches only those it lacks (``member_features``). Built in one pass over the rows:
+        a first ingest reads hundreds of thousands."""
+        found: dict[int, StoryRefs] = {}
         params = {"since": since, "per_story": per_story}
         for statement, values in _STORY_MEMBER_REFS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
-            for item_id, story_id, update_count, source_id, sort_at in self.c.execute(statement, values):
-                found.setdefault(story_id, []).append((item_id, update_count, source_id, sort_at))
+            for item_id, story_id, update_count, source_id, begins in self.c.execute(statement, values):
+                refs = found.get(story_id)
+                if refs is None:  # rows come earliest first: this is the story's first member
+                    refs = found[story_id] = StoryRefs(begins, [], set())
+                refs.members.append((item_id, update_count))
+                refs.sources.add(source_id)
         return found
 
     def copy_key_stories_bounded(
