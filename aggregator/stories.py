@@ -132,6 +132,11 @@ COPY_AGREEMENT = 0.8
 """Agreement a lead copy needs: a copy keeps its original's names and figures (a trimmed one
 keeps a subset), while a look-alike from the same template carries other ones."""
 
+SUBJECT_WEIGHT = 0.5
+"""Weight (``TermStats.weight``) from which a name only one side of a lead copy opens with
+tells its subject apart (``other_subjects``): one that several percent of the window's
+stories carry says nothing of whom a template is filled in for."""
+
 RARE_WORD_WEIGHT = 0.5
 """What a shared plain word weighs at most, against a name's 1: plain words say what happened,
 names who and where; a word tells less about which event it is than a name does."""
@@ -645,7 +650,7 @@ def judge(
         for index, member in enumerate(story.members):
             sig = story.signature(index)
             if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
-                if agreeing() >= COPY_AGREEMENT:
+                if agreeing() >= COPY_AGREEMENT and not other_subjects(item, story, weights, stats):
                     return Judgement(
                         story.story_id, True, cosine, name_weight, shared, hours, member.item_id, "",
                         shared_words, word_weight,
@@ -663,6 +668,29 @@ def judge(
         why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(
         story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight
+    )
+
+
+def other_subjects(item: Features, story: StoryProfile, weights: Mapping[int, float], stats: TermStats) -> bool:
+    """Whether an item whose lead copies a story's phrases is another instance of one template
+    rather than a copy: each side opens with a rare name or figure (``SUBJECT_WEIGHT``) that
+    the other never mentions (a fire brigade's "alarm at the Kunsthaus" and "alarm at the
+    Interspar", an analyst desk's "rating for Fiserv kept" and "for Vantiv"). A copy keeps its
+    original's names, and a trimmed or rewritten one still mentions what the original opens
+    with; one that only adds a name is still a copy, and so is one whose only new names are
+    plain ("US", "Tuesday"). One that only changes a figure is not: another outlet's still
+    joins as a report of the event, on its names and meaning, and an outlet's own is another
+    instance of its series, as one fetch's are (``storybatch``). Agreement alone
+    (``COPY_AGREEMENT``) misses these when a template's own names outnumber its subject's, as
+    in the first fetch of an outlet, before the stream shows its template's names to be
+    common. ``weights``: the item's terms' weights against this story (``judge``)."""
+    support = story.support
+    if not any(weights[t] >= SUBJECT_WEIGHT for t in item.lead_terms if t not in support):
+        return False
+    return any(
+        stats.weight(t, True) >= SUBJECT_WEIGHT
+        for t, share in story.lead_support.items()
+        if share >= 0.5 and t not in item.terms
     )
 
 

@@ -587,6 +587,71 @@ def test_one_outlets_series_from_a_template_stays_apart_in_one_fetch() -> None:
     assert decided[1][0].story_id is None
 
 
+RATING = (  # one analyst desk's template, filled in for one company after another: mostly its own names
+    "{company} Market Perform",
+    "Analyst Castellan Brothers Capital Markets kept its Market Perform rating for {company} Inc with a price "
+    "target of {price} USD, Castellan Research told clients in New York on Monday.",
+)
+
+
+def rating(company: str, price: int, *, extra: str = "") -> Features:
+    title, lead = RATING
+    return feats((title.format(company=company), lead.format(company=company, price=price) + extra))
+
+
+def test_one_template_filled_in_for_another_subject_is_not_a_copy() -> None:
+    # Found in a real feed: an analyst desk's ratings, one fetch of a dozen, differ only in the
+    # company and the figure. The leads share every phrase but those, and with every name of a
+    # first fetch still rare the desk's own names outweighed the company in the agreement.
+    first, other = rating("Northwind Holdings", 74), rating("Brightwater Foods", 31)
+    assert first.signature is not None and other.signature is not None
+    assert cluster.same_story(other.signature, first.signature, timedelta(0)) is not None  # the leads copy
+    stats = TermStats(stories=0)
+    story = StoryProfile(1, (Member(7, NOON, first),), NOON)
+    assert stats.weight(next(iter(other.terms - first.terms))) == 1.0  # every name rare, as in a first fetch
+    decision = decide(other, NOON, [story], stats, own={1})  # the desk's own story: only a copy joins
+    assert decision.story_id is None
+    assert stories.other_subjects(other, story, dict.fromkeys(other.terms, 1.0), stats)
+    # A copy that keeps the subject and adds a name still joins as one.
+    added = decide(rating("Northwind Holdings", 74, extra=" Ines Varga wrote it."), NOON, [story], stats, own={1})
+    assert added.chosen is not None and added.chosen.copy_of == 7
+    # One that changes the figure is another instance of the desk's series; another outlet's
+    # still joins, as a report of the same event.
+    refigured = rating("Northwind Holdings", 76)
+    assert decide(refigured, NOON, [story], stats, own={1}).story_id is None
+    report = decide(refigured, NOON, [story], stats).chosen
+    assert report is not None and report.copy_of is None and report.joins
+
+
+def test_a_copy_whose_only_new_names_are_plain_is_still_a_copy() -> None:
+    # Each side also names what the other does not, but only what many stories name ("Monday" in
+    # a story's lead, "US" in the copy's): that tells nothing of whom the text is about.
+    story = StoryProfile(1, (Member(7, NOON, rating("Northwind Holdings", 74)),), NOON)
+    copy = feats(
+        (
+            "Northwind Holdings Market Perform in US",
+            "Analyst Castellan Brothers Capital Markets kept its Market Perform rating for Northwind Holdings Inc "
+            "with a price target of 74 USD, Castellan Research told clients in New York.",
+        )
+    )
+    plain = (copy.lead_terms - story.support.keys()) | (story.lead_support.keys() - copy.terms)
+    assert plain  # "US" on one side, "Monday" on the other
+    assert stories.other_subjects(copy, story, dict.fromkeys(copy.terms, 1.0), TermStats(stories=0))
+    common = TermStats(stories=2000, counts=dict.fromkeys(plain, 500))
+    joined = decide(copy, NOON, [story], common, own={1})
+    assert joined.chosen is not None and joined.chosen.copy_of == 7
+
+
+def test_one_fetch_of_a_template_series_starts_a_story_per_subject() -> None:
+    stats = TermStats(stories=0)
+    batch = storybatch.Batch(stats)
+    series = [("Northwind", 74), ("Brightwater", 31), ("Northwind", 74)]
+    decided = [
+        batch.decide(f"r{n}", NOON, f, stats.keys(f.terms), {}, {}) for n, f in enumerate(rating(*s) for s in series)
+    ]
+    assert [founder for _, founder in decided] == [None, None, "r0"]  # the repeat is a copy of the first
+
+
 @pytest.mark.parametrize("mode", ["lexical", "off"])
 def test_the_setting_selects_the_matcher(mode: str, server: object, tmp_path: Path) -> None:
     from aggregator.cli import main
