@@ -41,6 +41,7 @@ class Batch:
         self.named: dict[int, str] = {}  # provisional id -> how explanations call it
         self._founders: dict[int, str] = {}
         self._members: dict[int, list[Member]] = {}
+        self._carried: dict[int, set[int]] = {}  # the terms of each new story's judged members
         self._figures: dict[int, frozenset[int]] = {}
         self._names: dict[int, frozenset[int]] = {}
 
@@ -70,10 +71,11 @@ class Batch:
         the ``stored`` stories of one source that may be merged into the story the item joins
         (``stories.decide``); the batch's own new stories never are."""
         reached = dict(found)
-        for story, members in self._members.items():
-            if figures != self._figures[story] and item.terms - figures <= self._names[story]:
+        named = item.terms - figures
+        for story, carried in self._carried.items():
+            if figures != self._figures[story] and named <= self._names[story]:
                 continue  # one outlet's series told from one template: another result, another day
-            weight = sum(self.stats.weight(t) for t in keys if any(t in m.features.terms for m in members))
+            weight = sum(self.stats.weight(t) for t in keys if t in carried)
             if weight > 0:
                 reached[story] = weight
         candidates = [
@@ -87,12 +89,14 @@ class Batch:
             new = -(len(self._founders) + 1)
             self._founders[new] = key
             self._members[new] = [Member(new, at, item)]
+            self._carried[new] = set(item.terms)
             self._figures[new] = figures
             self._names[new] = item.terms - figures
             self.named[new] = f"the new story of {title or repr(key)} (same poll)"
         elif joined < 0:
             if len(self._members[joined]) < REPRESENTATIVES:
                 self._members[joined].append(Member(joined, at, item))
+                self._carried[joined] |= item.terms
             self._figures[joined] |= figures
             self._names[joined] |= item.terms - figures
             return decision, self._founders[joined]

@@ -570,6 +570,23 @@ def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
     assert joined.explain(None, batch.named).startswith("joined the new story of 'o' (same poll)")
 
 
+def test_a_new_story_of_the_batch_is_reached_through_any_judged_member() -> None:
+    # The poll's second item copies the first and adds a name; a later item naming only that
+    # name reaches their story through it, as a stored story is reached through any member.
+    stats = TermStats(stories=0)
+    batch = storybatch.Batch(stats)
+    original = feats(ORIGINAL)
+    batch.decide("o", NOON, original, stats.keys(original.terms), {}, {})
+    copy = feats((ORIGINAL[0], ORIGINAL[1] + " Ines Varga reported from Port Aven."))
+    _, founder = batch.decide("c", NOON, copy, stats.keys(copy.terms), {}, {})
+    assert founder == "o"
+    (added,) = copy.terms - original.terms - feats(("", "Port Aven")).terms
+    other = feats(("Varga wins the Harrow Glen prize", "Ines Varga won the Harrow Glen prize for reporting."))
+    assert added in other.terms and not other.terms & original.terms
+    decision, _ = batch.decide("v", NOON, other, stats.keys(other.terms), {}, {})
+    assert [j.story_id for j in decision.near_misses] == [-1]  # judged, and refused: another event
+
+
 def test_one_outlets_series_from_a_template_stays_apart_in_one_fetch() -> None:
     # Two results from one template in one feed: the same names, other figures.
     stats = TermStats(stories=0)
