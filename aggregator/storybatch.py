@@ -91,13 +91,13 @@ class Batch:
             self._members[new] = [Member(new, at, item)]
             self._carried[new] = set(item.terms)
             self._figures[new] = figures
-            self._names[new] = item.terms - figures
+            self._names[new] = named
             self.named[new] = f"the new story of {title or repr(key)} (same poll)"
         elif joined < 0:
             if len(self._members[joined]) < REPRESENTATIVES:
                 self._members[joined].append(Member(joined, at, item))
                 self._carried[joined] |= item.terms
             self._figures[joined] |= figures
-            self._names[joined] |= item.terms - figures
+            self._names[joined] |= named
             return decision, self._founders[joined]
         return decision, None
