@@ -1,10 +1,11 @@
 """Names and figures in a headline and lead: the words two independent reports of one event share
 even when they share no phrase.
 
-Extraction is deliberately cheap (no tagger, no model): a *name* is a capitalised word that
-does not merely start a sentence ("Ghafoor", "Karachi"), a word written in capitals ("NATO",
-"KARACHI"), or a capitalised sentence-initial word that the same item also capitalises
-elsewhere; a *figure* is a number, normalised so that "3,000", "3000" and "3
+Extraction is deliberately cheap (no tagger, no model of its own): a *name* is a capitalised
+word that does not merely start a sentence ("Ghafoor", "Karachi"), a word written in capitals
+("NATO", "KARACHI"), or a capitalised sentence-initial word that the same item also capitalises
+elsewhere, or, in a headline that comes with no text, that is no plain word of the language
+(``extract``'s ``plain``); a *figure* is a number, normalised so that "3,000", "3000" and "3
 thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-folded and
 hashed to a 32-bit integer *term*. A wire dateline ("KARACHI, May 2 (Reuters) -") is read
 apart: its place and date are names that do not lead, and its agency credit is none.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from hashlib import blake2b
@@ -89,9 +90,16 @@ class Terms:
         return tuple((word, term_key(word)) for word in self.words)
 
 
-def extract(title: str, text: str) -> Terms:
+def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -> Terms:
     """The names and figures of an item's headline and the start of its text, those of the
-    headline and the lead's first ``LEADING_CHARS`` first (``Terms.leading`` counts them)."""
+    headline and the lead's first ``LEADING_CHARS`` first (``Terms.leading`` counts them).
+
+    ``plain``: whether a word (case-folded) is a plain word of the language. With it, a
+    headline that comes with no text also counts the capitalised words its capitals say
+    nothing about (the one opening it or following a colon, every one of a Title Case
+    headline) where they are not plain words: "Kalmaria central bank raises key rate",
+    "Putin Rival Takes Message to East Ukraine". Such an item has no text to capitalise its
+    subject in again, and without it a title-only feed's items name almost nothing."""
     title_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", title).replace("\u00ad", ""))
     lead = unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", "")
     matches = list(_TOKEN.finditer(lead))
@@ -113,6 +121,7 @@ def extract(title: str, text: str) -> Terms:
     # A sentence-initial or Title-Case word counts only where the same item capitalises it
     # elsewhere, and there it has already been found.
     for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
+        bare = plain is not None and tokens is title_tokens and not lead_tokens  # a headline alone
         initial = True
         for n, (number, unit, raw, stop) in enumerate(tokens):
             into = found
@@ -131,7 +140,8 @@ def extract(title: str, text: str) -> Terms:
                 initial = raw[-1] == "." and len(raw) > 3 and not _ABBREVIATION.match(raw)
             else:
                 word, acronym, upper, ends = _WORDS.get(raw) or _word(raw)
-                if acronym or (upper and capitals_tell and not initial):
+                told = capitals_tell and not initial
+                if acronym or (upper and (told or (bare and plain is not None and not plain(word)))):
                     into.setdefault(word)
                 initial = ends
     if leading is None:

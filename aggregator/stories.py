@@ -62,13 +62,14 @@ import numpy as np
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
-FEATURES_VERSION = "s4"
+FEATURES_VERSION = "s5"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1", "s2", "s3")
+OLDER_VERSIONS = ("s1", "s2", "s3", "s4")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
-took a wire dateline's place and date for leading names and its agency credit for a name."""
+took a wire dateline's place and date for leading names and its agency credit for a name,
+``s4`` (the same layout) missed the names a headline with no text opens with."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -548,7 +549,7 @@ def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, T
     """An item's features from its plain-text title and text (with its lead signature unless
     ``signed`` is false: the parse worker signs items on its own), and its readable terms:
     names and figures, then the stems of its rare plain words (marked ``~``)."""
-    terms = names.extract(title, text)
+    terms = names.extract(title, text, plain_word)
     words = rare_words(title, text, terms)
     signature = cluster.signature(title, text) if signed else None
     weights = {key: weight for key, weight in words.values()}
@@ -557,6 +558,14 @@ def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, T
         semantic.embedder().embed(title, text), keys, signature, weights, None if leading == keys else leading
     )
     return features, Terms((*terms.words, *words))
+
+
+def plain_word(word: str) -> bool:
+    """Whether a case-folded word is a plain word of the language: one the model's tokenizer
+    holds whole ("the", "after", "students", "police"), where a name mostly needs pieces
+    ("kalmaria", "putin", "germany"): its vocabulary is made of the words its training text
+    used most, and written in small letters those are rarely names."""
+    return semantic.embedder().pieces([word]) == [1]
 
 
 def rare_words(title: str, text: str, terms: Terms) -> dict[str, tuple[int, float]]:

@@ -398,6 +398,24 @@ def templated_entries(**kwargs: object) -> list[StreamEntry]:
     ]
 
 
+def headlines_only(entries: list[StreamEntry]) -> list[StreamEntry]:
+    """The same stream as a title-only feed would carry it: headlines, no text."""
+    return [StreamEntry(e.id, e.label, e.title, "", e.url, e.published_at) for e in entries]
+
+
+def one_headline_apart(entries: list[StreamEntry]) -> int:
+    """Pairs of items of different labels with one headline, within ``stories.STORY_SPAN``: on
+    headlines alone, nothing can tell them apart."""
+    by_title: defaultdict[str, list[StreamEntry]] = defaultdict(list)
+    for e in entries:
+        by_title[e.title].append(e)
+    return sum(
+        a.label != b.label and abs(a.published_at - b.published_at) <= stories.STORY_SPAN
+        for same in by_title.values()
+        for a, b in itertools.combinations(same, 2)
+    )
+
+
 def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
     features, feature_costs = features_for(entries)
     story_of, costs = run_semantic(entries, features)
@@ -413,10 +431,11 @@ def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
     )
 
 
-def semeval(*, quiet: bool = False) -> tuple[float, float]:
+def semeval(*, quiet: bool = False, headlines: bool = False) -> tuple[float, float]:
     """SemEval-2022 task 8 pairs: each pair is a story of its first article and a decision on
     the second, an hour later; term rarity is counted over all the pairs' articles but the one
-    judged. Returns the shares of same-event and of different-event pairs linked."""
+    judged. Returns the shares of same-event and of different-event pairs linked.
+    ``headlines``: the articles' headlines alone, as a title-only feed carries them."""
     with (SHARED / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     at = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -424,8 +443,9 @@ def semeval(*, quiet: bool = False) -> tuple[float, float]:
     feats = []
     for row in rows:
         # Read as the pipeline reads an entry (normalize.repaired), like wikinews' rows.
-        a = stories.features_of(repaired(row["title_1"]), repaired(row["lead_1"]))[0]
-        b = stories.features_of(repaired(row["title_2"]), repaired(row["lead_2"]))[0]
+        lead_1, lead_2 = ("", "") if headlines else (repaired(row["lead_1"]), repaired(row["lead_2"]))
+        a = stories.features_of(repaired(row["title_1"]), lead_1)[0]
+        b = stories.features_of(repaired(row["title_2"]), lead_2)[0]
         feats.append((a, b))
         for f in (a, b):
             for term in f.terms:
@@ -448,7 +468,11 @@ def semeval(*, quiet: bool = False) -> tuple[float, float]:
     same = groups["same (Overall <= 1.5)"]
     different = groups["different (Overall >= 3.5)"]
     if not quiet:
-        print(f"== SemEval-2022 task 8 English pairs ({len(rows)}; second article judged against the first, 1 h later)")
+        alone = ", headlines only" if headlines else ""
+        print(
+            f"== SemEval-2022 task 8 English pairs ({len(rows)}{alone}; second article judged against the first, "
+            "1 h later)"
+        )
         for group, links in groups.items():
             share = sum(links) / len(links) if links else 0.0
             print(f"   {group:28} linked {sum(links)}/{len(links)} = {share:.1%}")
@@ -580,7 +604,13 @@ def semantic_report(*, quick: bool = False) -> None:
         f"members; window {stories.TERM_WINDOW}"
     )
     compare_on("own sets (tests/data/stories, all three)", own_sets())
-    compare_on("templated stream", templated_entries(), "1,260 events over 7 days, 6 templates, copies")
+    templated = templated_entries()
+    compare_on("templated stream", templated, "1,260 events over 7 days, 6 templates, copies")
+    compare_on(
+        "templated stream, headlines only",
+        headlines_only(templated),
+        f"{one_headline_apart(templated)} pairs are two events under one headline within {stories.STORY_SPAN}",
+    )
     if (SHARED / "wikinews-dev.csv").exists():
         for seed, spread, within in ((1, 7, 6), (2, 7, 6), (3, 3, 2), (4, 14, 12), (5, 1, 6), (6, 30, 24)):
             compare_on(
@@ -588,7 +618,10 @@ def semantic_report(*, quick: bool = False) -> None:
                 wikinews(seed, spread, within),
                 f"seed {seed}: stories over {spread} days, items within {within} h",
             )
+        for seed, spread, within in ((1, 7, 6), (5, 1, 6)):
+            compare_on("wikinews-dev, headlines only", headlines_only(wikinews(seed, spread, within)), f"seed {seed}")
         semeval()
+        semeval(headlines=True)
         sensitivity()
     else:
         print(f"== wikinews-dev and SemEval skipped: {SHARED} is absent")

@@ -23,6 +23,7 @@ Sets (``../shared/stories``, see its README; the texts are publishers': measurem
     .venv/bin/python bench/stories_pipeline.py                 # both sets, seed 1
     .venv/bin/python bench/stories_pipeline.py --seeds 1 2 3 --errors
     .venv/bin/python bench/stories_pipeline.py --days 3 --every 2   # rounds 2 h apart: ~1.5 min a seed and set
+    .venv/bin/python bench/stories_pipeline.py --headlines-only   # feeds of headlines, no text
 
 One poll of everything is a first ingest of a backlog: each outlet's items arrive together,
 outlet after outlet, so a story may be started by whichever report is polled first (a side
@@ -50,7 +51,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,7 +95,7 @@ class Pair:
     overall: float
 
 
-def semeval(seed: int, days: float, now: datetime) -> tuple[list[Article], dict[str, Pair]]:
+def semeval(seed: int, days: float, now: datetime, headlines: bool = False) -> tuple[list[Article], dict[str, Pair]]:
     rows = list(csv.DictReader((STORIES / "semeval2022-task8-en-pairs.csv").open(encoding="utf-8")))
     rng = random.Random(seed)
     first = now - timedelta(days=days + 1)
@@ -102,6 +103,8 @@ def semeval(seed: int, days: float, now: datetime) -> tuple[list[Article], dict[
     for row in rows:
         if not (row["title_1"] or row["lead_1"]) or not (row["title_2"] or row["lead_2"]):
             continue  # scraping failed for one side: nothing to match
+        if headlines and not (row["title_1"] and row["title_2"]):
+            continue  # nothing to match on headlines alone
         at = first + timedelta(days=rng.uniform(0, days))
         label = f"s{row['ligne']}"
         pairs[label] = Pair(row["ligne"], float(row["Overall"]))
@@ -113,7 +116,7 @@ def semeval(seed: int, days: float, now: datetime) -> tuple[list[Article], dict[
                     f"semeval-outlet-{side}-{rng.randrange(40)}",
                     f"https://{label}-{side}.semeval.example/article",
                     row[f"title_{side}"] or "(untitled)",
-                    row[f"lead_{side}"],
+                    "" if headlines else row[f"lead_{side}"],
                     at + timedelta(minutes=rng.uniform(0, 60)),
                 )
             )
@@ -300,6 +303,9 @@ def main() -> None:
     )
     parser.add_argument("--errors", action="store_true", help="list wrongly merged pairs")
     parser.add_argument(
+        "--headlines-only", action="store_true", help="feeds carry headlines and no text, as title-only feeds do"
+    )
+    parser.add_argument(
         "--every",
         type=float,
         metavar="HOURS",
@@ -313,6 +319,8 @@ def main() -> None:
     print(f"# bench/stories_pipeline.py  python {platform.python_version()}  {platform.machine()}")
     print(f"# run: {' '.join(sys.argv[1:]) or '(defaults)'}; settings: {args.setting or 'defaults'}")
     print(f"# polls: {f'rounds every {args.every:g} h' if every else 'one poll of everything (a first ingest)'}")
+    if args.headlines_only:
+        print("# items: headlines only, no text")
     now = datetime.now(UTC).replace(microsecond=0)
     for seed in args.seeds:
         if "wikinews" in args.sets:
@@ -323,6 +331,8 @@ def main() -> None:
 
 def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None) -> None:
     articles = wikinews(seed, args.days, args.spread_hours, now)
+    if args.headlines_only:
+        articles = [replace(a, lead="") for a in articles]
     with tempfile.TemporaryDirectory() as tmp:
         stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
     story_of = {ref: kept.story_id for ref, kept in stored.items()}
@@ -346,7 +356,7 @@ def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: t
 
 
 def report_semeval(seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None) -> None:
-    articles, pairs = semeval(seed, args.days, now)
+    articles, pairs = semeval(seed, args.days, now, args.headlines_only)
     with tempfile.TemporaryDirectory() as tmp:
         stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
     story_of = {ref: kept.story_id for ref, kept in stored.items()}

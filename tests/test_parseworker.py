@@ -111,7 +111,7 @@ def test_remembered_features_and_signature_are_the_computed_ones_in_either_order
 def test_words_that_cannot_be_packed_are_computed_again_not_garbled(monkeypatch: pytest.MonkeyPatch) -> None:
     odd = ("Ankara", "a\0b")
 
-    def extract(_title: str, _text: str) -> object:
+    def extract(_title: str, _text: str, _plain: object = None) -> object:
         return names.Terms(words=odd)
 
     monkeypatch.setattr(names, "extract", extract)

@@ -659,6 +659,41 @@ def test_a_copy_whose_only_new_names_are_plain_is_still_a_copy() -> None:
     assert joined.chosen is not None and joined.chosen.copy_of == 7
 
 
+def test_a_headline_alone_names_what_it_opens_with() -> None:
+    # Its capitals say nothing where they open it, follow a colon or are Title Case; a headline
+    # with a text has the text to name its subject again, one without has only the model's
+    # vocabulary to tell a name from a plain word.
+    alone = names.extract("Kalmaria central bank raises key rate: Greystone warns", "", stories.plain_word).words
+    assert alone[:2] == ("kalmaria", "greystone")
+    assert "central" not in alone and "~rais" not in alone
+    title_case = names.extract("Dorardi Rival Takes Message to Belmaris", "", stories.plain_word).words
+    assert title_case == ("dorardi", "belmaris")  # "Rival", "Takes" and "Message" are plain words
+    assert names.extract("After talks, Kalmaria agrees", "", stories.plain_word).words == ("kalmaria",)
+    with_text = names.extract("Kalmaria central bank raises key rate", "The bank said on Monday.", stories.plain_word)
+    assert "kalmaria" not in with_text.words  # the text would have named it, had it been one
+    assert names.extract("Kalmaria central bank raises key rate", "").words == ()  # asked for by the caller only
+
+
+def test_two_outlets_headlines_alone_of_one_event_join_and_look_alikes_do_not() -> None:
+    # Title-only feeds: what opens a headline is most often its subject.
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(("Dorardi wins Belmaris election with 54% of the vote", "")), source="wire")
+    joined, decision = stream.add(
+        2, NOON + timedelta(hours=1), feats(("Belmaris: Lena Dorardi wins election with 54%", "")), source="herald"
+    )
+    assert joined == first
+    assert decision.chosen is not None and {"dorardi", "belmaris"} <= set(
+        names.extract("Belmaris: Lena Dorardi wins election with 54%", "", stories.plain_word).words
+    )
+    rates = Stream()
+    one, _ = rates.add(1, NOON, feats(("Kalmaria central bank raises key rate to 2.5%", "")), source="wire")
+    other, decision = rates.add(
+        2, NOON + timedelta(hours=1), feats(("Solvaria central bank raises key rate to 2.5%", "")), source="herald"
+    )
+    assert other != one  # the same headline but for its subject: not a copy
+    assert decision.near_misses and decision.near_misses[0].story_id == one
+
+
 def test_one_fetch_of_a_template_series_starts_a_story_per_subject() -> None:
     stats = TermStats(stories=0)
     batch = storybatch.Batch(stats)
