@@ -42,6 +42,11 @@ Title Case ("Voice Readers Raise Thousands For Couple"): its capitals say nothin
 count only if the lead capitalises them too. Short words ("of", "to", "for") are left lowercase
 by most house styles, so they do not tell."""
 
+ALONE_WORDS = 5
+"""A headline whose text has fewer words than this comes alone, for ``extract``'s ``plain``: a
+title-only feed's "Comments", "Read more" or lone link say nothing of the subject (the lead
+signature reads such an item's headline instead, ``cluster.signature``)."""
+
 TOKENS = (
     r"(?P<number>\d+(?:[.,]\d+)*)(?:\s?(?P<unit>%|per\s?cent\b|percent\b|million\b|billion\b|trillion\b|"
     r"thousand\b|bn\b|m\b|k\b))?"
@@ -95,9 +100,9 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     headline and the lead's first ``LEADING_CHARS`` first (``Terms.leading`` counts them).
 
     ``plain``: whether a word (case-folded) is a plain word of the language. With it, a
-    headline that comes with no text also counts the capitalised words its capitals say
-    nothing about (the one opening it or following a colon, every one of a Title Case
-    headline) where they are not plain words: "Kalmaria central bank raises key rate",
+    headline that comes with no text (or fewer than ``ALONE_WORDS`` words of it) also counts
+    the capitalised words its capitals say nothing about (the one opening it or following a
+    colon, every one of a Title Case headline) where they are not plain words: "Kalmaria central bank raises key rate",
     "Putin Rival Takes Message to East Ukraine". Such an item has no text to capitalise its
     subject in again, and without it a title-only feed's items name almost nothing."""
     title_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", title).replace("\u00ad", ""))
@@ -116,12 +121,13 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     background: dict[str, None] = {}
     long_words = [raw for _n, _u, raw, _s in title_tokens if len(raw) >= TITLE_CASE_LETTERS]
     title_case = len(long_words) >= 2 and all(raw[0].isupper() for raw in long_words)
+    alone = sum(1 for _number, _unit, raw, _stop in lead_tokens if raw) < ALONE_WORDS
     found: dict[str, None] = {}
     leading: int | None = None
     # A sentence-initial or Title-Case word counts only where the same item capitalises it
     # elsewhere, and there it has already been found.
     for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
-        bare = plain is not None and tokens is title_tokens and not lead_tokens  # a headline alone
+        bare = plain is not None and tokens is title_tokens and alone  # a headline alone
         initial = True
         for n, (number, unit, raw, stop) in enumerate(tokens):
             into = found

@@ -669,9 +669,12 @@ def test_a_headline_alone_names_what_it_opens_with() -> None:
     title_case = names.extract("Dorardi Rival Takes Message to Belmaris", "", stories.plain_word).words
     assert title_case == ("dorardi", "belmaris")  # "Rival", "Takes" and "Message" are plain words
     assert names.extract("After talks, Kalmaria agrees", "", stories.plain_word).words == ("kalmaria",)
-    with_text = names.extract("Kalmaria central bank raises key rate", "The bank said on Monday.", stories.plain_word)
+    text = "The bank said on Monday that it would lift its key rate."
+    with_text = names.extract("Kalmaria central bank raises key rate", text, stories.plain_word)
     assert "kalmaria" not in with_text.words  # the text would have named it, had it been one
     assert names.extract("Kalmaria central bank raises key rate", "").words == ()  # asked for by the caller only
+    for stock in ("Comments", "Read more"):  # a title-only feed's stock text says nothing of the subject
+        assert names.extract("Kalmaria central bank raises key rate", stock, stories.plain_word).words == ("kalmaria",)
 
 
 def test_two_outlets_headlines_alone_of_one_event_join_and_look_alikes_do_not() -> None:
