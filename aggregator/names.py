@@ -74,6 +74,9 @@ class Terms:
     leading: int | None = None
     """How many of ``words`` (the first ones) the headline and the lead's first
     ``LEADING_CHARS`` name: who and where the event is. None: all of them."""
+    headline: int = 0
+    """How many of ``words`` (the first ones) a headline that came alone names (with no text
+    or fewer than ``ALONE_WORDS`` words of it: ``extract``); 0 for one with a text."""
 
     @property
     def keys(self) -> frozenset[int]:
@@ -83,6 +86,12 @@ class Terms:
     def leading_keys(self) -> frozenset[int]:
         """The hashes of the headline's and the lead's opening names (``leading``)."""
         return frozenset(key for _, key in self._keyed[: self.leading])
+
+    @property
+    def headline_keys(self) -> frozenset[int]:
+        """The hashes of a lone headline's names (``headline``), its figures left out: a copy
+        that updates a figure ("death toll rises to 20") still tells of the same subject."""
+        return frozenset(key for word, key in self._keyed[: self.headline] if not word[:1].isdigit())
 
     def named(self, keys: set[int] | frozenset[int]) -> list[str]:
         """The readable terms among ``keys``, in the order they appear."""
@@ -124,11 +133,14 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     alone = sum(1 for _number, _unit, raw, _stop in lead_tokens if raw) < ALONE_WORDS
     found: dict[str, None] = {}
     leading: int | None = None
+    headline = 0
     # A sentence-initial or Title-Case word counts only where the same item capitalises it
     # elsewhere, and there it has already been found.
     for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
         bare = plain is not None and tokens is title_tokens and alone  # a headline alone
         initial = True
+        if tokens is lead_tokens and alone:
+            headline = len(found)
         for n, (number, unit, raw, stop) in enumerate(tokens):
             into = found
             if tokens is lead_tokens:
@@ -153,7 +165,7 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     if leading is None:
         leading = len(found)
         found.update((term, None) for term in background if term not in found)
-    return Terms(tuple(found), leading)
+    return Terms(tuple(found), leading, headline)
 
 
 WordFacts = tuple[str, bool, bool, bool]

@@ -69,7 +69,8 @@ OLDER_VERSIONS = ("s1", "s2", "s3", "s4")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
 took a wire dateline's place and date for leading names and its agency credit for a name,
-``s4`` (the same layout) missed the names a headline with no text opens with."""
+``s4`` missed the names a headline with no text opens with and did not keep them apart
+(``Features.headline``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -163,6 +164,10 @@ class Features:
     leading: frozenset[int] | None = None
     """The terms of the headline and the lead's opening (``names.Terms.leading``), which name
     the event; None: all of ``terms`` (features stored before they were told apart)."""
+    headline: frozenset[int] | None = None
+    """The names of a headline that came alone, with no text, its figures left out
+    (``names.Terms.headline_keys``): whom the item is about (``other_subjects``). Empty for an
+    item with a text; None: not known (features stored before ``s5``)."""
 
     @property
     def lead_terms(self) -> frozenset[int]:
@@ -170,18 +175,22 @@ class Features:
         return self.terms if self.leading is None else self.leading
 
     def dumps(self) -> str:
-        """Stored form: version, then in base64 the quantised vector, the term hashes (leading
-        ones first), and the rare words' hashes, full-weight ones first (about 500 characters).
-        The lead signature is stored on its own (``cluster.Signature.dumps``)."""
+        """Stored form: version, then in base64 the quantised vector, the term hashes (the
+        headline's names first, then the other leading terms, then the rest), and the rare
+        words' hashes, full-weight ones first (about 500 characters). The lead signature is
+        stored on its own (``cluster.Signature.dumps``)."""
         full = sorted(w for w, weight in self.words.items() if weight >= RARE_WORD_WEIGHT)
         half = sorted(w for w, weight in self.words.items() if weight < RARE_WORD_WEIGHT)
         leading = self.lead_terms
+        headline = (self.headline or frozenset()) & leading
+        ordered = (*sorted(headline), *sorted(leading - headline), *sorted(self.terms - leading))
         packed = b"".join(
             (
                 semantic.quantise(self.vector),
                 len(self.terms).to_bytes(2, "big"),
                 len(leading).to_bytes(2, "big"),
-                *(t.to_bytes(4, "big") for t in (*sorted(leading), *sorted(self.terms - leading))),
+                len(headline).to_bytes(2, "big"),
+                *(t.to_bytes(4, "big") for t in ordered),
                 len(full).to_bytes(2, "big"),
                 *(t.to_bytes(4, "big") for t in (*full, *half)),
             )
@@ -204,15 +213,17 @@ class Features:
                 raise ValueError("features are corrupt: truncated")
             terms = frozenset(np.frombuffer(raw, dtype=">u4", offset=dims).tolist())
             return cls(semantic.dequantise(raw[:dims]), terms, signature)
-        counts = 2 if version == "s2" else 4  # s2 has no count of leading terms
+        # s2 has no count of leading terms, s3 and s4 none of the headline's names
+        counts = 2 if version == "s2" else 4 if version in ("s3", "s4") else 6
         try:
             n_terms = int.from_bytes(raw[dims : dims + 2], "big")
             n_leading = n_terms if version == "s2" else int.from_bytes(raw[dims + 2 : dims + 4], "big")
+            n_headline = int.from_bytes(raw[dims + 4 : dims + 6], "big") if counts == 6 else 0
             words_at = dims + counts + 4 * n_terms
             n_full = int.from_bytes(raw[words_at : words_at + 2], "big")
             if (
                 len(raw) < words_at + 2 or (len(raw) - words_at - 2) % 4 or 4 * n_full > len(raw) - words_at - 2
-                or n_leading > n_terms
+                or n_leading > n_terms or n_headline > n_leading
             ):  # fmt: skip
                 raise ValueError("truncated")
             hashes = np.frombuffer(raw, dtype=">u4", count=n_terms, offset=dims + counts).tolist()
@@ -223,7 +234,8 @@ class Features:
         weights = {w: (RARE_WORD_WEIGHT if n < n_full else half) for n, w in enumerate(words)}
         terms = frozenset(hashes)
         leading = None if n_leading == n_terms else frozenset(hashes[:n_leading])
-        return cls(semantic.dequantise(raw[:dims]), terms, signature, weights, leading)
+        headline = frozenset(hashes[:n_headline]) if counts == 6 else None
+        return cls(semantic.dequantise(raw[:dims]), terms, signature, weights, leading, headline)
 
 
 @dataclass(frozen=True)
@@ -249,7 +261,7 @@ class PackedMember:
     the lead signature in its stored form, decoded when ``judge`` compares a lead with it,
     which only a story reached through a lead-copy key asks for."""
 
-    __slots__ = ("_leading", "_packed", "_signature", "_terms", "item_id", "published_at")
+    __slots__ = ("_headline", "_leading", "_packed", "_signature", "_terms", "item_id", "published_at")
 
     def __init__(
         self, item_id: int, published_at: datetime, features: Features, stored: str, signature: str | None
@@ -260,10 +272,12 @@ class PackedMember:
         self.published_at = published_at
         quantised = base64.b64decode(stored.partition(":")[2])[: semantic.DIMENSIONS]
         leading = () if features.leading is None else features.leading
-        hashes = np.fromiter(itertools.chain(features.terms, leading, features.words), dtype=np.uint32)
+        headline = () if features.headline is None else features.headline
+        hashes = np.fromiter(itertools.chain(features.terms, leading, headline, features.words), dtype=np.uint32)
         self._packed = quantised + hashes.tobytes()
         self._terms = len(features.terms)
         self._leading = None if features.leading is None else len(features.leading)
+        self._headline = None if features.headline is None else len(features.headline)
         if features.signature is None:
             signature = None
         elif signature is None:
@@ -287,9 +301,17 @@ class PackedMember:
         return self.terms if self._leading is None else self._hashes(self._terms, self._terms + self._leading)
 
     @property
+    def headline(self) -> memoryview[int] | None:
+        """The headline's names (``Features.headline``; None: not known)."""
+        if self._headline is None:
+            return None
+        start = self._terms + (self._leading or 0)
+        return self._hashes(start, start + self._headline)
+
+    @property
     def words(self) -> memoryview[int]:
         """The rare plain words' hashes (``Features.words``, without their weights)."""
-        return self._hashes(self._terms + (self._leading or 0), None)
+        return self._hashes(self._terms + (self._leading or 0) + (self._headline or 0), None)
 
     @property
     def signature(self) -> cluster.Signature | None:
@@ -555,8 +577,9 @@ def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, T
     weights = {key: weight for key, weight in words.values()}
     keys, leading = terms.keys, terms.leading_keys
     features = Features(
-        semantic.embedder().embed(title, text), keys, signature, weights, None if leading == keys else leading
-    )
+        semantic.embedder().embed(title, text), keys, signature, weights, None if leading == keys else leading,
+        terms.headline_keys,
+    )  # fmt: skip
     return features, Terms((*terms.words, *words))
 
 
@@ -659,7 +682,7 @@ def judge(
         for index, member in enumerate(story.members):
             sig = story.signature(index)
             if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
-                if agreeing() >= COPY_AGREEMENT and not other_subjects(item, story, weights, stats):
+                if agreeing() >= COPY_AGREEMENT and not other_subjects(item, story, weights, stats, member.features):
                     return Judgement(
                         story.story_id, True, cosine, name_weight, shared, hours, member.item_id, "",
                         shared_words, word_weight,
@@ -680,7 +703,13 @@ def judge(
     )
 
 
-def other_subjects(item: Features, story: StoryProfile, weights: Mapping[int, float], stats: TermStats) -> bool:
+def other_subjects(
+    item: Features,
+    story: StoryProfile,
+    weights: Mapping[int, float],
+    stats: TermStats,
+    copied: Features | PackedMember | None = None,
+) -> bool:
     """Whether an item whose lead copies a story's phrases is another instance of one template
     rather than a copy: each side opens with a rare name or figure (``SUBJECT_WEIGHT``) that
     the other never mentions (a fire brigade's "alarm at the Kunsthaus" and "alarm at the
@@ -692,8 +721,21 @@ def other_subjects(item: Features, story: StoryProfile, weights: Mapping[int, fl
     instance of its series, as one fetch's are (``storybatch``). Agreement alone
     (``COPY_AGREEMENT``) misses these when a template's own names outnumber its subject's, as
     in the first fetch of an outlet, before the stream shows its template's names to be
-    common. ``weights``: the item's terms' weights against this story (``judge``)."""
+    common. ``weights``: the item's terms' weights against this story (``judge``).
+
+    Between two headlines that came alone (title-only feeds: ``Features.headline``), nor is it
+    a copy when each names someone the other (the member it copies, ``copied``) never
+    mentions, however common the name: such a headline is all there is of an item, and a copy
+    of it may add a name ("... in US") but does not swap one for another ("Kalmaria central
+    bank raises key rate" and "Solvaria ..."), which a stream reporting on both every day
+    finds no rarer than "US". Figures do not count there: a copy may update one ("death toll
+    rises to 20"). Not between items with a text: their names differ in form more than in
+    whom they are about ("Egyptian" against "Egypt"), and the rare names above tell them."""
     support = story.support
+    if copied is not None and item.headline and (theirs := copied.headline):
+        mentioned = set(copied.terms)
+        if any(t not in mentioned for t in item.headline) and any(t not in item.terms for t in theirs):
+            return True
     if not any(weights[t] >= SUBJECT_WEIGHT for t in item.lead_terms if t not in support):
         return False
     return any(

@@ -697,6 +697,23 @@ def test_two_outlets_headlines_alone_of_one_event_join_and_look_alikes_do_not() 
     assert decision.near_misses and decision.near_misses[0].story_id == one
 
 
+def test_headlines_alone_that_swap_a_common_subject_are_not_copies() -> None:
+    # A stream reporting on both countries every day finds neither name rare: only the
+    # headlines, all there is of title-only items, tell whom each is about.
+    first = feats(("Kalmaria central bank raises key rate to 2.5%", ""))
+    swapped = feats(("Solvaria central bank raises key rate to 2.5%", ""))
+    added = feats(("Kalmaria central bank raises key rate to 2.5% in US", ""))
+    updated = feats(("Kalmaria central bank raises key rate to 3%", ""))
+    story = StoryProfile(1, (Member(7, NOON, first),), NOON)
+    every = first.terms | swapped.terms | added.terms | updated.terms
+    common = TermStats(stories=2000, counts=dict.fromkeys(every, 500))
+    at = NOON + timedelta(hours=1)
+    assert decide(swapped, at, [story], common).story_id is None
+    for copy in (added, updated):  # a name added, a figure updated: still copies
+        joined = decide(copy, at, [story], common)
+        assert joined.chosen is not None and joined.chosen.copy_of == 7
+
+
 def test_one_fetch_of_a_template_series_starts_a_story_per_subject() -> None:
     stats = TermStats(stories=0)
     batch = storybatch.Batch(stats)
