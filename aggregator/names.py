@@ -111,9 +111,10 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     ``plain``: whether a word (case-folded) is a plain word of the language. With it, a
     headline that comes with no text (or fewer than ``ALONE_WORDS`` words of it) also counts
     the capitalised words its capitals say nothing about (the one opening it or following a
-    colon, every one of a Title Case headline) where they are not plain words: "Kalmaria central bank raises key rate",
-    "Putin Rival Takes Message to East Ukraine". Such an item has no text to capitalise its
-    subject in again, and without it a title-only feed's items name almost nothing."""
+    colon, every one of a Title Case headline) where they are not plain words ("Kalmaria
+    central bank raises key rate", "Putin Rival Takes Message to East Ukraine"). Such an item
+    has no text to capitalise its subject in again, and without it a title-only feed's items
+    name almost nothing."""
     title_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", title).replace("\u00ad", ""))
     lead = unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", "")
     matches = list(_TOKEN.finditer(lead))
