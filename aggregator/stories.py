@@ -681,8 +681,14 @@ def judge(
     if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
         for index, member in enumerate(story.members):
             sig = story.signature(index)
-            if sig is not None and cluster.same_story(item.signature, sig, at - member.published_at) is not None:
-                if agreeing() >= COPY_AGREEMENT and not other_subjects(item, story, weights, stats, member.features):
+            evidence = None if sig is None else cluster.same_story(item.signature, sig, at - member.published_at)
+            if evidence is not None:
+                # A lone headline (a title-only feed's item) under the member's own headline is all
+                # the copy there can be: its opening may name what the member's text never repeats.
+                alone = bool(item.headline) and evidence.same_headline
+                if alone or (
+                    agreeing() >= COPY_AGREEMENT and not other_subjects(item, story, weights, stats, member.features)
+                ):
                     return Judgement(
                         story.story_id, True, cosine, name_weight, shared, hours, member.item_id, "",
                         shared_words, word_weight,

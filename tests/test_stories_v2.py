@@ -714,6 +714,19 @@ def test_headlines_alone_that_swap_a_common_subject_are_not_copies() -> None:
         assert joined.chosen is not None and joined.chosen.copy_of == 7
 
 
+def test_a_headline_alone_under_its_originals_headline_is_a_copy() -> None:
+    # A title-only feed's item reads the word opening the headline as a name ("Nationwide"),
+    # which the original, whose text never repeats it, does not: the same headline still
+    # makes it a copy.
+    title = "Nationwide strike halts trains across Belmaris"
+    original = feats((title, "Rail and bus services stopped across Belmaris on Monday as unions walked out over pay."))
+    alone = feats((title, ""))
+    assert alone.headline and not alone.terms <= original.terms
+    story = StoryProfile(1, (Member(7, NOON, original),), NOON)
+    joined = decide(alone, NOON + timedelta(hours=1), [story], TermStats(stories=0))
+    assert joined.chosen is not None and joined.chosen.copy_of == 7
+
+
 def test_one_fetch_of_a_template_series_starts_a_story_per_subject() -> None:
     stats = TermStats(stories=0)
     batch = storybatch.Batch(stats)
