@@ -91,7 +91,7 @@ class Terms:
     def headline_keys(self) -> frozenset[int]:
         """The hashes of a lone headline's names (``headline``), its figures left out: a copy
         that updates a figure ("death toll rises to 20") still tells of the same subject."""
-        return frozenset(key for word, key in self._keyed[: self.headline] if not word[:1].isdigit())
+        return frozenset(key for word, key in self._keyed[: self.headline] if not is_figure(word))
 
     def named(self, keys: set[int] | frozenset[int]) -> list[str]:
         """The readable terms among ``keys``, in the order they appear."""
@@ -138,7 +138,8 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     # A sentence-initial or Title-Case word counts only where the same item capitalises it
     # elsewhere, and there it has already been found.
     for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
-        bare = plain is not None and tokens is title_tokens and alone  # a headline alone
+        # A headline alone is read with ``plain`` where its capitals say nothing.
+        unsure = plain if tokens is title_tokens and alone else None
         initial = True
         if tokens is lead_tokens and alone:
             headline = len(found)
@@ -160,7 +161,7 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
             else:
                 word, acronym, upper, ends = _WORDS.get(raw) or _word(raw)
                 told = capitals_tell and not initial
-                if acronym or (upper and (told or (bare and plain is not None and not plain(word)))):
+                if acronym or (upper and (told or (unsure is not None and not unsure(word)))):
                     into.setdefault(word)
                 initial = ends
     if leading is None:
@@ -221,7 +222,12 @@ def stem(word: str) -> str:
 def figures(words: Iterable[str]) -> frozenset[int]:
     """The keys of the terms among ``words`` that are figures (``extract`` writes them as
     digits, with "%" kept)."""
-    return frozenset(term_key(word) for word in words if word[:1].isdigit())
+    return frozenset(term_key(word) for word in words if is_figure(word))
+
+
+def is_figure(word: str) -> bool:
+    """Whether a term (as ``extract`` writes it) is a figure: those are written as digits."""
+    return word[:1].isdigit()
 
 
 def term_key(word: str) -> int:
