@@ -13,7 +13,9 @@ four kinds of evidence, always against a story as a whole:
   story's members that carry it, so one that only a single member of a large story mentions
   weighs little: that is what keeps a story from growing through its newest member (chaining).
   The names must also *agree*: most of what the item or the story leads with (headline and
-  the lead's opening, ``names.LEADING_CHARS``) is found on the other side;
+  the lead's opening, ``names.LEADING_CHARS``) is found on the other side. A headline that
+  came alone has room for few names, and needs fewer (``HEADLINE_NAME_WEIGHT``), but not
+  other figures than the story's headlines give (``figures_differ``);
 * **meaning**: the cosine between the item's vector (``semantic``) and the story's centroid.
   Alone it tells topics apart, not events (every summit reads like every other), so it only
   lowers the names needed (``STRONG_COSINE``) or rules a story out (``MIN_COSINE``);
@@ -146,6 +148,14 @@ names who and where; a word tells less about which event it is than a name does.
 RARE_PIECES = 3
 """Tokens a word splits into for its full weight (``RARE_WORD_WEIGHT``); two pieces give half
 of it; a word the vocabulary holds whole gives nothing."""
+
+HEADLINE_NAME_WEIGHT = 1.0
+"""Rare-name weight enough, at ``WEAK_COSINE`` and closer, for a headline that came alone
+(``Features.headline``): one name that no other recent story carries. Such a headline holds
+the two or three names its text would have repeated, and the bar of a report with a text
+(``names_needed``) is mostly out of its reach. Only its names count towards this one, not its
+figures or plain words ("6%" in two companies' results), and its figures must not differ from
+the story's (``figures_differ``)."""
 
 AGREEMENT_FLOOR = 0.5
 """Rare-name weight below which a side's leading names are too plain to tell: it is weighed on
@@ -414,6 +424,17 @@ class StoryProfile:
             Counter(chain(f.lead_terms for f in members)),
             Counter(chain(f.words for f in members)),
         )
+
+    @cached_property
+    def headline_figures(self) -> frozenset[int]:
+        """The figures of the members that are headlines alone (``Features.headline``: their
+        terms that are not names), for ``figures_differ``."""
+        found: set[int] = set()
+        for member in self.members:
+            named = member.features.headline
+            if named:
+                found.update(set(member.features.terms).difference(named))
+        return frozenset(found)
 
     @cached_property
     def support(self) -> dict[int, float]:
@@ -694,19 +715,27 @@ def judge(
                         shared_words, word_weight,
                     )  # fmt: skip
                 break
-    needed, agree = names_needed(cosine)
-    why_not = ""
-    if cosine < MIN_COSINE:
-        why_not = f"another topic (cosine < {MIN_COSINE})"
-    elif not independent:
-        why_not = "only its own outlet's items so far, which it joins only as a copy"
-    elif name_weight < needed:
+    needed, agree = names_needed(cosine, _headline_names(item, shared, weights, support))
+    why_not = _ruled_out(item, story, cosine, independent)
+    if not why_not and name_weight < needed:
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
-    elif agreeing() < agree:
+    elif not why_not and agreeing() < agree:
         why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(
         story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight
     )
+
+
+def _ruled_out(item: Features, story: StoryProfile, cosine: float, independent: bool) -> str:
+    """Why an item cannot join the story as an independent report, whatever names it shares
+    (see ``judge``), or an empty string."""
+    if cosine < MIN_COSINE:
+        return f"another topic (cosine < {MIN_COSINE})"
+    if not independent:
+        return "only its own outlet's items so far, which it joins only as a copy"
+    if figures_differ(item, story):
+        return "a headline alone whose figures differ from the story's headlines' (another instance of a series)"
+    return ""
 
 
 def other_subjects(
@@ -751,22 +780,48 @@ def other_subjects(
     )
 
 
+def figures_differ(item: Features, story: StoryProfile) -> bool:
+    """Whether a headline that came alone gives figures and the story carries none of them,
+    while its own members' lone headlines give others: "Orbis Mining profit up 6%" against
+    "... up 10%", "central bank raises key rate to 4%" against "... to 6%". A series
+    (results, rate moves) repeats its names and changes its figures; a report of the same
+    event that gives a figure gives one the story has, or is the first to give one. Not
+    between items with a text: a lead's figures are too many to tell (the death toll of the
+    hour, the year of a case), and its names tell enough. A lead copy may still update a
+    figure (``judge`` takes a copy before this)."""
+    if not item.headline:
+        return False
+    figures = item.terms - item.headline
+    return bool(figures) and not any(f in story.support for f in figures) and bool(story.headline_figures)
+
+
 def item_weights(item: Features, stats: TermStats) -> dict[int, tuple[float, float]]:
     """Each of the item's terms' weight as evidence against a story that does not, and one
     that does, carry it (``TermStats.weight``): the same for every story judged."""
     return {t: (stats.weight(t), stats.weight(t, True)) for t in item.terms}
 
 
-def names_needed(cosine: float) -> tuple[float, float]:
+def names_needed(cosine: float, headline_names: float = 0.0) -> tuple[float, float]:
     """The rare-name weight and the name agreement an independent report needs at ``cosine``
     to the story: the closer in meaning, the less the names must carry, sliding from
     (``MIN_NAME_WEIGHT``, ``MIN_AGREEMENT``) at ``WEAK_COSINE`` down to (``STRONG_NAME_WEIGHT``,
-    ``STRONG_AGREEMENT``) at ``STRONG_COSINE``."""
+    ``STRONG_AGREEMENT``) at ``STRONG_COSINE``. ``headline_names``: the weight of the names a
+    headline that came alone shares with the story (``_headline_names``); from
+    ``HEADLINE_NAME_WEIGHT`` on, at ``WEAK_COSINE`` or closer, that is enough."""
     share = min(1.0, max(0.0, (cosine - WEAK_COSINE) / (STRONG_COSINE - WEAK_COSINE)))
-    return (
-        MIN_NAME_WEIGHT - share * (MIN_NAME_WEIGHT - STRONG_NAME_WEIGHT),
-        MIN_AGREEMENT - share * (MIN_AGREEMENT - STRONG_AGREEMENT),
-    )
+    needed = MIN_NAME_WEIGHT - share * (MIN_NAME_WEIGHT - STRONG_NAME_WEIGHT)
+    if cosine >= WEAK_COSINE and headline_names >= HEADLINE_NAME_WEIGHT:
+        needed = min(needed, headline_names)
+    return needed, MIN_AGREEMENT - share * (MIN_AGREEMENT - STRONG_AGREEMENT)
+
+
+def _headline_names(
+    item: Features, shared: Iterable[int], weights: Mapping[int, float], support: Mapping[int, float]
+) -> float:
+    """The weight of the names of a headline that came alone that the story carries (each
+    counted as in ``judge``): its names only, not its figures; 0 for an item with a text."""
+    named = item.headline
+    return sum(weights[t] * support[t] for t in shared if t in named) if named else 0.0
 
 
 def decide(

@@ -727,6 +727,45 @@ def test_a_headline_alone_under_its_originals_headline_is_a_copy() -> None:
     assert joined.chosen is not None and joined.chosen.copy_of == 7
 
 
+def test_a_headline_alone_joins_on_one_rare_name_when_close_in_meaning() -> None:
+    # Two title-only feeds' headlines of one event share the one or two names a headline has
+    # room for: under the bar of a report with a text, enough for a headline alone.
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(("Dorardi suspended by Belmaris party over reality show", "")), source="wire")
+    backing = feats(("Belmaris prime minister backs suspension of Dorardi", ""))
+    joined, decision = stream.add(2, NOON + timedelta(hours=1), backing, source="herald")
+    assert joined == first
+    chosen = decision.chosen
+    assert chosen is not None and chosen.cosine is not None and chosen.copy_of is None
+    assert stories.HEADLINE_NAME_WEIGHT <= chosen.name_weight < stories.names_needed(chosen.cosine)[0]
+
+
+def test_a_headline_alone_counts_its_names_not_a_shared_figure() -> None:
+    # "6%" in two companies' results: a figure and plain words, no name, in common.
+    story = StoryProfile(1, (Member(7, NOON, feats(("Trionic profit up 6% as sales climb", ""))),), NOON)
+    other = decide(feats(("Fabrino profit up 6% as sales climb", "")), NOON + timedelta(hours=1), [story], TermStats(0))
+    assert other.story_id is None
+    miss = other.near_misses[0]
+    assert miss.cosine is not None and miss.cosine >= stories.WEAK_COSINE
+    assert miss.name_weight >= stories.HEADLINE_NAME_WEIGHT and "too few rare names" in miss.why_not
+
+
+def test_a_headline_alone_with_another_figure_than_the_storys_is_another_instance() -> None:
+    # A series repeats its names and changes its figures; another outlet's report of the same
+    # results gives the same figure, or none.
+    series = Stream()
+    first, _ = series.add(1, NOON, feats(("Orbis Mining reports 6% rise in quarterly profit", "")), source="wire")
+    later = NOON + timedelta(hours=1)
+    other, decision = series.add(
+        2, later, feats(("Orbis Mining reports 10% rise in quarterly profit", "")), source="herald"
+    )
+    assert other != first
+    assert decision.near_misses and "figures differ" in decision.near_misses[0].why_not
+    same, _ = series.add(3, later, feats(("Orbis Mining profit up 6%", "")), source="gazette")
+    plain, _ = series.add(4, later, feats(("Orbis Mining beats forecasts as profit climbs", "")), source="courier")
+    assert same == plain == first
+
+
 def test_one_fetch_of_a_template_series_starts_a_story_per_subject() -> None:
     stats = TermStats(stories=0)
     batch = storybatch.Batch(stats)
