@@ -811,7 +811,7 @@ def names_needed(cosine: float, headline_names: float = 0.0) -> tuple[float, flo
     share = min(1.0, max(0.0, (cosine - WEAK_COSINE) / (STRONG_COSINE - WEAK_COSINE)))
     needed = MIN_NAME_WEIGHT - share * (MIN_NAME_WEIGHT - STRONG_NAME_WEIGHT)
     if cosine >= WEAK_COSINE and headline_names >= HEADLINE_NAME_WEIGHT:
-        needed = min(needed, headline_names)
+        needed = min(needed, HEADLINE_NAME_WEIGHT)  # which the names alone reach, so the whole weight does
     return needed, MIN_AGREEMENT - share * (MIN_AGREEMENT - STRONG_AGREEMENT)
 
 
