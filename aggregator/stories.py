@@ -151,9 +151,9 @@ of it; a word the vocabulary holds whole gives nothing."""
 
 HEADLINE_NAME_WEIGHT = 1.0
 """Rare-name weight enough, at ``WEAK_COSINE`` and closer, for a headline that came alone
-(``Features.headline``): one name that no other recent story carries. Such a headline holds
-the two or three names its text would have repeated, and the bar of a report with a text
-(``names_needed``) is mostly out of its reach. Only its names count towards this one, not its
+(``Features.headline``): one name that no other recent story carries; below, twice that.
+Such a headline holds the two or three names its text would have repeated, and the bar of a
+report with a text (``names_needed``) is mostly out of its reach. Only its names count towards this one, not its
 figures or plain words ("6%" in two companies' results), and its figures must not differ from
 the story's (``figures_differ``)."""
 
@@ -806,12 +806,14 @@ def names_needed(cosine: float, headline_names: float = 0.0) -> tuple[float, flo
     to the story: the closer in meaning, the less the names must carry, sliding from
     (``MIN_NAME_WEIGHT``, ``MIN_AGREEMENT``) at ``WEAK_COSINE`` down to (``STRONG_NAME_WEIGHT``,
     ``STRONG_AGREEMENT``) at ``STRONG_COSINE``. ``headline_names``: the weight of the names a
-    headline that came alone shares with the story (``_headline_names``); from
-    ``HEADLINE_NAME_WEIGHT`` on, at ``WEAK_COSINE`` or closer, that is enough."""
+    headline that came alone shares with the story (``_headline_names``): from
+    ``HEADLINE_NAME_WEIGHT`` on, at ``WEAK_COSINE`` or closer, that is enough, and twice that
+    below, where a report with a text needs ``MIN_NAME_WEIGHT``."""
     share = min(1.0, max(0.0, (cosine - WEAK_COSINE) / (STRONG_COSINE - WEAK_COSINE)))
     needed = MIN_NAME_WEIGHT - share * (MIN_NAME_WEIGHT - STRONG_NAME_WEIGHT)
-    if cosine >= WEAK_COSINE and headline_names >= HEADLINE_NAME_WEIGHT:
-        needed = min(needed, HEADLINE_NAME_WEIGHT)  # which the names alone reach, so the whole weight does
+    headline_bar = HEADLINE_NAME_WEIGHT if cosine >= WEAK_COSINE else 2 * HEADLINE_NAME_WEIGHT
+    if headline_names >= headline_bar:
+        needed = min(needed, headline_bar)  # which the names alone reach, so the whole weight does
     return needed, MIN_AGREEMENT - share * (MIN_AGREEMENT - STRONG_AGREEMENT)
 
 

@@ -740,6 +740,15 @@ def test_a_headline_alone_joins_on_one_rare_name_when_close_in_meaning() -> None
     assert stories.HEADLINE_NAME_WEIGHT <= chosen.name_weight < stories.names_needed(chosen.cosine)[0]
 
 
+def test_a_headline_alone_needs_one_name_close_in_meaning_and_two_further_off() -> None:
+    one, text_close = stories.HEADLINE_NAME_WEIGHT, stories.names_needed(0.7)[0]
+    assert stories.names_needed(0.7, headline_names=one)[0] == one < text_close
+    assert stories.names_needed(0.7, headline_names=0.9 * one)[0] == text_close
+    further = (stories.MIN_COSINE + stories.WEAK_COSINE) / 2
+    assert stories.names_needed(further, headline_names=2 * one)[0] == 2 * one < stories.MIN_NAME_WEIGHT
+    assert stories.names_needed(further, headline_names=1.9 * one)[0] == stories.MIN_NAME_WEIGHT
+
+
 def test_a_headline_alone_counts_its_names_not_a_shared_figure() -> None:
     # "6%" in two companies' results: a figure and plain words, no name, in common.
     story = StoryProfile(1, (Member(7, NOON, feats(("Trionic profit up 6% as sales climb", ""))),), NOON)
