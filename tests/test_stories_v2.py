@@ -1043,7 +1043,8 @@ def test_a_profile_of_packed_members_is_the_profile_of_decoded_ones() -> None:
     extended by them, must have exactly the centroid and shares (with their order, which sums
     follow) of one built from decoded members, and judge every item exactly alike, copies too."""
     stream = templated.generate(events_per_day=4, days=1)
-    texts = [ORIGINAL, REWRITE, FOLLOW_UP, UNRELATED, *[(e.title, e.text) for e in stream[:8]]]
+    alone = [("Orbis Mining reports 6% rise in quarterly profit", ""), ("Orbis Mining profit up 6%", "")]
+    texts = [ORIGINAL, REWRITE, FOLLOW_UP, UNRELATED, *[(e.title, e.text) for e in stream[:8]], *alone]
     full, packed = [], []
     for n, (title, body) in enumerate(texts):
         decided, _ = features_of(title, body)
@@ -1057,6 +1058,8 @@ def test_a_profile_of_packed_members_is_the_profile_of_decoded_ones() -> None:
     assert any(m.features.leading is not None for m in full) and any(m.features.leading is None for m in full)
     items = [(feats((e.title, e.text)), e.published_at) for e in stream]
     items += [(feats(t), NOON + timedelta(hours=1)) for t in (ORIGINAL, REWRITE, FOLLOW_UP)]
+    series = ("Orbis Mining reports 10% rise in quarterly profit", "")  # a lone headline, another figure
+    items += [(feats(t), NOON + timedelta(hours=1)) for t in (*alone, series)]
     stats = TermStats(stories=3, counts={t: 2 for m in full[:3] for t in m.features.terms})
     judged = []
     for size in range(1, len(full) + 1):
@@ -1071,7 +1074,11 @@ def test_a_profile_of_packed_members_is_the_profile_of_decoded_ones() -> None:
             assert np.array_equal(profile.total, afresh.total) and np.array_equal(profile.centroid, afresh.centroid)
             for name in ("support", "lead_support", "word_support"):
                 assert list(getattr(profile, name).items()) == list(getattr(afresh, name).items()), name
+            assert profile.headline_figures == afresh.headline_figures
             for item, at in items:
                 judged.append(stories.judge(item, at, afresh, stats))
                 assert stories.judge(item, at, profile, stats) == judged[-1]
     assert any(j.copy_of is not None for j in judged) and any(j.joins for j in judged)  # both paths taken
+    for lone in (full[-2:], packed[-2:]):  # a story of the two lone headlines, either way
+        verdict = stories.judge(feats(series), NOON + timedelta(hours=1), StoryProfile(1, tuple(lone), NOON), stats)
+        assert "figures differ" in verdict.why_not
