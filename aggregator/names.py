@@ -44,8 +44,10 @@ by most house styles, so they do not tell."""
 
 ALONE_WORDS = 5
 """A headline whose text has fewer words than this comes alone, for ``extract``'s ``plain``: a
-title-only feed's "Comments", "Read more" or lone link say nothing of the subject (the lead
-signature reads such an item's headline instead, ``cluster.signature``)."""
+title-only feed's "Comments", "Read more", byline ("By AP") or lone link say nothing of the
+subject, and ``extract`` takes no term from them (the lead signature reads such an item's
+headline instead, ``cluster.signature``). The terms of a headline alone are then its own names
+and figures, so those that are not its names (``Terms.headline``) are its figures."""
 
 TOKENS = (
     r"(?P<number>\d+(?:[.,]\d+)*)(?:\s?(?P<unit>%|per\s?cent\b|percent\b|million\b|billion\b|trillion\b|"
@@ -143,6 +145,7 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
         initial = True
         if tokens is lead_tokens and alone:
             headline = len(found)
+            break  # its few words name no one the item is about ("By AP", "3 comments")
         for n, (number, unit, raw, stop) in enumerate(tokens):
             into = found
             if tokens is lead_tokens:

@@ -673,7 +673,7 @@ def test_a_headline_alone_names_what_it_opens_with() -> None:
     with_text = names.extract("Kalmaria central bank raises key rate", text, stories.plain_word)
     assert "kalmaria" not in with_text.words  # the text would have named it, had it been one
     assert names.extract("Kalmaria central bank raises key rate", "").words == ()  # asked for by the caller only
-    for stock in ("Comments", "Read more"):  # a title-only feed's stock text says nothing of the subject
+    for stock in ("Comments", "Read more", "By AP", "12 comments"):  # a title-only feed's stock text says nothing
         assert names.extract("Kalmaria central bank raises key rate", stock, stories.plain_word).words == ("kalmaria",)
 
 
@@ -772,7 +772,9 @@ def test_a_headline_alone_with_another_figure_than_the_storys_is_another_instanc
     assert decision.near_misses and "figures differ" in decision.near_misses[0].why_not
     same, _ = series.add(3, later, feats(("Orbis Mining profit up 6%", "")), source="gazette")
     plain, _ = series.add(4, later, feats(("Orbis Mining beats forecasts as profit climbs", "")), source="courier")
-    assert same == plain == first
+    # A byline under a title-only feed's headline is no figure of it, nor any term.
+    signed, _ = series.add(5, later, feats(("Orbis Mining profit climbs", "By AP")), source="post")
+    assert same == plain == signed == first
 
 
 def test_one_fetch_of_a_template_series_starts_a_story_per_subject() -> None:
