@@ -153,9 +153,9 @@ HEADLINE_NAME_WEIGHT = 1.0
 """Rare-name weight enough, at ``WEAK_COSINE`` and closer, for a headline that came alone
 (``Features.headline``): one name that no other recent story carries; below, twice that.
 Such a headline holds the two or three names its text would have repeated, and the bar of a
-report with a text (``names_needed``) is mostly out of its reach. Only its names count towards this one, not its
-figures or plain words ("6%" in two companies' results), and its figures must not differ from
-the story's (``figures_differ``)."""
+report with a text (``names_needed``) is mostly out of its reach. Only its names count towards
+this one, not its figures or plain words ("6%" in two companies' results), and its figures must
+not differ from the story's (``figures_differ``)."""
 
 AGREEMENT_FLOOR = 0.5
 """Rare-name weight below which a side's leading names are too plain to tell: it is weighed on
