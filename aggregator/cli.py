@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aggregator import __version__, logs
+from aggregator import __version__, collector, logs
 from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
 from aggregator.curate import draws_from
 from aggregator.errors import AggregatorError, ConfigError, UsageError
@@ -213,6 +213,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     from aggregator.parseworker import make_parse_pool
     from aggregator.pipeline import Pipeline, poll_once
 
+    collector.pace_for_service()
     loaded = _load(args)
     with _store(loaded, create=True) as store:
         now = datetime.now(UTC)
@@ -275,6 +276,7 @@ def _daemon(args: argparse.Namespace, *, poll: bool, http: bool) -> int:
 
     from aggregator.daemon import Daemon
 
+    collector.pace_for_service()
     loaded = _load(args)
     with _store(loaded, create=poll) as store:
         # uvloop: a feed reader's conditional GET is mostly event-loop work, which uvloop does

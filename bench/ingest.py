@@ -484,12 +484,14 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     """
     import logging
 
+    from aggregator import collector
     from aggregator.parseworker import make_parse_pool
     from aggregator.pipeline import Pipeline, poll_once
     from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.repository import Store
 
     logging.getLogger("aggregator").setLevel(logging.WARNING)
+    collector.pace_for_service()  # as `aggregator run` and `poll` do
     config = _aggregator_config(opts)
     changed = json.loads(opts.only)
     rounds: dict[str, Any] = {}
