@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import textwrap
 import threading
@@ -16,6 +17,16 @@ from tests.server import FeedServer
 if TYPE_CHECKING:
     from aggregator.config import Config
     from aggregator.store.repository import Store
+
+
+@pytest.fixture(autouse=True)
+def collector_pace() -> Iterator[None]:
+    """Each test ends with the garbage collector's pace it began with: tests run ``aggregator
+    poll`` in this process, which sets a polling process's pace (``aggregator.collector``), and
+    the rest of the session must not run at it unawares."""
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
 
 
 @pytest.fixture
