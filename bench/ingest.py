@@ -23,7 +23,8 @@ one's high-water mark by kind (``rss_by_process``: main, forkserver, tracker, wo
 transactions the round committed and how many fetch results each held. For (b),
 (c) and (d) ``main_by_thread`` splits the main process's CPU: the event loop (fetching, "loop"),
 the executor threads (each poll's transaction, claims, publishing: "db") and the parse
-pool's own threads (moving bodies out and results back: "pool"). The feed
+pool's own threads (moving bodies out and results back: "pool"), and ``gc_s`` the part of it
+spent in the garbage collector (``gc_full``: its full collections). The feed
 server runs in a separate process and is never counted. Usage::
 
     .venv/bin/python bench/ingest.py                      # 1000 feeds x 30 items
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import importlib.util
 import io
@@ -388,6 +390,31 @@ class Meter:
         return figures
 
 
+class Collections:
+    """Time the main process spent in CPython's cyclic garbage collector, and its full
+    collections, between two readings (``gc.callbacks``): its share of the writer's CPU is
+    what ``aggregator.collector`` sets the pace for, and machine noise does not blur it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._started = 0.0
+        self._last = (0.0, 0)
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.full += info["generation"] == 2
+
+    def lap(self) -> dict[str, Any]:
+        seconds, full = self._last
+        self._last = (self.seconds, self.full)
+        return {"gc_s": round(self.seconds - seconds, 2), "gc_full": self.full - full}
+
+
 BATCH_KEYS = ("transactions", "results_per_tx", "tx_sizes", "commit_s", "batch_retries")
 
 
@@ -497,6 +524,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[str, Any] = {}
     meter = Meter()
     batches = Batches()
+    collections = Collections()
     engine = make_engine(config.settings.database_url)
     pool = make_parse_pool(config.settings.parse_workers)
     try:
@@ -513,6 +541,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
                         (Path(opts.dir) / f"{n}.xml").write_bytes(feed_body(n, opts.items, gained=3))
                     meter.lap()
                     batches.lap()
+                    collections.lap()
                 summary = await poll_once(pipeline, all_sources=True)
                 rounds[name] = {
                     **meter.lap(),
@@ -522,6 +551,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
                     "not_modified": summary.not_modified,
                     "errors": summary.errors,
                     **batches.lap(),
+                    **collections.lap(),
                 }
 
         asyncio.run(three_rounds())
