@@ -427,14 +427,9 @@ class StoryProfile:
 
     @cached_property
     def headline_figures(self) -> frozenset[int]:
-        """The figures of the members that are headlines alone (``Features.headline``: their
-        terms that are not names), for ``figures_differ``."""
-        found: set[int] = set()
-        for member in self.members:
-            named = member.features.headline
-            if named:
-                found.update(set(member.features.terms).difference(named))
-        return frozenset(found)
+        """The figures of the members that are headlines alone (``lone_headline_figures``),
+        for ``figures_differ``."""
+        return frozenset().union(*(lone_headline_figures(m.features) for m in self.members))
 
     @cached_property
     def support(self) -> dict[int, float]:
@@ -789,10 +784,15 @@ def figures_differ(item: Features, story: StoryProfile) -> bool:
     between items with a text: a lead's figures are too many to tell (the death toll of the
     hour, the year of a case), and its names tell enough. A lead copy may still update a
     figure (``judge`` takes a copy before this)."""
-    if not item.headline:
-        return False
-    figures = item.terms - item.headline
+    figures = lone_headline_figures(item)
     return bool(figures) and not any(f in story.support for f in figures) and bool(story.headline_figures)
+
+
+def lone_headline_figures(features: Features | PackedMember) -> frozenset[int]:
+    """The figures of a headline that came alone: its terms that are not its names (it has no
+    others, ``names.ALONE_WORDS``); none for an item with a text."""
+    named = features.headline
+    return frozenset(set(features.terms).difference(named)) if named else frozenset()
 
 
 def item_weights(item: Features, stats: TermStats) -> dict[int, tuple[float, float]]:
