@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,11 @@ from tests.server import FeedServer, Route
 
 
 @pytest.fixture
-def default_pace() -> Iterator[tuple[int, int, int]]:
-    """CPython's default thresholds for the test, whatever the process had; restored after."""
-    before = gc.get_threshold()
+def default_pace() -> tuple[int, int, int]:
+    """CPython's default thresholds for the test, whatever the process had (conftest's
+    ``collector_pace`` puts those back after it)."""
     gc.set_threshold(700, 10, 10)
-    yield gc.get_threshold()
-    gc.set_threshold(*before)
+    return gc.get_threshold()
 
 
 def test_a_poll_collects_young_objects_at_the_services_pace(
