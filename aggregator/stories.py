@@ -921,10 +921,16 @@ def reached(
     each of its rare ``keys`` (``TermStats.keys``) the weight of that term for each story
     ``carriers`` gives it, and each of its lead-copy keys ``COPY_KEY_WEIGHT`` for each story
     ``by_copy`` gives it (only keys few enough items carry: a stock phrase reaches nothing).
-    Storage and the in-memory stream look both up their own way and rank the same."""
+    Storage and the in-memory stream look both up their own way and rank the same.
+
+    A term weighs for a story that carries it as ``judge`` weighs it there (``own``): that
+    story is not counted among the others. A name only that story carries reaches it with a
+    whole name's weight, as much as ``judge`` gives it; counted as one of the others, it would
+    fall short of ``MIN_KEY_WEIGHT``, and a headline that came alone, which shares one such
+    name with its event's story (``HEADLINE_NAME_WEIGHT``), would never be judged against it."""
     found: dict[int, float] = {}
     for term in keys:
-        weight = stats.weight(term)
+        weight = stats.weight(term, True)
         for story in carriers.get(term, ()):
             found[story] = found.get(story, 0.0) + weight
     if features.signature is not None:
@@ -943,6 +949,9 @@ def rank_candidates(found: Mapping[int, float]) -> list[int]:
 
 
 MIN_KEY_WEIGHT = 1.0
+"""Lookup weight (``reached``) a story needs to be judged: at least one name no other story
+carries. A story reached with less cannot gather the names any report needs to join it, and
+judging it would cost a member lookup and a decision."""
 
 COPY_KEY_WEIGHT = 100.0
 """Lookup weight of a shared lead-copy key: a story an item may copy is always judged."""

@@ -194,17 +194,19 @@ def test_common_names_are_neither_evidence_nor_keys() -> None:
 
 def test_what_an_item_reaches_is_weighed_by_its_keys_and_copy_keys() -> None:
     # The one ranking storage and the in-memory stream share: each rare key adds its weight to each
-    # story carrying it, a lead-copy key a copy's weight once per story, whatever reached it else.
+    # story carrying it (as ``judge`` weighs it there: that story is not one of the others), a
+    # lead-copy key a copy's weight once per story, whatever reached it else.
     item = feats(ORIGINAL)
     assert item.signature is not None
     copy_key = cluster.band_keys(item.signature)[0]
-    stats = TermStats(stories=2000, counts={1: 1, 2: 3})
+    stats = TermStats(stories=2000, counts={1: 2, 2: 3})
     found = stories.reached(item, [1, 2], stats, {1: {10, 11}, 2: {11}}, {copy_key: {12, 11}})
     assert found == {
-        10: stats.weight(1),
-        11: stats.weight(1) + stats.weight(2) + stories.COPY_KEY_WEIGHT,
+        10: stats.weight(1, True),
+        11: stats.weight(1, True) + stats.weight(2, True) + stories.COPY_KEY_WEIGHT,
         12: stories.COPY_KEY_WEIGHT,
     }
+    assert stats.weight(1) < stats.weight(1, True) < 1
     assert stories.copied(found) == {11, 12}
     assert stories.reached(item, [], stats, {1: {10}}, {}) == {}  # no key of its own: nothing reached
 
@@ -738,6 +740,29 @@ def test_a_headline_alone_joins_on_one_rare_name_when_close_in_meaning() -> None
     chosen = decision.chosen
     assert chosen is not None and chosen.cosine is not None and chosen.copy_of is None
     assert stories.HEADLINE_NAME_WEIGHT <= chosen.name_weight < stories.names_needed(chosen.cosine)[0]
+
+
+def test_a_headline_alone_reaches_the_story_of_the_one_rare_name_it_shares() -> None:
+    # A title-only feed's headline shares one name with another outlet's headline of the same
+    # fire, a name no other story of the stream carries. That is enough to join
+    # (``HEADLINE_NAME_WEIGHT``), so it must be enough to reach the story and have it judged:
+    # weighed as if the story were one of the others, the name fell short of MIN_KEY_WEIGHT.
+    stream = Stream()
+    for n, town in enumerate(("Kalmaria", "Solvaria", "Belmaris", "Ostrava", "Dunmore", "Pelaria", "Galdora")):
+        budget = feats((f"{town} council approves new budget", ""))
+        stream.add(n, NOON - timedelta(hours=3, minutes=-n), budget, source=f"paper {n}")
+    fire = feats(("Fire tears through Barangaroo tower under construction", ""))
+    first, _ = stream.add(10, NOON, fire, source="wire")
+    blaze = feats(("Blaze breaks out at Barangaroo building site", ""))
+    assert names.extract("Blaze breaks out at Barangaroo building site", "", stories.plain_word).words == (
+        "blaze", "barangaroo",
+    )  # fmt: skip
+    stats = stream.stats()
+    assert stats.weight(names.term_key("barangaroo")) < stories.MIN_KEY_WEIGHT  # counting the fire's story
+    joined, decision = stream.add(11, NOON + timedelta(hours=1), blaze, source="herald")
+    assert joined == first
+    assert decision.chosen is not None and decision.chosen.copy_of is None
+    assert decision.chosen.name_weight == stories.HEADLINE_NAME_WEIGHT
 
 
 def test_a_headline_alone_needs_one_name_close_in_meaning_and_two_further_off() -> None:
