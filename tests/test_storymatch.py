@@ -187,3 +187,21 @@ def test_an_outlets_own_story_takes_its_copy_but_not_its_other_report(store: Sto
     assert copy.story_id == story and "copies item" in (copy.match_reason or "")
     other = judged(2, "h1", REWRITE)
     assert other.story_id == story  # another outlet's report: judged on its names
+
+
+def test_a_headline_alone_reaches_through_storage_the_story_of_the_one_name_it_shares(store: Store) -> None:
+    """Title-only feeds, through storage: another outlet's headline of the same fire shares one
+    rare name with the stored story, which only that story carries. The stored counts include
+    the story itself; the name must still reach it with a whole name's weight, and join."""
+    matcher = StoryMatcher()
+    fire = ("Fire tears through Barangaroo tower under construction", "")
+    with store.ingest() as tx:
+        (first,) = matcher.match(tx, plan_of([("w1", fire, NOON)]), NOON, "semantic", {}, {}, 1).inserts
+        tx.insert_items(1, [first], NOON, "news.example.org")
+        story = tx.stored_items(1, ["w1"])["w1"].story_id
+    blaze = ("Blaze breaks out at Barangaroo building site", "")
+    with store.ingest() as tx:
+        plan = plan_of([("h1", blaze, NOON + timedelta(hours=1))])
+        (new,) = matcher.match(tx, plan, NOON, "semantic", {}, {}, 2).inserts
+    assert new.story_id == story
+    assert f"joined story {story}: cosine" in (new.match_reason or "")
