@@ -753,16 +753,18 @@ def test_a_headline_alone_reaches_the_story_of_the_one_rare_name_it_shares() -> 
         stream.add(n, NOON - timedelta(hours=3, minutes=-n), budget, source=f"paper {n}")
     fire = feats(("Fire tears through Barangaroo tower under construction", ""))
     first, _ = stream.add(10, NOON, fire, source="wire")
-    blaze = feats(("Blaze breaks out at Barangaroo building site", ""))
-    assert names.extract("Blaze breaks out at Barangaroo building site", "", stories.plain_word).words == (
-        "blaze", "barangaroo",
-    )  # fmt: skip
+    title = "Huge blaze at Barangaroo construction site"
+    blaze = feats((title, ""))
+    assert names.extract(title, "", stories.plain_word).words == ("barangaroo",)
+    assert fire.signature is not None and blaze.signature is not None  # no lead-copy key in common either
+    assert not set(cluster.band_keys(fire.signature)) & set(cluster.band_keys(blaze.signature))
     stats = stream.stats()
     assert stats.weight(names.term_key("barangaroo")) < stories.MIN_KEY_WEIGHT  # counting the fire's story
     joined, decision = stream.add(11, NOON + timedelta(hours=1), blaze, source="herald")
     assert joined == first
-    assert decision.chosen is not None and decision.chosen.copy_of is None
-    assert decision.chosen.name_weight == stories.HEADLINE_NAME_WEIGHT
+    chosen = decision.chosen
+    assert chosen is not None and chosen.copy_of is None and chosen.cosine is not None
+    assert chosen.cosine >= stories.WEAK_COSINE and chosen.name_weight == stories.HEADLINE_NAME_WEIGHT
 
 
 def test_a_headline_alone_needs_one_name_close_in_meaning_and_two_further_off() -> None:

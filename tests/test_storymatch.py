@@ -199,7 +199,7 @@ def test_a_headline_alone_reaches_through_storage_the_story_of_the_one_name_it_s
         (first,) = matcher.match(tx, plan_of([("w1", fire, NOON)]), NOON, "semantic", {}, {}, 1).inserts
         tx.insert_items(1, [first], NOON, "news.example.org")
         story = tx.stored_items(1, ["w1"])["w1"].story_id
-    blaze = ("Blaze breaks out at Barangaroo building site", "")
+    blaze = ("Huge blaze at Barangaroo construction site", "")
     with store.ingest() as tx:
         plan = plan_of([("h1", blaze, NOON + timedelta(hours=1))])
         (new,) = matcher.match(tx, plan, NOON, "semantic", {}, {}, 2).inserts
