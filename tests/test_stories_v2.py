@@ -59,6 +59,9 @@ UNRELATED = (
     "university, at a cost of 310 million dollars, the council said.",
 )
 
+FIRE_ALONE = ("Fire tears through Barangaroo tower under construction", "")
+BLAZE_ALONE = ("Huge blaze at Barangaroo construction site", "")  # another outlet's, the same fire
+
 
 def feats(pair: tuple[str, str]) -> Features:
     return features_of(*pair)[0]
@@ -751,11 +754,10 @@ def test_a_headline_alone_reaches_the_story_of_the_one_rare_name_it_shares() -> 
     for n, town in enumerate(("Kalmaria", "Solvaria", "Belmaris", "Ostrava", "Dunmore", "Pelaria", "Galdora")):
         budget = feats((f"{town} council approves new budget", ""))
         stream.add(n, NOON - timedelta(hours=3, minutes=-n), budget, source=f"paper {n}")
-    fire = feats(("Fire tears through Barangaroo tower under construction", ""))
+    fire = feats(FIRE_ALONE)
     first, _ = stream.add(10, NOON, fire, source="wire")
-    title = "Huge blaze at Barangaroo construction site"
-    blaze = feats((title, ""))
-    assert names.extract(title, "", stories.plain_word).words == ("barangaroo",)
+    blaze = feats(BLAZE_ALONE)
+    assert names.extract(*BLAZE_ALONE, stories.plain_word).words == ("barangaroo",)
     assert fire.signature is not None and blaze.signature is not None  # no lead-copy key in common either
     assert not set(cluster.band_keys(fire.signature)) & set(cluster.band_keys(blaze.signature))
     stats = stream.stats()

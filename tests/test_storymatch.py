@@ -17,7 +17,16 @@ from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import IngestTransaction, Store
 from aggregator.storymatch import StoryMatcher
-from tests.test_stories_v2 import FOLLOW_UP, NOON, ORIGINAL, REWRITE, STORE_CONFIG, UNRELATED
+from tests.test_stories_v2 import (
+    BLAZE_ALONE,
+    FIRE_ALONE,
+    FOLLOW_UP,
+    NOON,
+    ORIGINAL,
+    REWRITE,
+    STORE_CONFIG,
+    UNRELATED,
+)
 
 
 @pytest.fixture
@@ -194,14 +203,12 @@ def test_a_headline_alone_reaches_through_storage_the_story_of_the_one_name_it_s
     rare name with the stored story, which only that story carries. The stored counts include
     the story itself; the name must still reach it with a whole name's weight, and join."""
     matcher = StoryMatcher()
-    fire = ("Fire tears through Barangaroo tower under construction", "")
     with store.ingest() as tx:
-        (first,) = matcher.match(tx, plan_of([("w1", fire, NOON)]), NOON, "semantic", {}, {}, 1).inserts
+        (first,) = matcher.match(tx, plan_of([("w1", FIRE_ALONE, NOON)]), NOON, "semantic", {}, {}, 1).inserts
         tx.insert_items(1, [first], NOON, "news.example.org")
         story = tx.stored_items(1, ["w1"])["w1"].story_id
-    blaze = ("Huge blaze at Barangaroo construction site", "")
     with store.ingest() as tx:
-        plan = plan_of([("h1", blaze, NOON + timedelta(hours=1))])
+        plan = plan_of([("h1", BLAZE_ALONE, NOON + timedelta(hours=1))])
         (new,) = matcher.match(tx, plan, NOON, "semantic", {}, {}, 2).inserts
     assert new.story_id == story
     assert f"joined story {story}: cosine" in (new.match_reason or "")
