@@ -792,7 +792,7 @@ def lone_headline_figures(features: Features | PackedMember) -> frozenset[int]:
     """The figures of a headline that came alone: its terms that are not its names (it has no
     others, ``names.ALONE_WORDS``); none for an item with a text."""
     named = features.headline
-    return frozenset(set(features.terms).difference(named)) if named else frozenset()
+    return frozenset(features.terms).difference(named) if named else frozenset()
 
 
 def item_weights(item: Features, stats: TermStats) -> dict[int, tuple[float, float]]:
