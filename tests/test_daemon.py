@@ -50,6 +50,65 @@ def aggregator(*args: str, cwd: Path) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "aggregator", *args], cwd=cwd, stdout=log, stderr=log, text=True)
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _mapped_packages(pid: int) -> set[str]:
+    """The installed packages whose compiled libraries process ``pid`` has loaded."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {path.split("site-packages/", 1)[1].split("/", 1)[0] for path in maps.split() if "site-packages/" in path}
+
+
+def test_the_installed_command_s_parse_worker_loads_what_parsing_needs_and_not_the_rest(
+    server: FeedServer, tmp_path: Path
+) -> None:
+    # The console script (what the systemd unit starts) is the main module a parse worker
+    # imports at its start: it must not bring the database, HTTP and config libraries along.
+    command = Path(sys.executable).with_name("aggregator")
+    assert command.exists(), f"the aggregator command is not installed beside {sys.executable}"
+    server.add("/f0", Route(body=any_dialect(0, ITEMS)))
+    config = write_config(tmp_path, [{"name": "feed 0", "url": server.url("/f0")}], settings="parse_workers: 1")
+    db = tmp_path / "data" / "aggregator.db"
+    with (tmp_path / "daemon.log").open("a") as log:
+        args = [str(command), "--config", str(config), "worker"]
+        process = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=log)
+
+    def stored() -> bool:
+        try:
+            with sqlite3.connect(db) as conn:
+                return int(conn.execute("select count(*) from items").fetchone()[0]) == ITEMS
+        except sqlite3.Error:
+            return False
+
+    try:
+        wait_for(stored, timeout=60)
+        loaded = {pid: _mapped_packages(pid) for pid in _descendants(process.pid)}
+        daemon = _mapped_packages(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    # The worker that parsed and embedded the items loaded the tokenizer; nothing else here does.
+    workers = [packages for packages in loaded.values() if "tokenizers" in packages]
+    assert len(workers) == 1, loaded
+    assert "numpy" in workers[0]
+    assert not workers[0] & {"sqlalchemy", "pydantic_core", "yaml", "markupsafe"}, workers[0]
+    assert {"sqlalchemy", "pydantic_core"} <= daemon  # the check does see them where they are loaded
+
+
 def test_run_polls_serves_reloads_and_stops_cleanly_on_sigterm(server: FeedServer, tmp_path: Path) -> None:
     for n in range(4):
         server.add(f"/f{n}", Route(body=any_dialect(n, ITEMS), etag=f'"{n}"'))
