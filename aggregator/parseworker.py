@@ -44,6 +44,13 @@ log = logging.getLogger("aggregator")
 PARSE_CPU_SECONDS = 30.0
 PARSE_MEMORY_BYTES = 1 << 30
 
+START_METHOD = "spawn"
+"""How a parse worker process starts: a fresh interpreter, never a fork of the daemon, which
+holds threads, sockets and database handles. "forkserver" is just as safe, but it keeps one
+more interpreter running for the daemon's whole life, a process that holds nothing its
+workers share: they import what they use after they are forked from it, as a spawned worker
+does at its start."""
+
 SIGNED_CACHE_SIZE = 50_000
 """Items a process remembers the signature and story features of, by a digest of what they
 were computed from. A feed that changed usually changed by a few items; the others were
@@ -230,9 +237,8 @@ class ParsePool(Executor):
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        # forkserver: never fork a process that holds threads, sockets and database handles.
         return ProcessPoolExecutor(
-            self.workers, mp_context=get_context("forkserver"), initializer=_init_worker, initargs=(os.getpid(),)
+            self.workers, mp_context=get_context(START_METHOD), initializer=_init_worker, initargs=(os.getpid(),)
         )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
@@ -257,8 +263,8 @@ def _exit_with(pid: int) -> None:
     """End this process when process ``pid`` (the daemon) ends, however it ends.
 
     A parse worker holds both ends of its own task queue, so it never sees the daemon go: after
-    a ``kill -9`` the workers waited forever, and kept the forkserver and the resource tracker
-    alive with them (three processes per kill, unless systemd killed the whole cgroup). A
+    a ``kill -9`` the workers waited forever, and kept the resource tracker
+    alive with them (two processes or more per kill, unless systemd killed the whole cgroup). A
     pidfd becomes readable when its process exits; a thread waits on it.
     """
     try:

@@ -230,7 +230,7 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
     started, cpu, parse_cpu = time.monotonic(), time.process_time(), descendants_cpu()
     summary = asyncio.run(poll())
     elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
-    parse_cpu = descendants_cpu() - parse_cpu  # the forkserver's children: not reaped by us
+    parse_cpu = descendants_cpu() - parse_cpu  # the parse workers, read while they live
     if pool is not None:
         pool.shutdown()
     engine.dispose()

@@ -6,7 +6,7 @@ the repository root, or wherever ``AGGREGATOR_CORPUS`` points — and is never c
 sweep is skipped, with the path it looked at, when the folder is absent.
 
 Each file listed in its INDEX.tsv goes through ``document_to_feed`` in a parse pool built like
-the pipeline's (forkserver workers started with ``init_parse_worker``), as a body with no HTTP
+the pipeline's (workers started as its own are, with ``init_parse_worker``), as a body with no HTTP
 headers, and lands in exactly one bucket:
 
 * ingested — a ``ParsedFeed`` came back;
@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.errors import ParseError
-from aggregator.parseworker import document_to_feed, init_parse_worker
+from aggregator.parseworker import START_METHOD, document_to_feed, init_parse_worker
 from tests.test_normalize import find_escapes, url_scheme
 
 CORPUS = Path(os.environ.get("AGGREGATOR_CORPUS") or Path(__file__).resolve().parents[1].parent / "shared" / "corpus")
@@ -91,7 +91,7 @@ def sweep() -> dict[str, Outcome]:
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     outcomes: dict[str, Outcome] = {}
     with ProcessPoolExecutor(
-        2, mp_context=get_context("forkserver"), initializer=init_parse_worker, initargs=(CPU_SECONDS, None)
+        2, mp_context=get_context(START_METHOD), initializer=init_parse_worker, initargs=(CPU_SECONDS, None)
     ) as pool:
         futures = [(chunk, pool.submit(sweep_chunk, str(CORPUS), chunk)) for chunk in chunks]
         for chunk, future in futures:

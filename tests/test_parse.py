@@ -25,7 +25,7 @@ import pytest
 
 from aggregator.errors import ParseError
 from aggregator.parse import MAX_ENTRIES, MAX_GUNZIP_BYTES, check_bounds, parse_document
-from aggregator.parseworker import document_to_feed, init_parse_worker
+from aggregator.parseworker import START_METHOD, document_to_feed, init_parse_worker
 from aggregator.records import Item
 
 DATA = Path(__file__).parent / "data" / "ingest"
@@ -159,12 +159,12 @@ def _deep_xml(depth: int) -> bytes:
 def test_a_worker_gives_each_document_a_cpu_budget_and_survives_it() -> None:
     """Deep XML nesting is not refused up front (nothing cheap can measure it): the budget stops it.
 
-    The pool is what the pipeline uses (forkserver, init_parse_worker as initializer), with a
+    The pool is what the pipeline uses (its start method, init_parse_worker as initializer), with a
     budget small enough to keep the test short. The same worker then parses a normal feed:
     the timer and the signal handler were put back.
     """
     with ProcessPoolExecutor(
-        1, mp_context=get_context("forkserver"), initializer=init_parse_worker, initargs=(0.5, None)
+        1, mp_context=get_context(START_METHOD), initializer=init_parse_worker, initargs=(0.5, None)
     ) as pool:
         slow = pool.submit(document_to_feed, _deep_xml(1_000_000), DEFAULT_URL, None, FETCHED_AT)
         with pytest.raises(ParseError, match=r"gave up after 0\.5 s of CPU"):
@@ -180,13 +180,13 @@ def _address_space_in_use() -> int:
 
 def test_a_worker_turns_running_out_of_memory_into_a_parse_error() -> None:
     """RLIMIT_AS set by the initializer: the allocation fails, the document fails, the worker lives."""
-    with ProcessPoolExecutor(1, mp_context=get_context("forkserver")) as probe:
+    with ProcessPoolExecutor(1, mp_context=get_context(START_METHOD)) as probe:
         baseline = probe.submit(_address_space_in_use).result()
     limit = baseline + (96 << 20)
     items = "".join(f"<item><guid>{n}</guid><description>{'word ' * 1000}</description></item>" for n in range(9000))
     big = _rss(items)  # 45 MB of text: feedparser alone holds several copies
     with ProcessPoolExecutor(
-        1, mp_context=get_context("forkserver"), initializer=init_parse_worker, initargs=(None, limit)
+        1, mp_context=get_context(START_METHOD), initializer=init_parse_worker, initargs=(None, limit)
     ) as pool:
         with pytest.raises(ParseError, match="memory"):
             pool.submit(document_to_feed, big, DEFAULT_URL, None, FETCHED_AT).result()
