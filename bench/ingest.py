@@ -18,7 +18,7 @@ database. (a), (a') and (e) run in processes of their own.
 Figures: wall seconds; CPU seconds of the measured process and all its descendants (the parse
 workers), and how much of it the main process used; and the peak RSS of all those processes
 together (the sum of each one's high-water mark: an upper bound of the true peak), and each
-one's high-water mark by kind (``rss_by_process``: main, forkserver, tracker, worker). For (b),
+one's high-water mark by kind (``rss_by_process``: main, tracker, worker). For (b),
 (c) and (d) the report also gives the group commit's batches (``groupcommit``): how many
 transactions the round committed and how many fetch results each held. For (b),
 (c) and (d) ``main_by_thread`` splits the main process's CPU: the event loop (fetching, "loop"),
@@ -313,7 +313,7 @@ def _cpu_and_hwm(pids: list[int]) -> tuple[float, int]:
 
 
 def _process_kind(pid: int) -> str:
-    """What a process of the measured tree is: this one ("main"), the forkserver, the resource
+    """What a process of the measured tree is: this one ("main"), multiprocessing's resource
     tracker, or (anything else) a parse worker."""
     if pid == os.getpid():
         return "main"
@@ -321,9 +321,6 @@ def _process_kind(pid: int) -> str:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "gone"
-    if "forkserver" in command:  # the forkserver's children (the workers) share its command line
-        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        return "forkserver" if parent == os.getpid() else "worker"
     return "tracker" if "resource_tracker" in command else "worker"
 
 
