@@ -263,9 +263,9 @@ def _exit_with(pid: int) -> None:
     """End this process when process ``pid`` (the daemon) ends, however it ends.
 
     A parse worker holds both ends of its own task queue, so it never sees the daemon go: after
-    a ``kill -9`` the workers waited forever, and kept the resource tracker
-    alive with them (two processes or more per kill, unless systemd killed the whole cgroup). A
-    pidfd becomes readable when its process exits; a thread waits on it.
+    a ``kill -9`` the workers waited forever, and kept the resource tracker alive with them
+    (two processes or more per kill, unless systemd killed the whole cgroup). A pidfd becomes
+    readable when its process exits; a thread waits on it.
     """
     try:
         handle = os.pidfd_open(pid)

@@ -6,8 +6,8 @@ the repository root, or wherever ``AGGREGATOR_CORPUS`` points — and is never c
 sweep is skipped, with the path it looked at, when the folder is absent.
 
 Each file listed in its INDEX.tsv goes through ``document_to_feed`` in a parse pool built like
-the pipeline's (workers started as its own are, with ``init_parse_worker``), as a body with no HTTP
-headers, and lands in exactly one bucket:
+the pipeline's (``START_METHOD``, ``init_parse_worker``), as a body with no HTTP headers, and
+lands in exactly one bucket:
 
 * ingested — a ``ParsedFeed`` came back;
 * rejected — a ``ParseError`` with a one-line reason (the per-source error users see);
