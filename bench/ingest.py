@@ -10,11 +10,15 @@ them from a separate process on 127.0.0.1 (ETag + conditional GET), and measures
   (e)  the `reader` library doing (b) — not a dependency: ``pip install reader sgmllib3k``
        (reader 3.26 vendors a feedparser that imports ``sgmllib`` without declaring it);
        skipped when it is not installed
+  (f)  (b) as users run it: the installed ``aggregator`` command, ``poll --once --all`` on a
+       fresh database. A parse worker imports the main module of the process that started it,
+       and for the command that is its console script, not this file: (f) is where what that
+       costs shows. Only wall, CPU and memory are read, from outside the command.
 
 (a) is measured again after (d), and (b)/(a) uses the mean of the two: this machine's
 speed drifts by up to ±15% within a minute. (b), (c) and (d) are rounds of one process,
 as in the daemon: one parse pool (started during (b), warm afterwards) and one SQLite
-database. (a), (a') and (e) run in processes of their own.
+database. (a), (a'), (e) and (f) run in processes of their own.
 Figures: wall seconds; CPU seconds of the measured process and all its descendants (the parse
 workers), and how much of it the main process used; and the peak RSS of all those processes
 together (the sum of each one's high-water mark: an upper bound of the true peak), and each
@@ -45,6 +49,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -312,10 +317,10 @@ def _cpu_and_hwm(pids: list[int]) -> tuple[float, int]:
     return cpu, hwm
 
 
-def _process_kind(pid: int) -> str:
-    """What a process of the measured tree is: this one ("main"), multiprocessing's resource
-    tracker, or (anything else) a parse worker."""
-    if pid == os.getpid():
+def _process_kind(pid: int, main: int | None = None) -> str:
+    """What a process of the measured tree is: ``main`` (default: this one), multiprocessing's
+    resource tracker, or (anything else) a parse worker."""
+    if pid == (os.getpid() if main is None else main):
         return "main"
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -482,9 +487,14 @@ def phase_floor(opts: argparse.Namespace) -> dict[str, Any]:
 def _aggregator_config(opts: argparse.Namespace) -> Any:
     from aggregator.config import parse_config
 
+    return parse_config(_config_text(opts, Path(opts.data)), "bench.yaml")
+
+
+def _config_text(opts: argparse.Namespace, data: Path) -> str:
+    """The config of (b) and (f): every bench feed, one output, its database in ``data``."""
     lines = [
         "settings:",
-        f"  data_dir: {opts.data}",
+        f"  data_dir: {data}",
         "  allow_private_networks: true",
         "  public_url: http://bench.example",
         f"  concurrency: {opts.concurrency}",
@@ -496,7 +506,7 @@ def _aggregator_config(opts: argparse.Namespace) -> Any:
     for n in range(opts.feeds):
         lines += [f"  - name: feed {n}", f"    url: {opts.url(n)}", "    tags: [bench]"]
     lines += ["outputs:", "  - slug: all", "    title: Everything"]
-    return parse_config("\n".join(lines) + "\n", "bench.yaml")
+    return "\n".join(lines) + "\n"
 
 
 def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
@@ -577,6 +587,40 @@ def phase_reader(opts: argparse.Namespace) -> dict[str, Any]:
     figures["entries"] = reader.get_entry_counts().total
     reader.close()
     return figures
+
+
+def phase_installed(opts: argparse.Namespace, data: Path) -> dict[str, Any]:
+    """(f): the installed command's first ingest, sampled from outside: wall, CPU of the command
+    and every process it started (``RUSAGE_CHILDREN`` once it has exited, its workers reaped by
+    it), and each process's high-water mark, read every 0.2 s while it runs."""
+    command = Path(sys.executable).with_name("aggregator")
+    if not command.exists():
+        raise SystemExit(f"(f) needs the aggregator command beside {sys.executable}: pip install -e .")
+    config = data / "feeds.yaml"
+    config.write_text(_config_text(opts, data))
+    log = data / "command.log"
+    args = [str(command), "--config", str(config), "--log-level", "warning", "poll", "--once", "--all"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with log.open("w") as output:
+        process = subprocess.Popen(args, stdout=output, stderr=output, cwd=data)
+    peaks: dict[int, tuple[str, int]] = {}
+    while process.poll() is None:
+        for pid in _proc_tree(process.pid):
+            hwm = _cpu_and_hwm([pid])[1]
+            if hwm:
+                peaks[pid] = (_process_kind(pid, main=process.pid), hwm)
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if process.returncode != 0:
+        raise SystemExit(f"(f) failed (exit {process.returncode}):\n{log.read_text()[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    by_kind = ",".join(f"{kind}:{hwm / 1e6:.0f}" for kind, hwm in sorted(peaks.values()))
+    return {
+        "wall": wall, "cpu": cpu, "cpu_main": None, "rss": sum(hwm for _, hwm in peaks.values()),
+        "rss_by_process": by_kind, "processes": len(peaks),
+    }  # fmt: skip
 
 
 PHASES = {"floor": phase_floor, "aggregator": phase_aggregator, "reader": phase_reader}
@@ -673,9 +717,11 @@ def run_all(opts: argparse.Namespace, root: Path) -> dict[str, dict[str, Any]]:
     # The floor again: this machine's speed drifts by ±15% over a minute, so the ratio to (b)
     # uses the mean of a floor measured before and one measured after it.
     results["a2"] = run_phase(opts, "floor", root)
+    for n in changed:  # (f) and reader see the bodies (b) saw
+        (opts.feeds_dir / f"{n}.xml").write_bytes(feed_body(n, opts.items))
+    (root / "installed").mkdir()
+    results["f"] = phase_installed(opts, root / "installed")
     if not opts.skip_reader:
-        for n in changed:  # reader sees the bodies (b) saw
-            (opts.feeds_dir / f"{n}.xml").write_bytes(feed_body(n, opts.items))
         (root / "reader").mkdir()
         server_before = _cpu_and_hwm([opts.server_pid])[0]
         results["e"] = run_phase(opts, "reader", root / "reader")
@@ -718,6 +764,7 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
         "a'": "(a') feedparser alone, changed feeds",
         "d": "(d)  aggregator, 10% gained 3 items",
         "e": "(e)  reader first ingest",
+        "f": "(f)  (b) by the installed command",
     }
     print(f"{'phase':40} {'wall s':>8} {'CPU s':>8} {'of which main':>14} {'peak RSS MB':>12}  notes")
     for key, label in labels.items():
@@ -726,7 +773,8 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
             continue
         shown = ("wall", "cpu", "cpu_main", "rss", *BATCH_KEYS)
         notes = " ".join(f"{k}={v}" for k, v in r.items() if k not in shown)
-        print(f"{label:40} {r['wall']:8.2f} {r['cpu']:8.2f} {r['cpu_main']:14.2f} {r['rss'] / 1e6:12.0f}  {notes}")
+        main = "-" if r["cpu_main"] is None else f"{r['cpu_main']:.2f}"
+        print(f"{label:40} {r['wall']:8.2f} {r['cpu']:8.2f} {main:>14} {r['rss'] / 1e6:12.0f}  {notes}")
     a, b, c, d, a2 = (results[k] for k in ("a", "b", "c", "d", "a'"))
     after = results["a2"]
     floor_cpu, floor_wall = (a["cpu"] + after["cpu"]) / 2, (a["wall"] + after["wall"]) / 2
@@ -752,6 +800,7 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
             f"{r['commit_s']:.2f} s inside them, {r['batch_retries']} batches redone one by one"
         )
     print(f"peak RSS of (b), all processes: {b['rss'] / 1e6:.0f} MB (target <= 300)")
+    print(f"peak RSS of (f), the installed command's processes: {results['f']['rss'] / 1e6:.0f} MB (target <= 300)")
     server = results["server"]
     shares = ", ".join(f"{seconds:.1f} s during the {phase} rounds" for phase, seconds in server.items())
     print(f"the feed server (not counted above, but on the same 2 cores): {shares} of CPU")
