@@ -117,3 +117,25 @@ def test_words_that_cannot_be_packed_are_computed_again_not_garbled(monkeypatch:
     monkeypatch.setattr(names, "extract", extract)
     assert parseworker.featurize("T", "x")[1] == odd
     assert parseworker.featurize("T", "x")[1] == odd  # not remembered: computed again, the same
+
+
+def test_a_remembered_item_takes_the_bytes_its_base64_stands_for_not_the_text() -> None:
+    title, text = "Grain corridor agreed in Istanbul", "Ministers from Ankara and Kyiv agreed a grain corridor. " + LEAD
+    signed = parseworker.sign(title, text)
+    features, words = parseworker.featurize(title, text)
+    (packed,) = parseworker._remembered.values()
+    as_text = len(signed.stored) + len(features) + len("\0".join(words).encode())
+    # base64 spends 4 characters on 3 bytes: the two forms shrink by a quarter, less a header.
+    assert len(packed) < as_text - (len(signed.stored) + len(features)) // 5
+    assert parseworker._recall(parseworker._digest(title, text)) == (signed.stored, (features, words))
+
+
+@pytest.mark.parametrize("codec", [parseworker.SIGNATURE_BASE64, parseworker.FEATURES_BASE64])
+@pytest.mark.parametrize(
+    "form",
+    ["c1:QUJD", "s5:QUI=", "c1:QUI", "s5:", "c1:QUI==", "s5:QU!J", "no version", ":QUJD", "v-1:QUJD", "s5:QUJD:QUJD"],
+)
+def test_any_stored_form_comes_back_as_it_was_remembered(codec: parseworker.Codec, form: str) -> None:
+    # Forms the codec would not write from their bytes (padding it leaves out or adds, text that
+    # is not base64) are kept as text; the rest as bytes. Either way the same text comes back.
+    assert parseworker._expand(parseworker._compact(form, codec), codec) == form
