@@ -151,6 +151,16 @@ _CACHED_CHUNK_CHARS = 32
 text in scripts written without spaces) and would make its size unbounded."""
 
 
+def signature_text(raw: bytes) -> str:
+    """A signature's bytes as its stored form writes them: URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def signature_bytes(text: str) -> bytes:
+    """Back from ``signature_text``; ValueError for text that is not base64."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 @dataclass(frozen=True)
 class Signature:
     """What is kept of an item to recognise its copies: computed once, stored as a string.
@@ -175,7 +185,7 @@ class Signature:
         packed = struct.pack(
             f">IHH{len(numbers)}I{len(lead)}I", self.headline, self.weekdays, len(numbers), *numbers, *lead
         )
-        return f"{SIGNATURE_VERSION}:{base64.urlsafe_b64encode(packed).decode('ascii').rstrip('=')}"
+        return f"{SIGNATURE_VERSION}:{signature_text(packed)}"
 
     @classmethod
     def loads(cls, text: str) -> Signature:
@@ -184,7 +194,7 @@ class Signature:
         if version != SIGNATURE_VERSION:
             raise ValueError(f"signature version {version!r} is not {SIGNATURE_VERSION!r}")
         try:
-            raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+            raw = signature_bytes(payload)
             headline, weekdays, count = struct.unpack_from(">IHH", raw)
             values = struct.unpack_from(f">{(len(raw) - 8) // 4}I", raw, 8)
         except (ValueError, struct.error) as exc:  # binascii.Error is a ValueError

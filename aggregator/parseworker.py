@@ -16,7 +16,6 @@ too (SQLAlchemy, aiohttp) would cost every worker the memory of libraries it nev
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import resource
@@ -135,10 +134,9 @@ def _recall(digest: bytes) -> tuple[str | None, Featurized | None]:
     if packed is None:
         return None, None
     signed_length, features_length = _LENGTHS.unpack_from(packed)
-    start = _LENGTHS.size
-    signed = packed[start : start + signed_length]
-    features = packed[start + signed_length : start + signed_length + features_length]
-    words = packed[start + signed_length + features_length :]
+    signed_end = _LENGTHS.size + signed_length
+    features_end = signed_end + features_length
+    signed, features, words = packed[_LENGTHS.size : signed_end], packed[signed_end:features_end], packed[features_end:]
     featurized = None
     if features:
         text = words.decode("utf-8", "surrogatepass")
@@ -164,14 +162,8 @@ def _remember(digest: bytes, signed: str | None, featurized: Featurized | None) 
 Codec = tuple[Callable[[bytes], str], Callable[[str], bytes]]
 """How a stored form writes its bytes as base64 text, and reads them back."""
 
-SIGNATURE_BASE64: Codec = (
-    lambda raw: base64.urlsafe_b64encode(raw).decode("ascii").rstrip("="),  # cluster.Signature.dumps
-    lambda text: base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)),
-)
-FEATURES_BASE64: Codec = (
-    lambda raw: base64.b64encode(raw).decode("ascii"),  # stories.Features.dumps
-    lambda text: base64.b64decode(text, validate=True),
-)
+SIGNATURE_BASE64: Codec = (cluster.signature_text, cluster.signature_bytes)
+FEATURES_BASE64: Codec = (stories.features_text, stories.features_bytes)
 
 
 def _compact(form: str, codec: Codec) -> bytes:

@@ -162,6 +162,16 @@ AGREEMENT_FLOOR = 0.5
 all its names, and if those are too plain as well, it agrees with anything (``_agreement``)."""
 
 
+def features_text(raw: bytes) -> str:
+    """Features' bytes as their stored form writes them: standard base64."""
+    return base64.b64encode(raw).decode("ascii")
+
+
+def features_bytes(text: str) -> bytes:
+    """Back from ``features_text``; ValueError for text that is not base64."""
+    return base64.b64decode(text, validate=True)
+
+
 @dataclass(frozen=True)
 class Features:
     """What an item contributes to story matching, computed once where it is parsed."""
@@ -205,7 +215,7 @@ class Features:
                 *(t.to_bytes(4, "big") for t in (*full, *half)),
             )
         )
-        return f"{FEATURES_VERSION}:{base64.b64encode(packed).decode('ascii')}"
+        return f"{FEATURES_VERSION}:{features_text(packed)}"
 
     @classmethod
     def loads(cls, text: str, signature: cluster.Signature | None = None) -> Features:
@@ -214,7 +224,7 @@ class Features:
         if version != FEATURES_VERSION and version not in OLDER_VERSIONS:
             raise ValueError(f"features version {version!r} is not {FEATURES_VERSION!r}")
         try:
-            raw = base64.b64decode(payload, validate=True)
+            raw = features_bytes(payload)
         except ValueError as exc:
             raise ValueError(f"features are corrupt: {exc}") from None
         dims = semantic.DIMENSIONS
