@@ -18,6 +18,17 @@ exception never escapes a stage unwrapped, so the CLI can print one clear line
 
 from __future__ import annotations
 
+MAX_REASON = 200
+"""Characters of one reason at most (``one_line``)."""
+
+
+def one_line(reason: str) -> str:
+    """An error's reason as one line of at most ``MAX_REASON`` characters: it goes into a log
+    line and the sources table. Here rather than beside the parser, whose reasons are most of
+    them, so that stages outside the parse workers need not import feedparser to use it."""
+    text = " ".join(reason.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
 
 class AggregatorError(Exception):
     """Root of every error aggregator raises on purpose."""

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import feedparser
 import feedparser.mixin
 
-from aggregator.errors import ParseError
+from aggregator.errors import ParseError, one_line
 
 JSON_FEED_TYPES = ("application/feed+json", "application/json")
 # A feed with more entries than this is refused, not truncated: it is either broken or hostile
@@ -53,7 +53,6 @@ MAX_ENTRIES = 10_000
 # Bytes that internal DTD entities may add to a document when expanded (see check_bounds).
 MAX_ENTITY_EXPANSION = 1 << 20
 MAX_GUNZIP_BYTES = 16 << 20  # a body still gzip-compressed inflates to at most this (fetch caps at 15 MB)
-MAX_REASON = 200  # a ParseError reason is one line of at most this many characters
 
 _ENTRY_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(?:item|entry)[\s/>]")
 # The spec's version URLs; generators also write a bare "1.1" (gofeed reads those, so do we).
@@ -263,12 +262,6 @@ def _ascii_view(body: bytes) -> bytes:
             if view.lstrip()[:1] == b"<":
                 return view
     return body
-
-
-def one_line(reason: str) -> str:
-    """A ParseError reason as one line: it goes into a log line and the sources table."""
-    text = " ".join(reason.split())
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
 
 
 def _entry(e: Any, feed_language: str | None) -> RawEntry:

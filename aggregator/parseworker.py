@@ -34,8 +34,6 @@ from typing import Any, ParamSpec, TypeVar
 
 from aggregator import cluster, stories
 from aggregator.errors import ParseError
-from aggregator.normalize import normalize_feed
-from aggregator.parse import parse_document
 from aggregator.records import ParsedFeed
 
 log = logging.getLogger("aggregator")
@@ -209,6 +207,7 @@ def init_parse_worker(
     """
     global _cpu_budget
     _cpu_budget = cpu_seconds
+    _import_stages()
     if memory_bytes:
         _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
@@ -222,11 +221,28 @@ def document_to_feed(body: bytes, url: str, content_type: str | None, fetched_at
     """
     try:
         with _cpu_limit(_cpu_budget):
-            return normalize_feed(parse_document(body, url, content_type), url, fetched_at)
+            return _parse_and_normalize(body, url, content_type, fetched_at)
     except MemoryError:
         raise ParseError("document too large to parse within the memory limit") from None
     except RecursionError:
         raise ParseError("document nested too deeply") from None
+
+
+def _parse_and_normalize(body: bytes, url: str, content_type: str | None, fetched_at: datetime) -> ParsedFeed:
+    """``parse.parse_document``, then ``normalize.normalize_feed``. Imported here, not at the
+    top: the daemon imports this module for its pool and hands every document to a worker, so
+    it would hold feedparser, ftfy and nh3 in memory for nothing. A worker imports them as it
+    starts (``init_parse_worker``); without a pool, the daemon does at its first document."""
+    from aggregator.normalize import normalize_feed
+    from aggregator.parse import parse_document
+
+    return normalize_feed(parse_document(body, url, content_type), url, fetched_at)
+
+
+def _import_stages() -> None:
+    """Import what ``_parse_and_normalize`` uses now, before any document's budget runs."""
+    import aggregator.normalize
+    import aggregator.parse  # noqa: F401
 
 
 @contextmanager

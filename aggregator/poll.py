@@ -27,8 +27,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aggregator.dedupe import decide_ingest
-from aggregator.errors import StorageError
-from aggregator.parse import one_line
+from aggregator.errors import StorageError, one_line
 from aggregator.records import (
     ClaimedSource,
     FetchResult,

@@ -73,7 +73,7 @@ def _mapped_packages(pid: int) -> set[str]:
     return {path.split("site-packages/", 1)[1].split("/", 1)[0] for path in maps.split() if "site-packages/" in path}
 
 
-def test_the_installed_command_s_parse_worker_loads_what_parsing_needs_and_not_the_rest(
+def test_the_installed_command_s_daemon_and_parse_worker_each_load_only_what_they_use(
     server: FeedServer, tmp_path: Path
 ) -> None:
     # The console script (what the systemd unit starts) is the main module a parse worker
@@ -107,6 +107,10 @@ def test_the_installed_command_s_parse_worker_loads_what_parsing_needs_and_not_t
     assert "numpy" in workers[0]
     assert not workers[0] & {"sqlalchemy", "pydantic_core", "yaml", "markupsafe"}, workers[0]
     assert {"sqlalchemy", "pydantic_core"} <= daemon  # the check does see them where they are loaded
+    # And the other way round: the daemon hands every document to its worker, so it does not
+    # load the parsing stages (nh3 is the compiled one of them; feedparser and ftfy come with it).
+    assert "nh3" in workers[0]
+    assert "nh3" not in daemon, daemon
 
 
 def test_run_polls_serves_reloads_and_stops_cleanly_on_sigterm(server: FeedServer, tmp_path: Path) -> None:
