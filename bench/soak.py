@@ -49,6 +49,9 @@ What it prints
       parsing, as ``parse_workers`` is 0) per 1,000 conditional polls over the whole run,
       and, separately, for a burst where every etag source is made due at once and
       answers 304 — the cost of a conditional poll on its own;
+    * the daemon's resident memory, sampled every second: when it started, after its first
+      cycle, at the end, and how much it still grew over the second half of the run (its
+      caches are bounded but fill as items arrive; a leak would keep growing);
     * how it was run: arguments, cores, load, Python and library versions.
 
 Run:  .venv/bin/python bench/soak.py            (a warm-up of 1-3 minutes, then 4 minutes)
@@ -293,8 +296,9 @@ def write_config(directory: Path, port: int, kinds: list[str], opts: argparse.Na
     return path
 
 
-def sample_overdue(db: Path, late: float, stop: threading.Event, samples: list[tuple[float, int]]) -> None:
-    """Every second: how many active, unleased sources are past due by more than ``late`` seconds."""
+def sample_overdue(db: Path, late: float, stop: threading.Event, samples: list[tuple[float, int, int]]) -> None:
+    """Every second: how many active, unleased sources are past due by more than ``late`` seconds,
+    and this process's resident memory (the daemon runs here) in bytes."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     while not stop.wait(1.0):
         cutoff = datetime.fromtimestamp(time.time() - late, UTC).replace(tzinfo=None).isoformat(sep=" ")
@@ -303,8 +307,16 @@ def sample_overdue(db: Path, late: float, stop: threading.Event, samples: list[t
             "AND next_poll_at < ? AND lease_until IS NULL",
             (cutoff,),
         ).fetchone()
-        samples.append((time.time(), int(count)))
+        samples.append((time.time(), int(count), resident_bytes()))
     conn.close()
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now (``VmRSS``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 async def poll_everything_once(config_path: Path, store: Store) -> int:
@@ -344,7 +356,7 @@ class Figures:
     log: list[tuple[int, float, int, bool, float | None]]
     ledger: list[Stored]
     index_of: dict[int, int]
-    samples: list[tuple[float, int]]
+    samples: list[tuple[float, int, int]]  # when, sources overdue, resident bytes
     warm_up: float
     daemon_start: float
     daemon_end: float
@@ -401,7 +413,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         # Then the daemon starts on that database, as after a restart: it resumes the stored schedule.
         daemon = Daemon(LoadedConfig(loaded.config, config_path), store, poll=True, http=False)
         stop_sampling = threading.Event()
-        samples: list[tuple[float, int]] = []
+        samples: list[tuple[float, int, int]] = []
         db = directory / "aggregator.db"
 
         async def run() -> None:
@@ -541,6 +553,8 @@ def report(f: Figures) -> None:
     print_lateness(f, schedule.lateness)
     print()
     print_cpu(f, run_time, len(conditional_requests))
+    print()
+    print_memory(f)
 
 
 def print_setting(f: Figures, run_time: float, cycles: float, requests: int) -> None:
@@ -568,7 +582,7 @@ def print_setting(f: Figures, run_time: float, cycles: float, requests: int) -> 
 
 
 def print_lateness(f: Figures, lateness: list[float]) -> None:
-    samples = [count for _at, count in f.samples]
+    samples = [count for _at, count, _rss in f.samples]
     print(
         f"sources left unpolled more than {f.opts.late:g}s past due (sampled every second): "
         f"max {max(samples, default=0)}, mean {sum(samples) / max(len(samples), 1):.1f}, "
@@ -594,6 +608,27 @@ def print_cpu(f: Figures, run_time: float, conditional: int) -> None:
     print(
         f"  conditional polls alone: {polls} etag sources made due at once, each answered 304: "
         f"{cpu:.2f}s CPU in {wall:.1f}s wall = {cpu / max(polls, 1) * 1000:.2f}s per 1,000"
+    )
+
+
+def print_memory(f: Figures) -> None:
+    """The daemon's resident memory over its run: what it settles at, and whether it still grows.
+    Its caches (decoded story members, stream statistics, remembered signatures) are bounded but
+    fill as items arrive, so some growth over a short run is expected; a leak would keep going."""
+    rss = [(at, size) for at, _count, size in f.samples if size]
+    if len(rss) < 4:
+        print("daemon memory: too few samples")
+        return
+    first_cycle = next((size for at, size in rss if at >= f.daemon_start + f.opts.interval), rss[-1][1])
+    half = [(at, size) for at, size in rss if at >= (f.daemon_start + f.daemon_end) / 2]
+    growth = half[-1][1] - half[0][1]
+    cycles = (half[-1][0] - half[0][0]) / f.opts.interval
+    mb = 1 << 20
+    print(
+        f"daemon memory (this process's RSS, sampled every second): {rss[0][1] / mb:.0f} MB when it started, "
+        f"{first_cycle / mb:.0f} MB after its first cycle, {rss[-1][1] / mb:.0f} MB at the end, "
+        f"peak {max(size for _, size in rss) / mb:.0f} MB; over the second half of the run "
+        f"{growth / mb:+.1f} MB in {cycles:.1f} cycles ({growth / mb / max(cycles, 1e-9):+.2f} MB a cycle)"
     )
 
 
