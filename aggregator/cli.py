@@ -139,7 +139,7 @@ def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
                 log.info("starting a new, empty database: %s", engine.url.render_as_string(hide_password=True))
         elif current_revision(engine) is None:
             raise UsageError(_no_database(loaded, f"{engine.url.render_as_string(hide_password=True)} is empty"))
-        ensure_schema(engine)
+        ensure_schema(engine, apart=True)  # a daemon runs on: Alembic is not kept in it
         yield Store(engine)
     finally:
         engine.dispose()

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -157,11 +158,52 @@ def test_a_database_at_head_is_opened_without_importing_alembic(database_url: st
     assert done.stdout.split() == [SCHEMA_HEAD, "[]"]
 
 
+def test_a_daemon_that_migrated_its_database_does_not_keep_alembic(database_url: str) -> None:
+    """A daemon migrates once and runs on: the migration runs in a process of its own
+    (``apart``), so Alembic, Mako and Pygments (~11 MB) are not kept in the daemon's memory."""
+    code = (
+        "import sys\n"
+        "from aggregator.store.database import current_revision, ensure_schema, make_engine\n"
+        f"engine = make_engine({database_url!r})\n"
+        "assert current_revision(engine) is None\n"
+        "ensure_schema(engine, apart=True)\n"
+        "kept = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako', 'pygments'))\n"
+        "print(current_revision(engine), kept)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [SCHEMA_HEAD, "[]"]
+    engine = make_engine(database_url)
+    try:  # and what the other process built is the schema Alembic's own migration builds
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_a_command_that_creates_its_database_migrates_it_apart(tmp_path: Path) -> None:
+    """What the daemon's commands run at start (``aggregator poll``, ``run``, ``worker``)."""
+    config = tmp_path / "feeds.yaml"
+    outputs = "outputs:\n  - slug: world\n    title: World\n"
+    config.write_text(f"settings:\n  database: sqlite:///{tmp_path / 'new.db'}\nsources: []\n{outputs}")
+    code = (
+        "import sys\n"
+        "from aggregator.cli import main\n"
+        f"code = main(['--config', {str(config)!r}, 'poll', '--once', '--all'])\n"
+        "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako', 'pygments')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert done.stdout.splitlines()[-1].split() == ["0", "[]"], done.stdout + done.stderr
+    assert "database schema migrated from empty to " + SCHEMA_HEAD in done.stderr
+
+
 def test_a_newer_schema_is_refused(engine: Engine, database_url: str, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
     with pytest.raises(SchemaError, match="newer than this aggregator knows"):
         ensure_schema(engine)
+    with pytest.raises(SchemaError, match="newer than this aggregator knows"):
+        ensure_schema(engine, apart=True)  # refused in the migrating process, raised here the same
     config = tmp_path / "feeds.yaml"
     config.write_text(f"settings:\n  database: {database_url}\n")
     assert main(["--config", str(config), "db", "upgrade"]) == 2

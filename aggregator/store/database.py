@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import multiprocessing
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from sqlalchemy.pool import NullPool
 from aggregator.errors import SchemaError, StorageError
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from alembic.config import Config as AlembicConfig
 
 log = logging.getLogger(__name__)
@@ -168,16 +171,29 @@ def sqlite_file_missing(url: str) -> Path | None:
     return None if path.exists() else path
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str]:
+def upgrade(engine: Engine, *, apart: bool = False) -> tuple[str | None, str]:
     """Migrate to head; return (from, to). Refuses a database newer than this code.
 
     Several processes may start at the same moment on one empty database (workers under one
     systemd target, containers scaled up): only one of them migrates, the others wait for it
     and then find the schema at head. The revision is read again under the lock for that.
+
+    ``apart``: migrate in a process of its own (``migrate_apart``), for a daemon that goes on
+    running: Alembic, with Mako and Pygments, would otherwise stay in its memory for as long
+    as it runs, though it migrates once. A database held in memory is migrated here.
     """
     before = current_revision(engine)
     if before == SCHEMA_HEAD:
         return before, SCHEMA_HEAD  # the usual start: no lock, and no Alembic, needed to do nothing
+    in_memory = engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:")
+    if apart and not in_memory:
+        return migrate_apart(engine.url.render_as_string(hide_password=False))
+    return _upgrade_here(engine)
+
+
+def _upgrade_here(engine: Engine) -> tuple[str | None, str]:
+    """``upgrade`` in this process: the lock, the revision read again under it, Alembic."""
+    before = current_revision(engine)
     head = head_revision()
     _refuse_newer(before, head)
     with migration_lock(engine):
@@ -191,6 +207,49 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
             except SQLAlchemyError as exc:
                 raise StorageError(f"migration failed: {_short(exc)}") from None
     return before, head
+
+
+def migrate_apart(url: str) -> tuple[str | None, str]:
+    """``upgrade`` the database at ``url`` in a spawned process, waiting for it: what it
+    returns, or the ``SchemaError`` or ``StorageError`` it raised, as if raised here. The
+    child takes the migration lock itself: if this process is killed meanwhile, the
+    migration still finishes under its lock, and no other process starts one beside it.
+    The URL, password included, reaches the child through a pipe, not its command line."""
+    context = multiprocessing.get_context("spawn")
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_migrate_child, args=(url, sending), name="aggregator-migrate")
+    child.start()
+    sending.close()
+    try:
+        outcome = receiving.recv()
+    except EOFError:  # it died without a word (killed, out of memory): its stderr says why
+        outcome = None
+    finally:
+        receiving.close()
+        child.join()
+    if outcome is None:
+        raise StorageError(f"migration failed: the migrating process exited with code {child.exitcode}")
+    kind, found = outcome
+    if kind == "schema":
+        raise SchemaError(found)
+    if kind == "storage":
+        raise StorageError(found)
+    before, head = found
+    return before, head
+
+
+def _migrate_child(url: str, sending: Connection) -> None:
+    """The spawned process of ``migrate_apart``: migrate, and send back the outcome."""
+    engine = make_engine(url)
+    try:
+        sending.send(("done", _upgrade_here(engine)))
+    except SchemaError as exc:
+        sending.send(("schema", str(exc)))
+    except StorageError as exc:
+        sending.send(("storage", str(exc)))
+    finally:
+        engine.dispose()
+        sending.close()
 
 
 @contextlib.contextmanager
@@ -236,9 +295,10 @@ def migration_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_schema(engine: Engine) -> None:
-    """What the daemon runs at start: migrate an empty or older database, refuse a newer one."""
-    before, head = upgrade(engine)
+def ensure_schema(engine: Engine, *, apart: bool = False) -> None:
+    """What the daemon runs at start: migrate an empty or older database, refuse a newer one
+    (``apart``: see ``upgrade``)."""
+    before, head = upgrade(engine, apart=apart)
     if before != head:
         log.info("database schema migrated from %s to %s", before or "empty", head)
 
