@@ -535,7 +535,7 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     engine = make_engine(config.settings.database_url)
     pool = make_parse_pool(config.settings.parse_workers)
     try:
-        ensure_schema(engine)
+        ensure_schema(engine, apart=True)  # as the daemon's commands do
         store = Store(engine)
         store.sync_sources(config.source_specs(), datetime.now(UTC))
         pipeline = Pipeline(config, store, parse_pool=pool)
@@ -592,7 +592,8 @@ def phase_reader(opts: argparse.Namespace) -> dict[str, Any]:
 def phase_installed(opts: argparse.Namespace, data: Path) -> dict[str, Any]:
     """(f): the installed command's first ingest, sampled from outside: wall, CPU of the command
     and every process it started (``RUSAGE_CHILDREN`` once it has exited, its workers reaped by
-    it), and each process's high-water mark, read every 0.2 s while it runs."""
+    it), and each process's high-water mark, read every 0.2 s while it runs; the peak is the
+    sum over the processes alive at one moment, at most."""
     command = Path(sys.executable).with_name("aggregator")
     if not command.exists():
         raise SystemExit(f"(f) needs the aggregator command beside {sys.executable}: pip install -e .")
@@ -605,21 +606,33 @@ def phase_installed(opts: argparse.Namespace, data: Path) -> dict[str, Any]:
     with log.open("w") as output:
         process = subprocess.Popen(args, stdout=output, stderr=output, cwd=data)
     peaks: dict[int, tuple[str, int]] = {}
+    alive: list[set[int]] = []  # the processes seen at each sample
     while process.poll() is None:
+        alive.append(set())
         for pid in _proc_tree(process.pid):
             hwm = _cpu_and_hwm([pid])[1]
             if hwm:
                 peaks[pid] = (_process_kind(pid, main=process.pid), hwm)
+                alive[-1].add(pid)
         time.sleep(0.2)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         raise SystemExit(f"(f) failed (exit {process.returncode}):\n{log.read_text()[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    by_kind = ",".join(f"{kind}:{hwm / 1e6:.0f}" for kind, hwm in sorted(peaks.values()))
+    # Processes that never ran at the same time do not add up: the peak is that of the
+    # processes alive together, each at its own high-water mark. A migration at the start
+    # runs in a process of its own that ends before the parse workers start.
+    at_peak = max(alive, key=lambda seen: sum(peaks[pid][1] for pid in seen), default=set())
+
+    def listed(inside: bool) -> str:
+        chosen = sorted(value for pid, value in peaks.items() if (pid in at_peak) == inside)
+        return ",".join(f"{kind}:{hwm / 1e6:.0f}" for kind, hwm in chosen)
+
+    apart = listed(False)
     return {
-        "wall": wall, "cpu": cpu, "cpu_main": None, "rss": sum(hwm for _, hwm in peaks.values()),
-        "rss_by_process": by_kind, "processes": len(peaks),
+        "wall": wall, "cpu": cpu, "cpu_main": None, "rss": sum(peaks[pid][1] for pid in at_peak),
+        "rss_by_process": listed(True), "processes": len(peaks), **({"not_at_the_peak": apart} if apart else {}),
     }  # fmt: skip
 
 
