@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -70,10 +70,11 @@ def make_engine(url: str) -> Engine:
         raise StorageError(f"not a database URL: {url!r}") from None
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        file = sqlite_file(parsed)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-        kwargs["poolclass"] = NullPool if parsed.database in (None, "", ":memory:") else None
+        kwargs["poolclass"] = NullPool if file is None else None
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
     elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         # psycopg 3 is what we install; plain postgresql:// URLs would pick psycopg2.
@@ -165,10 +166,15 @@ def sqlite_file_missing(url: str) -> Path | None:
         parsed = make_url(url)
     except ArgumentError:
         return None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    path = sqlite_file(parsed)
+    return None if path is None or path.exists() else path
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for another database, or a SQLite one held in memory."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    path = Path(parsed.database or "")
-    return None if path.exists() else path
+    return Path(url.database or "")
 
 
 def upgrade(engine: Engine, *, apart: bool = False) -> tuple[str | None, str]:
@@ -185,8 +191,7 @@ def upgrade(engine: Engine, *, apart: bool = False) -> tuple[str | None, str]:
     before = current_revision(engine)
     if before == SCHEMA_HEAD:
         return before, SCHEMA_HEAD  # the usual start: no lock, and no Alembic, needed to do nothing
-    in_memory = engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:")
-    if apart and not in_memory:
+    if apart and (engine.dialect.name != "sqlite" or sqlite_file(engine.url) is not None):
         return migrate_apart(engine.url.render_as_string(hide_password=False))
     return _upgrade_here(engine)
 
@@ -278,8 +283,8 @@ def migration_lock(engine: Engine) -> Iterator[None]:
             connection.invalidate()
             connection.close()
         return
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not database or database == ":memory:":
+    database = sqlite_file(engine.url)
+    if database is None:
         yield  # nothing another process could share
         return
     lock_path = Path(f"{database}.migrate-lock")
