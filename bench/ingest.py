@@ -21,7 +21,8 @@ as in the daemon: one parse pool (started during (b), warm afterwards) and one S
 database. (a), (a'), (e) and (f) run in processes of their own.
 Figures: wall seconds; CPU seconds of the measured process and all its descendants (the parse
 workers), and how much of it the main process used; and the peak RSS of all those processes
-together (the sum of each one's high-water mark: an upper bound of the true peak), and each
+together (the sum of each one's high-water mark: an upper bound of the true peak; for (f), of
+those alive at one moment, since its migration's process ends before its workers start), and each
 one's high-water mark by kind (``rss_by_process``: main, tracker, worker). For (b),
 (c) and (d) the report also gives the group commit's batches (``groupcommit``): how many
 transactions the round committed and how many fetch results each held. For (b),

@@ -73,11 +73,19 @@ def item(key: str, url: str | None = None, title: str = "A title", fingerprint: 
     )  # fmt: skip
 
 
+def _differences_from_the_models(engine: Engine) -> list[object]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+MIGRATION_MODULES = "sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako', 'pygments'))"
+"""What a process printing it still holds of what migrating imports (for ``python -c`` probes)."""
+
+
 def test_migrations_reach_head_and_match_the_models(engine: Engine) -> None:
     assert current_revision(engine) == head_revision()
-    with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
-    assert diff == []
+    assert _differences_from_the_models(engine) == []
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -167,18 +175,15 @@ def test_a_daemon_that_migrated_its_database_does_not_keep_alembic(database_url:
         f"engine = make_engine({database_url!r})\n"
         "assert current_revision(engine) is None\n"
         "ensure_schema(engine, apart=True)\n"
-        "kept = sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako', 'pygments'))\n"
-        "print(current_revision(engine), kept)\n"
+        f"print(current_revision(engine), {MIGRATION_MODULES})\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == [SCHEMA_HEAD, "[]"]
     engine = make_engine(database_url)
     try:  # and what the other process built is the schema Alembic's own migration builds
-        with engine.connect() as connection:
-            diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        assert _differences_from_the_models(engine) == []
     finally:
         engine.dispose()
-    assert diff == []
 
 
 def test_a_command_that_creates_its_database_migrates_it_apart(tmp_path: Path) -> None:
@@ -190,7 +195,7 @@ def test_a_command_that_creates_its_database_migrates_it_apart(tmp_path: Path) -
         "import sys\n"
         "from aggregator.cli import main\n"
         f"code = main(['--config', {str(config)!r}, 'poll', '--once', '--all'])\n"
-        "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako', 'pygments')))\n"
+        f"print(code, {MIGRATION_MODULES})\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert done.stdout.splitlines()[-1].split() == ["0", "[]"], done.stdout + done.stderr
