@@ -358,12 +358,13 @@ class StoryProfile:
     """False for a story of which only the beginning was read (``unread``): no centroid."""
 
     @classmethod
-    def settled(cls, story_id: int, first_at: datetime, centroid: semantic.Vector) -> StoryProfile:
+    def settled(cls, story_id: int, first_at: datetime, centroid: bytes) -> StoryProfile:
         """A story known to be closed to the items being judged (they come more than
-        ``STORY_SPAN`` after ``first_at``): ``judge`` then weighs only the time and the
-        cosine to its centroid, so that is all it keeps, not its members."""
+        ``STORY_SPAN`` after ``first_at``): ``judge`` then weighs only the time, and explains
+        the refusal with the cosine to its centroid, so that is all it keeps, not its members;
+        the centroid quantised, as ``settled_centroid`` gives it."""
         profile = cls(story_id, (), first_at)
-        profile.__dict__["centroid"] = centroid  # where the cached property keeps its value
+        profile.__dict__["settled_centroid"] = semantic.dequantise(centroid)  # the cached property's place
         return profile
 
     @classmethod
@@ -422,6 +423,14 @@ class StoryProfile:
         total = self.total
         norm = float(np.linalg.norm(total))
         return total / np.float32(norm) if norm > 0 else total
+
+    @cached_property
+    def settled_centroid(self) -> semantic.Vector:
+        """The centroid as a closed story keeps it (``settled``): quantised like a stored
+        item's vector, a quarter of its memory. A story refused on time alone is explained by
+        the cosine to this one, whether it was kept or read afresh, so that the explanation
+        never depends on which; the refusal does not depend on the cosine at all."""
+        return semantic.dequantise(semantic.quantise(self.centroid))
 
     @cached_property
     def counts(self) -> tuple[dict[int, int], ...]:
@@ -684,7 +693,7 @@ def judge(
     hours = (at - story.first_at).total_seconds() / 3600
     if abs(at - story.first_at) > STORY_SPAN:
         why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
-        weighed_cosine = float(np.dot(item.vector, story.centroid)) if story.read else None
+        weighed_cosine = float(np.dot(item.vector, story.settled_centroid)) if story.read else None
         return Judgement(story.story_id, False, weighed_cosine, 0.0, (), hours, None, why)
     cosine = float(np.dot(item.vector, story.centroid))
     support = story.support

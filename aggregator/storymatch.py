@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from aggregator import cluster, names, parseworker, stories, storybatch
+from aggregator import cluster, names, parseworker, semantic, stories, storybatch
 from aggregator.records import IngestPlan, InsertedItem, Item, NewItem
 from aggregator.store.repository import IngestTransaction, MatchCandidate
 
@@ -60,10 +60,10 @@ FRESH_KEPT = 2_000
 transaction committing (``StoryMatcher.stored``): a commit that fails leaves its items here
 until newer ones push them out."""
 SETTLED_STORIES = 8_000
-"""Stories whose beginning and centroid the writer keeps once it has judged them (about 1.5 KB
-each, 12 MB when full): a story that began more than ``stories.STORY_SPAN`` before a poll is
-judged on those alone, and such stories are most of the candidates rare names reach over
-``stories.TERM_WINDOW``. Kept apart from the members, far fewer of which fit."""
+"""Stories whose beginning and centroid the writer keeps once it has judged them: a story that
+began more than ``stories.STORY_SPAN`` before a poll is judged on those alone, and such stories
+are most of the candidates rare names reach over ``stories.TERM_WINDOW``. Kept apart from the
+members, far fewer of which fit, and smaller than a profile (``stories.StoryProfile.settled``)."""
 
 
 class StoryMatcher:
@@ -432,7 +432,8 @@ class _DecodedMembers:
         self._found: OrderedDict[int, tuple[int, int, stories.PackedMember | None]] = OrderedDict()
         # story -> the first stored members (item id, update count) its last profile was built from, and it
         self._profiles: OrderedDict[int, tuple[tuple[tuple[int, int], ...], stories.StoryProfile]] = OrderedDict()
-        self._settled: OrderedDict[int, stories.StoryProfile] = OrderedDict()  # story -> last profile, slim
+        # story -> when it began and its centroid quantised (``stories.StoryProfile.settled``)
+        self._settled: OrderedDict[int, tuple[datetime, bytes]] = OrderedDict()
         self._fresh: OrderedDict[str, stories.Features] = OrderedDict()  # stored form -> decided on, uncommitted
         self._lock = threading.Lock()
 
@@ -465,10 +466,10 @@ class _DecodedMembers:
         since (``touched``)."""
         with self._lock:
             known = ((s, self._settled.get(s)) for s in before)
-            found = {s: p for s, p in known if p is not None and since <= p.first_at < before[s]}
+            found = {s: k for s, k in known if k is not None and since <= k[0] < before[s]}
             for story_id in found:
                 self._settled.move_to_end(story_id)
-            return found
+        return {s: stories.StoryProfile.settled(s, at, centroid) for s, (at, centroid) in found.items()}
 
     def touched(self, story_ids: set[int]) -> None:
         """Forget the profiles kept for ``closed`` of stories a poll adds members to or updates."""
@@ -489,7 +490,7 @@ class _DecodedMembers:
             if found is None or found[0] != tuple(members):
                 return None
             self._profiles.move_to_end(story_id)
-            self._settle(found[1])
+            self._settle(found[1], fresh=False)
             return found[1]
 
     def profile(
@@ -512,17 +513,18 @@ class _DecodedMembers:
         with self._lock:
             self._profiles[story_id] = (tuple(members), found)
             self._profiles.move_to_end(story_id)
-            self._settle(found)
+            self._settle(found, fresh=True)
             while len(self._profiles) > KEPT_PROFILES:
                 self._profiles.popitem(last=False)
         return found
 
-    def _settle(self, profile: stories.StoryProfile) -> None:
-        """Keep what judging the story needs once it is closed (``closed``); under the lock."""
+    def _settle(self, profile: stories.StoryProfile, fresh: bool) -> None:
+        """Keep what judging the story needs once it is closed (``closed``); under the lock.
+        ``fresh``: the profile was just built (False: a kept one, settled when it was built,
+        unless ``touched`` or the oldest forgotten since)."""
         kept = self._settled.get(profile.story_id)
-        if kept is None or kept.first_at != profile.first_at or kept.centroid is not profile.centroid:
-            kept = stories.StoryProfile.settled(profile.story_id, profile.first_at, profile.centroid)
-            self._settled[profile.story_id] = kept
+        if fresh or kept is None or kept[0] != profile.first_at:
+            self._settled[profile.story_id] = (profile.first_at, semantic.quantise(profile.centroid))
         self._settled.move_to_end(profile.story_id)
         while len(self._settled) > SETTLED_STORIES:
             self._settled.popitem(last=False)

@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from aggregator import cluster, stories
 from aggregator.config import parse_config
 from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import IngestTransaction, Store
-from aggregator.storymatch import StoryMatcher
+from aggregator.stories import features_of
+from aggregator.storymatch import StoryMatcher, _DecodedMembers
 from tests.test_stories_v2 import (
     BLAZE_ALONE,
     FIRE_ALONE,
@@ -25,6 +27,7 @@ from tests.test_stories_v2 import (
     ORIGINAL,
     REWRITE,
     STORE_CONFIG,
+    THIRD,
     UNRELATED,
 )
 
@@ -72,6 +75,28 @@ def test_a_closed_story_is_explained_from_its_members_as_stored_now(store: Store
         assert kept.story_id is None  # a day later: a story of its own
         assert f"story {joined}: cosine" in (kept.match_reason or "")  # the closed story is a near miss
         assert kept.match_reason == fresh.match_reason
+
+
+@pytest.mark.parametrize("texts", [[ORIGINAL], [ORIGINAL, REWRITE, THIRD, FOLLOW_UP, UNRELATED]])
+def test_a_closed_story_is_explained_by_the_same_centroid_kept_or_read_afresh(texts: list[tuple[str, str]]) -> None:
+    """What the matcher keeps of a story once it is closed is its beginning and its centroid
+    quantised, not its members; a story refused on time alone is explained by its cosine to
+    that centroid whether it was kept or read afresh, to the last bit."""
+    members = _DecodedMembers()
+    stored = {}
+    for number, text in enumerate(texts, 1):
+        signed = cluster.Signed.of(*text)
+        stored[number] = (NOON + timedelta(hours=number), features_of(*text)[0].dumps(), signed.stored)
+    profile = members.profile(7, [(n, 0) for n in stored], stored, None)  # type: ignore[arg-type]
+    assert profile is not None and len(profile.members) == len(texts)
+    closed = members.closed({7: NOON + timedelta(days=1)}, NOON)[7]
+    assert closed.first_at == profile.first_at and not closed.members
+    assert closed.settled_centroid.tobytes() == profile.settled_centroid.tobytes()
+    late, item = NOON + timedelta(days=2), features_of(*FOLLOW_UP)[0]
+    stats = stories.TermStats(10)
+    kept, fresh = (stories.judge(item, late, p, stats) for p in (closed, profile))
+    assert not kept.joins and kept.cosine is not None
+    assert kept.reason() == fresh.reason()
 
 
 def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(store: Store) -> None:
