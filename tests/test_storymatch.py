@@ -17,7 +17,6 @@ from aggregator.config import parse_config
 from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import IngestTransaction, Store
-from aggregator.stories import features_of
 from aggregator.storymatch import StoryMatcher, _DecodedMembers
 from tests.test_stories_v2 import (
     BLAZE_ALONE,
@@ -86,16 +85,16 @@ def test_a_closed_story_is_explained_by_the_same_centroid_kept_or_read_afresh(te
     stored = {}
     for number, text in enumerate(texts, 1):
         signed = cluster.Signed.of(*text)
-        stored[number] = (NOON + timedelta(hours=number), features_of(*text)[0].dumps(), signed.stored)
+        stored[number] = (NOON + timedelta(hours=number), stories.features_of(*text)[0].dumps(), signed.stored)
     profile = members.profile(7, [(n, 0) for n in stored], stored, None)  # type: ignore[arg-type]
     assert profile is not None and len(profile.members) == len(texts)
     closed = members.closed({7: NOON + timedelta(days=1)}, NOON)[7]
     assert closed.first_at == profile.first_at and not closed.members
     assert closed.settled_centroid.tobytes() == profile.settled_centroid.tobytes()
-    late, item = NOON + timedelta(days=2), features_of(*FOLLOW_UP)[0]
+    late, item = NOON + timedelta(days=2), stories.features_of(*FOLLOW_UP)[0]
     stats = stories.TermStats(10)
     kept, fresh = (stories.judge(item, late, p, stats) for p in (closed, profile))
-    assert not kept.joins and kept.cosine is not None
+    assert not kept.joins and kept.cosine is not None and kept.cosine == fresh.cosine
     assert kept.reason() == fresh.reason()
 
 
