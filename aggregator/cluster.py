@@ -181,11 +181,15 @@ class Signature:
 
         About 200 to 330 characters for a typical lead (at most ~70 hashes of 4 bytes).
         """
+        return f"{SIGNATURE_VERSION}:{signature_text(self.packed())}"
+
+    def packed(self) -> bytes:
+        """The bytes ``dumps`` writes in base64: a quarter fewer than its text, for a reader
+        that keeps thousands of signatures in memory (``stories.PackedMember``)."""
         numbers, lead = sorted(self.numbers), sorted(self.lead)
-        packed = struct.pack(
+        return struct.pack(
             f">IHH{len(numbers)}I{len(lead)}I", self.headline, self.weekdays, len(numbers), *numbers, *lead
         )
-        return f"{SIGNATURE_VERSION}:{signature_text(packed)}"
 
     @classmethod
     def loads(cls, text: str) -> Signature:
@@ -195,9 +199,17 @@ class Signature:
             raise ValueError(f"signature version {version!r} is not {SIGNATURE_VERSION!r}")
         try:
             raw = signature_bytes(payload)
+        except ValueError as exc:  # binascii.Error is a ValueError
+            raise ValueError(f"signature is corrupt: {exc}") from None
+        return cls.unpacked(raw)
+
+    @classmethod
+    def unpacked(cls, raw: bytes) -> Signature:
+        """Back from ``packed()``; ValueError for bytes it did not write."""
+        try:
             headline, weekdays, count = struct.unpack_from(">IHH", raw)
             values = struct.unpack_from(f">{(len(raw) - 8) // 4}I", raw, 8)
-        except (ValueError, struct.error) as exc:  # binascii.Error is a ValueError
+        except struct.error as exc:
             raise ValueError(f"signature is corrupt: {exc}") from None
         if len(raw) % 4 or count > len(values):
             raise ValueError("signature is corrupt: truncated")

@@ -278,8 +278,8 @@ class PackedMember:
     ``Features.loads`` made it; the term, leading-term and rare-word hashes packed in the order
     the decoded sets and dict give them, which the profile's counts, and the sums later taken
     over those, follow (the words' weights are the judged item's business, not the story's);
-    the lead signature in its stored form, decoded when ``judge`` compares a lead with it,
-    which only a story reached through a lead-copy key asks for."""
+    the lead signature's bytes (``cluster.Signature.packed``), decoded when ``judge`` compares a
+    lead with it, which only a story reached through a lead-copy key asks for."""
 
     __slots__ = ("_headline", "_leading", "_packed", "_signature", "_terms", "item_id", "published_at")
 
@@ -298,11 +298,11 @@ class PackedMember:
         self._terms = len(features.terms)
         self._leading = None if features.leading is None else len(features.leading)
         self._headline = None if features.headline is None else len(features.headline)
-        if features.signature is None:
-            signature = None
-        elif signature is None:
-            signature = features.signature.dumps()
-        self._signature = signature
+        self._signature: bytes | None = None
+        if features.signature is not None:  # as stored, without its text's base64
+            version, _, payload = (signature or "").partition(":")
+            current = version == cluster.SIGNATURE_VERSION
+            self._signature = cluster.signature_bytes(payload) if current else features.signature.packed()
 
     @property
     def features(self) -> PackedMember:
@@ -335,7 +335,7 @@ class PackedMember:
 
     @property
     def signature(self) -> cluster.Signature | None:
-        return cluster.Signature.loads(self._signature) if self._signature is not None else None
+        return cluster.Signature.unpacked(self._signature) if self._signature is not None else None
 
     def _hashes(self, start: int, end: int | None) -> memoryview[int]:
         """The packed hashes from ``start`` to ``end`` (None: the last), read in place: a

@@ -1068,6 +1068,21 @@ def test_a_profile_extended_by_new_members_is_the_profile_built_afresh() -> None
             assert list(carried.items()) == list(built.items()), name
 
 
+def test_a_packed_member_keeps_its_signature_as_bytes_and_gives_it_back() -> None:
+    """A packed member keeps its lead signature's bytes, not their base64 text, whichever form
+    it was given: the stored text, none (it packs the decoded one), or a text of another
+    version (the decoded one again, not what that text says)."""
+    decided, _ = features_of(*ORIGINAL)
+    assert decided.signature is not None
+    stored, text = decided.dumps(), decided.signature.dumps()
+    older = "c0:" + text.partition(":")[2][::-1]
+    for given in (text, None, older):
+        member = stories.PackedMember(1, NOON, decided, stored, given)
+        assert member.signature == decided.signature
+        assert member._signature == decided.signature.packed()
+        assert len(member._signature) < len(text)
+
+
 def test_a_profile_of_packed_members_is_the_profile_of_decoded_ones() -> None:
     """The writer keeps stored members packed (``PackedMember``), from their stored forms as
     read back or from the features a new item was decided on: a profile built from them, or
