@@ -161,6 +161,18 @@ def signature_bytes(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def stored_signature_bytes(text: str) -> bytes:
+    """The bytes a stored signature (``Signature.dumps``) writes in base64 (``Signature.packed``);
+    ValueError for another version, or text that is not base64."""
+    version, _, payload = text.partition(":")
+    if version != SIGNATURE_VERSION:
+        raise ValueError(f"signature version {version!r} is not {SIGNATURE_VERSION!r}")
+    try:
+        return signature_bytes(payload)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"signature is corrupt: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Signature:
     """What is kept of an item to recognise its copies: computed once, stored as a string.
@@ -194,14 +206,7 @@ class Signature:
     @classmethod
     def loads(cls, text: str) -> Signature:
         """Read back ``dumps()``. ValueError for another version: recompute it from the item."""
-        version, _, payload = text.partition(":")
-        if version != SIGNATURE_VERSION:
-            raise ValueError(f"signature version {version!r} is not {SIGNATURE_VERSION!r}")
-        try:
-            raw = signature_bytes(payload)
-        except ValueError as exc:  # binascii.Error is a ValueError
-            raise ValueError(f"signature is corrupt: {exc}") from None
-        return cls.unpacked(raw)
+        return cls.unpacked(stored_signature_bytes(text))
 
     @classmethod
     def unpacked(cls, raw: bytes) -> Signature:

@@ -300,9 +300,10 @@ class PackedMember:
         self._headline = None if features.headline is None else len(features.headline)
         self._signature: bytes | None = None
         if features.signature is not None:  # as stored, without its text's base64
-            version, _, payload = (signature or "").partition(":")
-            current = version == cluster.SIGNATURE_VERSION
-            self._signature = cluster.signature_bytes(payload) if current else features.signature.packed()
+            try:
+                self._signature = cluster.stored_signature_bytes(signature or "")
+            except ValueError:  # not at hand, or of another version: from the decoded one
+                self._signature = features.signature.packed()
 
     @property
     def features(self) -> PackedMember:
@@ -425,12 +426,18 @@ class StoryProfile:
         return total / np.float32(norm) if norm > 0 else total
 
     @cached_property
+    def quantised_centroid(self) -> bytes:
+        """The centroid quantised like a stored item's vector, a quarter of its memory: what a
+        closed story is kept as (``settled``)."""
+        return semantic.quantise(self.centroid)
+
+    @cached_property
     def settled_centroid(self) -> semantic.Vector:
-        """The centroid as a closed story keeps it (``settled``): quantised like a stored
-        item's vector, a quarter of its memory. A story refused on time alone is explained by
-        the cosine to this one, whether it was kept or read afresh, so that the explanation
-        never depends on which; the refusal does not depend on the cosine at all."""
-        return semantic.dequantise(semantic.quantise(self.centroid))
+        """The centroid as a closed story keeps it (``quantised_centroid``). A story refused on
+        time alone is explained by the cosine to this one, whether it was kept or read afresh,
+        so that the explanation never depends on which; the refusal does not depend on the
+        cosine at all."""
+        return semantic.dequantise(self.quantised_centroid)
 
     @cached_property
     def counts(self) -> tuple[dict[int, int], ...]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from aggregator import cluster, names, parseworker, semantic, stories, storybatch
+from aggregator import cluster, names, parseworker, stories, storybatch
 from aggregator.records import IngestPlan, InsertedItem, Item, NewItem
 from aggregator.store.repository import IngestTransaction, MatchCandidate
 
@@ -524,7 +524,7 @@ class _DecodedMembers:
         unless ``touched`` or the oldest forgotten since)."""
         kept = self._settled.get(profile.story_id)
         if fresh or kept is None or kept[0] != profile.first_at:
-            self._settled[profile.story_id] = (profile.first_at, semantic.quantise(profile.centroid))
+            self._settled[profile.story_id] = (profile.first_at, profile.quantised_centroid)
         self._settled.move_to_end(profile.story_id)
         while len(self._settled) > SETTLED_STORIES:
             self._settled.popitem(last=False)
