@@ -24,6 +24,7 @@ Sets (``../shared/stories``, see its README; the texts are publishers': measurem
     .venv/bin/python bench/stories_pipeline.py --seeds 1 2 3 --errors
     .venv/bin/python bench/stories_pipeline.py --days 3 --every 2   # rounds 2 h apart: ~1.5 min a seed and set
     .venv/bin/python bench/stories_pipeline.py --headlines-only   # feeds of headlines, no text
+    .venv/bin/python bench/stories_pipeline.py --database-url postgresql://postgres@127.0.0.1:5432/test
 
 One poll of everything is a first ingest of a backlog: each outlet's items arrive together,
 outlet after outlet, so a story may be started by whichever report is polled first (a side
@@ -39,11 +40,11 @@ reads cost, not a difference between two simulated streams.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import platform
 import random
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from benchsupport import PairRates
+from benchsupport import PairRates, database
+from sqlalchemy import create_engine, text
 
 from aggregator import cluster, stories, storystream
 
@@ -182,9 +184,15 @@ class Stored:
 
 
 def run_pipeline(
-    articles: list[Article], workdir: Path, extra_settings: list[str], every: timedelta | None = None
+    articles: list[Article],
+    workdir: Path,
+    extra_settings: list[str],
+    every: timedelta | None = None,
+    database_url: str | None = None,
 ) -> tuple[dict[str, Stored], float]:
     """Serve, poll with the real CLI, and return what was stored of each article and the polls' wall time.
+    ``database_url``: a PostgreSQL server's, on which a fresh database is made for the run and
+    dropped after it; None: the embedded default (SQLite in ``workdir``).
 
     ``every`` None: one poll of everything, as a first ingest of a backlog (each outlet's items
     arrive together, outlet after outlet). Otherwise the feeds are polled in rounds, as a
@@ -206,6 +214,34 @@ def run_pipeline(
             return None
         return rss(outlet, [a for a in by_outlet[outlet] if a.published <= shown[0]])
 
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(database(database_url, keep=False)) if database_url else None
+        elapsed = poll(paths, body, workdir, extra_settings + ([f"database: {url!r}"] if url else []), moments, shown)
+        engine = create_engine(url or f"sqlite:///{workdir / 'data' / 'aggregator.db'}")
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    text("SELECT guid, story_id, source_id, match_features, match_signature FROM items")
+                ).all()
+        finally:
+            engine.dispose()
+    stored = {guid: Stored(*rest) for guid, *rest in rows}
+    missing = [a.ref for a in articles if a.ref not in stored]
+    if missing:
+        print(f"  warning: {len(missing)} articles not stored, e.g. {missing[:3]}")
+    return stored, elapsed
+
+
+def poll(
+    paths: dict[str, str],
+    body: Callable[[str], bytes | None],
+    workdir: Path,
+    extra_settings: list[str],
+    moments: list[datetime],
+    shown: list[datetime],
+) -> float:
+    """Serve the feeds and poll them all with the installed CLI at each of ``moments`` (the
+    moment ``body`` serves the feeds as of, ``shown[0]``); the polls' wall time."""
     feeds = Feeds(body)
     try:
         config = workdir / "feeds.yaml"
@@ -234,21 +270,9 @@ def run_pipeline(
             )
             if done.returncode != 0:
                 raise SystemExit(f"aggregator poll failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        elapsed = time.monotonic() - started
+        return time.monotonic() - started
     finally:
         feeds.close()
-    database = sqlite3.connect(workdir / "data" / "aggregator.db")
-    try:
-        rows = database.execute(
-            "SELECT guid, story_id, source_id, match_features, match_signature FROM items"
-        ).fetchall()
-    finally:
-        database.close()
-    stored = {guid: Stored(*rest) for guid, *rest in rows}
-    missing = [a.ref for a in articles if a.ref not in stored]
-    if missing:
-        print(f"  warning: {len(missing)} articles not stored, e.g. {missing[:3]}")
-    return stored, elapsed
 
 
 def in_memory(articles: list[Article], stored: dict[str, Stored]) -> dict[str, int]:
@@ -303,6 +327,12 @@ def main() -> None:
     )
     parser.add_argument("--errors", action="store_true", help="list wrongly merged pairs")
     parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="a PostgreSQL server to store on (a fresh database per run, dropped after it), e.g. "
+        "postgresql://postgres@127.0.0.1:5432/test; default: the embedded SQLite",
+    )
+    parser.add_argument(
         "--headlines-only", action="store_true", help="feeds carry headlines and no text, as title-only feeds do"
     )
     parser.add_argument(
@@ -318,6 +348,7 @@ def main() -> None:
         raise SystemExit(f"no labelled stories at {STORIES}")
     print(f"# bench/stories_pipeline.py  python {platform.python_version()}  {platform.machine()}")
     print(f"# run: {' '.join(sys.argv[1:]) or '(defaults)'}; settings: {args.setting or 'defaults'}")
+    print(f"# storage: {'PostgreSQL, a fresh database per run' if args.database_url else 'the embedded SQLite'}")
     print(f"# polls: {f'rounds every {args.every:g} h' if every else 'one poll of everything (a first ingest)'}")
     if args.headlines_only:
         print("# items: headlines only, no text")
@@ -334,7 +365,7 @@ def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: t
     if args.headlines_only:
         articles = [replace(a, lead="") for a in articles]
     with tempfile.TemporaryDirectory() as tmp:
-        stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
+        stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every, args.database_url)
     story_of = {ref: kept.story_id for ref, kept in stored.items()}
     result = score(articles, story_of)
     outlets = len({a.outlet for a in articles})
@@ -358,7 +389,7 @@ def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: t
 def report_semeval(seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None) -> None:
     articles, pairs = semeval(seed, args.days, now, args.headlines_only)
     with tempfile.TemporaryDirectory() as tmp:
-        stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every)
+        stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every, args.database_url)
     story_of = {ref: kept.story_id for ref, kept in stored.items()}
     same = [p for p in pairs if pairs[p].overall <= 1.5]
     different = [p for p in pairs if pairs[p].overall >= 3.5]
