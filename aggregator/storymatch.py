@@ -88,6 +88,8 @@ class StoryMatcher:
         """Join new items whose URL matched no story to a stored story, as ``story_matching``
         says: "semantic" (``stories``), "lexical" (copied text only) or "off". ``source_id``:
         the polled source, whose own stories only a copy joins (``stories.decide``)."""
+        if mode != "off" and any(new.story_id is None for new in plan.inserts):
+            tx.exclude_other_matching()  # before any read the decision rests on
         if mode == "off":
             matched = plan
         elif mode == "lexical":

@@ -6,7 +6,10 @@ Real SQLite file and real PostgreSQL, the real model; the texts are ``test_stori
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -236,3 +239,35 @@ def test_a_headline_alone_reaches_through_storage_the_story_of_the_one_name_it_s
         (new,) = matcher.match(tx, plan, NOON, "semantic", {}, {}, 2).inserts
     assert new.story_id == story
     assert f"joined story {story}: cosine" in (new.match_reason or "")
+
+
+def test_two_reports_decided_at_once_end_in_one_story(store: Store) -> None:
+    """Two outlets' reports of one event committed side by side (two workers, or two of a
+    worker's commit slots): the second to decide waits until the first committed, sees its
+    item and joins its story, rather than starting one of its own that nothing would ever
+    bring together with it. SQLite and PostgreSQL both, each through its own lock."""
+    first_decided, second_started = threading.Event(), threading.Event()
+    stored: dict[str, int | None] = {}
+
+    def first() -> None:
+        with store.ingest() as tx:
+            (new,) = StoryMatcher().match(tx, plan_of([("w1", ORIGINAL, NOON)]), NOON, "semantic", {}, {}, 1).inserts
+            stored["w1"] = tx.insert_items(1, [new], NOON, "news.example.org")["w1"].story_id
+            first_decided.set()
+            assert second_started.wait(10)
+            time.sleep(0.5)  # the second is deciding now, or waiting to: still uncommitted here
+
+    def second() -> None:
+        assert first_decided.wait(10)
+        with store.ingest() as tx:
+            second_started.set()
+            plan = plan_of([("h1", REWRITE, NOON + timedelta(hours=1))])
+            (new,) = StoryMatcher().match(tx, plan, NOON, "semantic", {}, {}, 2).inserts
+            stored["h1"] = new.story_id
+            tx.insert_items(2, [new], NOON, "news.example.org")
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(first), pool.submit(second)]:
+            done.result(timeout=30)
+    assert stored["w1"] is not None
+    assert stored["h1"] == stored["w1"]

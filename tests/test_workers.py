@@ -11,6 +11,7 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from sqlalchemy import text
 
@@ -20,6 +21,7 @@ from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
 from tests.conftest import write_config
 from tests.server import FeedServer, Route
+from tests.test_stories_v2 import ORIGINAL, UNRELATED
 
 SOURCES, STORIES = 40, 10
 
@@ -83,3 +85,54 @@ def test_two_workers_share_the_work_without_duplicates(server: FeedServer, tmp_p
     assert items == distinct == SOURCES * STORIES
     assert stories == STORIES  # the same canonical URL from 40 outlets is one story
     assert set(per_story) == {SOURCES}
+
+
+def syndicated_feed(source: int) -> bytes:
+    """Two wire reports, each published by every outlet at its own address under its own guid:
+    only their text says they are one story."""
+    items = "".join(
+        f"<item><title>{escape(title)}</title><guid isPermaLink='false'>src{source}-{i}</guid>"
+        f"<link>https://o{source}.example/news/{i}</link><description>{escape(lead)}</description></item>"
+        for i, (title, lead) in enumerate((ORIGINAL, UNRELATED))
+    )
+    return f"<rss version='2.0'><channel><title>Outlet {source}</title><link>https://o{source}.example/</link>{items}</channel></rss>".encode()
+
+
+def test_two_workers_committing_copies_at_once_store_each_story_once(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """Forty outlets carry the same two wire reports at addresses of their own, polled by two
+    workers at once, each committing several polls side by side: each report is one story of
+    forty items, however the commits interleave (each decides after the ones before it committed)."""
+    sources = []
+    for n in range(SOURCES):
+        server.add(f"/s{n}", Route(body=syndicated_feed(n), delay=0.01))
+        sources.append({"name": f"outlet {n}", "url": server.url(f"/s{n}")})
+    config_path = write_config(tmp_path, sources, settings=f"database: {database_url}\nconcurrency: 8")
+    config = load_config(config_path).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    Store(engine).sync_sources(config.source_specs(), datetime.now(UTC))
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        own_engine = make_engine(database_url)
+        try:
+            start.wait()
+            asyncio.run(poll_once(Pipeline(config, Store(own_engine), owner=name)))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            own_engine.dispose()
+
+    threads = [threading.Thread(target=worker, args=(f"worker-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    with engine.connect() as conn:
+        per_story = conn.execute(text("select count(*) from items group by story_id")).scalars().all()
+    engine.dispose()
+    assert sorted(per_story) == [SOURCES, SOURCES]

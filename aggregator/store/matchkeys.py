@@ -15,10 +15,11 @@ from sqlalchemy import BigInteger, bindparam, case, func, select, text
 from sqlalchemy.dialects import postgresql
 
 from aggregator.records import MatchCandidate, StoryRefs
-from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch
+from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch, serialize_writers
 from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, PublishedRow, StoryRow
 
 MATCH_KEY_RETENTION = timedelta(days=14)
+MATCHING_LOCK_KEY = 0x61676772_00000003  # pg_advisory_xact_lock key of story matching ("aggr", 3)
 MAX_KEY_FANOUT = 100  # a story copied by more outlets than this still matches through its other keys
 
 # The statements, built once: constructing a select() on every call cost six times its
@@ -128,6 +129,15 @@ the time is the publication's start, cut to the second (``OutputStore.save_publi
 
 class StoryLookups(TransactionBase):
     """The reads story matching makes inside the ingest transaction (so they see its writes)."""
+
+    def exclude_other_matching(self) -> None:
+        """Wait until no other transaction is deciding stories, and keep them out until this one
+        ends. Two transactions that each decide before the other committed cannot see each
+        other's new items: two reports of one event polled at once, by two workers or two of
+        a worker's commit slots (``pipeline.COMMIT_SLOTS``), would each start a story of its
+        own, and nothing would bring them together later. Polls with nothing new to decide
+        (most of them: 304s) do not take it and still commit side by side."""
+        serialize_writers(self.c, MATCHING_LOCK_KEY)
 
     def match_candidates(
         self, keys: Sequence[int], earliest: datetime, latest: datetime
