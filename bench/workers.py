@@ -2,7 +2,8 @@
 
 Serves ``--sources`` small generated feeds (``--items`` items each; 80% with an ETag, 10% with
 Last-Modified only, 10% with neither; RSS 2.0 and Atom; item 0 of every ten consecutive
-sources is the same wire story, so workers race to create shared stories) from an asyncio
+sources is the same wire story under the wire's link, item 1 the same wire text under each
+outlet's own link, so workers race to create shared stories) from an asyncio
 server in its own process on 127.0.0.1, which counts requests per path. Two kinds of cycle:
 
   cold  on a reset database every source is new: fetch, parse, insert items and stories;
@@ -15,7 +16,8 @@ Each worker is a separate OS process running the real ``Pipeline.poll_due`` with
 database; all of them are started, wait on a barrier, and are released together. After each
 cycle the script checks, and fails loudly if not: every source was requested exactly once
 (server-side counts), one fetch_log row per source, no lease left, no duplicate items
-(source_id, key) and no two stories for one canonical URL (SQL). Publishing is not timed.
+(source_id, key), no two stories for one canonical URL, and each shared story once, items
+0 and 1 alike (SQL). Publishing is not timed.
 All sources live on one host (127.0.0.1), so ``per_host_concurrency`` is raised to
 ``--concurrency``; with the default of 2 a worker would fetch two at a time.
 
@@ -55,7 +57,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BASE_TIME = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-WIRE_GROUP = 10  # item 0 of sources 0-9, 10-19, ... is one shared story
+WIRE_GROUP = 10  # item 0 of sources 0-9, 10-19, ... is one shared story; so is item 1
 
 
 # --- feeds and the feed server (its own process) ---------------------------------------------
@@ -65,8 +67,10 @@ def feed_body(source: int, items: int) -> bytes:
     host = f"site{source % 50}.bench.example"
     entries = []
     for i in range(items):
-        wire = i == 0
-        rng = random.Random(f"wire-{source // WIRE_GROUP}" if wire else f"{source}-{i}")
+        # Item 0: the wire's own link (one canonical URL); item 1: the wire's text at the
+        # outlet's own address, which only its copied text ties to the others.
+        wire, syndicated = i == 0, i == 1
+        rng = random.Random(f"wire-{i}-{source // WIRE_GROUP}" if wire or syndicated else f"{source}-{i}")
         link = (
             f"https://wire.bench.example/story/{source // WIRE_GROUP}?utm_source=s{source}"
             if wire
@@ -512,8 +516,9 @@ def storage_problems(opts: argparse.Namespace, counts: dict[str, int]) -> list[s
     if counts["dup_stories"]:
         problems.append(f"{counts['dup_stories']} canonical URLs with two stories")
     want_items = opts.sources * opts.items
-    wire = -(-opts.sources // WIRE_GROUP) if opts.items else 0
-    want_stories = opts.sources * max(opts.items - 1, 0) + wire
+    shared = min(opts.items, 2)  # items 0 and 1 of a group of sources are one story each
+    wire = -(-opts.sources // WIRE_GROUP) * shared
+    want_stories = opts.sources * (opts.items - shared) + wire
     if counts["items"] != want_items:
         problems.append(f"{counts['items']} items stored, want {want_items}")
     if counts["stories"] != want_stories:
