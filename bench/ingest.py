@@ -803,7 +803,10 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
     )
     if "e" in results:
         e = results["e"]
-        print(f"(b)/(e): wall {b['wall'] / e['wall']:.2f}x (target <= 0.35), CPU {b['cpu'] / e['cpu']:.2f}x")
+        # On the plain stream aggregator must be far faster than reader; on the stock stream, where
+        # it matches every item to stories and reader matches nothing, no slower.
+        target = 1.0 if opts.stream == "stock" else 0.35
+        print(f"(b)/(e): wall {b['wall'] / e['wall']:.2f}x (target <= {target}), CPU {b['cpu'] / e['cpu']:.2f}x")
     print(f"(c): wall {c['wall']:.2f}s for {c['polled']} sources, {c['not_modified']} not modified (target < 2 s)")
     print(f"(d)/(a'): CPU {d['cpu'] / a2['cpu']:.2f}x (target <= 1.3)")
     for key in ("b", "c", "d"):
