@@ -49,6 +49,15 @@ COMMIT_SECONDS = Histogram(
 COMMIT_BATCH_RETRIES = Counter(
     "aggregator_commit_batch_retries", "Batches rolled back and committed again result by result", registry=None
 )
+# Story decisions take turns across transactions and workers (``storymatch``): how long each
+# transaction with new items waited for its turn. Growing waits mean the workers' ingest is
+# bounded by deciding stories, not by fetching or parsing.
+STORY_TURN_SECONDS = Histogram(
+    "aggregator_story_turn_wait_seconds",
+    "Time an ingest transaction with new items waited for its turn to decide stories",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=None,
+)
 OWN_METRICS: tuple[Collector, ...] = (
     POLLS,
     FETCH_SECONDS,
@@ -59,6 +68,7 @@ OWN_METRICS: tuple[Collector, ...] = (
     COMMIT_BATCH_SIZE,
     COMMIT_SECONDS,
     COMMIT_BATCH_RETRIES,
+    STORY_TURN_SECONDS,
 )
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from aggregator import cluster, names, parseworker, stories, storybatch
+from aggregator import cluster, metrics, names, parseworker, stories, storybatch
 from aggregator.records import IngestPlan, InsertedItem, Item, NewItem
 from aggregator.store.repository import IngestTransaction, MatchCandidate
 
@@ -89,7 +89,9 @@ class StoryMatcher:
         says: "semantic" (``stories``), "lexical" (copied text only) or "off". ``source_id``:
         the polled source, whose own stories only a copy joins (``stories.decide``)."""
         if mode != "off" and any(new.story_id is None for new in plan.inserts):
+            started = time.perf_counter()
             tx.exclude_other_matching()  # before any read the decision rests on
+            metrics.STORY_TURN_SECONDS.observe(time.perf_counter() - started)
         if mode == "off":
             matched = plan
         elif mode == "lexical":

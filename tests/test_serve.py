@@ -90,6 +90,7 @@ def test_metrics_expose_counters_and_database_gauges(base_url: str) -> None:
     text = response.text
     assert 'aggregator_polls_total{outcome="new"}' in text
     assert "aggregator_fetch_duration_seconds_bucket" in text
+    assert "aggregator_story_turn_wait_seconds_bucket" in text
     assert "aggregator_items 0.0" in text
     assert "aggregator_scheduler_lag_seconds 0.0" in text
 

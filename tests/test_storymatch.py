@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aggregator import cluster, stories
+from aggregator import cluster, metrics, stories
 from aggregator.config import parse_config
 from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.database import ensure_schema, make_engine
@@ -266,8 +266,18 @@ def test_two_reports_decided_at_once_end_in_one_story(store: Store) -> None:
             stored["h1"] = new.story_id
             tx.insert_items(2, [new], NOON, "news.example.org")
 
+    turns, waited = _turn_waits()
     with ThreadPoolExecutor(2) as pool:
         for done in [pool.submit(first), pool.submit(second)]:
             done.result(timeout=30)
     assert stored["w1"] is not None
     assert stored["h1"] == stored["w1"]
+    now_turns, now_waited = _turn_waits()
+    assert now_turns == turns + 2  # each took its turn, and the metric tells how long the second waited
+    assert now_waited - waited >= 0.25
+
+
+def _turn_waits() -> tuple[float, float]:
+    """How many story-deciding turns this process took, and how long it waited for them in all."""
+    samples = {s.name: s.value for m in metrics.STORY_TURN_SECONDS.collect() for s in m.samples}
+    return samples["aggregator_story_turn_wait_seconds_count"], samples["aggregator_story_turn_wait_seconds_sum"]
