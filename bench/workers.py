@@ -231,8 +231,14 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
         async with Fetcher(fetch_options(config)) as fetcher:
             return await pipeline.poll_due(fetcher, until=datetime.fromisoformat(until))
 
-    started, cpu, parse_cpu = time.monotonic(), time.process_time(), descendants_cpu()
+    from aggregator import metrics
+
+    def turns_waited() -> float:
+        return sum(s.value for m in metrics.STORY_TURN_SECONDS.collect() for s in m.samples if s.name.endswith("_sum"))
+
+    started, cpu, parse_cpu, waited = time.monotonic(), time.process_time(), descendants_cpu(), turns_waited()
     summary = asyncio.run(poll())
+    waited = turns_waited() - waited
     elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
     parse_cpu = descendants_cpu() - parse_cpu  # the parse workers, read while they live
     if pool is not None:
@@ -250,6 +256,7 @@ def run_worker(config_path: str, owner: str, until: str, trace: bool, commit_slo
                 "seconds": elapsed,
                 "cpu": cpu,
                 "parse_cpu": parse_cpu,
+                "turn_wait": waited,
                 "sql_ms": dict(spent.most_common(12)),
             }
         ),
@@ -643,6 +650,7 @@ def summarize(
         "http": f"{statuses.get('200', 0)}x200 {statuses.get('304', 0)}x304",
         "split": "/".join(str(r["polled"]) for r in sorted(cycle["results"], key=lambda r: r["owner"])),
         "worker_cpu": cpu["workers_cpu"],
+        "turn_wait": sum(r["turn_wait"] for r in cycle["results"]),
         "postgres_cpu": cpu["postgres_cpu"],
         "server_cpu": cpu["feed_server_cpu"],
         "busy": cpu["machine_busy_pct"],
@@ -653,11 +661,13 @@ def summarize(
 
 COLUMNS = (
     ("workers", "{:>7}"), ("phase", "{:>5}"), ("wall", "{:>7.2f}"), ("rate", "{:>9.0f}"), ("items", "{:>7}"),
-    ("http", "{:>16}"), ("split", "{:>19}"), ("worker_cpu", "{:>10.1f}"), ("postgres_cpu", "{:>12.1f}"),
+    ("http", "{:>16}"), ("split", "{:>19}"), ("worker_cpu", "{:>10.1f}"), ("turn_wait", "{:>10.1f}"),
+    ("postgres_cpu", "{:>12.1f}"),
     ("server_cpu", "{:>10.1f}"), ("busy", "{:>6.0f}"), ("load", "{:>16}"), ("ok", "{:>4}"),
 )  # fmt: skip
 HEADERS = {"wall": "wall s", "rate": "sources/s", "items": "new", "http": "server saw", "split": "polled per worker",
-           "worker_cpu": "worker cpu", "postgres_cpu": "postgres cpu", "server_cpu": "feeds cpu", "busy": "busy%",
+           "worker_cpu": "worker cpu", "turn_wait": "turn wait", "postgres_cpu": "postgres cpu",
+           "server_cpu": "feeds cpu", "busy": "busy%",
            "load": "load 1/5/15 after", "ok": "ok"}  # fmt: skip
 
 
@@ -693,6 +703,10 @@ def report(
         print(f"{key}: {value}")
     print(f"load average before: {load_before}; after: {load()}; total {total:.0f}s")
     print("cpu columns are CPU-seconds during the cycle: workers incl. their parse processes; postgres = all clients")
+    print(
+        "turn wait: seconds the ingest transactions waited, in all, for their turn to decide stories "
+        "(aggregator_story_turn_wait_seconds), summed over the workers and their commit slots"
+    )
     for phase in ("cold", "warm"):
         base = next((r for r in rows if r["phase"] == phase and r["workers"] == 1), None)
         if base is None:
