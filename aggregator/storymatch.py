@@ -5,6 +5,10 @@ they decide on, batched per poll inside the poll's transaction: candidate storie
 and lead-copy keys, the stream statistics, and the candidates' first members. What changes
 slowly is kept between polls (common terms' counts, decoded members), shared by the writer
 threads.
+
+A poll with new items to decide first waits for its turn (``exclude_other_matching``), which it
+keeps until its transaction ends: a decision must see every item decided before it, or two
+reports of one event committed side by side would each start a story.
 """
 
 from __future__ import annotations
