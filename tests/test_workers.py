@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from aggregator.config import load_config
 from aggregator.pipeline import Pipeline, PollSummary, poll_once
@@ -37,12 +38,17 @@ def wire_feed(source: int) -> bytes:
     return f"<rss version='2.0'><channel><title>Outlet {source}</title><link>https://o{source}.example/</link>{items}</channel></rss>".encode()
 
 
-def test_two_workers_share_the_work_without_duplicates(server: FeedServer, tmp_path: Path, database_url: str) -> None:
+def two_workers_poll(
+    server: FeedServer, tmp_path: Path, database_url: str, feed: Callable[[int], bytes], concurrency: int
+) -> tuple[Engine, list[PollSummary]]:
+    """Serve ``SOURCES`` feeds (``feed`` gives source n's), and let two workers, each with an
+    engine of its own, poll them all at the same moment. The database's engine and the workers'
+    summaries; a worker's exception fails the test."""
     sources = []
     for n in range(SOURCES):
-        server.add(f"/s{n}", Route(body=wire_feed(n), delay=0.01))
+        server.add(f"/s{n}", Route(body=feed(n), delay=0.01))
         sources.append({"name": f"outlet {n}", "url": server.url(f"/s{n}")})
-    config_path = write_config(tmp_path, sources, settings=f"database: {database_url}\nconcurrency: 4")
+    config_path = write_config(tmp_path, sources, settings=f"database: {database_url}\nconcurrency: {concurrency}")
     config = load_config(config_path).config
     engine = make_engine(database_url)
     ensure_schema(engine)
@@ -69,6 +75,11 @@ def test_two_workers_share_the_work_without_duplicates(server: FeedServer, tmp_p
     for thread in threads:
         thread.join(120)
     assert errors == []
+    return engine, summaries
+
+
+def test_two_workers_share_the_work_without_duplicates(server: FeedServer, tmp_path: Path, database_url: str) -> None:
+    engine, summaries = two_workers_poll(server, tmp_path, database_url, wire_feed, 4)
     hits = Counter(r.path for r in server.requests)
     twice = {p: n for p, n in hits.items() if n > 1}
     assert twice == {}, "a source was fetched by both workers"
@@ -104,34 +115,7 @@ def test_two_workers_committing_copies_at_once_store_each_story_once(
     """Forty outlets carry the same two wire reports at addresses of their own, polled by two
     workers at once, each committing several polls side by side: each report is one story of
     forty items, however the commits interleave (each decides after the ones before it committed)."""
-    sources = []
-    for n in range(SOURCES):
-        server.add(f"/s{n}", Route(body=syndicated_feed(n), delay=0.01))
-        sources.append({"name": f"outlet {n}", "url": server.url(f"/s{n}")})
-    config_path = write_config(tmp_path, sources, settings=f"database: {database_url}\nconcurrency: 8")
-    config = load_config(config_path).config
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    Store(engine).sync_sources(config.source_specs(), datetime.now(UTC))
-    errors: list[BaseException] = []
-    start = threading.Barrier(2)
-
-    def worker(name: str) -> None:
-        own_engine = make_engine(database_url)
-        try:
-            start.wait()
-            asyncio.run(poll_once(Pipeline(config, Store(own_engine), owner=name)))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            own_engine.dispose()
-
-    threads = [threading.Thread(target=worker, args=(f"worker-{i}",)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert errors == []
+    engine, _ = two_workers_poll(server, tmp_path, database_url, syndicated_feed, 8)
     with engine.connect() as conn:
         per_story = conn.execute(text("select count(*) from items group by story_id")).scalars().all()
     engine.dispose()
