@@ -300,10 +300,7 @@ class PackedMember:
         self._headline = None if features.headline is None else len(features.headline)
         self._signature: bytes | None = None
         if features.signature is not None:  # as stored, without its text's base64
-            try:
-                self._signature = cluster.stored_signature_bytes(signature or "")
-            except ValueError:  # not at hand, or of another version: from the decoded one
-                self._signature = features.signature.packed()
+            self._signature = _signature_bytes(signature, features.signature)
 
     @property
     def features(self) -> PackedMember:
@@ -343,6 +340,17 @@ class PackedMember:
         profile iterates them once, into its counts."""
         packed = memoryview(self._packed)[semantic.DIMENSIONS :]
         return packed.cast("I")[start:end]
+
+
+def _signature_bytes(stored: str | None, decoded: cluster.Signature) -> bytes:
+    """A signature's bytes: from its stored text when that is at hand and of this version (no
+    packing again), else from the decoded signature."""
+    if stored is not None:
+        try:
+            return cluster.stored_signature_bytes(stored)
+        except ValueError:  # of another version: the decoded one is this version's
+            pass
+    return decoded.packed()
 
 
 @dataclass(frozen=True)

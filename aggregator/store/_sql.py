@@ -123,7 +123,7 @@ def update_by_id(model: type[Base], columns: tuple[str, ...]) -> Any:
     return update(table).where(table.c.id == bindparam("row_id")).values({c: bindparam(f"v_{c}") for c in columns})
 
 
-def serialize_writers(within: Session | Connection, key: int) -> None:
+def serialize_writers(connection: Connection, key: int) -> None:
     """Make this transaction wait for, and then exclude, every other one calling this with ``key``.
 
     PostgreSQL: a transaction-scoped advisory lock (released at commit or rollback, or when
@@ -132,7 +132,6 @@ def serialize_writers(within: Session | Connection, key: int) -> None:
     that read first and wrote later would fail with "database is locked" instead of waiting
     when another process wrote in between.
     """
-    connection = within.connection() if isinstance(within, Session) else within
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     elif connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]

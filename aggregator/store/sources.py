@@ -63,7 +63,7 @@ class SourceStore(StoreBase):
         """
         added, changed, removed = [], [], []
         with self.session() as s:
-            serialize_writers(s, SYNC_LOCK_KEY)
+            serialize_writers(s.connection(), SYNC_LOCK_KEY)
             rows = {row.name: row for row in s.scalars(select(SourceRow))}
             for spec in specs:
                 row = rows.get(spec.name)
