@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -537,6 +538,7 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
     from aggregator.config import parse_config
     from aggregator.records import IngestPlan, Item, NewItem
     from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.matchkeys import StoryLookups
     from aggregator.store.repository import Store
     from aggregator.storymatch import StoryMatcher
 
@@ -558,6 +560,7 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
         store.sync_sources(config.source_specs(), entries[0].published_at)
         matcher = StoryMatcher()
         costs: list[tuple[int, float]] = []
+        reads = _TimedReads(StoryLookups)  # the time in the lookups' queries, split from the rest
         story_of: dict[str, int] = {}
         for start in range(0, len(entries), batch):
             chunk = entries[start : start + batch]
@@ -567,11 +570,13 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
             ]
             plan = IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
             with store.ingest() as tx:
+                reads.start(start)
                 started = time.perf_counter()
                 matched = matcher.match(
                     tx, plan, chunk[-1].published_at, "semantic", {e.id: signed[e.id] for e in chunk}, stored
                 )
                 costs.append((start, (time.perf_counter() - started) / len(chunk)))
+                reads.stop()
                 inserted = tx.insert_items(
                     1 + start // batch % 100, matched.inserts, chunk[-1].published_at, "bench.example"
                 )
@@ -585,6 +590,10 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
             for key, story in connection.execute(text("select key, story_id from items")):
                 story_of[key] = story
         engine.dispose()
+    reads.restore()
+    last = [start for start, _ in costs if start >= len(entries) - 2000]
+    sizes = {start: min(batch, len(entries) - start) for start in last}
+    mean = sum(cost * sizes[start] for start, cost in costs if start in sizes) / sum(sizes.values())
     tail = [cost for start, cost in costs if start >= len(entries) - 2000]
     scores = pair_scores(entries, story_of)
     print(f"== through storage (SQLite): the templated stream of {len(entries)} items, polls of {batch} new items")
@@ -592,7 +601,59 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
         f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
         f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs): queries and decision, inserts not counted"
     )
+    print(f"   reads      {reads.line(last, sum(sizes.values()))}, of {mean * 1e6:.0f} µs/item of matching on average")
     print(f"   quality    {scores.line()}")
+
+
+class _TimedReads:
+    """Times the story lookups' queries (``StoryLookups``) poll by poll, by wrapping its methods
+    for the run: how much of the matching cost through storage is reading, and which reads.
+    That is the share a match index kept in the writer's memory could save."""
+
+    def __init__(self, lookups: type) -> None:
+        self._class = lookups
+        self._methods = {
+            name: vars(lookups)[name]
+            for name in ("term_stories", "stories_in_window", "copy_key_stories_bounded", "story_member_refs",
+                         "member_features", "unseen_stories", "exclude_other_matching")
+        }  # fmt: skip
+        self._spent: dict[int, dict[str, float]] = {}
+        self._poll: dict[str, float] | None = None
+        for name, method in self._methods.items():
+            setattr(lookups, name, self._timed(name, method))
+
+    def _timed(self, name: str, method: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                if self._poll is not None:
+                    self._poll[name] = self._poll.get(name, 0.0) + time.perf_counter() - started
+
+        return timed
+
+    def start(self, poll: int) -> None:
+        self._poll = self._spent.setdefault(poll, {})
+
+    def stop(self) -> None:
+        self._poll = None
+
+    def restore(self) -> None:
+        for name, method in self._methods.items():
+            setattr(self._class, name, method)
+
+    def line(self, polls: list[int], items: int) -> str:
+        """The reads' time per item over ``polls`` (``items`` items in all), in total and by query."""
+        by_name: defaultdict[str, float] = defaultdict(float)
+        for poll in polls:
+            for name, spent in self._spent.get(poll, {}).items():
+                by_name[name] += spent
+        total = sum(by_name.values())
+        parts = ", ".join(
+            f"{name} {spent / items * 1e6:.0f}" for name, spent in sorted(by_name.items(), key=lambda p: -p[1])
+        )
+        return f"the lookups' queries {total / items * 1e6:.0f} µs/item ({parts})"
 
 
 def semantic_report(*, quick: bool = False) -> None:
