@@ -591,32 +591,30 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
                 story_of[key] = story
         engine.dispose()
     reads.restore()
-    last = [start for start, _ in costs if start >= len(entries) - 2000]
-    sizes = {start: min(batch, len(entries) - start) for start in last}
-    mean = sum(cost * sizes[start] for start, cost in costs if start in sizes) / sum(sizes.values())
-    tail = [cost for start, cost in costs if start >= len(entries) - 2000]
+    recent = [(start, cost) for start, cost in costs if start >= len(entries) - 2000]
+    tail = [cost for _, cost in recent]
+    sizes = {start: min(batch, len(entries) - start) for start, _ in recent}
+    mean = sum(cost * sizes[start] for start, cost in recent) / sum(sizes.values())
     scores = pair_scores(entries, story_of)
     print(f"== through storage (SQLite): the templated stream of {len(entries)} items, polls of {batch} new items")
     print(
         f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
         f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs): queries and decision, inserts not counted"
     )
-    print(f"   reads      {reads.line(last, sum(sizes.values()))}, of {mean * 1e6:.0f} µs/item of matching on average")
+    print(f"   reads      {reads.line(sizes)}, of {mean * 1e6:.0f} µs/item of matching on average")
     print(f"   quality    {scores.line()}")
 
 
 class _TimedReads:
-    """Times the story lookups' queries (``StoryLookups``) poll by poll, by wrapping its methods
-    for the run: how much of the matching cost through storage is reading, and which reads.
-    That is the share a match index kept in the writer's memory could save."""
+    """Times the story lookups' queries (``StoryLookups``, every public method) poll by poll,
+    by wrapping them for the run: how much of the matching cost through storage is reading, and
+    which reads. That is the share a match index kept in the writer's memory could save."""
 
     def __init__(self, lookups: type) -> None:
         self._class = lookups
         self._methods = {
-            name: vars(lookups)[name]
-            for name in ("term_stories", "stories_in_window", "copy_key_stories_bounded", "story_member_refs",
-                         "member_features", "unseen_stories", "exclude_other_matching")
-        }  # fmt: skip
+            name: method for name, method in vars(lookups).items() if callable(method) and not name.startswith("_")
+        }
         self._spent: dict[int, dict[str, float]] = {}
         self._poll: dict[str, float] | None = None
         for name, method in self._methods.items():
@@ -643,8 +641,9 @@ class _TimedReads:
         for name, method in self._methods.items():
             setattr(self._class, name, method)
 
-    def line(self, polls: list[int], items: int) -> str:
-        """The reads' time per item over ``polls`` (``items`` items in all), in total and by query."""
+    def line(self, polls: dict[int, int]) -> str:
+        """The reads' time per item over ``polls`` (each poll's number of items), in total and by query."""
+        items = sum(polls.values())
         by_name: defaultdict[str, float] = defaultdict(float)
         for poll in polls:
             for name, spent in self._spent.get(poll, {}).items():
