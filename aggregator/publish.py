@@ -93,18 +93,45 @@ def render_all(
     hub: str | None = None,
     *,
     archives: Sequence[str] = (),
+    updated_if_empty: datetime | None = None,
 ) -> list[Rendering]:
     """Every format of the subscription feed; ``archives`` are its frozen archive weeks with
-    entries, oldest first (RFC 5005: the feed links the newest, which links the one before)."""
+    entries, oldest first (RFC 5005: the feed links the newest, which links the one before).
+    ``updated_if_empty``: the feed's time when it has no entry to take one from (the newest
+    entry's otherwise): when it last changed (``empty_feed_updated``), not 1970."""
     history: tuple[tuple[str, str], ...] = ()
     if archives:
         history = (("prev-archive", archive_url(public_url, output.slug, archives[-1])),)
+    atom = render_atom(output, entries, public_url, hub, links=history, updated_if_empty=updated_if_empty)
     return [
-        Rendering(output.slug, "atom", FORMATS["atom"], render_atom(output, entries, public_url, hub, links=history)),
-        Rendering(output.slug, "rss", FORMATS["rss"], render_rss(output, entries, public_url, hub)),
+        Rendering(output.slug, "atom", FORMATS["atom"], atom),
+        Rendering(
+            output.slug,
+            "rss",
+            FORMATS["rss"],
+            render_rss(output, entries, public_url, hub, updated_if_empty=updated_if_empty),
+        ),
         Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url, hub)),
         Rendering(output.slug, "html", FORMATS["html"], render_html(output, entries, public_url, archives=archives)),
     ]
+
+
+def empty_feed_updated(previous: bytes | None, now: datetime) -> datetime:
+    """The ``updated`` of an output with no entries, from its stored Atom rendering
+    (``previous``): that one's, if it had no entries either, so the bytes stay the same from
+    one publish to the next and readers' conditional requests keep getting 304; ``now`` (whole
+    seconds, as Last-Modified has them) when there is none or it had entries (the output just
+    emptied: that is a change, and the time must not fall back to an entry's). Never 1970,
+    which an empty output once said and readers showed as its date: a rendering that says so
+    is taken for none."""
+    if previous and _FIRST_ENTRY not in previous:
+        try:
+            found = etree.fromstring(previous).findtext(f"{{{ATOM_NS}}}updated")
+            if found and (said := datetime.fromisoformat(found)) > EPOCH:
+                return said
+        except (ValueError, etree.LxmlError):
+            pass  # not a rendering of ours: take it for none
+    return now.replace(microsecond=0)
 
 
 def render_archive(
@@ -254,11 +281,13 @@ def render_atom(
     *,
     links: tuple[tuple[str, str], ...] = (),
     archive_of: Week | None = None,
+    updated_if_empty: datetime | None = None,
 ) -> bytes:
     """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
-    archive document for that week (own self URL and id, ``fh:archive`` marker)."""
+    archive document for that week (own self URL and id, ``fh:archive`` marker);
+    ``updated_if_empty`` as in ``render_all``."""
     if len(entries) <= ATOM_PIECE:
-        return _render_atom(output, entries, public_url, hub, links, archive_of)
+        return _render_atom(output, entries, public_url, hub, links, archive_of, None if entries else updated_if_empty)
     updated = max(e.updated_at for e in entries)
     spliced = io.BytesIO()  # grows in place; a list of pieces joined at the end held the document twice
     end = b""
@@ -351,11 +380,20 @@ def _thumbnail(element: etree._Element, lead: Candidate) -> None:
         etree.SubElement(element, f"{{{MEDIA_NS}}}thumbnail", url=lead.thumbnail, nsmap={"media": MEDIA_NS})
 
 
-def render_rss(output: Output, entries: list[OutputEntry], public_url: str, hub: str | None = None) -> bytes:
+def render_rss(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    hub: str | None = None,
+    *,
+    updated_if_empty: datetime | None = None,
+) -> bytes:
     """RSS 2.0. ``author`` needs an e-mail address, so the author (else the outlet) goes in
-    ``dc:creator``, as most feeds do; the outlet itself is the item's ``source``."""
+    ``dc:creator``, as most feeds do; the outlet itself is the item's ``source``.
+    ``updated_if_empty`` as in ``render_all``."""
     try:
-        raw = bytes(_generator(output, entries, public_url, "rss").rss_str(pretty=True))
+        updated = None if entries else updated_if_empty
+        raw = bytes(_generator(output, entries, public_url, "rss", updated=updated).rss_str(pretty=True))
         parsed = etree.fromstring(raw, etree.XMLParser(remove_blank_text=True))
         nsmap = {**parsed.nsmap, "dc": DC_NS}
         if any(entry.lead.thumbnail for entry in entries):

@@ -30,7 +30,14 @@ from aggregator.curate import (
     source_scope,
 )
 from aggregator.entryview import feed_url
-from aggregator.publish import Rendering, render_all, render_archive, write_atomically, write_file
+from aggregator.publish import (
+    Rendering,
+    empty_feed_updated,
+    render_all,
+    render_archive,
+    write_atomically,
+    write_file,
+)
 from aggregator.records import Candidate, Editorial, etag_of
 from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import ArchivePage, PruneReport, SourceIds, Store
@@ -119,7 +126,11 @@ class Publisher:
         for output in self.config.outputs if outputs is None else outputs:
             weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
             entries = self.curation(output, now).entries
-            renderings = render_all(output, entries, settings.public_url, settings.websub_hub, archives=weeks)
+            previous = None if entries else self.store.published(output.slug, "atom")
+            updated = None if entries else empty_feed_updated(previous.body if previous else None, now)
+            renderings = render_all(
+                output, entries, settings.public_url, settings.websub_hub, archives=weeks, updated_if_empty=updated
+            )
             for rendering in renderings:
                 stored = self.store.save_published(
                     rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now

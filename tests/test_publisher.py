@@ -1,20 +1,27 @@
-"""The Publisher: its decisions without a database, and the CLI publishing without the poll machinery."""
+"""The Publisher: its decisions without a database, the CLI publishing without the poll
+machinery, and what an output with no entries says."""
 
 from __future__ import annotations
 
+import asyncio
+import calendar
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import feedparser
 import pytest
 
-from aggregator.cli import main
-from aggregator.config import Output, Settings
-from aggregator.publish import Rendering
-from aggregator.publisher import affected_outputs, config_fingerprint, outputs_to_publish
+from aggregator.cli import main, resolve_story
+from aggregator.config import Output, Settings, load_config
+from aggregator.pipeline import Pipeline, poll_once
+from aggregator.publish import Rendering, render_all
+from aggregator.publisher import Publisher, affected_outputs, config_fingerprint, outputs_to_publish
 from aggregator.records import etag_of
+from aggregator.store.database import ensure_schema, make_engine
+from aggregator.store.repository import Store
 from tests.conftest import write_config
 from tests.feeds import rss2
 from tests.server import FeedServer, Route
@@ -114,3 +121,58 @@ def test_publishing_commands_start_no_parse_pool_and_no_writer_threads(
         assert sum(line.startswith("+ ") for line in done.stdout.splitlines()) == 5  # all five curated in
     else:  # publish (forced files) and pin (republished: the missing file is written again)
         assert len(feedparser.parse(atom.read_bytes()).entries) == 5
+
+
+def test_an_empty_output_says_when_it_last_changed_and_keeps_its_bytes(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """A fresh install's World feed, or an output whose rules match nothing yet, is a feed with
+    no entries. Its ``updated`` (RSS lastBuildDate) must be a real time, not 1970, which feed
+    readers show as the feed's date, and must not move at every publish (304s keep coming)."""
+    server.add("/f", Route(body=rss2(0, 1)))
+    config = load_config(
+        write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=f"database: {database_url}")
+    ).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    atom_file = Path(config.settings.resolved_output_dir) / "world.atom"
+    rss_file = atom_file.with_suffix(".rss")
+    start = datetime(2026, 12, 4, 9, 30, 15, 250_000, tzinfo=UTC)
+
+    def updated() -> tuple[datetime, datetime]:
+        atom, rss = feedparser.parse(atom_file.read_bytes()), feedparser.parse(rss_file.read_bytes())
+        return (
+            datetime.fromisoformat(atom.feed.updated),
+            datetime.fromtimestamp(calendar.timegm(rss.feed.updated_parsed), UTC),
+        )
+
+    Publisher(config, store, clock=lambda: start).publish()  # nothing polled yet
+    assert feedparser.parse(atom_file.read_bytes()).entries == []
+    assert updated() == (start.replace(microsecond=0),) * 2
+    first = atom_file.read_bytes()
+    assert Publisher(config, store, clock=lambda: start + timedelta(hours=1)).publish() == []  # nothing changed
+    assert atom_file.read_bytes() == first
+
+    # Entries come, then the output empties (its only story blocked): that is when it changed.
+    polled = start + timedelta(hours=2)
+    store.sync_sources(config.source_specs(), polled)
+    asyncio.run(poll_once(Pipeline(config, store, clock=lambda: polled), all_sources=True))
+    Publisher(config, store, clock=lambda: polled).publish()
+    assert len(feedparser.parse(atom_file.read_bytes()).entries) == 1
+    emptied = start + timedelta(hours=3)
+    story, _ = resolve_story(store, "https://news.example.com/feed0/story0")
+    store.set_editorial("world", story, "block", emptied)
+    Publisher(config, store, clock=lambda: emptied).publish()
+    assert feedparser.parse(atom_file.read_bytes()).entries == []
+    assert updated() == (emptied.replace(microsecond=0),) * 2
+
+    # An install whose stored empty feed says 1970 (as this one's did) gets a real time.
+    output = config.outputs[0]
+    for old in render_all(output, [], config.settings.public_url):
+        store.save_published(old.slug, old.format, old.media_type, old.body, old.etag, emptied)
+    assert b"1970-01-01" in store.published("world", "atom").body  # type: ignore[union-attr]
+    upgraded = start + timedelta(days=1)
+    Publisher(config, store, clock=lambda: upgraded).publish()
+    assert updated() == (upgraded.replace(microsecond=0),) * 2
+    engine.dispose()
