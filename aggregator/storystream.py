@@ -51,8 +51,8 @@ class Stream:
         self._expire(at)
         decision = Decision(story_id, None, ())
         if story_id is None:
+            found = self.reach(at, features)
             stats = self.stats()
-            found = self._candidates(features, stats)
             profiles = [self.profile(story) for story in stories.rank_candidates(found)]
             sources = {p.story_id: self._sources[p.story_id] for p in profiles}
             own, one_outlet = stories.own_stories(sources, source), stories.other_outlets_stories(sources, source)
@@ -66,8 +66,14 @@ class Stream:
         self._record(item_id, at, features, story_id, source)
         return story_id, decision
 
-    def _candidates(self, features: Features, stats: TermStats) -> dict[int, float]:
-        """The stories the item's rare names and lead-copy keys reach, with the weight of what reaches them."""
+    def reach(self, at: datetime, features: Features) -> dict[int, float]:
+        """The stories an item published at ``at`` reaches through its rare names and lead-copy
+        keys, with the weight of what reaches each (``stories.reached``): those ``add`` judges
+        the first ``stories.MAX_CANDIDATES`` of (and what the benchmark asks, to tell a story
+        an item never reached from one it was judged against). Items older than the window
+        before ``at`` are forgotten first, as ``add`` does."""
+        self._expire(at)
+        stats = self.stats()
         by_copy: dict[int, set[int]] = {}  # lead-copy key -> the stories of the items under it
         if features.signature is not None:
             for key in cluster.band_keys(features.signature):

@@ -32,8 +32,8 @@ import random
 import statistics
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -655,6 +655,59 @@ class _TimedReads:
         return f"the lookups' queries {total / items * 1e6:.0f} µs/item ({parts})"
 
 
+def recall_losses(name: str, entries: list[StreamEntry]) -> None:
+    """Where same-story links are lost, item by item: of the items whose label already has a
+    story when they come, how many join one of those stories, and for the others the first
+    reason on the way there: none of the label's stories is reached through a shared key,
+    one is reached with too little key weight (``stories.MIN_KEY_WEIGHT``) or beyond the
+    candidates judged, or one is judged and refused (and why, as ``stories.judge`` says), or
+    the item joins another story it was judged closer to. What a change to lookups or to the
+    decision could win, before choosing one."""
+    features, _ = features_for(entries)
+    stream = storystream.Stream()
+    stories_of: defaultdict[str, set[int]] = defaultdict(set)
+    outcomes: Counter[str] = Counter()
+    for number, e in enumerate(sorted(entries, key=lambda x: (x.published_at, x.id))):
+        found = stream.reach(e.published_at, features[e.id])
+        right = {stream.story_of(s) for s in stories_of[e.label]}
+        story, decision = stream.add(number, e.published_at, features[e.id], None, urlsplit(e.url).hostname)
+        story = stream.story_of(story)
+        stories_of[e.label].add(story)
+        if right:
+            outcomes[_loss(story, decision, right, found)] += 1
+    total = sum(outcomes.values())
+    print(f"== where links are lost: {name} ({total} items whose label already had a story)")
+    for outcome, count in outcomes.most_common():
+        print(f"   {count:5d} {count / total:6.1%}  {outcome}")
+
+
+def _loss(story: int, decision: stories.Decision, right: set[int], found: Mapping[int, float]) -> str:
+    if story in right:
+        return "joined its label's story"
+    reached = right & found.keys()
+    if not reached:
+        return "its story not reached: no rare name or lead-copy key in common"
+    if not reached & set(stories.rank_candidates(found)):
+        if max(found[s] for s in reached) < stories.MIN_KEY_WEIGHT:
+            return "reached with too little key weight"
+        return "reached beyond the candidates judged"
+    refused = [j for j in decision.near_misses if j.story_id in right]
+    if not refused:
+        return "joined another story, judged closer"
+    reason = refused[0].why_not
+    for needle, short in (
+        ("apart", "more than the story span from its start"),
+        ("another topic", "cosine too low"),
+        ("too few", "too few rare names in common for the cosine"),
+        ("mostly differ", "names disagree"),
+        ("own outlet", "its own outlet's story, not a copy"),
+    ):
+        if needle in reason:
+            reason = short
+            break
+    return f"judged and refused: {reason}" + (", joined another" if decision.story_id is not None else "")
+
+
 def semantic_report(*, quick: bool = False) -> None:
     print(
         f"constants    story span {stories.STORY_SPAN}; independent reports: cosine >= {stories.MIN_COSINE} with "
@@ -692,6 +745,8 @@ def semantic_report(*, quick: bool = False) -> None:
                 headlines_only(wikinews(seed, spread, within), 0.3, seed),
                 f"seed {seed}",
             )
+        for seed, spread, within in ((1, 7, 6), (5, 1, 6)):
+            recall_losses(f"wikinews-dev seed {seed}", wikinews(seed, spread, within))
         semeval()
         semeval(headlines=True)
         sensitivity()
