@@ -544,10 +544,8 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
 
     entries = sorted(templated_entries(events_per_day=events_per_day, days=days, seed=7), key=lambda e: e.published_at)
     signed = {e.id: cluster.Signed.of(e.title, e.text) for e in entries}
-    stored = {
-        e.id: (f.dumps(), names.extract(e.title, e.text).words)
-        for e, f in zip(entries, features_for(entries)[0].values(), strict=True)
-    }
+    features = features_for(entries)[0]
+    stored = {e.id: (features[e.id].dumps(), names.extract(e.title, e.text).words) for e in entries}
     with tempfile.TemporaryDirectory() as directory:
         sources = "".join(f"  - name: s{n}\n    url: http://127.0.0.1:9/{n}\n" for n in range(100))
         config = parse_config(
@@ -591,6 +589,19 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
                 story_of[key] = story
         engine.dispose()
     reads.restore()
+    _storage_report(entries, features, costs, reads, story_of, batch)
+
+
+def _storage_report(
+    entries: list[StreamEntry],
+    features: dict[str, stories.Features],
+    costs: list[tuple[int, float]],
+    reads: _TimedReads,
+    story_of: dict[str, int],
+    batch: int,
+) -> None:
+    """``storage_cost``'s figures: the cost of the last 2,000 items' polls, the reads' share of
+    it, the same items decided in memory for reference, and the links made."""
     recent = [(start, cost) for start, cost in costs if start >= len(entries) - 2000]
     tail = [cost for _, cost in recent]
     sizes = {start: min(batch, len(entries) - start) for start, _ in recent}
@@ -602,6 +613,13 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
         f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs): queries and decision, inserts not counted"
     )
     print(f"   reads      {reads.line(sizes)}, of {mean * 1e6:.0f} µs/item of matching on average")
+    # The same items decided in memory, in the same run: this machine's speed moves twofold from
+    # one run to the next, the ratio of the two less (drift within the run still moves it).
+    in_memory = statistics.median(run_semantic(entries, features)[1][-2000:])
+    print(
+        f"   reference  the same stream in memory (storystream), same run: median {in_memory * 1e6:.0f} µs/item over "
+        f"the last 2,000 items; through storage {statistics.median(tail) / in_memory:.1f}x that"
+    )
     print(f"   quality    {scores.line()}")
 
 
