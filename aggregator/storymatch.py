@@ -107,6 +107,17 @@ class StoryMatcher:
         self._members.touched(joined | merged | {update.stored.story_id for update in matched.updates})
         return matched
 
+    def kept(self) -> dict[str, tuple[int, int]]:
+        """What it keeps between polls, per cache: (entries now, the most it keeps; expired
+        common terms and stock keys are dropped only once that many are kept). Each is bounded,
+        so a service's memory grows while they fill and then levels off; ``bench/soak.py``
+        prints them beside the memory, to tell the one from a leak."""
+        return {
+            **self._members.sizes(),
+            **self._term_counts.sizes(),
+            "stock copy keys": (len(self._stock_copy_keys), STOCK_KEYS_KEPT),
+        }
+
     def stored(self, inserts: Sequence[NewItem], inserted: Mapping[str, InsertedItem]) -> None:
         """Keep the features decided on of new items now committed (``inserted``: where each
         was stored): they are the members later polls judge stories on, and would otherwise
@@ -367,6 +378,15 @@ class _TermCounts:
         self._stories: dict[int, tuple[int, float, datetime]] = {}
         self._lock = threading.Lock()
 
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries kept and the most kept, per kind (``StoryMatcher.kept``)."""
+        with self._lock:
+            stretches = len(self._stories)
+        return {
+            "common terms": (len(self._common), COMMON_TERMS_KEPT),
+            "window story counts": (stretches, STORY_COUNTS_KEPT),
+        }
+
     def stats(
         self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime
     ) -> tuple[stories.TermStats, dict[int, frozenset[int]]]:
@@ -418,6 +438,9 @@ class _Kept(Generic[Kept]):
             found = ((key, self._kept.get(key)) for key in keys)
             return {key: hit[0] for key, hit in found if hit is not None and hit[1] > now}
 
+    def __len__(self) -> int:
+        return len(self._kept)
+
     def keep(self, values: Mapping[int, Kept]) -> None:
         now = time.monotonic()
         expiry = now + COUNTS_KEPT.total_seconds()
@@ -444,6 +467,16 @@ class _DecodedMembers:
         self._settled: OrderedDict[int, tuple[datetime, bytes]] = OrderedDict()
         self._fresh: OrderedDict[str, stories.Features] = OrderedDict()  # stored form -> decided on, uncommitted
         self._lock = threading.Lock()
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Entries kept and the most kept, per kind (``StoryMatcher.kept``)."""
+        with self._lock:
+            return {
+                "decoded members": (len(self._found), DECODED_MEMBERS),
+                "story profiles": (len(self._profiles), KEPT_PROFILES),
+                "settled stories": (len(self._settled), SETTLED_STORIES),
+                "uncommitted features": (len(self._fresh), FRESH_KEPT),
+            }
 
     def expect(self, stored: str, features: stories.Features) -> None:
         """Keep a new item's features, by their stored form, until it is committed (``add``)."""

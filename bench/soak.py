@@ -378,6 +378,7 @@ class Figures:
     ledger: list[Stored]
     index_of: dict[int, int]
     samples: list[tuple[float, int, int]]  # when, sources overdue, resident bytes
+    kept: list[tuple[float, dict[str, tuple[int, int]]]]  # when, the story matcher's caches (entries, most kept)
     warm_up: float
     daemon_start: float
     daemon_end: float
@@ -435,7 +436,17 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         daemon = Daemon(LoadedConfig(loaded.config, config_path), store, poll=True, http=False)
         stop_sampling = threading.Event()
         samples: list[tuple[float, int, int]] = []
+        kept: list[tuple[float, dict[str, tuple[int, int]]]] = []
         db = directory / "aggregator.db"
+
+        def caches() -> None:
+            """The story matcher's caches at each tenth of the run (and at its end): whether
+            the memory's growth is theirs filling, which stops at their bounds."""
+            for tenth in range(1, 11):
+                if stop_sampling.wait(opts.duration / 10 if tenth < 10 else opts.duration / 10 - 2):
+                    break
+                if daemon.pipeline is not None:
+                    kept.append((time.time(), daemon.pipeline.stories.kept()))
 
         async def run() -> None:
             # Stop the way an operator does: SIGTERM, after --duration seconds.
@@ -443,12 +454,15 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
             await daemon.run()
 
         sampler = threading.Thread(target=sample_overdue, args=(db, opts.late, stop_sampling, samples), daemon=True)
+        watcher = threading.Thread(target=caches, daemon=True)
         cpu0, daemon_start = time.process_time(), time.time()
         sampler.start()
+        watcher.start()
         asyncio.run(run())
         cpu_run, daemon_end = time.process_time() - cpu0, time.time()
         stop_sampling.set()
         sampler.join()
+        watcher.join()
 
         with sqlite3.connect(db) as conn:
             names = dict(conn.execute("SELECT id, name FROM sources").fetchall())
@@ -464,6 +478,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         ledger=ledger,
         index_of={source_id: int(name.rsplit("-", 1)[1]) for source_id, name in names.items()},
         samples=samples,
+        kept=kept,
         warm_up=warm_up,
         daemon_start=daemon_start,
         daemon_end=daemon_end,
@@ -667,6 +682,11 @@ def print_memory(f: Figures) -> None:
             + ", ".join(f"{size / mb:.0f}" for size in steps)
             + " MB"
         )
+    if f.kept:
+        # Entries now/most kept of each cache at each tenth: growth that follows them is theirs.
+        print("   the story matcher's caches by tenths of the run (entries, of the most kept):")
+        for name, (_, most) in f.kept[-1][1].items():
+            print(f"      {name:22} " + ", ".join(f"{sizes[name][0]:,}" for _, sizes in f.kept) + f"  (of {most:,})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aggregator import cluster, metrics, stories
+from aggregator import cluster, metrics, stories, storymatch
 from aggregator.config import parse_config
 from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.database import ensure_schema, make_engine
@@ -281,3 +281,26 @@ def _turn_waits() -> tuple[float, float]:
     """How many story-deciding turns this process took, and how long it waited for them in all."""
     samples = {s.name: s.value for m in metrics.STORY_TURN_SECONDS.collect() for s in m.samples}
     return samples["aggregator_story_turn_wait_seconds_count"], samples["aggregator_story_turn_wait_seconds_sum"]
+
+
+def test_what_the_matcher_keeps_between_polls_is_counted_against_its_bounds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kept`` says, per cache, how many entries it holds and the most it keeps (the soak prints
+    them beside the memory, to tell caches filling from a leak): a committed new item is a
+    decoded member, a story judged is a profile kept, and no cache passes its bound."""
+    monkeypatch.setattr(storymatch, "DECODED_MEMBERS", 2)
+    matcher = StoryMatcher()
+    assert {count for count, _ in matcher.kept().values()} == {0}
+    with store.ingest() as tx:
+        plan = plan_of([("w1", ORIGINAL, NOON), ("w2", UNRELATED, NOON), ("w3", THIRD, NOON)])
+        decided = matcher.match(tx, plan, NOON, "semantic", {}, {})
+        inserted = tx.insert_items(1, decided.inserts, NOON, "news.example.org")
+    matcher.stored(decided.inserts, inserted)
+    assert matcher.kept()["decoded members"] == (2, 2)  # three committed, two kept
+    with store.ingest() as tx:
+        joined = matcher.match(tx, plan_of([("h1", REWRITE, NOON + timedelta(hours=2))]), NOON, "semantic", {}, {})
+    assert joined.inserts[0].story_id == inserted["w1"].story_id
+    kept = matcher.kept()
+    assert kept["story profiles"][0] >= 1  # the story it was judged against (no longer settled: it took a member)
+    assert all(count <= most for count, most in kept.values()), kept
