@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -201,10 +203,12 @@ class Daemon:
         self._fetch_options = fetch_options(self.loaded.config)
         self._fetcher = Fetcher(self._fetch_options)
         await asyncio.to_thread(self.publisher.publish, None)
-        scheduler.add_job(self._watch_config, "interval", seconds=CONFIG_WATCH_SECONDS, id="config")
-        scheduler.add_job(self._archive, "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
         scheduler.add_job(
-            self._housekeeping, "interval", hours=24, id="retention",
+            self._until_stopped(self._watch_config), "interval", seconds=CONFIG_WATCH_SECONDS, id="config"
+        )
+        scheduler.add_job(self._until_stopped(self._archive), "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
+        scheduler.add_job(
+            self._until_stopped(self._housekeeping), "interval", hours=24, id="retention",
             next_run_time=datetime.now(UTC) + HOUSEKEEPING_DELAY,
         )  # fmt: skip
 
@@ -244,6 +248,12 @@ class Daemon:
     ) -> None:
         sdnotify.stopping()
         if scheduler.running:
+            # The asyncio scheduler shuts down at the loop's next turn, cancelling the jobs its
+            # timer submitted before then unstarted, and logs each as an error with a traceback
+            # (a tick falling due just as the signal came did that). Paused first, it submits
+            # nothing more; a job submitted already starts before the shutdown (a tick then
+            # returns at once), and one still running ends quietly (``_until_stopped``).
+            scheduler.pause()
             scheduler.shutdown(wait=False)
         if self._cycle is not None and not self._cycle.done():
             self._cycle.cancel()
@@ -260,6 +270,21 @@ class Daemon:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
+
+    def _until_stopped(self, job: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+        """``job`` as a scheduler job that a stop ends quietly: the scheduler's shutdown cancels
+        a job still running (a retention pass, a publish), which is how a stop ends it, not an
+        error; APScheduler would log it as one, with a traceback."""
+
+        @functools.wraps(job)
+        async def run() -> None:
+            try:
+                await job()
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise
+
+        return run
 
     def _request_stop(self, sig: signal.Signals) -> None:
         log.info("received %s, stopping", sig.name)
