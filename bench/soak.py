@@ -33,18 +33,20 @@ The sources (``--sources``, default 1,200), by behaviour
 
 What it prints
     * polls (and HTTP requests) per source per cycle, per behaviour, while the daemon ran
-      (cycles = run time / interval);
+      (cycles = run time / interval), and the longest wait between two polls of one source;
     * the share of conditional requests (If-None-Match / If-Modified-Since) answered 304;
     * polls earlier than allowed. "Allowed" is checked two ways and both must be 0:
       (a) against the database: a request for a source arriving before the
-      ``next_poll_at`` stored by that source's previous poll (read from a ledger the
-      store writes after each commit); (b) against the server: a request arriving before
+      ``next_poll_at`` stored by that source's previous poll, or the later one a poll of
+      another source on a throttling host moved it to (read from a ledger the store writes
+      after each commit); (b) against the server: a request arriving before
       the moment its last 429/503 said (Retry-After seconds from when it was sent, or
       the HTTP date);
     * sources left unpolled past their due time: sampled every second from the database,
       the most sources ever overdue by more than ``--late`` seconds (default 5: one tick
       plus the slow sources' delay plus a few batches), and the lateness distribution of
-      every poll (arrival minus the stored next_poll_at);
+      every poll (arrival minus the stored next_poll_at, or minus the later time a poll of
+      another source on a throttling host moved it to), with the latest few placed in the run;
     * the daemon's CPU seconds (this process: every thread, including the in-process
       parsing, as ``parse_workers`` is 0) per 1,000 conditional polls over the whole run,
       and, separately, for a burst where every etag source is made due at once and
@@ -65,6 +67,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import heapq
 import logging
 import math
 import multiprocessing
@@ -252,6 +255,8 @@ class LedgerStore(Store):
         self._sources = array("q")
         self._committed = array("d")
         self._next = array("d")  # NaN: no next_poll_at
+        # Moves of a throttling host's other sources (``postponed``), packed alike.
+        self._moved_sources, self._moved_committed, self._moved_to = array("q"), array("d"), array("d")
         self._lock = threading.Lock()
 
     def ledger(self) -> list[Stored]:
@@ -262,18 +267,31 @@ class LedgerStore(Store):
                 for source, committed, at in zip(self._sources, self._committed, self._next, strict=True)
             ]
 
+    def postponed(self) -> list[Stored]:
+        """The other sources of a throttling host that a poll moved later, in commit order: each
+        one's time to honour from then on (``IngestTransaction.postpone``, never earlier)."""
+        with self._lock:
+            moves = zip(self._moved_sources, self._moved_committed, self._moved_to, strict=True)
+            return [Stored(source, committed, to) for source, committed, to in moves]
+
     @contextmanager
     def ingest(self) -> Iterator[IngestTransaction]:
         recorded: list[tuple[int, float | None]] = []
+        moved: list[tuple[int, float]] = []
         with super().ingest() as tx:
-            original = tx.record_poll
+            original, original_postpone = tx.record_poll, tx.postpone
 
             def record_poll(source_id: int, result: Any, record: Any) -> None:
                 original(source_id, result, record)
                 at = record.next_poll_at.timestamp() if record.next_poll_at is not None else None
                 recorded.append((source_id, at))
 
+            def postpone(moves: dict[int, tuple[datetime, str]]) -> None:
+                original_postpone(moves)
+                moved.extend((source_id, at.timestamp()) for source_id, (at, _reason) in moves.items())
+
             tx.record_poll = record_poll  # type: ignore[method-assign]
+            tx.postpone = postpone  # type: ignore[method-assign]
             yield tx
         committed = time.time()
         with self._lock:
@@ -281,6 +299,10 @@ class LedgerStore(Store):
                 self._sources.append(source_id)
                 self._committed.append(committed)
                 self._next.append(math.nan if at is None else at)
+            for source_id, at in moved:
+                self._moved_sources.append(source_id)
+                self._moved_committed.append(committed)
+                self._moved_to.append(at)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -376,6 +398,7 @@ class Figures:
     kinds: list[str]
     log: list[tuple[int, float, int, bool, float | None]]
     ledger: list[Stored]
+    postponed: list[Stored]
     index_of: dict[int, int]
     samples: list[tuple[float, int, int]]  # when, sources overdue, resident bytes
     kept: list[tuple[float, dict[str, tuple[int, int]]]]  # when, the story matcher's caches (entries, most kept)
@@ -467,7 +490,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         with sqlite3.connect(db) as conn:
             names = dict(conn.execute("SELECT id, name FROM sources").fetchall())
             retired = conn.execute("SELECT count(*) FROM sources WHERE retired_at IS NOT NULL").fetchone()[0]
-        ledger = store.ledger()
+        ledger, postponed = store.ledger(), store.postponed()
         etag_names = [name for name in names.values() if name.startswith("etag-")]
         burst = asyncio.run(conditional_burst(config_path, store, etag_names))
         engine.dispose()
@@ -476,6 +499,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         kinds=kinds,
         log=[],
         ledger=ledger,
+        postponed=postponed,
         index_of={source_id: int(name.rsplit("-", 1)[1]) for source_id, name in names.items()},
         samples=samples,
         kept=kept,
@@ -491,6 +515,24 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
 Request = tuple[float, int, bool, float | None]  # arrival, status, conditional, Retry-After promise
 
 
+LATEST_SHOWN = 5
+"""How many of the latest polls the report places in the run."""
+
+
+@dataclass(frozen=True, order=True)
+class Late:
+    """One poll that came late, placed in the run: enough to tell a source the daemon left
+    overdue from one whose stored time was set long before (by the warm-up, or by a poll that
+    failed to commit)."""
+
+    lateness: float
+    kind: str
+    source: int
+    arrival: float  # seconds after the daemon started (negative: during the warm-up)
+    set_at: float  # when the time it came after was stored (its poll's commit or a move), same clock
+    poll: int  # how many of the source's commits came before (1: the one after its first)
+
+
 @dataclass
 class Earliness:
     """Polls against the stored schedule: which came early, how late the rest came."""
@@ -499,6 +541,11 @@ class Earliness:
     examples: list[tuple[str, int, float]]
     lateness: list[float]
     polls_by_kind: Counter[str]
+    latest: list[Late]
+    """The latest polls (``LATEST_SHOWN``), latest first: where a long tail comes from."""
+    longest_wait: dict[str, float]
+    """Per behaviour, the longest time between two polls of one source while the daemon ran:
+    a throttling host's sources wait out its Retry-After together, and none should starve."""
 
 
 def against_schedule(f: Figures, by_source: dict[int, list[Request]]) -> Earliness:
@@ -508,25 +555,57 @@ def against_schedule(f: Figures, by_source: dict[int, list[Request]]) -> Earline
     commits: defaultdict[int, list[Stored]] = defaultdict(list)
     for stored in f.ledger:
         commits[f.index_of[stored.source_id]].append(stored)
-    found = Earliness(0, [], [], Counter())
+    moves: defaultdict[int, list[Stored]] = defaultdict(list)
+    for stored in f.postponed:
+        moves[f.index_of[stored.source_id]].append(stored)
+    found = Earliness(0, [], [], Counter(), [], {})
+    latest: list[Late] = []
     for source, requests in by_source.items():
         history = sorted(commits[source], key=lambda c: c.committed)
         times = [c.committed for c in history]
         seen_governing: set[int] = set()
+        previous: float | None = None
         for arrival, _status, _conditional, _promised in sorted(requests):
             governing = bisect.bisect_left(times, arrival) - 1  # -1: before any commit (the first poll)
             if governing in seen_governing:
                 continue
             seen_governing.add(governing)
             if arrival >= f.daemon_start:
-                found.polls_by_kind[f.kinds[source]] += 1
-            allowed = history[governing].next_poll_at if governing >= 0 else None
+                kind = f.kinds[source]
+                found.polls_by_kind[kind] += 1
+                if previous is not None:
+                    found.longest_wait[kind] = max(found.longest_wait.get(kind, 0.0), arrival - previous)
+                previous = arrival
+            allowed, set_at = honoured(history[governing], moves[source], arrival) if governing >= 0 else (None, 0.0)
             if allowed is not None:
                 found.lateness.append(arrival - allowed)
+                late = Late(
+                    arrival - allowed, f.kinds[source], source, arrival - f.daemon_start,
+                    set_at - f.daemon_start, governing + 1,
+                )  # fmt: skip
+                if len(latest) < LATEST_SHOWN:
+                    heapq.heappush(latest, late)
+                else:
+                    heapq.heappushpop(latest, late)
                 if arrival < allowed:
                     found.early += 1
                     found.examples.append((f.kinds[source], source, round(arrival - allowed, 3)))
+    found.latest = sorted(latest, reverse=True)
     return found
+
+
+def honoured(polled: Stored, moves: list[Stored], arrival: float) -> tuple[float | None, float]:
+    """The time a request arriving at ``arrival`` had to wait for, and when it was stored: the
+    one its source's last poll stored, or a later one that a poll of another source on a
+    throttling host moved it to since (``IngestTransaction.postpone``: never earlier)."""
+    allowed, set_at = polled.next_poll_at, polled.committed
+    if allowed is None:
+        return None, set_at
+    for move in moves:
+        to = move.next_poll_at
+        if to is not None and to > allowed and polled.committed < move.committed < arrival:
+            allowed, set_at = to, move.committed
+    return allowed, set_at
 
 
 def early_against_retry_after(by_source: dict[int, list[Request]]) -> int:
@@ -567,11 +646,15 @@ def report(f: Figures) -> None:
     per_kind = Counter(kinds)
 
     print_setting(f, run_time, cycles, len(in_run))
-    print("polls per source per cycle while the daemon ran (a 301 and its hop count as one poll):")
+    print(
+        "polls per source per cycle while the daemon ran (a 301 and its hop count as one poll), "
+        "and the longest wait between two polls of one source:"
+    )
     for kind, _share in MIX:
         print(
             f"  {kind:<10} {per_kind[kind]:>5} sources  {schedule.polls_by_kind[kind] / per_kind[kind] / cycles:5.2f}"
             f"   ({requests_by_kind[kind] / per_kind[kind] / cycles:4.2f} HTTP requests)"
+            f"   longest wait {schedule.longest_wait.get(kind, math.nan):6.0f}s"
         )
     total = sum(schedule.polls_by_kind.values())
     print(f"  {'all':<10} {len(kinds):>5} sources  {total / len(kinds) / cycles:5.2f}")
@@ -586,7 +669,7 @@ def report(f: Figures) -> None:
     print(f"  before the stored next_poll_at: {schedule.early}" + examples)
     print(f"  before the server's Retry-After: {early_retry}")
     print()
-    print_lateness(f, schedule.lateness)
+    print_lateness(f, schedule)
     print()
     print_cpu(f, run_time, len(conditional_requests))
     print()
@@ -617,7 +700,8 @@ def print_setting(f: Figures, run_time: float, cycles: float, requests: int) -> 
     print()
 
 
-def print_lateness(f: Figures, lateness: list[float]) -> None:
+def print_lateness(f: Figures, schedule: Earliness) -> None:
+    lateness = schedule.lateness
     samples = [count for _at, count, _rss in f.samples]
     print(
         f"sources left unpolled more than {f.opts.late:g}s past due (sampled every second): "
@@ -630,6 +714,11 @@ def print_lateness(f: Figures, lateness: list[float]) -> None:
         f"max {max(lateness, default=float('nan')):.2f}s, min {min(lateness, default=float('nan')):.3f}s "
         f"over {len(lateness)} polls"
     )
+    for late in schedule.latest:
+        print(
+            f"    {late.lateness:8.1f}s late: {late.kind} source {late.source}, its poll after commit {late.poll}, "
+            f"at {late.arrival:+.0f}s of the run; its time was stored at {late.set_at:+.0f}s"
+        )
 
 
 def print_cpu(f: Figures, run_time: float, conditional: int) -> None:
