@@ -17,6 +17,7 @@ Every item carries its event as the label.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -141,6 +142,10 @@ def person(rng: random.Random) -> str:
     return f"{rng.choice(FIRST)} {rng.choice(LAST_A)}{rng.choice(LAST_MID)}{rng.choice(LAST_B)}"
 
 
+NEAR_SECONDS = 48 * 3600
+"""Events closer than this share at most one name (``generate``'s ``distinct``)."""
+
+
 def generate(
     events_per_day: int = 180,
     days: int = 7,
@@ -155,12 +160,16 @@ def generate(
     in time share at most one name (a stream for load, not for scoring: much faster)."""
     rng = random.Random(seed)
     items: list[StreamItem] = []
-    recent: list[datetime] = []  # each event's time, by number
+    recent: list[float] = []  # each event's time, by number, in POSIX seconds: cheap to compare
     by_name: dict[str, list[int]] = {}  # name -> the events that carry it
     for number in range(events_per_day * days):
         day_index, _ = divmod(number, events_per_day)
         at = start + timedelta(days=day_index, seconds=rng.randrange(0, 20 * 3600))
         template = templates[number % len(templates)]
+        # Events of three days back or more are at least 52 h away (each falls in the first 20 h
+        # of its day): the check need not read them, which kept it quadratic in the stream.
+        oldest = max(0, day_index - 2) * events_per_day
+        seconds = at.timestamp()
         for _attempt in range(50 if distinct else 1):
             slots = _slots(rng, at)
             fields = ("a_last", "b_last", "country_a", "country_b", "city", "company")
@@ -168,14 +177,14 @@ def generate(
             shared = Counter(
                 other
                 for name in (names if distinct else ())
-                for other in by_name.get(name, ())
-                if abs(recent[other] - at) < timedelta(hours=48)
+                for other in _since(by_name.get(name, []), oldest)
+                if abs(recent[other] - seconds) < NEAR_SECONDS
             )
             if not distinct or all(count <= 1 for count in shared.values()):
                 break
         for name in names:
             by_name.setdefault(name, []).append(len(recent))
-        recent.append(at)
+        recent.append(seconds)
         event = f"{template}-{number:05d}"
         headlines, lead = TEMPLATES[template]
         outlet = rng.choice(OUTLETS)
@@ -198,6 +207,11 @@ def generate(
             items.append(_item(event, kind, template, copy_outlet, copy_title, copy_text, when, len(items)))
     items.sort(key=lambda i: (i.published_at, i.id))
     return items
+
+
+def _since(events: list[int], oldest: int) -> list[int]:
+    """The events numbered ``oldest`` or later of a name's (kept in the order they were made)."""
+    return events[bisect.bisect_left(events, oldest) :]
 
 
 def _slots(rng: random.Random, at: datetime) -> dict[str, str]:
