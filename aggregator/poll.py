@@ -23,7 +23,7 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aggregator.dedupe import decide_ingest
@@ -279,7 +279,7 @@ def _poll_lines(polled: Polled, plan: PollPlan) -> tuple[LogLine, ...]:
         line = LogLine(
             logging.WARNING,
             "source %r (%s): %s; next try %s (%s)",
-            (name, url, polled.parse_error or result.error, _at(record.next_poll_at, "%Y-%m-%d %H:%M:%S"),
+            (name, url, polled.parse_error or result.error, _at(record.next_poll_at, result.fetched_at),
              record.next_poll_reason),
             context,
         )  # fmt: skip
@@ -287,15 +287,21 @@ def _poll_lines(polled: Polled, plan: PollPlan) -> tuple[LogLine, ...]:
         line = LogLine(
             logging.INFO,
             "source %r: %s, %d new, %d updated; next poll %s (%s)%s",
-            (name, plan.outcome, record.items_new, record.items_updated, _at(record.next_poll_at, "%H:%M:%S"),
+            (name, plan.outcome, record.items_new, record.items_updated, _at(record.next_poll_at, result.fetched_at),
              record.next_poll_reason, f"; read leniently: {record.warning}" if record.warning else ""),
             context,
         )  # fmt: skip
     return (*moved, line)
 
 
-def _at(moment: datetime | None, fmt: str) -> str:
-    return f"{moment:{fmt}}Z" if moment is not None else "never"
+def _at(moment: datetime | None, now: datetime) -> str:
+    """When a source is polled next, as a log line says it: the time alone on the poll's own
+    day (UTC), the date as well on any other. A quiet feed's adaptive interval or a long
+    backoff runs past midnight, and "next poll 07:06Z" logged at 09:26 reads as overdue."""
+    if moment is None:
+        return "never"
+    moment = moment.astimezone(UTC)
+    return f"{moment:%H:%M:%S}Z" if moment.date() == now.astimezone(UTC).date() else f"{moment:%Y-%m-%d %H:%M:%S}Z"
 
 
 # --- unexpected failures while handling one source ------------------------------------

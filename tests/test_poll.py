@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -249,6 +250,20 @@ def test_publisher_hints_stretch_the_interval() -> None:
     assert plan.record.next_poll_reason == "feed ttl 3h"
     assert plan.record.next_poll_at is not None
     assert NOW + 3 * HOUR <= plan.record.next_poll_at <= NOW + 3.3 * HOUR
+
+
+@pytest.mark.parametrize(
+    ("ttl_minutes", "said"),
+    [
+        (180, r"next poll 15:\d\d:\d\dZ \(feed ttl 3h\)"),  # the poll's own day: the time says it
+        (20 * 60, r"next poll 2026-11-21 08:\d\d:\d\dZ \(feed ttl 20h\)"),  # tomorrow: not "08:00", as if overdue
+    ],
+)
+def test_the_log_line_dates_a_next_poll_on_another_day(ttl_minutes: int, said: str) -> None:
+    settings = replace(SETTINGS, max_interval=timedelta(days=2))
+    polled = Polled(_source(), _ok(), _feed(ttl=ttl_minutes), body_hash="new")
+    (line,) = decide_poll(polled, PollLookups(), settings, NOW, random.Random(1)).log
+    assert re.search(said, line.message % line.args), line.message % line.args
 
 
 def test_a_moved_feed_is_logged_with_its_poll() -> None:
