@@ -33,7 +33,7 @@ The sources (``--sources``, default 1,200), by behaviour
 
 What it prints
     * polls (and HTTP requests) per source per cycle, per behaviour, while the daemon ran
-      (cycles = run time / interval), and the longest wait between two polls of one source;
+      (cycles = run time / interval), and the longest time one source went unpolled;
     * the share of conditional requests (If-None-Match / If-Modified-Since) answered 304;
     * polls earlier than allowed. "Allowed" is checked two ways and both must be 0:
       (a) against the database: a request for a source arriving before the
@@ -544,8 +544,9 @@ class Earliness:
     latest: list[Late]
     """The latest polls (``LATEST_SHOWN``), latest first: where a long tail comes from."""
     longest_wait: dict[str, float]
-    """Per behaviour, the longest time between two polls of one source while the daemon ran:
-    a throttling host's sources wait out its Retry-After together, and none should starve."""
+    """Per behaviour, the longest time one source went unpolled while the daemon ran (from its
+    start, between polls, and to its end): a throttling host's sources wait out its
+    Retry-After together, and none should starve."""
 
 
 def against_schedule(f: Figures, by_source: dict[int, list[Request]]) -> Earliness:
@@ -564,17 +565,15 @@ def against_schedule(f: Figures, by_source: dict[int, list[Request]]) -> Earline
         history = sorted(commits[source], key=lambda c: c.committed)
         times = [c.committed for c in history]
         seen_governing: set[int] = set()
-        previous: float | None = None
+        previous = f.daemon_start  # the waits count from the start of the run to its end
         for arrival, _status, _conditional, _promised in sorted(requests):
             governing = bisect.bisect_left(times, arrival) - 1  # -1: before any commit (the first poll)
             if governing in seen_governing:
                 continue
             seen_governing.add(governing)
             if arrival >= f.daemon_start:
-                kind = f.kinds[source]
-                found.polls_by_kind[kind] += 1
-                if previous is not None:
-                    found.longest_wait[kind] = max(found.longest_wait.get(kind, 0.0), arrival - previous)
+                found.polls_by_kind[f.kinds[source]] += 1
+                _waited(found, f.kinds[source], arrival - previous)
                 previous = arrival
             allowed, set_at = honoured(history[governing], moves[source], arrival) if governing >= 0 else (None, 0.0)
             if allowed is not None:
@@ -590,8 +589,13 @@ def against_schedule(f: Figures, by_source: dict[int, list[Request]]) -> Earline
                 if arrival < allowed:
                     found.early += 1
                     found.examples.append((f.kinds[source], source, round(arrival - allowed, 3)))
+        _waited(found, f.kinds[source], f.daemon_end - previous)
     found.latest = sorted(latest, reverse=True)
     return found
+
+
+def _waited(found: Earliness, kind: str, wait: float) -> None:
+    found.longest_wait[kind] = max(found.longest_wait.get(kind, 0.0), wait)
 
 
 def honoured(polled: Stored, moves: list[Stored], arrival: float) -> tuple[float | None, float]:
@@ -648,7 +652,7 @@ def report(f: Figures) -> None:
     print_setting(f, run_time, cycles, len(in_run))
     print(
         "polls per source per cycle while the daemon ran (a 301 and its hop count as one poll), "
-        "and the longest wait between two polls of one source:"
+        "and the longest one source went unpolled:"
     )
     for kind, _share in MIX:
         print(
