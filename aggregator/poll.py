@@ -159,7 +159,7 @@ def decide_poll(
     rng = rng or random.Random()
     plan = _failed(polled, settings, now, rng) if polled.failed else _succeeded(polled, lookups, settings, now, rng)
     if plan.outcome != "retired" and lookups.host_sources is not None:
-        plan = _respect_host(plan, polled, lookups.host_sources, now, rng)
+        plan = _respect_host(plan, polled, lookups.host_sources, now)
     return replace(plan, log=(*plan.log, *_poll_lines(polled, plan)))
 
 
@@ -229,14 +229,12 @@ def items_per_day(recent_items: int, inserts: tuple[NewItem, ...], now: datetime
     return count / RATE_WINDOW.days if count else None
 
 
-def _respect_host(
-    plan: PollPlan, polled: Polled, host_sources: tuple[HostSource, ...], now: datetime, rng: random.Random
-) -> PollPlan:
+def _respect_host(plan: PollPlan, polled: Polled, host_sources: tuple[HostSource, ...], now: datetime) -> PollPlan:
     """Apply ``schedule.host_slowdown`` to the host's sources as they are once this poll is
     recorded, so whichever of a host's polls commits last, its sources end up waiting together."""
     source, result = polled.source, polled.result
     host = host_of(source.fetch.url)
-    moves = host_slowdown(_after_poll(host_sources, polled, plan.record, host), now, rng)
+    moves = host_slowdown(_after_poll(host_sources, polled, plan.record, host), now)
     if not moves:
         return plan
     lines = plan.log

@@ -146,20 +146,21 @@ class HostSource:
     last_status: int | None
 
 
-def host_slowdown(
-    sources: Sequence[HostSource], now: datetime, rng: random.Random | None = None
-) -> dict[int, NextPoll]:
+def host_slowdown(sources: Sequence[HostSource], now: datetime) -> dict[int, NextPoll]:
     """Postpone the rest of a host when several of its sources are waiting out a 429/503.
 
     ``sources`` are the active sources on one host, their state already including the
     poll just decided. A source counts as throttled while its last answer was 429/503
     and it is not yet due again. With fewer than ``HOST_THROTTLE_SOURCES`` throttled,
     nothing changes: one feed's limit is that feed's business. Otherwise every other
-    source due before the latest throttled one is moved to just after it (spread over
-    up to 10% of the wait, so they do not return together); sources due later keep
-    their time. Returns the new schedule of the sources it moves, by id.
+    source due before the latest throttled one is moved to just after it, spread over up
+    to ``JITTER`` of the wait so they do not return together, in the order they fell due:
+    the one due longest goes first. A host that keeps throttling lets only a few polls
+    through between holds, and each hold moves the rest again; in that order every source
+    gets its turn within about (sources / polls let through) holds, where a random order
+    left some waiting many times longer than the rest. Sources due later keep their time.
+    Returns the new schedule of the sources it moves, by id.
     """
-    rng = rng or random.Random()
     throttled = [s for s in sources if s.last_status in THROTTLED_STATUSES and s.next_poll_at > now]
     if len(throttled) < HOST_THROTTLE_SOURCES:
         return {}
@@ -167,11 +168,11 @@ def host_slowdown(
     wait = until - now
     reason = f"host throttled: {len(throttled)} of its sources got 429/503"
     waiting = {s.id for s in throttled}
-    return {
-        s.id: NextPoll(until + wait * rng.uniform(0, JITTER), reason)
-        for s in sources
-        if s.id not in waiting and s.next_poll_at < until
-    }
+    moved = sorted(
+        (s for s in sources if s.id not in waiting and s.next_poll_at < until), key=lambda s: (s.next_poll_at, s.id)
+    )
+    step = wait * JITTER / max(len(moved), 1)
+    return {s.id: NextPoll(until + step * n, reason) for n, s in enumerate(moved)}
 
 
 def host_of(url: str) -> str:

@@ -283,7 +283,7 @@ def test_error_count_zero_on_failure_is_treated_as_the_first_error() -> None:
 
 def test_one_throttled_source_does_not_slow_its_host() -> None:
     sources = [HostSource(1, NOW + 2 * HOUR, 429), HostSource(2, NOW + MIN, 304), HostSource(3, NOW, 200)]
-    assert host_slowdown(sources, NOW, random.Random(1)) == {}
+    assert host_slowdown(sources, NOW) == {}
 
 
 def test_several_throttled_sources_hold_back_the_rest_of_the_host() -> None:
@@ -294,18 +294,38 @@ def test_several_throttled_sources_hold_back_the_rest_of_the_host() -> None:
         HostSource(4, NOW - MIN, 500),  # overdue: moved
         HostSource(5, NOW + 3 * HOUR, 200),  # due after: left alone
     ]
-    moved = host_slowdown(sources, NOW, random.Random(1))
+    moved = host_slowdown(sources, NOW)
     assert set(moved) == {3, 4}
     for decision in moved.values():
         assert NOW + 2 * HOUR <= decision.at <= NOW + 2 * HOUR * (1 + JITTER)
         assert decision.reason == "host throttled: 2 of its sources got 429/503"
-    spread = [host_slowdown(sources, NOW, random.Random(seed))[3].at for seed in range(50)]
-    assert len(set(spread)) > 40
+    assert moved[4].at < moved[3].at  # due longer, so first once the host is clear: not together
+
+
+def test_a_host_that_keeps_throttling_gives_every_source_its_turn() -> None:
+    """Each hold lets a few polls through, then the host throttles again and the rest are
+    moved once more: the sources due longest go first, so none waits much beyond its share."""
+    sources, through = 30, 3
+    due = {n: NOW - n * MIN for n in range(sources)}  # ids 0..29, all overdue
+    last_polled = dict.fromkeys(due, 0)
+    now, longest = NOW, 0
+    for hold in range(1, 61):
+        # Two sources wait out a Retry-After of an hour; the rest go after them in turn.
+        host = [HostSource(-1, now + HOUR, 429), HostSource(-2, now + HOUR, 503)]
+        host += [HostSource(n, at, 304) for n, at in due.items()]
+        for n, decision in host_slowdown(host, now).items():
+            due[n] = decision.at
+        now += HOUR
+        for n in sorted(due, key=lambda n: (due[n], n))[:through]:  # the first let through
+            longest = max(longest, hold - last_polled[n])
+            last_polled[n], due[n] = hold, now + 30 * MIN  # its interval: due again within the next hold
+    longest = max(longest, *(hold - polled for polled in last_polled.values()))  # and still waiting
+    assert longest <= sources // through
 
 
 def test_a_throttle_that_has_run_out_does_not_count() -> None:
     sources = [HostSource(1, NOW - MIN, 429), HostSource(2, NOW + HOUR, 429), HostSource(3, NOW, 304)]
-    assert host_slowdown(sources, NOW, random.Random(1)) == {}
+    assert host_slowdown(sources, NOW) == {}
 
 
 # --- helpers ------------------------------------------------------------------------------
