@@ -61,6 +61,16 @@ the bytes their base64 stands for (``_compact``): with the semantic features abo
 
 _remembered: dict[bytes, bytes] = {}
 _remembered_lock = threading.Lock()  # without a pool, parsing runs on several threads
+
+
+def remembered() -> tuple[int, int]:
+    """Items this process remembers the signature and features of, and the most it keeps
+    (``SIGNED_CACHE_SIZE``): a bounded cache that fills as new items arrive, which
+    ``bench/soak.py`` prints beside the memory (in-process parsing keeps it in the daemon)."""
+    with _remembered_lock:
+        return len(_remembered), SIGNED_CACHE_SIZE
+
+
 _LENGTHS = struct.Struct(">II")  # a remembered item's signature and features: how many bytes each
 _WORD = "\0"  # between the words: a word holding it is not remembered
 _TEXT = b"\0"  # a stored form kept as its text (``_compact``): never the start of a version

@@ -94,6 +94,7 @@ from sqlalchemy import update
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from aggregator import parseworker  # noqa: E402
 from aggregator.config import LoadedConfig, load_config  # noqa: E402
 from aggregator.daemon import Daemon  # noqa: E402
 from aggregator.fetch import Fetcher  # noqa: E402
@@ -463,13 +464,16 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         db = directory / "aggregator.db"
 
         def caches() -> None:
-            """The story matcher's caches at each tenth of the run (and at its end): whether
-            the memory's growth is theirs filling, which stops at their bounds."""
+            """The story matcher's and the parser's caches at each tenth of the run (and at
+            its end): whether the memory's growth is theirs filling, which stops at their
+            bounds."""
             for tenth in range(1, 11):
                 if stop_sampling.wait(opts.duration / 10 if tenth < 10 else opts.duration / 10 - 2):
                     break
                 if daemon.pipeline is not None:
-                    kept.append((time.time(), daemon.pipeline.stories.kept()))
+                    # parse_workers is 0: the parse cache lives in this process too.
+                    cached = {**daemon.pipeline.stories.kept(), "parsed items": parseworker.remembered()}
+                    kept.append((time.time(), cached))
 
         async def run() -> None:
             # Stop the way an operator does: SIGTERM, after --duration seconds.
@@ -777,7 +781,7 @@ def print_memory(f: Figures) -> None:
         )
     if f.kept:
         # Entries now/most kept of each cache at each tenth: growth that follows them is theirs.
-        print("   the story matcher's caches by tenths of the run (entries, of the most kept):")
+        print("   the story matcher's and the parser's caches by tenths of the run (entries, of the most kept):")
         for name, (_, most) in f.kept[-1][1].items():
             print(f"      {name:22} " + ", ".join(f"{sizes[name][0]:,}" for _, sizes in f.kept) + f"  (of {most:,})")
 

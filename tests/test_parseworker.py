@@ -43,6 +43,7 @@ def test_the_cache_is_bounded_and_forgets_the_oldest_first(monkeypatch: pytest.M
     for title in titles:
         parseworker.sign(title, LEAD)
     assert len(parseworker._remembered) == 3
+    assert parseworker.remembered() == (3, 3)  # what the soak prints: full, at its bound
     calls: list[str] = []
     real = cluster.Signed.of
 
