@@ -244,41 +244,49 @@ class Stored:
     next_poll_at: float | None
 
 
-class LedgerStore(Store):
-    """The real store, noting each committed poll's next_poll_at (the schedule we must honour).
+class _Packed:
+    """Stored entries kept as three packed columns (24 bytes each): as objects one took 185
+    bytes (24 MB over a 90-minute run's 128,000 polls, most of the growth that run printed)."""
 
-    The ledger lives in the daemon's process, whose memory the soak measures, and gains an entry
-    a poll: kept as objects it took 185 bytes each (24 MB over a 90-minute run's 128,000 polls,
-    most of the growth that run printed), so it is kept packed, 24 bytes each."""
+    def __init__(self) -> None:
+        self._sources, self._committed, self._next = array("q"), array("d"), array("d")  # NaN: no time
+
+    def add(self, committed: float, entries: list[tuple[int, float | None]]) -> None:
+        for source_id, at in entries:
+            self._sources.append(source_id)
+            self._committed.append(committed)
+            self._next.append(math.nan if at is None else at)
+
+    def rows(self) -> list[Stored]:
+        rows = zip(self._sources, self._committed, self._next, strict=True)
+        return [Stored(source, committed, None if math.isnan(at) else at) for source, committed, at in rows]
+
+
+class LedgerStore(Store):
+    """The real store, noting each committed poll's next_poll_at (the schedule we must honour),
+    and each move of a throttling host's other sources. It lives in the daemon's process, whose
+    memory the soak measures, and gains an entry a poll, so it is kept packed (``_Packed``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._sources = array("q")
-        self._committed = array("d")
-        self._next = array("d")  # NaN: no next_poll_at
-        # Moves of a throttling host's other sources (``postponed``), packed alike.
-        self._moved_sources, self._moved_committed, self._moved_to = array("q"), array("d"), array("d")
+        self._polls, self._moves = _Packed(), _Packed()
         self._lock = threading.Lock()
 
     def ledger(self) -> list[Stored]:
         """The committed polls, in commit order."""
         with self._lock:
-            return [
-                Stored(source, committed, None if math.isnan(at) else at)
-                for source, committed, at in zip(self._sources, self._committed, self._next, strict=True)
-            ]
+            return self._polls.rows()
 
     def postponed(self) -> list[Stored]:
         """The other sources of a throttling host that a poll moved later, in commit order: each
         one's time to honour from then on (``IngestTransaction.postpone``, never earlier)."""
         with self._lock:
-            moves = zip(self._moved_sources, self._moved_committed, self._moved_to, strict=True)
-            return [Stored(source, committed, to) for source, committed, to in moves]
+            return self._moves.rows()
 
     @contextmanager
     def ingest(self) -> Iterator[IngestTransaction]:
         recorded: list[tuple[int, float | None]] = []
-        moved: list[tuple[int, float]] = []
+        moved: list[tuple[int, float | None]] = []
         with super().ingest() as tx:
             original, original_postpone = tx.record_poll, tx.postpone
 
@@ -296,14 +304,8 @@ class LedgerStore(Store):
             yield tx
         committed = time.time()
         with self._lock:
-            for source_id, at in recorded:
-                self._sources.append(source_id)
-                self._committed.append(committed)
-                self._next.append(math.nan if at is None else at)
-            for source_id, at in moved:
-                self._moved_sources.append(source_id)
-                self._moved_committed.append(committed)
-                self._moved_to.append(at)
+            self._polls.add(committed, recorded)
+            self._moves.add(committed, moved)
 
 
 # --- the run ---------------------------------------------------------------------------------
