@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 
 from aggregator.config import Output, Rule
@@ -167,13 +168,22 @@ def _group(included: Sequence[Candidate]) -> list[OutputEntry]:
         stories.setdefault(candidate.story_id, []).append(candidate)
     entries = []
     for members in stories.values():
-        members.sort(key=lambda c: (c.first_seen_at, c.published_at, c.item_id))
+        members.sort(key=lambda c: lead_order(c.first_seen_at, c.published_at, c.item_id))
         lead, also = members[0], tuple(members[1:])
         entries.append(OutputEntry(lead.story_uid, lead, also, max(m.updated_at for m in members)))
     # Newest first; a tie goes to the lower item id (stored first: higher up in its document).
     entries.sort(key=lambda e: e.lead.item_id)
     entries.sort(key=lambda e: e.lead.published_at, reverse=True)
     return entries
+
+
+def lead_order(first_seen_at: datetime, sort_at: datetime, item_id: int) -> tuple[datetime, datetime, int]:
+    """Where a story's member stands in line to lead it, first first: the item seen first
+    (the first outlet to carry the story), then the earlier dated, then the one stored first.
+    Seen, not dated: an outlet's report found later with an earlier date must not retitle an
+    entry readers already have. The story page heads itself the same way (``pages``), so a
+    reader who follows an entry's "full coverage" link lands under the headline they clicked."""
+    return first_seen_at, sort_at, item_id
 
 
 def _rule_verdict(output: Output, candidate: Candidate) -> str | None:

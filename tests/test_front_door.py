@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -172,6 +172,46 @@ def test_a_story_page_lists_every_outlet_newest_first_and_the_feeds_link_it(site
             next(i["content_html"] for i in feed["items"] if i.get("url") == SHARED),
         ):
             assert "Also reported by" in content and f'href="{story_url}"' in content
+
+
+def test_a_story_page_is_headed_by_the_item_that_leads_its_entry(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """The Gazette carries the story first; the Herald's copy, dated earlier, is found an hour
+    later. The World entry stays led by what readers saw first, and the story page its
+    "full coverage" link opens is headed the same, not by the earlier-dated copy."""
+    server.add(
+        "/gazette", body=rss("Gazette", [("Talks collapse at summit", SHARED, datetime(2026, 11, 20, 15, tzinfo=UTC))])
+    )
+    server.add("/herald", body=rss("Herald", []))
+    sources = [{"name": "Gazette", "url": server.url("/gazette")}, {"name": "Herald", "url": server.url("/herald")}]
+    config = load_config(write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=OUTPUTS)).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    try:
+        store.sync_sources(config.source_specs(), NOW)
+        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: NOW), all_sources=True))
+        server.add(
+            "/herald",
+            body=rss("Herald", [("Summit ends without a deal", SHARED, datetime(2026, 11, 20, 8, tzinfo=UTC))]),
+        )
+        later = NOW + timedelta(hours=1)
+        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: later), all_sources=True))
+        story_id, _ = resolve_story(store, SHARED)
+        with serving(store, config) as base:
+            atom = feedparser.parse(httpx.get(f"{base}/feeds/world.atom").content)
+            assert [e.title for e in atom.entries if e.link == SHARED] == ["Talks collapse at summit"]
+            page = etree.HTML(httpx.get(f"{base}/stories/{story_id}").content)
+            assert "".join(page.xpath("//h1//text()")) == "Talks collapse at summit"
+            assert page.xpath("//title/text()") == ["Talks collapse at summit: full coverage"]
+            # Both outlets listed, newest first, whichever heads the page.
+            assert [o for li in page.xpath("//main//li") for o in li.xpath(".//span[@class='outlet']/text()")] == [
+                "Gazette",
+                "Herald",
+            ]
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")

@@ -26,6 +26,8 @@ class CoverageItem:
     link: str | None
     sort_at: datetime
     dated: bool  # False: the outlet gave no date; sort_at is when we first saw it
+    item_id: int
+    first_seen_at: datetime
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,18 @@ class StoryViewStore(StoreBase):
             if uid is None:
                 return None
             rows = s.execute(
-                select(SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.published_at)
+                select(
+                    SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.published_at, ItemRow.id,
+                    ItemRow.first_seen_at,
+                )
                 .join(SourceRow, ItemRow.source_id == SourceRow.id)
                 .where(ItemRow.story_id == story_id)
                 .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
+            )  # fmt: skip
+            items = tuple(
+                CoverageItem(r.name, r.title, r.link, r.sort_at, r.published_at is not None, r.id, r.first_seen_at)
+                for r in rows
             )
-            items = tuple(CoverageItem(r.name, r.title, r.link, r.sort_at, r.published_at is not None) for r in rows)
         return StoryCoverage(story_id, uid, items)
 
     def story_by_id(self, story_id: int) -> tuple[int, str] | None:
