@@ -311,6 +311,11 @@ class PackedMember:
         return semantic.dequantise(self._packed[: semantic.DIMENSIONS])
 
     @property
+    def quantised(self) -> memoryview:
+        """The vector as stored, read in place (``semantic.dequantise_all`` widens it)."""
+        return memoryview(self._packed)[: semantic.DIMENSIONS]
+
+    @property
     def terms(self) -> memoryview[int]:
         return self._hashes(0, self._terms)
 
@@ -423,8 +428,17 @@ class StoryProfile:
 
     @cached_property
     def total(self) -> semantic.Vector:
-        """The members' vectors summed, in order (``centroid`` scaled to length 1)."""
-        summed: semantic.Vector = np.sum([m.features.vector for m in self.members], axis=0, dtype=np.float32)
+        """The members' vectors summed, in order (``centroid`` scaled to length 1). Packed
+        members' are widened all at once (``semantic.dequantise_all``): a first ingest builds
+        thousands of profiles, and widening them one by one was most of what building cost."""
+        members = self.members
+        packed = [m for m in members if isinstance(m, PackedMember)]
+        vectors: semantic.Vector | list[semantic.Vector]
+        if packed and len(packed) == len(members):
+            vectors = semantic.dequantise_all(m.quantised for m in packed)
+        else:
+            vectors = [m.features.vector for m in members]
+        summed: semantic.Vector = np.sum(vectors, axis=0, dtype=np.float32)
         return summed
 
     @cached_property

@@ -46,3 +46,21 @@ def test_a_tensor_whose_bytes_do_not_fit_its_shape_is_refused(tmp_path: Path) ->
 def test_the_widening_table_gives_what_astype_gives_for_every_half_float() -> None:
     halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
     assert semantic.HALF_TO_SINGLE.take(halves.view(np.uint16)).tobytes() == halves.astype(np.float32).tobytes()
+
+
+def test_vectors_widened_together_are_those_widened_one_by_one() -> None:
+    """A profile widens its packed members' vectors in one pass (``dequantise_all``): the
+    same floats to the bit as ``dequantise`` gives each, for real embeddings, the extremes
+    of every component, and a vector of zeros."""
+    embedder = semantic.embedder()
+    texts = ["Talks collapse at summit", "Rivers rise across the north", "A new comet", "Orbis Mining profit up 6%"]
+    stored = [semantic.quantise(embedder.embed(text, "")) for text in texts]
+    stored += [bytes([127] * semantic.DIMENSIONS), bytes([129] * semantic.DIMENSIONS), bytes(semantic.DIMENSIONS)]
+    stored += [
+        np.random.default_rng(seed).integers(-127, 128, semantic.DIMENSIONS, np.int8).tobytes() for seed in range(50)
+    ]
+    together = semantic.dequantise_all(stored)
+    assert together.dtype == np.float32 and together.shape == (len(stored), semantic.DIMENSIONS)
+    for row, one in zip(together, stored, strict=True):
+        assert np.array_equal(row, semantic.dequantise(one))
+    assert not together[6].any()
