@@ -522,10 +522,24 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     from aggregator import collector
     from aggregator.parseworker import make_parse_pool
     from aggregator.pipeline import Pipeline, poll_once
+    from aggregator.publisher import Publisher
     from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.repository import Store
 
     logging.getLogger("aggregator").setLevel(logging.WARNING)
+    # How much of each round is publishing (the outputs, and in (b) the archive weeks the
+    # backlog completes), which `reader` has no counterpart of: timed, not changed.
+    publishing = {"s": 0.0}
+    publish = Publisher.publish
+
+    def timed_publish(self: Publisher, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return publish(self, *args, **kwargs)
+        finally:
+            publishing["s"] += time.perf_counter() - started
+
+    Publisher.publish = timed_publish  # type: ignore[method-assign]
     collector.pace_for_service()  # as `aggregator run` and `poll` do
     config = _aggregator_config(opts)
     changed = json.loads(opts.only)
@@ -550,9 +564,11 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
                     meter.lap()
                     batches.lap()
                     collections.lap()
+                publishing["s"] = 0.0
                 summary = await poll_once(pipeline, all_sources=True)
                 rounds[name] = {
                     **meter.lap(),
+                    "publish_s": round(publishing["s"], 2),
                     "polled": summary.polled,
                     "new": summary.new_items,
                     "updated": summary.updated_items,
