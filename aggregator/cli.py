@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from aggregator import __version__, collector, logs
 from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
-from aggregator.curate import draws_from
+from aggregator.curate import draws_from, lead_order
 from aggregator.errors import AggregatorError, ConfigError, UsageError
 from aggregator.status import source_status
 
@@ -363,6 +363,8 @@ def cmd_story(args: argparse.Namespace) -> int:
     with _store(loaded) as store:
         story_id, uid = resolve_story(store, args.story)
         members = store.story_members_detail(story_id)
+    # The headline the outputs and the story page give it: their lead's (``curate.lead_order``).
+    lead = min(members, key=lambda m: lead_order(m.first_seen_at, m.sort_at, m.item_id)) if members else None
     if args.json:
         rows = [
             {
@@ -375,9 +377,13 @@ def cmd_story(args: argparse.Namespace) -> int:
             }
             for m in members
         ]
-        print(json.dumps({"story": story_id, "story_id": uid, "items": rows}, indent=2, ensure_ascii=False))
+        headline = lead.title if lead else None
+        found = {"story": story_id, "story_id": uid, "headline": headline, "items": rows}
+        print(json.dumps(found, indent=2, ensure_ascii=False))
         return EXIT_OK
     print(f"story {story_id}  {uid}  ({len(members)} item{'s' if len(members) != 1 else ''})")
+    if lead is not None:
+        print(f"  led in the outputs by item {lead.item_id} ({lead.source[:24]}): {lead.title[:90]}")
     for m in members:
         print(f"  item {m.item_id:>7}  {m.sort_at:%Y-%m-%d %H:%M}Z  {m.source[:24]:<24}  {m.title[:70]}")
         print(f"                {m.reason or 'no reason recorded (stored before story matching kept one)'}")

@@ -353,10 +353,19 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     assert main(["--config", str(config), "story", str(found["w1"][0])]) == 0
     shown = capsys.readouterr().out
     assert f"story {found['w1'][0]}  {found['w1'][1]}  (2 items)" in shown
+    led = shown.split("led in the outputs by item ", 1)[1].split("\n", 1)[0]
     assert "joined story" in shown and "salezovic" in shown  # why the rewrite joined
     assert "new story" in shown  # the first item started it
     assert main(["--config", str(config), "items", "world", "--json"]) == 0
-    reasons = {row["title"]: row["story_reason"] or "" for row in json.loads(capsys.readouterr().out)}
+    rows = json.loads(capsys.readouterr().out)
+    reasons = {row["title"]: row["story_reason"] or "" for row in rows}
+    # The headline `story` gives is the one the World entry shows (its lead, not "also reported").
+    leads = [
+        row["title"]
+        for row in rows
+        if row["title"] in (ORIGINAL[0], REWRITE[0]) and row["reason"].startswith("included")
+    ]
+    assert len(leads) == 1 and led.endswith(f"): {leads[0]}"), (led, leads)
     pair = sorted(reasons[title].split(" (")[0][:12] for title in (ORIGINAL[0], REWRITE[0]))  # either came first
     assert pair == ["joined story", "new story"], [reasons[title] for title in (ORIGINAL[0], REWRITE[0])]
 
@@ -367,6 +376,10 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     again = stories_by_guid(db)
     assert {guid: again[guid] for guid in found} == found  # story numbers and tag: ids unchanged
     assert again["p1"] == found["w1"]  # the copy joined the same story
+    capsys.readouterr()
+    assert main(["--config", str(config), "story", str(found["w1"][0]), "--json"]) == 0
+    shown_json = json.loads(capsys.readouterr().out)
+    assert shown_json["headline"] == leads[0] and len(shown_json["items"]) == 3  # the copy found later leads nothing
 
 
 def test_one_fetch_joins_an_outlets_copy_of_its_report_but_not_its_other_reports(

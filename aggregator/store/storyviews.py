@@ -47,6 +47,7 @@ class StoryMemberRow:
     link: str | None
     sort_at: datetime
     reason: str | None
+    first_seen_at: datetime
 
 
 class StoryViewStore(StoreBase):
@@ -107,9 +108,12 @@ class StoryViewStore(StoreBase):
         """Every item of a story, earliest first, with why it joined (``aggregator story``)."""
         with self.session() as s:
             rows = s.execute(
-                select(ItemRow.id, SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.match_reason)
+                select(
+                    ItemRow.id, SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.match_reason,
+                    ItemRow.first_seen_at,
+                )
                 .join(SourceRow, ItemRow.source_id == SourceRow.id)
                 .where(ItemRow.story_id == story_id)
                 .order_by(ItemRow.sort_at, ItemRow.id)
-            ).all()
-        return [StoryMemberRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+            ).all()  # fmt: skip
+        return [StoryMemberRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
