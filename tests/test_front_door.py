@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -82,8 +83,14 @@ def site(server: FeedServer, tmp_path: Path, database_url: str) -> Iterator[tupl
         {"name": "Lab Notes", "url": server.url("/lab"), "tags": ["science"]},
         {"name": "Gone Daily", "url": server.url("/missing")},
     ]
-    path = write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=OUTPUTS)
-    config = load_config(path).config
+    with polled(tmp_path, sources, database_url) as site:
+        yield site
+
+
+@contextmanager
+def polled(tmp_path: Path, sources: list[dict[str, object]], database_url: str) -> Iterator[tuple[Config, Store]]:
+    """A feeds.yaml of ``sources`` with the outputs above on the database, every source polled once at NOW."""
+    config = load_config(write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=OUTPUTS)).config
     engine = make_engine(database_url)
     ensure_schema(engine)
     store = Store(engine)
@@ -184,14 +191,11 @@ def test_a_story_page_is_headed_by_the_item_that_leads_its_entry(
         "/gazette", body=rss("Gazette", [("Talks collapse at summit", SHARED, datetime(2026, 11, 20, 15, tzinfo=UTC))])
     )
     server.add("/herald", body=rss("Herald", []))
-    sources = [{"name": "Gazette", "url": server.url("/gazette")}, {"name": "Herald", "url": server.url("/herald")}]
-    config = load_config(write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=OUTPUTS)).config
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    try:
-        store.sync_sources(config.source_specs(), NOW)
-        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: NOW), all_sources=True))
+    sources: list[dict[str, object]] = [
+        {"name": "Gazette", "url": server.url("/gazette")},
+        {"name": "Herald", "url": server.url("/herald")},
+    ]
+    with polled(tmp_path, sources, database_url) as (config, store):
         server.add(
             "/herald",
             body=rss("Herald", [("Summit ends without a deal", SHARED, datetime(2026, 11, 20, 8, tzinfo=UTC))]),
@@ -210,8 +214,6 @@ def test_a_story_page_is_headed_by_the_item_that_leads_its_entry(
                 "Gazette",
                 "Herald",
             ]
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
