@@ -178,8 +178,8 @@ def _group(included: Sequence[Candidate]) -> list[OutputEntry]:
 
 
 def lead_order(first_seen_at: datetime, sort_at: datetime, item_id: int) -> tuple[datetime, datetime, int]:
-    """Where a story's member stands in line to lead it, first first: the item seen first
-    (the first outlet to carry the story), then the earlier dated, then the one stored first.
+    """A story member's place in line to lead the story's entry (lowest leads): the item seen
+    first (the first outlet to carry the story), then the earlier dated, then the one stored first.
     Seen, not dated: an outlet's report found later with an earlier date must not retitle an
     entry readers already have. The story page heads itself the same way (``pages``), so a
     reader who follows an entry's "full coverage" link lands under the headline they clicked."""

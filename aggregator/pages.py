@@ -67,7 +67,8 @@ def render_front_door(config: Config, archives: Mapping[str, Sequence[ArchivePag
 
 def render_story(coverage: StoryCoverage, public_url: str) -> bytes:
     """``/stories/<id>``: every outlet's item of one story, newest development first, under the
-    headline of the item that leads the story's entry in the outputs (``curate.lead_order``)."""
+    headline of the item that leads the story's entry in an output carrying all of them, as the
+    World feed does (``curate.lead_order``)."""
     items = coverage.items
     first = min(items, key=lambda i: lead_order(i.first_seen_at, i.sort_at, i.item_id)) if items else None
     outlets = len({item.source_name for item in coverage.items})
