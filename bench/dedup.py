@@ -240,9 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--errors", action="store_true", help="list wrongly split and merged pairs")
     parser.add_argument("--quick", action="store_true", help="skip the 20,000-item cost runs")
     parser.add_argument("--storage-only", action="store_true", help="only the run through storage")
+    parser.add_argument(
+        "--against",
+        metavar="CHECKOUT",
+        type=Path,
+        help="another checkout of the project (e.g. a git worktree of an earlier commit): its --storage-only run "
+        "beside this tree's, each on a core of its own, and the ratio of the two",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --against: side-by-side runs, cores swapped")
     args = parser.parse_args(argv)
     print(f"command      .venv/bin/python bench/dedup.py  (Python {platform.python_version()}, {platform.machine()})")
     print("machine      2 cores shared with other jobs: times are medians and noisy")
+    if args.against:
+        return compare_checkouts(args.against.resolve(), args.rounds)
     if args.storage_only:
         storage_cost()
         return 0
@@ -590,6 +600,56 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
         engine.dispose()
     reads.restore()
     _storage_report(entries, features, costs, reads, story_of, batch)
+
+
+def compare_checkouts(other: Path, rounds: int) -> int:
+    """``--storage-only`` of this tree and of ``other`` at the same time, each pinned to a core of
+    its own (swapped every round), and the ratio of their median costs. This machine's speed
+    drifts by 15-50% from one run to the next, far more than most changes to matching move
+    it; two runs side by side see the same drift, so their ratio shows what a change is worth.
+    Each checkout runs its own bench script on its own ``aggregator``, so the two quality lines
+    say whether they also decided alike."""
+    import functools
+    import os
+    import re
+    import subprocess
+
+    script = Path("bench") / "dedup.py"
+    if not (other / script).is_file():
+        print(f"error        {other} has no {script}: not a checkout of this project")
+        return 1
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        print("error        --against needs two cores, one for each run")
+        return 1
+    median = re.compile(r"matching +median (\d+) µs/item")
+    ratios = []
+    for number in range(rounds):
+        pinned = dict(zip((ROOT, other), cores[:2] if number % 2 == 0 else cores[1::-1], strict=True))
+        runs = {
+            tree: subprocess.Popen(
+                [sys.executable, str(script), "--storage-only"], cwd=tree, stdout=subprocess.PIPE, text=True,
+                preexec_fn=functools.partial(os.sched_setaffinity, 0, {core}),  # before the child starts threads
+            )
+            for tree, core in pinned.items()
+        }  # fmt: skip
+        outputs = {tree: run.communicate()[0] for tree, run in runs.items()}
+        found = {tree: median.search(text) for tree, text in outputs.items()}
+        if not all(found.values()) or any(run.returncode for run in runs.values()):
+            print(f"error        round {number + 1}: a run failed; its output:")
+            print(next(text for tree, text in outputs.items() if not found[tree] or runs[tree].returncode))
+            return 1
+        this, that = (int(found[tree].group(1)) for tree in (ROOT, other))  # type: ignore[union-attr]
+        ratios.append(this / that)
+        print(
+            f"round {number + 1}      this tree {this} µs/item (core {pinned[ROOT]}), {other.name} {that} µs/item "
+            f"(core {pinned[other]}): {this / that:.2f}x"
+        )
+        for tree, text in outputs.items():
+            quality = next((line.strip() for line in text.splitlines() if line.strip().startswith("quality")), "?")
+            print(f"             {'this tree' if tree == ROOT else other.name}: {quality}")
+    print(f"ratio        this tree's matching cost to {other.name}'s: {statistics.geometric_mean(ratios):.2f}x")
+    return 0
 
 
 def _storage_report(
