@@ -143,6 +143,25 @@ def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: 
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_lookups_on_the_driver_see_the_transaction_and_fail_as_sqlalchemy_does(engine: Engine) -> None:
+    """``sqlite_rows`` (two of story matching's lookups) runs on the driver's connection: it
+    sees what its transaction wrote and has not committed, gives the rows ``execute`` gives, and
+    a driver error comes as SQLAlchemy's, which the ingest transaction turns into a StorageError."""
+    from sqlalchemy.exc import OperationalError
+
+    from aggregator.store._sql import sqlite_rows
+
+    statement = text("SELECT n, s FROM probe WHERE n >= :low ORDER BY n")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TEMP TABLE probe (n INTEGER, s TEXT)"))
+        connection.execute(text("INSERT INTO probe VALUES (2, NULL), (1, 'a'), (0, 'z')"))
+        rows = sqlite_rows(connection, statement, {"low": 1})
+        assert rows == [(1, "a"), (2, None)] == [tuple(row) for row in connection.execute(statement, {"low": 1})]
+        with pytest.raises(OperationalError, match="no such table: missing"):
+            sqlite_rows(connection, text("SELECT n FROM missing WHERE n = :n"), {"n": 1})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sqlite_connections_get_the_larger_page_cache(engine: Engine) -> None:
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLITE_CACHE_KIB

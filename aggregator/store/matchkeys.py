@@ -7,7 +7,7 @@ decided in ``storymatch`` and ``stories``, from what these queries return.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, bindparam, case, func, select, text
 from sqlalchemy.dialects import postgresql
 
 from aggregator.records import MatchCandidate, StoryRefs
-from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch, serialize_writers
+from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch, serialize_writers, sqlite_rows
 from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, PublishedRow, StoryRow
 
 MATCH_KEY_RETENTION = timedelta(days=14)
@@ -202,9 +202,9 @@ class StoryLookups(TransactionBase):
             return found, stock
         params: dict[str, Any] = {"earliest": epoch(earliest), "latest": epoch(latest), "fanout": fanout}
         if self.c.dialect.name == "postgresql":
-            rows = self.c.execute(_COPY_KEY_STORIES_POSTGRESQL, {**params, "values_array": wanted})
+            rows: Iterable[Any] = self.c.execute(_COPY_KEY_STORIES_POSTGRESQL, {**params, "values_array": wanted})
         else:
-            rows = self.c.execute(_COPY_KEY_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
+            rows = sqlite_rows(self.c, _COPY_KEY_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
         for key, story_id in rows:
             if story_id is None:
                 stock.add(int(key))
@@ -224,9 +224,9 @@ class StoryLookups(TransactionBase):
             return {}
         params: dict[str, Any] = {"earliest": epoch(earliest), "latest": epoch(latest), "sample": sample}
         if self.c.dialect.name == "postgresql":
-            rows = self.c.execute(_TERM_STORIES_POSTGRESQL, {**params, "values_array": wanted})
+            rows: Iterable[Any] = self.c.execute(_TERM_STORIES_POSTGRESQL, {**params, "values_array": wanted})
         else:
-            rows = self.c.execute(_TERM_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
+            rows = sqlite_rows(self.c, _TERM_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
         return {int(key): frozenset(map(int, str(found).split(","))) for key, found in rows if found}
 
     def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[datetime, str | None, str | None]]:
