@@ -6,8 +6,9 @@ output's sources, ``source_scope``, and age window by the store) and returns ``O
 * include rules: when any are given, an item must match at least one; exclude rules:
   an item matching any is out. Keywords match whole words, case-insensitively;
   patterns are regular expressions (searched, case-insensitive);
-* one entry per story: the earliest-seen item leads (the first outlet to carry it),
-  the others become "also reported by";
+* one entry per story: the earliest-dated of the items found with the story's first leads (the
+  original report, not whichever feed answered first), and a later one never does
+  (``in_lead_order``); the others become "also reported by";
 * a per-source cap so one prolific outlet cannot fill the feed;
 * an undated cap: entries led by an undated item sort by where normalize placed them (their
   position in the feed, their first-seen time), which for a feed with no dates at all is the
@@ -23,10 +24,11 @@ which is what ``aggregator items`` prints.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
+from typing import TypeVar
 
 from aggregator.config import Output, Rule
 from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
@@ -162,14 +164,14 @@ def _explain_story(verdicts: dict[int, Verdict], entry: OutputEntry, reason: str
 
 
 def _group(included: Sequence[Candidate]) -> list[OutputEntry]:
-    """One entry per story, the earliest-seen item leading, newest stories first."""
+    """One entry per story, led as ``in_lead_order`` says, newest stories first."""
     stories: dict[int, list[Candidate]] = {}
     for candidate in included:
         stories.setdefault(candidate.story_id, []).append(candidate)
     entries = []
     for members in stories.values():
-        members.sort(key=lambda c: lead_order(c.first_seen_at, c.published_at, c.item_id))
-        lead, also = members[0], tuple(members[1:])
+        lead, *rest = in_lead_order(members, lambda c: (c.first_seen_at, c.published_at, c.item_id))
+        also = tuple(rest)
         entries.append(OutputEntry(lead.story_uid, lead, also, max(m.updated_at for m in members)))
     # Newest first; a tie goes to the lower item id (stored first: higher up in its document).
     entries.sort(key=lambda e: e.lead.item_id)
@@ -177,13 +179,35 @@ def _group(included: Sequence[Candidate]) -> list[OutputEntry]:
     return entries
 
 
-def lead_order(first_seen_at: datetime, sort_at: datetime, item_id: int) -> tuple[datetime, datetime, int]:
-    """A story member's place in line to lead the story's entry (lowest leads): the item seen
-    first (the first outlet to carry the story), then the earlier dated, then the one stored first.
-    Seen, not dated: an outlet's report found later with an earlier date must not retitle an
-    entry readers already have. The story page heads itself the same way (``pages``), so a
-    reader who follows an entry's "full coverage" link lands under the headline they clicked."""
-    return first_seen_at, sort_at, item_id
+FOUND_TOGETHER = timedelta(minutes=5)
+"""Items first seen within this long of their story's first are taken as found together (see
+``in_lead_order``): one round of polls commits its fetches over seconds to minutes, in whatever
+order the feeds answered, and a first ingest reads every feed's backlog in one round."""
+
+Member = TypeVar("Member")
+
+
+def in_lead_order(members: Iterable[Member], facts: Callable[[Member], tuple[datetime, datetime, int]]) -> list[Member]:
+    """A story's members in line to lead its entry, the lead first; ``facts`` gives a member's
+    (first seen, sort time, item id). Of the items found together with the story's first
+    (``FOUND_TOGETHER``), the earliest dated leads: the original report rather than whichever
+    feed answered first (a first ingest finds a backlog's reports in that order). An item found
+    later never leads: an outlet's report found with an earlier date must not retitle an entry
+    readers have had for longer than that. Ties go to the item stored first; the members found
+    later follow in the order they were found. The story page and ``aggregator story`` take the
+    same lead, so a reader who follows an entry's "full coverage" link lands under the headline
+    they clicked."""
+    listed = [(facts(member), member) for member in members]
+    if not listed:
+        return []
+    found_until = min(seen for (seen, _, _), _ in listed) + FOUND_TOGETHER
+
+    def place(known: tuple[datetime, datetime, int]) -> tuple[bool, datetime, datetime, int]:
+        seen, dated, item_id = known
+        later = seen > found_until
+        return later, seen if later else dated, dated, item_id
+
+    return [member for _, member in sorted(listed, key=lambda pair: place(pair[0]))]
 
 
 def _rule_verdict(output: Output, candidate: Candidate) -> str | None:

@@ -10,7 +10,7 @@ import pytest
 
 from aggregator.cli import main
 from aggregator.config import Output, Rule
-from aggregator.curate import curate, reads_text, select
+from aggregator.curate import FOUND_TOGETHER, curate, in_lead_order, reads_text, select
 from aggregator.records import Candidate, Editorial
 from tests.conftest import write_config
 from tests.feeds import rss2
@@ -76,6 +76,30 @@ def test_one_entry_per_story_led_by_the_first_outlet() -> None:
     assert result.entries[0].also == (late,)
     reasons = {v.candidate.item_id: v.reason for v in result.verdicts}
     assert reasons[2] == "also reported: same story as entry 1, led by Wire"
+
+
+def test_of_reports_found_together_the_earliest_dated_leads_and_one_found_later_never_does() -> None:
+    """A first ingest reads every feed's backlog in one round and finds a story's reports in
+    whatever order the feeds answered: the wire's original, found a minute after the Daily's
+    rewrite, still leads. The Herald's, dated earlier still but found an hour on, when readers
+    have had the entry, does not take it; nor does an earlier-dated one found just past
+    ``FOUND_TOGETHER``."""
+    found = NOW - timedelta(hours=2)
+    rewrite = cand(1, story=7, source="Daily", published_at=NOW - timedelta(hours=3), first_seen_at=found)
+    original = cand(
+        2, story=7, source="Wire", published_at=NOW - timedelta(hours=5), first_seen_at=found + timedelta(minutes=1)
+    )
+    past = found + FOUND_TOGETHER + timedelta(seconds=1)
+    late = cand(3, story=7, source="Gazette", published_at=NOW - timedelta(hours=8), first_seen_at=past)
+    herald = cand(
+        4, story=7, source="Herald", published_at=NOW - timedelta(hours=9), first_seen_at=NOW - timedelta(hours=1)
+    )
+    result = curate(Output(slug="w", title="W"), [herald, late, rewrite, original])
+    assert [(e.lead.item_id, [a.item_id for a in e.also]) for e in result.entries] == [(2, [1, 3, 4])]
+    # The same rule heads the story page and `aggregator story` (their items, in any order).
+    facts = lambda c: (c.first_seen_at, c.published_at, c.item_id)  # noqa: E731
+    assert [c.item_id for c in in_lead_order([late, herald, original, rewrite], facts)] == [2, 1, 3, 4]
+    assert in_lead_order([], facts) == []
 
 
 def test_per_source_cap() -> None:

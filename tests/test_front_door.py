@@ -181,12 +181,18 @@ def test_a_story_page_lists_every_outlet_newest_first_and_the_feeds_link_it(site
             assert "Also reported by" in content and f'href="{story_url}"' in content
 
 
+@pytest.mark.parametrize(
+    ("found_after", "lead"),
+    [(timedelta(hours=1), "Talks collapse at summit"), (timedelta(minutes=2), "Summit ends without a deal")],
+)
 def test_a_story_page_is_headed_by_the_item_that_leads_its_entry(
-    server: FeedServer, tmp_path: Path, database_url: str
+    server: FeedServer, tmp_path: Path, database_url: str, found_after: timedelta, lead: str
 ) -> None:
-    """The Gazette carries the story first; the Herald's copy, dated earlier, is found an hour
-    later. The World entry stays led by what readers saw first, and the story page its
-    "full coverage" link opens is headed the same, not by the earlier-dated copy."""
+    """The Gazette carries the story first; the Herald's copy, dated earlier, is found later.
+    An hour later, the World entry stays led by what readers have had for an hour; two minutes
+    later, the two were found together (``curate.FOUND_TOGETHER``, as a first ingest finds a
+    backlog), and the earlier report leads. Either way the story page its "full coverage"
+    link opens is headed by the entry's lead."""
     server.add(
         "/gazette", body=rss("Gazette", [("Talks collapse at summit", SHARED, datetime(2026, 11, 20, 15, tzinfo=UTC))])
     )
@@ -200,15 +206,15 @@ def test_a_story_page_is_headed_by_the_item_that_leads_its_entry(
             "/herald",
             body=rss("Herald", [("Summit ends without a deal", SHARED, datetime(2026, 11, 20, 8, tzinfo=UTC))]),
         )
-        later = NOW + timedelta(hours=1)
+        later = NOW + found_after
         asyncio.run(poll_once(Pipeline(config, store, clock=lambda: later), all_sources=True))
         story_id, _ = resolve_story(store, SHARED)
         with serving(store, config) as base:
             atom = feedparser.parse(httpx.get(f"{base}/feeds/world.atom").content)
-            assert [e.title for e in atom.entries if e.link == SHARED] == ["Talks collapse at summit"]
+            assert [e.title for e in atom.entries if e.link == SHARED] == [lead]
             page = etree.HTML(httpx.get(f"{base}/stories/{story_id}").content)
-            assert "".join(page.xpath("//h1//text()")) == "Talks collapse at summit"
-            assert page.xpath("//title/text()") == ["Talks collapse at summit: full coverage"]
+            assert "".join(page.xpath("//h1//text()")) == lead
+            assert page.xpath("//title/text()") == [f"{lead}: full coverage"]
             # Both outlets listed, newest first, whichever heads the page.
             assert [o for li in page.xpath("//main//li") for o in li.xpath(".//span[@class='outlet']/text()")] == [
                 "Gazette",
