@@ -605,7 +605,7 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
 def compare_checkouts(other: Path, rounds: int) -> int:
     """``--storage-only`` of this tree and of ``other`` at the same time, each pinned to a core of
     its own (swapped every round), and the ratio of their median costs. This machine's speed
-    drifts by 15-50% from one run to the next, far more than most changes to matching move
+    drifts from one run to the next far more than most changes to matching move
     it; two runs side by side see the same drift, so their ratio shows what a change is worth.
     Each checkout runs its own bench script on its own ``aggregator``, so the two quality lines
     say whether they also decided alike."""

@@ -131,7 +131,7 @@ def sqlite_rows(connection: Connection, statement: TextClause, params: Mapping[s
     """SQLite: the rows of a prebuilt text statement, run on the driver's connection itself, in
     the transaction ``connection`` has open. Only for statements whose columns are plain
     integers and text, which SQLAlchemy's result rows would merely wrap: story matching runs
-    two such lookups a poll, hundreds of rows each, and the wrapping was a sixth of their cost.
+    two such lookups a poll, hundreds of rows each, and the wrapping cost more than the rows.
     A driver error comes as the SQLAlchemy error ``execute`` would have raised."""
     driver = connection.connection.driver_connection
     assert driver is not None, "the connection is open: it has a transaction"
