@@ -60,6 +60,10 @@ Run:  .venv/bin/python bench/soak.py            (a warm-up of 1-3 minutes, then 
       .venv/bin/python bench/soak.py --sources 1000 --duration 120
       .venv/bin/python bench/soak.py --duration 5400   (a long soak: from 20 minutes of daemon
                                                         time, its memory at each tenth of the run)
+      .venv/bin/python bench/soak.py --duration 2700 --small-caches --trace-memory
+                                                       (whether memory still grows once the caches
+                                                        are full, and where: Python's allocations
+                                                        or SQLite's heap)
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import ctypes
+import ctypes.util
 import heapq
 import logging
 import math
@@ -79,6 +85,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -365,6 +372,22 @@ def resident_bytes() -> int:
     return 0
 
 
+def sqlite_bytes() -> int | None:
+    """What SQLite holds on its own heap in this process now (``sqlite3_memory_used``, over every
+    connection: mostly their page caches, each up to ``database.SQLITE_CACHE_KIB``), which
+    Python's allocation counts never see; None where no shared library of the version Python's
+    ``sqlite3`` runs is found to ask (a build with its own copy of SQLite would count nothing)."""
+    try:
+        library = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+    except OSError:
+        return None
+    library.sqlite3_libversion.restype = ctypes.c_char_p
+    if library.sqlite3_libversion().decode() != sqlite3.sqlite_version:
+        return None
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return int(library.sqlite3_memory_used())
+
+
 async def poll_everything_once(config_path: Path, store: Store) -> int:
     """The warm-up: every source's first poll (full bodies, parsing, ingest), as `poll --once --all`."""
     config = load_config(config_path).config
@@ -411,6 +434,7 @@ class Figures:
     cpu_run: float
     retired: int
     burst: tuple[int, float, float]
+    growth: list[str]  # --trace-memory: where Python's allocations grew over the second half
 
 
 def main() -> int:
@@ -420,6 +444,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=240, help="seconds the daemon runs after the warm-up")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--late", type=float, default=5.0, help="seconds past due that count as 'left unpolled'")
+    parser.add_argument(
+        "--small-caches",
+        action="store_true",
+        help="shrink the story matcher's and the parser's caches so they fill inside a short run",
+    )
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="trace Python's allocations while the daemon runs and print where they grew over its second half",
+    )
     opts = parser.parse_args()
     if opts.sources < 1000:
         parser.error("the soak wants >= 1000 sources")
@@ -427,6 +461,8 @@ def main() -> int:
     logging.getLogger("aggregator").setLevel(logging.ERROR)  # 429/500 sources warn on every poll
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "tick skipped: still running" is expected
 
+    if opts.small_caches:
+        shrink_caches()
     kinds = behaviours(opts.sources)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -442,6 +478,79 @@ def main() -> int:
     figures.log = log
     report(figures)
     return 0
+
+
+SMALL_CACHES = {"DECODED_MEMBERS": 3_000, "SETTLED_STORIES": 500, "SIGNED_CACHE_SIZE": 4_000}
+"""The largest caches' bounds under ``--small-caches``: at their shipped sizes they fill after
+hours of this stream, so a run of half an hour cannot tell their filling from a leak. With these
+they are full within minutes, and any growth after that is not theirs."""
+
+
+def shrink_caches() -> None:
+    """Set ``SMALL_CACHES`` (module constants read at each use, so they hold from here on)."""
+    from aggregator import storymatch
+
+    storymatch.DECODED_MEMBERS = SMALL_CACHES["DECODED_MEMBERS"]
+    storymatch.SETTLED_STORIES = SMALL_CACHES["SETTLED_STORIES"]
+    parseworker.SIGNED_CACHE_SIZE = SMALL_CACHES["SIGNED_CACHE_SIZE"]
+
+
+TRACED_FRAMES = 1
+"""Frames kept per traced allocation (``--trace-memory``): the one that allocated. More would
+reach the project's own code from inside a library, but slow the daemon until it falls behind
+its schedule (with five it did on this bench), and a daemon behind its work grows for that
+reason alone."""
+GROWTH_SHOWN = 15
+
+
+def memory_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> list[str]:
+    """Where Python's traced allocations grew between two snapshots, largest first: each
+    place's growth in bytes and blocks, at the innermost frame of this project's code and the
+    innermost frame overall (the one that allocated)."""
+    lines = []
+    ignored = (tracemalloc.Filter(False, tracemalloc.__file__),)
+    diff = after.filter_traces(ignored).compare_to(before.filter_traces(ignored), "traceback")
+    for stat in sorted(diff, key=lambda d: d.size_diff, reverse=True)[:GROWTH_SHOWN]:
+        frames = list(stat.traceback)  # most recent call first
+        own = next((fr for fr in frames if str(REPO) in fr.filename and "/.venv/" not in fr.filename), None)
+        where = f"{Path(own.filename).relative_to(REPO)}:{own.lineno}" if own else "(no project frame)"
+        innermost = f"{Path(frames[0].filename).name}:{frames[0].lineno}" if frames else "?"
+        lines.append(
+            f"{stat.size_diff / 1024:+9.0f} KiB {stat.count_diff:+8,} blocks  {where}  (allocated at {innermost})"
+        )
+    return lines
+
+
+class MemoryTrace:
+    """``--trace-memory``: Python's allocations traced while the daemon runs, the traced total
+    at each tenth of the run, and a snapshot halfway to compare the end with (``memory_growth``).
+    Off, each step does nothing."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.halfway: tracemalloc.Snapshot | None = None
+        self.traced: list[int] = []
+
+    def start(self) -> None:
+        if self.on:
+            tracemalloc.start(TRACED_FRAMES)
+
+    def tenth(self, tenth: int) -> None:
+        if self.on:
+            self.traced.append(tracemalloc.get_traced_memory()[0])
+            if tenth == 5:
+                self.halfway = tracemalloc.take_snapshot()
+
+    def stop(self) -> list[str]:
+        """What ``Figures.growth`` holds: the traced totals, then where it grew (nothing if the
+        run ended before the snapshot halfway)."""
+        if not self.on:
+            return []
+        now = tracemalloc.get_traced_memory()[0]
+        growth = memory_growth(self.halfway, tracemalloc.take_snapshot()) if self.halfway else []
+        tracemalloc.stop()
+        path = ", ".join(f"{size / (1 << 20):.1f}" for size in (*self.traced, now))
+        return [f"traced at each tenth and at the end: {path} MB", *growth] if growth else []
 
 
 def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
@@ -463,6 +572,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         stop_sampling = threading.Event()
         samples: list[tuple[float, int, int]] = []
         kept: list[tuple[float, dict[str, tuple[int, int]]]] = []
+        trace = MemoryTrace(opts.trace_memory)
         db = directory / "aggregator.db"
 
         def caches() -> None:
@@ -475,7 +585,11 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
                 if daemon.pipeline is not None:
                     # parse_workers is 0: the parse cache lives in this process too.
                     cached = {**daemon.pipeline.stories.kept(), "parsed items": parseworker.remembered()}
+                    heap = sqlite_bytes()
+                    if heap is not None:  # (KiB, 0): printed with the caches, it has no bound of its own
+                        cached["SQLite heap, KiB"] = (heap // 1024, 0)
                     kept.append((time.time(), cached))
+                trace.tenth(tenth)
 
         async def run() -> None:
             # Stop the way an operator does: SIGTERM, after --duration seconds.
@@ -485,10 +599,12 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         sampler = threading.Thread(target=sample_overdue, args=(db, opts.late, stop_sampling, samples), daemon=True)
         watcher = threading.Thread(target=caches, daemon=True)
         cpu0, daemon_start = time.process_time(), time.time()
+        trace.start()
         sampler.start()
         watcher.start()
         asyncio.run(run())
         cpu_run, daemon_end = time.process_time() - cpu0, time.time()
+        growth = trace.stop()
         stop_sampling.set()
         sampler.join()
         watcher.join()
@@ -515,6 +631,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         cpu_run=cpu_run,
         retired=retired,
         burst=burst,
+        growth=growth,
     )
 
 
@@ -783,9 +900,19 @@ def print_memory(f: Figures) -> None:
         )
     if f.kept:
         # Entries now/most kept of each cache at each tenth: growth that follows them is theirs.
-        print("   the story matcher's and the parser's caches by tenths of the run (entries, of the most kept):")
+        print(
+            "   the story matcher's and the parser's caches, and SQLite's heap, by tenths of the run "
+            "(entries, of the most kept):"
+        )
         for name, (_, most) in f.kept[-1][1].items():
-            print(f"      {name:22} " + ", ".join(f"{sizes[name][0]:,}" for _, sizes in f.kept) + f"  (of {most:,})")
+            bound = f"  (of {most:,})" if most else ""
+            print(f"      {name:22} " + ", ".join(f"{sizes[name][0]:,}" for _, sizes in f.kept) + bound)
+    if f.opts.small_caches:
+        print(f"   caches shrunk (--small-caches): {', '.join(f'{k} {v:,}' for k, v in SMALL_CACHES.items())}")
+    if f.growth:
+        print(f"   Python's traced allocations over the second half ({f.growth[0]}), where they grew most:")
+        for line in f.growth[1:]:
+            print(f"      {line}")
 
 
 if __name__ == "__main__":
