@@ -452,7 +452,7 @@ def main() -> int:
     parser.add_argument(
         "--trace-memory",
         action="store_true",
-        help="trace Python's allocations while the daemon runs and print where they grew over its second half "
+        help="trace Python's allocations (from the warm-up on) and print where they grew over the daemon's second half "
         "(the run's RSS then includes the tracing and its snapshots: read the memory off an untraced run)",
     )
     opts = parser.parse_args()
@@ -523,7 +523,7 @@ def memory_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> 
 
 
 class MemoryTrace:
-    """``--trace-memory``: Python's allocations traced while the daemon runs, the traced total
+    """``--trace-memory``: Python's allocations traced from the warm-up on, the traced total
     at each tenth of the run, and a snapshot halfway to compare the end with (``memory_growth``).
     Off, each step does nothing."""
 
@@ -567,6 +567,10 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         store = LedgerStore(engine)
         store.sync_sources(loaded.config.source_specs(), datetime.now(UTC))
 
+        # Traced from before the warm-up: the caches the daemon then turns over hold warm-up
+        # entries, and replacing untraced ones with traced ones would read as growth.
+        trace = MemoryTrace(opts.trace_memory)
+        trace.start()
         started = time.perf_counter()
         asyncio.run(poll_everything_once(config_path, store))
         warm_up = time.perf_counter() - started
@@ -576,7 +580,6 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         stop_sampling = threading.Event()
         samples: list[tuple[float, int, int]] = []
         kept: list[tuple[float, dict[str, tuple[int, int]]]] = []
-        trace = MemoryTrace(opts.trace_memory)
         db = directory / "aggregator.db"
 
         def caches() -> None:
@@ -603,7 +606,6 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         sampler = threading.Thread(target=sample_overdue, args=(db, opts.late, stop_sampling, samples), daemon=True)
         watcher = threading.Thread(target=caches, daemon=True)
         cpu0, daemon_start = time.process_time(), time.time()
-        trace.start()
         sampler.start()
         watcher.start()
         asyncio.run(run())
