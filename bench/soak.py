@@ -873,6 +873,21 @@ TRAJECTORY_FROM = 1200.0
 """Seconds of daemon run from which the memory is also printed at each tenth of the run."""
 
 
+LEDGER_ENTRY_BYTES = 24
+"""A committed poll or a move in ``LedgerStore``'s packed ledger (``_Packed``)."""
+
+
+def own_record_bytes(f: Figures, since: float) -> int:
+    """About how much the soak itself added to the daemon's process since ``since``: its
+    ledger of polls and moves, and the samples of the overdue count and memory. It lives in
+    that process and grows with the run, so it is part of the growth printed and no part of
+    the daemon's."""
+    entries = sum(entry.committed >= since for entries in (f.ledger, f.postponed) for entry in entries)
+    one = f.samples[-1]
+    sample = sys.getsizeof(one) + sum(sys.getsizeof(value) for value in one) + 8  # and its list slot
+    return entries * LEDGER_ENTRY_BYTES + sum(at >= since for at, _, _ in f.samples) * sample
+
+
 def print_memory(f: Figures) -> None:
     """The daemon's resident memory over its run: what it settles at, and whether it still grows.
     Its caches (decoded story members, stream statistics, remembered signatures) are bounded but
@@ -890,7 +905,8 @@ def print_memory(f: Figures) -> None:
         f"daemon memory (this process's RSS, sampled every second): {rss[0][1] / mb:.0f} MB when it started, "
         f"{first_cycle / mb:.0f} MB after its first cycle, {rss[-1][1] / mb:.0f} MB at the end, "
         f"peak {max(size for _, size in rss) / mb:.0f} MB; over the second half of the run "
-        f"{growth / mb:+.1f} MB in {cycles:.1f} cycles ({growth / mb / max(cycles, 1e-9):+.2f} MB a cycle)"
+        f"{growth / mb:+.1f} MB in {cycles:.1f} cycles ({growth / mb / max(cycles, 1e-9):+.2f} MB a cycle), "
+        f"of which about {own_record_bytes(f, half[0][0]) / mb:.1f} MB is this bench's own record of the run"
     )
     span = f.daemon_end - f.daemon_start
     if span >= TRAJECTORY_FROM:
