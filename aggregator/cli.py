@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from aggregator import __version__, collector, logs
 from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
-from aggregator.curate import draws_from, in_lead_order
+from aggregator.curate import draws_from, lead_of
 from aggregator.errors import AggregatorError, ConfigError, UsageError
 from aggregator.status import source_status
 
@@ -363,8 +363,8 @@ def cmd_story(args: argparse.Namespace) -> int:
     with _store(loaded) as store:
         story_id, uid = resolve_story(store, args.story)
         members = store.story_members_detail(story_id)
-    # The headline the outputs and the story page give it: their lead's (``curate.in_lead_order``).
-    lead = next(iter(in_lead_order(members, lambda m: (m.first_seen_at, m.sort_at, m.item_id))), None)
+    # The headline the outputs and the story page give it: their lead's (``curate.lead_of``).
+    lead = lead_of(members)
     if args.json:
         rows = [
             {

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aggregator.config import Output, Rule
 from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
@@ -208,6 +208,26 @@ def in_lead_order(members: Iterable[Member], facts: Callable[[Member], tuple[dat
         return later, seen if later else dated, dated, item_id
 
     return [member for _, member in sorted(listed, key=lambda pair: place(pair[0]))]
+
+
+class StoredMember(Protocol):
+    """A story member as the story's page and ``aggregator story`` read it from the store."""
+
+    @property
+    def first_seen_at(self) -> datetime: ...
+    @property
+    def sort_at(self) -> datetime: ...
+    @property
+    def item_id(self) -> int: ...
+
+
+Stored = TypeVar("Stored", bound=StoredMember)
+
+
+def lead_of(members: Iterable[Stored]) -> Stored | None:
+    """The member that leads the story's entry in an output carrying all of them
+    (``in_lead_order`` on its stored times), None for no members."""
+    return next(iter(in_lead_order(members, lambda m: (m.first_seen_at, m.sort_at, m.item_id))), None)
 
 
 def _rule_verdict(output: Output, candidate: Candidate) -> str | None:

@@ -16,7 +16,7 @@ import jinja2
 
 from aggregator.archive import archive_page_url, archive_url
 from aggregator.config import Config, Output
-from aggregator.curate import in_lead_order
+from aggregator.curate import lead_of
 from aggregator.entryview import feed_url
 from aggregator.errors import PublishError
 from aggregator.publish import TEMPLATES
@@ -68,8 +68,8 @@ def render_front_door(config: Config, archives: Mapping[str, Sequence[ArchivePag
 def render_story(coverage: StoryCoverage, public_url: str) -> bytes:
     """``/stories/<id>``: every outlet's item of one story, newest development first, under the
     headline of the item that leads the story's entry in an output carrying all of them, as the
-    World feed does (``curate.in_lead_order``)."""
-    first = next(iter(in_lead_order(coverage.items, lambda i: (i.first_seen_at, i.sort_at, i.item_id))), None)
+    World feed does (``curate.lead_of``)."""
+    first = lead_of(coverage.items)
     outlets = len({item.source_name for item in coverage.items})
     return _render(
         "story.html", story=coverage, headline=first.title if first else "", outlets=outlets, home_url=f"{public_url}/"

@@ -73,6 +73,7 @@ import asyncio
 import bisect
 import ctypes
 import ctypes.util
+import functools
 import heapq
 import logging
 import math
@@ -372,11 +373,10 @@ def resident_bytes() -> int:
     return 0
 
 
-def sqlite_bytes() -> int | None:
-    """What SQLite holds on its own heap in this process now (``sqlite3_memory_used``, over every
-    connection: mostly their page caches, each up to ``database.SQLITE_CACHE_KIB``), which
-    Python's allocation counts never see; None where no shared library of the version Python's
-    ``sqlite3`` runs is found to ask (a build with its own copy of SQLite would count nothing)."""
+@functools.cache
+def _sqlite_library() -> ctypes.CDLL | None:
+    """The shared SQLite library Python's ``sqlite3`` runs, looked up once; None where none of
+    its version is found (a build with its own copy of SQLite would count nothing)."""
     try:
         library = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
     except OSError:
@@ -385,7 +385,15 @@ def sqlite_bytes() -> int | None:
     if library.sqlite3_libversion().decode() != sqlite3.sqlite_version:
         return None
     library.sqlite3_memory_used.restype = ctypes.c_int64
-    return int(library.sqlite3_memory_used())
+    return library
+
+
+def sqlite_bytes() -> int | None:
+    """What SQLite holds on its own heap in this process now (``sqlite3_memory_used``, over every
+    connection: mostly their page caches, each up to ``database.SQLITE_CACHE_KIB``), which
+    Python's allocation counts never see; None where it cannot be asked (``_sqlite_library``)."""
+    library = _sqlite_library()
+    return None if library is None else int(library.sqlite3_memory_used())
 
 
 async def poll_everything_once(config_path: Path, store: Store) -> int:
