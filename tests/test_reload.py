@@ -124,6 +124,8 @@ def test_settings_that_need_a_restart_are_named_in_the_log(tmp_path: Path) -> No
     settings = f"{FAST}\nlisten: 127.0.0.1:{port}\nparse_workers: 0"
     write_config(tmp_path, [], settings=settings)
     with daemon(tmp_path / "feeds.yaml", tmp_path, "run") as process:
+        # "sources: " (what ``daemon`` waits for) can come before the listener is up on a busy machine.
+        wait_for(lambda: "serving on" in log_of(tmp_path))
         changed = f"{FAST}\nlisten: 127.0.0.1:{other}\nparse_workers: 1\ndatabase: sqlite:///{tmp_path}/other.db"
         write_config(tmp_path, [], settings=changed)
         reload(process, tmp_path)
