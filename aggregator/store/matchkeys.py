@@ -6,13 +6,15 @@ decided in ``storymatch`` and ``stories``, from what these queries return.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, bindparam, case, func, select, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 
 from aggregator.records import MatchCandidate, StoryRefs
 from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch, serialize_writers, sqlite_rows
@@ -71,6 +73,15 @@ def _story_member_refs(wanted: Wanted) -> Any:
 
 
 _STORY_MEMBER_REFS = ByValues(_story_member_refs)
+# The same on SQLite, run on the driver (``sqlite_rows``): a poll reads a few hundred of these
+# rows, and SQLAlchemy's execution and row wrapping cost more than reading them.
+_STORY_MEMBER_REFS_SQLITE = text(
+    "SELECT ranked.id, ranked.story_id, ranked.update_count, ranked.source_id, "
+    "CASE WHEN ranked.rank = 1 THEN ranked.sort_at END FROM (SELECT items.id, items.story_id, items.update_count, "
+    "items.source_id, items.sort_at, row_number() OVER (PARTITION BY items.story_id ORDER BY items.sort_at, items.id) "
+    "AS rank FROM items WHERE items.story_id IN (SELECT value FROM json_each(:values_json)) "
+    "AND items.sort_at >= :since) AS ranked WHERE ranked.rank <= :per_story ORDER BY ranked.story_id, ranked.rank"
+)
 # Each wanted key's items in the window, counted up to :fanout + 1; then the stories of the keys
 # within the fan-out, and the keys beyond it with no story (NULL), which the caller keeps.
 _BOUNDED_KEYS = (
@@ -178,14 +189,24 @@ class StoryLookups(TransactionBase):
         and fetches only those it lacks (``member_features``). Built in one pass over the rows:
         a first ingest reads hundreds of thousands."""
         found: dict[int, StoryRefs] = {}
-        params = {"since": since, "per_story": per_story}
-        for statement, values in _STORY_MEMBER_REFS.batches(self.c.dialect.name, sorted(set(story_ids)), **params):
-            for item_id, story_id, update_count, source_id, begins in self.c.execute(statement, values):
-                refs = found.get(story_id)
-                if refs is None:  # rows come earliest first: this is the story's first member
-                    refs = found[story_id] = StoryRefs(begins, [], set())
-                refs.members.append((item_id, update_count))
-                refs.sources.add(source_id)
+        wanted = sorted(set(story_ids))
+        rows: Iterable[Any]
+        if self.c.dialect.name == "sqlite" and wanted:
+            since_text = _sort_at_bind(self.c.dialect)(since)
+            params = {"since": since_text, "per_story": per_story, "values_json": json.dumps(wanted)}
+            rows = sqlite_rows(self.c, _STORY_MEMBER_REFS_SQLITE, params)
+            as_time = _sort_at_result(self.c.dialect)
+        else:
+            batches = _STORY_MEMBER_REFS.batches(self.c.dialect.name, wanted, since=since, per_story=per_story)
+            rows = (row for statement, values in batches for row in self.c.execute(statement, values))
+            as_time = None
+        for item_id, story_id, update_count, source_id, begins in rows:
+            refs = found.get(story_id)
+            if refs is None:  # rows come earliest first: this is the story's first member
+                first = begins if as_time is None else as_time(begins)
+                refs = found[story_id] = StoryRefs(first, [], set())
+            refs.members.append((item_id, update_count))
+            refs.sources.add(source_id)
         return found
 
     def copy_key_stories_bounded(
@@ -236,3 +257,22 @@ class StoryLookups(TransactionBase):
             for item_id, sort_at, features, signature in self.c.execute(statement, values):
                 found[item_id] = (sort_at, features, signature)
         return found
+
+
+@functools.cache
+def _sort_at_bind(dialect: Dialect) -> Callable[[datetime], Any]:
+    """How SQLAlchemy writes a sort time as a bound value (the dialect's text form, on SQLite),
+    for a statement run on the driver."""
+    kind = ItemRow.__table__.c.sort_at.type.dialect_impl(dialect)
+    process = kind.bind_processor(dialect)
+    assert process is not None, "a sort time is bound through UTCDateTime"
+    return process
+
+
+@functools.cache
+def _sort_at_result(dialect: Dialect) -> Callable[[Any], datetime]:
+    """How SQLAlchemy reads a stored sort time back (UTC-aware), for a statement run on the driver."""
+    kind = ItemRow.__table__.c.sort_at.type.dialect_impl(dialect)
+    process = kind.result_processor(dialect, None)
+    assert process is not None, "a sort time is read through UTCDateTime"
+    return cast(Callable[[Any], datetime], process)
