@@ -191,7 +191,7 @@ class StoryMatcher:
         for _, _, stored, _, feats in prepared:
             self._members.expect(stored, feats)
         lookup = _StoryLookup(tx, now, self._members, self._term_counts, self._stock_copy_keys, source_id)
-        decisions = lookup.decide([(new.item, f, w) for new, _, _, w, f in prepared if new.story_id is None])
+        decisions = lookup.decide([(new.item, f, w, s.keys) for new, s, _, w, f in prepared if new.story_id is None])
         inserts, merges = [], []
         for new, signed, stored, words, feats in prepared:
             story_id, reason, verdict = new.story_id, None, None
@@ -243,17 +243,20 @@ class _StoryLookup:
         self.stock = stock
         self.source = source
 
-    def decide(self, batch_items: list[tuple[Item, stories.Features, tuple[str, ...]]]) -> dict[str, Verdict]:
+    def decide(
+        self, batch_items: list[tuple[Item, stories.Features, tuple[str, ...], tuple[int, ...]]]
+    ) -> dict[str, Verdict]:
         """Each item's verdict, in publication order: against the stored stories its keys reach,
         and against the stories earlier items of the same poll are starting (an outlet's copy of
         its own report can arrive in the same fetch). Each stretch of the poll (``STATS_SPAN``)
-        is weighed with the stream statistics of its own window."""
+        is weighed with the stream statistics of its own window. ``batch_items``: each item with
+        its features, readable terms and lead-copy keys (``cluster.Signed.keys``)."""
         if not batch_items:
             return {}
         items = sorted(
-            ((item, f) for item, f, _ in batch_items), key=lambda p: (p[0].published_at or self.now, p[0].key)
+            ((item, f) for item, f, _, _ in batch_items), key=lambda p: (p[0].published_at or self.now, p[0].key)
         )
-        figures = {item.key: names.figures(words) for item, _, words in batch_items}
+        figures = {item.key: names.figures(words) for item, _, words, _ in batch_items}
         tx = self.tx
         moments = [item.published_at or self.now for item, _ in items]
         earliest = min(moments) - stories.TERM_WINDOW
@@ -264,7 +267,7 @@ class _StoryLookup:
             stats, carriers = self.counts.stats(tx, terms, first - stories.TERM_WINDOW, last + stories.STORY_SPAN)
             spans.append((span, stats, carriers))
         keys_of = {item.key: stats.keys(f.terms) for span, stats, _ in spans for item, f in span}
-        copy_keys = {k for _, f in items if f.signature is not None for k in cluster.band_keys(f.signature)}
+        copy_keys = {k for *_, keys in batch_items for k in keys}  # signed where parsed (``cluster.Signed``)
         window = cluster.DEFAULT_WINDOW
         by_copy, stock = tx.copy_key_stories_bounded(
             sorted(copy_keys - self.stock.fresh(copy_keys).keys()),
