@@ -66,6 +66,7 @@ class CorpusRun:
     faults: dict[str, float]  # failed polls counted in this run, by error class
     seconds: float  # the poll command's wall time
     own_outlet_joins: list[tuple[str, str]]  # (source, title) of items joining their own source's story on names
+    cross_outlet_joins: Counter[str]  # items that joined a story other sources are in, by how they joined
 
 
 # Items that joined a story all of whose items come from their own source, by an explanation
@@ -75,6 +76,13 @@ _OWN_OUTLET_JOINS = (
     "(select story_id from items group by story_id having count(distinct source_id) = 1 and count(*) > 1) "
     "and i.match_reason like 'joined%' and i.match_reason not like '%copies item%' "
     "and i.match_reason not like '%same URL%' order by s.name, i.id"
+)
+# Items that joined a story other sources' items are in, by how: a shared URL, a copy, or names
+# and meaning (an independent report), read from their explanations.
+_CROSS_OUTLET_JOINS = (
+    "select case when i.match_reason like '%same URL%' then 'by URL' when i.match_reason like '%copies item%' "
+    "then 'as copies' else 'as independent reports' end, count(*) from items i where i.match_reason like 'joined%' "
+    "and i.story_id in (select story_id from items group by story_id having count(distinct source_id) > 1) group by 1"
 )
 
 
@@ -113,6 +121,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
             )
         }
         own_outlet_joins = list(db.execute(_OWN_OUTLET_JOINS))
+        cross_outlet_joins = Counter(dict(db.execute(_CROSS_OUTLET_JOINS)))
     outcomes = {
         row["path"]: SourceOutcome(
             row["path"],
@@ -123,7 +132,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
         )
         for row in rows
     }
-    return CorpusRun(code, outcomes, faults, elapsed, own_outlet_joins)
+    return CorpusRun(code, outcomes, faults, elapsed, own_outlet_joins, cross_outlet_joins)
 
 
 def test_one_run_over_the_corpus_exits_0_and_no_source_hits_the_fault_boundary(corpus_run: CorpusRun) -> None:
@@ -159,6 +168,8 @@ def test_at_least_as_many_sources_have_items_as_feedparser_reads_plus_the_recove
             f"other sources beyond feedparser: {dict(Counter(o.kind for o in beyond))}; "
             f"read by feedparser but no item stored: {len(lost)} {[f'{o.path}: {o.last_warning}' for o in lost]}"
         )
+        joins = ", ".join(f"{count} {how}" for how, count in sorted(corpus_run.cross_outlet_joins.items()))
+        print(f"items that joined another source's story: {joins or 'none'}")
         print(f"{len(without)} sources without items, by reason:")
         for reason, count in reasons.most_common():
             print(f"  {count:5d}  {reason}")
