@@ -607,6 +607,9 @@ def compare_checkouts(other: Path, rounds: int) -> int:
     its own (swapped every round), and the ratio of their median costs. This machine's speed
     drifts from one run to the next far more than most changes to matching move
     it; two runs side by side see the same drift, so their ratio shows what a change is worth.
+    Not exactly the same: the two cores' speeds differ from minute to minute as well (each run's
+    CPU time matched its wall time, so it is not other jobs taking a core), and single rounds of
+    one change can disagree widely: the spread printed says how far to trust the ratio.
     Each checkout runs its own bench script on its own ``aggregator``, so the two quality lines
     say whether they also decided alike."""
     import functools
@@ -648,7 +651,10 @@ def compare_checkouts(other: Path, rounds: int) -> int:
         for tree, text in outputs.items():
             quality = next((line.strip() for line in text.splitlines() if line.strip().startswith("quality")), "?")
             print(f"             {'this tree' if tree == ROOT else other.name}: {quality}")
-    print(f"ratio        this tree's matching cost to {other.name}'s: {statistics.geometric_mean(ratios):.2f}x")
+    print(
+        f"ratio        this tree's matching cost to {other.name}'s: {statistics.geometric_mean(ratios):.2f}x "
+        f"(rounds {min(ratios):.2f} to {max(ratios):.2f}: a change smaller than that spread is not shown by this run)"
+    )
     return 0
 
 
