@@ -187,6 +187,9 @@ def test_no_story_takes_its_own_outlets_items_on_names_alone(corpus_run: CorpusR
     rule is worth; the corpus, a feed per source, can: without it, stories here gather one
     feed's different items (listings, insider sales, callouts)."""
     assert corpus_run.own_outlet_joins == []
+    # The explanations still read as the queries expect: the corpus links items across sources in
+    # all three ways (else the check above could pass on wording alone).
+    assert set(corpus_run.cross_outlet_joins) == {"by URL", "as copies", "as independent reports"}
 
 
 def _kind(path: Path) -> str:
