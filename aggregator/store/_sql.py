@@ -114,6 +114,12 @@ class ByValues:
         )
         self._portable = build(lambda column: column.in_(_KEYS))
 
+    @property
+    def sqlite(self) -> Any:
+        """The statement as SQLite gets it (values as ``:values_json``), to compile for a run on
+        the driver (``sqlite_rows``)."""
+        return self._sqlite
+
     def batches(self, dialect: str, values: Sequence[Any], **params: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
         """(statement, parameters) to execute for ``values``: one pair, or none for no values."""
         if not values:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, bindparam, case, func, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 from aggregator.records import MatchCandidate, StoryRefs
@@ -74,14 +74,11 @@ def _story_member_refs(wanted: Wanted) -> Any:
 
 _STORY_MEMBER_REFS = ByValues(_story_member_refs)
 # The same on SQLite, run on the driver (``sqlite_rows``): a poll reads a few hundred of these
-# rows, and SQLAlchemy's execution and row wrapping cost more than reading them.
-_STORY_MEMBER_REFS_SQLITE = text(
-    "SELECT ranked.id, ranked.story_id, ranked.update_count, ranked.source_id, "
-    "CASE WHEN ranked.rank = 1 THEN ranked.sort_at END FROM (SELECT items.id, items.story_id, items.update_count, "
-    "items.source_id, items.sort_at, row_number() OVER (PARTITION BY items.story_id ORDER BY items.sort_at, items.id) "
-    "AS rank FROM items WHERE items.story_id IN (SELECT value FROM json_each(:values_json)) "
-    "AND items.sort_at >= :since) AS ranked WHERE ranked.rank <= :per_story ORDER BY ranked.story_id, ranked.rank"
-)
+# rows, and SQLAlchemy's execution and row wrapping cost more than reading them. Compiled from
+# the statement above, so the two cannot drift apart; its constants (the first rank) come along.
+_STORY_MEMBER_REFS_COMPILED = _STORY_MEMBER_REFS.sqlite.compile(dialect=sqlite.dialect(paramstyle="named"))
+_STORY_MEMBER_REFS_SQLITE = text(str(_STORY_MEMBER_REFS_COMPILED))
+_STORY_MEMBER_REFS_CONSTANTS = {k: v for k, v in _STORY_MEMBER_REFS_COMPILED.params.items() if v is not None}
 # Each wanted key's items in the window, counted up to :fanout + 1; then the stories of the keys
 # within the fan-out, and the keys beyond it with no story (NULL), which the caller keeps.
 _BOUNDED_KEYS = (
@@ -193,7 +190,10 @@ class StoryLookups(TransactionBase):
         rows: Iterable[Any]
         if self.c.dialect.name == "sqlite" and wanted:
             since_text = _sort_at_bind(self.c.dialect)(since)
-            params = {"since": since_text, "per_story": per_story, "values_json": json.dumps(wanted)}
+            params = {
+                **_STORY_MEMBER_REFS_CONSTANTS, "since": since_text, "per_story": per_story,
+                "values_json": json.dumps(wanted),
+            }  # fmt: skip
             rows = sqlite_rows(self.c, _STORY_MEMBER_REFS_SQLITE, params)
             as_time = _sort_at_result(self.c.dialect)
         else:
