@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import itertools
 import json
 import platform
@@ -33,7 +34,7 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +52,11 @@ from aggregator import cluster, names, stories, storystream  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text, repaired  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "stories"
+
+Measured = Callable[[Callable[[], Any], int], Any]
+"""Runs one poll's matching call, given how many items it matches, and returns what it returned
+(``storage_cost``'s ``measured``)."""
+
 SETS = (
     ("tuning", DATA, "thresholds chosen on it"),
     (
@@ -535,14 +541,18 @@ def cost_at_scale() -> None:
     print(f"   quality    {scores.line()}")
 
 
-def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> None:
+def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10, measured: Measured | None = None) -> None:
     """The same decision through storage: ``StoryMatcher.match`` on a real SQLite database
     (term counts, candidate and member queries, then ``stories.decide``), polls of ``batch`` new
     items in publication order, features computed beforehand as the parse workers would. The
     cost per item is a poll's matching time over its items (inserting them is not counted).
     A poll here holds consecutive items of several outlets, so it is matched as no one source's
     (``source_id`` None): the rule that an outlet's own stories take only its copies is left out
-    of this run, and measured where items keep their outlets (``run_semantic``)."""
+    of this run, and measured where items keep their outlets (``run_semantic``).
+
+    ``measured``: what runs each of the last 2,000 items' matching calls, the ones the figures
+    are taken over, instead of a plain call (``bench/instructions.py`` counts their instructions
+    that way); with it, the run stops before the report and its in-memory reference run."""
     import tempfile
 
     from aggregator.config import parse_config
@@ -580,9 +590,14 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
             with store.ingest() as tx:
                 reads.start(start)
                 started = time.perf_counter()
-                matched = matcher.match(
-                    tx, plan, chunk[-1].published_at, "semantic", {e.id: signed[e.id] for e in chunk}, stored
-                )
+                match = functools.partial(
+                    matcher.match, tx, plan, chunk[-1].published_at, "semantic", {e.id: signed[e.id] for e in chunk},
+                    stored,
+                )  # fmt: skip
+                if measured is not None and start >= len(entries) - 2000:
+                    matched = measured(match, len(chunk))
+                else:
+                    matched = match()
                 costs.append((start, (time.perf_counter() - started) / len(chunk)))
                 reads.stop()
                 inserted = tx.insert_items(
@@ -599,7 +614,10 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10) -> 
                 story_of[key] = story
         engine.dispose()
     reads.restore()
-    _storage_report(entries, features, costs, reads, story_of, batch)
+    if measured is None:
+        _storage_report(entries, features, costs, reads, story_of, batch)
+    else:
+        print(f"   quality    {pair_scores(entries, story_of).line()}")
 
 
 def compare_checkouts(other: Path, rounds: int) -> int:
@@ -612,7 +630,6 @@ def compare_checkouts(other: Path, rounds: int) -> int:
     one change can disagree widely: the spread printed says how far to trust the ratio.
     Each checkout runs its own bench script on its own ``aggregator``, so the two quality lines
     say whether they also decided alike."""
-    import functools
     import os
     import re
     import subprocess
