@@ -54,12 +54,19 @@ ITEMS = re.compile(r"^counted +(\d+) items", re.MULTILINE)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", metavar="CHECKOUT", type=Path, help="another checkout's aggregator package")
+    parser.add_argument(
+        "--reads",
+        action="store_true",
+        help="count only inside the lookups' queries (StoryLookups), not the decision: the most a match index "
+        "kept in the writer's memory could save",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # the run under valgrind
     args = parser.parse_args(argv)
     if args.child is not None:
-        return child(args.child)
+        return child(args.child, reads=args.reads)
     print(
         f"command      .venv/bin/python bench/instructions.py{f' --against {args.against}' if args.against else ''}"
+        f"{' --reads' if args.reads else ''}"
         f"  (Python {platform.python_version()}, {platform.machine()})"
     )
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
@@ -74,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         trees[other.name] = other
     with tempfile.TemporaryDirectory() as directory:
-        runs = {name: _start(tree, Path(directory) / f"{n}.out") for n, (name, tree) in enumerate(trees.items())}
+        runs = {
+            name: _start(tree, Path(directory) / f"{n}.out", args.reads) for n, (name, tree) in enumerate(trees.items())
+        }
+        what = "in the lookups' queries" if args.reads else "of matching"
         counts = {}
         for name, (run, out) in runs.items():
             stdout, stderr = run.communicate()
@@ -86,18 +96,20 @@ def main(argv: list[str] | None = None) -> int:
             counts[name] = found
             quality = next((line.strip() for line in stdout.splitlines() if line.strip().startswith("quality")), "?")
             total, items = found
-            print(f"{name:12} {total / items:,.0f} instructions/item ({total:,} over {items:,} items); {quality}")
+            print(
+                f"{name:12} {total / items:,.0f} instructions/item {what} ({total:,} over {items:,} items); {quality}"
+            )
     if args.against is not None:
         this, that = (total / items for total, items in counts.values())
         print(f"ratio        this tree's instructions per item to {args.against.name}'s: {this / that:.4f}")
     return 0
 
 
-def _start(tree: Path, out: Path) -> tuple[subprocess.Popen[str], Path]:
+def _start(tree: Path, out: Path, reads: bool) -> tuple[subprocess.Popen[str], Path]:
     command = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
         f"--toggle-collect={COLLECTED}", f"--callgrind-out-file={out}",
-        sys.executable, str(Path(__file__).resolve()), "--child", str(tree),
+        sys.executable, str(Path(__file__).resolve()), "--child", str(tree), *(["--reads"] if reads else []),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out
@@ -116,9 +128,10 @@ def _count(returncode: int, stdout: str, out: Path) -> tuple[int, int] | str:
     return int(totals.group(1)), int(items.group(1))
 
 
-def child(tree: Path) -> int:
+def child(tree: Path, reads: bool) -> int:
     """The run under valgrind: ``dedup.storage_cost`` on ``tree``'s ``aggregator`` package, the
-    last 2,000 items' matching calls made through ``operator.call`` with the instrumentation on."""
+    last 2,000 items' matching calls made through ``operator.call`` with the instrumentation on
+    (``reads``: the calls of the lookups' methods they make, instead)."""
     sys.path.insert(0, str(tree))
     import aggregator  # first, from ``tree``: dedup puts this tree's root on the path
 
@@ -129,16 +142,31 @@ def child(tree: Path) -> int:
     import dedup
 
     counted = [0]
+    if reads:
+        from aggregator.store.matchkeys import StoryLookups
+
+        for name, method in list(vars(StoryLookups).items()):
+            if callable(method) and not name.startswith("_"):
+                setattr(StoryLookups, name, _collected(method, counted))
 
     def measured(match: Callable[[], Any], items: int) -> Any:
         if not counted[0]:  # the first of them: instrumenting from here on
             subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True, capture_output=True)
         counted[0] += items
-        return operator.call(match)
+        return match() if reads else operator.call(match)
 
     dedup.storage_cost(measured=measured)
     print(f"counted      {counted[0]} items")
     return 0
+
+
+def _collected(method: Callable[..., Any], counted: list[int]) -> Callable[..., Any]:
+    """``method`` called through ``operator.call`` (collected) once the measured items began."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return operator.call(method, *args, **kwargs) if counted[0] else method(*args, **kwargs)
+
+    return call
 
 
 if __name__ == "__main__":
