@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(found, str):
                 print(f"error        {name}: {found}")
                 print(stdout + stderr[-3000:])
+                for other_run, _ in runs.values():
+                    other_run.kill()  # the other tree's run, if it is still going: its count is no use alone
                 return 1
             counts[name] = found
             quality = next((line.strip() for line in stdout.splitlines() if line.strip().startswith("quality")), "?")
