@@ -53,6 +53,9 @@ from aggregator.normalize import canonical_url, plain_text, repaired  # noqa: E4
 
 DATA = ROOT / "tests" / "data" / "stories"
 
+MEASURED_ITEMS = 2000
+"""The last items of a cost run, over which its cost figures are taken (the window is full by then)."""
+
 Measured = Callable[[Callable[[], Any], int], Any]
 """Runs one poll's matching call, given how many items it matches, and returns what it returned
 (``storage_cost``'s ``measured``)."""
@@ -530,11 +533,11 @@ def cost_at_scale() -> None:
     entries = templated_entries(events_per_day=1500, days=3, seed=7)
     features, feature_costs = features_for(entries)
     story_of, costs = run_semantic(entries, features, window=timedelta(days=3))
-    tail = costs[-2000:]
+    tail = costs[-MEASURED_ITEMS:]
     scores = pair_scores(entries, story_of)
     print(f"== cost with a full window: templated stream of {len(entries)} items over 3 days (window 3 days)")
     print(
-        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
+        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last {MEASURED_ITEMS:,} items "
         f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs); features "
         f"{statistics.median(feature_costs) * 1e6:.0f} µs/item median (in the parse workers)"
     )
@@ -594,7 +597,7 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10, mea
                     matcher.match, tx, plan, chunk[-1].published_at, "semantic", {e.id: signed[e.id] for e in chunk},
                     stored,
                 )  # fmt: skip
-                if measured is not None and start >= len(entries) - 2000:
+                if measured is not None and start >= len(entries) - MEASURED_ITEMS:
                     matched = measured(match, len(chunk))
                 else:
                     matched = match()
@@ -685,23 +688,23 @@ def _storage_report(
 ) -> None:
     """``storage_cost``'s figures: the cost of the last 2,000 items' polls, the reads' share of
     it, the same items decided in memory for reference, and the links made."""
-    recent = [(start, cost) for start, cost in costs if start >= len(entries) - 2000]
+    recent = [(start, cost) for start, cost in costs if start >= len(entries) - MEASURED_ITEMS]
     tail = [cost for _, cost in recent]
     sizes = {start: min(batch, len(entries) - start) for start, _ in recent}
     mean = sum(cost * sizes[start] for start, cost in recent) / sum(sizes.values())
     scores = pair_scores(entries, story_of)
     print(f"== through storage (SQLite): the templated stream of {len(entries)} items, polls of {batch} new items")
     print(
-        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last 2,000 items "
+        f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last {MEASURED_ITEMS:,} items "
         f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs): queries and decision, inserts not counted"
     )
     print(f"   reads      {reads.line(sizes)}, of {mean * 1e6:.0f} µs/item of matching on average")
     # The same items decided in memory, in the same run: this machine's speed moves twofold from
     # one run to the next, the ratio of the two less (drift within the run still moves it).
-    in_memory = statistics.median(run_semantic(entries, features)[1][-2000:])
+    in_memory = statistics.median(run_semantic(entries, features)[1][-MEASURED_ITEMS:])
     print(
         f"   reference  the same stream in memory (storystream), same run: median {in_memory * 1e6:.0f} µs/item over "
-        f"the last 2,000 items; through storage {statistics.median(tail) / in_memory:.1f}x that"
+        f"the last {MEASURED_ITEMS:,} items; through storage {statistics.median(tail) / in_memory:.1f}x that"
     )
     print(f"   quality    {scores.line()}")
 
