@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from hashlib import blake2b
 
-from aggregator.names import DATELINE
+from aggregator.names import DATELINE, WEEKDAYS
 
 SIGNATURE_VERSION = "c1"
 """Prefix of ``Signature.dumps()``; bump it whenever tokenizing or hashing changes, so
@@ -118,7 +118,6 @@ _STOPWORDS = frozenset(
     }
 )  # fmt: skip
 
-_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # Feed boilerplate at the end of a text, removed in this order. Each is anchored at the end, yet
 # ``sub`` would try it at every position of the text; ``_lead`` starts each search where a match
 # can first begin instead (see there).
@@ -330,7 +329,7 @@ def signature(title: str, text: str) -> Signature:
     title_words = _words(title)
     lead_words = _words(_lead(text))
     named = set(lead_words)
-    weekdays = sum(1 << index for index, day in enumerate(_WEEKDAYS) if day in named)
+    weekdays = sum(1 << index for index, day in enumerate(WEEKDAYS) if day in named)
     numbers = frozenset(_hash(word) for word in title_words + lead_words if word[0].isdigit())
     if len(lead_words) < SHINGLE_WORDS + 2:
         lead_words = title_words + lead_words

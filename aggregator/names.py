@@ -10,10 +10,10 @@ thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-f
 hashed to a 32-bit integer *term*. A wire dateline ("KARACHI, May 2 (Reuters) -") is read
 apart: its place and date are names that do not lead, and its agency credit is none.
 
-Nothing here decides what is common: "Tuesday", "President" or "2024" come out as terms like
-"Ghafoor" does. How many recent items carry a term (``stories.TermStats``) decides whether it
-is evidence and whether it is a lookup key, so the rules adapt to whatever the stream talks
-about instead of relying on a word list.
+Nothing here decides what is common: "President" or "2024" come out as terms like "Ghafoor"
+does. How many recent items carry a term (``stories.TermStats``) decides whether it is evidence
+and whether it is a lookup key, so the rules adapt to whatever the stream talks about instead of
+relying on a word list. The weekdays are the one exception (``WEEKDAYS``).
 """
 
 from __future__ import annotations
@@ -63,6 +63,14 @@ _POSSESSIVE = re.compile(r"[’']s$")
 _SCALE = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
           "trillion": 10**12}  # fmt: skip
 _ABBREVIATION = re.compile(r"^(?:[A-Za-z]\.){2,}$")  # U.S. U.K. U.N.
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+"""Words that are neither names nor rare words (``plain_words``), however written: a weekday
+says when, not who or where, and the time between two reports is weighed on its own
+(``stories.STORY_SPAN``); within that span most reports of any event name the same day. The
+stream's counts tell so only in a busy window: in a quiet one (a few dozen feeds) "Tuesday"
+looked as rare as a name, and linked two different events of one day ("Congo declares Ebola
+outbreak" and "Uganda confirms Sudan virus case", both "on Monday"). They stay in the lead
+signature, where two leads naming different days are told apart (``cluster.Signature``)."""
 DATELINE = re.compile(r"^\s*[A-Z][^()\n]{0,60}?(?P<credit>\([A-Za-z]{2,12}\))\s*[-—–]{1,2}\s*")
 """A wire dateline opening a text: "FRANKFURT, April 11 (Reuters) - ", "ATHENS (AP) — ". It says
 where and when a correspondent filed and for which agency, not what happened."""
@@ -175,7 +183,8 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
 
 WordFacts = tuple[str, bool, bool, bool]
 """What ``extract`` needs of a word as written: its term (folded), whether it is in capitals,
-whether it starts with a capital, and whether it ends the sentence."""
+whether it starts with a capital, and whether it ends the sentence. A weekday is in neither
+form: it is never a name (``WEEKDAYS``)."""
 
 _WORDS: dict[str, WordFacts] = {}
 WORDS_REMEMBERED = 10_000
@@ -188,6 +197,8 @@ def _word(raw: str) -> WordFacts:
     word = _fold(raw)
     if not word:
         facts = ("", False, False, raw.endswith(".") and not _ABBREVIATION.match(raw))
+    elif word in WEEKDAYS:  # no name, however written
+        facts = (word, False, False, raw.endswith("."))
     else:
         acronym = len(word) >= 2 and raw.replace(".", "").isupper()
         # A word ending with a full stop ends the sentence, unless it is an abbreviation.
@@ -211,7 +222,7 @@ def plain_words(title: str, text: str, terms: Terms) -> list[str]:
     """The words of the headline and lead that are not names (``terms``), case-folded, each
     once. Whether one is rare enough to be evidence is ``stories.rare_words``'s business."""
     lead = unicodedata.normalize("NFKC", f"{title}\n{text[:LEAD_CHARS]}")
-    named = set(terms.words)
+    named = set(terms.words).union(WEEKDAYS)  # a weekday: no evidence either way (``WEEKDAYS``)
     folded = dict.fromkeys(raw.casefold() for raw in dict.fromkeys(_PLAIN_WORD.findall(lead)))
     return [word for word in folded if word not in named]
 

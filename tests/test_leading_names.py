@@ -22,7 +22,7 @@ def test_the_opening_names_come_first_and_are_counted() -> None:
     filler = " and then more words without names" * 12  # past names.LEADING_CHARS
     terms = names.extract("Ferry capsizes on Lake Torvane", f"{OPENING}{filler}. Later Mirel Dorsan spoke.")
     assert len(OPENING) + len(filler) > names.LEADING_CHARS
-    assert terms.words[: terms.leading] == ("lake", "torvane", "ostrava", "harbour", "sunday", "kessel")
+    assert terms.words[: terms.leading] == ("lake", "torvane", "ostrava", "harbour", "kessel")
     assert terms.words[terms.leading :] == ("mirel", "dorsan")
     assert terms.leading_keys == {names.term_key(w) for w in terms.words[: terms.leading]}
     short = names.extract("Ferry capsizes", OPENING)  # a lead shorter than the opening: all of it leads
@@ -126,15 +126,15 @@ def test_a_datelines_place_and_date_follow_the_opening_and_its_credit_is_no_name
         "ECB keeps rates on hold",
         "FRANKFURT, April 11 (Reuters) - The European Central Bank left rates unchanged on Thursday.",
     )
-    assert terms.words[: terms.leading] == ("ecb", "european", "central", "bank", "thursday")
+    assert terms.words[: terms.leading] == ("ecb", "european", "central", "bank")
     assert terms.words[terms.leading :] == ("frankfurt", "april", "11")  # where and when it was filed
     assert "reuters" not in terms.words  # who filed it: every item of that agency says so
     # A place the opening names as well is the event's: it leads.
     athens = names.extract("Wildfire forces evacuations", "ATHENS (AP) — Residents fled north of Athens on Monday.")
-    assert athens.words[: athens.leading] == ("athens", "monday") and "ap" not in athens.words
+    assert athens.words[: athens.leading] == ("athens",) and "ap" not in athens.words
     # Without a credit in brackets, capitals opening a text are no dateline: they lead.
     plain = names.extract("Quake", "NORTHERN JAPAN was shaken on Monday.")
-    assert plain.words[: plain.leading] == ("northern", "japan", "monday")
+    assert plain.words[: plain.leading] == ("northern", "japan")
 
 
 def test_two_companies_results_filed_from_one_desk_stay_apart() -> None:
