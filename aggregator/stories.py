@@ -7,15 +7,16 @@ four kinds of evidence, always against a story as a whole:
 
 * **names and figures** (``names``) the item shares with the story. Each weighs by how few
   *other* recent stories carry it (``TermStats``): a name no other story mentions weighs 1, one
-  that ``COMMON_SHARE`` of the stories mention weighs 0 ("Tuesday", "President", and on a busy
-  week "Gaza"). Counting stories rather than items matters: forty outlets covering one summit
-  must not make the summit's city look common. A name counts in proportion to the share of the
-  story's members that carry it, so one that only a single member of a large story mentions
-  weighs little: that is what keeps a story from growing through its newest member (chaining).
-  The names must also *agree*: most of what the item or the story leads with (headline and
-  the lead's opening, ``names.LEADING_CHARS``) is found on the other side. A headline that
-  came alone has room for few names, and needs fewer (``HEADLINE_NAME_WEIGHT``), but not
-  other figures than the story's headlines give (``figures_differ``);
+  that ``COMMON_SHARE`` of the stories mention weighs 0 ("President", and on a busy week
+  "Gaza"; a weekday is no name at all, ``names.WEEKDAYS``). Counting stories rather than items
+  matters: forty outlets covering one summit must not make the summit's city look common. A
+  name counts in proportion to the share of the story's members that carry it, so one that
+  only a single member of a large story mentions weighs little: that is what keeps a story
+  from growing through its newest member (chaining). The names must also *agree*: most of
+  what the item or the story leads with (headline and the lead's opening,
+  ``names.LEADING_CHARS``) is found on the other side. A headline that came alone has room
+  for few names, and needs fewer (``HEADLINE_NAME_WEIGHT``), but not other figures than the
+  story's headlines give (``figures_differ``);
 * **meaning**: the cosine between the item's vector (``semantic``) and the story's centroid.
   Alone it tells topics apart, not events (every summit reads like every other), so it only
   lowers the names needed (``STRONG_COSINE``) or rules a story out (``MIN_COSINE``);
@@ -795,7 +796,7 @@ def other_subjects(
     Interspar", an analyst desk's "rating for Fiserv kept" and "for Vantiv"). A copy keeps its
     original's names, and a trimmed or rewritten one still mentions what the original opens
     with; one that only adds a name is still a copy, and so is one whose only new names are
-    plain ("US", "Tuesday"). One that only changes a figure is not: another outlet's still
+    plain ("US", "New York"). One that only changes a figure is not: another outlet's still
     joins as a report of the event, on its names and meaning, and an outlet's own is another
     instance of its series, as one fetch's are (``storybatch``). Agreement alone
     (``COPY_AGREEMENT``) misses these when a template's own names outnumber its subject's, as
