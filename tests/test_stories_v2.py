@@ -255,7 +255,7 @@ def test_names_and_figures_are_extracted_without_a_word_list() -> None:
     assert {"frankfurt", "european", "central", "bank", "dresdner"} <= set(terms)
     assert {"4%", "3000", "2500000000", "4.5%", "us"} <= set(terms)
     assert "the" not in terms and "analysts" not in terms and "markets" not in terms
-    assert "thursday" not in terms  # when, not who or where (names.WEEKDAYS)
+    assert "thursday" not in terms  # when, not who or where: the one word list (names.WEEKDAYS)
     assert "ana" not in terms  # the dateline's agency credit: who filed, not what happened
 
 
