@@ -686,8 +686,8 @@ def _storage_report(
     story_of: dict[str, int],
     batch: int,
 ) -> None:
-    """``storage_cost``'s figures: the cost of the last 2,000 items' polls, the reads' share of
-    it, the same items decided in memory for reference, and the links made."""
+    """``storage_cost``'s figures: the cost of the last ``MEASURED_ITEMS`` items' polls, the
+    reads' share of it, the same items decided in memory for reference, and the links made."""
     recent = [(start, cost) for start, cost in costs if start >= len(entries) - MEASURED_ITEMS]
     tail = [cost for _, cost in recent]
     sizes = {start: min(batch, len(entries) - start) for start, _ in recent}
