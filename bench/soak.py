@@ -82,12 +82,12 @@ import os
 import platform
 import signal
 import sqlite3
+import struct
 import sys
 import tempfile
 import threading
 import time
 import tracemalloc
-from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -253,31 +253,38 @@ class Stored:
 
 
 class _Packed:
-    """Stored entries kept as three packed columns (24 bytes each): as objects one took 185
-    bytes (24 MB over a 90-minute run's 128,000 polls, most of the growth that run printed)."""
+    """Stored entries appended to a file as packed records (24 bytes each), read back once the
+    daemon has stopped. Kept in the daemon's process they grew its memory with every poll (as
+    objects, 185 bytes each: most of a 90-minute run's growth; packed in arrays, still about
+    8 MB over a 2-hour run), which then had to be told apart from the daemon's own."""
 
-    def __init__(self) -> None:
-        self._sources, self._committed, self._next = array("q"), array("d"), array("d")  # NaN: no time
+    RECORD = struct.Struct("=qdd")  # source id, committed, next_poll_at (NaN: none)
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file = path.open("ab", buffering=0)
 
     def add(self, committed: float, entries: list[tuple[int, float | None]]) -> None:
-        for source_id, at in entries:
-            self._sources.append(source_id)
-            self._committed.append(committed)
-            self._next.append(math.nan if at is None else at)
+        if entries:
+            pack = self.RECORD.pack
+            self._file.write(b"".join(pack(s, committed, math.nan if at is None else at) for s, at in entries))
 
     def rows(self) -> list[Stored]:
-        rows = zip(self._sources, self._committed, self._next, strict=True)
-        return [Stored(source, committed, None if math.isnan(at) else at) for source, committed, at in rows]
+        return [
+            Stored(source, committed, None if math.isnan(at) else at)
+            for source, committed, at in self.RECORD.iter_unpack(self._path.read_bytes())
+        ]
 
 
 class LedgerStore(Store):
     """The real store, noting each committed poll's next_poll_at (the schedule we must honour),
     and each move of a throttling host's other sources. It lives in the daemon's process, whose
-    memory the soak measures, and gains an entry a poll, so it is kept packed (``_Packed``)."""
+    memory the soak measures, and gains an entry a poll, so the entries go to files in
+    ``directory`` (``_Packed``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, directory: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._polls, self._moves = _Packed(), _Packed()
+        self._polls, self._moves = _Packed(directory / "polls.ledger"), _Packed(directory / "moves.ledger")
         self._lock = threading.Lock()
 
     def ledger(self) -> list[Stored]:
@@ -394,6 +401,50 @@ def sqlite_bytes() -> int | None:
     Python's allocation counts never see; None where it cannot be asked (``_sqlite_library``)."""
     library = _sqlite_library()
     return None if library is None else int(library.sqlite3_memory_used())
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd")] + [
+        (name, ctypes.c_size_t) for name in ("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    """glibc's ``mallinfo2`` (2.33 on), looked up once; None elsewhere."""
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+def malloc_bytes() -> tuple[int, int] | None:
+    """What C's allocator holds in this process now, over every arena: (in use, free but kept).
+    Growth of the first that Python's own counts do not show is a C library's (SQLite, the
+    model's arrays); growth of the second alone is fragmentation, memory the process keeps
+    but could reuse. None without glibc."""
+    function = _mallinfo2()
+    if function is None:
+        return None
+    info = function()
+    return int(info.uordblks + info.hblkhd), int(info.fordblks)
+
+
+def heaps() -> dict[str, tuple[int, int]]:
+    """The heaps below the caches, as (size, 0) entries printed beside them (no bound of their
+    own): SQLite's and C's allocator's in KiB, and the count of Python's small objects, which
+    live in Python's own arenas outside malloc's figures. Each one absent where it cannot be read."""
+    found = {"Python's blocks": (sys.getallocatedblocks(), 0)}
+    heap = sqlite_bytes()
+    if heap is not None:
+        found["SQLite heap, KiB"] = (heap // 1024, 0)
+    held = malloc_bytes()
+    if held is not None:
+        found["malloc in use, KiB"] = (held[0] // 1024, 0)
+        found["malloc free, KiB"] = (held[1] // 1024, 0)
+    return found
 
 
 async def poll_everything_once(config_path: Path, store: Store) -> int:
@@ -572,7 +623,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         loaded = load_config(config_path)
         engine = make_engine(loaded.config.settings.database_url)
         ensure_schema(engine)
-        store = LedgerStore(engine)
+        store = LedgerStore(engine, directory=directory)
         store.sync_sources(loaded.config.source_specs(), datetime.now(UTC))
 
         # Traced from before the warm-up: the caches the daemon then turns over hold warm-up
@@ -600,10 +651,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
                 if daemon.pipeline is not None:
                     # parse_workers is 0: the parse cache lives in this process too.
                     cached = {**daemon.pipeline.stories.kept(), "parsed items": parseworker.remembered()}
-                    heap = sqlite_bytes()
-                    if heap is not None:  # (KiB, 0): printed with the caches, it has no bound of its own
-                        cached["SQLite heap, KiB"] = (heap // 1024, 0)
-                    kept.append((time.time(), cached))
+                    kept.append((time.time(), {**cached, **heaps()}))
                 trace.tenth(tenth)
 
         async def run() -> None:
@@ -881,19 +929,14 @@ TRAJECTORY_FROM = 1200.0
 """Seconds of daemon run from which the memory is also printed at each tenth of the run."""
 
 
-LEDGER_ENTRY_BYTES = 24
-"""A committed poll or a move in ``LedgerStore``'s packed ledger (``_Packed``)."""
-
-
 def own_record_bytes(f: Figures, since: float) -> int:
     """About how much the soak itself added to the daemon's process since ``since``: its
-    ledger of polls and moves, and the samples of the overdue count and memory. It lives in
-    that process and grows with the run, so it is part of the growth printed and no part of
-    the daemon's."""
-    entries = sum(entry.committed >= since for entries in (f.ledger, f.postponed) for entry in entries)
+    samples of the overdue count and memory, one a second (its ledger of polls goes to a file,
+    ``_Packed``). It lives in that process and grows with the run, so it is part of the growth
+    printed and no part of the daemon's."""
     one = f.samples[-1]
     sample = sys.getsizeof(one) + sum(sys.getsizeof(value) for value in one) + 8  # and its list slot
-    return entries * LEDGER_ENTRY_BYTES + sum(at >= since for at, _, _ in f.samples) * sample
+    return sum(at >= since for at, _, _ in f.samples) * sample
 
 
 def print_memory(f: Figures) -> None:
@@ -931,7 +974,7 @@ def print_memory(f: Figures) -> None:
     if f.kept:
         # Entries now/most kept of each cache at each tenth: growth that follows them is theirs.
         print(
-            "   the story matcher's and the parser's caches, and SQLite's heap, by tenths of the run "
+            "   the story matcher's and the parser's caches, and the heaps below them, by tenths of the run "
             "(entries, of the most kept):"
         )
         for name, (_, most) in f.kept[-1][1].items():
