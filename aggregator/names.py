@@ -6,7 +6,8 @@ word that does not merely start a sentence ("Ghafoor", "Karachi"), a word writte
 ("NATO", "KARACHI"), or a capitalised sentence-initial word that the same item also capitalises
 elsewhere, or, in a headline that comes with no text, that is no plain word of the language
 (``extract``'s ``plain``); a *figure* is a number, normalised so that "3,000", "3000" and "3
-thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-folded and
+thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-folded, a
+name's Latin letters lose their marks ("Chávez" and "Chavez" agree: ``unaccented``), and each is
 hashed to a 32-bit integer *term*. A wire dateline ("KARACHI, May 2 (Reuters) -") is read
 apart: its place and date are names that do not lead, and its agency credit is none.
 
@@ -224,7 +225,9 @@ def plain_words(title: str, text: str, terms: Terms) -> list[str]:
     lead = unicodedata.normalize("NFKC", f"{title}\n{text[:LEAD_CHARS]}")
     named = set(terms.words).union(WEEKDAYS)  # a weekday: no evidence either way (``WEEKDAYS``)
     folded = dict.fromkeys(raw.casefold() for raw in dict.fromkeys(_PLAIN_WORD.findall(lead)))
-    return [word for word in folded if word not in named]
+    # A name's term has lost its marks (``unaccented``); the plain words keep theirs, written in
+    # the outlet's own language as its readers spell them, and the model's tokenizer weighs them so.
+    return [word for word in folded if unaccented(word) not in named]
 
 
 def stem(word: str) -> str:
@@ -253,7 +256,27 @@ def _fold(raw: str) -> str:
     word = _POSSESSIVE.sub("", raw.rstrip("."))
     if _ABBREVIATION.match(raw):
         word = raw.replace(".", "")
-    return word.casefold().replace("’", "'")
+    return unaccented(word.casefold().replace("’", "'"))
+
+
+_LATIN_LETTERS = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i"})
+"""Latin letters with no Unicode decomposition into a base letter and a mark, and the letters
+outlets that drop marks write for them ("Støre" as "Store", "Wałęsa" as "Walesa")."""
+
+
+def unaccented(word: str) -> str:
+    """A case-folded word with the marks on its Latin letters dropped: "chávez", "erdoğan" and
+    "são" become "chavez", "erdogan" and "sao". Outlets write one name with its marks and
+    without them (an agency's wire drops them, a local outlet keeps them), and two reports of
+    one event must name it alike. Marks on other scripts' letters stay: there they tell
+    different letters apart (Cyrillic "й" is no "и" with a mark)."""
+    if word.isascii():
+        return word
+    kept: list[str] = []
+    for char in unicodedata.normalize("NFKD", word.translate(_LATIN_LETTERS)):
+        if not (unicodedata.combining(char) and kept and kept[-1].isascii()):
+            kept.append(char)
+    return unicodedata.normalize("NFC", "".join(kept))
 
 
 def _figure(number: str, unit: str | None) -> str:

@@ -44,6 +44,10 @@ CORNERS = [
     ("A text with no spaces", "x" * 1400 + "yz" * 100),
     ("lower-case start", "e.g. this, i.e. that, etc. and so on. also cf. the u.s. and end. then more."),
     ("Numbers", "1,234,567 and 1.5bn and 12k and 3 thousand and 0.50% and 7.0 percent and 1,5 m and 10.000."),
+    (
+        "Chávez Meets Erdoğan In Zürich",
+        "SÃO PAULO — Hugo Chavez, Recep Erdogan, Jonas Støre and Lech Wałęsa met Nguyễn and Сергей Шойгу.",
+    ),
 ]
 
 

@@ -111,9 +111,13 @@ def test_leading_names_survive_storage_and_older_features_lead_with_all() -> Non
         assert older_layout.headline is None
     alone, _ = features_of("Kalmaria central bank raises key rate to 2.5%", "")
     assert alone.headline and Features.loads(alone.dumps()).headline == alone.headline
-    # "s5" (before a weekday was no name) has the layout of this release: still read, in full.
-    s5 = Features.loads("s5:" + alone.dumps().partition(":")[2])
-    assert (s5.terms, s5.leading, s5.words, s5.headline) == (alone.terms, alone.leading, alone.words, alone.headline)
+    # "s5" (before a weekday was no name) and "s6" (before names lost their marks) have the
+    # layout of this release: still read, in full.
+    for version in ("s5", "s6"):
+        same = Features.loads(f"{version}:" + alone.dumps().partition(":")[2])
+        assert (same.terms, same.leading, same.words, same.headline) == (
+            alone.terms, alone.leading, alone.words, alone.headline,
+        )  # fmt: skip
     assert features.headline == frozenset()  # a headline with a text: its names are not kept apart
     # Stored by the previous release ("s2": no count of leading terms): every term leads.
     s2 = semantic.quantise(features.vector) + len(features.terms).to_bytes(2, "big")
