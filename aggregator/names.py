@@ -194,6 +194,12 @@ once when full: news reuses its words, and working them out again was most of ``
 Words starting with a small letter, most of any text, are never names and are not kept."""
 
 
+def words_remembered() -> tuple[int, int]:
+    """Words this process keeps the facts of, and the most it keeps (``WORDS_REMEMBERED``):
+    ``bench/soak.py`` prints them beside the memory, to tell their filling from a leak."""
+    return len(_WORDS), WORDS_REMEMBERED
+
+
 def _word(raw: str) -> WordFacts:
     word = _fold(raw)
     if not word:

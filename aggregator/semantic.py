@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from aggregator import wordpieces
 from aggregator.errors import AggregatorError
 from aggregator.wordpieces import SPACE, WordPieces
 
@@ -70,6 +71,10 @@ class Embedder:
         self._pieces = WordPieces.of(tokenizer)
         self._bare = tokenizer.token_to_id(SPACE)  # a word start standing alone
         self._widen = HALF_TO_SINGLE if table.dtype == np.float16 else None
+
+    def words_remembered(self) -> tuple[int, int]:
+        """Words whose ids its word-by-word tokenizing keeps, and the most it keeps."""
+        return self._pieces.remembered() if self._pieces is not None else (0, wordpieces.WORDS_REMEMBERED)
 
     @classmethod
     def load(cls) -> Embedder:
@@ -158,6 +163,12 @@ def embedder() -> Embedder:
         if _loaded is None:
             _loaded = Embedder.load()
         return _loaded
+
+
+def words_remembered() -> tuple[int, int]:
+    """Words whose token ids this process keeps (``wordpieces.WORDS_REMEMBERED``), and the most
+    it keeps; none while the model is not loaded. For ``bench/soak.py``'s report of caches."""
+    return _loaded.words_remembered() if _loaded is not None else (0, wordpieces.WORDS_REMEMBERED)
 
 
 def quantise(vector: Vector) -> bytes:

@@ -104,6 +104,10 @@ class WordPieces:
             ids += known.get(run[1:]) or self._learn(run[1:])
         return ids[:count]
 
+    def remembered(self) -> tuple[int, int]:
+        """Words whose ids are kept, and the most that are (``WORDS_REMEMBERED``)."""
+        return len(self._known), WORDS_REMEMBERED
+
     def _learn(self, key: str) -> tuple[int, ...]:
         """The ids of the word ``SPACE + key``, remembered under ``key``."""
         if len(self._known) >= WORDS_REMEMBERED:

@@ -64,6 +64,8 @@ Run:  .venv/bin/python bench/soak.py            (a warm-up of 1-3 minutes, then 
                                                        (whether memory still grows once the caches
                                                         are full, and where: Python's allocations
                                                         or SQLite's heap)
+      .venv/bin/python bench/soak.py --duration 3600 --small-caches --count-objects
+                                                       (untraced, which types of objects grow)
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ import bisect
 import ctypes
 import ctypes.util
 import functools
+import gc
 import heapq
 import logging
 import math
@@ -102,7 +105,7 @@ from sqlalchemy import update
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aggregator import parseworker  # noqa: E402
+from aggregator import names, parseworker, semantic, stories, wordpieces  # noqa: E402
 from aggregator.config import LoadedConfig, load_config  # noqa: E402
 from aggregator.daemon import Daemon  # noqa: E402
 from aggregator.fetch import Fetcher  # noqa: E402
@@ -494,6 +497,7 @@ class Figures:
     retired: int
     burst: tuple[int, float, float]
     growth: list[str]  # --trace-memory: where Python's allocations grew over the second half
+    census: list[str]  # --count-objects: the types of tracked objects that grew the most
 
 
 def main() -> int:
@@ -513,6 +517,12 @@ def main() -> int:
         action="store_true",
         help="trace Python's allocations (from the warm-up on) and print where they grew over the daemon's second half "
         "(the run's RSS then includes the tracing and its snapshots: read the memory off an untraced run)",
+    )
+    parser.add_argument(
+        "--count-objects",
+        action="store_true",
+        help="count the objects Python's collector tracks, by type, at the second tenth and at the end, and print "
+        "the types that grew the most",
     )
     opts = parser.parse_args()
     if opts.sources < 1000:
@@ -540,7 +550,14 @@ def main() -> int:
     return 0
 
 
-SMALL_CACHES = {"DECODED_MEMBERS": 3_000, "SETTLED_STORIES": 500, "SIGNED_CACHE_SIZE": 4_000}
+SMALL_CACHES = {
+    "DECODED_MEMBERS": 3_000,
+    "SETTLED_STORIES": 500,
+    "SIGNED_CACHE_SIZE": 4_000,
+    "names.WORDS_REMEMBERED": 1_000,
+    "RARE_WORDS_REMEMBERED": 1_000,
+    "wordpieces.WORDS_REMEMBERED": 2_000,
+}
 """The largest caches' bounds under ``--small-caches``: at their shipped sizes they fill after
 hours of this stream, so a run of half an hour cannot tell their filling from a leak. With these
 they are full within minutes, and any growth after that is not theirs."""
@@ -553,6 +570,9 @@ def shrink_caches() -> None:
     storymatch.DECODED_MEMBERS = SMALL_CACHES["DECODED_MEMBERS"]
     storymatch.SETTLED_STORIES = SMALL_CACHES["SETTLED_STORIES"]
     parseworker.SIGNED_CACHE_SIZE = SMALL_CACHES["SIGNED_CACHE_SIZE"]
+    names.WORDS_REMEMBERED = SMALL_CACHES["names.WORDS_REMEMBERED"]
+    stories.RARE_WORDS_REMEMBERED = SMALL_CACHES["RARE_WORDS_REMEMBERED"]
+    wordpieces.WORDS_REMEMBERED = SMALL_CACHES["wordpieces.WORDS_REMEMBERED"]
 
 
 TRACED_FRAMES = 1
@@ -616,6 +636,36 @@ class MemoryTrace:
         return [head, *growth] if growth else []
 
 
+class ObjectCensus:
+    """``--count-objects``: the objects Python's collector tracks (containers and instances, not
+    strings or numbers), counted by type at the second tenth of the run, once the caches are
+    full, and at the end; ``stop`` gives the types whose numbers grew the most. It names what
+    an untraced run's growth in Python's blocks is made of, at a cost of one pass over the
+    objects (about a second) at each of the two counts."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.early: Counter[str] = Counter()
+
+    @staticmethod
+    def count() -> Counter[str]:
+        return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+
+    def tenth(self, tenth: int) -> None:
+        if self.on and tenth == 2:
+            self.early = self.count()
+
+    def stop(self) -> list[str]:
+        if not self.on or not self.early:
+            return []
+        late = self.count()
+        late.subtract(self.early)
+        grown = [(kind, change) for kind, change in late.most_common(GROWTH_SHOWN) if change > 0]
+        total = sum(late.values())
+        head = f"objects the collector tracks, from the second tenth to the end: {total:+,}"
+        return [head, *(f"{change:+9,}  {kind}" for kind, change in grown)]
+
+
 def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
     with tempfile.TemporaryDirectory(prefix="aggregator-soak-") as tmp:
         directory = Path(tmp)
@@ -629,6 +679,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         # Traced from before the warm-up: the caches the daemon then turns over hold warm-up
         # entries, and replacing untraced ones with traced ones would read as growth.
         trace = MemoryTrace(opts.trace_memory)
+        census = ObjectCensus(opts.count_objects)
         trace.start()
         started = time.perf_counter()
         asyncio.run(poll_everything_once(config_path, store))
@@ -650,9 +701,16 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
                     break
                 if daemon.pipeline is not None:
                     # parse_workers is 0: the parse cache lives in this process too.
-                    cached = {**daemon.pipeline.stories.kept(), "parsed items": parseworker.remembered()}
+                    cached = {
+                        **daemon.pipeline.stories.kept(),
+                        "parsed items": parseworker.remembered(),
+                        "names' words": names.words_remembered(),
+                        "rare words": stories.rare_words_remembered(),
+                        "word pieces": semantic.words_remembered(),
+                    }
                     kept.append((time.time(), {**cached, **heaps()}))
                 trace.tenth(tenth)
+                census.tenth(tenth)
 
         async def run() -> None:
             # Stop the way an operator does: SIGTERM, after --duration seconds.
@@ -667,15 +725,16 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         asyncio.run(run())
         cpu_run, daemon_end = time.process_time() - cpu0, time.time()
         growth = trace.stop()
+        census_lines = census.stop()
         stop_sampling.set()
         sampler.join()
         watcher.join()
 
         with sqlite3.connect(db) as conn:
-            names = dict(conn.execute("SELECT id, name FROM sources").fetchall())
+            source_names = dict(conn.execute("SELECT id, name FROM sources").fetchall())
             retired = conn.execute("SELECT count(*) FROM sources WHERE retired_at IS NOT NULL").fetchone()[0]
         ledger, postponed = store.ledger(), store.postponed()
-        etag_names = [name for name in names.values() if name.startswith("etag-")]
+        etag_names = [name for name in source_names.values() if name.startswith("etag-")]
         burst = asyncio.run(conditional_burst(config_path, store, etag_names))
         engine.dispose()
     return Figures(
@@ -684,7 +743,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         log=[],
         ledger=ledger,
         postponed=postponed,
-        index_of={source_id: int(name.rsplit("-", 1)[1]) for source_id, name in names.items()},
+        index_of={source_id: int(name.rsplit("-", 1)[1]) for source_id, name in source_names.items()},
         samples=samples,
         kept=kept,
         warm_up=warm_up,
@@ -694,6 +753,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
         retired=retired,
         burst=burst,
         growth=growth,
+        census=census_lines,
     )
 
 
@@ -985,6 +1045,10 @@ def print_memory(f: Figures) -> None:
     if f.growth:
         print(f"   Python's traced allocations over the second half ({f.growth[0]}), where they grew most:")
         for line in f.growth[1:]:
+            print(f"      {line}")
+    if f.census:
+        print(f"   {f.census[0]}; the types that grew most:")
+        for line in f.census[1:]:
             print(f"      {line}")
 
 
