@@ -160,6 +160,11 @@ report with a text (``names_needed``) is mostly out of its reach. Only its names
 this one, not its figures or plain words ("6%" in two companies' results), and its figures must
 not differ from the story's (``figures_differ``)."""
 
+LATER_NAME_SHARE = 0.5
+"""What a story's opening name counts for in the name agreement (``_agreement``) when the item
+names it only after its own opening, against 1 when it opens with it: half way between the
+evidence of an opening, which says what the item is about, and none."""
+
 AGREEMENT_FLOOR = 0.5
 """Rare-name weight below which a side's leading names are too plain to tell: it is weighed on
 all its names, and if those are too plain as well, it agrees with anything (``_agreement``)."""
@@ -1034,18 +1039,29 @@ def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile
     name the same there; further down each outlet picks its own background (an earlier
     incident, a spokesman, a second city), which says nothing against the event being one.
     Either direction suffices, so a report naming only part of a story's event agrees with it.
-    The story's opening is matched against the item's opening only: a report of a development
-    that recalls the story's event further down ("a week after ...") does not agree by that."""
+    The story's opening names count in full where the item opens with them too, and by
+    ``LATER_NAME_SHARE`` where it names them only further down: there a report of a development
+    recalls the story's event ("a week after ..."), but so does an outlet whose opening sets the
+    scene before naming who and where. An item that names all of them only there agrees just
+    as much as a report needs where its meaning is far from the story's (``MIN_AGREEMENT``)."""
     support = story.support
     mine = item.lead_terms
     own = sum(weights[t] for t in mine)
     if own < AGREEMENT_FLOOR:  # an opening too plain to tell: all its names
         mine, own = item.terms, sum(weights.values())
     item_side = sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
-    lead, carried, theirs = story.lead_support, item.lead_terms, stats.story_weight(story)
+    lead, opening, theirs = story.lead_support, item.lead_terms, stats.story_weight(story)
     if theirs < AGREEMENT_FLOOR:
-        lead, carried, theirs = support, item.terms, stats.story_weight(story, leading=False)
+        lead, opening, theirs = support, item.terms, stats.story_weight(story, leading=False)
         if theirs < AGREEMENT_FLOOR:
             return 1.0
-    story_side = sum(stats.weight(t, True) * share for t, share in lead.items() if t in carried) / theirs
+    named = item.terms
+    story_side = (
+        sum(
+            stats.weight(t, True) * share * (1.0 if t in opening else LATER_NAME_SHARE)
+            for t, share in lead.items()
+            if t in named
+        )
+        / theirs
+    )
     return min(1.0, max(item_side, story_side))

@@ -307,6 +307,31 @@ def test_a_report_spelling_the_names_without_their_marks_joins_the_one_with_them
     assert "pena" in decision.explain(names.extract(*bare))
 
 
+def test_a_report_naming_the_storys_people_and_place_after_setting_its_scene_joins_it() -> None:
+    """Outlets open in their own ways: this one opens with the harbours its readers live in and
+    names who signed, and where, only further down. Those names count for half there
+    (``stories.LATER_NAME_SHARE``), and naming all of the story's opening ones is enough."""
+    signing = (
+        "Kelvara and Doronne sign Grey Bank fisheries pact in Saltmere",
+        "SALTMERE — Kelvaran minister Ottilie Brandvik and Doronne's Aurel Maszkiewicz signed a pact on Wednesday "
+        "to share the cod stocks of the Grey Bank for ten years, their ministries said in Saltmere.",
+    )
+    scene = (  # another outlet's report of the signing, its opening about its own readers' harbours
+        "Trawler crews cheer as cod quota fight ends",
+        "Trawler crews in Harlow Bay and Wenmouth tied up early on Wednesday to follow the news on the quayside "
+        "radio, and cheered when it came: after six years of seized nets, fines and empty holds, the fight over "
+        "who may fish the cod of the shared grounds is over, and the boats can sail again next week. The pact "
+        "was signed in Saltmere by Ottilie Brandvik of Kelvara and Aurel Maszkiewicz of Doronne and shares the "
+        "Grey Bank's cod stocks for ten years.",
+    )
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(signing), None, "outlet-a")
+    assert stream.add(2, NOON + timedelta(minutes=30), feats(UNRELATED), None, "outlet-c")[0] != first
+    story, decision = stream.add(3, NOON + timedelta(hours=1), feats(scene), None, "outlet-b")
+    assert story == first, decision.explain(names.extract(*scene))
+    assert "maszkiewicz" in decision.explain(names.extract(*scene))
+
+
 NETWORK_GUARD = """
 import socket, sys
 def refuse(*args, **kwargs):
