@@ -818,7 +818,8 @@ def semantic_report(*, quick: bool = False) -> None:
         f"name weight >= {stories.MIN_NAME_WEIGHT} and agreement >= {stories.MIN_AGREEMENT} up to cosine "
         f"{stories.WEAK_COSINE}, sliding to >= {stories.STRONG_NAME_WEIGHT} and >= {stories.STRONG_AGREEMENT} at "
         f"cosine {stories.STRONG_COSINE}; lead copies: cosine >= {stories.COPY_MIN_COSINE}, agreement >= "
-        f"{stories.COPY_AGREEMENT}"
+        f"{stories.COPY_AGREEMENT}; a story's leading name an item names only after its opening counts "
+        f"{stories.LATER_NAME_SHARE} in the agreement"
     )
     print(
         f"             a term weighs 1 - ln(1 + other stories carrying it) / ln({stories.COMMON_SHARE} x (stories in "
