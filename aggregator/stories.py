@@ -703,16 +703,14 @@ MAX_RARE_WORDS = 16
 made of nothing but unusual words must not make its features, and each judgement, grow with it."""
 RARE_WORDS_REMEMBERED = 10_000
 """Plain words whose stem, hash and weight a process keeps (forgotten all at once when full)."""
+Rarity = tuple[str, int, float]
+_rarity: dict[str, Rarity] = {}
 
 
 def rare_words_remembered() -> tuple[int, int]:
     """Plain words this process keeps the rarity of, and the most it keeps
     (``RARE_WORDS_REMEMBERED``), for ``bench/soak.py``'s report of bounded caches."""
     return len(_rarity), RARE_WORDS_REMEMBERED
-
-
-Rarity = tuple[str, int, float]
-_rarity: dict[str, Rarity] = {}
 
 
 def judge(

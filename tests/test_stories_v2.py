@@ -310,7 +310,7 @@ def test_a_report_spelling_the_names_without_their_marks_joins_the_one_with_them
 def test_a_report_naming_the_storys_people_and_place_after_setting_its_scene_joins_it() -> None:
     """Outlets open in their own ways: this one opens with the harbours its readers live in and
     names who signed, and where, only further down. Those names count for half there
-    (``stories.LATER_NAME_SHARE``), and naming all of the story's opening ones is enough."""
+    (``stories.LATER_NAME_SHARE``), and naming the story's opening ones there is enough."""
     signing = (
         "Kelvara and Doronne sign Grey Bank fisheries pact in Saltmere",
         "SALTMERE — Kelvaran minister Ottilie Brandvik and Doronne's Aurel Maszkiewicz signed a pact on Wednesday "
