@@ -288,6 +288,16 @@ def test_a_name_written_with_or_without_its_marks_is_one_name() -> None:
     assert "сергей" in names.extract("Визит в Киев", "Лавров и Сергей Шойгу прибыли в Киев.").words
 
 
+def another_outlets_report(first: tuple[str, str], report: tuple[str, str]) -> tuple[bool, str]:
+    """Whether ``report``, another outlet's an hour after ``first`` (with an unrelated item of a
+    third outlet between them), joins ``first``'s story, and the reason given."""
+    stream = Stream()
+    story_of_first, _ = stream.add(1, NOON, feats(first), None, "outlet-a")
+    assert stream.add(2, NOON + timedelta(minutes=30), feats(UNRELATED), None, "outlet-c")[0] != story_of_first
+    story, decision = stream.add(3, NOON + timedelta(hours=1), feats(report), None, "outlet-b")
+    return story == story_of_first, decision.explain(names.extract(*report))
+
+
 def test_a_report_spelling_the_names_without_their_marks_joins_the_one_with_them() -> None:
     marked = (
         "Peña and Gökalp sign Ñandú river accord in Málaga",
@@ -299,12 +309,9 @@ def test_a_report_spelling_the_names_without_their_marks_joins_the_one_with_them
         "Tomas Pena and Ayse Gokalp have sealed a deal in Malaga to share the Nandu river between Corvania and "
         "Velmora; dams worth 1.8 billion euros are to be built within a decade.",
     )
-    stream = Stream()
-    first, _ = stream.add(1, NOON, feats(marked), None, "outlet-a")
-    assert stream.add(2, NOON + timedelta(minutes=30), feats(UNRELATED), None, "outlet-c")[0] != first
-    story, decision = stream.add(3, NOON + timedelta(hours=1), feats(bare), None, "outlet-b")
-    assert story == first, decision.explain(names.extract(*bare))
-    assert "pena" in decision.explain(names.extract(*bare))
+    joined, reason = another_outlets_report(marked, bare)
+    assert joined, reason
+    assert "pena" in reason
 
 
 def test_a_report_naming_the_storys_people_and_place_after_setting_its_scene_joins_it() -> None:
@@ -324,12 +331,9 @@ def test_a_report_naming_the_storys_people_and_place_after_setting_its_scene_joi
         "was signed in Saltmere by Ottilie Brandvik of Kelvara and Aurel Maszkiewicz of Doronne and shares the "
         "Grey Bank's cod stocks for ten years.",
     )
-    stream = Stream()
-    first, _ = stream.add(1, NOON, feats(signing), None, "outlet-a")
-    assert stream.add(2, NOON + timedelta(minutes=30), feats(UNRELATED), None, "outlet-c")[0] != first
-    story, decision = stream.add(3, NOON + timedelta(hours=1), feats(scene), None, "outlet-b")
-    assert story == first, decision.explain(names.extract(*scene))
-    assert "maszkiewicz" in decision.explain(names.extract(*scene))
+    joined, reason = another_outlets_report(signing, scene)
+    assert joined, reason
+    assert "maszkiewicz" in reason
 
 
 NETWORK_GUARD = """
