@@ -376,26 +376,15 @@ class StoryProfile:
     rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0, -1.0], compare=False, repr=False)
     """(which TermStats, the weight it gives the story's leading names, and all its names, -1
     until needed): see ``TermStats.story_weight``."""
-    read: bool = field(default=True, compare=False)
-    """False for a story of which only the beginning was read (``unread``): no centroid."""
-
-    @classmethod
-    def settled(cls, story_id: int, first_at: datetime, centroid: bytes) -> StoryProfile:
-        """A story known to be closed to the items being judged (they come more than
-        ``STORY_SPAN`` after ``first_at``): ``judge`` then weighs only the time, and explains
-        the refusal with the cosine to its centroid, so that is all it keeps, not its members;
-        the centroid quantised, as ``settled_centroid`` gives it."""
-        profile = cls(story_id, (), first_at)
-        profile.__dict__["settled_centroid"] = semantic.dequantise(centroid)  # the cached property's place
-        return profile
 
     @classmethod
     def unread(cls, story_id: int, first_at: datetime) -> StoryProfile:
-        """A story known to begin more than ``STORY_SPAN`` after every item to be judged against
-        it (a feed's first fetch brings days of backlog, and other outlets' later stories are
-        already stored): ``judge`` refuses it on the time alone, so its members are not read,
-        and its cosine is not weighed."""
-        return cls(story_id, (), first_at, read=False)
+        """A story known only by when it began, more than ``STORY_SPAN`` before or after every
+        item to be judged against it (a first fetch brings days of backlog, which meet other
+        outlets' stories of other days; a running service's rare names reach stories of the
+        last days): ``judge`` refuses it on the time alone and weighs nothing else, so its
+        members are not read."""
+        return cls(story_id, (), first_at)
 
     def extended(self, more: Sequence[Member | PackedMember]) -> StoryProfile:
         """The story with ``more`` members after these (later ones, as stored): what is already
@@ -454,20 +443,6 @@ class StoryProfile:
         total = self.total
         norm = float(np.linalg.norm(total))
         return total / np.float32(norm) if norm > 0 else total
-
-    @cached_property
-    def quantised_centroid(self) -> bytes:
-        """The centroid quantised like a stored item's vector, a quarter of its memory: what a
-        closed story is kept as (``settled``)."""
-        return semantic.quantise(self.centroid)
-
-    @cached_property
-    def settled_centroid(self) -> semantic.Vector:
-        """The centroid as a closed story keeps it (``quantised_centroid``). A story refused on
-        time alone is explained by the cosine to this one, whether it was kept or read afresh,
-        so that the explanation never depends on which; the refusal does not depend on the
-        cosine at all."""
-        return semantic.dequantise(self.quantised_centroid)
 
     @cached_property
     def counts(self) -> tuple[dict[int, int], ...]:
@@ -566,7 +541,7 @@ class Judgement:
 
     story_id: int
     joins: bool
-    cosine: float | None  # None: not weighed (a story refused on time alone, ``StoryProfile.unread``)
+    cosine: float | None  # None: not weighed (a story refused on time alone, see ``judge``)
     name_weight: float
     shared: tuple[int, ...]  # the item's terms the story carries with weight
     hours: float  # from the story's first member
@@ -580,9 +555,8 @@ class Judgement:
         return (10.0 if self.copy_of is not None else 0.0) + (self.cosine or 0.0) + self.name_weight
 
     def reason(self, terms: Terms | None = None) -> str:
-        if abs(self.hours) * 3600 > STORY_SPAN.total_seconds():  # refused on time alone: nothing else weighed
-            weighed = f"cosine {self.cosine:.2f}, " if self.cosine is not None else ""
-            return f"{weighed}{self.hours:+.1f} h from the story's first item: {self.why_not}"
+        if self.cosine is None:  # refused on time alone: nothing else weighed
+            return f"{self.hours:+.1f} h from the story's first item: {self.why_not}"
         names = ""
         if self.shared:
             shown = terms.named(set(self.shared)) if terms is not None else []
@@ -732,12 +706,16 @@ def judge(
     ``may_copy``: whether to compare the item's lead with the members' (see ``decide``);
     ``independent``: whether another outlet than the item's is among the members judged, without
     which only a copy joins (see the module docstring).
+
+    A story begun more than ``STORY_SPAN`` away is refused on the time alone, and nothing else
+    is weighed, not even the cosine for the explanation: the verdict cannot depend on it, and
+    most stories rare names reach over ``TERM_WINDOW`` are such, which the caller then need not
+    read beyond their beginning (``StoryProfile.unread``).
     """
     hours = (at - story.first_at).total_seconds() / 3600
     if abs(at - story.first_at) > STORY_SPAN:
         why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
-        weighed_cosine = float(np.dot(item.vector, story.settled_centroid)) if story.read else None
-        return Judgement(story.story_id, False, weighed_cosine, 0.0, (), hours, None, why)
+        return Judgement(story.story_id, False, None, 0.0, (), hours, None, why)
     cosine = float(np.dot(item.vector, story.centroid))
     support = story.support
     weighed = weighed if weighed is not None else item_weights(item, stats)

@@ -64,10 +64,10 @@ FRESH_KEPT = 2_000
 transaction committing (``StoryMatcher.stored``): a commit that fails leaves its items here
 until newer ones push them out."""
 SETTLED_STORIES = 8_000
-"""Stories whose beginning and centroid the writer keeps once it has judged them: a story that
-began more than ``stories.STORY_SPAN`` before a poll is judged on those alone, and such stories
-are most of the candidates rare names reach over ``stories.TERM_WINDOW``. Kept apart from the
-members, far fewer of which fit, and smaller than a profile (``stories.StoryProfile.settled``)."""
+"""Stories whose beginning the writer keeps once it has judged them: a story that began more
+than ``stories.STORY_SPAN`` before a poll is judged on that alone (``stories.StoryProfile.unread``),
+and such stories are most of the candidates rare names reach over ``stories.TERM_WINDOW``. Kept
+apart from the members, far fewer of which fit."""
 
 
 class StoryMatcher:
@@ -319,13 +319,13 @@ class _StoryLookup:
         features of only those not already decoded (most were, at an earlier poll). ``between``:
         when the earliest and the latest item that may judge each story were published.
 
-        Two kinds of story can take none of the poll's items, and are not read in full. One
-        known to have begun more than ``stories.STORY_SPAN`` before the earliest: the profile it
-        was last judged on is enough to say so (and how close it was), and its members are not
-        read again. One whose first member from ``since`` on comes more than that after the
-        latest (a first fetch's backlog meets other outlets' later stories): its beginning can
-        only be that member or a later one, so it is judged on that alone
-        (``stories.StoryProfile.unread``).
+        A story that can take none of the poll's items is judged on its beginning alone
+        (``stories.StoryProfile.unread``), its members not read: one known to have begun more
+        than ``stories.STORY_SPAN`` before the earliest item that may judge it, from when it
+        was last judged (no query at all), or from its first member from ``since`` on; and one
+        whose first member from ``since`` on comes more than that after the latest (a first
+        fetch's backlog meets other outlets' later stories), whose beginning can only be that
+        member or a later one.
 
         With them, the stories whose judged members all come from the polled source
         (``stories.decide``'s ``own``), and those all of whose judged members come from one
@@ -339,6 +339,9 @@ class _StoryLookup:
         for story_id, refs in found_refs.items():
             if refs.begins - between[story_id][1] > stories.STORY_SPAN:  # it begins then or later
                 profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins)
+            elif between[story_id][0] - refs.begins > stories.STORY_SPAN:  # closed to them all
+                profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins)
+                self.decoded.began(story_id, refs.begins)
             elif (kept := self.decoded.kept(story_id, refs.members)) is not None:
                 profiles[story_id] = kept
             else:
@@ -466,8 +469,7 @@ class _DecodedMembers:
         self._found: OrderedDict[int, tuple[int, int, stories.PackedMember | None]] = OrderedDict()
         # story -> the first stored members (item id, update count) its last profile was built from, and it
         self._profiles: OrderedDict[int, tuple[tuple[tuple[int, int], ...], stories.StoryProfile]] = OrderedDict()
-        # story -> when it began and its centroid quantised (``stories.StoryProfile.settled``)
-        self._settled: OrderedDict[int, tuple[datetime, bytes]] = OrderedDict()
+        self._settled: OrderedDict[int, datetime] = OrderedDict()  # story -> when it began, once judged
         self._fresh: OrderedDict[str, stories.Features] = OrderedDict()  # stored form -> decided on, uncommitted
         self._lock = threading.Lock()
 
@@ -502,18 +504,23 @@ class _DecodedMembers:
                 self._found.popitem(last=False)
 
     def closed(self, before: Mapping[int, datetime], since: datetime) -> dict[int, stories.StoryProfile]:
-        """The last profile of each story known to have begun before the time ``before`` gives
-        it: new members of such a story can only move its beginning earlier, so it stays closed
-        to later items.
-        Only a profile that reading the story's members from ``since`` on would give again:
-        one whose first member is not older, of a story that took no member and saw no update
-        since (``touched``)."""
+        """Each story known to have begun before the time ``before`` gives it, by its beginning
+        alone (``stories.StoryProfile.unread``): new members of such a story can only move its
+        beginning earlier, so it stays closed to later items.
+        Only a beginning that reading the story's members from ``since`` on would give again:
+        one not older, of a story that took no member and saw no update since it was
+        judged (``touched``)."""
         with self._lock:
             known = ((s, self._settled.get(s)) for s in before)
-            found = {s: k for s, k in known if k is not None and since <= k[0] < before[s]}
+            found = {s: at for s, at in known if at is not None and since <= at < before[s]}
             for story_id in found:
                 self._settled.move_to_end(story_id)
-        return {s: stories.StoryProfile.settled(s, at, centroid) for s, (at, centroid) in found.items()}
+        return {s: stories.StoryProfile.unread(s, at) for s, at in found.items()}
+
+    def began(self, story_id: int, at: datetime) -> None:
+        """Keep when a story judged on its beginning alone began (``closed``)."""
+        with self._lock:
+            self._settle(story_id, at)
 
     def touched(self, story_ids: set[int]) -> None:
         """Forget the profiles kept for ``closed`` of stories a poll adds members to or updates."""
@@ -534,7 +541,7 @@ class _DecodedMembers:
             if found is None or found[0] != tuple(members):
                 return None
             self._profiles.move_to_end(story_id)
-            self._settle(found[1], fresh=False)
+            self._settle(story_id, found[1].first_at)
             return found[1]
 
     def profile(
@@ -557,19 +564,15 @@ class _DecodedMembers:
         with self._lock:
             self._profiles[story_id] = (tuple(members), found)
             self._profiles.move_to_end(story_id)
-            self._settle(found, fresh=True)
+            self._settle(story_id, found.first_at)
             while len(self._profiles) > KEPT_PROFILES:
                 self._profiles.popitem(last=False)
         return found
 
-    def _settle(self, profile: stories.StoryProfile, fresh: bool) -> None:
-        """Keep what judging the story needs once it is closed (``closed``); under the lock.
-        ``fresh``: the profile was just built (False: a kept one, settled when it was built,
-        unless ``touched`` or the oldest forgotten since)."""
-        kept = self._settled.get(profile.story_id)
-        if fresh or kept is None or kept[0] != profile.first_at:
-            self._settled[profile.story_id] = (profile.first_at, profile.quantised_centroid)
-        self._settled.move_to_end(profile.story_id)
+    def _settle(self, story_id: int, first_at: datetime) -> None:
+        """Keep what judging the story needs once it is closed (``closed``); under the lock."""
+        self._settled[story_id] = first_at
+        self._settled.move_to_end(story_id)
         while len(self._settled) > SETTLED_STORIES:
             self._settled.popitem(last=False)
 

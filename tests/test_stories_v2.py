@@ -110,17 +110,21 @@ def test_a_follow_up_a_day_later_starts_its_own_story() -> None:
     assert "a development is a story of its own" in decision.explain()
 
 
-def test_a_story_beginning_a_day_later_is_refused_on_its_beginning_alone() -> None:
+@pytest.mark.parametrize("hours", [-26, 26])
+def test_a_story_a_day_away_is_refused_on_its_beginning_alone(hours: int) -> None:
     """A story read no further than its beginning (``StoryProfile.unread``) is refused on the
-    time, as the story read in full is, and its explanation weighs no cosine it does not have."""
-    later = StoryProfile(7, (Member(1, NOON + timedelta(hours=26), feats(FOLLOW_UP)),), NOON + timedelta(hours=26))
+    time, as the story read in full is, with the same explanation: a story that began a day
+    away weighs nothing else, read or not, so how it was read never shows."""
+    at = NOON + timedelta(hours=hours)
+    story = StoryProfile(7, (Member(1, at, feats(ORIGINAL)),), at)
     stats = TermStats(10)
-    read = stories.judge(feats(REWRITE), NOON, later, stats)
-    unread = stories.judge(feats(REWRITE), NOON, StoryProfile.unread(7, later.first_at), stats)
-    assert not read.joins and not unread.joins and read.why_not == unread.why_not
-    assert read.cosine is not None and unread.cosine is None
-    assert unread.reason() == "-26.0 h from the story's first item: " + read.why_not
-    assert read.reason().startswith(f"cosine {read.cosine:.2f}, -26.0 h")
+    read = stories.judge(feats(REWRITE), NOON, story, stats)
+    unread = stories.judge(feats(REWRITE), NOON, StoryProfile.unread(7, at), stats)
+    assert not read.joins and not unread.joins
+    assert read.cosine is None and unread.cosine is None
+    assert read.reason() == unread.reason() == f"{-hours:+.1f} h from the story's first item: " + read.why_not
+    assert "a development is a story of its own" in read.why_not
+    assert stories.judge(feats(REWRITE), NOON, StoryProfile(7, story.members, NOON), stats).joins  # the same, at noon
 
 
 def test_the_stream_in_memory_refuses_an_item_older_than_one_it_holds() -> None:
