@@ -573,6 +573,14 @@ class Judgement:
         return text if self.joins else f"{text}: {self.why_not}"
 
 
+MISSES_SHOWN = 3
+"""Near misses an explanation shows among those weighed (``Decision.explain``), closest first."""
+TIMED_MISSES_SHOWN = 2
+"""And among those refused on time alone, nearest in time first, shown after those: how close in
+meaning they were is not weighed (``judge``), and a story a day before is the one that tells a
+reader why a development stands on its own, however many others were weighed."""
+
+
 @dataclass(frozen=True)
 class Decision:
     """The story a new item joins (None: it starts one), why, and the stories it nearly joined;
@@ -580,7 +588,7 @@ class Decision:
 
     story_id: int | None
     chosen: Judgement | None
-    near_misses: tuple[Judgement, ...]
+    near_misses: tuple[Judgement, ...]  # those weighed, best first; then those refused on time alone
     absorbs: tuple[Judgement, ...] = ()
 
     def explain(self, terms: Terms | None = None, named: Mapping[int, str] | None = None) -> str:
@@ -591,7 +599,9 @@ class Decision:
             return named[story_id] if named is not None and story_id in named else f"story {story_id}"
 
         if self.chosen is None:
-            misses = "; ".join(f"{story(j.story_id)}: {j.reason(terms)}" for j in self.near_misses[:3])
+            weighed = [j for j in self.near_misses if j.cosine is not None][:MISSES_SHOWN]
+            timed = [j for j in self.near_misses if j.cosine is None][:TIMED_MISSES_SHOWN]
+            misses = "; ".join(f"{story(j.story_id)}: {j.reason(terms)}" for j in (*weighed, *timed))
             return "new story" + (f" (near misses: {misses})" if misses else "")
         absorbed = "".join(
             f"; and {story(j.story_id)}, one outlet's report of the same event, joins it: {j.reason(terms)}"
@@ -901,7 +911,9 @@ def decide(
         key=lambda j: (-j.score, j.story_id),
     )
     chosen = next((j for j in judged if j.joins), None)
-    misses = tuple(j for j in judged if not j.joins)
+    # Those refused on time alone weigh nothing else: the nearest in time first, after the rest.
+    timed = sorted((j for j in judged if j.cosine is None), key=lambda j: (abs(j.hours), j.story_id))
+    misses = (*(j for j in judged if not j.joins and j.cosine is not None), *timed)
     fragments = tuple(
         j
         for j in judged

@@ -110,6 +110,22 @@ def test_a_follow_up_a_day_later_starts_its_own_story() -> None:
     assert "a development is a story of its own" in decision.explain()
 
 
+def test_the_story_a_development_follows_is_shown_among_its_near_misses_however_many_were_weighed() -> None:
+    """A story refused on time alone weighs nothing else, so it cannot rank by closeness among
+    the stories weighed; the explanation still shows it (the nearest in time of such stories)
+    after the closest ones weighed: it is the one that says why a development stands alone."""
+    story = StoryProfile(1, (Member(1, NOON, feats(ORIGINAL)),), NOON)
+    later = NOON + timedelta(hours=26)
+    others = [StoryProfile(n, (Member(n, later, feats(UNRELATED)),), later) for n in range(2, 6)]
+    older = StoryProfile(6, (Member(6, NOON - timedelta(hours=20), feats(ORIGINAL)),), NOON - timedelta(hours=20))
+    decision = stories.decide(feats(FOLLOW_UP), later + timedelta(hours=1), [older, story, *others], TermStats(10))
+    assert decision.chosen is None
+    assert [j.story_id for j in decision.near_misses] == [2, 3, 4, 5, 1, 6]  # weighed, then nearest in time
+    text = decision.explain()
+    assert all(f"story {n}: cosine" in text for n in (2, 3, 4)) and "story 5" not in text
+    assert "story 1: +27.0 h from the story's first item" in text and "story 6: +47.0 h" in text
+
+
 @pytest.mark.parametrize("hours", [-26, 26])
 def test_a_story_a_day_away_is_refused_on_its_beginning_alone(hours: int) -> None:
     """A story read no further than its beginning (``StoryProfile.unread``) is refused on the
