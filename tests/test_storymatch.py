@@ -128,6 +128,27 @@ def test_a_story_closed_to_a_polls_late_item_stays_open_to_its_early_one(store: 
     assert [n.match_reason for n in kept.values()] == [n.match_reason for n in fresh.values()]
 
 
+def members_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the stored members whose features matching reads from now on, as it reads them."""
+    read_back: list[int] = []
+    real_member_features = IngestTransaction.member_features
+
+    def member_features(self: IngestTransaction, item_ids: Sequence[int]) -> Any:
+        read_back.extend(item_ids)
+        return real_member_features(self, item_ids)
+
+    monkeypatch.setattr(IngestTransaction, "member_features", member_features)
+    return read_back
+
+
+def fresh_fetch(store: Store, *entries: tuple[str, tuple[str, str], datetime]) -> dict[str, NewItem]:
+    """One poll of ``entries`` decided by a matcher that kept nothing: whatever it judges on, it
+    reads; nothing is stored."""
+    with store.ingest() as tx:
+        plan = StoryMatcher().match(tx, plan_of(list(entries)), NOON, "semantic", {}, {})
+    return {new.item.key: new for new in plan.inserts}
+
+
 def test_a_story_beginning_long_after_a_polls_items_is_not_read(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A feed's first fetch brings days of backlog, and other outlets' later stories are already
     stored: a story beginning more than ``STORY_SPAN`` after every item of the poll that reaches
@@ -139,25 +160,14 @@ def test_a_story_beginning_long_after_a_polls_items_is_not_read(store: Store, mo
         )
         tx.insert_items(1, later.inserts, NOON, "news.example.org")
         stored = tx.stored_items(1, ["f1"])["f1"]
-    read_back: list[int] = []
-    real_member_features = IngestTransaction.member_features
+    read_back = members_read(monkeypatch)
 
-    def member_features(self: IngestTransaction, item_ids: Sequence[int]) -> Any:
-        read_back.extend(item_ids)
-        return real_member_features(self, item_ids)
-
-    def first_fetch(*entries: tuple[str, tuple[str, str], datetime]) -> dict[str, NewItem]:
-        with store.ingest() as tx:  # a matcher that kept nothing: whatever it judges on, it reads
-            plan = StoryMatcher().match(tx, plan_of(list(entries)), NOON, "semantic", {}, {})
-        return {new.item.key: new for new in plan.inserts}
-
-    monkeypatch.setattr(IngestTransaction, "member_features", member_features)
     backlog = [("h1", REWRITE, NOON), ("u1", UNRELATED, NOON + timedelta(hours=10))]  # the poll's days
-    early = first_fetch(*backlog)["h1"]
+    early = fresh_fetch(store, *backlog)["h1"]
     assert early.story_id is None and read_back == []
     refused = f"story {stored.story_id}: -20.0 h from the story's first item: more than 12 h apart"
     assert refused in (early.match_reason or "")  # found, and refused on the time alone
-    both = first_fetch(*backlog, ("h2", REWRITE, NOON + timedelta(hours=9)))  # 11 h before the story
+    both = fresh_fetch(store, *backlog, ("h2", REWRITE, NOON + timedelta(hours=9)))  # 11 h before the story
     assert read_back == [stored.id]
     assert both["h1"].story_id is None and refused in (both["h1"].match_reason or "")  # read or not, alike
 
@@ -172,25 +182,14 @@ def test_a_story_beginning_long_before_a_polls_items_is_not_read(store: Store, m
         first = StoryMatcher().match(tx, plan_of([("w1", ORIGINAL, NOON)]), NOON, "semantic", {}, {})
         tx.insert_items(1, first.inserts, NOON, "news.example.org")
         stored = tx.stored_items(1, ["w1"])["w1"]
-    read_back: list[int] = []
-    real_member_features = IngestTransaction.member_features
+    read_back = members_read(monkeypatch)
 
-    def member_features(self: IngestTransaction, item_ids: Sequence[int]) -> Any:
-        read_back.extend(item_ids)
-        return real_member_features(self, item_ids)
-
-    def first_fetch(*entries: tuple[str, tuple[str, str], datetime]) -> dict[str, NewItem]:
-        with store.ingest() as tx:
-            plan = StoryMatcher().match(tx, plan_of(list(entries)), NOON, "semantic", {}, {})
-        return {new.item.key: new for new in plan.inserts}
-
-    monkeypatch.setattr(IngestTransaction, "member_features", member_features)
     late = ("f1", FOLLOW_UP, NOON + timedelta(hours=26))
-    alone = first_fetch(late)["f1"]
+    alone = fresh_fetch(store, late)["f1"]
     assert alone.story_id is None and read_back == []
     refused = f"story {stored.story_id}: +26.0 h from the story's first item: more than 12 h apart"
     assert refused in (alone.match_reason or "")  # found, and refused on the time alone
-    both = first_fetch(("h1", REWRITE, NOON + timedelta(hours=2)), late)
+    both = fresh_fetch(store, ("h1", REWRITE, NOON + timedelta(hours=2)), late)
     assert read_back == [stored.id]
     assert both["h1"].story_id == stored.story_id and both["f1"].story_id is None
 
@@ -202,14 +201,7 @@ def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgo
     story on without reading its features back; an item whose transaction rolled back is never
     taken for the item that is given its id next, and verdicts match a matcher that kept nothing."""
     matcher = StoryMatcher()
-    read_back: list[int] = []
-    real_member_features = IngestTransaction.member_features
-
-    def member_features(self: IngestTransaction, item_ids: Sequence[int]) -> Any:
-        read_back.extend(item_ids)
-        return real_member_features(self, item_ids)
-
-    monkeypatch.setattr(IngestTransaction, "member_features", member_features)
+    read_back = members_read(monkeypatch)
     # The original is decided on and inserted, then its transaction fails: nothing of it is kept.
     with pytest.raises(ZeroDivisionError), store.ingest() as tx:
         lost = matcher.match(tx, plan_of([("w1", ORIGINAL, NOON)]), NOON, "semantic", {}, {})
