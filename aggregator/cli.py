@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aggregator import __version__, collector, logs
+from aggregator import __version__, collector, logs, malloc
 from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
 from aggregator.curate import draws_from, lead_of
 from aggregator.errors import AggregatorError, ConfigError, UsageError
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    malloc.limit_arenas()  # before any thread starts
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     if args.data_dir:

@@ -519,13 +519,14 @@ def phase_aggregator(opts: argparse.Namespace) -> dict[str, Any]:
     """
     import logging
 
-    from aggregator import collector
+    from aggregator import collector, malloc
     from aggregator.parseworker import make_parse_pool
     from aggregator.pipeline import Pipeline, poll_once
     from aggregator.publisher import Publisher
     from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.repository import Store
 
+    malloc.limit_arenas()  # as the command does (cli.main), before the pool and the writers start threads
     logging.getLogger("aggregator").setLevel(logging.WARNING)
     # How much of each round is publishing (the outputs, and in (b) the archive weeks the
     # backlog completes), which `reader` has no counterpart of: timed, not changed.

@@ -105,7 +105,7 @@ from sqlalchemy import update
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aggregator import names, parseworker, semantic, stories, wordpieces  # noqa: E402
+from aggregator import malloc, names, parseworker, semantic, stories, wordpieces  # noqa: E402
 from aggregator.config import LoadedConfig, load_config  # noqa: E402
 from aggregator.daemon import Daemon  # noqa: E402
 from aggregator.fetch import Fetcher  # noqa: E402
@@ -527,6 +527,8 @@ def main() -> int:
     opts = parser.parse_args()
     if opts.sources < 1000:
         parser.error("the soak wants >= 1000 sources")
+    # As aggregator's commands start (cli.main), before any thread: the memory read is the daemon's.
+    ARENAS.append(malloc.limit_arenas())
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("aggregator").setLevel(logging.ERROR)  # 429/500 sources warn on every poll
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "tick skipped: still running" is expected
@@ -549,6 +551,9 @@ def main() -> int:
     report(figures)
     return 0
 
+
+ARENAS: list[bool] = []
+"""Whether this run limited malloc's arenas as the daemon's command does (``malloc.limit_arenas``)."""
 
 SMALL_CACHES = {
     "DECODED_MEMBERS": 3_000,
@@ -1019,6 +1024,8 @@ def print_memory(f: Figures) -> None:
         f"{growth / mb:+.1f} MB in {cycles:.1f} cycles ({growth / mb / max(cycles, 1e-9):+.2f} MB a cycle), "
         f"of which about {own_record_bytes(f, half[0][0]) / mb:.1f} MB is this bench's own record of the run"
     )
+    limit = f"at most {malloc.ARENAS}, as aggregator's commands set it" if ARENAS and ARENAS[0] else "not limited here"
+    print(f"   malloc arenas: {limit} ({malloc.ARENA_ENV}={os.environ.get(malloc.ARENA_ENV, 'unset')})")
     span = f.daemon_end - f.daemon_start
     if span >= TRAJECTORY_FROM:
         # On a long run, whether the growth levels off shows in the path, not in its two ends.
