@@ -528,7 +528,7 @@ def main() -> int:
     if opts.sources < 1000:
         parser.error("the soak wants >= 1000 sources")
     # As aggregator's commands start (cli.main), before any thread: the memory read is the daemon's.
-    ARENAS.append(malloc.limit_arenas())
+    opts.arenas_limited = malloc.limit_arenas()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     logging.getLogger("aggregator").setLevel(logging.ERROR)  # 429/500 sources warn on every poll
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "tick skipped: still running" is expected
@@ -551,9 +551,6 @@ def main() -> int:
     report(figures)
     return 0
 
-
-ARENAS: list[bool] = []
-"""Whether this run limited malloc's arenas as the daemon's command does (``malloc.limit_arenas``)."""
 
 SMALL_CACHES = {
     "DECODED_MEMBERS": 3_000,
@@ -1024,7 +1021,7 @@ def print_memory(f: Figures) -> None:
         f"{growth / mb:+.1f} MB in {cycles:.1f} cycles ({growth / mb / max(cycles, 1e-9):+.2f} MB a cycle), "
         f"of which about {own_record_bytes(f, half[0][0]) / mb:.1f} MB is this bench's own record of the run"
     )
-    limit = f"at most {malloc.ARENAS}, as aggregator's commands set it" if ARENAS and ARENAS[0] else "not limited here"
+    limit = f"at most {malloc.ARENAS}, as aggregator's commands set it" if f.opts.arenas_limited else "not limited here"
     print(f"   malloc arenas: {limit} ({malloc.ARENA_ENV}={os.environ.get(malloc.ARENA_ENV, 'unset')})")
     span = f.daemon_end - f.daemon_start
     if span >= TRAJECTORY_FROM:
