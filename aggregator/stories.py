@@ -723,7 +723,7 @@ def judge(
     read beyond their beginning (``StoryProfile.unread``).
     """
     hours = (at - story.first_at).total_seconds() / 3600
-    if abs(at - story.first_at) > STORY_SPAN:
+    if beyond_span(story.first_at, at, at):
         why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
         return Judgement(story.story_id, False, None, 0.0, (), hours, None, why)
     cosine = float(np.dot(item.vector, story.centroid))
@@ -769,6 +769,14 @@ def judge(
     return Judgement(
         story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight
     )
+
+
+def beyond_span(first_at: datetime, earliest: datetime, latest: datetime) -> bool:
+    """Whether a story that began at ``first_at`` can take none of the items published from
+    ``earliest`` to ``latest``: it began more than ``STORY_SPAN`` after the latest or before the
+    earliest. ``judge`` refuses such a story on the time alone (one item: both the same), and
+    the caller need not read more of it than when it began (``StoryProfile.unread``)."""
+    return first_at - latest > STORY_SPAN or earliest - first_at > STORY_SPAN
 
 
 def _ruled_out(item: Features, story: StoryProfile, cosine: float, independent: bool) -> str:

@@ -337,11 +337,11 @@ class _StoryLookup:
         own, single = stories.own_stories(sources, self.source), stories.other_outlets_stories(sources, self.source)
         unknown = {}
         for story_id, refs in found_refs.items():
-            if refs.begins - between[story_id][1] > stories.STORY_SPAN:  # it begins then or later
+            earliest, latest = between[story_id]
+            if stories.beyond_span(refs.begins, earliest, latest):
                 profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins)
-            elif between[story_id][0] - refs.begins > stories.STORY_SPAN:  # closed to them all
-                profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins)
-                self.decoded.began(story_id, refs.begins)
+                if refs.begins < earliest:  # closed to later items as well: kept for ``closed``
+                    self.decoded.began(story_id, refs.begins)
             elif (kept := self.decoded.kept(story_id, refs.members)) is not None:
                 profiles[story_id] = kept
             else:

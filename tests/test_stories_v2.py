@@ -126,6 +126,23 @@ def test_the_story_a_development_follows_is_shown_among_its_near_misses_however_
     assert "story 1: +27.0 h from the story's first item" in text and "story 6: +47.0 h" in text
 
 
+@pytest.mark.parametrize(
+    ("begins", "beyond"),
+    [(-13, True), (-12, False), (0, False), (+14, False), (+15, True)],  # hours from the earliest item
+)
+def test_a_story_is_beyond_the_span_of_a_polls_items_only_past_twelve_hours_from_all_of_them(
+    begins: int, beyond: bool
+) -> None:
+    """Items published over two hours: a story that began more than 12 h before the earliest or
+    after the latest can take none of them (``STORY_SPAN`` itself still counts as within); and
+    ``judge`` refuses it on the time alone for both the earliest and the latest item exactly then."""
+    earliest, latest, first_at = NOON, NOON + timedelta(hours=2), NOON + timedelta(hours=begins)
+    assert stories.beyond_span(first_at, earliest, latest) is beyond
+    story = StoryProfile(7, (Member(1, first_at, feats(ORIGINAL)),), first_at)
+    judged = [stories.judge(feats(REWRITE), at, story, TermStats(10)) for at in (earliest, latest)]
+    assert all(j.cosine is None for j in judged) is beyond
+
+
 @pytest.mark.parametrize("hours", [-26, 26])
 def test_a_story_a_day_away_is_refused_on_its_beginning_alone(hours: int) -> None:
     """A story read no further than its beginning (``StoryProfile.unread``) is refused on the
