@@ -1,4 +1,5 @@
-"""How this process's C allocator is set up: the number of malloc arenas glibc may keep.
+"""This process's C allocator (glibc's malloc): how many arenas it may keep, and handing its
+free pages back to the system.
 
 glibc gives each new thread that allocates an arena of its own, up to eight per core, and keeps
 what is freed in each arena for that arena's later use rather than handing it back. The daemon's
@@ -17,8 +18,9 @@ operator's own ``MALLOC_ARENA_MAX`` wins; another C library (musl, macOS) has no
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
+from typing import Any
 
 M_ARENA_MAX = -8
 """``mallopt``'s parameter for the most arenas (``malloc.h``)."""
@@ -32,10 +34,35 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     variable is set (glibc read it at start) or the C library has no ``mallopt``."""
     if ARENA_ENV in os.environ:
         return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = c_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def release_freed_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``); False where
+    there is no such call, and nothing happens.
+
+    Freezing an archive week is the largest allocation a process makes (a first ingest
+    freezes weeks of up to 5,000 entries), and it runs on an executor thread: the week cannot
+    reuse what the ingest before it freed in other arenas (two of them under
+    ``limit_arenas``), and the process's peak was that freed memory plus the week.
+    """
+    trim = c_function("malloc_trim")
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def c_function(name: str) -> Any:
+    """The C library function ``name`` among the symbols this process already has loaded (the
+    C library is), looked up once; None where there is none (another C library than glibc)."""
+    try:
+        return getattr(ctypes.CDLL(None), name, None)
+    except OSError:
+        return None

@@ -9,15 +9,13 @@ curate and render without starting the machinery a poll needs, and the daemon, `
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aggregator import __version__, metrics
+from aggregator import __version__, malloc, metrics
 from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_dir, archive_output, first_open_week
 from aggregator.config import Config, Output, Settings
 from aggregator.curate import (
@@ -228,7 +226,7 @@ class Publisher:
         rendered rather than read back, so no two copies of a week are held at once.
         """
         text = reads_text(complete)
-        release_freed_memory()
+        malloc.release_freed_memory()
         candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES, with_text=text)
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
@@ -265,32 +263,6 @@ class Publisher:
 
     def _fingerprint(self, output: Output) -> str:
         return config_fingerprint(output, self.config.settings)
-
-
-def release_freed_memory() -> bool:
-    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``); False where
-    there is no such call, and nothing happens.
-
-    Freezing an archive week is the largest allocation a process makes (a first ingest
-    freezes weeks of up to 5,000 entries), and it runs on an executor thread: glibc gives
-    threads malloc arenas of their own, so the week cannot reuse what the ingest before it
-    freed in the others, and the process's peak was that freed memory plus the week.
-    """
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim`` among the symbols this process already has loaded, if any."""
-    try:
-        trim: Callable[[int], int] | None = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except OSError:
-        return None
-    return trim
 
 
 def _merged(candidates: list[Candidate], more: list[Candidate]) -> list[Candidate]:

@@ -415,9 +415,8 @@ class _MallInfo2(ctypes.Structure):
 @functools.cache
 def _mallinfo2() -> Any:
     """glibc's ``mallinfo2`` (2.33 on), looked up once; None elsewhere."""
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    function = malloc.c_function("mallinfo2")
+    if function is None:
         return None
     function.restype = _MallInfo2
     return function

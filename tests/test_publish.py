@@ -159,7 +159,7 @@ def test_a_long_atom_document_rendered_in_pieces_has_the_bytes_of_one_rendered_w
 
 FRAGMENTED_THREAD = """
 import threading
-from aggregator.publisher import release_freed_memory
+from aggregator.malloc import release_freed_memory
 
 def rss():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) // 1024
