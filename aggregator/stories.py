@@ -736,13 +736,6 @@ def judge(
     word_weight = sum(item.words[w] * used[w] for w in shared_words)
     names_only = sum(weights[t] * support[t] for t in shared)
     name_weight = names_only + word_weight
-    agreement: float | None = None
-
-    def agreeing() -> float:
-        nonlocal agreement
-        if agreement is None:
-            agreement = _agreement(item, weights, story, stats)
-        return agreement
 
     if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
         for index, member in enumerate(story.members):
@@ -753,7 +746,8 @@ def judge(
                 # the copy there can be: its opening may name what the member's text never repeats.
                 alone = bool(item.headline) and evidence.same_headline
                 if alone or (
-                    agreeing() >= COPY_AGREEMENT and not other_subjects(item, story, weights, stats, member.features)
+                    _agreement(item, weights, story, stats, COPY_AGREEMENT)
+                    and not other_subjects(item, story, weights, stats, member.features)
                 ):
                     return Judgement(
                         story.story_id, True, cosine, name_weight, shared, hours, member.item_id, "",
@@ -764,7 +758,7 @@ def judge(
     why_not = _ruled_out(item, story, cosine, independent)
     if not why_not and name_weight < needed:
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
-    elif not why_not and agreeing() < agree:
+    elif not why_not and not _agreement(item, weights, story, stats, agree):
         why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(
         story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight
@@ -1022,11 +1016,11 @@ def copied(found: Mapping[int, float]) -> set[int]:
     return {story for story, weight in found.items() if weight >= COPY_KEY_WEIGHT or story < 0}
 
 
-def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile, stats: TermStats) -> float:
-    """How far an item's rare names and figures agree with the story's, 0..1: of the rare
-    weight of the item's leading names (headline and the lead's opening), the share the story
-    carries; or of the story's leading names, the share the item also leads with; whichever is
-    more. A side whose leading names are too plain to tell (less than ``AGREEMENT_FLOOR``: the
+def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile, stats: TermStats, bar: float) -> bool:
+    """Whether an item's rare names and figures agree with the story's at ``bar`` (0..1): of the
+    rare weight of the item's leading names (headline and the lead's opening), the share the
+    story carries, or of the story's leading names, the share the item also leads with, reaches
+    it. A side whose leading names are too plain to tell (less than ``AGREEMENT_FLOOR``: the
     countries of a busy week) is weighed on all its names instead, and only a side too plain
     even so agrees with anything: look-alikes from one template open with the same common names
     and differ in the ones that follow.
@@ -1034,25 +1028,38 @@ def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile
     Leading names, not all: the opening says who did what where, and two reports of one event
     name the same there; further down each outlet picks its own background (an earlier
     incident, a spokesman, a second city), which says nothing against the event being one.
-    Either direction suffices, so a report naming only part of a story's event agrees with it.
+    Either direction suffices, so a report naming only part of a story's event agrees with it
+    (and the story's side, the costlier, is weighed only when the item's falls short).
     The story's opening names count in full where the item opens with them too, and by
     ``LATER_NAME_SHARE`` where it names them only further down: there a report of a development
     recalls the story's event ("a week after ..."), but so does an outlet whose opening sets the
     scene before naming who and where. An item that names all of them only there agrees just
     as much as a report needs where its meaning is far from the story's (``MIN_AGREEMENT``)."""
+    return _item_agreement(item, weights, story) >= bar or _story_agreement(item, story, stats) >= bar
+
+
+def _item_agreement(item: Features, weights: Mapping[int, float], story: StoryProfile) -> float:
+    """The item's side of ``_agreement``: of the rare weight of its leading names (all its
+    names if those are too plain), the share the story carries; 1.0 if all are too plain."""
     support = story.support
     mine = item.lead_terms
     own = sum(weights[t] for t in mine)
     if own < AGREEMENT_FLOOR:  # an opening too plain to tell: all its names
         mine, own = item.terms, sum(weights.values())
-    item_side = sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
+    return sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
+
+
+def _story_agreement(item: Features, story: StoryProfile, stats: TermStats) -> float:
+    """The story's side of ``_agreement``: of the rare weight of its leading names (all its
+    names if those are too plain), the share the item names, in full where it opens with them;
+    1.0 if all are too plain."""
     lead, opening, theirs = story.lead_support, item.lead_terms, stats.story_weight(story)
     if theirs < AGREEMENT_FLOOR:
-        lead, opening, theirs = support, item.terms, stats.story_weight(story, leading=False)
+        lead, opening, theirs = story.support, item.terms, stats.story_weight(story, leading=False)
         if theirs < AGREEMENT_FLOOR:
             return 1.0
     named = item.terms
-    story_side = (
+    return (
         sum(
             stats.weight(t, True) * share * (1.0 if t in opening else LATER_NAME_SHARE)
             for t, share in lead.items()
@@ -1060,4 +1067,3 @@ def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile
         )
         / theirs
     )
-    return min(1.0, max(item_side, story_side))
