@@ -74,10 +74,10 @@ def poll_corpus(workdir: Path) -> tuple[Path, float]:
             settings="parse_workers: 1\nconcurrency: 32\nper_host_concurrency: 32",
             outputs="outputs: []",
         )
+        command = [sys.executable, "-m", "aggregator", "--config", str(config), "--log-level", "warning"]
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "aggregator", "--config", str(config), "--log-level", "warning", "poll", "--once"]
-            + ["--all"],
+            [*command, "poll", "--once", "--all"],
             capture_output=True,
             text=True,
             cwd=workdir,
