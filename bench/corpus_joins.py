@@ -21,7 +21,6 @@ does. Then, from the database:
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import random
 import sqlite3
@@ -35,17 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import write_config  # noqa: E402
-from tests.server import FeedServer, Route  # noqa: E402
+from tests.corpusrun import CROSS_OUTLET_JOINS, serve_corpus  # noqa: E402
+from tests.server import FeedServer  # noqa: E402
+from tests.test_corpus import CORPUS  # noqa: E402
 
-CORPUS = ROOT.parent / "shared" / "corpus"
-
-HOW_JOINED = (
-    "select case when i.match_reason like '%same URL%' then 'by URL' when i.match_reason like '%copies item%' "
-    "then 'as lead copies' else 'as independent reports' end, count(*) from items i "
-    "where i.match_reason like 'joined%' and i.story_id in "
-    "(select story_id from items group by story_id having count(distinct source_id) > 1) group by 1 order by 1"
-)
 # Items that joined, as independent reports, a story holding another source's items.
 INDEPENDENT = (
     "select i.id, i.story_id, i.match_reason from items i where i.match_reason like 'joined%' "
@@ -61,19 +53,9 @@ MEMBERS = (
 def poll_corpus(workdir: Path) -> tuple[Path, float]:
     """Serve every corpus file and poll them all once with the installed CLI: the database and
     the poll's wall time."""
-    with (CORPUS / "INDEX.tsv").open(newline="", encoding="utf-8") as index:
-        paths = [row["path"] for row in csv.DictReader(index, delimiter="\t")]
     server = FeedServer().start()
     try:
-        for path in paths:
-            kind = "application/json" if path.endswith(".json") else "application/xml"
-            server.add(f"/{path}", Route(body=(CORPUS / path).read_bytes(), content_type=kind))
-        config = write_config(
-            workdir,
-            [{"name": path, "url": server.url(f"/{path}")} for path in paths],
-            settings="parse_workers: 1\nconcurrency: 32\nper_host_concurrency: 32",
-            outputs="outputs: []",
-        )
+        _, config = serve_corpus(server, workdir)
         command = [sys.executable, "-m", "aggregator", "--config", str(config), "--log-level", "warning"]
         started = time.monotonic()
         done = subprocess.run(
@@ -95,7 +77,7 @@ def poll_corpus(workdir: Path) -> tuple[Path, float]:
 def report(database: Path, sample: int | None, seed: int) -> None:
     with sqlite3.connect(database) as db:
         print("items that joined a story holding another source's items:")
-        for how, count in db.execute(HOW_JOINED):
+        for how, count in sorted(db.execute(CROSS_OUTLET_JOINS)):
             print(f"  {count:5d}  {how}")
         reasons: defaultdict[int, dict[int, str]] = defaultdict(dict)
         for item_id, story_id, reason in db.execute(INDEPENDENT):
@@ -122,7 +104,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="of the draw (--sample)")
     args = parser.parse_args()
     if not (CORPUS / "INDEX.tsv").exists():
-        raise SystemExit(f"no corpus at {CORPUS} (../shared/corpus beside the repository)")
+        raise SystemExit(f"no corpus at {CORPUS} (../shared/corpus beside the repository, or AGGREGATOR_CORPUS)")
     print(f"# bench/corpus_joins.py  python {platform.python_version()}  {platform.machine()}")
     print(f"# corpus: {CORPUS}; storage: the embedded SQLite; one poll of everything (a first ingest)")
     with tempfile.TemporaryDirectory() as tmp:

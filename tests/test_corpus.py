@@ -80,14 +80,15 @@ def sweep_chunk(root: str, paths: list[str]) -> list[Outcome]:
     return outcomes
 
 
-def _index() -> list[dict[str, str]]:
+def index_rows() -> list[dict[str, str]]:
+    """The rows of the corpus's INDEX.tsv (``tests/corpusrun.py`` serves the same files)."""
     with (CORPUS / "INDEX.tsv").open(newline="") as index:
         return list(csv.DictReader(index, delimiter="\t"))
 
 
 @pytest.fixture(scope="module")
 def sweep() -> dict[str, Outcome]:
-    paths = [row["path"] for row in _index()]
+    paths = [row["path"] for row in index_rows()]
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     outcomes: dict[str, Outcome] = {}
     with ProcessPoolExecutor(
@@ -116,7 +117,7 @@ def test_every_file_is_ingested_or_rejected_and_the_counts_are_printed(
             f"{buckets['crashed']} crashed; sanitizer escapes: {escapes} "
             f"({sanitize_escapes} in {len(sanitize)} feedparser sanitize cases)"
         )
-    assert len(sweep) == len(_index())
+    assert len(sweep) == len(index_rows())
     crashed = [f"{o.path}: {o.detail}" for o in sweep.values() if o.bucket == "crashed"]
     assert crashed == []
     assert buckets["ingested"] + buckets["rejected"] == len(sweep)
@@ -140,7 +141,7 @@ def test_nothing_feedparser_reads_entries_from_is_rejected(sweep: dict[str, Outc
     """The INDEX labels what feedparser 6.0.14 (alone, defaults) extracts: we may not refuse more."""
     refused = [
         f"{row['path']}: {sweep[row['path']].detail}"
-        for row in _index()
+        for row in index_rows()
         if row["feedparser_entries"] not in ("", "0") and sweep[row["path"]].bucket == "rejected"
     ]
     assert refused == []

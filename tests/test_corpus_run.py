@@ -16,7 +16,6 @@ the reasons for the rest are printed (they show without ``-s``).
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 import time
 from collections import Counter
@@ -28,8 +27,8 @@ from prometheus_client import CollectorRegistry
 
 from aggregator import metrics
 from aggregator.cli import main
-from tests.conftest import write_config
-from tests.server import FeedServer, Route
+from tests.corpusrun import CROSS_OUTLET_JOINS, serve_corpus
+from tests.server import FeedServer
 from tests.test_corpus import CORPUS
 
 pytestmark = pytest.mark.skipif(
@@ -77,33 +76,15 @@ _OWN_OUTLET_JOINS = (
     "and i.match_reason like 'joined%' and i.match_reason not like '%copies item%' "
     "and i.match_reason not like '%same URL%' order by s.name, i.id"
 )
-# Items that joined a story other sources' items are in, by how: a shared URL, a copy, or names
-# and meaning (an independent report), read from their explanations.
-_CROSS_OUTLET_JOINS = (
-    "select case when i.match_reason like '%same URL%' then 'by URL' when i.match_reason like '%copies item%' "
-    "then 'as copies' else 'as independent reports' end, count(*) from items i where i.match_reason like 'joined%' "
-    "and i.story_id in (select story_id from items group by story_id having count(distinct source_id) > 1) group by 1"
-)
 
 
 @pytest.fixture(scope="module")
 def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
     """Serve every INDEX file and poll them all once through the CLI."""
-    with (CORPUS / "INDEX.tsv").open(newline="") as index:
-        rows = list(csv.DictReader(index, delimiter="\t"))
     tmp_path = tmp_path_factory.mktemp("corpus-run")
     server = FeedServer().start()
     try:
-        for row in rows:
-            path = row["path"]
-            content_type = "application/json" if path.endswith(".json") else "application/xml"
-            server.add(f"/{path}", Route(body=(CORPUS / path).read_bytes(), content_type=content_type))
-        config = write_config(
-            tmp_path,
-            [{"name": row["path"], "url": server.url(f"/{row['path']}")} for row in rows],
-            settings="parse_workers: 2\nconcurrency: 32\nper_host_concurrency: 32",
-            outputs="outputs: []",
-        )
+        rows, config = serve_corpus(server, tmp_path)
         before = source_errors()
         started = time.monotonic()
         code = main(["--config", str(config), "poll", "--once", "--all"])
@@ -121,7 +102,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
             )
         }
         own_outlet_joins = list(db.execute(_OWN_OUTLET_JOINS))
-        cross_outlet_joins = Counter(dict(db.execute(_CROSS_OUTLET_JOINS)))
+        cross_outlet_joins = Counter(dict(db.execute(CROSS_OUTLET_JOINS)))
     outcomes = {
         row["path"]: SourceOutcome(
             row["path"],
