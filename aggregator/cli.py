@@ -364,6 +364,9 @@ def cmd_story(args: argparse.Namespace) -> int:
     with _store(loaded) as store:
         story_id, uid = resolve_story(store, args.story)
         members = store.story_members_detail(story_id)
+    # A merged story's number and tag: id lead to the story it became (``StoryRow.merged_into``).
+    asked = args.story
+    merged = (asked.isdigit() and int(asked) != story_id) or (asked.startswith("tag:") and asked != uid)
     # The headline the outputs and the story page give it: their lead's (``curate.lead_of``).
     lead = lead_of(members)
     if args.json:
@@ -380,8 +383,12 @@ def cmd_story(args: argparse.Namespace) -> int:
         ]
         headline = lead.title if lead else None
         found = {"story": story_id, "story_id": uid, "headline": headline, "items": rows}
+        if merged:
+            found["merged_from"] = asked
         print(json.dumps(found, indent=2, ensure_ascii=False))
         return EXIT_OK
+    if merged:
+        print(f"story {asked} was merged into story {story_id}: a report from another outlet showed them one event")
     print(f"story {story_id}  {uid}  ({len(members)} item{'s' if len(members) != 1 else ''})")
     if lead is not None:
         print(f"  led in the outputs by item {lead.item_id} ({lead.source[:24]}): {lead.title[:90]}")

@@ -267,6 +267,10 @@ class Handlers:
             coverage = await asyncio.to_thread(self.store.story_coverage, story_id)
         except StorageError:
             return Response("database unavailable\n", status_code=503, media_type="text/plain")
+        if coverage is not None and coverage.merged_into is not None:
+            # Merged into another story (one event, found so later): its entry's readers and
+            # its archived links go on to the coverage of the story it became, for good.
+            return RedirectResponse(f"/stories/{coverage.merged_into}", status_code=301)
         if coverage is None or not coverage.items:
             return Response("no such story\n", status_code=404, media_type="text/plain")
         body = render_story(coverage, current.settings.public_url if current is not None else "")

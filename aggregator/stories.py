@@ -902,7 +902,7 @@ def decide(
     starts a story of its own when no other outlet's report came between its two (the rule
     above; a first ingest reads each feed's backlog whole, one outlet after another), and the
     item, another outlet's report close enough to both, shows them to be one event. The caller
-    merges those into the chosen story where it may: one no reader has seen yet.
+    merges those into the chosen story where it may: one no editor named.
     """
     weighed = item_weights(item, stats)
     judged = sorted(

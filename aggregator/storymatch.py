@@ -295,19 +295,20 @@ class _StoryLookup:
                     single,
                 )  # fmt: skip
                 verdicts[item.key] = Verdict(decision, founder, batch.named)
-        return self._unseen_fragments_only(verdicts)
+        return self._mergeable_fragments_only(verdicts)
 
-    def _unseen_fragments_only(self, verdicts: dict[str, Verdict]) -> dict[str, Verdict]:
-        """The verdicts with only the fragments no reader has seen yet left to merge
-        (``IngestTransaction.unseen_stories``), asked for only when a decision found any: a
-        fragment is found rarely, mostly in a first ingest."""
+    def _mergeable_fragments_only(self, verdicts: dict[str, Verdict]) -> dict[str, Verdict]:
+        """The verdicts with only the fragments that may be merged left to merge
+        (``IngestTransaction.mergeable_stories``: none an editor named), asked for only when a
+        decision found any: a fragment is found rarely."""
         proposed = {j.story_id for v in verdicts.values() for j in v.decision.absorbs}
         if not proposed:
             return verdicts
-        unseen = self.tx.unseen_stories(sorted(proposed))
+        mergeable = self.tx.mergeable_stories(sorted(proposed))
         return {
             key: replace(
-                v, decision=replace(v.decision, absorbs=tuple(j for j in v.decision.absorbs if j.story_id in unseen))
+                v,
+                decision=replace(v.decision, absorbs=tuple(j for j in v.decision.absorbs if j.story_id in mergeable)),
             )
             for key, v in verdicts.items()
         }

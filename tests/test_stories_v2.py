@@ -553,17 +553,29 @@ def test_a_first_ingest_merges_one_outlets_fragments_that_another_outlet_links(s
     found = stories_by_guid(db)
     assert found["w1"] == found["w2"] == found["h1"]
     with sqlite3.connect(db) as connection:
-        assert connection.execute("select count(*) from stories").fetchone() == (1,)
+        assert connection.execute("select count(*) from stories where merged_into is null").fetchone() == (1,)
         reason = connection.execute("select match_reason from items where guid = 'h1'").fetchone()[0]
     assert "one outlet's report of the same event, joins it" in reason, reason
 
 
-def test_a_story_already_published_is_never_merged_away(server: object, tmp_path: Path) -> None:
+def test_a_published_story_merged_away_leads_its_readers_to_the_story_it_became(
+    server: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # The same reports, the herald's a poll later: the wire's two stories were published in
-    # between, each an entry readers may hold, so the herald's report joins one and the other
-    # stays where readers found it.
+    # between, as two entries. The herald's report joins one and shows the other to be the same
+    # event, which merges into it all the same: the World feed then carries the event once,
+    # under the id of the story the report joined, and the merged story's page and number lead
+    # there.
+    import sqlite3
+
+    import feedparser
+    import httpx
+
     from aggregator.cli import main
-    from tests.conftest import write_config
+    from aggregator.config import load_config
+    from aggregator.store.database import make_engine
+    from aggregator.store.repository import Store
+    from tests.conftest import serving, write_config
     from tests.server import FeedServer, Route
 
     assert isinstance(server, FeedServer)
@@ -573,16 +585,42 @@ def test_a_story_already_published_is_never_merged_away(server: object, tmp_path
     )
     server.add("/herald", Route(body=rss("herald", [])))
     sources = [{"name": "wire", "url": server.url("/wire")}, {"name": "herald", "url": server.url("/herald")}]
-    config = write_config(tmp_path, sources)
-    assert main(["--config", str(config), "poll", "--once"]) == 0
+    config_path = write_config(tmp_path, sources)
+    assert main(["--config", str(config_path), "poll", "--once"]) == 0
     db = tmp_path / "data" / "aggregator.db"
+    world = tmp_path / "data" / "feeds" / "world.atom"
     published = stories_by_guid(db)
     assert published["w1"] != published["w2"]
+    assert {e.id for e in feedparser.parse(world.read_bytes()).entries} == {published["w1"][1], published["w2"][1]}
+
     server.add("/herald", Route(body=rss("herald", [("h1", *THIRD, first + timedelta(hours=2))])))
-    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    assert main(["--config", str(config_path), "poll", "--once", "--all"]) == 0
     found = stories_by_guid(db)
-    assert found["h1"] in (published["w1"], published["w2"])
-    assert {found["w1"], found["w2"]} == {published["w1"], published["w2"]}  # both entries kept, ids unchanged
+    kept = found["h1"]
+    assert kept in (published["w1"], published["w2"])  # ids unchanged: the one joined keeps its own
+    assert found["w1"] == found["w2"] == kept
+    merged = ({published["w1"], published["w2"]} - {kept}).pop()
+    with sqlite3.connect(db) as connection:
+        forwards = dict(connection.execute("select id, merged_into from stories").fetchall())
+    assert forwards == {kept[0]: None, merged[0]: kept[0]}
+    assert [e.id for e in feedparser.parse(world.read_bytes()).entries] == [kept[1]]  # the event once
+
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "story", merged[1]]) == 0
+    shown = capsys.readouterr().out
+    assert f"story {merged[1]} was merged into story {kept[0]}" in shown, shown
+    assert shown.count("  item ") == 3 and kept[1] in shown
+
+    config = load_config(config_path).config
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        with serving(Store(engine), config) as base:
+            moved = httpx.get(f"{base}/stories/{merged[0]}")
+            assert moved.status_code == 301 and moved.headers["location"] == f"/stories/{kept[0]}"
+            page = httpx.get(f"{base}/stories/{merged[0]}", follow_redirects=True)
+            assert page.status_code == 200 and page.text.count("<li") == 3
+    finally:
+        engine.dispose()
 
 
 def test_a_podcast_linking_every_episode_to_its_site_keeps_each_episode(server: object, tmp_path: Path) -> None:
@@ -1118,7 +1156,7 @@ def test_a_backlog_poll_weighs_each_item_over_its_own_days_on_both_backends(data
     db.engine.dispose()
 
 
-def test_fragments_merge_through_storage_only_while_unseen_on_both_backends(database_url: str) -> None:
+def test_fragments_merge_through_storage_unless_an_editor_named_them_on_both_backends(database_url: str) -> None:
     db = MatchingStore(database_url)
     engine, store, ingest = db.engine, db.store, db.ingest
 
@@ -1129,19 +1167,29 @@ def test_fragments_merge_through_storage_only_while_unseen_on_both_backends(data
     herald = ingest(2, [("h1", THIRD, NOON + timedelta(hours=2))])
     assert len(herald.merges) == 1 and set(herald.merges[0]) == {wire["w1"], wire["w2"]}
     kept = herald.merges[0][1]
+    gone = herald.merges[0][0]
     with engine.connect() as connection:
         assert set(connection.execute(text("select story_id from items")).scalars()) == {kept}
-        assert list(connection.execute(text("select id from stories")).scalars()) == [kept]
+        rows = {int(row[0]): row[1] for row in connection.execute(text("select id, merged_into from stories"))}
+        assert rows == {kept: None, gone: kept}  # the merged story's row forwards
+    assert store.counts()["stories"] == 1
+    assert store.story_by_id(gone) == store.story_by_id(kept) and store.story_by_id(kept) is not None
 
-    with store.ingest() as tx:
-        assert tx.unseen_stories([kept]) == {kept}
-    store.set_editorial("world", kept, "pin", NOON)  # an editor has seen it
-    with store.ingest() as tx:
-        assert tx.unseen_stories([kept]) == set()
-    store.set_editorial("world", kept, None, NOON)
     store.save_published("world", "atom", "application/atom+xml", b"<feed/>", "e1", NOON + timedelta(seconds=1))
-    with store.ingest() as tx:  # published after it was created: readers may hold it
-        assert tx.unseen_stories([kept]) == set()
+    with store.ingest() as tx:  # published: it may merge all the same
+        assert tx.mergeable_stories([kept, gone]) == {kept}  # gone is merged already
+    store.set_editorial("world", kept, "pin", NOON)  # an editor's decision is about this story
+    with store.ingest() as tx:
+        assert tx.mergeable_stories([kept]) == set()
+    store.set_editorial("world", kept, None, NOON)
+
+    # Retention: the forwarding row, which has no items, goes with the story it forwards to.
+    keep, log = timedelta(days=30), timedelta(days=30)
+    assert store.prune(NOON + timedelta(days=1), keep, set(), fetch_log_keep=log).stories == 0
+    assert store.story_by_id(gone) == store.story_by_id(kept)
+    gone_too = store.prune(NOON + timedelta(days=400), keep, set(), fetch_log_keep=log)
+    assert (gone_too.items, gone_too.stories) == (3, 2)
+    assert store.story_by_id(gone) is None
     engine.dispose()
 
 

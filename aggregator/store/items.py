@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, delete, select, update
+from sqlalchemy import BindParameter, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from aggregator.records import InsertedItem, Item, ItemUpdate, NewItem, StoredItem
@@ -56,13 +56,15 @@ _STORED_ITEMS = ByValues(
         ItemRow.source_id == _SOURCE, wanted(ItemRow.key)
     )
 )
+# A merged story's founding URL and key lead to the story it became (``StoryRow.merged_into``).
+_LIVE_STORY = func.coalesce(StoryRow.merged_into, StoryRow.id)
 _STORIES_BY_URL = ByValues(
-    lambda wanted: select(StoryRow.canonical_url, StoryRow.id).where(wanted(StoryRow.canonical_url))
+    lambda wanted: select(StoryRow.canonical_url, _LIVE_STORY).where(wanted(StoryRow.canonical_url))
 )
 _ITEM_STORIES_BY_URL = ByValues(
     lambda wanted: select(ItemRow.canonical_url, ItemRow.story_id).where(wanted(ItemRow.canonical_url))
 )
-_STORY_IDS = ByValues(lambda wanted: select(StoryRow.key, StoryRow.id).where(wanted(StoryRow.key)))
+_STORY_IDS = ByValues(lambda wanted: select(StoryRow.key, _LIVE_STORY).where(wanted(StoryRow.key)))
 _ITEM_IDS = ByValues(
     lambda wanted: select(ItemRow.key, ItemRow.id).where(ItemRow.source_id == _SOURCE, wanted(ItemRow.key))
 )
@@ -189,12 +191,18 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id")).run(self.c, rows)
 
     def merge_stories(self, merges: Sequence[tuple[int, int]]) -> None:
-        """Merge each story into the other of its pair (story, into): its items join that story
-        and its own row goes. For stories ``unseen_stories`` gave, in the transaction that found
-        them so, each pair already its chain's end (``stories.merge_targets``)."""
+        """Merge each story into the other of its pair (story, into): its items join that story,
+        and its row stays to forward there (``StoryRow.merged_into``), as do the rows of
+        stories merged into it before. For stories ``mergeable_stories`` gave, in the
+        transaction that found them so, each pair already its chain's end
+        (``stories.merge_targets``)."""
         for story, target in merges:
             self.c.execute(update(ItemRow).where(ItemRow.story_id == story).values(story_id=target))
-            self.c.execute(delete(StoryRow).where(StoryRow.id == story))
+            self.c.execute(
+                update(StoryRow)
+                .where(or_(StoryRow.id == story, StoryRow.merged_into == story))
+                .values(merged_into=target)
+            )
 
     def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
         if not updates:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, bindparam, case, func, select, text
@@ -18,7 +18,7 @@ from sqlalchemy.engine import Dialect
 
 from aggregator.records import MatchCandidate, StoryRefs
 from aggregator.store._sql import ByValues, TransactionBase, Wanted, epoch, serialize_writers, sqlite_rows
-from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, PublishedRow, StoryRow
+from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, StoryRow
 
 MATCH_KEY_RETENTION = timedelta(days=14)
 MATCHING_LOCK_KEY = 0x61676772_00000003  # pg_advisory_xact_lock key of story matching ("aggr", 3)
@@ -124,15 +124,11 @@ _STORIES_IN_WINDOW = select(func.count(ItemRow.story_id.distinct())).where(
     ItemRow.sort_at.between(bindparam("earliest"), bindparam("latest"))
 )
 _MATCH_CANDIDATES = ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow.key)))  # ~300 keys a poll
-_LAST_PUBLISHED = select(func.max(PublishedRow.published_at))
-_UNSEEN_STORIES = select(StoryRow.id).where(
+_MERGEABLE_STORIES = select(StoryRow.id).where(
     StoryRow.id.in_(bindparam("ids", expanding=True)),
-    StoryRow.first_seen_at > bindparam("after"),
+    StoryRow.merged_into.is_(None),
     ~select(EditorialRow.story_id).where(EditorialRow.story_id == StoryRow.id).exists(),
 )
-PUBLISHED_MARGIN = timedelta(seconds=2)
-"""How long after an output's recorded publication time a story may still have been in it:
-the time is the publication's start, cut to the second (``OutputStore.save_published``)."""
 
 
 class StoryLookups(TransactionBase):
@@ -165,16 +161,15 @@ class StoryLookups(TransactionBase):
                     found.setdefault(key, []).append(MatchCandidate(item_id, story_id, sort_at, signature))
         return found
 
-    def unseen_stories(self, story_ids: Sequence[int]) -> set[int]:
-        """Of ``story_ids``, the stories no reader can have seen yet: created after every output
-        was last published (with ``PUBLISHED_MARGIN``), and named in no editorial decision.
-        Only those may be merged into another story (``stories.Decision.absorbs``): a story's
-        entry, once published, stays where readers found it."""
+    def mergeable_stories(self, story_ids: Sequence[int]) -> set[int]:
+        """Of ``story_ids``, the stories that may be merged into another
+        (``stories.Decision.absorbs``): those named in no editorial decision, which is an
+        editor's about that story and no other. A published one may: its entry leaves the
+        outputs for the entry of the story it joins, which carries its items, and its page
+        forwards there (``StoryRow.merged_into``)."""
         if not story_ids:
             return set()
-        last = self.c.scalar(_LAST_PUBLISHED)
-        after = datetime(1970, 1, 1, tzinfo=UTC) if last is None else last + PUBLISHED_MARGIN
-        return set(self.c.scalars(_UNSEEN_STORIES, {"ids": sorted(set(story_ids)), "after": after}))
+        return set(self.c.scalars(_MERGEABLE_STORIES, {"ids": sorted(set(story_ids))}))
 
     def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
         """Stories with an item dated in the window (what term counts are shares of)."""

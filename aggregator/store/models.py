@@ -98,7 +98,13 @@ class SourceRow(Base):
 
 
 class StoryRow(Base):
-    """One distinct story. ``uid`` is the published entry id: fixed at creation, never changed."""
+    """One distinct story. ``uid`` is the published entry id: fixed at creation, never changed.
+
+    ``merged_into``: the story this one was merged into (``stories.Decision.absorbs``), its
+    items now that story's. The row stays as a forwarding address while that story lives: its
+    entry may have been published and its page (``/stories/<id>``) linked, and both lead to
+    the story it became; and its number is not given to another story (SQLite reuses the
+    largest id of a deleted row)."""
 
     __tablename__ = "stories"
 
@@ -108,6 +114,7 @@ class StoryRow(Base):
     canonical_url: Mapped[str | None] = mapped_column(Text, index=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    merged_into: Mapped[int | None] = mapped_column(BigID, nullable=True)
 
 
 class ItemRow(Base):

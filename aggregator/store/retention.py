@@ -35,15 +35,23 @@ class StoreStats:
     lag_seconds: float
 
 
+_STORIES = select(func.count()).select_from(StoryRow).where(StoryRow.merged_into.is_(None))
+"""How many stories there are: a merged one's row only forwards to the story it became."""
+
+
 class RetentionStore(StoreBase):
     def prune(self, now: datetime, keep: timedelta, protected: set[int], *, fetch_log_keep: timedelta) -> PruneReport:
         """Retention: delete items older than ``keep`` (by date and by first sight) that no
         output shows, remember their keys so they are not re-imported, drop stories left
-        without items, and trim the fetch log."""
+        without items (a merged story's row once the story it became has none either), and
+        trim the fetch log."""
         with self.session() as s:
             deleted = _delete_old_items(s, now, now - keep, protected)
             orphans = s.execute(
-                delete(StoryRow).where(~select(ItemRow.id).where(ItemRow.story_id == StoryRow.id).exists())
+                delete(StoryRow).where(
+                    ~select(ItemRow.id).where(ItemRow.story_id == StoryRow.id).exists(),
+                    ~select(ItemRow.id).where(ItemRow.story_id == StoryRow.merged_into).exists(),
+                )
             )
             log_rows = s.execute(delete(FetchLogRow).where(FetchLogRow.fetched_at < now - fetch_log_keep))
             # Copies of a story arrive within days; older lookup keys only cost space.
@@ -65,7 +73,7 @@ class RetentionStore(StoreBase):
             due = s.scalar(select(func.count()).where(due_filter))
             oldest = s.scalar(select(func.min(SourceRow.next_poll_at)).where(due_filter))
             items = s.scalar(select(func.count()).select_from(ItemRow))
-            stories = s.scalar(select(func.count()).select_from(StoryRow))
+            stories = s.scalar(_STORIES)
         lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
         return StoreStats(sources or 0, failing or 0, retired or 0, items or 0, stories or 0, due or 0, lag)
 
@@ -89,7 +97,7 @@ class RetentionStore(StoreBase):
             return {
                 "sources": s.scalar(select(func.count()).select_from(SourceRow)) or 0,
                 "items": s.scalar(select(func.count()).select_from(ItemRow)) or 0,
-                "stories": s.scalar(select(func.count()).select_from(StoryRow)) or 0,
+                "stories": s.scalar(_STORIES) or 0,
             }
 
 

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import aliased
 
 from aggregator.store._sql import StoreBase, chunks
 from aggregator.store.models import ItemRow, SourceRow, StoryRow
@@ -35,6 +36,7 @@ class StoryCoverage:
     story_id: int
     uid: str
     items: tuple[CoverageItem, ...]  # newest first
+    merged_into: int | None = None  # the story this one became (``StoryRow.merged_into``); no items then
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,32 @@ class StoryMemberRow:
     first_seen_at: datetime
 
 
+_BECAME = aliased(StoryRow)
+_LIVE = (
+    select(
+        StoryRow.id.label("former"),
+        StoryRow.uid.label("former_uid"),
+        func.coalesce(_BECAME.id, StoryRow.id).label("id"),
+        func.coalesce(_BECAME.uid, StoryRow.uid).label("uid"),
+    )
+    .outerjoin(_BECAME, _BECAME.id == StoryRow.merged_into)
+    .subquery()
+)
+"""Each story row (``former``, ``former_uid``) with the story its number now leads to: itself,
+or the one it was merged into."""
+
+
 class StoryViewStore(StoreBase):
     def story_coverage(self, story_id: int) -> StoryCoverage | None:
-        """Every stored item of a story, from every source, newest first."""
+        """Every stored item of a story, from every source, newest first; of a merged story,
+        none, and the story it became."""
         with self.session() as s:
-            uid = s.scalar(select(StoryRow.uid).where(StoryRow.id == story_id))
-            if uid is None:
+            found = s.execute(select(StoryRow.uid, StoryRow.merged_into).where(StoryRow.id == story_id)).first()
+            if found is None:
                 return None
+            uid, merged_into = found
+            if merged_into is not None:
+                return StoryCoverage(story_id, uid, (), merged_into)
             rows = s.execute(
                 select(
                     SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.published_at, ItemRow.id,
@@ -73,15 +94,17 @@ class StoryViewStore(StoreBase):
         return StoryCoverage(story_id, uid, items)
 
     def story_by_id(self, story_id: int) -> tuple[int, str] | None:
-        """(id, tag: id) of the story with this number, if there is one."""
+        """(id, tag: id) of the story with this number, if there is one: of the story it
+        became, if it was merged (``StoryRow.merged_into``)."""
         with self.session() as s:
-            row = s.execute(select(StoryRow.id, StoryRow.uid).where(StoryRow.id == story_id)).first()
+            row = s.execute(select(_LIVE.c.id, _LIVE.c.uid).where(_LIVE.c.former == story_id)).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
     def story_by_uid(self, uid: str) -> tuple[int, str] | None:
-        """(id, tag: id) of the story with this tag: id, if there is one."""
+        """(id, tag: id) of the story with this tag: id, if there is one: of the story it
+        became, if it was merged."""
         with self.session() as s:
-            row = s.execute(select(StoryRow.id, StoryRow.uid).where(StoryRow.uid == uid)).first()
+            row = s.execute(select(_LIVE.c.id, _LIVE.c.uid).where(_LIVE.c.former_uid == uid)).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
     def story_by_url(self, canonical_url: str, link: str) -> tuple[int, str] | None:
