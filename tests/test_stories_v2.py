@@ -610,6 +610,7 @@ def test_a_published_story_merged_away_leads_its_readers_to_the_story_it_became(
     shown = capsys.readouterr().out
     assert f"story {merged[1]} was merged into story {kept[0]}" in shown, shown
     assert shown.count("  item ") == 3 and kept[1] in shown
+    assert f"later merged from story {merged[0]} into story {kept[0]}" in shown, shown  # the wire item it held
 
     config = load_config(config_path).config
     engine = make_engine(f"sqlite:///{db}")
@@ -1172,6 +1173,10 @@ def test_fragments_merge_through_storage_unless_an_editor_named_them_on_both_bac
         assert set(connection.execute(text("select story_id from items")).scalars()) == {kept}
         rows = {int(row[0]): row[1] for row in connection.execute(text("select id, merged_into from stories"))}
         assert rows == {kept: None, gone: kept}  # the merged story's row forwards
+        reasons: dict[str, str] = dict(connection.execute(text("select key, match_reason from items")).all())
+    moved = next(key for key, story in wire.items() if story == gone)
+    assert f"; later merged from story {gone} into story {kept}: another outlet's report" in reasons[moved]
+    assert "later merged" not in reasons["h1"]
     assert store.counts()["stories"] == 1
     assert store.story_by_id(gone) == store.story_by_id(kept) and store.story_by_id(kept) is not None
 

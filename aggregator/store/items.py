@@ -197,7 +197,16 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         transaction that found them so, each pair already its chain's end
         (``stories.merge_targets``)."""
         for story, target in merges:
-            self.c.execute(update(ItemRow).where(ItemRow.story_id == story).values(story_id=target))
+            # Each item's reason says why it started or joined the story it was stored in; say
+            # how it came to be in this one (``aggregator story`` shows it).
+            merged = (
+                f"; later merged from story {story} into story {target}: another outlet's report showed them one event"
+            )
+            self.c.execute(
+                update(ItemRow)
+                .where(ItemRow.story_id == story)
+                .values(story_id=target, match_reason=func.coalesce(ItemRow.match_reason, "") + merged)
+            )
             self.c.execute(
                 update(StoryRow)
                 .where(or_(StoryRow.id == story, StoryRow.merged_into == story))
