@@ -54,17 +54,12 @@ class StoryMemberRow:
 
 _BECAME = aliased(StoryRow)
 _LIVE = (
-    select(
-        StoryRow.id.label("former"),
-        StoryRow.uid.label("former_uid"),
-        func.coalesce(_BECAME.id, StoryRow.id).label("id"),
-        func.coalesce(_BECAME.uid, StoryRow.uid).label("uid"),
-    )
+    select(func.coalesce(_BECAME.id, StoryRow.id), func.coalesce(_BECAME.uid, StoryRow.uid))
+    .select_from(StoryRow)
     .outerjoin(_BECAME, _BECAME.id == StoryRow.merged_into)
-    .subquery()
 )
-"""Each story row (``former``, ``former_uid``) with the story its number now leads to: itself,
-or the one it was merged into."""
+"""(id, tag: id) of the story a story row's number now leads to, with a ``where`` on the row:
+itself, or the story it was merged into."""
 
 
 class StoryViewStore(StoreBase):
@@ -97,14 +92,14 @@ class StoryViewStore(StoreBase):
         """(id, tag: id) of the story with this number, if there is one: of the story it
         became, if it was merged (``StoryRow.merged_into``)."""
         with self.session() as s:
-            row = s.execute(select(_LIVE.c.id, _LIVE.c.uid).where(_LIVE.c.former == story_id)).first()
+            row = s.execute(_LIVE.where(StoryRow.id == story_id)).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
     def story_by_uid(self, uid: str) -> tuple[int, str] | None:
         """(id, tag: id) of the story with this tag: id, if there is one: of the story it
         became, if it was merged."""
         with self.session() as s:
-            row = s.execute(select(_LIVE.c.id, _LIVE.c.uid).where(_LIVE.c.former_uid == uid)).first()
+            row = s.execute(_LIVE.where(StoryRow.uid == uid)).first()
         return None if row is None else (int(row[0]), str(row[1]))
 
     def story_by_url(self, canonical_url: str, link: str) -> tuple[int, str] | None:
