@@ -1198,6 +1198,45 @@ def test_fragments_merge_through_storage_unless_an_editor_named_them_on_both_bac
     engine.dispose()
 
 
+def test_merged_stories_forward_to_the_end_of_their_chain_on_both_backends(database_url: str) -> None:
+    # A merged into B, then B into C: both rows lead to C, by number, tag: id and founding URL.
+    from dataclasses import replace as replaced
+
+    from aggregator.records import Item
+
+    db = MatchingStore(database_url)
+    engine, store = db.engine, db.store
+    entries = [("a", ORIGINAL, NOON), ("b", UNRELATED, NOON + timedelta(minutes=5)), ("c", FOLLOW_UP, NOON)]
+    items = [plain_item(key, *pair, at) for key, pair, at in entries]
+    new = [
+        NewItem(replaced(item, canonical_url=f"https://wire.example/{item.key}"), None)
+        for item in items
+        if isinstance(item, Item)
+    ]
+    with store.ingest() as tx:
+        story = {key: kept.story_id for key, kept in tx.insert_items(1, new, NOON, "news.example.org").items()}
+    assert len(set(story.values())) == 3
+    a, b, c = story["a"], story["b"], story["c"]
+    with store.ingest() as tx:
+        tx.merge_stories([(a, b)])
+    with store.ingest() as tx:
+        tx.merge_stories([(b, c)])
+    with engine.connect() as connection:
+        rows = {int(row[0]): row[1] for row in connection.execute(text("select id, merged_into from stories"))}
+        uids = {int(row[0]): str(row[1]) for row in connection.execute(text("select id, uid from stories"))}
+        reasons: dict[str, str] = dict(connection.execute(text("select key, match_reason from items")).all())
+    assert rows == {a: c, b: c, c: None}
+    assert reasons["a"].count("later merged") == 2 and reasons["b"].count("later merged") == 1
+    assert store.story_by_id(a) == store.story_by_id(b) == (c, uids[c])
+    assert store.story_by_uid(uids[a]) == (c, uids[c])
+    coverage = store.story_coverage(a)
+    assert coverage is not None and coverage.merged_into == c and coverage.items == ()
+    with store.ingest() as tx:  # a later copy at A's founding URL joins C
+        assert tx.stories_by_url(["https://wire.example/a"]) == {"https://wire.example/a": c}
+        assert tx.mergeable_stories([a, b, c]) == {c}
+    engine.dispose()
+
+
 def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> dict[str, int]:
     """Story matching's reads, on the two first items (w1 and w2, two stories): their story ids by key."""
     rows = {key: tx.stored_items(1, [key])[key] for key in ("w1", "w2")}
