@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -115,6 +116,17 @@ class StoryRow(Base):
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     merged_into: Mapped[int | None] = mapped_column(BigID, nullable=True)
+
+    # Merging a story updates the rows that forwarded to it: found through this index, which
+    # holds only the few merged rows, rather than by reading every story.
+    __table_args__ = (
+        Index(
+            "ix_stories_merged_into",
+            "merged_into",
+            sqlite_where=text("merged_into IS NOT NULL"),
+            postgresql_where=text("merged_into IS NOT NULL"),
+        ),
+    )
 
 
 class ItemRow(Base):

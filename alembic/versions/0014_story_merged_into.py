@@ -28,10 +28,17 @@ depends_on: Union[str, Sequence[str], None] = None
 # stories table, which the items refer to.
 
 
+MERGED = sa.text('merged_into IS NOT NULL')
+
+
 def upgrade() -> None:
     op.add_column('stories', sa.Column('merged_into', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
+    # Only the merged rows: a merge finds the rows forwarding to the story it merges here.
+    op.create_index('ix_stories_merged_into', 'stories', ['merged_into'], unique=False,
+                    sqlite_where=MERGED, postgresql_where=MERGED)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_stories_merged_into', table_name='stories')
     op.execute('DELETE FROM stories WHERE merged_into IS NOT NULL')
     op.drop_column('stories', 'merged_into')
