@@ -10,8 +10,9 @@ too (SQLAlchemy, aiohttp) would cost every worker the memory of libraries it nev
   fails its own source with a ParseError;
 * lifetime: a worker ends with the daemon, however the daemon ends (``_exit_with``), and a
   pool whose worker died is started again (``ParsePool``);
-* unit of work: ``parse_and_prepare`` parses, normalizes and signs one body, with a cache of
-  signatures and story features by content (``sign``, ``featurize``).
+* unit of work: ``parse_and_prepare`` parses and normalizes one body, and signs and
+  featurizes its items for story matching, but those the writer says it stored as they are
+  (``marks_of``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import os
 import resource
 import select
 import signal
-import struct
 import threading
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from aggregator import cluster, stories
 from aggregator.errors import ParseError
-from aggregator.records import ParsedFeed
+from aggregator.records import Item, ParsedFeed
 
 log = logging.getLogger("aggregator")
 
@@ -50,43 +51,35 @@ more interpreter running for the daemon's whole life, a process that holds nothi
 workers share: they import what they use after they are forked from it, as a spawned worker
 does at its start."""
 
-SIGNED_CACHE_SIZE = 50_000
-"""Items a process remembers the signature and story features of, by a digest of what they
-were computed from. A feed that changed usually changed by a few items; the others were
-signed when that feed was last parsed, by this process if it is the only parse worker. Polls
-go round every source, so this must hold about every live item to help at all (first in,
-first out). Each is kept as one bytes object (``_remember``), its signature and features as
-the bytes their base64 stands for (``_compact``): with the semantic features about 0.55 KB,
-28 MB when full (as the stored text it took 0.7 KB, as Python strings and tuples 1.3 KB)."""
-
-_remembered: dict[bytes, bytes] = {}
-_remembered_lock = threading.Lock()  # without a pool, parsing runs on several threads
+Marks = bytes
+"""Items already stored as they are, as ``item_mark``s packed 8 bytes each (``marks_of``): what
+the writer tells a worker it need not sign or featurize again (``parse_and_prepare``)."""
 
 
-def remembered() -> tuple[int, int]:
-    """Items this process remembers the signature and features of, and the most it keeps
-    (``SIGNED_CACHE_SIZE``): a bounded cache that fills as new items arrive, which
-    ``bench/soak.py`` prints beside the memory (in-process parsing keeps it in the daemon)."""
-    with _remembered_lock:
-        return len(_remembered), SIGNED_CACHE_SIZE
+def item_mark(key: str, fingerprint: str) -> int:
+    """An item as stored: its key within its source and its content's fingerprint, hashed to 64
+    bits. The writer and a worker compute it alike, each from the normalized item."""
+    digest = blake2b(f"{key}\0{fingerprint}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
-_LENGTHS = struct.Struct(">II")  # a remembered item's signature and features: how many bytes each
-_WORD = "\0"  # between the words: a word holding it is not remembered
-_TEXT = b"\0"  # a stored form kept as its text (``_compact``): never the start of a version
+def marks_of(items: Iterable[Item]) -> Marks:
+    """The marks of ``items``, packed (``Marks``)."""
+    return array("Q", (item_mark(item.key, item.fingerprint) for item in items)).tobytes()
 
 
 def parse_and_sign(
-    body: bytes, url: str, content_type: str | None, fetched_at: datetime
+    body: bytes, url: str, content_type: str | None, fetched_at: datetime, known: Marks = b""
 ) -> tuple[ParsedFeed, dict[str, cluster.Signed]]:
-    """Parse and normalize one body, and sign every item for story matching.
+    """Parse and normalize one body, and sign every item for story matching but those
+    ``known`` holds (``parse_and_prepare``).
 
     Signing is text processing as costly as normalizing, and in the main process it would
     take a large share of a first ingest's CPU; here it runs on every core instead of the one,
     and so do the stored form of each signature and its lookup keys.
     """
-    feed = document_to_feed(body, url, content_type, fetched_at)
-    return feed, {item.key: sign(item.title, item.text) for item in feed.items}
+    feed, signatures, _ = parse_and_prepare(body, url, content_type, fetched_at, False, known)
+    return feed, signatures
 
 
 Featurized = tuple[str, tuple[str, ...]]
@@ -95,107 +88,44 @@ which the writer needs only to explain a decision."""
 
 
 def parse_and_prepare(
-    body: bytes, url: str, content_type: str | None, fetched_at: datetime, semantic: bool
+    body: bytes, url: str, content_type: str | None, fetched_at: datetime, semantic: bool, known: Marks = b""
 ) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, Featurized]]:
     """``parse_and_sign``, and with ``semantic`` each item's story features too: embedding a
     headline and lead is the costliest part of matching, so it runs on the parse workers,
-    where the model is loaded once per process."""
-    feed, signatures = parse_and_sign(body, url, content_type, fetched_at)
-    prepared = {item.key: featurize(item.title, item.text) for item in feed.items} if semantic else {}
+    where the model is loaded once per process.
+
+    ``known``: the items of this source the writer stored as they are now (``marks_of`` of
+    the items its last committed parse of the source found). A changed feed usually changed by
+    a few items, and the writer matches only new and changed ones: the others are neither
+    signed nor featurized, nor sent back. Computing them was most of a changed feed's cost;
+    remembering what was computed instead took every worker a cache as large as the live
+    items (half a kilobyte each), which a source parsed by another worker than last time
+    missed anyway.
+    """
+    feed = document_to_feed(body, url, content_type, fetched_at)
+    todo = list(_unknown(feed, known))
+    signatures = {item.key: cluster.Signed.of(item.title, item.text) for item in todo}
+    prepared = {item.key: featurize(item.title, item.text) for item in todo} if semantic else {}
     return feed, signatures, prepared
 
 
+def _unknown(feed: ParsedFeed, known: Marks) -> Iterator[Item]:
+    """The items of ``feed`` that ``known`` does not hold."""
+    if not known:
+        yield from feed.items
+        return
+    marks = array("Q")
+    marks.frombytes(known)
+    held = set(marks)
+    for item in feed.items:
+        if item_mark(item.key, item.fingerprint) not in held:
+            yield item
+
+
 def featurize(title: str, text: str) -> Featurized:
-    """An item's features and words, remembered like ``sign`` (a feed's unchanged items are
-    embedded once per process)."""
-    digest = _digest(title, text)
-    signed, featurized = _recall(digest)
-    if featurized is not None:
-        return featurized
+    """An item's story features (stored form) and words."""
     features, terms = stories.features_of(title, text, signed=False)
-    featurized = (features.dumps(), terms.words)
-    _remember(digest, signed, featurized)
-    return featurized
-
-
-def sign(title: str, text: str) -> cluster.Signed:
-    """``cluster.Signed.of``, remembered: a changed feed's unchanged items cost a digest
-    and a decode, a fraction of a signature. Signatures are pure, so a remembered one is
-    the one that would be computed."""
-    digest = _digest(title, text)
-    stored, featurized = _recall(digest)
-    if stored is not None:
-        return cluster.Signed.from_stored(stored)
-    signed = cluster.Signed.of(title, text)
-    _remember(digest, signed.stored, featurized)
-    return signed
-
-
-def _digest(title: str, text: str) -> bytes:
-    return blake2b(f"{title}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
-def _recall(digest: bytes) -> tuple[str | None, Featurized | None]:
-    """What is remembered of an item: its stored signature and its features, each if known."""
-    with _remembered_lock:
-        packed = _remembered.get(digest)
-    if packed is None:
-        return None, None
-    signed_length, features_length = _LENGTHS.unpack_from(packed)
-    signed_end = _LENGTHS.size + signed_length
-    features_end = signed_end + features_length
-    signed, features, words = packed[_LENGTHS.size : signed_end], packed[signed_end:features_end], packed[features_end:]
-    featurized = None
-    if features:
-        text = words.decode("utf-8", "surrogatepass")
-        featurized = (_expand(features, FEATURES_BASE64), tuple(text.split(_WORD)) if text else ())
-    return (_expand(signed, SIGNATURE_BASE64) if signed else None), featurized
-
-
-def _remember(digest: bytes, signed: str | None, featurized: Featurized | None) -> None:
-    """Keep an item's stored signature and features (either may be unknown) as one bytes
-    object, forgetting the oldest items past ``SIGNED_CACHE_SIZE``."""
-    signed_part = _compact(signed, SIGNATURE_BASE64) if signed else b""
-    features_part = words = b""
-    if featurized is not None and all(word and _WORD not in word for word in featurized[1]):
-        features_part = _compact(featurized[0], FEATURES_BASE64)
-        words = _WORD.join(featurized[1]).encode("utf-8", "surrogatepass")
-    packed = b"".join((_LENGTHS.pack(len(signed_part), len(features_part)), signed_part, features_part, words))
-    with _remembered_lock:
-        _remembered[digest] = packed
-        while len(_remembered) > SIGNED_CACHE_SIZE:
-            del _remembered[next(iter(_remembered))]
-
-
-Codec = tuple[Callable[[bytes], str], Callable[[str], bytes]]
-"""How a stored form writes its bytes as base64 text, and reads them back."""
-
-SIGNATURE_BASE64: Codec = (cluster.signature_text, cluster.signature_bytes)
-FEATURES_BASE64: Codec = (stories.features_text, stories.features_bytes)
-
-
-def _compact(form: str, codec: Codec) -> bytes:
-    """A stored form ("version:base64") as its version, ":" and the bytes the base64 stands for,
-    a quarter smaller. Kept as its text (after ``_TEXT``) unless the codec writes that text
-    back from those bytes, so that ``_expand`` always returns the form that was computed."""
-    encode, decode = codec
-    version, colon, payload = form.partition(":")
-    if colon and version.isascii() and version.isalnum():
-        try:
-            raw = decode(payload)
-        except ValueError:  # binascii.Error is a ValueError
-            raw = None
-        if raw is not None and encode(raw) == payload:
-            return version.encode("ascii") + b":" + raw
-    return _TEXT + form.encode("ascii")
-
-
-def _expand(compact: bytes, codec: Codec) -> str:
-    """Back from ``_compact``: the stored form, as it was computed."""
-    if compact.startswith(_TEXT):
-        return compact[len(_TEXT) :].decode("ascii")
-    version, _, raw = compact.partition(b":")
-    return f"{version.decode('ascii')}:{codec[0](raw)}"
+    return features.dumps(), terms.words
 
 
 # --- limits of a worker -------------------------------------------------------------------------

@@ -135,7 +135,7 @@ class StoryMatcher:
         items whose URL matched no story to the stored story whose text they copy, if any."""
 
         def sign(item: Item) -> cluster.Signed:
-            return signatures.get(item.key) or parseworker.sign(item.title, item.text)
+            return signatures.get(item.key) or cluster.Signed.of(item.title, item.text)
 
         signed = [(new, sign(new.item)) for new in plan.inserts]
         unmatched = [(new, s.keys) for new, s in signed if new.story_id is None]
@@ -183,7 +183,9 @@ class StoryMatcher:
         and keep each item's features, keys and reason."""
 
         def prepare(item: Item) -> tuple[cluster.Signed, str, tuple[str, ...], stories.Features]:
-            signed = signatures.get(item.key) or parseworker.sign(item.title, item.text)
+            # Computed here only for an item the parse worker was told is stored as it is, and
+            # which the store no longer holds so (another worker changed it since): rare.
+            signed = signatures.get(item.key) or cluster.Signed.of(item.title, item.text)
             stored, words = features.get(item.key) or parseworker.featurize(item.title, item.text)
             return signed, stored, words, stories.Features.loads(stored, signed.signature)
 

@@ -8,14 +8,13 @@ in this process and on one thread, and prints the CPU time per item of each stag
 * ``farm``: the items of bench/ingest.py's first 60 feeds, parsed and normalized as a parse worker
   sees them (1-2.5 KB of text each, cut to what the embedding reads).
 
-Each stage runs over each corpus twice, with the worker's item cache off (every item is
-computed): pass 1 is the first time this process meets the texts, pass 2 the best of
-``--repeat`` runs after it. The per-word caches of the tokenizer and of ``names`` are kept from
-one run to the next, so only the first row (``wikinews featurize``, pass 1) is what a freshly
-started worker pays; the farm's pass 1 meets a new vocabulary with those caches already warm.
-The figures are CPU seconds (``time.process_time``) divided by items; ``threads`` is the calling
-thread's CPU over the process's, 1.00 when no other thread (such as a tokenizer's thread pool)
-did any of the work.
+Each stage runs over each corpus twice, every item computed each time: pass 1 is the first time
+this process meets the texts, pass 2 the best of ``--repeat`` runs after it. The per-word caches
+of the tokenizer and of ``names`` are kept from one run to the next, so only the first row
+(``wikinews featurize``, pass 1) is what a freshly started worker pays; the farm's pass 1 meets
+a new vocabulary with those caches already warm. The figures are CPU seconds
+(``time.process_time``) divided by items; ``threads`` is the calling thread's CPU over the
+process's, 1.00 when no other thread (such as a tokenizer's thread pool) did any of the work.
 
 The digests at the end are of every item's stored features and words and of every vector's
 float32 bytes: equal digests before and after a change mean the change altered no output.
@@ -109,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: python bench/featurize.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     load = os.getloadavg()[0]
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, python {platform.python_version()}, load {load:.2f}")
-    parseworker.SIGNED_CACHE_SIZE = 0  # an item cache that forgets at once: every pass computes
     embedder = semantic.embedder()
     corpora = {"wikinews": wikinews(), "farm": farm()}
     print(f"{'corpus':<10}{'stage':<20}{'pass 1 us':>11}{'pass 2 us':>11}{'threads':>9}")

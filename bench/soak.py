@@ -105,7 +105,7 @@ from sqlalchemy import update
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aggregator import malloc, names, parseworker, semantic, stories, wordpieces  # noqa: E402
+from aggregator import malloc, names, semantic, stories, wordpieces  # noqa: E402
 from aggregator.config import LoadedConfig, load_config  # noqa: E402
 from aggregator.daemon import Daemon  # noqa: E402
 from aggregator.fetch import Fetcher  # noqa: E402
@@ -554,7 +554,6 @@ def main() -> int:
 SMALL_CACHES = {
     "DECODED_MEMBERS": 3_000,
     "SETTLED_STORIES": 500,
-    "SIGNED_CACHE_SIZE": 4_000,
     "names.WORDS_REMEMBERED": 1_000,
     "RARE_WORDS_REMEMBERED": 1_000,
     "wordpieces.WORDS_REMEMBERED": 2_000,
@@ -570,7 +569,6 @@ def shrink_caches() -> None:
 
     storymatch.DECODED_MEMBERS = SMALL_CACHES["DECODED_MEMBERS"]
     storymatch.SETTLED_STORIES = SMALL_CACHES["SETTLED_STORIES"]
-    parseworker.SIGNED_CACHE_SIZE = SMALL_CACHES["SIGNED_CACHE_SIZE"]
     names.WORDS_REMEMBERED = SMALL_CACHES["names.WORDS_REMEMBERED"]
     stories.RARE_WORDS_REMEMBERED = SMALL_CACHES["RARE_WORDS_REMEMBERED"]
     wordpieces.WORDS_REMEMBERED = SMALL_CACHES["wordpieces.WORDS_REMEMBERED"]
@@ -701,10 +699,9 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
                 if stop_sampling.wait(opts.duration / 10 if tenth < 10 else opts.duration / 10 - 2):
                     break
                 if daemon.pipeline is not None:
-                    # parse_workers is 0: the parse cache lives in this process too.
+                    # parse_workers is 0: the parser's word caches live in this process too.
                     cached = {
                         **daemon.pipeline.stories.kept(),
-                        "parsed items": parseworker.remembered(),
                         "names' words": names.words_remembered(),
                         "rare words": stories.rare_words_remembered(),
                         "word pieces": semantic.words_remembered(),
@@ -1002,7 +999,7 @@ def own_record_bytes(f: Figures, since: float) -> int:
 
 def print_memory(f: Figures) -> None:
     """The daemon's resident memory over its run: what it settles at, and whether it still grows.
-    Its caches (decoded story members, stream statistics, remembered signatures) are bounded but
+    Its caches (decoded story members, stream statistics, words' facts) are bounded but
     fill as items arrive, so some growth over a short run is expected; a leak would keep going."""
     rss = [(at, size) for at, _count, size in f.samples if size]
     if len(rss) < 4:

@@ -100,10 +100,7 @@ def test_features_are_the_recorded_ones(expected: dict[str, dict[str, Any]], nam
     assert_recorded(name, record(title, text), expected[name])
 
 
-def test_the_worker_stores_the_recorded_features(
-    expected: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(parseworker, "_remembered", {})
+def test_the_worker_stores_the_recorded_features(expected: dict[str, dict[str, Any]]) -> None:
     for name, title, text in samples():
         stored, words = parseworker.featurize(title, text)
         assert (stored, list(words)) == (expected[name]["features"], expected[name]["words"]), name

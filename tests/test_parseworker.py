@@ -1,66 +1,90 @@
-"""The parse pool's unit of work: signatures are remembered, and a remembered one is exact."""
+"""The parse pool's unit of work: what it prepares for story matching, and what it leaves out
+because the writer stored it as it is."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import pickle
+from datetime import UTC, datetime
+from pathlib import Path
+from xml.sax.saxutils import escape
 
-from aggregator import cluster, names, parseworker
+import pytest
+from sqlalchemy import select
+
+from aggregator import cluster, names, parseworker, stories
+from aggregator.config import load_config
+from aggregator.fetch import Fetcher
+from aggregator.pipeline import Pipeline, fetch_options
+from aggregator.records import ParsedFeed
+from aggregator.store.database import ensure_schema, make_engine
+from aggregator.store.models import ItemRow
+from aggregator.store.repository import Store
+from tests.conftest import write_config
+from tests.server import FeedServer, Route
 
 LEAD = "Rescue teams reached the flooded villages on Tuesday after the river broke its banks, officials said."
+FETCHED = datetime(2026, 11, 26, tzinfo=UTC)
+STORIES = {
+    "g1": ("Floods cut off villages in the north", LEAD),
+    "g2": ("Grain corridor agreed in Istanbul", "Ministers from Ankara and Kyiv agreed a grain corridor. " + LEAD),
+    "g3": ("Orbis Mining profit up 6%", "Orbis Mining said on Tuesday its profit rose 6% in the third quarter."),
+}
 
 
-@pytest.fixture(autouse=True)
-def empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parseworker, "_remembered", {})
+def feed(entries: dict[str, tuple[str, str]]) -> bytes:
+    items = "".join(
+        f"<item><title>{escape(title)}</title><guid isPermaLink='false'>{guid}</guid>"
+        f"<link>https://news.example.com/{guid}</link><description>{escape(text)}</description>"
+        "<pubDate>Thu, 26 Nov 2026 08:00:00 +0000</pubDate></item>"
+        for guid, (title, text) in entries.items()
+    )
+    return f"<rss version='2.0'><channel><title>F</title>{items}</channel></rss>".encode()
 
 
-def test_a_remembered_signature_is_the_one_that_would_be_computed(monkeypatch: pytest.MonkeyPatch) -> None:
-    first = parseworker.sign("Floods cut off villages in the north", LEAD)
-    fresh = cluster.Signed.of("Floods cut off villages in the north", LEAD)
-
-    def must_not_sign(_title: str, _text: str) -> cluster.Signed:
-        raise AssertionError("signed again")
-
-    monkeypatch.setattr(cluster.Signed, "of", must_not_sign)
-    again = parseworker.sign("Floods cut off villages in the north", LEAD)
-    assert again == first == fresh
-    assert again.signature == fresh.signature and again.keys == tuple(cluster.band_keys(fresh.signature))
+Prepared = tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, parseworker.Featurized]]
 
 
-def test_title_and_text_both_count() -> None:
-    # (Headlines count only with five words or more that are not stopwords.)
-    one = parseworker.sign("Floods cut off mountain villages across northern province", LEAD)
-    assert parseworker.sign("Rescuers reach flooded mountain villages after landslides", LEAD) != one
-    assert parseworker.sign("Floods cut off mountain villages across northern province", LEAD + " Rain due.") != one
-    # The separator keeps (title, text) pairs apart that would otherwise run together.
-    assert parseworker.sign("a b", "c d e f") == cluster.Signed.of("a b", "c d e f")
-    assert parseworker.sign("a", "b c d e f") == cluster.Signed.of("a", "b c d e f")
+def prepare(body: bytes, known: parseworker.Marks = b"") -> Prepared:
+    return parseworker.parse_and_prepare(body, "https://news.example.com/feed", None, FETCHED, True, known)
 
 
-def test_the_cache_is_bounded_and_forgets_the_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parseworker, "SIGNED_CACHE_SIZE", 3)
-    titles = [f"Headline number {n} about the floods" for n in range(5)]
-    for title in titles:
-        parseworker.sign(title, LEAD)
-    assert len(parseworker._remembered) == 3
-    assert parseworker.remembered() == (3, 3)  # what the soak prints: full, at its bound
-    calls: list[str] = []
-    real = cluster.Signed.of
+def test_every_item_is_signed_and_featurized_as_computed_on_its_own() -> None:
+    parsed, signatures, features = prepare(feed(STORIES))
+    items = parsed.items
+    assert len(items) == 3 and set(signatures) == set(features) == {item.key for item in items}
+    for item in items:
+        assert signatures[item.key] == cluster.Signed.of(item.title, item.text)
+        assert features[item.key] == parseworker.featurize(item.title, item.text)
+    assert stories.Features.loads(features[items[1].key][0]).terms  # names found: not an empty result
 
-    def counting(title: str, text: str) -> cluster.Signed:
-        calls.append(title)
-        return real(title, text)
 
-    monkeypatch.setattr(cluster.Signed, "of", counting)
-    parseworker.sign(titles[4], LEAD)  # among the newest: remembered
-    parseworker.sign(titles[0], LEAD)  # the oldest: forgotten, signed again
-    assert calls == [titles[0]]
+def test_items_the_writer_stored_as_they_are_are_not_prepared_again() -> None:
+    parsed, _, _ = prepare(feed(STORIES))
+    items = parsed.items
+    known = parseworker.marks_of(items[:2])
+    assert len(known) == 16  # eight bytes an item
+
+    again, signatures, features = prepare(feed(STORIES), known)
+    assert again == parsed  # the document itself is whole
+    assert set(signatures) == set(features) == {items[2].key}
+
+    # The same key with other content is another mark: an edited item is prepared again.
+    edited = {**STORIES, "g1": ("Floods cut off villages in the north and east", LEAD)}
+    changed, signatures, features = prepare(feed(edited), known)
+    first = changed.items[0]
+    assert first.key == items[0].key and first.fingerprint != items[0].fingerprint
+    assert set(signatures) == set(features) == {items[0].key, items[2].key}
+    assert features[first.key] == parseworker.featurize(first.title, first.text)
+
+
+def test_a_mark_is_the_key_and_the_fingerprint_together() -> None:
+    assert parseworker.item_mark("k", "f") == parseworker.item_mark("k", "f")
+    assert len({parseworker.item_mark(k, f) for k, f in [("k", "f"), ("k", "g"), ("j", "f"), ("k\0f", "")]}) == 4
 
 
 def test_parsed_items_cross_to_the_writer_unchanged() -> None:
     import dataclasses
-    import pickle
-    from datetime import UTC, datetime
 
     from aggregator.records import Enclosure, Item
 
@@ -75,68 +99,92 @@ def test_parsed_items_cross_to_the_writer_unchanged() -> None:
     assert dataclasses.asdict(copy) == dataclasses.asdict(item)
     with pytest.raises(dataclasses.FrozenInstanceError):
         copy.title = "changed"  # type: ignore[misc]
-    feed, signed = parseworker.parse_and_sign(
-        b"<rss version='2.0'><channel><title>F</title><item><title>One</title><guid>g1</guid>"
-        b"<description>&lt;b&gt;Body&lt;/b&gt; text</description></item></channel></rss>",
-        "https://x.example/feed", "application/rss+xml", datetime(2026, 11, 26, tzinfo=UTC),
-    )  # fmt: skip
-    assert pickle.loads(pickle.dumps((feed, signed))) == (feed, signed)
+    prepared = prepare(feed(STORIES))
+    assert pickle.loads(pickle.dumps(prepared)) == prepared
 
 
-@pytest.mark.parametrize("signed_first", [True, False])
-def test_remembered_features_and_signature_are_the_computed_ones_in_either_order(
-    monkeypatch: pytest.MonkeyPatch, signed_first: bool
+# --- through the pipeline: a real feed server, a real SQLite file ------------------------------
+
+
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Titles featurized from here on (parse_workers is 0: in this process)."""
+    seen: list[str] = []
+    real = stories.features_of
+
+    def counting(title: str, text: str, signed: bool = True) -> tuple[stories.Features, names.Terms]:
+        seen.append(title)
+        return real(title, text, signed)
+
+    monkeypatch.setattr(stories, "features_of", counting)
+    return seen
+
+
+def stored_features(store: Store) -> dict[str, tuple[str, str | None]]:
+    with store.session() as s:
+        rows = s.execute(select(ItemRow.guid, ItemRow.title, ItemRow.match_features)).all()
+    return {str(guid): (title, features) for guid, title, features in rows}
+
+
+def poll(pipelines: list[Pipeline], store: Store) -> None:
+    """One poll of every source by each pipeline in turn, as workers taking turns would."""
+
+    async def go() -> None:
+        for pipeline in pipelines:
+            store.make_all_due(datetime.now(UTC))
+            async with Fetcher(fetch_options(pipeline.config)) as fetcher:
+                await pipeline.poll_due(fetcher)
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def one_feed(tmp_path: Path, server: FeedServer) -> tuple[Store, list[Pipeline]]:
+    server.add("/feed", body=feed(STORIES))
+    config = load_config(write_config(tmp_path, [{"name": "feed", "url": server.url("/feed")}])).config
+    engine = make_engine(config.settings.database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    store.sync_sources(config.source_specs(), datetime.now(UTC))
+    # Two workers on one database; each keeps what it knows of the feed to itself.
+    return store, [Pipeline(config, store, parse_pool=None) for _ in range(2)]
+
+
+def test_a_changed_feed_prepares_only_its_new_and_edited_items(
+    one_feed: tuple[Store, list[Pipeline]], server: FeedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    title, text = "Grain corridor agreed in Istanbul", "Ministers from Ankara and Kyiv agreed a grain corridor. " + LEAD
-    fresh_features = parseworker.featurize(title, text)
-    fresh_signed = cluster.Signed.of(title, text)
-    monkeypatch.setattr(parseworker, "_remembered", {})
-    if signed_first:
-        parseworker.sign(title, text)
-        parseworker.featurize(title, text)
-    else:
-        parseworker.featurize(title, text)
-        parseworker.sign(title, text)
-    assert len(parseworker._remembered) == 1
+    store, (worker, _) = one_feed
+    seen = counted(monkeypatch)
+    poll([worker], store)
+    assert sorted(seen) == sorted(title for title, _ in STORIES.values())
 
-    def must_not_compute(*_args: object) -> object:
-        raise AssertionError("computed again")
-
-    monkeypatch.setattr(cluster.Signed, "of", must_not_compute)
-    monkeypatch.setattr(names, "extract", must_not_compute)
-    assert parseworker.featurize(title, text) == fresh_features
-    assert fresh_features[1]  # it has words to remember
-    assert parseworker.sign(title, text) == fresh_signed
+    edited = ("Floods cut off villages in the north and east", LEAD)
+    added = ("Kalmaria central bank raises key rate to 4%", "The central bank of Kalmaria raised its key rate.")
+    server.routes["/feed"] = Route(body=feed({**STORIES, "g1": edited, "g4": added}))
+    seen.clear()
+    poll([worker], store)
+    assert sorted(seen) == sorted([edited[0], added[0]])
+    found = stored_features(store)
+    assert found["g1"] == (edited[0], parseworker.featurize(*edited)[0])
+    assert found["g4"] == (added[0], parseworker.featurize(*added)[0])
+    assert found["g2"] == (STORIES["g2"][0], parseworker.featurize(*STORIES["g2"])[0])
 
 
-def test_words_that_cannot_be_packed_are_computed_again_not_garbled(monkeypatch: pytest.MonkeyPatch) -> None:
-    odd = ("Ankara", "a\0b")
+def test_an_item_another_worker_changed_since_is_prepared_by_the_writer(
+    one_feed: tuple[Store, list[Pipeline]], server: FeedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, (first, second) = one_feed
+    poll([first], store)
+    edited = ("Floods cut off villages in the north and east", LEAD)
+    server.routes["/feed"] = Route(body=feed({**STORIES, "g1": edited}))
+    poll([second], store)
+    assert stored_features(store)["g1"] == (edited[0], parseworker.featurize(*edited)[0])
 
-    def extract(_title: str, _text: str, _plain: object = None) -> object:
-        return names.Terms(words=odd)
-
-    monkeypatch.setattr(names, "extract", extract)
-    assert parseworker.featurize("T", "x")[1] == odd
-    assert parseworker.featurize("T", "x")[1] == odd  # not remembered: computed again, the same
-
-
-def test_a_remembered_item_takes_the_bytes_its_base64_stands_for_not_the_text() -> None:
-    title, text = "Grain corridor agreed in Istanbul", "Ministers from Ankara and Kyiv agreed a grain corridor. " + LEAD
-    signed = parseworker.sign(title, text)
-    features, words = parseworker.featurize(title, text)
-    (packed,) = parseworker._remembered.values()
-    as_text = len(signed.stored) + len(features) + len("\0".join(words).encode())
-    # base64 spends 4 characters on 3 bytes: the two forms shrink by a quarter, less a header.
-    assert len(packed) < as_text - (len(signed.stored) + len(features)) // 5
-    assert parseworker._recall(parseworker._digest(title, text)) == (signed.stored, (features, words))
-
-
-@pytest.mark.parametrize("codec", [parseworker.SIGNATURE_BASE64, parseworker.FEATURES_BASE64])
-@pytest.mark.parametrize(
-    "form",
-    ["c1:QUJD", "s5:QUI=", "c1:QUI", "s5:", "c1:QUI==", "s5:QU!J", "no version", ":QUJD", "v-1:QUJD", "s5:QUJD:QUJD"],
-)
-def test_any_stored_form_comes_back_as_it_was_remembered(codec: parseworker.Codec, form: str) -> None:
-    # Forms the codec would not write from their bytes (padding it leaves out or adds, text that
-    # is not base64) are kept as text; the rest as bytes. Either way the same text comes back.
-    assert parseworker._expand(parseworker._compact(form, codec), codec) == form
+    # The feed takes the edit back. The first worker last saw g1 as it was: its parse leaves g1
+    # out, but the store holds the edit, so g1 is an update, and the writer prepares it.
+    server.routes["/feed"] = Route(body=feed({**STORIES, "g5": ("Second item", LEAD)}))
+    seen = counted(monkeypatch)
+    poll([first], store)
+    assert sorted(seen) == sorted([STORIES["g1"][0], "Second item"])
+    found = stored_features(store)
+    assert found["g1"] == (STORIES["g1"][0], parseworker.featurize(*STORIES["g1"])[0])
+    assert found["g5"][1] == parseworker.featurize("Second item", LEAD)[0]
