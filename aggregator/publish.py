@@ -19,7 +19,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,16 +134,39 @@ def empty_feed_updated(previous: bytes | None, now: datetime) -> datetime:
     return now.replace(microsecond=0)
 
 
+Filler = Callable[[Sequence[OutputEntry]], list[OutputEntry]]
+"""Entries with their leads' HTML (summary and content), from entries without it. An archive
+week holds up to 5,000 entries: their HTML, read all at once, was the largest part of what a
+week's freezing held beside the documents it renders. Read a piece at a time as each piece is
+rendered, only one piece's is held."""
+
+
+def _filled(entries: Sequence[OutputEntry], fill: Filler | None, piece: int) -> Iterator[OutputEntry]:
+    """``entries`` one by one, given their HTML (``fill``) ``piece`` at a time."""
+    if fill is None:
+        yield from entries
+        return
+    for start in range(0, len(entries), piece):
+        yield from fill(entries[start : start + piece])
+
+
 def render_archive(
-    output: Output, entries: list[OutputEntry], public_url: str, week: Week, previous: str | None
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    week: Week,
+    previous: str | None,
+    fill: Filler | None = None,
 ) -> tuple[bytes, bytes]:
     """One archived week as an RFC 5005 archive document and as an HTML page. ``previous`` is
-    the week before it that has entries; no ``next-archive``: the document never changes."""
+    the week before it that has entries; no ``next-archive``: the document never changes.
+    ``fill``: gives the entries their leads' HTML a piece at a time, when they came without
+    it (``Filler``)."""
     links = [("current", feed_url(public_url, output.slug, "atom"))]
     if previous is not None:
         links.append(("prev-archive", archive_url(public_url, output.slug, previous)))
-    atom = render_atom(output, entries, public_url, links=tuple(links), archive_of=week)
-    page = render_html(output, entries, public_url, week=str(week), previous=previous)
+    atom = render_atom(output, entries, public_url, links=tuple(links), archive_of=week, fill=fill)
+    page = render_html(output, entries, public_url, week=str(week), previous=previous, fill=fill)
     return atom, page
 
 
@@ -155,13 +178,15 @@ def render_html(
     archives: Sequence[str] = (),
     week: str | None = None,
     previous: str | None = None,
+    fill: Filler | None = None,
 ) -> bytes:
     """The output as a page people can read on a phone, linking its feeds for auto-discovery
-    and its archive pages for older entries (``week``: this page is that archived week)."""
+    and its archive pages for older entries (``week``: this page is that archived week).
+    ``fill``: as in ``render_archive``."""
     try:
         chunks = TEMPLATES.get_template("output.html").generate(
             output=output,
-            entries=entries,
+            entries=_filled(entries, fill, ATOM_PIECE),
             atom_url=feed_url(public_url, output.slug, "atom"),
             rss_url=feed_url(public_url, output.slug, "rss"),
             json_url=feed_url(public_url, output.slug, "json"),
@@ -282,17 +307,19 @@ def render_atom(
     links: tuple[tuple[str, str], ...] = (),
     archive_of: Week | None = None,
     updated_if_empty: datetime | None = None,
+    fill: Filler | None = None,
 ) -> bytes:
     """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
     archive document for that week (own self URL and id, ``fh:archive`` marker);
-    ``updated_if_empty`` as in ``render_all``."""
+    ``updated_if_empty`` as in ``render_all``; ``fill`` as in ``render_archive``."""
     if len(entries) <= ATOM_PIECE:
-        return _render_atom(output, entries, public_url, hub, links, archive_of, None if entries else updated_if_empty)
+        whole = list(_filled(entries, fill, ATOM_PIECE))
+        return _render_atom(output, whole, public_url, hub, links, archive_of, None if entries else updated_if_empty)
     updated = max(e.updated_at for e in entries)
     spliced = io.BytesIO()  # grows in place; a list of pieces joined at the end held the document twice
     end = b""
     for start in range(0, len(entries), ATOM_PIECE):
-        piece = entries[start : start + ATOM_PIECE]
+        piece = list(_filled(entries[start : start + ATOM_PIECE], fill, ATOM_PIECE))
         document = _render_atom(output, piece, public_url, hub, links, archive_of, updated)
         first, last = document.index(_FIRST_ENTRY), document.rindex(_FEED_END)
         spliced.write(memoryview(document)[0 if start == 0 else first : last])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from aggregator.publish import (
     write_atomically,
     write_file,
 )
-from aggregator.records import Candidate, Editorial, etag_of
+from aggregator.records import Candidate, Editorial, OutputEntry, etag_of
 from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import ArchivePage, PruneReport, SourceIds, Store
 from aggregator.websub import ping_hub
@@ -227,10 +228,15 @@ class Publisher:
         """
         text = reads_text(complete)
         malloc.release_freed_memory()
-        candidates = self.store.candidates_between(sources, week.start, week.end, ARCHIVE_MAX_ENTRIES, with_text=text)
+        # Rules that read an item's text may read its summary's (``curate.matches``): then the
+        # HTML comes with the candidates; else it is read as each piece is rendered.
+        candidates = self.store.candidates_between(
+            sources, week.start, week.end, ARCHIVE_MAX_ENTRIES, with_text=text, with_html=text
+        )
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
-        atom, page = render_archive(complete, entries, self.config.settings.public_url, week, previous)
+        fill = None if text else self._with_html
+        atom, page = render_archive(complete, entries, self.config.settings.public_url, week, previous, fill)
         del candidates, entries
         etag = etag_of(atom)
         row = ArchiveRow(
@@ -246,6 +252,18 @@ class Publisher:
             write_file(directory, f"{week}.atom", atom)
             write_file(directory, f"{week}.html", page)
         return stored
+
+    def _with_html(self, entries: Sequence[OutputEntry]) -> list[OutputEntry]:
+        """``entries`` with their leads' HTML, read now (``publish.Filler``). A lead retention
+        deleted since it was curated keeps none."""
+        found = self.store.item_html([entry.lead.item_id for entry in entries])
+        filled = []
+        for entry in entries:
+            html = found.get(entry.lead.item_id)
+            if html is not None:
+                entry = replace(entry, lead=replace(entry.lead, summary_html=html[0], content_html=html[1]))
+            filled.append(entry)
+        return filled
 
     def stale_outputs(self) -> list[Output]:
         """Outputs never published, or published under other settings (or by another version)."""

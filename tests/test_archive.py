@@ -27,9 +27,11 @@ import httpx
 import pytest
 from lxml import etree
 
+from aggregator import publish
 from aggregator.archive import Week, first_open_week
 from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
+from aggregator.curate import reads_text
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.publisher import Publisher
 from aggregator.records import etag_of
@@ -335,3 +337,41 @@ def test_an_archive_rule_on_the_item_text_still_reads_it(server: FeedServer, tmp
         engine.dispose()
     assert weeks["2026-W45"] == 0  # story c's only text ("Body c") is excluded by the rule
     assert weeks["2026-W43"] == 1 and weeks["2026-W47"] == 2  # the horoscope is in now
+
+
+@pytest.mark.parametrize("text_rule", [False, True], ids=["html-read-per-piece", "html-read-with-the-text"])
+def test_archived_entries_carry_their_html_in_both_documents(
+    server: FeedServer, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, text_rule: bool
+) -> None:
+    """An archive week's HTML is read a piece at a time as it is rendered (pieces of one entry
+    here), unless a rule reads the text: then it comes with the candidates. Either way each
+    entry carries its own."""
+    monkeypatch.setattr(publish, "ATOM_PIECE", 1)
+    server.add("/f", Route(body=feed(DATES)))
+    title_rule = OUTPUTS.replace("keywords: [horoscope]", "keywords: [horoscope]\n        fields: [title]")
+    settings = f"database: {database_url}\noutput_dir: {tmp_path / 'www' / 'feeds'}"
+    path = write_config(
+        tmp_path,
+        [{"name": "n", "url": server.url("/f")}],
+        settings=settings,
+        outputs=OUTPUTS if text_rule else title_rule,
+    )
+    config = load_config(path).config
+    assert reads_text(config.outputs[0]) is text_rule
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    try:
+        store = Store(engine)
+        poll(config, store, NOW)
+        week = store.archive("world", "2026-W47")
+    finally:
+        engine.dispose()
+    assert week is not None and week.entries == 2
+    entries = feedparser.parse(week.atom).entries
+    # Each entry's own HTML first, then what the output adds (how many outlets carry it).
+    assert sorted((e.title, e.summary.partition("<p>")[0]) for e in entries) == [
+        ("Story a", "Body a"),
+        ("Story b", "Body b"),
+    ]
+    page = week.html.decode()
+    assert page.index("Story a") < page.index("Body a") < page.index("Story b") < page.index("Body b")

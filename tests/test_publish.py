@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,15 @@ import pytest
 from aggregator import publish
 from aggregator.archive import Week
 from aggregator.config import Output
-from aggregator.publish import Rendering, render_all, render_atom, render_json, render_rss, write_atomically
+from aggregator.publish import (
+    Rendering,
+    render_all,
+    render_archive,
+    render_atom,
+    render_json,
+    render_rss,
+    write_atomically,
+)
 from aggregator.records import Candidate, Enclosure, OutputEntry
 from tests.feedcheck import check_atom, check_json_feed, check_rss
 
@@ -155,6 +164,29 @@ def test_a_long_atom_document_rendered_in_pieces_has_the_bytes_of_one_rendered_w
     parsed = feedparser.parse(pieced)
     assert [e.title for e in parsed.entries] == [f"Nouvelle n° {n}" for n in range(1, 12)]
     assert parsed.feed.updated == NOW.isoformat()  # the newest entry's, which is in the second piece
+
+
+def test_an_archive_week_given_its_html_a_piece_at_a_time_has_the_bytes_of_one_given_it_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    whole = []
+    for n in range(1, 12):
+        lead = candidate(n, content_html=f"<p>Content {n}</p>" if n % 2 else "")
+        whole.append(OutputEntry(lead.story_uid, lead, (candidate(100 + n, source="Daily", story=n),), lead.updated_at))
+    bare = [replace(e, lead=replace(e.lead, summary_html="", content_html="")) for e in whole]
+    by_id = {e.lead.item_id: e.lead for e in whole}
+    asked: list[list[int]] = []
+
+    def fill(piece: Sequence[OutputEntry]) -> list[OutputEntry]:
+        asked.append([e.lead.item_id for e in piece])
+        return [replace(e, lead=by_id[e.lead.item_id]) for e in piece]
+
+    monkeypatch.setattr(publish, "ATOM_PIECE", 4)
+    expected = render_archive(OUTPUT, whole, PUBLIC, Week(2026, 47), "2026-W46")
+    assert render_archive(OUTPUT, bare, PUBLIC, Week(2026, 47), "2026-W46", fill) == expected
+    # Pieces of 4, 4 and 3 for the Atom document, and again for the page: never more at once.
+    assert asked == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]] * 2
+    assert b"Content 9" in expected[0] and b"Summary 11" in expected[1]
 
 
 FRAGMENTED_THREAD = """

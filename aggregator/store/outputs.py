@@ -8,7 +8,7 @@ A ``source_ids`` of None means every source; an empty collection means none.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, distinct, func, literal, literal_column, select, true
 
 from aggregator.records import Candidate, Editorial, Enclosure
-from aggregator.store._sql import StoreBase, insert_ignore_statement, upsert_statement
+from aggregator.store._sql import StoreBase, chunks, insert_ignore_statement, upsert_statement
 from aggregator.store.models import ArchiveRow, EditorialRow, ItemRow, PublishedRow, SourceRow, StoryRow
 
 ARCHIVE_DOCUMENTS = ("atom", "html")  # an archive row's documents, streamed in on SQLite
@@ -75,21 +75,38 @@ class OutputStore(StoreBase):
             return [_candidate_row(row) for row in s.execute(query)]
 
     def candidates_between(
-        self, source_ids: SourceIds, start: datetime, end: datetime, limit: int, *, with_text: bool = True
+        self,
+        source_ids: SourceIds,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        *,
+        with_text: bool = True,
+        with_html: bool = True,
     ) -> list[Candidate]:
         """The items of these sources dated in [start, end): one page of an archive; their
-        ``text`` empty unless ``with_text`` (only rules read it)."""
+        ``text`` empty unless ``with_text`` (only rules read it), their summary and content
+        HTML unless ``with_html`` (rendering reads it later, ``item_html``)."""
         where = _from_sources(source_ids)
         if where is None:
             return []
         query = (
-            _candidate_select(where, with_text)
+            _candidate_select(where, with_text, with_html)
             .where(ItemRow.sort_at >= start, ItemRow.sort_at < end)
             .order_by(ItemRow.sort_at.desc(), ItemRow.id.asc())
             .limit(limit)
         )
         with self.session() as s:
             return [_candidate_row(row) for row in s.execute(query)]
+
+    def item_html(self, item_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """Each item's summary and content HTML, by id (those still stored)."""
+        found: dict[int, tuple[str, str]] = {}
+        with self.session() as s:
+            for chunk in chunks(item_ids):
+                query = select(ItemRow.id, ItemRow.summary_html, ItemRow.content_html).where(ItemRow.id.in_(chunk))
+                found.update((row.id, (row.summary_html, row.content_html)) for row in s.execute(query))
+        return found
 
     def story_candidates(self, source_ids: SourceIds, story_ids: Iterable[int]) -> list[Candidate]:
         """Every item of the given stories from these sources (pinned stories outlive the age
@@ -245,11 +262,21 @@ CANDIDATE_COLUMNS = (
 )  # fmt: skip
 
 
-_WITHOUT_TEXT = tuple(literal("").label("text") if c is ItemRow.text else c for c in CANDIDATE_COLUMNS)
+def _left_out(*columns: Any) -> tuple[Any, ...]:
+    """``CANDIDATE_COLUMNS`` with ``columns`` read as empty strings."""
+    return tuple(literal("").label(c.key) if any(c is o for o in columns) else c for c in CANDIDATE_COLUMNS)
 
 
-def _candidate_select(where: ColumnElement[bool], with_text: bool = True) -> Any:
-    columns = CANDIDATE_COLUMNS if with_text else _WITHOUT_TEXT
+_COLUMNS = {
+    (True, True): CANDIDATE_COLUMNS,
+    (False, True): _left_out(ItemRow.text),
+    (True, False): _left_out(ItemRow.summary_html, ItemRow.content_html),
+    (False, False): _left_out(ItemRow.text, ItemRow.summary_html, ItemRow.content_html),
+}
+
+
+def _candidate_select(where: ColumnElement[bool], with_text: bool = True, with_html: bool = True) -> Any:
+    columns = _COLUMNS[with_text, with_html]
     return (
         select(*columns)
         .join(SourceRow, ItemRow.source_id == SourceRow.id)
