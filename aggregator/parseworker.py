@@ -68,20 +68,6 @@ def marks_of(items: Iterable[Item]) -> Marks:
     return array("Q", (item_mark(item.key, item.fingerprint) for item in items)).tobytes()
 
 
-def parse_and_sign(
-    body: bytes, url: str, content_type: str | None, fetched_at: datetime, known: Marks = b""
-) -> tuple[ParsedFeed, dict[str, cluster.Signed]]:
-    """Parse and normalize one body, and sign every item for story matching but those
-    ``known`` holds (``parse_and_prepare``).
-
-    Signing is text processing as costly as normalizing, and in the main process it would
-    take a large share of a first ingest's CPU; here it runs on every core instead of the one,
-    and so do the stored form of each signature and its lookup keys.
-    """
-    feed, signatures, _ = parse_and_prepare(body, url, content_type, fetched_at, False, known)
-    return feed, signatures
-
-
 Featurized = tuple[str, tuple[str, ...]]
 """An item's ``stories.Features.dumps()`` and its names and figures as words (``names.Terms``),
 which the writer needs only to explain a decision."""
@@ -90,9 +76,11 @@ which the writer needs only to explain a decision."""
 def parse_and_prepare(
     body: bytes, url: str, content_type: str | None, fetched_at: datetime, semantic: bool, known: Marks = b""
 ) -> tuple[ParsedFeed, dict[str, cluster.Signed], dict[str, Featurized]]:
-    """``parse_and_sign``, and with ``semantic`` each item's story features too: embedding a
-    headline and lead is the costliest part of matching, so it runs on the parse workers,
-    where the model is loaded once per process.
+    """Parse and normalize one body, and sign each item for story matching, and with
+    ``semantic`` featurize it too. Signing is text processing as costly as normalizing, and
+    embedding a headline and lead the costliest part of matching: in the main process they
+    would take a large share of a first ingest's CPU, here they run on every core but that
+    one, and the model is loaded once per worker.
 
     ``known``: the items of this source the writer stored as they are now (``marks_of`` of
     the items its last committed parse of the source found). A changed feed usually changed by
