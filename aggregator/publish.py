@@ -14,12 +14,13 @@ no ``published`` date: its ``updated`` is when it was first seen, and the HTML p
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,7 @@ from aggregator.entryview import (
     story_url,
 )
 from aggregator.errors import PublishError
-from aggregator.records import Candidate, Enclosure, OutputEntry, etag_of
+from aggregator.records import Candidate, Enclosure, OutputEntry, etag_of, etag_of_digest
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 MEDIA_NS = "http://search.yahoo.com/mrss/"  # Media RSS: media:thumbnail
@@ -150,24 +151,35 @@ def _filled(entries: Sequence[OutputEntry], fill: Filler | None, piece: int) -> 
         yield from fill(entries[start : start + piece])
 
 
-def render_archive(
+def archive_atom_pieces(
     output: Output,
     entries: list[OutputEntry],
     public_url: str,
     week: Week,
     previous: str | None,
     fill: Filler | None = None,
-) -> tuple[bytes, bytes]:
-    """One archived week as an RFC 5005 archive document and as an HTML page. ``previous`` is
-    the week before it that has entries; no ``next-archive``: the document never changes.
-    ``fill``: gives the entries their leads' HTML a piece at a time, when they came without
-    it (``Filler``)."""
+) -> Iterator[bytes | memoryview]:
+    """One archived week as an RFC 5005 archive document, in pieces (``atom_pieces``).
+    ``previous`` is the week before it that has entries; no ``next-archive``: the document
+    never changes. ``fill``: gives the entries their leads' HTML a piece at a time, when they
+    came without it (``Filler``)."""
     links = [("current", feed_url(public_url, output.slug, "atom"))]
     if previous is not None:
         links.append(("prev-archive", archive_url(public_url, output.slug, previous)))
-    atom = render_atom(output, entries, public_url, links=tuple(links), archive_of=week, fill=fill)
-    page = render_html(output, entries, public_url, week=str(week), previous=previous, fill=fill)
-    return atom, page
+    return atom_pieces(output, entries, public_url, links=tuple(links), archive_of=week, fill=fill)
+
+
+def archive_page_pieces(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    week: Week,
+    previous: str | None,
+    fill: Filler | None = None,
+) -> Iterator[bytes]:
+    """One archived week as an HTML page, in pieces (``html_pieces``); ``previous`` and
+    ``fill`` as in ``archive_atom_pieces``."""
+    return html_pieces(output, entries, public_url, week=str(week), previous=previous, fill=fill)
 
 
 def render_html(
@@ -178,11 +190,27 @@ def render_html(
     archives: Sequence[str] = (),
     week: str | None = None,
     previous: str | None = None,
-    fill: Filler | None = None,
 ) -> bytes:
     """The output as a page people can read on a phone, linking its feeds for auto-discovery
-    and its archive pages for older entries (``week``: this page is that archived week).
-    ``fill``: as in ``render_archive``."""
+    and its archive pages for older entries (``week``: this page is that archived week)."""
+    page = io.BytesIO()
+    for piece in html_pieces(output, entries, public_url, archives=archives, week=week, previous=previous):
+        page.write(piece)
+    return page.getvalue()
+
+
+def html_pieces(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    *,
+    archives: Sequence[str] = (),
+    week: str | None = None,
+    previous: str | None = None,
+    fill: Filler | None = None,
+) -> Iterator[bytes]:
+    """``render_html``'s page, UTF-8 encoded a piece at a time as it is generated; ``fill`` as
+    in ``archive_atom_pieces``."""
     try:
         chunks = TEMPLATES.get_template("output.html").generate(
             output=output,
@@ -203,7 +231,7 @@ def render_html(
             size=size,
             kind=kind,
         )
-        return _encoded(chunks)
+        yield from _encoded(chunks)
     except jinja2.TemplateError as exc:
         raise PublishError(f"{output.slug}.html: cannot render: {exc}") from exc
 
@@ -215,16 +243,14 @@ pieces it was joined from were held beside the encoded bytes; encoded as it is g
 only the bytes grow. UTF-8 of the pieces, concatenated, is UTF-8 of the whole: same bytes."""
 
 
-def _encoded(chunks: Iterator[str]) -> bytes:
-    page = io.BytesIO()
+def _encoded(chunks: Iterator[str]) -> Iterator[bytes]:
     batch: list[str] = []
     for chunk in chunks:
         batch.append(chunk)
         if len(batch) >= HTML_CHUNKS:
-            page.write("".join(batch).encode("utf-8"))
+            yield "".join(batch).encode("utf-8")
             batch.clear()
-    page.write("".join(batch).encode("utf-8"))
-    return page.getvalue()
+    yield "".join(batch).encode("utf-8")
 
 
 def _generator(
@@ -307,25 +333,45 @@ def render_atom(
     links: tuple[tuple[str, str], ...] = (),
     archive_of: Week | None = None,
     updated_if_empty: datetime | None = None,
-    fill: Filler | None = None,
 ) -> bytes:
     """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
     archive document for that week (own self URL and id, ``fh:archive`` marker);
-    ``updated_if_empty`` as in ``render_all``; ``fill`` as in ``render_archive``."""
+    ``updated_if_empty`` as in ``render_all``."""
+    spliced = io.BytesIO()  # grows in place; a list of pieces joined at the end held the document twice
+    for piece in atom_pieces(
+        output, entries, public_url, hub, links=links, archive_of=archive_of, updated_if_empty=updated_if_empty
+    ):
+        spliced.write(piece)
+    return spliced.getvalue()
+
+
+def atom_pieces(
+    output: Output,
+    entries: list[OutputEntry],
+    public_url: str,
+    hub: str | None = None,
+    *,
+    links: tuple[tuple[str, str], ...] = (),
+    archive_of: Week | None = None,
+    updated_if_empty: datetime | None = None,
+    fill: Filler | None = None,
+) -> Iterator[bytes | memoryview]:
+    """``render_atom``'s document in pieces, in order, each ``ATOM_PIECE`` entries rendered
+    alone and spliced (``fill`` as in ``archive_atom_pieces``): written as they come, the
+    document is never held whole. Each piece is good until the next is asked for."""
     if len(entries) <= ATOM_PIECE:
         whole = list(_filled(entries, fill, ATOM_PIECE))
-        return _render_atom(output, whole, public_url, hub, links, archive_of, None if entries else updated_if_empty)
+        yield _render_atom(output, whole, public_url, hub, links, archive_of, None if entries else updated_if_empty)
+        return
     updated = max(e.updated_at for e in entries)
-    spliced = io.BytesIO()  # grows in place; a list of pieces joined at the end held the document twice
     end = b""
     for start in range(0, len(entries), ATOM_PIECE):
         piece = list(_filled(entries[start : start + ATOM_PIECE], fill, ATOM_PIECE))
         document = _render_atom(output, piece, public_url, hub, links, archive_of, updated)
         first, last = document.index(_FIRST_ENTRY), document.rindex(_FEED_END)
-        spliced.write(memoryview(document)[0 if start == 0 else first : last])
+        yield memoryview(document)[0 if start == 0 else first : last]
         end = document[last:]
-    spliced.write(end)
-    return spliced.getvalue()
+    yield end
 
 
 def _render_atom(
@@ -506,15 +552,17 @@ def write_atomically(directory: Path, rendering: Rendering) -> Path:
     return write_file(directory, rendering.filename, rendering.body)
 
 
-def write_file(directory: Path, filename: str, body: bytes) -> Path:
-    """Temp file + fsync + rename: readers (and nginx) see the old file or the new, never half."""
+def write_file(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryview]) -> Path:
+    """Temp file + fsync + rename: readers (and nginx) see the old file or the new, never half.
+    ``body``: the bytes, or pieces of them written as they come (``atom_pieces``)."""
     target = directory / filename
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(body)
+                for piece in (body,) if isinstance(body, bytes) else body:
+                    handle.write(piece)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
@@ -525,3 +573,12 @@ def write_file(directory: Path, filename: str, body: bytes) -> Path:
     except OSError as exc:
         raise PublishError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target
+
+
+def etag_of_file(path: Path) -> str:
+    """``etag_of`` the bytes of a file, read a piece at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while piece := handle.read(1 << 20):
+            digest.update(piece)
+    return etag_of_digest(digest)

@@ -31,9 +31,11 @@ from aggregator.curate import (
 from aggregator.entryview import feed_url
 from aggregator.publish import (
     Rendering,
+    archive_atom_pieces,
+    archive_page_pieces,
     empty_feed_updated,
+    etag_of_file,
     render_all,
-    render_archive,
     write_atomically,
     write_file,
 )
@@ -222,9 +224,10 @@ class Publisher:
         its files written to ``directory``; False when another worker froze the week first
         (what it stored is the truth, and is written from the store).
 
-        A week holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates are
-        let go as soon as it is rendered, and the files are written from the bytes just
-        rendered rather than read back, so no two copies of a week are held at once.
+        A week holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates come
+        without it (unless a rule reads the text), which each piece rendered reads, and are let
+        go as soon as it is rendered; each document goes to its file a piece at a time, and the
+        store reads it from there.
         """
         text = reads_text(complete)
         malloc.release_freed_memory()
@@ -235,22 +238,29 @@ class Publisher:
         )
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
-        fill = None if text else self._with_html
-        atom, page = render_archive(complete, entries, self.config.settings.public_url, week, previous, fill)
-        del candidates, entries
-        etag = etag_of(atom)
-        row = ArchiveRow(
-            slug=complete.slug, week=str(week), entries=count, updated_at=updated,
-            atom=atom if count else b"", html=page if count else b"", etag=etag, created_at=now,
-        )  # fmt: skip
-        stored = self.store.save_archive(row)
-        del row
-        if not count:
+        fill, url = None if text else self._with_html, self.config.settings.public_url
+        if not count:  # recorded as empty: neither linked nor looked at again
+            etag = etag_of(b"".join(archive_atom_pieces(complete, entries, url, week, previous)))
+            empty = ArchiveRow(
+                slug=complete.slug, week=str(week), entries=0, updated_at=updated, atom=b"", html=b"", etag=etag,
+                created_at=now,
+            )  # fmt: skip
+            self.store.save_archive(empty)
             return None
+        # Each document goes to its file as it is rendered, and the store reads it from there:
+        # neither is held whole (10 and 8 MB at 5,000 entries). Should another worker have
+        # frozen the week first, ``freeze_archives`` writes the files again from what that one
+        # stored; should this process die first, they wait, linked from nowhere, for the week
+        # to be frozen.
+        page = write_file(directory, f"{week}.html", archive_page_pieces(complete, entries, url, week, previous, fill))
+        atom = write_file(directory, f"{week}.atom", archive_atom_pieces(complete, entries, url, week, previous, fill))
+        del candidates, entries
+        row = ArchiveRow(
+            slug=complete.slug, week=str(week), entries=count, updated_at=updated, atom=b"", html=b"",
+            etag=etag_of_file(atom), created_at=now,
+        )  # fmt: skip
+        stored = self.store.save_archive(row, {"atom": atom, "html": page})
         log.info("archived %s week %s (%d entries)", complete.slug, week, count)
-        if stored:
-            write_file(directory, f"{week}.atom", atom)
-            write_file(directory, f"{week}.html", page)
         return stored
 
     def _with_html(self, entries: Sequence[OutputEntry]) -> list[OutputEntry]:

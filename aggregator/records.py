@@ -325,4 +325,9 @@ class OutputEntry:
 def etag_of(body: bytes) -> str:
     """The ETag of published bytes (a feed, an archive week, a page): a strong validator of
     the bytes alone, so the same bytes carry the same ETag whoever rendered or serves them."""
-    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return etag_of_digest(hashlib.sha256(body))
+
+
+def etag_of_digest(digest: hashlib._Hash) -> str:
+    """``etag_of`` from the SHA-256 of the bytes, taken as they went by."""
+    return '"' + digest.hexdigest()[:32] + '"'

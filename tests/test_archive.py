@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +35,7 @@ from aggregator.curate import reads_text
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.publisher import Publisher
 from aggregator.records import etag_of
+from aggregator.store import outputs
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.models import ArchiveRow
 from aggregator.store.repository import Store
@@ -303,13 +304,13 @@ def test_a_week_another_worker_froze_first_is_written_as_they_stored_it(archived
     class FrozenFirstElsewhere(Store):
         """Another worker stores the week between this one rendering it and storing it."""
 
-        def save_archive(self, row: ArchiveRow) -> bool:
+        def save_archive(self, row: ArchiveRow, files: Mapping[str, Path] | None = None) -> bool:
             other = ArchiveRow(
                 slug=row.slug, week=row.week, entries=row.entries, updated_at=row.updated_at,
                 atom=theirs, html=b"<p>theirs</p>", etag=etag_of(theirs), created_at=row.created_at,
             )  # fmt: skip
             assert super().save_archive(other)
-            return super().save_archive(row)
+            return super().save_archive(row, files)
 
     Publisher(config, FrozenFirstElsewhere(store.engine), clock=lambda: later).publish()
     archive = www / "feeds" / "world" / "archive"
@@ -345,8 +346,9 @@ def test_archived_entries_carry_their_html_in_both_documents(
 ) -> None:
     """An archive week's HTML is read a piece at a time as it is rendered (pieces of one entry
     here), unless a rule reads the text: then it comes with the candidates. Either way each
-    entry carries its own."""
+    entry carries its own. Each document goes to its file first, which the store then reads."""
     monkeypatch.setattr(publish, "ATOM_PIECE", 1)
+    monkeypatch.setattr(outputs, "FILE_PIECE", 64)  # the documents, written first, are stored from their files
     server.add("/f", Route(body=feed(DATES)))
     title_rule = OUTPUTS.replace("keywords: [horoscope]", "keywords: [horoscope]\n        fields: [title]")
     settings = f"database: {database_url}\noutput_dir: {tmp_path / 'www' / 'feeds'}"
@@ -373,5 +375,10 @@ def test_archived_entries_carry_their_html_in_both_documents(
         ("Story a", "Body a"),
         ("Story b", "Body b"),
     ]
+    archive = tmp_path / "www" / "feeds" / "world" / "archive"
+    assert week.atom == (archive / "2026-W47.atom").read_bytes()
+    assert week.html == (archive / "2026-W47.html").read_bytes()
+    assert week.etag == etag_of(week.atom)
     page = week.html.decode()
+    assert min(len(week.atom), len(week.html)) > 10 * 64  # each streamed in more than ten pieces
     assert page.index("Story a") < page.index("Body a") < page.index("Story b") < page.index("Body b")

@@ -18,8 +18,9 @@ from aggregator.archive import Week
 from aggregator.config import Output
 from aggregator.publish import (
     Rendering,
+    archive_atom_pieces,
+    archive_page_pieces,
     render_all,
-    render_archive,
     render_atom,
     render_json,
     render_rss,
@@ -182,8 +183,10 @@ def test_an_archive_week_given_its_html_a_piece_at_a_time_has_the_bytes_of_one_g
         return [replace(e, lead=by_id[e.lead.item_id]) for e in piece]
 
     monkeypatch.setattr(publish, "ATOM_PIECE", 4)
-    expected = render_archive(OUTPUT, whole, PUBLIC, Week(2026, 47), "2026-W46")
-    assert render_archive(OUTPUT, bare, PUBLIC, Week(2026, 47), "2026-W46", fill) == expected
+    week, renderers = Week(2026, 47), (archive_atom_pieces, archive_page_pieces)
+    expected = [b"".join(render(OUTPUT, whole, PUBLIC, week, "2026-W46")) for render in renderers]
+    for render, bytes_whole in zip(renderers, expected, strict=True):
+        assert b"".join(render(OUTPUT, bare, PUBLIC, week, "2026-W46", fill)) == bytes_whole
     # Pieces of 4, 4 and 3 for the Atom document, and again for the page: never more at once.
     assert asked == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]] * 2
     assert b"Content 9" in expected[0] and b"Summary 11" in expected[1]

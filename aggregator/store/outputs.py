@@ -8,9 +8,10 @@ A ``source_ids`` of None means every source; an empty collection means none.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, distinct, func, literal, literal_column, select, true
@@ -215,18 +216,25 @@ class OutputStore(StoreBase):
             s.expunge(row)
             return row
 
-    def save_archive(self, row: ArchiveRow) -> bool:
+    def save_archive(self, row: ArchiveRow, files: Mapping[str, Path] | None = None) -> bool:
         """Freeze a week; False when another worker froze it first: theirs stays (same rules,
-        same bytes) and nothing is written.
+        same bytes) and nothing is written. ``files``: documents of the row (by column) given
+        as files rather than in it, read from there.
 
         On SQLite the documents are streamed into blobs of their size, the row's last columns:
         bound as parameters, a full week's ~20 MB was copied by the driver and again into the
-        record SQLite builds, beside the caller's own bytes."""
-        values = {column.name: getattr(row, column.name) for column in ArchiveRow.__table__.columns}
+        record SQLite builds, beside the caller's own bytes; a file is streamed a piece at a
+        time."""
+        values: dict[str, Any] = {column.name: getattr(row, column.name) for column in ArchiveRow.__table__.columns}
+        files = files or {}
         with self.session() as s:
             dialect = s.get_bind().dialect.name
-            documents = {name: values[name] for name in ARCHIVE_DOCUMENTS} if dialect == "sqlite" else {}
-            values.update({name: func.zeroblob(len(body)) for name, body in documents.items()})
+            if dialect != "sqlite":
+                values.update({name: path.read_bytes() for name, path in files.items()})
+            documents: dict[str, bytes | Path] = (
+                {name: files.get(name, values[name]) for name in ARCHIVE_DOCUMENTS} if dialect == "sqlite" else {}
+            )
+            values.update({name: func.zeroblob(_size(body)) for name, body in documents.items()})
             # RETURNING, not the row count: psycopg reports none (-1) for this statement.
             statement = insert_ignore_statement(dialect, ArchiveRow).values(values)
             inserted = s.execute(statement.returning(literal_column("rowid") if documents else ArchiveRow.week)).first()
@@ -237,12 +245,27 @@ class OutputStore(StoreBase):
             return True
 
 
-def _stream_into(sqlite: Any, rowid: int, documents: dict[str, bytes]) -> None:
-    """Write each document into its blob column of the archive row ``rowid`` (SQLite)."""
+def _stream_into(sqlite: Any, rowid: int, documents: dict[str, bytes | Path]) -> None:
+    """Write each document (its bytes, or a file of them) into its blob column of the archive
+    row ``rowid`` (SQLite)."""
     for name, body in documents.items():
-        if body:
-            with sqlite.blobopen(ArchiveRow.__tablename__, name, rowid) as blob:
+        if not _size(body):
+            continue
+        with sqlite.blobopen(ArchiveRow.__tablename__, name, rowid) as blob:
+            if isinstance(body, Path):
+                with body.open("rb") as handle:
+                    while piece := handle.read(FILE_PIECE):
+                        blob.write(piece)
+            else:
                 blob.write(body)
+
+
+FILE_PIECE = 1 << 20
+"""Bytes of a document file streamed into its blob at a time (``save_archive``)."""
+
+
+def _size(body: bytes | Path) -> int:
+    return body.stat().st_size if isinstance(body, Path) else len(body)
 
 
 def _from_sources(source_ids: SourceIds) -> ColumnElement[bool] | None:
