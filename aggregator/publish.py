@@ -555,6 +555,16 @@ def write_atomically(directory: Path, rendering: Rendering) -> Path:
 def write_file(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryview]) -> Path:
     """Temp file + fsync + rename: readers (and nginx) see the old file or the new, never half.
     ``body``: the bytes, or pieces of them written as they come (``atom_pieces``)."""
+    spooled = spool(directory, filename, body)
+    try:
+        return place(spooled, directory / filename)
+    finally:
+        spooled.unlink(missing_ok=True)
+
+
+def spool(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryview]) -> Path:
+    """``body`` in a temp file of its own beside ``filename`` in ``directory``, on disk
+    (fsync) and readable by all: what ``place`` then gives the name, or the caller removes."""
     target = directory / filename
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -566,10 +576,18 @@ def write_file(directory: Path, filename: str, body: bytes | Iterable[bytes | me
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    except OSError as exc:
+        raise PublishError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    return Path(tmp)
+
+
+def place(spooled: Path, target: Path) -> Path:
+    """Give a ``spool``ed file its name, at once: readers see the old file or the new."""
+    try:
+        os.replace(spooled, target)
     except OSError as exc:
         raise PublishError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target

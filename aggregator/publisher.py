@@ -35,7 +35,9 @@ from aggregator.publish import (
     archive_page_pieces,
     empty_feed_updated,
     etag_of_file,
+    place,
     render_all,
+    spool,
     write_atomically,
     write_file,
 )
@@ -226,7 +228,7 @@ class Publisher:
 
         A week holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates come
         without it (unless a rule reads the text), which each piece rendered reads, and are let
-        go as soon as it is rendered; each document goes to its file a piece at a time, and the
+        go as soon as it is rendered; each document goes to a file a piece at a time, and the
         store reads it from there.
         """
         text = reads_text(complete)
@@ -247,19 +249,27 @@ class Publisher:
             )  # fmt: skip
             self.store.save_archive(empty)
             return None
-        # Each document goes to its file as it is rendered, and the store reads it from there:
-        # neither is held whole (10 and 8 MB at 5,000 entries). Should another worker have
-        # frozen the week first, ``freeze_archives`` writes the files again from what that one
-        # stored; should this process die first, they wait, linked from nowhere, for the week
-        # to be frozen.
-        page = write_file(directory, f"{week}.html", archive_page_pieces(complete, entries, url, week, previous, fill))
-        atom = write_file(directory, f"{week}.atom", archive_atom_pieces(complete, entries, url, week, previous, fill))
-        del candidates, entries
-        row = ArchiveRow(
-            slug=complete.slug, week=str(week), entries=count, updated_at=updated, atom=b"", html=b"",
-            etag=etag_of_file(atom), created_at=now,
-        )  # fmt: skip
-        stored = self.store.save_archive(row, {"atom": atom, "html": page})
+        # Each document goes to a file of its own as it is rendered, and the store reads it
+        # from there: neither is held whole (10 and 8 MB at 5,000 entries). The files take
+        # their names only once the week is stored; should another worker have frozen it
+        # first, ``freeze_archives`` writes them from what that one stored.
+        page = spool(directory, f"{week}.html", archive_page_pieces(complete, entries, url, week, previous, fill))
+        try:
+            atom = spool(directory, f"{week}.atom", archive_atom_pieces(complete, entries, url, week, previous, fill))
+            try:
+                del candidates, entries
+                row = ArchiveRow(
+                    slug=complete.slug, week=str(week), entries=count, updated_at=updated, atom=b"", html=b"",
+                    etag=etag_of_file(atom), created_at=now,
+                )  # fmt: skip
+                stored = self.store.save_archive(row, {"atom": atom, "html": page})
+                if stored:
+                    place(atom, directory / f"{week}.atom")
+                    place(page, directory / f"{week}.html")
+            finally:
+                atom.unlink(missing_ok=True)
+        finally:
+            page.unlink(missing_ok=True)
         log.info("archived %s week %s (%d entries)", complete.slug, week, count)
         return stored
 

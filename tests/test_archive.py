@@ -316,6 +316,7 @@ def test_a_week_another_worker_froze_first_is_written_as_they_stored_it(archived
     archive = www / "feeds" / "world" / "archive"
     assert (archive / "2026-W48.atom").read_bytes() == theirs
     assert (archive / "2026-W48.html").read_bytes() == b"<p>theirs</p>"
+    assert not list(archive.glob(".*"))  # this worker's own renderings are gone, not left beside
     assert store.archive("world", "2026-W48") is not None
     assert store.archive("world", "2026-W48").atom == theirs  # type: ignore[union-attr]
 
@@ -378,6 +379,7 @@ def test_archived_entries_carry_their_html_in_both_documents(
     archive = tmp_path / "www" / "feeds" / "world" / "archive"
     assert week.atom == (archive / "2026-W47.atom").read_bytes()
     assert week.html == (archive / "2026-W47.html").read_bytes()
+    assert not list(archive.glob(".*"))  # no file it was written through is left
     assert week.etag == etag_of(week.atom)
     page = week.html.decode()
     assert min(len(week.atom), len(week.html)) > 10 * 64  # each streamed in more than ten pieces
