@@ -236,8 +236,14 @@ class Publisher:
         # Rules that read an item's text may read its summary's (``curate.matches``): then the
         # HTML comes with the candidates; else it is read as each piece is rendered.
         candidates = self.store.candidates_between(
-            sources, week.start, week.end, ARCHIVE_MAX_ENTRIES, with_text=text, with_html=text
+            sources, week.start, week.end, ARCHIVE_MAX_ENTRIES + 1, with_text=text, with_html=text
         )
+        if len(candidates) > ARCHIVE_MAX_ENTRIES:  # newest first: the week's oldest are left out
+            del candidates[ARCHIVE_MAX_ENTRIES:]
+            log.warning(
+                "archive %s week %s holds only the newest %d of its items: the older ones are in no archive",
+                complete.slug, week, ARCHIVE_MAX_ENTRIES,
+            )  # fmt: skip
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
         fill, url = None if text else self._with_html, self.config.settings.public_url

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import socket
@@ -27,7 +28,9 @@ import httpx
 import pytest
 from lxml import etree
 
+from aggregator import archive as archive_module
 from aggregator import publish
+from aggregator import publisher as publisher_module
 from aggregator.archive import Week, first_open_week
 from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
@@ -384,3 +387,36 @@ def test_archived_entries_carry_their_html_in_both_documents(
     page = week.html.decode()
     assert min(len(week.atom), len(week.html)) > 10 * 64  # each streamed in more than ten pieces
     assert page.index("Story a") < page.index("Body a") < page.index("Story b") < page.index("Body b")
+
+
+def test_a_week_with_more_items_than_an_archive_holds_says_so(
+    server: FeedServer,
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the newest ``ARCHIVE_MAX_ENTRIES`` items of a week are archived (one here): the
+    operator is told which week lost the others, rather than finding it out from the archive."""
+    monkeypatch.setattr(archive_module, "ARCHIVE_MAX_ENTRIES", 1)
+    monkeypatch.setattr(publisher_module, "ARCHIVE_MAX_ENTRIES", 1)
+    server.add("/f", Route(body=feed(DATES)))
+    settings = f"database: {database_url}\noutput_dir: {tmp_path / 'www' / 'feeds'}"
+    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=OUTPUTS)
+    config = load_config(path).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    try:
+        store = Store(engine)
+        with caplog.at_level(logging.WARNING, logger="aggregator"):
+            poll(config, store, NOW)
+        weeks = {page.week: page.entries for page in store.archive_weeks("world")}
+        week = store.archive("world", "2026-W47")
+    finally:
+        engine.dispose()
+    assert weeks == {"2026-W47": 1, "2026-W45": 1, "2026-W43": 0, "2026-W40": 1}
+    assert week is not None and [e.title for e in feedparser.parse(week.atom).entries] == ["Story a"]  # the newer
+    warned = [r.getMessage() for r in caplog.records if "in no archive" in r.getMessage()]
+    assert warned == [
+        "archive world week 2026-W47 holds only the newest 1 of its items: the older ones are in no archive"
+    ]
