@@ -126,24 +126,34 @@ def poll(config: Config, store: Store, now: datetime) -> None:
     asyncio.run(poll_once(Pipeline(config, store, clock=lambda: now), all_sources=True))
 
 
-@pytest.fixture
-def archived(
-    request: pytest.FixtureRequest, server: FeedServer, tmp_path: Path, database_url: str
+@contextlib.contextmanager
+def polled(
+    server: FeedServer, tmp_path: Path, database_url: str, outputs: str = OUTPUTS, now: datetime = NOW
 ) -> Iterator[tuple[Config, Store, Path]]:
-    """The feed polled at NOW (or at the time given as the fixture's parameter)."""
+    """The feed of ``DATES`` served, and polled at ``now`` into a fresh database with these
+    ``outputs``: its config, its store, and the directory the outputs are written under."""
     server.add("/f", Route(body=feed(DATES)))
     www = tmp_path / "www"
     settings = f"database: {database_url}\noutput_dir: {www / 'feeds'}"
-    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=OUTPUTS)
+    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=outputs)
     config = load_config(path).config
     engine = make_engine(database_url)
     ensure_schema(engine)
     try:
         store = Store(engine)
-        poll(config, store, getattr(request, "param", NOW))
+        poll(config, store, now)
         yield config, store, www
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def archived(
+    request: pytest.FixtureRequest, server: FeedServer, tmp_path: Path, database_url: str
+) -> Iterator[tuple[Config, Store, Path]]:
+    """The feed polled at NOW (or at the time given as the fixture's parameter)."""
+    with polled(server, tmp_path, database_url, now=getattr(request, "param", NOW)) as found:
+        yield found
 
 
 EXPECTED = [("2026-W47", ["Story a", "Story b"]), ("2026-W45", ["Story c"]), ("2026-W40", ["Story d"])]
@@ -326,20 +336,9 @@ def test_a_week_another_worker_froze_first_is_written_as_they_stored_it(archived
 
 def test_an_archive_rule_on_the_item_text_still_reads_it(server: FeedServer, tmp_path: Path, database_url: str) -> None:
     """Archive weeks read items without their text unless a rule looks at it: this one does."""
-    server.add("/f", Route(body=feed(DATES)))
-    www = tmp_path / "www"
     rules = OUTPUTS.replace("keywords: [horoscope]", "keywords: [body c]\n        fields: [content]")
-    settings = f"database: {database_url}\noutput_dir: {www / 'feeds'}"
-    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=rules)
-    config = load_config(path).config
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    try:
-        store = Store(engine)
-        poll(config, store, NOW)
+    with polled(server, tmp_path, database_url, rules) as (_, store, _):
         weeks = {page.week: page.entries for page in store.archive_weeks("world")}
-    finally:
-        engine.dispose()
     assert weeks["2026-W45"] == 0  # story c's only text ("Body c") is excluded by the rule
     assert weeks["2026-W43"] == 1 and weeks["2026-W47"] == 2  # the horoscope is in now
 
@@ -353,25 +352,10 @@ def test_archived_entries_carry_their_html_in_both_documents(
     entry carries its own. Each document goes to its file first, which the store then reads."""
     monkeypatch.setattr(publish, "ATOM_PIECE", 1)
     monkeypatch.setattr(outputs, "FILE_PIECE", 64)  # the documents, written first, are stored from their files
-    server.add("/f", Route(body=feed(DATES)))
     title_rule = OUTPUTS.replace("keywords: [horoscope]", "keywords: [horoscope]\n        fields: [title]")
-    settings = f"database: {database_url}\noutput_dir: {tmp_path / 'www' / 'feeds'}"
-    path = write_config(
-        tmp_path,
-        [{"name": "n", "url": server.url("/f")}],
-        settings=settings,
-        outputs=OUTPUTS if text_rule else title_rule,
-    )
-    config = load_config(path).config
-    assert reads_text(config.outputs[0]) is text_rule
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    try:
-        store = Store(engine)
-        poll(config, store, NOW)
+    with polled(server, tmp_path, database_url, OUTPUTS if text_rule else title_rule) as (config, store, www):
+        assert reads_text(config.outputs[0]) is text_rule
         week = store.archive("world", "2026-W47")
-    finally:
-        engine.dispose()
     assert week is not None and week.entries == 2
     entries = feedparser.parse(week.atom).entries
     # Each entry's own HTML first, then what the output adds (how many outlets carry it).
@@ -379,7 +363,7 @@ def test_archived_entries_carry_their_html_in_both_documents(
         ("Story a", "Body a"),
         ("Story b", "Body b"),
     ]
-    archive = tmp_path / "www" / "feeds" / "world" / "archive"
+    archive = www / "feeds" / "world" / "archive"
     assert week.atom == (archive / "2026-W47.atom").read_bytes()
     assert week.html == (archive / "2026-W47.html").read_bytes()
     assert not list(archive.glob(".*"))  # no file it was written through is left
@@ -400,20 +384,10 @@ def test_a_week_with_more_items_than_an_archive_holds_says_so(
     operator is told which week lost the others, rather than finding it out from the archive."""
     monkeypatch.setattr(archive_module, "ARCHIVE_MAX_ENTRIES", 1)
     monkeypatch.setattr(publisher_module, "ARCHIVE_MAX_ENTRIES", 1)
-    server.add("/f", Route(body=feed(DATES)))
-    settings = f"database: {database_url}\noutput_dir: {tmp_path / 'www' / 'feeds'}"
-    path = write_config(tmp_path, [{"name": "n", "url": server.url("/f")}], settings=settings, outputs=OUTPUTS)
-    config = load_config(path).config
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    try:
-        store = Store(engine)
-        with caplog.at_level(logging.WARNING, logger="aggregator"):
-            poll(config, store, NOW)
+    with caplog.at_level(logging.WARNING, logger="aggregator"), polled(server, tmp_path, database_url) as found:
+        store = found[1]
         weeks = {page.week: page.entries for page in store.archive_weeks("world")}
         week = store.archive("world", "2026-W47")
-    finally:
-        engine.dispose()
     assert weeks == {"2026-W47": 1, "2026-W45": 1, "2026-W43": 0, "2026-W40": 1}
     assert week is not None and [e.title for e in feedparser.parse(week.atom).entries] == ["Story a"]  # the newer
     warned = [r.getMessage() for r in caplog.records if "in no archive" in r.getMessage()]
