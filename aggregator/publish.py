@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,10 +194,16 @@ def render_html(
 ) -> bytes:
     """The output as a page people can read on a phone, linking its feeds for auto-discovery
     and its archive pages for older entries (``week``: this page is that archived week)."""
-    page = io.BytesIO()
-    for piece in html_pieces(output, entries, public_url, archives=archives, week=week, previous=previous):
-        page.write(piece)
-    return page.getvalue()
+    return _joined(html_pieces(output, entries, public_url, archives=archives, week=week, previous=previous))
+
+
+def _joined(pieces: Iterable[bytes | memoryview]) -> bytes:
+    """A document's pieces as its bytes, in a buffer that grows in place (a list of pieces
+    joined at the end held the document twice)."""
+    whole = io.BytesIO()
+    for piece in pieces:
+        whole.write(piece)
+    return whole.getvalue()
 
 
 def html_pieces(
@@ -337,12 +344,11 @@ def render_atom(
     """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
     archive document for that week (own self URL and id, ``fh:archive`` marker);
     ``updated_if_empty`` as in ``render_all``."""
-    spliced = io.BytesIO()  # grows in place; a list of pieces joined at the end held the document twice
-    for piece in atom_pieces(
-        output, entries, public_url, hub, links=links, archive_of=archive_of, updated_if_empty=updated_if_empty
-    ):
-        spliced.write(piece)
-    return spliced.getvalue()
+    return _joined(
+        atom_pieces(
+            output, entries, public_url, hub, links=links, archive_of=archive_of, updated_if_empty=updated_if_empty
+        )
+    )
 
 
 def atom_pieces(
@@ -555,20 +561,23 @@ def write_atomically(directory: Path, rendering: Rendering) -> Path:
 def write_file(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryview]) -> Path:
     """Temp file + fsync + rename: readers (and nginx) see the old file or the new, never half.
     ``body``: the bytes, or pieces of them written as they come (``atom_pieces``)."""
-    spooled = spool(directory, filename, body)
-    try:
-        return place(spooled, directory / filename)
-    finally:
-        spooled.unlink(missing_ok=True)
+    with spooled(directory, filename, body) as written:
+        return place(written, directory / filename)
 
 
-def spool(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryview]) -> Path:
-    """``body`` in a temp file of its own beside ``filename`` in ``directory``, on disk
-    (fsync) and readable by all: what ``place`` then gives the name, or the caller removes."""
+@contextmanager
+def spooled(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryview]) -> Iterator[Path]:
+    """``body`` in a temp file of its own beside ``filename`` in ``directory``, on disk (fsync)
+    and readable by all, for the block: ``place`` gives it its name, or it is removed when the
+    block ends."""
     target = directory / filename
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".tmp")
+    except OSError as exc:
+        raise PublishError(f"cannot write {target}: {exc.strerror or exc}") from exc
+    tmp = Path(name)
+    try:
         try:
             with os.fdopen(fd, "wb") as handle:
                 for piece in (body,) if isinstance(body, bytes) else body:
@@ -576,16 +585,15 @@ def spool(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryv
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise PublishError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    return Path(tmp)
+        except OSError as exc:
+            raise PublishError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def place(spooled: Path, target: Path) -> Path:
-    """Give a ``spool``ed file its name, at once: readers see the old file or the new."""
+    """Give a ``spooled`` file its name, at once: readers see the old file or the new."""
     try:
         os.replace(spooled, target)
     except OSError as exc:

@@ -37,7 +37,7 @@ from aggregator.publish import (
     etag_of_file,
     place,
     render_all,
-    spool,
+    spooled,
     write_atomically,
     write_file,
 )
@@ -247,11 +247,10 @@ class Publisher:
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
         fill, url = None if text else self._with_html, self.config.settings.public_url
-        if not count:  # recorded as empty: neither linked nor looked at again
-            etag = etag_of(b"".join(archive_atom_pieces(complete, entries, url, week, previous)))
+        if not count:  # recorded as empty, documents and all: neither linked nor looked at again
             empty = ArchiveRow(
-                slug=complete.slug, week=str(week), entries=0, updated_at=updated, atom=b"", html=b"", etag=etag,
-                created_at=now,
+                slug=complete.slug, week=str(week), entries=0, updated_at=updated, atom=b"", html=b"",
+                etag=etag_of(b""), created_at=now,
             )  # fmt: skip
             self.store.save_archive(empty)
             return None
@@ -259,23 +258,18 @@ class Publisher:
         # from there: neither is held whole (10 and 8 MB at 5,000 entries). The files take
         # their names only once the week is stored; should another worker have frozen it
         # first, ``freeze_archives`` writes them from what that one stored.
-        page = spool(directory, f"{week}.html", archive_page_pieces(complete, entries, url, week, previous, fill))
-        try:
-            atom = spool(directory, f"{week}.atom", archive_atom_pieces(complete, entries, url, week, previous, fill))
-            try:
-                del candidates, entries
-                row = ArchiveRow(
-                    slug=complete.slug, week=str(week), entries=count, updated_at=updated, atom=b"", html=b"",
-                    etag=etag_of_file(atom), created_at=now,
-                )  # fmt: skip
-                stored = self.store.save_archive(row, {"atom": atom, "html": page})
-                if stored:
-                    place(atom, directory / f"{week}.atom")
-                    place(page, directory / f"{week}.html")
-            finally:
-                atom.unlink(missing_ok=True)
-        finally:
-            page.unlink(missing_ok=True)
+        html = archive_page_pieces(complete, entries, url, week, previous, fill)  # rendered as written
+        feed = archive_atom_pieces(complete, entries, url, week, previous, fill)
+        with spooled(directory, f"{week}.html", html) as page, spooled(directory, f"{week}.atom", feed) as atom:
+            del candidates, entries, html, feed
+            row = ArchiveRow(
+                slug=complete.slug, week=str(week), entries=count, updated_at=updated, atom=b"", html=b"",
+                etag=etag_of_file(atom), created_at=now,
+            )  # fmt: skip
+            stored = self.store.save_archive(row, {"atom": atom, "html": page})
+            if stored:
+                place(atom, directory / f"{week}.atom")
+                place(page, directory / f"{week}.html")
         log.info("archived %s week %s (%d entries)", complete.slug, week, count)
         return stored
 
