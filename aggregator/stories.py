@@ -135,6 +135,15 @@ MIN_AGREEMENT = 0.5
 weight of one side's leading names is shared. Two stories about the same actors share some
 names; reports of one event share most of what one of them opens with."""
 
+WHOLE_AGREEMENT_WEIGHT = 2.0
+"""How many times the rare-name weight its cosine requires (``names_needed``) an independent
+report must share with a story for its agreement to be weighed on all its names, and not only
+on those it opens with (``_agreement``): an opening is not always who did what where ("This
+story was updated at 11:25 p.m. EDT.", a quote, the scene before the news), and a report that
+shares that much more than it needs, and most of all the rare names it gives, reports the same
+event. Below it, the opening decides: a report of another event with the same actors shares
+some names, and is told apart by what each opens with."""
+
 COPY_AGREEMENT = 0.8
 """Agreement a lead copy needs: a copy keeps its original's names and figures (a trimmed one
 keeps a subset), while a look-alike from the same template carries other ones."""
@@ -758,7 +767,9 @@ def judge(
     why_not = _ruled_out(item, story, cosine, independent)
     if not why_not and name_weight < needed:
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
-    elif not why_not and not _agreement(item, weights, story, stats, agree):
+    elif not why_not and not _agreement(
+        item, weights, story, stats, agree, whole=name_weight >= WHOLE_AGREEMENT_WEIGHT * needed
+    ):
         why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(
         story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight
@@ -1016,7 +1027,15 @@ def copied(found: Mapping[int, float]) -> set[int]:
     return {story for story, weight in found.items() if weight >= COPY_KEY_WEIGHT or story < 0}
 
 
-def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile, stats: TermStats, bar: float) -> bool:
+def _agreement(
+    item: Features,
+    weights: Mapping[int, float],
+    story: StoryProfile,
+    stats: TermStats,
+    bar: float,
+    *,
+    whole: bool = False,
+) -> bool:
     """Whether an item's rare names and figures agree with the story's at ``bar`` (0..1): of the
     rare weight of the item's leading names (headline and the lead's opening), the share the
     story carries, or of the story's leading names, the share the item also leads with, reaches
@@ -1034,19 +1053,28 @@ def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile
     ``LATER_NAME_SHARE`` where it names them only further down: there a report of a development
     recalls the story's event ("a week after ..."), but so does an outlet whose opening sets the
     scene before naming who and where. An item that names all of them only there agrees just
-    as much as a report needs where its meaning is far from the story's (``MIN_AGREEMENT``)."""
-    return _item_agreement(item, weights, story) >= bar or _story_agreement(item, story, stats) >= bar
+    as much as a report needs where its meaning is far from the story's (``MIN_AGREEMENT``).
+
+    ``whole``: the item shares far more rare weight with the story than it needs
+    (``WHOLE_AGREEMENT_WEIGHT``), and its side may be weighed on all its names as well."""
+    return _item_agreement(item, weights, story, whole) >= bar or _story_agreement(item, story, stats) >= bar
 
 
-def _item_agreement(item: Features, weights: Mapping[int, float], story: StoryProfile) -> float:
+def _item_agreement(item: Features, weights: Mapping[int, float], story: StoryProfile, whole: bool = False) -> float:
     """The item's side of ``_agreement``: of the rare weight of its leading names (all its
-    names if those are too plain), the share the story carries; 1.0 if all are too plain."""
+    names if those are too plain), the share the story carries; 1.0 if all are too plain.
+    ``whole``: the greater of that and the share of all its names' weight."""
     support = story.support
     mine = item.lead_terms
     own = sum(weights[t] for t in mine)
     if own < AGREEMENT_FLOOR:  # an opening too plain to tell: all its names
         mine, own = item.terms, sum(weights.values())
-    return sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
+    share = sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
+    if whole and mine is not item.terms:  # weighed on its opening: on all its names as well
+        everything = sum(weights.values())
+        named = sum(weights[t] * support.get(t, 0.0) for t in item.terms)
+        return max(share, named / everything if everything >= AGREEMENT_FLOOR else 1.0)
+    return share
 
 
 def _story_agreement(item: Features, story: StoryProfile, stats: TermStats) -> float:

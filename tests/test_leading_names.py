@@ -75,6 +75,30 @@ def test_a_report_opening_with_other_names_stays_out_though_its_background_match
     assert "mostly differ" in decision.near_misses[0].why_not
 
 
+def test_a_report_sharing_far_more_names_than_it_needs_agrees_on_all_of_them() -> None:
+    # Its opening names nothing of the event ("This story was updated at 11:25 p.m. EDT.": a
+    # time and a time zone), and the story's opens with a quote's speaker and his agency, which
+    # the report never names; further down both name the same six crew, craft and places. On
+    # the openings alone neither side agrees with the other; with six rare names in common,
+    # twice what even the weakest cosine asks, all its names are weighed, two thirds shared.
+    story = StoryProfile(1, (Member(1, NOON, item({1, 2, 3}, {4, 5, 6, 7, 8, 9}, 1)),), NOON)
+    updated = item({31, 32}, {4, 5, 6, 7, 8, 9, 41}, 2)
+    stats = TermStats(stories=0)  # every term is rare, each weighs 1
+    cosine = float(np.dot(updated.vector, story.centroid))
+    needed, _ = stories.names_needed(cosine)
+    assert stories.WHOLE_AGREEMENT_WEIGHT * needed <= 6
+    joined = decide(updated, NOON + timedelta(hours=1), [story], stats)
+    assert joined.story_id == 1, joined.explain()
+    # Three of those names are enough weight for the cosine, but not twice: the openings
+    # decide, and they name two different events.
+    fewer = item({31, 32}, {4, 5, 6, 41, 42, 43}, 2)
+    needed, _ = stories.names_needed(float(np.dot(fewer.vector, story.centroid)))
+    assert stories.WHOLE_AGREEMENT_WEIGHT * needed > 3
+    refused = decide(fewer, NOON + timedelta(hours=1), [story], stats)
+    assert refused.story_id is None
+    assert "mostly differ" in refused.near_misses[0].why_not
+
+
 def test_an_opening_of_common_names_is_weighed_with_the_names_that_follow() -> None:
     # Look-alikes from one template on a busy week: both open with the same two countries,
     # which so many stories name that they weigh nothing; they share two rare names further
