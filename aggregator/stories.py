@@ -558,6 +558,7 @@ class Judgement:
     why_not: str = ""
     shared_words: tuple[int, ...] = ()  # the item's rare plain words the story uses
     word_weight: float = 0.0  # what they add to ``name_weight``
+    on_all_names: bool = False  # its names agree on the whole, not on its opening (``WHOLE_AGREEMENT_WEIGHT``)
 
     @property
     def score(self) -> float:
@@ -575,6 +576,8 @@ class Judgement:
             listed = ", ".join(shown[:6]) if shown else f"{len(self.shared_words)}"
             names += f"; rare word stems {listed} (+{self.word_weight:.1f})"
         copy = f"; copies item {self.copy_of}" if self.copy_of is not None else ""
+        if self.on_all_names:
+            copy += "; agrees on all its names, not on its opening"
         text = (
             f"cosine {self.cosine:.2f}, name weight {self.name_weight:.1f}{names}{copy}, "
             f"{self.hours:+.1f} h from the story's first item"
@@ -767,13 +770,15 @@ def judge(
     why_not = _ruled_out(item, story, cosine, independent)
     if not why_not and name_weight < needed:
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
-    elif not why_not and not _agreement(
-        item, weights, story, stats, agree, whole=name_weight >= WHOLE_AGREEMENT_WEIGHT * needed
-    ):
-        why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
+    whole = False
+    if not why_not and not _agreement(item, weights, story, stats, agree):
+        whole = name_weight >= WHOLE_AGREEMENT_WEIGHT * needed
+        if not (whole and _agreement(item, weights, story, stats, agree, whole=True)):
+            why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(
-        story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight
-    )
+        story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight,
+        whole and not why_not,
+    )  # fmt: skip
 
 
 def beyond_span(first_at: datetime, earliest: datetime, latest: datetime) -> bool:

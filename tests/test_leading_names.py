@@ -89,6 +89,7 @@ def test_a_report_sharing_far_more_names_than_it_needs_agrees_on_all_of_them() -
     assert stories.WHOLE_AGREEMENT_WEIGHT * needed <= 6
     joined = decide(updated, NOON + timedelta(hours=1), [story], stats)
     assert joined.story_id == 1, joined.explain()
+    assert "agrees on all its names, not on its opening" in joined.explain()
     # Three of those names are enough weight for the cosine, but not twice: the openings
     # decide, and they name two different events.
     fewer = item({31, 32}, {4, 5, 6, 41, 42, 43}, 2)
@@ -97,6 +98,10 @@ def test_a_report_sharing_far_more_names_than_it_needs_agrees_on_all_of_them() -
     refused = decide(fewer, NOON + timedelta(hours=1), [story], stats)
     assert refused.story_id is None
     assert "mostly differ" in refused.near_misses[0].why_not
+    # A report that agrees on its opening says nothing more.
+    opening = decide(item({1, 2, 3}, {4, 5, 6, 41}, 2), NOON + timedelta(hours=1), [story], stats)
+    assert opening.story_id == 1
+    assert "all its names" not in opening.explain()
 
 
 def test_an_opening_of_common_names_is_weighed_with_the_names_that_follow() -> None:
