@@ -104,7 +104,8 @@ def render_all(
     history: tuple[tuple[str, str], ...] = ()
     if archives:
         history = (("prev-archive", archive_url(public_url, output.slug, archives[-1])),)
-    atom = render_atom(output, entries, public_url, hub, links=history, updated_if_empty=updated_if_empty)
+    atom = joined(atom_pieces(output, entries, public_url, hub, links=history, updated_if_empty=updated_if_empty))
+    page = joined(html_pieces(output, entries, public_url, archives=archives))
     return [
         Rendering(output.slug, "atom", FORMATS["atom"], atom),
         Rendering(
@@ -114,7 +115,7 @@ def render_all(
             render_rss(output, entries, public_url, hub, updated_if_empty=updated_if_empty),
         ),
         Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url, hub)),
-        Rendering(output.slug, "html", FORMATS["html"], render_html(output, entries, public_url, archives=archives)),
+        Rendering(output.slug, "html", FORMATS["html"], page),
     ]
 
 
@@ -152,54 +153,30 @@ def _filled(entries: Sequence[OutputEntry], fill: Filler | None, piece: int) -> 
         yield from fill(entries[start : start + piece])
 
 
-def archive_atom_pieces(
+def archive_pieces(
     output: Output,
     entries: list[OutputEntry],
     public_url: str,
     week: Week,
     previous: str | None,
     fill: Filler | None = None,
-) -> Iterator[bytes | memoryview]:
-    """One archived week as an RFC 5005 archive document, in pieces (``atom_pieces``).
-    ``previous`` is the week before it that has entries; no ``next-archive``: the document
-    never changes. ``fill``: gives the entries their leads' HTML a piece at a time, when they
-    came without it (``Filler``)."""
+) -> tuple[Iterator[bytes | memoryview], Iterator[bytes]]:
+    """One archived week as an RFC 5005 archive document and as an HTML page, each in pieces
+    rendered as they are asked for (``atom_pieces``, ``html_pieces``). ``previous`` is the week
+    before it that has entries; no ``next-archive``: the document never changes. ``fill``:
+    gives the entries their leads' HTML a piece at a time, when they came without it
+    (``Filler``)."""
     links = [("current", feed_url(public_url, output.slug, "atom"))]
     if previous is not None:
         links.append(("prev-archive", archive_url(public_url, output.slug, previous)))
-    return atom_pieces(output, entries, public_url, links=tuple(links), archive_of=week, fill=fill)
+    atom = atom_pieces(output, entries, public_url, links=tuple(links), archive_of=week, fill=fill)
+    page = html_pieces(output, entries, public_url, week=str(week), previous=previous, fill=fill)
+    return atom, page
 
 
-def archive_page_pieces(
-    output: Output,
-    entries: list[OutputEntry],
-    public_url: str,
-    week: Week,
-    previous: str | None,
-    fill: Filler | None = None,
-) -> Iterator[bytes]:
-    """One archived week as an HTML page, in pieces (``html_pieces``); ``previous`` and
-    ``fill`` as in ``archive_atom_pieces``."""
-    return html_pieces(output, entries, public_url, week=str(week), previous=previous, fill=fill)
-
-
-def render_html(
-    output: Output,
-    entries: list[OutputEntry],
-    public_url: str,
-    *,
-    archives: Sequence[str] = (),
-    week: str | None = None,
-    previous: str | None = None,
-) -> bytes:
-    """The output as a page people can read on a phone, linking its feeds for auto-discovery
-    and its archive pages for older entries (``week``: this page is that archived week)."""
-    return _joined(html_pieces(output, entries, public_url, archives=archives, week=week, previous=previous))
-
-
-def _joined(pieces: Iterable[bytes | memoryview]) -> bytes:
-    """A document's pieces as its bytes, in a buffer that grows in place (a list of pieces
-    joined at the end held the document twice)."""
+def joined(pieces: Iterable[bytes | memoryview]) -> bytes:
+    """A document's pieces (``atom_pieces``, ``html_pieces``) as its bytes, in a buffer that
+    grows in place (a list of pieces joined at the end held the document twice)."""
     whole = io.BytesIO()
     for piece in pieces:
         whole.write(piece)
@@ -216,8 +193,9 @@ def html_pieces(
     previous: str | None = None,
     fill: Filler | None = None,
 ) -> Iterator[bytes]:
-    """``render_html``'s page, UTF-8 encoded a piece at a time as it is generated; ``fill`` as
-    in ``archive_atom_pieces``."""
+    """The output as a page people can read on a phone, linking its feeds for auto-discovery
+    and its archive pages for older entries (``week``: this page is that archived week),
+    UTF-8 encoded a piece at a time as it is generated; ``fill`` as in ``archive_pieces``."""
     try:
         chunks = TEMPLATES.get_template("output.html").generate(
             output=output,
@@ -331,26 +309,6 @@ _FIRST_ENTRY = b"\n  <entry>"  # etree.indent puts every entry on a line of its 
 _FEED_END = b"\n</feed>"
 
 
-def render_atom(
-    output: Output,
-    entries: list[OutputEntry],
-    public_url: str,
-    hub: str | None = None,
-    *,
-    links: tuple[tuple[str, str], ...] = (),
-    archive_of: Week | None = None,
-    updated_if_empty: datetime | None = None,
-) -> bytes:
-    """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
-    archive document for that week (own self URL and id, ``fh:archive`` marker);
-    ``updated_if_empty`` as in ``render_all``."""
-    return _joined(
-        atom_pieces(
-            output, entries, public_url, hub, links=links, archive_of=archive_of, updated_if_empty=updated_if_empty
-        )
-    )
-
-
 def atom_pieces(
     output: Output,
     entries: list[OutputEntry],
@@ -362,9 +320,12 @@ def atom_pieces(
     updated_if_empty: datetime | None = None,
     fill: Filler | None = None,
 ) -> Iterator[bytes | memoryview]:
-    """``render_atom``'s document in pieces, in order, each ``ATOM_PIECE`` entries rendered
-    alone and spliced (``fill`` as in ``archive_atom_pieces``): written as they come, the
-    document is never held whole. Each piece is good until the next is asked for."""
+    """Atom 1.0; ``links`` adds (rel, href) feed links, ``archive_of`` makes it an RFC 5005
+    archive document for that week (own self URL and id, ``fh:archive`` marker);
+    ``updated_if_empty`` as in ``render_all``. In pieces, in order (``joined`` gives the
+    bytes), each ``ATOM_PIECE`` entries rendered alone and spliced (``fill`` as in
+    ``archive_pieces``): written as they come, the document is never held whole. Each
+    piece is good until the next is asked for."""
     if len(entries) <= ATOM_PIECE:
         whole = list(_filled(entries, fill, ATOM_PIECE))
         yield _render_atom(output, whole, public_url, hub, links, archive_of, None if entries else updated_if_empty)

@@ -31,8 +31,7 @@ from aggregator.curate import (
 from aggregator.entryview import feed_url
 from aggregator.publish import (
     Rendering,
-    archive_atom_pieces,
-    archive_page_pieces,
+    archive_pieces,
     empty_feed_updated,
     etag_of_file,
     place,
@@ -258,8 +257,7 @@ class Publisher:
         # from there: neither is held whole (10 and 8 MB at 5,000 entries). The files take
         # their names only once the week is stored; should another worker have frozen it
         # first, ``freeze_archives`` writes them from what that one stored.
-        html = archive_page_pieces(complete, entries, url, week, previous, fill)  # rendered as written
-        feed = archive_atom_pieces(complete, entries, url, week, previous, fill)
+        feed, html = archive_pieces(complete, entries, url, week, previous, fill)  # rendered as written
         with spooled(directory, f"{week}.html", html) as page, spooled(directory, f"{week}.atom", feed) as atom:
             del candidates, entries, html, feed
             row = ArchiveRow(

@@ -18,10 +18,10 @@ from aggregator.archive import Week
 from aggregator.config import Output
 from aggregator.publish import (
     Rendering,
-    archive_atom_pieces,
-    archive_page_pieces,
+    archive_pieces,
+    atom_pieces,
+    joined,
     render_all,
-    render_atom,
     render_json,
     render_rss,
     write_atomically,
@@ -58,7 +58,7 @@ def entries() -> list[OutputEntry]:
 
 
 def test_atom_is_valid_and_carries_source_and_related_links() -> None:
-    body = render_atom(OUTPUT, entries(), PUBLIC)
+    body = joined(atom_pieces(OUTPUT, entries(), PUBLIC))
     assert check_atom(body) == []
     parsed = feedparser.parse(body)
     assert parsed.bozo == 0
@@ -97,7 +97,7 @@ def test_json_feed_is_valid() -> None:
 
 
 def test_an_empty_output_is_still_valid() -> None:
-    assert check_atom(render_atom(OUTPUT, [], PUBLIC)) == []
+    assert check_atom(joined(atom_pieces(OUTPUT, [], PUBLIC))) == []
     assert check_rss(render_rss(OUTPUT, [], PUBLIC)) == []
     assert check_json_feed(render_json(OUTPUT, [], PUBLIC)) == []
 
@@ -131,7 +131,7 @@ def test_an_unwritable_output_dir_is_a_publish_error(tmp_path: Path) -> None:
 
 def test_websub_hub_is_advertised_in_every_feed_format() -> None:
     hub = "https://hub.example.org/"
-    atom = feedparser.parse(render_atom(OUTPUT, entries(), PUBLIC, hub))
+    atom = feedparser.parse(joined(atom_pieces(OUTPUT, entries(), PUBLIC, hub)))
     assert any(link.rel == "hub" and link.href == hub for link in atom.feed.links)
     rss_body = render_rss(OUTPUT, entries(), PUBLIC, hub)
     assert check_rss(rss_body) == []
@@ -157,9 +157,9 @@ def test_a_long_atom_document_rendered_in_pieces_has_the_bytes_of_one_rendered_w
         also = (candidate(100 + n, source="Daily", story=n),) if n % 2 else ()
         many.append(OutputEntry(lead.story_uid, lead, also, lead.updated_at))
     links = (("current", f"{PUBLIC}/feeds/world.atom"),)
-    whole = render_atom(OUTPUT, many, PUBLIC, "https://hub.example.org/", links=links, archive_of=archive_of)
+    whole = joined(atom_pieces(OUTPUT, many, PUBLIC, "https://hub.example.org/", links=links, archive_of=archive_of))
     monkeypatch.setattr(publish, "ATOM_PIECE", 4)  # pieces of 4, 4 and 3 entries
-    pieced = render_atom(OUTPUT, many, PUBLIC, "https://hub.example.org/", links=links, archive_of=archive_of)
+    pieced = joined(atom_pieces(OUTPUT, many, PUBLIC, "https://hub.example.org/", links=links, archive_of=archive_of))
     assert pieced == whole
     assert check_atom(pieced) == []
     parsed = feedparser.parse(pieced)
@@ -183,10 +183,12 @@ def test_an_archive_week_given_its_html_a_piece_at_a_time_has_the_bytes_of_one_g
         return [replace(e, lead=by_id[e.lead.item_id]) for e in piece]
 
     monkeypatch.setattr(publish, "ATOM_PIECE", 4)
-    week, renderers = Week(2026, 47), (archive_atom_pieces, archive_page_pieces)
-    expected = [b"".join(render(OUTPUT, whole, PUBLIC, week, "2026-W46")) for render in renderers]
-    for render, bytes_whole in zip(renderers, expected, strict=True):
-        assert b"".join(render(OUTPUT, bare, PUBLIC, week, "2026-W46", fill)) == bytes_whole
+    week = Week(2026, 47)
+    expected = [joined(pieces) for pieces in archive_pieces(OUTPUT, whole, PUBLIC, week, "2026-W46")]
+    assert asked == []  # given whole, nothing is asked for
+    pieced = archive_pieces(OUTPUT, bare, PUBLIC, week, "2026-W46", fill)
+    for pieces, bytes_whole in zip(pieced, expected, strict=True):
+        assert joined(pieces) == bytes_whole
     # Pieces of 4, 4 and 3 for the Atom document, and again for the page: never more at once.
     assert asked == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]] * 2
     assert b"Content 9" in expected[0] and b"Summary 11" in expected[1]
