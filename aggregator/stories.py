@@ -770,14 +770,15 @@ def judge(
     why_not = _ruled_out(item, story, cosine, independent)
     if not why_not and name_weight < needed:
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
-    whole = False
+    on_all_names = False
     if not why_not and not _agreement(item, weights, story, stats, agree):
-        whole = name_weight >= WHOLE_AGREEMENT_WEIGHT * needed
-        if not (whole and _agreement(item, weights, story, stats, agree, whole=True)):
+        # Far more weight shared than needed: its names may agree taken all together.
+        on_all_names = name_weight >= WHOLE_AGREEMENT_WEIGHT * needed and _share_of_all(item, weights, story) >= agree
+        if not on_all_names:
             why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
     return Judgement(
         story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight,
-        whole and not why_not,
+        on_all_names,
     )  # fmt: skip
 
 
@@ -1032,15 +1033,7 @@ def copied(found: Mapping[int, float]) -> set[int]:
     return {story for story, weight in found.items() if weight >= COPY_KEY_WEIGHT or story < 0}
 
 
-def _agreement(
-    item: Features,
-    weights: Mapping[int, float],
-    story: StoryProfile,
-    stats: TermStats,
-    bar: float,
-    *,
-    whole: bool = False,
-) -> bool:
+def _agreement(item: Features, weights: Mapping[int, float], story: StoryProfile, stats: TermStats, bar: float) -> bool:
     """Whether an item's rare names and figures agree with the story's at ``bar`` (0..1): of the
     rare weight of the item's leading names (headline and the lead's opening), the share the
     story carries, or of the story's leading names, the share the item also leads with, reaches
@@ -1059,27 +1052,29 @@ def _agreement(
     recalls the story's event ("a week after ..."), but so does an outlet whose opening sets the
     scene before naming who and where. An item that names all of them only there agrees just
     as much as a report needs where its meaning is far from the story's (``MIN_AGREEMENT``).
+    (``judge`` weighs all of an item's names, not only its opening, when it shares far more
+    than it needs: ``WHOLE_AGREEMENT_WEIGHT``.)"""
+    return _item_agreement(item, weights, story) >= bar or _story_agreement(item, story, stats) >= bar
 
-    ``whole``: the item shares far more rare weight with the story than it needs
-    (``WHOLE_AGREEMENT_WEIGHT``), and its side may be weighed on all its names as well."""
-    return _item_agreement(item, weights, story, whole) >= bar or _story_agreement(item, story, stats) >= bar
 
-
-def _item_agreement(item: Features, weights: Mapping[int, float], story: StoryProfile, whole: bool = False) -> float:
+def _item_agreement(item: Features, weights: Mapping[int, float], story: StoryProfile) -> float:
     """The item's side of ``_agreement``: of the rare weight of its leading names (all its
-    names if those are too plain), the share the story carries; 1.0 if all are too plain.
-    ``whole``: the greater of that and the share of all its names' weight."""
+    names if those are too plain, ``_share_of_all``), the share the story carries; 1.0 if all
+    are too plain."""
     support = story.support
     mine = item.lead_terms
     own = sum(weights[t] for t in mine)
     if own < AGREEMENT_FLOOR:  # an opening too plain to tell: all its names
-        mine, own = item.terms, sum(weights.values())
-    share = sum(weights[t] * support.get(t, 0.0) for t in mine) / own if own >= AGREEMENT_FLOOR else 1.0
-    if whole and mine is not item.terms:  # weighed on its opening: on all its names as well
-        everything = sum(weights.values())
-        named = sum(weights[t] * support.get(t, 0.0) for t in item.terms)
-        return max(share, named / everything if everything >= AGREEMENT_FLOOR else 1.0)
-    return share
+        return _share_of_all(item, weights, story)
+    return sum(weights[t] * support.get(t, 0.0) for t in mine) / own
+
+
+def _share_of_all(item: Features, weights: Mapping[int, float], story: StoryProfile) -> float:
+    """Of the rare weight of all the item's names, the share the story carries; 1.0 if they
+    are too plain to tell (less than ``AGREEMENT_FLOOR``)."""
+    support = story.support
+    own = sum(weights.values())
+    return sum(weights[t] * support.get(t, 0.0) for t in item.terms) / own if own >= AGREEMENT_FLOOR else 1.0
 
 
 def _story_agreement(item: Features, story: StoryProfile, stats: TermStats) -> float:
