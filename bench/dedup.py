@@ -56,6 +56,10 @@ DATA = ROOT / "tests" / "data" / "stories"
 
 MEASURED_ITEMS = 2000
 """The last items of a cost run, over which its cost figures are taken (the window is full by then)."""
+MATCHING_TARGET_US = 300
+"""The story engine's cost target (issue 13): the median matching cost per new item with about
+20,000 items in the window, through storage, queries included (``storage_cost``). Microseconds
+of the machine it runs on: a slower machine misses it with the same code."""
 
 Measured = Callable[[Callable[[], Any], int], Any]
 """Runs one poll's matching call, given how many items it matches, and returns what it returned
@@ -724,7 +728,8 @@ def _storage_report(
     print(f"== through storage (SQLite): the templated stream of {len(entries)} items, polls of {batch} new items")
     print(
         f"   matching   median {statistics.median(tail) * 1e6:.0f} µs/item over the last {MEASURED_ITEMS:,} items "
-        f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs): queries and decision, inserts not counted"
+        f"(p90 {sorted(tail)[int(len(tail) * 0.9)] * 1e6:.0f} µs; target <= {MATCHING_TARGET_US} µs): "
+        "queries and decision, inserts not counted"
     )
     print(f"   reads      {reads.line(sizes)}, of {mean * 1e6:.0f} µs/item of matching on average")
     # The same items decided in memory, in the same run: this machine's speed moves twofold from
