@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +56,8 @@ DATA = ROOT / "tests" / "data" / "stories"
 
 MEASURED_ITEMS = 2000
 """The last items of a cost run, over which its cost figures are taken (the window is full by then)."""
+SWEPT_STREAMS = ((1, 7.0, 6.0), (3, 3.0, 2.0), (5, 1.0, 6.0))
+"""The wikinews streams (seed, days, hours) the sensitivity sweeps run on."""
 MATCHING_TARGET_US = 300
 """The story engine's cost target (issue 13): the median matching cost per new item with about
 20,000 items in the window, through storage, queries included (``storage_cost``). Microseconds
@@ -318,6 +320,10 @@ class StreamEntry:
     published_at: datetime
 
 
+NamedStream = tuple[str, list[StreamEntry], dict[str, stories.Features]]
+"""A set a sensitivity sweep scores: its name, its entries and their features."""
+
+
 @dataclass(frozen=True)
 class PairScores(PairRates):
     items: int
@@ -511,53 +517,57 @@ def semeval(*, quiet: bool = False, headlines: bool = False) -> tuple[float, flo
     return sum(same) / len(same), sum(different) / len(different)
 
 
-def sensitivity() -> None:
+def sensitivity(sets: list[NamedStream]) -> None:
     """How the one precision/recall dial moves the figures: the name agreement an independent
     report needs when it is not close in meaning (``stories.MIN_AGREEMENT``; the default is the
-    one the engine ships with; ``STRONG_AGREEMENT`` is kept below it)."""
-    streams = [(seed, wikinews(seed, spread, within)) for seed, spread, within in ((1, 7, 6), (3, 3, 2), (5, 1, 6))]
-    feats = [(seed, entries, features_for(entries)[0]) for seed, entries in streams]
+    one the engine ships with; ``STRONG_AGREEMENT`` is kept below it), on wikinews ``sets``."""
     shipped, shipped_strong = stories.MIN_AGREEMENT, stories.STRONG_AGREEMENT
-    print(f"== sensitivity: name agreement needed by independent reports (shipped: {shipped})")
+
+    def agreement(value: float) -> None:
+        stories.MIN_AGREEMENT, stories.STRONG_AGREEMENT = value, min(shipped_strong, value)
+
     try:
-        for value in (0.0, 0.3, 0.4, 0.5, 0.6):
-            stories.MIN_AGREEMENT = value
-            stories.STRONG_AGREEMENT = min(shipped_strong, value)
-            cells = []
-            for seed, entries, features in feats:
-                scores = pair_scores(entries, run_semantic(entries, features)[0])
-                cells.append(f"seed {seed} P {scores.precision:.3f} R {scores.recall:.3f}")
-            same, different = semeval(quiet=True)
-            print(f"   {value:.1f}  wikinews {'; '.join(cells)}; SemEval same {same:.0%}, different {different:.0%}")
+        _sweep(f"name agreement needed by independent reports ({shipped})", sets, (0.0, 0.3, 0.4, 0.5, 0.6), agreement)
     finally:
         stories.MIN_AGREEMENT, stories.STRONG_AGREEMENT = shipped, shipped_strong
 
 
-def whole_agreement_sensitivity() -> None:
+def whole_agreement_sensitivity(sets: list[NamedStream]) -> None:
     """How the shared weight from which an item's agreement may be weighed on all its names
     (``stories.WHOLE_AGREEMENT_WEIGHT``, times what its cosine needs) moves the figures: recall on
     wikinews against precision on the sets whose look-alikes agreement keeps apart (the
-    templated stream, the own sets). "off": the openings always decide."""
-    sets = [
-        (f"wikinews seed {seed}", wikinews(seed, spread, within))
-        for seed, spread, within in ((1, 7, 6), (3, 3, 2), (5, 1, 6))
-    ]
-    sets += [("own sets", own_sets()), ("templated", templated_entries())]
-    feats = [(name, entries, features_for(entries)[0]) for name, entries in sets]
+    templated stream, the own sets, among ``sets``). "off": the openings always decide."""
     shipped = stories.WHOLE_AGREEMENT_WEIGHT
-    print(f"== sensitivity: shared weight, times what is needed, from which all an item's names agree ({shipped})")
+
+    def whole(value: float) -> None:
+        stories.WHOLE_AGREEMENT_WEIGHT = value
+
     try:
-        for value in (1.5, 2.0, 3.0, math.inf):
-            stories.WHOLE_AGREEMENT_WEIGHT = value
-            cells = []
-            for name, entries, features in feats:
-                scores = pair_scores(entries, run_semantic(entries, features)[0])
-                cells.append(f"{name} P {scores.precision:.4f} R {scores.recall:.4f}")
-            same, different = semeval(quiet=True)
-            label = "off" if value == math.inf else f"{value:.1f}"
-            print(f"   {label:>3}  {'; '.join(cells)}; SemEval same {same:.0%}, different {different:.0%}")
+        _sweep(f"shared weight, times what is needed, from which all an item's names agree ({shipped})", sets,
+               (1.5, 2.0, 3.0, math.inf), whole)  # fmt: skip
     finally:
         stories.WHOLE_AGREEMENT_WEIGHT = shipped
+
+
+def _sweep(
+    what: str,
+    sets: list[NamedStream],
+    values: Sequence[float],
+    apply: Callable[[float], None],
+) -> None:
+    """A line per value ``apply`` sets: precision and recall on each of ``sets`` (name, entries,
+    their features, computed once for every value) and SemEval's shares. The caller puts the
+    shipped value back."""
+    print(f"== sensitivity: {what}")
+    for value in values:
+        apply(value)
+        cells = []
+        for name, entries, features in sets:
+            scores = pair_scores(entries, run_semantic(entries, features)[0])
+            cells.append(f"{name} P {scores.precision:.4f} R {scores.recall:.4f}")
+        same, different = semeval(quiet=True)
+        label = "off" if value == math.inf else f"{value:.1f}"
+        print(f"   {label:>3}  {'; '.join(cells)}; SemEval same {same:.0%}, different {different:.0%}")
 
 
 def cost_at_scale() -> None:
@@ -887,8 +897,15 @@ def semantic_report(*, quick: bool = False) -> None:
             recall_losses(f"wikinews-dev seed {seed}", wikinews(seed, spread, within))
         semeval()
         semeval(headlines=True)
-        sensitivity()
-        whole_agreement_sensitivity()
+        # The sets both sweeps read, each featurized once.
+        named = [(f"wikinews seed {seed}", wikinews(seed, days, hours)) for seed, days, hours in SWEPT_STREAMS]
+        swept = [(name, entries, features_for(entries)[0]) for name, entries in named]
+        sensitivity(swept)
+        looks = [
+            (name, entries, features_for(entries)[0])
+            for name, entries in (("own sets", own_sets()), ("templated", templated))
+        ]
+        whole_agreement_sensitivity([*swept, *looks])
     else:
         print(f"== wikinews-dev and SemEval skipped: {SHARED} is absent")
     if not quick:
