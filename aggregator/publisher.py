@@ -256,7 +256,10 @@ class Publisher:
         # Each document goes to a file of its own as it is rendered, and the store reads it
         # from there: neither is held whole (10 and 8 MB at 5,000 entries). The files take
         # their names only once the week is stored; should another worker have frozen it
-        # first, ``freeze_archives`` writes them from what that one stored.
+        # first, ``freeze_archives`` writes them from what that one stored. The page is named
+        # before the feed: ``freeze_archives`` writes a stored week's files again where its
+        # feed is missing, so a rename that fails or a process that dies in between leaves
+        # nothing it would not mend.
         feed, html = archive_pieces(complete, entries, url, week, previous, fill)  # rendered as written
         with spooled(directory, f"{week}.html", html) as page, spooled(directory, f"{week}.atom", feed) as atom:
             del candidates, entries, html, feed
@@ -266,8 +269,8 @@ class Publisher:
             )  # fmt: skip
             stored = self.store.save_archive(row, {"atom": atom, "html": page})
             if stored:
-                place(atom, directory / f"{week}.atom")
                 place(page, directory / f"{week}.html")
+                place(atom, directory / f"{week}.atom")
         log.info("archived %s week %s (%d entries)", complete.slug, week, count)
         return stored
 

@@ -35,6 +35,7 @@ from aggregator.archive import Week, first_open_week
 from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
 from aggregator.curate import reads_text
+from aggregator.errors import PublishError
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.publisher import Publisher
 from aggregator.records import etag_of
@@ -332,6 +333,34 @@ def test_a_week_another_worker_froze_first_is_written_as_they_stored_it(archived
     assert not list(archive.glob(".*"))  # this worker's own renderings are gone, not left beside
     assert store.archive("world", "2026-W48") is not None
     assert store.archive("world", "2026-W48").atom == theirs  # type: ignore[union-attr]
+
+
+def test_a_week_stored_but_not_all_named_on_disk_is_written_at_the_next_publish(
+    archived: tuple[Config, Store, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The week is stored, then the second rename fails (a disk error; a process killed there
+    # leaves the same): the next publish must leave both documents on disk, as stored.
+    config, store, www = archived
+    later = NOW + timedelta(weeks=1)  # W48 is over
+    renamed: list[Path] = []
+
+    def failing_second(spooled: Path, target: Path) -> Path:
+        if renamed:
+            raise PublishError(f"cannot write {target}: No space left on device")
+        renamed.append(target)
+        return publish.place(spooled, target)
+
+    monkeypatch.setattr(publisher_module, "place", failing_second)
+    with pytest.raises(PublishError):
+        Publisher(config, store, clock=lambda: later).publish()
+    assert len(renamed) == 1 and store.archive("world", "2026-W48") is not None
+    monkeypatch.undo()
+    Publisher(config, store, clock=lambda: later).publish()
+    archive, row = www / "feeds" / "world" / "archive", store.archive("world", "2026-W48")
+    assert row is not None
+    assert (archive / "2026-W48.atom").read_bytes() == row.atom
+    assert (archive / "2026-W48.html").read_bytes() == row.html
+    assert not list(archive.glob(".*"))  # no rendering is left beside them
 
 
 def test_an_archive_rule_on_the_item_text_still_reads_it(server: FeedServer, tmp_path: Path, database_url: str) -> None:
