@@ -10,10 +10,11 @@ like ``stories``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
 from aggregator.stories import (
+    KEY_MAX_STORIES,
     REPRESENTATIVES,
     Decision,
     Features,
@@ -29,7 +30,12 @@ from aggregator.stories import (
 class Batch:
     """Items decided together, in publication order (one poll's new items): each that starts a
     story becomes a candidate for the later ones, under a provisional negative id, since its
-    story has no number until it is stored. Found through the same rare keys as stored ones."""
+    story has no number until it is stored. Found through the same rare keys as stored ones,
+    through an index of the terms each new story carries: a feed may bring thousands of items in
+    one fetch, and each item looking at every story the earlier ones started made such a poll's
+    cost grow with the square of its size. A term more than ``KEY_MAX_STORIES`` of those stories
+    carry is no key among them, as a term that many stored stories carry is none among those
+    (``TermStats.is_key``): an outlet's own name in every item would reach them all."""
 
     def __init__(self, stats: TermStats, one_source: bool = True) -> None:
         """``one_source``: the items come from one source, as a poll's do (False: from several,
@@ -42,6 +48,7 @@ class Batch:
         self._founders: dict[int, str] = {}
         self._members: dict[int, list[Member]] = {}
         self._carried: dict[int, set[int]] = {}  # the terms of each new story's judged members
+        self._carriers: dict[int, list[int]] = {}  # term -> the new stories carrying it, in order
         self._figures: dict[int, frozenset[int]] = {}
         self._names: dict[int, frozenset[int]] = {}
 
@@ -72,10 +79,17 @@ class Batch:
         (``stories.decide``); the batch's own new stories never are."""
         reached = dict(found)
         named = item.terms - figures
-        for story, carried in self._carried.items():
+        weights: dict[int, float] = {}  # each new story the keys reach, and what they weigh there
+        for term in keys:
+            carriers = self._carriers.get(term, ())
+            if len(carriers) > KEY_MAX_STORIES:
+                continue
+            weight = self.stats.weight(term)
+            for story in carriers:
+                weights[story] = weights.get(story, 0.0) + weight
+        for story, weight in weights.items():
             if figures != self._figures[story] and named <= self._names[story]:
                 continue  # one outlet's series told from one template: another result, another day
-            weight = sum(self.stats.weight(t) for t in keys if t in carried)
             if weight > 0:
                 reached[story] = weight
         candidates = [
@@ -90,14 +104,21 @@ class Batch:
             self._founders[new] = key
             self._members[new] = [Member(new, at, item)]
             self._carried[new] = set(item.terms)
+            self._index(new, item.terms)
             self._figures[new] = figures
             self._names[new] = named
             self.named[new] = f"the new story of {title or repr(key)} (same poll)"
         elif joined < 0:
             if len(self._members[joined]) < REPRESENTATIVES:
                 self._members[joined].append(Member(joined, at, item))
+                self._index(joined, item.terms - self._carried[joined])
                 self._carried[joined] |= item.terms
             self._figures[joined] |= figures
             self._names[joined] |= named
             return decision, self._founders[joined]
         return decision, None
+
+    def _index(self, story: int, terms: Iterable[int]) -> None:
+        """Index the terms a new story's judged members newly carry (``_carriers``)."""
+        for term in terms:
+            self._carriers.setdefault(term, []).append(story)

@@ -51,6 +51,7 @@ from benchsupport import PairRates  # noqa: E402
 
 from aggregator import cluster, names, stories, storystream  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text, repaired  # noqa: E402
+from aggregator.parse import MAX_ENTRIES  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "stories"
 
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare_checkouts(args.against.resolve(), args.rounds)
     if args.storage_only:
         storage_cost()
+        one_big_poll()
         return 0
     print()
     print("######## story engine v2 (story_matching: semantic) against today's lexical matcher")
@@ -665,6 +667,55 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10, mea
         print(f"   quality    {pair_scores(entries, story_of).line()}")
 
 
+def one_big_poll(sizes: tuple[int, ...] = (1_000, MAX_ENTRIES)) -> None:
+    """One feed's fetch bringing ``size`` new items at once (a first fetch of a feed that keeps
+    its whole history; the parser takes up to ``parse.MAX_ENTRIES``), matched as one poll by
+    ``StoryMatcher.match`` on an empty SQLite database: what its matching costs per item, which
+    must not grow with the size of the fetch (the items decide among the stories the earlier
+    ones start, ``storybatch.Batch``). Items of the templated stream, features computed
+    beforehand as the parse workers would; all of one source, as a feed's are."""
+    import tempfile
+
+    from aggregator.config import parse_config
+    from aggregator.records import IngestPlan, Item, NewItem
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.repository import Store
+    from aggregator.storymatch import StoryMatcher
+
+    stream = templated_entries(events_per_day=max(sizes) // 6 + 1, days=6, seed=5)
+    entries = sorted(stream, key=lambda e: e.published_at)
+    print(f"== one fetch of many new items from one feed (the parser keeps at most {MAX_ENTRIES:,}), one poll, SQLite")
+    for size in sizes:
+        chunk = entries[:size]
+        signed = {e.id: cluster.Signed.of(e.title, e.text) for e in chunk}
+        features = features_for(chunk)[0]
+        stored = {e.id: (features[e.id].dumps(), names.extract(e.title, e.text).words) for e in chunk}
+        with tempfile.TemporaryDirectory() as directory:
+            config = parse_config(
+                f"settings:\n  data_dir: {directory}\n  allow_private_networks: true\nsources:\n"
+                "  - name: big\n    url: http://127.0.0.1:9/big\noutputs:\n  - slug: all\n    title: All\n"
+            )
+            engine = make_engine(config.settings.database_url)
+            ensure_schema(engine)
+            store = Store(engine)
+            store.sync_sources(config.source_specs(), chunk[0].published_at)
+            items = [
+                Item(e.id, e.id, e.url, e.url, e.title, "", "", e.text, None, (), e.published_at, None, e.id)
+                for e in chunk
+            ]
+            plan = IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
+            with store.ingest() as tx:
+                started = time.perf_counter()
+                matched = StoryMatcher().match(tx, plan, chunk[-1].published_at, "semantic", signed, stored, 1)
+                took = time.perf_counter() - started
+            engine.dispose()
+        started_stories = sum(1 for new in matched.inserts if new.joins_new is None and new.story_id is None)
+        print(
+            f"   {size:>6,} items  matching {took:.2f} s, {took / size * 1e6:.0f} µs/item; "
+            f"{started_stories:,} stories started"
+        )
+
+
 def compare_checkouts(other: Path, rounds: int) -> int:
     """``--storage-only`` of this tree and of ``other`` at the same time, each pinned to a core of
     its own (swapped every round), and the ratio of their median costs. This machine's speed
@@ -911,6 +962,7 @@ def semantic_report(*, quick: bool = False) -> None:
     if not quick:
         cost_at_scale()
         storage_cost()
+        one_big_poll()
 
 
 if __name__ == "__main__":

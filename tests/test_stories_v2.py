@@ -759,6 +759,34 @@ def test_a_new_story_of_the_batch_is_reached_through_any_judged_member() -> None
     assert [j.story_id for j in decision.near_misses] == [-1]  # judged, and refused: another event
 
 
+PLACES = ("Brelmont", "Castavin", "Dorrowe", "Elbanth", "Fenwyck")
+
+
+def _batch_sharing_one_name(stories_carrying: int) -> list[stories.Judgement]:
+    """The near misses of an item that shares only the name Quorvale with the stories the
+    earlier items of its fetch started, ``stories_carrying`` of them, each naming it."""
+    stats = TermStats(stories=0)
+    batch = storybatch.Batch(stats)
+    for n in range(stories_carrying):
+        name = PLACES[n % len(PLACES)] + "abcdefghijklmnopqrstuvwxyz"[n // len(PLACES)]
+        f = feats((f"{name} talks", f"Officials of {name} met envoys from Quorvale on Monday."))
+        decision, _ = batch.decide(f"s{n}", NOON, f, stats.keys(f.terms), {}, {})
+        assert decision.story_id is None  # each its own story: another place each time
+    probe = feats(("Tessaly signs accord with Quorvale", "Tessaly signed an accord with Quorvale on Friday."))
+    decision, _ = batch.decide("probe", NOON, probe, stats.keys(probe.terms), {}, {})
+    return list(decision.near_misses)
+
+
+def test_a_name_most_of_a_fetchs_new_stories_carry_reaches_none_of_them() -> None:
+    # A feed may bring thousands of items in one fetch; a name that more than KEY_MAX_STORIES of
+    # the stories its earlier items started carry (its own name, a stock word) is no lookup key
+    # among them, as among stored stories, so each item's candidates stay few whatever the fetch.
+    few = _batch_sharing_one_name(stories.KEY_MAX_STORIES)
+    assert few and all(j.story_id < 0 for j in few)  # reached through Quorvale and judged
+    assert len(few) == stories.MAX_CANDIDATES
+    assert _batch_sharing_one_name(stories.KEY_MAX_STORIES + 1) == []
+
+
 def test_one_outlets_series_from_a_template_stays_apart_in_one_fetch() -> None:
     # Two results from one template in one feed: the same names, other figures.
     stats = TermStats(stories=0)
