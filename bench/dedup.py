@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,12 @@ from benchsupport import PairRates  # noqa: E402
 from aggregator import cluster, names, stories, storystream  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text, repaired  # noqa: E402
 from aggregator.parse import MAX_ENTRIES  # noqa: E402
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from aggregator.records import IngestPlan
+    from aggregator.store.repository import Store
 
 DATA = ROOT / "tests" / "data" / "stories"
 
@@ -602,38 +608,20 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10, mea
     that way); with it, the run stops before the report and its in-memory reference run."""
     import tempfile
 
-    from aggregator.config import parse_config
-    from aggregator.records import IngestPlan, Item, NewItem
-    from aggregator.store.database import ensure_schema, make_engine
     from aggregator.store.matchkeys import StoryLookups
-    from aggregator.store.repository import Store
     from aggregator.storymatch import StoryMatcher
 
     entries = sorted(templated_entries(events_per_day=events_per_day, days=days, seed=7), key=lambda e: e.published_at)
-    signed = {e.id: cluster.Signed.of(e.title, e.text) for e in entries}
-    features = features_for(entries)[0]
-    stored = {e.id: (features[e.id].dumps(), names.extract(e.title, e.text).words) for e in entries}
+    signed, features, stored = _matching_inputs(entries)
     with tempfile.TemporaryDirectory() as directory:
-        sources = "".join(f"  - name: s{n}\n    url: http://127.0.0.1:9/{n}\n" for n in range(100))
-        config = parse_config(
-            f"settings:\n  data_dir: {directory}\n  allow_private_networks: true\nsources:\n{sources}"
-            "outputs:\n  - slug: all\n    title: All\n"
-        )
-        engine = make_engine(config.settings.database_url)
-        ensure_schema(engine)
-        store = Store(engine)
-        store.sync_sources(config.source_specs(), entries[0].published_at)
+        engine, store = _bench_store(directory, 100, entries[0].published_at)
         matcher = StoryMatcher()
         costs: list[tuple[int, float]] = []
         reads = _TimedReads(StoryLookups)  # the time in the lookups' queries, split from the rest
         story_of: dict[str, int] = {}
         for start in range(0, len(entries), batch):
             chunk = entries[start : start + batch]
-            items = [
-                Item(e.id, e.id, e.url, e.url, e.title, "", "", e.text, None, (), e.published_at, None, e.id)
-                for e in chunk
-            ]
-            plan = IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
+            plan = _new_items(chunk)
             with store.ingest() as tx:
                 reads.start(start)
                 started = time.perf_counter()
@@ -676,10 +664,6 @@ def one_big_poll(sizes: tuple[int, ...] = (1_000, MAX_ENTRIES)) -> None:
     beforehand as the parse workers would; all of one source, as a feed's are."""
     import tempfile
 
-    from aggregator.config import parse_config
-    from aggregator.records import IngestPlan, Item, NewItem
-    from aggregator.store.database import ensure_schema, make_engine
-    from aggregator.store.repository import Store
     from aggregator.storymatch import StoryMatcher
 
     stream = templated_entries(events_per_day=max(sizes) // 6 + 1, days=6, seed=5)
@@ -687,23 +671,10 @@ def one_big_poll(sizes: tuple[int, ...] = (1_000, MAX_ENTRIES)) -> None:
     print(f"== one fetch of many new items from one feed (the parser keeps at most {MAX_ENTRIES:,}), one poll, SQLite")
     for size in sizes:
         chunk = entries[:size]
-        signed = {e.id: cluster.Signed.of(e.title, e.text) for e in chunk}
-        features = features_for(chunk)[0]
-        stored = {e.id: (features[e.id].dumps(), names.extract(e.title, e.text).words) for e in chunk}
+        signed, _, stored = _matching_inputs(chunk)
         with tempfile.TemporaryDirectory() as directory:
-            config = parse_config(
-                f"settings:\n  data_dir: {directory}\n  allow_private_networks: true\nsources:\n"
-                "  - name: big\n    url: http://127.0.0.1:9/big\noutputs:\n  - slug: all\n    title: All\n"
-            )
-            engine = make_engine(config.settings.database_url)
-            ensure_schema(engine)
-            store = Store(engine)
-            store.sync_sources(config.source_specs(), chunk[0].published_at)
-            items = [
-                Item(e.id, e.id, e.url, e.url, e.title, "", "", e.text, None, (), e.published_at, None, e.id)
-                for e in chunk
-            ]
-            plan = IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
+            engine, store = _bench_store(directory, 1, chunk[0].published_at)
+            plan = _new_items(chunk)
             with store.ingest() as tx:
                 started = time.perf_counter()
                 matched = StoryMatcher().match(tx, plan, chunk[-1].published_at, "semantic", signed, stored, 1)
@@ -714,6 +685,46 @@ def one_big_poll(sizes: tuple[int, ...] = (1_000, MAX_ENTRIES)) -> None:
             f"   {size:>6,} items  matching {took:.2f} s, {took / size * 1e6:.0f} µs/item; "
             f"{started_stories:,} stories started"
         )
+
+
+def _matching_inputs(
+    entries: list[StreamEntry],
+) -> tuple[dict[str, cluster.Signed], dict[str, stories.Features], dict[str, tuple[str, tuple[str, ...]]]]:
+    """What the parse workers hand the writer for each entry, computed beforehand so that only
+    matching is timed: its lead signature, its features, and their stored form with its words."""
+    signed = {e.id: cluster.Signed.of(e.title, e.text) for e in entries}
+    features = features_for(entries)[0]
+    stored = {e.id: (features[e.id].dumps(), names.extract(e.title, e.text).words) for e in entries}
+    return signed, features, stored
+
+
+def _bench_store(directory: str, sources: int, start: datetime) -> tuple[Engine, Store]:
+    """A fresh SQLite database in ``directory`` with ``sources`` sources (ids from 1), never
+    fetched: what ``StoryMatcher.match`` reads and the polls' items are stored in."""
+    from aggregator.config import parse_config
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.repository import Store
+
+    listed = "".join(f"  - name: s{n}\n    url: http://127.0.0.1:9/{n}\n" for n in range(sources))
+    config = parse_config(
+        f"settings:\n  data_dir: {directory}\n  allow_private_networks: true\nsources:\n{listed}"
+        "outputs:\n  - slug: all\n    title: All\n"
+    )
+    engine = make_engine(config.settings.database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    store.sync_sources(config.source_specs(), start)
+    return engine, store
+
+
+def _new_items(entries: list[StreamEntry]) -> IngestPlan:
+    """A poll's plan holding ``entries`` as new items, none of them joined by URL."""
+    from aggregator.records import IngestPlan, Item, NewItem
+
+    items = [
+        Item(e.id, e.id, e.url, e.url, e.title, "", "", e.text, None, (), e.published_at, None, e.id) for e in entries
+    ]
+    return IngestPlan(tuple(NewItem(item, None) for item in items), (), 0)
 
 
 def compare_checkouts(other: Path, rounds: int) -> int:
