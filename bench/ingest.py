@@ -760,6 +760,24 @@ def run_all(opts: argparse.Namespace, root: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
+def wall_floor(b: dict[str, Any], workers: int, reader_wall: float) -> str:
+    """How short (b)'s wall could be with its CPU as it is, whatever the overlap: not shorter than
+    the main process's CPU (its threads share one interpreter), than each parse worker's even
+    share of the other processes' CPU (the workers, and the pool's resource tracker, which uses
+    next to none), nor than all of it spread over the cores. Against ``reader``'s wall, that says
+    which process's CPU a change must take off for (b) to catch up: where the workers' share
+    alone reaches ``reader``'s wall, no work taken off the main process can."""
+    cores = len(os.sched_getaffinity(0))
+    main, others = b["cpu_main"], b["cpu"] - b["cpu_main"]
+    bounds = {"main": main, "each parse worker": others / workers, f"all over {cores} cores": b["cpu"] / cores}
+    limit, floor = max(bounds.items(), key=lambda kv: kv[1])
+    shown = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in bounds.items())
+    return (
+        f"(b)'s wall cannot be shorter than its CPU allows ({shown}): {floor:.1f} s, set by {limit}, "
+        f"{floor / reader_wall:.2f}x (e)'s wall"
+    )
+
+
 def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any]], total: float) -> None:
     import feedparser
     import nh3
@@ -824,6 +842,7 @@ def report(opts: argparse.Namespace, size: int, results: dict[str, dict[str, Any
         # it matches every item to stories and reader matches nothing, no slower.
         target = 1.0 if opts.stream == "stock" else 0.35
         print(f"(b)/(e): wall {b['wall'] / e['wall']:.2f}x (target <= {target}), CPU {b['cpu'] / e['cpu']:.2f}x")
+        print(f"  {wall_floor(b, opts.workers, e['wall'])}")
     print(f"(c): wall {c['wall']:.2f}s for {c['polled']} sources, {c['not_modified']} not modified (target < 2 s)")
     print(f"(d)/(a'): CPU {d['cpu'] / a2['cpu']:.2f}x (target <= 1.3)")
     for key in ("b", "c", "d"):
