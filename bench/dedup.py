@@ -656,12 +656,12 @@ def storage_cost(events_per_day: int = 1500, days: int = 3, batch: int = 10, mea
 
 
 def one_big_poll(sizes: tuple[int, ...] = (1_000, MAX_ENTRIES)) -> None:
-    """One feed's fetch bringing ``size`` new items at once (a first fetch of a feed that keeps
-    its whole history; the parser takes up to ``parse.MAX_ENTRIES``), matched as one poll by
-    ``StoryMatcher.match`` on an empty SQLite database: what its matching costs per item, which
-    must not grow with the size of the fetch (the items decide among the stories the earlier
-    ones start, ``storybatch.Batch``). Items of the templated stream, features computed
-    beforehand as the parse workers would; all of one source, as a feed's are."""
+    """One feed's fetch bringing many new items at once, as many as each of ``sizes`` (a first
+    fetch of a feed that keeps its whole history; the parser takes up to ``parse.MAX_ENTRIES``),
+    matched as one poll of its source by ``StoryMatcher.match`` on an empty SQLite database: what
+    its matching costs per item, which must not grow with the size of the fetch (each item also
+    decides among the stories the earlier ones start, ``storybatch.Batch``). Items of the
+    templated stream, their features computed beforehand as the parse workers would."""
     import tempfile
 
     from aggregator.storymatch import StoryMatcher
