@@ -47,8 +47,8 @@ class Batch:
         self.named: dict[int, str] = {}  # provisional id -> how explanations call it
         self._founders: dict[int, str] = {}
         self._members: dict[int, list[Member]] = {}
-        self._carried: dict[int, set[int]] = {}  # the terms of each new story's judged members
-        self._carriers: dict[int, list[int]] = {}  # term -> the new stories carrying it, in order
+        # term -> the new stories whose judged members carry it (as keys: a set kept in order)
+        self._carriers: dict[int, dict[int, None]] = {}
         self._figures: dict[int, frozenset[int]] = {}
         self._names: dict[int, frozenset[int]] = {}
 
@@ -103,7 +103,6 @@ class Batch:
             new = -(len(self._founders) + 1)
             self._founders[new] = key
             self._members[new] = [Member(new, at, item)]
-            self._carried[new] = set(item.terms)
             self._index(new, item.terms)
             self._figures[new] = figures
             self._names[new] = named
@@ -111,14 +110,13 @@ class Batch:
         elif joined < 0:
             if len(self._members[joined]) < REPRESENTATIVES:
                 self._members[joined].append(Member(joined, at, item))
-                self._index(joined, item.terms - self._carried[joined])
-                self._carried[joined] |= item.terms
+                self._index(joined, item.terms)
             self._figures[joined] |= figures
             self._names[joined] |= named
             return decision, self._founders[joined]
         return decision, None
 
     def _index(self, story: int, terms: Iterable[int]) -> None:
-        """Index the terms a new story's judged members newly carry (``_carriers``)."""
+        """Index the terms of a new story's judged member (``_carriers``)."""
         for term in terms:
-            self._carriers.setdefault(term, []).append(story)
+            self._carriers.setdefault(term, {})[story] = None
