@@ -7,14 +7,16 @@ word that does not merely start a sentence ("Ghafoor", "Karachi"), a word writte
 elsewhere, or, in a headline that comes with no text, that is no plain word of the language
 (``extract``'s ``plain``); a *figure* is a number, normalised so that "3,000", "3000" and "3
 thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-folded, a
-name's Latin letters lose their marks ("Chávez" and "Chavez" agree: ``unaccented``), and each is
-hashed to a 32-bit integer *term*. A wire dateline ("KARACHI, May 2 (Reuters) -") is read
+name's Latin letters lose their marks ("Chávez" and "Chavez" agree: ``unaccented``), a people's
+name stands for its country ("Turkish" and "Turkey" agree: ``country_of``), and each is hashed
+to a 32-bit integer *term*. A wire dateline ("KARACHI, May 2 (Reuters) -") is read
 apart: its place and date are names that do not lead, and its agency credit is none.
 
 Nothing here decides what is common: "President" or "2024" come out as terms like "Ghafoor"
 does. How many recent items carry a term (``stories.TermStats``) decides whether it is evidence
 and whether it is a lookup key, so the rules adapt to whatever the stream talks about instead of
-relying on a word list. The weekdays are the one exception (``WEEKDAYS``).
+relying on a word list. The weekdays are the one exception (``WEEKDAYS``); the table of countries
+and their peoples says only which two words name one place, never what is common.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from hashlib import blake2b
 
+import countryinfo
 import Stemmer
 
 LEAD_CHARS = 700
@@ -201,7 +204,7 @@ def words_remembered() -> tuple[int, int]:
 
 
 def _word(raw: str) -> WordFacts:
-    word = _fold(raw)
+    word = country_of(_fold(raw))
     if not word:
         facts = ("", False, False, raw.endswith(".") and not _ABBREVIATION.match(raw))
     elif word in WEEKDAYS:  # no name, however written
@@ -231,9 +234,10 @@ def plain_words(title: str, text: str, terms: Terms) -> list[str]:
     lead = unicodedata.normalize("NFKC", f"{title}\n{text[:LEAD_CHARS]}")
     named = set(terms.words).union(WEEKDAYS)  # a weekday: no evidence either way (``WEEKDAYS``)
     folded = dict.fromkeys(raw.casefold() for raw in dict.fromkeys(_PLAIN_WORD.findall(lead)))
-    # A name's term has lost its marks (``unaccented``); the plain words keep theirs, written in
-    # the outlet's own language as its readers spell them, and the model's tokenizer weighs them so.
-    return [word for word in folded if unaccented(word) not in named]
+    # A name's term has lost its marks (``unaccented``) and a people's name is its country's
+    # (``country_of``); the plain words keep theirs, written in the outlet's own language as its
+    # readers spell them, and the model's tokenizer weighs them so.
+    return [word for word in folded if country_of(unaccented(word)) not in named]
 
 
 def stem(word: str) -> str:
@@ -263,6 +267,39 @@ def _fold(raw: str) -> str:
     if _ABBREVIATION.match(raw):
         word = raw.replace(".", "")
     return unaccented(word.casefold().replace("’", "'"))
+
+
+def country_of(word: str) -> str:
+    """The country a people's or adjectival name stands for ("turkish" is "turkey", "israelis"
+    "israel", "south korean" names "korea"), else ``word`` itself (case-folded, unaccented).
+    Reports of one event name its place both ways ("Ten killed in Turkish avalanche", "Ten
+    climbers killed in Turkey avalanche"), and as two terms they shared nothing."""
+    return _countries().get(word, word)
+
+
+@cache
+def _countries() -> dict[str, str]:
+    """People's names (and their plurals) to countries' names, from the ``countryinfo``
+    package's data: one word each, as ``extract`` reads names one word at a time. Where a
+    country's name and its people's differ only in their last word (South Korea and "South
+    Korean"), the last words are paired ("korean": "korea"). A people's name shared by several countries
+    stands for the most populous one's, and stays as it is where that one's name has it
+    ("Czech Republic", "Dominican Republic")."""
+    table: dict[str, tuple[str, int]] = {}
+    for country in countryinfo.all_countries():
+        name, people, population = country.name(), country.demonym() or "", int(country.population() or 0)
+        words = [_fold(word) for word in name.split()]
+        for demonym in people.split(","):
+            said = [_fold(word) for word in demonym.split()]
+            if not said or (said[-1] not in words and said[:-1] != words[:-1]):
+                continue
+            # A people's name that is a word of its country's name names it already.
+            country_word = said[-1] if said[-1] in words else words[-1]
+            plural = () if said[-1].endswith(("s", "sh", "ch", "ese")) else (said[-1] + "s",)
+            for form in (said[-1], *plural):
+                if form not in table or table[form][1] < population:
+                    table[form] = (country_word, population)
+    return {word: country for word, (country, _) in table.items() if word != country}
 
 
 _LATIN_LETTERS = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i"})

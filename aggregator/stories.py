@@ -65,17 +65,19 @@ import numpy as np
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
-FEATURES_VERSION = "s7"
+FEATURES_VERSION = "s8"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6")
+OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
 took a wire dateline's place and date for leading names and its agency credit for a name,
 ``s4`` missed the names a headline with no text opens with and did not keep them apart
 (``Features.headline``), ``s5`` (the layout of ``s7``) took a weekday for a name
-(``names.WEEKDAYS``), and ``s6`` (the same layout) kept the marks on names' letters, so that
-"Chávez" and "Chavez" were two names (``names.unaccented``)."""
+(``names.WEEKDAYS``), ``s6`` (the same layout) kept the marks on names' letters, so that
+"Chávez" and "Chavez" were two names (``names.unaccented``), and ``s7`` (the same layout) took
+a people's name for a name of its own, so that "Turkish" and "Turkey" were two
+(``names.country_of``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy

@@ -144,9 +144,9 @@ def test_leading_names_survive_storage_and_older_features_lead_with_all() -> Non
         assert older_layout.headline is None
     alone, _ = features_of("Kalmaria central bank raises key rate to 2.5%", "")
     assert alone.headline and Features.loads(alone.dumps()).headline == alone.headline
-    # "s5" (before a weekday was no name) and "s6" (before names lost their marks) have the
-    # layout of this release: still read, in full.
-    for version in ("s5", "s6"):
+    # "s5" (before a weekday was no name), "s6" (before names lost their marks) and "s7"
+    # (before a people's name was its country's) have the layout of this release: still read, in full.
+    for version in ("s5", "s6", "s7"):
         same = Features.loads(f"{version}:" + alone.dumps().partition(":")[2])
         assert (same.terms, same.leading, same.words, same.headline) == (
             alone.terms, alone.leading, alone.words, alone.headline,

@@ -351,6 +351,33 @@ def test_a_report_spelling_the_names_without_their_marks_joins_the_one_with_them
     assert "pena" in reason
 
 
+def test_a_country_named_by_its_people_is_the_country() -> None:
+    assert names.extract("Ten killed in Turkish avalanche", "").words == ("turkey",)
+    envoys = names.extract("Talks resume", "Envoys of the Israelis and Palestinians met South Korean officials.")
+    assert envoys.words == ("israel", "palestine", "south", "korea")
+    # A people's name that is part of its country's own name names it already.
+    assert names.extract("Talks", "Leaders of Czech and Dominican parties meet.").words == ("czech", "dominican")
+    # Named, it is no plain word as well: one word is one piece of evidence.
+    text = "Rescuers of the Turkish army dug through deep snow."
+    assert "turkish" not in names.plain_words("Avalanche", text, names.extract("Avalanche", text))
+
+
+def test_a_report_naming_the_countrys_people_joins_one_naming_the_country() -> None:
+    country = (
+        "Avalanche kills ten climbers in Turkey",
+        "An avalanche killed ten climbers on a mountain in eastern Turkey on Sunday, rescuers said, and 12 more "
+        "were pulled alive from the snow after a search lasting through the night.",
+    )
+    people = (  # another outlet's report of the same avalanche, naming the country only by its people
+        "Ten climbers die in Turkish avalanche",
+        "Ten mountaineers died when an avalanche swept a slope in the Turkish east on Sunday; rescue teams "
+        "searched through the night and pulled 12 survivors from the snow.",
+    )
+    joined, reason = another_outlets_report(country, people)
+    assert joined, reason
+    assert "turkey" in reason
+
+
 def test_a_report_naming_the_storys_people_and_place_after_setting_its_scene_joins_it() -> None:
     """Outlets open in their own ways: this one opens with the harbours its readers live in and
     names who signed, and where, only further down. Those names count for half there
