@@ -21,14 +21,15 @@ and their peoples says only which two words name one place, never what is common
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, cached_property
 from hashlib import blake2b
+from importlib import resources
 
-import countryinfo
 import Stemmer
 
 LEAD_CHARS = 700
@@ -282,12 +283,14 @@ def _countries() -> dict[str, str]:
     """People's names (and their plurals) to countries' names, from the ``countryinfo``
     package's data: one word each, as ``extract`` reads names one word at a time. Where a
     country's name and its people's differ only in their last word (South Korea and "South
-    Korean"), the last words are paired ("korean": "korea"). A people's name shared by several countries
-    stands for the most populous one's, and stays as it is where that one's name has it
-    ("Czech Republic", "Dominican Republic")."""
+    Korean"), the last words are paired ("korean": "korea"). A people's name shared by several
+    countries stands for the most populous one's, and stays as it is where that one's name has
+    it ("Czech Republic", "Dominican Republic").
+
+    Read a file at a time, keeping three fields of each: the package's own reader keeps every
+    country's borders, provinces and outline for the process's life, 5 MB in each parse worker."""
     table: dict[str, tuple[str, int]] = {}
-    for country in countryinfo.all_countries():
-        name, people, population = country.name(), country.demonym() or "", int(country.population() or 0)
+    for name, people, population in _country_files():
         words = [_fold(word) for word in name.split()]
         for demonym in people.split(","):
             said = [_fold(word) for word in demonym.split()]
@@ -300,6 +303,18 @@ def _countries() -> dict[str, str]:
                 if form not in table or table[form][1] < population:
                     table[form] = (country_word, population)
     return {word: country for word, (country, _) in table.items() if word != country}
+
+
+def _country_files() -> Iterator[tuple[str, str, int]]:
+    """Each country's and territory's name, its people's name(s) and its population, as the
+    ``countryinfo`` package ships them (one JSON file each)."""
+    package = resources.files("countryinfo")
+    for folder in ("data", "data_no_iso"):
+        for file in sorted(package.joinpath(folder).iterdir(), key=lambda f: f.name):
+            if file.name.endswith(".json"):
+                info = json.loads(file.read_bytes())
+                if info.get("name"):
+                    yield str(info["name"]), str(info.get("demonym") or ""), int(info.get("population") or 0)
 
 
 _LATIN_LETTERS = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i"})
