@@ -73,7 +73,7 @@ OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7")
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
 took a wire dateline's place and date for leading names and its agency credit for a name,
 ``s4`` missed the names a headline with no text opens with and did not keep them apart
-(``Features.headline``), ``s5`` (the layout of ``s7``) took a weekday for a name
+(``Features.headline``), ``s5`` (the layout of ``s8``) took a weekday for a name
 (``names.WEEKDAYS``), ``s6`` (the same layout) kept the marks on names' letters, so that
 "Chávez" and "Chavez" were two names (``names.unaccented``), and ``s7`` (the same layout) took
 a people's name for a name of its own, so that "Turkish" and "Turkey" were two
