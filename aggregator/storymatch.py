@@ -266,7 +266,9 @@ class _StoryLookup:
         for span in _spans(items, self.now):
             first, last = span[0][0].published_at or self.now, span[-1][0].published_at or self.now
             terms = {t for _, f in span for t in f.terms}
-            stats, carriers = self.counts.stats(tx, terms, first - stories.TERM_WINDOW, last + stories.STORY_SPAN)
+            stats, carriers = self.counts.stats(
+                tx, terms, first - stories.TERM_WINDOW, last + stories.STORY_SPAN, until=last
+            )
             spans.append((span, stats, carriers))
         keys_of = {item.key: stats.keys(f.terms) for span, stats, _ in spans for item, f in span}
         copy_keys = {k for *_, keys in batch_items for k in keys}  # signed where parsed (``cluster.Signed``)
@@ -397,31 +399,44 @@ class _TermCounts:
         }
 
     def stats(
-        self, tx: IngestTransaction, terms: set[int], earliest: datetime, latest: datetime
+        self,
+        tx: IngestTransaction,
+        terms: set[int],
+        earliest: datetime,
+        latest: datetime,
+        until: datetime | None = None,
     ) -> tuple[stories.TermStats, dict[int, frozenset[int]]]:
-        """The statistics, and the stories carrying each term counted afresh (the rare ones)."""
+        """The statistics over ``earliest`` to ``until`` (None: ``latest``), and the stories
+        carrying each term counted afresh (the rare ones) over ``earliest`` to ``latest``.
+
+        Stories are looked up further ahead than terms are counted: an item may join a story
+        that a report published after it began, but what it shares with the stream is counted
+        as of when it was published, as the stream in memory counts it (``storystream``). A
+        first ingest stores days of every feed's items before the next feed's, and counting
+        the hours after them too made an event's names look as common as its own later
+        reports had made them, so that fewer of its reports found each other."""
+        counted_until = latest if until is None else until
         now = time.monotonic()
         kept = COUNTS_KEPT.total_seconds()
         known = self._common.fresh(terms)
         with self._lock:
-            near = [self._stories.get(_hour(latest) + d) for d in (-1, 0, 1)]
+            near = [self._stories.get(_hour(counted_until) + d) for d in (-1, 0, 1)]
         total = next(
-            (k[0] for k in near if k is not None and k[1] > now and abs(latest - k[2]) <= STORIES_KEPT_STREAM), None
+            (k[0] for k in near if k is not None and k[1] > now and abs(counted_until - k[2]) <= STORIES_KEPT_STREAM),
+            None,
         )
         wanted = [stories.name_key(t) for t in terms if t not in known]
-        carriers = {
-            key - stories.NAME_KEY: found
-            for key, found in tx.term_stories(wanted, earliest, latest, TERM_SAMPLE).items()
-        }
+        found = tx.term_stories(wanted, earliest, latest, TERM_SAMPLE, counted_until)
+        carriers = {key - stories.NAME_KEY: term.stories for key, term in found.items()}
         if total is None:
-            total = tx.stories_in_window(earliest, latest)
+            total = tx.stories_in_window(earliest, counted_until)
             with self._lock:  # kept from when it was counted, not from the last poll that used it
-                self._stories.pop(_hour(latest), None)  # counted again: the newest, not kept in its old place
-                self._stories[_hour(latest)] = (total, now + kept, latest)
+                self._stories.pop(_hour(counted_until), None)  # counted again: the newest, not kept in its old place
+                self._stories[_hour(counted_until)] = (total, now + kept, counted_until)
                 if len(self._stories) > STORY_COUNTS_KEPT:  # the expired ones, then the oldest counted
                     fresh = [(b, k) for b, k in self._stories.items() if k[1] > now]
                     self._stories = dict(fresh[-STORY_COUNTS_KEPT:])
-        counted = {term: len(found) for term, found in carriers.items()}
+        counted = {key - stories.NAME_KEY: len(term.counted) for key, term in found.items() if term.counted}
         self._common.keep({term: count for term, count in counted.items() if count > stories.KEY_MAX_STORIES})
         return stories.TermStats(total, {**known, **counted}), carriers
 

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from aggregator import cluster, names, semantic, stories, storybatch, storymatch
 from aggregator.records import IngestPlan, Item, NewItem
 from aggregator.store.items import IngestTransaction
+from aggregator.store.matchkeys import TermCarriers
 from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
 from aggregator.storystream import Stream
 from tests import templated
@@ -1299,7 +1300,11 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
     terms = sorted(Features.loads(first["w1"].match_features or "").terms)
     keys = [stories.name_key(t) for t in terms]
     found = tx.term_stories(keys, NOON - timedelta(days=1), NOON, 50)
-    assert terms and found == dict.fromkeys(keys, frozenset({ids["w1"]}))  # each name: one story so far
+    one = frozenset({ids["w1"]})
+    assert terms and found == dict.fromkeys(keys, TermCarriers(one, one))  # each name: one story so far
+    # Looked up over the window, counted only by a moment before the story's item: none yet.
+    ahead = tx.term_stories(keys, NOON - timedelta(days=1), NOON, 50, until=NOON - timedelta(minutes=1))
+    assert ahead == dict.fromkeys(keys, TermCarriers(one, frozenset()))
     assert tx.stories_in_window(NOON - timedelta(days=1), NOON + timedelta(hours=1)) == 2
     refs = tx.story_member_refs([ids["w1"], ids["w2"]], NOON - timedelta(days=1), 1)
     assert {story: [ref[0] for ref in found.members] for story, found in refs.items()} == {

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aggregator import storymatch
+from aggregator import stories, storymatch
+from aggregator.store.matchkeys import TermCarriers
 
 NOON = datetime(2026, 3, 3, 12, tzinfo=UTC)
 
@@ -85,3 +86,40 @@ def test_the_counts_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(counts._stories) <= storymatch.STORY_COUNTS_KEPT
     assert total(counts, tx, NOON + timedelta(days=days - 1)) == 100 * days  # the newest is still kept
     assert tx.counted == days
+
+
+class AheadTransaction:
+    """A window in which a term's stories partly begin after the moment it is counted at."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[datetime, datetime]] = []  # counted over
+        self.looked_up: list[tuple[datetime, datetime, int]] = []
+
+    def term_stories(
+        self, keys: list[int], earliest: datetime, latest: datetime, sample: int, until: datetime
+    ) -> dict[int, TermCarriers]:
+        self.windows.append((earliest, until))
+        self.looked_up.append((earliest, latest, sample))
+        return {key: TermCarriers(frozenset({1, 2, 3}), frozenset({1})) for key in keys}
+
+    def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
+        self.windows.append((earliest, latest))
+        return 40
+
+
+def test_terms_are_counted_as_of_the_moment_given_and_stories_looked_up_beyond_it() -> None:
+    """An item published at noon is weighed against the stream as it was at noon, as the stream in
+    memory weighs it, even where a first ingest has stored the hours after it already; the
+    stories of those hours are still looked up, since it may join one of them."""
+    tx = AheadTransaction()
+    stats, carriers = storymatch._TermCounts().stats(
+        tx,  # type: ignore[arg-type]
+        {7},
+        NOON - timedelta(days=3),
+        NOON + timedelta(hours=12),
+        until=NOON,
+    )
+    assert carriers == {7: frozenset({1, 2, 3})}
+    assert stats.stories == 40 and stats.weight(7) == stories.TermStats(40, {7: 1}).weight(7)
+    assert set(tx.windows) == {(NOON - timedelta(days=3), NOON)}
+    assert tx.looked_up == [(NOON - timedelta(days=3), NOON + timedelta(hours=12), storymatch.TERM_SAMPLE)]

@@ -10,7 +10,7 @@ import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import BigInteger, bindparam, case, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -94,19 +94,22 @@ _BOUNDED_KEYS = (
 # An item's story is read from ``ix_items_story_of`` rather than the item's row (migration
 # 0011): SQLite looks a row up by its rowid whenever it can, so its statements name the index.
 _ITEMS_SQLITE = "items INDEXED BY ix_items_story_of"
+# Each story once, as twice its id plus 1 where one of its sampled items is dated by :until.
 _TERM_STORIES = (
-    "(SELECT {aggregate} FROM (SELECT DISTINCT sampled.story_id FROM (SELECT items.story_id FROM item_match_keys "
+    "(SELECT {aggregate} FROM (SELECT sampled.story_id * 2 + MAX(CASE WHEN sampled.sort_epoch <= :until THEN 1 "
+    "ELSE 0 END) AS story FROM (SELECT items.story_id, item_match_keys.sort_epoch FROM item_match_keys "
     "JOIN {items} ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
-    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled) AS found)"
+    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled "
+    "GROUP BY sampled.story_id) AS found)"
 )
 _TERM_STORIES_SQLITE = text(
     "SELECT wanted.value, "
-    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story_id)", items=_ITEMS_SQLITE)
+    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story)", items=_ITEMS_SQLITE)
     + " FROM json_each(:values_json) AS wanted"
 )
 _TERM_STORIES_POSTGRESQL = text(
     "SELECT wanted.key, "
-    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story_id::text, ',')", items="items")
+    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story::text, ',')", items="items")
     + " FROM unnest(:values_array) AS wanted(key)"
 ).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
 _COPY_KEY_STORIES_SQLITE = text(
@@ -129,6 +132,15 @@ _MERGEABLE_STORIES = select(StoryRow.id).where(
     StoryRow.merged_into.is_(None),
     ~select(EditorialRow.story_id).where(EditorialRow.story_id == StoryRow.id).exists(),
 )
+
+
+class TermCarriers(NamedTuple):
+    """The stories carrying a term in a window (``StoryLookups.term_stories``)."""
+
+    stories: frozenset[int]
+    """All of them, to look candidates up among."""
+    counted: frozenset[int]
+    """Those carrying it by the moment the term is counted at: its share of the stream."""
 
 
 class StoryLookups(TransactionBase):
@@ -229,21 +241,33 @@ class StoryLookups(TransactionBase):
         return found, stock
 
     def term_stories(
-        self, keys: Sequence[int], earliest: datetime, latest: datetime, sample: int
-    ) -> dict[int, frozenset[int]]:
+        self, keys: Sequence[int], earliest: datetime, latest: datetime, sample: int, until: datetime | None = None
+    ) -> dict[int, TermCarriers]:
         """The stories carrying each name key among (at most ``sample`` of) the items dated in
-        the window: ``term_story_counts`` and ``stories_with_keys`` in one query, for a reader
-        that needs the stories of the rare keys and only the count of the others. Keys no item
+        the window, and of those the ones carrying it in an item dated by ``until`` (None: the
+        window's end): ``term_story_counts`` and ``stories_with_keys`` in one query, for a reader
+        that needs the stories of the rare keys and only the count of the others, and that looks
+        stories up further ahead than it counts (``storymatch._TermCounts``). Keys no item
         carries are left out."""
         wanted = sorted(set(keys))
         if not wanted:
             return {}
-        params: dict[str, Any] = {"earliest": epoch(earliest), "latest": epoch(latest), "sample": sample}
+        params: dict[str, Any] = {
+            "earliest": epoch(earliest), "latest": epoch(latest), "sample": sample,
+            "until": epoch(latest if until is None else until),
+        }  # fmt: skip
         if self.c.dialect.name == "postgresql":
             rows: Iterable[Any] = self.c.execute(_TERM_STORIES_POSTGRESQL, {**params, "values_array": wanted})
         else:
             rows = sqlite_rows(self.c, _TERM_STORIES_SQLITE, {**params, "values_json": json.dumps(wanted)})
-        return {int(key): frozenset(map(int, str(found).split(","))) for key, found in rows if found}
+        found: dict[int, TermCarriers] = {}
+        for key, stories in rows:
+            if stories:
+                coded = [int(story) for story in str(stories).split(",")]
+                found[int(key)] = TermCarriers(
+                    frozenset(c >> 1 for c in coded), frozenset(c >> 1 for c in coded if c & 1)
+                )
+        return found
 
     def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[datetime, str | None, str | None]]:
         """Sort time, stored story features and lead signature of each item, by id."""
