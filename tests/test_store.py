@@ -120,7 +120,7 @@ def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: 
     from aggregator.store import matchkeys
 
     members, wanted = next(iter(matchkeys._STORY_MEMBER_REFS.batches("sqlite", [1, 2], since=NOW, per_story=3)))
-    params = {"earliest": 0, "latest": 1, "fanout": 20, "sample": 50, "values_json": "[1, 2]"}
+    params = {"earliest": 0, "latest": 1, "fanout": 20, "sample": 50, "until": 1, "values_json": "[1, 2]"}
     with engine.connect() as connection:
         plans = {}
         for name, statement, values in (
