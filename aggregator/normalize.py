@@ -14,7 +14,8 @@ Everything here is a pure function. The rules:
 * links and enclosures are kept only when they are http(s): an entry link is published
   as-is in our outputs, so ``javascript:`` there would be an XSS as real as in the HTML;
 * dates: UTC, and a date in the future is clamped to the fetch time, so a feed with a
-  broken clock cannot pin itself to the top of every output. An undated item gets no
+  broken clock cannot pin itself to the top of every output; one before the web existed
+  (``EARLIEST_DATE``: an unset clock, a zero timestamp) is no date. An undated item gets no
   date, only a place in time to sort by (``place_undated``): from where it stands in the
   document between dated neighbours, else from when it was first seen, in document order;
 * text: UTF-8 that was decoded as Latin-1 or Windows-1252 before it reached us ("Putinâ€™s",
@@ -40,7 +41,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from html.parser import HTMLParser
 from itertools import pairwise
@@ -345,9 +346,17 @@ def _title(title: str | None, is_html: bool) -> str:
     return plain_text(title) if is_html else _collapse(title)
 
 
+EARLIEST_DATE = datetime(1990, 1, 1, tzinfo=UTC)
+"""Before this, a feed's date is no publication date: no feed, nor the web, existed yet. Such
+dates are a clock never set or a zero timestamp ("1970-01-01", "0001-01-01"), and one at the
+very start of the calendar left no room to reckon back from (story matching weighs the three
+days before each item): its whole source failed to ingest."""
+
+
 def clamp(moment: datetime | None, fetched_at: datetime) -> datetime | None:
-    """A date in the future is a lie (or a clock skew); it becomes the fetch time."""
-    if moment is None:
+    """A date in the future is a lie (or a clock skew); it becomes the fetch time. One before
+    ``EARLIEST_DATE`` says nothing: the item is undated (``place_undated``)."""
+    if moment is None or moment < EARLIEST_DATE:
         return None
     return min(moment, fetched_at)
 

@@ -30,6 +30,7 @@ from aggregator.normalize import (
     ALLOWED_ATTRIBUTES,
     ALLOWED_TAGS,
     ALLOWED_URL_SCHEMES,
+    EARLIEST_DATE,
     MAX_HTML_DEPTH,
     canonical_url,
     clamp,
@@ -300,6 +301,16 @@ def test_dates_are_utc_and_never_in_the_future() -> None:
     past = FETCHED_AT - timedelta(hours=3)
     assert clamp(past, FETCHED_AT) == past
     assert clamp(None, FETCHED_AT) is None
+
+
+@pytest.mark.parametrize("zero", [datetime.min.replace(tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC)])
+def test_a_date_from_before_the_web_is_no_date(zero: datetime) -> None:
+    """An unset clock or a zero timestamp: the item is undated and placed by the document, and
+    one dated at the very start of the calendar no longer fails its source (story matching
+    reckons days back from each item's date)."""
+    item = normalize_entry(_entry(id="g", published=zero, updated=zero), BASE, FETCHED_AT)
+    assert item.published_at is None and item.updated_at is None
+    assert clamp(EARLIEST_DATE, FETCHED_AT) == EARLIEST_DATE
 
 
 def test_categories_authors_and_titles_are_clean_text() -> None:
