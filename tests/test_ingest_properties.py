@@ -261,6 +261,17 @@ SNAPSHOT = (
 )
 
 
+DATED = tuple(Entry(f"d{n}", None, "Dated", None, date) for n, date in enumerate(DATES))
+TWELVE = zip(
+    (*GUIDS, None, None, None, "", "", "", "7"),
+    (*LINKS, None, "", None, "", None),
+    (*TITLES, *TITLES, None, ""),
+    (*DATES, None, "", "2026-11-20T12:00:00Z", "yesterday"),
+    strict=True,
+)
+LONGEST = tuple(Entry(guid, link, title, "<p>text</p>", date) for guid, link, title, date in TWELVE) * 250
+
+
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
@@ -280,6 +291,12 @@ SNAPSHOT = (
         "application/rss+xml",
     )
 )
+# Every odd date of ``DATES`` in one document of each dialect, and the longest feed the draw
+# makes (twelve entries, 250 times over): hard inputs tried on every run, not when the draw allows.
+@example(doc=Document("rss", DATED, "utf-8", None, "application/rss+xml"))
+@example(doc=Document("atom", DATED, "utf-8", "utf-8", "application/xml; charset=utf-8"))
+@example(doc=Document("json", DATED, "utf-8", None, "application/feed+json"))
+@example(doc=Document("rss", LONGEST, "utf-8", "utf-8", "application/rss+xml"))
 def test_generated_documents_ingest_once_and_idempotently(harness: Harness, doc: Document) -> None:
     name = f"gen{next(harness.names)}"
     body = render(doc)
