@@ -1,16 +1,18 @@
-"""Archived feeds (RFC 5005 §4): every week of an output as a stable Atom document.
+"""Archived feeds (RFC 5005 §4): every week of an output as stable Atom documents.
 
 A feed reader that was away longer than the subscription feed's window follows
-``prev-archive`` links back week by week and misses nothing. Pages are ISO weeks of the
+``prev-archive`` links back page by page and misses nothing. Pages are ISO weeks of the
 items' dates, so a page's address never changes and, once its week is over, neither
 (in practice) does its content. Each page applies the output's rules but not its
-``max_entries`` or per-source cap: an archive is complete.
+``max_entries`` or per-source cap: an archive is complete. A week with more items than one
+document holds (``ARCHIVE_MAX_ENTRIES``) is several pages (``Page``), oldest items first:
+``2026-W47``, then ``2026-W47-2`` and on, each linking the one before.
 
 A week is archived once it is over (``first_open_week``), rendered once and stored
-(``ArchiveRow``) and written beside the feeds: it never changes afterwards, so its
-``prev-archive`` link is the previous week that has entries (weeks without any are
-skipped) and it carries no ``next-archive`` (that week is not known yet when it freezes).
-The subscription feed links the newest archived week.
+(``ArchiveRow``, a row per page) and written beside the feeds: it never changes
+afterwards, so a page's ``prev-archive`` link is the page before it that has entries (weeks
+without any are skipped) and it carries no ``next-archive`` (that page is not known yet when
+it freezes). The subscription feed links the newest archived page.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from pathlib import Path
 from aggregator.config import Output
 
 ARCHIVE_MAX_ENTRIES = 5000
+"""Items one archive document holds: a busier week takes several (``Page``). A reader
+fetches a document whole, and one of 5,000 entries is about 10 MB of Atom."""
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+_PAGE = re.compile(r"^(?P<week>\d{4}-W\d{2})(?:-(?P<part>[2-9]|[1-9]\d{1,5}))?$")
 
 
 @dataclass(frozen=True, order=True)
@@ -59,7 +64,35 @@ class Week:
         return f"{self.year}-W{self.week:02d}"
 
 
-def archive_url(public_url: str, slug: str, week: Week | str) -> str:
+@dataclass(frozen=True, order=True)
+class Page:
+    """One archive document of an output: its week's items, or, in a week with more than
+    ``ARCHIVE_MAX_ENTRIES``, the ``part``-th run of them from the oldest. The first part's
+    label is the week's ("2026-W47"), so a week that fits one document has the address it
+    always had; later parts add their number ("2026-W47-2"). Pages sort as the chain runs."""
+
+    week: Week
+    part: int = 1
+
+    @classmethod
+    def parse(cls, label: str) -> Page | None:
+        """The page a label names; None for anything else (a part is never written "-1")."""
+        match = _PAGE.match(label)
+        week = Week.parse(match.group("week")) if match else None
+        if match is None or week is None:
+            return None
+        return cls(week, int(match.group("part") or 1))
+
+    def __str__(self) -> str:
+        return str(self.week) if self.part == 1 else f"{self.week}-{self.part}"
+
+    @property
+    def title(self) -> str:
+        """How a page says which it is: "2026-W47", "2026-W47, part 2"."""
+        return str(self.week) if self.part == 1 else f"{self.week}, part {self.part}"
+
+
+def archive_url(public_url: str, slug: str, week: Page | Week | str) -> str:
     return f"{public_url}/feeds/{slug}/archive/{week}.atom"
 
 
@@ -78,7 +111,7 @@ def first_open_week(now: datetime) -> Week:
     return Week.of(now - ARCHIVE_GRACE)
 
 
-def archive_page_url(public_url: str, slug: str, week: Week | str) -> str:
+def archive_page_url(public_url: str, slug: str, week: Page | Week | str) -> str:
     """The archive week as an HTML page (``<week>.html`` on disk, so nginx's ``$uri.html`` finds it)."""
     return f"{public_url}/feeds/{slug}/archive/{week}"
 

@@ -31,7 +31,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 
 from aggregator import __version__
-from aggregator.archive import Week, archive_page_url, archive_url
+from aggregator.archive import Page, archive_page_url, archive_url
 from aggregator.config import Output
 from aggregator.entryview import (
     entry_html,
@@ -157,20 +157,21 @@ def archive_pieces(
     output: Output,
     entries: list[OutputEntry],
     public_url: str,
-    week: Week,
+    week: Page,
     previous: str | None,
     fill: Filler | None = None,
 ) -> tuple[Iterator[bytes | memoryview], Iterator[bytes]]:
-    """One archived week as an RFC 5005 archive document and as an HTML page, each in pieces
-    rendered as they are asked for (``atom_pieces``, ``html_pieces``). ``previous`` is the week
-    before it that has entries; no ``next-archive``: the document never changes. ``fill``:
+    """One archive page (a week, or a part of a busy one) as an RFC 5005 archive document and
+    as an HTML page, each in pieces rendered as they are asked for (``atom_pieces``,
+    ``html_pieces``). ``previous`` is the page before it that has entries; no
+    ``next-archive``: the document never changes. ``fill``:
     gives the entries their leads' HTML a piece at a time, when they came without it
     (``Filler``)."""
     links = [("current", feed_url(public_url, output.slug, "atom"))]
     if previous is not None:
         links.append(("prev-archive", archive_url(public_url, output.slug, previous)))
     atom = atom_pieces(output, entries, public_url, links=tuple(links), archive_of=week, fill=fill)
-    page = html_pieces(output, entries, public_url, week=str(week), previous=previous, fill=fill)
+    page = html_pieces(output, entries, public_url, week=week.title, previous=previous, fill=fill)
     return atom, page
 
 
@@ -316,7 +317,7 @@ def atom_pieces(
     hub: str | None = None,
     *,
     links: tuple[tuple[str, str], ...] = (),
-    archive_of: Week | None = None,
+    archive_of: Page | None = None,
     updated_if_empty: datetime | None = None,
     fill: Filler | None = None,
 ) -> Iterator[bytes | memoryview]:
@@ -347,7 +348,7 @@ def _render_atom(
     public_url: str,
     hub: str | None,
     links: tuple[tuple[str, str], ...],
-    archive_of: Week | None,
+    archive_of: Page | None,
     updated: datetime | None = None,
 ) -> bytes:
     try:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aggregator import __version__, malloc, metrics
-from aggregator.archive import ARCHIVE_MAX_ENTRIES, Week, archive_dir, archive_output, first_open_week
+from aggregator.archive import ARCHIVE_MAX_ENTRIES, Page, Week, archive_dir, archive_output, first_open_week
 from aggregator.config import Config, Output, Settings
 from aggregator.curate import (
     Curation,
@@ -42,7 +42,7 @@ from aggregator.publish import (
 )
 from aggregator.records import Candidate, Editorial, OutputEntry, etag_of
 from aggregator.store.models import ArchiveRow
-from aggregator.store.repository import ArchivePage, PruneReport, SourceIds, Store
+from aggregator.store.repository import ArchivePage, PageEnd, PruneReport, SourceIds, Store
 from aggregator.websub import ping_hub
 
 log = logging.getLogger("aggregator")
@@ -153,7 +153,11 @@ class Publisher:
         due = []
         open_week = first_open_week(now)
         for output in self.config.outputs:
-            cursor = _archived_until(self.store.archive_weeks(output.slug))
+            evaluated = self.store.archive_weeks(output.slug)
+            if _unfinished(evaluated) is not None:
+                due.append(output)  # a week's next page, left by a publish that stopped
+                continue
+            cursor = _archived_until(evaluated)
             if _all_archived(cursor, open_week):
                 continue  # the usual case, and no query
             if self._unarchived_item_at(self.source_ids(output), cursor, open_week) is not None:
@@ -168,36 +172,48 @@ class Publisher:
 
     def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
         """Archive every complete week of ``output`` not archived yet, oldest first, and write
-        the new pages beside the feeds; return the weeks with entries, oldest first.
+        the new pages beside the feeds; return the pages with entries, oldest first.
 
-        Each week is rendered once (``ArchiveRow``) and never again: a later item dated in it
-        shows in the subscription feed, not in the frozen archive. Weeks without items cost
-        nothing (``next_item_at`` jumps over them), and a week whose items the output's rules
-        all leave out is recorded as empty, so it is neither linked nor looked at again.
+        Each page is rendered once (``ArchiveRow``) and never again: a later item dated in its
+        week shows in the subscription feed, not in the frozen archive. Weeks without items
+        cost nothing (``next_item_at`` jumps over them), and a page whose items the output's
+        rules all leave out is recorded as empty, so it is neither linked nor looked at again.
+        A week with more items than a page holds is several pages (``archive.Page``), frozen
+        oldest first, each linking the one before; a publish that stopped between two of them
+        takes up the next where the last one stored ends.
         """
         store = self.store
         open_week = first_open_week(now)
         evaluated = store.archive_weeks(output.slug)
         cursor = _archived_until(evaluated)
+        pending = _unfinished(evaluated)
         pages = [page.week for page in evaluated if page.entries]
         complete = archive_output(output)
         # The sources only when a week is to be frozen (the label query is not free, and the
         # usual publish finds every complete week archived already).
-        sources = None if _all_archived(cursor, open_week) else self.source_ids(output)
+        sources = None if pending is None and _all_archived(cursor, open_week) else self.source_ids(output)
         blocked: Editorial | None = None
         directory = archive_dir(out_dir, output.slug)
         fresh: list[str] = []
         written: set[str] = set()  # frozen by this call, and written from its own bytes
-        while (at := self._unarchived_item_at(sources, cursor, open_week)) is not None:
-            week = Week.of(at)
+        while True:
+            if pending is None:
+                at = self._unarchived_item_at(sources, cursor, open_week)
+                if at is None:
+                    break
+                pending = (Page(Week.of(at)), None)
+            page, after = pending
             blocked = blocked or Editorial(blocked=store.editorial(output.slug).blocked)
-            frozen = self._freeze_week(complete, sources, week, blocked, pages[-1] if pages else None, now, directory)
+            previous = pages[-1] if pages else None
+            frozen, continues = self._freeze_page(complete, sources, page, after, blocked, previous, now, directory)
+            label = str(page)
             if frozen is not None:
-                pages.append(str(week))
-                fresh.append(str(week))
+                pages.append(label)
+                fresh.append(label)
                 if frozen:
-                    written.add(str(week))
-            cursor = week.end
+                    written.add(label)
+            pending = (Page(page.week, page.part + 1), continues) if continues is not None else None
+            cursor = page.week.end
         if fresh:  # another worker may have frozen a week first: what is stored is the truth
             pages = [page.week for page in store.archive_pages(output.slug)]
         for label in pages:
@@ -210,49 +226,48 @@ class Publisher:
                     write_file(directory, f"{label}.html", row.html)
         return pages
 
-    def _freeze_week(
+    def _freeze_page(
         self,
         complete: Output,
         sources: SourceIds,
-        week: Week,
+        page: Page,
+        after: PageEnd | None,
         blocked: Editorial,
         previous: str | None,
         now: datetime,
         directory: Path,
-    ) -> bool | None:
-        """Render and store one archive week of ``complete`` (an ``archive_output``): None when
-        the output's rules leave none of its items in; True when this call's row was stored and
-        its files written to ``directory``; False when another worker froze the week first
-        (what it stored is the truth, and is written from the store).
+    ) -> tuple[bool | None, PageEnd | None]:
+        """Render and store one archive page of ``complete`` (an ``archive_output``): its
+        week's next ``ARCHIVE_MAX_ENTRIES`` items after ``after`` (from the week's start when
+        None). Returns, first, None when the output's rules leave none of its items in; True
+        when this call's row was stored and its files written to ``directory``; False when
+        another worker froze the page first (what it stored is the truth, and is written from
+        the store); and second, where the week's next page starts (None: this is its last).
 
-        A week holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates come
+        A page holds up to ``ARCHIVE_MAX_ENTRIES`` items with their HTML: its candidates come
         without it (unless a rule reads the text), which each piece rendered reads, and are let
         go as soon as it is rendered; each document goes to a file a piece at a time, and the
         store reads it from there.
         """
         text = reads_text(complete)
         malloc.release_freed_memory()
+        week = page.week
         # Rules that read an item's text may read its summary's (``curate.matches``): then the
         # HTML comes with the candidates; else it is read as each piece is rendered.
-        candidates = self.store.candidates_between(
-            sources, week.start, week.end, ARCHIVE_MAX_ENTRIES + 1, with_text=text, with_html=text
+        candidates, continues = self.store.archive_items(
+            sources, week.start, week.end, after, ARCHIVE_MAX_ENTRIES, with_text=text, with_html=text
         )
-        if len(candidates) > ARCHIVE_MAX_ENTRIES:  # newest first: the week's oldest are left out
-            del candidates[ARCHIVE_MAX_ENTRIES:]
-            log.warning(
-                "archive %s week %s holds only the newest %d of its items: the older ones are in no archive",
-                complete.slug, week, ARCHIVE_MAX_ENTRIES,
-            )  # fmt: skip
         entries = curate(complete, candidates, blocked).entries
         count, updated = len(entries), max((e.updated_at for e in entries), default=None)
         fill, url = None if text else self._with_html, self.config.settings.public_url
+        continuation = {"continues_at": continues[0], "continues_after": continues[1]} if continues else {}
         if not count:  # recorded as empty, documents and all: neither linked nor looked at again
             empty = ArchiveRow(
-                slug=complete.slug, week=str(week), entries=0, updated_at=updated, atom=b"", html=b"",
-                etag=etag_of(b""), created_at=now,
+                slug=complete.slug, week=str(page), entries=0, updated_at=updated, atom=b"", html=b"",
+                etag=etag_of(b""), created_at=now, **continuation,
             )  # fmt: skip
             self.store.save_archive(empty)
-            return None
+            return None, continues
         # Each document goes to a file of its own as it is rendered, and the store reads it
         # from there: neither is held whole (10 and 8 MB at 5,000 entries). The files take
         # their names only once the week is stored; should another worker have frozen it
@@ -260,19 +275,19 @@ class Publisher:
         # before the feed: ``freeze_archives`` writes a stored week's files again where its
         # feed is missing, so a rename that fails or a process that dies in between leaves
         # nothing it would not mend.
-        feed, html = archive_pieces(complete, entries, url, week, previous, fill)  # rendered as written
-        with spooled(directory, f"{week}.html", html) as page, spooled(directory, f"{week}.atom", feed) as atom:
+        feed, html = archive_pieces(complete, entries, url, page, previous, fill)  # rendered as written
+        with spooled(directory, f"{page}.html", html) as document, spooled(directory, f"{page}.atom", feed) as atom:
             del candidates, entries, html, feed
             row = ArchiveRow(
-                slug=complete.slug, week=str(week), entries=count, updated_at=updated, atom=b"", html=b"",
-                etag=etag_of_file(atom), created_at=now,
+                slug=complete.slug, week=str(page), entries=count, updated_at=updated, atom=b"", html=b"",
+                etag=etag_of_file(atom), created_at=now, **continuation,
             )  # fmt: skip
-            stored = self.store.save_archive(row, {"atom": atom, "html": page})
+            stored = self.store.save_archive(row, {"atom": atom, "html": document})
             if stored:
-                place(page, directory / f"{week}.html")
-                place(atom, directory / f"{week}.atom")
-        log.info("archived %s week %s (%d entries)", complete.slug, week, count)
-        return stored
+                place(document, directory / f"{page}.html")
+                place(atom, directory / f"{page}.atom")
+        log.info("archived %s page %s (%d entries)", complete.slug, page, count)
+        return stored, continues
 
     def _with_html(self, entries: Sequence[OutputEntry]) -> list[OutputEntry]:
         """``entries`` with their leads' HTML, read now (``publish.Filler``). A lead retention
@@ -316,9 +331,19 @@ def _all_archived(cursor: datetime | None, open_week: Week) -> bool:
 
 
 def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:
-    """The end of the newest week already archived (None: nothing archived yet)."""
-    week = Week.parse(evaluated[-1].week) if evaluated else None
-    return week.end if week is not None else None
+    """The end of the newest week already archived, or begun (None: nothing archived yet)."""
+    page = Page.parse(evaluated[-1].week) if evaluated else None
+    return page.week.end if page is not None else None
+
+
+def _unfinished(evaluated: list[ArchivePage]) -> tuple[Page, PageEnd | None] | None:
+    """The next page of a week whose archiving stopped between two of its pages, and where it
+    starts (None: the newest page stored is its week's last)."""
+    newest = evaluated[-1] if evaluated else None
+    page = Page.parse(newest.week) if newest is not None else None
+    if newest is None or page is None or newest.continues is None:
+        return None
+    return Page(page.week, page.part + 1), newest.continues
 
 
 def prune(publisher: Publisher) -> PruneReport | None:

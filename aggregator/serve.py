@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from aggregator.archive import Week
+from aggregator.archive import Page
 from aggregator.config import Config
 from aggregator.errors import StorageError
 from aggregator.metrics import exposition, registry_for
@@ -38,7 +38,7 @@ from aggregator.store.repository import Store
 
 GZIP_MIN_BYTES = 1024
 FEED_MAX_AGE = 60  # seconds a reader or proxy may reuse a feed without asking
-ARCHIVE_MAX_AGE = 86400  # an archived week never changes
+ARCHIVE_MAX_AGE = 86400  # an archive page never changes
 PAGE_MAX_AGE = 60
 REVALIDATE_SECONDS = 1.0
 PAGE_CSP = "default-src 'none'; img-src http: https: data:; media-src http: https:; style-src 'unsafe-inline'"
@@ -216,11 +216,12 @@ class Handlers:
         self.registry = registry_for(store)
 
     async def archive(self, request: Request) -> Response:
-        """A frozen archive week, as Atom (``.atom``) or as its HTML page; the current,
-        incomplete week and weeks without entries are not archives (404)."""
+        """A frozen archive page (a week, or a part of a busy one), as Atom (``.atom``) or as
+        its HTML page; the current, incomplete week and pages without entries are not
+        archives (404)."""
         slug, label = request.path_params["slug"], request.path_params["week"]
         fmt = "atom" if label.endswith(".atom") else "html"
-        week = Week.parse(label.removesuffix(".atom"))
+        week = Page.parse(label.removesuffix(".atom"))
         if week is None:
             return Response("no such archive page\n", status_code=404, media_type="text/plain")
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import os
 import shutil
 import socket
@@ -27,11 +26,12 @@ import feedparser
 import httpx
 import pytest
 from lxml import etree
+from sqlalchemy import delete
 
 from aggregator import archive as archive_module
 from aggregator import publish
 from aggregator import publisher as publisher_module
-from aggregator.archive import Week, first_open_week
+from aggregator.archive import Page, Week, first_open_week
 from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
 from aggregator.curate import reads_text
@@ -240,6 +240,20 @@ def test_weeks() -> None:
     assert Week.parse("2025-W53") is None and Week.parse("2026-W53") == Week(2026, 53)
 
 
+def test_pages_are_named_after_their_week_and_sort_as_the_chain_runs() -> None:
+    labels = ["2026-W47-10", "2026-W47", "2026-W47-9", "2025-W52", "2026-W47-2"]
+    pages = [Page.parse(label) for label in labels]
+    assert [str(p) for p in pages] == labels  # each label is the page's own
+    assert [str(p) for p in sorted(p for p in pages if p)] == [
+        "2025-W52", "2026-W47", "2026-W47-2", "2026-W47-9", "2026-W47-10",
+    ]  # fmt: skip
+    assert Page(Week(2026, 47), 2).title == "2026-W47, part 2" and Page(Week(2026, 47)).title == "2026-W47"
+    for label in ("2026-W47-1", "2026-W47-0", "2026-W47-02", "2025-W53-2", "2026-W47-", "2026-W47-1234567"):
+        assert Page.parse(label) is None, label
+    longest = str(Page(Week(9999, 52), 999_999))  # the most parts a label can say
+    assert len(longest) <= ArchiveRow.__table__.c.week.type.length  # type: ignore[attr-defined]
+
+
 def test_a_week_is_open_until_a_day_after_it_ends() -> None:
     monday = datetime(2026, 11, 30, tzinfo=UTC)  # 2026-W49 begins
     assert first_open_week(monday + timedelta(hours=23)) == Week(2026, 48)
@@ -402,24 +416,57 @@ def test_archived_entries_carry_their_html_in_both_documents(
     assert page.index("Story a") < page.index("Body a") < page.index("Story b") < page.index("Body b")
 
 
-def test_a_week_with_more_items_than_an_archive_holds_says_so(
-    server: FeedServer,
-    tmp_path: Path,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Only the newest ``ARCHIVE_MAX_ENTRIES`` items of a week are archived (one here): the
-    operator is told which week lost the others, rather than finding it out from the archive."""
+@pytest.fixture
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Archive documents of one item each: W47's two items make it two pages."""
     monkeypatch.setattr(archive_module, "ARCHIVE_MAX_ENTRIES", 1)
     monkeypatch.setattr(publisher_module, "ARCHIVE_MAX_ENTRIES", 1)
-    with caplog.at_level(logging.WARNING, logger="aggregator"), polled(server, tmp_path, database_url) as found:
-        store = found[1]
-        weeks = {page.week: page.entries for page in store.archive_weeks("world")}
-        week = store.archive("world", "2026-W47")
-    assert weeks == {"2026-W47": 1, "2026-W45": 1, "2026-W43": 0, "2026-W40": 1}
-    assert week is not None and [e.title for e in feedparser.parse(week.atom).entries] == ["Story a"]  # the newer
-    warned = [r.getMessage() for r in caplog.records if "in no archive" in r.getMessage()]
-    assert warned == [
-        "archive world week 2026-W47 holds only the newest 1 of its items: the older ones are in no archive"
-    ]
+
+
+PAGED = [("2026-W47-2", ["Story a"]), ("2026-W47", ["Story b"]), ("2026-W45", ["Story c"]), ("2026-W40", ["Story d"])]
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_a_week_with_more_items_than_a_page_holds_is_several_pages_and_loses_none(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """A busy week is archived whole: its oldest items on the week's page, the next ones on
+    "-2" and on, each page linking the one before, through the app and from static files."""
+    with polled(server, tmp_path, database_url) as (config, store, www):
+        public = config.settings.public_url
+        with serving(store, config) as app:
+            served = walk(f"{public}/feeds/world.atom", public, app)
+            page = httpx.get(f"{app}/feeds/world/archive/2026-W47-2")
+            for label in ("2026-W47-1", "2026-W47-02", "2026-W47-3", "2026-W47-x"):
+                assert httpx.get(f"{app}/feeds/world/archive/{label}.atom").status_code == 404, label
+            latest = httpx.get(f"{app}/feeds/world")
+        with static_files(www) as files:
+            static = walk(f"{public}/feeds/world.atom", public, files)
+        weeks = {p.week: p.entries for p in store.archive_weeks("world")}
+    assert [(label, titles) for label, titles, _ in served] == PAGED
+    assert static == served
+    assert weeks == {"2026-W40": 1, "2026-W43": 0, "2026-W45": 1, "2026-W47": 1, "2026-W47-2": 1}
+    assert page.status_code == 200 and "Story a" in page.text and "2026-W47, part 2" in page.text
+    assert f"{public}/feeds/world/archive/2026-W47" in page.text  # its older entries
+    assert f"{public}/feeds/world/archive/2026-W47-2" in latest.text  # the newest page is listed
+
+
+@pytest.mark.usefixtures("small_pages")
+def test_a_week_whose_archiving_stopped_between_two_pages_is_taken_up_at_the_next(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """A publish that stopped after a week's first page (killed, or its disk full) left the
+    week begun: the next one archives the rest, and the chain is the one it would have been."""
+    with polled(server, tmp_path, database_url) as (config, store, www):
+        public = config.settings.public_url
+        with store.engine.begin() as connection:  # as if the process had died before page 2
+            connection.execute(delete(ArchiveRow).where(ArchiveRow.week == "2026-W47-2"))
+        (www / "feeds" / "world" / "archive" / "2026-W47-2.atom").unlink()
+        (www / "feeds" / "world" / "archive" / "2026-W47-2.html").unlink()
+        publisher = Publisher(config, store, clock=lambda: NOW)
+        assert [o.slug for o in publisher.archives_due(NOW)] == ["world"]
+        publisher.publish()
+        assert publisher.archives_due(NOW) == []
+        with static_files(www) as files:
+            static = walk(f"{public}/feeds/world.atom", public, files)
+    assert [(label, titles) for label, titles, _ in static] == PAGED

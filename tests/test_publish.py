@@ -14,7 +14,7 @@ import feedparser
 import pytest
 
 from aggregator import publish
-from aggregator.archive import Week
+from aggregator.archive import Page, Week
 from aggregator.config import Output
 from aggregator.publish import (
     Rendering,
@@ -141,9 +141,9 @@ def test_websub_hub_is_advertised_in_every_feed_format() -> None:
     assert json.loads(render_json(OUTPUT, entries(), PUBLIC, hub))["hubs"] == [{"type": "WebSub", "url": hub}]
 
 
-@pytest.mark.parametrize("archive_of", [None, Week(2026, 47)])
+@pytest.mark.parametrize("archive_of", [None, Page(Week(2026, 47), 2)])
 def test_a_long_atom_document_rendered_in_pieces_has_the_bytes_of_one_rendered_whole(
-    monkeypatch: pytest.MonkeyPatch, archive_of: Week | None
+    monkeypatch: pytest.MonkeyPatch, archive_of: Page | None
 ) -> None:
     many = []
     for n in range(1, 12):  # thumbnails, enclosures, other outlets, a non-ASCII title; the newest in the middle
@@ -183,7 +183,7 @@ def test_an_archive_week_given_its_html_a_piece_at_a_time_has_the_bytes_of_one_g
         return [replace(e, lead=by_id[e.lead.item_id]) for e in piece]
 
     monkeypatch.setattr(publish, "ATOM_PIECE", 4)
-    week = Week(2026, 47)
+    week = Page(Week(2026, 47))
     expected = [joined(pieces) for pieces in archive_pieces(OUTPUT, whole, PUBLIC, week, "2026-W46")]
     assert asked == []  # given whole, nothing is asked for
     pieced = archive_pieces(OUTPUT, bare, PUBLIC, week, "2026-W46", fill)

@@ -246,21 +246,27 @@ class EditorialRow(Base):
 
 
 class ArchiveRow(Base):
-    """One finished week of an output as RFC 5005 archive documents, rendered once and frozen.
+    """One finished archive page of an output as RFC 5005 archive documents, rendered once
+    and frozen: a week, or a part of a week with more items than one document holds.
 
-    ``week`` is the ISO week label (``2026-W46``), which sorts like the weeks themselves.
-    A week whose items the output's rules all left out is kept with ``entries`` 0 and empty
-    bodies: it is never linked or served, and never evaluated again.
+    ``week`` is the page's label (``archive.Page``: ``2026-W46``, its later parts
+    ``2026-W46-2`` and on). A page whose items the output's rules all left out is kept with
+    ``entries`` 0 and empty bodies: it is never linked or served, and never evaluated again.
+    ``continues_at`` and ``continues_after`` are where the week's next page starts (the date
+    and id of this page's newest item), NULL on a week's last page: a publish that stopped
+    between two pages of a week takes up the next one there.
     """
 
     __tablename__ = "archives"
 
     slug: Mapped[str] = mapped_column(String(100), primary_key=True)
-    week: Mapped[str] = mapped_column(String(10), primary_key=True)
+    week: Mapped[str] = mapped_column(String(16), primary_key=True)
     entries: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the newest entry's
     etag: Mapped[str] = mapped_column(String(100))  # of the Atom document
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    continues_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    continues_after: Mapped[int | None] = mapped_column(BigID)
     # Last (on SQLite since migration 0010): the documents are streamed into blobs of their size
     # (``OutputStore.save_archive``), which SQLite builds without zeroes only at a row's end.
     atom: Mapped[bytes] = mapped_column(LargeBinary)

@@ -22,15 +22,17 @@ from aggregator.store.models import ArchiveRow, EditorialRow, ItemRow, Published
 
 ARCHIVE_DOCUMENTS = ("atom", "html")  # an archive row's documents, streamed in on SQLite
 SourceIds = Collection[int] | None  # the sources an output draws from; None: every source
+PageEnd = tuple[datetime, int]  # where an archive page ends: its newest item's date and id
 
 
 @dataclass(frozen=True)
 class ArchivePage:
-    """A frozen archive week of an output that has entries (the links of the chain)."""
+    """A frozen archive page of an output (the links of the chain, those with entries)."""
 
-    week: str
+    week: str  # its label (``archive.Page``)
     entries: int
     updated_at: datetime | None
+    continues: PageEnd | None = None  # where its week's next page starts; None: the week's last
 
 
 class OutputStore(StoreBase):
@@ -75,30 +77,41 @@ class OutputStore(StoreBase):
         with self.session() as s:
             return [_candidate_row(row) for row in s.execute(query)]
 
-    def candidates_between(
+    def archive_items(
         self,
         source_ids: SourceIds,
         start: datetime,
         end: datetime,
+        after: PageEnd | None,
         limit: int,
         *,
         with_text: bool = True,
         with_html: bool = True,
-    ) -> list[Candidate]:
-        """The items of these sources dated in [start, end): one page of an archive; their
-        ``text`` empty unless ``with_text`` (only rules read it), their summary and content
-        HTML unless ``with_html`` (rendering reads it later, ``item_html``)."""
+    ) -> tuple[list[Candidate], PageEnd | None]:
+        """One archive page's items: the first ``limit`` of these sources dated in [start,
+        end) after ``after`` (where the page before ended), oldest first, and returned newest
+        first; and where this page ends when more items follow (None: it is the last). Their
+        ``text`` is empty unless ``with_text`` (only rules read it), their summary and content
+        HTML unless ``with_html`` (rendering reads it later, ``item_html``).
+
+        Pages split at an item, never at a time: items of one moment fall on either side and
+        each on one page only."""
         where = _from_sources(source_ids)
         if where is None:
-            return []
+            return [], None
+        where = where & (ItemRow.sort_at >= start) & (ItemRow.sort_at < end)
+        if after is not None:
+            moment, item_id = after
+            where = where & ((ItemRow.sort_at > moment) | ((ItemRow.sort_at == moment) & (ItemRow.id > item_id)))
         query = (
             _candidate_select(where, with_text, with_html)
-            .where(ItemRow.sort_at >= start, ItemRow.sort_at < end)
-            .order_by(ItemRow.sort_at.desc(), ItemRow.id.asc())
-            .limit(limit)
+            .order_by(ItemRow.sort_at.asc(), ItemRow.id.asc())
+            .limit(limit + 1)
         )
         with self.session() as s:
-            return [_candidate_row(row) for row in s.execute(query)]
+            rows = list(s.execute(query))
+        ends = (rows[limit - 1].sort_at, rows[limit - 1].id) if len(rows) > limit else None
+        return [_candidate_row(row) for row in reversed(rows[:limit])], ends
 
     def item_html(self, item_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
         """Each item's summary and content HTML, by id (those still stored)."""
@@ -193,18 +206,17 @@ class OutputStore(StoreBase):
 
     # --- archives ----------------------------------------------------------------------
     def archive_weeks(self, slug: str) -> list[ArchivePage]:
-        """Every week evaluated for the archive, oldest first; those with ``entries`` 0 had
-        items the output's rules all left out (they are not linked)."""
+        """Every archive page evaluated, oldest first (a week's parts in order,
+        ``archive.Page``); those with ``entries`` 0 had items the output's rules all left
+        out (they are not linked)."""
         with self.session() as s:
-            rows = s.execute(
-                select(ArchiveRow.week, ArchiveRow.entries, ArchiveRow.updated_at)
-                .where(ArchiveRow.slug == slug)
-                .order_by(ArchiveRow.week)
-            )
-            return [ArchivePage(r.week, r.entries, r.updated_at) for r in rows]
+            columns = (ArchiveRow.week, ArchiveRow.entries, ArchiveRow.updated_at, ArchiveRow.continues_at)
+            rows = s.execute(select(*columns, ArchiveRow.continues_after).where(ArchiveRow.slug == slug))
+            pages = [_archive_page(r) for r in rows]
+        return sorted(pages, key=lambda page: _page_order(page.week))
 
     def archive_pages(self, slug: str) -> list[ArchivePage]:
-        """The archive weeks with entries, oldest first."""
+        """The archive pages with entries, oldest first."""
         return [page for page in self.archive_weeks(slug) if page.entries]
 
     def archive(self, slug: str, week: str) -> ArchiveRow | None:
@@ -296,6 +308,17 @@ _COLUMNS = {
     (True, False): _left_out(ItemRow.summary_html, ItemRow.content_html),
     (False, False): _left_out(ItemRow.text, ItemRow.summary_html, ItemRow.content_html),
 }
+
+
+def _archive_page(r: Any) -> ArchivePage:
+    continues = None if r.continues_at is None else (r.continues_at, r.continues_after)
+    return ArchivePage(r.week, r.entries, r.updated_at, continues)
+
+
+def _page_order(label: str) -> tuple[str, int]:
+    """Where an archive page's label (``archive.Page``: "2026-W47", "2026-W47-2") falls in its
+    output's chain: by week, then part ("2026-W47-10" after "2026-W47-9", unlike the text)."""
+    return label[:8], int(label[9:] or 1)
 
 
 def _candidate_select(where: ColumnElement[bool], with_text: bool = True, with_html: bool = True) -> Any:

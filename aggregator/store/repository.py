@@ -13,7 +13,7 @@ from aggregator.records import ClaimedSource, MatchCandidate, PollRecord
 from aggregator.store._sql import IN_CHUNK
 from aggregator.store.items import STORY_NAMESPACE, IngestStore, IngestTransaction, story_uid
 from aggregator.store.matchkeys import MAX_KEY_FANOUT
-from aggregator.store.outputs import ArchivePage, OutputStore, SourceIds
+from aggregator.store.outputs import ArchivePage, OutputStore, PageEnd, SourceIds
 from aggregator.store.retention import PruneReport, RetentionStore, StoreStats
 from aggregator.store.sources import SourceHealth, SourceStore, SyncReport
 from aggregator.store.storyviews import CoverageItem, StoryCoverage, StoryMemberRow, StoryViewStore
@@ -27,6 +27,7 @@ __all__ = [
     "CoverageItem",
     "IngestTransaction",
     "MatchCandidate",
+    "PageEnd",
     "PollRecord",
     "PruneReport",
     "SourceHealth",
