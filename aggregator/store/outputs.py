@@ -88,9 +88,10 @@ class OutputStore(StoreBase):
         with_text: bool = True,
         with_html: bool = True,
     ) -> tuple[list[Candidate], PageEnd | None]:
-        """One archive page's items: the first ``limit`` of these sources dated in [start,
-        end) after ``after`` (where the page before ended), oldest first, and returned newest
-        first; and where this page ends when more items follow (None: it is the last). Their
+        """One archive page's items: of the items of these sources dated in [start, end), the
+        ``limit`` oldest after ``after`` (where the page before ended), returned newest first
+        as curation takes them; and where this page ends when more follow (None: it is the
+        week's last). Their
         ``text`` is empty unless ``with_text`` (only rules read it), their summary and content
         HTML unless ``with_html`` (rendering reads it later, ``item_html``).
 
