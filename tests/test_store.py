@@ -28,7 +28,7 @@ from aggregator.store.database import (
     head_revision,
     make_engine,
 )
-from aggregator.store.models import Base
+from aggregator.store.models import ArchiveRow, Base
 from aggregator.store.repository import Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -86,6 +86,22 @@ MIGRATION_MODULES = "sorted(m for m in sys.modules if m.split('.')[0] in ('alemb
 def test_migrations_reach_head_and_match_the_models(engine: Engine) -> None:
     assert current_revision(engine) == head_revision()
     assert _differences_from_the_models(engine) == []
+
+
+def test_archive_pages_come_back_in_chain_order_with_where_their_week_goes_on(store: Store) -> None:
+    """A busy week's tenth page sorts after its ninth (not after its first, as the text does),
+    and a page that is not its week's last says where the next one starts."""
+    ends = (NOW - timedelta(days=3), 41)
+    for label in ("2026-W47-10", "2026-W46", "2026-W47-9", "2026-W47", "2026-W47-2"):
+        more = {"continues_at": ends[0], "continues_after": ends[1]} if label != "2026-W47-10" else {}
+        row = ArchiveRow(
+            slug="world", week=label, entries=1, updated_at=None, etag='"e"', created_at=NOW, atom=b"<feed/>",
+            html=b"<p/>", **more,
+        )  # fmt: skip
+        assert store.save_archive(row)
+    pages = store.archive_weeks("world")
+    assert [p.week for p in pages] == ["2026-W46", "2026-W47", "2026-W47-2", "2026-W47-9", "2026-W47-10"]
+    assert pages[-2].continues == ends and pages[-1].continues is None
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
