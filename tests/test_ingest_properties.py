@@ -262,14 +262,20 @@ SNAPSHOT = (
 
 
 DATED = tuple(Entry(f"d{n}", None, "Dated", None, date) for n, date in enumerate(DATES))
-TWELVE = zip(
-    (*GUIDS, None, None, None, "", "", "", "7"),
-    (*LINKS, None, "", None, "", None),
-    (*TITLES, *TITLES, None, ""),
-    (*DATES, None, "", "2026-11-20T12:00:00Z", "yesterday"),
-    strict=True,
+# Twelve entries mixing the lists' odd values (the longest a draw makes, repeated 250 times).
+LONGEST = (
+    tuple(
+        Entry(guid, link, title, "<p>text</p>", date)
+        for guid, link, title, date in zip(
+            (*GUIDS, None, None, None, "", "", "", "7"),
+            (*LINKS, None, "", None, "", None),
+            (*TITLES, *TITLES, None, ""),
+            (*DATES, None, "", "2026-11-20T12:00:00Z", "yesterday"),
+            strict=True,
+        )
+    )
+    * 250
 )
-LONGEST = tuple(Entry(guid, link, title, "<p>text</p>", date) for guid, link, title, date in TWELVE) * 250
 
 
 @settings(
