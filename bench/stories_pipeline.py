@@ -35,6 +35,10 @@ Each figure is followed by the same items decided by the pure function in memory
 publication order, on the features the pipeline stored for them (``in_memory``): the same
 stream and the same features, so the difference is what the pipeline's order and its per-poll
 reads cost, not a difference between two simulated streams.
+
+With several seeds the last lines sum them (``Totals``): the figures of one seed move by tens of
+pairs from one run to the next, since a first ingest decides feeds in the order their fetches
+end, and a change to the matching is read on the sum, never on one seed.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -353,14 +357,62 @@ def main() -> None:
     if args.headlines_only:
         print("# items: headlines only, no text")
     now = datetime.now(UTC).replace(microsecond=0)
+    totals = Totals()
     for seed in args.seeds:
         if "wikinews" in args.sets:
-            report_wikinews(seed, args, now, every)
+            totals.wikinews.append(report_wikinews(seed, args, now, every))
         if "semeval" in args.sets:
-            report_semeval(seed, args, now, every)
+            totals.semeval.append(report_semeval(seed, args, now, every))
+    if len(args.seeds) > 1:
+        totals.report(args.seeds)
 
 
-def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None) -> None:
+@dataclass
+class Totals:
+    """Every seed's figures, summed: one run's seeds vary by tens of pairs each (a first
+    ingest's order is the order the fetches end), and a change is read on the sum."""
+
+    wikinews: list[tuple[Pairwise, Pairwise | None]] = field(default_factory=list)
+    semeval: list[tuple[Linked, Linked | None]] = field(default_factory=list)
+
+    def report(self, seeds: list[int]) -> None:
+        named = f"seeds {' '.join(map(str, seeds))}"
+        if self.wikinews:
+            for label, scores in (
+                ("", [pipeline for pipeline, _ in self.wikinews]),
+                ("  in memory: ", [pure for _, pure in self.wikinews if pure is not None]),
+            ):
+                if scores:
+                    true, predicted, correct = (sum(getattr(s, f) for s in scores) for f in _PAIR_COUNTS)
+                    summed = Pairwise(true, predicted, correct, [])
+                    wrong = summed.predicted_pairs - summed.correct_pairs
+                    print(
+                        f"{label or f'wikinews-dev, {named}: '}pairs true {summed.true_pairs}, linked "
+                        f"{summed.predicted_pairs}, correct {summed.correct_pairs}, wrong {wrong}: "
+                        f"P {summed.precision:.4f} R {summed.recall:.4f}"
+                    )
+        if self.semeval:
+            for label, counts in (
+                ("", [pipeline for pipeline, _ in self.semeval]),
+                ("  in memory: ", [pure for _, pure in self.semeval if pure is not None]),
+            ):
+                if counts:
+                    same, same_of, different, different_of = (sum(c[n] for c in counts) for n in range(4))
+                    print(
+                        f"{label or f'semeval, {named}: '}same event linked {same}/{same_of} = "
+                        f"{same / max(1, same_of):.1%}; different linked {different}/{different_of} = "
+                        f"{different / max(1, different_of):.1%}"
+                    )
+
+
+_PAIR_COUNTS = ("true_pairs", "predicted_pairs", "correct_pairs")
+Linked = tuple[int, int, int, int]
+"""SemEval pairs: same-event pairs linked, of how many; different-event pairs linked, of how many."""
+
+
+def report_wikinews(
+    seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None
+) -> tuple[Pairwise, Pairwise | None]:
     articles = wikinews(seed, args.days, args.spread_hours, now)
     if args.headlines_only:
         articles = [replace(a, lead="") for a in articles]
@@ -375,6 +427,7 @@ def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: t
         f"pairs true {result.true_pairs}, linked {result.predicted_pairs}, correct {result.correct_pairs}: "
         f"P {result.precision:.4f} R {result.recall:.4f}; poll {elapsed:.1f} s"
     )
+    ideal = None
     if pure := in_memory(articles, stored):
         ideal = score(articles, pure)
         print(
@@ -384,9 +437,12 @@ def report_wikinews(seed: int, args: argparse.Namespace, now: datetime, every: t
     if args.errors:
         for a, b in result.merged[:40]:
             print(f"    merged {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
+    return result, ideal
 
 
-def report_semeval(seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None) -> None:
+def report_semeval(
+    seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None
+) -> tuple[Linked, Linked | None]:
     articles, pairs = semeval(seed, args.days, now, args.headlines_only)
     with tempfile.TemporaryDirectory() as tmp:
         stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every, args.database_url)
@@ -407,11 +463,12 @@ def report_semeval(seed: int, args: argparse.Namespace, now: datetime, every: ti
         f"{different_linked}/{len(different)} = {different_linked / max(1, len(different)):.1%}; "
         f"items of different pairs merged: {len(cross.merged)} pairs; poll {elapsed:.1f} s"
     )
+    ideal = None
     if pure := in_memory(articles, stored):
+        ideal = (sum(linked(p, pure) for p in same), len(same), sum(linked(p, pure) for p in different), len(different))
         print(
             f"  the same stored features in memory, in publication order: same event linked "
-            f"{sum(linked(p, pure) for p in same)}/{len(same)}; different linked "
-            f"{sum(linked(p, pure) for p in different)}/{len(different)}"
+            f"{ideal[0]}/{ideal[1]}; different linked {ideal[2]}/{ideal[3]}"
         )
     if args.errors:
         for p in different:
@@ -419,6 +476,7 @@ def report_semeval(seed: int, args: argparse.Namespace, now: datetime, every: ti
                 print(f"    linked though different: ligne {pairs[p].ligne} (Overall {pairs[p].overall})")
         for a, b in cross.merged[:40]:  # articles of two pairs in one story (not labelled either way)
             print(f"    merged across pairs {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
+    return (same_linked, len(same), different_linked, len(different)), ideal
 
 
 if __name__ == "__main__":
