@@ -83,6 +83,20 @@ class Page:
             return None
         return cls(week, int(match.group("part") or 1))
 
+    @classmethod
+    def of(cls, label: str) -> Page:
+        """The page a stored label names: ``parse`` for labels this code wrote, which are
+        never anything else (ValueError if one is)."""
+        page = cls.parse(label)
+        if page is None:
+            raise ValueError(f"not an archive page label: {label!r}")
+        return page
+
+    @property
+    def following(self) -> Page:
+        """The same week's next page."""
+        return Page(self.week, self.part + 1)
+
     def __str__(self) -> str:
         return str(self.week) if self.part == 1 else f"{self.week}-{self.part}"
 

@@ -212,7 +212,7 @@ class Publisher:
                 fresh.append(label)
                 if frozen:
                     written.add(label)
-            pending = (Page(page.week, page.part + 1), continues) if continues is not None else None
+            pending = (page.following, continues) if continues is not None else None
             cursor = page.week.end
         if fresh:  # another worker may have frozen a week first: what is stored is the truth
             pages = [page.week for page in store.archive_pages(output.slug)]
@@ -332,18 +332,16 @@ def _all_archived(cursor: datetime | None, open_week: Week) -> bool:
 
 def _archived_until(evaluated: list[ArchivePage]) -> datetime | None:
     """The end of the newest week already archived, or begun (None: nothing archived yet)."""
-    page = Page.parse(evaluated[-1].week) if evaluated else None
-    return page.week.end if page is not None else None
+    return Page.of(evaluated[-1].week).week.end if evaluated else None
 
 
 def _unfinished(evaluated: list[ArchivePage]) -> tuple[Page, PageEnd | None] | None:
     """The next page of a week whose archiving stopped between two of its pages, and where it
     starts (None: the newest page stored is its week's last)."""
     newest = evaluated[-1] if evaluated else None
-    page = Page.parse(newest.week) if newest is not None else None
-    if newest is None or page is None or newest.continues is None:
+    if newest is None or newest.continues is None:
         return None
-    return Page(page.week, page.part + 1), newest.continues
+    return Page.of(newest.week).following, newest.continues
 
 
 def prune(publisher: Publisher) -> PruneReport | None:

@@ -250,6 +250,10 @@ def test_pages_are_named_after_their_week_and_sort_as_the_chain_runs() -> None:
     assert Page(Week(2026, 47), 2).title == "2026-W47, part 2" and Page(Week(2026, 47)).title == "2026-W47"
     for label in ("2026-W47-1", "2026-W47-0", "2026-W47-02", "2025-W53-2", "2026-W47-", "2026-W47-1234567"):
         assert Page.parse(label) is None, label
+        with pytest.raises(ValueError, match="not an archive page label"):
+            Page.of(label)  # what the store wrote is always a page's label
+    assert Page.of("2026-W47-9").following == Page.of("2026-W47-10")
+    assert Page.of("2026-W47").following == Page.of("2026-W47-2")
     longest = str(Page(Week(9999, 52), 999_999))  # the most parts a label can say
     assert len(longest) <= ArchiveRow.__table__.c.week.type.length  # type: ignore[attr-defined]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, distinct, func, literal, literal_column, select, true
 
+from aggregator.archive import Page
 from aggregator.records import Candidate, Editorial, Enclosure
 from aggregator.store._sql import StoreBase, chunks, insert_ignore_statement, upsert_statement
 from aggregator.store.models import ArchiveRow, EditorialRow, ItemRow, PublishedRow, SourceRow, StoryRow
@@ -214,7 +215,7 @@ class OutputStore(StoreBase):
             columns = (ArchiveRow.week, ArchiveRow.entries, ArchiveRow.updated_at, ArchiveRow.continues_at)
             rows = s.execute(select(*columns, ArchiveRow.continues_after).where(ArchiveRow.slug == slug))
             pages = [_archive_page(r) for r in rows]
-        return sorted(pages, key=lambda page: _page_order(page.week))
+        return sorted(pages, key=lambda page: Page.of(page.week))  # "-10" after "-9", unlike the text
 
     def archive_pages(self, slug: str) -> list[ArchivePage]:
         """The archive pages with entries, oldest first."""
@@ -314,12 +315,6 @@ _COLUMNS = {
 def _archive_page(r: Any) -> ArchivePage:
     continues = None if r.continues_at is None else (r.continues_at, r.continues_after)
     return ArchivePage(r.week, r.entries, r.updated_at, continues)
-
-
-def _page_order(label: str) -> tuple[str, int]:
-    """Where an archive page's label (``archive.Page``: "2026-W47", "2026-W47-2") falls in its
-    output's chain: by week, then part ("2026-W47-10" after "2026-W47-9", unlike the text)."""
-    return label[:8], int(label[9:] or 1)
 
 
 def _candidate_select(where: ColumnElement[bool], with_text: bool = True, with_html: bool = True) -> Any:
