@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -321,9 +321,11 @@ def cmd_items(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
+    width = _source_width(v.candidate.source_name for v in verdicts)
     for v in verdicts:
         c = v.candidate
-        print(f"{'+' if v.included else '-'} {c.story_id:>7}  {c.source_name[:20]:<20}  {c.title[:60]:<60}  {v.reason}")
+        source = _shortened(c.source_name, width)
+        print(f"{'+' if v.included else '-'} {c.story_id:>7}  {source:<{width}}  {_cut(c.title, 60):<60}  {v.reason}")
         if c.item_id in joined:
             print(f"{'':11}story: {joined[c.item_id]}")
     return EXIT_OK
@@ -390,12 +392,39 @@ def cmd_story(args: argparse.Namespace) -> int:
     if merged:
         print(f"story {asked} was merged into story {story_id}: a report from another outlet showed them one event")
     print(f"story {story_id}  {uid}  ({len(members)} item{'s' if len(members) != 1 else ''})")
+    width = _source_width(m.source for m in members)
     if lead is not None:
-        print(f"  led in the outputs by item {lead.item_id} ({lead.source[:24]}): {lead.title[:90]}")
+        print(f"  led in the outputs by item {lead.item_id} ({_shortened(lead.source, width)}): {_cut(lead.title, 90)}")
     for m in members:
-        print(f"  item {m.item_id:>7}  {m.sort_at:%Y-%m-%d %H:%M}Z  {m.source[:24]:<24}  {m.title[:70]}")
+        source = _shortened(m.source, width)
+        print(f"  item {m.item_id:>7}  {m.sort_at:%Y-%m-%d %H:%M}Z  {source:<{width}}  {_cut(m.title, 70)}")
         print(f"                {m.reason or 'no reason recorded (stored before story matching kept one)'}")
     return EXIT_OK
+
+
+SOURCE_COLUMN = 32
+"""The widest the source column of ``items`` and ``story`` gets; longer names are shortened."""
+
+
+def _source_width(names: Iterable[str]) -> int:
+    """The source column's width: the longest name shown, up to ``SOURCE_COLUMN``."""
+    return min(SOURCE_COLUMN, max((len(name) for name in names), default=0))
+
+
+def _shortened(name: str, width: int) -> str:
+    """A source name fitted to ``width`` by cutting out its middle: names that share a
+    beginning ("Reuters - World", "Reuters - Business"; feeds of one site named by their
+    address) differ at the end, and cutting the end made several sources of one story look
+    like one outlet."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (width - 1 - head) :]}"
+
+
+def _cut(title: str, width: int) -> str:
+    """A headline cut to ``width``, marked as cut."""
+    return title if len(title) <= width else f"{title[: width - 1]}…"
 
 
 def cmd_opml(args: argparse.Namespace) -> int:

@@ -525,6 +525,42 @@ def test_the_pipeline_links_independent_reports_keeps_ids_and_explains(
     assert shown_json["headline"] == leads[0] and len(shown_json["items"]) == 3  # the copy found later leads nothing
 
 
+def test_story_and_items_tell_apart_sources_whose_long_names_share_a_beginning(
+    server: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two desks of one newspaper, named as operators name such feeds: the names differ only at
+    # the end, beyond the width of the source column. Both report one event; the story's lines
+    # must still say which desk each item came from.
+    from aggregator.cli import SOURCE_COLUMN, main
+    from tests.conftest import write_config
+
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    world, business = "Northern Counties Evening Chronicle: world", "Northern Counties Evening Chronicle: business"
+    assert min(len(world), len(business)) > SOURCE_COLUMN
+    feeds = {
+        world: rss("world", [("w1", *ORIGINAL, first)]),
+        business: rss("business", [("b1", *REWRITE, first + timedelta(hours=1))]),
+    }
+    config = write_config(tmp_path, serve_outlets(server, feeds))
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    found = stories_by_guid(tmp_path / "data" / "aggregator.db")
+    assert found["w1"] == found["b1"]
+    capsys.readouterr()
+    assert main(["--config", str(config), "story", str(found["w1"][0])]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  item ")]
+    story_cells = [line.split("Z  ", 1)[1][:SOURCE_COLUMN] for line in lines]
+    assert main(["--config", str(config), "items", "world"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line[:2] in ("+ ", "- ")]
+    items_cells = [line[11 : 11 + SOURCE_COLUMN] for line in lines]
+    for cells in (story_cells, items_cells):
+        # Each cell is its source's name with the middle cut out: it names one desk, each once.
+        named = []
+        for cell in cells:
+            head, _, tail = cell.partition("…")
+            named += [name for name in (world, business) if name.startswith(head) and name.endswith(tail) and tail]
+        assert sorted(named) == sorted([world, business]), cells
+
+
 def test_one_fetch_joins_an_outlets_copy_of_its_report_but_not_its_other_reports(
     server: object, tmp_path: Path
 ) -> None:
