@@ -377,32 +377,26 @@ class Totals:
 
     def report(self, seeds: list[int]) -> None:
         named = f"seeds {' '.join(map(str, seeds))}"
-        if self.wikinews:
-            for label, scores in (
-                ("", [pipeline for pipeline, _ in self.wikinews]),
-                ("  in memory: ", [pure for _, pure in self.wikinews if pure is not None]),
-            ):
-                if scores:
-                    true, predicted, correct = (sum(getattr(s, f) for s in scores) for f in _PAIR_COUNTS)
-                    summed = Pairwise(true, predicted, correct, [])
-                    wrong = summed.predicted_pairs - summed.correct_pairs
-                    print(
-                        f"{label or f'wikinews-dev, {named}: '}pairs true {summed.true_pairs}, linked "
-                        f"{summed.predicted_pairs}, correct {summed.correct_pairs}, wrong {wrong}: "
-                        f"P {summed.precision:.4f} R {summed.recall:.4f}"
-                    )
-        if self.semeval:
-            for label, counts in (
-                ("", [pipeline for pipeline, _ in self.semeval]),
-                ("  in memory: ", [pure for _, pure in self.semeval if pure is not None]),
-            ):
-                if counts:
-                    same, same_of, different, different_of = (sum(c[n] for c in counts) for n in range(4))
-                    print(
-                        f"{label or f'semeval, {named}: '}same event linked {same}/{same_of} = "
-                        f"{same / max(1, same_of):.1%}; different linked {different}/{different_of} = "
-                        f"{different / max(1, different_of):.1%}"
-                    )
+        pipeline = [result for result, _ in self.wikinews]
+        pure = [ideal for _, ideal in self.wikinews if ideal is not None]
+        for label, scores in ((f"wikinews-dev, {named}: ", pipeline), ("  in memory: ", pure)):
+            if scores:
+                true, predicted, correct = (sum(getattr(s, f) for s in scores) for f in _PAIR_COUNTS)
+                summed = Pairwise(true, predicted, correct, [])  # sums only: no merged pairs listed
+                print(
+                    f"{label}pairs true {summed.true_pairs}, linked {summed.predicted_pairs}, correct "
+                    f"{summed.correct_pairs}, wrong {summed.predicted_pairs - summed.correct_pairs}: "
+                    f"P {summed.precision:.4f} R {summed.recall:.4f}"
+                )
+        linked = [result for result, _ in self.semeval]
+        pure_linked = [ideal for _, ideal in self.semeval if ideal is not None]
+        for label, counts in ((f"semeval, {named}: ", linked), ("  in memory: ", pure_linked)):
+            if counts:
+                same, same_of, different, different_of = (sum(c[n] for c in counts) for n in range(4))
+                print(
+                    f"{label}same event linked {same}/{same_of} = {same / max(1, same_of):.1%}; "
+                    f"different linked {different}/{different_of} = {different / max(1, different_of):.1%}"
+                )
 
 
 _PAIR_COUNTS = ("true_pairs", "predicted_pairs", "correct_pairs")
