@@ -3,24 +3,27 @@ even when they share no phrase.
 
 Extraction is deliberately cheap (no tagger, no model of its own): a *name* is a capitalised
 word that does not merely start a sentence ("Ghafoor", "Karachi"), a word written in capitals
-("NATO", "KARACHI"), or a capitalised sentence-initial word that the same item also capitalises
-elsewhere, or, in a headline that comes with no text, that is no plain word of the language
-(``extract``'s ``plain``); a *figure* is a number, normalised so that "3,000", "3000" and "3
-thousand" agree, with "%" kept ("4.5%" and "4.5 per cent"). Everything is case-folded, a
-name's Latin letters lose their marks ("Chávez" and "Chavez" agree: ``unaccented``), a people's
-name stands for its country ("Turkish" and "Turkey" agree: ``country_of``), and each is hashed
-to a 32-bit integer *term*. A wire dateline ("KARACHI, May 2 (Reuters) -") is read
-apart: its place and date are names that do not lead, and its agency credit is none.
+("NATO", "KARACHI") or capitalised inside ("TikTok", "iPhone"), or a capitalised
+sentence-initial word that the same item also capitalises elsewhere, or, in a headline that
+comes with no text, that is no plain word of the language (``extract``'s ``plain``); a *figure*
+is a number, normalised so that "3,000", "3000" and "3 thousand" agree, with "%" kept ("4.5%"
+and "4.5 per cent"). Everything is case-folded, a name's Latin letters lose their marks
+("Chávez" and "Chavez" agree: ``unaccented``), a people's name stands for its country ("Turkish"
+and "Turkey" agree: ``country_of``), and each is hashed to a 32-bit integer *term*. A wire
+dateline ("KARACHI, May 2 (Reuters) -") is read apart: its place and date are names that do not
+lead, and its agency credit is none.
 
 Nothing here decides what is common: "President" or "2024" come out as terms like "Ghafoor"
 does. How many recent items carry a term (``stories.TermStats``) decides whether it is evidence
 and whether it is a lookup key, so the rules adapt to whatever the stream talks about instead of
-relying on a word list. The weekdays are the one exception (``WEEKDAYS``); the table of countries
-and their peoples says only which two words name one place, never what is common.
+relying on a word list. The weekdays and the pronoun "I", which grammar capitalises, are the
+exceptions (``WEEKDAYS``, ``_PRONOUN``); the table of countries and their peoples says only
+which two words name one place, never what is common.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
@@ -172,7 +175,7 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
             elif number:
                 into.setdefault(_figure(number, unit))
                 initial = False
-            elif raw[0].islower():  # no name, and not remembered: only whether it ends a sentence counts
+            elif raw.islower():  # no name, and not remembered: only whether it ends a sentence counts
                 initial = raw[-1] == "." and len(raw) > 3 and not _ABBREVIATION.match(raw)
             else:
                 word, acronym, upper, ends = _WORDS.get(raw) or _word(raw)
@@ -187,9 +190,16 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
 
 
 WordFacts = tuple[str, bool, bool, bool]
-"""What ``extract`` needs of a word as written: its term (folded), whether it is in capitals,
-whether it starts with a capital, and whether it ends the sentence. A weekday is in neither
-form: it is never a name (``WEEKDAYS``)."""
+"""What ``extract`` needs of a word as written: its term (folded), whether it is a name wherever
+it stands (in capitals, or capitalised inside: ``_inner_capital``), whether it starts with a
+capital, and whether it ends the sentence. A weekday and the pronoun "I" are in neither form:
+they are never names (``WEEKDAYS``, ``_PRONOUN``)."""
+
+_PRONOUN = re.compile(r"^i(?:'(?:m|d|ll|ve))?$")
+"""The pronoun "I" and its contractions, folded: English capitalises it wherever it stands, so
+its capital says nothing. Taken for a name, every first-person lead or quoted speaker ("I
+won't go overboard", said the minister) shared a "name" with every other, which a quiet
+stream weighs as rare."""
 
 _WORDS: dict[str, WordFacts] = {}
 WORDS_REMEMBERED = 10_000
@@ -208,10 +218,10 @@ def _word(raw: str) -> WordFacts:
     word = country_of(_fold(raw))
     if not word:
         facts = ("", False, False, raw.endswith(".") and not _ABBREVIATION.match(raw))
-    elif word in WEEKDAYS:  # no name, however written
+    elif word in WEEKDAYS or _PRONOUN.match(word):  # no name, however written
         facts = (word, False, False, raw.endswith("."))
     else:
-        acronym = len(word) >= 2 and raw.replace(".", "").isupper()
+        acronym = (len(word) >= 2 and raw.replace(".", "").isupper()) or _inner_capital(raw)
         # A word ending with a full stop ends the sentence, unless it is an abbreviation.
         ends = raw.endswith(".") and not _ABBREVIATION.match(raw) and len(raw) > 3
         facts = (word, acronym, raw[0].isupper(), ends)
@@ -219,6 +229,14 @@ def _word(raw: str) -> WordFacts:
         _WORDS.clear()
     _WORDS[raw] = facts
     return facts
+
+
+def _inner_capital(raw: str) -> bool:
+    """Whether a word has a capital right after a small letter ("BondiBlock", "iPhone",
+    "McLeod", "TikTok"): a name's spelling, never a plain word's, so it is a name where it
+    starts a sentence or a headline too, where a capital alone says nothing. Not after a
+    hyphen or an apostrophe ("Pro-Russian", "O'Brien"), which a plain word may capitalise."""
+    return any(a.islower() and b.isupper() for a, b in itertools.pairwise(raw))
 
 
 PLAIN_WORD_LETTERS = 5

@@ -65,10 +65,10 @@ import numpy as np
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
-FEATURES_VERSION = "s8"
+FEATURES_VERSION = "s9"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7")
+OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
 took a wire dateline's place and date for leading names and its agency credit for a name,
@@ -77,7 +77,9 @@ took a wire dateline's place and date for leading names and its agency credit fo
 (``names.WEEKDAYS``), ``s6`` (the same layout) kept the marks on names' letters, so that
 "Chávez" and "Chavez" were two names (``names.unaccented``), and ``s7`` (the same layout) took
 a people's name for a name of its own, so that "Turkish" and "Turkey" were two
-(``names.country_of``)."""
+(``names.country_of``), and ``s8`` (the same layout) took the pronoun "I" for a name and missed a
+name capitalised inside ("TikTok") where it opened a sentence or headline (``names._PRONOUN``,
+``names._inner_capital``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy

@@ -302,6 +302,15 @@ def test_a_weekday_is_no_name_in_any_form() -> None:
     assert set(terms.words) == {"geneva"}
 
 
+def test_the_pronoun_i_is_no_name_and_a_name_capitalised_inside_is_one_where_it_opens() -> None:
+    # "I" is capitalised by grammar, in every first-person lead and quote; "TikTok" and
+    # "iPhone" are written so only as names, so they count where they open a sentence too.
+    blog = names.extract("HarbourBlock", "I've built another one. I won't stop, I hope, said Tomas Verhal.")
+    assert blog.words == ("harbourblock", "tomas", "verhal")
+    opening = names.extract("iPhone maker sued", "TikTok said McLeod met them. Pro-Russian groups left. Anti-war.")
+    assert opening.words == ("iphone", "tiktok", "mcleod")  # a capital after a hyphen says nothing
+
+
 def test_two_events_of_one_day_in_a_quiet_stream_stay_apart_though_both_name_it() -> None:
     # Few stories in the window make every term look rare, the weekday too: the Uganda case
     # names Congo's outbreak in passing ("the same day neighbouring Congo declared ..."), and
