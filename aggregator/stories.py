@@ -579,7 +579,7 @@ class Judgement:
             shown = [w.lstrip("~") for w in terms.named(set(self.shared_words))] if terms is not None else []
             listed = ", ".join(shown[:6]) if shown else f"{len(self.shared_words)}"
             names += f"; rare word stems {listed} (+{self.word_weight:.1f})"
-        copy = f"; copies item {self.copy_of}" if self.copy_of is not None else ""
+        copy = f"; copies {_item(self.copy_of)}" if self.copy_of is not None else ""
         if self.on_all_names:
             copy += "; agrees on all its names, not on its opening"
         text = (
@@ -587,6 +587,12 @@ class Judgement:
             f"{self.hours:+.1f} h from the story's first item"
         )
         return text if self.joins else f"{text}: {self.why_not}"
+
+
+def _item(item_id: int) -> str:
+    """How an explanation calls a member: by its number, or, for an item of the same poll whose
+    story is not stored yet (``storybatch``: judged under a provisional negative id), so."""
+    return f"item {item_id}" if item_id >= 0 else "an item of the same poll"
 
 
 MISSES_SHOWN = 3
@@ -753,6 +759,7 @@ def judge(
     names_only = sum(weights[t] * support[t] for t in shared)
     name_weight = names_only + word_weight
 
+    template_of = None  # the member whose lead phrases the item's copies, not naming what it names
     if may_copy and cosine >= COPY_MIN_COSINE and item.signature is not None:
         for index, member in enumerate(story.members):
             sig = story.signature(index)
@@ -769,6 +776,7 @@ def judge(
                         story.story_id, True, cosine, name_weight, shared, hours, member.item_id, "",
                         shared_words, word_weight,
                     )  # fmt: skip
+                template_of = member.item_id
                 break
     needed, agree = names_needed(cosine, _headline_names(item, shared, weights, support))
     why_not = _ruled_out(item, story, cosine, independent)
@@ -780,6 +788,11 @@ def judge(
         on_all_names = name_weight >= WHOLE_AGREEMENT_WEIGHT * needed and _share_of_all(item, weights, story) >= agree
         if not on_all_names:
             why_not = f"its rare names and figures mostly differ from the story's (< {agree:.2f} shared)"
+    if why_not and template_of is not None:
+        why_not = (
+            f"its lead copies phrases from {_item(template_of)} but not its names: another instance of one "
+            f"template, not a copy; as a report of its own, {why_not}"
+        )
     return Judgement(
         story.story_id, not why_not, cosine, name_weight, shared, hours, None, why_not, shared_words, word_weight,
         on_all_names,
