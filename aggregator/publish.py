@@ -46,6 +46,7 @@ from aggregator.entryview import (
     story_url,
 )
 from aggregator.errors import PublishError
+from aggregator.normalize import html_to_text
 from aggregator.records import Candidate, Enclosure, OutputEntry, etag_of, etag_of_digest
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -504,8 +505,9 @@ def _json_item(entry: OutputEntry, public_url: str) -> dict[str, object]:
     item["_aggregator"] = {"about": GENERATOR_URI, "outlet": outlet, "outlets": entry.outlets, "dated": lead.dated}
     if lead.categories:
         item["tags"] = list(lead.categories)
-    if lead.content_html and lead.summary_html:
-        item["summary"] = lead.summary_html
+    # JSON Feed's summary is plain text (readers show it as is), where Atom's may be HTML.
+    if lead.content_html and lead.summary_html and (summary := html_to_text(lead.summary_html)):
+        item["summary"] = summary
     return item
 
 

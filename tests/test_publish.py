@@ -96,6 +96,19 @@ def test_json_feed_is_valid() -> None:
     assert doc["feed_url"] == f"{PUBLIC}/feeds/world.json"
 
 
+def test_json_feed_summary_is_plain_text_as_its_spec_says() -> None:
+    # A lead with both a summary and a content: Atom carries the summary's HTML (type="html"),
+    # JSON Feed's "summary" is plain text that readers show as it is.
+    lead = candidate(
+        4, summary_html='<p>Tom &amp; Jerry <a href="https://x.example/">return</a></p><p>Tonight<img src="p.gif"></p>',
+        content_html="<p>The whole article.</p>",
+    )  # fmt: skip
+    doc = json.loads(render_json(OUTPUT, [OutputEntry(lead.story_uid, lead, (), NOW)], PUBLIC))
+    assert doc["items"][0]["summary"] == "Tom & Jerry return Tonight"
+    parsed = feedparser.parse(joined(atom_pieces(OUTPUT, [OutputEntry(lead.story_uid, lead, (), NOW)], PUBLIC)))
+    assert '<a href="https://x.example/">return</a>' in parsed.entries[0].summary
+
+
 def test_an_empty_output_is_still_valid() -> None:
     assert check_atom(joined(atom_pieces(OUTPUT, [], PUBLIC))) == []
     assert check_rss(render_rss(OUTPUT, [], PUBLIC)) == []
