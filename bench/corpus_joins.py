@@ -41,7 +41,8 @@ from tests.test_corpus import CORPUS  # noqa: E402
 # Items that joined, as independent reports, a story holding another source's items.
 INDEPENDENT = (
     "select i.id, i.story_id, i.match_reason from items i where i.match_reason like 'joined%' "
-    "and i.match_reason not like '%copies item%' and i.match_reason not like '%same URL%' "
+    "and i.match_reason not like '%copies item%' and i.match_reason not like '%copies an item%' "
+    "and i.match_reason not like '%same URL%' "
     "and exists (select 1 from items j where j.story_id = i.story_id and j.source_id != i.source_id) order by i.id"
 )
 MEMBERS = (

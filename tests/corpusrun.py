@@ -16,7 +16,8 @@ SETTINGS = "parse_workers: 2\nconcurrency: 32\nper_host_concurrency: 32"
 # and meaning (an independent report), read from their explanations.
 CROSS_OUTLET_JOINS = (
     "select case when i.match_reason like '%same URL%' then 'by URL' when i.match_reason like '%copies item%' "
-    "then 'as copies' else 'as independent reports' end, count(*) from items i where i.match_reason like 'joined%' "
+    "or i.match_reason like '%copies an item%' then 'as copies' else 'as independent reports' end, count(*) "
+    "from items i where i.match_reason like 'joined%' "
     "and i.story_id in (select story_id from items group by story_id having count(distinct source_id) > 1) group by 1"
 )
 

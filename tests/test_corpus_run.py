@@ -74,6 +74,7 @@ _OWN_OUTLET_JOINS = (
     "select s.name, i.title from items i join sources s on s.id = i.source_id where i.story_id in "
     "(select story_id from items group by story_id having count(distinct source_id) = 1 and count(*) > 1) "
     "and i.match_reason like 'joined%' and i.match_reason not like '%copies item%' "
+    "and i.match_reason not like '%copies an item%' "
     "and i.match_reason not like '%same URL%' order by s.name, i.id"
 )
 
