@@ -39,7 +39,7 @@ import hashlib
 import html
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -110,8 +110,11 @@ PLACEMENT_STEP = timedelta(seconds=1)
 def normalize_feed(raw: RawFeed, feed_url: str, fetched_at: datetime) -> ParsedFeed:
     items: list[Item] = []
     seen: dict[str, Item] = {}
-    for entry in raw.entries:
-        item = normalize_entry(entry, feed_url, fetched_at)
+    entries = [normalize_entry(entry, feed_url, fetched_at) for entry in raw.entries]
+    articles = _article_url_test(entries)
+    for item in entries:
+        if item.guid is None and item.canonical_url is not None and not articles(item.canonical_url):
+            item = replace(item, key=_key_beyond_link(item))
         previous = seen.get(item.key)
         if previous is not None:
             if previous.fingerprint == item.fingerprint or (
@@ -143,16 +146,36 @@ def article_urls(items: Sequence[Item]) -> list[Item]:
     the feed's own (a podcast linking every episode to its site, a link blog to its home page):
     taken for an article, it would join every entry, and every other feed linking the site, into
     one story, and a reader would see one episode of a hundred."""
+    article = _article_url_test(items)
+    return [
+        replace(item, canonical_url=None) if item.canonical_url and not article(item.canonical_url) else item
+        for item in items
+    ]
+
+
+def _article_url_test(items: Sequence[Item]) -> Callable[[str], bool]:
+    """Whether a canonical URL is one article's among these items (``article_urls``)."""
     carried = Counter(item.canonical_url for item in items if item.canonical_url)
 
     def article(url: str) -> bool:
         parts = urlsplit(url)
         return carried[url] == 1 and (parts.path not in ("", "/") or bool(parts.query))
 
-    return [
-        replace(item, canonical_url=None) if item.canonical_url and not article(item.canonical_url) else item
-        for item in items
-    ]
+    return article
+
+
+def _key_beyond_link(item: Item) -> str:
+    """The key of an entry with no guid whose link is no article's (``article_urls``): its link
+    cannot tell it from the document's other entries, and keyed by it, all but the first were
+    dropped as repeats, and the entry that came first at the next poll (a new episode) replaced
+    the one stored under it. Its link with the fragment the canonical URL drops, where it has
+    one ("entries.php#111", a newsletter's issues on one page); else its headline and text, as
+    for an entry with no link: the same wherever the entry stands in the document."""
+    fragment = urlsplit(item.link or "").fragment
+    key = f"url:{item.canonical_url}#{fragment}"
+    if fragment and len(key.encode("utf-8", "surrogatepass")) <= MAX_IDENTITY_BYTES:
+        return key
+    return f"hash:{_hash(item.title, item.text)}"
 
 
 def place_undated(items: Sequence[Item], fetched_at: datetime) -> tuple[Item, ...]:

@@ -137,3 +137,26 @@ def test_a_poll_re_renders_only_what_changed(server: FeedServer, tmp_path: Path)
     config.write_text(config.read_text().replace("title: World", "title: Whole World"))
     assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
     assert "<title>Whole World</title>" in atom.read_text()
+
+
+def test_a_feed_without_guids_linking_every_entry_to_its_site_loses_none(server: FeedServer, tmp_path: Path) -> None:
+    # A podcast whose episodes have no guid and all link to its site: each is an item, and the
+    # episode that comes first at the next poll is a new item, not an update of the last one.
+    def rss(numbers: range) -> bytes:
+        items = "".join(
+            f"<item><title>Episode {n}</title><link>https://pod.example.com/</link>"
+            f"<description>Show notes of episode {n}.</description></item>"
+            for n in reversed(numbers)
+        )
+        return f"<rss version='2.0'><channel><title>Pod</title>{items}</channel></rss>".encode()
+
+    server.add("/pod", Route(body=rss(range(1, 4))))
+    config = write_config(tmp_path, [{"name": "Pod", "url": server.url("/pod")}])
+    db = tmp_path / "data" / "aggregator.db"
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    server.add("/pod", Route(body=rss(range(1, 5))))
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    with sqlite3.connect(db) as conn:
+        titles = sorted(title for (title,) in conn.execute("select title from items"))
+        updated = conn.execute("select count(*) from items where update_count > 0").fetchone()[0]
+    assert titles == [f"Episode {n}" for n in range(1, 5)] and updated == 0

@@ -374,6 +374,24 @@ def test_a_link_several_entries_share_or_a_front_page_is_no_articles_url() -> No
     assert [i.link for i in items][:2] == ["https://cast.example/show?utm_source=rss", "https://cast.example/show"]
 
 
+def test_entries_without_guids_sharing_a_link_keep_keys_of_their_own_wherever_they_stand() -> None:
+    """A podcast with no guids linking every episode to its site, and a newsletter's issues on
+    one page ("entries.php#111"): each entry stays an item of its own, under a key that does not
+    move when a new entry comes first."""
+    episodes = [
+        _entry(link="https://pod.example.com/", title=f"Episode {n}", summary=f"<p>Show {n}</p>") for n in (3, 2, 1)
+    ]
+    newer = _entry(link="https://pod.example.com/", title="Episode 4", summary="<p>Show 4</p>")
+    issues = [_entry(link=f"https://news.example.com/entries.php#{n}", title=f"Issue {n}") for n in (3, 2, 1)]
+    first = normalize_feed(_feed(*episodes, *issues), BASE, FETCHED_AT).items
+    later = normalize_feed(_feed(newer, *episodes, *issues), BASE, FETCHED_AT).items
+    assert len({i.key for i in first}) == 6
+    assert [i.key for i in later[1:]] == [i.key for i in first]
+    assert [i.key for i in first[3:]] == [f"url:https://news.example.com/entries.php#{n}" for n in (3, 2, 1)]
+    alone = normalize_feed(_feed(_entry(link="https://example.com/a", title="A")), BASE, FETCHED_AT).items
+    assert alone[0].key == "url:https://example.com/a"  # an article's own link stays its key
+
+
 @pytest.mark.parametrize("base", ["javascript:alert(1)//", "data:text/html,x/", "vbscript:x/"])
 def test_a_hostile_base_url_cannot_turn_relative_urls_into_scripts(base: str) -> None:
     html = sanitize_html('<a href="x">a</a><img src="/i.png" alt="i">', base)
