@@ -95,6 +95,27 @@ def test_a_command_run_elsewhere_refuses_an_empty_database_and_finds_the_right_o
     assert json.loads(capsys.readouterr().out) == []
 
 
+def test_a_data_directory_that_cannot_be_made_and_a_story_past_any_id_are_one_line_errors(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add("/t", Route(body=RSS))
+    config = service_config(tmp_path / "etc" / "feeds.yaml", server.url("/t"))
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a directory")
+    assert main(["--config", str(config), "--data-dir", str(in_the_way / "state"), "poll", "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"aggregator: cannot create the directory {in_the_way / 'state'}: ") and err.count("\n") == 1
+
+    state = tmp_path / "state"
+    assert main(["--config", str(config), "--data-dir", str(state), "poll", "--once"]) == 0
+    capsys.readouterr()
+    huge = "9" * 20  # past a signed 64-bit integer, which the driver refuses to send
+    for command in (["story", huge], ["pin", "world", huge]):
+        assert main(["--config", str(config), "--data-dir", str(state), *command]) == 1, command
+        err = capsys.readouterr().err
+        assert err == f"aggregator: no story matches {huge!r} (use a story number, its tag: id, or an item URL)\n"
+
+
 def test_an_empty_database_is_refused_on_both_backends(
     database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -166,6 +166,7 @@ def test_a_story_page_lists_every_outlet_newest_first_and_the_feeds_link_it(site
         ]
         assert httpx.get(f"{base}/stories/999999").status_code == 404
         assert httpx.get(f"{base}/stories/abc").status_code == 404
+        assert httpx.get(f"{base}/stories/99999999999999999999").status_code == 404  # past a 64-bit id
 
         # The World entry links it: the HTML page, and "Also reported by" in every format.
         html = etree.HTML(httpx.get(f"{base}/feeds/world").content)

@@ -72,7 +72,10 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         file = sqlite_file(parsed)
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file in the way, a read-only mount, no permission
+                raise StorageError(f"cannot create the directory {file.parent}: {exc.strerror or exc}") from None
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         kwargs["poolclass"] = NullPool if file is None else None
         kwargs = {k: v for k, v in kwargs.items() if v is not None}

@@ -17,6 +17,11 @@ from sqlalchemy.orm import aliased
 from aggregator.store._sql import StoreBase, chunks
 from aggregator.store.models import ItemRow, SourceRow, StoryRow
 
+LARGEST_ID = 2**63 - 1
+"""The largest number a story can have (a signed 64-bit integer, on both backends). A larger
+one, typed by a user or asked for at ``/stories/<id>``, names no story; the driver would refuse
+to send it and fail the command or the request."""
+
 
 @dataclass(frozen=True)
 class CoverageItem:
@@ -66,6 +71,8 @@ class StoryViewStore(StoreBase):
     def story_coverage(self, story_id: int) -> StoryCoverage | None:
         """Every stored item of a story, from every source, newest first; of a merged story,
         none, and the story it became."""
+        if not 0 < story_id <= LARGEST_ID:
+            return None
         with self.session() as s:
             found = s.execute(select(StoryRow.uid, StoryRow.merged_into).where(StoryRow.id == story_id)).first()
             if found is None:
@@ -91,6 +98,8 @@ class StoryViewStore(StoreBase):
     def story_by_id(self, story_id: int) -> tuple[int, str] | None:
         """(id, tag: id) of the story with this number, if there is one: of the story it
         became, if it was merged (``StoryRow.merged_into``)."""
+        if not 0 < story_id <= LARGEST_ID:
+            return None
         with self.session() as s:
             row = s.execute(_LIVE.where(StoryRow.id == story_id)).first()
         return None if row is None else (int(row[0]), str(row[1]))
