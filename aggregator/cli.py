@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -435,7 +436,10 @@ def cmd_opml(args: argparse.Namespace) -> int:
     if args.opml_command == "export":
         data = opml.export_opml(loaded.config)
         if args.output:
-            Path(args.output).write_bytes(data)
+            try:
+                Path(args.output).write_bytes(data)
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         else:
             sys.stdout.write(data.decode("utf-8"))
         return EXIT_OK
@@ -458,11 +462,28 @@ def cmd_opml(args: argparse.Namespace) -> int:
         return EXIT_OK
     text = opml.insert_sources(loaded.path, fresh)
     parse_config(text, str(loaded.path))  # never write a config that would not load
-    tmp = loaded.path.with_name(f".{loaded.path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(loaded.path)
+    _replace_config(loaded.path, text)
     print(f"added {len(fresh)} sources to {loaded.path}")
     return EXIT_OK
+
+
+def _replace_config(path: Path, text: str) -> None:
+    """Write ``text`` over the config file at once (a temp file renamed over it): over the file
+    a symlink points to, not over the link, and with the file's permissions, since a config
+    may hold a database password the operator made it unreadable to others for."""
+    target = path.resolve()
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)  # os.open's mode passes through the umask
+        tmp.replace(target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def cmd_sources(args: argparse.Namespace) -> int:

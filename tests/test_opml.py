@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,34 @@ def test_import_adds_only_new_feeds_keeps_comments_and_validates(
 
     assert main(["--config", str(config), "opml", "import", str(foreign), "--write"]) == 0
     assert "nothing to import" in capsys.readouterr().out
+
+
+def test_import_writes_through_a_symlink_and_keeps_the_configs_permissions(tmp_path: Path) -> None:
+    # A config may hold a database password: an operator who made it readable by the service's
+    # user alone must not find it readable by all after an import, nor the link replaced by a copy.
+    real = tmp_path / "etc" / "feeds.yaml"
+    real.parent.mkdir()
+    real.write_text(CONFIG)
+    real.chmod(0o600)
+    link = tmp_path / "feeds.yaml"
+    link.symlink_to(real)
+    foreign = tmp_path / "reader.opml"
+    foreign.write_bytes(FOREIGN)
+    assert main(["--config", str(link), "opml", "import", str(foreign), "--write"]) == 0
+    assert link.is_symlink() and "name: Two" in real.read_text()
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(p.name for p in real.parent.iterdir()) == ["feeds.yaml"]  # no temp file left
+
+
+def test_export_to_a_place_that_cannot_be_written_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(CONFIG)
+    for target in (tmp_path / "missing" / "out.opml", tmp_path):
+        assert main(["--config", str(config), "opml", "export", "--output", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"aggregator: cannot write {target}: ") and err.count("\n") == 1, err
 
 
 def test_broken_opml_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
