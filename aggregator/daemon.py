@@ -192,10 +192,11 @@ class Daemon:
         """Sync the sources, publish what is stored, and schedule the housekeeping jobs."""
         report = await asyncio.to_thread(self.store.sync_sources, self.loaded.config.source_specs(), datetime.now(UTC))
         log.info(
-            "sources: %d added, %d changed, %d removed",
+            "sources: %d added, %d changed, %d removed, %d renamed",
             len(report.added),
             len(report.changed),
             len(report.removed),
+            len(report.renamed),
         )
         await asyncio.to_thread(reclaim_dead_leases, self.store)
         self.pipeline = Pipeline(self.loaded.config, self.store, parse_pool=pool, on_progress=self._progressed)
@@ -393,8 +394,9 @@ class Daemon:
             self.publisher.reconfigure(loaded.config)
             await asyncio.to_thread(self.publisher.publish, None)
         log.info(
-            "config reloaded (%s): %d sources added, %d changed, %d removed",
-            why, len(report.added), len(report.changed), len(report.removed),
+            "config reloaded (%s): %d sources added, %d changed, %d removed, %d renamed%s",
+            why, len(report.added), len(report.changed), len(report.removed), len(report.renamed),
+            "".join(f"; {old!r} is now {new!r}" for old, new in report.renamed),
         )  # fmt: skip
         return True
 

@@ -160,3 +160,26 @@ def test_a_feed_without_guids_linking_every_entry_to_its_site_loses_none(server:
         titles = sorted(title for (title,) in conn.execute("select title from items"))
         updated = conn.execute("select count(*) from items where update_count > 0").fetchone()[0]
     assert titles == [f"Episode {n}" for n in range(1, 5)] and updated == 0
+
+
+def test_renaming_a_source_keeps_its_items_and_stores_none_twice(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    url = server.add("/f", Route(body=any_dialect(0, 5)))
+    db = tmp_path / "data" / "aggregator.db"
+    config = write_config(
+        tmp_path,
+        [{"name": "Good1", "url": url}, {"name": "Other", "url": server.add("/o", Route(body=any_dialect(1, 2)))}],
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    renamed = write_config(tmp_path, [{"name": "NASA", "url": url}])
+    assert main(["--config", str(renamed), "poll", "--once", "--all"]) == 0
+    assert _count(db, "select count(*) from items") == 7
+    assert _count(db, "select count(*) from sources") == 2
+    capsys.readouterr()
+    assert main(["--config", str(renamed), "sources", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["NASA"]["items"] == 5 and rows["NASA"]["in_config"]
+    assert not rows["Other"]["in_config"]  # removed, its items kept

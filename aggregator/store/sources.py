@@ -26,6 +26,7 @@ class SyncReport:
     added: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    renamed: tuple[tuple[str, str], ...] = ()  # (old name, new name)
 
 
 @dataclass
@@ -60,25 +61,39 @@ class SourceStore(StoreBase):
         until commit, so each process sees what the one before it wrote and finds nothing
         left to add. Without it two of them inserted the same new source and one died on
         the unique name.
+
+        A source is known by its name, but a new name with the URL of the one stored source the
+        config no longer names is that source renamed: it keeps its items, validators and
+        schedule. Taken for a new source, it stored every item of its feed a second time, and
+        each story showed the outlet twice under two names.
         """
-        added, changed, removed = [], [], []
+        added, changed, removed, renamed = [], [], [], []
         with self.session() as s:
             serialize_writers(s.connection(), SYNC_LOCK_KEY)
             rows = {row.name: row for row in s.scalars(select(SourceRow))}
+            wanted = {spec.name for spec in specs}
+            vacated: dict[str, list[SourceRow]] = {}  # URL as configured -> stored sources no longer named
+            for row in rows.values():
+                if row.name not in wanted:
+                    vacated.setdefault(row.config_url, []).append(row)
             for spec in specs:
                 row = rows.get(spec.name)
-                if row is None:
+                if row is None and len(was := vacated.pop(spec.url, [])) == 1:
+                    row, old = was[0], was[0].name
+                    row.name = spec.name
+                    _apply_spec(row, spec, now)
+                    renamed.append((old, spec.name))
+                elif row is None:
                     s.add(_new_source(spec, now))
                     added.append(spec.name)
                 elif _apply_spec(row, spec, now):
                     changed.append(spec.name)
-            wanted = {spec.name for spec in specs}
-            for name, row in rows.items():
-                if name not in wanted and row.in_config:
+            for row in rows.values():
+                if row.name not in wanted and row.in_config:
                     row.in_config = False
                     row.lease_owner = row.lease_until = None
-                    removed.append(name)
-        return SyncReport(tuple(added), tuple(changed), tuple(removed))
+                    removed.append(row.name)
+        return SyncReport(tuple(added), tuple(changed), tuple(removed), tuple(renamed))
 
     def source_labels(self) -> list[SourceLabel]:
         """Every stored source's id, name and tags: what an output's choice of sources is made from."""
