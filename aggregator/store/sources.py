@@ -67,32 +67,34 @@ class SourceStore(StoreBase):
         schedule. Taken for a new source, it stored every item of its feed a second time, and
         each story showed the outlet twice under two names.
         """
-        added, changed, removed, renamed = [], [], [], []
+        added: list[str] = []
+        changed: list[str] = []
+        removed: list[str] = []
+        renamed: list[tuple[str, str]] = []
         with self.session() as s:
             serialize_writers(s.connection(), SYNC_LOCK_KEY)
             rows = {row.name: row for row in s.scalars(select(SourceRow))}
             wanted = {spec.name for spec in specs}
             vacated: dict[str, list[SourceRow]] = {}  # URL as configured -> stored sources no longer named
-            for row in rows.values():
-                if row.name not in wanted:
-                    vacated.setdefault(row.config_url, []).append(row)
+            for stored in rows.values():
+                if stored.name not in wanted:
+                    vacated.setdefault(stored.config_url, []).append(stored)
             for spec in specs:
                 row = rows.get(spec.name)
                 if row is None and len(was := vacated.pop(spec.url, [])) == 1:
-                    row, old = was[0], was[0].name
-                    row.name = spec.name
-                    _apply_spec(row, spec, now)
-                    renamed.append((old, spec.name))
+                    renamed.append((was[0].name, spec.name))
+                    was[0].name = spec.name
+                    _apply_spec(was[0], spec, now)
                 elif row is None:
                     s.add(_new_source(spec, now))
                     added.append(spec.name)
                 elif _apply_spec(row, spec, now):
                     changed.append(spec.name)
-            for row in rows.values():
-                if row.name not in wanted and row.in_config:
-                    row.in_config = False
-                    row.lease_owner = row.lease_until = None
-                    removed.append(row.name)
+            for stored in rows.values():
+                if stored.name not in wanted and stored.in_config:
+                    stored.in_config = False
+                    stored.lease_owner = stored.lease_until = None
+                    removed.append(stored.name)
         return SyncReport(tuple(added), tuple(changed), tuple(removed), tuple(renamed))
 
     def source_labels(self) -> list[SourceLabel]:
