@@ -163,7 +163,7 @@ def _no_database(loaded: LoadedConfig, problem: str) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args)
     config = loaded.config
-    for warning in _unselected_sources(loaded):
+    for warning in (*_unselected_sources(loaded), *_repeated_urls(loaded)):
         print(warning, file=sys.stderr)
     print(f"{loaded.path}: ok ({len(config.sources)} sources, {len(config.outputs)} outputs)")
     return EXIT_OK
@@ -184,6 +184,26 @@ def _unselected_sources(loaded: LoadedConfig) -> list[str]:
         f"{loaded.path}:{lines.get(index, 1)}: sources[{index}]: warning: no output selects {source.name!r} "
         f"(no output names it{' or one of its tags ' + ', '.join(source.tags) if source.tags else ''})"
         for index, source in unused
+    ]
+
+
+def _repeated_urls(loaded: LoadedConfig) -> list[str]:
+    """A warning per source whose URL an earlier one already has: each would store every item
+    of the feed, and every story would count the outlet twice."""
+    first: dict[str, int] = {}
+    repeated = []
+    for index, source in enumerate(loaded.config.sources):
+        earlier = first.setdefault(source.url, index)
+        if earlier != index:
+            repeated.append((index, source, earlier))
+    if not repeated:
+        return []
+    lines = entry_lines(loaded.path.read_text(encoding="utf-8"), "sources")
+    sources = loaded.config.sources
+    return [
+        f"{loaded.path}:{lines.get(index, 1)}: sources[{index}]: warning: {source.name!r} has the URL of "
+        f"{sources[earlier].name!r} (sources[{earlier}]): its items would all be stored twice"
+        for index, source, earlier in repeated
     ]
 
 

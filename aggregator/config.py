@@ -81,6 +81,12 @@ def _http_url(value: str) -> str:
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("not an http(s) URL")
+    if any(c.isspace() or not c.isprintable() for c in parts.netloc):
+        raise ValueError(f"not an http(s) URL: its host {parts.netloc!r} has a space or a control character")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError:
+        raise ValueError(f"not an http(s) URL: the port of {parts.netloc!r} is not a number from 0 to 65535") from None
     return value.strip()
 
 

@@ -73,6 +73,24 @@ def test_bad_url_points_at_its_line() -> None:
     assert found == ["feeds.yaml:3: sources[0].url: not an http(s) URL"]
 
 
+def test_a_url_with_a_space_in_its_host_or_a_port_out_of_range_is_refused_at_its_line() -> None:
+    # Both passed ``check`` and failed only when polled ("cannot resolve", "invalid URL").
+    found = problems(
+        """\
+        sources:
+          - name: One
+            url: "http://exa mple.com/feed"
+          - name: Two
+            url: http://127.0.0.1:99999/feed
+        """
+    )
+    assert found == [
+        "feeds.yaml:3: sources[0].url: not an http(s) URL: its host 'exa mple.com' has a space or a control character",
+        "feeds.yaml:5: sources[1].url: not an http(s) URL: the port of '127.0.0.1:99999' is not a number from 0 "
+        "to 65535",
+    ]
+
+
 def test_unknown_key_is_reported_where_it_is() -> None:
     found = problems(
         """\

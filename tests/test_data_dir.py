@@ -144,3 +144,19 @@ def test_check_warns_about_sources_no_output_selects(tmp_path: Path, capsys: pyt
         f"{config}:5: sources[1]: warning: no output selects 'Orphan' (no output names it or one of its tags sport)"
     ]
     assert "ok (3 sources, 1 outputs)" in captured.out
+
+
+def test_check_warns_about_a_url_an_earlier_source_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "feeds.yaml"
+    config.write_text(
+        "sources:\n"
+        "  - name: Wire\n    url: https://wire.example/rss\n"
+        "  - name: Other\n    url: https://other.example/rss\n"
+        "  - name: Wire again\n    url: https://wire.example/rss\n"
+        "outputs:\n  - slug: world\n    title: World\n"
+    )
+    assert main(["--config", str(config), "check"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"{config}:6: sources[2]: warning: 'Wire again' has the URL of 'Wire' (sources[0]): its items would all be "
+        "stored twice"
+    ]
