@@ -337,6 +337,8 @@ def parse_config(text: str, filename: str = CONFIG_FILENAME) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the file must be a mapping with settings, sources and outputs"])
+    # A section left with nothing under it (every line commented out) is an empty one.
+    data = {key: ({} if key == "settings" else []) if value is None else value for key, value in data.items()}
     problems = _cross_check(data, lines, filename)
     try:
         config = Config.model_validate(data)
@@ -419,6 +421,11 @@ def _line_for(path: Path_, lines: dict[Path_, int]) -> int:
 _MESSAGES = {
     "missing": "required field is missing",
     "extra_forbidden": "unknown key",
+    "model_type": "must be a mapping: one 'key: value' per line, indented under it",
+    "dict_type": "must be a mapping: one 'key: value' per line, indented under it",
+    "tuple_type": "must be a list: one '- value' per line, or [a, b] on one line",
+    "list_type": "must be a list: one '- value' per line, or [a, b] on one line",
+    "string_type": "must be text; a number or a date meant as text is written in quotes (\"2024\")",
 }
 
 

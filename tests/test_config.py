@@ -91,6 +91,27 @@ def test_a_url_with_a_space_in_its_host_or_a_port_out_of_range_is_refused_at_its
     ]
 
 
+def test_a_section_with_nothing_under_it_is_empty_and_wrong_kinds_say_what_to_write() -> None:
+    # Every line of settings commented out, as an operator trims the shipped file.
+    config = parse_config("settings:\n#  data_dir: /srv\nsources:\noutputs:\n")
+    assert (config.sources, config.outputs) == ((), ())
+    found = problems(
+        """\
+        sources:
+          - name: 2024
+            url: https://one.example.com/feed
+        outputs:
+          - slug: world
+            title: World
+            sources: One
+        """
+    )
+    assert found == [
+        'feeds.yaml:2: sources[0].name: must be text; a number or a date meant as text is written in quotes ("2024")',
+        "feeds.yaml:7: outputs[0].sources: must be a list: one '- value' per line, or [a, b] on one line",
+    ]
+
+
 def test_unknown_key_is_reported_where_it_is() -> None:
     found = problems(
         """\
