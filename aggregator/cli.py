@@ -29,7 +29,7 @@ from aggregator.status import source_status
 if TYPE_CHECKING:
     from aggregator.pipeline import PollSummary
 from aggregator.store.database import current_revision, ensure_schema, make_engine, sqlite_file_missing, upgrade
-from aggregator.store.repository import SourceHealth, Store
+from aggregator.store.repository import SourceHealth, Store, SyncReport
 
 EXIT_OK, EXIT_USER, EXIT_RUNTIME = 0, 1, 2
 log = logging.getLogger("aggregator")
@@ -239,7 +239,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     loaded = _load(args)
     with _store(loaded, create=True) as store:
         now = datetime.now(UTC)
-        store.sync_sources(loaded.config.source_specs(), now)
+        _report_sync(loaded, store.sync_sources(loaded.config.source_specs(), now))
         progress = _Progress(store.stats(now).sources if args.all else store.stats(now).due)
         pool = make_parse_pool(loaded.config.settings.parse_workers)
         pipeline = Pipeline(
@@ -256,6 +256,22 @@ def cmd_poll(args: argparse.Namespace) -> int:
         f"{summary.not_modified} not modified, {summary.unchanged} unchanged, {summary.errors} failed"
     )
     return EXIT_OK
+
+
+def _report_sync(loaded: LoadedConfig, report: SyncReport) -> None:
+    """Say on stderr which stored sources the config no longer lists, and which it renamed: a
+    poll run with another config than the service's (another directory's feeds.yaml) stops
+    the service's sources too, which nothing else would show until their feeds went stale."""
+    if report.removed:
+        shown = ", ".join(repr(name) for name in report.removed[:5])
+        more = f" and {len(report.removed) - 5} more" if len(report.removed) > 5 else ""
+        print(
+            f"aggregator: {loaded.path} does not list {len(report.removed)} sources of this database, which are "
+            f"no longer polled (their items stay): {shown}{more}",
+            file=sys.stderr,
+        )
+    for old, new in report.renamed:
+        print(f"aggregator: source {old!r} is now {new!r} (the same URL): its items keep it", file=sys.stderr)
 
 
 class _Progress:
