@@ -425,7 +425,7 @@ _MESSAGES = {
     "dict_type": "must be a mapping: one 'key: value' per line, indented under it",
     "tuple_type": "must be a list: one '- value' per line, or [a, b] on one line",
     "list_type": "must be a list: one '- value' per line, or [a, b] on one line",
-    "string_type": "must be text; a number or a date meant as text is written in quotes (\"2024\")",
+    "string_type": 'must be text; a number or a date meant as text is written in quotes ("2024")',
 }
 
 

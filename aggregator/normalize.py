@@ -52,6 +52,8 @@ import ftfy
 import nh3
 
 from aggregator.parse import RawEntry, RawFeed
+from aggregator.plaintext import collapse as _collapse
+from aggregator.plaintext import html_to_text
 from aggregator.records import Enclosure, Item, ParsedFeed
 
 TRACKING_PARAMS = frozenset(
@@ -487,29 +489,6 @@ def _too_deep(fragment: str) -> bool:
             if depth > MAX_HTML_DEPTH:
                 return True
     return False
-
-
-# nh3's output is well-formed: attribute values double-quoted, "<" in text escaped, no comments.
-# So a tag is exactly "<", then anything but ">" or a quoted string, then ">".
-_SANITIZED_TAG = re.compile(r'<(?:[^>"]|"[^"]*")*>')
-_BLOCK_TAG = re.compile(
-    r'</?(?:p|div|br|li|h[1-6]|tr|td|th|blockquote|pre|figure|figcaption|dd|dt|hr|table|ul|ol)\b(?:[^>"]|"[^"]*")*>'
-)
-
-
-def _collapse(text: str) -> str:
-    r"""Whitespace runs to one space, ends stripped: what ``re.sub(r"\s+", " ", text).strip()``
-    gives (both use Python's own whitespace test), at a fraction of the cost; it runs several
-    times per item."""
-    return " ".join(text.split())
-
-
-def html_to_text(sanitized: str) -> str:
-    """Plain text of HTML that came out of ``sanitize_html``: a fast path for every item."""
-    if "<" not in sanitized and "&" not in sanitized:
-        return _collapse(sanitized)
-    text = _SANITIZED_TAG.sub("", _BLOCK_TAG.sub(" ", sanitized))
-    return _collapse(html.unescape(text))
 
 
 class _TextExtractor(HTMLParser):

@@ -46,7 +46,7 @@ from aggregator.entryview import (
     story_url,
 )
 from aggregator.errors import PublishError
-from aggregator.normalize import html_to_text
+from aggregator.plaintext import html_to_text
 from aggregator.records import Candidate, Enclosure, OutputEntry, etag_of, etag_of_digest
 
 ATOM_NS = "http://www.w3.org/2005/Atom"

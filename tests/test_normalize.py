@@ -34,13 +34,13 @@ from aggregator.normalize import (
     MAX_HTML_DEPTH,
     canonical_url,
     clamp,
-    html_to_text,
     normalize_entry,
     normalize_feed,
     plain_text,
     sanitize_html,
 )
 from aggregator.parse import RawEntry, RawFeed
+from aggregator.plaintext import html_to_text
 
 BASE = "https://example.com/news/feed.xml"
 FETCHED_AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -399,18 +399,18 @@ def test_a_hostile_base_url_cannot_turn_relative_urls_into_scripts(base: str) ->
 
 
 def test_whitespace_collapses_exactly_as_the_regex_would() -> None:
-    # _collapse replaced re.sub(r"\s+", " ", text).strip() for speed; stored texts and story
+    # collapse replaced re.sub(r"\s+", " ", text).strip() for speed; stored texts and story
     # signatures depend on it giving the same result for every kind of whitespace.
     import sys
 
-    from aggregator.normalize import _collapse
+    from aggregator.plaintext import collapse
 
     space = re.compile(r"\s")
     odd = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() or space.match(c)]
     assert "\u00a0" in odd and "\u3000" in odd and "\x1c" in odd
     for c in odd:
         for text in (f"a{c}b", f"{c}a{c}{c}b{c}", c):
-            assert _collapse(text) == re.sub(r"\s+", " ", text).strip(), hex(ord(c))
+            assert collapse(text) == re.sub(r"\s+", " ", text).strip(), hex(ord(c))
 
 
 # --- undated items: placed by their position in the document, never given a date -------------------
