@@ -13,12 +13,13 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import stat
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aggregator import __version__, collector, logs, malloc
 from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aggregator: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
+        print("aggregator: stopped; what was stored stays, and the rest is polled next time", file=sys.stderr)
         return EXIT_RUNTIME
 
 
@@ -246,7 +248,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
             loaded.config, store, parse_pool=pool, on_progress=progress.update if progress.live else None
         )
         try:
-            summary = asyncio.run(poll_once(pipeline, all_sources=args.all))
+            summary = asyncio.run(_stoppable(poll_once(pipeline, all_sources=args.all)))
         finally:
             progress.close()
             if pool is not None:
@@ -256,6 +258,35 @@ def cmd_poll(args: argparse.Namespace) -> int:
         f"{summary.not_modified} not modified, {summary.unchanged} unchanged, {summary.errors} failed"
     )
     return EXIT_OK
+
+
+async def _stoppable(poll: Coroutine[Any, Any, PollSummary]) -> PollSummary:
+    """Run ``poll`` so that SIGTERM (systemd stopping a timer's poll, ``timeout``, ``kill``) and
+    SIGINT stop it at once: the poll is cancelled, its sources' leases handed back, what was
+    committed stays, and the command says so (KeyboardInterrupt). By default SIGTERM ended the
+    process on the spot, silently, its leases held until they expired, and a SIGINT sent by
+    another process waited for the slowest feed. The event loop's own handlers, since they
+    wake the loop whichever thread the signal reaches; a plain one runs only once the main
+    thread next wakes, which a slow feed may delay to the end of the poll."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(poll)
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        stopped.append(True)
+        task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if stopped:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 def _report_sync(loaded: LoadedConfig, report: SyncReport) -> None:

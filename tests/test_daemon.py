@@ -160,6 +160,42 @@ def test_run_polls_serves_reloads_and_stops_cleanly_on_sigterm(server: FeedServe
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_poll_once_stopped_by_a_signal_hands_its_leases_back_keeps_what_it_stored_and_says_so(
+    server: FeedServer, tmp_path: Path, signum: signal.Signals
+) -> None:
+    # A timer's poll stopped by systemd (SIGTERM) or by another process's SIGINT, while one feed
+    # still keeps it waiting: it stops at once, not when that feed answers.
+    server.add("/fast", Route(body=any_dialect(0, ITEMS)))
+    server.add("/slow", Route(body=any_dialect(1, ITEMS), delay=30))
+    sources = [{"name": "fast", "url": server.url("/fast")}, {"name": "slow", "url": server.url("/slow")}]
+    config = write_config(tmp_path, sources, settings="read_timeout: 60\ntotal_timeout: 90")
+    db = tmp_path / "data" / "aggregator.db"
+    process = aggregator("--config", str(config), "poll", "--once", cwd=tmp_path)
+
+    def fast_stored() -> bool:
+        try:
+            with sqlite3.connect(db) as conn:
+                return int(conn.execute("select count(*) from items").fetchone()[0]) == ITEMS
+        except sqlite3.Error:
+            return False
+
+    try:
+        wait_for(fast_stored, timeout=20)
+        stopped_at = time.monotonic()
+        process.send_signal(signum)
+        assert process.wait(timeout=15) == 2
+        assert time.monotonic() - stopped_at < 10  # the slow feed answers only after 30 s
+    finally:
+        process.kill()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "aggregator: stopped; what was stored stays, and the rest is polled next time" in log
+    assert "Traceback" not in log
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from sources where lease_owner is not null").fetchone()[0] == 0
+        assert conn.execute("select count(*) from items").fetchone()[0] == ITEMS
+
+
 def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
