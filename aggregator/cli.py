@@ -29,6 +29,7 @@ from aggregator.status import source_status
 
 if TYPE_CHECKING:
     from aggregator.pipeline import PollSummary
+    from aggregator.records import Candidate
 from aggregator.store.database import current_revision, ensure_schema, make_engine, sqlite_file_missing, upgrade
 from aggregator.store.repository import SourceHealth, Store, SyncReport
 
@@ -369,7 +370,16 @@ def cmd_items(args: argparse.Namespace) -> int:
     output = _output(loaded, args.output)
     with _store(loaded) as store:
         curation = Publisher(loaded.config, store).curation(output, datetime.now(UTC))
-        verdicts = sorted(curation.verdicts, key=lambda v: (not v.included, -v.candidate.published_at.timestamp()))
+        # In the output's order, each entry's lead before the other reports of its story (an
+        # output may order by coverage, not by date), then what it leaves out, newest first.
+        place = {entry.lead.story_id: (n, entry.lead.item_id) for n, entry in enumerate(curation.entries)}
+        verdicts = sorted(
+            curation.verdicts,
+            key=lambda v: (
+                (0, *_entry_place(place, v.candidate)) if v.included else (1, 0, False),
+                -v.candidate.published_at.timestamp(),
+            ),
+        )
         verdicts = verdicts[: max(args.limit, 0)]
         joined = store.match_reasons(v.candidate.item_id for v in verdicts)
     if args.json:
@@ -397,6 +407,13 @@ def cmd_items(args: argparse.Namespace) -> int:
         if c.item_id in joined:
             print(f"{'':11}story: {joined[c.item_id]}")
     return EXIT_OK
+
+
+def _entry_place(place: dict[int, tuple[int, int]], candidate: Candidate) -> tuple[int, bool]:
+    """Where an included candidate stands in its output: its entry's position, and whether it
+    is not that entry's lead."""
+    position, lead = place.get(candidate.story_id, (len(place), candidate.item_id))
+    return position, candidate.item_id != lead
 
 
 def cmd_editorial(args: argparse.Namespace) -> int:

@@ -143,8 +143,12 @@ def test_items_pin_and_block_from_the_command_line(
     assert main(["--config", str(config), "block", "world", rows[0]["link"]]) == 0
     capsys.readouterr()
     assert main(["--config", str(config), "items", "world", "--json"]) == 0
-    after = {r["story"]: r["reason"] for r in json.loads(capsys.readouterr().out)}
+    listed = json.loads(capsys.readouterr().out)
+    after = {r["story"]: r["reason"] for r in listed}
     assert after[oldest["story"]] == "pinned, entry 1"
+    # Listed in the output's order, the pinned oldest story first, what is left out last.
+    assert [r["reason"].rsplit(", entry ", 1)[-1] for r in listed if r["included"]] == ["1", "2", "3"]
+    assert listed[0]["story"] == oldest["story"] and not any(r["included"] for r in listed[3:])
     assert after[rows[0]["story"]] == "blocked by an editor"
     atom = (tmp_path / "data" / "feeds" / "world.atom").read_text()
     assert atom.index(oldest["story_id"]) < atom.index(rows[1]["story_id"])  # republished with the pin on top
