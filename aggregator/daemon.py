@@ -173,11 +173,15 @@ class Daemon:
         try:
             if self.poll:
                 await self._start_polling(scheduler, pool)
-            # Also without polling (serve): the tick is what pings the watchdog.
+            # Also without polling (serve): the tick is what pings the watchdog, and the front
+            # page and /opml list the outputs of the config as it is now.
             scheduler.add_job(
                 self._tick, "interval", seconds=settings.tick_seconds, max_instances=1,
                 next_run_time=datetime.now(UTC), id="poll",
             )  # fmt: skip
+            scheduler.add_job(
+                self._until_stopped(self._watch_config), "interval", seconds=CONFIG_WATCH_SECONDS, id="config"
+            )
             scheduler.start()
             if self.http:
                 server_task = await self._start_serving(settings)
@@ -204,9 +208,6 @@ class Daemon:
         self._fetch_options = fetch_options(self.loaded.config)
         self._fetcher = Fetcher(self._fetch_options)
         await asyncio.to_thread(self.publisher.publish, None)
-        scheduler.add_job(
-            self._until_stopped(self._watch_config), "interval", seconds=CONFIG_WATCH_SECONDS, id="config"
-        )
         scheduler.add_job(self._until_stopped(self._archive), "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
         scheduler.add_job(
             self._until_stopped(self._housekeeping), "interval", hours=24, id="retention",
@@ -396,7 +397,7 @@ class Daemon:
         log.info(
             "config reloaded (%s): %d sources added, %d changed, %d removed, %d renamed%s",
             why, len(report.added), len(report.changed), len(report.removed), len(report.renamed),
-            "".join(f"; {old!r} is now {new!r}" for old, new in report.renamed),
+            "".join(f"; {was!r} is now {now!r}" for was, now in report.renamed),
         )  # fmt: skip
         return True
 

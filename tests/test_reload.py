@@ -119,6 +119,33 @@ def test_a_new_tick_interval_applies_on_reload(server: FeedServer, tmp_path: Pat
         wait_for(lambda: bool(server.hits("/b")))
 
 
+def test_serve_alone_follows_an_edit_of_the_config(server: FeedServer, tmp_path: Path) -> None:
+    # The HTTP-only process of a deployment whose workers poll: an output added to feeds.yaml
+    # (and published by a worker) must appear on its front page and in its OPML too.
+    from aggregator.cli import main
+
+    server.add("/a", Route(body=any_dialect(1, 3)))
+    port = free_port()
+    sources = [{"name": "a", "url": server.url("/a")}]
+    settings = f"{FAST}\nlisten: 127.0.0.1:{port}"
+    config = write_config(tmp_path, sources, settings=settings)
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    process = aggregator("--config", str(config), "serve", cwd=tmp_path)
+    try:
+        wait_for(lambda: "serving on" in log_of(tmp_path))
+        assert "/feeds/news" not in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        outputs = "outputs:\n  - slug: world\n    title: World\n  - slug: news\n    title: News\n"
+        write_config(tmp_path, sources, settings=settings, outputs=outputs)
+        assert main(["--config", str(config), "publish"]) == 0
+        wait_for(lambda: "/feeds/news" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text)
+        assert 'title="News"' in httpx.get(f"http://127.0.0.1:{port}/opml", timeout=5).text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log_of(tmp_path)
+    finally:
+        process.kill()
+    assert "Traceback" not in log_of(tmp_path)
+
+
 def test_settings_that_need_a_restart_are_named_in_the_log(tmp_path: Path) -> None:
     port, other = free_port(), free_port()
     settings = f"{FAST}\nlisten: 127.0.0.1:{port}\nparse_workers: 0"
