@@ -70,6 +70,15 @@ and such stories are most of the candidates rare names reach over ``stories.TERM
 apart from the members, far fewer of which fit."""
 
 
+OFF_REASON = "new story: story_matching is off (only a shared URL joins items)"
+LEXICAL_NEW_REASON = "new story: its lead copies no recent item's (story_matching: lexical)"
+
+
+def _by_url(story_id: int | None) -> str | None:
+    """The reason of an item that joined ``story_id`` by its URL before any matching (None: it did not)."""
+    return None if story_id is None else f"joined story {story_id}: same URL as one of its items"
+
+
 class StoryMatcher:
     """Joins a poll's new items to stored stories, as the ``story_matching`` setting says. One
     per pipeline: it keeps what the writer threads have decoded and counted."""
@@ -97,7 +106,10 @@ class StoryMatcher:
             tx.exclude_other_matching()  # before any read the decision rests on
             metrics.STORY_TURN_SECONDS.observe(time.perf_counter() - started)
         if mode == "off":
-            matched = plan
+            matched = replace(
+                plan,
+                inserts=tuple(replace(new, match_reason=_by_url(new.story_id) or OFF_REASON) for new in plan.inserts),
+            )
         elif mode == "lexical":
             matched = self._match_lexical(tx, plan, now, signatures)
         else:
@@ -153,13 +165,15 @@ class StoryMatcher:
                         by_key.setdefault(key, []).append(stored)
         inserts = []
         for new, s in signed:
-            story_id, reason = new.story_id, None
+            story_id, reason = new.story_id, _by_url(new.story_id)
             # Compare only with the stored items that share one of this item's keys.
             recent = list({r.item_id: r for k in s.keys for r in by_key.get(k, ())}.values()) if by_key else []
             if story_id is None and recent:
                 found = cluster.match(s.signature, new.item.published_at or now, recent)
                 if found is not None:
                     story_id, reason = found.story_id, f"same story as item {found.item_id}: {found.reason}"
+            if story_id is None:
+                reason = LEXICAL_NEW_REASON
             inserts.append(
                 replace(new, story_id=story_id, match_signature=s.stored, match_keys=s.keys, match_reason=reason)
             )
@@ -198,7 +212,7 @@ class StoryMatcher:
         for new, signed, stored, words, feats in prepared:
             story_id, reason, verdict = new.story_id, None, None
             if story_id is not None:
-                reason = f"joined story {story_id}: same URL as one of its items"
+                reason = _by_url(story_id)
             elif (verdict := decisions.get(new.item.key)) is not None:
                 story_id = verdict.decision.story_id if verdict.founder is None else None
                 reason = verdict.decision.explain(names.Terms(words), verdict.named)

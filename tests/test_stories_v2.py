@@ -570,6 +570,34 @@ def test_story_and_items_tell_apart_sources_whose_long_names_share_a_beginning(
         assert sorted(named) == sorted([world, business]), cells
 
 
+@pytest.mark.parametrize("mode", ["lexical", "off"])
+def test_every_stored_item_says_why_it_is_in_its_story_whatever_the_setting(
+    server: object, tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    # "no reason recorded (stored before story matching kept one)" is for items stored by an
+    # older version; with lexical matching or none, a new story or a URL's story says so too.
+    from aggregator.cli import main
+    from tests.conftest import write_config
+
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    feeds = {
+        "wire": rss("wire", [("w1", *ORIGINAL, first), ("w2", *UNRELATED, first)]),
+        "herald": rss("herald", [("h1", ORIGINAL[0], ORIGINAL[1], first + timedelta(hours=1))]),
+    }
+    config = write_config(tmp_path, serve_outlets(server, feeds), settings=f"story_matching: {mode}")
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "data" / "aggregator.db") as connection:
+        reasons = dict(connection.execute("select guid, match_reason from items"))
+    assert all(reasons.values()), reasons
+    capsys.readouterr()
+    found = stories_by_guid(tmp_path / "data" / "aggregator.db")
+    assert main(["--config", str(config), "story", str(found["w2"][0])]) == 0
+    shown = capsys.readouterr().out
+    assert "no reason recorded" not in shown and f"story_matching{' is' if mode == 'off' else ':'} {mode}" in shown
+
+
 def test_one_fetch_joins_an_outlets_copy_of_its_report_but_not_its_other_reports(
     server: object, tmp_path: Path
 ) -> None:
