@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
-        help=f"where the database and feeds are (default: ${DATA_DIR_ENV}, else settings.data_dir, else ./data)",
+        help=(
+            f"where the database and feeds are (default: ${DATA_DIR_ENV}, else settings.data_dir, else systemd's "
+            "$STATE_DIRECTORY, else ./data)"
+        ),
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
@@ -153,13 +156,17 @@ def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
 def _no_database(loaded: LoadedConfig, problem: str) -> str:
     settings = loaded.config.settings
     if settings.database or os.environ.get("AGGREGATOR_DATABASE_URL"):
-        where = "the database is settings.database or $AGGREGATOR_DATABASE_URL"
-    else:
-        data_dir, chosen_by = settings.data_dir_choice
-        where = f"data directory {data_dir.absolute()} ({chosen_by})"
+        # A database named outright: no data directory to point elsewhere.
+        return (
+            f"{problem}; the database is settings.database or $AGGREGATOR_DATABASE_URL. Point this command at "
+            f"the service's database (settings.database in {loaded.path}, or $AGGREGATOR_DATABASE_URL), or create "
+            "its tables with 'aggregator db upgrade' (a service starting at the same moment creates them itself)"
+        )
+    data_dir, chosen_by = settings.data_dir_choice
     return (
-        f"{problem}; {where}. Point this command at the service's data (--data-dir DIR, ${DATA_DIR_ENV} "
-        f"or settings.data_dir in {loaded.path}), or create a new database there with 'aggregator db upgrade'"
+        f"{problem}; data directory {data_dir.absolute()} ({chosen_by}). Point this command at the service's data "
+        f"(--data-dir DIR, ${DATA_DIR_ENV} or settings.data_dir in {loaded.path}), or create a new database "
+        "there with 'aggregator db upgrade'"
     )
 
 
