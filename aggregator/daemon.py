@@ -58,6 +58,12 @@ log = logging.getLogger("aggregator")
 CONFIG_WATCH_SECONDS = 2.0
 ARCHIVE_CHECK_SECONDS = 3600  # a finished week waits at most this long for its archive
 HOUSEKEEPING_DELAY = timedelta(minutes=10)  # let the first poll cycle finish before pruning
+PUBLISH_DURING_CYCLE_SECONDS = 10.0
+"""How long a poll cycle runs before what it stored so far is published, and how long after
+each such publish the next: a cycle ends only when its slowest feed answers or times out
+(``total_timeout``), and every other source's new items waited for it. At least four times the
+last publish's own duration, so that a first poll of thousands of sources spends at most a
+fifth of its time rendering big outputs again."""
 TICK_GRACE_SECONDS = 60.0  # a tick this late means the scheduler (or the event loop) is stuck
 
 
@@ -148,6 +154,10 @@ class Daemon:
         self._fetcher: Fetcher | None = None
         self._cycle_fetcher: Fetcher | None = None  # the one the running cycle fetches with
         self._fetch_options: FetchOptions | None = None
+        self._publishing = asyncio.Lock()  # one publish of this cycle's changes at a time
+        self._next_publish = 0.0  # monotonic time from which the running cycle publishes what it stored
+        self._publish_during_cycle: asyncio.Task[None] | None = None
+        self._publishing_since: float | None = None  # when the publish running now began
         self._background: set[asyncio.Task[None]] = set()
 
     # --- health ----------------------------------------------------------------------
@@ -307,14 +317,58 @@ class Daemon:
         if self._ready and self.health()["status"] == "ok":
             sdnotify.watchdog()
 
-    def _progressed(self, _summary: PollSummary) -> None:
+    def _progressed(self, summary: PollSummary) -> None:
         self._polling_since = time.monotonic()
+        pending = self._publish_during_cycle is not None and not self._publish_during_cycle.done()
+        if (summary.new_items or summary.updated_items) and not pending:
+            task = asyncio.get_running_loop().create_task(self._publish_so_far(summary))
+            self._publish_during_cycle = task
+
+    async def _publish_so_far(self, summary: PollSummary) -> None:
+        """Once the cycle has run long enough (``PUBLISH_DURING_CYCLE_SECONDS``), publish what it
+        stored by then: ``summary`` is the cycle's, counted on as it goes."""
+        await asyncio.sleep(max(0.0, self._next_publish - time.monotonic()))
+        try:
+            await self._publish_changes(dict(summary.changed_sources))
+        except AggregatorError as exc:  # the cycle's own publish, at its end, tries again
+            log.error("publishing during the poll cycle failed: %s", exc)
+
+    async def _settle_publish_during_cycle(self) -> None:
+        """At a cycle's end: drop a publish of what it stored that is still waiting for its
+        time (the cycle's own publish follows), and let one that has begun finish, so that two
+        never render at once."""
+        task, self._publish_during_cycle = self._publish_during_cycle, None
+        if task is None:
+            return
+        if self._publishing_since is None and not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _publish_changes(self, changed_sources: dict[str, tuple[str, ...]]) -> None:
+        """Publish the outputs these sources feed (and ping the hub for those that changed);
+        during a cycle, what it stored so far (``PUBLISH_DURING_CYCLE_SECONDS``)."""
+        publisher = self.publisher
+        assert publisher is not None
+        async with self._publishing:
+            self._publishing_since = started = time.monotonic()
+            try:
+                changed = await asyncio.to_thread(publisher.publish, publisher.affected_outputs(changed_sources))
+            finally:
+                took = time.monotonic() - started
+                self._next_publish = time.monotonic() + max(PUBLISH_DURING_CYCLE_SECONDS, 4 * took)
+                self._publishing_since = None
+        if changed and self.loaded.config.settings.websub_hub:
+            # Beside the poll loop, never in its way: a slow hub only delays its own pings.
+            task = asyncio.get_running_loop().create_task(publisher.notify_hub(changed))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _poll_cycle(self) -> None:
         assert self.pipeline is not None and self.publisher is not None and self._fetcher is not None
-        publisher = self.publisher
         fetcher = self._cycle_fetcher = self._fetcher  # a reload may replace it; this cycle keeps its own
         self._polling_since = time.monotonic()
+        self._next_publish = self._polling_since + PUBLISH_DURING_CYCLE_SECONDS
         try:
             if self._release_own_leases:
                 # The last cycle failed (the database went away mid-cycle) and could not
@@ -322,14 +376,9 @@ class Daemon:
                 await asyncio.to_thread(self.store.release_owner, self.pipeline.owner)
                 self._release_own_leases = False
             summary = await self.pipeline.poll_due(fetcher)
+            await self._settle_publish_during_cycle()
             if summary.new_items or summary.updated_items:
-                affected = publisher.affected_outputs(summary.changed_sources)
-                changed = await asyncio.to_thread(publisher.publish, affected)
-                if changed and self.loaded.config.settings.websub_hub:
-                    # Beside the poll loop, never in its way: a slow hub only delays its own pings.
-                    task = asyncio.get_running_loop().create_task(publisher.notify_hub(changed))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                await self._publish_changes(summary.changed_sources)
         except AggregatorError as exc:
             self._release_own_leases = True
             log.error("poll cycle failed: %s", exc)
@@ -337,6 +386,7 @@ class Daemon:
             self._release_own_leases = True
             log.exception("poll cycle failed unexpectedly")
         finally:
+            await self._settle_publish_during_cycle()
             self._polling_since = self._cycle_fetcher = None
             if fetcher is not self._fetcher:
                 await fetcher.aclose()

@@ -196,6 +196,30 @@ def test_poll_once_stopped_by_a_signal_hands_its_leases_back_keeps_what_it_store
         assert conn.execute("select count(*) from items").fetchone()[0] == ITEMS
 
 
+def test_a_slow_feed_does_not_hold_back_the_others_items_from_the_outputs(server: FeedServer, tmp_path: Path) -> None:
+    # A cycle ends when its slowest feed answers or times out; what the others brought is
+    # published while it waits (PUBLISH_DURING_CYCLE_SECONDS), not only at the end.
+    from aggregator.daemon import PUBLISH_DURING_CYCLE_SECONDS
+
+    server.add("/fast", Route(body=any_dialect(0, ITEMS)))
+    server.add("/slow", Route(body=any_dialect(1, ITEMS), delay=PUBLISH_DURING_CYCLE_SECONDS + 40))
+    sources = [{"name": "fast", "url": server.url("/fast")}, {"name": "slow", "url": server.url("/slow")}]
+    settings = "read_timeout: 90\ntotal_timeout: 120\ntick_seconds: 0.2"
+    config = write_config(tmp_path, sources, settings=settings)
+    atom = tmp_path / "data" / "feeds" / "world.atom"
+    process = aggregator("--config", str(config), "worker", cwd=tmp_path)
+    try:
+        started = time.monotonic()
+        wait_for(lambda: atom.exists() and len(feedparser.parse(atom.read_bytes()).entries) == ITEMS, timeout=40)
+        assert time.monotonic() - started < PUBLISH_DURING_CYCLE_SECONDS + 30  # the slow feed has not answered
+        assert server.hits("/slow") and "source 'slow'" not in (tmp_path / "daemon.log").read_text()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
+
+
 def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
