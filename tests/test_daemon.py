@@ -36,6 +36,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def items_stored(db: Path) -> int | None:
+    """Items in a SQLite database a running process writes to (None: not readable yet)."""
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("select count(*) from items").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -96,15 +105,8 @@ def test_the_installed_command_s_daemon_and_parse_worker_each_load_only_what_the
         args = [str(command), "--config", str(config), "worker"]
         process = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=log)
 
-    def stored() -> bool:
-        try:
-            with sqlite3.connect(db) as conn:
-                return int(conn.execute("select count(*) from items").fetchone()[0]) == ITEMS
-        except sqlite3.Error:
-            return False
-
     try:
-        wait_for(stored, timeout=60)
+        wait_for(lambda: items_stored(db) == ITEMS, timeout=60)
         loaded = {pid: _mapped_packages(pid) for pid in _descendants(process.pid)}
         daemon = _mapped_packages(process.pid)
     finally:
@@ -173,15 +175,8 @@ def test_poll_once_stopped_by_a_signal_hands_its_leases_back_keeps_what_it_store
     db = tmp_path / "data" / "aggregator.db"
     process = aggregator("--config", str(config), "poll", "--once", cwd=tmp_path)
 
-    def fast_stored() -> bool:
-        try:
-            with sqlite3.connect(db) as conn:
-                return int(conn.execute("select count(*) from items").fetchone()[0]) == ITEMS
-        except sqlite3.Error:
-            return False
-
     try:
-        wait_for(fast_stored, timeout=20)
+        wait_for(lambda: items_stored(db) == ITEMS, timeout=20)
         stopped_at = time.monotonic()
         process.send_signal(signum)
         assert process.wait(timeout=15) == 2

@@ -128,35 +128,24 @@ def test_an_empty_database_is_refused_on_both_backends(
     assert main(["--config", str(config), "sources"]) == 0
 
 
-def test_check_warns_about_sources_no_output_selects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_warns_about_sources_no_output_selects_and_a_url_an_earlier_source_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "feeds.yaml"
     config.write_text(
         "sources:\n"
         "  - name: World One\n    url: https://one.example/rss\n    tags: [world]\n"
         "  - name: Orphan\n    url: https://orphan.example/rss\n    tags: [sport]\n"
         "  - name: Named\n    url: https://named.example/rss\n"
+        "  - name: World One again\n    url: https://one.example/rss\n    tags: [world]\n"
         "outputs:\n"
         "  - slug: world\n    title: World\n    tags: [world]\n    sources: [Named]\n"
     )
     assert main(["--config", str(config), "check"]) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
-        f"{config}:5: sources[1]: warning: no output selects 'Orphan' (no output names it or one of its tags sport)"
+        f"{config}:5: sources[1]: warning: no output selects 'Orphan' (no output names it or one of its tags sport)",
+        f"{config}:10: sources[3]: warning: 'World One again' has the URL of 'World One' (sources[0]): its items "
+        "would all be stored twice",
     ]
-    assert "ok (3 sources, 1 outputs)" in captured.out
-
-
-def test_check_warns_about_a_url_an_earlier_source_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "feeds.yaml"
-    config.write_text(
-        "sources:\n"
-        "  - name: Wire\n    url: https://wire.example/rss\n"
-        "  - name: Other\n    url: https://other.example/rss\n"
-        "  - name: Wire again\n    url: https://wire.example/rss\n"
-        "outputs:\n  - slug: world\n    title: World\n"
-    )
-    assert main(["--config", str(config), "check"]) == 0
-    assert capsys.readouterr().err.splitlines() == [
-        f"{config}:6: sources[2]: warning: 'Wire again' has the URL of 'Wire' (sources[0]): its items would all be "
-        "stored twice"
-    ]
+    assert "ok (4 sources, 1 outputs)" in captured.out
