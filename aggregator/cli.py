@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aggregator: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
-        print("aggregator: stopped; what was stored stays, and the rest is polled next time", file=sys.stderr)
+        rest = "; what was stored stays, and the rest is polled next time" if args.command == "poll" else ""
+        print(f"aggregator: stopped{rest}", file=sys.stderr)
         return EXIT_RUNTIME
 
 
@@ -304,9 +305,10 @@ def _report_sync(loaded: LoadedConfig, report: SyncReport) -> None:
     if report.removed:
         shown = ", ".join(repr(name) for name in report.removed[:5])
         more = f" and {len(report.removed) - 5} more" if len(report.removed) > 5 else ""
+        count = f"{len(report.removed)} source{'s' if len(report.removed) > 1 else ''}"
         print(
-            f"aggregator: {loaded.path} does not list {len(report.removed)} sources of this database, which are "
-            f"no longer polled (their items stay): {shown}{more}",
+            f"aggregator: {loaded.path} does not list {count} of this database, no longer polled (items stay): "
+            f"{shown}{more}",
             file=sys.stderr,
         )
     for old, new in report.renamed:

@@ -179,8 +179,7 @@ def test_renaming_a_source_keeps_its_items_and_stores_none_twice(
     assert main(["--config", str(renamed), "poll", "--once", "--all"]) == 0
     # Said, since a poll run with another config than the service's stops the service's sources.
     assert capsys.readouterr().err.splitlines()[:2] == [
-        f"aggregator: {renamed} does not list 1 sources of this database, which are no longer polled (their items "
-        "stay): 'Other'",
+        f"aggregator: {renamed} does not list 1 source of this database, no longer polled (items stay): 'Other'",
         "aggregator: source 'Good1' is now 'NASA' (the same URL): its items keep it",
     ]
     assert _count(db, "select count(*) from items") == 7
