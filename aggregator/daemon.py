@@ -52,7 +52,7 @@ from aggregator.pipeline import (
 )
 from aggregator.publisher import Publisher, prune
 from aggregator.serve import create_app
-from aggregator.store.repository import Store
+from aggregator.store.repository import Store, SyncReport
 
 log = logging.getLogger("aggregator")
 CONFIG_WATCH_SECONDS = 2.0
@@ -158,6 +158,7 @@ class Daemon:
         self._next_publish = 0.0  # monotonic time from which the running cycle publishes what it stored
         self._publish_during_cycle: asyncio.Task[None] | None = None
         self._publishing_since: float | None = None  # when the publish running now began
+        self._reload_failing = False  # the last reload could not reach the database (logged once)
         self._background: set[asyncio.Task[None]] = set()
 
     # --- health ----------------------------------------------------------------------
@@ -418,38 +419,81 @@ class Daemon:
             await self.reload("config file changed")
 
     async def reload(self, why: str) -> bool:
-        try:
-            loaded = await asyncio.to_thread(load_config, self.loaded.path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("config not reloaded: %s", problem)
+        """Apply the config file as it is now; False when it is not applied. A broken edit is
+        logged and the running configuration stays until the file changes again. A database
+        that cannot take the sources is logged once, and the reload is tried again at each
+        watch (``CONFIG_WATCH_SECONDS``) until it can: an edit made while it was away is not lost."""
+        loaded = await self._edited_config()
+        if loaded is None:
             return False
-        report = await asyncio.to_thread(self.store.sync_sources, loaded.config.source_specs(), datetime.now(UTC))
+        try:
+            # Only a polling process owns the sources table: a server beside the workers may
+            # be given a config without sources (it reads only what they publish).
+            report = SyncReport()
+            if self.poll:
+                report = await asyncio.to_thread(
+                    self.store.sync_sources, loaded.config.source_specs(), datetime.now(UTC)
+                )
+        except AggregatorError as exc:
+            self._config_mtime = None  # the watch tries again
+            if not self._reload_failing:
+                log.error("config not reloaded yet (%s): %s; tried again until the database takes it", why, exc)
+            self._reload_failing = True
+            return False
+        self._reload_failing = False
         old, new = self.loaded.config.settings, loaded.config.settings
         self.loaded = loaded
         for name in restart_needed(self._started_with, new, poll=self.poll, http=self.http):
             log.warning("%s changed: takes effect after restart (%s)", name, RESTART_SETTINGS[name])
         if self._scheduler is not None and self._scheduler.running and new.tick_seconds != old.tick_seconds:
             self._scheduler.reschedule_job("poll", trigger="interval", seconds=new.tick_seconds)
-        if self.pipeline is not None:
-            self.pipeline.reconfigure(loaded.config)
-            options = fetch_options(loaded.config)
-            if options != self._fetch_options and self._fetcher is not None:
-                # User agent, timeouts, limits, body cap, private-network guard: the next
-                # cycle fetches with a new Fetcher; a running one finishes with the old one
-                # and closes it (_poll_cycle), else it is closed here.
-                previous, self._fetcher, self._fetch_options = self._fetcher, Fetcher(options), options
-                if previous is not self._cycle_fetcher:
-                    await previous.aclose()
+        await self._refetch_with(loaded)
         if self.publisher is not None:
             self.publisher.reconfigure(loaded.config)
-            await asyncio.to_thread(self.publisher.publish, None)
+            try:
+                await asyncio.to_thread(self.publisher.publish, None)
+            except AggregatorError as exc:  # applied; the next poll cycle publishes again
+                log.error("config reloaded, but publishing failed: %s", exc)
         log.info(
             "config reloaded (%s): %d sources added, %d changed, %d removed, %d renamed%s",
             why, len(report.added), len(report.changed), len(report.removed), len(report.renamed),
             "".join(f"; {was!r} is now {now!r}" for was, now in report.renamed),
         )  # fmt: skip
         return True
+
+    async def _edited_config(self) -> LoadedConfig | None:
+        """The config file as it is now, or None (logged) when it cannot be taken: broken, or
+        listing no sources where the running configuration has some. An editor rewriting the
+        file in place, or a copy cut short, is seen between its truncation and its end, and
+        taken at its word it stopped every source of the service."""
+        try:
+            loaded = await asyncio.to_thread(load_config, self.loaded.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config not reloaded: %s", problem)
+            return None
+        if self.loaded.config.sources and not loaded.config.sources:
+            log.error(
+                "config not reloaded: %s lists no sources (being rewritten?); the running configuration stays. "
+                "Restart the service to run it with none",
+                loaded.path,
+            )
+            return None
+        return loaded
+
+    async def _refetch_with(self, loaded: LoadedConfig) -> None:
+        """Hand the pipeline the new config, and the next cycle a new Fetcher if the fetch
+        settings changed (user agent, timeouts, limits, body cap, private-network guard); a
+        running cycle finishes with the old one and closes it (``_poll_cycle``), else it is
+        closed here."""
+        if self.pipeline is None:
+            return
+        self.pipeline.reconfigure(loaded.config)
+        options = fetch_options(loaded.config)
+        if options != self._fetch_options and self._fetcher is not None:
+            previous, self._fetcher, self._fetch_options = self._fetcher, Fetcher(options), options
+            if previous is not self._cycle_fetcher:
+                await previous.aclose()
 
 
 def _mtime(path: Path) -> float | None:

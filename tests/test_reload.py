@@ -119,31 +119,54 @@ def test_a_new_tick_interval_applies_on_reload(server: FeedServer, tmp_path: Pat
         wait_for(lambda: bool(server.hits("/b")))
 
 
-def test_serve_alone_follows_an_edit_of_the_config(server: FeedServer, tmp_path: Path) -> None:
-    # The HTTP-only process of a deployment whose workers poll: an output added to feeds.yaml
-    # (and published by a worker) must appear on its front page and in its OPML too.
+def test_serve_alone_follows_an_edit_of_its_config_and_never_touches_the_sources(
+    server: FeedServer, tmp_path: Path
+) -> None:
+    # The HTTP-only process of a deployment whose workers poll, given a config of its own with
+    # the outputs and no sources (it reads only what they publish): an output added there (and
+    # published by a worker) appears on its front page and in its OPML, and its reload leaves
+    # the workers' sources alone. It used to mark every one of them removed, which stopped
+    # all polling.
     from aggregator.cli import main
 
     server.add("/a", Route(body=any_dialect(1, 3)))
     port = free_port()
     sources = [{"name": "a", "url": server.url("/a")}]
-    settings = f"{FAST}\nlisten: 127.0.0.1:{port}"
-    config = write_config(tmp_path, sources, settings=settings)
-    assert main(["--config", str(config), "poll", "--once"]) == 0
-    process = aggregator("--config", str(config), "serve", cwd=tmp_path)
+    worker = write_config(tmp_path, sources)
+    assert main(["--config", str(worker), "poll", "--once"]) == 0
+    web = tmp_path / "web"
+    web.mkdir()
+    settings = f"{FAST}\nlisten: 127.0.0.1:{port}\ndata_dir: {tmp_path / 'data'}"
+    config = write_config(web, [], settings=settings)
+    process = aggregator("--config", str(config), "serve", cwd=web)
     try:
-        wait_for(lambda: "serving on" in log_of(tmp_path))
+        wait_for(lambda: "serving on" in log_of(web))
         assert "/feeds/news" not in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
         outputs = "outputs:\n  - slug: world\n    title: World\n  - slug: news\n    title: News\n"
-        write_config(tmp_path, sources, settings=settings, outputs=outputs)
-        assert main(["--config", str(config), "publish"]) == 0
+        write_config(web, [], settings=settings, outputs=outputs)
+        write_config(tmp_path, sources, outputs=outputs)
+        assert main(["--config", str(worker), "publish"]) == 0
         wait_for(lambda: "/feeds/news" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text)
         assert 'title="News"' in httpx.get(f"http://127.0.0.1:{port}/opml", timeout=5).text
+        assert query(tmp_path / "data" / "aggregator.db", "select name, in_config from sources") == [("a", 1)]
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0, log_of(tmp_path)
+        assert process.wait(timeout=20) == 0, log_of(web)
     finally:
         process.kill()
-    assert "Traceback" not in log_of(tmp_path)
+    assert "Traceback" not in log_of(web)
+
+
+def test_a_config_emptied_while_it_is_rewritten_stops_no_source(server: FeedServer, tmp_path: Path) -> None:
+    # ": > feeds.yaml" then a new copy: the watch may read the file in between.
+    server.add("/a", Route(body=any_dialect(1, 3)))
+    config = write_config(tmp_path, [{"name": "a", "url": server.url("/a")}], settings=FAST)
+    good = config.read_text()
+    with daemon(config, tmp_path):
+        config.write_text("")
+        wait_for(lambda: "lists no sources (being rewritten?)" in log_of(tmp_path))
+        assert query(tmp_path / "data" / "aggregator.db", "select name, in_config from sources") == [("a", 1)]
+        config.write_text(good)
+    assert "1 removed" not in log_of(tmp_path)
 
 
 def test_settings_that_need_a_restart_are_named_in_the_log(tmp_path: Path) -> None:
