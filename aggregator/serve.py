@@ -41,6 +41,7 @@ FEED_MAX_AGE = 60  # seconds a reader or proxy may reuse a feed without asking
 ARCHIVE_MAX_AGE = 86400  # an archive page never changes
 PAGE_MAX_AGE = 60
 REVALIDATE_SECONDS = 1.0
+HEALTH_DATABASE_SECONDS = 5.0  # /healthz reports a database that does not answer within this as failing
 PAGE_CSP = "default-src 'none'; img-src http: https: data:; media-src http: https:; style-src 'unsafe-inline'"
 
 
@@ -284,9 +285,14 @@ class Handlers:
     async def healthz(self, _request: Request) -> Response:
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self.store.counts)
+            await asyncio.wait_for(asyncio.to_thread(self.store.counts), HEALTH_DATABASE_SECONDS)
         except StorageError as exc:
             return JSONResponse({"status": "failing", "database": str(exc)}, status_code=503)
+        except TimeoutError:
+            # A database that stopped answering (a network partition, a hung server) is as down
+            # as one that refuses: a monitor asking must hear so, not wait on the query.
+            down = f"no answer within {HEALTH_DATABASE_SECONDS:g} s"
+            return JSONResponse({"status": "failing", "database": down}, status_code=503)
         report: dict[str, object] = {
             "status": "ok",
             "database": "ok",

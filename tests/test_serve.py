@@ -152,3 +152,64 @@ def test_other_paths_still_reach_the_router(base_url: str) -> None:
     assert httpx.post(f"{base_url}/feeds/world.atom").status_code == 405
     assert httpx.get(f"{base_url}/healthz").status_code == 200
     assert httpx.get(f"{base_url}/nowhere").status_code == 404
+
+
+@pytest.fixture
+def silent_database() -> Iterator[str]:
+    """A PostgreSQL URL whose server accepts connections and never answers: a network
+    partition or a hung host, as a client sees it."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/silent"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def test_a_database_that_stops_answering_is_reported_not_waited_for(silent_database: str) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from aggregator.serve import HEALTH_DATABASE_SECONDS
+    from aggregator.store.database import POSTGRESQL_CONNECT_SECONDS
+
+    # /healthz answers 503 within its bound, however long the query would wait.
+    engine = make_engine(f"{silent_database}?connect_timeout=60")
+    with serving(Store(engine)) as url:
+        started = time.monotonic()
+        response = httpx.get(f"{url}/healthz", timeout=30)
+        assert time.monotonic() - started < HEALTH_DATABASE_SECONDS + 5
+        assert response.status_code == 503
+        assert response.json()["database"] == f"no answer within {HEALTH_DATABASE_SECONDS:g} s"
+    # A command fails within the connect timeout, with one line, instead of hanging on the connect.
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator", "sources"],
+        env={**__import__("os").environ, "AGGREGATOR_DATABASE_URL": silent_database},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < POSTGRESQL_CONNECT_SECONDS + 15
+    assert done.returncode == 2 and done.stderr.startswith("aggregator: cannot reach the database"), done.stderr
+    assert done.stderr.count("\n") == 1

@@ -51,6 +51,7 @@ SQLITE_WAL_SIZE_LIMIT = 64 << 20
 # The cache fills only as far as a connection reads, so connections that only serve outputs
 # stay small.
 SQLITE_CACHE_KIB = 8_192
+POSTGRESQL_CONNECT_SECONDS = 10  # unless the URL says (?connect_timeout=N)
 # pg_advisory_lock's key for "migrating the schema": any fixed bigint, the same in every version.
 MIGRATION_LOCK_KEY = 0x61676772_00000001  # "aggr", 1
 
@@ -79,10 +80,17 @@ def make_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         kwargs["poolclass"] = NullPool if file is None else None
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
-        # psycopg 3 is what we install; plain postgresql:// URLs would pick psycopg2.
-        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() in ("", "psycopg2"):
+            # psycopg 3 is what we install; plain postgresql:// URLs picked psycopg2 before
+            # SQLAlchemy 2.1. (2.1 picks psycopg, and the settings below, which were under this
+            # condition, were no longer made: no connection checked before use, no timeout.)
+            parsed = parsed.set(drivername="postgresql+psycopg")
         kwargs["pool_pre_ping"] = True
+        if "connect_timeout" not in parsed.query:
+            # A server that accepts and never answers (a partition, a hung host) would keep a
+            # connect waiting for the kernel's TCP timeout, minutes, with nothing logged.
+            kwargs["connect_args"] = {"connect_timeout": POSTGRESQL_CONNECT_SECONDS}
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, ImportError) as exc:
