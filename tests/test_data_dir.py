@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aggregator.cli import main
 from aggregator.config import DATA_DIR_ENV, Settings
+from tests.conftest import _postgres_database
 from tests.server import FeedServer, Route
 
 RSS = (
@@ -126,6 +128,24 @@ def test_an_empty_database_is_refused_on_both_backends(
     assert "settings.database" in err and "--data-dir" not in err  # no data directory to point elsewhere
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert main(["--config", str(config), "sources"]) == 0
+
+
+@pytest.fixture
+def postgresql_url() -> Iterator[str]:
+    yield from _postgres_database()
+
+
+def test_a_postgres_url_as_libpq_and_hosting_services_write_it_is_postgresql(
+    postgresql_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "postgres://" (libpq's own scheme, and the one many hosts hand out) was refused with
+    # "Can't load plugin: sqlalchemy.dialects:postgres".
+    short = "postgres://" + postgresql_url.split("://", 1)[1]
+    config = service_config(tmp_path / "feeds.yaml", "https://t.example/rss", f"  database: {short}\n")
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "sources", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_check_warns_about_sources_no_output_selects_and_a_url_an_earlier_source_has(

@@ -69,6 +69,9 @@ def make_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError:
         raise StorageError(f"not a database URL: {url!r}") from None
+    if parsed.drivername in ("postgres", "postgres+psycopg"):
+        # The scheme many hosts and libpq itself write (postgres://…), which SQLAlchemy does not know.
+        parsed = parsed.set(drivername="postgresql+psycopg")
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         file = sqlite_file(parsed)
