@@ -137,18 +137,18 @@ def normalize_feed(raw: RawFeed, feed_url: str, fetched_at: datetime) -> ParsedF
         feed_id=xml_safe(raw.feed_id) if raw.feed_id else None,
         ttl_minutes=raw.ttl_minutes,
         update_period_minutes=raw.update_period_minutes,
-        items=place_undated(article_urls(items), fetched_at),
+        items=place_undated(article_urls(items, articles), fetched_at),
         warning=raw.warning,
     )
 
 
-def article_urls(items: Sequence[Item]) -> list[Item]:
-    """The items with a canonical URL only where it is an article's: not a site's front page
-    (no path, no query), and not a link several entries of the document carry. Such a link is
-    the feed's own (a podcast linking every episode to its site, a link blog to its home page):
-    taken for an article, it would join every entry, and every other feed linking the site, into
-    one story, and a reader would see one episode of a hundred."""
-    article = _article_url_test(items)
+def article_urls(items: Sequence[Item], article: Callable[[str], bool]) -> list[Item]:
+    """The items with a canonical URL only where it is an article's (``article``, from
+    ``_article_url_test`` over the whole document): not a site's front page (no path, no query),
+    and not a link several entries of the document carry. Such a link is the feed's own (a
+    podcast linking every episode to its site, a link blog to its home page): taken for an
+    article, it would join every entry, and every other feed linking the site, into one story,
+    and a reader would see one episode of a hundred."""
     return [
         replace(item, canonical_url=None) if item.canonical_url and not article(item.canonical_url) else item
         for item in items
@@ -156,8 +156,13 @@ def article_urls(items: Sequence[Item]) -> list[Item]:
 
 
 def _article_url_test(items: Sequence[Item]) -> Callable[[str], bool]:
-    """Whether a canonical URL is one article's among these items (``article_urls``)."""
-    carried = Counter(item.canonical_url for item in items if item.canonical_url)
+    """Whether a canonical URL is one article's among a document's entries (``article_urls``).
+    Entries are counted once however often the document repeats them: a link that one entry
+    listed twice carries is still that entry's, and keyed as such (``_key_beyond_link``), as
+    it is when the document lists it once."""
+    carried = Counter(
+        url for url, _ in {(item.canonical_url, item.fingerprint) for item in items if item.canonical_url}
+    )
 
     def article(url: str) -> bool:
         parts = urlsplit(url)

@@ -390,6 +390,9 @@ def test_entries_without_guids_sharing_a_link_keep_keys_of_their_own_wherever_th
     assert [i.key for i in first[3:]] == [f"url:https://news.example.com/entries.php#{n}" for n in (3, 2, 1)]
     alone = normalize_feed(_feed(_entry(link="https://example.com/a", title="A")), BASE, FETCHED_AT).items
     assert alone[0].key == "url:https://example.com/a"  # an article's own link stays its key
+    # One entry the document lists twice is one entry: its key and URL do not move with that.
+    twice = normalize_feed(_feed(*[_entry(link="https://example.com/a", title="A")] * 2), BASE, FETCHED_AT).items
+    assert [(i.key, i.canonical_url) for i in twice] == [("url:https://example.com/a", "https://example.com/a")]
 
 
 @pytest.mark.parametrize("base", ["javascript:alert(1)//", "data:text/html,x/", "vbscript:x/"])
