@@ -14,7 +14,7 @@ package, so storage and the deciders can both speak them without knowing each ot
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -42,6 +42,25 @@ class SourceSpec:
     interval_seconds: int | None = None
     enabled: bool = True
     allow_private: bool = False
+
+
+def renamed_sources(specs: Sequence[SourceSpec], stored: Mapping[str, str]) -> dict[str, str]:
+    """Which stored sources the config renames: new name -> stored name. ``stored``: each stored
+    source's name -> its URL as configured. A source is known by its name, but a name the store
+    does not know, with the URL of the one stored source the config no longer names, is that
+    source renamed: taken for a new source, it stored every item of its feed a second time, and
+    each story showed the outlet twice under two names. Where two stored sources the config no
+    longer names share the URL, neither is taken."""
+    wanted = {spec.name for spec in specs}
+    vacated: dict[str, list[str]] = {}  # URL as configured -> stored sources the config no longer names
+    for name, url in stored.items():
+        if name not in wanted:
+            vacated.setdefault(url, []).append(name)
+    renames = {}
+    for spec in specs:
+        if spec.name not in stored and len(was := vacated.pop(spec.url, [])) == 1:
+            renames[spec.name] = was[0]
+    return renames
 
 
 @dataclass(frozen=True)

@@ -189,3 +189,20 @@ def test_renaming_a_source_keeps_its_items_and_stores_none_twice(
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["NASA"]["items"] == 5 and rows["NASA"]["in_config"]
     assert not rows["Other"]["in_config"]  # removed, its items kept
+
+
+def test_which_stored_sources_a_config_renames() -> None:
+    from aggregator.records import SourceSpec, renamed_sources
+
+    stored = {"Good1": "https://a.example/rss", "Old": "https://b.example/rss", "Twin 1": "https://t.example/rss",
+              "Twin 2": "https://t.example/rss", "Kept": "https://k.example/rss"}  # fmt: skip
+    specs = [
+        SourceSpec("NASA", "https://a.example/rss"),  # Good1's URL, Good1 no longer named: renamed
+        SourceSpec("Kept", "https://k.example/rss"),
+        SourceSpec("Kept too", "https://k.example/rss"),  # Kept is still named: a second source
+        SourceSpec("Twin", "https://t.example/rss"),  # two stored sources left that URL: neither
+        SourceSpec("New", "https://n.example/rss"),
+        SourceSpec("Old again", "https://b.example/rss"),  # the first new name with a URL takes it
+        SourceSpec("Old twice", "https://b.example/rss"),
+    ]
+    assert renamed_sources(specs, stored) == {"NASA": "Good1", "Old again": "Old"}

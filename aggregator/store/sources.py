@@ -14,7 +14,15 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 
-from aggregator.records import ClaimedSource, FetchResult, PollRecord, SourceLabel, SourceSpec, SourceToFetch
+from aggregator.records import (
+    ClaimedSource,
+    FetchResult,
+    PollRecord,
+    SourceLabel,
+    SourceSpec,
+    SourceToFetch,
+    renamed_sources,
+)
 from aggregator.store._sql import StoreBase, TransactionBase, rowcount, serialize_writers
 from aggregator.store.models import FetchLogRow, ItemRow, SourceRow
 
@@ -62,10 +70,8 @@ class SourceStore(StoreBase):
         left to add. Without it two of them inserted the same new source and one died on
         the unique name.
 
-        A source is known by its name, but a new name with the URL of the one stored source the
-        config no longer names is that source renamed: it keeps its items, validators and
-        schedule. Taken for a new source, it stored every item of its feed a second time, and
-        each story showed the outlet twice under two names.
+        A source the config renames (``records.renamed_sources``) keeps its items, validators
+        and schedule under its new name.
         """
         added: list[str] = []
         changed: list[str] = []
@@ -74,22 +80,20 @@ class SourceStore(StoreBase):
         with self.session() as s:
             serialize_writers(s.connection(), SYNC_LOCK_KEY)
             rows = {row.name: row for row in s.scalars(select(SourceRow))}
-            wanted = {spec.name for spec in specs}
-            vacated: dict[str, list[SourceRow]] = {}  # URL as configured -> stored sources no longer named
-            for stored in rows.values():
-                if stored.name not in wanted:
-                    vacated.setdefault(stored.config_url, []).append(stored)
+            renames = renamed_sources(specs, {name: row.config_url for name, row in rows.items()})
             for spec in specs:
                 row = rows.get(spec.name)
-                if row is None and len(was := vacated.pop(spec.url, [])) == 1:
-                    renamed.append((was[0].name, spec.name))
-                    was[0].name = spec.name
-                    _apply_spec(was[0], spec, now)
+                if spec.name in renames:
+                    row = rows[renames[spec.name]]
+                    renamed.append((row.name, spec.name))
+                    row.name = spec.name
+                    _apply_spec(row, spec, now)
                 elif row is None:
                     s.add(_new_source(spec, now))
                     added.append(spec.name)
                 elif _apply_spec(row, spec, now):
                     changed.append(spec.name)
+            wanted = {spec.name for spec in specs}
             for stored in rows.values():
                 if stored.name not in wanted and stored.in_config:
                     stored.in_config = False
