@@ -10,13 +10,14 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import signal
 import stat
 import sys
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,13 +175,14 @@ def _no_database(loaded: LoadedConfig, problem: str) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args)
     config = loaded.config
-    for warning in (*_unselected_sources(loaded), *_repeated_urls(loaded)):
+    lines = functools.cache(lambda: entry_lines(loaded.path.read_text(encoding="utf-8"), "sources"))
+    for warning in (*_unselected_sources(loaded, lines), *_repeated_urls(loaded, lines)):
         print(warning, file=sys.stderr)
     print(f"{loaded.path}: ok ({len(config.sources)} sources, {len(config.outputs)} outputs)")
     return EXIT_OK
 
 
-def _unselected_sources(loaded: LoadedConfig) -> list[str]:
+def _unselected_sources(loaded: LoadedConfig, source_lines: Callable[[], dict[int, int]]) -> list[str]:
     """A warning per source that no output draws from: it would be polled for nothing."""
     config = loaded.config
     unused = [
@@ -190,7 +192,7 @@ def _unselected_sources(loaded: LoadedConfig) -> list[str]:
     ]
     if not unused:
         return []
-    lines = entry_lines(loaded.path.read_text(encoding="utf-8"), "sources")
+    lines = source_lines()  # the config file is read only for a warning, and once for all
     return [
         f"{loaded.path}:{lines.get(index, 1)}: sources[{index}]: warning: no output selects {source.name!r} "
         f"(no output names it{' or one of its tags ' + ', '.join(source.tags) if source.tags else ''})"
@@ -198,7 +200,7 @@ def _unselected_sources(loaded: LoadedConfig) -> list[str]:
     ]
 
 
-def _repeated_urls(loaded: LoadedConfig) -> list[str]:
+def _repeated_urls(loaded: LoadedConfig, source_lines: Callable[[], dict[int, int]]) -> list[str]:
     """A warning per source whose URL an earlier one already has: each would store every item
     of the feed, and every story would count the outlet twice."""
     first: dict[str, int] = {}
@@ -209,7 +211,7 @@ def _repeated_urls(loaded: LoadedConfig) -> list[str]:
             repeated.append((index, source, earlier))
     if not repeated:
         return []
-    lines = entry_lines(loaded.path.read_text(encoding="utf-8"), "sources")
+    lines = source_lines()  # the config file is read only for a warning, and once for all
     sources = loaded.config.sources
     return [
         f"{loaded.path}:{lines.get(index, 1)}: sources[{index}]: warning: {source.name!r} has the URL of "

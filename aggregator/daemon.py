@@ -157,7 +157,6 @@ class Daemon:
         self._publishing = asyncio.Lock()  # one publish of this cycle's changes at a time
         self._next_publish = 0.0  # monotonic time from which the running cycle publishes what it stored
         self._publish_during_cycle: asyncio.Task[None] | None = None
-        self._publishing_since: float | None = None  # when the publish running now began
         self._reload_failing = False  # the last reload could not reach the database (logged once)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -341,7 +340,7 @@ class Daemon:
         task, self._publish_during_cycle = self._publish_during_cycle, None
         if task is None:
             return
-        if self._publishing_since is None and not task.done():
+        if not self._publishing.locked() and not task.done():  # still waiting for its time
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -352,13 +351,12 @@ class Daemon:
         publisher = self.publisher
         assert publisher is not None
         async with self._publishing:
-            self._publishing_since = started = time.monotonic()
+            started = time.monotonic()
             try:
                 changed = await asyncio.to_thread(publisher.publish, publisher.affected_outputs(changed_sources))
             finally:
                 took = time.monotonic() - started
                 self._next_publish = time.monotonic() + max(PUBLISH_DURING_CYCLE_SECONDS, 4 * took)
-                self._publishing_since = None
         if changed and self.loaded.config.settings.websub_hub:
             # Beside the poll loop, never in its way: a slow hub only delays its own pings.
             task = asyncio.get_running_loop().create_task(publisher.notify_hub(changed))
