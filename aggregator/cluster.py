@@ -118,9 +118,7 @@ _STOPWORDS = frozenset(
     }
 )  # fmt: skip
 
-# Feed boilerplate at the end of a text, removed in this order. Each is anchored at the end, yet
-# ``sub`` would try it at every position of the text; ``_lead`` starts each search where a match
-# can first begin instead (see there).
+# Feed boilerplate at the end of a text, removed in this order (``without_boilerplate``).
 _POST_FOOTER = re.compile(r"\s*The post .{0,400}? appeared first on .{0,120}?$", re.DOTALL)
 _CREDITS = re.compile(r"\s*\((?:Reporting|Writing|Editing|Additional reporting) by [^)]*\)\s*$")
 _READ_MORE = re.compile(r"\s*(?:Continue reading|Read more|Read the full story)\s*(?:\.\.\.|…|»|›)?\s*$", re.IGNORECASE)
@@ -409,19 +407,28 @@ def match(
 
 
 def _lead(text: str) -> str:
-    text = DATELINE.sub("", text, count=1)
-    # The boilerplate patterns end at the end of the text, but re.sub would try each at every
-    # position, which cost more than the rest of signing. Each search starts instead at the
-    # first place a match's first non-space character can be: the first "The post " (absent,
-    # no search), the first "(" when a credit line is possible, the last few words for "Read
-    # more" (common mid-text as a link). A match found that way may leave whitespace before it
-    # that ``sub`` would have removed: the lead is cut on whitespace, so it is the same.
-    text = _cut_end(text, _POST_FOOTER, text.find("The post "))
-    text = _cut_end(text, _CREDITS, text.find("(") if "ing by " in text else -1)
-    text = _cut_end(text, _READ_MORE, _last_words_start(text, _READ_MORE_WORDS))
+    text = without_boilerplate(DATELINE.sub("", text, count=1))
     # Cut on whitespace before tokenizing so the lead is the same words whatever follows
     # (and split no further than the lead: the text may be a whole article).
     return " ".join(text.split(maxsplit=LEAD_WORDS)[:LEAD_WORDS])
+
+
+def without_boilerplate(text: str) -> str:
+    """``text`` without the feed boilerplate that may end it: a WordPress footer ("The post …
+    appeared first on …"), a wire's credit line ("(Reporting by …)"), a "Continue reading …".
+    They say who published the item, not what it reports, and a footer repeats the headline
+    with capitals and the site's name, which would read as names every one of the site's items
+    shares (``stories.features_of``) and as phrases its leads share (``_lead``).
+
+    The patterns end at the end of the text, but re.sub would try each at every position,
+    which cost more than the rest of signing. Each search starts instead at the first place a
+    match's first non-space character can be: the first "The post " (absent, no search), the
+    first "(" when a credit line is possible, the last few words for "Read more" (common
+    mid-text as a link). A match found that way may leave whitespace before it that ``sub``
+    would have removed; what reads the text splits it on whitespace."""
+    text = _cut_end(text, _POST_FOOTER, text.find("The post "))
+    text = _cut_end(text, _CREDITS, text.find("(") if "ing by " in text else -1)
+    return _cut_end(text, _READ_MORE, _last_words_start(text, _READ_MORE_WORDS))
 
 
 def _cut_end(text: str, pattern: re.Pattern[str], start: int) -> str:

@@ -65,10 +65,10 @@ import numpy as np
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 
-FEATURES_VERSION = "s9"
+FEATURES_VERSION = "s10"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8")
+OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
 took a wire dateline's place and date for leading names and its agency credit for a name,
@@ -79,7 +79,9 @@ took a wire dateline's place and date for leading names and its agency credit fo
 a people's name for a name of its own, so that "Turkish" and "Turkey" were two
 (``names.country_of``), and ``s8`` (the same layout) took the pronoun "I" for a name and missed a
 name capitalised inside ("TikTok") where it opened a sentence or headline (``names._PRONOUN``,
-``names._inner_capital``)."""
+``names._inner_capital``), and ``s9`` (the same layout) read a WordPress footer ("The post …
+appeared first on …") or a credit line ending a short text as the item's own words
+(``cluster.without_boilerplate``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -648,7 +650,9 @@ def stored_keys(copy_keys: tuple[int, ...], features: Features) -> tuple[int, ..
 def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, Terms]:
     """An item's features from its plain-text title and text (with its lead signature unless
     ``signed`` is false: the parse worker signs items on its own), and its readable terms:
-    names and figures, then the stems of its rare plain words (marked ``~``)."""
+    names and figures, then the stems of its rare plain words (marked ``~``). Feed boilerplate
+    ending the text is not the item's (``cluster.without_boilerplate``)."""
+    text = cluster.without_boilerplate(text)
     terms = names.extract(title, text, plain_word)
     words = rare_words(title, text, terms)
     signature = cluster.signature(title, text) if signed else None

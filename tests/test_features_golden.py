@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aggregator import names, parseworker, semantic, stories, wordpieces
+from aggregator import cluster, names, parseworker, semantic, stories, wordpieces
 
 DATA = Path(__file__).resolve().parent / "data"
 EXPECTED = DATA / "features" / "expected.json"
@@ -48,6 +48,11 @@ CORNERS = [
         "Chávez Meets Erdoğan In Zürich",
         "SÃO PAULO — Hugo Chavez, Recep Erdogan, Jonas Støre and Lech Wałęsa met Nguyễn and Сергей Шойгу.",
     ),
+    (
+        "Harbour Ferry Strike Ends",
+        "Ferry crews in Tellerton ended their strike on Friday. (Reporting by Ana Vell; Editing by Jo Marr) The "
+        "post Harbour Ferry Strike Ends appeared first on Tellerton Evening Courier. Continue reading…",
+    ),
 ]
 
 
@@ -66,7 +71,7 @@ def samples() -> list[tuple[str, str, str]]:
 def record(title: str, text: str) -> dict[str, Any]:
     """What is stored of an item, and its vector's digest, computed without the item cache."""
     features, terms = stories.features_of(title, text, signed=False)
-    vector = semantic.embedder().embed(title, text)
+    vector = semantic.embedder().embed(title, cluster.without_boilerplate(text))  # as features_of reads it
     return {
         "features": features.dumps(),
         "words": list(terms.words),

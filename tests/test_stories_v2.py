@@ -101,6 +101,21 @@ def test_a_rewrite_that_credits_many_people_still_finds_its_story() -> None:
     assert story == first
 
 
+def test_a_wordpress_footer_is_not_the_items_own_words_and_its_report_still_joins() -> None:
+    """WordPress ends every item of a feed with "The post <headline> appeared first on <site>.":
+    the headline again in capitals and the site's name, which are not what the item reports.
+    Read as the item's words they made a short excerpt look like another topic (cosine 0.43)."""
+    excerpt = REWRITE[1].split(". ")[0] + "."  # a WordPress excerpt: the lead's first sentence
+    site = "Marrowby Valley Evening Courier Online"
+    posted = (REWRITE[0], f"{excerpt} The post {REWRITE[0]} appeared first on {site}.")
+    words = features_of(*posted)[1].words
+    assert not {"marrowby", "valley", "evening", "courier", "online"} & set(words)
+    assert words == features_of(REWRITE[0], excerpt)[1].words
+    stream = Stream()
+    first, _ = stream.add(1, NOON, feats(ORIGINAL))
+    assert stream.add(2, NOON + timedelta(hours=2), feats(posted))[0] == first
+
+
 def test_a_follow_up_a_day_later_starts_its_own_story() -> None:
     stream = Stream()
     first, _ = stream.add(1, NOON, feats(ORIGINAL))
