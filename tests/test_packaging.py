@@ -53,20 +53,45 @@ def test_quickstart_runs_the_daemon_on_the_shipped_config() -> None:
     assert (ROOT / "feeds.yaml").exists()
 
 
+UNITS = {  # unit file -> (the name it is verified as, the command it runs)
+    "aggregator.service": ("aggregator.service", "run"),
+    "aggregator-worker@.service": ("aggregator-worker@1.service", "worker"),
+    "aggregator-serve.service": ("aggregator-serve.service", "serve"),
+}
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    unit = (ROOT / "systemd" / "aggregator.service").read_text()
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_systemd_unit_verifies(tmp_path: Path, name: str) -> None:
+    unit = (ROOT / "systemd" / name).read_text()
+    installed, command = UNITS[name]
     for setting in ("DynamicUser=yes", "StateDirectory=", "Restart=on-failure", "ProtectSystem=strict",
-                    "NoNewPrivileges=yes", "PrivateTmp=yes"):  # fmt: skip
+                    "NoNewPrivileges=yes", "PrivateTmp=yes", "Type=notify", "WatchdogSec=",
+                    "Environment=AGGREGATOR_DATA_DIR=%S/aggregator"):  # fmt: skip
         assert setting in unit
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split()[-1] == command
     # verify checks that ExecStart exists: point it at this environment's console script.
     executable = Path(sys.executable).with_name("aggregator")
-    (tmp_path / "aggregator.service").write_text(unit.replace("/opt/aggregator/bin/aggregator", str(executable)))
+    (tmp_path / installed).write_text(unit.replace("/opt/aggregator/bin/aggregator", str(executable)))
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(tmp_path / "aggregator.service")], capture_output=True, text=True, timeout=60
+        ["systemd-analyze", "verify", str(tmp_path / installed)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "aggregator.service" not in result.stderr, result.stderr
+    assert installed not in result.stderr, result.stderr
+
+
+def test_every_unit_of_one_host_runs_as_one_user_sharing_its_state() -> None:
+    """A worker's instances and the server share the host's state directory (the published
+    files nginx may serve): a dynamic user per unit would own it by turns. aggregator.service's
+    dynamic user is named after it, "aggregator"; the others name it so."""
+    users = set()
+    for name in UNITS:
+        unit = (ROOT / "systemd" / name).read_text()
+        named = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("User=")]
+        users.add(named[0] if named else name.removesuffix(".service"))
+        assert "StateDirectory=aggregator\n" in unit
+    assert users == {"aggregator"}
 
 
 def test_the_wheel_ships_the_migrations(tmp_path: Path) -> None:
