@@ -61,12 +61,13 @@ TOKENS = (
     r"(?P<number>\d+(?:[.,]\d+)*)(?:\s?(?P<unit>%|per\s?cent\b|percent\b|million\b|billion\b|trillion\b|"
     r"thousand\b|bn\b|m\b|k\b))?"
     r"|(?P<word>[^\W\d_]+(?:[.'’\-][^\W\d_]+)*\.?)"
-    r"|(?P<stop>[.!?:;\"“”«»—–|()]|(?<=\s)-(?=\s))"
+    r"|(?P<stop>[.!?:;\"“”«»—–|()\n]|(?<=\s)-(?=\s))"
 )
 # No token starts with a space or a comma, the commonest characters between tokens: skipping
 # them at once (possessively, never given back) spares the engine trying every alternative at
-# each of them, and finds the same tokens.
-_TOKEN = re.compile(rf"[\s,]*+(?:{TOKENS})")
+# each of them, and finds the same tokens. A newline is no space here but a stop: the text
+# features read has its paragraphs on lines of their own (``parseworker.feature_text``).
+_TOKEN = re.compile(rf"(?:[^\S\n]|,)*+(?:{TOKENS})")
 _POSSESSIVE = re.compile(r"[’']s$")
 _SCALE = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
           "trillion": 10**12}  # fmt: skip

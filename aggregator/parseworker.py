@@ -35,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from aggregator import cluster, stories
 from aggregator.errors import ParseError
+from aggregator.plaintext import html_to_lines
 from aggregator.records import Item, ParsedFeed
 
 log = logging.getLogger("aggregator")
@@ -93,7 +94,7 @@ def parse_and_prepare(
     feed = document_to_feed(body, url, content_type, fetched_at)
     todo = list(_unknown(feed, known))
     signatures = {item.key: cluster.Signed.of(item.title, item.text) for item in todo}
-    prepared = {item.key: featurize(item.title, item.text) for item in todo} if semantic else {}
+    prepared = {item.key: featurize(item.title, feature_text(item)) for item in todo} if semantic else {}
     return feed, signatures, prepared
 
 
@@ -108,6 +109,15 @@ def _unknown(feed: ParsedFeed, known: Marks) -> Iterator[Item]:
     for item in feed.items:
         if item_mark(item.key, item.fingerprint) not in held:
             yield item
+
+
+def feature_text(item: Item) -> str:
+    """The text an item's story features are computed from: ``Item.text`` with the blocks of
+    its HTML on lines of their own (``plaintext.html_to_lines``), so that a paragraph's first
+    word starts a sentence for the names read from it. ``Item.text`` itself stays as it is:
+    an entry with no guid is known by its hash, and curation rules search it."""
+    html = item.content_html or item.summary_html
+    return html_to_lines(html) if html else item.text
 
 
 def featurize(title: str, text: str) -> Featurized:

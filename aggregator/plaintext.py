@@ -1,7 +1,7 @@
 """The plain text of HTML that ``normalize.sanitize_html`` let through: what matching reads of an
-item, and what JSON Feed's plain-text summary shows. Apart from ``normalize`` so that the
-publishing process, which renders stored HTML and never sanitizes, need not load the sanitizer
-(nh3) to read it.
+item (``html_to_lines`` for its names), and what JSON Feed's plain-text summary shows. Apart
+from ``normalize`` so that the publishing process, which renders stored HTML and never
+sanitizes, need not load the sanitizer (nh3) to read it.
 """
 
 from __future__ import annotations
@@ -30,3 +30,16 @@ def html_to_text(sanitized: str) -> str:
         return collapse(sanitized)
     text = _SANITIZED_TAG.sub("", _BLOCK_TAG.sub(" ", sanitized))
     return collapse(html.unescape(text))
+
+
+def html_to_lines(sanitized: str) -> str:
+    """``html_to_text`` with each block (paragraph, list item, heading, line break) on a line of
+    its own: the same words, a newline where ``html_to_text`` has the space between blocks.
+    A block ends a sentence whether or not the feed ended it with a full stop: a standfirst
+    run into the article ("… torture and looting</p><p>The tanks rolled in …") would otherwise
+    make "The" a capitalised word inside a sentence, a name (``names.extract``). Line breaks of
+    the HTML's source are not blocks: they wrap lines, mid-sentence."""
+    if "<" not in sanitized:
+        return html_to_text(sanitized)
+    blocks = (collapse(html.unescape(_SANITIZED_TAG.sub("", block))) for block in _BLOCK_TAG.split(sanitized))
+    return "\n".join(block for block in blocks if block)

@@ -64,6 +64,7 @@ import numpy as np
 
 from aggregator import cluster, names, semantic
 from aggregator.names import Terms
+from aggregator.plaintext import collapse
 
 FEATURES_VERSION = "s10"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
@@ -81,7 +82,9 @@ a people's name for a name of its own, so that "Turkish" and "Turkey" were two
 name capitalised inside ("TikTok") where it opened a sentence or headline (``names._PRONOUN``,
 ``names._inner_capital``), and ``s9`` (the same layout) read a WordPress footer ("The post …
 appeared first on …") or a credit line ending a short text as the item's own words
-(``cluster.without_boilerplate``)."""
+(``cluster.without_boilerplate``), and took the first word of a paragraph that follows one
+with no full stop for a name ("… and looting The tanks rolled in": ``parseworker.feature_text``).
+Both changes came in one release, as ``s10``."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -651,9 +654,11 @@ def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, T
     """An item's features from its plain-text title and text (with its lead signature unless
     ``signed`` is false: the parse worker signs items on its own), and its readable terms:
     names and figures, then the stems of its rare plain words (marked ``~``). Feed boilerplate
-    ending the text is not the item's (``cluster.without_boilerplate``)."""
+    ending the text is not the item's (``cluster.without_boilerplate``). A newline in ``text``
+    ends a sentence for the names (``parseworker.feature_text``), and is a space to the rest."""
     text = cluster.without_boilerplate(text)
     terms = names.extract(title, text, plain_word)
+    text = flattened(text)
     words = rare_words(title, text, terms)
     signature = cluster.signature(title, text) if signed else None
     weights = {key: weight for key, weight in words.values()}
@@ -663,6 +668,12 @@ def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, T
         terms.headline_keys,
     )  # fmt: skip
     return features, Terms((*terms.words, *words))
+
+
+def flattened(text: str) -> str:
+    """``text`` as the model and the rare words read it (``features_of``): the newlines that end
+    its paragraphs for the names are spaces, as in ``Item.text``."""
+    return collapse(text) if "\n" in text else text
 
 
 def plain_word(word: str) -> bool:

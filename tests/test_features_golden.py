@@ -71,7 +71,7 @@ def samples() -> list[tuple[str, str, str]]:
 def record(title: str, text: str) -> dict[str, Any]:
     """What is stored of an item, and its vector's digest, computed without the item cache."""
     features, terms = stories.features_of(title, text, signed=False)
-    vector = semantic.embedder().embed(title, cluster.without_boilerplate(text))  # as features_of reads it
+    vector = semantic.embedder().embed(title, stories.flattened(cluster.without_boilerplate(text)))  # as features_of
     return {
         "features": features.dumps(),
         "words": list(terms.words),

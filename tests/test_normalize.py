@@ -40,7 +40,7 @@ from aggregator.normalize import (
     sanitize_html,
 )
 from aggregator.parse import RawEntry, RawFeed
-from aggregator.plaintext import html_to_text
+from aggregator.plaintext import html_to_lines, html_to_text
 
 BASE = "https://example.com/news/feed.xml"
 FETCHED_AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -231,6 +231,24 @@ def test_sanitize_drops_the_content_of_code_and_chrome_elements() -> None:
 )
 def test_html_to_text(sanitized: str, text: str) -> None:
     assert html_to_text(sanitized) == text
+    # The same words with each block on a line of its own: a newline where blocks meet.
+    lines = html_to_lines(sanitized)
+    assert " ".join(lines.split()) == text and lines.count("\n") <= sanitized.count("<")
+
+
+@pytest.mark.parametrize(
+    ("sanitized", "lines"),
+    [
+        ("<p>One</p><p>Two</p>", "One\nTwo"),
+        ("a<br>b", "a\nb"),
+        ("<ul><li>one</li><li>two</li></ul>", "one\ntwo"),
+        ("<p>Wrapped\nin the source</p><p> </p><div><p>Next</p></div>", "Wrapped in the source\nNext"),
+        ("<p>A &amp;\nB</p>", "A & B"),
+        ("No markup\nat all", "No markup at all"),
+    ],
+)
+def test_html_to_lines_puts_each_block_on_its_own_line(sanitized: str, lines: str) -> None:
+    assert html_to_lines(sanitized) == lines
 
 
 def test_html_to_text_agrees_with_plain_text_on_sanitized_html() -> None:
