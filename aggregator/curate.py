@@ -31,6 +31,7 @@ from functools import cache
 from typing import Protocol, TypeVar
 
 from aggregator.config import Output, Rule
+from aggregator.plaintext import html_to_text
 from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
 
 
@@ -250,7 +251,8 @@ def matches(rule: Rule, candidate: Candidate) -> bool:
 
 def _field(candidate: Candidate, name: str) -> str:
     if name == "summary":
-        return candidate.text if not candidate.content_html else _strip(candidate.summary_html)
+        # With content, ``text`` is the content's: the summary is read from its HTML, as readers see it.
+        return candidate.text if not candidate.content_html else html_to_text(candidate.summary_html)
     if name == "content":
         return candidate.text
     if name == "categories":
@@ -261,13 +263,6 @@ def _field(candidate: Candidate, name: str) -> str:
 
 def _same_language(wanted: str, actual: str) -> bool:
     return actual.lower().split("-")[0] == wanted.lower().split("-")[0]
-
-
-_TAG = re.compile(r"<[^>]+>")
-
-
-def _strip(fragment: str) -> str:
-    return _TAG.sub(" ", fragment)
 
 
 @cache

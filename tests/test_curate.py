@@ -31,6 +31,11 @@ def cand(n: int, *, story: int | None = None, source: str = "A", hours: float = 
     return Candidate(**values)  # type: ignore[arg-type]
 
 
+def with_content(summary_html: str) -> Candidate:
+    """An item with a summary and content: its ``text`` is the content's."""
+    return cand(1, summary_html=summary_html, content_html="<p>The article.</p>", text="The article.")
+
+
 def test_newest_first_and_max_entries() -> None:
     entries = select(Output(slug="w", title="W", max_entries=2), [cand(3), cand(1), cand(2)])
     assert [e.lead.item_id for e in entries] == [1, 2]
@@ -47,6 +52,11 @@ def test_newest_first_and_max_entries() -> None:
         (Rule(keywords=("smith",), fields=("author",)), cand(1, author="Jane Smith"), True),
         (Rule(pattern="example.com/live", fields=("link",)), cand(1, link="https://example.com/live/1"), True),
         (Rule(keywords=("flood",), fields=("content",)), cand(1, text="A flood warning"), True),
+        # The summary of an item with content is read as text, entities and all, not as its HTML.
+        (Rule(keywords=("m&a",), fields=("summary",)), with_content("<p>M&amp;A deals</p>"), True),
+        (Rule(keywords=("amp",), fields=("summary",)), with_content("<p>M&amp;A deals</p>"), False),
+        (Rule(keywords=("lt",), fields=("summary",)), with_content("<p>&lt;flat&gt;</p>"), False),
+        (Rule(keywords=("p",), fields=("summary",)), with_content("<p>Q3 deals</p>"), False),
     ],
 )
 def test_each_rule_kind(rule: Rule, candidate: Candidate, hit: bool) -> None:
