@@ -90,6 +90,13 @@ def needs_dated_candidates(candidates: Sequence[Candidate]) -> bool:
     return sum(not c.dated for c in candidates) * 2 > len(candidates)
 
 
+def needs_more_candidates(output: Output, curation: Curation) -> bool:
+    """Whether the candidates read so far leave ``output`` short of ``max_entries``, so older
+    ones must be read too: its rules may refuse all of the newest items (a keyword, a source
+    cap among a prolific outlet's items), and what it shows must not depend on how many."""
+    return len(curation.entries) < output.max_entries
+
+
 def select(output: Output, candidates: Iterable[Candidate], editorial: Editorial = NO_EDITORIAL) -> list[OutputEntry]:
     return curate(output, candidates, editorial).entries
 

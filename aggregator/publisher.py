@@ -25,6 +25,7 @@ from aggregator.curate import (
     draws_from,
     draws_from_every_source,
     needs_dated_candidates,
+    needs_more_candidates,
     reads_text,
     source_scope,
 )
@@ -51,6 +52,9 @@ log = logging.getLogger("aggregator")
 # rendered with: a poll with nothing new re-renders an output only when those changed.
 CONFIG_FORMAT = "config"
 CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
+CANDIDATE_PAGES = 20
+"""Pages of candidates an output short of entries reads at most (``Publisher.curation``): with
+50 entries, 7,000 items, which bounds what a rule that matches almost nothing costs each publish."""
 
 
 def affected_outputs(outputs: Sequence[Output], changed_sources: Mapping[str, Sequence[str]]) -> list[Output]:
@@ -91,19 +95,33 @@ class Publisher:
         return affected_outputs(self.config.outputs, changed_sources)
 
     def curation(self, output: Output, now: datetime) -> Curation:
-        """What ``output`` shows now and why each candidate is in or out."""
+        """What ``output`` shows now and why each candidate is in or out.
+
+        Candidates are read a page at a time, newest first (``CANDIDATE_FACTOR`` per entry),
+        while the output needs more (``needs_more_candidates``), up to ``CANDIDATE_PAGES``."""
         editorial = self.store.editorial(output.slug)
         scope = self.source_ids(output)
         limit = output.max_entries * CANDIDATE_FACTOR + 100
         since = now - output.max_age if output.max_age else None
-        if output.order == "coverage":
-            candidates = self.store.coverage_candidates(scope, since, limit)
-        else:
-            candidates = self.store.candidates(scope, since, limit)
-            if needs_dated_candidates(candidates):
-                candidates = _merged(candidates, self.store.candidates(scope, since, limit, dated_only=True))
         pinned = self.store.story_candidates(scope, editorial.pinned)
-        return curate(output, _merged(candidates, pinned), editorial)
+        candidates: list[Candidate] = []
+        after: PageEnd | None = None
+        for page in range(CANDIDATE_PAGES):
+            if output.order == "coverage":
+                found = self.store.coverage_candidates(scope, since, limit, page * limit)
+                more = len({c.story_id for c in found}) == limit
+            else:
+                found = self.store.candidates(scope, since, limit, after=after)
+                more = len(found) == limit
+                if found:
+                    after = (found[-1].published_at, found[-1].item_id)  # its sort time (``_candidate_row``)
+                if page == 0 and needs_dated_candidates(found):
+                    found = _merged(found, self.store.candidates(scope, since, limit, dated_only=True))
+            candidates = _merged(candidates, found)
+            result = curate(output, _merged(candidates, pinned), editorial)
+            if not more or not needs_more_candidates(output, result):
+                break
+        return result
 
     def source_ids(self, output: Output) -> SourceIds:
         """The ids of the sources ``output`` draws from, as the store takes them (None: every source)."""

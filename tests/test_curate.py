@@ -169,6 +169,49 @@ def test_items_pin_and_block_from_the_command_line(
     assert main(["--config", str(config), "items", "nope"]) == 1
 
 
+def test_what_an_output_shows_does_not_depend_on_how_many_newer_items_its_rules_refuse(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A prolific outlet's 400 items are all newer than the quiet outlets' few. Candidates come
+    # a few hundred at a time, newest first: a rule that takes none of the prolific outlet's,
+    # or takes one of them at most, must still reach the quiet outlets' items behind them.
+    server.add("/busy", Route(body=rss2(1, 400)))
+    quiet = [{"name": f"quiet{n}", "url": server.url(f"/q{n}")} for n in (2, 3, 4)]
+    for n in (2, 3, 4):
+        server.add(f"/q{n}", Route(body=rss2(n, 2, start=500)))
+    config = write_config(tmp_path, [{"name": "busy", "url": server.url("/busy")}, *quiet], settings="""
+        story_matching: off
+        """, outputs="""
+        outputs:
+          - slug: harbour
+            title: Harbour
+            max_entries: 2
+            include: [{pattern: "/feed[234]/", fields: [link]}]
+          - slug: capped
+            title: Capped
+            max_entries: 6
+            per_source_cap: 1
+          - slug: covered
+            title: Covered
+            max_entries: 2
+            order: coverage
+            max_age: 3650d
+            include: [{pattern: "/feed[234]/", fields: [link]}]
+        """)  # fmt: skip
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    capsys.readouterr()
+    feeds = tmp_path / "data" / "feeds"
+    harbour = json.loads((feeds / "harbour.json").read_text())["items"]
+    assert len(harbour) == 2 and "/feed2/story500" in harbour[0]["url"]
+    covered = json.loads((feeds / "covered.json").read_text())["items"]
+    assert len(covered) == 2 and all("/feed1/" not in i["url"] for i in covered)
+    capped = json.loads((feeds / "capped.json").read_text())["items"]
+    assert sorted(i["authors"][0]["name"] for i in capped) == ["busy", "quiet2", "quiet3", "quiet4"]
+    assert main(["--config", str(config), "items", "harbour", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["story_id"] for r in rows if r["included"]] == [i["id"] for i in harbour]
+
+
 def test_which_sources_an_output_draws_from() -> None:
     from aggregator.curate import draws_from
 

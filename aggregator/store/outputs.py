@@ -39,13 +39,24 @@ class ArchivePage:
 class OutputStore(StoreBase):
     # --- candidates ------------------------------------------------------------------
     def candidates(
-        self, source_ids: SourceIds, since: datetime | None, limit: int, *, dated_only: bool = False
+        self,
+        source_ids: SourceIds,
+        since: datetime | None,
+        limit: int,
+        *,
+        dated_only: bool = False,
+        after: PageEnd | None = None,
     ) -> list[Candidate]:
         """The newest ``limit`` items of these sources sorted from ``since`` on (all when None),
-        joined with their source and story; only items their source dated with ``dated_only``."""
+        joined with their source and story; only items their source dated with ``dated_only``.
+        ``after``: the next ``limit`` in that order, after the item that ended the page before
+        (its sort time and id)."""
         where = _from_sources(source_ids)
         if where is None:
             return []
+        if after is not None:
+            moment, item_id = after
+            where = where & ((ItemRow.sort_at < moment) | ((ItemRow.sort_at == moment) & (ItemRow.id > item_id)))
         # Ties (undated items stored before they were placed share their first-seen time)
         # go to the lower id: inserted first, i.e. higher up in the document.
         query = _candidate_select(where).order_by(ItemRow.sort_at.desc(), ItemRow.id.asc()).limit(limit)
@@ -57,10 +68,12 @@ class OutputStore(StoreBase):
             # Plain columns, not ORM objects: building 500 entities cost more than the query.
             return [_candidate_row(row) for row in s.execute(query)]
 
-    def coverage_candidates(self, source_ids: SourceIds, since: datetime | None, limit: int) -> list[Candidate]:
+    def coverage_candidates(
+        self, source_ids: SourceIds, since: datetime | None, limit: int, skip: int = 0
+    ) -> list[Candidate]:
         """Every item sorted from ``since`` on of the ``limit`` stories the most outlets carry
-        (``order: coverage``): a widely covered story older than the newest few hundred items
-        must still be seen, and counted whole."""
+        (``order: coverage``), after the first ``skip`` of them: a widely covered story older
+        than the newest few hundred items must still be seen, and counted whole."""
         where = _from_sources(source_ids)
         if where is None:
             return []
@@ -73,6 +86,7 @@ class OutputStore(StoreBase):
             .group_by(ItemRow.story_id)
             .order_by(outlets.desc(), func.max(ItemRow.sort_at).desc(), ItemRow.story_id.desc())
             .limit(limit)
+            .offset(skip)
         )
         query = _candidate_select(where).where(ItemRow.story_id.in_(ranked.scalar_subquery()))
         with self.session() as s:
