@@ -432,13 +432,27 @@ def cmd_editorial(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     output = _output(loaded, args.output)
+    done = {"pin": "pinned", "block": "blocked"}[args.command]
     with _store(loaded) as store:
         story_id, uid = resolve_story(store, args.story)
-        store.set_editorial(output.slug, story_id, None if args.remove else args.command, datetime.now(UTC))
-        Publisher(loaded.config, store).publish([output])
-    done = {"pin": "pinned", "block": "blocked"}[args.command]
+        if args.remove and not store.undo_editorial(output.slug, story_id, args.command):
+            print(f"story {story_id} ({uid}) is not {done} in {output.slug}: nothing changed")
+            return EXIT_OK
+        if not args.remove:
+            store.set_editorial(output.slug, story_id, args.command, datetime.now(UTC))
+        publisher = Publisher(loaded.config, store)
+        publisher.publish([output])
+        pinned = args.command == "pin" and not args.remove
+        hidden = pinned and not store.story_candidates(publisher.source_ids(output), [story_id])
     done = f"no longer {done}" if args.remove else done
     print(f"story {story_id} ({uid}) {done} in {output.slug}; republished")
+    if hidden:
+        # A pin passes the output's rules, not its choice of sources (``sources``, ``tags``).
+        print(
+            f"aggregator: story {story_id} has no item from the sources {output.slug} draws from, so it does not "
+            "show there; it will once such a source reports it",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

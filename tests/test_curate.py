@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,6 +211,56 @@ def test_what_an_output_shows_does_not_depend_on_how_many_newer_items_its_rules_
     assert main(["--config", str(config), "items", "harbour", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["story_id"] for r in rows if r["included"]] == [i["id"] for i in harbour]
+
+
+def test_undoing_a_pin_or_a_block_undoes_only_that_and_a_pin_that_cannot_show_says_so(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add("/a", Route(body=rss2(1, 3)))
+    server.add("/b", Route(body=rss2(2, 3, start=10)))
+    sources = [{"name": "a", "url": server.url("/a")}, {"name": "b", "url": server.url("/b")}]
+    config = write_config(tmp_path, sources, settings="story_matching: off", outputs="""
+        outputs:
+          - slug: world
+            title: World
+          - slug: only-a
+            title: Only A
+            sources: [a]
+        """)  # fmt: skip
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    capsys.readouterr()
+
+    def rows() -> list[dict[str, Any]]:
+        assert main(["--config", str(config), "items", "world", "--json"]) == 0
+        listed: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+        return listed
+
+    def reasons() -> dict[int, str]:
+        return {r["story"]: r["reason"] for r in rows()}
+
+    story, of_b = (next(r["story"] for r in rows() if r["source"] == name) for name in ("a", "b"))
+    assert main(["--config", str(config), "pin", "world", str(story)]) == 0
+    capsys.readouterr()
+    # Undoing a block the story does not have leaves its pin, and says nothing changed.
+    assert main(["--config", str(config), "block", "world", str(story), "--remove"]) == 0
+    assert "is not blocked in world: nothing changed" in capsys.readouterr().out
+    assert reasons()[story] == "pinned, entry 1"
+    assert main(["--config", str(config), "block", "world", str(story)]) == 0  # the later decision wins
+    capsys.readouterr()
+    assert main(["--config", str(config), "pin", "world", str(story), "--remove"]) == 0
+    assert "is not pinned in world: nothing changed" in capsys.readouterr().out
+    assert reasons()[story] == "blocked by an editor"
+    assert main(["--config", str(config), "block", "world", str(story), "--remove"]) == 0
+    assert "no longer blocked in world" in capsys.readouterr().out
+    assert reasons()[story] != "blocked by an editor"
+
+    # A story of source b pinned in an output of source a alone cannot show there: it says so.
+    assert main(["--config", str(config), "pin", "only-a", str(of_b)]) == 0
+    out, err = capsys.readouterr()
+    assert "pinned in only-a" in out
+    assert f"story {of_b} has no item from the sources only-a draws from" in err
+    assert main(["--config", str(config), "pin", "only-a", str(story)]) == 0
+    assert "draws from" not in capsys.readouterr().err
 
 
 def test_which_sources_an_output_draws_from() -> None:

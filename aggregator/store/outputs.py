@@ -172,7 +172,8 @@ class OutputStore(StoreBase):
         return Editorial(pinned, frozenset(story for story, action in rows if action == "block"))
 
     def set_editorial(self, slug: str, story_id: int, action: str | None, now: datetime) -> None:
-        """Pin or block a story in an output; ``None`` removes the decision."""
+        """Pin or block a story in an output (the later decision replaces an earlier one);
+        ``None`` removes whichever decision it has."""
         with self.session() as s:
             row = s.get(EditorialRow, (slug, story_id))
             if action is None:
@@ -182,6 +183,16 @@ class OutputStore(StoreBase):
                 s.add(EditorialRow(slug=slug, story_id=story_id, action=action, created_at=now))
             else:
                 row.action, row.created_at = action, now
+
+    def undo_editorial(self, slug: str, story_id: int, action: str) -> bool:
+        """Remove a story's ``action`` ("pin" or "block") in an output, and only that: a block
+        undone leaves a pin alone. False: the story had no such decision there."""
+        with self.session() as s:
+            row = s.get(EditorialRow, (slug, story_id))
+            if row is None or row.action != action:
+                return False
+            s.delete(row)
+            return True
 
     # --- published bytes ---------------------------------------------------------------
     def save_published(self, slug: str, fmt: str, media_type: str, body: bytes, etag: str, now: datetime) -> bool:
