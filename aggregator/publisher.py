@@ -30,6 +30,7 @@ from aggregator.curate import (
     source_scope,
 )
 from aggregator.entryview import feed_url
+from aggregator.errors import PublishError
 from aggregator.publish import (
     Rendering,
     archive_pieces,
@@ -143,6 +144,7 @@ class Publisher:
         now = self.clock()
         settings = self.config.settings
         out_dir = Path(settings.resolved_output_dir)
+        self.withdraw_removed(out_dir)
         for output in self.config.outputs if outputs is None else outputs:
             weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
             entries = self.curation(output, now).entries
@@ -164,6 +166,23 @@ class Publisher:
             fingerprint = self._fingerprint(output)
             self.store.save_published(output.slug, CONFIG_FORMAT, "text/plain", fingerprint.encode(), fingerprint, now)
         return changed
+
+    def withdraw_removed(self, out_dir: Path) -> list[str]:
+        """Stop publishing the outputs the config no longer lists: their renderings leave the
+        database, so ``serve`` answers 404 for them, and their files leave ``out_dir``, so
+        nginx does. A subscriber then learns the feed is gone rather than reading a frozen one
+        forever. Their archives stay, rows and files: published weeks are documents others may
+        link to, and the items they were made of may have been pruned since. Returns the slugs."""
+        removed = sorted(self.store.published_slugs() - {o.slug for o in self.config.outputs})
+        for slug in removed:
+            for fmt in self.store.withdraw_published(slug):
+                if fmt != CONFIG_FORMAT:
+                    try:
+                        (out_dir / f"{slug}.{fmt}").unlink(missing_ok=True)
+                    except OSError as exc:
+                        raise PublishError(f"cannot remove {out_dir / f'{slug}.{fmt}'}: {exc.strerror or exc}") from exc
+            log.info("output %s is no longer configured: its feeds are withdrawn, its archives kept", slug)
+        return removed
 
     def archives_due(self, now: datetime) -> list[Output]:
         """Outputs with a finished week not archived yet: the daemon publishes them even when

@@ -176,3 +176,38 @@ def test_an_empty_output_says_when_it_last_changed_and_keeps_its_bytes(
     Publisher(config, store, clock=lambda: upgraded).publish()
     assert updated() == (upgraded.replace(microsecond=0),) * 2
     engine.dispose()
+
+
+def test_an_output_removed_from_the_config_is_withdrawn_and_its_archives_kept(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add("/f", Route(body=rss2(1, 5)))
+    outputs = """
+        outputs:
+          - slug: world
+            title: World
+          - slug: extra
+            title: Extra
+        """
+    config = write_config(tmp_path, [{"name": "one", "url": server.url("/f")}], outputs=outputs)
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    feeds = tmp_path / "data" / "feeds"
+    assert {"extra.atom", "extra.rss", "extra.json", "extra.html"} <= {p.name for p in feeds.iterdir()}
+    archives = sorted((feeds / "extra" / "archive").iterdir())  # the weeks before this one, frozen
+    assert archives
+
+    # The output leaves the config: the next poll, though nothing changed, withdraws it.
+    config.write_text(config.read_text().replace("  - slug: extra\n    title: Extra\n", ""))
+    assert "extra" not in config.read_text()
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    assert not any(p.name.startswith("extra.") for p in feeds.iterdir())
+    assert sorted((feeds / "extra" / "archive").iterdir()) == archives and (feeds / "world.atom").exists()
+    loaded = load_config(config)
+    engine = make_engine(loaded.config.settings.database_url)
+    try:
+        store = Store(engine)
+        assert store.published("extra", "atom") is None and store.published("world", "atom") is not None
+        assert "extra" not in store.published_slugs()
+    finally:
+        engine.dispose()
+    assert "output extra is no longer configured" in capsys.readouterr().err

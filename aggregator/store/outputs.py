@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, distinct, func, literal, literal_column, select, true
+from sqlalchemy import ColumnElement, delete, distinct, func, literal, literal_column, select, true
 
 from aggregator.archive import Page
 from aggregator.records import Candidate, Editorial, Enclosure
@@ -224,6 +224,18 @@ class OutputStore(StoreBase):
             if row is not None:
                 s.expunge(row)
             return row
+
+    def published_slugs(self) -> set[str]:
+        """The outputs with renderings stored."""
+        with self.session() as s:
+            return set(s.scalars(select(PublishedRow.slug).distinct()))
+
+    def withdraw_published(self, slug: str) -> list[str]:
+        """Delete an output's renderings; the formats it had."""
+        with self.session() as s:
+            formats = list(s.scalars(select(PublishedRow.format).where(PublishedRow.slug == slug)))
+            s.execute(delete(PublishedRow).where(PublishedRow.slug == slug))
+            return formats
 
     def published_etag(self, slug: str, fmt: str) -> str | None:
         """The current ETag of a rendering, without its body: what ``serve`` asks to learn
