@@ -252,7 +252,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     loaded = _load(args)
     with _store(loaded, create=True) as store:
         now = datetime.now(UTC)
-        _report_sync(loaded, store.sync_sources(loaded.config.source_specs(), now))
+        _sync(loaded, store, now)
         progress = _Progress(store.stats(now).sources if args.all else store.stats(now).due)
         pool = make_parse_pool(loaded.config.settings.parse_workers)
         pipeline = Pipeline(
@@ -298,6 +298,19 @@ async def _stoppable(poll: Coroutine[Any, Any, PollSummary]) -> PollSummary:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def _sync(loaded: LoadedConfig, store: Store, now: datetime) -> None:
+    """Bring the stored sources in line with the config, say what that removed or renamed
+    (``_report_sync``), and republish every output when a source was renamed: its entries name
+    their outlet, and only the outputs a poll's new items touch would be published again. Done
+    before polling, so that a poll stopped half-way leaves no output naming the old source."""
+    from aggregator.publisher import Publisher
+
+    report = store.sync_sources(loaded.config.source_specs(), now)
+    _report_sync(loaded, report)
+    if report.renamed:
+        Publisher(loaded.config, store).publish()
 
 
 def _report_sync(loaded: LoadedConfig, report: SyncReport) -> None:
@@ -347,6 +360,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     with _store(loaded) as store:
+        # The sources as the config names them: an output drawing from a source renamed since
+        # the last poll would otherwise find none of its items.
+        report = store.sync_sources(loaded.config.source_specs(), datetime.now(UTC))
+        _report_sync(loaded, report)
         changed = Publisher(loaded.config, store).publish(force_files=True)
     print(f"published {len(loaded.config.outputs)} outputs ({len(changed)} renderings changed)")
     return EXIT_OK

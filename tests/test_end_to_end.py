@@ -191,6 +191,41 @@ def test_renaming_a_source_keeps_its_items_and_stores_none_twice(
     assert not rows["Other"]["in_config"]  # removed, its items kept
 
 
+def test_outputs_name_a_renamed_source_by_its_new_name_after_a_poll_or_a_publish(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    post, herald = server.add("/p", Route(body=any_dialect(0, 3))), server.add("/h", Route(body=any_dialect(1, 3)))
+    outputs = """
+        outputs:
+          - slug: world
+            title: World
+          - slug: heralds
+            title: Heralds
+            sources: [{herald}]
+        """
+
+    def config(post_name: str, herald_name: str) -> Path:
+        sources = [{"name": post_name, "url": post}, {"name": herald_name, "url": herald}]
+        settings = "story_matching: off"
+        return write_config(tmp_path, sources, settings=settings, outputs=outputs.format(herald=herald_name))
+
+    def outlets(slug: str) -> list[str]:
+        items = json.loads((tmp_path / "data" / "feeds" / f"{slug}.json").read_text())["items"]
+        return sorted({item["_aggregator"]["outlet"]["name"] for item in items})
+
+    assert main(["--config", str(config("Post", "Herald")), "poll", "--once"]) == 0
+    assert outlets("world") == ["Herald", "Post"] and outlets("heralds") == ["Herald"]
+    # A poll with nothing due: no new item touches the world output, which names Post's items.
+    assert main(["--config", str(config("Daily Post", "Herald")), "poll", "--once"]) == 0
+    assert outlets("world") == ["Daily Post", "Herald"]
+    # Publishing before any poll: the output naming the renamed source still finds its items.
+    assert main(["--config", str(config("Daily Post", "The Herald")), "publish"]) == 0
+    assert outlets("heralds") == ["The Herald"] and outlets("world") == ["Daily Post", "The Herald"]
+    assert "source 'Herald' is now 'The Herald'" in capsys.readouterr().err
+
+
 def test_which_stored_sources_a_config_renames() -> None:
     from aggregator.records import SourceSpec, renamed_sources
 
