@@ -175,8 +175,15 @@ def _no_database(loaded: LoadedConfig, problem: str) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args)
     config = loaded.config
-    lines = functools.cache(lambda: entry_lines(loaded.path.read_text(encoding="utf-8"), "sources"))
-    for warning in (*_unselected_sources(loaded, lines), *_repeated_urls(loaded, lines)):
+    text = functools.cache(lambda: loaded.path.read_text(encoding="utf-8"))  # read once, if a warning needs it
+    lines = functools.cache(lambda: entry_lines(text(), "sources"))
+    output_lines = functools.cache(lambda: entry_lines(text(), "outputs"))
+    warnings = (
+        *_unselected_sources(loaded, lines),
+        *_repeated_urls(loaded, lines),
+        *_unknown_tags(loaded, output_lines),
+    )
+    for warning in warnings:
         print(warning, file=sys.stderr)
     print(f"{loaded.path}: ok ({len(config.sources)} sources, {len(config.outputs)} outputs)")
     return EXIT_OK
@@ -197,6 +204,26 @@ def _unselected_sources(loaded: LoadedConfig, source_lines: Callable[[], dict[in
         f"{loaded.path}:{lines.get(index, 1)}: sources[{index}]: warning: no output selects {source.name!r} "
         f"(no output names it{' or one of its tags ' + ', '.join(source.tags) if source.tags else ''})"
         for index, source in unused
+    ]
+
+
+def _unknown_tags(loaded: LoadedConfig, output_lines: Callable[[], dict[int, int]]) -> list[str]:
+    """A warning per tag an output draws from that no source carries: a misspelt tag selects
+    nothing, and an output of such tags alone stays empty."""
+    carried = {tag for source in loaded.config.sources for tag in source.tags}
+    unknown = [
+        (index, output, tag)
+        for index, output in enumerate(loaded.config.outputs)
+        for tag in output.tags
+        if tag not in carried
+    ]
+    if not unknown:
+        return []
+    lines = output_lines()
+    return [
+        f"{loaded.path}:{lines.get(index, 1)}: outputs[{index}]: warning: no source is tagged {tag!r}, which "
+        f"{output.slug!r} draws from"
+        for index, output, tag in unknown
     ]
 
 

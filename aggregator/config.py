@@ -228,6 +228,20 @@ class Rule(_Strict):
     pattern: str | None = None
     fields: tuple[RuleField, ...] = ("title", "summary")
 
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not all(word.strip() for word in value)):
+            raise ValueError("needs at least one keyword, and no empty one: this rule would match nothing")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one field to search (title, summary, content, categories, author, link)")
+        return value
+
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, value: str | None) -> str | None:
@@ -270,6 +284,13 @@ class Output(_Strict):
     def _slug(cls, value: str) -> str:
         if not _SLUG.match(value):
             raise ValueError("use lowercase letters, digits and '-' (it becomes a URL path)")
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a language code such as 'en'; leave it out to keep items in any language")
         return value
 
     @model_validator(mode="after")

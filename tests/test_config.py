@@ -210,6 +210,32 @@ def test_rules_are_validated_at_load_time() -> None:
     assert found[1] == "feeds.yaml:6: outputs[0].include[1]: a rule needs exactly one of 'keywords' or 'pattern'"
 
 
+def test_a_rule_or_language_that_could_match_nothing_is_refused_at_its_line() -> None:
+    found = problems(
+        """\
+        outputs:
+          - slug: world
+            title: World
+            language: ""
+            include:
+              - keywords: []
+              - keywords: [flood, " "]
+              - pattern: storm
+                fields: []
+        """
+    )
+    assert found == [
+        "feeds.yaml:4: outputs[0].language: must be a language code such as 'en'; leave it out to keep items in "
+        "any language",
+        "feeds.yaml:6: outputs[0].include[0].keywords: needs at least one keyword, and no empty one: this rule would "
+        "match nothing",
+        "feeds.yaml:7: outputs[0].include[1].keywords: needs at least one keyword, and no empty one: this rule would "
+        "match nothing",
+        "feeds.yaml:9: outputs[0].include[2].fields: needs at least one field to search (title, summary, content, "
+        "categories, author, link)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

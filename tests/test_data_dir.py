@@ -160,6 +160,7 @@ def test_check_warns_about_sources_no_output_selects_and_a_url_an_earlier_source
         "  - name: World One again\n    url: https://one.example/rss\n    tags: [world]\n"
         "outputs:\n"
         "  - slug: world\n    title: World\n    tags: [world]\n    sources: [Named]\n"
+        "  - slug: sport\n    title: Sport\n    tags: [sports]\n"
     )
     assert main(["--config", str(config), "check"]) == 0
     captured = capsys.readouterr()
@@ -167,5 +168,6 @@ def test_check_warns_about_sources_no_output_selects_and_a_url_an_earlier_source
         f"{config}:5: sources[1]: warning: no output selects 'Orphan' (no output names it or one of its tags sport)",
         f"{config}:10: sources[3]: warning: 'World One again' has the URL of 'World One' (sources[0]): its items "
         "would all be stored twice",
+        f"{config}:18: outputs[1]: warning: no source is tagged 'sports', which 'sport' draws from",
     ]
-    assert "ok (4 sources, 1 outputs)" in captured.out
+    assert "ok (4 sources, 2 outputs)" in captured.out
