@@ -168,8 +168,11 @@ def _failed(polled: Polled, settings: ScheduleSettings, now: datetime, rng: rand
     errors = source.error_count + 1
     given_up = retirement(source.failing_since, now, settings.retire_after)
     if not result.retryable or given_up:
-        reason = (result.error or polled.parse_error or "permanent failure") if not result.retryable else given_up
-        reason = reason or "permanent failure"
+        cause = result.error or polled.parse_error
+        if not result.retryable:
+            reason = cause or "permanent failure"
+        else:  # the failure that ended the wait says why the source failed, not only for how long
+            reason = f"{given_up}; last error: {cause}" if cause else str(given_up)
         record = PollRecord("retired", None, f"retired: {reason}", errors, retired_reason=reason)
         return PollPlan("retired", replace(result, error=reason), record)
     policy = settings.policy(source.interval_seconds)

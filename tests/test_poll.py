@@ -114,7 +114,7 @@ CASES = [
         outcome="retired",
         error_count=41,
         reason="retired: no successful poll since 2026-11-12 12:00Z",
-        error="no successful poll since 2026-11-12 12:00Z (settings.retire_after: 7d)",
+        error="no successful poll since 2026-11-12 12:00Z (settings.retire_after: 7d); last error: HTTP 500",
     ),
     Case(
         "error: server error backs off",

@@ -50,5 +50,26 @@ def test_a_source_failing_longer_than_retire_after_is_retired_and_revived_by_re_
         )
         (health,) = store.health()
         assert health.retired_reason is None and health.error_count == 0
+
+        # A fresh start: retire_after counts from it, not from the last success long before,
+        # so its first failure backs off instead of retiring it again at once.
+        soon = later + timedelta(minutes=1)
+        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: soon)))
+        (health,) = store.health()
+        assert health.retired_reason is None and health.error_count == 1 and health.next_poll_at is not None
+        # The same for a source the config points at another URL.
+        moved = [{"name": "down", "url": server.add("/down-too", status=503)}]
+        store.sync_sources(
+            load_config(write_config(tmp_path, moved, settings="retire_after: 1h")).config.source_specs(), later
+        )
+        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: soon)))
+        (health,) = store.health()
+        assert health.retired_reason is None and health.error_count == 1
+        # Failing for longer than retire_after since: retired, and the reason says what failed.
+        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: later + timedelta(hours=3))))
+        (health,) = store.health()
+        assert health.retired_reason is not None
+        assert health.retired_reason.startswith(f"no successful poll since {later:%Y-%m-%d %H:%M}Z")
+        assert "; last error: HTTP 503" in health.retired_reason
     finally:
         engine.dispose()

@@ -89,6 +89,9 @@ class SourceRow(Base):
     last_new_item_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_reason: Mapped[str | None] = mapped_column(Text)
+    # When the config last gave the source a fresh start (a new URL, or listed again after it
+    # was removed): ``settings.retire_after`` counts from it when it is later than the last success.
+    restarted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     feed_title: Mapped[str | None] = mapped_column(Text)
     feed_link: Mapped[str | None] = mapped_column(Text)
     feed_id: Mapped[str | None] = mapped_column(Text)

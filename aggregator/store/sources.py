@@ -152,7 +152,7 @@ class SourceStore(StoreBase):
                     SourceRow.id, SourceRow.name, SourceRow.url, SourceRow.etag, SourceRow.last_modified,
                     SourceRow.allow_private, SourceRow.body_hash, SourceRow.error_count,
                     SourceRow.interval_seconds, SourceRow.tags, SourceRow.next_poll_at, SourceRow.items_per_day,
-                    SourceRow.last_success_at, SourceRow.created_at,
+                    SourceRow.last_success_at, SourceRow.created_at, SourceRow.restarted_at,
                 )
             ).all())  # fmt: skip
         rows.sort(key=lambda r: r.next_poll_at)
@@ -164,7 +164,7 @@ class SourceStore(StoreBase):
                 r.interval_seconds,
                 tuple(r.tags or ()),
                 r.items_per_day,
-                r.last_success_at or r.created_at,
+                failing_since(r.last_success_at, r.created_at, r.restarted_at),
             )
             for r in rows
         ]
@@ -201,6 +201,14 @@ class SourceStore(StoreBase):
             return [_health(r, counts.get(r.id, 0)) for r in s.scalars(select(SourceRow).order_by(SourceRow.name))]
 
 
+def failing_since(last_success: datetime | None, created: datetime, restarted: datetime | None) -> datetime:
+    """Since when a source has had no successful poll under its present configuration: its
+    last success, else when it was added, or when the config last gave it a fresh start if
+    that is later (``SourceRow.restarted_at``)."""
+    since = last_success or created
+    return max(since, restarted) if restarted is not None else since
+
+
 def _new_source(spec: SourceSpec, now: datetime) -> SourceRow:
     return SourceRow(
         name=spec.name,
@@ -228,6 +236,7 @@ def _apply_spec(row: SourceRow, spec: SourceSpec, now: datetime) -> bool:
         row.retired_at = None
         row.retired_reason = None
         row.error_count = 0
+        row.restarted_at = now
         row.next_poll_at = now
         row.next_poll_reason = "URL changed in config"
     interval = spec.interval_seconds
@@ -240,6 +249,7 @@ def _apply_spec(row: SourceRow, spec: SourceSpec, now: datetime) -> bool:
         row.next_poll_at, row.next_poll_reason = now, "back in config"
         row.retired_at = row.retired_reason = None
         row.error_count = 0
+        row.restarted_at = now
     row.tags, row.interval_seconds, row.enabled = list(spec.tags), interval, spec.enabled
     row.in_config, row.allow_private = True, spec.allow_private
     after = (row.config_url, row.tags, row.interval_seconds, row.enabled, row.in_config, row.allow_private)
