@@ -54,8 +54,8 @@ log = logging.getLogger("aggregator")
 CONFIG_FORMAT = "config"
 CANDIDATE_FACTOR = 5  # items read per output entry, leaving room for grouping and rules
 CANDIDATE_PAGES = 20
-"""Pages of candidates an output short of entries reads at most (``Publisher.curation``): with
-50 entries, 7,000 items, which bounds what a rule that matches almost nothing costs each publish."""
+"""Pages of candidates an output short of entries reads at most (``Publisher.curation``): what
+bounds the cost, at each publish, of a rule that matches almost nothing."""
 
 
 def affected_outputs(outputs: Sequence[Output], changed_sources: Mapping[str, Sequence[str]]) -> list[Output]:
