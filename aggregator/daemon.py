@@ -353,7 +353,8 @@ class Daemon:
         async with self._publishing:
             started = time.monotonic()
             try:
-                changed = await asyncio.to_thread(publisher.publish, publisher.affected_outputs(changed_sources))
+                # And the outputs an earlier publish left behind (a failed or interrupted one).
+                changed = await asyncio.to_thread(publisher.publish, publisher.outputs_to_publish(changed_sources))
             finally:
                 took = time.monotonic() - started
                 self._next_publish = time.monotonic() + max(PUBLISH_DURING_CYCLE_SECONDS, 4 * took)
@@ -376,8 +377,9 @@ class Daemon:
                 self._release_own_leases = False
             summary = await self.pipeline.poll_due(fetcher)
             await self._settle_publish_during_cycle()
-            if summary.new_items or summary.updated_items:
-                await self._publish_changes(summary.changed_sources)
+            # Also with nothing new: what an earlier publish left out (it failed, or the process
+            # was killed), and files behind the stored feeds (``Publisher.restore_files``).
+            await self._publish_changes(summary.changed_sources)
         except AggregatorError as exc:
             self._release_own_leases = True
             log.error("poll cycle failed: %s", exc)

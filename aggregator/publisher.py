@@ -32,6 +32,7 @@ from aggregator.curate import (
 from aggregator.entryview import feed_url
 from aggregator.errors import PublishError
 from aggregator.publish import (
+    FORMATS,
     Rendering,
     archive_pieces,
     empty_feed_updated,
@@ -145,6 +146,7 @@ class Publisher:
         settings = self.config.settings
         out_dir = Path(settings.resolved_output_dir)
         self.withdraw_removed(out_dir)
+        written: set[str] = set()
         for output in self.config.outputs if outputs is None else outputs:
             weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
             entries = self.curation(output, now).entries
@@ -163,9 +165,32 @@ class Publisher:
                     metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
                     changed.append(rendering)
                     log.info("published %s (%d entries)", rendering.filename, len(entries))
-            fingerprint = self._fingerprint(output)
-            self.store.save_published(output.slug, CONFIG_FORMAT, "text/plain", fingerprint.encode(), fingerprint, now)
+            written.update(r.filename for r in renderings)
+            self.store.mark_rendered(output.slug, CONFIG_FORMAT, self._fingerprint(output), now)
+        self.restore_files(out_dir, written)
         return changed
+
+    def restore_files(self, out_dir: Path, skip: Collection[str] = ()) -> list[str]:
+        """Make every configured output's files in ``out_dir`` the bytes stored for it, where
+        they are not (but the ``skip`` file names, just written): a process killed between
+        storing a rendering and writing its file, a full disk, or another worker that stored
+        the rendering first (its file is then written beside that worker, not here) leave the
+        file behind the database, and nginx would serve it so until the output changed again.
+        Compared by ETag, read from the file. Returns the file names rewritten."""
+        rewritten = []
+        for output in self.config.outputs:
+            for fmt in FORMATS:
+                filename = f"{output.slug}.{fmt}"
+                etag = None if filename in skip else self.store.published_etag(output.slug, fmt)
+                if etag is None or _file_etag(out_dir / filename) == etag:
+                    continue
+                row = self.store.published(output.slug, fmt)
+                if row is None or row.etag != etag:  # published again meanwhile: by its own writer
+                    continue
+                write_file(out_dir, filename, row.body)
+                rewritten.append(filename)
+                log.info("rewrote %s: the file was not the feed stored for it", filename)
+        return rewritten
 
     def withdraw_removed(self, out_dir: Path) -> list[str]:
         """Stop publishing the outputs the config no longer lists: their renderings leave the
@@ -339,11 +364,20 @@ class Publisher:
         return filled
 
     def stale_outputs(self) -> list[Output]:
-        """Outputs never published, or published under other settings (or by another version)."""
+        """Outputs never published, published under other settings (or by another version), or
+        published before a poll stored new or changed items of one of their sources: a process
+        killed between storing a poll's items and publishing them, or a publish that failed,
+        left those items out, and no later poll's own items need bring the output up again."""
         stale = []
+        changed = self.store.sources_changed_at()
         for output in self.config.outputs:
             row = self.store.published(output.slug, CONFIG_FORMAT)
             if row is None or row.etag != self._fingerprint(output):
+                stale.append(output)
+                continue
+            scope = self.source_ids(output)
+            sources = changed.values() if scope is None else (changed[i] for i in scope if i in changed)
+            if any(at > row.published_at for at in sources):
                 stale.append(output)
         return stale
 
@@ -354,6 +388,14 @@ class Publisher:
 
     def _fingerprint(self, output: Output) -> str:
         return config_fingerprint(output, self.config.settings)
+
+
+def _file_etag(path: Path) -> str | None:
+    """``etag_of_file``, or None for a file that is not there (or cannot be read)."""
+    try:
+        return etag_of_file(path)
+    except OSError:
+        return None
 
 
 def _merged(candidates: list[Candidate], more: list[Candidate]) -> list[Candidate]:

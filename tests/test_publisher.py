@@ -211,3 +211,57 @@ def test_an_output_removed_from_the_config_is_withdrawn_and_its_archives_kept(
     finally:
         engine.dispose()
     assert "output extra is no longer configured" in capsys.readouterr().err
+
+
+def _entries(path: Path) -> set[str]:
+    return {item["url"] for item in json.loads(path.read_text())["items"]}
+
+
+def test_items_a_failed_publish_left_out_are_published_by_the_next_poll_though_it_brings_nothing(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.add("/f", Route(body=rss2(1, 3)))
+    config = write_config(tmp_path, [{"name": "one", "url": server.url("/f")}])
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    feeds = tmp_path / "data" / "feeds"
+    assert len(_entries(feeds / "world.json")) == 3
+
+    # New items are stored, and publishing them fails: the output directory cannot be written.
+    server.add("/f", Route(body=rss2(1, 5)))
+    feeds.rename(tmp_path / "moved")
+    feeds.write_text("not a directory")
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    feeds.unlink()
+    (tmp_path / "moved").rename(feeds)
+
+    # The next poll has nothing due and nothing new, and publishes what was left out.
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    assert "polled 0 sources" in capsys.readouterr().out
+    assert len(_entries(feeds / "world.json")) == 5
+
+
+def test_a_file_behind_its_stored_feed_and_another_workers_directory_are_brought_up_to_it(
+    server: FeedServer, tmp_path: Path
+) -> None:
+    server.add("/f", Route(body=rss2(1, 3)))
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_config(tmp_path / "a", [{"name": "one", "url": server.url("/f")}], settings=f"database: {database}")
+    second = write_config(tmp_path / "b", [{"name": "one", "url": server.url("/f")}], settings=f"database: {database}")
+    assert main(["--config", str(first), "poll", "--once"]) == 0
+    mine, theirs = tmp_path / "a" / "data" / "feeds", tmp_path / "b" / "data" / "feeds"
+    older = (mine / "world.atom").read_bytes()
+    server.add("/f", Route(body=rss2(1, 5)))
+    assert main(["--config", str(first), "poll", "--once", "--all"]) == 0
+    # A process killed between storing the new rendering and writing its file leaves this.
+    (mine / "world.atom").write_bytes(older)
+
+    # Another worker's poll with nothing new writes its own directory from the stored feeds.
+    assert main(["--config", str(second), "poll", "--once"]) == 0
+    assert len(_entries(theirs / "world.json")) == 5
+    assert (theirs / "world.atom").read_bytes() != older
+    # And the first worker's next poll, with nothing new, mends its file.
+    assert main(["--config", str(first), "poll", "--once"]) == 0
+    assert (mine / "world.atom").read_bytes() == (theirs / "world.atom").read_bytes()

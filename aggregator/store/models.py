@@ -92,6 +92,9 @@ class SourceRow(Base):
     # When the config last gave the source a fresh start (a new URL, or listed again after it
     # was removed): ``settings.retire_after`` counts from it when it is later than the last success.
     restarted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a poll last stored a new or changed item of the source, in the same transaction: an
+    # output published before it has not shown it yet (``Publisher.stale_outputs``).
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     feed_title: Mapped[str | None] = mapped_column(Text)
     feed_link: Mapped[str | None] = mapped_column(Text)
     feed_id: Mapped[str | None] = mapped_column(Text)

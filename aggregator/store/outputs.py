@@ -218,6 +218,16 @@ class OutputStore(StoreBase):
             s.execute(upsert_statement(s.get_bind().dialect.name, PublishedRow, values, ["slug", "format"], changes))
             return True
 
+    def mark_rendered(self, slug: str, fmt: str, fingerprint: str, at: datetime) -> None:
+        """Record that an output was rendered whole, as of ``at``, under the settings whose
+        ``fingerprint`` is given: the row of format ``fmt`` (``publisher.CONFIG_FORMAT``) holds
+        both, its time moved even when the fingerprint is the same."""
+        with self.session() as s:
+            values: dict[str, object] = {"slug": slug, "format": fmt, "media_type": "text/plain"}
+            values.update(body=fingerprint.encode(), etag=fingerprint, published_at=at)
+            changes = ["body", "etag", "published_at"]
+            s.execute(upsert_statement(s.get_bind().dialect.name, PublishedRow, values, ["slug", "format"], changes))
+
     def published(self, slug: str, fmt: str) -> PublishedRow | None:
         with self.session() as s:
             row = s.get(PublishedRow, (slug, fmt))

@@ -107,6 +107,12 @@ class SourceStore(StoreBase):
             rows = s.execute(select(SourceRow.id, SourceRow.name, SourceRow.tags)).all()
         return [SourceLabel(r.id, r.name, tuple(r.tags or ())) for r in rows]
 
+    def sources_changed_at(self) -> dict[int, datetime]:
+        """When a poll last stored a new or changed item of each source (those it ever did)."""
+        with self.session() as s:
+            rows = s.execute(select(SourceRow.id, SourceRow.changed_at).where(SourceRow.changed_at.is_not(None)))
+            return {r.id: r.changed_at for r in rows}
+
     # --- the schedule -----------------------------------------------------------------
     def make_all_due(self, now: datetime) -> int:
         """``poll --all``: every active source becomes due now (leases are still respected)."""
@@ -361,6 +367,8 @@ def _polled_values(result: FetchResult, record: PollRecord) -> dict[str, Any]:
         values["body_hash"] = record.body_hash
     if record.items_new:
         values["last_new_item_at"] = now
+    if record.items_new or record.items_updated:
+        values["changed_at"] = now
     values.update({attr: value for attr in _FEED_STATE if (value := getattr(record, attr)) is not None})
     if record.parsed:
         values["last_warning"] = record.warning
