@@ -31,8 +31,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class OneLine(logging.Filter):
+    """Join a message's lines into one (" / "): a library's multi-line warning (psycopg's
+    "error ignored terminating <Pipeline>: ... / server closed the connection unexpectedly /
+    ...") would otherwise read as several log entries, the later ones with no time or level.
+    A traceback (``exc_info``) keeps its lines: it is a bug report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = " / ".join(line.strip() for line in message.splitlines() if line.strip()), ()
+        return True
+
+
 def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(OneLine())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

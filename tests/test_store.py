@@ -440,3 +440,24 @@ def test_candidates_come_from_the_given_sources_only_and_dated_when_asked(store:
     story = store.candidates({ids["One"]}, None, 10)[0].story_id
     assert store.story_candidates({ids["Two"]}, [story]) == []
     assert [c.source_name for c in store.story_candidates(None, [story])] == ["One"]
+
+
+def test_a_sqlite_file_that_cannot_be_read_is_not_called_unreachable_and_a_full_disk_is_named(tmp_path: Path) -> None:
+    from aggregator.store.database import _unreachable
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        full = _unreachable(engine, "disk I/O error")
+        assert full.startswith(
+            f"cannot open the database sqlite:///{tmp_path / 'a.db'}: disk I/O error; is its disk full?"
+        )
+        assert _unreachable(engine, "file is not a database").endswith(": file is not a database")
+    finally:
+        engine.dispose()
+    engine = make_engine("postgresql://aggregator:secret@db.invalid/aggregator")
+    try:
+        assert _unreachable(engine, "could not translate host name") == (
+            "cannot reach the database postgresql://aggregator:***@db.invalid/aggregator: could not translate host name"
+        )
+    finally:
+        engine.dispose()

@@ -169,9 +169,18 @@ def current_revision(engine: Engine) -> str | None:
 
             return MigrationContext.configure(connection).get_current_revision()  # says why it cannot be
     except SQLAlchemyError as exc:
-        raise StorageError(
-            f"cannot reach the database {engine.url.render_as_string(hide_password=True)}: {_short(exc)}"
-        ) from None
+        raise StorageError(_unreachable(engine, _short(exc))) from None
+
+
+def _unreachable(engine: Engine, problem: str) -> str:
+    """Why a database could not be read at start, in words that fit its kind: a SQLite file is
+    opened, not reached, and SQLite says "disk I/O error" when its disk is full."""
+    where = engine.url.render_as_string(hide_password=True)
+    if engine.dialect.name != "sqlite":
+        return f"cannot reach the database {where}: {problem}"
+    full = "disk I/O error" in problem or "disk is full" in problem
+    hint = "; is its disk full? SQLite needs well over 64 MB free beside it" if full else ""
+    return f"cannot open the database {where}: {problem}{hint}"
 
 
 def sqlite_file_missing(url: str) -> Path | None:
