@@ -159,13 +159,13 @@ class Publisher:
                 stored = self.store.save_published(
                     rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
                 )
-                if stored or force_files or not (out_dir / rendering.filename).exists():
+                if stored or force_files:  # else ``restore_files`` checks the file is these bytes
                     write_atomically(out_dir, rendering)
+                    written.add(rendering.filename)
                 if stored:
                     metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
                     changed.append(rendering)
                     log.info("published %s (%d entries)", rendering.filename, len(entries))
-            written.update(r.filename for r in renderings)
             self.store.mark_rendered(output.slug, CONFIG_FORMAT, self._fingerprint(output), now)
         self.restore_files(out_dir, written)
         return changed

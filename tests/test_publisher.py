@@ -265,3 +265,14 @@ def test_a_file_behind_its_stored_feed_and_another_workers_directory_are_brought
     # And the first worker's next poll, with nothing new, mends its file.
     assert main(["--config", str(first), "poll", "--once"]) == 0
     assert (mine / "world.atom").read_bytes() == (theirs / "world.atom").read_bytes()
+
+    # Killed before it recorded the output as rendered, too: the next poll renders it again, the
+    # same bytes as stored, and still mends the file.
+    (mine / "world.atom").write_bytes(older)
+    engine = make_engine(database)
+    try:
+        Store(engine).mark_rendered("world", "config", "another version's", datetime(2020, 1, 1, tzinfo=UTC))
+    finally:
+        engine.dispose()
+    assert main(["--config", str(first), "poll", "--once"]) == 0
+    assert (mine / "world.atom").read_bytes() == (theirs / "world.atom").read_bytes()
