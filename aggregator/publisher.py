@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +72,18 @@ def outputs_to_publish(
     ``stale`` ones (slugs) whatever the poll brought."""
     chosen = {o.slug for o in affected_outputs(outputs, changed_sources)} | set(stale)
     return [o for o in outputs if o.slug in chosen]
+
+
+def is_stale(fingerprint: str, rendered: tuple[str, datetime] | None, sources_changed: Iterable[datetime]) -> bool:
+    """Whether an output must be rendered again whatever a poll brought: never rendered whole
+    (``rendered`` None: its fingerprint and when it was rendered), rendered under other
+    settings or by another version (``config_fingerprint``), or rendered before one of its
+    sources last stored new or changed items (``sources_changed``): a process killed between
+    storing a poll's items and publishing them, or a publish that failed, left them out, and
+    no later poll's own items need bring the output up again."""
+    if rendered is None or rendered[0] != fingerprint:
+        return True
+    return any(at > rendered[1] for at in sources_changed)
 
 
 def config_fingerprint(output: Output, settings: Settings) -> str:
@@ -364,20 +376,20 @@ class Publisher:
         return filled
 
     def stale_outputs(self) -> list[Output]:
-        """Outputs never published, published under other settings (or by another version), or
-        published before a poll stored new or changed items of one of their sources: a process
-        killed between storing a poll's items and publishing them, or a publish that failed,
-        left those items out, and no later poll's own items need bring the output up again."""
-        stale = []
+        """The outputs ``is_stale`` says to render again, read from the store: each one's last
+        whole rendering, and when each source last changed (the labels read once for all)."""
         changed = self.store.sources_changed_at()
+        labels = None
+        stale = []
         for output in self.config.outputs:
             row = self.store.published(output.slug, CONFIG_FORMAT)
-            if row is None or row.etag != self._fingerprint(output):
-                stale.append(output)
-                continue
-            scope = self.source_ids(output)
-            sources = changed.values() if scope is None else (changed[i] for i in scope if i in changed)
-            if any(at > row.published_at for at in sources):
+            rendered = None if row is None else (row.etag, row.published_at)
+            if draws_from_every_source(output):
+                scope: Collection[int] = changed.keys()
+            else:
+                labels = labels if labels is not None else self.store.source_labels()
+                scope = source_scope(output, labels)
+            if is_stale(self._fingerprint(output), rendered, [changed[i] for i in scope if i in changed]):
                 stale.append(output)
         return stale
 

@@ -18,7 +18,7 @@ from aggregator.cli import main, resolve_story
 from aggregator.config import Output, Settings, load_config
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.publish import Rendering, render_all
-from aggregator.publisher import Publisher, affected_outputs, config_fingerprint, outputs_to_publish
+from aggregator.publisher import Publisher, affected_outputs, config_fingerprint, is_stale, outputs_to_publish
 from aggregator.records import etag_of
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
@@ -59,6 +59,14 @@ def test_affected_outputs_follow_the_outputs_rules_for_sources_and_tags() -> Non
     assert slugs(affected_outputs(OUTPUTS, {"Nature": ("science", "europe")})) == ["world", "science"]
     assert slugs(affected_outputs(OUTPUTS, {"bbc": ()})) == ["world"]  # source names are exact
     assert affected_outputs((SCIENCE, BBC), {}) == []
+
+
+def test_an_output_is_stale_unrendered_under_other_settings_or_behind_a_source_that_changed() -> None:
+    at = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    assert is_stale("f", None, [])  # never rendered whole
+    assert is_stale("f", ("g", at), [])  # under other settings, or by another version
+    assert not is_stale("f", ("f", at), [at, at - timedelta(hours=1)])  # its sources' changes are in it
+    assert is_stale("f", ("f", at), [at - timedelta(hours=1), at + timedelta(seconds=1)])  # one came after
 
 
 def test_the_config_fingerprint_moves_with_what_the_bytes_depend_on_only() -> None:
