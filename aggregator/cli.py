@@ -274,12 +274,16 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_poll(args: argparse.Namespace) -> int:
     from aggregator.parseworker import make_parse_pool
     from aggregator.pipeline import Pipeline, poll_once
+    from aggregator.publisher import Publisher
 
     collector.pace_for_service()
     loaded = _load(args)
     with _store(loaded, create=True) as store:
         now = datetime.now(UTC)
-        _sync(loaded, store, now)
+        if _synced(loaded, store, now).renamed:
+            # Every entry names its outlet, and only the outputs this poll's new items touch
+            # would be published again. Before polling: a poll stopped half-way leaves none stale.
+            Publisher(loaded.config, store).publish()
         progress = _Progress(store.stats(now).sources if args.all else store.stats(now).due)
         pool = make_parse_pool(loaded.config.settings.parse_workers)
         pipeline = Pipeline(
@@ -327,17 +331,12 @@ async def _stoppable(poll: Coroutine[Any, Any, PollSummary]) -> PollSummary:
             loop.remove_signal_handler(signum)
 
 
-def _sync(loaded: LoadedConfig, store: Store, now: datetime) -> None:
-    """Bring the stored sources in line with the config, say what that removed or renamed
-    (``_report_sync``), and republish every output when a source was renamed: its entries name
-    their outlet, and only the outputs a poll's new items touch would be published again. Done
-    before polling, so that a poll stopped half-way leaves no output naming the old source."""
-    from aggregator.publisher import Publisher
-
+def _synced(loaded: LoadedConfig, store: Store, now: datetime) -> SyncReport:
+    """Bring the stored sources in line with the config, and say what that removed or renamed
+    (``_report_sync``): what ``poll`` and ``publish`` do first."""
     report = store.sync_sources(loaded.config.source_specs(), now)
     _report_sync(loaded, report)
-    if report.renamed:
-        Publisher(loaded.config, store).publish()
+    return report
 
 
 def _report_sync(loaded: LoadedConfig, report: SyncReport) -> None:
@@ -389,8 +388,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     with _store(loaded) as store:
         # The sources as the config names them: an output drawing from a source renamed since
         # the last poll would otherwise find none of its items.
-        report = store.sync_sources(loaded.config.source_specs(), datetime.now(UTC))
-        _report_sync(loaded, report)
+        _synced(loaded, store, datetime.now(UTC))
         changed = Publisher(loaded.config, store).publish(force_files=True)
     print(f"published {len(loaded.config.outputs)} outputs ({len(changed)} renderings changed)")
     return EXIT_OK
