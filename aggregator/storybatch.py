@@ -46,7 +46,9 @@ class Batch:
         self.one_source = one_source
         self.named: dict[int, str] = {}  # provisional id -> how explanations call it
         self._founders: dict[int, str] = {}
-        self._members: dict[int, list[Member]] = {}
+        # provisional id -> its profile, extended as members join: what a profile sums and
+        # counts is then done once per member, not once per later item that judges it
+        self._profiles: dict[int, StoryProfile] = {}
         # term -> the new stories whose judged members carry it (as keys: a set kept in order)
         self._carriers: dict[int, dict[int, None]] = {}
         self._figures: dict[int, frozenset[int]] = {}
@@ -92,24 +94,22 @@ class Batch:
                 continue  # one outlet's series told from one template: another result, another day
             if weight > 0:
                 reached[story] = weight
-        candidates = [
-            stored[s] if s >= 0 else StoryProfile(s, tuple(self._members[s]), self._members[s][0].published_at)
-            for s in rank_candidates(reached)
-        ]
+        candidates = [stored[s] if s >= 0 else self._profiles[s] for s in rank_candidates(reached)]
         mine = {s for s in reached if (s < 0 and self.one_source) or s in own}  # the poll's source only
         decision = decide(item, at, candidates, self.stats, copied(reached), mine, one_outlet)
         joined = decision.story_id
         if joined is None:
             new = -(len(self._founders) + 1)
             self._founders[new] = key
-            self._members[new] = [Member(new, at, item)]
+            self._profiles[new] = StoryProfile(new, (Member(new, at, item),), at)
             self._index(new, item.terms)
             self._figures[new] = figures
             self._names[new] = named
             self.named[new] = f"the new story of {title or repr(key)} (same poll)"
         elif joined < 0:
-            if len(self._members[joined]) < REPRESENTATIVES:
-                self._members[joined].append(Member(joined, at, item))
+            profile = self._profiles[joined]
+            if len(profile.members) < REPRESENTATIVES:
+                self._profiles[joined] = profile.extended((Member(joined, at, item),))
                 self._index(joined, item.terms)
             self._figures[joined] |= figures
             self._names[joined] |= named
