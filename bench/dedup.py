@@ -47,7 +47,7 @@ for path in (ROOT, ROOT / "bench"):  # run as a script from anywhere, or loaded 
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from benchsupport import PairRates  # noqa: E402
+from benchsupport import PairRates, wilson_interval  # noqa: E402
 
 from aggregator import cluster, names, stories, storystream  # noqa: E402
 from aggregator.normalize import canonical_url, plain_text, repaired  # noqa: E402
@@ -520,7 +520,9 @@ def semeval(*, quiet: bool = False, headlines: bool = False) -> tuple[float, flo
         )
         for group, links in groups.items():
             share = sum(links) / len(links) if links else 0.0
-            print(f"   {group:28} linked {sum(links)}/{len(links)} = {share:.1%}")
+            low, high = wilson_interval(sum(links), len(links))
+            interval = f"95% interval {low:.0%} to {high:.0%}"
+            print(f"   {group:28} linked {sum(links)}/{len(links)} = {share:.1%} ({interval})")
         print(f"   lookup     {found_by_keys}/{len(same)} same-event pairs share a lookup key")
     return sum(same) / len(same), sum(different) / len(different)
 

@@ -63,7 +63,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from benchsupport import PairRates, database
+from benchsupport import PairRates, database, wilson_interval
 from sqlalchemy import create_engine, text
 
 from aggregator import cluster, stories, storystream
@@ -362,7 +362,7 @@ def main() -> None:
         if "wikinews" in args.sets:
             totals.wikinews.append(report_wikinews(seed, args, now, every))
         if "semeval" in args.sets:
-            totals.semeval.append(report_semeval(seed, args, now, every))
+            totals.semeval.append(report_semeval(seed, args, now, every, totals))
     if len(args.seeds) > 1:
         totals.report(args.seeds)
 
@@ -374,6 +374,8 @@ class Totals:
 
     wikinews: list[tuple[Pairwise, Pairwise | None]] = field(default_factory=list)
     semeval: list[tuple[Linked, Linked | None]] = field(default_factory=list)
+    same_linked: list[tuple[frozenset[str], frozenset[str]]] = field(default_factory=list)
+    """Per seed: the same-event pairs (labels), and those of them linked."""
 
     def report(self, seeds: list[int]) -> None:
         named = f"seeds {' '.join(map(str, seeds))}"
@@ -397,6 +399,24 @@ class Totals:
                     f"{label}same event linked {same}/{same_of} = {same / max(1, same_of):.1%}; "
                     f"different linked {different}/{different_of} = {different / max(1, different_of):.1%}"
                 )
+        if self.same_linked:
+            self._pair_spread()
+
+    def _pair_spread(self) -> None:
+        """How far the seeds' SemEval figure can be read: every seed judges the same few dozen
+        same-event pairs, only placed at other times, so a pair is a few points of the share and
+        the seeds are not more pairs. The interval is taken on the distinct pairs."""
+        pairs = frozenset().union(*(same for same, _ in self.same_linked))
+        runs = len(self.same_linked)
+        times = {p: sum(p in linked for _, linked in self.same_linked) for p in pairs}
+        always, never = sum(n == runs for n in times.values()), sum(n == 0 for n in times.values())
+        share = sum(times.values()) / max(1, runs * len(pairs))
+        low, high = wilson_interval(round(share * len(pairs)), len(pairs))
+        print(
+            f"  {len(pairs)} distinct same-event pairs (one is {1 / max(1, len(pairs)):.1%}): linked in every seed "
+            f"{always}, in some {len(pairs) - always - never}, in none {never}; share {share:.1%}, "
+            f"95% interval on {len(pairs)} pairs (Wilson) {low:.0%} to {high:.0%}"
+        )
 
 
 _PAIR_COUNTS = ("true_pairs", "predicted_pairs", "correct_pairs")
@@ -435,8 +455,9 @@ def report_wikinews(
 
 
 def report_semeval(
-    seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None
+    seed: int, args: argparse.Namespace, now: datetime, every: timedelta | None, totals: Totals
 ) -> tuple[Linked, Linked | None]:
+    """One seed's SemEval run, reported; its same-event pairs and those linked go to ``totals``."""
     articles, pairs = semeval(seed, args.days, now, args.headlines_only)
     with tempfile.TemporaryDirectory() as tmp:
         stored, elapsed = run_pipeline(articles, Path(tmp), args.setting, every, args.database_url)
@@ -449,6 +470,7 @@ def report_semeval(
         return a is not None and a == b
 
     same_linked = sum(linked(p) for p in same)
+    totals.same_linked.append((frozenset(same), frozenset(p for p in same if linked(p))))
     different_linked = sum(linked(p) for p in different)
     cross = score(articles, story_of)
     print(
