@@ -25,7 +25,7 @@ Everything here is a pure function. The rules:
   the next;
 * HTML: sanitized with nh3 (an allow-list; no scripts, handlers, styles, forms, iframes,
   ``javascript:``/``data:`` URLs), relative URLs resolved against the element's
-  ``xml:base`` or the feed URL, plus a plain-text rendering for matching.
+  ``xml:base`` if it is http(s), else the feed URL, plus a plain-text rendering for matching.
 
 Bounds: parse.check_bounds refuses bombs before parsing; here, HTML nested deeper than
 ``MAX_HTML_DEPTH`` is rendered as text (html5ever, under nh3, is quadratic in nesting
@@ -280,8 +280,8 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
 def _readable(entry: RawEntry, feed_url: str) -> tuple[str, str, str, str]:
     """An entry's title, sanitized summary and content (none if it repeats the summary), and
     the plain text matching reads."""
-    summary_html = sanitize_html(entry.summary, entry.summary_base or feed_url) if entry.summary else ""
-    content_html = sanitize_html(entry.content, entry.content_base or feed_url) if entry.content else ""
+    summary_html = sanitize_html(entry.summary, _html_base(entry.summary_base, feed_url)) if entry.summary else ""
+    content_html = sanitize_html(entry.content, _html_base(entry.content_base, feed_url)) if entry.content else ""
     if content_html == summary_html:
         content_html = ""
     return (
@@ -443,11 +443,28 @@ def canonical_url(url: str) -> str | None:
 
 # --- HTML -----------------------------------------------------------------------------------------
 def sanitize_html(fragment: str, base_url: str) -> str:
-    """Allow-listed HTML with every relative URL made absolute against ``base_url``."""
+    """Allow-listed HTML with every relative URL made absolute against ``base_url``, if that is
+    an http(s) URL (else they stay relative). nh3 checks a URL's scheme before it resolves it,
+    not after: against a ``file:`` or ``smb:`` base, ``<img src="p.png">`` would come out as a
+    ``file:`` image, which a reader on Windows fetches over SMB, sending its credentials."""
     if _too_deep(fragment):
         text = plain_text(fragment)
         return f"<p>{html.escape(text, quote=False)}</p>" if text else ""
-    return _cleaner(base_url).clean(fragment).strip()
+    return _cleaner(base_url if _is_http(base_url) else "").clean(fragment).strip()
+
+
+def _is_http(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in LINK_SCHEMES and bool(parts.netloc)
+
+
+def _html_base(base: str | None, feed_url: str) -> str:
+    """What an entry's HTML resolves its relative URLs against: its ``xml:base`` when that is
+    an http(s) URL (feedparser takes a base in any of a dozen schemes), else the feed's URL."""
+    return base if base and _is_http(base) else feed_url
 
 
 @lru_cache(maxsize=64)
@@ -461,6 +478,8 @@ def _cleaner(base_url: str) -> nh3.Cleaner:
         "link_rel": LINK_REL,
         "strip_comments": True,
     }
+    if not base_url:
+        return nh3.Cleaner(**options)
     try:
         return nh3.Cleaner(url_relative=("rewrite_with_base", base_url), **options)
     except ValueError:  # a base nh3 cannot parse: relative URLs stay relative (they are still safe)

@@ -419,6 +419,19 @@ def test_a_hostile_base_url_cannot_turn_relative_urls_into_scripts(base: str) ->
     assert find_escapes(html) == [] and "script" not in html and "data:" not in html
 
 
+@pytest.mark.parametrize("base", ["file://attacker.example/share/", "smb://attacker.example/s/", "feed://a.example/x/"])
+def test_an_xml_base_in_another_scheme_does_not_carry_relative_urls_into_it(base: str) -> None:
+    # nh3 checks the scheme before it resolves against the base: a file: or smb: image would
+    # reach every subscriber's reader (found by the security audit, session 47).
+    fragment = '<img src="p.png" alt="p"><a href="r.pdf">r</a><a href="//cdn.example/z">z</a>'
+    alone = sanitize_html(fragment, base)
+    assert not re.search(r'(?:src|href)="(?!https?:|//|[a-z./])', alone) and "attacker" not in alone
+    entry = normalize_entry(_entry(id="1", title="t", summary=fragment, summary_base=base), BASE, FETCHED_AT)
+    assert 'src="https://example.com/news/p.png"' in entry.summary_html  # against the feed's URL instead
+    assert 'href="https://cdn.example/z"' in entry.summary_html
+    assert "attacker" not in entry.summary_html and "file:" not in entry.summary_html
+
+
 def test_whitespace_collapses_exactly_as_the_regex_would() -> None:
     # collapse replaced re.sub(r"\s+", " ", text).strip() for speed; stored texts and story
     # signatures depend on it giving the same result for every kind of whitespace.
