@@ -103,6 +103,16 @@ MAX_HTML_DEPTH = 400
 # refuses a btree index entry past ~2.7 KB, and items.key, stories.key and canonical_url are
 # indexed. Such an id is keyed by its hash; such a URL is kept as the link but not matched on.
 MAX_IDENTITY_BYTES = 1000
+# What one entry's fields may hold. Past these they are no article's but an accident or an
+# attack, and they would reach every output: lxml (under feedgen) refuses to write a text node
+# past 10 MB, which stopped every output's publish behind one such item. HTML is cut before
+# it is sanitized (the sanitizer closes what the cut left open); a title, author or category
+# is cut at a word, marked "…"; a URL that long is no link.
+MAX_HTML_CHARS = 1_000_000
+MAX_TITLE_CHARS = 1_000
+MAX_NAME_CHARS = 200  # an author, a category
+MAX_CATEGORIES = 50
+MAX_URL_CHARS = 65_536
 # How far apart undated items are placed when nothing bounds them (see place_undated): enough
 # to keep document order through every database's timestamp precision.
 PLACEMENT_STEP = timedelta(seconds=1)
@@ -233,7 +243,7 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     # repair must not be able to bring back a character XML cannot carry.
     received, repaired_entry = entry, _repaired(entry)
     entry = _xml_safe(repaired_entry)
-    link = _http_url(entry.link, feed_url) if entry.link else None
+    link = _http_url(entry.link, feed_url) if entry.link and len(entry.link) <= MAX_URL_CHARS else None
     canonical = canonical_url(link) if link else None
     if canonical and len(canonical.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
         canonical = None
@@ -254,21 +264,25 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     updated = clamp(entry.updated, fetched_at)
     enclosures = []
     for url, kind, length in entry.enclosures:
-        if absolute := _http_url(url, feed_url):
-            enclosures.append(Enclosure(absolute, kind, length))
-    if entry.thumbnail and (thumbnail := _http_url(entry.thumbnail, feed_url)):
+        if len(url) <= MAX_URL_CHARS and (absolute := _http_url(url, feed_url)):
+            enclosures.append(Enclosure(absolute, kind and _first_words(kind, MAX_NAME_CHARS), length))
+    if (
+        entry.thumbnail
+        and len(entry.thumbnail) <= MAX_URL_CHARS
+        and (thumbnail := _http_url(entry.thumbnail, feed_url))
+    ):
         enclosures.append(Enclosure(thumbnail, thumbnail=True))
     return Item(
         key=key,
-        guid=entry.id,
+        guid=entry.id if key.startswith("id:") else None,  # a longer one is kept as its hash
         link=link,
         canonical_url=canonical,
         title=title or _first_words(text) or "(untitled)",
         summary_html=summary_html,
         content_html=content_html,
         text=text,
-        author=(plain_text(entry.author) or None) if entry.author else None,
-        categories=tuple(dict.fromkeys(c for c in (_collapse(c) for c in entry.categories) if c)),
+        author=_author(entry.author),
+        categories=_categories(entry.categories),
         published_at=published,
         updated_at=updated,
         fingerprint=fingerprint,
@@ -277,11 +291,33 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     )
 
 
+def _author(author: str | None) -> str | None:
+    """An author's name as plain text, cut at ``MAX_NAME_CHARS``; None when there is none."""
+    return (_first_words(plain_text(author[:MAX_HTML_CHARS]), MAX_NAME_CHARS) or None) if author else None
+
+
+def _categories(categories: Sequence[str]) -> tuple[str, ...]:
+    """An entry's categories, whitespace collapsed, each cut at ``MAX_NAME_CHARS``, repeats and
+    empty ones left out, at most ``MAX_CATEGORIES``."""
+    cut = (_first_words(_collapse(c[:MAX_TITLE_CHARS]), MAX_NAME_CHARS) for c in categories)
+    return tuple(dict.fromkeys(c for c in cut if c))[:MAX_CATEGORIES]
+
+
+def _cut_html(fragment: str) -> str:
+    """``fragment`` cut at ``MAX_HTML_CHARS``, before a tag the cut would split."""
+    if len(fragment) <= MAX_HTML_CHARS:
+        return fragment
+    head = fragment[:MAX_HTML_CHARS]
+    opened = head.rfind("<")
+    return head[:opened] if opened > head.rfind(">") else head
+
+
 def _readable(entry: RawEntry, feed_url: str) -> tuple[str, str, str, str]:
     """An entry's title, sanitized summary and content (none if it repeats the summary), and
     the plain text matching reads."""
-    summary_html = sanitize_html(entry.summary, _html_base(entry.summary_base, feed_url)) if entry.summary else ""
-    content_html = sanitize_html(entry.content, _html_base(entry.content_base, feed_url)) if entry.content else ""
+    summary, content = entry.summary and _cut_html(entry.summary), entry.content and _cut_html(entry.content)
+    summary_html = sanitize_html(summary, _html_base(entry.summary_base, feed_url)) if summary else ""
+    content_html = sanitize_html(content, _html_base(entry.content_base, feed_url)) if content else ""
     if content_html == summary_html:
         content_html = ""
     return (
@@ -373,7 +409,8 @@ def _title(title: str | None, is_html: bool) -> str:
     """A title as plain text. feedparser hands plain-text titles back unescaped already."""
     if not title:
         return ""
-    return plain_text(title) if is_html else _collapse(title)
+    title = title[:MAX_HTML_CHARS]  # bounds the work below; the text is cut at a word after it
+    return _first_words(plain_text(title) if is_html else _collapse(title), MAX_TITLE_CHARS)
 
 
 EARLIEST_DATE = datetime(1990, 1, 1, tzinfo=UTC)

@@ -370,3 +370,55 @@ def test_ill_formed_documents_give_their_readable_items_and_a_warning_on_the_sou
     assert poll_all(config) == 0
     assert items_per_source(database_url) == {"sloppy": 5, "tidy": 3}
     assert query_rows(database_url, "select last_warning from sources where name = 'sloppy'") == [(None,)]
+
+
+def oversized_rss() -> bytes:
+    """One entry whose fields are far past any article's: a 10.5 MB description (lxml refuses
+    to write a text node past 10 MB), a 20,000-character title, a 5,000-character author and
+    300 categories; and one ordinary entry after it."""
+    return (
+        "<?xml version='1.0'?><rss version='2.0'><channel><title>Huge</title>"
+        f"<item><guid isPermaLink='false'>huge-1</guid><title>{'headline ' * 2_500}</title>"
+        f"<author>{'x' * 5_000}</author>"
+        f"{''.join(f'<category>c{n}</category>' for n in range(300))}"
+        f"<description>{'word ' * 2_100_000}</description></item>"
+        "<item><guid isPermaLink='false'>fine-1</guid><title>An ordinary report</title>"
+        "<description>Text.</description></item>"
+        "</channel></rss>"
+    ).encode()
+
+
+def test_an_item_past_every_bound_is_cut_and_every_output_still_publishes(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """Found by the security audit: one 10.5 MB description stopped the publish of every
+    output, the ones not drawing from its source too, at every poll from then on."""
+    sources = [
+        {"name": "huge", "url": server.add("/huge", body=oversized_rss()), "tags": ["huge"]},
+        {"name": "news", "url": server.add("/news", body=rss2(1, 2)), "tags": ["news"]},
+    ]
+    outputs = """
+    outputs:
+      - slug: everything
+        title: Everything
+      - slug: news-only
+        title: News only
+        tags: [news]
+    """
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=outputs)
+    assert poll_all(config) == 0
+    assert items_per_source(database_url) == {"huge": 2, "news": 2}
+    [(title, author, summary, categories)] = query_rows(
+        database_url,
+        "select i.title, i.author, length(i.summary_html), i.categories from items i where i.guid = 'huge-1'",
+    )
+    assert len(str(title)) <= normalize.MAX_TITLE_CHARS + 1 and str(title).endswith("…")
+    assert len(str(author)) <= normalize.MAX_NAME_CHARS + 1
+    assert isinstance(summary, int) and summary <= normalize.MAX_HTML_CHARS + 100
+    assert len(categories if isinstance(categories, list) else json.loads(str(categories))) == normalize.MAX_CATEGORIES
+    feeds = tmp_path / "data" / "feeds"
+    from lxml import etree
+
+    for slug, titles in (("everything", 4), ("news-only", 2)):
+        root = etree.parse(str(feeds / f"{slug}.atom"))
+        assert len(root.findall("{http://www.w3.org/2005/Atom}entry")) == titles, slug
