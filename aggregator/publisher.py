@@ -152,35 +152,60 @@ class Publisher:
         await ping_hub(settings.websub_hub, urls, user_agent=settings.effective_user_agent)
 
     def publish(self, outputs: list[Output] | None = None, *, force_files: bool = False) -> list[Rendering]:
-        """Render outputs; store and write only the renderings whose bytes changed."""
-        changed = []
+        """Render outputs; store and write only the renderings whose bytes changed. An output
+        that cannot be rendered or written does not hold the others back: each is published on
+        its own, and the ones that failed are named in one ``PublishError`` at the end (the
+        failed ones stay stale, so the next publish tries them again)."""
+        changed: list[Rendering] = []
         now = self.clock()
-        settings = self.config.settings
-        out_dir = Path(settings.resolved_output_dir)
+        out_dir = Path(self.config.settings.resolved_output_dir)
         self.withdraw_removed(out_dir)
         written: set[str] = set()
+        failed = []
         for output in self.config.outputs if outputs is None else outputs:
-            weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
-            entries = self.curation(output, now).entries
-            previous = None if entries else self.store.published(output.slug, "atom")
-            updated = None if entries else empty_feed_updated(previous.body if previous else None, now)
-            renderings = render_all(
-                output, entries, settings.public_url, settings.websub_hub, archives=weeks, updated_if_empty=updated
-            )
-            for rendering in renderings:
-                stored = self.store.save_published(
-                    rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
-                )
-                if stored or force_files:  # else ``restore_files`` checks the file is these bytes
-                    write_atomically(out_dir, rendering)
-                    written.add(rendering.filename)
-                if stored:
-                    metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
-                    changed.append(rendering)
-                    log.info("published %s (%d entries)", rendering.filename, len(entries))
-            self.store.mark_rendered(output.slug, CONFIG_FORMAT, self._fingerprint(output), now)
-        self.restore_files(out_dir, written)
+            try:
+                stored, files = self._publish_one(output, now, out_dir, force_files)
+                changed += stored
+                written |= files
+            except PublishError as exc:
+                log.error("publish: %s", exc)
+                failed.append(str(exc))
+                written |= {f"{output.slug}.{fmt}" for fmt in FORMATS}  # tried: not again below
+        try:
+            self.restore_files(out_dir, written)
+        except PublishError as exc:
+            failed.append(str(exc))
+        if failed:
+            raise PublishError(f"{len(failed)} output(s) not published: {'; '.join(failed)}")
         return changed
+
+    def _publish_one(
+        self, output: Output, now: datetime, out_dir: Path, force_files: bool
+    ) -> tuple[list[Rendering], set[str]]:
+        """``publish`` of one output: its archives, then its renderings. Returns the renderings
+        stored anew and the names of the files written."""
+        settings = self.config.settings
+        changed, written = [], set()
+        weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
+        entries = self.curation(output, now).entries
+        previous = None if entries else self.store.published(output.slug, "atom")
+        updated = None if entries else empty_feed_updated(previous.body if previous else None, now)
+        renderings = render_all(
+            output, entries, settings.public_url, settings.websub_hub, archives=weeks, updated_if_empty=updated
+        )
+        for rendering in renderings:
+            stored = self.store.save_published(
+                rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
+            )
+            if stored or force_files:  # else ``restore_files`` checks the file is these bytes
+                write_atomically(out_dir, rendering)
+                written.add(rendering.filename)
+            if stored:
+                metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
+                changed.append(rendering)
+                log.info("published %s (%d entries)", rendering.filename, len(entries))
+        self.store.mark_rendered(output.slug, CONFIG_FORMAT, self._fingerprint(output), now)
+        return changed, written
 
     def restore_files(self, out_dir: Path, skip: Collection[str] = ()) -> list[str]:
         """Make every configured output's files in ``out_dir`` the bytes stored for it, where
@@ -188,8 +213,9 @@ class Publisher:
         storing a rendering and writing its file, a full disk, or another worker that stored
         the rendering first (its file is then written beside that worker, not here) leave the
         file behind the database, and nginx would serve it so until the output changed again.
-        Compared by ETag, read from the file. Returns the file names rewritten."""
-        rewritten = []
+        Compared by ETag, read from the file. Returns the file names rewritten; a file that
+        cannot be written does not stop the others, and a ``PublishError`` names each at the end."""
+        rewritten, failed = [], []
         for output in self.config.outputs:
             for fmt in FORMATS:
                 filename = f"{output.slug}.{fmt}"
@@ -199,9 +225,16 @@ class Publisher:
                 row = self.store.published(output.slug, fmt)
                 if row is None or row.etag != etag:  # published again meanwhile: by its own writer
                     continue
-                write_file(out_dir, filename, row.body)
+                try:
+                    write_file(out_dir, filename, row.body)
+                except PublishError as exc:
+                    log.error("publish: %s", exc)
+                    failed.append(str(exc))
+                    continue
                 rewritten.append(filename)
                 log.info("rewrote %s: the file was not the feed stored for it", filename)
+        if failed:
+            raise PublishError("; ".join(failed))
         return rewritten
 
     def withdraw_removed(self, out_dir: Path) -> list[str]:

@@ -422,3 +422,29 @@ def test_an_item_past_every_bound_is_cut_and_every_output_still_publishes(
     for slug, titles in (("everything", 4), ("news-only", 2)):
         root = etree.parse(str(feeds / f"{slug}.atom"))
         assert len(root.findall("{http://www.w3.org/2005/Atom}entry")) == titles, slug
+
+
+def test_an_output_that_cannot_be_written_does_not_hold_back_the_others(
+    server: FeedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outputs were published in config order and the first failure ended the publish."""
+    sources = [{"name": "news", "url": server.add("/news", body=rss2(1, 3))}]
+    outputs = """
+    outputs:
+      - slug: blocked
+        title: Blocked
+      - slug: fine
+        title: Fine
+    """
+    config = write_config(tmp_path, sources, outputs=outputs)
+    feeds = tmp_path / "data" / "feeds"
+    (feeds / "blocked.atom").mkdir(parents=True)  # where its file goes: nothing can be renamed onto it
+    assert poll_all(config) == 2  # a runtime failure, named
+    error = capsys.readouterr().err
+    assert "1 output(s) not published: cannot write" in error and "blocked.atom: Is a directory" in error
+    from lxml import etree
+
+    assert len(etree.parse(str(feeds / "fine.atom")).findall("{http://www.w3.org/2005/Atom}entry")) == 3
+    (feeds / "blocked.atom").rmdir()
+    assert main(["--config", str(config), "publish"]) == 0  # stale, so the next publish writes it
+    assert len(etree.parse(str(feeds / "blocked.atom")).findall("{http://www.w3.org/2005/Atom}entry")) == 3
