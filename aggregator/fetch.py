@@ -49,6 +49,7 @@ from aggregator import config as defaults
 from aggregator import contentcoding
 from aggregator.contentcoding import ACCEPT_ENCODING, DECODE_ERRORS
 from aggregator.errors import BlockedAddressError, FetchError, ResponseTooLargeError
+from aggregator.plaintext import visible
 from aggregator.records import FetchResult, SourceToFetch
 
 ACCEPT = (
@@ -133,7 +134,7 @@ class Fetcher:
         try:
             return await asyncio.wait_for(self._fetch(source, started), self.options.total_timeout)
         except (FetchError, aiohttp.ClientError, OSError, ValueError) as exc:
-            error = failure_message(exc, self.options)
+            error = visible(failure_message(exc, self.options))  # it may quote a server's Location
         return FetchResult(
             source_id=source.id,
             url=source.url,
@@ -151,9 +152,9 @@ class Fetcher:
         still_permanent = True
         seen = {url}
         headers = {}
-        if source.etag:
+        if source.etag and is_validator(source.etag):
             headers["If-None-Match"] = source.etag
-        if source.last_modified:
+        if source.last_modified and is_validator(source.last_modified):
             headers["If-Modified-Since"] = source.last_modified
         for _hop in range(self.options.max_redirects + 1):
             if urlsplit(url).scheme not in ("http", "https"):
@@ -191,7 +192,7 @@ class Fetcher:
         if status == 410:
             error, retryable = "410 Gone: the publisher removed this feed", False
         elif status != 304 and not 200 <= status < 300:
-            error = f"HTTP {status} {response.reason or ''}".rstrip()
+            error = visible(f"HTTP {status} {response.reason or ''}".rstrip())
         elif status != 304 and status != 200:
             error = f"HTTP {status}: no feed body"
         return FetchResult(
@@ -204,8 +205,8 @@ class Fetcher:
             body=body,
             content_type=h.get("content-type"),
             # A 304 may omit validators; keep the ones we sent (RFC 9110 §15.4.5).
-            etag=h.get("etag") or (source.etag if status == 304 else None),
-            last_modified=h.get("last-modified") or (source.last_modified if status == 304 else None),
+            etag=_validator(h.get("etag")) or (source.etag if status == 304 else None),
+            last_modified=_validator(h.get("last-modified")) or (source.last_modified if status == 304 else None),
             permanent_url=permanent_url,
             # A list-valued header sent on several lines is one list (RFC 9110 §5.3).
             cache_control=", ".join(h.getall("cache-control", ())) or None,
@@ -287,6 +288,22 @@ def _session(options: FetchOptions, guard: _Guard | None) -> aiohttp.ClientSessi
         max_line_size=MAX_HEADER_LINE,
         max_field_size=MAX_HEADER_LINE,
     )
+
+
+MAX_VALIDATOR = 1024
+
+
+def is_validator(value: str) -> bool:
+    """Whether an ``ETag`` or ``Last-Modified`` value can be sent back in a request header:
+    visible ASCII and spaces, not too long. A server's one bad header, stored and sent back,
+    made every later request fail before it left ("Forbidden control character"), and only a
+    successful fetch would have replaced it."""
+    return len(value) <= MAX_VALIDATOR and all(" " <= c <= "~" or c == "\t" for c in value)
+
+
+def _validator(value: str | None) -> str | None:
+    """``value`` if it is a validator we can send back (``is_validator``), else None."""
+    return value if value and is_validator(value) else None
 
 
 def failure_message(exc: FetchError | aiohttp.ClientError | OSError | ValueError, options: FetchOptions) -> str:

@@ -11,6 +11,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from aggregator.plaintext import visible
+
 CONTEXT_FIELDS = ("source", "url", "outcome", "status")
 NOISY_LOGGERS = ("apscheduler", "alembic", "aiohttp", "uvicorn.error")
 
@@ -35,12 +37,16 @@ class OneLine(logging.Filter):
     """Join a message's lines into one (" / "): a library's multi-line warning (psycopg's
     "error ignored terminating <Pipeline>: ... / server closed the connection unexpectedly /
     ...") would otherwise read as several log entries, the later ones with no time or level.
-    A traceback (``exc_info``) keeps its lines: it is a bug report."""
+    A traceback (``exc_info``) keeps its lines: it is a bug report. Control characters are
+    written out (``plaintext.visible``): much of a message comes from feed servers."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "\n" in message:
-            record.msg, record.args = " / ".join(line.strip() for line in message.splitlines() if line.strip()), ()
+            message = " / ".join(line.strip() for line in message.splitlines() if line.strip())
+        shown = visible(message)
+        if shown != record.getMessage():
+            record.msg, record.args = shown, ()
         return True
 
 

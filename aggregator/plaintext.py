@@ -17,6 +17,23 @@ _BLOCK_TAG = re.compile(
 )
 
 
+# C0 controls but tab and line ends, DEL, C1 controls (U+009B is a terminal's CSI too), and lone
+# surrogates: a header byte that is not UTF-8 comes from aiohttp as one, and no database stores it.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    r"""``text`` with its control characters written out (``\x1b``): a server's reason phrase or
+    redirect target, shown in a log line or in ``aggregator sources``, must not be able to
+    clear, retitle or recolour the operator's terminal."""
+    return _CONTROL.sub(_written_out, text) if _CONTROL.search(text) else text
+
+
+def _written_out(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def collapse(text: str) -> str:
     r"""Whitespace runs to one space, ends stripped: what ``re.sub(r"\s+", " ", text).strip()``
     gives (both use Python's own whitespace test), at a fraction of the cost; it runs several

@@ -36,6 +36,7 @@ class Route:
     chunked: bool = False  # Transfer-Encoding: chunked, so the client cannot know the size up front
     trickle_bytes: int = 0  # send the body this many bytes at a time ...
     trickle_seconds: float = 0.0  # ... with this pause between pieces
+    reason: str | None = None  # the status line's reason phrase, if not the standard one
 
 
 @dataclass
@@ -146,7 +147,7 @@ class FeedServer:
         self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str], route: Route | None = None
     ) -> None:
         try:
-            h.send_response(status)
+            h.send_response(status, route.reason if route is not None else None)
             for name, value in headers.items():
                 h.send_header(name, value)
             if route is not None and route.chunked:

@@ -448,3 +448,28 @@ def test_an_output_that_cannot_be_written_does_not_hold_back_the_others(
     (feeds / "blocked.atom").rmdir()
     assert main(["--config", str(config), "publish"]) == 0  # stale, so the next publish writes it
     assert len(etree.parse(str(feeds / "blocked.atom")).findall("{http://www.w3.org/2005/Atom}entry")) == 3
+
+
+def test_control_characters_from_a_server_reach_neither_a_request_nor_the_terminal(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the security audit: an ETag carrying an escape was stored and sent back, and
+    every later request failed before it left ("Forbidden control character"), for good; and
+    a reason phrase's escapes reached the log and `aggregator sources` raw."""
+    sources = [
+        {"name": "tagged", "url": server.add("/tagged", body=rss2(1, 2), etag='"\x1b[31m"')},
+        {
+            "name": "shouting",
+            "url": server.add("/shouting", Route(status=500, reason="\x1b[31mRED\x1b]0;x\x07 \x9b2J")),
+        },
+    ]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    assert poll_all(config) == 0
+    assert poll_all(config) == 0
+    rows = dict(query_rows(database_url, "select name, coalesce(last_error, '') from sources"))
+    assert rows["tagged"] == ""  # polled twice, fine both times
+    assert rows["shouting"] == "HTTP 500 \\x1b[31mRED\\x1b]0;x\\x07 \\udc9b2J"  # a byte not UTF-8: a surrogate
+    assert main(["--config", str(config), "sources"]) == 0
+    shown = capsys.readouterr()
+    assert "\\x1b[31mRED" in shown.err + shown.out
+    assert not any(c in shown.err + shown.out for c in "\x1b\x07\x9b")
