@@ -466,7 +466,10 @@ def test_control_characters_from_a_server_reach_neither_a_request_nor_the_termin
     config = write_config(tmp_path, sources, settings=f"database: {database_url}")
     assert poll_all(config) == 0
     assert poll_all(config) == 0
-    rows = dict(query_rows(database_url, "select name, coalesce(last_error, '') from sources"))
+    rows = {
+        str(name): str(error)
+        for name, error in query_rows(database_url, "select name, coalesce(last_error, '') from sources")
+    }
     assert rows["tagged"] == ""  # polled twice, fine both times
     assert rows["shouting"] == "HTTP 500 \\x1b[31mRED\\x1b]0;x\\x07 \\udc9b2J"  # a byte not UTF-8: a surrogate
     assert main(["--config", str(config), "sources"]) == 0
