@@ -52,8 +52,9 @@ import ftfy
 import nh3
 
 from aggregator.parse import RawEntry, RawFeed
+from aggregator.plaintext import NOT_XML as _NOT_XML
 from aggregator.plaintext import collapse as _collapse
-from aggregator.plaintext import html_to_text
+from aggregator.plaintext import html_to_text, xml_safe
 from aggregator.records import Enclosure, Item, ParsedFeed
 
 TRACKING_PARAMS = frozenset(
@@ -326,16 +327,6 @@ def _readable(entry: RawEntry, feed_url: str) -> tuple[str, str, str, str]:
         content_html,
         html_to_text(content_html or summary_html),
     )
-
-
-# Characters XML 1.0 cannot carry (C0 controls, lone surrogates, U+FFFE/U+FFFF). feedparser's
-# fallback parser and JSON Feed let them through; lxml (under feedgen) refuses to write them, and
-# nh3 cannot even be called with a lone surrogate. One bad character must not break an output.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def xml_safe(text: str) -> str:
-    return _NOT_XML.sub("", text) if _NOT_XML.search(text) else text
 
 
 def _xml_safe(entry: RawEntry) -> RawEntry:

@@ -22,6 +22,17 @@ _BLOCK_TAG = re.compile(
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+# Characters XML 1.0 cannot carry (C0 controls, lone surrogates, U+FFFE/U+FFFF). feedparser's
+# fallback parser and JSON Feed let them through; lxml (under feedgen) refuses to write them, and
+# nh3 cannot even be called with a lone surrogate. One bad character must not break an output.
+NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` without the characters XML cannot carry (``NOT_XML``)."""
+    return NOT_XML.sub("", text) if NOT_XML.search(text) else text
+
+
 def visible(text: str) -> str:
     r"""``text`` with its control characters written out (``\x1b``): a server's reason phrase or
     redirect target, shown in a log line or in ``aggregator sources``, must not be able to

@@ -476,3 +476,29 @@ def test_control_characters_from_a_server_reach_neither_a_request_nor_the_termin
     shown = capsys.readouterr()
     assert "\\x1b[31mRED" in shown.err + shown.out
     assert not any(c in shown.err + shown.out for c in "\x1b\x07\x9b")
+
+
+def test_texts_an_earlier_version_stored_with_characters_xml_cannot_carry_still_publish(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """Found by the upgrade audit: versions before 6abfa8e stored C0 controls (a corpus feed's
+    summary carries \\x0f), and after an upgrade every publish of that output failed, and the
+    daemon stopped at its start, in a loop under systemd."""
+    from sqlalchemy import create_engine, text
+
+    sources = [{"name": "news", "url": server.add("/news", body=rss2(1, 2))}]
+    config = write_config(tmp_path, sources, settings=f"database: {database_url}")
+    assert poll_all(config) == 0
+    engine = create_engine(database_url)
+    with engine.begin() as conn:  # as the earlier version left them
+        conn.execute(
+            text("update items set title = :title, summary_html = :html, author = :author"),
+            {"title": "Shift\x0fed title", "html": "<p>shift\x0fed \x1b text</p>", "author": "A\x08uthor"},
+        )
+    engine.dispose()
+    assert main(["--config", str(config), "publish"]) == 0
+    from lxml import etree
+
+    atom = etree.parse(str(tmp_path / "data" / "feeds" / "world.atom"))
+    titles = [e.findtext("{http://www.w3.org/2005/Atom}title") for e in atom.getroot()]
+    assert "Shifted title" in titles

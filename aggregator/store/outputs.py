@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, distinct, func, literal, literal_column, select, true
 
 from aggregator.archive import Page
+from aggregator.plaintext import xml_safe
 from aggregator.records import Candidate, Editorial, Enclosure
 from aggregator.store._sql import StoreBase, chunks, insert_ignore_statement, upsert_statement
 from aggregator.store.models import ArchiveRow, EditorialRow, ItemRow, PublishedRow, SourceRow, StoryRow
@@ -135,7 +136,7 @@ class OutputStore(StoreBase):
         with self.session() as s:
             for chunk in chunks(item_ids):
                 query = select(ItemRow.id, ItemRow.summary_html, ItemRow.content_html).where(ItemRow.id.in_(chunk))
-                found.update((row.id, (row.summary_html, row.content_html)) for row in s.execute(query))
+                found.update((row.id, (_safe(row.summary_html), _safe(row.content_html))) for row in s.execute(query))
         return found
 
     def story_candidates(self, source_ids: SourceIds, story_ids: Iterable[int]) -> list[Candidate]:
@@ -374,6 +375,13 @@ def _candidate_select(where: ColumnElement[bool], with_text: bool = True, with_h
     )
 
 
+def _safe(value: Any) -> Any:
+    """A stored text as XML can carry it (``plaintext.xml_safe``), or the value as it is. Items
+    stored before normalizing took such characters out (before 6abfa8e) still hold some, and
+    one of them stopped every publish of its output, and the daemon at its start."""
+    return xml_safe(value) if isinstance(value, str) else value
+
+
 def _candidate_row(r: Any) -> Candidate:
     return Candidate(
         item_id=r.id,
@@ -384,13 +392,13 @@ def _candidate_row(r: Any) -> Candidate:
         source_url=r.url,
         source_link=r.feed_link,
         source_feed_id=r.feed_id,
-        title=r.title,
+        title=_safe(r.title),
         link=r.link,
-        summary_html=r.summary_html,
-        content_html=r.content_html,
-        text=r.text,
-        author=r.author,
-        categories=tuple(r.categories or ()),
+        summary_html=_safe(r.summary_html),
+        content_html=_safe(r.content_html),
+        text=_safe(r.text),
+        author=_safe(r.author),
+        categories=tuple(_safe(c) for c in r.categories or ()),
         published_at=r.sort_at,
         updated_at=max(r.changed_at, r.updated_at or r.changed_at),
         first_seen_at=r.first_seen_at,
