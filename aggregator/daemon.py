@@ -40,7 +40,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from aggregator import metrics, sdnotify
 from aggregator.config import LoadedConfig, Settings, load_config
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.errors import AggregatorError, ConfigError, PublishError
 from aggregator.fetch import Fetcher, FetchOptions
 from aggregator.leases import reclaim_dead_leases
 from aggregator.parseworker import make_parse_pool
@@ -217,7 +217,10 @@ class Daemon:
         self.publisher = Publisher(self.loaded.config, self.store)
         self._fetch_options = fetch_options(self.loaded.config)
         self._fetcher = Fetcher(self._fetch_options)
-        await asyncio.to_thread(self.publisher.publish, None)
+        try:
+            await asyncio.to_thread(self.publisher.publish, None)
+        except PublishError as exc:  # the outputs that failed stay stale: each poll cycle tries again
+            log.error("publishing at start failed: %s", exc)
         scheduler.add_job(self._until_stopped(self._archive), "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
         scheduler.add_job(
             self._until_stopped(self._housekeeping), "interval", hours=24, id="retention",

@@ -318,3 +318,35 @@ def test_a_stop_as_jobs_are_due_or_running_logs_no_error(
     assert "stopped" in caplog.messages
     errors = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert errors == []
+
+
+def test_an_output_that_cannot_be_published_at_start_does_not_stop_the_daemon(
+    server: FeedServer, tmp_path: Path
+) -> None:
+    # Found by the upgrade audit: the publish at start was unguarded, so one output that could
+    # not be rendered stopped the daemon within a second, in a loop under Restart=on-failure.
+    server.add("/f0", Route(body=any_dialect(0, ITEMS)))
+    outputs = """
+    outputs:
+      - slug: blocked
+        title: Blocked
+      - slug: world
+        title: World
+    """
+    config = write_config(
+        tmp_path, [{"name": "feed 0", "url": server.url("/f0")}], settings="tick_seconds: 0.2", outputs=outputs
+    )
+    feeds = tmp_path / "data" / "feeds"
+    (feeds / "blocked.atom").mkdir(parents=True)  # nothing can be renamed onto it
+    process = aggregator("--config", str(config), "worker", cwd=tmp_path)
+    try:
+        atom = feeds / "world.atom"
+        wait_for(lambda: atom.exists() and len(feedparser.parse(atom.read_bytes()).entries) == ITEMS, timeout=40)
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        process.kill()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "publishing at start failed: 1 output(s) not published: cannot write" in log and "blocked.atom" in log
+    assert "Traceback" not in log
