@@ -31,6 +31,13 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "sqlite":
+                # pysqlite begins a transaction only before a statement that changes rows, so a
+                # CREATE TABLE before the first INSERT was committed on its own: a migration
+                # killed after it (a long one, by systemd's start timeout) left the table behind,
+                # and every later upgrade failed on "table ... already exists". Begun here, a
+                # migration's every statement commits or rolls back with its revision.
+                connection.exec_driver_sql("BEGIN")
             context.run_migrations()
 
 

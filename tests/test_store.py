@@ -461,3 +461,32 @@ def test_a_sqlite_file_that_cannot_be_read_is_not_called_unreachable_and_a_full_
         )
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_sqlite_migration_that_fails_midway_leaves_nothing_behind_and_runs_again(database_url: str) -> None:
+    """Found by the upgrade audit: on SQLite a migration's first CREATE TABLE was committed on
+    its own, so a migration stopped after it (killed, or failing) left the table behind, and
+    every later upgrade failed on "table item_match_keys_new already exists"."""
+    engine = make_engine(database_url)
+    command.upgrade(alembic_config(engine), "0004")
+    with engine.begin() as connection:  # a key whose item is gone: 0005's copy refuses it
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.execute(text("INSERT INTO item_match_keys (key, sort_at, item_id) VALUES ('k', '2026-01-01', 999)"))
+    engine.dispose()
+    engine = make_engine(database_url)
+    with pytest.raises(Exception, match="FOREIGN KEY"):
+        command.upgrade(alembic_config(engine), "0005")
+
+    def tables() -> set[str]:
+        with engine.connect() as connection:
+            return {r[0] for r in connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+
+    assert "item_match_keys_new" not in tables() and current_revision(engine) == "0004"
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM item_match_keys WHERE item_id = 999"))
+        # As a run of an earlier version, killed after its CREATE TABLE, left the file:
+        connection.execute(text("CREATE TABLE item_match_keys_new (key VARCHAR(16))"))
+    ensure_schema(engine)
+    assert current_revision(engine) == head_revision() and "item_match_keys_new" not in tables()
+    engine.dispose()

@@ -23,6 +23,7 @@ ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 
 
 def upgrade() -> None:
+    op.execute('DROP TABLE IF EXISTS item_match_keys_new')  # left by a run killed before it committed (older versions; see alembic/env.py)
     op.create_table(
         'item_match_keys_new',
         sa.Column('key', sa.String(length=16), nullable=False),

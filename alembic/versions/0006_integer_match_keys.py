@@ -31,6 +31,7 @@ def _text_key_to_int(key: str) -> int:
 
 def upgrade() -> None:
     bind = op.get_bind()
+    op.execute('DROP TABLE IF EXISTS item_match_keys_new')  # left by a run killed before it committed (older versions; see alembic/env.py)
     op.create_table(
         'item_match_keys_new',
         sa.Column('key', sa.BigInteger(), nullable=False),

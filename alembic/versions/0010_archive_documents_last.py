@@ -28,6 +28,7 @@ COLUMNS = 'slug, week, entries, updated_at, etag, created_at, atom, html'
 def upgrade() -> None:
     if op.get_bind().dialect.name != 'sqlite':
         return
+    op.execute('DROP TABLE IF EXISTS archives_reordered')  # left by a run killed before it committed (older versions; see alembic/env.py)
     op.create_table('archives_reordered',
     sa.Column('slug', sa.String(length=100), nullable=False),
     sa.Column('week', sa.String(length=10), nullable=False),

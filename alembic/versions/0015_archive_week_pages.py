@@ -55,6 +55,7 @@ def _rebuild(week_length: int, with_continuation: bool) -> None:
         sa.Column('continues_at', sa.DateTime(), nullable=True),
         sa.Column('continues_after', ITEM_ID, nullable=True),
     ] if with_continuation else []
+    op.execute('DROP TABLE IF EXISTS archives_rebuilt')  # left by a run killed before it committed (older versions; see alembic/env.py)
     op.create_table('archives_rebuilt',
     sa.Column('slug', sa.String(length=100), nullable=False),
     sa.Column('week', sa.String(length=week_length), nullable=False),
