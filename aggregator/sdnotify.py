@@ -44,3 +44,10 @@ def watchdog() -> bool:
 
 def stopping() -> bool:
     return notify("STOPPING=1")
+
+
+def extend_start(seconds: float) -> bool:
+    """Ask for ``seconds`` more to start in than the unit's ``TimeoutStartSec`` gives, counted
+    from now (systemd 236 and later; older ones ignore it): a migration of a large database
+    takes longer than a start should, and a start killed partway begins again from scratch."""
+    return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")

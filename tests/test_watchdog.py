@@ -183,3 +183,20 @@ def test_failing_when_a_poll_cycle_makes_no_progress_for_longer_than_a_lease() -
     assert assess(1000.0, 999.0, 1000.0 - 239, SETTINGS)["status"] == "ok"
     report = assess(1000.0, 999.0, 1000.0 - 241, SETTINGS)
     assert report["status"] == "failing" and report["polling"] == "stuck"
+
+
+def test_a_migration_apart_asks_systemd_for_more_time_to_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Found by the upgrade audit: a migration of a large SQLite file outlasted TimeoutStartSec,
+    # so systemd killed the start and began it again, forever.
+    from aggregator.store.database import MIGRATION_PING_SECONDS, make_engine, migrate_apart
+
+    url = f"sqlite:///{tmp_path / 'aggregator.db'}"
+    make_engine(url).dispose()
+    with tempfile.TemporaryDirectory(dir="/tmp") as short, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        path = os.path.join(short, "notify")
+        sock.bind(path)
+        sock.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        before, head = migrate_apart(url)
+        assert before is None and head
+        assert sock.recv(100) == f"EXTEND_TIMEOUT_USEC={int(3 * MIGRATION_PING_SECONDS * 1_000_000)}".encode()

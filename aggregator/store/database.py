@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from aggregator import sdnotify
 from aggregator.errors import SchemaError, StorageError
 
 if TYPE_CHECKING:
@@ -237,6 +238,10 @@ def _upgrade_here(engine: Engine) -> tuple[str | None, str]:
     return before, head
 
 
+MIGRATION_PING_SECONDS = 30.0
+"""How often a process waiting for its migration asks systemd for more time to start."""
+
+
 def migrate_apart(url: str) -> tuple[str | None, str]:
     """``upgrade`` the database at ``url`` in a spawned process, waiting for it: what it
     returns, or the ``SchemaError`` or ``StorageError`` it raised, as if raised here. The
@@ -249,6 +254,11 @@ def migrate_apart(url: str) -> tuple[str | None, str]:
     child.start()
     sending.close()
     try:
+        # Under systemd, each wait asks for more time to start than the last one used, so
+        # that TimeoutStartSec does not kill a long migration and start it again forever.
+        sdnotify.extend_start(3 * MIGRATION_PING_SECONDS)
+        while not receiving.poll(MIGRATION_PING_SECONDS):
+            sdnotify.extend_start(3 * MIGRATION_PING_SECONDS)
         outcome = receiving.recv()
     except EOFError:  # it died without a word (killed, out of memory): its stderr says why
         outcome = None
