@@ -140,6 +140,8 @@ def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
     url = settings.database_url
     if not create and (missing := sqlite_file_missing(url)) is not None:
         raise UsageError(_no_database(loaded, f"no database at {missing.absolute()}"))
+    if create and sqlite_file_missing(url) is not None and (elsewhere := _data_left_behind(loaded)) is not None:
+        raise UsageError(elsewhere)
     engine = make_engine(url)
     try:
         if create:
@@ -153,6 +155,27 @@ def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
         yield Store(engine)
     finally:
         engine.dispose()
+
+
+def _data_left_behind(loaded: LoadedConfig) -> str | None:
+    """Why not to start a new, empty database, if ``settings.data_dir`` holds one that --data-dir
+    or $AGGREGATOR_DATA_DIR (which the systemd units set) overrides: an installation from before
+    the units set it keeps its data there, and a service started beside it would begin again
+    with no items and new story ids for everything its subscribers have read (found by the
+    upgrade audit). None when there is nothing left behind."""
+    settings = loaded.config.settings
+    if settings.database or os.environ.get("AGGREGATOR_DATABASE_URL") or not settings.data_dir:
+        return None
+    chosen, chosen_by = settings.data_dir_choice
+    configured = Path(settings.data_dir)
+    if configured.absolute() == chosen.absolute() or not (configured / "aggregator.db").is_file():
+        return None
+    return (
+        f"settings.data_dir in {loaded.path} is {configured.absolute()}, which holds a database, but {chosen_by} "
+        f"chooses {chosen.absolute()}, where there is none: refusing to start a new, empty one beside your data. "
+        f"Move the files of {configured.absolute()} to {chosen.absolute()} (and drop data_dir from the config), "
+        f"or unset ${DATA_DIR_ENV} (the systemd units set it: Environment= in the unit)"
+    )
 
 
 def _no_database(loaded: LoadedConfig, problem: str) -> str:

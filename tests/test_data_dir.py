@@ -171,3 +171,26 @@ def test_check_warns_about_sources_no_output_selects_and_a_url_an_earlier_source
         f"{config}:18: outputs[1]: warning: no source is tagged 'sports', which 'sport' draws from",
     ]
     assert "ok (4 sources, 2 outputs)" in captured.out
+
+
+def test_a_service_told_another_data_directory_will_not_start_empty_beside_the_configured_one(
+    server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by the upgrade audit: the units set $AGGREGATOR_DATA_DIR, which outranks the
+    # data_dir an installation from before them configured; the service began again, empty.
+    custom = tmp_path / "custom"
+    config = service_config(
+        tmp_path / "etc" / "feeds.yaml", server.add("/f", Route(body=RSS)), f"  data_dir: {custom}\n"
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    assert (custom / "aggregator.db").is_file()
+    state = tmp_path / "state"
+    monkeypatch.setenv(DATA_DIR_ENV, str(state))
+    for command in (["poll", "--once"], ["worker"]):
+        assert main(["--config", str(config), *command]) == 1
+        error = capsys.readouterr().err
+        assert f"settings.data_dir in {config} is {custom}, which holds a database" in error
+        assert f"chooses {state}, where there is none: refusing to start a new, empty one" in error
+        assert not (state / "aggregator.db").exists()
+    monkeypatch.setenv(DATA_DIR_ENV, str(custom))  # the same place, named either way: no objection
+    assert main(["--config", str(config), "poll", "--once"]) == 0
