@@ -54,7 +54,7 @@ FETCH_LOG_RETENTION = timedelta(days=14)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$")
 _UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -282,7 +282,7 @@ class Output(_Strict):
     @field_validator("slug")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not _SLUG.match(value):
+        if not _SLUG.fullmatch(value):  # match() with "$" took "world\n"
             raise ValueError("use lowercase letters, digits and '-' (it becomes a URL path)")
         return value
 

@@ -251,9 +251,17 @@ class Fetcher:
 
 
 def blocked_address(address: IPAddress) -> bool:
-    """True for addresses a public feed has no business living on (SSRF guard)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    """True for addresses a public feed has no business living on (SSRF guard). An IPv6 address
+    that carries an IPv4 one (mapped, 6to4 ``2002::/16``, Teredo's client) is judged on that too:
+    on a network that routes 6to4, ``2002:7f00:1::`` reaches 127.0.0.1."""
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = (address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None)
+        if any(inner is not None and blocked_address(inner) for inner in carried):
+            return True
+        if address.ipv4_mapped:
+            address = address.ipv4_mapped
+        elif address.is_site_local:  # fec0::/10: deprecated, still routed on some networks
+            return True
     return (
         address.is_private
         or address.is_loopback

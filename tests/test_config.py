@@ -317,3 +317,19 @@ def test_bad_arguments_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
         main(["frobnicate"])
     assert caught.value.code == 1
     assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+
+
+def test_a_slug_ending_in_a_newline_is_refused() -> None:
+    # YAML's double-quoted "world\n" is a slug with a newline: match() with "$" let it through
+    # (found by the security audit), and it named files and URLs.
+    found = problems(
+        """
+        sources:
+          - name: One
+            url: https://one.example/feed
+        outputs:
+          - slug: "world\\n"
+            title: World
+        """
+    )
+    assert any(p.startswith("feeds.yaml:6: outputs[0].slug: use lowercase") for p in found), found

@@ -435,6 +435,10 @@ def test_the_per_source_flag_lifts_the_guard_for_that_source_only(server: FeedSe
         ("8.8.8.8", False),
         ("2606:2800:220:1:248:1893:25c8:1946", False),
         ("::ffff:93.184.216.34", False),
+        ("2002:7f00:1::", True),  # 6to4 carrying 127.0.0.1 (found by the security audit)
+        ("2002:a9fe:a9fe::", True),  # ... carrying 169.254.169.254
+        ("2002:5db8:d822::", False),  # ... carrying a public address
+        ("fec0::1", True),  # site-local: deprecated, still routed on some networks
     ],
 )
 def test_blocked_address(address: str, blocked: bool) -> None:
