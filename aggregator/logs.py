@@ -42,10 +42,11 @@ class OneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "\n" in message:
-            message = " / ".join(line.strip() for line in message.splitlines() if line.strip())
-        shown = visible(message)
-        if shown != record.getMessage():
+        shown = message
+        if "\n" in shown:
+            shown = " / ".join(line.strip() for line in shown.splitlines() if line.strip())
+        shown = visible(shown)
+        if shown != message:
             record.msg, record.args = shown, ()
         return True
 
