@@ -158,13 +158,22 @@ class Daemon:
         self._next_publish = 0.0  # monotonic time from which the running cycle publishes what it stored
         self._publish_during_cycle: asyncio.Task[None] | None = None
         self._reload_failing = False  # the last reload could not reach the database (logged once)
+        self._failed_cycles: tuple[int, str] = (0, "")  # cycles failed in a row, and the last one's error
+        self._publish_failure = ""  # the last publish's error, while publishing fails
         self._background: set[asyncio.Task[None]] = set()
 
     # --- health ----------------------------------------------------------------------
     def health(self) -> dict[str, object]:
+        """``assess``, which the watchdog acts on, and what it leaves out because a restart
+        would not mend it: poll cycles that keep failing (an unreachable database, a schema an
+        older process does not know) and outputs that cannot be published. A monitor reading
+        /healthz should alert on those; systemd should not restart for them."""
         report = assess(time.monotonic(), self._last_tick, self._polling_since, self.loaded.config.settings)
         if not self.poll:
             report["polling"] = "not in this process"
+        failed, error = self._failed_cycles
+        report["cycles"] = f"the last {failed} failed: {error}" if failed else "ok"
+        report["publishing"] = f"failing: {self._publish_failure}" if self._publish_failure else "ok"
         return report
 
     # --- lifecycle -------------------------------------------------------------------
@@ -220,6 +229,7 @@ class Daemon:
         try:
             await asyncio.to_thread(self.publisher.publish, None)
         except PublishError as exc:  # the outputs that failed stay stale: each poll cycle tries again
+            self._publish_failure = str(exc)
             log.error("publishing at start failed: %s", exc)
         scheduler.add_job(self._until_stopped(self._archive), "interval", seconds=ARCHIVE_CHECK_SECONDS, id="archive")
         scheduler.add_job(
@@ -356,8 +366,13 @@ class Daemon:
         async with self._publishing:
             started = time.monotonic()
             try:
-                # And the outputs an earlier publish left behind (a failed or interrupted one).
+                # And the outputs an earlier publish left behind (a failed or interrupted one),
+                # so a failed output is tried again at every publish, and this says how it went.
                 changed = await asyncio.to_thread(publisher.publish, publisher.outputs_to_publish(changed_sources))
+                self._publish_failure = ""
+            except PublishError as exc:
+                self._publish_failure = str(exc)
+                raise
             finally:
                 took = time.monotonic() - started
                 self._next_publish = time.monotonic() + max(PUBLISH_DURING_CYCLE_SECONDS, 4 * took)
@@ -382,12 +397,18 @@ class Daemon:
             await self._settle_publish_during_cycle()
             # Also with nothing new: what an earlier publish left out (it failed, or the process
             # was killed), and files behind the stored feeds (``Publisher.restore_files``).
-            await self._publish_changes(summary.changed_sources)
+            try:
+                await self._publish_changes(summary.changed_sources)
+            except PublishError as exc:  # what it polled is stored: a cycle that did its part
+                log.error("publishing failed: %s", exc)
+            self._failed_cycles = (0, "")
         except AggregatorError as exc:
             self._release_own_leases = True
+            self._failed_cycles = (self._failed_cycles[0] + 1, str(exc))
             log.error("poll cycle failed: %s", exc)
-        except Exception:  # a bug: one cycle lost, the next tick starts another
+        except Exception as exc:  # a bug: one cycle lost, the next tick starts another
             self._release_own_leases = True
+            self._failed_cycles = (self._failed_cycles[0] + 1, f"unexpected {type(exc).__name__}: {exc}")
             log.exception("poll cycle failed unexpectedly")
         finally:
             await self._settle_publish_during_cycle()

@@ -333,16 +333,23 @@ def test_an_output_that_cannot_be_published_at_start_does_not_stop_the_daemon(
       - slug: world
         title: World
     """
-    config = write_config(
-        tmp_path, [{"name": "feed 0", "url": server.url("/f0")}], settings="tick_seconds: 0.2", outputs=outputs
-    )
+    port = free_port()
+    settings = f"tick_seconds: 0.2\nlisten: 127.0.0.1:{port}"
+    config = write_config(tmp_path, [{"name": "feed 0", "url": server.url("/f0")}], settings=settings, outputs=outputs)
     feeds = tmp_path / "data" / "feeds"
     (feeds / "blocked.atom").mkdir(parents=True)  # nothing can be renamed onto it
-    process = aggregator("--config", str(config), "worker", cwd=tmp_path)
+    process = aggregator("--config", str(config), "run", cwd=tmp_path)
     try:
         atom = feeds / "world.atom"
         wait_for(lambda: atom.exists() and len(feedparser.parse(atom.read_bytes()).entries) == ITEMS, timeout=40)
         assert process.poll() is None
+        # Not the watchdog's business (a restart would not mend it), but a monitor's:
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status_code == 200 and health.json()["cycles"] == "ok"
+        assert health.json()["publishing"].startswith("failing: 1 output(s) not published: cannot write")
+        (feeds / "blocked.atom").rmdir()
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["publishing"] == "ok")
+        assert len(feedparser.parse((feeds / "blocked.atom").read_bytes()).entries) == ITEMS
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:
