@@ -194,3 +194,20 @@ def test_a_service_told_another_data_directory_will_not_start_empty_beside_the_c
         assert not (state / "aggregator.db").exists()
     monkeypatch.setenv(DATA_DIR_ENV, str(custom))  # the same place, named either way: no objection
     assert main(["--config", str(config), "poll", "--once"]) == 0
+
+
+def test_a_new_database_is_readable_by_its_owner_and_group_only(server: FeedServer, tmp_path: Path) -> None:
+    # Found by the security audit: under a shell's usual umask (022) the database, which holds
+    # every source URL (tokens in them too), was readable by every user of the machine.
+    previous = os.umask(0o022)
+    try:
+        config = service_config(tmp_path / "feeds.yaml", server.add("/f", Route(body=RSS)), f"  data_dir: {tmp_path}\n")
+        assert main(["--config", str(config), "poll", "--once"]) == 0
+    finally:
+        os.umask(previous)
+    database = tmp_path / "aggregator.db"
+    assert database.stat().st_mode & 0o777 == 0o640
+    for companion in (tmp_path / "aggregator.db-wal", tmp_path / "aggregator.db-shm"):
+        if companion.exists():  # SQLite gives them the database's own permissions
+            assert companion.stat().st_mode & 0o777 == 0o640, companion
+    assert (tmp_path / "feeds" / "world.atom").stat().st_mode & 0o004  # the outputs stay readable for a web server

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import logging
 import multiprocessing
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -65,6 +66,19 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "alembic"
 
 
+DATABASE_FILE_MODE = 0o640
+"""A new SQLite file's permissions (SQLite gives its WAL and shared-memory files the same): it
+holds every source's URL, tokens in them included, and every item. The systemd units' UMask
+gives the same; a command run from a shell with the usual umask made it readable by all."""
+
+
+def _create_private(file: Path) -> None:
+    """Create the SQLite file ``file`` empty (an empty file is an empty database) with
+    ``DATABASE_FILE_MODE``, if it is not there; any failure is left for SQLite to report."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, DATABASE_FILE_MODE))
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -81,6 +95,7 @@ def make_engine(url: str) -> Engine:
                 file.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a file in the way, a read-only mount, no permission
                 raise StorageError(f"cannot create the directory {file.parent}: {exc.strerror or exc}") from None
+            _create_private(file)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         kwargs["poolclass"] = NullPool if file is None else None
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
