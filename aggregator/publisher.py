@@ -99,6 +99,9 @@ class Publisher:
         self.config = config
         self.store = store
         self.clock = clock
+        # file path -> (inode, mtime, size) when its ETag was last computed, and that ETag:
+        # the daemon checks every output's files at every cycle, and most have not changed
+        self._file_etags: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config: every setting is read from ``self.config`` where it is used."""
@@ -216,11 +219,12 @@ class Publisher:
         Compared by ETag, read from the file. Returns the file names rewritten; a file that
         cannot be written does not stop the others, and a ``PublishError`` names each at the end."""
         rewritten, failed = [], []
+        versions = self.store.published_versions()
         for output in self.config.outputs:
             for fmt in FORMATS:
                 filename = f"{output.slug}.{fmt}"
-                etag = None if filename in skip else self.store.published_etag(output.slug, fmt)
-                if etag is None or _file_etag(out_dir / filename) == etag:
+                etag = None if filename in skip else versions.get((output.slug, fmt), (None,))[0]
+                if etag is None or self._file_etag(out_dir / filename) == etag:
                     continue
                 row = self.store.published(output.slug, fmt)
                 if row is None or row.etag != etag:  # published again meanwhile: by its own writer
@@ -412,11 +416,11 @@ class Publisher:
         """The outputs ``is_stale`` says to render again, read from the store: each one's last
         whole rendering, and when each source last changed (the labels read once for all)."""
         changed = self.store.sources_changed_at()
+        versions = self.store.published_versions()
         labels = None
         stale = []
         for output in self.config.outputs:
-            row = self.store.published(output.slug, CONFIG_FORMAT)
-            rendered = None if row is None else (row.etag, row.published_at)
+            rendered = versions.get((output.slug, CONFIG_FORMAT))
             if draws_from_every_source(output):
                 scope: Collection[int] = changed.keys()
             else:
@@ -434,13 +438,21 @@ class Publisher:
     def _fingerprint(self, output: Output) -> str:
         return config_fingerprint(output, self.config.settings)
 
-
-def _file_etag(path: Path) -> str | None:
-    """``etag_of_file``, or None for a file that is not there (or cannot be read)."""
-    try:
-        return etag_of_file(path)
-    except OSError:
-        return None
+    def _file_etag(self, path: Path) -> str | None:
+        """``etag_of_file``, or None for a file that is not there (or cannot be read); read
+        again only when the file is another one, or was written since (``_file_etags``): files
+        are replaced by renaming, so a changed file has another inode."""
+        try:
+            facts = path.stat()
+            seen = (facts.st_ino, facts.st_mtime_ns, facts.st_size)
+            kept = self._file_etags.get(str(path))
+            if kept is not None and kept[0] == seen:
+                return kept[1]
+            etag = etag_of_file(path)
+        except OSError:
+            return None
+        self._file_etags[str(path)] = (seen, etag)
+        return etag
 
 
 def _merged(candidates: list[Candidate], more: list[Candidate]) -> list[Candidate]:

@@ -284,3 +284,38 @@ def test_a_file_behind_its_stored_feed_and_another_workers_directory_are_brought
         engine.dispose()
     assert main(["--config", str(first), "poll", "--once"]) == 0
     assert (mine / "world.atom").read_bytes() == (theirs / "world.atom").read_bytes()
+
+
+def test_a_publish_reads_only_the_files_written_since_it_last_checked_them(
+    server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daemon checks every output's files against the stored feeds at every cycle
+    # (restore_files); it hashed each file whole every time, changed or not.
+    import aggregator.publisher as publisher_module
+
+    server.add("/f", Route(body=rss2(1, 3)))
+    config = write_config(tmp_path, [{"name": "one", "url": server.url("/f")}])
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    from aggregator.publish import etag_of_file as real
+
+    hashed: list[str] = []
+
+    def counted(path: Path) -> str:
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(publisher_module, "etag_of_file", counted)
+    feeds = tmp_path / "data" / "feeds"
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'aggregator.db'}")
+    try:
+        publisher = Publisher(load_config(config).config, Store(engine))
+        assert publisher.restore_files(feeds) == []
+        assert sorted(hashed) == ["world.atom", "world.html", "world.json", "world.rss"]
+        hashed.clear()
+        assert publisher.restore_files(feeds) == []
+        assert hashed == []  # none written since: none read again
+        (feeds / "world.json").write_text("{}")
+        assert publisher.restore_files(feeds) == ["world.json"]
+        assert hashed == ["world.json"] and len(_entries(feeds / "world.json")) == 3
+    finally:
+        engine.dispose()

@@ -248,6 +248,16 @@ class OutputStore(StoreBase):
             s.execute(delete(PublishedRow).where(PublishedRow.slug == slug))
             return formats
 
+    def published_versions(self) -> dict[tuple[str, str], tuple[str, datetime]]:
+        """Every stored rendering's ETag and when it was stored, by (slug, format), without the
+        bodies: what a publish checks its files and its outputs' freshness against, in one read
+        rather than one per output and format."""
+        with self.session() as s:
+            rows = s.execute(
+                select(PublishedRow.slug, PublishedRow.format, PublishedRow.etag, PublishedRow.published_at)
+            )
+            return {(r.slug, r.format): (r.etag, r.published_at) for r in rows}
+
     def published_etag(self, slug: str, fmt: str) -> str | None:
         """The current ETag of a rendering, without its body: what ``serve`` asks to learn
         whether the bytes it holds are still the published ones."""
