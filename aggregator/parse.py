@@ -92,6 +92,37 @@ def _memoize_feedparser_urls() -> None:
 
 _memoize_feedparser_urls()
 
+MEDIA_DESCRIPTION = "media_description"
+"""Where ``_keep_media_descriptions_apart`` has feedparser put an entry's ``media:description``."""
+
+
+def _keep_media_descriptions_apart() -> None:
+    """Let feedparser file Media RSS's ``media:description`` under a key of its own.
+
+    feedparser reads ``media:description`` as a second ``description``: after the item's own it
+    becomes a content part, before it the summary (feedparser issue #53, open since 2016). It is
+    the description of a photo or video, mostly a caption ("Supporters rallied in front of the
+    State Capitol"), and it stood in for the article in every output and in story matching's
+    lead. Kept apart, it is the entry's text only when the entry has none of its own
+    (``_entry``): a video feed's only description. ``tests/test_parse.py`` fails if a feedparser
+    release renames the handlers (the item's text would then silently be a caption again).
+    """
+    from feedparser.namespaces import mediarss
+
+    def start(parser: Any, attrs: dict[str, str]) -> None:
+        parser.push_content(MEDIA_DESCRIPTION, attrs, "text/plain", 1)
+
+    def end(parser: Any) -> None:
+        parser.pop_content(MEDIA_DESCRIPTION)
+
+    # feedparser dispatches on the element's name: ``_start_`` / ``_end_`` + prefix + local name.
+    for name, handler in (("_start_media_description", start), ("_end_media_description", end)):
+        if hasattr(mediarss.Namespace, name):
+            setattr(mediarss.Namespace, name, handler)
+
+
+_keep_media_descriptions_apart()
+
 
 @dataclass(frozen=True)
 class RawEntry:
@@ -280,6 +311,9 @@ def _entry(e: Any, feed_language: str | None) -> RawEntry:
             content_base, content_language = get(part, "base"), get(part, "language")
     summary_detail = get(e, "summary_detail") or {}
     summary = get(e, "summary")
+    if not summary and content is None:  # a media description is the text of an entry with none
+        summary_detail = get(e, f"{MEDIA_DESCRIPTION}_detail") or {}
+        summary = get(e, MEDIA_DESCRIPTION)
     if summary and "html" not in (get(summary_detail, "type") or "html"):
         summary = html.escape(summary)
     title_detail = get(e, "title_detail") or {}

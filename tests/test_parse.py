@@ -264,3 +264,35 @@ def test_a_byte_order_mark_outranks_a_wrong_http_charset(codec: str, content_typ
     ).encode(codec)
     feed = parse_document(body, "https://example.com/feed", content_type)
     assert (feed.title, [e.title for e in feed.entries], feed.warning) == ("Café", ["Crème brûlée"], None)
+
+
+def test_a_media_description_is_the_text_only_of_an_entry_without_one() -> None:
+    """A photo's caption (Media RSS ``media:description``) before or after the item's own
+    description is not the item's text; a video's description, in an entry with no other, is."""
+    from feedparser.namespaces import mediarss
+
+    # The handlers aggregator.parse replaces: renamed in a feedparser release, this fails.
+    for handler in ("_start_media_description", "_end_media_description"):
+        assert getattr(mediarss.Namespace, handler).__module__ == "aggregator.parse", handler
+    media = "xmlns:media='http://search.yahoo.com/mrss/'"
+    doc = (
+        f"<rss version='2.0' {media}><channel><title>t</title>"
+        "<item><title>after</title><description>The &lt;b&gt;lead&lt;/b&gt;.</description>"
+        "<media:content url='https://i.example/a.jpg' medium='image'>"
+        "<media:description>Supporters rallied</media:description></media:content></item>"
+        "<item><media:content url='https://i.example/b.jpg'><media:title>Photo</media:title>"
+        "<media:description>Caption first</media:description></media:content>"
+        "<title>before</title><description>Lead before</description></item>"
+        "<item><title>video</title><media:group><media:description>Clip &lt; 2 min</media:description>"
+        "</media:group></item>"
+        "<item><title>html</title><media:group><media:description type='html'>&lt;p&gt;Clip&lt;/p&gt;"
+        "</media:description></media:group></item>"
+        "</channel></rss>"
+    ).encode()
+    entries = parse_document(doc, DEFAULT_URL, None).entries
+    assert [(e.title, e.summary, e.content) for e in entries] == [
+        ("after", "The <b>lead</b>.", None),
+        ("before", "Lead before", None),
+        ("video", "Clip &lt; 2 min", None),
+        ("html", "<p>Clip</p>", None),
+    ]
