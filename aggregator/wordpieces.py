@@ -28,6 +28,12 @@ WORDS_REMEMBERED = 20_000
 """Distinct words a process keeps the ids of (forgotten all at once when full): news reuses a
 vocabulary of this order, and each word costs about 250 bytes of the worker's memory."""
 
+REMEMBERED_WORD_CHARS = 48
+"""The longest word whose ids are remembered. A text in a script written without spaces
+(Chinese, Japanese, Thai) is one "word" from space to space, up to the whole title and lead:
+remembered, each such text kept its 2,000 ids (some 20 KB) for a word no later text repeats,
+and ``WORDS_REMEMBERED`` of them would have filled a parse worker's memory limit."""
+
 _NORMALIZER = {
     "type": "Sequence",
     "normalizers": [
@@ -109,10 +115,12 @@ class WordPieces:
         return len(self._known), WORDS_REMEMBERED
 
     def _learn(self, key: str) -> tuple[int, ...]:
-        """The ids of the word ``SPACE + key``, remembered under ``key``."""
-        if len(self._known) >= WORDS_REMEMBERED:
-            self._known.clear()
+        """The ids of the word ``SPACE + key``, remembered under ``key`` unless it is longer
+        than ``REMEMBERED_WORD_CHARS``."""
         ints = self._ints
         pieces = tuple(ints[token.id] for token in self._model.tokenize(SPACE + key))
-        self._known[key] = pieces
+        if len(key) <= REMEMBERED_WORD_CHARS:
+            if len(self._known) >= WORDS_REMEMBERED:
+                self._known.clear()
+            self._known[key] = pieces
         return pieces

@@ -53,6 +53,17 @@ def test_remembered_words_are_bounded_and_forgetting_changes_nothing(
     assert 0 < len(pieces._known) <= 5
 
 
+def test_a_long_unspaced_text_is_read_but_not_remembered(pieces: wordpieces.WordPieces) -> None:
+    """A Chinese lead is one word between spaces: its ids are right, and not kept for a word no
+    later text repeats (each such text's ids took some 20 KB)."""
+    lead = "国务院总理作政府工作报告提出二〇二五年国内生产总值增长目标为百分之五左右" * 30
+    text = f"政府工作报告 {lead} 新华社"
+    assert pieces.first(text, 10_000) == whole(text)
+    assert "政府工作报告" in pieces._known and "新华社" in pieces._known
+    assert lead not in pieces._known
+    assert max(map(len, pieces._known)) <= wordpieces.REMEMBERED_WORD_CHARS
+
+
 def test_a_tokenizer_with_a_space_inside_a_token_is_not_split_into_words() -> None:
     vocab = {"<unk>": 0, "\u2581": 1, "a": 2, "b": 3, "\u2581a": 4, "a\u2581": 5}
     made = Tokenizer(BPE(vocab, [("\u2581", "a"), ("a", "\u2581")], unk_token="<unk>"))
