@@ -85,6 +85,35 @@ DATELINE = re.compile(r"^\s*[A-Z][^()\n]{0,60}?(?P<credit>\([A-Za-z]{2,12}\))\s*
 where and when a correspondent filed and for which agency, not what happened."""
 
 
+NOUNS_CAPITALISED = frozenset({"de", "gsw", "lb", "nds"})
+"""Languages (primary subtags) whose spelling capitalises every noun: German and its kin. In
+them a capital says "noun", not "name": "Polizei", "Zeugen" and "Montagabend" are in every
+police report, and read as names they linked a stabbing with a robbery of the same evening.
+Their items are read for the names a capital cannot make (``extract``'s ``capitals``)."""
+
+_CASELESS_LETTER = re.compile(
+    "[\u0590-\u08ff\u0900-\u0dff\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1100-\u11ff"
+    "\u1780-\u17ff\u3040-\u30ff\u3100-\u318f\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f"
+    "\uac00-\ud7af\uf900-\ufaff\ufb1d-\ufdff\ufe70-\ufeff]"
+)
+"""A letter of a script that has no capitals: Hebrew, Arabic and their neighbours, the Indic
+scripts, Thai, Lao, Tibetan, Myanmar, Khmer, Hangul, kana and the Han ideographs."""
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def capitals_mark_names(title: str, text: str, language: str | None = None) -> bool:
+    """Whether a capital marks a name in this item: not where most of its letters belong to a
+    script without capitals (a Chinese or Arabic report has none to read names from, only the
+    Latin acronyms it quotes), nor in a language that capitalises every noun
+    (``NOUNS_CAPITALISED``, from the item's declared ``language``: German news feeds declare
+    theirs, and no small word list told German from English prose naming "von der Leyen")."""
+    if language and language.replace("_", "-").split("-")[0].casefold() in NOUNS_CAPITALISED:
+        return False
+    sample = f"{title} {text[:LEAD_CHARS]}"
+    caseless = len(_CASELESS_LETTER.findall(sample))
+    return not caseless or 2 * caseless < len(_LETTER.findall(sample))
+
+
 @dataclass(frozen=True)
 class Terms:
     """An item's names and figures: readable forms (for explanations) and their hashes."""
@@ -123,7 +152,7 @@ class Terms:
         return tuple((word, term_key(word)) for word in self.words)
 
 
-def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -> Terms:
+def extract(title: str, text: str, plain: Callable[[str], bool] | None = None, capitals: bool = True) -> Terms:
     """The names and figures of an item's headline and the start of its text, those of the
     headline and the lead's first ``LEADING_CHARS`` first (``Terms.leading`` counts them).
 
@@ -133,7 +162,11 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     colon, every one of a Title Case headline) where they are not plain words ("Kalmaria
     central bank raises key rate", "Putin Rival Takes Message to East Ukraine"). Such an item
     has no text to capitalise its subject in again, and without it a title-only feed's items
-    name almost nothing."""
+    name almost nothing.
+
+    ``capitals``: whether a capital marks a name in this item (``capitals_mark_names``). Where
+    it does not, only the words that are names however they stand are read (in capitals, or
+    capitalised inside: "NATO", "iPhone")."""
     title_tokens = _TOKEN.findall(unicodedata.normalize("NFKC", title).replace("\u00ad", ""))
     lead = unicodedata.normalize("NFKC", text[:LEAD_CHARS]).replace("\u00ad", "")
     matches = list(_TOKEN.finditer(lead))
@@ -150,15 +183,16 @@ def extract(title: str, text: str, plain: Callable[[str], bool] | None = None) -
     background: dict[str, None] = {}
     long_words = [raw for _n, _u, raw, _s in title_tokens if len(raw) >= TITLE_CASE_LETTERS]
     title_case = len(long_words) >= 2 and all(raw[0].isupper() for raw in long_words)
-    alone = sum(1 for _number, _unit, raw, _stop in lead_tokens if raw) < ALONE_WORDS
+    # Words are counted between spaces: a text in a script written without them has few.
+    alone = capitals and sum(1 for _number, _unit, raw, _stop in lead_tokens if raw) < ALONE_WORDS
     found: dict[str, None] = {}
     leading: int | None = None
     headline = 0
     # A sentence-initial or Title-Case word counts only where the same item capitalises it
     # elsewhere, and there it has already been found.
-    for tokens, capitals_tell in ((title_tokens, not title_case), (lead_tokens, True)):
+    for tokens, capitals_tell in ((title_tokens, capitals and not title_case), (lead_tokens, capitals)):
         # A headline alone is read with ``plain`` where its capitals say nothing.
-        unsure = plain if tokens is title_tokens and alone else None
+        unsure = plain if tokens is title_tokens and alone and capitals else None
         initial = True
         if tokens is lead_tokens and alone:
             headline = len(found)
@@ -222,7 +256,11 @@ def _word(raw: str) -> WordFacts:
     elif word in WEEKDAYS or _PRONOUN.match(word):  # no name, however written
         facts = (word, False, False, raw.endswith("."))
     else:
-        acronym = (len(word) >= 2 and raw.replace(".", "").isupper()) or _inner_capital(raw)
+        # A word run together with letters of a script without capitals ("年GDP增长目标") is
+        # no name, whatever its Latin letters say: where it starts and ends is not known.
+        acronym = not _CASELESS_LETTER.search(raw) and (
+            (len(word) >= 2 and raw.replace(".", "").isupper()) or _inner_capital(raw)
+        )
         # A word ending with a full stop ends the sentence, unless it is an abbreviation.
         ends = raw.endswith(".") and not _ABBREVIATION.match(raw) and len(raw) > 3
         facts = (word, acronym, raw[0].isupper(), ends)

@@ -94,7 +94,7 @@ def parse_and_prepare(
     feed = document_to_feed(body, url, content_type, fetched_at)
     todo = list(_unknown(feed, known))
     signatures = {item.key: cluster.Signed.of(item.title, item.text) for item in todo}
-    prepared = {item.key: featurize(item.title, feature_text(item)) for item in todo} if semantic else {}
+    prepared = {item.key: featurize(item.title, feature_text(item), item.language) for item in todo} if semantic else {}
     return feed, signatures, prepared
 
 
@@ -120,9 +120,9 @@ def feature_text(item: Item) -> str:
     return html_to_lines(html) if html else item.text
 
 
-def featurize(title: str, text: str) -> Featurized:
-    """An item's story features (stored form) and words."""
-    features, terms = stories.features_of(title, text, signed=False)
+def featurize(title: str, text: str, language: str | None = None) -> Featurized:
+    """An item's story features (stored form) and words; ``language``: its declared one."""
+    features, terms = stories.features_of(title, text, signed=False, language=language)
     return features.dumps(), terms.words
 
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 import base64
 import itertools
 import math
+import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,10 +67,10 @@ from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 from aggregator.plaintext import collapse
 
-FEATURES_VERSION = "s10"
+FEATURES_VERSION = "s11"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9")
+OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
 took a wire dateline's place and date for leading names and its agency credit for a name,
@@ -84,7 +85,10 @@ name capitalised inside ("TikTok") where it opened a sentence or headline (``nam
 appeared first on …") or a credit line ending a short text as the item's own words
 (``cluster.without_boilerplate``), and took the first word of a paragraph that follows one
 with no full stop for a name ("… and looting The tanks rolled in": ``parseworker.feature_text``).
-Both changes came in one release, as ``s10``."""
+Both changes came in one release, as ``s10``, which (the same layout) took the capitalised
+nouns of a German item for names, the figures of an item that names no one for evidence, and
+every word of another alphabet than the Latin for a rare word (``names.capitals_mark_names``,
+``names.extract``, ``_LATIN_WORD``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy
@@ -650,16 +654,27 @@ def stored_keys(copy_keys: tuple[int, ...], features: Features) -> tuple[int, ..
     return copy_keys + tuple(name_key(t) for t in sorted(features.terms))
 
 
-def features_of(title: str, text: str, signed: bool = True) -> tuple[Features, Terms]:
+def features_of(title: str, text: str, signed: bool = True, language: str | None = None) -> tuple[Features, Terms]:
     """An item's features from its plain-text title and text (with its lead signature unless
     ``signed`` is false: the parse worker signs items on its own), and its readable terms:
     names and figures, then the stems of its rare plain words (marked ``~``). Feed boilerplate
     ending the text is not the item's (``cluster.without_boilerplate``). A newline in ``text``
-    ends a sentence for the names (``parseworker.feature_text``), and is a space to the rest."""
+    ends a sentence for the names (``parseworker.feature_text``), and is a space to the rest.
+    ``language``: the item's declared language, if any, which says whether its capitals mark
+    names (``names.capitals_mark_names``)."""
     text = cluster.without_boilerplate(text)
-    terms = names.extract(title, text, plain_word)
+    capitals = names.capitals_mark_names(title, text, language)
+    terms = names.extract(title, text, plain_word, capitals)
     text = flattened(text)
-    words = rare_words(title, text, terms)
+    # Where capitals mark no names, the words they would have told apart are no plain words of
+    # the model's language either: a German item's nouns ("Polizei", "Zeugen") are all words
+    # its tokenizer splits, and would all have looked rare.
+    words = rare_words(title, text, terms) if capitals else {}
+    if not words and all(map(names.is_figure, terms.words)):
+        # Figures are evidence only beside a name or a rare word. Alone (the day of the month,
+        # a count of victims) they are what any report of that day may carry: a Chinese budget
+        # report and a Shenzhen fire shared "3月5日" and "2025年", and nothing told them apart.
+        terms = Terms(())
     signature = cluster.signature(title, text) if signed else None
     weights = {key: weight for key, weight in words.values()}
     keys, leading = terms.keys, terms.leading_keys
@@ -703,6 +718,8 @@ def rare_words(title: str, text: str, terms: Terms) -> dict[str, tuple[int, floa
     if missing:
         for word, pieces in zip(missing, semantic.embedder().pieces(missing), strict=True):
             weight = RARE_WORD_WEIGHT if pieces >= RARE_PIECES else RARE_WORD_WEIGHT / 2 if pieces == 2 else 0.0
+            if not _LATIN_WORD.fullmatch(word):
+                weight = 0.0  # the tokenizer splits every word of another alphabet: no rarity told
             stem = names.stem(word)
             known[word] = (stem, names.term_key(stem), weight)
         if len(_rarity) + len(missing) > RARE_WORDS_REMEMBERED:
@@ -718,6 +735,12 @@ def rare_words(title: str, text: str, terms: Terms) -> dict[str, tuple[int, floa
                     return found
     return found
 
+
+_LATIN_WORD = re.compile("[a-z\u00df-\u024f\u1e00-\u1eff]+")
+"""A case-folded word in the Latin alphabet, marks and all ("aéroport", "gunfire"). The model's
+tokenizer learnt its pieces from text in that alphabet: a word it splits is rare there, but it
+splits every Arabic, Greek or Cyrillic word alike ("أشخاص", "persons", looked as rare as a
+name), so only Latin words are told rare by it (``rare_words``)."""
 
 MAX_RARE_WORDS = 16
 """Rare plain words an item keeps: a headline and lead of real news has about ten, and a text

@@ -200,7 +200,9 @@ class StoryMatcher:
             # Computed here only for an item the parse worker was told is stored as it is, and
             # which the store no longer holds so (another worker changed it since): rare.
             signed = signatures.get(item.key) or cluster.Signed.of(item.title, item.text)
-            stored, words = features.get(item.key) or parseworker.featurize(item.title, parseworker.feature_text(item))
+            stored, words = features.get(item.key) or parseworker.featurize(
+                item.title, parseworker.feature_text(item), item.language
+            )
             return signed, stored, words, stories.Features.loads(stored, signed.signature)
 
         prepared = [(new, *prepare(new.item)) for new in plan.inserts]

@@ -133,9 +133,11 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = stories.features_of
 
-    def counting(title: str, text: str, signed: bool = True) -> tuple[stories.Features, names.Terms]:
+    def counting(
+        title: str, text: str, signed: bool = True, language: str | None = None
+    ) -> tuple[stories.Features, names.Terms]:
         seen.append(title)
-        return real(title, text, signed)
+        return real(title, text, signed, language)
 
     monkeypatch.setattr(stories, "features_of", counting)
     return seen
