@@ -269,7 +269,13 @@ def _field(candidate: Candidate, name: str) -> str:
 
 
 def _same_language(wanted: str, actual: str) -> bool:
-    return actual.lower().split("-")[0] == wanted.lower().split("-")[0]
+    """Whether two language tags name one language, whatever region or script follows it. RSS
+    feeds write a POSIX locale ("fr_FR") in <language> as often as a BCP 47 tag ("fr-FR")."""
+    return _primary_language(actual) == _primary_language(wanted)
+
+
+def _primary_language(tag: str) -> str:
+    return tag.lower().replace("_", "-").split("-")[0]
 
 
 @cache

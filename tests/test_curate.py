@@ -79,6 +79,22 @@ def test_include_rules_and_language() -> None:
     assert reasons[3] == "excluded: language fr is not en"
 
 
+@pytest.mark.parametrize(
+    ("wanted", "declared", "kept"),
+    [
+        ("fr", "fr_FR", True),
+        ("fr-fr", "FR_ca", True),
+        ("fr", "fr-FR", True),
+        ("fr", "fry", False),
+        ("en", "fr_FR", False),
+    ],
+)
+def test_a_language_tag_s_region_may_follow_an_underscore(wanted: str, declared: str, kept: bool) -> None:
+    """RSS feeds copy a POSIX locale into <language> ("fr_FR") as often as a BCP 47 tag."""
+    output = Output(slug="w", title="W", language=wanted)
+    assert curate(output, [cand(1, language=declared)]).verdicts[0].included is kept
+
+
 def test_one_entry_per_story_led_by_the_first_outlet() -> None:
     early = cand(1, story=7, source="Wire", first_seen_at=NOW - timedelta(hours=5))
     late = cand(2, story=7, source="Daily", first_seen_at=NOW - timedelta(hours=1))
