@@ -22,7 +22,8 @@ Everything here is a pure function. The rules:
   "ChÃ¡vez", "Â£200m": a feed declaring the wrong charset, or a CMS that stored it so) is
   decoded again, once, here (``repaired``), so every output, page, archive and embedding
   reads the text as it was written, and a name is not "Putinâ" in one report and "Putin" in
-  the next;
+  the next; and it is composed (NFC, ``composed``): one text is one item whichever Unicode
+  form its feed wrote it in;
 * HTML: sanitized with nh3 (an allow-list; no scripts, handlers, styles, forms, iframes,
   ``javascript:``/``data:`` URLs), relative URLs resolved against the element's
   ``xml:base`` if it is http(s), else the feed URL, plus a plain-text rendering for matching.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -143,7 +145,7 @@ def normalize_feed(raw: RawFeed, feed_url: str, fetched_at: datetime) -> ParsedF
         seen[item.key] = item
         items.append(item)
     return ParsedFeed(
-        title=(_title(xml_safe(repaired(raw.title)), raw.title_is_html) or None) if raw.title else None,
+        title=(_title(xml_safe(composed(repaired(raw.title))), raw.title_is_html) or None) if raw.title else None,
         link=_http_url(xml_safe(raw.link), feed_url) if raw.link else None,
         feed_id=xml_safe(raw.feed_id) if raw.feed_id else None,
         ttl_minutes=raw.ttl_minutes,
@@ -242,7 +244,10 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
     # Repaired before anything else reads the text: a no-break space that was a UTF-8 byte
     # ("Ã\xa0" for "à") would be collapsed to a plain space below. And before _xml_safe: a
     # repair must not be able to bring back a character XML cannot carry.
-    received, repaired_entry = entry, _repaired(entry)
+    # Composed first (``composed``): the text an item is known by, when it has no guid or link,
+    # is the composed text as it arrived, whichever form the feed wrote it in.
+    received = _composed(entry)
+    repaired_entry = _repaired(received)
     entry = _xml_safe(repaired_entry)
     link = _http_url(entry.link, feed_url) if entry.link and len(entry.link) <= MAX_URL_CHARS else None
     canonical = canonical_url(link) if link else None
@@ -382,18 +387,42 @@ def repaired(text: str) -> str:
     return ftfy.fix_encoding(text, _ENCODING_ONLY) if _MAYBE_MISDECODED.search(text) else text
 
 
+READABLE_FIELDS = ("title", "summary", "content", "author")  # and the categories
+
+
 def _repaired(entry: RawEntry) -> RawEntry:
     """The entry with its readable text repaired: what readers and story matching see. Ids,
-    links and languages are identifiers, matched byte for byte, and are left alone."""
+    links and languages are identifiers, matched byte for byte, and are left alone. A repair
+    gives the characters the bytes were written in, composed or not: it is composed again."""
+    return _with_text(entry, lambda value: composed(repaired(value)))
+
+
+def _composed(entry: RawEntry) -> RawEntry:
+    """The entry with its readable text composed (``composed``); identifiers as they came."""
+    return _with_text(entry, composed)
+
+
+def _with_text(entry: RawEntry, change: Callable[[str], str]) -> RawEntry:
+    """The entry with ``change`` applied to the fields readers see, itself when none changed."""
     changes: dict[str, Any] = {}
-    for field in ("title", "summary", "content", "author"):
+    for field in READABLE_FIELDS:
         value = getattr(entry, field)
-        if value and (fixed := repaired(value)) != value:
-            changes[field] = fixed
-    categories = tuple(repaired(c) for c in entry.categories)
+        if value and (changed := change(value)) != value:
+            changes[field] = changed
+    categories = tuple(change(c) for c in entry.categories)
     if categories != entry.categories:
         changes["categories"] = categories
     return replace(entry, **changes) if changes else entry
+
+
+def composed(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC). A feed written on a Mac, or by software that
+    decomposes, writes "é" as "e" and a combining accent: the same to a reader, other code
+    points to everything that compares text. Stored so, the item was one apart from its composed
+    twin (its fingerprint, and its key when known by its text, are hashes of the text), and
+    keyword rules and story matching's names missed it. Canonical composition only: full-width
+    letters, ligatures and the like stay as written (NFKC would change what readers see)."""
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
 def _title(title: str | None, is_html: bool) -> str:

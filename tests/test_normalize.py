@@ -21,8 +21,11 @@ text is not an escape, and neither is ``alt="<script>"``.
 from __future__ import annotations
 
 import re
+import unicodedata
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
+from typing import Literal
 
 import pytest
 
@@ -344,6 +347,42 @@ def test_categories_authors_and_titles_are_clean_text() -> None:
         FETCHED_AT,
     )
     assert (item.title, item.author, item.categories) == ("Bold title", "Jane Doe", ("World", "world", "Europe Union"))
+
+
+def test_text_is_stored_composed_so_that_both_unicode_forms_of_an_entry_are_one_item() -> None:
+    """An entry written on a Mac may come decomposed (NFD: "e" and a combining accent): it looks
+    the same but is other code points, so it was stored beside its composed twin, and escaped
+    keyword rules and story matching's names. Identifiers are left as they came: a guid or a
+    link is matched byte for byte, and changing it would store an item again under a new key."""
+    fields = {
+        "title": "Café in São Paulo",
+        "summary": "<p>Señor Müller’s crème brûlée</p>",
+        "content": "<p>Ελλάδα: Ἀθῆναι, Hà Nội, が</p>",
+        "author": "José Núñez",
+    }
+
+    def entry(form: Literal["NFC", "NFD"], **more: object) -> RawEntry:
+        text = {name: unicodedata.normalize(form, value) for name, value in fields.items()}
+        return _entry(**text, categories=(unicodedata.normalize(form, "Política"),), **more)
+
+    composed = normalize_entry(entry("NFC"), BASE, FETCHED_AT)
+    decomposed = normalize_entry(entry("NFD"), BASE, FETCHED_AT)
+    assert composed.key.startswith("hash:")
+    assert decomposed == composed
+    assert (decomposed.title, decomposed.author, decomposed.categories) == (
+        "Café in São Paulo",
+        "José Núñez",
+        ("Política",),
+    )
+    feed = normalize_feed(replace(_feed(), title=unicodedata.normalize("NFD", "Noticias de España")), BASE, FETCHED_AT)
+    assert feed.title == "Noticias de España"
+
+    guid, link = unicodedata.normalize("NFD", "tag:café,2026:1"), unicodedata.normalize("NFD", "https://café.example/é")
+    by_guid = normalize_entry(entry("NFD", id=guid, link=link), BASE, FETCHED_AT)
+    by_link = normalize_entry(entry("NFD", link=link), BASE, FETCHED_AT)
+    assert (by_guid.key, by_guid.guid, by_guid.link) == (f"id:{guid}", guid, link)
+    assert by_link.key == "url:https://xn--caf-dma.example/" + unicodedata.normalize("NFD", "é")
+    assert by_guid.title == "Café in São Paulo"
 
 
 def _feed(*entries: RawEntry) -> RawFeed:
