@@ -4,8 +4,9 @@
 output's sources, ``source_scope``, and age window by the store) and returns ``OutputEntry``s:
 
 * include rules: when any are given, an item must match at least one; exclude rules:
-  an item matching any is out. Keywords match whole words, case-insensitively;
-  patterns are regular expressions (searched, case-insensitive);
+  an item matching any is out. Keywords match whole words, case-insensitively (a side of a
+  keyword in a script written without spaces, Chinese, Japanese, Thai..., needs no boundary:
+  ``_keyword``); patterns are regular expressions (searched, case-insensitive);
 * one entry per story: the earliest-dated of the items found with the story's first leads (the
   original report, not whichever feed answered first), and a later one never does
   (``in_lead_order``); the others become "also reported by";
@@ -283,6 +284,27 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern, re.IGNORECASE)
 
 
+# Scripts written without spaces between words: Thai, Lao, Tibetan, Myanmar, Khmer, the Tai
+# scripts, Balinese, Javanese, and Chinese and Japanese (Han, kana, their marks and radicals).
+# Hangul is not among them: Korean puts spaces between words.
+UNSPACED_SCRIPTS = (
+    "\u0e00-\u0fff\u1000-\u109f\u1780-\u17ff\u1950-\u19ff\u1a20-\u1aaf\u1b00-\u1b7f"
+    "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3031-\u3035\u303b\u303c\u3040-\u312f\u3190-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\ua980-\ua9ff\uaa60-\uaadf\uf900-\ufaff\uff66-\uff9f"
+    "\U0001b000-\U0001b16f\U00020000-\U0003ffff"
+)
+_UNSPACED = re.compile(f"[{UNSPACED_SCRIPTS}]")
+# A letter or digit of a script that does put spaces between words: a keyword's edge in such a
+# script must not touch one ("cat" is no word of "category"), though it may touch a character
+# of an unspaced script, where its word ends just as well ("iPhone" in "新型iPhoneを発表").
+_SPACED_WORD_CHARACTER = f"[^\\W{UNSPACED_SCRIPTS}]"
+
+
 @cache
 def _keyword(word: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
+    """A keyword as a whole word. A side of it written in a script without spaces needs no
+    boundary there: a Chinese, Japanese or Thai word stands inside a run of letters ("東京で
+    地震 震度5弱"), where no whole-word test could ever find it."""
+    before = "" if _UNSPACED.match(word[:1]) else f"(?<!{_SPACED_WORD_CHARACTER})"
+    after = "" if _UNSPACED.match(word[-1:]) else f"(?!{_SPACED_WORD_CHARACTER})"
+    return re.compile(f"{before}{re.escape(word)}{after}", re.IGNORECASE)

@@ -68,6 +68,35 @@ def test_each_rule_kind(rule: Rule, candidate: Candidate, hit: bool) -> None:
         assert verdicts[0].reason == "excluded by rule exclude[0]"
 
 
+@pytest.mark.parametrize(
+    ("keyword", "title", "hit"),
+    [
+        # Chinese, Japanese and Thai write no spaces between words: a word stands inside a run of
+        # letters, and the side of a keyword written in such a script needs no boundary.
+        ("地震", "東京で地震 震度5弱", True),
+        ("地震", "四川省发生6.1级地震", True),
+        ("ガザ", "イスラエル軍がガザ地区を空爆", True),
+        ("แผ่นดินไหว", "เกิดแผ่นดินไหวที่เชียงราย", True),
+        ("ស្ថានទូត", "នៅស្ថានទូតអាមេរិក", True),  # Khmer
+        ("台風", "大型の台風10号", True),
+        ("台風", "東京で地震", False),
+        # A word of a spaced script ends where such a script begins, and nowhere else.
+        ("iPhone", "新型iPhoneを発表", True),
+        ("iPhone", "iPhones sold out", False),
+        ("cat", "category error", False),
+        ("cat", "猫はcatです", True),
+        ("Москва", "Москвасити", False),
+        ("東京-Tokyo", "東京-Tokyoline", False),
+        ("서울", "서울시장", False),  # Korean puts spaces between words
+    ],
+)
+def test_keywords_of_scripts_written_without_spaces_match_inside_running_text(
+    keyword: str, title: str, hit: bool
+) -> None:
+    output = Output(slug="w", title="W", include=(Rule(keywords=(keyword,)),))
+    assert curate(output, [cand(1, title=title)]).verdicts[0].included is hit
+
+
 def test_include_rules_and_language() -> None:
     output = Output(slug="w", title="W", include=(Rule(keywords=("climate",)),), language="en")
     result = curate(
