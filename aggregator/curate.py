@@ -4,9 +4,10 @@
 output's sources, ``source_scope``, and age window by the store) and returns ``OutputEntry``s:
 
 * include rules: when any are given, an item must match at least one; exclude rules:
-  an item matching any is out. Keywords match whole words, case-insensitively (a side of a
-  keyword in a script written without spaces, Chinese, Japanese, Thai..., needs no boundary:
-  ``_keyword``); patterns are regular expressions (searched, case-insensitive);
+  an item matching any is out. Keywords match whole words in any case, with or without the
+  marks on Latin and Greek letters (``folded``; a side of a keyword in a script written without
+  spaces, Chinese, Japanese, Thai..., needs no boundary: ``_keyword``); patterns are regular
+  expressions (searched, case-insensitive, in the text as it is);
 * one entry per story: the earliest-dated of the items found with the story's first leads (the
   original report, not whichever feed answered first), and a later one never does
   (``in_lead_order``); the others become "also reported by";
@@ -25,6 +26,7 @@ which is what ``aggregator items`` prints.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -242,19 +244,50 @@ def lead_of(members: Iterable[Stored]) -> Stored | None:
 def _rule_verdict(output: Output, candidate: Candidate) -> str | None:
     if output.language and candidate.language and not _same_language(output.language, candidate.language):
         return f"excluded: language {candidate.language} is not {output.language}"
+    fields = _RuleFields(candidate)
     for index, rule in enumerate(output.exclude):
-        if matches(rule, candidate):
+        if fields.match(rule):
             return f"excluded by rule exclude[{index}]"
-    if output.include and not any(matches(rule, candidate) for rule in output.include):
+    if output.include and not any(fields.match(rule) for rule in output.include):
         return "excluded: matches no include rule"
     return None
 
 
 def matches(rule: Rule, candidate: Candidate) -> bool:
-    haystack = "\n".join(_field(candidate, name) for name in rule.fields)
-    if rule.pattern is not None:
-        return _compiled(rule.pattern).search(haystack) is not None
-    return any(_keyword(word).search(haystack) for word in rule.keywords or ())
+    """Whether ``rule`` matches ``candidate``: a keyword anywhere in the folded text of its
+    fields (``folded``, ``_keyword``), a pattern searched in the text as it is."""
+    return _RuleFields(candidate).match(rule)
+
+
+class _RuleFields:
+    """A candidate's fields as its output's rules read them, each read and folded once however
+    many rules look at it: rules run over every candidate at every publish, and the summary of
+    an item with content is rendered from its HTML."""
+
+    def __init__(self, candidate: Candidate) -> None:
+        self._candidate = candidate
+        self._read: dict[str, str] = {}
+        self._folded: dict[str, str] = {}
+
+    def match(self, rule: Rule) -> bool:
+        # A pattern says exactly what it matches, so it reads the text unfolded: "^STRASSE$" or
+        # "caf[eé]" written for the text as it is would otherwise change meaning.
+        if rule.pattern is not None:
+            haystack = "\n".join(self._text(name) for name in rule.fields)
+            return _compiled(rule.pattern).search(haystack) is not None
+        haystack = "\n".join(self._folded_text(name) for name in rule.fields)
+        return any(_keyword(word).search(haystack) for word in rule.keywords or ())
+
+    def _text(self, name: str) -> str:
+        if name not in self._read:
+            self._read[name] = _field(self._candidate, name)
+        return self._read[name]
+
+    def _folded_text(self, name: str) -> str:
+        text = self._text(name)  # keyed by the text: an item's summary is often its content
+        if text not in self._folded:
+            self._folded[text] = folded(text)
+        return self._folded[text]
 
 
 def _field(candidate: Candidate, name: str) -> str:
@@ -302,9 +335,44 @@ _SPACED_WORD_CHARACTER = f"[^\\W{UNSPACED_SCRIPTS}]"
 
 @cache
 def _keyword(word: str) -> re.Pattern[str]:
-    """A keyword as a whole word. A side of it written in a script without spaces needs no
-    boundary there: a Chinese, Japanese or Thai word stands inside a run of letters ("東京で
-    地震 震度5弱"), where no whole-word test could ever find it."""
-    before = "" if _UNSPACED.match(word[:1]) else f"(?<!{_SPACED_WORD_CHARACTER})"
+    """A keyword as a whole word, to search for in ``folded`` text. A side of it written in a
+    script without spaces needs no boundary there: a Chinese, Japanese or Thai word stands
+    inside a run of letters ("東京で地震 震度5弱"), where no whole-word test could find it."""
+    literal = re.escape(folded(word))
+    # The test before the word is made after it (a fixed-width lookbehind over the word too):
+    # a pattern that opens with its literal is searched for as one, 20 times faster.
+    before = "" if _UNSPACED.match(word[:1]) else f"(?<!{_SPACED_WORD_CHARACTER}{literal})"
     after = "" if _UNSPACED.match(word[-1:]) else f"(?!{_SPACED_WORD_CHARACTER})"
-    return re.compile(f"{before}{re.escape(word)}{after}", re.IGNORECASE)
+    return re.compile(f"{literal}{before}{after}")
+
+
+# Latin letters with no decomposition into a letter and a mark, as names.unaccented writes them
+# ("Wałęsa" is "Walesa", Turkish "Diyarbakır" is "Diyarbakir"); the two must agree.
+_UNMARKED_LETTERS = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i"})
+_ANY_UNMARKED_LETTER = re.compile("[øłđðþæœı]")  # translate looks each character up: 20 times dearer
+# The marks on a Latin (in decomposed, case-folded text: ASCII) or Greek letter.
+_LATIN_OR_GREEK_MARKS = re.compile("(?<=[\x00-\x7f\u0370-\u03ff])[\u0300-\u036f]+")
+# Latin letters with a mark, Greek letters and combining marks: only a text with one of these
+# is decomposed and composed again, which for Japanese text (its kana decompose) costs ten times
+# what all the rest of the folding does.
+_MAY_CARRY_MARKS = re.compile("[\u00c0-\u024f\u0300-\u03ff\u1e00-\u1fff]")
+
+
+def folded(text: str) -> str:
+    """``text`` as keywords are matched in it (the keyword folded too): compatibility forms
+    composed (NFKC: full-width "ＮＨＫ" is "NHK", half-width kana full), case folded fully
+    (``re.IGNORECASE`` maps one letter to one: "Straße" never met "STRASSE"), and the marks
+    on Latin and Greek letters dropped. Wires drop accents ("Sanchez" for "Sánchez", as story
+    matching's ``names.unaccented`` does) and Greek capitals drop the tonos ("ΣΕΙΣΜΟΣ" for
+    "σεισμός"). Turkish capital "İ" folds to "i" and a dot, which goes with the marks, and
+    dotless "ı" is written "i": "İSTANBUL" is "istanbul", "Diyarbakır" "diyarbakir". Marks on
+    other scripts' letters stay: they tell letters apart (Cyrillic "й" is no "и", Japanese "ガ"
+    no "カ"). Spanish "año" does become "ano": the price of meeting the wires' spelling."""
+    if text.isascii():
+        return text.lower()
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if _ANY_UNMARKED_LETTER.search(text):
+        text = text.translate(_UNMARKED_LETTERS)
+    if not _MAY_CARRY_MARKS.search(text):
+        return text
+    return unicodedata.normalize("NFC", _LATIN_OR_GREEK_MARKS.sub("", unicodedata.normalize("NFD", text)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,59 @@ def test_keywords_of_scripts_written_without_spaces_match_inside_running_text(
     assert curate(output, [cand(1, title=title)]).verdicts[0].included is hit
 
 
+@pytest.mark.parametrize(
+    ("keyword", "title", "hit"),
+    [
+        # Case is folded fully, not letter by letter: Greek capitals drop the accent, ß is "ss".
+        ("σεισμός", "ΣΕΙΣΜΟΣ ΣΤΗΝ ΑΘΗΝΑ", True),
+        ("ΣΕΙΣΜΟΣ", "Ισχυρός σεισμός στην Κρήτη", True),
+        ("Straße", "STRASSE GESPERRT", True),
+        ("STRASSE", "Die Straße ist gesperrt", True),
+        # Marks on Latin letters are dropped, as wires drop them (names.unaccented).
+        ("cafe", "Un café à Paris", True),
+        ("café", "CAFE SOCIETY", True),
+        ("Sanchez", "Pedro Sánchez gana", True),
+        ("Elysee", "Réunion à l’Élysée", True),
+        ("Walesa", "Lech Wałęsa", True),
+        ("cafe", "Une cafétéria", False),
+        # Dotted and dotless i of Turkish meet the plain one, as they did before.
+        ("istanbul", "İSTANBUL'DA DEPREM", True),
+        ("İstanbul", "istanbul'da deprem", True),
+        ("Diyarbakir", "Diyarbakır'da", True),
+        # Text stored decomposed, and compatibility forms (half-width kana, full-width letters).
+        ("café", unicodedata.normalize("NFD", "Un café"), True),
+        ("ガザ", "ｶﾞｻﾞ地区", True),
+        ("nhk", "ＮＨＫニュース", True),
+        # Marks that tell other scripts' letters apart stay: й is no и, ガ no カ.
+        ("мой", "мои вещи", False),
+        ("ガス", "カス", False),
+        ("Москва", "МОСКВА, 3 мая", True),
+    ],
+)
+def test_keywords_match_whatever_the_case_accents_and_unicode_form(keyword: str, title: str, hit: bool) -> None:
+    output = Output(slug="w", title="W", include=(Rule(keywords=(keyword,)),))
+    assert curate(output, [cand(1, title=title)]).verdicts[0].included is hit
+
+
+def test_keywords_lose_the_marks_story_matching_drops_from_names() -> None:
+    """A rule for "Chavez" and story matching must agree on which reports name him."""
+    from aggregator.curate import folded
+    from aggregator.names import unaccented
+
+    words = ["Chávez", "ERDOĞAN", "São", "Støre", "Wałęsa", "Diyarbakır", "İstanbul", "Nguyễn", "Đà Nẵng", "Þór"]
+    words += ["Œuvre", "Москва", "Йошкар-Ола", "東京", "plain"]
+    assert [folded(word) for word in words] == [unaccented(word.casefold()) for word in words]
+
+
+def test_a_pattern_rule_reads_the_text_as_it_is() -> None:
+    """A regular expression says exactly what it matches: it is searched in the text unfolded."""
+    output = Output(slug="w", title="W", include=(Rule(pattern="^Stra(ß|ss)e$", fields=("title",)),))
+    verdicts = curate(output, [cand(1, title="Straße"), cand(2, title="STRASSE"), cand(3, title="strasse")]).verdicts
+    assert [v.included for v in sorted(verdicts, key=lambda v: v.candidate.item_id)] == [True, True, True]
+    café = Output(slug="w", title="W", include=(Rule(pattern=r"\bcafe\b"),))
+    assert not curate(café, [cand(1, title="Un café")]).verdicts[0].included
+
+
 def test_include_rules_and_language() -> None:
     output = Output(slug="w", title="W", include=(Rule(keywords=("climate",)),), language="en")
     result = curate(
@@ -165,6 +219,37 @@ def test_per_source_cap() -> None:
     )
     assert [e.lead.item_id for e in result.entries] == [1, 2, 4]
     assert {v.candidate.item_id: v.reason for v in result.verdicts}[3].startswith("over the per-source cap (2)")
+
+
+def test_keyword_rules_find_their_words_in_feeds_of_any_script_and_unicode_form(
+    server: FeedServer, tmp_path: Path
+) -> None:
+    """Through fetch, parse, normalize, store and publish: a Japanese word inside running text,
+    Greek capitals without their accents, and French written decomposed (NFD), which is also
+    published composed."""
+    élysée = unicodedata.normalize("NFD", "Réunion à l’Élysée")
+    titles = ["東京で地震 震度5弱", "ΣΕΙΣΜΟΣ ΣΤΗΝ ΑΘΗΝΑ", élysée, "Football: Arsenal 2-1", "地震学の新しい本"]
+    items = "".join(
+        f"<item><guid>g{n}</guid><title>{title}</title><description>Text {n}.</description></item>"
+        for n, title in enumerate(titles)
+    )
+    body = (
+        f"<?xml version='1.0' encoding='utf-8'?><rss version='2.0'><channel><title>Wire</title>{items}</channel></rss>"
+    )
+    server.add("/f", Route(body=body.encode()))
+    sources = [{"name": "wire", "url": server.url("/f")}]
+    config = write_config(tmp_path, sources, settings="story_matching: off", outputs="""
+        outputs:
+          - slug: quakes
+            title: Quakes
+            include: [{keywords: [地震, σεισμός, elysee]}]
+            exclude: [{keywords: [地震学]}]
+        """)  # fmt: skip
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    published = json.loads((tmp_path / "data" / "feeds" / "quakes.json").read_text())["items"]
+    assert sorted(item["title"] for item in published) == sorted(
+        ["東京で地震 震度5弱", "ΣΕΙΣΜΟΣ ΣΤΗΝ ΑΘΗΝΑ", "Réunion à l’Élysée"]
+    )
 
 
 def test_pins_go_on_top_past_rules_and_blocks_stay_out() -> None:
