@@ -333,7 +333,9 @@ def _entry(e: Any, feed_language: str | None) -> RawEntry:
         author=_text(get(e, "author")),
         categories=tuple(t for t in (_text(get(tag, "term")) for tag in get(e, "tags") or ()) if t),
         enclosures=tuple(enclosures),
-        language=_text(content_language) or feed_language,
+        # An Atom entry's xml:lang reaches its text's details, not the entry: read where the text is.
+        language=_text(content_language or get(summary_detail, "language") or get(title_detail, "language"))
+        or feed_language,
         summary_base=_text(get(summary_detail, "base")),
         content_base=_text(content_base),
         thumbnail=_thumbnail(e),
