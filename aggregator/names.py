@@ -383,13 +383,15 @@ def unaccented(word: str) -> str:
     """A case-folded word with the marks on its Latin letters dropped: "chávez", "erdoğan" and
     "são" become "chavez", "erdogan" and "sao". Outlets write one name with its marks and
     without them (an agency's wire drops them, a local outlet keeps them), and two reports of
-    one event must name it alike. Marks on other scripts' letters stay: there they tell
-    different letters apart (Cyrillic "й" is no "и" with a mark)."""
+    one event must name it alike. Greek letters lose theirs too: Greek writes no tonos on
+    capitals, so a headline in capitals names "ΑΘΗΝΑ" where the lead names "Αθήνα". Marks on
+    other scripts' letters stay: there they tell different letters apart (Cyrillic "й" is no
+    "и" with a mark)."""
     if word.isascii():
         return word
     kept: list[str] = []
     for char in unicodedata.normalize("NFKD", word.translate(_LATIN_LETTERS)):
-        if not (unicodedata.combining(char) and kept and kept[-1].isascii()):
+        if not (unicodedata.combining(char) and kept and (kept[-1].isascii() or "\u0370" <= kept[-1] <= "\u03ff")):
             kept.append(char)
     return unicodedata.normalize("NFC", "".join(kept))
 

@@ -87,8 +87,9 @@ appeared first on …") or a credit line ending a short text as the item's own w
 with no full stop for a name ("… and looting The tanks rolled in": ``parseworker.feature_text``).
 Both changes came in one release, as ``s10``, which (the same layout) took the capitalised
 nouns of a German item for names, the figures of an item that names no one for evidence, and
-every word of another alphabet than the Latin for a rare word (``names.capitals_mark_names``,
-``names.extract``, ``_LATIN_WORD``)."""
+every word of another alphabet than the Latin for a rare word, and kept the tonos on a Greek
+name's letters (``names.capitals_mark_names``, ``names.extract``, ``_LATIN_WORD``,
+``names.unaccented``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy

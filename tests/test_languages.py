@@ -131,3 +131,13 @@ def test_the_pipeline_reads_a_german_feeds_language(server: object, tmp_path: Pa
         return int(count)
 
     assert stories_of("de-DE", "declared") == 2
+
+
+def test_a_greek_name_in_capitals_is_the_same_name_as_with_its_tonos() -> None:
+    """Greek capitals carry no tonos: one outlet's "ΘΗΒΑ" and another's "Θήβα" name one town."""
+    capitals = names.extract("ΣΕΙΣΜΟΣ 5,1 ΡΙΧΤΕΡ ΣΤΗ ΘΗΒΑ", "")
+    lead = names.extract(
+        "Σεισμός 5,1 Ρίχτερ στη Θήβα", "Ισχυρός σεισμός σημειώθηκε στη Θήβα. Έγινε αισθητός στην Αθήνα."
+    )
+    assert "θηβα" in set(capitals.words) & set(lead.words)
+    assert names.unaccented("йод") == "йод"  # Cyrillic "й" is a letter of its own, not "и" with a mark
