@@ -24,9 +24,12 @@ def story_url(public_url: str, story_id: int) -> str:
 
 
 def entry_html(entry: OutputEntry, public_url: str) -> str:
+    """An entry's text in the feeds: the lead's own, then which outlet it is from and who else
+    reported the story. A feed reader names an entry by its author, which is the byline when
+    there is one ("Michael Levenson"), and few show ``atom:source``, so the outlet is said here."""
     body = entry.lead.content_html or entry.lead.summary_html
     others = other_outlets(entry)
-    coverage = html.escape(outlets_text(entry))
+    coverage = f"From {html.escape(source_name(entry.lead))} · {html.escape(outlets_text(entry))}"
     if others:
         links = ", ".join(
             f'<a href="{html.escape(c.link, quote=True)}">{html.escape(source_name(c))}</a>'

@@ -111,7 +111,7 @@ def test_coverage_order_through_the_pipeline(server: FeedServer, tmp_path: Path,
         f"https://story.example/{s}" for s in ("wide", "pair-new", "pair-old", "alone")
     ]
     for entry, outlets in zip(entries, (3, 2, 2, 1), strict=True):
-        assert f"<p>Reported by {outlets} outlet{'s' if outlets > 1 else ''}" in entry.content[0].value
+        assert f" · Reported by {outlets} outlet{'s' if outlets > 1 else ''}" in entry.content[0].value
     latest = [e.link for e in feedparser.parse((feeds / "latest.atom").read_bytes()).entries]
     assert latest == [f"https://story.example/{s}" for s in ("alone", "pair-new", "pair-old", "wide")]
 

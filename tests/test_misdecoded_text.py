@@ -183,7 +183,7 @@ def test_a_misdecoded_feed_is_stored_and_published_repaired(server: FeedServer, 
     assert feed_titles == {"Wire ‘desk’", "Daily"}
 
     atom = feedparser.parse((tmp_path / "data" / "feeds" / "world.atom").read_bytes())
-    # The entry's text leads its summary (what follows is ours: "Reported by 1 outlet").
+    # The entry's text leads its summary (what follows is ours: "From Wire · Reported by 1 outlet").
     published = {e.link.rsplit("/", 1)[1]: (e.title, e.summary.split("</p>")[0]) for e in atom.entries}
     assert published == {guid: (title, f"<p>{text}") for guid, (title, text) in expected.items()}
 
