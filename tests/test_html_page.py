@@ -104,5 +104,5 @@ def test_the_page_marks_undated_items_and_shows_thumbnails_and_audio(server: Fee
         engine.dispose()
     assert dom.count("undated · first seen") == 20
     assert f'src="{COVER}"' in dom and f'src="{AUDIO}"' in dom and "<audio" in dom
-    assert dom.count('<span class="outlet">Opinion</span>') == 20
+    assert dom.count('<span class="outlet" dir="auto">Opinion</span>') == 20
     assert dom.index("Episode 42") < dom.index("opinion column-03")  # beyond the undated cap: after dated news

@@ -1,0 +1,175 @@
+"""The HTML pages as assistive technology and a narrow screen meet them.
+
+One site, polled from a real HTTP server into a real SQLite file and served by the real app:
+an Arabic outlet that declares its language, an English one whose summaries carry their own
+headings, a wide ``<pre>`` and a table and whose items have audio, a second English outlet
+carrying one of its stories, an undated column (first seen at a time with microseconds) and a
+disabled source. Each test checks one defect an accessibility audit found, in the pages' markup
+and, where only layout or the browser's own resolution tells, in a real Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import httpx
+import pytest
+from lxml import etree
+
+from aggregator.cli import resolve_story
+from aggregator.config import Config, load_config
+from aggregator.pipeline import Pipeline, poll_once
+from aggregator.store.database import ensure_schema, make_engine
+from aggregator.store.repository import Store
+from tests.browser import CHROMIUM, DESKTOP, Browser
+from tests.conftest import serving, write_config
+from tests.server import FeedServer
+
+NOW = datetime(2026, 11, 24, 12, 0, 0, 438442, tzinfo=UTC)  # 2026-W48; W47 is archived
+THIS_WEEK, LAST_WEEK = datetime(2026, 11, 23, 9, tzinfo=UTC), datetime(2026, 11, 18, 9, tzinfo=UTC)
+ARABIC_HEADLINE = "قمة G20 تنتهي دون اتفاق"
+SUMMIT = "https://herald.example/summit"
+HEADINGS = "<h1>Inside one</h1><p>a</p><h2>Inside two</h2><h3>Inside three</h3><h5>Inside five</h5><h6>Inside six</h6>"
+WIDE = "<pre>" + "wide_unbroken_code_line_" * 12 + "</pre><table><tr>" + "<td>column</td>" * 30 + "</tr></table>"
+AUDIO = "https://cdn.herald.example/{}.mp3"
+OUTPUTS = """
+outputs:
+  - slug: world
+    title: World
+  - slug: arabiya
+    title: Arabiya
+    language: ar
+"""
+Item = tuple[str, str, datetime | None, str, str]  # headline, link, date, summary HTML, extra RSS elements
+
+
+def rss(title: str, language: str | None, items: list[Item]) -> bytes:
+    body = "".join(
+        f"<item><title>{escape(headline)}</title><link>{link}</link><guid>{link}</guid>"
+        f"<description>{escape(summary)}</description>"
+        + (f"<pubDate>{format_datetime(when)}</pubDate>" if when else "")
+        + f"{extra}</item>"
+        for headline, link, when, summary, extra in items
+    )
+    lang = f"<language>{language}</language>" if language else ""
+    return (
+        "<rss version='2.0' xmlns:dc='http://purl.org/dc/elements/1.1/'><channel>"
+        f"<title>{title}</title><link>https://{title.lower()}.example/</link><description>d</description>{lang}"
+        f"{body}</channel></rss>"
+    ).encode()
+
+
+def audio(name: str) -> str:
+    return f"<enclosure url='{AUDIO.format(name)}' length='4821341' type='audio/mpeg'/>"
+
+
+@pytest.fixture
+def site(server: FeedServer, tmp_path: Path) -> Iterator[tuple[Config, Store]]:
+    server.add(
+        "/akhbar",
+        body=rss(
+            "Akhbar",
+            "ar",
+            [
+                (ARABIC_HEADLINE, "https://akhbar.example/summit", THIS_WEEK,
+                 "<p>انتهت القمة في الرياض دون بيان ختامي.</p>", "<dc:creator>سارة أحمد</dc:creator>"),
+                ("الأمطار تغمر الشمال", "https://akhbar.example/rain", LAST_WEEK, "<p>فاضت الأنهار.</p>", ""),
+            ],
+        ),
+    )  # fmt: skip
+    server.add(
+        "/herald",
+        body=rss(
+            "Herald",
+            "en-GB",
+            [
+                ("Summit ends without a deal", SUMMIT, THIS_WEEK, f"<p>Talks ended.</p>{HEADINGS}{WIDE}",
+                 audio("summit") + "<dc:creator>Ann Reporter</dc:creator>"),
+                ("Rates on hold", "https://herald.example/rates", THIS_WEEK, "<p>No change.</p>", audio("rates")),
+                ("Rivers rise across the north", "https://herald.example/rivers", LAST_WEEK,
+                 f"<p>Floods.</p>{HEADINGS}{WIDE}", audio("rivers")),
+            ],
+        ),
+    )  # fmt: skip
+    server.add(
+        "/gazette",
+        body=rss(
+            "Gazette", "en", [("Talks collapse at summit", SUMMIT, THIS_WEEK + timedelta(hours=1), "<p>Over.</p>", "")]
+        ),
+    )
+    server.add(
+        "/opinion", body=rss("Opinion", None, [("On winter", "https://opinion.example/w", None, "<p>Cold.</p>", "")])
+    )
+    sources: list[dict[str, object]] = [
+        {"name": "Akhbar", "url": server.url("/akhbar")},
+        {"name": "Herald", "url": server.url("/herald")},
+        {"name": "Gazette", "url": server.url("/gazette")},
+        {"name": "Opinion", "url": server.url("/opinion")},
+        {"name": "Dormant", "url": server.url("/dormant"), "enabled": "false"},
+    ]
+    database_url = f"sqlite:///{tmp_path / 'store.db'}"
+    config = load_config(write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=OUTPUTS)).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    try:
+        store.sync_sources(config.source_specs(), NOW)
+        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: NOW), all_sources=True))
+        yield config, store
+    finally:
+        engine.dispose()
+
+
+PAGES = ("/feeds/world", "/feeds/world/archive/2026-W47")
+
+
+def fetch(base: str, path: str) -> etree._Element:
+    response = httpx.get(f"{base}{path}")
+    assert response.status_code == 200, (path, response.status_code)
+    return etree.HTML(response.content)
+
+
+def article(page: etree._Element, headline: str) -> etree._Element:
+    found: list[etree._Element] = page.xpath(f"//article[normalize-space(.//h2)={quote(headline)}]")
+    assert len(found) == 1, headline
+    return found[0]
+
+
+def quote(text: str) -> str:
+    return f"'{text}'" if "'" not in text else f'"{text}"'
+
+
+def test_feed_text_takes_its_direction_from_itself(site: tuple[Config, Store], tmp_path: Path) -> None:
+    """Headlines, summaries, outlets and authors carry ``dir="auto"``: an Arabic headline reads
+    right to left (its "G20" in place), an English one left to right, on the same page."""
+    config, store = site
+    story_id, _ = resolve_story(store, SUMMIT)
+    with serving(store, config) as base:
+        for path in PAGES:
+            page = fetch(base, path)
+            articles = page.xpath("//main//article")
+            assert articles
+            for entry in articles:
+                held = entry.xpath(
+                    "./h2 | .//div[@class='summary'] | .//span[@class='outlet'] | .//span[@class='author']"
+                )
+                assert len(held) >= 3 and all(e.get("dir") == "auto" for e in held), (path, [e.tag for e in held])
+        assert article(fetch(base, "/feeds/world"), ARABIC_HEADLINE).xpath(".//span[@class='author']/text()") == [
+            "سارة أحمد"
+        ]
+        story = fetch(base, f"/stories/{story_id}")
+        held = story.xpath("//h1 | //main//li//h2 | //main//li//span[@class='outlet']")
+        assert len(held) == 5 and all(e.get("dir") == "auto" for e in held)
+        if CHROMIUM is None:
+            return
+        script = """[...document.querySelectorAll('article h2, article .summary, article .author')]
+            .map(e => [e.textContent.trim().slice(0, 12), getComputedStyle(e).direction])"""
+        with Browser(tmp_path / "profile") as browser:
+            seen = dict(browser.visit(f"{base}/feeds/world", DESKTOP, script))
+    assert seen[ARABIC_HEADLINE[:12]] == "rtl" and seen["انتهت القمة "] == "rtl" and seen["سارة أحمد"] == "rtl"
+    assert seen["Summit ends "] == "ltr" and seen["Ann Reporter"] == "ltr"
