@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import mimetypes
+import re
 
 from aggregator.records import Candidate, Enclosure, OutputEntry
 
@@ -63,6 +64,22 @@ def other_outlets(entry: OutputEntry) -> list[Candidate]:
 def outlets_text(entry: OutputEntry) -> str:
     count = entry.outlets
     return f"Reported by {count} outlet{'' if count == 1 else 's'}"
+
+
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+
+
+def item_language(candidate: Candidate, output_language: str | None) -> str | None:
+    """The language tag for an item's own text on a page whose chrome is English: the one its
+    feed declared, else the output's (curation admits an item of no declared language into an
+    output of one language as that language), else None, and it is read as the page is.
+    Feeds write "en_US" and "English" too: the first is mended, the second is no tag and is
+    skipped, since an invalid ``lang`` makes a screen reader guess worse than none."""
+    for value in (candidate.language, output_language):
+        tag = (value or "").strip().replace("_", "-")
+        if _LANGUAGE_TAG.fullmatch(tag):
+            return tag
+    return None
 
 
 def media_type(enclosure: Enclosure) -> str:

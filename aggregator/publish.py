@@ -36,6 +36,7 @@ from aggregator.config import Output
 from aggregator.entryview import (
     entry_html,
     feed_url,
+    item_language,
     kind,
     media_type,
     other_outlets,
@@ -211,6 +212,7 @@ def html_pieces(
             week=week,
             previous_url=archive_page_url(public_url, output.slug, previous) if previous else None,
             story_url=lambda entry: story_url(public_url, entry.lead.story_id),
+            language=lambda candidate: item_language(candidate, output.language),
             source_name=source_name,
             other_outlets=other_outlets,
             outlets_text=outlets_text,

@@ -23,6 +23,7 @@ from lxml import etree
 
 from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
+from aggregator.entryview import item_language
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
@@ -173,3 +174,36 @@ def test_feed_text_takes_its_direction_from_itself(site: tuple[Config, Store], t
             seen = dict(browser.visit(f"{base}/feeds/world", DESKTOP, script))
     assert seen[ARABIC_HEADLINE[:12]] == "rtl" and seen["انتهت القمة "] == "rtl" and seen["سارة أحمد"] == "rtl"
     assert seen["Summit ends "] == "ltr" and seen["Ann Reporter"] == "ltr"
+
+
+def test_the_chrome_is_english_and_each_item_says_its_own_language(site: tuple[Config, Store]) -> None:
+    """The page's own words are English whatever the output's ``language``; an item's headline
+    and summary carry the language its feed declared, else the output's (curation let the item
+    in as that language's), else none and they are read as the page is."""
+    config, store = site
+    with serving(store, config) as base:
+        world, arabiya = fetch(base, "/feeds/world"), fetch(base, "/feeds/arabiya")
+        archive = fetch(base, "/feeds/world/archive/2026-W47")
+    for page in (world, arabiya, archive):
+        assert page.xpath("/html/@lang") == ["en"]
+
+    def languages(page: etree._Element, headline: str) -> set[str | None]:
+        entry = article(page, headline)
+        return {e.get("lang") for e in entry.xpath("./h2 | .//div[@class='summary']")}
+
+    assert languages(world, ARABIC_HEADLINE) == {"ar"} and languages(arabiya, ARABIC_HEADLINE) == {"ar"}
+    assert languages(world, "Summit ends without a deal") == {"en-GB"}
+    assert languages(archive, "Rivers rise across the north") == {"en-GB"}
+    assert languages(world, "On winter") == {None}  # no language declared: the page's
+    assert languages(arabiya, "On winter") == {"ar"}  # in an Arabic output: Arabic
+    assert arabiya.xpath("//article//p[@class='meta']/@lang") == []  # the chrome inside stays English
+
+
+@pytest.mark.parametrize(
+    ("declared", "output", "tag"),
+    [("ar", None, "ar"), ("en_US", None, "en-US"), ("English", "de", "de"), (None, "ar", "ar"), ("", None, None)],
+)
+def test_an_item_language_is_a_tag_or_nothing(declared: str | None, output: str | None, tag: str | None) -> None:
+    from tests.test_publish import candidate
+
+    assert item_language(candidate(1, language=declared), output) == tag
