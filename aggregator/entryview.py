@@ -82,6 +82,33 @@ def item_language(candidate: Candidate, output_language: str | None) -> str | No
     return None
 
 
+# Every tag, its quoted attribute values taken whole: a "<h1>" inside an attribute belongs to
+# that tag and is not rewritten. Text cannot hold one: nh3 (html5ever) escapes "<" in text.
+_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9]*)((?:[^>"']|"[^"]*"|'[^']*')*)>""")
+_HEADING = re.compile(r"h[1-6]", re.IGNORECASE)
+FIRST_SUMMARY_HEADING = 3
+"""A summary's top heading level on a page: below the page's h1 and its article's h2."""
+
+
+def demoted_headings(fragment: str) -> str:
+    """Sanitized HTML with its headings moved below an article's h2 (h1 and h2 become h3, h3
+    becomes h4, and on, h6 at most), keeping their order. A feed's ``<h1>`` in a summary was
+    a second h1 on the page, inside an article headed by an h2: screen readers' outlines and
+    axe's heading-order went wrong. Only pages do this: the stored HTML and the feeds keep
+    the outlet's headings, which a feed reader shows under its own."""
+    if "<h" not in fragment and "<H" not in fragment:
+        return fragment
+
+    def demote(tag: re.Match[str]) -> str:
+        name = tag.group(2)
+        if not _HEADING.fullmatch(name):
+            return tag.group(0)
+        level = min(max(int(name[1]) + 1, FIRST_SUMMARY_HEADING), 6)
+        return f"<{tag.group(1)}h{level}{tag.group(3)}>"
+
+    return _TAG.sub(demote, fragment)
+
+
 def media_type(enclosure: Enclosure) -> str:
     """RSS and JSON Feed require a type: the given one, else a guess from the file name."""
     return enclosure.type or mimetypes.guess_type(enclosure.url)[0] or "application/octet-stream"

@@ -34,6 +34,7 @@ from aggregator import __version__
 from aggregator.archive import Page, archive_page_url, archive_url
 from aggregator.config import Output
 from aggregator.entryview import (
+    demoted_headings,
     entry_html,
     feed_url,
     item_language,
@@ -213,6 +214,7 @@ def html_pieces(
             previous_url=archive_page_url(public_url, output.slug, previous) if previous else None,
             story_url=lambda entry: story_url(public_url, entry.lead.story_id),
             language=lambda candidate: item_language(candidate, output.language),
+            summary=lambda candidate: demoted_headings(candidate.summary_html or candidate.content_html),
             source_name=source_name,
             other_outlets=other_outlets,
             outlets_text=outlets_text,

@@ -23,7 +23,7 @@ from lxml import etree
 
 from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
-from aggregator.entryview import item_language
+from aggregator.entryview import demoted_headings, item_language
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
@@ -207,3 +207,38 @@ def test_an_item_language_is_a_tag_or_nothing(declared: str | None, output: str 
     from tests.test_publish import candidate
 
     assert item_language(candidate(1, language=declared), output) == tag
+
+
+def test_a_summary_headings_sit_below_its_article_heading(site: tuple[Config, Store]) -> None:
+    """A feed's ``<h1>`` in a summary is not a second page heading: on the pages, a summary's
+    headings start at h3, under the article's h2, in their order; the feeds keep them as stored."""
+    config, store = site
+    with serving(store, config) as base:
+        pages = {path: fetch(base, path) for path in PAGES}
+        atom = httpx.get(f"{base}/feeds/world.atom").text
+    expected = [
+        ("h3", "Inside one"),
+        ("h3", "Inside two"),
+        ("h4", "Inside three"),
+        ("h6", "Inside five"),
+        ("h6", "Inside six"),
+    ]
+    for path, page in pages.items():
+        assert len(page.xpath("//h1")) == 1, path
+        headline = "Summit ends without a deal" if path == "/feeds/world" else "Rivers rise across the north"
+        summary = article(page, headline).xpath(".//div[@class='summary']")[0]
+        found = [(e.tag, e.text) for e in summary.iter("h1", "h2", "h3", "h4", "h5", "h6")]
+        assert found == expected, path
+    assert "&lt;h1&gt;Inside one&lt;/h1&gt;" in atom
+
+
+def test_demoting_headings_rewrites_heading_tags_only() -> None:
+    html = (
+        '<h1 title="a <h1> here" dir="rtl">One</h1><p title=\'<h2>\'>x &lt;h2&gt;</p>'
+        "<h4>Four</h4><h6>Six</h6><hr><header>kept</header>"
+    )
+    assert demoted_headings(html) == (
+        '<h3 title="a <h1> here" dir="rtl">One</h3><p title=\'<h2>\'>x &lt;h2&gt;</p>'
+        "<h5>Four</h5><h6>Six</h6><hr><header>kept</header>"
+    )
+    assert demoted_headings("<p>none</p>") == "<p>none</p>"
