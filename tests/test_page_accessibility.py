@@ -27,7 +27,7 @@ from aggregator.entryview import demoted_headings, item_language
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
-from tests.browser import CHROMIUM, DESKTOP, Browser
+from tests.browser import CHROMIUM, DESKTOP, Browser, layout
 from tests.conftest import serving, write_config
 from tests.server import FeedServer
 
@@ -36,7 +36,10 @@ THIS_WEEK, LAST_WEEK = datetime(2026, 11, 23, 9, tzinfo=UTC), datetime(2026, 11,
 ARABIC_HEADLINE = "قمة G20 تنتهي دون اتفاق"
 SUMMIT = "https://herald.example/summit"
 HEADINGS = "<h1>Inside one</h1><p>a</p><h2>Inside two</h2><h3>Inside three</h3><h5>Inside five</h5><h6>Inside six</h6>"
-WIDE = "<pre>" + "wide_unbroken_code_line_" * 12 + "</pre><table><tr>" + "<td>column</td>" * 30 + "</tr></table>"
+WIDE = (
+    "<pre>" + "wide_unbroken_code_line_" * 12 + "</pre><table><tr>" + "<td>column</td>" * 30 + "</tr></table>"
+    "<p>Run <code>" + "inline_unbroken_code_" * 12 + "</code> first.</p>"
+)
 AUDIO = "https://cdn.herald.example/{}.mp3"
 OUTPUTS = """
 outputs:
@@ -242,3 +245,27 @@ def test_demoting_headings_rewrites_heading_tags_only() -> None:
         "<h5>Four</h5><h6>Six</h6><hr><header>kept</header>"
     )
     assert demoted_headings("<p>none</p>") == "<p>none</p>"
+
+
+REFLOW = 320  # WCAG 1.4.10: content reflows at 320 CSS pixels without scrolling in two dimensions
+WIDE_PARTS = """(() => [...document.querySelectorAll('.summary pre, .summary table')].map(e => {
+    const box = e.getBoundingClientRect();
+    return [e.tagName, box.left >= 0 && box.right <= innerWidth, e.scrollWidth > e.clientWidth];
+}))()"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_wide_code_and_tables_scroll_within_themselves_at_320_px(site: tuple[Config, Store], tmp_path: Path) -> None:
+    """A summary's long ``<pre>`` line or wide table does not make the whole page scroll
+    sideways: it stays within the column and scrolls on its own."""
+    config, store = site
+    with serving(store, config) as base, Browser(tmp_path / "profile") as browser:
+        for path in PAGES:
+            result = browser.visit(
+                f"{base}{path}", REFLOW, layout("article h2, article .meta, .summary, .summary code")
+            )
+            assert result["width"] == REFLOW and result["scrollWidth"] <= REFLOW, (path, result)
+            assert result["cut"] == [], (path, result["cut"])
+            parts = browser.visit(f"{base}{path}", REFLOW, WIDE_PARTS)
+            assert {tag for tag, _, _ in parts} == {"PRE", "TABLE"}, (path, parts)
+            assert all(inside and scrolls for _, inside, scrolls in parts), (path, parts)
