@@ -27,7 +27,7 @@ from aggregator.entryview import demoted_headings, item_language
 from aggregator.pipeline import Pipeline, poll_once
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
-from tests.browser import CHROMIUM, DESKTOP, Browser, layout
+from tests.browser import CHROMIUM, DESKTOP, PHONE, Browser, layout
 from tests.conftest import serving, write_config
 from tests.server import FeedServer
 
@@ -269,3 +269,52 @@ def test_wide_code_and_tables_scroll_within_themselves_at_320_px(site: tuple[Con
             parts = browser.visit(f"{base}{path}", REFLOW, WIDE_PARTS)
             assert {tag for tag, _, _ in parts} == {"PRE", "TABLE"}, (path, parts)
             assert all(inside and scrolls for _, inside, scrolls in parts), (path, parts)
+
+
+# Each element that shows text of its own (and each /status label before a cell on a phone):
+# its colour and the first opaque background behind it (the canvas is white).
+TEXT_COLOURS = """(() => {
+  const background = e => {
+    for (; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor;
+      if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c;
+    }
+    return 'rgb(255, 255, 255)';
+  };
+  const seen = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const own = [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const name = String(e.className || e.tagName);
+    if (own && e.getClientRects().length) seen.push([name, getComputedStyle(e).color, background(e)]);
+    const label = getComputedStyle(e, '::before');
+    if (label.content.startsWith('"') && label.content !== '""') {
+      seen.push([name + '::before', label.color, background(e)]);
+    }
+  }
+  return seen;
+})()"""
+
+
+def contrast(foreground: str, background: str) -> float:
+    """WCAG 2's contrast ratio of two opaque CSS ``rgb(r, g, b)`` colours."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(c) / 255 for c in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3]]
+        r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    light, dark = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_status_text_has_enough_contrast(site: tuple[Config, Store], tmp_path: Path) -> None:
+    """Every text on /status, a disabled source's state among it, is at least 4.5:1 against
+    what is behind it (WCAG 1.4.3), at a desktop's width and on a phone's cards."""
+    config, store = site
+    with serving(store, config) as base, Browser(tmp_path / "profile") as browser:
+        seen = [browser.visit(f"{base}/status", width, TEXT_COLOURS) for width in (DESKTOP, PHONE)]
+    texts = [text for page in seen for text in page]
+    assert any(name == "disabled" for name, _, _ in texts)
+    low = [(name, fg, bg, round(contrast(fg, bg), 2)) for name, fg, bg in texts if contrast(fg, bg) < 4.5]
+    assert low == []
