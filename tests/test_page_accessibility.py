@@ -31,7 +31,7 @@ from tests.browser import CHROMIUM, DESKTOP, PHONE, Browser, layout
 from tests.conftest import serving, write_config
 from tests.server import FeedServer
 
-NOW = datetime(2026, 11, 24, 12, 0, 0, 438442, tzinfo=UTC)  # 2026-W48; W47 is archived
+NOW = datetime(2026, 11, 24, 12, 0, 0, 438442, tzinfo=UTC)  # 2026-W48; W47 and W45 are archived
 THIS_WEEK, LAST_WEEK = datetime(2026, 11, 23, 9, tzinfo=UTC), datetime(2026, 11, 18, 9, tzinfo=UTC)
 ARABIC_HEADLINE = "قمة G20 تنتهي دون اتفاق"
 SUMMIT = "https://herald.example/summit"
@@ -83,6 +83,7 @@ def site(server: FeedServer, tmp_path: Path) -> Iterator[tuple[Config, Store]]:
                 (ARABIC_HEADLINE, "https://akhbar.example/summit", THIS_WEEK,
                  "<p>انتهت القمة في الرياض دون بيان ختامي.</p>", "<dc:creator>سارة أحمد</dc:creator>"),
                 ("الأمطار تغمر الشمال", "https://akhbar.example/rain", LAST_WEEK, "<p>فاضت الأنهار.</p>", ""),
+                ("سد جديد", "https://akhbar.example/dam", datetime(2026, 11, 4, 9, tzinfo=UTC), "<p>سد.</p>", ""),
             ],
         ),
     )  # fmt: skip
@@ -318,3 +319,18 @@ def test_status_text_has_enough_contrast(site: tuple[Config, Store], tmp_path: P
     assert any(name == "disabled" for name, _, _ in texts)
     low = [(name, fg, bg, round(contrast(fg, bg), 2)) for name, fg, bg in texts if contrast(fg, bg) < 4.5]
     assert low == []
+
+
+def test_every_page_has_one_main_and_tells_its_navigations_apart(site: tuple[Config, Store]) -> None:
+    """Each page's content is in one ``main``; each ``nav`` has a name of its own (axe's
+    landmark-unique): an archive page has the site's and, below its entries, the older ones'."""
+    config, store = site
+    story_id, _ = resolve_story(store, SUMMIT)
+    with serving(store, config) as base:
+        pages = {path: fetch(base, path) for path in ("/", *PAGES, f"/stories/{story_id}", "/status")}
+    for path, page in pages.items():
+        assert len(page.xpath("//main")) == 1, path
+        labels = [nav.get("aria-label") for nav in page.xpath("//nav")]
+        assert all(labels) and len(set(labels)) == len(labels), (path, labels)
+        assert not page.xpath("/html/body/*[not(self::header or self::main or self::nav or self::footer)]"), path
+    assert len(pages["/feeds/world/archive/2026-W47"].xpath("//nav")) == 2
