@@ -334,3 +334,24 @@ def test_every_page_has_one_main_and_tells_its_navigations_apart(site: tuple[Con
         assert all(labels) and len(set(labels)) == len(labels), (path, labels)
         assert not page.xpath("/html/body/*[not(self::header or self::main or self::nav or self::footer)]"), path
     assert len(pages["/feeds/world/archive/2026-W47"].xpath("//nav")) == 2
+
+
+def test_players_and_repeated_links_are_named_after_their_entry(site: tuple[Config, Store]) -> None:
+    """An audio player and the "Audio" and "Full coverage" links of an entry say whose they are,
+    so a list of the page's links or controls tells them apart (the words shown stay the same)."""
+    config, store = site
+    with serving(store, config) as base:
+        pages = {path: fetch(base, path) for path in PAGES}
+    for path, page in pages.items():
+        names: list[str] = []
+        for entry in page.xpath("//main//article"):
+            headline = " ".join("".join(entry.xpath("./h2")[0].itertext()).split())
+            players = entry.xpath(".//p[@class='enclosure']/audio")
+            links = entry.xpath(".//p[@class='enclosure']/a | .//a[@class='full-coverage']")
+            assert [p.get("aria-label") for p in players] == [f"Audio: {headline}"] * len(players), path
+            for link in links:
+                name = " ".join("".join(link.itertext()).split())
+                assert headline in name and name.startswith(("Audio", "Full coverage")), (path, name)
+                assert link.xpath("./span[@class='vh']/bdi"), (path, name)  # isolated, not shown
+                names.append(name)
+        assert len(names) == len(set(names)) and len(names) >= (4 if path == "/feeds/world" else 1), (path, names)
