@@ -355,3 +355,18 @@ def test_players_and_repeated_links_are_named_after_their_entry(site: tuple[Conf
                 assert link.xpath("./span[@class='vh']/bdi"), (path, name)  # isolated, not shown
                 names.append(name)
         assert len(names) == len(set(names)) and len(names) >= (4 if path == "/feeds/world" else 1), (path, names)
+
+
+def test_a_story_page_links_each_item_once(site: tuple[Config, Store]) -> None:
+    """Each outlet's item is one link, its headline; its address is shown as text, not linked
+    again (two adjacent links to one place are two stops for a keyboard and a screen reader)."""
+    config, store = site
+    story_id, _ = resolve_story(store, SUMMIT)
+    with serving(store, config) as base:
+        page = fetch(base, f"/stories/{story_id}")
+    items = page.xpath("//main//li")
+    assert len(items) == 2
+    for item in items:
+        assert item.xpath(".//a/@href") == [SUMMIT]
+        assert item.xpath(".//h2/a/@href") == [SUMMIT]
+        assert item.xpath("string(.//span[@class='url'])") == SUMMIT
