@@ -91,6 +91,15 @@ TEMPLATES = jinja2.Environment(
 )
 
 
+def html_datetime(moment: datetime) -> str:
+    """A time as a ``<time datetime>`` says it: in whole seconds. HTML allows at most three
+    fractional digits, and a time first seen by our clock has six (``isoformat``'s)."""
+    return moment.replace(microsecond=0).isoformat()
+
+
+TEMPLATES.filters["html_datetime"] = html_datetime
+
+
 def render_all(
     output: Output,
     entries: list[OutputEntry],

@@ -11,6 +11,7 @@ and, where only layout or the browser's own resolution tells, in a real Chromium
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -370,3 +371,17 @@ def test_a_story_page_links_each_item_once(site: tuple[Config, Store]) -> None:
         assert item.xpath(".//a/@href") == [SUMMIT]
         assert item.xpath(".//h2/a/@href") == [SUMMIT]
         assert item.xpath("string(.//span[@class='url'])") == SUMMIT
+
+
+def test_machine_readable_times_are_whole_seconds(site: tuple[Config, Store]) -> None:
+    """HTML's ``datetime`` allows three fractional digits at most: an undated item, first seen
+    at a time with microseconds, says that time in whole seconds."""
+    config, store = site
+    column, _ = resolve_story(store, "https://opinion.example/w")
+    summit, _ = resolve_story(store, SUMMIT)
+    with serving(store, config) as base:
+        pages = {path: fetch(base, path) for path in (*PAGES, f"/stories/{column}", f"/stories/{summit}")}
+    seen = [when for page in pages.values() for when in page.xpath("//time/@datetime")]
+    assert len(seen) >= 8 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", when) for when in seen), seen
+    assert len(pages[f"/stories/{column}"].xpath("//time/@datetime")) == 1  # where it sorts: microseconds too
+    assert article(pages["/feeds/world"], "On winter").xpath(".//time/@datetime") == ["2026-11-24T12:00:00+00:00"]
