@@ -60,8 +60,30 @@ class Week:
     def end(self) -> datetime:
         return self.start + timedelta(days=7)
 
+    @property
+    def days(self) -> str:
+        """Its Monday to Sunday for people, in English as the pages are: "16–22 November 2026",
+        "30 November – 6 December 2026", "29 December 2025 – 4 January 2026". Month names are
+        spelled here, not by strftime, which would follow the server's locale."""
+        first, last = self.start.date(), self.start.date() + timedelta(days=6)
+        if first.year != last.year:
+            return f"{_day(first, year=True)} – {_day(last, year=True)}"
+        if first.month != last.month:
+            return f"{_day(first)} – {_day(last, year=True)}"
+        return f"{first.day}–{_day(last, year=True)}"
+
     def __str__(self) -> str:
         return f"{self.year}-W{self.week:02d}"
+
+
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+
+
+def _day(day: date, *, year: bool = False) -> str:
+    return f"{day.day} {_MONTHS[day.month - 1]}" + (f" {day.year}" if year else "")
 
 
 @dataclass(frozen=True, order=True)
@@ -104,6 +126,13 @@ class Page:
     def title(self) -> str:
         """How a page says which it is: "2026-W47", "2026-W47, part 2"."""
         return str(self.week) if self.part == 1 else f"{self.week}, part {self.part}"
+
+    @property
+    def dated_title(self) -> str:
+        """How a page names itself to people: its title and its week's days, "2026-W47, 16–22
+        November 2026" (an ISO week number alone makes a reader count weeks). The Atom
+        documents keep ``title``: frozen archives already carry it."""
+        return f"{self.title}, {self.week.days}"
 
 
 def archive_url(public_url: str, slug: str, week: Page | Week | str) -> str:

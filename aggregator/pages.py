@@ -14,7 +14,7 @@ from xml.sax.saxutils import quoteattr
 
 import jinja2
 
-from aggregator.archive import archive_page_url, archive_url
+from aggregator.archive import Page, archive_page_url, archive_url
 from aggregator.config import Config, Output
 from aggregator.curate import lead_of
 from aggregator.entryview import feed_url
@@ -32,7 +32,7 @@ class OutputLinks:
     output: Output
     page: str
     formats: tuple[tuple[str, str], ...]  # (label, URL)
-    archives: tuple[tuple[str, str, str], ...]  # (week, HTML page, Atom document), newest first
+    archives: tuple[tuple[str, str, str], ...]  # (week and its days, HTML page, Atom document), newest first
     archive_count: int
 
 
@@ -46,7 +46,11 @@ def output_links(public_url: str, output: Output, archives: Sequence[ArchivePage
             for label, fmt in (("Atom", "atom"), ("RSS", "rss"), ("JSON Feed", "json"))
         ),
         archives=tuple(
-            (p.week, archive_page_url(public_url, output.slug, p.week), archive_url(public_url, output.slug, p.week))
+            (
+                Page.of(p.week).dated_title,
+                archive_page_url(public_url, output.slug, p.week),
+                archive_url(public_url, output.slug, p.week),
+            )
             for p in newest
         ),
         archive_count=len(archives),

@@ -183,7 +183,7 @@ def archive_pieces(
     if previous is not None:
         links.append(("prev-archive", archive_url(public_url, output.slug, previous)))
     atom = atom_pieces(output, entries, public_url, links=tuple(links), archive_of=week, fill=fill)
-    page = html_pieces(output, entries, public_url, week=week.title, previous=previous, fill=fill)
+    page = html_pieces(output, entries, public_url, week=week.dated_title, previous=previous, fill=fill)
     return atom, page
 
 
@@ -207,7 +207,8 @@ def html_pieces(
     fill: Filler | None = None,
 ) -> Iterator[bytes]:
     """The output as a page people can read on a phone, linking its feeds for auto-discovery
-    and its archive pages for older entries (``week``: this page is that archived week),
+    and its archive pages for older entries (``week``: this page is that archived week, as
+    ``Page.dated_title`` names it),
     UTF-8 encoded a piece at a time as it is generated; ``fill`` as in ``archive_pieces``."""
     try:
         chunks = TEMPLATES.get_template("output.html").generate(
@@ -218,7 +219,10 @@ def html_pieces(
             json_url=feed_url(public_url, output.slug, "json"),
             page_url=f"{public_url}/feeds/{output.slug}",
             home_url=f"{public_url}/",
-            archives=[(label, archive_page_url(public_url, output.slug, label)) for label in reversed(archives)],
+            archives=[
+                (Page.of(label).dated_title, archive_page_url(public_url, output.slug, label))
+                for label in reversed(archives)
+            ],
             week=week,
             previous_url=archive_page_url(public_url, output.slug, previous) if previous else None,
             story_url=lambda entry: story_url(public_url, entry.lead.story_id),

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from lxml import etree
 
+from aggregator.archive import Page
 from aggregator.cli import resolve_story
 from aggregator.config import Config, load_config
 from aggregator.entryview import demoted_headings, item_language
@@ -385,3 +386,31 @@ def test_machine_readable_times_are_whole_seconds(site: tuple[Config, Store]) ->
     assert len(seen) >= 8 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", when) for when in seen), seen
     assert len(pages[f"/stories/{column}"].xpath("//time/@datetime")) == 1  # where it sorts: microseconds too
     assert article(pages["/feeds/world"], "On winter").xpath(".//time/@datetime") == ["2026-11-24T12:00:00+00:00"]
+
+
+def test_archive_weeks_say_which_dates_they_hold(site: tuple[Config, Store]) -> None:
+    """ "2026-W47" alone makes a reader count weeks; its pages and the lists of older weeks say
+    its Monday-to-Sunday dates too."""
+    config, store = site
+    with serving(store, config) as base:
+        front, world = fetch(base, "/"), fetch(base, "/feeds/world")
+        archive = fetch(base, "/feeds/world/archive/2026-W47")
+    weeks = ["2026-W47, 16–22 November 2026", "2026-W45, 2–8 November 2026"]
+    assert [" ".join(a.itertext()) for a in world.xpath("//nav[@id='older']//a")] == weeks
+    listed = front.xpath("//section[@id='world']//div[@class='archives']//a[not(contains(@href, '.atom'))]/text()")
+    assert listed == weeks
+    assert archive.xpath("string(//h1)") == "World: week 2026-W47, 16–22 November 2026"
+    assert archive.xpath("string(//title)") == "World · week 2026-W47, 16–22 November 2026"
+
+
+@pytest.mark.parametrize(
+    ("label", "said"),
+    [
+        ("2022-W14", "2022-W14, 4–10 April 2022"),
+        ("2026-W49", "2026-W49, 30 November – 6 December 2026"),
+        ("2026-W01", "2026-W01, 29 December 2025 – 4 January 2026"),
+        ("2026-W47-2", "2026-W47, part 2, 16–22 November 2026"),
+    ],
+)
+def test_a_week_label_names_its_days(label: str, said: str) -> None:
+    assert Page.of(label).dated_title == said
