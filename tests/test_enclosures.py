@@ -124,5 +124,6 @@ def test_json_feed_carries_attachments_and_image(server: FeedServer, tmp_path: P
 def test_the_page_shows_the_thumbnail_and_a_player_for_audio(server: FeedServer, tmp_path: Path) -> None:
     page = (poll(server, tmp_path) / "world.html").read_text()
     assert f'<img class="thumb" src="{COVER}"' in page
-    assert f'<audio controls preload="none" src="{AUDIO}">' in page
-    assert f'<a href="{AUDIO}" rel="noopener noreferrer">Audio</a> (audio/mpeg, 48.2 MB)' in page
+    assert f'<audio controls preload="none" src="{AUDIO}" aria-label="Audio: ' in page
+    assert f'<a href="{AUDIO}" rel="noopener noreferrer">Audio<span class="vh">: ' in page
+    assert "</a> (audio/mpeg, 48.2 MB)" in page

@@ -81,7 +81,7 @@ def test_json_feed_names_the_outlet_in_authors_and_extension(published: Path) ->
 
 def test_the_page_names_outlets_and_says_how_many_carry_the_story(published: Path) -> None:
     page = (published / "world.html").read_text()
-    assert '<span class="outlet">Financial Times</span>' in page
+    assert '<span class="outlet" dir="auto">Financial Times</span>' in page
     assert "Reported by 3 outlets" in page and ">TPM mirror</a>" in page
     assert "Reported by 1 outlet" in page  # "Markets": the FT alone
     assert "UK homepage" not in page and "All TPM News" not in page
