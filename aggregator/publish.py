@@ -52,6 +52,7 @@ from aggregator.plaintext import html_to_text
 from aggregator.records import Candidate, Enclosure, OutputEntry, etag_of, etag_of_digest
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
+ATOM_TYPE = "application/atom+xml"
 MEDIA_NS = "http://search.yahoo.com/mrss/"  # Media RSS: media:thumbnail
 DC_NS = "http://purl.org/dc/elements/1.1/"
 HISTORY_NS = "http://purl.org/syndication/history/1.0"  # RFC 5005
@@ -381,8 +382,8 @@ def _render_atom(
                     link.set("href", url)
             root.insert(0, etree.Element(f"{{{HISTORY_NS}}}archive", nsmap={"fh": HISTORY_NS}))
         anchor = next((i for i, child in enumerate(root) if child.tag == f"{{{ATOM_NS}}}link"), len(root))
-        for offset, (rel, href) in enumerate(links):
-            root.insert(anchor + offset, etree.Element(f"{{{ATOM_NS}}}link", rel=rel, href=href))
+        for offset, (rel, href) in enumerate(links):  # the current feed and archives: all Atom
+            root.insert(anchor + offset, etree.Element(f"{{{ATOM_NS}}}link", rel=rel, href=href, type=ATOM_TYPE))
         for element, entry in zip(root.findall(f"{{{ATOM_NS}}}entry"), entries, strict=True):
             _atom_links(element, entry)
             _atom_source(element, entry.lead)

@@ -110,6 +110,10 @@ def walk(start: str, public: str, base: str) -> list[tuple[str, list[str], bytes
         assert root.find(f"{HISTORY}archive") is not None
         parsed = feedparser.parse(response.content)
         links = {link.rel: link.href for link in parsed.feed.links}
+        # A reader told what the links lead to: Atom documents, not HTML pages.
+        types = {link.rel: link.type for link in parsed.feed.links}
+        assert types["current"] == "application/atom+xml"
+        assert types.get("prev-archive", "application/atom+xml") == "application/atom+xml"
         assert links["self"] == next_url
         assert links["current"] == f"{public}/feeds/world.atom"
         assert "next-archive" not in links  # an archive never changes, so it cannot know the next one
