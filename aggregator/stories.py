@@ -162,6 +162,14 @@ COPY_AGREEMENT = 0.8
 """Agreement a lead copy needs: a copy keeps its original's names and figures (a trimmed one
 keeps a subset), while a look-alike from the same template carries other ones."""
 
+NAMELESS_COPY_OVERLAP = 0.5
+"""Share of the shorter lead's phrases a lead copy must carry when the item has neither a name
+nor a rare word to agree with the story's (a German item, whose capitals mark nouns, names
+none: ``names.capitals_mark_names``). Agreement then holds vacuously, and a police report's
+stock phrases ("die Feuerwehr war mit 80 Einsatzkräften vor Ort", "Fenster und Türen") made a
+quarter of the lead of another city's, the least a copy needs (``cluster.MIN_OVERLAP``). A
+copy carries most of its original's lead."""
+
 SUBJECT_WEIGHT = 0.5
 """Weight (``TermStats.weight``) from which a name only one side of a lead copy opens with
 tells its subject apart (``other_subjects``): one that several percent of the window's
@@ -807,8 +815,10 @@ def judge(
                 # A lone headline (a title-only feed's item) under the member's own headline is all
                 # the copy there can be: its opening may name what the member's text never repeats.
                 alone = bool(item.headline) and evidence.same_headline
+                nameless = not item.terms and not item.words and evidence.overlap < NAMELESS_COPY_OVERLAP
                 if alone or (
-                    _agreement(item, weights, story, stats, COPY_AGREEMENT)
+                    not nameless
+                    and _agreement(item, weights, story, stats, COPY_AGREEMENT)
                     and not other_subjects(item, story, weights, stats, member.features)
                 ):
                     return Judgement(

@@ -141,3 +141,28 @@ def test_a_greek_name_in_capitals_is_the_same_name_as_with_its_tonos() -> None:
     )
     assert "θηβα" in set(capitals.words) & set(lead.words)
     assert names.unaccented("йод") == "йод"  # Cyrillic "й" is a letter of its own, not "и" with a mark
+
+
+FIRE_DE = (
+    "Großbrand in Hamburger Lagerhalle – Feuerwehrmann verletzt",
+    "Bei einem Großbrand in einer Lagerhalle im Hamburger Hafen ist am Montag ein Feuerwehrmann verletzt worden. "
+    "Die Polizei sperrte die Köhlbrandbrücke, die Feuerwehr war mit 80 Einsatzkräften vor Ort. Anwohner sollten "
+    "Fenster und Türen geschlossen halten.",
+)
+BOMB_DE = (
+    "Fliegerbombe in München entschärft – Tausende Anwohner evakuiert",
+    "In München ist am Montag eine Fliegerbombe aus dem Zweiten Weltkrieg entschärft worden. Die Polizei evakuierte "
+    "rund 3000 Anwohner, die Feuerwehr war mit 80 Einsatzkräften vor Ort. Fenster und Türen sollten geschlossen "
+    "bleiben, teilte die Polizei mit.",
+)
+
+
+def test_german_stock_phrases_are_no_copy_but_a_german_copy_is() -> None:
+    """With no names to agree on, two police reports' shared phrases ("die Feuerwehr war mit 80
+    Einsatzkräften vor Ort") are not taken for a copy; another outlet's copy of one, its
+    headline rewritten and its lead trimmed, still is."""
+    fire, _ = features_of(*FIRE_DE, language="de")
+    assert not fire.terms and not fire.words
+    assert not judged(FIRE_DE, BOMB_DE, "de")
+    copy = ("Hamburger Hafen: Feuerwehrmann bei Großbrand verletzt", FIRE_DE[1].rsplit(" Anwohner", 1)[0])
+    assert judged(FIRE_DE, copy, "de")
