@@ -75,7 +75,12 @@ def item_language(candidate: Candidate, output_language: str | None) -> str | No
     output of one language as that language), else None, and it is read as the page is.
     Feeds write "en_US" and "English" too: the first is mended, the second is no tag and is
     skipped, since an invalid ``lang`` makes a screen reader guess worse than none."""
-    for value in (candidate.language, output_language):
+    return language_tag(candidate.language, output_language)
+
+
+def language_tag(*declared: str | None) -> str | None:
+    """The first of ``declared`` that is a language tag, mended ("en_US" is "en-US"), or None."""
+    for value in declared:
         tag = (value or "").strip().replace("_", "-")
         if _LANGUAGE_TAG.fullmatch(tag):
             return tag

@@ -17,7 +17,7 @@ import jinja2
 from aggregator.archive import Page, archive_page_url, archive_url
 from aggregator.config import Config, Output
 from aggregator.curate import lead_of
-from aggregator.entryview import feed_url
+from aggregator.entryview import feed_url, language_tag
 from aggregator.errors import PublishError
 from aggregator.publish import TEMPLATES
 from aggregator.store.repository import ArchivePage, StoryCoverage
@@ -76,7 +76,13 @@ def render_story(coverage: StoryCoverage, public_url: str) -> bytes:
     first = lead_of(coverage.items)
     outlets = len({item.source_name for item in coverage.items})
     return _render(
-        "story.html", story=coverage, headline=first.title if first else "", outlets=outlets, home_url=f"{public_url}/"
+        "story.html",
+        story=coverage,
+        headline=first.title if first else "",
+        headline_language=language_tag(first.language) if first else None,
+        outlets=outlets,
+        home_url=f"{public_url}/",
+        language=lambda item: language_tag(item.language),
     )
 
 

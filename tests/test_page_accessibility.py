@@ -205,6 +205,18 @@ def test_the_chrome_is_english_and_each_item_says_its_own_language(site: tuple[C
     assert arabiya.xpath("//article//p[@class='meta']/@lang") == []  # the chrome inside stays English
 
 
+def test_a_story_page_says_each_items_language(site: tuple[Config, Store]) -> None:
+    """On a story page, each outlet's headline (and the page's, its lead's) carries the language
+    its feed declared: the outlets of one story may write in several."""
+    config, store = site
+    summit, _ = resolve_story(store, SUMMIT)
+    with serving(store, config) as base:
+        page = fetch(base, f"/stories/{summit}")
+    said = {"".join(h.itertext()).strip(): h.get("lang") for h in page.xpath("//main//li//h2")}
+    assert said == {"Talks collapse at summit": "en", "Summit ends without a deal": "en-GB"}
+    assert page.xpath("/html/@lang") == ["en"] and page.xpath("//h1/@lang") == ["en-GB"]
+
+
 @pytest.mark.parametrize(
     ("declared", "output", "tag"),
     [("ar", None, "ar"), ("en_US", None, "en-US"), ("English", "de", "de"), (None, "ar", "ar"), ("", None, None)],

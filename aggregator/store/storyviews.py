@@ -34,6 +34,7 @@ class CoverageItem:
     dated: bool  # False: the outlet gave no date; sort_at is when we first saw it
     item_id: int
     first_seen_at: datetime
+    language: str | None = None  # as its feed declared it
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,16 @@ class StoryViewStore(StoreBase):
             rows = s.execute(
                 select(
                     SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.published_at, ItemRow.id,
-                    ItemRow.first_seen_at,
+                    ItemRow.first_seen_at, ItemRow.language,
                 )
                 .join(SourceRow, ItemRow.source_id == SourceRow.id)
                 .where(ItemRow.story_id == story_id)
                 .order_by(ItemRow.sort_at.desc(), ItemRow.id.desc())
             )  # fmt: skip
             items = tuple(
-                CoverageItem(r.name, r.title, r.link, r.sort_at, r.published_at is not None, r.id, r.first_seen_at)
+                CoverageItem(
+                    r.name, r.title, r.link, r.sort_at, r.published_at is not None, r.id, r.first_seen_at, r.language
+                )
                 for r in rows
             )
         return StoryCoverage(story_id, uid, items)
