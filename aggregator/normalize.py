@@ -606,7 +606,29 @@ def plain_text(fragment: str) -> str:
 
 
 def _first_words(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + "…"
+    """``text`` cut to ``limit`` characters at most, before the word the cut would split. A text
+    with no space before the cut (Chinese, Thai) is cut between two characters as a reader sees
+    them: never before a mark, a joiner or a modifier that belongs to the character before it
+    (the Thai vowel and tone marks of "ที่", a family emoji joined by ZWJs)."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    if " " in head:
+        return head.rsplit(" ", 1)[0] + "…"
+    end = limit
+    while end > 1 and _joins_previous(text, end):
+        end -= 1
+    return text[:end] + "…"
+
+
+def _joins_previous(text: str, at: int) -> bool:
+    """Whether ``text[at]`` belongs to one visible character with ``text[at - 1]``."""
+    char, before = text[at], text[at - 1]
+    return (
+        unicodedata.category(char) in ("Mn", "Mc", "Me")
+        or char in "\u200d\u200c" or before == "\u200d"
+        or "\ufe00" <= char <= "\ufe0f" or "\U0001f3fb" <= char <= "\U0001f3ff" or "\U000e0020" <= char <= "\U000e007f"
+    )  # fmt: skip
 
 
 def _hash(*parts: str) -> str:

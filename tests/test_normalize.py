@@ -532,3 +532,18 @@ def test_undated_items_above_the_newest_dated_one_sit_just_above_it_not_at_first
 def test_an_oldest_first_document_is_read_in_its_own_direction() -> None:
     placed = _placed(5, None, 2, None)  # ascending dates: the last item is the newest
     assert placed[3] > placed[2] > placed[1] > placed[0]
+
+
+def test_an_unspaced_text_is_cut_between_characters_as_readers_see_them() -> None:
+    """An untitled Thai item takes its title from its text, which has no space to cut at: the cut
+    falls before the consonant whose vowel and tone marks follow it, not between them. A title
+    past ``MAX_TITLE_CHARS`` is not cut inside a family emoji made of three joined ones."""
+    from aggregator.normalize import MAX_TITLE_CHARS, _first_words
+
+    thai = "ก" * 79 + "ที่นี่"
+    assert _first_words(thai) == "ก" * 79 + "…"
+    family = "a" * (MAX_TITLE_CHARS - 1) + "👨\u200d👩\u200d👧"
+    assert _first_words(family, MAX_TITLE_CHARS) == "a" * (MAX_TITLE_CHARS - 1) + "…"
+    flagged = "b" * (MAX_TITLE_CHARS - 1) + "👍🏽 and more"
+    assert _first_words(flagged, MAX_TITLE_CHARS) == "b" * (MAX_TITLE_CHARS - 1) + "…"
+    assert _first_words("Two words and then some more", 12) == "Two words…"  # at a space, as before
