@@ -114,6 +114,39 @@ def demoted_headings(fragment: str) -> str:
     return _TAG.sub(demote, fragment)
 
 
+def page_summary(candidate: Candidate) -> str:
+    """An item's summary (else its content) as a page shows it: ``demoted_headings``, then
+    ``images_with_alt``."""
+    return images_with_alt(demoted_headings(candidate.summary_html or candidate.content_html))
+
+
+_ALT = re.compile(r"""\salt\s*=""", re.IGNORECASE)
+
+
+def images_with_alt(fragment: str) -> str:
+    """Sanitized HTML whose images without an ``alt`` get an empty one. A screen reader reads
+    an image with none by its file name ("IMG_20261124_0912.jpg"); an empty one says it adds
+    nothing to the text beside it, which is what a feed rarely tells otherwise. An image the
+    feed described keeps its description. Only pages do this, like ``demoted_headings``."""
+    if "<img" not in fragment and "<IMG" not in fragment:
+        return fragment
+
+    def described(tag: re.Match[str]) -> str:
+        if tag.group(1) or tag.group(2).lower() != "img" or _ALT.search(_quoted_values_blanked(tag.group(3))):
+            return tag.group(0)
+        attributes = tag.group(3)
+        closing = "/" if attributes.rstrip().endswith("/") else ""
+        attributes = attributes.rstrip().removesuffix("/") if closing else attributes
+        return f'<{tag.group(2)}{attributes} alt=""{closing}>'
+
+    return _TAG.sub(described, fragment)
+
+
+def _quoted_values_blanked(attributes: str) -> str:
+    """Attributes with their quoted values emptied: an ``alt=`` inside a title is no alt."""
+    return re.sub(r""""[^"]*"|'[^']*'""", '""', attributes)
+
+
 def media_type(enclosure: Enclosure) -> str:
     """RSS and JSON Feed require a type: the given one, else a guess from the file name."""
     return enclosure.type or mimetypes.guess_type(enclosure.url)[0] or "application/octet-stream"

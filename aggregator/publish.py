@@ -34,7 +34,6 @@ from aggregator import __version__
 from aggregator.archive import Page, archive_page_url, archive_url
 from aggregator.config import Output
 from aggregator.entryview import (
-    demoted_headings,
     entry_html,
     feed_url,
     item_language,
@@ -42,6 +41,7 @@ from aggregator.entryview import (
     media_type,
     other_outlets,
     outlets_text,
+    page_summary,
     preview,
     size,
     source_name,
@@ -228,7 +228,7 @@ def html_pieces(
             previous_url=archive_page_url(public_url, output.slug, previous) if previous else None,
             story_url=lambda entry: story_url(public_url, entry.lead.story_id),
             language=lambda candidate: item_language(candidate, output.language),
-            summary=lambda candidate: demoted_headings(candidate.summary_html or candidate.content_html),
+            summary=page_summary,
             source_name=source_name,
             other_outlets=other_outlets,
             outlets_text=outlets_text,

@@ -43,6 +43,9 @@ WIDE = (
     "<p>Run <code>" + "inline_unbroken_code_" * 12 + "</code> first.</p>"
 )
 AUDIO = "https://cdn.herald.example/{}.mp3"
+IMAGES = (
+    '<img src="https://cdn.herald.example/chart.png"><img src="https://cdn.herald.example/bank.jpg" alt="The bank">'
+)
 OUTPUTS = """
 outputs:
   - slug: world
@@ -97,7 +100,8 @@ def site(server: FeedServer, tmp_path: Path) -> Iterator[tuple[Config, Store]]:
             [
                 ("Summit ends without a deal", SUMMIT, THIS_WEEK, f"<p>Talks ended.</p>{HEADINGS}{WIDE}",
                  audio("summit") + "<dc:creator>Ann Reporter</dc:creator>"),
-                ("Rates on hold", "https://herald.example/rates", THIS_WEEK, "<p>No change.</p>", audio("rates")),
+                ("Rates on hold", "https://herald.example/rates", THIS_WEEK, f"<p>No change.</p>{IMAGES}",
+                 audio("rates")),
                 ("Rivers rise across the north", "https://herald.example/rivers", LAST_WEEK,
                  f"<p>Floods.</p>{HEADINGS}{WIDE}", audio("rivers")),
             ],
@@ -248,6 +252,22 @@ def test_a_summary_headings_sit_below_its_article_heading(site: tuple[Config, St
         found = [(e.tag, e.text) for e in summary.iter("h1", "h2", "h3", "h4", "h5", "h6")]
         assert found == expected, path
     assert "&lt;h1&gt;Inside one&lt;/h1&gt;" in atom
+
+
+def test_a_summary_image_the_feed_did_not_describe_gets_an_empty_alt(site: tuple[Config, Store]) -> None:
+    """An image with no ``alt`` is read by its file name; on the pages it gets an empty one, and
+    one the feed described keeps its description. The feeds keep the images as stored."""
+    config, store = site
+    with serving(store, config) as base:
+        page = fetch(base, "/feeds/world")
+        atom = httpx.get(f"{base}/feeds/world.atom").text
+    images = article(page, "Rates on hold").xpath(".//div[@class='summary']//img")
+    assert [(i.get("src").rsplit("/", 1)[1], i.get("alt")) for i in images] == [
+        ("chart.png", ""),
+        ("bank.jpg", "The bank"),
+    ]
+    assert all(img.get("alt") is not None for img in page.xpath("//img"))
+    assert 'chart.png"&gt;' in atom or 'chart.png"/&gt;' in atom  # no alt added in the feed
 
 
 def test_demoting_headings_rewrites_heading_tags_only() -> None:
