@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wcwidth import wcswidth, wcwidth
+
 from aggregator import __version__, collector, logs, malloc
 from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
 from aggregator.curate import draws_from, lead_of
@@ -479,7 +481,8 @@ def cmd_items(args: argparse.Namespace) -> int:
     for v in verdicts:
         c = v.candidate
         source = _shortened(c.source_name, width)
-        print(f"{'+' if v.included else '-'} {c.story_id:>7}  {source:<{width}}  {_cut(c.title, 60):<60}  {v.reason}")
+        title = _padded(_cut(c.title, 60), 60)
+        print(f"{'+' if v.included else '-'} {c.story_id:>7}  {_padded(source, width)}  {title}  {v.reason}")
         if c.item_id in joined:
             print(f"{'':11}story: {joined[c.item_id]}")
     return EXIT_OK
@@ -572,7 +575,7 @@ def cmd_story(args: argparse.Namespace) -> int:
         print(f"  led in the outputs by item {lead.item_id} ({_shortened(lead.source, width)}): {_cut(lead.title, 90)}")
     for m in members:
         source = _shortened(m.source, width)
-        print(f"  item {m.item_id:>7}  {m.sort_at:%Y-%m-%d %H:%M}Z  {source:<{width}}  {_cut(m.title, 70)}")
+        print(f"  item {m.item_id:>7}  {m.sort_at:%Y-%m-%d %H:%M}Z  {_padded(source, width)}  {_cut(m.title, 70)}")
         print(f"                {m.reason or 'no reason recorded (stored before story matching kept one)'}")
     return EXIT_OK
 
@@ -583,23 +586,49 @@ SOURCE_COLUMN = 32
 
 def _source_width(names: Iterable[str]) -> int:
     """The source column's width: the longest name shown, up to ``SOURCE_COLUMN``."""
-    return min(SOURCE_COLUMN, max((len(name) for name in names), default=0))
+    return min(SOURCE_COLUMN, max((_columns(name) for name in names), default=0))
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns ``text`` takes: a Chinese or Japanese character two, a
+    combining mark none (``wcwidth``), where counting characters misaligned every column after
+    a CJK headline or source name."""
+    found = wcswidth(text)
+    return found if found >= 0 else len(text)
+
+
+def _padded(text: str, width: int) -> str:
+    """``text`` followed by the spaces that make it ``width`` columns wide."""
+    return text + " " * max(0, width - _columns(text))
+
+
+def _fitting(text: str, width: int, from_end: bool = False) -> str:
+    """The longest start (or end) of ``text`` that takes at most ``width`` columns."""
+    chars = reversed(text) if from_end else iter(text)
+    used, kept = 0, 0
+    for char in chars:
+        used += max(0, wcwidth(char))
+        if used > width:
+            break
+        kept += 1
+    return text[len(text) - kept :] if from_end else text[:kept]
 
 
 def _shortened(name: str, width: int) -> str:
-    """A source name fitted to ``width`` by cutting out its middle: names that share a
+    """A source name fitted to ``width`` columns by cutting out its middle: names that share a
     beginning ("Reuters - World", "Reuters - Business"; feeds of one site named by their
     address) differ at the end, and cutting the end made several sources of one story look
     like one outlet."""
-    if len(name) <= width:
+    if _columns(name) <= width:
         return name
     head = (width - 1) // 2
-    return f"{name[:head]}…{name[len(name) - (width - 1 - head) :]}"
+    start = _fitting(name, head)
+    return f"{start}…{_fitting(name[len(start) :], width - 1 - _columns(start), from_end=True)}"
 
 
 def _cut(title: str, width: int) -> str:
-    """A headline cut to ``width``, marked as cut."""
-    return title if len(title) <= width else f"{title[: width - 1]}…"
+    """A headline cut to ``width`` columns, marked as cut."""
+    return title if _columns(title) <= width else f"{_fitting(title, width - 1)}…"
 
 
 def cmd_opml(args: argparse.Namespace) -> int:
@@ -694,9 +723,9 @@ def cmd_sources(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    widths = [max(_columns(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print("  ".join(_padded(cell, width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return EXIT_OK
 
 

@@ -166,3 +166,45 @@ def test_german_stock_phrases_are_no_copy_but_a_german_copy_is() -> None:
     assert not judged(FIRE_DE, BOMB_DE, "de")
     copy = ("Hamburger Hafen: Feuerwehrmann bei Großbrand verletzt", FIRE_DE[1].rsplit(" Anwohner", 1)[0])
     assert judged(FIRE_DE, copy, "de")
+
+
+def test_the_items_table_stays_aligned_with_chinese_sources_and_headlines(
+    server: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``aggregator items`` lines its columns up by terminal columns, not characters: a Chinese
+    character takes two, and counted as one it pushed every column after it out of line."""
+    from email.utils import format_datetime
+    from xml.sax.saxutils import escape
+
+    from wcwidth import wcswidth
+
+    from aggregator.cli import main
+    from tests.conftest import write_config
+    from tests.server import FeedServer, Route
+
+    assert isinstance(server, FeedServer)
+    now = datetime.now(UTC).replace(microsecond=0)
+    feeds = {
+        "新华社国际新闻频道的一个很长很长的名字": (*BUDGET, "zh"),
+        "Example Wire": ("Rates on hold as inflation eases", "The Kalmar central bank kept its key rate.", "en"),
+        "深圳晚报": (*FIRE, "zh"),
+    }
+    sources = []
+    for n, (name, (title, text, language)) in enumerate(feeds.items()):
+        body = (
+            f"<rss version='2.0'><channel><title>t</title><link>https://o{n}.example/</link><description>d"
+            f"</description><language>{language}</language><item><title>{escape(title)}</title>"
+            f"<link>https://o{n}.example/1</link><description>{escape(text)}</description>"
+            f"<pubDate>{format_datetime(now - timedelta(hours=n + 1))}</pubDate></item></channel></rss>"
+        ).encode()
+        server.add(f"/o{n}", Route(body=body))
+        sources.append({"name": f'"{name}"', "url": server.url(f"/o{n}")})
+    config = write_config(tmp_path, sources)
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "items", "world"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line[:2] in ("+ ", "- ")]
+    assert len(rows) == 3
+    reason_at = {wcswidth(row[: row.index(" included")]) for row in rows}
+    assert len(reason_at) == 1, rows
+    assert any("新华社" in row and "…" in row for row in rows)  # the long name is shortened, by columns
