@@ -34,7 +34,7 @@ from functools import cache
 from typing import Protocol, TypeVar
 
 from aggregator.config import Output, Rule
-from aggregator.plaintext import html_to_text
+from aggregator.plaintext import UNMARKED_LATIN_LETTERS, html_to_text
 from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
 
 
@@ -346,10 +346,9 @@ def _keyword(word: str) -> re.Pattern[str]:
     return re.compile(f"{literal}{before}{after}")
 
 
-# Latin letters with no decomposition into a letter and a mark, as names.unaccented writes them
-# ("Wałęsa" is "Walesa", Turkish "Diyarbakır" is "Diyarbakir"); the two must agree.
-_UNMARKED_LETTERS = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i"})
-_ANY_UNMARKED_LETTER = re.compile("[øłđðþæœı]")  # translate looks each character up: 20 times dearer
+_UNMARKED_LETTERS = str.maketrans(UNMARKED_LATIN_LETTERS)
+# translate looks each character up: 20 times dearer than searching for one of them first
+_ANY_UNMARKED_LETTER = re.compile(f"[{''.join(UNMARKED_LATIN_LETTERS)}]")
 # The marks on a Latin (in decomposed, case-folded text: ASCII) or Greek letter.
 _LATIN_OR_GREEK_MARKS = re.compile("(?<=[\x00-\x7f\u0370-\u03ff])[\u0300-\u036f]+")
 # Latin letters with a mark, Greek letters and combining marks: only a text with one of these

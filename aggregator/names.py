@@ -35,6 +35,8 @@ from importlib import resources
 
 import Stemmer
 
+from aggregator.plaintext import UNMARKED_LATIN_LETTERS
+
 LEAD_CHARS = 700
 """Characters of text read after the headline: the lead carries the who, where and how many;
 later paragraphs name background people and places that other reports need not share."""
@@ -374,9 +376,7 @@ def _country_files() -> Iterator[tuple[str, str, int]]:
                     yield str(info["name"]), str(info.get("demonym") or ""), int(info.get("population") or 0)
 
 
-_LATIN_LETTERS = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i"})
-"""Latin letters with no Unicode decomposition into a base letter and a mark, and the letters
-outlets that drop marks write for them ("Støre" as "Store", "Wałęsa" as "Walesa")."""
+_LATIN_LETTERS = str.maketrans(UNMARKED_LATIN_LETTERS)
 
 
 def unaccented(word: str) -> str:

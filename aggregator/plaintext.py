@@ -1,7 +1,8 @@
 """The plain text of HTML that ``normalize.sanitize_html`` let through: what matching reads of an
 item (``html_to_lines`` for its names), and what JSON Feed's plain-text summary shows. Apart
 from ``normalize`` so that the publishing process, which renders stored HTML and never
-sanitizes, need not load the sanitizer (nh3) to read it.
+sanitizes, need not load the sanitizer (nh3) to read it. And the Latin letters that text
+compared without accents is written with (``UNMARKED_LATIN_LETTERS``).
 """
 
 from __future__ import annotations
@@ -71,3 +72,10 @@ def html_to_lines(sanitized: str) -> str:
         return html_to_text(sanitized)
     blocks = (collapse(html.unescape(_SANITIZED_TAG.sub("", block))) for block in _BLOCK_TAG.split(sanitized))
     return "\n".join(block for block in blocks if block)
+
+
+UNMARKED_LATIN_LETTERS = {"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i"}
+"""Latin letters with no Unicode decomposition into a base letter and a mark, and the letters
+outlets that drop marks write for them ("Støre" as "Store", "Wałęsa" as "Walesa", Turkish
+"Diyarbakır" as "Diyarbakir"): story matching's names (``names.unaccented``) and curation's
+keywords (``curate.folded``) drop them alike."""
