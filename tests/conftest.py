@@ -7,6 +7,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +108,31 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'store.db'}"
     else:
         yield from _postgres_database()
+
+
+@contextlib.contextmanager
+def polled_once(
+    tmp_path: Path, sources: Sequence[Mapping[str, object]], database_url: str, outputs: str, now: datetime
+) -> Iterator[tuple[Config, Store]]:
+    """A feeds.yaml of ``sources`` and ``outputs`` on ``database_url`` (a real SQLite file or
+    PostgreSQL database), every source polled once at ``now`` through the real pipeline."""
+    import asyncio
+
+    from aggregator.config import load_config
+    from aggregator.pipeline import Pipeline, poll_once
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.repository import Store
+
+    config = load_config(write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=outputs)).config
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    store = Store(engine)
+    try:
+        store.sync_sources(config.source_specs(), now)
+        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: now), all_sources=True))
+        yield config, store
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager

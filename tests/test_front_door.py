@@ -19,12 +19,11 @@ import pytest
 from lxml import etree
 
 from aggregator.cli import resolve_story
-from aggregator.config import Config, load_config
+from aggregator.config import Config
 from aggregator.pipeline import Pipeline, poll_once
-from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
 from tests.browser import CHROMIUM, DESKTOP, PHONE, Browser, layout
-from tests.conftest import serving, write_config
+from tests.conftest import polled_once, serving
 from tests.server import FeedServer, Route
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)  # 2026-W48; W47 and W45 are archived
@@ -90,16 +89,8 @@ def site(server: FeedServer, tmp_path: Path, database_url: str) -> Iterator[tupl
 @contextmanager
 def polled(tmp_path: Path, sources: list[dict[str, object]], database_url: str) -> Iterator[tuple[Config, Store]]:
     """A feeds.yaml of ``sources`` with the outputs above on the database, every source polled once at NOW."""
-    config = load_config(write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=OUTPUTS)).config
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    try:
-        store.sync_sources(config.source_specs(), NOW)
-        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: NOW), all_sources=True))
-        yield config, store
-    finally:
-        engine.dispose()
+    with polled_once(tmp_path, sources, database_url, OUTPUTS, NOW) as site:
+        yield site
 
 
 def test_the_front_door_lists_every_output_with_its_formats_page_and_archives(site: tuple[Config, Store]) -> None:

@@ -10,7 +10,6 @@ and, where only layout or the browser's own resolution tells, in a real Chromium
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,13 +23,11 @@ from lxml import etree
 
 from aggregator.archive import Page
 from aggregator.cli import resolve_story
-from aggregator.config import Config, load_config
+from aggregator.config import Config
 from aggregator.entryview import demoted_headings, item_language
-from aggregator.pipeline import Pipeline, poll_once
-from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
 from tests.browser import CHROMIUM, DESKTOP, PHONE, Browser, layout
-from tests.conftest import serving, write_config
+from tests.conftest import polled_once, serving
 from tests.server import FeedServer
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, 438442, tzinfo=UTC)  # 2026-W48; W47 and W45 are archived
@@ -123,17 +120,8 @@ def site(server: FeedServer, tmp_path: Path) -> Iterator[tuple[Config, Store]]:
         {"name": "Opinion", "url": server.url("/opinion")},
         {"name": "Dormant", "url": server.url("/dormant"), "enabled": "false"},
     ]
-    database_url = f"sqlite:///{tmp_path / 'store.db'}"
-    config = load_config(write_config(tmp_path, sources, settings=f"database: {database_url}", outputs=OUTPUTS)).config
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    store = Store(engine)
-    try:
-        store.sync_sources(config.source_specs(), NOW)
-        asyncio.run(poll_once(Pipeline(config, store, clock=lambda: NOW), all_sources=True))
-        yield config, store
-    finally:
-        engine.dispose()
+    with polled_once(tmp_path, sources, f"sqlite:///{tmp_path / 'store.db'}", OUTPUTS, NOW) as site:
+        yield site
 
 
 PAGES = ("/feeds/world", "/feeds/world/archive/2026-W47")
