@@ -34,6 +34,7 @@ from functools import cache
 from typing import Protocol, TypeVar
 
 from aggregator.config import Output, Rule
+from aggregator.langtags import primary_language
 from aggregator.plaintext import UNMARKED_LATIN_LETTERS, html_to_text
 from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
 
@@ -305,11 +306,7 @@ def _field(candidate: Candidate, name: str) -> str:
 def _same_language(wanted: str, actual: str) -> bool:
     """Whether two language tags name one language, whatever region or script follows it. RSS
     feeds write a POSIX locale ("fr_FR") in <language> as often as a BCP 47 tag ("fr-FR")."""
-    return _primary_language(actual) == _primary_language(wanted)
-
-
-def _primary_language(tag: str) -> str:
-    return tag.lower().replace("_", "-").split("-")[0]
+    return primary_language(actual) == primary_language(wanted)
 
 
 @cache

@@ -12,6 +12,7 @@ import html
 import mimetypes
 import re
 
+from aggregator.langtags import language_tag
 from aggregator.records import Candidate, Enclosure, OutputEntry
 
 
@@ -66,9 +67,6 @@ def outlets_text(entry: OutputEntry) -> str:
     return f"Reported by {count} outlet{'' if count == 1 else 's'}"
 
 
-_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
-
-
 def item_language(candidate: Candidate, output_language: str | None) -> str | None:
     """The language tag for an item's own text on a page whose chrome is English: the one its
     feed declared, else the output's (curation admits an item of no declared language into an
@@ -76,15 +74,6 @@ def item_language(candidate: Candidate, output_language: str | None) -> str | No
     Feeds write "en_US" and "English" too: the first is mended, the second is no tag and is
     skipped, since an invalid ``lang`` makes a screen reader guess worse than none."""
     return language_tag(candidate.language, output_language)
-
-
-def language_tag(*declared: str | None) -> str | None:
-    """The first of ``declared`` that is a language tag, mended ("en_US" is "en-US"), or None."""
-    for value in declared:
-        tag = (value or "").strip().replace("_", "-")
-        if _LANGUAGE_TAG.fullmatch(tag):
-            return tag
-    return None
 
 
 # Every tag, its quoted attribute values taken whole: a "<h1>" inside an attribute belongs to

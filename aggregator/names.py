@@ -35,6 +35,7 @@ from importlib import resources
 
 import Stemmer
 
+from aggregator.langtags import primary_language
 from aggregator.plaintext import UNMARKED_LATIN_LETTERS
 
 LEAD_CHARS = 700
@@ -109,7 +110,7 @@ def capitals_mark_names(title: str, text: str, language: str | None = None) -> b
     Latin acronyms it quotes), nor in a language that capitalises every noun
     (``NOUNS_CAPITALISED``, from the item's declared ``language``: German news feeds declare
     theirs, and no small word list told German from English prose naming "von der Leyen")."""
-    if language and language.replace("_", "-").split("-")[0].casefold() in NOUNS_CAPITALISED:
+    if language and primary_language(language) in NOUNS_CAPITALISED:
         return False
     sample = f"{title} {text[:LEAD_CHARS]}"
     caseless = len(_CASELESS_LETTER.findall(sample))

@@ -17,8 +17,9 @@ import jinja2
 from aggregator.archive import Page, archive_page_url, archive_url
 from aggregator.config import Config, Output
 from aggregator.curate import lead_of
-from aggregator.entryview import feed_url, language_tag
+from aggregator.entryview import feed_url
 from aggregator.errors import PublishError
+from aggregator.langtags import language_tag
 from aggregator.publish import TEMPLATES
 from aggregator.store.repository import ArchivePage, StoryCoverage
 
