@@ -725,10 +725,13 @@ def rare_words(title: str, text: str, terms: Terms) -> dict[str, tuple[int, floa
         else:
             known[word] = hit
     if missing:
-        for word, pieces in zip(missing, semantic.embedder().pieces(missing), strict=True):
+        # The tokenizer splits every word of another alphabet alike: it tells no rarity there,
+        # and is not asked.
+        latin = [word for word in missing if _LATIN_WORD.fullmatch(word)]
+        pieces_of = dict(zip(latin, semantic.embedder().pieces(latin), strict=True)) if latin else {}
+        for word in missing:
+            pieces = pieces_of.get(word, 0)
             weight = RARE_WORD_WEIGHT if pieces >= RARE_PIECES else RARE_WORD_WEIGHT / 2 if pieces == 2 else 0.0
-            if not _LATIN_WORD.fullmatch(word):
-                weight = 0.0  # the tokenizer splits every word of another alphabet: no rarity told
             stem = names.stem(word)
             known[word] = (stem, names.term_key(stem), weight)
         if len(_rarity) + len(missing) > RARE_WORDS_REMEMBERED:
