@@ -35,7 +35,7 @@ from typing import Protocol, TypeVar
 
 from aggregator.config import Output, Rule
 from aggregator.langtags import primary_language
-from aggregator.plaintext import UNMARKED_LATIN_LETTERS, html_to_text
+from aggregator.plaintext import UNMARKED_LATIN_LETTERS, UNPRINTED_MARKS, html_to_text
 from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
 
 
@@ -343,9 +343,10 @@ def _keyword(word: str) -> re.Pattern[str]:
     return re.compile(f"{literal}{before}{after}")
 
 
-_UNMARKED_LETTERS = str.maketrans(UNMARKED_LATIN_LETTERS)
+_UNMARKED = {**UNMARKED_LATIN_LETTERS, **UNPRINTED_MARKS}
+_UNMARKED_LETTERS = str.maketrans(_UNMARKED)
 # translate looks each character up: 20 times dearer than searching for one of them first
-_ANY_UNMARKED_LETTER = re.compile(f"[{''.join(UNMARKED_LATIN_LETTERS)}]")
+_ANY_UNMARKED_LETTER = re.compile(f"[{''.join(_UNMARKED)}]")
 # The marks on a Latin (in decomposed, case-folded text: ASCII) or Greek letter.
 _LATIN_OR_GREEK_MARKS = re.compile("(?<=[\x00-\x7f\u0370-\u03ff])[\u0300-\u036f]+")
 # Latin letters with a mark, Greek letters and combining marks: only a text with one of these
@@ -361,9 +362,10 @@ def folded(text: str) -> str:
     on Latin and Greek letters dropped. Wires drop accents ("Sanchez" for "Sánchez", as story
     matching's ``names.unaccented`` does) and Greek capitals drop the tonos ("ΣΕΙΣΜΟΣ" for
     "σεισμός"). Turkish capital "İ" folds to "i" and a dot, which goes with the marks, and
-    dotless "ı" is written "i": "İSTANBUL" is "istanbul", "Diyarbakır" "diyarbakir". Marks on
-    other scripts' letters stay: they tell letters apart (Cyrillic "й" is no "и", Japanese "ガ"
-    no "カ"). Spanish "año" does become "ano": the price of meeting the wires' spelling."""
+    dotless "ı" is written "i": "İSTANBUL" is "istanbul", "Diyarbakır" "diyarbakir". Russian
+    "ё" is "е", as Russian print mostly writes it (``UNPRINTED_MARKS``). Marks on other
+    scripts' letters stay: they tell letters apart (Cyrillic "й" is no "и", Japanese "ガ" no
+    "カ"). Spanish "año" does become "ano": the price of meeting the wires' spelling."""
     if text.isascii():
         return text.lower()
     text = unicodedata.normalize("NFKC", text).casefold()

@@ -36,7 +36,7 @@ from importlib import resources
 import Stemmer
 
 from aggregator.langtags import primary_language
-from aggregator.plaintext import UNMARKED_LATIN_LETTERS
+from aggregator.plaintext import UNMARKED_LATIN_LETTERS, UNPRINTED_MARKS
 
 LEAD_CHARS = 700
 """Characters of text read after the headline: the lead carries the who, where and how many;
@@ -377,7 +377,7 @@ def _country_files() -> Iterator[tuple[str, str, int]]:
                     yield str(info["name"]), str(info.get("demonym") or ""), int(info.get("population") or 0)
 
 
-_LATIN_LETTERS = str.maketrans(UNMARKED_LATIN_LETTERS)
+_UNMARKED_LETTERS = str.maketrans({**UNMARKED_LATIN_LETTERS, **UNPRINTED_MARKS})
 
 
 def unaccented(word: str) -> str:
@@ -385,13 +385,14 @@ def unaccented(word: str) -> str:
     "são" become "chavez", "erdogan" and "sao". Outlets write one name with its marks and
     without them (an agency's wire drops them, a local outlet keeps them), and two reports of
     one event must name it alike. Greek letters lose theirs too: Greek writes no tonos on
-    capitals, so a headline in capitals names "ΑΘΗΝΑ" where the lead names "Αθήνα". Marks on
-    other scripts' letters stay: there they tell different letters apart (Cyrillic "й" is no
-    "и" with a mark)."""
+    capitals, so a headline in capitals names "ΑΘΗΝΑ" where the lead names "Αθήνα". So does
+    Russian "ё", which print mostly writes "е" (``UNPRINTED_MARKS``: "Королёв" is "королев").
+    Marks on other scripts' letters stay: there they tell different letters apart (Cyrillic
+    "й" is no "и" with a mark)."""
     if word.isascii():
         return word
     kept: list[str] = []
-    for char in unicodedata.normalize("NFKD", word.translate(_LATIN_LETTERS)):
+    for char in unicodedata.normalize("NFKD", word.translate(_UNMARKED_LETTERS)):
         if not (unicodedata.combining(char) and kept and (kept[-1].isascii() or "\u0370" <= kept[-1] <= "\u03ff")):
             kept.append(char)
     return unicodedata.normalize("NFC", "".join(kept))

@@ -2,7 +2,7 @@
 item (``html_to_lines`` for its names), and what JSON Feed's plain-text summary shows. Apart
 from ``normalize`` so that the publishing process, which renders stored HTML and never
 sanitizes, need not load the sanitizer (nh3) to read it. And the Latin letters that text
-compared without accents is written with (``UNMARKED_LATIN_LETTERS``).
+compared without accents is written with (``UNMARKED_LATIN_LETTERS``, ``UNPRINTED_MARKS``).
 """
 
 from __future__ import annotations
@@ -79,3 +79,9 @@ UNMARKED_LATIN_LETTERS = {"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th"
 outlets that drop marks write for them ("Støre" as "Store", "Wałęsa" as "Walesa", Turkish
 "Diyarbakır" as "Diyarbakir"): story matching's names (``names.unaccented``) and curation's
 keywords (``curate.folded``) drop them alike."""
+
+UNPRINTED_MARKS = {"ё": "е"}
+"""Letters whose mark the language's own print mostly leaves out, and the letter printed for
+them: Russian news writes "Королев" for "Королёв" and "еще" for "ещё", and a second outlet
+writes them with the mark. Story matching's names and curation's keywords write them alike
+(``names.unaccented``, ``curate.folded``). Other Cyrillic marks stay: "й" is no "и"."""

@@ -67,10 +67,10 @@ from aggregator import cluster, names, semantic
 from aggregator.names import Terms
 from aggregator.plaintext import collapse
 
-FEATURES_VERSION = "s11"
+FEATURES_VERSION = "s12"
 """Prefix of ``Features.dumps()``; bump it when the model, the term extraction or the layout
 changes, so features written by older code are recognised (and read, or simply not compared)."""
-OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10")
+OLDER_VERSIONS = ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11")
 """Earlier layouts ``Features.loads`` still reads: ``s1`` had no rare words, ``s2`` did not
 tell the leading names (``Features.leading``) from the others, ``s3`` (the layout of ``s4``)
 took a wire dateline's place and date for leading names and its agency credit for a name,
@@ -89,7 +89,8 @@ Both changes came in one release, as ``s10``, which (the same layout) took the c
 nouns of a German item for names, the figures of an item that names no one for evidence, and
 every word of another alphabet than the Latin for a rare word, and kept the tonos on a Greek
 name's letters (``names.capitals_mark_names``, ``names.extract``, ``_LATIN_WORD``,
-``names.unaccented``)."""
+``names.unaccented``), and ``s11`` (the same layout) kept the Russian "ё" apart from the "е"
+print mostly writes for it (``plaintext.UNPRINTED_MARKS``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy

@@ -143,6 +143,15 @@ def test_a_greek_name_in_capitals_is_the_same_name_as_with_its_tonos() -> None:
     assert names.unaccented("йод") == "йод"  # Cyrillic "й" is a letter of its own, not "и" with a mark
 
 
+def test_a_russian_name_with_its_yo_is_the_same_name_as_printed_without() -> None:
+    """Russian print mostly writes "е" for "ё": one outlet's "Королёв" and another's "Королев"
+    name one town, as keywords find it (``curate.folded``)."""
+    with_mark = names.extract("Пожар в Королёве", "В подмосковном Королёве горел склад.")
+    printed = names.extract("Пожар в Королеве", "В подмосковном Королеве горел склад.")
+    assert with_mark.words == printed.words == ("королеве",)
+    assert names.unaccented("ёлка") == names.unaccented("елка") == "елка"
+
+
 FIRE_DE = (
     "Großbrand in Hamburger Lagerhalle – Feuerwehrmann verletzt",
     "Bei einem Großbrand in einer Lagerhalle im Hamburger Hafen ist am Montag ein Feuerwehrmann verletzt worden. "
