@@ -72,6 +72,13 @@ TOKENS = (
 # features read has its paragraphs on lines of their own (``parseworker.feature_text``).
 _TOKEN = re.compile(rf"(?:[^\S\n]|,)*+(?:{TOKENS})")
 _POSSESSIVE = re.compile(r"[’']s$")
+_CASE_ENDING = re.compile(r"(?<=[^\W\d_]{3})[’'](?!(?:t|ll|re|ve|d|m)$)([^\W\d_]{1,4})$", re.IGNORECASE)
+"""A case ending written after a name with an apostrophe, as Turkish writes them: "İstanbul'da",
+"İstanbul'un", "Erdoğan'ın" and "Ankara'ya" name İstanbul, Erdoğan and Ankara, and two reports
+of one event decline them differently. It is dropped where it is written in small letters, or
+in capitals after a name in capitals ("İSTANBUL'DA"); never after fewer than three letters
+("O'Neill", "d'Ivoire", "Ba'ath" keep theirs), nor where it is an English contraction's
+("Don't", "They'll", "You're", "We've", "He'd", "I'm")."""
 _SCALE = {"thousand": 10**3, "k": 10**3, "million": 10**6, "m": 10**6, "billion": 10**9, "bn": 10**9,
           "trillion": 10**12}  # fmt: skip
 _ABBREVIATION = re.compile(r"^(?:[A-Za-z]\.){2,}$")  # U.S. U.K. U.N.
@@ -325,6 +332,9 @@ def term_key(word: str) -> int:
 
 def _fold(raw: str) -> str:
     word = _POSSESSIVE.sub("", raw.rstrip("."))
+    ending = _CASE_ENDING.search(word)
+    if ending and (ending.group(1).islower() or word.isupper()):
+        word = word[: ending.start()]
     if _ABBREVIATION.match(raw):
         word = raw.replace(".", "")
     return unaccented(word.casefold().replace("’", "'"))

@@ -90,7 +90,8 @@ nouns of a German item for names, the figures of an item that names no one for e
 every word of another alphabet than the Latin for a rare word, and kept the tonos on a Greek
 name's letters (``names.capitals_mark_names``, ``names.extract``, ``_LATIN_WORD``,
 ``names.unaccented``), and ``s11`` (the same layout) kept the Russian "ё" apart from the "е"
-print mostly writes for it (``plaintext.UNPRINTED_MARKS``)."""
+print mostly writes for it (``plaintext.UNPRINTED_MARKS``) and a Turkish case ending on the
+name it follows ("İstanbul'da": ``names._CASE_ENDING``)."""
 
 NAME_KEY = 2 << 32
 """Added to a term's 32-bit hash to make its lookup key in storage, which holds the lead-copy

@@ -217,3 +217,16 @@ def test_the_items_table_stays_aligned_with_chinese_sources_and_headlines(
     reason_at = {wcswidth(row[: row.index(" included")]) for row in rows}
     assert len(reason_at) == 1, rows
     assert any("新华社" in row and "…" in row for row in rows)  # the long name is shortened, by columns
+
+
+def test_a_turkish_names_case_endings_are_not_part_of_the_name() -> None:
+    """Turkish writes a name's case ending after an apostrophe: one report's "İstanbul'da" and
+    another's "İstanbul'un" name one city, and a headline in capitals declines it too."""
+    located = names.extract("Deprem İstanbul'da hissedildi", "Deprem, Ankara'da ve İstanbul'da hissedildi.")
+    declined = names.extract("İSTANBUL'UN ilçelerinde hasar", "Depremde İstanbul'un ilçeleri ile Ankara'nın evleri.")
+    assert {"istanbul", "ankara"} <= set(located.words) & set(declined.words)
+    said = names.extract("", "Cumhurbaşkanı Erdoğan'ın açıklaması bugün Ankara'da bekleniyor.")
+    assert said.words == ("erdogan", "ankara")
+    # Not an English contraction, nor what follows a short prefix.
+    for word, term in (("You're", "you're"), ("They'll", "they'll"), ("O'Neill", "o'neill"), ("Ba'ath", "ba'ath")):
+        assert names._fold(word) == term
