@@ -328,18 +328,31 @@ _UNSPACED = re.compile(f"[{UNSPACED_SCRIPTS}]")
 # script must not touch one ("cat" is no word of "category"), though it may touch a character
 # of an unspaced script, where its word ends just as well ("iPhone" in "新型iPhoneを発表").
 _SPACED_WORD_CHARACTER = f"[^\\W{UNSPACED_SCRIPTS}]"
+# Korean writes its case particles onto the word they follow ("서울에서", "서울의", "정부가"): a
+# keyword ending in Hangul may be followed by one, longest first, before its word ends. A
+# compound it begins ("서울시장", Seoul's mayor) is another word, as it was.
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
+KOREAN_PARTICLES = (
+    "에서는", "에게서", "으로는", "에서", "에게", "으로", "까지", "부터", "처럼",
+    "보다", "께서", "한테", "과의", "와의", "은", "는", "이", "가",
+    "을", "를", "의", "에", "로", "와", "과", "도", "만",
+)  # fmt: skip
+_PARTICLE = f"(?:{'|'.join(KOREAN_PARTICLES)})?"
 
 
 @cache
 def _keyword(word: str) -> re.Pattern[str]:
     """A keyword as a whole word, to search for in ``folded`` text. A side of it written in a
     script without spaces needs no boundary there: a Chinese, Japanese or Thai word stands
-    inside a run of letters ("東京で地震 震度5弱"), where no whole-word test could find it."""
+    inside a run of letters ("東京で地震 震度5弱"), where no whole-word test could find it. A
+    Korean one may end in a case particle (``KOREAN_PARTICLES``: "서울" in "서울에서 지진")."""
     literal = re.escape(folded(word))
     # The test before the word is made after it (a fixed-width lookbehind over the word too):
     # a pattern that opens with its literal is searched for as one, 20 times faster.
     before = "" if _UNSPACED.match(word[:1]) else f"(?<!{_SPACED_WORD_CHARACTER}{literal})"
     after = "" if _UNSPACED.match(word[-1:]) else f"(?!{_SPACED_WORD_CHARACTER})"
+    if _HANGUL.match(word[-1:]):
+        after = f"{_PARTICLE}{after}"
     return re.compile(f"{literal}{before}{after}")
 
 

@@ -125,6 +125,11 @@ def test_keywords_of_scripts_written_without_spaces_match_inside_running_text(
         ("мой", "мои вещи", False),
         ("ガス", "カス", False),
         ("Москва", "МОСКВА, 3 мая", True),
+        # Korean writes its particles onto the word: a keyword in Hangul meets "서울에서" and
+        # "서울의", not "부서울" or the compound "서울시장" (test above).
+        ("서울", "서울에서 지진 발생", True),
+        ("서울", "서울의 날씨", True),
+        ("서울", "부서울 지역", False),
         # Russian print writes "е" for "ё" (plaintext.UNPRINTED_MARKS): either meets either.
         ("Королёв", "Королев: пожар на заводе", True),
         ("еще", "ЕЩЁ ОДИН ПОЖАР", True),
