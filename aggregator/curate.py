@@ -35,7 +35,7 @@ from typing import Protocol, TypeVar
 
 from aggregator.config import Output, Rule
 from aggregator.langtags import primary_language
-from aggregator.plaintext import UNMARKED_LATIN_LETTERS, UNPRINTED_MARKS, html_to_text
+from aggregator.plaintext import WRITTEN_PLAIN, html_to_text
 from aggregator.records import Candidate, Editorial, OutputEntry, SourceLabel
 
 
@@ -356,10 +356,9 @@ def _keyword(word: str) -> re.Pattern[str]:
     return re.compile(f"{literal}{before}{after}")
 
 
-_UNMARKED = {**UNMARKED_LATIN_LETTERS, **UNPRINTED_MARKS}
-_UNMARKED_LETTERS = str.maketrans(_UNMARKED)
+_UNMARKED_LETTERS = str.maketrans(WRITTEN_PLAIN)
 # translate looks each character up: 20 times dearer than searching for one of them first
-_ANY_UNMARKED_LETTER = re.compile(f"[{''.join(_UNMARKED)}]")
+_ANY_UNMARKED_LETTER = re.compile(f"[{''.join(WRITTEN_PLAIN)}]")
 # The marks on a Latin (in decomposed, case-folded text: ASCII) or Greek letter.
 _LATIN_OR_GREEK_MARKS = re.compile("(?<=[\x00-\x7f\u0370-\u03ff])[\u0300-\u036f]+")
 # Latin letters with a mark, Greek letters and combining marks: only a text with one of these

@@ -36,7 +36,7 @@ from importlib import resources
 import Stemmer
 
 from aggregator.langtags import primary_language
-from aggregator.plaintext import UNMARKED_LATIN_LETTERS, UNPRINTED_MARKS
+from aggregator.plaintext import WRITTEN_PLAIN
 
 LEAD_CHARS = 700
 """Characters of text read after the headline: the lead carries the who, where and how many;
@@ -387,7 +387,7 @@ def _country_files() -> Iterator[tuple[str, str, int]]:
                     yield str(info["name"]), str(info.get("demonym") or ""), int(info.get("population") or 0)
 
 
-_UNMARKED_LETTERS = str.maketrans({**UNMARKED_LATIN_LETTERS, **UNPRINTED_MARKS})
+_UNMARKED_LETTERS = str.maketrans(WRITTEN_PLAIN)
 
 
 def unaccented(word: str) -> str:

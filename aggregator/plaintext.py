@@ -2,7 +2,7 @@
 item (``html_to_lines`` for its names), and what JSON Feed's plain-text summary shows. Apart
 from ``normalize`` so that the publishing process, which renders stored HTML and never
 sanitizes, need not load the sanitizer (nh3) to read it. And the Latin letters that text
-compared without accents is written with (``UNMARKED_LATIN_LETTERS``, ``UNPRINTED_MARKS``).
+compared without accents is written with (``WRITTEN_PLAIN``).
 """
 
 from __future__ import annotations
@@ -85,3 +85,8 @@ UNPRINTED_MARKS = {"ё": "е"}
 them: Russian news writes "Королев" for "Королёв" and "еще" for "ещё", and a second outlet
 writes them with the mark. Story matching's names and curation's keywords write them alike
 (``names.unaccented``, ``curate.folded``). Other Cyrillic marks stay: "й" is no "и"."""
+
+WRITTEN_PLAIN = {**UNMARKED_LATIN_LETTERS, **UNPRINTED_MARKS}
+"""Both tables above in one: what story matching's names and curation's keywords translate
+before dropping the marks that decompose (``names.unaccented``, ``curate.folded``), so that a
+name and a keyword are folded alike."""
