@@ -105,8 +105,31 @@ def demoted_headings(fragment: str) -> str:
 
 def page_summary(candidate: Candidate) -> str:
     """An item's summary (else its content) as a page shows it: ``demoted_headings``, then
-    ``images_with_alt``."""
-    return images_with_alt(demoted_headings(candidate.summary_html or candidate.content_html))
+    ``images_with_alt``, then ``scrollers_focusable``."""
+    return scrollers_focusable(images_with_alt(demoted_headings(candidate.summary_html or candidate.content_html)))
+
+
+_SCROLLERS = frozenset({"pre", "table"})
+"""What a page lets scroll sideways within a summary (its style sheet's ``overflow-x: auto``)."""
+
+
+def scrollers_focusable(fragment: str) -> str:
+    """Sanitized HTML whose ``<pre>`` and ``<table>`` elements are in the keyboard's tab order
+    (``tabindex="0"``). A page lets a long code line or a wide table scroll within the column
+    rather than the whole page sideways on a phone; a region that scrolls but cannot take the
+    focus cannot be scrolled without a mouse (axe: scrollable-region-focusable; browsers that
+    do not focus scrollers themselves, Safari among them). Whether one is wider than the screen
+    is known only where it is laid out, so every one is focusable. Only pages do this, like
+    ``demoted_headings``; the sanitizer keeps no ``tabindex`` of the feed's own."""
+    if not any(f"<{name}" in fragment or f"<{name.upper()}" in fragment for name in _SCROLLERS):
+        return fragment
+
+    def focusable(tag: re.Match[str]) -> str:
+        if tag.group(1) or tag.group(2).lower() not in _SCROLLERS:
+            return tag.group(0)
+        return f'<{tag.group(2)} tabindex="0"{tag.group(3)}>'
+
+    return _TAG.sub(focusable, fragment)
 
 
 _ALT = re.compile(r"""\salt\s*=""", re.IGNORECASE)

@@ -24,7 +24,7 @@ from lxml import etree
 from aggregator.archive import Page
 from aggregator.cli import resolve_story
 from aggregator.config import Config
-from aggregator.entryview import demoted_headings, item_language
+from aggregator.entryview import demoted_headings, item_language, scrollers_focusable
 from aggregator.store.repository import Store
 from tests.browser import CHROMIUM, DESKTOP, PHONE, Browser, layout
 from tests.conftest import polled_once, serving
@@ -256,6 +256,33 @@ def test_a_summary_image_the_feed_did_not_describe_gets_an_empty_alt(site: tuple
     ]
     assert all(img.get("alt") is not None for img in page.xpath("//img"))
     assert 'chart.png"&gt;' in atom or 'chart.png"/&gt;' in atom  # no alt added in the feed
+
+
+def test_a_keyboard_reaches_what_scrolls_within_a_summary(site: tuple[Config, Store]) -> None:
+    """A wide ``<pre>`` or table scrolls within the column (the test at 320 px below); one that
+    cannot take the focus cannot be scrolled without a mouse. On the pages each is in the tab
+    order; the feeds keep them as stored."""
+    config, store = site
+    with serving(store, config) as base:
+        pages = {path: fetch(base, path) for path in PAGES}
+        atom = httpx.get(f"{base}/feeds/world.atom").text
+    for path, page in pages.items():
+        scrollers = page.xpath("//div[@class='summary']//pre | //div[@class='summary']//table")
+        assert {e.tag for e in scrollers} == {"pre", "table"}, path
+        assert all(e.get("tabindex") == "0" for e in scrollers), path
+    assert "&lt;pre&gt;wide_unbroken" in atom and "tabindex" not in atom
+
+
+def test_focusable_scrollers_rewrite_pre_and_table_tags_only() -> None:
+    html = (
+        '<pre title="a <table> here">x</pre><table dir="rtl"><tr><td>1</td></tr></table>'
+        "<p>pre &lt;pre&gt;</p><PRE>y</PRE><code>z</code>"
+    )
+    assert scrollers_focusable(html) == (
+        '<pre tabindex="0" title="a <table> here">x</pre><table tabindex="0" dir="rtl"><tr><td>1</td></tr></table>'
+        '<p>pre &lt;pre&gt;</p><PRE tabindex="0">y</PRE><code>z</code>'
+    )
+    assert scrollers_focusable("<p>none</p>") == "<p>none</p>"
 
 
 def test_demoting_headings_rewrites_heading_tags_only() -> None:
