@@ -111,23 +111,32 @@ def page_summary(candidate: Candidate) -> str:
 
 _SCROLLERS = frozenset({"pre", "table"})
 """What a page lets scroll sideways within a summary (its style sheet's ``overflow-x: auto``)."""
+SCROLLER_CLASS = "scroller"
+"""The class of the region a summary's table scrolls in on a page (``scrollers_focusable``)."""
 
 
 def scrollers_focusable(fragment: str) -> str:
-    """Sanitized HTML whose ``<pre>`` and ``<table>`` elements are in the keyboard's tab order
-    (``tabindex="0"``). A page lets a long code line or a wide table scroll within the column
-    rather than the whole page sideways on a phone; a region that scrolls but cannot take the
-    focus cannot be scrolled without a mouse (axe: scrollable-region-focusable; browsers that
-    do not focus scrollers themselves, Safari among them). Whether one is wider than the screen
-    is known only where it is laid out, so every one is focusable. Only pages do this, like
-    ``demoted_headings``; the sanitizer keeps no ``tabindex`` of the feed's own."""
+    """Sanitized HTML whose long lines and wide tables can be scrolled from the keyboard. A page
+    lets a ``<pre>`` or a table scroll within the column rather than the whole page sideways on
+    a phone; a region that scrolls but cannot take the focus cannot be scrolled without a mouse
+    (axe: scrollable-region-focusable; browsers that do not focus scrollers themselves, Safari
+    among them). So a ``<pre>`` is in the tab order (``tabindex="0"``), and a table sits in a
+    named region that is and that scrolls: a table made a block to scroll itself is no longer a
+    table to some screen readers. Whether one is wider than the screen is known only where it is
+    laid out, so every one is. Only pages do this, like ``demoted_headings``; the sanitizer keeps
+    no ``tabindex`` or ``role`` of the feed's own, and its output closes every table it opens."""
     if not any(f"<{name}" in fragment or f"<{name.upper()}" in fragment for name in _SCROLLERS):
         return fragment
 
     def focusable(tag: re.Match[str]) -> str:
-        if tag.group(1) or tag.group(2).lower() not in _SCROLLERS:
+        closing, name, attributes = tag.groups()
+        if name.lower() == "pre" and not closing:
+            return f'<{name} tabindex="0"{attributes}>'
+        if name.lower() != "table":
             return tag.group(0)
-        return f'<{tag.group(2)} tabindex="0"{tag.group(3)}>'
+        if closing:
+            return f"{tag.group(0)}</div>"
+        return f'<div class="{SCROLLER_CLASS}" role="region" aria-label="Table" tabindex="0">{tag.group(0)}'
 
     return _TAG.sub(focusable, fragment)
 
