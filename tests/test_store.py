@@ -307,6 +307,22 @@ def test_the_same_url_in_two_sources_is_one_story_with_a_stable_tag_id(store: St
     assert candidates[0].story_uid.startswith("tag:news.example.org,2026-11-26:story/")
 
 
+def test_a_story_is_found_by_an_items_canonical_url_else_by_its_link(store: Store) -> None:
+    """``aggregator story <URL>``: by the indexed canonical URL first; an item whose link is no
+    article's (a podcast's episodes all linking its home page) has none, and is found by its link."""
+    home = "https://podcast.example/"
+    with store.ingest() as tx:
+        tx.insert_items(1, [NewItem(replace(item("id:ep", home), canonical_url=None), None)], NOW, "a.b")
+        tx.insert_items(2, [NewItem(item("id:art", "https://n.example/a"), None)], NOW, "a.b")
+    with store.session() as s:
+        stories: dict[str, int] = dict(s.execute(text("select key, story_id from items")).all())
+    article = store.story_by_url("https://n.example/a", "https://n.example/a?utm_source=x")
+    episode = store.story_by_url("https://podcast.example", home)
+    assert article is not None and article[0] == stories["id:art"]
+    assert episode is not None and episode[0] == stories["id:ep"]
+    assert store.story_by_url("https://nowhere.example/a", "https://nowhere.example/a") is None
+
+
 def test_retention_deletes_old_items_keeps_protected_and_remembers_keys(store: Store) -> None:
     old = NOW - timedelta(days=200)
     with store.ingest() as tx:
