@@ -458,6 +458,35 @@ def test_candidates_come_from_the_given_sources_only_and_dated_when_asked(store:
     assert [c.source_name for c in store.story_candidates(None, [story])] == ["One"]
 
 
+def test_candidates_are_the_newest_in_order_whether_their_last_days_hold_enough_or_not(store: Store) -> None:
+    """``candidates`` first looks at the last ``CANDIDATE_HORIZON`` (from the newest item
+    stored, or from where the page before ended) and at all of them only when that holds too
+    few: the pages are the newest items in order either way, across the horizon's edge too."""
+    from aggregator.store.outputs import CANDIDATE_HORIZON
+
+    ids = {label.name: label.id for label in store.source_labels()}
+    # One every twelfth of a horizon, four horizons back, in two sources; a third, quiet source's newest item
+    # is older than any horizon of the others.
+    stamps = [NOW - k * CANDIDATE_HORIZON / 12 for k in range(48)]
+    with store.ingest() as tx:
+        for k, at in enumerate(stamps):
+            dated = replace(item(f"id:{k}", f"https://x.example/{k}"), published_at=at)
+            tx.insert_items(ids["One" if k % 2 else "Two"], [NewItem(dated, None)], NOW, "a.b")
+        old = replace(item("id:quiet", "https://x.example/quiet"), published_at=NOW - 5 * CANDIDATE_HORIZON)
+        tx.insert_items(ids["Three"], [NewItem(old, None)], NOW, "a.b")
+    newest = [f"https://x.example/{k}" for k in range(48)]
+    both = {ids["One"], ids["Two"]}
+    first = store.candidates(both, None, 10)  # within the last horizon
+    assert [c.link for c in first] == newest[:10]
+    second = store.candidates(both, None, 20, after=(first[-1].published_at, first[-1].item_id))
+    assert [c.link for c in second] == newest[10:30]  # past the horizon's edge
+    assert [c.link for c in store.candidates(both, None, 40)] == newest[:40]  # the horizon holds 13
+    assert [c.link for c in store.candidates({ids["Three"]}, None, 10)] == ["https://x.example/quiet"]
+    assert [c.link for c in store.candidates({ids["Two"]}, NOW - CANDIDATE_HORIZON * 2, 100)] == [
+        f"https://x.example/{k}" for k in range(0, 25, 2)
+    ]
+
+
 def test_a_sqlite_file_that_cannot_be_read_is_not_called_unreachable_and_a_full_disk_is_named(tmp_path: Path) -> None:
     from aggregator.store.database import _unreachable
 

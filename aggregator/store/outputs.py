@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, distinct, func, literal, literal_column, select, true
+from sqlalchemy import ColumnElement, Select, delete, distinct, func, literal, literal_column, select, true
+from sqlalchemy.orm import Session
 
 from aggregator.archive import Page
 from aggregator.plaintext import xml_safe
@@ -62,20 +63,16 @@ class OutputStore(StoreBase):
             where = where & (ItemRow.sort_at >= since)
         if dated_only:
             where = where & ItemRow.published_at.is_not(None)
-        # Ties (undated items stored before they were placed share their first-seen time)
-        # go to the lower id: inserted first, i.e. higher up in the document.
-        order = (ItemRow.sort_at.desc(), ItemRow.id.asc())
         # Which items first, then their columns. For an output of some sources, SQLite reads
         # their items through (source_id, sort_at) and sorts them all: sorting whole rows, text
         # and HTML included, grew with every item stored (290 ms an output at 28,000 items, in a
         # soak), while the ids alone come from the index and sort in a few ms.
-        chosen = select(ItemRow.id).where(where).order_by(*order).limit(limit)
         with self.session() as s:
-            ids = list(s.scalars(chosen))
+            ids = _newest_ids(s, where, limit, since, after[0] if after is not None else None)
             if not ids:
                 return []
             # Plain columns, not ORM objects: building 500 entities cost more than the query.
-            rows = s.execute(_candidate_select(ItemRow.id.in_(ids)).order_by(*order))
+            rows = s.execute(_candidate_select(ItemRow.id.in_(ids)).order_by(*_CANDIDATE_ORDER))
             return [_candidate_row(row) for row in rows]
 
     def coverage_candidates(
@@ -347,6 +344,35 @@ FILE_PIECE = 1 << 20
 
 def _size(body: bytes | Path) -> int:
     return body.stat().st_size if isinstance(body, Path) else len(body)
+
+
+# Ties (undated items stored before they were placed share their first-seen time) go to the
+# lower id: inserted first, i.e. higher up in the document.
+_CANDIDATE_ORDER = (ItemRow.sort_at.desc(), ItemRow.id.asc())
+CANDIDATE_HORIZON = timedelta(days=2)
+"""How far back ``candidates`` first looks for an output's newest items, from the newest item
+stored (or from where the page before ended). Sorting every item of an output's sources made
+each publish's cost grow with the database; most outputs fill a page from their last days,
+and the few that do not are asked again without the bound, with the same result."""
+
+
+def _newest_ids(
+    s: Session, where: ColumnElement[bool], limit: int, since: datetime | None, before: datetime | None
+) -> list[int]:
+    """The ids of the first ``limit`` items ``where`` selects, newest first (``_CANDIDATE_ORDER``):
+    those of the last ``CANDIDATE_HORIZON`` before ``before`` (None: the newest item stored)
+    when there are that many there, which are then the first ones of all; else all of them."""
+    anchor = before if before is not None else s.scalar(select(func.max(ItemRow.sort_at)))
+    if anchor is not None and (since is None or since < anchor - CANDIDATE_HORIZON):
+        recent = _ids_query(where & (ItemRow.sort_at >= anchor - CANDIDATE_HORIZON), limit)
+        ids = list(s.scalars(recent))
+        if len(ids) == limit:
+            return ids
+    return list(s.scalars(_ids_query(where, limit)))
+
+
+def _ids_query(where: ColumnElement[bool], limit: int) -> Select[int]:
+    return select(ItemRow.id).where(where).order_by(*_CANDIDATE_ORDER).limit(limit)
 
 
 def _from_sources(source_ids: SourceIds) -> ColumnElement[bool] | None:
