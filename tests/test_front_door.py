@@ -252,6 +252,13 @@ def test_the_pages_fit_a_phone_and_a_desktop_in_chromium(site: tuple[Config, Sto
             ]  # fmt: skip
             assert all(visible for _, visible, _ in row), row
             assert all(shown == f'"{label}: "' for label, _, shown in row[1:]), row
+        # Each sparkline has a baseline: a source with no items for days shows a flat line, not nothing.
+        lines = browser.visit(
+            f"{base}/status",
+            PHONE,
+            "[...document.querySelectorAll('td svg')].map(s => s.querySelectorAll('line').length)",
+        )
+        assert lines == [1, 1, 1, 1], lines
         headers = browser.visit(f"{base}/status", DESKTOP, layout("thead th"))
         assert headers["cut"] == [] and headers["scrollWidth"] <= DESKTOP
     for png in shots.iterdir():
