@@ -279,10 +279,11 @@ def cmd_db(args: argparse.Namespace) -> int:
 
         with _store(loaded) as store:
             report = prune(Publisher(loaded.config, store))
-        if report is None:
-            print("retention is off (settings.retention: null)")
-        else:
-            print(f"removed {report.items} items, {report.stories} stories, {report.fetch_log} fetch-log rows")
+        kept = " (settings.retention: null keeps every item)" if loaded.config.settings.retention is None else ""
+        print(
+            f"removed {report.items} items{kept}, {report.stories} stories, {report.fetch_log} fetch-log rows, "
+            f"{report.match_keys} story-matching keys"
+        )
         return EXIT_OK
     engine = make_engine(loaded.config.settings.database_url)
     try:

@@ -432,7 +432,7 @@ class Daemon:
         if self.publisher is None:
             return
         try:
-            await asyncio.to_thread(prune, self.publisher)
+            await asyncio.to_thread(prune, self.publisher, self._stop.is_set)
         except AggregatorError as exc:
             log.error("retention failed: %s", exc)
 

@@ -45,7 +45,7 @@ from aggregator.publish import (
 )
 from aggregator.records import Candidate, Editorial, OutputEntry, etag_of
 from aggregator.store.models import ArchiveRow
-from aggregator.store.repository import ArchivePage, PageEnd, PruneReport, SourceIds, Store
+from aggregator.store.repository import ArchivePage, PageEnd, PruneReport, SourceIds, Stopping, Store
 from aggregator.websub import ping_hub
 
 log = logging.getLogger("aggregator")
@@ -480,23 +480,31 @@ def _unfinished(evaluated: list[ArchivePage]) -> tuple[Page, PageEnd | None] | N
     return Page.of(newest.week).following, newest.continues
 
 
-def prune(publisher: Publisher) -> PruneReport | None:
-    """Retention, keeping every item an output shows now (the housekeeping job).
+def prune(publisher: Publisher, stopping: Stopping = lambda: False) -> PruneReport:
+    """Retention, keeping every item an output shows now (the housekeeping job). With
+    ``retention: null`` every item is kept, and the fetch log and the story-matching keys are
+    still trimmed: they keep their own time (``fetch_log_retention``, ``MATCH_KEY_RETENTION``),
+    and nothing else would stop them growing with every poll. ``stopping``: whether to stop
+    before the store's next transaction (the service is stopping); the next pass goes on.
 
     Here rather than in the store because what to keep is a curation: the store deletes what
     it is told may go.
     """
     settings = publisher.config.settings
-    if settings.retention is None:
-        return None
     now = publisher.clock()
     protected: set[int] = set()
-    for output in publisher.config.outputs:
-        for entry in publisher.curation(output, now).entries:
-            protected.add(entry.lead.item_id)
-            protected.update(c.item_id for c in entry.also)
-    report = publisher.store.prune(now, settings.retention, protected, fetch_log_keep=settings.fetch_log_retention)
-    log.info(
-        "retention: %d items, %d stories and %d fetch-log rows removed", report.items, report.stories, report.fetch_log
+    if settings.retention is not None:
+        for output in publisher.config.outputs:
+            for entry in publisher.curation(output, now).entries:
+                protected.add(entry.lead.item_id)
+                protected.update(c.item_id for c in entry.also)
+    report = publisher.store.prune(
+        now, settings.retention, protected, fetch_log_keep=settings.fetch_log_retention, stopping=stopping
     )
+    log.info(
+        "retention: %d items, %d stories, %d fetch-log rows and %d story-matching keys removed%s%s",
+        report.items, report.stories, report.fetch_log, report.match_keys,
+        "" if settings.retention is not None else " (retention: null keeps every item)",
+        "" if report.complete else "; stopped midway by the service's stop, the next pass goes on",
+    )  # fmt: skip
     return report

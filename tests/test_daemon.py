@@ -286,9 +286,14 @@ def test_a_stop_as_jobs_are_due_or_running_logs_no_error(
     daemon = Daemon(load_config(config_path), Store(engine), poll=True, http=False)
     pruning = threading.Event()
 
-    def slow_prune(_publisher: object) -> None:
-        pruning.set()
-        time.sleep(1.0)  # a retention pass in its thread; the stop comes meanwhile
+    stop_seen: list[bool] = []
+
+    def slow_prune(_publisher: object, stopping: Callable[[], bool]) -> None:
+        pruning.set()  # a retention pass in its thread; the stop comes meanwhile
+        deadline = time.monotonic() + 5.0
+        while not stopping() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop_seen.append(stopping())  # told, between two of its transactions, to stop
 
     monkeypatch.setattr("aggregator.daemon.prune", slow_prune)
 
@@ -316,6 +321,7 @@ def test_a_stop_as_jobs_are_due_or_running_logs_no_error(
     asyncio.run(scenario())
     engine.dispose()
     assert "stopped" in caplog.messages
+    assert stop_seen == [True]
     errors = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert errors == []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text
 
 from aggregator.cli import main
 from aggregator.config import parse_config
@@ -28,7 +29,7 @@ from aggregator.store.database import (
     head_revision,
     make_engine,
 )
-from aggregator.store.models import ArchiveRow, Base
+from aggregator.store.models import ArchiveRow, Base, FetchLogRow, StoryRow
 from aggregator.store.repository import Store
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -338,6 +339,108 @@ def test_retention_deletes_old_items_keeps_protected_and_remembers_keys(store: S
         assert sorted(s.execute(text("select key from items")).scalars()) == ["id:new", "id:old0"]
     with store.ingest() as tx:
         assert tx.deleted_keys(1, ["id:old1", "id:old2", "id:new"]) == {"id:old1", "id:old2"}
+
+
+def test_retention_off_keeps_every_item_and_still_trims_the_fetch_log_and_old_match_keys(store: Store) -> None:
+    old = NOW - timedelta(days=200)
+    with store.ingest() as tx:
+        tx.insert_items(1, [NewItem(replace(item("id:old"), published_at=old), None, match_keys=(11, 12))], old, "a.b")
+        tx.insert_items(1, [NewItem(item("id:new"), None, match_keys=(11, 13))], NOW, "a.b")
+    with store.session() as s:
+        s.add_all(
+            FetchLogRow(source_id=1, fetched_at=at, duration_ms=5, status=200, outcome="ok")
+            for at in (NOW - timedelta(days=20), NOW - timedelta(hours=1))
+        )
+    report = store.prune(NOW, None, set(), fetch_log_keep=timedelta(days=14))
+    assert (report.items, report.stories, report.fetch_log, report.match_keys) == (0, 0, 1, 2)
+    with store.session() as s:
+        assert sorted(s.execute(text("select key from items")).scalars()) == ["id:new", "id:old"]
+        kept_keys = s.execute(text("select k.key from item_match_keys k join items i on i.id = k.item_id")).scalars()
+        assert sorted(kept_keys) == [11, 13]  # the new item's; the old one's were dated 200 days ago
+        assert list(s.scalars(select(FetchLogRow.fetched_at))) == [NOW - timedelta(hours=1)]
+
+
+def test_a_retention_pass_told_to_stop_stops_between_transactions_and_the_next_pass_goes_on(store: Store) -> None:
+    old = NOW - timedelta(days=200)
+    with store.ingest() as tx:
+        olds = [replace(item(f"id:old{i}"), published_at=old) for i in range(3)]
+        tx.insert_items(1, [NewItem(i, None, match_keys=(7,)) for i in olds], old, "a.b")
+    asked = 0
+
+    def stop_after_the_first() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 1
+
+    cut = store.prune(NOW, timedelta(days=90), set(), fetch_log_keep=timedelta(days=14), stopping=stop_after_the_first)
+    assert (cut.items, cut.stories, cut.match_keys, cut.complete) == (3, 0, 0, False)
+    rest = store.prune(NOW, timedelta(days=90), set(), fetch_log_keep=timedelta(days=14))
+    assert (rest.items, rest.stories, rest.complete) == (0, 3, True)
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(StoryRow)) == 0
+
+
+def test_db_prune_with_retention_off_says_so_and_still_trims_the_fetch_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, [{"name": "One", "url": "http://127.0.0.1:9/feed"}], settings="retention: null")
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'aggregator.db'}")
+    store = Store(engine)
+    store.sync_sources(parse_config(config.read_text()).source_specs(), NOW)
+    with store.session() as s:
+        s.add(FetchLogRow(source_id=1, fetched_at=NOW - timedelta(days=400), duration_ms=5, status=200, outcome="ok"))
+    capsys.readouterr()
+    assert main(["--config", str(config), "db", "prune"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 items (settings.retention: null keeps every item)" in out and "1 fetch-log rows" in out
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(FetchLogRow)) == 0
+    engine.dispose()
+
+
+def test_a_write_waiting_for_sqlite_gets_its_turn_while_retention_deletes_many_keys(tmp_path: Path) -> None:
+    """Retention deletes in short transactions with pauses: a poll's write that waits for the
+    lock at most 300 ms (the service waits 30 s) is never refused while it runs. In one
+    transaction, deleting these keys held the lock for seconds."""
+    import sqlite3
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'aggregator.db'}"
+    engine = make_engine(url)
+    ensure_schema(engine)
+    store = Store(engine)
+    store.sync_sources(parse_config(CONFIG).source_specs(), NOW)
+    old = NOW - timedelta(days=60)
+    with store.ingest() as tx:
+        tx.insert_items(1, [NewItem(replace(item("id:old"), published_at=old), None)], old, "a.b")
+    with engine.begin() as connection:
+        stale = [(key, int(old.timestamp()), 1) for key in range(400_000)]
+        connection.exec_driver_sql("INSERT INTO item_match_keys (key, sort_epoch, item_id) VALUES (?, ?, ?)", stale)
+    reports = []
+    pruning = threading.Thread(
+        target=lambda: reports.append(store.prune(NOW, None, set(), fetch_log_keep=timedelta(days=14)))
+    )
+    pruning.start()
+    writer = sqlite3.connect(tmp_path / "aggregator.db", timeout=0.3, isolation_level=None)
+    written = 0
+    try:
+        for _ in range(10):
+            time.sleep(0.03)
+            writer.execute("BEGIN IMMEDIATE")  # refused with "database is locked" after 300 ms of waiting
+            writer.execute("UPDATE sources SET error_count = error_count + 1 WHERE id = 1")
+            writer.execute("COMMIT")
+            written += 1
+        still_pruning = pruning.is_alive()
+    finally:
+        writer.close()
+        pruning.join()
+        engine.dispose()
+    assert written == 10
+    assert still_pruning, "retention ended before the writes: they tested nothing"
+    assert reports and reports[0].match_keys == 400_000
 
 
 def test_match_candidates_find_shared_keys_in_the_window_and_drop_stock_phrases(store: Store) -> None:

@@ -14,7 +14,7 @@ from aggregator.store._sql import IN_CHUNK
 from aggregator.store.items import STORY_NAMESPACE, IngestStore, IngestTransaction, story_uid
 from aggregator.store.matchkeys import MAX_KEY_FANOUT
 from aggregator.store.outputs import ArchivePage, OutputStore, PageEnd, SourceIds
-from aggregator.store.retention import PruneReport, RetentionStore, StoreStats
+from aggregator.store.retention import PruneReport, RetentionStore, Stopping, StoreStats
 from aggregator.store.sources import SourceHealth, SourceStore, SyncReport
 from aggregator.store.storyviews import CoverageItem, StoryCoverage, StoryMemberRow, StoryViewStore
 
@@ -32,6 +32,7 @@ __all__ = [
     "PruneReport",
     "SourceHealth",
     "SourceIds",
+    "Stopping",
     "Store",
     "StoreStats",
     "StoryCoverage",

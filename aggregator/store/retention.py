@@ -6,10 +6,13 @@ storage deletes what it is told may go, and remembers the keys of what it delete
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from aggregator.store._sql import IN_CHUNK, StoreBase, epoch, insert_ignore, rowcount
@@ -22,6 +25,9 @@ class PruneReport:
     items: int
     stories: int
     fetch_log: int
+    match_keys: int
+    complete: bool = True
+    """False: the pass stopped midway (``RetentionStore.prune``'s ``stopping``)."""
 
 
 @dataclass(frozen=True)
@@ -35,28 +41,163 @@ class StoreStats:
     lag_seconds: float
 
 
+Stopping = Callable[[], bool]
+"""Whether a retention pass should stop before its next transaction (the service is stopping)."""
+KEYS_PER_TRANSACTION = 5_000
+"""Story-matching key rows one of retention's transactions looks through (``prune``)."""
+STORIES_PER_TRANSACTION = 5_000
+"""Story ids one of retention's transactions looks through for stories left without items."""
+SOURCES_PER_TRANSACTION = 50
+"""Sources whose old fetch-log rows one of retention's transactions deletes."""
+MIN_PAUSE_SECONDS = 0.01
+"""The shortest pause between two of retention's transactions on SQLite (``prune``)."""
+
+
+class _Pass:
+    """One retention pass's progress: whether it may go on to its next transaction, and
+    whether it was cut short (``RetentionStore.prune``)."""
+
+    def __init__(self, stopping: Stopping) -> None:
+        self._stopping = stopping
+        self.cut = False
+
+    def go(self) -> bool:
+        self.cut = self.cut or self._stopping()
+        return not self.cut
+
+
 _STORIES = select(func.count()).select_from(StoryRow).where(StoryRow.merged_into.is_(None))
 """How many stories there are: a merged one's row only forwards to the story it became."""
 
 
 class RetentionStore(StoreBase):
-    def prune(self, now: datetime, keep: timedelta, protected: set[int], *, fetch_log_keep: timedelta) -> PruneReport:
-        """Retention: delete items older than ``keep`` (by date and by first sight) that no
-        output shows, remember their keys so they are not re-imported, drop stories left
-        without items (a merged story's row once the story it became has none either), and
-        trim the fetch log."""
+    def prune(
+        self,
+        now: datetime,
+        keep: timedelta | None,
+        protected: set[int],
+        *,
+        fetch_log_keep: timedelta,
+        stopping: Stopping = lambda: False,
+    ) -> PruneReport:
+        """Retention: delete items older than ``keep`` (by date and by first sight; None: keep
+        every item) that no output shows, remember their keys so they are not re-imported, drop
+        stories left without items (a merged story's row once the story it became has none
+        either), and trim the fetch log and the story-matching keys, which have retentions of
+        their own whatever ``keep`` says.
+
+        In many short transactions rather than one: on SQLite a transaction that writes holds
+        the only write lock until it ends, and one deleting a day of a large service's keys,
+        or the first pass over a database that kept everything, held it for as long as the
+        whole deletion took, which grows with the database, while every poll waited
+        (``SQLITE_BUSY_TIMEOUT_MS``, after which a poll fails). Each transaction deletes a
+        bounded share, and between two of them the lock is left free at least as long as the
+        last one held it, so a waiting poll gets its turn. A pass that stops midway
+        (``stopping`` says so between two transactions: the service is stopping; or a killed
+        process) leaves what it deleted so far consistently deleted, and the next pass goes on
+        (``PruneReport.complete``)."""
+        run = _Pass(stopping)
+        items = self._delete_old_items(now, now - keep, protected, run) if keep is not None else 0
+        stories = self._delete_orphan_stories(run)
+        log_rows = self._trim_fetch_log(now - fetch_log_keep, run)
+        # Copies of a story arrive within days; older lookup keys only cost space.
+        keys = self._trim_match_keys(epoch(now - MATCH_KEY_RETENTION), run)
+        return PruneReport(items, stories, log_rows, keys, not run.cut)
+
+    def _delete_old_items(self, now: datetime, cutoff: datetime, protected: set[int], run: _Pass) -> int:
+        """Delete unprotected items sorted and first seen before ``cutoff``, ``IN_CHUNK`` per
+        transaction, keeping their keys in the deleted-items table; how many went."""
+        deleted = 0
+        while run.go():
+            with self._turn() as s:
+                old = s.execute(
+                    select(ItemRow.id, ItemRow.source_id, ItemRow.key)
+                    .where(ItemRow.sort_at < cutoff, ItemRow.first_seen_at < cutoff)
+                    .order_by(ItemRow.id)
+                    .limit(IN_CHUNK + len(protected))
+                ).all()
+                batch = [row for row in old if row.id not in protected][:IN_CHUNK]
+                if batch:
+                    rows = [{"source_id": r.source_id, "key": r.key, "deleted_at": now} for r in batch]
+                    insert_ignore(s, DeletedItemRow, rows)
+                    s.execute(delete(ItemRow).where(ItemRow.id.in_([r.id for r in batch])))
+            deleted += len(batch)
+            if len(batch) < IN_CHUNK:
+                break
+        return deleted
+
+    def _trim_fetch_log(self, cutoff: datetime, run: _Pass) -> int:
+        """Delete fetch-log rows from before ``cutoff``, source by source (the log's index
+        leads with the source), ``SOURCES_PER_TRANSACTION`` sources per transaction."""
         with self.session() as s:
-            deleted = _delete_old_items(s, now, now - keep, protected)
-            orphans = s.execute(
-                delete(StoryRow).where(
-                    ~select(ItemRow.id).where(ItemRow.story_id == StoryRow.id).exists(),
-                    ~select(ItemRow.id).where(ItemRow.story_id == StoryRow.merged_into).exists(),
+            sources = list(s.scalars(select(SourceRow.id).order_by(SourceRow.id)))
+        removed = 0
+        for start in range(0, len(sources), SOURCES_PER_TRANSACTION):
+            if not run.go():
+                break
+            with self._turn() as s:
+                chunk = sources[start : start + SOURCES_PER_TRANSACTION]
+                old = and_(FetchLogRow.source_id.in_(chunk), FetchLogRow.fetched_at < cutoff)
+                removed += rowcount(s.execute(delete(FetchLogRow).where(old)))
+        return removed
+
+    def _trim_match_keys(self, cutoff: int, run: _Pass) -> int:
+        """Delete story-matching keys dated before ``cutoff`` (Unix seconds), one stretch of
+        ``KEYS_PER_TRANSACTION`` rows of the table's primary key per transaction: the keys are
+        hashes, so old rows lie all through the table, and no index leads with their time. The
+        stretches end at rows, not at keys: a common name's key is carried by thousands of
+        items."""
+        row = tuple_(MatchKeyRow.key, MatchKeyRow.sort_epoch, MatchKeyRow.item_id)
+        removed, after = 0, None
+        while run.go():
+            with self._turn() as s:
+                rest = row > tuple_(*after) if after is not None else true()
+                bound = s.execute(
+                    select(MatchKeyRow.key, MatchKeyRow.sort_epoch, MatchKeyRow.item_id)
+                    .where(rest)
+                    .order_by(MatchKeyRow.key, MatchKeyRow.sort_epoch, MatchKeyRow.item_id)
+                    .offset(KEYS_PER_TRANSACTION)
+                    .limit(1)
+                ).first()
+                upto = row <= tuple_(*bound) if bound is not None else true()
+                removed += rowcount(s.execute(delete(MatchKeyRow).where(rest, upto, MatchKeyRow.sort_epoch < cutoff)))
+            if bound is None:
+                break
+            after = tuple(bound)
+        return removed
+
+    def _delete_orphan_stories(self, run: _Pass) -> int:
+        """Delete stories left without items (a merged story's row once the story it became
+        has none either), ``STORIES_PER_TRANSACTION`` ids per transaction, from the lowest id
+        still stored: ids keep growing while retention deletes the oldest."""
+        with self.session() as s:
+            first, last = s.execute(select(func.min(StoryRow.id), func.max(StoryRow.id))).one()
+        removed = 0
+        for start in range((first or 1) - 1, last or 0, STORIES_PER_TRANSACTION):
+            if not run.go():
+                break
+            with self._turn() as s:
+                orphans = s.execute(
+                    delete(StoryRow).where(
+                        StoryRow.id > start,
+                        StoryRow.id <= start + STORIES_PER_TRANSACTION,
+                        ~select(ItemRow.id).where(ItemRow.story_id == StoryRow.id).exists(),
+                        ~select(ItemRow.id).where(ItemRow.story_id == StoryRow.merged_into).exists(),
+                    )
                 )
-            )
-            log_rows = s.execute(delete(FetchLogRow).where(FetchLogRow.fetched_at < now - fetch_log_keep))
-            # Copies of a story arrive within days; older lookup keys only cost space.
-            s.execute(delete(MatchKeyRow).where(MatchKeyRow.sort_epoch < epoch(now - MATCH_KEY_RETENTION)))
-        return PruneReport(deleted, rowcount(orphans), rowcount(log_rows))
+                removed += rowcount(orphans)
+        return removed
+
+    @contextmanager
+    def _turn(self) -> Iterator[Session]:
+        """One of retention's short transactions (``prune``), followed on SQLite by a pause at
+        least as long as it took, at least ``MIN_PAUSE_SECONDS``: the lock it held is then free
+        for a poll that waited for it. PostgreSQL locks rows, not the database: no pause."""
+        started = time.monotonic()
+        with self.session() as s:
+            yield s
+        if self.engine.dialect.name == "sqlite":
+            time.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - started))
 
     def stats(self, now: datetime) -> StoreStats:
         """The numbers /metrics and /healthz report, in a handful of aggregate queries."""
@@ -99,25 +240,3 @@ class RetentionStore(StoreBase):
                 "items": s.scalar(select(func.count()).select_from(ItemRow)) or 0,
                 "stories": s.scalar(_STORIES) or 0,
             }
-
-
-def _delete_old_items(s: Session, now: datetime, cutoff: datetime, protected: set[int]) -> int:
-    """Delete unprotected items sorted and first seen before ``cutoff``, in chunks, keeping
-    their keys in the deleted-items table; how many went."""
-    deleted = 0
-    while True:
-        old = s.execute(
-            select(ItemRow.id, ItemRow.source_id, ItemRow.key)
-            .where(ItemRow.sort_at < cutoff, ItemRow.first_seen_at < cutoff)
-            .order_by(ItemRow.id)
-            .limit(IN_CHUNK + len(protected))
-        ).all()
-        batch = [row for row in old if row.id not in protected][:IN_CHUNK]
-        if not batch:
-            break
-        insert_ignore(s, DeletedItemRow, [{"source_id": r.source_id, "key": r.key, "deleted_at": now} for r in batch])
-        s.execute(delete(ItemRow).where(ItemRow.id.in_([r.id for r in batch])))
-        deleted += len(batch)
-        if len(batch) < IN_CHUNK:
-            break
-    return deleted
