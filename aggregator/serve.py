@@ -285,7 +285,7 @@ class Handlers:
     async def healthz(self, _request: Request) -> Response:
         started = time.monotonic()
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.store.counts), HEALTH_DATABASE_SECONDS)
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), HEALTH_DATABASE_SECONDS)
         except StorageError as exc:
             return JSONResponse({"status": "failing", "database": str(exc)}, status_code=503)
         except TimeoutError:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.repository import Store
@@ -78,6 +79,16 @@ def test_healthz_reports_the_database(base_url: str) -> None:
     response = httpx.get(f"{base_url}/healthz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+def test_healthz_reads_the_tables_and_fails_when_they_cannot_be_read(store: Store, base_url: str) -> None:
+    assert httpx.get(f"{base_url}/healthz").status_code == 200
+    with store.engine.begin() as connection:
+        connection.execute(text("DROP TABLE item_match_keys"))
+        connection.execute(text("DROP TABLE items"))
+    response = httpx.get(f"{base_url}/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "failing" and "items" in response.json()["database"]
 
 
 def test_metrics_expose_counters_and_database_gauges(base_url: str) -> None:
