@@ -324,6 +324,15 @@ def test_a_story_is_found_by_an_items_canonical_url_else_by_its_link(store: Stor
     assert store.story_by_url("https://nowhere.example/a", "https://nowhere.example/a") is None
 
 
+def test_items_per_day_counts_items_on_the_day_their_feed_dates_them(store: Store) -> None:
+    with store.ingest() as tx:
+        backlog = [replace(item(f"id:b{n}"), published_at=NOW - timedelta(days=3, hours=n)) for n in range(2)]
+        tx.insert_items(1, [NewItem(i, None) for i in (*backlog, item("id:today"))], NOW, "a.b")
+        tx.insert_items(2, [NewItem(replace(item("id:old"), published_at=NOW - timedelta(days=30)), None)], NOW, "a.b")
+    counted = store.items_per_day(NOW - timedelta(days=7))
+    assert counted == {"One": {"2026-11-23": 2, "2026-11-26": 1}}  # all first seen today; Two's is older
+
+
 def test_retention_deletes_old_items_keeps_protected_and_remembers_keys(store: Store) -> None:
     old = NOW - timedelta(days=200)
     with store.ingest() as tx:

@@ -224,13 +224,18 @@ class RetentionStore(StoreBase):
         return StoreStats(sources or 0, failing or 0, retired or 0, items or 0, stories or 0, due or 0, lag)
 
     def items_per_day(self, since: datetime) -> dict[str, dict[str, int]]:
-        """Items first seen per source name and UTC day (``YYYY-MM-DD``) since ``since``."""
-        day = func.date(ItemRow.first_seen_at)
+        """Items per source name and UTC day (``YYYY-MM-DD``) of their sort time, since
+        ``since``: the day their feed dates them (or where an undated item was placed, about
+        when it was first seen), which is what /status shows of a source's rhythm, and a
+        first fetch's backlog falls on the days it was published, not all on the day it was
+        read. Found through the sort time's index: counting by the time items were first
+        seen, which no index leads with, read every item at every view of /status."""
+        day = func.date(ItemRow.sort_at)
         with self.session() as s:
             rows = s.execute(
                 select(SourceRow.name, day, func.count())
                 .join(SourceRow, ItemRow.source_id == SourceRow.id)
-                .where(ItemRow.first_seen_at >= since)
+                .where(ItemRow.sort_at >= since)
                 .group_by(SourceRow.name, day)
             ).all()
         found: dict[str, dict[str, int]] = {}
