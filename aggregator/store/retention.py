@@ -205,7 +205,7 @@ class RetentionStore(StoreBase):
             time.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - started))
 
     def stats(self, now: datetime) -> StoreStats:
-        """The numbers /metrics and /healthz report, in a handful of aggregate queries."""
+        """The numbers /metrics and /status report, in a handful of aggregate queries."""
         active = and_(SourceRow.in_config.is_(True), SourceRow.enabled.is_(True), SourceRow.retired_at.is_(None))
         with self.session() as s:
             sources = s.scalar(select(func.count()).select_from(SourceRow).where(SourceRow.in_config.is_(True)))
