@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import feedparser
@@ -104,7 +106,14 @@ def test_status_page_shows_health_escaped_and_chart(server: FeedServer, tmp_path
     from aggregator.store.repository import Store
     from tests.conftest import serving
 
-    server.add("/ok", Route(body=any_dialect(0, 4)))
+    # Dated today (UTC): the chart counts items on the day their feed dates them.
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    items = "".join(
+        f"<item><title>Story {n}</title><link>https://news.example.com/s{n}</link>"
+        f"<pubDate>{format_datetime(midnight + timedelta(minutes=n))}</pubDate></item>"
+        for n in range(4)
+    )
+    server.add("/ok", Route(body=f"<rss version='2.0'><channel><title>Today</title>{items}</channel></rss>".encode()))
     server.add("/broken", Route(status=503, headers={"Retry-After": "120"}))
     config = write_config(
         tmp_path,
