@@ -99,6 +99,11 @@ class SourceRow(Base):
     feed_link: Mapped[str | None] = mapped_column(Text)
     feed_id: Mapped[str | None] = mapped_column(Text)
     items_per_day: Mapped[float | None] = mapped_column(Float)
+    # How many items of the source are stored, changed in the transactions that insert and
+    # delete them (``IngestTransaction.insert_items``, ``RetentionStore.prune``): /metrics,
+    # /status and ``aggregator sources`` read it instead of counting the items table, which
+    # read every item at every scrape and grew with the database (migration 0018).
+    item_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_sources_due", "next_poll_at"),)
