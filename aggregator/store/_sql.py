@@ -78,10 +78,12 @@ class TransactionBase:
             for columns, params in by_columns.items()
         )
 
-    def _insert_rows(self, model: type[Base], rows: list[dict[str, Any]]) -> None:
-        """INSERT … ON CONFLICT DO NOTHING of rows that all have the same columns (``RawInsert``)."""
-        if rows:
-            RawInsert.of(self.c.dialect, model, tuple(rows[0])).run_dicts(self.c, rows)
+    def _insert_rows(self, model: type[Base], rows: list[dict[str, Any]]) -> int:
+        """INSERT … ON CONFLICT DO NOTHING of rows that all have the same columns (``RawInsert``);
+        how many were inserted, those a conflict skipped not counted."""
+        if not rows:
+            return 0
+        return RawInsert.of(self.c.dialect, model, tuple(rows[0])).run_dicts(self.c, rows)
 
     def _ids(self, query: ByValues, keys: Sequence[str], **params: Any) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -262,17 +264,21 @@ class RawInsert:
         """Execute for ``rows``, tuples in the ``columns`` order given to ``of``."""
         self._execute(connection, rows if self._reorder is None else [tuple(r[i] for i in self._reorder) for r in rows])
 
-    def run_dicts(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Execute for rows given as column → value dicts, converted (see ``convert``)."""
-        self._execute(connection, self.convert(rows))
+    def run_dicts(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> int:
+        """Execute for rows given as column → value dicts, converted (see ``convert``); how many
+        rows were inserted (see ``_execute``)."""
+        return self._execute(connection, self.convert(rows))
 
-    def _execute(self, connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+    def _execute(self, connection: Connection, rows: list[tuple[Any, ...]]) -> int:
+        """Run the executemany; the rows it inserted, those ON CONFLICT skipped left out. Both
+        drivers we support sum an executemany's row counts (sqlite3, and psycopg since 3.1),
+        which ``tests/test_store.py`` checks with a batch that repeats stored keys."""
         if not rows:
-            return
+            return 0
         params: list[Any] = rows
         if not self._positional:
             params = [dict(zip(self._columns, r, strict=True)) for r in rows]
-        connection.exec_driver_sql(self.sql, params)
+        return rowcount(connection.exec_driver_sql(self.sql, params))
 
 
 def epoch(moment: datetime) -> int:

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, bindparam, delete, func, or_, select, update
+from sqlalchemy import BindParameter, Connection, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from aggregator.records import InsertedItem, Item, ItemUpdate, NewItem, StoredItem
 from aggregator.store._sql import ByValues, RawInsert, StoreBase, epoch, storage_error
 from aggregator.store.matchkeys import StoryLookups
 from aggregator.store.models import DeletedItemRow, ItemRow, MatchKeyRow, StoryRow
-from aggregator.store.sources import SourcePollWrites
+from aggregator.store.sources import SourcePollWrites, count_items
 
 STORY_NAMESPACE = uuid.UUID("6f1c6b0e-5d0a-4d5e-9a57-5e7f1a0b2c3d")
 _STORY_NAMESPACE_BYTES = STORY_NAMESPACE.bytes
@@ -75,6 +76,11 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
     stories here, story matching's lookups (``StoryLookups``) and the polled source's new
     state (``SourcePollWrites``) from their modules."""
 
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self._inserted: Counter[int] = Counter()
+        """Items this transaction inserted, by source id, for ``count_inserted``."""
+
     def deleted_keys(self, source_id: int, keys: Sequence[str]) -> set[str]:
         """Keys retention removed from this source: they must not come back as new items."""
         found: set[str] = set()
@@ -105,7 +111,9 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         where each was stored, by item key.
 
         Rows go straight to the driver's executemany (``RawInsert``); one indexed query
-        per table then finds their ids.
+        per table then finds their ids. The rows the insert really wrote are counted for the
+        source (``count_inserted``): one whose key is stored already (another worker polled the
+        source meanwhile, or the batch repeats a key) is skipped by the insert and not counted.
         """
         if not new:
             return {}
@@ -129,7 +137,7 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
                     "update_count": 0,
                 }
             )
-        self._insert_rows(ItemRow, rows)
+        self._inserted[source_id] += self._insert_rows(ItemRow, rows)
         item_ids = self._ids(_ITEM_IDS, [n.item.key for n in new], source_id=source_id)
         self._write_match_keys(
             [(item_ids[n.item.key], n.item.published_at or now, n.match_keys) for n in new if n.item.key in item_ids],
@@ -236,6 +244,18 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         )
         return len(updates)
 
+    def count_inserted(self) -> None:
+        """Add the items this transaction inserted to their sources' counts
+        (``SourceRow.item_count``), as it is about to commit (``IngestStore.ingest``).
+
+        Once per transaction rather than per ``insert_items``: one UPDATE per source however
+        many of its polls a group commit holds, in the order of source ids (``count_items``).
+        A poll's ``record_poll`` has updated its source's row already, so the lock is held by
+        then and the count adds no wait; and a source's row is locked for the commit only.
+        """
+        count_items(self.c, self._inserted)
+        self._inserted.clear()
+
 
 class IngestStore(StoreBase):
     @contextmanager
@@ -244,7 +264,9 @@ class IngestStore(StoreBase):
         was most of the cost of recording a 304 (a round of 1,000 of them is mostly this)."""
         try:
             with self.engine.begin() as connection:
-                yield IngestTransaction(connection)
+                tx = IngestTransaction(connection)
+                yield tx
+                tx.count_inserted()
         except SQLAlchemyError as exc:
             raise storage_error(exc) from exc
 

@@ -7,6 +7,7 @@ storage deletes what it is told may go, and remembers the keys of what it delete
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from aggregator.store._sql import IN_CHUNK, StoreBase, epoch, insert_ignore, rowcount
 from aggregator.store.matchkeys import MATCH_KEY_RETENTION
 from aggregator.store.models import DeletedItemRow, FetchLogRow, ItemRow, MatchKeyRow, SourceRow, StoryRow
+from aggregator.store.sources import count_items
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,12 @@ class RetentionStore(StoreBase):
 
     def _delete_old_items(self, now: datetime, cutoff: datetime, protected: set[int], run: _Pass) -> int:
         """Delete unprotected items sorted and first seen before ``cutoff``, ``IN_CHUNK`` per
-        transaction, keeping their keys in the deleted-items table; how many went."""
+        transaction, keeping their keys in the deleted-items table and taking them off their
+        sources' counts in the same transaction; how many went.
+
+        The counts go by the rows the DELETE returns, not by the rows the SELECT found: on
+        SQLite the SELECT runs before the write transaction begins, and a row another pass
+        deleted in between must not be taken off twice."""
         deleted = 0
         while run.go():
             with self._turn() as s:
@@ -125,7 +132,10 @@ class RetentionStore(StoreBase):
                 if batch:
                     rows = [{"source_id": r.source_id, "key": r.key, "deleted_at": now} for r in batch]
                     insert_ignore(s, DeletedItemRow, rows)
-                    s.execute(delete(ItemRow).where(ItemRow.id.in_([r.id for r in batch])))
+                    gone = s.execute(
+                        delete(ItemRow).where(ItemRow.id.in_([r.id for r in batch])).returning(ItemRow.source_id)
+                    ).scalars()
+                    count_items(s.connection(), {source: -n for source, n in Counter(gone).items()})
             deleted += len(batch)
             if len(batch) < IN_CHUNK:
                 break

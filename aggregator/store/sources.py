@@ -6,13 +6,13 @@ and whether it retires, is decided before it gets here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from aggregator.records import (
     ClaimedSource,
@@ -287,6 +287,28 @@ _ITEMS_SINCE = select(func.count()).where(
     ItemRow.source_id == bindparam("source_id"), ItemRow.sort_at >= bindparam("since")
 )
 _FETCH_LOG = insert(FetchLogRow)
+_ITEM_COUNT = (
+    update(SourceRow)
+    .where(SourceRow.id == bindparam("source_id"))
+    .values(item_count=SourceRow.item_count + bindparam("added"))
+)
+
+
+def count_items(connection: Connection, added: Mapping[int, int]) -> None:
+    """Add to sources' stored-item counts (``SourceRow.item_count``) what a transaction inserted
+    or, as negative numbers, deleted, by source id; in that transaction, so the counts commit
+    with the items or not at all.
+
+    The database adds (``item_count + :added``): two transactions changing one source's count
+    at once (two workers, a poll and retention) each add their own, where reading the count
+    and writing a sum would lose one of them. One UPDATE per source, all in one executemany, in
+    the order of source ids: two transactions updating the same sources lock their rows in the
+    same order and cannot deadlock on each other there.
+    """
+    params = [{"source_id": source_id, "added": n} for source_id, n in sorted(added.items()) if n]
+    if params:
+        # One parameter set goes as a plain execute (see ``TransactionBase._update_rows``).
+        connection.execute(_ITEM_COUNT, params[0] if len(params) == 1 else params)
 
 
 class SourcePollWrites(TransactionBase):
