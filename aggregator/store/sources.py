@@ -201,10 +201,10 @@ class SourceStore(StoreBase):
 
     # --- visibility ------------------------------------------------------------------
     def health(self) -> list[SourceHealth]:
+        """Every source's state for /status and ``aggregator sources``: the sources table alone,
+        its items counted by ``SourceRow.item_count``."""
         with self.session() as s:
-            per_source = s.execute(select(ItemRow.source_id, func.count()).group_by(ItemRow.source_id))
-            counts = {source_id: count for source_id, count in per_source}
-            return [_health(r, counts.get(r.id, 0)) for r in s.scalars(select(SourceRow).order_by(SourceRow.name))]
+            return [_health(r) for r in s.scalars(select(SourceRow).order_by(SourceRow.name))]
 
 
 def failing_since(last_success: datetime | None, created: datetime, restarted: datetime | None) -> datetime:
@@ -262,7 +262,7 @@ def _apply_spec(row: SourceRow, spec: SourceSpec, now: datetime) -> bool:
     return before != after
 
 
-def _health(r: SourceRow, items: int) -> SourceHealth:
+def _health(r: SourceRow) -> SourceHealth:
     return SourceHealth(
         name=r.name,
         url=r.url,
@@ -276,7 +276,7 @@ def _health(r: SourceRow, items: int) -> SourceHealth:
         error_count=r.error_count,
         last_error=r.last_error,
         retired_reason=r.retired_reason,
-        items=items,
+        items=r.item_count,
         items_per_day=r.items_per_day,
         feed_title=r.feed_title,
         last_warning=r.last_warning,
