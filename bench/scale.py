@@ -187,6 +187,11 @@ def fill(url: str, items: int, old_sources: list[int], now: datetime) -> dict[st
                 if statement.strip():
                     conn.execute(statement, params)
             conn.execute("select setval(pg_get_serial_sequence('items', 'id'), (select max(id) from items))")
+            # Written past the store: the sources' item counts are set as migration 0018 sets them.
+            conn.execute(
+                "update sources set item_count = counted.items from (select source_id, count(*) as items"
+                " from items group by source_id) as counted where counted.source_id = sources.id"
+            )
             conn.execute("select setval(pg_get_serial_sequence('stories', 'id'), (select max(id) from stories))")
         timings["insert_s"] = time.monotonic() - started
         started = time.monotonic()
@@ -214,6 +219,7 @@ def truncate_items(conn: Any) -> None:
         ).fetchall()
     ]
     conn.execute(f"truncate {', '.join(tables)} restart identity cascade")
+    conn.execute("update sources set item_count = 0")  # the sources stay; their items are gone
 
 
 def reset_batches(url: str) -> None:
