@@ -174,12 +174,17 @@ def query_rows(database_url: str, sql: str) -> list[tuple[object, ...]]:
 
 
 def items_per_source(database_url: str) -> dict[str, int]:
-    """How many items each source holds, by source name (a source with none counts 0)."""
+    """How many items each source holds, by source name (a source with none counts 0), counted
+    in the items table; and checked against the count the sources table keeps of them
+    (``SourceRow.item_count``), which every test counting a poll's items thereby checks too."""
     counts: dict[str, int] = {}
-    for name, count in query_rows(
+    kept: dict[str, int] = {}
+    for name, count, item_count in query_rows(
         database_url,
-        "select s.name, count(i.id) from sources s left join items i on i.source_id = s.id group by s.name",
+        "select s.name, count(i.id), s.item_count from sources s left join items i on i.source_id = s.id"
+        " group by s.name, s.item_count",
     ):
-        assert isinstance(name, str) and isinstance(count, int), (name, count)
-        counts[name] = count
+        assert isinstance(name, str) and isinstance(count, int) and isinstance(item_count, int), (name, count)
+        counts[name], kept[name] = count, item_count
+    assert kept == counts, "sources.item_count differs from the items stored"
     return counts

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select, text
 
 from aggregator.cli import main
 from aggregator.config import parse_config
-from aggregator.errors import SchemaError
+from aggregator.errors import SchemaError, StorageError
 from aggregator.records import Item, NewItem
 from aggregator.store.database import (
     SCHEMA_HEAD,
@@ -367,6 +367,122 @@ def test_retention_off_keeps_every_item_and_still_trims_the_fetch_log_and_old_ma
         kept_keys = s.execute(text("select k.key from item_match_keys k join items i on i.id = k.item_id")).scalars()
         assert sorted(kept_keys) == [11, 13]  # the new item's; the old one's were dated 200 days ago
         assert list(s.scalars(select(FetchLogRow.fetched_at))) == [NOW - timedelta(hours=1)]
+
+
+def _item_counts(engine: Engine) -> tuple[dict[int, int], dict[int, int]]:
+    """Each source's count as the sources table keeps it (``item_count``), and its items counted
+    in the items table (0 for a source with none), by source id."""
+    with engine.connect() as connection:
+        kept = {r[0]: r[1] for r in connection.execute(text("select id, item_count from sources"))}
+        grouped = connection.execute(text("select source_id, count(*) from items group by source_id"))
+        counted = dict.fromkeys(kept, 0) | {r[0]: r[1] for r in grouped}
+    return kept, counted
+
+
+def _new(prefix: str, count: int, published: datetime | None = None) -> list[NewItem]:
+    """``count`` new items keyed and linked ``prefix``0, 1, …, each its own story."""
+    made = [item(f"{prefix}{n}", f"https://x.example/{prefix}{n}") for n in range(count)]
+    return [NewItem(replace(i, published_at=published) if published else i, None) for i in made]
+
+
+def test_the_sources_item_counts_follow_inserts_retention_and_duplicates(store: Store, engine: Engine) -> None:
+    """``sources.item_count`` is what /metrics, /status and ``aggregator sources`` report of the
+    items stored: through inserts into several sources in one transaction (as a group commit
+    writes them), a rolled-back transaction, a retention pass, and inserts that repeat stored
+    keys or a key of their own batch, it equals a count of the items table, source by source."""
+    ids = {label.name: label.id for label in store.source_labels()}
+    one, two, three = ids["One"], ids["Two"], ids["Three"]
+    old = NOW - timedelta(days=200)
+    with store.ingest() as tx:
+        tx.insert_items(three, _new("id:3-", 2), NOW, "a.b")
+        tx.insert_items(one, _new("id:1-old", 4, old), old, "a.b")
+        tx.insert_items(one, _new("id:1-new", 1), NOW, "a.b")  # the same source twice in one transaction
+        tx.insert_items(two, _new("id:2-old", 3, old), old, "a.b")
+    assert _item_counts(engine) == ({one: 5, two: 3, three: 2}, {one: 5, two: 3, three: 2})
+
+    with pytest.raises(ZeroDivisionError), store.ingest() as tx:
+        tx.insert_items(two, _new("id:2-lost", 2), NOW, "a.b")
+        raise ZeroDivisionError("a fault after the insert: the transaction rolls back, count and all")
+    assert _item_counts(engine) == ({one: 5, two: 3, three: 2}, {one: 5, two: 3, three: 2})
+
+    with store.session() as s:
+        keep = s.scalar(text("select id from items where key = 'id:1-old0'"))
+    report = store.prune(NOW, timedelta(days=90), {keep}, fetch_log_keep=timedelta(days=14))
+    assert report.items == 6  # three of One's old items, all of Two's
+    assert _item_counts(engine) == ({one: 2, two: 0, three: 2}, {one: 2, two: 0, three: 2})
+
+    again = item("id:2-again", "https://x.example/2-again")
+    with store.ingest() as tx:
+        # One's stored items again (the kept old one among them) and one new; a key twice in one
+        # batch; Three's items again: only the new ones are inserted, and only they counted.
+        tx.insert_items(one, [*_new("id:1-old", 1, old), *_new("id:1-new", 2)], NOW, "a.b")
+        tx.insert_items(two, [NewItem(again, None), NewItem(again, None)], NOW, "a.b")
+        tx.insert_items(three, _new("id:3-", 2), NOW, "a.b")
+    expected = {one: 3, two: 1, three: 2}
+    assert _item_counts(engine) == (expected, expected)
+    assert store.stats(NOW).items == 6 == store.counts()["items"]
+    assert {h.name: h.items for h in store.health()} == {"One": 3, "Two": 1, "Three": 2}
+
+
+def test_concurrent_ingests_into_the_same_sources_count_each_stored_item_once(store: Store, engine: Engine) -> None:
+    """Workers ingesting at once into the same sources (on PostgreSQL truly at once; SQLite takes
+    them in turn) each add what they inserted to the counts, which the database adds up: a count
+    read and written back would lose one worker's items. A key two workers insert is stored and
+    counted once."""
+    import threading
+
+    ids = sorted(label.id for label in store.source_labels())
+    workers, rounds, width = 4, 8, 6
+    failures: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for turn in range(rounds):
+                # Each worker's keys overlap the next one's: most are inserted by two workers.
+                keys = range(worker, worker + width)
+                for attempt in range(5):
+                    try:
+                        with store.ingest() as tx:
+                            for source in ids:
+                                new = [NewItem(item(f"{turn}-{k}", f"https://x.example/{source}/{turn}/{k}"), None)
+                                       for k in keys]  # fmt: skip
+                                tx.insert_items(source, new, NOW, "a.b")
+                        break
+                    except StorageError as exc:  # a deadlock or lock timeout the database broke
+                        if not exc.transient or attempt == 4:
+                            raise
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    per_source = rounds * (workers - 1 + width)
+    assert _item_counts(engine) == (dict.fromkeys(ids, per_source), dict.fromkeys(ids, per_source))
+
+
+def test_migration_0018_counts_the_items_a_database_already_holds(store: Store, engine: Engine) -> None:
+    """A database of the previous schema, with items, gets each source's exact count from the
+    migration: here fewer than the count the store kept before going back to 0017, since an
+    item was deleted while the column was gone."""
+    from sqlalchemy import inspect
+
+    ids = {label.name: label.id for label in store.source_labels()}
+    with store.ingest() as tx:
+        tx.insert_items(ids["One"], _new("id:1-", 3), NOW, "a.b")
+        tx.insert_items(ids["Two"], _new("id:2-", 2), NOW, "a.b")
+    command.downgrade(alembic_config(engine), "0017")
+    assert "item_count" not in {c["name"] for c in inspect(engine).get_columns("sources")}
+    with engine.begin() as connection:
+        assert connection.execute(text("select count(*) from items")).scalar() == 5  # the downgrade kept them
+        connection.execute(text("delete from items where key = 'id:1-0'"))
+    command.upgrade(alembic_config(engine), "head")
+    expected = {ids["One"]: 2, ids["Two"]: 2, ids["Three"]: 0}
+    assert _item_counts(engine) == (expected, expected)
+    assert _differences_from_the_models(engine) == []
 
 
 def test_a_retention_pass_told_to_stop_stops_between_transactions_and_the_next_pass_goes_on(store: Store) -> None:
