@@ -250,8 +250,9 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
 
         Once per transaction rather than per ``insert_items``: one UPDATE per source however
         many of its polls a group commit holds, in the order of source ids (``count_items``).
-        A poll's ``record_poll`` has updated its source's row already, so the lock is held by
-        then and the count adds no wait; and a source's row is locked for the commit only.
+        A poll's ``record_poll`` has updated its source's row already, so in the pipeline the
+        row's lock is held by then and the count waits for nobody; a source not yet locked (a
+        benchmark's or a test's inserts) is locked from here to the commit only.
         """
         count_items(self.c, self._inserted)
         self._inserted.clear()

@@ -118,7 +118,15 @@ class RetentionStore(StoreBase):
 
         The counts go by the rows the DELETE returns, not by the rows the SELECT found: on
         SQLite the SELECT runs before the write transaction begins, and a row another pass
-        deleted in between must not be taken off twice."""
+        deleted in between must not be taken off twice.
+
+        On PostgreSQL the sources' rows are locked after the items': a group commit that has
+        recorded one source's poll and then updates another source's item, one this transaction
+        is deleting at that moment, waits for it while it waits for the first source's row.
+        PostgreSQL breaks such a deadlock by failing one of the two with a transient error: the
+        batch is committed again result by result, or this pass fails ("retention failed" in the
+        log) and the next one goes on. It needs an item past retention to change in its feed at
+        the very moment it is deleted."""
         deleted = 0
         while run.go():
             with self._turn() as s:
