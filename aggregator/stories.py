@@ -198,6 +198,15 @@ LATER_NAME_SHARE = 0.5
 names it only after its own opening, against 1 when it opens with it: half way between the
 evidence of an opening, which says what the item is about, and none."""
 
+ABSORB_COSINE = WEAK_COSINE
+"""Cosine to a fragment (``decide``'s ``one_outlet``) an item needs to merge it into the story
+it joins. Joining adds one item to one story; absorbing merges two stories, all their members
+at once, on the word of that one item: a chain, which a join's least evidence does not carry.
+Below this, names carry a join (``names_needed``), and the names a roundup or a side story
+shares with two stories ("Ukraine", "Russia"; "Trump", "Mexico") are its topic's, which both
+stories share without being one event. The item still joins its story; the fragment stays a
+story of its own until a report close to it in meaning shows them one."""
+
 AGREEMENT_FLOOR = 0.5
 """Rare-name weight below which a side's leading names are too plain to tell: it is weighed on
 all its names, and if those are too plain as well, it agrees with anything (``_agreement``)."""
@@ -632,6 +641,7 @@ class Decision:
     chosen: Judgement | None
     near_misses: tuple[Judgement, ...]  # those weighed, best first; then those refused on time alone
     absorbs: tuple[Judgement, ...] = ()
+    unmerged: tuple[Judgement, ...] = ()  # fragments it would join too, too far in meaning to merge
 
     def explain(self, terms: Terms | None = None, named: Mapping[int, str] | None = None) -> str:
         """Why, in words. ``named``: how to call stories that have no number yet (those an item
@@ -648,6 +658,11 @@ class Decision:
         absorbed = "".join(
             f"; and {story(j.story_id)}, one outlet's report of the same event, joins it: {j.reason(terms)}"
             for j in self.absorbs
+        )
+        absorbed += "".join(
+            f"; {story(j.story_id)}, one outlet's story it would join too, stays apart: cosine {j.cosine or 0.0:.2f}, "
+            f"below {ABSORB_COSINE} to merge stories"
+            for j in self.unmerged
         )
         return f"joined {story(self.chosen.story_id)}: {self.chosen.reason(terms)}{absorbed}"
 
@@ -989,7 +1004,8 @@ def decide(
     fragment of the chosen story (``Decision.absorbs``): an outlet's second report of an event
     starts a story of its own when no other outlet's report came between its two (the rule
     above; a first ingest reads each feed's backlog whole, one outlet after another), and the
-    item, another outlet's report close enough to both, shows them to be one event. The caller
+    item, another outlet's report close enough to both, shows them to be one event; close in
+    meaning to the fragment, not only sharing names with it (``ABSORB_COSINE``). The caller
     merges those into the chosen story where it may: one no editor named.
     """
     weighed = item_weights(item, stats)
@@ -1004,12 +1020,14 @@ def decide(
     # Those refused on time alone weigh nothing else: the nearest in time first, after the rest.
     timed = sorted((j for j in judged if j.cosine is None), key=lambda j: (abs(j.hours), j.story_id))
     misses = (*(j for j in judged if not j.joins and j.cosine is not None), *timed)
-    fragments = tuple(
+    fragments = [
         j
         for j in judged
         if j.joins and j is not chosen and j.copy_of is None and j.story_id in one_outlet and j.story_id not in own
-    )
-    return Decision(chosen.story_id if chosen else None, chosen, misses, fragments)
+    ]
+    close = tuple(j for j in fragments if (j.cosine or 0.0) >= ABSORB_COSINE)
+    apart = tuple(j for j in fragments if (j.cosine or 0.0) < ABSORB_COSINE)
+    return Decision(chosen.story_id if chosen else None, chosen, misses, close, apart)
 
 
 def own_stories(sources: Mapping[int, Iterable[object]], source: object | None) -> set[int]:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -873,6 +874,43 @@ def test_another_outlets_report_merges_one_outlets_fragments_of_its_event() -> N
     assert [j.story_id for j in stories.decide(item, at, profiles, stats, one_outlet={7, 8}).absorbs] in ([7], [8])
     assert stories.decide(item, at, profiles, stats, one_outlet=()).absorbs == ()
     assert stories.decide(item, at, profiles, stats, own={7}, one_outlet={7, 8}).absorbs == ()  # its own: no
+
+
+def _toward(vector: semantic.Vector, cosine: float) -> semantic.Vector:
+    """A unit vector at ``cosine`` to ``vector``, the rest of it along a fixed other direction."""
+    unit = vector / np.linalg.norm(vector)
+    other: semantic.Vector = np.asarray(np.random.default_rng(0).standard_normal(len(unit)), dtype=np.float32)
+    other -= float(np.dot(other, unit)) * unit
+    other /= np.linalg.norm(other)
+    toward: semantic.Vector = (cosine * unit + np.sqrt(1 - cosine * cosine) * other).astype(vector.dtype)
+    return toward
+
+
+@pytest.mark.parametrize("cosine", [0.5, 0.55, stories.ABSORB_COSINE + 0.05])
+def test_a_fragment_far_in_meaning_is_not_merged_on_shared_names(cosine: float) -> None:
+    # Merging two stories on one item's word is a chain: the item must be close in meaning to
+    # the fragment, not only share names with it (a roundup shares "Ukraine" and "Russia" with
+    # every report of the war). Below that it still joins its story, and says why the fragment
+    # stays apart.
+    stream = Stream()
+    stream.add(1, NOON, feats(ORIGINAL), source="wire")
+    stream.add(2, NOON + timedelta(hours=1), feats(REWRITE), source="wire")
+    item, at = feats(THIRD), NOON + timedelta(hours=2)
+    fragment = replace(feats(ORIGINAL), vector=_toward(item.vector, cosine))
+    profiles = [
+        StoryProfile(7, (Member(1, NOON, fragment),), NOON),
+        StoryProfile(8, (Member(2, NOON + timedelta(hours=1), feats(REWRITE)),), NOON + timedelta(hours=1)),
+    ]
+    judged = stories.judge(item, at, profiles[0], stream.stats())
+    assert judged.joins and judged.cosine == pytest.approx(cosine, abs=1e-3)  # it would join the fragment
+    decision = stories.decide(item, at, profiles, stream.stats(), one_outlet={7})
+    assert decision.story_id == 8
+    if cosine >= stories.ABSORB_COSINE:
+        assert [j.story_id for j in decision.absorbs] == [7] and decision.unmerged == ()
+        assert "one outlet's report of the same event, joins it" in decision.explain()
+    else:
+        assert decision.absorbs == () and [j.story_id for j in decision.unmerged] == [7]
+        assert f"story 7, one outlet's story it would join too, stays apart: cosine {cosine:.2f}" in decision.explain()
 
 
 def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
