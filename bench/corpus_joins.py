@@ -14,15 +14,24 @@ does. Then, from the database:
   and each such report's explanation, as ``aggregator story ID`` would show it. A link between
   two events is what precision counts; reading these is how it is counted here.
 
+One poll of everything is a first ingest, and its outcome depends on the order the writer
+gets the feeds in, which the fetches' finishing order decides: the story an item meets first
+is the one it judges against. ``--runs N`` polls the corpus N times, each into a fresh
+database, and prints what each run linked and which links across sources all runs agree on,
+so that a figure from one run is not read as the corpus's.
+
     .venv/bin/python bench/corpus_joins.py              # every such story
     .venv/bin/python bench/corpus_joins.py --sample 20 --seed 3
+    .venv/bin/python bench/corpus_joins.py --runs 3     # how much the poll order moves it
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -75,6 +84,44 @@ def poll_corpus(workdir: Path) -> tuple[Path, float]:
     return workdir / "data" / "aggregator.db", elapsed
 
 
+# Every pair of items of one story from two sources: (source, item key, title) of each.
+LINKED = (
+    "select i.story_id, s.name, i.key, i.title from items i join sources s on s.id = i.source_id "
+    "where i.story_id in (select story_id from items group by story_id having count(distinct source_id) > 1)"
+)
+_SERVED = re.compile(r"127\.0\.0\.1:\d+")  # each run's server listens on another port
+
+
+def linked_pairs(database: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """The pairs of items from two sources that share a story, each item named by its source
+    and key (the serving port taken out, which differs from run to run), with their headlines."""
+    stories: defaultdict[int, list[tuple[str, str]]] = defaultdict(list)
+    with sqlite3.connect(database) as db:
+        for story_id, source, key, title in db.execute(LINKED):
+            stories[story_id].append((f"{source}|{_SERVED.sub('', key)}", title or ""))
+    pairs = {}
+    for members in stories.values():
+        for (a, title_a), (b, title_b) in itertools.combinations(sorted(members), 2):
+            if a.split("|", 1)[0] != b.split("|", 1)[0]:
+                pairs[(a, b)] = (title_a, title_b)
+    return pairs
+
+
+def compare_runs(runs: list[dict[tuple[str, str], tuple[str, str]]], shown: int = 20) -> None:
+    """Which links across sources every run made, and which only some did."""
+    every = set.intersection(*(set(r) for r in runs))
+    some = set.union(*(set(r) for r in runs)) - every
+    counts = ", ".join(str(len(r)) for r in runs)
+    print(f"pairs of items from two sources in one story, per run: {counts}")
+    print(f"  made in every run: {len(every)}; in some only: {len(some)}")
+    titles = {pair: names for r in runs for pair, names in r.items()}
+    for pair in sorted(some, key=lambda p: titles[p])[:shown]:
+        made = sum(pair in r for r in runs)
+        print(f"  in {made} of {len(runs)} runs: {titles[pair][0][:60]!r} ~ {titles[pair][1][:60]!r}")
+    if len(some) > shown:
+        print(f"  ... and {len(some) - shown} more")
+
+
 def report(database: Path, sample: int | None, seed: int) -> None:
     with sqlite3.connect(database) as db:
         print("items that joined a story holding another source's items:")
@@ -99,19 +146,38 @@ def report(database: Path, sample: int | None, seed: int) -> None:
                     print(f"      {reasons[story_id][item_id][:400]}")
 
 
+def _independent_reports(database: Path) -> tuple[int, int]:
+    """Stories an independent report joined across sources, and such reports."""
+    with sqlite3.connect(database) as db:
+        rows = db.execute(INDEPENDENT).fetchall()
+    return len({story_id for _, story_id, _ in rows}), len(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=int, help="show this many of the stories, drawn at random")
     parser.add_argument("--seed", type=int, default=1, help="of the draw (--sample)")
+    parser.add_argument("--runs", type=int, default=1, help="poll the corpus this many times, each afresh, and compare")
     args = parser.parse_args()
     if not (CORPUS / "INDEX.tsv").exists():
         raise SystemExit(f"no corpus at {CORPUS} (../shared/corpus beside the repository, or AGGREGATOR_CORPUS)")
     print(f"# bench/corpus_joins.py  python {platform.python_version()}  {platform.machine()}")
     print(f"# corpus: {CORPUS}; storage: the embedded SQLite; one poll of everything (a first ingest)")
     with tempfile.TemporaryDirectory() as tmp:
-        database, elapsed = poll_corpus(Path(tmp))
-        print(f"poll: {elapsed:.1f} s")
-        report(database, args.sample, args.seed)
+        databases = []
+        for run in range(max(1, args.runs)):
+            workdir = Path(tmp) / f"run{run + 1}"
+            workdir.mkdir()
+            database, elapsed = poll_corpus(workdir)
+            print(f"poll: {elapsed:.1f} s")
+            databases.append(database)
+        if len(databases) > 1:
+            for run, database in enumerate(databases, 1):
+                stories, reports = _independent_reports(database)
+                print(f"run {run}: {reports} independent reports joined {stories} stories across sources")
+            compare_runs([linked_pairs(database) for database in databases])
+            print("\nrun 1 in full:")
+        report(databases[0], args.sample, args.seed)
     print(
         "\n+ marks the items that joined as independent reports, each with its explanation; "
         "read each story and count the ones that tie two events together"
