@@ -505,6 +505,17 @@ class StoryProfile:
         return frozenset().union(*(lone_headline_figures(m.features) for m in self.members))
 
     @cached_property
+    def headline_names(self) -> frozenset[int]:
+        """The names of its members' headlines when every member is a headline that came alone
+        (only title-only feeds have reported it so far), else none: what a report with a text
+        can share with such a story is bounded by those headlines, as a lone headline's with
+        a story is by its own (``_headline_names``)."""
+        named = [m.features.headline for m in self.members]
+        if not named or not all(named):
+            return frozenset()
+        return frozenset(itertools.chain.from_iterable(h for h in named if h is not None))
+
+    @cached_property
     def support(self) -> dict[int, float]:
         """Share of the members that carry each term."""
         return _shares(self.counts[0], len(self.members))
@@ -847,7 +858,7 @@ def judge(
                     )  # fmt: skip
                 template_of = member.item_id
                 break
-    needed, agree = names_needed(cosine, _headline_names(item, shared, weights, support))
+    needed, agree = names_needed(cosine, _headline_names(item, shared, weights, story))
     why_not = _ruled_out(item, story, cosine, independent)
     if not why_not and name_weight < needed:
         why_not = f"too few rare names and figures in common (< {needed:.1f} at cosine {cosine:.2f})"
@@ -972,12 +983,14 @@ def names_needed(cosine: float, headline_names: float = 0.0) -> tuple[float, flo
     return needed, MIN_AGREEMENT - share * (MIN_AGREEMENT - STRONG_AGREEMENT)
 
 
-def _headline_names(
-    item: Features, shared: Iterable[int], weights: Mapping[int, float], support: Mapping[int, float]
-) -> float:
+def _headline_names(item: Features, shared: Iterable[int], weights: Mapping[int, float], story: StoryProfile) -> float:
     """The weight of the names of a headline that came alone that the story carries (each
-    counted as in ``judge``): its names only, not its figures; 0 for an item with a text."""
-    named = item.headline
+    counted as in ``judge``): its names only, not its figures. For an item with a text, the
+    weight of the story's headlines' names it carries when the story is made of lone headlines
+    only (``StoryProfile.headline_names``), else 0: the bar is the same whichever of the two
+    came first."""
+    named = item.headline or story.headline_names
+    support = story.support
     return sum(weights[t] * support[t] for t in shared if t in named) if named else 0.0
 
 

@@ -1127,6 +1127,32 @@ def test_a_headline_alone_joins_on_one_rare_name_when_close_in_meaning() -> None
     assert stories.HEADLINE_NAME_WEIGHT <= chosen.name_weight < stories.names_needed(chosen.cosine)[0]
 
 
+def test_a_report_and_a_headline_alone_link_whichever_came_first() -> None:
+    # A title-only feed's headline and another outlet's report with a text share the one name
+    # the headline has room for. The headline joins the report's story on it; the report must
+    # join the headline's story on it too, or whether they link depends on which feed a first
+    # ingest happened to read first.
+    headline = ("Dorardi suspended by Belmaris party over reality show", "")
+    report = (
+        "Prime minister backs suspension of Dorardi",
+        "The prime minister said on Tuesday that he backed the party's decision to suspend Dorardi after his "
+        "appearance on a television reality show, which colleagues called a disgrace.",
+    )
+    for first_in, second_in in ((headline, report), (report, headline)):
+        stream = Stream()
+        first, _ = stream.add(1, NOON, feats(first_in), source="wire")
+        joined, decision = stream.add(2, NOON + timedelta(hours=1), feats(second_in), source="herald")
+        assert joined == first
+        chosen = decision.chosen
+        assert chosen is not None and chosen.cosine is not None and chosen.copy_of is None
+        assert stories.HEADLINE_NAME_WEIGHT <= chosen.name_weight < stories.names_needed(chosen.cosine)[0]
+    # Only a story of lone headlines bounds what a report can share with it so.
+    mixed = StoryProfile(1, (Member(1, NOON, feats(headline)), Member(2, NOON, feats(report))), NOON)
+    assert mixed.headline_names == frozenset()
+    alone = StoryProfile(1, (Member(1, NOON, feats(headline)),), NOON)
+    assert names.term_key("dorardi") in alone.headline_names
+
+
 def test_a_headline_alone_reaches_the_story_of_the_one_rare_name_it_shares() -> None:
     # A title-only feed's headline shares one name with another outlet's headline of the same
     # fire, a name no other story of the stream carries. That is enough to join
