@@ -283,6 +283,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(
             f"removed {report.items} items{kept}, {report.stories} stories, {report.fetch_log} fetch-log rows, "
             f"{report.match_keys} story-matching keys"
+            + (f"; set right {report.recounted} sources' item counts" if report.recounted else "")
         )
         return EXIT_OK
     engine = make_engine(loaded.config.settings.database_url)

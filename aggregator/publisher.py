@@ -507,4 +507,10 @@ def prune(publisher: Publisher, stopping: Stopping = lambda: False) -> PruneRepo
         "" if settings.retention is not None else " (retention: null keeps every item)",
         "" if report.complete else "; stopped midway by the service's stop, the next pass goes on",
     )  # fmt: skip
+    if report.recounted:
+        log.warning(
+            "retention: %d sources' stored-item counts were off and were set right (items deleted or added "
+            "outside this version, such as by hand or by a worker of an older version)",
+            report.recounted,
+        )
     return report

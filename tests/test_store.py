@@ -31,6 +31,7 @@ from aggregator.store.database import (
 )
 from aggregator.store.models import ArchiveRow, Base, FetchLogRow, StoryRow
 from aggregator.store.repository import Store
+from tests.conftest import _postgres_database
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = """\
@@ -422,6 +423,117 @@ def test_the_sources_item_counts_follow_inserts_retention_and_duplicates(store: 
     assert _item_counts(engine) == (expected, expected)
     assert store.stats(NOW).items == 6 == store.counts()["items"]
     assert {h.name: h.items for h in store.health()} == {"One": 3, "Two": 1, "Three": 2}
+
+
+def test_the_daily_pass_sets_right_item_counts_changed_outside_the_store(store: Store, engine: Engine) -> None:
+    """Items deleted by hand, or stored by a worker of a version that kept no counts, leave a
+    source's count wrong for good; the daily retention pass counts every source's items again
+    and says how many counts were off, with ``retention: null`` too."""
+    ids = {label.name: label.id for label in store.source_labels()}
+    one, two, three = ids["One"], ids["Two"], ids["Three"]
+    with store.ingest() as tx:
+        tx.insert_items(one, _new("id:1-", 4), NOW, "a.b")
+        tx.insert_items(two, _new("id:2-", 3), NOW, "a.b")
+    with engine.begin() as connection:
+        connection.execute(text("delete from items where key in ('id:1-0', 'id:1-1')"))  # an operator's DELETE
+        connection.execute(text("update sources set item_count = 7 where id = :id"), {"id": three})
+    assert _item_counts(engine) == ({one: 4, two: 3, three: 7}, {one: 2, two: 3, three: 0})
+    report = store.prune(NOW, None, set(), fetch_log_keep=timedelta(days=14))
+    assert report.recounted == 2 and report.items == 0
+    assert _item_counts(engine) == ({one: 2, two: 3, three: 0}, {one: 2, two: 3, three: 0})
+    assert store.prune(NOW, None, set(), fetch_log_keep=timedelta(days=14)).recounted == 0
+
+
+@pytest.fixture
+def one_source_on_postgresql() -> Iterator[tuple[Store, Engine, int]]:
+    """A store on a fresh PostgreSQL database with one source, and the source's id."""
+    for url in _postgres_database():
+        engine = make_engine(url)
+        try:
+            ensure_schema(engine)
+            store = Store(engine)
+            store.sync_sources(parse_config(CONFIG).source_specs()[:1], NOW)
+            (source,) = [label.id for label in store.source_labels()]
+            yield store, engine, source
+        finally:
+            engine.dispose()
+
+
+def _recount(store: Store) -> int:
+    """The daily pass with ``retention: null``: how many sources' counts it set right."""
+    return store.prune(NOW, None, set(), fetch_log_keep=timedelta(days=14)).recounted
+
+
+@pytest.mark.postgres
+def test_a_recount_leaves_out_a_polls_uncommitted_items_which_the_poll_then_adds(
+    one_source_on_postgresql: tuple[Store, Engine, int],
+) -> None:
+    """A poll's transaction has inserted items but neither committed them nor added them to its
+    source's count while the daily pass counts the source again: the recount neither waits for
+    it (the items' foreign key locks the source's row only against a change of its key) nor
+    counts them, and the poll adds them as it commits."""
+    import threading
+
+    store, engine, source = one_source_on_postgresql
+    inserted, recounted = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def poll() -> None:
+        try:
+            with store.ingest() as tx:
+                tx.insert_items(source, _new("id:", 3), NOW, "a.b")
+                inserted.set()
+                assert recounted.wait(30)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    assert inserted.wait(30)
+    fixed = _recount(store)
+    recounted.set()
+    thread.join()
+    assert failures == [] and fixed == 0  # nothing committed yet: 0 was right
+    assert _item_counts(engine) == ({source: 3}, {source: 3})
+
+
+@pytest.mark.postgres
+def test_a_recount_waits_for_a_poll_that_recorded_itself_and_counts_its_items(
+    one_source_on_postgresql: tuple[Store, Engine, int],
+) -> None:
+    """A poll that recorded itself on its source's row (``record_poll`` does so first) and
+    inserted items, while the daily pass sets right a count gone wrong: the recount waits for
+    the poll's commit and then counts its items. Counted as of before the wait, it would set 0
+    where the poll's items make it 2."""
+    import threading
+
+    store, engine, source = one_source_on_postgresql
+    with engine.begin() as connection:
+        connection.execute(text("update sources set item_count = 7"))  # gone wrong, as by hand
+    inserted = threading.Event()
+    failures: list[BaseException] = []
+    fixed: list[int] = []
+
+    def recorded_poll() -> None:
+        try:
+            with store.ingest() as tx:
+                recorded = text("update sources set last_polled_at = :now where id = :id")
+                tx.c.execute(recorded, {"now": NOW, "id": source})
+                tx.insert_items(source, _new("id:", 2), NOW, "a.b")
+                inserted.set()
+                time.sleep(1.0)  # the recount starts meanwhile and waits for this row
+        except BaseException as exc:
+            failures.append(exc)
+
+    polling = threading.Thread(target=recorded_poll)
+    polling.start()
+    assert inserted.wait(30)
+    counting = threading.Thread(target=lambda: fixed.append(_recount(store)))
+    counting.start()
+    polling.join()
+    counting.join()
+    assert failures == [] and fixed == [1]
+    assert _item_counts(engine) == ({source: 2}, {source: 2})
 
 
 def test_concurrent_ingests_into_the_same_sources_count_each_stored_item_once(store: Store, engine: Engine) -> None:

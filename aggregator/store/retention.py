@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, or_, select, true, tuple_
+from sqlalchemy import and_, delete, func, or_, select, true, tuple_, update
 from sqlalchemy.orm import Session
 
 from aggregator.store._sql import IN_CHUNK, StoreBase, epoch, insert_ignore, rowcount
@@ -30,6 +30,8 @@ class PruneReport:
     match_keys: int
     complete: bool = True
     """False: the pass stopped midway (``RetentionStore.prune``'s ``stopping``)."""
+    recounted: int = 0
+    """Sources whose stored-item count (``SourceRow.item_count``) was off and was set right."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ class RetentionStore(StoreBase):
         log_rows = self._trim_fetch_log(now - fetch_log_keep, run)
         # Copies of a story arrive within days; older lookup keys only cost space.
         keys = self._trim_match_keys(epoch(now - MATCH_KEY_RETENTION), run)
-        return PruneReport(items, stories, log_rows, keys, not run.cut)
+        recounted = self._recount_items(run)
+        return PruneReport(items, stories, log_rows, keys, not run.cut, recounted)
 
     def _delete_old_items(self, now: datetime, cutoff: datetime, protected: set[int], run: _Pass) -> int:
         """Delete unprotected items sorted and first seen before ``cutoff``, ``IN_CHUNK`` per
@@ -163,6 +166,45 @@ class RetentionStore(StoreBase):
                 old = and_(FetchLogRow.source_id.in_(chunk), FetchLogRow.fetched_at < cutoff)
                 removed += rowcount(s.execute(delete(FetchLogRow).where(old)))
         return removed
+
+    def _recount_items(self, run: _Pass) -> int:
+        """Set every source's stored-item count (``SourceRow.item_count``) to what its items
+        number, and say how many were off. The transactions that add and delete items keep
+        the counts, and nothing else should change them; but a worker of an older version
+        still writing after an upgrade, or an operator's DELETE by hand, would leave a count
+        wrong for good. Counting each source's items once a day, through the index that leads
+        with the source, costs what a single /metrics scrape cost before the counts were kept.
+
+        Each count is taken with its source's row locked, and the items counted after the
+        lock is held: a poll's transaction holds that lock from recording the poll to its
+        commit, so its items are either committed and counted, or added to the count once this
+        transaction commits. On PostgreSQL one source per transaction, so that it never holds
+        one source's row while waiting for another's (a group commit locks several in the order
+        of its polls); on SQLite, which locks the whole database for one statement,
+        ``SOURCES_PER_TRANSACTION`` at a time."""
+        with self.session() as s:
+            sources = list(s.scalars(select(SourceRow.id).order_by(SourceRow.id)))
+        per_turn = SOURCES_PER_TRANSACTION if self.engine.dialect.name == "sqlite" else 1
+        counted = select(func.count()).where(ItemRow.source_id == SourceRow.id).scalar_subquery()
+        wrong = 0
+        for start in range(0, len(sources), per_turn):
+            if not run.go():
+                break
+            with self._turn() as s:
+                chunk = sources[start : start + per_turn]
+                if per_turn == 1:
+                    # FOR NO KEY UPDATE: an UPDATE's own lock, which waits for a poll that
+                    # recorded itself on the row but not for one that only inserted items of
+                    # the source (their foreign key locks the row FOR KEY SHARE).
+                    s.execute(select(SourceRow.id).where(SourceRow.id.in_(chunk)).with_for_update(key_share=True))
+                fixed = s.execute(
+                    update(SourceRow)
+                    .where(SourceRow.id.in_(chunk), SourceRow.item_count != counted)
+                    .values(item_count=counted)
+                    .execution_options(synchronize_session=False)
+                )
+                wrong += rowcount(fixed)
+        return wrong
 
     def _trim_match_keys(self, cutoff: int, run: _Pass) -> int:
         """Delete story-matching keys dated before ``cutoff`` (Unix seconds), one stretch of
