@@ -329,7 +329,9 @@ def main() -> None:
     parser.add_argument(
         "--setting", action="append", default=[], help="extra settings line, e.g. 'story_matching: lexical'"
     )
-    parser.add_argument("--errors", action="store_true", help="list wrongly merged pairs")
+    parser.add_argument(
+        "--errors", action="store_true", help="list wrongly merged pairs, and SemEval's same-event pairs not linked"
+    )
     parser.add_argument(
         "--database-url",
         metavar="URL",
@@ -487,6 +489,11 @@ def report_semeval(
             f"{ideal[0]}/{ideal[1]}; different linked {ideal[2]}/{ideal[3]}"
         )
     if args.errors:
+        title = {a.ref: a.title for a in articles}
+        for p in same:
+            if not linked(p):
+                one, two = title.get(f"{p}-1", ""), title.get(f"{p}-2", "")
+                print(f"    same event not linked: ligne {pairs[p].ligne}: {one[:50]!r} ~ {two[:50]!r}")
         for p in different:
             if linked(p):
                 print(f"    linked though different: ligne {pairs[p].ligne} (Overall {pairs[p].overall})")
