@@ -1032,7 +1032,12 @@ def decide(
     chosen = next((j for j in judged if j.joins), None)
     # Those refused on time alone weigh nothing else: the nearest in time first, after the rest.
     timed = sorted((j for j in judged if j.cosine is None), key=lambda j: (abs(j.hours), j.story_id))
-    misses = (*(j for j in judged if not j.joins and j.cosine is not None), *timed)
+    # Of those weighed, the ones of another topic last: names an outlet puts in every item
+    # ("The Next Web") give its other stories a high score at any cosine, and an explanation
+    # that shows them hides the story of the same event that the names did not carry.
+    refused = (j for j in judged if not j.joins and j.cosine is not None)
+    topic_last = sorted(refused, key=lambda j: (j.cosine or 0.0) < MIN_COSINE)  # stable: best first within each
+    misses = (*topic_last, *timed)
     fragments = [
         j
         for j in judged

@@ -127,6 +127,26 @@ def test_a_follow_up_a_day_later_starts_its_own_story() -> None:
     assert "a development is a story of its own" in decision.explain()
 
 
+def test_near_misses_of_another_topic_come_after_those_close_in_meaning() -> None:
+    """An outlet names itself in every item ("The Next Web"), so its other stories share names
+    with anything it publishes and outscore, at any cosine, the story of the same event that
+    the names did not carry. The explanation shows that story first: it is the one a reader
+    asks about."""
+    item, at = feats(THIRD), NOON + timedelta(hours=2)
+    names_only = replace(feats(REWRITE), vector=_toward(item.vector, 0.3))
+    close = replace(feats(UNRELATED), vector=_toward(item.vector, 0.7))
+    stories_judged = [
+        StoryProfile(7, (Member(1, NOON, names_only),), NOON),
+        StoryProfile(8, (Member(2, NOON, close),), NOON),
+    ]
+    decision = stories.decide(item, at, stories_judged, TermStats(10))
+    assert decision.story_id is None
+    first, second = decision.near_misses
+    assert first.story_id == 8 and "too few rare names" in first.why_not
+    assert second.story_id == 7 and "another topic" in second.why_not and second.score > first.score
+    assert decision.explain().index("story 8:") < decision.explain().index("story 7:")
+
+
 def test_the_story_a_development_follows_is_shown_among_its_near_misses_however_many_were_weighed() -> None:
     """A story refused on time alone weighs nothing else, so it cannot rank by closeness among
     the stories weighed; the explanation still shows it (the nearest in time of such stories)
