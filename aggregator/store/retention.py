@@ -155,16 +155,10 @@ class RetentionStore(StoreBase):
     def _trim_fetch_log(self, cutoff: datetime, run: _Pass) -> int:
         """Delete fetch-log rows from before ``cutoff``, source by source (the log's index
         leads with the source), ``SOURCES_PER_TRANSACTION`` sources per transaction."""
-        with self.session() as s:
-            sources = list(s.scalars(select(SourceRow.id).order_by(SourceRow.id)))
         removed = 0
-        for start in range(0, len(sources), SOURCES_PER_TRANSACTION):
-            if not run.go():
-                break
-            with self._turn() as s:
-                chunk = sources[start : start + SOURCES_PER_TRANSACTION]
-                old = and_(FetchLogRow.source_id.in_(chunk), FetchLogRow.fetched_at < cutoff)
-                removed += rowcount(s.execute(delete(FetchLogRow).where(old)))
+        for s, chunk in self._source_turns(run, SOURCES_PER_TRANSACTION):
+            old = and_(FetchLogRow.source_id.in_(chunk), FetchLogRow.fetched_at < cutoff)
+            removed += rowcount(s.execute(delete(FetchLogRow).where(old)))
         return removed
 
     def _recount_items(self, run: _Pass) -> int:
@@ -182,29 +176,35 @@ class RetentionStore(StoreBase):
         one source's row while waiting for another's (a group commit locks several in the order
         of its polls); on SQLite, which locks the whole database for one statement,
         ``SOURCES_PER_TRANSACTION`` at a time."""
-        with self.session() as s:
-            sources = list(s.scalars(select(SourceRow.id).order_by(SourceRow.id)))
         per_turn = SOURCES_PER_TRANSACTION if self.engine.dialect.name == "sqlite" else 1
         counted = select(func.count()).where(ItemRow.source_id == SourceRow.id).scalar_subquery()
         wrong = 0
+        for s, chunk in self._source_turns(run, per_turn):
+            if per_turn == 1:
+                # FOR NO KEY UPDATE: an UPDATE's own lock, which waits for a poll that
+                # recorded itself on the row but not for one that only inserted items of
+                # the source (their foreign key locks the row FOR KEY SHARE).
+                s.execute(select(SourceRow.id).where(SourceRow.id.in_(chunk)).with_for_update(key_share=True))
+            fixed = s.execute(
+                update(SourceRow)
+                .where(SourceRow.id.in_(chunk), SourceRow.item_count != counted)
+                .values(item_count=counted)
+                .execution_options(synchronize_session=False)
+            )
+            wrong += rowcount(fixed)
+        return wrong
+
+    def _source_turns(self, run: _Pass, per_turn: int) -> Iterator[tuple[Session, list[int]]]:
+        """Every source's id, ``per_turn`` at a time in the order of ids, each share in one of
+        retention's short transactions (``_turn``), until the pass is told to stop
+        (``_Pass.go``): what the passes that go source by source share."""
+        with self.session() as s:
+            sources = list(s.scalars(select(SourceRow.id).order_by(SourceRow.id)))
         for start in range(0, len(sources), per_turn):
             if not run.go():
-                break
+                return
             with self._turn() as s:
-                chunk = sources[start : start + per_turn]
-                if per_turn == 1:
-                    # FOR NO KEY UPDATE: an UPDATE's own lock, which waits for a poll that
-                    # recorded itself on the row but not for one that only inserted items of
-                    # the source (their foreign key locks the row FOR KEY SHARE).
-                    s.execute(select(SourceRow.id).where(SourceRow.id.in_(chunk)).with_for_update(key_share=True))
-                fixed = s.execute(
-                    update(SourceRow)
-                    .where(SourceRow.id.in_(chunk), SourceRow.item_count != counted)
-                    .values(item_count=counted)
-                    .execution_options(synchronize_session=False)
-                )
-                wrong += rowcount(fixed)
-        return wrong
+                yield s, sources[start : start + per_turn]
 
     def _trim_match_keys(self, cutoff: int, run: _Pass) -> int:
         """Delete story-matching keys dated before ``cutoff`` (Unix seconds), one stretch of
