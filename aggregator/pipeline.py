@@ -12,7 +12,6 @@ whose sources changed. The I/O stages never call each other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -46,7 +45,7 @@ from aggregator.poll import (
     source_fault,
 )
 from aggregator.publisher import Publisher
-from aggregator.records import FetchResult, InsertedItem, ParsedFeed
+from aggregator.records import FetchResult, InsertedItem, ParsedFeed, SourceToFetch
 from aggregator.schedule import HostSource, ScheduleSettings, host_needs_check, host_of
 from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, Store
 from aggregator.storymatch import StoryMatcher
@@ -166,7 +165,7 @@ class Pipeline:
         settings = self.config.settings
         lease = timedelta(seconds=settings.total_timeout) * 2 + LEASE_MARGIN
         batch_size = settings.concurrency * 2
-        running: dict[asyncio.Task[None], int] = {}  # poll -> its source id
+        running: dict[asyncio.Task[None], SourceToFetch] = {}  # poll -> its source
         exhausted = False
         try:
             while True:
@@ -176,7 +175,7 @@ class Pipeline:
                     claimed = await self._write(self.store.claim_due, self.owner, cutoff, wanted, lease)
                     exhausted = not claimed
                     for source in claimed:
-                        running[asyncio.create_task(self._poll_one(fetcher, source, summary))] = source.fetch.id
+                        running[asyncio.create_task(self._poll_one(fetcher, source, summary))] = source.fetch
                 if not running:
                     return summary
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -190,8 +189,16 @@ class Pipeline:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            with contextlib.suppress(AggregatorError):
-                await asyncio.shield(asyncio.to_thread(self.store.release, list(running.values()), self.owner))
+            unfinished = list(running.values())
+            try:
+                await asyncio.shield(asyncio.to_thread(self.store.release, [s.id for s in unfinished], self.owner))
+            except AggregatorError as error:
+                # Not fatal: the leases expire on their own. Said, so that a source that sits
+                # unpolled until then is explained (the stop's own cause is raised below).
+                log.warning(
+                    "could not hand back the leases of %d unfinished poll(s) (%s); they expire within %s: %s",
+                    len(unfinished), ", ".join(sorted(repr(s.name) for s in unfinished)), lease, error,
+                )  # fmt: skip
             raise
 
     async def _poll_one(self, fetcher: Fetcher, source: ClaimedSource, summary: PollSummary) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import logging
 import socket
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +34,7 @@ from aggregator import parseworker
 from aggregator.config import Config, load_config
 from aggregator.fetch import Fetcher
 from aggregator.pipeline import Pipeline, PollSummary, fetch_options
+from aggregator.store import database
 from aggregator.store.database import ensure_schema, make_engine
 from aggregator.store.models import FetchLogRow, ItemRow, SourceRow
 from aggregator.store.repository import Store
@@ -422,6 +425,37 @@ def test_a_live_lease_is_respected_and_an_expired_one_is_reclaimed(tmp_path: Pat
     assert (row.lease_owner, row.lease_until, row.last_status) == (None, None, 200)
     assert len(server.hits("/feed")) == 1
     assert rig.items("feed") == 5
+
+
+def test_a_stopped_poll_that_cannot_hand_its_leases_back_says_so_and_leaves_them_to_expire(
+    tmp_path: Path, server: FeedServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stopped (a signal, or the database failing) while another process holds the SQLite file:
+    # the hand-back of the unfinished poll's lease fails. That is no reason to hide why the
+    # source then waits; the log names it, and the lease stays until it runs out.
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 200)  # the lock is held for good here
+    url = server.add("/slow", body=BODY, delay=5)
+    rig = make_rig(tmp_path, server, [source("slow", url)])
+
+    async def stop_while_locked() -> None:
+        pipeline = Pipeline(rig.config, rig.store, parse_pool=None, clock=rig.clock)
+        async with Fetcher(fetch_options(rig.config), clock=rig.clock) as fetcher:
+            poll = asyncio.create_task(pipeline.poll_due(fetcher))
+            while not server.hits("/slow"):
+                await asyncio.sleep(0.02)
+            with sqlite3.connect(tmp_path / "data" / "aggregator.db") as other:
+                other.execute("BEGIN EXCLUSIVE")
+                poll.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await poll
+                other.rollback()
+
+    with caplog.at_level(logging.WARNING, logger="aggregator"):
+        asyncio.run(stop_while_locked())
+    assert "could not hand back the leases of 1 unfinished poll(s) ('slow'); they expire within" in caplog.text
+    assert "database is locked" in caplog.text
+    row = rig.state("slow")
+    assert row.lease_owner is not None and row.lease_until is not None and row.lease_until > datetime.now(UTC)
 
 
 # --- the host as a whole (needs the proposed pipeline/repository change) --------------------
