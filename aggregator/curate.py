@@ -14,7 +14,9 @@ output's sources, ``source_scope``, and age window by the store) and returns ``O
 * a per-source cap so one prolific outlet cannot fill the feed;
 * an undated cap: entries led by an undated item sort by where normalize placed them (their
   position in the feed, their first-seen time), which for a feed with no dates at all is the
-  moment it was first polled; beyond ``undated_cap`` per source they follow every dated entry;
+  moment it was first polled; beyond ``undated_cap`` per source they follow every dated entry,
+  and so does every entry led by an undated item of an unknown age (``Candidate.age_unknown``:
+  what such a feed held when it was first read, which may be years old);
 * an editor's pins (always shown, on top, rules bypassed) and blocks (never shown);
 * ``order: newest`` — newest first — or ``order: coverage`` — stories carried by more outlets
   first, ties newest first; at most ``max_entries``.
@@ -146,7 +148,11 @@ def curate(output: Output, candidates: Iterable[Candidate], editorial: Editorial
             continue
         label = "pinned" if entry.lead.story_id in pin_rank else "included"
         if entry.lead.story_id in demoted:
-            label += f" after the dated entries (undated, over the undated cap of {output.undated_cap})"
+            label += (
+                " after the dated entries (undated, in its feed's first fetch: its age is unknown)"
+                if entry.lead.age_unknown
+                else f" after the dated entries (undated, over the undated cap of {output.undated_cap})"
+            )
         verdicts[entry.lead.item_id] = Verdict(entry.lead, True, f"{label}, entry {position}")
         for other in entry.also:
             verdicts[other.item_id] = Verdict(
@@ -156,17 +162,18 @@ def curate(output: Output, candidates: Iterable[Candidate], editorial: Editorial
 
 
 def _undated_last(entries: list[OutputEntry], cap: int) -> tuple[list[OutputEntry], list[OutputEntry]]:
-    """Split off, in order, each source's undated entries beyond the first ``cap``."""
-    kept, late = [], []
+    """Split off, in order, the entries led by an undated item of an unknown age, and each
+    source's other undated entries beyond the first ``cap``."""
+    kept: list[OutputEntry] = []
+    late: list[OutputEntry] = []
     undated: dict[str, int] = {}
     for entry in entries:
-        if not entry.lead.dated:
+        over = entry.lead.age_unknown
+        if not over and not entry.lead.dated:
             used = undated.get(entry.lead.source_name, 0)
             undated[entry.lead.source_name] = used + 1
-            if used >= cap:
-                late.append(entry)
-                continue
-        kept.append(entry)
+            over = used >= cap
+        (late if over else kept).append(entry)
     return kept, late
 
 

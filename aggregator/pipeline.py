@@ -373,7 +373,11 @@ class Pipeline:
 
     def _apply(self, tx: IngestTransaction, polled: Polled, plan: PollPlan) -> dict[str, InsertedItem]:
         source_id, now = polled.source.fetch.id, polled.result.fetched_at
-        inserted = tx.insert_items(source_id, plan.inserts, now, self.authority) if plan.inserts else {}
+        inserted = (
+            tx.insert_items(source_id, plan.inserts, now, self.authority, ages_unknown=plan.ages_unknown)
+            if plan.inserts
+            else {}
+        )
         if plan.updates:
             tx.update_items(plan.updates, now, source_id)
         if plan.merges:

@@ -129,6 +129,7 @@ class PollPlan:
     postpone: Mapping[int, NextPoll] = field(default_factory=dict)
     host_held_until: datetime | None = None
     log: tuple[LogLine, ...] = ()
+    ages_unknown: bool = False  # ``ages_unknown``: its undated new items are stored as such
 
 
 def kept_items(parsed: ParsedFeed, deleted_keys: frozenset[str] | set[str]) -> tuple[Item, ...]:
@@ -220,7 +221,30 @@ def _succeeded(
         parsed=parsed is not None,
         warning=parsed.warning if parsed else None,
     )
-    return PollPlan(outcome, result, record, inserts=items.inserts, updates=items.updates, merges=items.merges)
+    return PollPlan(
+        outcome, result, record, inserts=items.inserts, updates=items.updates, merges=items.merges,
+        ages_unknown=ages_unknown(source, parsed),
+    )  # fmt: skip
+
+
+def ages_unknown(source: ClaimedSource, parsed: ParsedFeed | None) -> bool:
+    """Whether the undated items of this poll are of an age nobody can tell: those of the first
+    document read from the source's feed (none read before, or its URL changed since,
+    ``ClaimedSource.body_hash``) that dates none of its items.
+
+    Such a document's items are placed at the moment they were first seen
+    (``normalize.place_undated``), as if they had just appeared. An item that appears between
+    two polls did, within an interval; what a feed already held when it was first read may be
+    years old, and placed at "now" it went above every dated report (a first poll of many feeds
+    put their undated items at the top of World). Outputs put these after the dated news
+    (``curate``). A document with some dates places its undated items between them, from
+    what it says: those ages are known well enough."""
+    return (
+        source.body_hash is None
+        and parsed is not None
+        and bool(parsed.items)
+        and all(item.published_at is None for item in parsed.items)
+    )
 
 
 def items_per_day(recent_items: int, inserts: tuple[NewItem, ...], now: datetime) -> float | None:

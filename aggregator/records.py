@@ -314,6 +314,9 @@ class Candidate:
     # False when the source gave no date: ``published_at`` is then only where the item sorts
     # (see Item.placed_at), and outputs must not present it as a publication date.
     dated: bool = True
+    # An undated item from its feed's first fetch (``poll.ages_unknown``): it sorts after
+    # the dated news, whatever the undated cap.
+    age_unknown: bool = False
     enclosures: tuple[Enclosure, ...] = ()  # attachments only; the preview image is ``thumbnail``
     thumbnail: str | None = None
 

@@ -431,6 +431,24 @@ def test_mostly_undated_candidates_call_for_the_dated_news_as_well() -> None:
     assert needs_dated_candidates([cand(1, dated=False), cand(2, dated=False), cand(3)])
 
 
+def test_undated_items_of_unknown_age_follow_every_dated_entry_whatever_the_cap() -> None:
+    # Two undated items of a feed's first fetch, placed at first sight (the newest of all),
+    # and one that appeared later: under a cap of 3, only the later one ranks by its time.
+    candidates = [
+        cand(1, source="Opinion", hours=0.1, dated=False, age_unknown=True),
+        cand(2, source="Opinion", hours=0.2, dated=False, age_unknown=True),
+        cand(3, source="Opinion", hours=0.5, dated=False),
+        cand(4, source="Wire", hours=1),
+        cand(5, source="Wire", hours=2),
+    ]
+    curation = curate(Output(slug="w", title="W", undated_cap=3), candidates)
+    assert [e.lead.item_id for e in curation.entries] == [3, 4, 5, 1, 2]
+    reasons = {v.candidate.item_id: v.reason for v in curation.verdicts}
+    late = "after the dated entries (undated, in its feed's first fetch: its age is unknown)"
+    assert reasons[1] == f"included {late}, entry 4"
+    assert reasons[3] == "included, entry 1"
+
+
 def test_only_rules_on_summary_or_content_read_an_item_s_text() -> None:
     def output(**rules: object) -> Output:
         return Output.model_validate({"slug": "s", "title": "S", **rules})

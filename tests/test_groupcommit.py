@@ -151,8 +151,8 @@ def test_a_batch_with_one_failing_result_commits_the_others(
     monkeypatch.setattr(groupcommit, "MAX_DELAY", 60.0)
     real_insert = IngestTransaction.insert_items
 
-    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> Any:
-        inserted = real_insert(self, source_id, new, *args)
+    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any, **kwargs: Any) -> Any:
+        inserted = real_insert(self, source_id, new, *args, **kwargs)
         if any(f"/feed{BAD_FEED}/" in (n.item.link or "") for n in new):
             raise ZeroDivisionError("boom in store")  # after its rows went in: they must be rolled back
         return inserted

@@ -121,8 +121,8 @@ def _inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> str:
     # store: the items are inserted, then the transaction fails: they must be rolled back
     real_insert = IngestTransaction.insert_items
 
-    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any) -> Any:
-        inserted = real_insert(self, source_id, new, *args)
+    def insert(self: IngestTransaction, source_id: int, new: Any, *args: Any, **kwargs: Any) -> Any:
+        inserted = real_insert(self, source_id, new, *args, **kwargs)
         if _is_bad(n.item for n in new):
             raise ZeroDivisionError("boom in store")
         return inserted

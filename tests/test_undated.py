@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
 import feedparser
+import pytest
 
 from aggregator.cli import main
 from tests.conftest import write_config
@@ -24,7 +27,7 @@ from tests.server import FeedServer, Route
 COLUMNS = 20
 
 
-def rss(name: str, items: list[tuple[str, datetime | None]]) -> bytes:
+def rss(name: str, items: Sequence[tuple[str, datetime | None]]) -> bytes:
     """An RSS document listing ``items`` (slug, date or None) in the order given."""
     body = "".join(
         f"<item><title>{name} {slug}</title><link>https://{name}.example/{slug}</link>"
@@ -95,14 +98,13 @@ def test_undated_items_are_marked_undated_and_never_above_newer_dated_news(
     assert check_atom(atom) == []
     entries = feedparser.parse(atom).entries
     titles = [e.title for e in entries]
-    # The default undated cap (3): three columns rank by their first-seen time, in the feed's
-    # order; the other 17 follow every dated entry, still in order.
+    # The columns came in the opinion feed's first fetch, with no date at all: how old they are
+    # nobody can tell, so all of them follow every dated entry, in the feed's order.
     opinion = [f"opinion column-{n:02d}" for n in range(COLUMNS)]
-    assert titles[:3] == opinion[:3]
-    assert titles[-17:] == opinion[3:]
+    assert titles[-COLUMNS:] == opinion
     # Everything else by time: an undated item sits just above its newer dated neighbour, and
     # news genuinely newer than that (Wire, 1 h) stays above it although it was seen at the same time.
-    assert titles[3:-17] == [
+    assert titles[:-COLUMNS] == [
         "wire h1", "mixed lead", "mixed two-hours", "wire h3", "mixed middle", "wire h4", "mixed five-hours", "wire h6"
     ]  # fmt: skip
     undated = {"mixed lead", "mixed middle", *opinion}
@@ -126,11 +128,15 @@ def test_undated_items_are_marked_undated_and_never_above_newer_dated_news(
 
 
 def test_the_undated_cap_is_reported_by_items(server: FeedServer, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    server.add("/opinion", Route(body=columns()))
+    # The feed was empty when first read: the columns it lists next appeared since, so they
+    # rank by when they were first seen, up to the cap.
+    server.add("/opinion", Route(body=rss("opinion", [])))
     config = write_config(
         tmp_path, [{"name": "Opinion", "url": server.url("/opinion")}], outputs=outputs(undated_cap=2)
     )
     assert main(["--config", str(config), "poll", "--once"]) == 0
+    server.add("/opinion", Route(body=columns()))
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
     db = tmp_path / "data" / "aggregator.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("select count(*) from items where published_at is null").fetchone()[0] == COLUMNS
@@ -157,3 +163,57 @@ def test_many_undated_items_do_not_crowd_dated_news_out_of_the_candidates(
     assert main(["--config", str(config), "poll", "--once"]) == 0
     titles = [e.title for e in feedparser.parse(published(tmp_path, "atom")).entries]
     assert titles == ["wire h1", "wire h2"]
+
+
+def test_a_first_fetchs_undated_items_follow_the_dated_news_and_later_ones_rank_as_new(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What an undated feed holds when it is first read may be years old: placed at "now", it
+    # once went above every dated report (a first poll of a corpus of feeds put such items at
+    # the top of World). An item that appears in it later appeared since the last poll.
+    now = datetime.now(UTC).replace(microsecond=0)
+    server.add("/opinion", Route(body=rss("opinion", [(f"column-{n}", None) for n in range(5)])))
+    server.add("/wire", Route(body=rss("wire", [(f"h{n}", now - timedelta(hours=n)) for n in (1, 2)])))
+    config = write_config(
+        tmp_path,
+        [{"name": "Opinion", "url": server.url("/opinion")}, {"name": "Wire", "url": server.url("/wire")}],
+        settings=f"database: {database_url}",
+        outputs=outputs(max_entries=20),
+    )
+    assert main(["--config", str(config), "poll", "--once"]) == 0
+    columns = [f"opinion column-{n}" for n in range(5)]
+    assert [e.title for e in feedparser.parse(published(tmp_path, "atom")).entries] == ["wire h1", "wire h2", *columns]
+    capsys.readouterr()
+    assert main(["--config", str(config), "items", "world", "--json"]) == 0
+    reasons = {row["title"]: row["reason"] for row in json.loads(capsys.readouterr().out)}
+    for title in columns:
+        assert "after the dated entries (undated, in its feed's first fetch: its age is unknown)" in reasons[title]
+
+    # The next column appears: first seen now, it is the newest entry of all.
+    later = [("column-new", None), *[(f"column-{n}", None) for n in range(5)]]
+    server.add("/opinion", Route(body=rss("opinion", later)))
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    atom = published(tmp_path, "atom")
+    assert check_atom(atom) == []
+    titles = [e.title for e in feedparser.parse(atom).entries]
+    assert titles == ["opinion column-new", "wire h1", "wire h2", *columns]
+
+
+def test_only_a_first_document_with_no_dates_at_all_has_items_of_unknown_age() -> None:
+    from aggregator.poll import ages_unknown
+    from aggregator.records import ClaimedSource, ParsedFeed, SourceToFetch
+    from tests.test_store import item
+
+    dated = item("d")
+    undated = [replace(item(key), published_at=None) for key in ("a", "b")]
+
+    def parsed(*items: object) -> ParsedFeed:
+        return ParsedFeed("t", None, None, None, None, tuple(items))  # type: ignore[arg-type]
+
+    first = ClaimedSource(SourceToFetch(1, "s", "http://127.0.0.1/"), None, 0, None, ())
+    read_before = replace(first, body_hash="0" * 64)
+    assert ages_unknown(first, parsed(*undated))
+    assert not ages_unknown(read_before, parsed(*undated))  # they appeared since the last poll
+    assert not ages_unknown(first, parsed(undated[0], dated, undated[1]))  # placed between dates
+    assert not ages_unknown(first, parsed())
+    assert not ages_unknown(first, None)

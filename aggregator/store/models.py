@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -167,6 +168,9 @@ class ItemRow(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     fingerprint: Mapped[str] = mapped_column(String(64))
     update_count: Mapped[int] = mapped_column(Integer, default=0)
+    # An undated item from its feed's first fetch: placed at first sight like any undated
+    # item, but of an age nobody can tell, so outputs put it after the dated news (migration 0019).
+    age_unknown: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     match_signature: Mapped[str | None] = mapped_column(Text)  # cluster.Signature.dumps()
     match_features: Mapped[str | None] = mapped_column(Text)  # stories.Features.dumps()
     match_reason: Mapped[str | None] = mapped_column(Text)  # why it joined its story (or started one)

@@ -388,7 +388,7 @@ CANDIDATE_COLUMNS = (
     SourceRow.url, SourceRow.feed_link, SourceRow.feed_id, ItemRow.title, ItemRow.link,
     ItemRow.summary_html, ItemRow.content_html, ItemRow.text, ItemRow.author, ItemRow.categories, ItemRow.sort_at,
     ItemRow.changed_at, ItemRow.updated_at, ItemRow.first_seen_at, ItemRow.language,
-    ItemRow.published_at.is_not(None).label("dated"), ItemRow.enclosures,
+    ItemRow.published_at.is_not(None).label("dated"), ItemRow.age_unknown, ItemRow.enclosures,
 )  # fmt: skip
 
 
@@ -449,6 +449,7 @@ def _candidate_row(r: Any) -> Candidate:
         first_seen_at=r.first_seen_at,
         language=r.language,
         dated=bool(r.dated),
+        age_unknown=bool(r.age_unknown),
         **_attachments(r.enclosures),
     )
 
