@@ -147,19 +147,28 @@ def test_the_undated_cap_is_reported_by_items(server: FeedServer, tmp_path: Path
     assert all(row["published_at"] is None for row in rows)  # no invented date here either
 
 
-def test_many_undated_items_do_not_crowd_dated_news_out_of_the_candidates(
-    server: FeedServer, tmp_path: Path, database_url: str
-) -> None:
+def opinion_and_wire(
+    server: FeedServer, tmp_path: Path, database_url: str, opinion: list[tuple[str, None]], **settings: object
+) -> Path:
+    """A feeds.yaml of an undated opinion feed listing ``opinion`` and a wire dated 1 and 2 hours
+    ago, with a World output of ``settings``."""
     now = datetime.now(UTC).replace(microsecond=0)
-    # 2 entries read 110 candidates (publisher.CANDIDATE_FACTOR): 150 undated items would be all of them.
-    server.add("/opinion", Route(body=rss("opinion", [(f"column-{n:03d}", None) for n in range(150)])))
+    server.add("/opinion", Route(body=rss("opinion", opinion)))
     server.add("/wire", Route(body=rss("wire", [(f"h{n}", now - timedelta(hours=n)) for n in (1, 2)])))
-    config = write_config(
+    return write_config(
         tmp_path,
         [{"name": "Opinion", "url": server.url("/opinion")}, {"name": "Wire", "url": server.url("/wire")}],
         settings=f"database: {database_url}",
-        outputs=outputs(max_entries=2, undated_cap=0),
+        outputs=outputs(**settings),
     )
+
+
+def test_many_undated_items_do_not_crowd_dated_news_out_of_the_candidates(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    # 2 entries read 110 candidates (publisher.CANDIDATE_FACTOR): 150 undated items would be all of them.
+    opinion = [(f"column-{n:03d}", None) for n in range(150)]
+    config = opinion_and_wire(server, tmp_path, database_url, opinion, max_entries=2, undated_cap=0)
     assert main(["--config", str(config), "poll", "--once"]) == 0
     titles = [e.title for e in feedparser.parse(published(tmp_path, "atom")).entries]
     assert titles == ["wire h1", "wire h2"]
@@ -171,15 +180,7 @@ def test_a_first_fetchs_undated_items_follow_the_dated_news_and_later_ones_rank_
     # What an undated feed holds when it is first read may be years old: placed at "now", it
     # once went above every dated report (a first poll of a corpus of feeds put such items at
     # the top of World). An item that appears in it later appeared since the last poll.
-    now = datetime.now(UTC).replace(microsecond=0)
-    server.add("/opinion", Route(body=rss("opinion", [(f"column-{n}", None) for n in range(5)])))
-    server.add("/wire", Route(body=rss("wire", [(f"h{n}", now - timedelta(hours=n)) for n in (1, 2)])))
-    config = write_config(
-        tmp_path,
-        [{"name": "Opinion", "url": server.url("/opinion")}, {"name": "Wire", "url": server.url("/wire")}],
-        settings=f"database: {database_url}",
-        outputs=outputs(max_entries=20),
-    )
+    config = opinion_and_wire(server, tmp_path, database_url, [(f"column-{n}", None) for n in range(5)], max_entries=20)
     assert main(["--config", str(config), "poll", "--once"]) == 0
     columns = [f"opinion column-{n}" for n in range(5)]
     assert [e.title for e in feedparser.parse(published(tmp_path, "atom")).entries] == ["wire h1", "wire h2", *columns]
