@@ -260,7 +260,11 @@ def report(name: str, items: list[LabelledItem]) -> Scores:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--errors", action="store_true", help="list wrongly split and merged pairs")
+    parser.add_argument(
+        "--errors",
+        action="store_true",
+        help="list the stories story matching formed across labels, and the lexical matcher's split and merged pairs",
+    )
     parser.add_argument("--quick", action="store_true", help="skip the 20,000-item cost runs")
     parser.add_argument("--storage-only", action="store_true", help="only the run through storage")
     parser.add_argument(
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print()
     print("######## story engine v2 (story_matching: semantic) against today's lexical matcher")
-    semantic_report(quick=args.quick)
+    semantic_report(quick=args.quick, errors=args.errors)
     print()
     print("######## today's lexical matcher (cluster.py) on the project's own sets")
     print(
@@ -461,7 +465,9 @@ def one_headline_apart(entries: list[StreamEntry]) -> int:
     )
 
 
-def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
+def compare_on(name: str, entries: list[StreamEntry], note: str = "", *, errors: bool = False) -> None:
+    """Both matchers' pair scores and the semantic one's cost on ``entries``; with ``errors``,
+    each story the semantic matcher formed across labels too (``merged_stories``)."""
     features, feature_costs = features_for(entries)
     story_of, costs = run_semantic(entries, features)
     lexical = run_lexical(entries)
@@ -474,6 +480,32 @@ def compare_on(name: str, entries: list[StreamEntry], note: str = "") -> None:
         f"matching {statistics.median(costs) * 1e6:.0f} µs/item median, "
         f"p99 {sorted(costs)[int(len(costs) * 0.99)] * 1e6:.0f} µs"
     )
+    if errors:
+        merged_stories(entries, story_of)
+
+
+def merged_stories(entries: list[StreamEntry], story_of: Mapping[str, int]) -> None:
+    """Each story holding items of more than one label: its items in publication order, each
+    with its label, time and headline, for a reader to tell a wrong link from a label that
+    splits one event (a press conference apart from the decision it explained)."""
+    members: defaultdict[int, list[StreamEntry]] = defaultdict(list)
+    for e in entries:
+        members[story_of[e.id]].append(e)
+    for story, found in sorted(members.items()):
+        labels = Counter(e.label for e in found)
+        if len(labels) < 2:
+            continue
+        wrong = pairs_across(labels.values())
+        print(f"   merged     story {story}: {len(labels)} labels, {wrong} wrong pair(s)")
+        for e in sorted(found, key=lambda x: (x.published_at, x.id)):
+            print(f"                {e.label:>26.26}  {e.id:>8.8}  {e.published_at:%m-%d %H:%M}  {e.title[:72]}")
+
+
+def pairs_across(sizes: Iterable[int]) -> int:
+    """Pairs of items with different labels among groups of ``sizes``."""
+    counts = list(sizes)
+    total = sum(counts)
+    return (total * total - sum(n * n for n in counts)) // 2
 
 
 def semeval(*, quiet: bool = False, headlines: bool = False) -> tuple[float, float]:
@@ -919,7 +951,7 @@ def _loss(story: int, decision: stories.Decision, right: set[int], found: Mappin
     return f"judged and refused: {reason}" + (", joined another" if decision.story_id is not None else "")
 
 
-def semantic_report(*, quick: bool = False) -> None:
+def semantic_report(*, quick: bool = False, errors: bool = False) -> None:
     print(
         f"constants    story span {stories.STORY_SPAN}; independent reports: cosine >= {stories.MIN_COSINE} with "
         f"name weight >= {stories.MIN_NAME_WEIGHT} and agreement >= {stories.MIN_AGREEMENT} up to cosine "
@@ -934,7 +966,7 @@ def semantic_report(*, quick: bool = False) -> None:
         f"{stories.MAX_KEYS} per item; {stories.MAX_CANDIDATES} stories judged on <= {stories.REPRESENTATIVES} "
         f"members; window {stories.TERM_WINDOW}"
     )
-    compare_on("own sets (tests/data/stories, all three)", own_sets())
+    compare_on("own sets (tests/data/stories, all three)", own_sets(), errors=errors)
     templated = templated_entries()
     compare_on("templated stream", templated, "1,260 events over 7 days, 6 templates, copies")
     compare_on(
@@ -949,6 +981,7 @@ def semantic_report(*, quick: bool = False) -> None:
                 "wikinews-dev",
                 wikinews(seed, spread, within),
                 f"seed {seed}: stories over {spread} days, items within {within} h",
+                errors=errors,
             )
         for seed, spread, within in ((1, 7, 6), (5, 1, 6)):
             compare_on("wikinews-dev, headlines only", headlines_only(wikinews(seed, spread, within)), f"seed {seed}")
