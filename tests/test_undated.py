@@ -124,7 +124,8 @@ def test_undated_items_are_marked_undated_and_never_above_newer_dated_news(
         assert item["_aggregator"]["dated"] == (item["title"] not in undated)
         assert "date_modified" in item
     page = published(tmp_path, "html").decode()
-    assert page.count("undated · first seen") == len(undated)
+    assert page.count("undated · first seen") == 2  # mixed: placed between its dated items
+    assert page.count("undated · age unknown: in its feed when first read") == COLUMNS
 
 
 def test_the_undated_cap_is_reported_by_items(server: FeedServer, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
