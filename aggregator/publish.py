@@ -520,7 +520,13 @@ def _json_item(entry: OutputEntry, public_url: str) -> dict[str, object]:
     outlet: dict[str, str] = {"name": source_name(lead), "feed_url": lead.source_url}
     if lead.source_link:
         outlet["home_page_url"] = lead.source_link
-    item["_aggregator"] = {"about": GENERATOR_URI, "outlet": outlet, "outlets": entry.outlets, "dated": lead.dated}
+    item["_aggregator"] = {
+        "about": GENERATOR_URI,
+        "outlet": outlet,
+        "outlets": entry.outlets,
+        "dated": lead.dated,
+        "age_unknown": lead.age_unknown,
+    }
     if lead.categories:
         item["tags"] = list(lead.categories)
     # JSON Feed's summary is plain text (readers show it as is), where Atom's may be HTML.

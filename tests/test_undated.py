@@ -122,6 +122,7 @@ def test_undated_items_are_marked_undated_and_never_above_newer_dated_news(
     for item in doc["items"]:
         assert ("date_published" in item) == (item["title"] not in undated)
         assert item["_aggregator"]["dated"] == (item["title"] not in undated)
+        assert item["_aggregator"]["age_unknown"] == (item["title"] in opinion)
         assert "date_modified" in item
     page = published(tmp_path, "html").decode()
     assert page.count("undated · first seen") == 2  # mixed: placed between its dated items
