@@ -20,6 +20,7 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,11 @@ from prometheus_client import CollectorRegistry
 
 from aggregator import metrics
 from aggregator.cli import main
+from aggregator.config import Output, load_config
+from aggregator.curate import Curation
+from aggregator.publisher import Publisher
+from aggregator.store.database import make_engine
+from aggregator.store.repository import Store
 from tests.corpusrun import CROSS_OUTLET_JOINS, serve_corpus
 from tests.server import FeedServer
 from tests.test_corpus import CORPUS
@@ -66,6 +72,7 @@ class CorpusRun:
     seconds: float  # the poll command's wall time
     own_outlet_joins: list[tuple[str, str]]  # (source, title) of items joining their own source's story on names
     cross_outlet_joins: Counter[str]  # items that joined a story other sources are in, by how they joined
+    world_dated: tuple[bool, ...]  # whether each entry of a World output with the default settings is dated
 
 
 # Items that joined a story all of whose items come from their own source, by an explanation
@@ -94,6 +101,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
         server.stop()
     after = source_errors()
     faults = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    world = _world_curation(config)
     with sqlite3.connect(tmp_path / "data" / "aggregator.db") as db:
         stored = {
             name: (count, error, warning)
@@ -114,7 +122,22 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
         )
         for row in rows
     }
-    return CorpusRun(code, outcomes, faults, elapsed, own_outlet_joins, cross_outlet_joins)
+    world_dated = tuple(entry.lead.dated for entry in world.entries)
+    return CorpusRun(code, outcomes, faults, elapsed, own_outlet_joins, cross_outlet_joins, world_dated)
+
+
+WORLD = Output(slug="world", title="World")
+
+
+def _world_curation(config_path: Path) -> Curation:
+    """What a World output of every source, with the default settings, would show of the
+    database the run filled (the run's config has no outputs: publishing is not its subject)."""
+    config = load_config(config_path).config
+    engine = make_engine(config.settings.database_url)
+    try:
+        return Publisher(config, Store(engine)).curation(WORLD, datetime.now(UTC))
+    finally:
+        engine.dispose()
 
 
 def test_one_run_over_the_corpus_exits_0_and_no_source_hits_the_fault_boundary(corpus_run: CorpusRun) -> None:
@@ -172,6 +195,14 @@ def test_no_story_takes_its_own_outlets_items_on_names_alone(corpus_run: CorpusR
     # The explanations still read as the queries expect: the corpus links items across sources in
     # all three ways (else the check above could pass on wording alone).
     assert set(corpus_run.cross_outlet_joins) == {"by URL", "as copies", "as independent reports"}
+
+
+def test_world_leads_with_dated_news_after_one_poll_of_the_corpus(corpus_run: CorpusRun) -> None:
+    """About half of the corpus's feeds date none of their items. Read for the first time, their
+    items are of an age nobody can tell; placed at the moment they were first seen, they once
+    filled World, above every dated report (``poll.ages_unknown``)."""
+    assert len(corpus_run.world_dated) == WORLD.max_entries
+    assert all(corpus_run.world_dated)
 
 
 def _kind(path: Path) -> str:
