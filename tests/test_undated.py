@@ -17,10 +17,13 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import feedparser
+import httpx
 import pytest
 
 from aggregator.cli import main
-from tests.conftest import write_config
+from aggregator.store.database import make_engine
+from aggregator.store.repository import Store
+from tests.conftest import query_rows, serving, write_config
 from tests.feedcheck import check_atom, check_json_feed, check_rss
 from tests.server import FeedServer, Route
 
@@ -200,6 +203,18 @@ def test_a_first_fetchs_undated_items_follow_the_dated_news_and_later_ones_rank_
     assert check_atom(atom) == []
     titles = [e.title for e in feedparser.parse(atom).entries]
     assert titles == ["opinion column-new", "wire h1", "wire h2", *columns]
+
+    # Each one's story page says which it is.
+    rows = query_rows(database_url, "select title, story_id from items where title like 'opinion %'")
+    stories = {str(title): story for title, story in rows}
+    engine = make_engine(database_url)
+    try:
+        with serving(Store(engine)) as base:
+            pages = {n: httpx.get(f"{base}/stories/{stories[f'opinion column-{n}']}").text for n in ("0", "new")}
+    finally:
+        engine.dispose()
+    assert "(undated; age unknown: in its feed when first read)" in pages["0"]
+    assert "(undated; first seen)" in pages["new"] and "age unknown" not in pages["new"]
 
 
 def test_only_a_first_document_with_no_dates_at_all_has_items_of_unknown_age() -> None:

@@ -35,6 +35,7 @@ class CoverageItem:
     item_id: int
     first_seen_at: datetime
     language: str | None = None  # as its feed declared it
+    age_unknown: bool = False  # undated, from its feed's first fetch (``poll.ages_unknown``)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class StoryViewStore(StoreBase):
             rows = s.execute(
                 select(
                     SourceRow.name, ItemRow.title, ItemRow.link, ItemRow.sort_at, ItemRow.published_at, ItemRow.id,
-                    ItemRow.first_seen_at, ItemRow.language,
+                    ItemRow.first_seen_at, ItemRow.language, ItemRow.age_unknown,
                 )
                 .join(SourceRow, ItemRow.source_id == SourceRow.id)
                 .where(ItemRow.story_id == story_id)
@@ -92,7 +93,15 @@ class StoryViewStore(StoreBase):
             )  # fmt: skip
             items = tuple(
                 CoverageItem(
-                    r.name, r.title, r.link, r.sort_at, r.published_at is not None, r.id, r.first_seen_at, r.language
+                    r.name,
+                    r.title,
+                    r.link,
+                    r.sort_at,
+                    r.published_at is not None,
+                    r.id,
+                    r.first_seen_at,
+                    r.language,
+                    bool(r.age_unknown),
                 )
                 for r in rows
             )
