@@ -129,7 +129,7 @@ class PollPlan:
     postpone: Mapping[int, NextPoll] = field(default_factory=dict)
     host_held_until: datetime | None = None
     log: tuple[LogLine, ...] = ()
-    ages_unknown: bool = False  # ``ages_unknown``: its undated new items are stored as such
+    ages_unknown: bool = False  # ``ages_unknown``: its new items (all undated) are stored as such
 
 
 def kept_items(parsed: ParsedFeed, deleted_keys: frozenset[str] | set[str]) -> tuple[Item, ...]:

@@ -108,8 +108,8 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         self, source_id: int, new: Sequence[NewItem], now: datetime, authority: str, *, ages_unknown: bool = False
     ) -> dict[str, InsertedItem]:
         """Insert new items, creating a story for each that does not join an existing one;
-        where each was stored, by item key. ``ages_unknown``: the undated ones are of an age
-        nobody can tell (``poll.ages_unknown``), and are stored as such.
+        where each was stored, by item key. ``ages_unknown``: they are of an age nobody can
+        tell, as ``poll.ages_unknown`` decided for the poll (whose items are then all undated).
 
         Rows go straight to the driver's executemany (``RawInsert``); one indexed query
         per table then finds their ids. The rows the insert really wrote are counted for the
@@ -136,7 +136,7 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
                     "first_seen_at": now,
                     "changed_at": now,
                     "update_count": 0,
-                    "age_unknown": ages_unknown and item.published_at is None,
+                    "age_unknown": ages_unknown,
                 }
             )
         self._inserted[source_id] += self._insert_rows(ItemRow, rows)
