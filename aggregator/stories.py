@@ -57,7 +57,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 
@@ -415,25 +415,45 @@ class StoryProfile:
     story_id: int
     members: tuple[Member | PackedMember, ...]
     first_at: datetime
+    last_at: datetime | None = None
+    """When its latest member was published, where its judged members do not say: storage reads
+    only its first ``REPRESENTATIVES`` (None: the latest of those, ``ends_at``)."""
     rare_weight: list[float] = field(default_factory=lambda: [-1, 0.0, -1.0], compare=False, repr=False)
     """(which TermStats, the weight it gives the story's leading names, and all its names, -1
     until needed): see ``TermStats.story_weight``."""
 
     @classmethod
-    def unread(cls, story_id: int, first_at: datetime) -> StoryProfile:
+    def unread(cls, story_id: int, first_at: datetime, last_at: datetime | None = None) -> StoryProfile:
         """A story known only by when it began, more than ``STORY_SPAN`` before or after every
         item to be judged against it (a first fetch brings days of backlog, which meet other
         outlets' stories of other days; a running service's rare names reach stories of the
         last days): ``judge`` refuses it on the time alone and weighs nothing else, so its
-        members are not read."""
-        return cls(story_id, (), first_at)
+        members are not read. ``last_at``: when its latest member was published, if known."""
+        return cls(story_id, (), first_at, last_at)
+
+    @cached_property
+    def ends_at(self) -> datetime:
+        """When its latest member was published: ``judge`` keeps a story's members within
+        ``STORY_SPAN`` of its first and of its latest alike (``beyond_span``)."""
+        latest = max((m.published_at for m in self.members), default=self.first_at)
+        return max(latest, self.first_at, self.last_at or latest)
+
+    def ending(self, last_at: datetime | None) -> StoryProfile:
+        """The same profile with its latest member published at ``last_at`` (as storage read it
+        at this poll: a kept profile is built from the first members, which a story that grew
+        past them still has), what it has summed and counted carried over."""
+        if last_at == self.last_at:
+            return self
+        profile = replace(self, last_at=last_at)
+        profile.__dict__.update((k, v) for k, v in self.__dict__.items() if k not in _PROFILE_FIELDS and k != "ends_at")
+        return profile
 
     def extended(self, more: Sequence[Member | PackedMember]) -> StoryProfile:
         """The story with ``more`` members after these (later ones, as stored): what is already
         summed and counted for this profile is carried over and only the new members are added,
         giving exactly what building the longer profile afresh gives. A story is a candidate
         again and again while it grows, one member at a time."""
-        profile = StoryProfile(self.story_id, (*self.members, *more), self.first_at)
+        profile = StoryProfile(self.story_id, (*self.members, *more), self.first_at, self.last_at)
         if "total" in self.__dict__:
             total = self.total
             for member in more:
@@ -529,6 +549,10 @@ class StoryProfile:
     def word_support(self) -> dict[int, float]:
         """Share of the members that use each rare plain word."""
         return _shares(self.counts[2], len(self.members))
+
+
+_PROFILE_FIELDS = frozenset(f.name for f in fields(StoryProfile))
+"""What a ``StoryProfile`` is made with; the rest of its ``__dict__`` is what it computed."""
 
 
 def _shares(counts: Mapping[int, int], size: int) -> dict[int, float]:
@@ -823,8 +847,13 @@ def judge(
     read beyond their beginning (``StoryProfile.unread``).
     """
     hours = (at - story.first_at).total_seconds() / 3600
-    if beyond_span(story.first_at, at, at):
-        why = f"more than {STORY_SPAN.total_seconds() / 3600:.0f} h apart: a development is a story of its own"
+    if beyond_span(story.first_at, at, at, story.ends_at):
+        span = STORY_SPAN.total_seconds() / 3600
+        if at - story.first_at > STORY_SPAN or story.first_at - at > STORY_SPAN:
+            why = f"more than {span:.0f} h apart: a development is a story of its own"
+        else:  # within the span of its first item, not of its latest (a backlog read out of order)
+            later = (story.ends_at - at).total_seconds() / 3600
+            why = f"its latest item is {later:.1f} h later: a story's reports come within {span:.0f} h of each other"
         return Judgement(story.story_id, False, None, 0.0, (), hours, None, why)
     cosine = float(np.dot(item.vector, story.centroid))
     support = story.support
@@ -879,12 +908,20 @@ def judge(
     )  # fmt: skip
 
 
-def beyond_span(first_at: datetime, earliest: datetime, latest: datetime) -> bool:
-    """Whether a story that began at ``first_at`` can take none of the items published from
-    ``earliest`` to ``latest``: it began more than ``STORY_SPAN`` after the latest or before the
-    earliest. ``judge`` refuses such a story on the time alone (one item: both the same), and
-    the caller need not read more of it than when it began (``StoryProfile.unread``)."""
-    return first_at - latest > STORY_SPAN or earliest - first_at > STORY_SPAN
+def beyond_span(first_at: datetime, earliest: datetime, latest: datetime, last_at: datetime | None = None) -> bool:
+    """Whether a story that began at ``first_at`` (and whose latest member was published at
+    ``last_at``, if known) can take none of the items published from ``earliest`` to ``latest``:
+    it began more than ``STORY_SPAN`` before the earliest, or its latest member came more than
+    that after the latest. ``judge`` refuses such a story on the time alone (one item: both the
+    same), and the caller need not read more of it than when it began and ended
+    (``StoryProfile.unread``).
+
+    Both ends, not only the first: a first ingest reads feed after feed, each with days of
+    backlog, so a story meets items older than its first member. Measured from that member
+    alone, a report 11 h before it joined, then one 11 h before that, and the story spanned
+    days through its oldest reports, one development after another."""
+    ends = first_at if last_at is None else max(first_at, last_at)
+    return ends - latest > STORY_SPAN or earliest - first_at > STORY_SPAN
 
 
 def _ruled_out(item: Features, story: StoryProfile, cosine: float, independent: bool) -> str:

@@ -340,13 +340,12 @@ class _StoryLookup:
         features of only those not already decoded (most were, at an earlier poll). ``between``:
         when the earliest and the latest item that may judge each story were published.
 
-        A story that can take none of the poll's items is judged on its beginning alone
+        A story that can take none of the poll's items is judged on its beginning and end alone
         (``stories.StoryProfile.unread``), its members not read: one known to have begun more
         than ``stories.STORY_SPAN`` before the earliest item that may judge it, from when it
         was last judged (no query at all), or from its first member from ``since`` on; and one
-        whose first member from ``since`` on comes more than that after the latest (a first
-        fetch's backlog meets other outlets' later stories), whose beginning can only be that
-        member or a later one.
+        whose latest member comes more than that after the latest (a first fetch's backlog
+        meets other outlets' later stories).
 
         With them, the stories whose judged members all come from the polled source
         (``stories.decide``'s ``own``), and those all of whose judged members come from one
@@ -359,12 +358,12 @@ class _StoryLookup:
         unknown = {}
         for story_id, refs in found_refs.items():
             earliest, latest = between[story_id]
-            if stories.beyond_span(refs.begins, earliest, latest):
-                profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins)
-                if refs.begins < earliest:  # closed to later items as well: kept for ``closed``
+            if stories.beyond_span(refs.begins, earliest, latest, refs.ends):
+                profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins, refs.ends)
+                if earliest - refs.begins > stories.STORY_SPAN:  # closed to later items as well: kept for ``closed``
                     self.decoded.began(story_id, refs.begins)
             elif (kept := self.decoded.kept(story_id, refs.members)) is not None:
-                profiles[story_id] = kept
+                profiles[story_id] = kept.ending(refs.ends)
             else:
                 unknown[story_id] = refs.members
         missing = [
@@ -377,7 +376,7 @@ class _StoryLookup:
         for story_id, members in unknown.items():
             found = self.decoded.profile(story_id, members, fetched, self.tx)
             if found is not None:
-                profiles[story_id] = found
+                profiles[story_id] = found.ending(found_refs[story_id].ends)
         return profiles, own, single
 
 

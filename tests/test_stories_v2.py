@@ -180,6 +180,46 @@ def test_a_story_is_beyond_the_span_of_a_polls_items_only_past_twelve_hours_from
     assert all(j.cosine is None for j in judged) is beyond
 
 
+def test_a_story_spans_twelve_hours_from_its_latest_member_as_from_its_first() -> None:
+    """A first ingest reads feed after feed, so a story meets reports older than its first
+    member. One 11 h before a story whose latest member came 11 h after its first would make it
+    span 22 h, and the next one 11 h earlier 33 h: it is refused, as a report 22 h after the
+    first is. Read or not (``StoryProfile.unread``), with its latest member among those judged
+    or known only from storage (``last_at``), the verdict and its explanation are the same."""
+    first, latest = [Member(1, NOON, feats(ORIGINAL))], Member(2, NOON + timedelta(hours=11), feats(THIRD))
+    stats = TermStats(10)
+    whole = StoryProfile(7, (*first, latest), NOON)
+    known = StoryProfile(7, tuple(first), NOON, NOON + timedelta(hours=11))  # storage read only its first
+    assert whole.ends_at == known.ends_at == NOON + timedelta(hours=11)
+    early = NOON - timedelta(hours=11)
+    assert stories.beyond_span(NOON, early, early, NOON + timedelta(hours=11))
+    assert not stories.beyond_span(NOON, early, early)  # measured from its first member alone, within
+    assert not stories.beyond_span(NOON, early, NOON, NOON + timedelta(hours=11))  # one item of the poll may join
+    judged = [
+        stories.judge(feats(REWRITE), early, p, stats)
+        for p in (whole, known, StoryProfile.unread(7, NOON, NOON + timedelta(hours=11)))
+    ]
+    assert not any(j.joins for j in judged) and all(j.cosine is None for j in judged)
+    assert {j.reason() for j in judged} == {
+        "-11.0 h from the story's first item: its latest item is 22.0 h later: a story's reports come within 12 h "
+        "of each other"
+    }
+    assert stories.judge(feats(REWRITE), early, StoryProfile(7, tuple(first), NOON), stats).joins  # without the latest
+    assert stories.judge(feats(REWRITE), NOON - timedelta(hours=1), whole, stats).joins  # 12 h before the latest
+
+
+def test_a_kept_profile_told_its_latest_member_keeps_what_it_computed() -> None:
+    """``StoryProfile.ending``: a profile kept between polls is told when the story's latest
+    member was published as storage reads it at each poll, without its centroid and shares
+    being computed again; told the same, it is the same profile."""
+    profile = StoryProfile(7, (Member(1, NOON, feats(ORIGINAL)), Member(2, NOON, feats(REWRITE))), NOON)
+    centroid, support = profile.centroid, profile.support
+    later = profile.ending(NOON + timedelta(hours=5))
+    assert later.ends_at == NOON + timedelta(hours=5) and profile.ends_at == NOON
+    assert later.centroid is centroid and later.support is support
+    assert later.ending(NOON + timedelta(hours=5)) is later
+
+
 @pytest.mark.parametrize("hours", [-26, 26])
 def test_a_story_a_day_away_is_refused_on_its_beginning_alone(hours: int) -> None:
     """A story read no further than its beginning (``StoryProfile.unread``) is refused on the
@@ -194,7 +234,8 @@ def test_a_story_a_day_away_is_refused_on_its_beginning_alone(hours: int) -> Non
     assert read.cosine is None and unread.cosine is None
     assert read.reason() == unread.reason() == f"{-hours:+.1f} h from the story's first item: " + read.why_not
     assert "a development is a story of its own" in read.why_not
-    assert stories.judge(feats(REWRITE), NOON, StoryProfile(7, story.members, NOON), stats).joins  # the same, at noon
+    at_noon = StoryProfile(7, (Member(1, NOON, feats(ORIGINAL)),), NOON)
+    assert stories.judge(feats(REWRITE), NOON, at_noon, stats).joins  # the same, at noon
 
 
 def test_the_stream_in_memory_refuses_an_item_older_than_one_it_holds() -> None:

@@ -194,6 +194,38 @@ def test_a_story_beginning_long_before_a_polls_items_is_not_read(store: Store, m
     assert both["h1"].story_id == stored.story_id and both["f1"].story_id is None
 
 
+def test_a_story_read_out_of_order_never_spans_more_than_twelve_hours(store: Store) -> None:
+    """A first ingest reads feed after feed: here a wire's eight copies at noon, another
+    outlet's report 11 h later, then a third's 11 h before noon. The third is within 12 h of the
+    story's first member but 22 h before its latest, which storage does not judge it on (only
+    the first ``stories.REPRESENTATIVES`` members are read): it is refused and starts a story of
+    its own, as it would have, read first, the report 22 h after it. Kept or read afresh, the
+    verdict and its explanation are the same."""
+    matcher = StoryMatcher()
+
+    def ingest(source_id: int, entries: list[tuple[str, tuple[str, str], datetime]]) -> dict[str, int]:
+        """Each entry's story, once stored."""
+        with store.ingest() as tx:
+            matched = matcher.match(tx, plan_of(entries), NOON, "semantic", {}, {})
+            inserted = tx.insert_items(source_id, matched.inserts, NOON, "news.example.org")
+        matcher.stored(matched.inserts, inserted)
+        return {key: where.story_id for key, where in inserted.items()}
+
+    copies = ingest(1, [(f"w{n}", ORIGINAL, NOON + timedelta(minutes=n)) for n in range(stories.REPRESENTATIVES)])
+    story = copies["w0"]
+    assert set(copies.values()) == {story}
+    assert ingest(2, [("t1", THIRD, NOON + timedelta(hours=11))])["t1"] == story  # the latest member
+    early = [("h1", REWRITE, NOON - timedelta(hours=11))]
+    with store.ingest() as tx:
+        kept = matcher.match(tx, plan_of(early), NOON, "semantic", {}, {}).inserts[0]
+        fresh = StoryMatcher().match(tx, plan_of(early), NOON, "semantic", {}, {}).inserts[0]
+    assert kept.story_id is None and fresh.story_id is None
+    refused = f"story {story}: -11.0 h from the story's first item: its latest item is 22.0 h later"
+    assert refused in (kept.match_reason or "") and kept.match_reason == fresh.match_reason
+    # Within 12 h of both ends, the same report joins.
+    assert fresh_fetch(store, ("h2", REWRITE, NOON - timedelta(hours=1)))["h2"].story_id == story
+
+
 def test_a_committed_item_is_judged_on_as_decided_and_a_rolled_back_one_is_forgotten(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

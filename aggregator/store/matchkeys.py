@@ -51,7 +51,8 @@ def _match_candidates(wanted: Any) -> Any:
 
 def _story_member_refs(wanted: Wanted) -> Any:
     """The first ``:per_story`` items of each wanted story dated from ``:since`` on, earliest
-    first, without their features: which members, how often each was updated, whose, and when."""
+    first, without their features: which members, how often each was updated, whose, and when;
+    and with the first, when the latest of all was published."""
     order = (ItemRow.sort_at, ItemRow.id)
     ranked = (
         select(
@@ -61,6 +62,7 @@ def _story_member_refs(wanted: Wanted) -> Any:
             ItemRow.source_id,
             ItemRow.sort_at,
             func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
+            func.max(ItemRow.sort_at).over(partition_by=ItemRow.story_id).label("ends"),
         )
         .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
         .subquery()
@@ -68,7 +70,8 @@ def _story_member_refs(wanted: Wanted) -> Any:
     # Only the first member's time is used (when the story begins): the others' are not
     # converted, a datetime each for hundreds of rows a poll.
     begins = case((ranked.c.rank == 1, ranked.c.sort_at))
-    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id, begins)
+    ends = case((ranked.c.rank == 1, ranked.c.ends))
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id, begins, ends)
     return select(*columns).where(ranked.c.rank <= bindparam("per_story")).order_by(ranked.c.story_id, ranked.c.rank)
 
 
@@ -207,11 +210,11 @@ class StoryLookups(TransactionBase):
             batches = _STORY_MEMBER_REFS.batches(self.c.dialect.name, wanted, since=since, per_story=per_story)
             rows = (row for statement, values in batches for row in self.c.execute(statement, values))
             as_time = None
-        for item_id, story_id, update_count, source_id, begins in rows:
+        for item_id, story_id, update_count, source_id, begins, ends in rows:
             refs = found.get(story_id)
             if refs is None:  # rows come earliest first: this is the story's first member
-                first = begins if as_time is None else as_time(begins)
-                refs = found[story_id] = StoryRefs(first, [], set())
+                first, last = (begins, ends) if as_time is None else (as_time(begins), as_time(ends))
+                refs = found[story_id] = StoryRefs(first, [], set(), last)
             refs.members.append((item_id, update_count))
             refs.sources.add(source_id)
         return found
