@@ -676,7 +676,7 @@ class Decision:
     chosen: Judgement | None
     near_misses: tuple[Judgement, ...]  # those weighed, best first; then those refused on time alone
     absorbs: tuple[Judgement, ...] = ()
-    unmerged: tuple[Judgement, ...] = ()  # fragments it would join too, too far in meaning to merge
+    unmerged: tuple[Judgement, ...] = ()  # fragments it would join too: too far in meaning or time to merge
 
     def explain(self, terms: Terms | None = None, named: Mapping[int, str] | None = None) -> str:
         """Why, in words. ``named``: how to call stories that have no number yet (those an item
@@ -695,8 +695,12 @@ class Decision:
             for j in self.absorbs
         )
         absorbed += "".join(
-            f"; {story(j.story_id)}, one outlet's story it would join too, stays apart: cosine {j.cosine or 0.0:.2f}, "
-            f"below {ABSORB_COSINE} to merge stories"
+            f"; {story(j.story_id)}, one outlet's story it would join too, stays apart: "
+            + (
+                f"cosine {j.cosine or 0.0:.2f}, below {ABSORB_COSINE} to merge stories"
+                if (j.cosine or 0.0) < ABSORB_COSINE
+                else f"together they would span more than {STORY_SPAN.total_seconds() / 3600:.0f} h"
+            )
             for j in self.unmerged
         )
         return f"joined {story(self.chosen.story_id)}: {self.chosen.reason(terms)}{absorbed}"
@@ -1080,9 +1084,22 @@ def decide(
         for j in judged
         if j.joins and j is not chosen and j.copy_of is None and j.story_id in one_outlet and j.story_id not in own
     ]
-    close = tuple(j for j in fragments if (j.cosine or 0.0) >= ABSORB_COSINE)
-    apart = tuple(j for j in fragments if (j.cosine or 0.0) < ABSORB_COSINE)
+    wide: list[Judgement] = []
+    if fragments and chosen is not None:
+        # Merged, the two stories must still span no more than ``STORY_SPAN``, as a story that
+        # took their members one by one would (``judge``): each is within it of the item, but
+        # one may lie before it and the other after, when a first ingest reads them out of order.
+        profiles = {s.story_id: s for s in stories}
+        joined = profiles[chosen.story_id]
+        wide = [j for j in fragments if _span_together(at, joined, profiles[j.story_id]) > STORY_SPAN]
+    close = tuple(j for j in fragments if (j.cosine or 0.0) >= ABSORB_COSINE and j not in wide)
+    apart = tuple(j for j in fragments if j not in close)
     return Decision(chosen.story_id if chosen else None, chosen, misses, close, apart)
+
+
+def _span_together(at: datetime, *stories: StoryProfile) -> timedelta:
+    """How long an item published ``at`` and the members of ``stories`` span together."""
+    return max(at, *(s.ends_at for s in stories)) - min(at, *(s.first_at for s in stories))
 
 
 def own_stories(sources: Mapping[int, Iterable[object]], source: object | None) -> set[int]:

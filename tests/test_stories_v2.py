@@ -974,6 +974,33 @@ def test_a_fragment_far_in_meaning_is_not_merged_on_shared_names(cosine: float) 
         assert f"story 7, one outlet's story it would join too, stays apart: cosine {cosine:.2f}" in decision.explain()
 
 
+@pytest.mark.parametrize(("hours", "merged"), [(5, True), (10, False)])
+def test_a_fragment_is_not_merged_where_the_two_stories_together_would_span_more_than_twelve_hours(
+    hours: int, merged: bool
+) -> None:
+    # Each story is within 12 h of the item, one before it and one after (a first ingest reads
+    # them out of order): merged, they would span what no story taking their members one by one
+    # may (``judge``). The item joins one and says why the other stays apart.
+    stats = TermStats(10)
+    item, at = feats(THIRD), NOON
+    profiles = [
+        StoryProfile(7, (Member(1, at - timedelta(hours=hours), feats(ORIGINAL)),), at - timedelta(hours=hours)),
+        StoryProfile(8, (Member(2, at + timedelta(hours=hours), feats(REWRITE)),), at + timedelta(hours=hours)),
+    ]
+    assert all(stories.judge(item, at, p, stats).joins for p in profiles)
+    decision = stories.decide(item, at, profiles, stats, one_outlet={7, 8})
+    assert decision.story_id in (7, 8)
+    other = ({7, 8} - {decision.story_id}).pop()
+    if merged:
+        assert [j.story_id for j in decision.absorbs] == [other] and decision.unmerged == ()
+    else:
+        assert decision.absorbs == () and [j.story_id for j in decision.unmerged] == [other]
+        assert (
+            f"story {other}, one outlet's story it would join too, stays apart: together they would span more than 12 h"
+            in decision.explain()
+        )
+
+
 def test_a_batch_decides_in_order_and_names_its_new_stories() -> None:
     stats = TermStats(stories=0)
     batch = storybatch.Batch(stats)
