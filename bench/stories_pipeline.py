@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -185,6 +185,7 @@ class Stored:
     source_id: int
     features: str | None
     signature: str | None
+    reason: str | None  # why it joined its story or started one (``aggregator items`` shows it)
 
 
 def run_pipeline(
@@ -225,7 +226,7 @@ def run_pipeline(
         try:
             with engine.connect() as connection:
                 rows = connection.execute(
-                    text("SELECT guid, story_id, source_id, match_features, match_signature FROM items")
+                    text("SELECT guid, story_id, source_id, match_features, match_signature, match_reason FROM items")
                 ).all()
         finally:
             engine.dispose()
@@ -451,9 +452,32 @@ def report_wikinews(
             f"correct {ideal.correct_pairs}: P {ideal.precision:.4f} R {ideal.recall:.4f}"
         )
     if args.errors:
-        for a, b in result.merged[:40]:
-            print(f"    merged {a.label}/{b.label}: {a.title[:60]!r} ~ {b.title[:60]!r}")
+        show_merged_stories(articles, stored, result.merged)
     return result, ideal
+
+
+MERGED_SHOWN = 20
+"""Stories holding several labels that ``--errors`` lists, with their members' explanations."""
+
+
+def show_merged_stories(
+    articles: list[Article], stored: dict[str, Stored], merged: list[tuple[Article, Article]]
+) -> None:
+    """Each story the pipeline formed across labels: its members in publication order, with
+    their labels and the explanation stored for each (which story it joined, on what evidence,
+    what it merged), so that a wrong link shows how it was made, not only that it was."""
+    stories = sorted({stored[a.ref].story_id for a, _ in merged})
+    for story in stories[:MERGED_SHOWN]:
+        members = sorted((a for a in articles if a.ref in stored and stored[a.ref].story_id == story),
+                         key=lambda a: (a.published, a.ref))  # fmt: skip
+        labels = Counter(a.label for a in members)
+        wrong = sum(x * y for x, y in itertools.combinations(labels.values(), 2))
+        print(f"    story {story}, {wrong} wrong pairs: " + ", ".join(f"{n} of {label}" for label, n in labels.items()))
+        for a in members:
+            print(f"      {a.published:%m-%d %H:%M} {a.label} {a.outlet[:24]:24} {a.title[:60]!r}")
+            print(f"          {(stored[a.ref].reason or '')[:400]}")
+    if len(stories) > MERGED_SHOWN:
+        print(f"    and {len(stories) - MERGED_SHOWN} more stories across labels")
 
 
 def report_semeval(
