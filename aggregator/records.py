@@ -231,14 +231,12 @@ class MatchCandidate:
 @dataclass(frozen=True, slots=True)
 class StoryRefs:
     """A stored story's first members as story matching looks them up (``story_member_refs``):
-    which they are, earliest first, as (item id, update count); whose they are; when the
-    first of them was published, which is when the story begins or later; and when its latest
-    member was (``ends``), which may be none of these."""
+    which they are, earliest first, as (item id, update count); whose they are; and when the
+    first of them was published, which is when the story begins or later."""
 
     begins: datetime
     members: list[tuple[int, int]]
     sources: set[int]
-    ends: datetime
 
 
 @dataclass(frozen=True)

@@ -355,15 +355,20 @@ class _StoryLookup:
         found_refs = self.tx.story_member_refs(wanted, since, stories.REPRESENTATIVES)
         sources = {story: refs.sources for story, refs in found_refs.items()}
         own, single = stories.own_stories(sources, self.source), stories.other_outlets_stories(sources, self.source)
+        # The latest member of a story read only in part, which may come after those read
+        # (``stories.beyond_span``): one seek each, and most candidates are read whole.
+        longer = [s for s, refs in found_refs.items() if len(refs.members) >= stories.REPRESENTATIVES]
+        ends = self.tx.story_ends(longer) if longer else {}
         unknown = {}
         for story_id, refs in found_refs.items():
             earliest, latest = between[story_id]
-            if stories.beyond_span(refs.begins, earliest, latest, refs.ends):
-                profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins, refs.ends)
+            last = ends.get(story_id)
+            if stories.beyond_span(refs.begins, earliest, latest, last):
+                profiles[story_id] = stories.StoryProfile.unread(story_id, refs.begins, last)
                 if earliest - refs.begins > stories.STORY_SPAN:  # closed to later items as well: kept for ``closed``
                     self.decoded.began(story_id, refs.begins)
-            elif (kept := self.decoded.kept(story_id, refs.members)) is not None:
-                profiles[story_id] = kept.ending(refs.ends)
+            elif (kept := self.decoded.kept(story_id, refs.members, last)) is not None:
+                profiles[story_id] = kept
             else:
                 unknown[story_id] = refs.members
         missing = [
@@ -374,9 +379,9 @@ class _StoryLookup:
         ]
         fetched = self.tx.member_features(missing) if missing else {}
         for story_id, members in unknown.items():
-            found = self.decoded.profile(story_id, members, fetched, self.tx)
+            found = self.decoded.profile(story_id, members, fetched, self.tx, ends.get(story_id))
             if found is not None:
-                profiles[story_id] = found.ending(found_refs[story_id].ends)
+                profiles[story_id] = found
         return profiles, own, single
 
 
@@ -566,24 +571,35 @@ class _DecodedMembers:
             hit = self._found.get(item_id)
         return hit is not None and hit[0] == story_id and hit[1] == updates
 
-    def kept(self, story_id: int, members: list[tuple[int, int]]) -> stories.StoryProfile | None:
+    def kept(self, story_id: int, members: list[tuple[int, int]], ends: datetime | None) -> stories.StoryProfile | None:
         """The profile built from the same first stored members (item id, update count), if
-        kept: nothing of them is fetched or decoded again (what ``get`` trusts a hit on)."""
+        kept: nothing of them is fetched or decoded again (what ``get`` trusts a hit on). Told
+        when the story's latest member was published where it may be none of those (``ends``:
+        it moves while they stay; None: one of them), and kept so told, with what it computed."""
         with self._lock:
             found = self._profiles.get(story_id)
             if found is None or found[0] != tuple(members):
                 return None
+            profile = found[1].ending(ends)
+            if profile is not found[1]:
+                self._profiles[story_id] = (found[0], profile)
             self._profiles.move_to_end(story_id)
-            self._settle(story_id, found[1].first_at)
-            return found[1]
+            self._settle(story_id, profile.first_at)
+            return profile
 
     def profile(
-        self, story_id: int, members: list[tuple[int, int]], fetched: Fetched, tx: IngestTransaction
+        self,
+        story_id: int,
+        members: list[tuple[int, int]],
+        fetched: Fetched,
+        tx: IngestTransaction,
+        ends: datetime | None,
     ) -> stories.StoryProfile | None:
         """The story as ``stories.decide`` judges it, from its first stored members (item id,
-        update count), kept by those (``kept``): its centroid and name shares are then computed
-        once rather than at every poll the story is a candidate in. One profile is kept per
-        story: one that grew since is judged on it with the new members added."""
+        update count) and when its latest was published (``ends``, as ``kept`` takes it), kept
+        by those (``kept``): its centroid and name shares are then computed once rather than at
+        every poll the story is a candidate in. One profile is kept per story: one that grew since is judged on it
+        with the new members added."""
         usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
         if not usable:
             return None
@@ -591,9 +607,9 @@ class _DecodedMembers:
             kept = self._profiles.get(story_id)
         last = kept[1] if kept is not None else None
         if last is not None and len(last.members) < len(usable) and all(map(operator.is_, last.members, usable)):
-            found = last.extended(usable[len(last.members) :])  # the story grew: add what is new
+            found = last.extended(usable[len(last.members) :]).ending(ends)  # the story grew: add what is new
         else:
-            found = stories.StoryProfile(story_id, usable, usable[0].published_at)
+            found = stories.StoryProfile(story_id, usable, usable[0].published_at, ends)
         with self._lock:
             self._profiles[story_id] = (tuple(members), found)
             self._profiles.move_to_end(story_id)

@@ -91,7 +91,7 @@ def test_a_closed_story_is_kept_as_its_beginning_and_explained_alike_kept_or_rea
     for number, text in enumerate(texts, 1):
         signed = cluster.Signed.of(*text)
         stored[number] = (NOON + timedelta(hours=number), stories.features_of(*text)[0].dumps(), signed.stored)
-    profile = members.profile(7, [(n, 0) for n in stored], stored, None)  # type: ignore[arg-type]
+    profile = members.profile(7, [(n, 0) for n in stored], stored, None, max(at for at, _, _ in stored.values()))  # type: ignore[arg-type]
     assert profile is not None and len(profile.members) == len(texts)
     closed = members.closed({7: NOON + timedelta(days=1)}, NOON)[7]
     assert closed.first_at == profile.first_at == NOON + timedelta(hours=1) and not closed.members

@@ -51,8 +51,7 @@ def _match_candidates(wanted: Any) -> Any:
 
 def _story_member_refs(wanted: Wanted) -> Any:
     """The first ``:per_story`` items of each wanted story dated from ``:since`` on, earliest
-    first, without their features: which members, how often each was updated, whose, and when;
-    and with the first, when the latest of all was published."""
+    first, without their features: which members, how often each was updated, whose, and when."""
     order = (ItemRow.sort_at, ItemRow.id)
     ranked = (
         select(
@@ -62,7 +61,6 @@ def _story_member_refs(wanted: Wanted) -> Any:
             ItemRow.source_id,
             ItemRow.sort_at,
             func.row_number().over(partition_by=ItemRow.story_id, order_by=order).label("rank"),
-            func.max(ItemRow.sort_at).over(partition_by=ItemRow.story_id).label("ends"),
         )
         .where(wanted(ItemRow.story_id), ItemRow.sort_at >= bindparam("since"))
         .subquery()
@@ -70,8 +68,7 @@ def _story_member_refs(wanted: Wanted) -> Any:
     # Only the first member's time is used (when the story begins): the others' are not
     # converted, a datetime each for hundreds of rows a poll.
     begins = case((ranked.c.rank == 1, ranked.c.sort_at))
-    ends = case((ranked.c.rank == 1, ranked.c.ends))
-    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id, begins, ends)
+    columns = (ranked.c.id, ranked.c.story_id, ranked.c.update_count, ranked.c.source_id, begins)
     return select(*columns).where(ranked.c.rank <= bindparam("per_story")).order_by(ranked.c.story_id, ranked.c.rank)
 
 
@@ -121,6 +118,11 @@ _COPY_KEY_STORIES_SQLITE = text(
 _COPY_KEY_STORIES_POSTGRESQL = text(
     _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)", items="items")
 ).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
+_STORY_ENDS = ByValues(
+    lambda wanted: (
+        select(ItemRow.story_id, func.max(ItemRow.sort_at)).where(wanted(ItemRow.story_id)).group_by(ItemRow.story_id)
+    )
+)
 _MEMBER_FEATURES = ByValues(
     lambda wanted: select(ItemRow.id, ItemRow.sort_at, ItemRow.match_features, ItemRow.match_signature).where(
         wanted(ItemRow.id)
@@ -210,11 +212,11 @@ class StoryLookups(TransactionBase):
             batches = _STORY_MEMBER_REFS.batches(self.c.dialect.name, wanted, since=since, per_story=per_story)
             rows = (row for statement, values in batches for row in self.c.execute(statement, values))
             as_time = None
-        for item_id, story_id, update_count, source_id, begins, ends in rows:
+        for item_id, story_id, update_count, source_id, begins in rows:
             refs = found.get(story_id)
             if refs is None:  # rows come earliest first: this is the story's first member
-                first, last = (begins, ends) if as_time is None else (as_time(begins), as_time(ends))
-                refs = found[story_id] = StoryRefs(first, [], set(), last)
+                first = begins if as_time is None else as_time(begins)
+                refs = found[story_id] = StoryRefs(first, [], set())
             refs.members.append((item_id, update_count))
             refs.sources.add(source_id)
         return found
@@ -270,6 +272,15 @@ class StoryLookups(TransactionBase):
                 found[int(key)] = TermCarriers(
                     frozenset(c >> 1 for c in coded), frozenset(c >> 1 for c in coded if c & 1)
                 )
+        return found
+
+    def story_ends(self, story_ids: Sequence[int]) -> dict[int, datetime]:
+        """When each story's latest item was published (its members index: one seek each), for
+        stories of which ``story_member_refs`` read only the first members."""
+        found: dict[int, datetime] = {}
+        for statement, values in _STORY_ENDS.batches(self.c.dialect.name, sorted(set(story_ids))):
+            for story_id, ends in self.c.execute(statement, values):
+                found[story_id] = ends
         return found
 
     def member_features(self, item_ids: Sequence[int]) -> dict[int, tuple[datetime, str | None, str | None]]:
