@@ -598,8 +598,8 @@ class _DecodedMembers:
         """The story as ``stories.decide`` judges it, from its first stored members (item id,
         update count) and when its latest was published (``ends``, as ``kept`` takes it), kept
         by those (``kept``): its centroid and name shares are then computed once rather than at
-        every poll the story is a candidate in. One profile is kept per story: one that grew since is judged on it
-        with the new members added."""
+        every poll the story is a candidate in. One profile is kept per story: one that grew
+        since is judged on it with the new members added."""
         usable = tuple(m for m in (self.get(item_id, story_id, n, fetched, tx) for item_id, n in members) if m)
         if not usable:
             return None
