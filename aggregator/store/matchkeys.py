@@ -123,6 +123,9 @@ _STORY_ENDS = ByValues(
         select(ItemRow.story_id, func.max(ItemRow.sort_at)).where(wanted(ItemRow.story_id)).group_by(ItemRow.story_id)
     )
 )
+# On SQLite run on the driver too (``sqlite_rows``): one small statement at most polls, where
+# SQLAlchemy's execution cost several times the seeks.
+_STORY_ENDS_SQLITE = text(str(_STORY_ENDS.sqlite.compile(dialect=sqlite.dialect(paramstyle="named"))))
 _MEMBER_FEATURES = ByValues(
     lambda wanted: select(ItemRow.id, ItemRow.sort_at, ItemRow.match_features, ItemRow.match_signature).where(
         wanted(ItemRow.id)
@@ -277,8 +280,13 @@ class StoryLookups(TransactionBase):
     def story_ends(self, story_ids: Sequence[int]) -> dict[int, datetime]:
         """When each story's latest item was published (its members index: one seek each), for
         stories of which ``story_member_refs`` read only the first members."""
+        wanted = sorted(set(story_ids))
+        if self.c.dialect.name == "sqlite" and wanted:
+            as_time = _sort_at_result(self.c.dialect)
+            rows = sqlite_rows(self.c, _STORY_ENDS_SQLITE, {"values_json": json.dumps(wanted)})
+            return {story_id: as_time(ends) for story_id, ends in rows}
         found: dict[int, datetime] = {}
-        for statement, values in _STORY_ENDS.batches(self.c.dialect.name, sorted(set(story_ids))):
+        for statement, values in _STORY_ENDS.batches(self.c.dialect.name, wanted):
             for story_id, ends in self.c.execute(statement, values):
                 found[story_id] = ends
         return found
