@@ -22,11 +22,12 @@ CROSS_OUTLET_JOINS = (
 )
 
 
-def serve_corpus(server: FeedServer, workdir: Path) -> tuple[list[dict[str, str]], Path]:
+def serve_corpus(server: FeedServer, workdir: Path, database: str | None = None) -> tuple[list[dict[str, str]], Path]:
     """Serve every file of the corpus's INDEX.tsv at its path (``application/json`` for ``.json``
     files, else ``application/xml`` without a charset, so the document's own declaration decides
     as it did for the INDEX), and write a feeds.yaml in ``workdir`` with each a source named by
-    its path (a real SQLite file beside it, no outputs): the INDEX rows and the config."""
+    its path (a real SQLite file beside it, or the ``database`` URL given; no outputs): the
+    INDEX rows and the config."""
     rows = index_rows()
     for row in rows:
         path = row["path"]
@@ -35,7 +36,7 @@ def serve_corpus(server: FeedServer, workdir: Path) -> tuple[list[dict[str, str]
     config = write_config(
         workdir,
         [{"name": row["path"], "url": server.url(f"/{row['path']}")} for row in rows],
-        settings=SETTINGS,
+        settings=SETTINGS if database is None else f"{SETTINGS}\ndatabase: {database}",
         outputs="outputs: []",
     )
     return rows, config

@@ -4,7 +4,8 @@ tests/test_corpus.py feeds each file of ``shared/corpus`` to the parser; this fe
 at once, to the product: each file is a source of one feeds.yaml, served by the real HTTP
 server (``application/json`` for ``.json`` files, else ``application/xml`` without a charset,
 so the document's own declaration decides as it did for the INDEX), polled by
-``aggregator poll --once --all`` with a real parse pool into a real SQLite file. The run must
+``aggregator poll --once --all`` with a real parse pool into a real SQLite file, and again into
+a real PostgreSQL database (with ``AGGREGATOR_TEST_DATABASE_URL``). The run must
 exit 0 with no traceback, no source may hit the per-source fault boundary, and every source
 without items must say why (or be a feed that simply has none).
 
@@ -16,9 +17,9 @@ the reasons for the rest are printed (they show without ``-s``).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from aggregator.curate import Curation
 from aggregator.publisher import Publisher
 from aggregator.store.database import make_engine
 from aggregator.store.repository import Store
+from tests.conftest import _postgres_database, query_rows
 from tests.corpusrun import CROSS_OUTLET_JOINS, serve_corpus
 from tests.server import FeedServer
 from tests.test_corpus import CORPUS
@@ -86,13 +88,24 @@ _OWN_OUTLET_JOINS = (
 )
 
 
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The whole run on a real SQLite file and again on a real PostgreSQL database: the corpus's
+    odd feeds (NUL bytes, stray surrogates, huge fields, dates out of range) meet two stores
+    that accept different things."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('corpus-db') / 'aggregator.db'}"
+    else:
+        yield from _postgres_database()
+
+
 @pytest.fixture(scope="module")
-def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
+def corpus_run(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> CorpusRun:
     """Serve every INDEX file and poll them all once through the CLI."""
     tmp_path = tmp_path_factory.mktemp("corpus-run")
     server = FeedServer().start()
     try:
-        rows, config = serve_corpus(server, tmp_path)
+        rows, config = serve_corpus(server, tmp_path, database_url)
         before = source_errors()
         started = time.monotonic()
         code = main(["--config", str(config), "poll", "--once", "--all"])
@@ -102,16 +115,16 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> CorpusRun:
     after = source_errors()
     faults = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
     world = _world_curation(config)
-    with sqlite3.connect(tmp_path / "data" / "aggregator.db") as db:
-        stored = {
-            name: (count, error, warning)
-            for name, count, error, warning in db.execute(
-                "select s.name, count(i.id), s.last_error, s.last_warning from sources s "
-                "left join items i on i.source_id = s.id group by s.id"
-            )
-        }
-        own_outlet_joins = list(db.execute(_OWN_OUTLET_JOINS))
-        cross_outlet_joins = Counter(dict(db.execute(CROSS_OUTLET_JOINS)))
+    stored = {
+        str(name): (int(str(count)), None if error is None else str(error), None if warning is None else str(warning))
+        for name, count, error, warning in query_rows(
+            database_url,
+            "select s.name, count(i.id), s.last_error, s.last_warning from sources s "
+            "left join items i on i.source_id = s.id group by s.id",
+        )
+    }
+    own_outlet_joins = [(str(name), str(title)) for name, title in query_rows(database_url, _OWN_OUTLET_JOINS)]
+    cross_outlet_joins = Counter({str(how): int(str(n)) for how, n in query_rows(database_url, CROSS_OUTLET_JOINS)})
     outcomes = {
         row["path"]: SourceOutcome(
             row["path"],
