@@ -91,8 +91,8 @@ _OWN_OUTLET_JOINS = (
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The whole run on a real SQLite file and again on a real PostgreSQL database: the corpus's
-    odd feeds (NUL bytes, stray surrogates, huge fields, dates out of range) meet two stores
-    that accept different things."""
+    odd feeds meet two stores that accept different things (PostgreSQL refuses a NUL character
+    in text, and checks types and lengths that SQLite lets through)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('corpus-db') / 'aggregator.db'}"
     else:
