@@ -853,9 +853,9 @@ def judge(
     hours = (at - story.first_at).total_seconds() / 3600
     if beyond_span(story.first_at, at, at, story.ends_at):
         span = STORY_SPAN.total_seconds() / 3600
-        if at - story.first_at > STORY_SPAN or story.first_at - at > STORY_SPAN:
+        if abs(hours) > span:
             why = f"more than {span:.0f} h apart: a development is a story of its own"
-        else:  # within the span of its first item, not of its latest (a backlog read out of order)
+        else:  # within the span of its first item, so beyond that of its latest (a backlog read out of order)
             later = (story.ends_at - at).total_seconds() / 3600
             why = f"its latest item is {later:.1f} h later: a story's reports come within {span:.0f} h of each other"
         return Judgement(story.story_id, False, None, 0.0, (), hours, None, why)
