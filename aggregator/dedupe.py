@@ -13,7 +13,10 @@ Rules:
 * a feed that changes an item on every fetch (view counters, rotating ads) would
   rewrite it forever: after ``MAX_UPDATES`` updates the item is frozen;
 * a key seen twice in one batch counts once (the first wins): ``normalize`` already
-  guarantees it, but two inserts with one key would make the store drop one silently.
+  guarantees it, but two inserts with one key would make the store drop one silently;
+* an item stored under its former key (``Item.former_key``) is that stored item: an unchanged
+  one is only re-keyed, so that it is found under its own key from then on, wherever the feed
+  moves.
 
 An item that vanishes from its feed is simply not in ``items``: nothing here deletes.
 """
@@ -36,12 +39,13 @@ def decide_ingest(
     inserts: list[NewItem] = []
     updates: list[ItemUpdate] = []
     unchanged = 0
+    rekeys: list[tuple[int, str]] = []
     seen: set[str] = set()
     for item in items:
         if item.key in seen:
             continue
         seen.add(item.key)
-        existing = stored.get(item.key)
+        existing = stored_as(item, stored)
         if existing is None:
             story = stories_by_url.get(item.canonical_url) if item.canonical_url else None
             inserts.append(NewItem(item, story))
@@ -49,4 +53,14 @@ def decide_ingest(
             updates.append(ItemUpdate(existing, item))
         else:
             unchanged += 1
-    return IngestPlan(tuple(inserts), tuple(updates), unchanged)
+            if existing.key != item.key:
+                rekeys.append((existing.id, item.key))
+    return IngestPlan(tuple(inserts), tuple(updates), unchanged, rekeys=tuple(rekeys))
+
+
+def stored_as(item: Item, stored: Mapping[str, StoredItem]) -> StoredItem | None:
+    """The stored item ``item`` is, by its key or else its former key; ``stored`` is by stored key."""
+    found = stored.get(item.key)
+    if found is None and item.former_key is not None:
+        found = stored.get(item.former_key)
+    return found

@@ -139,11 +139,14 @@ def normalize_feed(raw: RawFeed, feed_url: str, fetched_at: datetime) -> ParsedF
             # One guid for two different articles (a CMS bug seen in the wild): tell them apart
             # by link, else by title (stable across edits, unlike the content), so that neither
             # overwrites the other. The first keeps the plain key it was stored under before.
-            item = replace(item, key=f"{item.key}|{item.canonical_url or 'title:' + _hash(item.title)}")
+            apart = f"|{item.canonical_url or 'title:' + _hash(item.title)}"
+            item = replace(item, key=item.key + apart, former_key=item.former_key and item.former_key + apart)
             if item.key in seen:
                 continue
         seen[item.key] = item
         items.append(item)
+    # A former key that another entry of the document now has as its own is that entry's row.
+    items = [replace(i, former_key=None) if i.former_key is not None and i.former_key in seen else i for i in items]
     return ParsedFeed(
         title=(_title(xml_safe(composed(repaired(raw.title))), raw.title_is_html) or None) if raw.title else None,
         link=_http_url(xml_safe(raw.link), feed_url) if raw.link else None,
@@ -255,10 +258,8 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
         canonical = None
     title, summary_html, content_html, text = _readable(entry, feed_url)
     fingerprint = _hash(title, content_html or summary_html, link or "")
-    if entry.id and len(entry.id.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
-        key = f"id-hash:{_hash(entry.id)}"
-    elif entry.id:
-        key = f"id:{entry.id}"
+    if entry.id:
+        key = _id_key(entry.id)
     elif canonical:
         key = f"url:{canonical}"
     elif repaired_entry is received:
@@ -294,7 +295,15 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
         fingerprint=fingerprint,
         language=entry.language,
         enclosures=tuple(enclosures),
+        former_key=_id_key(entry.resolved_id) if entry.id and entry.resolved_id else None,
     )
+
+
+def _id_key(guid: str) -> str:
+    """An item's key from its guid / id; a longer one than an index takes is kept as its hash."""
+    if len(guid.encode("utf-8", "surrogatepass")) > MAX_IDENTITY_BYTES:
+        return f"id-hash:{_hash(guid)}"
+    return f"id:{guid}"
 
 
 def _author(author: str | None) -> str | None:

@@ -123,6 +123,68 @@ def _keep_media_descriptions_apart() -> None:
 
 _keep_media_descriptions_apart()
 
+RESOLVED_ID = "aggregator_resolved_id"
+"""Where ``_keep_relative_ids_as_written`` has feedparser put a relative id resolved as it was."""
+
+
+# RFC 3986: a URI reference that starts with a scheme is absolute; anything else is relative.
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _written(parser: Any) -> str:
+    """The text of the element feedparser is about to pop, as the document wrote it."""
+    stack = parser.elementstack
+    if not stack or stack[-1][0] != "id":
+        return ""
+    return "".join(p if isinstance(p, str) else p.decode("utf-8", "replace") for p in stack[-1][2])
+
+
+def _relative(reference: str) -> bool:
+    return bool(reference.strip()) and not _SCHEME.match(reference)
+
+
+def _keep_relative_ids_as_written() -> None:
+    """Let an entry's ``<guid>`` / ``<id>`` stay as the feed wrote it, not resolved against the feed's URL.
+
+    feedparser resolves a guid that is a permalink (RSS's default) and every Atom ``<id>`` against
+    the document's base, as it does a link. A relative one ("12345", "/?p=12", "Safetynet") then
+    names the item by where the feed was fetched from: the same feed after a redirect to https,
+    a new host, or another port of a test server gave every such item a new identity, and it was
+    stored again beside itself. An identity is a name, not a place; the link the guid stands for
+    is still resolved, with the ``xml:base`` in effect, as before.
+
+    The resolved form is kept too (``RESOLVED_ID``): items stored before this were keyed by it,
+    and are found under it (``normalize.normalize_entry``, ``Item.former_key``).
+    ``tests/test_parse.py`` fails if a feedparser release renames the handlers.
+    """
+    from feedparser.namespaces import _base
+
+    original = getattr(_base.Namespace, "_end_guid", None)
+    if original is None or getattr(original, "__module__", None) == __name__:
+        return
+
+    def end_guid(parser: Any) -> None:
+        if not (parser.guidislink and parser.inentry and not parser.insource and _relative(_written(parser))):
+            original(parser)
+            return
+        parser.guidislink = False  # feedparser's pop resolves an id against the base only as a permalink
+        try:
+            original(parser)
+        finally:
+            parser.guidislink = True
+        entry = parser.entries[-1]
+        if written := entry.get("id"):
+            link = parser.resolve_uri(written)
+            entry["guidislink"] = "link" not in entry  # the guid stands for the link, as before
+            entry.setdefault("link", link)
+            entry[RESOLVED_ID] = link
+
+    for name in ("_end_guid", "_end_id"):
+        setattr(_base.Namespace, name, end_guid)
+
+
+_keep_relative_ids_as_written()
+
 
 @dataclass(frozen=True)
 class RawEntry:
@@ -143,6 +205,8 @@ class RawEntry:
     summary_base: str | None = None
     content_base: str | None = None
     thumbnail: str | None = None  # media:thumbnail, else an image media:content; JSON Feed ``image``
+    # A relative ``id`` as feedparser resolved it against the document's base (``RESOLVED_ID``).
+    resolved_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +403,7 @@ def _entry(e: Any, feed_language: str | None) -> RawEntry:
         summary_base=_text(get(summary_detail, "base")),
         content_base=_text(content_base),
         thumbnail=_thumbnail(e),
+        resolved_id=_text(get(e, RESOLVED_ID)),
     )
 
 

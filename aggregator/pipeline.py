@@ -42,6 +42,7 @@ from aggregator.poll import (
     fresh_urls,
     ingest_plan,
     kept_items,
+    lookup_keys,
     source_fault,
 )
 from aggregator.publisher import Publisher
@@ -382,6 +383,8 @@ class Pipeline:
             tx.update_items(plan.updates, now, source_id)
         if plan.merges:
             tx.merge_stories(plan.merges)
+        if plan.rekeys:
+            tx.rekey_items(plan.rekeys)
         tx.record_poll(source_id, plan.result, plan.record)
         if plan.postpone:
             tx.postpone({other: (decision.at, decision.reason) for other, decision in plan.postpone.items()})
@@ -399,9 +402,9 @@ class Pipeline:
             host_sources = tuple(HostSource(*row) for row in tx.sources_on_host(host))
         if parsed is None or polled.failed:
             return PollLookups(host_sources=host_sources)
-        gone = frozenset(tx.deleted_keys(source.fetch.id, [i.key for i in parsed.items]))
+        gone = frozenset(tx.deleted_keys(source.fetch.id, lookup_keys(parsed.items)))
         items = kept_items(parsed, gone)
-        stored = tx.stored_items(source.fetch.id, [i.key for i in items])
+        stored = tx.stored_items(source.fetch.id, lookup_keys(items))
         lookups = PollLookups(
             deleted_keys=gone,
             stored=stored,

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from aggregator.dedupe import decide_ingest
+from aggregator.dedupe import decide_ingest, stored_as
 from aggregator.errors import StorageError, one_line
 from aggregator.records import (
     ClaimedSource,
@@ -126,6 +126,7 @@ class PollPlan:
     inserts: tuple[NewItem, ...] = ()
     updates: tuple[ItemUpdate, ...] = ()
     merges: tuple[tuple[int, int], ...] = ()  # IngestPlan.merges
+    rekeys: tuple[tuple[int, str], ...] = ()  # IngestPlan.rekeys
     postpone: Mapping[int, NextPoll] = field(default_factory=dict)
     host_held_until: datetime | None = None
     log: tuple[LogLine, ...] = ()
@@ -134,12 +135,17 @@ class PollPlan:
 
 def kept_items(parsed: ParsedFeed, deleted_keys: frozenset[str] | set[str]) -> tuple[Item, ...]:
     """The parsed items retention has not deleted: those must not come back as new items."""
-    return tuple(i for i in parsed.items if i.key not in deleted_keys)
+    return tuple(i for i in parsed.items if not deleted_keys.intersection((i.key, i.former_key)))
+
+
+def lookup_keys(items: Iterable[Item]) -> list[str]:
+    """The keys to look an item up by, stored or deleted: its own, and its former one where it has one."""
+    return [key for item in items for key in (item.key, item.former_key) if key is not None]
 
 
 def fresh_urls(items: tuple[Item, ...], stored: Mapping[str, StoredItem]) -> list[str]:
     """The canonical URLs of the items not stored yet: a story they may join is looked up by these."""
-    return [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
+    return [i.canonical_url for i in items if i.canonical_url and stored_as(i, stored) is None]
 
 
 def ingest_plan(parsed: ParsedFeed | None, lookups: PollLookups) -> IngestPlan:
@@ -223,7 +229,7 @@ def _succeeded(
     )
     return PollPlan(
         outcome, result, record, inserts=items.inserts, updates=items.updates, merges=items.merges,
-        ages_unknown=ages_unknown(source, parsed),
+        rekeys=items.rekeys, ages_unknown=ages_unknown(source, parsed),
     )  # fmt: skip
 
 

@@ -178,6 +178,9 @@ class Item:
     # dated neighbours and from when it was first seen (normalize.place_undated); never
     # published as its date, only used to sort it. None for a dated item.
     placed_at: datetime | None = None
+    # The key it was stored under before relative ids were kept as written: a relative guid
+    # resolved against the feed's URL (``parse._keep_relative_ids_as_written``). None for others.
+    former_key: str | None = None
 
     def __reduce__(self) -> tuple[Callable[..., Item], tuple[Any, ...]]:
         # Items go from the parse workers to the writer by the tens of thousands. Pickled
@@ -282,6 +285,9 @@ class IngestPlan:
     """(story, into): stored stories story matching found to be fragments of another
     (``stories.Decision.absorbs``), each into its chain's end (``stories.merge_targets``),
     merged once the inserts are stored."""
+    rekeys: tuple[tuple[int, str], ...] = ()
+    """(stored item id, key): unchanged items found under their ``Item.former_key``, to be
+    stored under the key they have now (an update rewrites the key with the rest)."""
 
     @property
     def changed(self) -> bool:

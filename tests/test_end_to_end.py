@@ -254,3 +254,70 @@ def test_which_stored_sources_a_config_renames() -> None:
         SourceSpec("Old twice", "https://b.example/rss"),
     ]
     assert renamed_sources(specs, stored) == {"NASA": "Good1", "Old again": "Old"}
+
+
+def _relative_guids(count: int) -> bytes:
+    """A feed whose guids are relative references ("1", "/news/2"): permalinks by RSS's
+    default, which feedparser resolves against wherever the feed was fetched from."""
+    items = "".join(
+        f"<item><title>Report {n}</title><guid>{n if n % 2 else f'/news/{n}'}</guid>"
+        f"<description>What happened in part {n}.</description>"
+        f"<pubDate>{format_datetime(datetime(2026, 11, 20, 8, tzinfo=UTC) + timedelta(hours=n))}</pubDate></item>"
+        for n in range(count, 0, -1)
+    )
+    return f"<rss version='2.0'><channel><title>Relative</title>{items}</channel></rss>".encode()
+
+
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_an_item_with_a_relative_guid_is_stored_once_wherever_its_feed_moves(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    from tests.conftest import query_rows
+
+    elsewhere = FeedServer().start()
+    try:
+        server.add("/feed", Route(body=_relative_guids(3)))
+        config = write_config(
+            tmp_path, [{"name": "Rel", "url": server.url("/feed")}], settings=f"database: {database_url}"
+        )
+        assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+        # The site moves its feed to another host (here: port), with a permanent redirect.
+        moved = elsewhere.add("/rss", Route(body=_relative_guids(4)))
+        server.add("/feed", Route(status=301, headers={"Location": moved}))
+        assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+        rows = query_rows(database_url, "SELECT key, link FROM items ORDER BY title")
+    finally:
+        elsewhere.stop()
+    # One row per report: the three stored first are the same items, the fourth is new.
+    assert [key for key, _ in rows] == ["id:1", "id:/news/2", "id:3", "id:/news/4"]
+    # The link each guid stands for is resolved, against where the feed is now.
+    assert [link for _, link in rows] == [moved.replace("/rss", path) for path in ("/1", "/news/2", "/3", "/news/4")]
+
+
+@pytest.mark.parametrize(
+    "database_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_items_stored_under_resolved_relative_guids_are_found_and_rekeyed(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    from tests.conftest import query_rows
+
+    url = server.add("/feed", Route(body=_relative_guids(3)))
+    config = write_config(tmp_path, [{"name": "Rel", "url": url}], settings=f"database: {database_url}")
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    # Earlier releases keyed these items by their guids resolved against the feed's URL.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE items SET key = 'id:' || link"))
+    engine.dispose()
+    assert query_rows(database_url, "SELECT key FROM items ORDER BY title")[0] == (f"id:{url.replace('/feed', '/1')}",)
+
+    server.add("/feed", Route(body=_relative_guids(4)))
+    assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
+    rows = query_rows(database_url, "SELECT key, update_count FROM items ORDER BY title")
+    # Found under the old keys, not stored again; unchanged, and kept under their own keys now.
+    assert rows == [("id:1", 0), ("id:/news/2", 0), ("id:3", 0), ("id:/news/4", 0)]

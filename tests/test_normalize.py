@@ -414,6 +414,24 @@ def test_duplicate_guids_keep_their_first_key_and_get_distinct_ones() -> None:
     assert all(k.startswith("id:same|title:") for k in keys[2:])
 
 
+def test_a_relative_guid_remembers_its_resolved_key_unless_another_entry_has_it() -> None:
+    """Its resolved form is the key earlier releases stored it under (``Item.former_key``), and
+    no former key of one entry can be another entry's key: that row is the other entry's."""
+    site = "https://example.com/news/"
+    raw = _feed(
+        _entry(id="1", resolved_id=f"{site}1", title="A"),
+        _entry(id=f"{site}1", title="B"),
+        _entry(id="2", resolved_id=f"{site}2", title="C", summary="x" * 2000),
+        _entry(id="3" * 1500, resolved_id=f"{site}{'3' * 1500}", title="D"),
+    )
+    items = normalize_feed(raw, BASE, FETCHED_AT).items
+    assert [(i.key, i.guid) for i in items[:3]] == [("id:1", "1"), (f"id:{site}1", f"{site}1"), ("id:2", "2")]
+    assert [i.former_key for i in items[:3]] == [None, None, f"id:{site}2"]
+    # Past the index's limit both are kept as hashes, each of its own form.
+    assert items[3].key.startswith("id-hash:") and (items[3].former_key or "").startswith("id-hash:")
+    assert items[3].former_key != items[3].key
+
+
 def test_a_link_several_entries_share_or_a_front_page_is_no_articles_url() -> None:
     """A podcast linking every episode to its site: no episode has an article URL (which would
     join them all into one story); an entry with its own article link keeps it."""

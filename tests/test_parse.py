@@ -296,3 +296,39 @@ def test_a_media_description_is_the_text_only_of_an_entry_without_one() -> None:
         ("video", "Clip &lt; 2 min", None),
         ("html", "<p>Clip</p>", None),
     ]
+
+
+def test_a_relative_guid_is_kept_as_written_and_the_link_it_stands_for_resolved() -> None:
+    """An id names an item, wherever its feed is fetched from; the link it stands for is a place."""
+    from feedparser.namespaces import _base
+
+    # The handlers aggregator.parse replaces: renamed in a feedparser release, this fails.
+    for handler in ("_end_guid", "_end_id"):
+        assert getattr(_base.Namespace, handler).__module__ == "aggregator.parse", handler
+    rss = (
+        "<rss version='2.0'><channel><title>t</title>"
+        "<item><title>a</title><guid>12345</guid></item>"
+        "<item><title>b</title><guid>/news/b</guid><link>https://other.example/b</link></item>"
+        "<item><title>c</title><guid isPermaLink='false'>c-1</guid></item>"
+        "<item><title>d</title><guid>https://news.example/d</guid></item>"
+        "</channel></rss>"
+    )
+    feed = parse_document(rss.encode(), "http://news.example/feeds/rss")
+    assert [(e.id, e.link, e.resolved_id) for e in feed.entries] == [
+        ("12345", "http://news.example/feeds/12345", "http://news.example/feeds/12345"),
+        ("/news/b", "https://other.example/b", "http://news.example/news/b"),
+        ("c-1", None, None),
+        ("https://news.example/d", "https://news.example/d", None),
+    ]
+    atom = (
+        "<feed xmlns='http://www.w3.org/2005/Atom' xml:base='https://base.example/dir/'><title>t</title>"
+        "<id>feed-1</id><entry><id>Safetynet</id><title>s</title></entry>"
+        "<entry><id>tag:news.example,2026:7</id><title>u</title></entry></feed>"
+    )
+    feed = parse_document(atom.encode(), "http://news.example/atom")
+    # The feed's own id is published (atom:source) and stays resolved, as feedparser gives it.
+    assert feed.feed_id == "https://base.example/dir/feed-1"
+    assert [(e.id, e.link, e.resolved_id) for e in feed.entries] == [
+        ("Safetynet", "https://base.example/dir/Safetynet", "https://base.example/dir/Safetynet"),
+        ("tag:news.example,2026:7", "tag:news.example,2026:7", None),
+    ]

@@ -228,6 +228,19 @@ def test_the_plan_story_matching_starts_from_is_the_ingest_decision() -> None:
     assert ingest_plan(None, lookups) == IngestPlan((), (), 0)
 
 
+def test_an_item_retention_deleted_under_its_former_key_does_not_come_back() -> None:
+    from aggregator.poll import lookup_keys
+
+    moved = replace(_item("id:1"), former_key="id:https://example.org/1")
+    assert lookup_keys([moved, _item("id:2")]) == ["id:1", "id:https://example.org/1", "id:2"]
+    plan = ingest_plan(_feed(moved, _item("id:2")), PollLookups(deleted_keys=frozenset({"id:https://example.org/1"})))
+    assert [n.item.key for n in plan.inserts] == ["id:2"]
+    # Its rekeying reaches the plan the writer applies.
+    lookups = PollLookups(stored={"id:https://example.org/1": STORED})
+    polled = Polled(_source(), _ok(), _feed(moved), body_hash="new")
+    assert decide_poll(polled, lookups, SETTINGS, NOW).rekeys == ((STORED.id, "id:1"),)
+
+
 def test_the_rate_counts_stored_and_new_items_within_the_window() -> None:
     recent = _item("recent", at=NOW - timedelta(days=1))
     old = _item("old", at=NOW - RATE_WINDOW - HOUR)  # published before the window: not counted
