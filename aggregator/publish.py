@@ -125,7 +125,7 @@ def render_all(
             output.slug,
             "rss",
             FORMATS["rss"],
-            render_rss(output, entries, public_url, hub, updated_if_empty=updated_if_empty),
+            render_rss(output, entries, public_url, hub, links=history, updated_if_empty=updated_if_empty),
         ),
         Rendering(output.slug, "json", FORMATS["json"], render_json(output, entries, public_url, hub)),
         Rendering(output.slug, "html", FORMATS["html"], page),
@@ -446,11 +446,14 @@ def render_rss(
     public_url: str,
     hub: str | None = None,
     *,
+    links: Sequence[tuple[str, str]] = (),
     updated_if_empty: datetime | None = None,
 ) -> bytes:
     """RSS 2.0. ``author`` needs an e-mail address, so the author (else the outlet) goes in
     ``dc:creator``, as most feeds do; the outlet itself is the item's ``source``.
-    ``updated_if_empty`` as in ``render_all``."""
+    ``links`` (rel, href) lead to Atom archive documents: RFC 5005's relations go in RSS as
+    ``atom:link``, so an RSS subscriber away longer than the feed's window finds the archive
+    as an Atom one does. ``updated_if_empty`` as in ``render_all``."""
     try:
         updated = None if entries else updated_if_empty
         raw = bytes(_generator(output, entries, public_url, "rss", updated=updated).rss_str(pretty=True))
@@ -470,6 +473,8 @@ def render_rss(
             _thumbnail(element, entry.lead)
         if hub:
             etree.SubElement(channel, f"{{{ATOM_NS}}}link", rel="hub", href=hub)
+        for rel, href in links:
+            etree.SubElement(channel, f"{{{ATOM_NS}}}link", rel=rel, href=href, type=FORMATS["atom"].split(";")[0])
         etree.indent(root, space="  ")
         return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
     except (ValueError, TypeError, etree.LxmlError) as exc:

@@ -183,6 +183,12 @@ def test_the_archive_chain_skips_empty_weeks_and_is_the_same_from_static_files(
         page = httpx.get(f"{app}/feeds/world/archive/2026-W47")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert "Story a" in page.text and f"{public}/feeds/world/archive/2026-W45" in page.text  # older entries
+        # An RSS subscriber finds the same chain (RFC 5005's links, as atom:link in RSS).
+        rss = feedparser.parse(httpx.get(f"{app}/feeds/world.rss").content)
+        assert [(link.href, link.type) for link in rss.feed.links if link.rel == "prev-archive"] == [
+            (f"{public}/feeds/world/archive/2026-W47.atom", "application/atom+xml")
+        ]
+        assert walk(f"{public}/feeds/world.rss", public, app) == served
     with static_files(www) as files:
         static = walk(subscription, public, files)
     assert [(week, titles) for week, titles, _ in served] == EXPECTED

@@ -79,6 +79,8 @@ def test_atom_is_valid_and_carries_source_and_related_links() -> None:
 def test_rss_is_valid_with_non_permalink_guids_and_sources() -> None:
     body = render_rss(OUTPUT, entries(), PUBLIC)
     assert check_rss(body) == []
+    archive = f"{PUBLIC}/feeds/{OUTPUT.slug}/archive/2026-W47.atom"
+    assert check_rss(render_rss(OUTPUT, entries(), PUBLIC, links=(("prev-archive", archive),))) == []
     parsed = feedparser.parse(body)
     assert parsed.version == "rss20"
     assert parsed.entries[0].id == entries()[0].story_uid
