@@ -39,7 +39,7 @@ def decide_ingest(
     inserts: list[NewItem] = []
     updates: list[ItemUpdate] = []
     unchanged = 0
-    rekeys: list[tuple[int, str]] = []
+    rekeys: list[tuple[int, str, str | None]] = []
     seen: set[str] = set()
     for item in items:
         if item.key in seen:
@@ -54,7 +54,7 @@ def decide_ingest(
         else:
             unchanged += 1
             if existing.key != item.key:
-                rekeys.append((existing.id, item.key))
+                rekeys.append((existing.id, item.key, item.guid))
     return IngestPlan(tuple(inserts), tuple(updates), unchanged, rekeys=tuple(rekeys))
 
 

@@ -126,7 +126,7 @@ class PollPlan:
     inserts: tuple[NewItem, ...] = ()
     updates: tuple[ItemUpdate, ...] = ()
     merges: tuple[tuple[int, int], ...] = ()  # IngestPlan.merges
-    rekeys: tuple[tuple[int, str], ...] = ()  # IngestPlan.rekeys
+    rekeys: tuple[tuple[int, str, str | None], ...] = ()  # IngestPlan.rekeys
     postpone: Mapping[int, NextPoll] = field(default_factory=dict)
     host_held_until: datetime | None = None
     log: tuple[LogLine, ...] = ()

@@ -285,8 +285,8 @@ class IngestPlan:
     """(story, into): stored stories story matching found to be fragments of another
     (``stories.Decision.absorbs``), each into its chain's end (``stories.merge_targets``),
     merged once the inserts are stored."""
-    rekeys: tuple[tuple[int, str], ...] = ()
-    """(stored item id, key): unchanged items found under their ``Item.former_key``, to be
+    rekeys: tuple[tuple[int, str, str | None], ...] = ()
+    """(stored item id, key, guid): unchanged items found under their ``Item.former_key``, to be
     stored under the key they have now (an update rewrites the key with the rest)."""
 
     @property

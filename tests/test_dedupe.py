@@ -79,7 +79,7 @@ def test_an_item_stored_under_its_former_key_is_that_item_and_is_rekeyed_only_wh
     plan = decide_ingest([same, edited, fresh], stored, {})
     # Found under the former key: not new. Unchanged, it is only re-keyed; changed, the update
     # writes its key with the rest.
-    assert plan.rekeys == ((7, "id:1"),) and plan.unchanged == 1
+    assert plan.rekeys == ((7, "id:1", None),) and plan.unchanged == 1
     assert [(u.stored.id, u.item.key) for u in plan.updates] == [(8, "id:2")]
     assert [n.item.key for n in plan.inserts] == ["id:3"]
     # Stored under its own key already: that row, never re-keyed.

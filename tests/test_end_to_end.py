@@ -312,12 +312,12 @@ def test_items_stored_under_resolved_relative_guids_are_found_and_rekeyed(
 
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE items SET key = 'id:' || link"))
+        conn.execute(text("UPDATE items SET key = 'id:' || link, guid = link"))
     engine.dispose()
     assert query_rows(database_url, "SELECT key FROM items ORDER BY title")[0] == (f"id:{url.replace('/feed', '/1')}",)
 
     server.add("/feed", Route(body=_relative_guids(4)))
     assert main(["--config", str(config), "poll", "--once", "--all"]) == 0
-    rows = query_rows(database_url, "SELECT key, update_count FROM items ORDER BY title")
+    rows = query_rows(database_url, "SELECT key, guid, update_count FROM items ORDER BY title")
     # Found under the old keys, not stored again; unchanged, and kept under their own keys now.
-    assert rows == [("id:1", 0), ("id:/news/2", 0), ("id:3", 0), ("id:/news/4", 0)]
+    assert rows == [("id:1", "1", 0), ("id:/news/2", "/news/2", 0), ("id:3", "3", 0), ("id:/news/4", "/news/4", 0)]

@@ -238,7 +238,7 @@ def test_an_item_retention_deleted_under_its_former_key_does_not_come_back() -> 
     # Its rekeying reaches the plan the writer applies.
     lookups = PollLookups(stored={"id:https://example.org/1": STORED})
     polled = Polled(_source(), _ok(), _feed(moved), body_hash="new")
-    assert decide_poll(polled, lookups, SETTINGS, NOW).rekeys == ((STORED.id, "id:1"),)
+    assert decide_poll(polled, lookups, SETTINGS, NOW).rekeys == ((STORED.id, "id:1", moved.guid),)
 
 
 def test_the_rate_counts_stored_and_new_items_within_the_window() -> None:

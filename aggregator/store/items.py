@@ -246,9 +246,10 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
         )
         return len(updates)
 
-    def rekey_items(self, rekeys: Sequence[tuple[int, str]]) -> None:
-        """Store items under the keys they have now, given as (item id, key) (``IngestPlan.rekeys``)."""
-        self._update_rows(ItemRow, {item_id: {"key": key} for item_id, key in rekeys})
+    def rekey_items(self, rekeys: Sequence[tuple[int, str, str | None]]) -> None:
+        """Store items under the keys and guids they have now, given as (item id, key, guid)
+        (``IngestPlan.rekeys``)."""
+        self._update_rows(ItemRow, {item_id: {"key": key, "guid": guid} for item_id, key, guid in rekeys})
 
     def count_inserted(self) -> None:
         """Add the items this transaction inserted to their sources' counts
