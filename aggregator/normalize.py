@@ -295,7 +295,7 @@ def normalize_entry(entry: RawEntry, feed_url: str, fetched_at: datetime) -> Ite
         fingerprint=fingerprint,
         language=entry.language,
         enclosures=tuple(enclosures),
-        former_key=_id_key(entry.resolved_id) if entry.id and entry.resolved_id else None,
+        former_key=_id_key(entry.resolved_id) if entry.id and entry.resolved_id not in (None, entry.id) else None,
     )
 
 

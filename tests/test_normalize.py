@@ -423,8 +423,10 @@ def test_a_relative_guid_remembers_its_resolved_key_unless_another_entry_has_it(
         _entry(id=f"{site}1", title="B"),
         _entry(id="2", resolved_id=f"{site}2", title="C", summary="x" * 2000),
         _entry(id="3" * 1500, resolved_id=f"{site}{'3' * 1500}", title="D"),
+        _entry(id=f"{site}5", resolved_id=f"{site}5", title="E"),  # resolved to itself: no other key
     )
     items = normalize_feed(raw, BASE, FETCHED_AT).items
+    assert items[4].former_key is None
     assert [(i.key, i.guid) for i in items[:3]] == [("id:1", "1"), (f"id:{site}1", f"{site}1"), ("id:2", "2")]
     assert [i.former_key for i in items[:3]] == [None, None, f"id:{site}2"]
     # Past the index's limit both are kept as hashes, each of its own form.
