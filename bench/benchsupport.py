@@ -17,6 +17,23 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+"""The checkout these benchmarks belong to. Run from a worktree with the main checkout's
+virtualenv, a benchmark would import the main checkout's ``aggregator`` (the editable install
+wins over the worktree) and measure the wrong code; so this tree goes first on ``sys.path``, and
+on ``PYTHONPATH`` for the ``aggregator`` commands a benchmark starts (``own_tree_env``)."""
+if sys.path[:1] != [str(REPO)]:
+    sys.path.insert(0, str(REPO))
+
+
+def own_tree_env() -> dict[str, str]:
+    """The environment for an ``aggregator`` command a benchmark starts: this tree's package first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(path for path in (str(REPO), env.get("PYTHONPATH", "")) if path)
+    return env
+
 
 SYLLABLES = [a + b for a in "bdfklmnrst" for b in "aeiou"]  # 50
 VOCABULARY = [a + b + c for a in SYLLABLES[:10] for b in SYLLABLES for c in ("", "n", "r", "s")]  # 2,000 words

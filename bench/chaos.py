@@ -59,7 +59,7 @@ from xml.sax.saxutils import escape
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchsupport import database, load, words  # noqa: E402
+from benchsupport import database, load, own_tree_env, words  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from aggregator.store.database import make_engine  # noqa: E402
@@ -122,7 +122,7 @@ class Rig:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, name: str, notify: str | None = None) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
+        env = own_tree_env()
         env.pop("NOTIFY_SOCKET", None)
         if notify:
             env["NOTIFY_SOCKET"] = notify

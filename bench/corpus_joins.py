@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchsupport import own_tree_env  # noqa: E402
+
 from tests.corpusrun import CROSS_OUTLET_JOINS, serve_corpus  # noqa: E402
 from tests.server import FeedServer  # noqa: E402
 from tests.test_corpus import CORPUS  # noqa: E402
@@ -73,6 +75,7 @@ def poll_corpus(workdir: Path) -> tuple[Path, float]:
             capture_output=True,
             text=True,
             cwd=workdir,
+            env=own_tree_env(),
             check=False,
         )
         elapsed = time.monotonic() - started

@@ -63,7 +63,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from benchsupport import PairRates, database, wilson_interval
+from benchsupport import PairRates, database, own_tree_env, wilson_interval
 from sqlalchemy import create_engine, text
 
 from aggregator import cluster, stories, storystream
@@ -271,6 +271,7 @@ def poll(
                 capture_output=True,
                 text=True,
                 cwd=workdir,
+                env=own_tree_env(),
                 check=False,
             )
             if done.returncode != 0:
