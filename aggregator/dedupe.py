@@ -14,9 +14,9 @@ Rules:
   rewrite it forever: after ``MAX_UPDATES`` updates the item is frozen;
 * a key seen twice in one batch counts once (the first wins): ``normalize`` already
   guarantees it, but two inserts with one key would make the store drop one silently;
-* an item stored under its former key (``Item.former_key``) is that stored item: an unchanged
-  one is only re-keyed, so that it is found under its own key from then on, wherever the feed
-  moves.
+* ``stored`` is by the key each item has now, also for an item the store holds under its
+  former key (``poll.stored_by_item_key``): unchanged, such an item is only re-keyed, so that it
+  is found under its own key from then on, wherever the feed moves.
 
 An item that vanishes from its feed is simply not in ``items``: nothing here deletes.
 """
@@ -45,7 +45,7 @@ def decide_ingest(
         if item.key in seen:
             continue
         seen.add(item.key)
-        existing = stored_as(item, stored)
+        existing = stored.get(item.key)
         if existing is None:
             story = stories_by_url.get(item.canonical_url) if item.canonical_url else None
             inserts.append(NewItem(item, story))
@@ -56,11 +56,3 @@ def decide_ingest(
             if existing.key != item.key:
                 rekeys.append((existing.id, item.key, item.guid))
     return IngestPlan(tuple(inserts), tuple(updates), unchanged, rekeys=tuple(rekeys))
-
-
-def stored_as(item: Item, stored: Mapping[str, StoredItem]) -> StoredItem | None:
-    """The stored item ``item`` is, by its key or else its former key; ``stored`` is by stored key."""
-    found = stored.get(item.key)
-    if found is None and item.former_key is not None:
-        found = stored.get(item.former_key)
-    return found

@@ -37,6 +37,7 @@ from aggregator.poll import (
     PollLookups,
     PollPlan,
     decide_poll,
+    deleted_item_keys,
     fault_class,
     fault_reason,
     fresh_urls,
@@ -44,6 +45,7 @@ from aggregator.poll import (
     kept_items,
     lookup_keys,
     source_fault,
+    stored_by_item_key,
 )
 from aggregator.publisher import Publisher
 from aggregator.records import FetchResult, InsertedItem, ParsedFeed, SourceToFetch
@@ -402,9 +404,9 @@ class Pipeline:
             host_sources = tuple(HostSource(*row) for row in tx.sources_on_host(host))
         if parsed is None or polled.failed:
             return PollLookups(host_sources=host_sources)
-        gone = frozenset(tx.deleted_keys(source.fetch.id, lookup_keys(parsed.items)))
+        gone = deleted_item_keys(parsed.items, tx.deleted_keys(source.fetch.id, lookup_keys(parsed.items)))
         items = kept_items(parsed, gone)
-        stored = tx.stored_items(source.fetch.id, lookup_keys(items))
+        stored = stored_by_item_key(items, tx.stored_items(source.fetch.id, lookup_keys(items)))
         lookups = PollLookups(
             deleted_keys=gone,
             stored=stored,

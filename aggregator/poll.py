@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from aggregator.dedupe import decide_ingest, stored_as
+from aggregator.dedupe import decide_ingest
 from aggregator.errors import StorageError, one_line
 from aggregator.records import (
     ClaimedSource,
@@ -135,7 +135,7 @@ class PollPlan:
 
 def kept_items(parsed: ParsedFeed, deleted_keys: frozenset[str] | set[str]) -> tuple[Item, ...]:
     """The parsed items retention has not deleted: those must not come back as new items."""
-    return tuple(i for i in parsed.items if not deleted_keys.intersection((i.key, i.former_key)))
+    return tuple(i for i in parsed.items if i.key not in deleted_keys)
 
 
 def lookup_keys(items: Iterable[Item]) -> list[str]:
@@ -143,9 +143,29 @@ def lookup_keys(items: Iterable[Item]) -> list[str]:
     return [key for item in items for key in (item.key, item.former_key) if key is not None]
 
 
+def deleted_item_keys(items: Iterable[Item], deleted: Collection[str]) -> frozenset[str]:
+    """The keys of the items retention deleted, given the keys the store answered for
+    (``lookup_keys``): an item deleted under its former key is deleted under its own."""
+    return frozenset(item.key for item in items if _held_under(item, deleted) is not None)
+
+
+def stored_by_item_key(items: Iterable[Item], found: Mapping[str, StoredItem]) -> dict[str, StoredItem]:
+    """The stored items by the key each parsed item has now, given what the store found by
+    ``lookup_keys``: an item stored under its former key (``Item.former_key``) is that row, whose
+    ``StoredItem.key`` tells ``decide_ingest`` to re-key it. Its own key wins where both are stored."""
+    return {item.key: found[key] for item in items if (key := _held_under(item, found)) is not None}
+
+
+def _held_under(item: Item, held: Collection[str]) -> str | None:
+    """The key ``held`` has ``item`` under: its own, else its former one; None: neither."""
+    if item.key in held:
+        return item.key
+    return item.former_key if item.former_key is not None and item.former_key in held else None
+
+
 def fresh_urls(items: tuple[Item, ...], stored: Mapping[str, StoredItem]) -> list[str]:
     """The canonical URLs of the items not stored yet: a story they may join is looked up by these."""
-    return [i.canonical_url for i in items if i.canonical_url and stored_as(i, stored) is None]
+    return [i.canonical_url for i in items if i.key not in stored and i.canonical_url]
 
 
 def ingest_plan(parsed: ParsedFeed | None, lookups: PollLookups) -> IngestPlan:

@@ -67,15 +67,11 @@ def test_the_same_fingerprint_is_unchanged() -> None:
 
 
 def test_an_item_stored_under_its_former_key_is_that_item_and_is_rekeyed_only_when_unchanged() -> None:
-    from dataclasses import replace
-
+    """``stored`` comes by the items' keys now (``poll.stored_by_item_key``); a row's own key
+    says it was found under an item's former key."""
     former = "id:https://example.com/1"
-    same, edited, fresh = (
-        replace(_item("id:1", "f1"), former_key=former),
-        replace(_item("id:2", "f2"), former_key="id:https://example.com/2"),
-        replace(_item("id:3"), former_key="id:https://example.com/3"),
-    )
-    stored = {former: _stored(former, "f1", id=7), "id:https://example.com/2": _stored("id:2-old", "f1", id=8)}
+    same, edited, fresh = _item("id:1", "f1"), _item("id:2", "f2"), _item("id:3")
+    stored = {"id:1": _stored(former, "f1", id=7), "id:2": _stored("id:https://example.com/2", "f1", id=8)}
     plan = decide_ingest([same, edited, fresh], stored, {})
     # Found under the former key: not new. Unchanged, it is only re-keyed; changed, the update
     # writes its key with the rest.
@@ -83,7 +79,7 @@ def test_an_item_stored_under_its_former_key_is_that_item_and_is_rekeyed_only_wh
     assert [(u.stored.id, u.item.key) for u in plan.updates] == [(8, "id:2")]
     assert [n.item.key for n in plan.inserts] == ["id:3"]
     # Stored under its own key already: that row, never re-keyed.
-    plan = decide_ingest([same], {"id:1": _stored("id:1", "f1", id=9), former: _stored(former, id=7)}, {})
+    plan = decide_ingest([same], {"id:1": _stored("id:1", "f1", id=9)}, {})
     assert (plan.rekeys, plan.unchanged) == ((), 1)
 
 

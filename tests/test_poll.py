@@ -229,16 +229,21 @@ def test_the_plan_story_matching_starts_from_is_the_ingest_decision() -> None:
 
 
 def test_an_item_retention_deleted_under_its_former_key_does_not_come_back() -> None:
-    from aggregator.poll import lookup_keys
+    from aggregator.poll import deleted_item_keys, lookup_keys, stored_by_item_key
 
     moved = replace(_item("id:1"), former_key="id:https://example.org/1")
     assert lookup_keys([moved, _item("id:2")]) == ["id:1", "id:https://example.org/1", "id:2"]
-    plan = ingest_plan(_feed(moved, _item("id:2")), PollLookups(deleted_keys=frozenset({"id:https://example.org/1"})))
+    items = (moved, _item("id:2"))
+    gone = deleted_item_keys(items, {"id:https://example.org/1"})
+    plan = ingest_plan(_feed(*items), PollLookups(deleted_keys=gone))
     assert [n.item.key for n in plan.inserts] == ["id:2"]
-    # Its rekeying reaches the plan the writer applies.
-    lookups = PollLookups(stored={"id:https://example.org/1": STORED})
+    # Found under its former key, it is that row, and its rekeying reaches the plan the writer applies.
+    lookups = PollLookups(stored=stored_by_item_key([moved], {"id:https://example.org/1": STORED}))
     polled = Polled(_source(), _ok(), _feed(moved), body_hash="new")
     assert decide_poll(polled, lookups, SETTINGS, NOW).rekeys == ((STORED.id, "id:1", moved.guid),)
+    # Stored under its own key as well: that row wins.
+    own = replace(STORED, id=9, key="id:1")
+    assert stored_by_item_key([moved], {"id:1": own, "id:https://example.org/1": STORED}) == {"id:1": own}
 
 
 def test_the_rate_counts_stored_and_new_items_within_the_window() -> None:
