@@ -416,7 +416,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         # The sources as the config names them: an output drawing from a source renamed since
         # the last poll would otherwise find none of its items.
         _synced(loaded, store, datetime.now(UTC))
-        changed = Publisher(loaded.config, store).publish(force_files=True)
+        changed = Publisher(loaded.config, store).publish(check_files=True)
     print(f"published {len(loaded.config.outputs)} outputs ({len(changed)} renderings changed)")
     return EXIT_OK
 

@@ -558,6 +558,15 @@ def write_file(directory: Path, filename: str, body: bytes | Iterable[bytes | me
         return place(written, directory / filename)
 
 
+def holds(path: Path, body: bytes) -> bool:
+    """Whether the file at ``path`` is ``body``, byte for byte (False where it is missing or
+    cannot be read): a file that is need not be written again, nor its date changed."""
+    try:
+        return path.stat().st_size == len(body) and path.read_bytes() == body
+    except OSError:
+        return False
+
+
 @contextmanager
 def spooled(directory: Path, filename: str, body: bytes | Iterable[bytes | memoryview]) -> Iterator[Path]:
     """``body`` in a temp file of its own beside ``filename`` in ``directory``, on disk (fsync)

@@ -37,6 +37,7 @@ from aggregator.publish import (
     archive_pieces,
     empty_feed_updated,
     etag_of_file,
+    holds,
     place,
     render_all,
     spooled,
@@ -154,11 +155,17 @@ class Publisher:
         urls = [feed_url(settings.public_url, r.slug, r.format) for r in changed if r.format in ("atom", "rss", "json")]
         await ping_hub(settings.websub_hub, urls, user_agent=settings.effective_user_agent)
 
-    def publish(self, outputs: list[Output] | None = None, *, force_files: bool = False) -> list[Rendering]:
+    def publish(self, outputs: list[Output] | None = None, *, check_files: bool = False) -> list[Rendering]:
         """Render outputs; store and write only the renderings whose bytes changed. An output
         that cannot be rendered or written does not hold the others back: each is published on
         its own, and the ones that failed are named in one ``PublishError`` at the end (the
-        failed ones stay stale, so the next publish tries them again)."""
+        failed ones stay stale, so the next publish tries them again).
+
+        Every output's feed files are compared with the bytes stored for them (``restore_files``);
+        ``check_files``: every archive page's too (``freeze_archives``), as ``aggregator
+        publish`` asks. A file that holds its bytes is left alone, so a web server in front of
+        ``output_dir`` keeps sending the date it was written as Last-Modified, and readers'
+        conditional requests keep getting 304."""
         changed: list[Rendering] = []
         now = self.clock()
         out_dir = Path(self.config.settings.resolved_output_dir)
@@ -167,7 +174,7 @@ class Publisher:
         failed = []
         for output in self.config.outputs if outputs is None else outputs:
             try:
-                stored, files = self._publish_one(output, now, out_dir, force_files)
+                stored, files = self._publish_one(output, now, out_dir, check_files)
                 changed += stored
                 written |= files
             except PublishError as exc:
@@ -183,13 +190,13 @@ class Publisher:
         return changed
 
     def _publish_one(
-        self, output: Output, now: datetime, out_dir: Path, force_files: bool
+        self, output: Output, now: datetime, out_dir: Path, check_files: bool
     ) -> tuple[list[Rendering], set[str]]:
         """``publish`` of one output: its archives, then its renderings. Returns the renderings
         stored anew and the names of the files written."""
         settings = self.config.settings
         changed, written = [], set()
-        weeks = self.freeze_archives(output, now, out_dir, force_files=force_files)
+        weeks = self.freeze_archives(output, now, out_dir, check_files=check_files)
         entries = self.curation(output, now).entries
         previous = None if entries else self.store.published(output.slug, "atom")
         updated = None if entries else empty_feed_updated(previous.body if previous else None, now)
@@ -200,10 +207,9 @@ class Publisher:
             stored = self.store.save_published(
                 rendering.slug, rendering.format, rendering.media_type, rendering.body, rendering.etag, now
             )
-            if stored or force_files:  # else ``restore_files`` checks the file is these bytes
+            if stored:  # else ``restore_files`` checks the file is these bytes
                 write_atomically(out_dir, rendering)
                 written.add(rendering.filename)
-            if stored:
                 metrics.REBUILDS.labels(rendering.slug, rendering.format).inc()
                 changed.append(rendering)
                 log.info("published %s (%d entries)", rendering.filename, len(entries))
@@ -281,9 +287,11 @@ class Publisher:
             return None
         return self.store.next_item_at(sources, cursor, open_week.start)
 
-    def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, force_files: bool = False) -> list[str]:
+    def freeze_archives(self, output: Output, now: datetime, out_dir: Path, *, check_files: bool = False) -> list[str]:
         """Archive every complete week of ``output`` not archived yet, oldest first, and write
-        the new pages beside the feeds; return the pages with entries, oldest first.
+        the new pages beside the feeds; return the pages with entries, oldest first. The files
+        of a page stored earlier are written again where its feed is missing, or with
+        ``check_files`` where either is not the bytes stored (``publish``).
 
         Each page is rendered once (``ArchiveRow``) and never again: a later item dated in its
         week shows in the subscription feed, not in the frozen archive. Weeks without items
@@ -327,15 +335,24 @@ class Publisher:
             cursor = page.week.end
         if fresh:  # another worker may have frozen a week first: what is stored is the truth
             pages = [page.week for page in store.archive_pages(output.slug)]
-        for label in pages:
-            if label in written:
-                continue
-            if label in fresh or force_files or not (directory / f"{label}.atom").exists():
-                row = store.archive(output.slug, label)
-                if row is not None:
-                    write_file(directory, f"{label}.atom", row.atom)
-                    write_file(directory, f"{label}.html", row.html)
+        unwritten = [label for label in pages if label not in written]
+        self._write_stored_pages(output.slug, unwritten, set(fresh), directory, check_files)
         return pages
+
+    def _write_stored_pages(
+        self, slug: str, pages: Sequence[str], fresh: Collection[str], directory: Path, check_files: bool
+    ) -> None:
+        """Write the files of the stored archive ``pages`` into ``directory`` from the store:
+        of those just frozen by another worker (``fresh``: the files here are not theirs),
+        those whose feed is missing, and with ``check_files`` those not the bytes stored."""
+        for label in pages:
+            if label in fresh or check_files or not (directory / f"{label}.atom").exists():
+                row = self.store.archive(slug, label)
+                if row is None:
+                    continue
+                for name, body in ((f"{label}.atom", row.atom), (f"{label}.html", row.html)):
+                    if label in fresh or not holds(directory / name, body):
+                        write_file(directory, name, body)
 
     def _freeze_page(
         self,

@@ -363,6 +363,32 @@ def test_a_week_another_worker_froze_first_is_written_as_they_stored_it(archived
     assert store.archive("world", "2026-W48").atom == theirs  # type: ignore[union-attr]
 
 
+def test_checking_the_files_writes_only_those_that_are_not_what_is_stored(
+    archived: tuple[Config, Store, Path],
+) -> None:
+    """``aggregator publish`` wrote every feed and archive file again, each under a new date:
+    a web server in front of ``output_dir`` then sent every reader a new Last-Modified, and
+    every reader downloaded every document again. It must mend what is missing or edited and
+    leave the rest as it is, inode and date."""
+    config, store, www = archived
+    feeds, archive = www / "feeds", www / "feeds" / "world" / "archive"
+    files = sorted(path for path in feeds.rglob("*") if path.is_file())
+    assert {feeds / "world.atom", feeds / "world.rss", archive / "2026-W45.html", archive / "2026-W40.atom"} <= set(
+        files
+    )
+    edited, deleted, emptied = archive / "2026-W45.html", feeds / "world.rss", archive / "2026-W40.atom"
+    stored = {path: path.read_bytes() for path in (edited, deleted, emptied)}
+    edited.write_bytes(stored[edited].replace(b"Story c", b"Story X"))  # the same size, other bytes
+    deleted.unlink()
+    emptied.write_bytes(b"")
+    untouched = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in files if path not in stored}
+    assert len(untouched) >= 6
+    Publisher(config, store, clock=lambda: NOW).publish(check_files=True)
+    assert {path: path.read_bytes() for path in stored} == stored  # mended, from the store
+    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in untouched} == untouched
+    assert not list(archive.glob(".*")) and not list(feeds.glob(".*"))  # nothing left beside them
+
+
 def test_a_week_stored_but_not_all_named_on_disk_is_written_at_the_next_publish(
     archived: tuple[Config, Store, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
