@@ -78,7 +78,7 @@ def write_config(
 PG_ENV = "AGGREGATOR_TEST_DATABASE_URL"
 
 
-def _postgres_database() -> Iterator[str]:
+def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database per test, created through $AGGREGATOR_TEST_DATABASE_URL."""
     import os
     import uuid
@@ -101,13 +101,23 @@ def _postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+STORES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+"""The stores a storage test runs on (``database_url``'s parameters)."""
+
+
+def store_url(kind: str, directory: Path) -> Iterator[str]:
+    """The database of a storage test on ``kind`` (one of ``STORES``): a real SQLite file in
+    ``directory``, or a fresh PostgreSQL database (``postgres_database``)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'store.db'}"
+    else:
+        yield from postgres_database()
+
+
+@pytest.fixture(params=STORES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Every storage test runs on a real SQLite file and on a real PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        yield from _postgres_database()
+    yield from store_url(request.param, tmp_path)
 
 
 @contextlib.contextmanager

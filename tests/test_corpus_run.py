@@ -34,7 +34,7 @@ from aggregator.curate import Curation
 from aggregator.publisher import Publisher
 from aggregator.store.database import make_engine
 from aggregator.store.repository import Store
-from tests.conftest import _postgres_database, query_rows
+from tests.conftest import STORES, query_rows, store_url
 from tests.corpusrun import CROSS_OUTLET_JOINS, serve_corpus
 from tests.server import FeedServer
 from tests.test_corpus import CORPUS
@@ -88,15 +88,13 @@ _OWN_OUTLET_JOINS = (
 )
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=STORES)
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The whole run on a real SQLite file and again on a real PostgreSQL database: the corpus's
     odd feeds meet two stores that accept different things (PostgreSQL refuses a NUL character
-    in text, and checks types and lengths that SQLite lets through)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('corpus-db') / 'aggregator.db'}"
-    else:
-        yield from _postgres_database()
+    in text, and checks types and lengths that SQLite lets through). Once per module: the run
+    takes a minute, and every test here reads the same one."""
+    yield from store_url(request.param, tmp_path_factory.mktemp("corpus-db"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from aggregator.cli import main
 from aggregator.config import DATA_DIR_ENV, Settings
-from tests.conftest import _postgres_database
+from tests.conftest import postgres_database
 from tests.server import FeedServer, Route
 
 RSS = (
@@ -132,7 +132,7 @@ def test_an_empty_database_is_refused_on_both_backends(
 
 @pytest.fixture
 def postgresql_url() -> Iterator[str]:
-    yield from _postgres_database()
+    yield from postgres_database()
 
 
 def test_a_postgres_url_as_libpq_and_hosting_services_write_it_is_postgresql(

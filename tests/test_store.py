@@ -31,7 +31,7 @@ from aggregator.store.database import (
 )
 from aggregator.store.models import ArchiveRow, Base, FetchLogRow, StoryRow
 from aggregator.store.repository import Store
-from tests.conftest import _postgres_database
+from tests.conftest import postgres_database
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = """\
@@ -447,7 +447,7 @@ def test_the_daily_pass_sets_right_item_counts_changed_outside_the_store(store: 
 @pytest.fixture
 def one_source_on_postgresql() -> Iterator[tuple[Store, Engine, int]]:
     """A store on a fresh PostgreSQL database with one source, and the source's id."""
-    for url in _postgres_database():
+    for url in postgres_database():
         engine = make_engine(url)
         try:
             ensure_schema(engine)
