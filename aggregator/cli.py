@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from aggregator.pipeline import PollSummary
     from aggregator.records import Candidate
 from aggregator.store.database import current_revision, ensure_schema, make_engine, sqlite_file_missing, upgrade
-from aggregator.store.repository import SourceHealth, Store, SyncReport
+from aggregator.store.repository import IngestTransaction, SourceHealth, Store, SyncReport
+from aggregator.store.storyviews import LARGEST_ID
 
 EXIT_OK, EXIT_USER, EXIT_RUNTIME = 0, 1, 2
 log = logging.getLogger("aggregator")
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
             "story", metavar="STORY", help="story number (from 'items'), its tag: id, or an item URL"
         )
         editorial.add_argument("--remove", action="store_true", help=f"undo the {action}")
+    split = commands.add_parser("split", help="move items put in the wrong story into a story of their own")
+    split.add_argument("items", nargs="+", metavar="ITEM", help="item number (from 'story') or an item's URL")
+    merge = commands.add_parser("merge", help="merge two stories of one event: the first joins the second")
+    merge.add_argument("story", metavar="STORY", help="story number (from 'items'), its tag: id, or an item URL")
+    merge.add_argument("into", metavar="INTO", help="the story it joins, named the same ways")
     story = commands.add_parser("story", help="a story's items, and why each one joined it")
     story.add_argument("story", metavar="STORY", help="story number (from 'items'), its tag: id, or an item URL")
     story.add_argument("--json", action="store_true", help="machine-readable output")
@@ -541,6 +547,76 @@ def resolve_story(store: Store, reference: str) -> tuple[int, str]:
     return found
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from aggregator.publisher import Publisher
+    from aggregator.store.items import story_uid
+    from aggregator.store.storyedits import split_key, story_authority
+
+    loaded = _load(args)
+    now = datetime.now(UTC)
+    with _store(loaded) as store:
+        with store.ingest() as tx:
+            tx.exclude_other_matching()  # no poll decides while the stories change under it
+            item_ids = _items_named(tx, args.items)
+            stories = tx.item_stories(item_ids)
+            if len(set(stories.values())) > 1:
+                held = ", ".join(f"item {i} in story {s}" for i, s in sorted(stories.items()))
+                raise UsageError(f"the items are in different stories ({held}): split one story's items at a time")
+            story_id = stories[item_ids[0]]
+            if tx.story_size(story_id) <= len(item_ids):
+                raise UsageError(f"story {story_id} holds only these items: there is nothing to split them from")
+            key = split_key(story_id, item_ids, now)
+            uid = story_uid(key, story_authority(loaded.config.settings.public_url), now)
+            new_id = tx.split_off(story_id, item_ids, now, uid, key)
+        old_uid = store.story_by_id(story_id)
+        Publisher(loaded.config, store).publish()
+    named = ", ".join(str(i) for i in item_ids)
+    print(
+        f"item{'s' if len(item_ids) > 1 else ''} {named} left story {story_id}"
+        f"{f' ({old_uid[1]})' if old_uid else ''} for story {new_id} ({uid}); republished"
+    )
+    return EXIT_OK
+
+
+def _items_named(tx: IngestTransaction, references: Sequence[str]) -> list[int]:
+    """The stored items a user named by number (``aggregator story`` shows them) or by URL
+    (every item at it), in order; UsageError naming the first that names none."""
+    from aggregator.normalize import canonical_url
+
+    found: list[int] = []
+    for reference in references:
+        if reference.isdigit():
+            ids = [int(reference)] if int(reference) <= LARGEST_ID and tx.item_stories([int(reference)]) else []
+        else:
+            ids = tx.items_at_url(canonical_url(reference) or reference, reference)
+        if not ids:
+            raise UsageError(f"no item matches {reference!r} (use an item number from 'aggregator story', or its URL)")
+        found += [i for i in ids if i not in found]
+    return found
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from aggregator.publisher import Publisher
+
+    loaded = _load(args)
+    now = datetime.now(UTC)
+    with _store(loaded) as store:
+        with store.ingest() as tx:
+            tx.exclude_other_matching()  # no poll decides while the stories change under it
+            # Named after the lock: a story merged meanwhile is found as the one it became.
+            story_id, uid = resolve_story(store, args.story)
+            into_id, into_uid = resolve_story(store, args.into)
+            if story_id == into_id:
+                raise UsageError(f"{args.story!r} and {args.into!r} are one story already (story {story_id})")
+            tx.merge_by_editor(story_id, into_id, now)
+        Publisher(loaded.config, store).publish()
+    print(
+        f"story {story_id} ({uid}) merged into story {into_id} ({into_uid}): its items are that story's now, "
+        "and its number and tag: id lead there; republished"
+    )
+    return EXIT_OK
+
+
 def cmd_story(args: argparse.Namespace) -> int:
     loaded = _load(args)
     with _store(loaded) as store:
@@ -570,7 +646,7 @@ def cmd_story(args: argparse.Namespace) -> int:
         print(json.dumps(found, indent=2, ensure_ascii=False))
         return EXIT_OK
     if merged:
-        print(f"story {asked} was merged into story {story_id}: a report from another outlet showed them one event")
+        print(f"story {asked} was merged into story {story_id} (each item below says how it came to be there)")
     print(f"story {story_id}  {uid}  ({len(members)} item{'s' if len(members) != 1 else ''})")
     width = _source_width(m.source for m in members)
     if lead is not None:
@@ -752,6 +828,8 @@ COMMANDS = {
     "opml": cmd_opml,
     "items": cmd_items,
     "story": cmd_story,
+    "split": cmd_split,
+    "merge": cmd_merge,
     "pin": cmd_editorial,
     "block": cmd_editorial,
 }

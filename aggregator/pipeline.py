@@ -23,7 +23,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import ParamSpec, TypeVar
-from urllib.parse import urlsplit
 
 from aggregator import cluster, metrics, parseworker
 from aggregator.config import Config, Settings
@@ -51,6 +50,7 @@ from aggregator.publisher import Publisher
 from aggregator.records import FetchResult, InsertedItem, ParsedFeed, SourceToFetch
 from aggregator.schedule import HostSource, ScheduleSettings, host_needs_check, host_of
 from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, Store
+from aggregator.store.storyedits import story_authority
 from aggregator.storymatch import StoryMatcher
 
 log = logging.getLogger("aggregator")
@@ -133,7 +133,7 @@ class Pipeline:
         weakref.finalize(self, self._writer.shutdown, wait=False)
         # Fetch results waiting for those threads go together, one transaction per batch.
         self._group: GroupCommit[Polled, PollPlan] = GroupCommit(self._write_batch, slots=slots)
-        self.authority = _authority(config.settings.public_url)
+        self.authority = story_authority(config.settings.public_url)
         self._schedule = schedule_settings(config.settings)
         # Hosts that are throttling us, and until when: their other sources wait too. Only
         # a shortcut for this process; the postponed times themselves are in the database.
@@ -150,7 +150,7 @@ class Pipeline:
         used; the story-id authority and the poll decision's schedule settings are derived
         once, so they are derived again here."""
         self.config = config
-        self.authority = _authority(config.settings.public_url)
+        self.authority = story_authority(config.settings.public_url)
         self._schedule = schedule_settings(config.settings)
 
     # --- polling ---------------------------------------------------------------------
@@ -429,10 +429,6 @@ def schedule_settings(settings: Settings) -> ScheduleSettings:
         max_backoff=settings.max_backoff,
         retire_after=settings.retire_after,
     )
-
-
-def _authority(public_url: str) -> str:
-    return (urlsplit(public_url).hostname or "localhost").lower()
 
 
 async def poll_once(

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, bindparam, delete, func, or_, select, update
+from sqlalchemy import BindParameter, Connection, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from aggregator.records import InsertedItem, Item, ItemUpdate, NewItem, StoredItem
@@ -25,6 +25,7 @@ from aggregator.store._sql import ByValues, RawInsert, StoreBase, epoch, storage
 from aggregator.store.matchkeys import StoryLookups
 from aggregator.store.models import DeletedItemRow, ItemRow, MatchKeyRow, StoryRow
 from aggregator.store.sources import SourcePollWrites, count_items
+from aggregator.store.storyedits import StoryEdits
 
 STORY_NAMESPACE = uuid.UUID("6f1c6b0e-5d0a-4d5e-9a57-5e7f1a0b2c3d")
 _STORY_NAMESPACE_BYTES = STORY_NAMESPACE.bytes
@@ -71,10 +72,11 @@ _ITEM_IDS = ByValues(
 )
 
 
-class IngestTransaction(StoryLookups, SourcePollWrites):
+class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
     """Reads and writes for fetch results, all inside one database transaction: items and
-    stories here, story matching's lookups (``StoryLookups``) and the polled source's new
-    state (``SourcePollWrites``) from their modules."""
+    stories here, story matching's lookups (``StoryLookups``), the merges of stories and an
+    editor's corrections (``StoryEdits``) and the polled source's new state
+    (``SourcePollWrites``) from their modules."""
 
     def __init__(self, connection: Connection) -> None:
         super().__init__(connection)
@@ -199,29 +201,6 @@ class IngestTransaction(StoryLookups, SourcePollWrites):
             at_epoch = epoch(at)
             rows.extend((match_key, at_epoch, item_id) for match_key in dict.fromkeys(keys))
         RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id")).run(self.c, rows)
-
-    def merge_stories(self, merges: Sequence[tuple[int, int]]) -> None:
-        """Merge each story into the other of its pair (story, into): its items join that story,
-        and its row stays to forward there (``StoryRow.merged_into``), as do the rows of
-        stories merged into it before. For stories ``mergeable_stories`` gave, in the
-        transaction that found them so, each pair already its chain's end
-        (``stories.merge_targets``)."""
-        for story, target in merges:
-            # Each item's reason says why it started or joined the story it was stored in; say
-            # how it came to be in this one (``aggregator story`` shows it).
-            merged = (
-                f"; later merged from story {story} into story {target}: another outlet's report showed them one event"
-            )
-            self.c.execute(
-                update(ItemRow)
-                .where(ItemRow.story_id == story)
-                .values(story_id=target, match_reason=func.coalesce(ItemRow.match_reason, "") + merged)
-            )
-            self.c.execute(
-                update(StoryRow)
-                .where(or_(StoryRow.id == story, StoryRow.merged_into == story))
-                .values(merged_into=target)
-            )
 
     def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
         if not updates:

@@ -138,6 +138,7 @@ _MATCH_CANDIDATES = ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow
 _MERGEABLE_STORIES = select(StoryRow.id).where(
     StoryRow.id.in_(bindparam("ids", expanding=True)),
     StoryRow.merged_into.is_(None),
+    StoryRow.edited_at.is_(None),
     ~select(EditorialRow.story_id).where(EditorialRow.story_id == StoryRow.id).exists(),
 )
 
@@ -184,7 +185,8 @@ class StoryLookups(TransactionBase):
     def mergeable_stories(self, story_ids: Sequence[int]) -> set[int]:
         """Of ``story_ids``, the stories that may be merged into another
         (``stories.Decision.absorbs``): those named in no editorial decision, which is an
-        editor's about that story and no other. A published one may: its entry leaves the
+        editor's about that story and no other, and whose items no editor split or merged
+        (``StoryRow.edited_at``): matching must not undo what an editor made. A published one may: its entry leaves the
         outputs for the entry of the story it joins, which carries its items, and its page
         forwards there (``StoryRow.merged_into``)."""
         if not story_ids:

@@ -128,6 +128,9 @@ class StoryRow(Base):
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     merged_into: Mapped[int | None] = mapped_column(BigID, nullable=True)
+    # When an editor last split items off it or merged it (``aggregator split``, ``merge``):
+    # story matching then merges it with no other on its own (migration 0020).
+    edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     # Merging a story updates the rows that forwarded to it: found through this index, which
     # holds only the few merged rows, rather than by reading every story.

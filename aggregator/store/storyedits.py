@@ -1,0 +1,126 @@
+"""An editor's corrections of story matching, inside one ingest transaction: items split off a
+story they do not belong in, and two stories of one event merged.
+
+Matching links independent reports on names and meaning, and however carefully it weighs them
+it will now and then put two events in one story (a reader then misses one of them) or leave
+two reports of one event apart. These are the editor's way to put that right
+(``aggregator split``, ``aggregator merge``). Each runs in the ingest transaction with story
+matching kept out (``StoryLookups.exclude_other_matching``), so that a poll deciding at the
+same moment sees the stories either before the edit or after it, never half of it. The
+stories an edit touches are marked (``StoryRow.edited_at``) and matching never merges them on
+its own afterwards (``StoryLookups.mergeable_stories``). Ids stay: a story keeps its number
+and ``tag:`` id through an edit, and a story merged away forwards to the one it joined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+
+from aggregator.store._sql import TransactionBase
+from aggregator.store.models import EditorialRow, ItemRow, StoryRow
+
+
+def story_authority(public_url: str) -> str:
+    """The authority of the stories' ``tag:`` ids (``items.story_uid``): the host of the
+    service's ``public_url``, lowercased."""
+    return (urlsplit(public_url).hostname or "localhost").lower()
+
+
+def split_key(story_id: int, item_ids: Sequence[int], now: datetime) -> str:
+    """The creation key (``StoryRow.key``) of the story ``split_off`` makes of ``item_ids``."""
+    return f"split:{story_id}:{min(item_ids)}:{now.isoformat()}"
+
+
+class StoryEdits(TransactionBase):
+    """The reads and writes of an editor's corrections (see the module docstring)."""
+
+    def item_stories(self, item_ids: Sequence[int]) -> dict[int, int]:
+        """The story of each of ``item_ids`` that is stored, by item id."""
+        wanted = sorted(set(item_ids))
+        if not wanted:
+            return {}
+        rows = self.c.execute(select(ItemRow.id, ItemRow.story_id).where(ItemRow.id.in_(wanted)))
+        return {item_id: story_id for item_id, story_id in rows}
+
+    def items_at_url(self, canonical_url: str, link: str) -> list[int]:
+        """The items whose canonical URL is ``canonical_url`` or whose link is ``link``."""
+        rows = self.c.scalars(
+            select(ItemRow.id).where(or_(ItemRow.canonical_url == canonical_url, ItemRow.link == link))
+        )
+        return sorted(rows)
+
+    def story_size(self, story_id: int) -> int:
+        return int(self.c.scalar(select(func.count()).where(ItemRow.story_id == story_id)) or 0)
+
+    def split_off(self, story_id: int, item_ids: Sequence[int], now: datetime, uid: str, key: str) -> int:
+        """Move ``item_ids`` (items of ``story_id``, not all of them) into a new story with the
+        ``tag:`` id ``uid`` (and creation ``key``); return its number. The story they leave
+        keeps its number and id. Its founding URL, if one of theirs, goes with them, so that a
+        later item at that URL joins them (``IngestTransaction.stories_by_url``)."""
+        moved = sorted(set(item_ids))
+        first_url = self.c.scalar(
+            select(ItemRow.canonical_url)
+            .where(ItemRow.id.in_(moved), ItemRow.canonical_url.is_not(None))
+            .order_by(ItemRow.sort_at, ItemRow.id)
+            .limit(1)
+        )
+        urls = set(self.c.scalars(select(ItemRow.canonical_url).where(ItemRow.id.in_(moved))))
+        founding = self.c.scalar(select(StoryRow.canonical_url).where(StoryRow.id == story_id))
+        if founding is not None and founding in urls:
+            self.c.execute(update(StoryRow).where(StoryRow.id == story_id).values(canonical_url=None))
+        values = {
+            "uid": uid, "key": key, "canonical_url": first_url,
+            "first_seen_at": now, "updated_at": now, "edited_at": now,
+        }  # fmt: skip
+        new_id = int(self.c.execute(insert(StoryRow).values(values).returning(StoryRow.id)).scalar_one())
+        why = f"; split off story {story_id} into story {new_id} by an editor ({now:%Y-%m-%d %H:%M}Z)"
+        self.c.execute(
+            update(ItemRow)
+            .where(ItemRow.id.in_(moved), ItemRow.story_id == story_id)
+            .values(story_id=new_id, match_reason=func.coalesce(ItemRow.match_reason, "") + why)
+        )
+        self.c.execute(update(StoryRow).where(StoryRow.id == story_id).values(edited_at=now, updated_at=now))
+        return new_id
+
+    def merge_by_editor(self, story_id: int, into: int, now: datetime) -> None:
+        """Merge ``story_id`` into ``into`` (both live stories) as ``merge_stories`` does, and
+        mark both edited. An output's pin or block of the merged story becomes the one of the
+        story it joined, where that has none: the editor's decision was about the event."""
+        why = f"; later merged from story {story_id} into story {into} by an editor ({now:%Y-%m-%d %H:%M}Z)"
+        self.merge_stories([(story_id, into)], why)
+        taken = select(EditorialRow.slug).where(EditorialRow.story_id == into)
+        self.c.execute(
+            update(EditorialRow)
+            .where(and_(EditorialRow.story_id == story_id, EditorialRow.slug.not_in(taken.scalar_subquery())))
+            .values(story_id=into)
+        )
+        self.c.execute(delete(EditorialRow).where(EditorialRow.story_id == story_id))
+        self.c.execute(update(StoryRow).where(StoryRow.id.in_([story_id, into])).values(edited_at=now, updated_at=now))
+
+    def merge_stories(self, merges: Sequence[tuple[int, int]], why: str | None = None) -> None:
+        """Merge each story into the other of its pair (story, into): its items join that story,
+        and its row stays to forward there (``StoryRow.merged_into``), as do the rows of
+        stories merged into it before. For stories ``mergeable_stories`` gave, in the
+        transaction that found them so, each pair already its chain's end
+        (``stories.merge_targets``), or for an editor's (``merge_by_editor``). ``why``: what
+        each moved item's reason gains (None: matching's)."""
+        for story, target in merges:
+            # Each item's reason says why it started or joined the story it was stored in; say
+            # how it came to be in this one (``aggregator story`` shows it).
+            merged = why or (
+                f"; later merged from story {story} into story {target}: another outlet's report showed them one event"
+            )
+            self.c.execute(
+                update(ItemRow)
+                .where(ItemRow.story_id == story)
+                .values(story_id=target, match_reason=func.coalesce(ItemRow.match_reason, "") + merged)
+            )
+            self.c.execute(
+                update(StoryRow)
+                .where(or_(StoryRow.id == story, StoryRow.merged_into == story))
+                .values(merged_into=target)
+            )

@@ -1,0 +1,136 @@
+"""An editor's corrections of story matching through the CLI, on real stores: ``aggregator split``
+moves items out of a story they do not belong in, ``aggregator merge`` joins two stories of one
+event; the outputs follow, ids stay, and matching does not undo either."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from aggregator.cli import main
+from tests.conftest import query_rows, write_config
+from tests.server import FeedServer, Route
+from tests.test_stories_v2 import ORIGINAL, REWRITE, THIRD, UNRELATED, rss
+
+
+def stories_of(database_url: str) -> dict[str, tuple[int, str]]:
+    """Each item's story (number, tag: id), by guid."""
+    rows = query_rows(
+        database_url,
+        "select items.guid, stories.id, stories.uid from items join stories on stories.id = items.story_id",
+    )
+    return {str(guid): (int(str(story)), str(uid)) for guid, story, uid in rows}
+
+
+def item_ids(database_url: str) -> dict[str, int]:
+    return {str(guid): int(str(item)) for guid, item in query_rows(database_url, "select guid, id from items")}
+
+
+def world_ids(tmp_path: Path) -> set[str]:
+    return {e.id for e in feedparser.parse((tmp_path / "data" / "feeds" / "world.atom").read_bytes()).entries}
+
+
+def test_items_split_off_a_story_stay_apart_and_a_merge_joins_two_stories(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    server.add("/wire", Route(body=rss("wire", [("w1", *ORIGINAL, first)])))
+    server.add("/herald", Route(body=rss("herald", [("h1", *REWRITE, first + timedelta(hours=1))])))
+    server.add("/courier", Route(body=rss("courier", [])))
+    sources = [{"name": name, "url": server.url(f"/{name}")} for name in ("wire", "herald", "courier")]
+    config = str(write_config(tmp_path, sources, settings=f"database: {database_url}"))
+    assert main(["--config", config, "poll", "--once"]) == 0
+    joined = stories_of(database_url)
+    assert joined["h1"] == joined["w1"]  # the herald's report joined the wire's story
+    story, uid = joined["w1"]
+    assert world_ids(tmp_path) == {uid}
+
+    capsys.readouterr()
+    herald = item_ids(database_url)["h1"]
+    assert main(["--config", config, "split", str(herald)]) == 0
+    said = capsys.readouterr().out
+    apart = stories_of(database_url)
+    assert apart["w1"] == (story, uid)  # the story keeps its number and tag: id
+    new, new_uid = apart["h1"]
+    assert new != story and new_uid not in (uid, "") and new_uid.startswith("tag:")
+    assert f"item {herald} left story {story} ({uid}) for story {new} ({new_uid}); republished" in said, said
+    assert world_ids(tmp_path) == {uid, new_uid}  # the outputs show two stories now
+    assert main(["--config", config, "story", str(new), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [item["item"] for item in shown["items"]] == [herald]
+    assert f"split off story {story} into story {new} by an editor" in shown["items"][0]["reason"]
+
+    # A third outlet's report of the event reaches both stories. Left to itself, matching would
+    # join one and merge the other into it (``stories.Decision.absorbs``), undoing the split.
+    server.add("/courier", Route(body=rss("courier", [("c1", *THIRD, first + timedelta(hours=2))])))
+    assert main(["--config", config, "poll", "--once", "--all"]) == 0
+    after = stories_of(database_url)
+    assert after["w1"] == (story, uid) and after["h1"] == (new, new_uid)
+    assert after["c1"] in ((story, uid), (new, new_uid))
+    merged = {int(str(s)): m for s, m in query_rows(database_url, "select id, merged_into from stories")}
+    assert merged[story] is None and merged[new] is None
+
+    # The editor finds them one event after all: the split-off story joins the first again.
+    assert main(["--config", config, "merge", new_uid, str(story)]) == 0
+    said = capsys.readouterr().out
+    assert f"story {new} ({new_uid}) merged into story {story} ({uid})" in said, said
+    together = stories_of(database_url)
+    assert {together[guid] for guid in ("w1", "h1", "c1")} == {(story, uid)}
+    assert world_ids(tmp_path) == {uid}
+    assert main(["--config", config, "story", str(new)]) == 0  # its number leads to the story it joined
+    shown_text = capsys.readouterr().out
+    assert f"story {new} was merged into story {story}" in shown_text
+    assert f"later merged from story {new} into story {story} by an editor" in shown_text
+
+
+def test_a_pin_of_a_story_merged_by_an_editor_becomes_the_pin_of_the_story_it_joins(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    server.add("/wire", Route(body=rss("wire", [("w1", *ORIGINAL, first), ("w2", *UNRELATED, first)])))
+    config = str(
+        write_config(tmp_path, [{"name": "wire", "url": server.url("/wire")}], settings=f"database: {database_url}")
+    )
+    assert main(["--config", config, "poll", "--once"]) == 0
+    found = stories_of(database_url)
+    assert found["w1"] != found["w2"]
+    assert main(["--config", config, "pin", "world", str(found["w2"][0])]) == 0
+    assert main(["--config", config, "merge", str(found["w2"][0]), str(found["w1"][0])]) == 0
+    rows = query_rows(database_url, "select slug, story_id, action from editorial")
+    assert rows == [("world", found["w1"][0], "pin")]
+
+
+def test_edits_that_cannot_be_made_say_why_and_change_nothing(
+    server: FeedServer, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=5)
+    server.add("/wire", Route(body=rss("wire", [("w1", *ORIGINAL, first), ("w2", *UNRELATED, first)])))
+    server.add("/herald", Route(body=rss("herald", [("h1", *REWRITE, first + timedelta(hours=1))])))
+    sources = [{"name": name, "url": server.url(f"/{name}")} for name in ("wire", "herald")]
+    config = str(write_config(tmp_path, sources, settings=f"database: {database_url}"))
+    assert main(["--config", config, "poll", "--once"]) == 0
+    before = stories_of(database_url)
+    assert before["w1"] == before["h1"] != before["w2"]
+    ids = item_ids(database_url)
+    capsys.readouterr()
+    refused = {
+        ("split", "999999"): "no item matches '999999'",
+        ("split", "https://nowhere.example/x"): "no item matches 'https://nowhere.example/x'",
+        ("split", str(ids["w1"]), str(ids["h1"])): f"story {before['w1'][0]} holds only these items",
+        ("split", str(ids["w1"]), str(ids["w2"])): "the items are in different stories",
+        ("merge", str(before["w1"][0]), before["h1"][1]): "are one story already",
+        ("merge", "999999", str(before["w1"][0])): "no story matches '999999'",
+    }
+    for command, reason in refused.items():
+        assert main(["--config", config, *command]) == 1, command
+        err = capsys.readouterr().err
+        assert reason in err and "Traceback" not in err, (command, err)
+    assert stories_of(database_url) == before
+    assert query_rows(database_url, "select count(*) from stories where edited_at is not null") == [(0,)]
+    # An item named by its URL: the wire's link.
+    assert main(["--config", config, "split", "https://herald.example/h1"]) == 0
+    assert stories_of(database_url)["h1"] != before["h1"]
