@@ -549,8 +549,8 @@ def resolve_story(store: Store, reference: str) -> tuple[int, str]:
 
 def cmd_split(args: argparse.Namespace) -> int:
     from aggregator.publisher import Publisher
-    from aggregator.store.items import story_uid
-    from aggregator.store.storyedits import split_key, story_authority
+    from aggregator.store.items import story_authority, story_uid
+    from aggregator.store.storyedits import split_key
 
     loaded = _load(args)
     now = datetime.now(UTC)

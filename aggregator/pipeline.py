@@ -49,8 +49,8 @@ from aggregator.poll import (
 from aggregator.publisher import Publisher
 from aggregator.records import FetchResult, InsertedItem, ParsedFeed, SourceToFetch
 from aggregator.schedule import HostSource, ScheduleSettings, host_needs_check, host_of
+from aggregator.store.items import story_authority
 from aggregator.store.repository import ClaimedSource, IngestTransaction, PollRecord, Store
-from aggregator.store.storyedits import story_authority
 from aggregator.storymatch import StoryMatcher
 
 log = logging.getLogger("aggregator")

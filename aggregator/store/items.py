@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import BindParameter, Connection, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +42,12 @@ def story_uid(key: str, authority: str, first_seen: datetime) -> str:
     digest[6] = digest[6] & 0x0F | 0x50  # version 5
     digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
     return f"tag:{authority},{first_seen:%Y-%m-%d}:story/{digest.hex()}"
+
+
+def story_authority(public_url: str) -> str:
+    """The authority of the stories' ``tag:`` ids (``story_uid``): the host of the service's
+    ``public_url``, lowercased."""
+    return (urlsplit(public_url).hostname or "localhost").lower()
 
 
 def story_key(source_id: int, item: Item) -> str:

@@ -185,10 +185,10 @@ class StoryLookups(TransactionBase):
     def mergeable_stories(self, story_ids: Sequence[int]) -> set[int]:
         """Of ``story_ids``, the stories that may be merged into another
         (``stories.Decision.absorbs``): those named in no editorial decision, which is an
-        editor's about that story and no other, and whose items no editor split or merged
-        (``StoryRow.edited_at``): matching must not undo what an editor made. A published one may: its entry leaves the
-        outputs for the entry of the story it joins, which carries its items, and its page
-        forwards there (``StoryRow.merged_into``)."""
+        editor's about that story and no other, and those no editor split or merged
+        (``StoryRow.edited_at``): matching must not undo what an editor made. A published
+        one may: its entry leaves the outputs for the entry of the story it joins, which
+        carries its items, and its page forwards there (``StoryRow.merged_into``)."""
         if not story_ids:
             return set()
         return set(self.c.scalars(_MERGEABLE_STORIES, {"ids": sorted(set(story_ids))}))
