@@ -29,7 +29,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from hashlib import blake2b
 from importlib import resources
 
@@ -325,9 +325,23 @@ def is_figure(word: str) -> bool:
     return word[:1].isdigit()
 
 
+TERM_KEYS_KEPT = 8192
+"""Terms whose hash a process keeps (``term_key``): the names of a day's news, about a
+megabyte."""
+
+
+@lru_cache(maxsize=TERM_KEYS_KEPT)
 def term_key(word: str) -> int:
-    """A term's 32-bit hash: stable across processes and releases (stored in the database)."""
+    """A term's 32-bit hash: stable across processes and releases (stored in the database).
+    The same names recur item after item (extraction in the parse workers, each explanation
+    and each poll's figures in the writer), so the latest are kept rather than hashed again."""
     return int.from_bytes(blake2b(word.encode("utf-8"), digest_size=4).digest(), "big")
+
+
+def term_keys_kept() -> tuple[int, int]:
+    """Term hashes this process keeps, and the most it keeps (``TERM_KEYS_KEPT``), for
+    ``bench/soak.py``'s report of bounded caches."""
+    return term_key.cache_info().currsize, TERM_KEYS_KEPT
 
 
 def _fold(raw: str) -> str:

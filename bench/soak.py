@@ -703,6 +703,7 @@ def soak(opts: argparse.Namespace, kinds: list[str], port: int) -> Figures:
                     cached = {
                         **daemon.pipeline.stories.kept(),
                         "names' words": names.words_remembered(),
+                        "term hashes": names.term_keys_kept(),
                         "rare words": stories.rare_words_remembered(),
                         "word pieces": semantic.words_remembered(),
                     }
