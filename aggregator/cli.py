@@ -547,29 +547,36 @@ def resolve_story(store: Store, reference: str) -> tuple[int, str]:
     return found
 
 
-def cmd_split(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _editing_stories(args: argparse.Namespace) -> Iterator[tuple[LoadedConfig, Store, IngestTransaction, datetime]]:
+    """An editor's correction of stories (``split``, ``merge``): the config, the store, the
+    ingest transaction with no poll deciding while the stories change under it, and the time;
+    every output is republished once the transaction committed (not when the block raised)."""
     from aggregator.publisher import Publisher
-    from aggregator.store.items import story_authority, story_uid
-    from aggregator.store.storyedits import split_key
 
     loaded = _load(args)
-    now = datetime.now(UTC)
     with _store(loaded) as store:
         with store.ingest() as tx:
-            tx.exclude_other_matching()  # no poll decides while the stories change under it
-            item_ids = _items_named(tx, args.items)
-            stories = tx.item_stories(item_ids)
-            if len(set(stories.values())) > 1:
-                held = ", ".join(f"item {i} in story {s}" for i, s in sorted(stories.items()))
-                raise UsageError(f"the items are in different stories ({held}): split one story's items at a time")
-            story_id = stories[item_ids[0]]
-            if tx.story_size(story_id) <= len(item_ids):
-                raise UsageError(f"story {story_id} holds only these items: there is nothing to split them from")
-            key = split_key(story_id, item_ids, now)
-            uid = story_uid(key, story_authority(loaded.config.settings.public_url), now)
-            new_id = tx.split_off(story_id, item_ids, now, uid, key)
-        old_uid = store.story_by_id(story_id)
+            tx.exclude_other_matching()
+            yield loaded, store, tx, datetime.now(UTC)
         Publisher(loaded.config, store).publish()
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from aggregator.store.items import story_authority, story_uid
+    from aggregator.store.storyedits import split_key, split_refusal
+
+    with _editing_stories(args) as (loaded, store, tx, now):
+        stories = _items_named(tx, args.items)
+        item_ids = list(stories)
+        refused = split_refusal(stories, tx.story_sizes(stories.values()))
+        if refused:
+            raise UsageError(refused)
+        story_id = stories[item_ids[0]]
+        key = split_key(story_id, item_ids, now)
+        uid = story_uid(key, story_authority(loaded.config.settings.public_url), now)
+        new_id = tx.split_off(story_id, item_ids, now, uid, key)
+        old_uid = store.story_by_id(story_id)
     named = ", ".join(str(i) for i in item_ids)
     print(
         f"item{'s' if len(item_ids) > 1 else ''} {named} left story {story_id}"
@@ -578,38 +585,32 @@ def cmd_split(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _items_named(tx: IngestTransaction, references: Sequence[str]) -> list[int]:
+def _items_named(tx: IngestTransaction, references: Sequence[str]) -> dict[int, int]:
     """The stored items a user named by number (``aggregator story`` shows them) or by URL
-    (every item at it), in order; UsageError naming the first that names none."""
+    (every item at it), in order, each with its story; UsageError naming the first that names none."""
     from aggregator.normalize import canonical_url
 
-    found: list[int] = []
+    found: dict[int, int] = {}
     for reference in references:
         if reference.isdigit():
-            ids = [int(reference)] if int(reference) <= LARGEST_ID and tx.item_stories([int(reference)]) else []
+            ids = [int(reference)] if int(reference) <= LARGEST_ID else []
         else:
             ids = tx.items_at_url(canonical_url(reference) or reference, reference)
-        if not ids:
+        held = tx.item_stories(ids)
+        if not held:
             raise UsageError(f"no item matches {reference!r} (use an item number from 'aggregator story', or its URL)")
-        found += [i for i in ids if i not in found]
+        found |= {item: held[item] for item in ids if item in held}
     return found
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from aggregator.publisher import Publisher
-
-    loaded = _load(args)
-    now = datetime.now(UTC)
-    with _store(loaded) as store:
-        with store.ingest() as tx:
-            tx.exclude_other_matching()  # no poll decides while the stories change under it
-            # Named after the lock: a story merged meanwhile is found as the one it became.
-            story_id, uid = resolve_story(store, args.story)
-            into_id, into_uid = resolve_story(store, args.into)
-            if story_id == into_id:
-                raise UsageError(f"{args.story!r} and {args.into!r} are one story already (story {story_id})")
-            tx.merge_by_editor(story_id, into_id, now)
-        Publisher(loaded.config, store).publish()
+    with _editing_stories(args) as (_, store, tx, now):
+        # Named after the lock: a story merged meanwhile is found as the one it became.
+        story_id, uid = resolve_story(store, args.story)
+        into_id, into_uid = resolve_story(store, args.into)
+        if story_id == into_id:
+            raise UsageError(f"{args.story!r} and {args.into!r} are one story already (story {story_id})")
+        tx.merge_by_editor(story_id, into_id, now)
     print(
         f"story {story_id} ({uid}) merged into story {into_id} ({into_uid}): its items are that story's now, "
         "and its number and tag: id lead there; republished"

@@ -134,3 +134,15 @@ def test_edits_that_cannot_be_made_say_why_and_change_nothing(
     # An item named by its URL: the wire's link.
     assert main(["--config", config, "split", "https://herald.example/h1"]) == 0
     assert stories_of(database_url)["h1"] != before["h1"]
+
+
+def test_items_can_be_split_off_only_from_one_story_and_never_all_of_it() -> None:
+    from aggregator.store.storyedits import split_refusal
+
+    assert split_refusal({10: 3, 11: 3}, {3: 3}) is None  # two of its three items
+    assert split_refusal({10: 3}, {3: 2}) is None
+    whole = split_refusal({10: 3, 11: 3}, {3: 2})
+    assert whole is not None and whole.startswith("story 3 holds only these items")
+    apart = split_refusal({10: 3, 12: 4}, {3: 5, 4: 5})
+    assert apart is not None and "item 10 in story 3, item 12 in story 4" in apart
+    assert split_refusal({}, {}) == "no items named"

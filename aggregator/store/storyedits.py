@@ -14,13 +14,28 @@ and ``tag:`` id through an edit, and a story merged away forwards to the one it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from aggregator.store._sql import TransactionBase
 from aggregator.store.models import EditorialRow, ItemRow, StoryRow
+
+
+def split_refusal(item_stories: Mapping[int, int], story_sizes: Mapping[int, int]) -> str | None:
+    """Why the items named (item id -> its story) cannot be split off their story, or None:
+    they must all be of one story, and not the whole of it (``story_sizes``: items per story)."""
+    stories = set(item_stories.values())
+    if len(stories) > 1:
+        held = ", ".join(f"item {i} in story {s}" for i, s in sorted(item_stories.items()))
+        return f"the items are in different stories ({held}): split one story's items at a time"
+    story = next(iter(stories), None)
+    if story is None:
+        return "no items named"
+    if story_sizes.get(story, 0) <= len(item_stories):
+        return f"story {story} holds only these items: there is nothing to split them from"
+    return None
 
 
 def split_key(story_id: int, item_ids: Sequence[int], now: datetime) -> str:
@@ -48,8 +63,13 @@ class StoryEdits(TransactionBase):
                 return ids
         return []
 
-    def story_size(self, story_id: int) -> int:
-        return int(self.c.scalar(select(func.count()).where(ItemRow.story_id == story_id)) or 0)
+    def story_sizes(self, story_ids: Iterable[int]) -> dict[int, int]:
+        """How many items each of ``story_ids`` holds (those holding any)."""
+        wanted = sorted(set(story_ids))
+        rows = self.c.execute(
+            select(ItemRow.story_id, func.count()).where(ItemRow.story_id.in_(wanted)).group_by(ItemRow.story_id)
+        )
+        return {story_id: int(count) for story_id, count in rows}
 
     def split_off(self, story_id: int, item_ids: Sequence[int], now: datetime, uid: str, key: str) -> int:
         """Move ``item_ids`` (items of ``story_id``, not all of them) into a new story with the
@@ -57,13 +77,15 @@ class StoryEdits(TransactionBase):
         keeps its number and id. Its founding URL, if one of theirs, goes with them, so that a
         later item at that URL joins them (``IngestTransaction.stories_by_url``)."""
         moved = sorted(set(item_ids))
-        first_url = self.c.scalar(
-            select(ItemRow.canonical_url)
-            .where(ItemRow.id.in_(moved), ItemRow.canonical_url.is_not(None))
-            .order_by(ItemRow.sort_at, ItemRow.id)
-            .limit(1)
-        )
-        urls = set(self.c.scalars(select(ItemRow.canonical_url).where(ItemRow.id.in_(moved))))
+        # The moved items' URLs, earliest first: the first is the new story's founding URL.
+        urls = [
+            url
+            for url in self.c.scalars(
+                select(ItemRow.canonical_url).where(ItemRow.id.in_(moved)).order_by(ItemRow.sort_at, ItemRow.id)
+            )
+            if url is not None
+        ]
+        first_url = urls[0] if urls else None
         founding = self.c.scalar(select(StoryRow.canonical_url).where(StoryRow.id == story_id))
         if founding is not None and founding in urls:
             self.c.execute(update(StoryRow).where(StoryRow.id == story_id).values(canonical_url=None))
