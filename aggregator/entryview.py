@@ -2,7 +2,8 @@
 
 The feeds (``publish``), the archive pages and the story pages (``pages``) all show an entry the
 same way: the outlet by its configured ``name`` (not the feed's own title, which is often a
-tagline), how many outlets carry the story with links to the others and to the full coverage,
+tagline), how many outlets carry the story with links to the others (with their headlines where
+they differ from the lead's) and to the full coverage,
 the lead's attachments with a type and a size for people, and its preview image.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import html
 import mimetypes
 import re
+from typing import NamedTuple
 
 from aggregator.langtags import language_tag
 from aggregator.records import Candidate, Enclosure, OutputEntry
@@ -27,22 +29,65 @@ def story_url(public_url: str, story_id: int) -> str:
 
 def entry_html(entry: OutputEntry, public_url: str) -> str:
     """An entry's text in the feeds: the lead's own, then which outlet it is from and who else
-    reported the story. A feed reader names an entry by its author, which is the byline when
-    there is one ("Michael Levenson"), and few show ``atom:source``, so the outlet is said here."""
+    reported the story (``also_reported``). A feed reader names an entry by its author, which is
+    the byline when there is one ("Michael Levenson"), and few show ``atom:source``, so the
+    outlet is said here."""
     body = entry.lead.content_html or entry.lead.summary_html
-    others = other_outlets(entry)
     coverage = f"From {html.escape(source_name(entry.lead))} · {html.escape(outlets_text(entry))}"
-    if others:
-        links = ", ".join(
-            f'<a href="{html.escape(c.link, quote=True)}">{html.escape(source_name(c))}</a>'
-            if c.link
-            else html.escape(source_name(c))
-            for c in others
-        )
-        coverage += f". Also reported by: {links}"
-        full = html.escape(story_url(public_url, entry.lead.story_id), quote=True)
-        coverage += f' · <a href="{full}">Full coverage</a>'
-    return body + f"<p>{coverage}</p>"
+    shown, more = also_reported(entry)
+    if not shown:
+        return body + f"<p>{coverage}</p>"
+    rows = "".join(
+        f"<li>{_linked(html.escape(source_name(also.item)), also.item.link)}"
+        + (f": {html.escape(also.headline)}" if also.headline else "")
+        + "</li>"
+        for also in shown
+    )
+    if more:
+        rows += f"<li>and {more} more</li>"
+    full = html.escape(story_url(public_url, entry.lead.story_id), quote=True)
+    return body + f'<p>{coverage}. Also reported by:</p><ul>{rows}</ul><p><a href="{full}">Full coverage</a></p>'
+
+
+def _linked(text: str, link: str | None) -> str:
+    return f'<a href="{html.escape(link, quote=True)}">{text}</a>' if link else text
+
+
+ALSO_SHOWN = 8
+"""Other outlets an entry names at most (``also_reported``); the story's page lists them all."""
+
+
+class Also(NamedTuple):
+    """Another outlet's item of an entry's story, as the entry names it."""
+
+    item: Candidate
+    headline: str | None
+    """Its headline, where it says something the lead's, and those named before it, do not."""
+
+
+def also_reported(entry: OutputEntry) -> tuple[list[Also], int]:
+    """The other outlets an entry names (``other_outlets``, at most ``ALSO_SHOWN``), each with
+    its headline where that differs from the lead's and from those before it; and how many
+    more outlets there are. An independent report's headline tells a reader what it adds, and
+    where matching put two developments of one event in one story (both semi-finals of a
+    day), the second one's headline is there to be read and followed rather than hidden
+    behind an outlet's name. A copy under the lead's headline adds nothing to say. Headlines
+    are compared by their words, whatever the case and punctuation."""
+    others = other_outlets(entry)
+    seen = {_headline_words(entry.lead.title)}
+    shown = []
+    for other in others[:ALSO_SHOWN]:
+        words = _headline_words(other.title)
+        shown.append(Also(other, other.title if words and words not in seen else None))
+        seen.add(words)
+    return shown, len(others) - len(shown)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _headline_words(title: str) -> str:
+    return " ".join(_WORD.findall(title.casefold()))
 
 
 def source_name(candidate: Candidate) -> str:

@@ -34,12 +34,12 @@ from aggregator import __version__
 from aggregator.archive import Page, archive_page_url, archive_url
 from aggregator.config import Output
 from aggregator.entryview import (
+    also_reported,
     entry_html,
     feed_url,
     item_language,
     kind,
     media_type,
-    other_outlets,
     outlets_text,
     page_summary,
     preview,
@@ -230,7 +230,7 @@ def html_pieces(
             language=lambda candidate: item_language(candidate, output.language),
             summary=page_summary,
             source_name=source_name,
-            other_outlets=other_outlets,
+            also_reported=also_reported,
             outlets_text=outlets_text,
             preview=preview,
             size=size,
@@ -531,6 +531,11 @@ def _json_item(entry: OutputEntry, public_url: str) -> dict[str, object]:
         "outlets": entry.outlets,
         "dated": lead.dated,
         "age_unknown": lead.age_unknown,
+        # Every other item of the story, as "Also reported by" names the first few of them.
+        "also": [
+            {"outlet": source_name(other), "title": other.title, **({"url": other.link} if other.link else {})}
+            for other in entry.also
+        ],
     }
     if lead.categories:
         item["tags"] = list(lead.categories)

@@ -12,7 +12,11 @@ does. Then, from the database:
   as a lead copy, or as an independent report (names and meaning, ``stories.judge``);
 * each story an independent report joined across sources: its items (source, time, headline)
   and each such report's explanation, as ``aggregator story ID`` would show it. A link between
-  two events is what precision counts; reading these is how it is counted here.
+  two events is what precision counts; reading these is how it is counted here;
+* what a subscriber reads of the stories several sources share: run 1 published as a World
+  output of everything, its Atom feed parsed back, and how many of those stories' distinct
+  headlines its entries show (``subscribers_view``): a headline an entry does not show is a
+  report a reader of the feed cannot see, which is what a wrong link costs.
 
 One poll of everything is a first ingest, and its outcome depends on the order the writer
 gets the feeds in, which the fetches' finishing order decides: the story an item meets first
@@ -149,6 +153,60 @@ def report(database: Path, sample: int | None, seed: int) -> None:
                     print(f"      {reasons[story_id][item_id][:400]}")
 
 
+# Each story several sources carry: its uid (the output entry id), and its items' source and headline.
+SHARED_STORIES = (
+    "select st.uid, s.name, i.title from items i join sources s on s.id = i.source_id join stories st "
+    "on st.id = i.story_id where i.story_id in (select story_id from items group by story_id "
+    "having count(distinct source_id) > 1) order by i.story_id, i.sort_at, i.id"
+)
+WORLD = "outputs:\n  - slug: world\n    title: World\n    max_entries: 10000"
+
+
+def subscribers_view(workdir: Path, database: Path) -> None:
+    """What a subscriber reads of the stories several sources share: a World output of
+    everything (``aggregator publish``), its Atom feed parsed back with feedparser, and each
+    such story's entry: whether it names the other outlets, and which of its items' headlines
+    a reader sees there (the lead's as the entry's title, the others' under "Also reported by",
+    where they differ from the lead's)."""
+    import feedparser
+    import lxml.html
+
+    config = workdir / "feeds.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("outputs: []", WORLD), encoding="utf-8")
+    command = [sys.executable, "-m", "aggregator", "--config", str(config), "--log-level", "warning", "publish"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=workdir, env=own_tree_env(), check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"aggregator publish failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    entries = {e.id: e for e in feedparser.parse((workdir / "data" / "feeds" / "world.atom").read_bytes()).entries}
+    shared: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)
+    with sqlite3.connect(database) as db:
+        for uid, source, title in db.execute(SHARED_STORIES):
+            shared[uid].append((source, title or ""))
+    found = naming = showing = 0
+    headlines = seen = 0
+    for uid, members in shared.items():
+        entry = entries.get(uid)
+        if entry is None:
+            continue
+        found += 1
+        text = entry.content[0].value if entry.get("content") else entry.get("summary", "")
+        naming += "Also reported by" in text
+        # The list after the coverage line, not one of the lead's own text.
+        listed = lxml.html.fromstring(f"<div>{text}</div>").xpath(
+            "//p[contains(., 'Also reported by:')]/following-sibling::ul[1]/li"
+        )
+        shown = {entry.title.casefold()} | {li.text_content().split(": ", 1)[-1].casefold() for li in listed}
+        showing += any(": " in li.text_content() for li in listed)
+        distinct = {title.casefold() for _, title in members if title}
+        headlines += len(distinct)
+        seen += len(distinct & shown)
+    print(
+        f"\nwhat a subscriber reads (World of everything, its Atom feed parsed back): {len(shared)} stories several "
+        f"sources carry, {found} of them in the feed; {naming} name the other outlets, {showing} with a headline "
+        f"other than the lead's; of their {headlines} distinct headlines, {seen} can be read in the feed"
+    )
+
+
 def _independent_reports(database: Path) -> tuple[int, int]:
     """Stories an independent report joined across sources, and such reports."""
     with sqlite3.connect(database) as db:
@@ -181,6 +239,7 @@ def main() -> None:
             compare_runs([linked_pairs(database) for database in databases])
             print("\nrun 1 in full:")
         report(databases[0], args.sample, args.seed)
+        subscribers_view(Path(tmp) / "run1", databases[0])
     print(
         "\n+ marks the items that joined as independent reports, each with its explanation; "
         "read each story and count the ones that tie two events together"

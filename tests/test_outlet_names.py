@@ -56,8 +56,8 @@ def test_atom_names_the_outlet_in_source_author_and_also_reported_by(published: 
     assert story.source.title == "Financial Times" and story.author == "Financial Times"
     content = story.content[0].value
     # Said in the text too: most readers show neither atom:source nor, with a byline, the outlet.
-    assert "<p>From Financial Times · Reported by 3 outlets. Also reported by: <a" in content
-    assert ">TPM</a>" in content and ">TPM mirror</a>" in content
+    assert "<p>From Financial Times · Reported by 3 outlets. Also reported by:</p><ul><li><a" in content
+    assert ">TPM</a>: Rates held at FT</li>" in content and ">TPM mirror</a>: Rates held (mirror)</li>" in content
     assert b"UK homepage" not in body and b"All TPM News" not in body
 
 
