@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from aggregator import cluster, metrics, names, parseworker, stories, storybatch
@@ -87,6 +87,7 @@ class StoryMatcher:
         self._members = _DecodedMembers()
         self._term_counts = _TermCounts()
         self._stock_copy_keys = _Kept[bool](STOCK_KEYS_KEPT)  # lead-copy keys found to be stock phrases
+        self._edits = _Edits()
 
     def match(
         self,
@@ -105,6 +106,8 @@ class StoryMatcher:
             started = time.perf_counter()
             tx.exclude_other_matching()  # before any read the decision rests on
             metrics.STORY_TURN_SECONDS.observe(time.perf_counter() - started)
+            if mode == "semantic":  # what is kept of a story an editor changed since is not trusted
+                self._members.touched(self._edits.since_asked(tx))
         if mode == "off":
             matched = replace(
                 plan,
@@ -459,6 +462,39 @@ class _TermCounts:
         counted = {key - stories.NAME_KEY: len(term.counted) for key, term in found.items() if term.counted}
         self._common.keep({term: count for term, count in counted.items() if count > stories.KEY_MAX_STORIES})
         return stories.TermStats(total, {**known, **counted}), carriers
+
+
+EDITS_CLOCK_SKEW = timedelta(hours=1)
+"""How far the clock of the process an editor ran ``aggregator split`` or ``merge`` in may be
+behind this one's: each poll asks for the edits from that long before it last asked (``_Edits``)."""
+
+
+class _Edits:
+    """Which stories an editor split or merged since this process last asked
+    (``StoryRow.edited_at``): a split in another process can take a story's first member
+    away, after which the story begins later than this process kept (``_DecodedMembers``
+    ``closed``), and reports within ``stories.STORY_SPAN`` of the members left would be refused
+    on time alone. Asked inside the matching lock, so an edit committed before a poll decides
+    is seen by it. An edit stamped more than ``EDITS_CLOCK_SKEW`` behind this process's clock
+    is missed, as all were before: a missed link at worst, never a wrong one."""
+
+    def __init__(self) -> None:
+        self._asked: datetime | None = None  # this process's clock when it last asked
+        self._seen: dict[int, datetime] = {}  # story -> the edit already acted on
+        self._lock = threading.Lock()
+
+    def since_asked(self, tx: IngestTransaction) -> set[int]:
+        """The stories edited since the last call; at the first, those of the last
+        ``EDITS_CLOCK_SKEW``, of which nothing is kept yet."""
+        now = datetime.now(UTC)
+        with self._lock:
+            since = (self._asked or now) - EDITS_CLOCK_SKEW
+        edited = tx.stories_edited_since(since)
+        with self._lock:
+            fresh = {story for story, at in edited.items() if self._seen.get(story) != at}
+            self._seen = {story: at for story, at in (self._seen | edited).items() if at >= since}
+            self._asked = max(self._asked or now, now)
+        return fresh
 
 
 Kept = TypeVar("Kept")

@@ -146,3 +146,73 @@ def test_items_can_be_split_off_only_from_one_story_and_never_all_of_it() -> Non
     apart = split_refusal({10: 3, 12: 4}, {3: 5, 4: 5})
     assert apart is not None and "item 10 in story 3, item 12 in story 4" in apart
     assert split_refusal({}, {}) == "no items named"
+
+
+FESTIVAL = (  # another event in the same place, the same day
+    "Port Aven harbour festival opens with a parade of tall ships",
+    "PORT AVEN — Thousands gathered on the quays of Port Aven on Tuesday as the annual harbour festival "
+    "opened with a parade of tall ships through the Kestrel Strait, organisers said.",
+)
+
+
+def test_a_running_worker_judges_a_story_split_meanwhile_from_its_new_beginning(
+    server: FeedServer, tmp_path: Path, database_url: str
+) -> None:
+    """A worker keeps when each story it judged began (``storymatch._DecodedMembers``), so
+    that a story begun too long before a new item is refused without reading it. An editor's
+    split in another process can take a story's first member away: the story then begins
+    later, and a report within ``STORY_SPAN`` of the members left, though not of the one split
+    off, must be judged and join it, at the worker's next poll."""
+    import asyncio
+
+    from aggregator.config import load_config
+    from aggregator.pipeline import Pipeline, poll_once
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.repository import Store
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    first = now - timedelta(hours=15)
+    server.add("/wire", Route(body=rss("wire", [("w1", *ORIGINAL, first)])))
+    server.add("/herald", Route(body=rss("herald", [])))
+    server.add("/courier", Route(body=rss("courier", [])))
+    sources = [{"name": name, "url": server.url(f"/{name}")} for name in ("wire", "herald", "courier")]
+    config_path = str(write_config(tmp_path, sources, settings=f"database: {database_url}"))
+    config = load_config(Path(config_path)).config
+    engine = make_engine(database_url)
+    try:
+        ensure_schema(engine)
+        store = Store(engine)
+        store.sync_sources(config.source_specs(), now)
+        pipeline = Pipeline(config, store, clock=lambda: now)  # one worker, running throughout
+        asyncio.run(poll_once(pipeline, all_sources=True))
+        server.add("/herald", Route(body=rss("herald", [("h1", *REWRITE, first + timedelta(hours=10))])))
+        asyncio.run(poll_once(pipeline, all_sources=True))
+        joined = stories_of(database_url)
+        assert joined["h1"] == joined["w1"]  # 10 h after the wire's report: one story
+        story = joined["w1"][0]
+        # A report of another event in the same place reaches the story and is refused: the
+        # worker has judged the story, and keeps when it began.
+        server.add(
+            "/herald",
+            Route(
+                body=rss(
+                    "herald",
+                    [("h1", *REWRITE, first + timedelta(hours=10)), ("h2", *FESTIVAL, first + timedelta(hours=11))],
+                )
+            ),
+        )
+        asyncio.run(poll_once(pipeline, all_sources=True))
+        assert stories_of(database_url)["h2"][0] != story
+
+        # The editor splits the wire's report, the story's first member, off: the story now
+        # begins with the herald's, 10 h later.
+        assert main(["--config", config_path, "split", str(item_ids(database_url)["w1"])]) == 0
+        assert stories_of(database_url)["h1"][0] == story
+
+        # 14 h after the wire's report, 4 h after the herald's: within the story's span now.
+        server.add("/courier", Route(body=rss("courier", [("c1", *THIRD, first + timedelta(hours=14))])))
+        asyncio.run(poll_once(pipeline, all_sources=True))
+    finally:
+        engine.dispose()
+    reason = {str(g): str(r) for g, r in query_rows(database_url, "select guid, match_reason from items")}
+    assert stories_of(database_url)["c1"][0] == story, reason["c1"]

@@ -135,6 +135,7 @@ _STORIES_IN_WINDOW = select(func.count(ItemRow.story_id.distinct())).where(
     ItemRow.sort_at.between(bindparam("earliest"), bindparam("latest"))
 )
 _MATCH_CANDIDATES = ByValues(lambda wanted: _match_candidates(wanted(MatchKeyRow.key)))  # ~300 keys a poll
+_STORIES_EDITED = select(StoryRow.id, StoryRow.edited_at).where(StoryRow.edited_at >= bindparam("since"))
 _MERGEABLE_STORIES = select(StoryRow.id).where(
     StoryRow.id.in_(bindparam("ids", expanding=True)),
     StoryRow.merged_into.is_(None),
@@ -192,6 +193,12 @@ class StoryLookups(TransactionBase):
         if not story_ids:
             return set()
         return set(self.c.scalars(_MERGEABLE_STORIES, {"ids": sorted(set(story_ids))}))
+
+    def stories_edited_since(self, since: datetime) -> dict[int, datetime]:
+        """The stories an editor split or merged at ``since`` or later, and when
+        (``StoryRow.edited_at``): read through their partial index, which holds only those."""
+        rows = self.c.execute(_STORIES_EDITED, {"since": since})
+        return {int(story): at for story, at in rows if at is not None}
 
     def stories_in_window(self, earliest: datetime, latest: datetime) -> int:
         """Stories with an item dated in the window (what term counts are shares of)."""

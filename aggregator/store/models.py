@@ -133,13 +133,20 @@ class StoryRow(Base):
     edited_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     # Merging a story updates the rows that forwarded to it: found through this index, which
-    # holds only the few merged rows, rather than by reading every story.
+    # holds only the few merged rows, rather than by reading every story. The same for the
+    # stories an editor changed, which a running worker asks for at each poll (migration 0021).
     __table_args__ = (
         Index(
             "ix_stories_merged_into",
             "merged_into",
             sqlite_where=text("merged_into IS NOT NULL"),
             postgresql_where=text("merged_into IS NOT NULL"),
+        ),
+        Index(
+            "ix_stories_edited_at",
+            "edited_at",
+            sqlite_where=text("edited_at IS NOT NULL"),
+            postgresql_where=text("edited_at IS NOT NULL"),
         ),
     )
 
