@@ -54,11 +54,13 @@ def _linked(text: str, link: str | None) -> str:
 
 
 ALSO_SHOWN = 8
-"""Other outlets an entry names at most (``also_reported``); the story's page lists them all."""
+"""Items an entry names at most besides its lead (``also_reported``), those with a headline of
+their own first; the story's page lists them all."""
 
 
 class Also(NamedTuple):
-    """Another outlet's item of an entry's story, as the entry names it."""
+    """Another item of an entry's story, as the entry names it: by its outlet, with its headline
+    where that says something new."""
 
     item: Candidate
     headline: str | None
@@ -66,21 +68,33 @@ class Also(NamedTuple):
 
 
 def also_reported(entry: OutputEntry) -> tuple[list[Also], int]:
-    """The other outlets an entry names (``other_outlets``, at most ``ALSO_SHOWN``), each with
-    its headline where that differs from the lead's and from those before it; and how many
-    more outlets there are. An independent report's headline tells a reader what it adds, and
-    where matching put two developments of one event in one story (both semi-finals of a
-    day), the second one's headline is there to be read and followed rather than hidden
-    behind an outlet's name. A copy under the lead's headline adds nothing to say. Headlines
-    are compared by their words, whatever the case and punctuation."""
+    """What an entry names besides its lead, at most ``ALSO_SHOWN``: each other outlet
+    (``other_outlets``), with its headline where that differs from the lead's and from those
+    before it; then any other item whose headline says something none of those does, whatever
+    its outlet, the lead's included; those with a headline of their own first when there are
+    more, each in member order. And how many more outlets there are.
+
+    An independent report's headline tells a reader what it adds, and where matching put two
+    developments of one event in one story (both semi-finals of a day), the second one's
+    headline is there to be read and followed rather than hidden behind an outlet's name, or
+    behind the lead's when its outlet reported both. A copy under a headline already named
+    adds nothing to say. Headlines are compared by their words, whatever the case and
+    punctuation."""
     others = other_outlets(entry)
+    named = {id(other) for other in others}
     seen = {_headline_words(entry.lead.title)}
     shown = []
-    for other in others[:ALSO_SHOWN]:
+    for other in others:
         words = _headline_words(other.title)
         shown.append(Also(other, other.title if words and words not in seen else None))
         seen.add(words)
-    return shown, len(others) - len(shown)
+    for item in entry.also:
+        if id(item) not in named and (words := _headline_words(item.title)) and words not in seen:
+            shown.append(Also(item, item.title))
+            seen.add(words)
+    order = {id(item): n for n, item in enumerate(entry.also)}
+    kept = sorted(sorted(shown, key=lambda also: also.headline is None)[:ALSO_SHOWN], key=lambda a: order[id(a.item)])
+    return kept, len(others) - sum(id(also.item) in named for also in kept)
 
 
 _WORD = re.compile(r"\w+")

@@ -55,6 +55,24 @@ def test_a_headline_is_shown_only_where_it_says_something_the_ones_before_do_not
     assert more == 0
 
 
+def test_another_item_of_a_named_outlet_or_of_the_leads_own_is_named_by_its_headline() -> None:
+    """Two developments one outlet reported, the lead's outlet included, both in sight."""
+    entry = entry_of(
+        ("Wire", "Lindqvist beats Ortiz to reach Wimbledon final"),
+        ("Herald", "Lindqvist into maiden Wimbledon final"),
+        ("Wire", "Benoit beats Mori in the second semi-final"),
+        ("Herald", "LINDQVIST INTO MAIDEN WIMBLEDON FINAL"),  # its first one's words: a copy
+        ("Herald", "Benoit sets up final against Lindqvist"),
+    )
+    shown, more = also_reported(entry)
+    assert [(a.item.source_name, a.headline) for a in shown] == [
+        ("Herald", "Lindqvist into maiden Wimbledon final"),
+        ("Wire", "Benoit beats Mori in the second semi-final"),
+        ("Herald", "Benoit sets up final against Lindqvist"),
+    ]
+    assert more == 0
+
+
 def test_an_entry_names_a_bounded_number_of_outlets_and_counts_the_rest() -> None:
     outlets = ALSO_SHOWN + 3
     entry = entry_of(("Lead", "A story"), *((f"Outlet {n}", f"Report {n}") for n in range(outlets)))
@@ -64,6 +82,17 @@ def test_an_entry_names_a_bounded_number_of_outlets_and_counts_the_rest() -> Non
     text = entry_html(entry, "https://news.example")
     assert text.count("<li>") == ALSO_SHOWN + 1 and "<li>and 3 more</li>" in text
     assert '<a href="https://news.example/stories/1">Full coverage</a>' in text
+
+    # Copies under the lead's headline give way to the one report with a headline of its own,
+    # however late it came.
+    copies = [(f"Copy {n}", "A story") for n in range(outlets)]
+    entry = entry_of(("Lead", "A story"), *copies, ("Late", "Another development"))
+    shown, more = also_reported(entry)
+    assert [(a.item.source_name, a.headline) for a in shown] == [
+        *((f"Copy {n}", None) for n in range(ALSO_SHOWN - 1)),
+        ("Late", "Another development"),
+    ]
+    assert more == outlets + 1 - ALSO_SHOWN
 
 
 def test_an_entry_alone_names_no_one_else() -> None:
