@@ -172,7 +172,10 @@ def subscribers_view(workdir: Path, database: Path) -> None:
     import lxml.html
 
     config = workdir / "feeds.yaml"
-    config.write_text(config.read_text(encoding="utf-8").replace("outputs: []", WORLD), encoding="utf-8")
+    written = config.read_text(encoding="utf-8")
+    if "outputs: []" not in written:  # serve_corpus's config has no outputs: this one gains World
+        raise SystemExit(f"{config}: expected 'outputs: []' to replace with a World output")
+    config.write_text(written.replace("outputs: []", WORLD), encoding="utf-8")
     command = [sys.executable, "-m", "aggregator", "--config", str(config), "--log-level", "warning", "publish"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=workdir, env=own_tree_env(), check=False)
     if done.returncode != 0:
