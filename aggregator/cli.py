@@ -28,14 +28,13 @@ from aggregator import __version__, collector, logs, malloc
 from aggregator.config import DATA_DIR_ENV, LoadedConfig, Output, entry_lines, load_config
 from aggregator.curate import draws_from, lead_of
 from aggregator.errors import AggregatorError, ConfigError, UsageError
-from aggregator.status import source_status
 
+# The store (SQLAlchemy and every table) is imported by the commands that open one, not by the
+# module: `aggregator --help`, `check` and `opml` need none of it, and it was half of their time.
 if TYPE_CHECKING:
     from aggregator.pipeline import PollSummary
     from aggregator.records import Candidate
-from aggregator.store.database import current_revision, ensure_schema, make_engine, sqlite_file_missing, upgrade
-from aggregator.store.repository import IngestTransaction, SourceHealth, Store, SyncReport
-from aggregator.store.storyviews import LARGEST_ID
+    from aggregator.store.repository import IngestTransaction, SourceHealth, Store, SyncReport
 
 EXIT_OK, EXIT_USER, EXIT_RUNTIME = 0, 1, 2
 log = logging.getLogger("aggregator")
@@ -144,6 +143,9 @@ def _store(loaded: LoadedConfig, *, create: bool = False) -> Iterator[Store]:
     place (another working directory, or not the service's data directory) and would
     report or change nothing the service sees.
     """
+    from aggregator.store.database import current_revision, ensure_schema, make_engine, sqlite_file_missing
+    from aggregator.store.repository import Store
+
     settings = loaded.config.settings
     url = settings.database_url
     if not create and (missing := sqlite_file_missing(url)) is not None:
@@ -292,6 +294,8 @@ def cmd_db(args: argparse.Namespace) -> int:
             + (f"; set right {report.recounted} sources' item counts" if report.recounted else "")
         )
         return EXIT_OK
+    from aggregator.store.database import make_engine, upgrade
+
     engine = make_engine(loaded.config.settings.database_url)
     try:
         before, head = upgrade(engine)
@@ -589,6 +593,7 @@ def _items_named(tx: IngestTransaction, references: Sequence[str]) -> dict[int, 
     """The stored items a user named by number (``aggregator story`` shows them) or by URL
     (every item at it), in order, each with its story; UsageError naming the first that names none."""
     from aggregator.normalize import canonical_url
+    from aggregator.store.storyviews import LARGEST_ID
 
     found: dict[int, int] = {}
     for reference in references:
@@ -769,6 +774,8 @@ def _replace_config(path: Path, text: str) -> None:
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
+    from aggregator.status import source_status
+
     loaded = _load(args)
     with _store(loaded) as store:
         rows = store.health()
@@ -813,6 +820,8 @@ def _when(moment: datetime | None) -> str:
 
 
 def _health_json(r: SourceHealth) -> dict[str, object]:
+    from aggregator.status import source_status
+
     fields = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in dataclasses.asdict(r).items()}
     return {"name": r.name, "url": r.url, "status": source_status(r), **fields}
 

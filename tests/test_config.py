@@ -307,6 +307,26 @@ def test_check_command_exit_codes_and_messages(tmp_path: Path, capsys: pytest.Ca
     assert "Traceback" not in "\n".join(err)
 
 
+def test_help_and_check_leave_the_store_unimported(tmp_path: Path) -> None:
+    """``aggregator --help`` and ``check`` open no database, and import none of the store
+    (SQLAlchemy, every table): in a fresh process that was half of their time."""
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    probe = (
+        "import contextlib, io, sys\n"
+        "from aggregator.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(sys.argv[1:])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy' or m.startswith('aggregator.store')))\n"
+    )
+    for args in (["--help"], ["--config", str(good), "check"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True)
+        assert done.stdout.strip() == "[]", (args, done.stdout[:300])
+
+
 def test_check_on_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(tmp_path / "nope.yaml"), "check"]) == 1
     assert "no such file" in capsys.readouterr().err
