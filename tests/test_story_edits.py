@@ -216,3 +216,47 @@ def test_a_running_worker_judges_a_story_split_meanwhile_from_its_new_beginning(
         engine.dispose()
     reason = {str(g): str(r) for g, r in query_rows(database_url, "select guid, match_reason from items")}
     assert stories_of(database_url)["c1"][0] == story, reason["c1"]
+
+
+def test_a_worker_hears_of_each_edit_once_and_of_a_later_edit_again(database_url: str) -> None:
+    """``storymatch._Edits``, on a real store: each poll hears of the stories edited since the
+    last one asked, allowing the editor's clock to run up to ``EDITS_CLOCK_SKEW`` behind; an
+    edit already heard of is not again, and a later edit of the same story is."""
+    from sqlalchemy import insert, update
+
+    from aggregator import storymatch
+    from aggregator.store.database import ensure_schema, make_engine
+    from aggregator.store.models import StoryRow
+    from aggregator.store.repository import Store
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    skew = storymatch.EDITS_CLOCK_SKEW
+    engine = make_engine(database_url)
+    try:
+        ensure_schema(engine)
+        store = Store(engine)
+
+        def edited(story: int, at: datetime | None) -> None:
+            with store.ingest() as tx:
+                tx.c.execute(update(StoryRow).where(StoryRow.id == story).values(edited_at=at))
+
+        with store.ingest() as tx:
+            for story in (1, 2, 3):
+                values = {"id": story, "uid": f"tag:x,2026:{story}", "key": f"k{story}"}
+                tx.c.execute(insert(StoryRow).values(**values, first_seen_at=now, updated_at=now))
+        edited(1, now - skew / 6)
+        edited(2, now - 3 * skew)  # before the allowance: this process kept nothing of it then
+        edits = storymatch._Edits()
+
+        def heard() -> set[int]:
+            with store.ingest() as tx:
+                return edits.since_asked(tx)
+
+        assert heard() == {1}
+        assert heard() == set()  # heard of once
+        edited(1, now)  # edited again
+        edited(3, now - skew / 2)  # by a clock half the allowance behind
+        assert heard() == {1, 3}
+        assert heard() == set()
+    finally:
+        engine.dispose()
