@@ -145,9 +145,9 @@ select %(first_source)s + g %% %(sources)s,
        %(now)s - (%(n)s - g) * %(step)s, md5(g::text), 0, 'c1' || repeat(md5('s' || g), 7)
 from generate_series(1, %(n)s) g;
 
-insert into item_match_keys (key, item_id, sort_epoch)
+insert into item_match_keys (key, item_id, sort_epoch, story_id)
 select ('x' || left(md5(i.id || '-' || k), 8))::bit(32)::bigint + case when k = 0 then 4294967296 else 0 end,
-       i.id, extract(epoch from i.sort_at)::bigint
+       i.id, extract(epoch from i.sort_at)::bigint, i.story_id
 from items i cross join generate_series(0, 10) k
 where i.sort_at >= %(now)s - interval '14 days';
 """

@@ -183,6 +183,14 @@ def query_rows(database_url: str, sql: str) -> list[tuple[object, ...]]:
         engine.dispose()
 
 
+KEYS_OUT_OF_STEP = (
+    "select k.item_id, k.story_id, i.story_id from item_match_keys k join items i on i.id = k.item_id"
+    " where k.story_id is null or k.story_id <> i.story_id"
+)
+"""Story-matching key rows that do not name their item's story (``MatchKeyRow.story_id``): none
+may, or a lookup by key finds a story the item has left."""
+
+
 def items_per_source(database_url: str) -> dict[str, int]:
     """How many items each source holds, by source name (a source with none counts 0), counted
     in the items table; and checked against the count the sources table keeps of them

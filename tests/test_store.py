@@ -132,9 +132,10 @@ def test_sqlite_archives_keep_their_documents_last_and_the_rows_they_had(databas
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: Engine) -> None:
-    """Migrations 0011 to 0013: an item's story, a story's first members and their sources,
-    and the stories of the window's items, are read from indexes, never from the large
-    ``items`` rows (SQLite takes the rowid unless told)."""
+    """Migrations 0011 to 0013: a story's first members and their sources, and the stories of
+    the window's items, are read from indexes, never from the large ``items`` rows (SQLite
+    takes the rowid unless told). Migration 0022: the stories carrying a key are read from the
+    key's rows, without touching ``items`` at all."""
     from aggregator.store import matchkeys
 
     members, wanted = next(iter(matchkeys._STORY_MEMBER_REFS.batches("sqlite", [1, 2], since=NOW, per_story=3)))
@@ -153,9 +154,7 @@ def test_sqlite_story_lookups_read_the_narrow_indexes_not_the_item_rows(engine: 
             assert raw is not None
             rows = raw.execute(f"EXPLAIN QUERY PLAN {compiled}", [bound[k] for k in compiled.positiontup or ()])
             plans[name] = [str(row[3]) for row in rows if "items" in str(row[3])]
-    assert plans["term"] == ["SEARCH items USING COVERING INDEX ix_items_story_of (id=?)"]
-    assert "SEARCH items USING COVERING INDEX ix_items_story_of (id=?)" in plans["copy"]
-    assert not [step for step in plans["copy"] if step.startswith("SEARCH items ") and "COVERING" not in step]
+    assert plans["term"] == [] and plans["copy"] == []
     assert plans["members"] == ["SEARCH items USING COVERING INDEX ix_items_story_members (story_id=? AND sort_at>?)"]
     assert plans["window"] == ["SEARCH items USING COVERING INDEX ix_items_sort (sort_at>? AND sort_at<?)"]
 
@@ -594,6 +593,27 @@ def test_migration_0018_counts_the_items_a_database_already_holds(store: Store, 
     command.upgrade(alembic_config(engine), "head")
     expected = {ids["One"]: 2, ids["Two"]: 2, ids["Three"]: 0}
     assert _item_counts(engine) == (expected, expected)
+    assert _differences_from_the_models(engine) == []
+
+
+def test_migration_0022_gives_the_match_keys_a_database_holds_their_items_stories(store: Store, engine: Engine) -> None:
+    """Keys stored before 0022 had no story of their own: the migration copies each item's, so
+    that lookups, which read the key rows alone, find the stories of a database's old items."""
+    with store.ingest() as tx:
+        kept = tx.insert_items(1, [NewItem(i.item, None, match_keys=(7, 8)) for i in _new("id:k-", 3)], NOW, "a.b")
+    stories = {i.item_id: i.story_id for i in kept.values()}
+    assert len(set(stories.values())) == 3
+    command.downgrade(alembic_config(engine), "0021")
+    with engine.connect() as connection:
+        assert len(connection.execute(text("select * from item_match_keys")).all()) == 6  # the downgrade kept them
+    command.upgrade(alembic_config(engine), "head")
+    with engine.connect() as connection:
+        rows = connection.execute(text("select item_id, story_id from item_match_keys")).all()
+    assert sorted(rows) == sorted((item_id, story) for item_id, story in stories.items() for _ in (7, 8))
+    with store.ingest() as tx:
+        found = tx.term_stories([7, 8], NOW - timedelta(days=1), NOW, 50)
+    every = frozenset(stories.values())
+    assert {key: carriers.stories for key, carriers in found.items()} == {7: every, 8: every}
     assert _differences_from_the_models(engine) == []
 
 

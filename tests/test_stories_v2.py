@@ -29,6 +29,7 @@ from aggregator.store.matchkeys import TermCarriers
 from aggregator.stories import Features, Member, StoryProfile, TermStats, decide, features_of
 from aggregator.storystream import Stream
 from tests import templated
+from tests.conftest import KEYS_OUT_OF_STEP
 
 ROOT = Path(__file__).resolve().parent.parent
 NOON = datetime(2026, 3, 3, 12, tzinfo=UTC)
@@ -1505,6 +1506,13 @@ def test_fragments_merge_through_storage_unless_an_editor_named_them_on_both_bac
         reasons: dict[str, str] = dict(connection.execute(text("select key, match_reason from items")).all())
     moved = next(key for key, story in wire.items() if story == gone)
     assert f"; later merged from story {gone} into story {kept}: another outlet's report" in reasons[moved]
+    with engine.connect() as connection:
+        assert connection.execute(text(KEYS_OUT_OF_STEP)).all() == []
+        stored = connection.execute(text("select match_features from items where key = :k"), {"k": moved}).scalar()
+    keys = [stories.name_key(t) for t in Features.loads(str(stored)).terms]
+    with store.ingest() as tx:  # the moved item's names lead to the story it is in now, not the one it left
+        found = tx.term_stories(keys, NOON - timedelta(days=1), NOON + timedelta(days=1), 50)
+    assert found and {story for carriers in found.values() for story in carriers.stories} == {kept}
     assert "later merged" not in reasons["h1"]
     assert store.counts()["stories"] == 1
     assert store.story_by_id(gone) == store.story_by_id(kept) and store.story_by_id(kept) is not None

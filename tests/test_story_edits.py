@@ -12,7 +12,7 @@ import feedparser
 import pytest
 
 from aggregator.cli import main
-from tests.conftest import query_rows, write_config
+from tests.conftest import KEYS_OUT_OF_STEP, query_rows, write_config
 from tests.server import FeedServer, Route
 from tests.test_stories_v2 import ORIGINAL, REWRITE, THIRD, UNRELATED, rss
 
@@ -59,6 +59,7 @@ def test_items_split_off_a_story_stay_apart_and_a_merge_joins_two_stories(
     assert new != story and new_uid not in (uid, "") and new_uid.startswith("tag:")
     assert f"item {herald} left story {story} ({uid}) for story {new} ({new_uid}); republished" in said, said
     assert world_ids(tmp_path) == {uid, new_uid}  # the outputs show two stories now
+    assert query_rows(database_url, KEYS_OUT_OF_STEP) == []  # the moved item's keys name its new story
     assert main(["--config", config, "story", str(new), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [item["item"] for item in shown["items"]] == [herald]
@@ -80,6 +81,7 @@ def test_items_split_off_a_story_stay_apart_and_a_merge_joins_two_stories(
     assert f"story {new} ({new_uid}) merged into story {story} ({uid})" in said, said
     together = stories_of(database_url)
     assert {together[guid] for guid in ("w1", "h1", "c1")} == {(story, uid)}
+    assert query_rows(database_url, KEYS_OUT_OF_STEP) == []
     assert world_ids(tmp_path) == {uid}
     assert main(["--config", config, "story", str(new)]) == 0  # its number leads to the story it joined
     shown_text = capsys.readouterr().out

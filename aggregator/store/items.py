@@ -151,7 +151,11 @@ class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
         self._inserted[source_id] += self._insert_rows(ItemRow, rows)
         item_ids = self._ids(_ITEM_IDS, [n.item.key for n in new], source_id=source_id)
         self._write_match_keys(
-            [(item_ids[n.item.key], n.item.published_at or now, n.match_keys) for n in new if n.item.key in item_ids],
+            [
+                (item_ids[row["key"]], row["story_id"], n.item.published_at or now, n.match_keys)
+                for n, row in zip(new, rows, strict=True)
+                if row["key"] in item_ids
+            ],
             replace=False,
         )
         return {
@@ -190,30 +194,33 @@ class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
         # Also finds a story another worker created meanwhile (ON CONFLICT skipped ours).
         return self._ids(_STORY_IDS, list(needed))
 
-    def _write_match_keys(self, entries: Sequence[tuple[int, datetime, tuple[int, ...]]], *, replace: bool) -> None:
-        """Store items' story-matching keys, given as (item id, sort time, keys).
+    def _write_match_keys(
+        self, entries: Sequence[tuple[int, int, datetime, tuple[int, ...]]], *, replace: bool
+    ) -> None:
+        """Store items' story-matching keys, given as (item id, its story, sort time, keys).
 
         ``replace`` first drops an updated item's old keys (a fresh insert has none, and the
         DELETE was a measurable share of a first ingest). A first ingest writes about ten
         keys per item, so the rows go straight to the driver's executemany (``RawInsert``),
         each item's time converted once rather than once per key.
         """
-        wanted = [(item_id, at, keys) for item_id, at, keys in entries if keys]
+        wanted = [entry for entry in entries if entry[3]]
         if not wanted:
             return
         if replace:
-            self.c.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_([item_id for item_id, _, _ in wanted])))
-        rows: list[tuple[int, int, int]] = []
-        for item_id, at, keys in wanted:
+            self.c.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_([entry[0] for entry in wanted])))
+        rows: list[tuple[int, int, int, int]] = []
+        for item_id, story_id, at, keys in wanted:
             at_epoch = epoch(at)
-            rows.extend((match_key, at_epoch, item_id) for match_key in dict.fromkeys(keys))
-        RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id")).run(self.c, rows)
+            rows.extend((match_key, at_epoch, item_id, story_id) for match_key in dict.fromkeys(keys))
+        RawInsert.of(self.c.dialect, MatchKeyRow, ("key", "sort_epoch", "item_id", "story_id")).run(self.c, rows)
 
     def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
         if not updates:
             return 0
         if source_id is not None:
-            entries = [(u.stored.id, u.item.published_at or now, u.match_keys) for u in updates if u.match_keys]
+            stored = [(u.stored, u.item.published_at or now, u.match_keys) for u in updates if u.match_keys]
+            entries = [(row.id, row.story_id, at, keys) for row, at, keys in stored]
             self._write_match_keys(entries, replace=True)
         changes = {
             u.stored.id: {

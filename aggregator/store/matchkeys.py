@@ -80,43 +80,41 @@ _STORY_MEMBER_REFS_COMPILED = _STORY_MEMBER_REFS.sqlite.compile(dialect=sqlite.d
 _STORY_MEMBER_REFS_SQLITE = text(str(_STORY_MEMBER_REFS_COMPILED))
 _STORY_MEMBER_REFS_CONSTANTS = {k: v for k, v in _STORY_MEMBER_REFS_COMPILED.params.items() if v is not None}
 # Each wanted key's items in the window, counted up to :fanout + 1; then the stories of the keys
-# within the fan-out, and the keys beyond it with no story (NULL), which the caller keeps.
+# within the fan-out, and the keys beyond it with no story (NULL), which the caller keeps. Both
+# this and the next read each carrier's story in its key row (``MatchKeyRow.story_id``), with
+# no seek into ``items``.
 _BOUNDED_KEYS = (
     "WITH counted AS MATERIALIZED (SELECT wanted.{column} AS key, (SELECT COUNT(*) FROM (SELECT 1 "
     "FROM item_match_keys AS carrier WHERE carrier.key = wanted.{column} "
     "AND carrier.sort_epoch BETWEEN :earliest AND :latest LIMIT :fanout + 1) AS bounded) AS carriers "
     "FROM {values} AS {wanted}) "
-    "SELECT DISTINCT item_match_keys.key, items.story_id FROM counted "
-    "JOIN item_match_keys ON item_match_keys.key = counted.key JOIN {items} ON items.id = item_match_keys.item_id "
+    "SELECT DISTINCT item_match_keys.key, item_match_keys.story_id FROM counted "
+    "JOIN item_match_keys ON item_match_keys.key = counted.key "
     "WHERE counted.carriers BETWEEN 1 AND :fanout AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest "
+    "AND item_match_keys.story_id IS NOT NULL "
     "UNION ALL SELECT counted.key, NULL FROM counted WHERE counted.carriers > :fanout"
 )
-# An item's story is read from ``ix_items_story_of`` rather than the item's row (migration
-# 0011): SQLite looks a row up by its rowid whenever it can, so its statements name the index.
-_ITEMS_SQLITE = "items INDEXED BY ix_items_story_of"
 # Each story once, as twice its id plus 1 where one of its sampled items is dated by :until.
 _TERM_STORIES = (
     "(SELECT {aggregate} FROM (SELECT sampled.story_id * 2 + MAX(CASE WHEN sampled.sort_epoch <= :until THEN 1 "
-    "ELSE 0 END) AS story FROM (SELECT items.story_id, item_match_keys.sort_epoch FROM item_match_keys "
-    "JOIN {items} ON items.id = item_match_keys.item_id WHERE item_match_keys.key = {key} "
-    "AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest LIMIT :sample) AS sampled "
+    "ELSE 0 END) AS story FROM (SELECT item_match_keys.story_id, item_match_keys.sort_epoch FROM item_match_keys "
+    "WHERE item_match_keys.key = {key} AND item_match_keys.sort_epoch BETWEEN :earliest AND :latest "
+    "AND item_match_keys.story_id IS NOT NULL LIMIT :sample) AS sampled "
     "GROUP BY sampled.story_id) AS found)"
 )
 _TERM_STORIES_SQLITE = text(
     "SELECT wanted.value, "
-    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story)", items=_ITEMS_SQLITE)
+    + _TERM_STORIES.format(key="wanted.value", aggregate="group_concat(found.story)")
     + " FROM json_each(:values_json) AS wanted"
 )
 _TERM_STORIES_POSTGRESQL = text(
     "SELECT wanted.key, "
-    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story::text, ',')", items="items")
+    + _TERM_STORIES.format(key="wanted.key", aggregate="string_agg(found.story::text, ',')")
     + " FROM unnest(:values_array) AS wanted(key)"
 ).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
-_COPY_KEY_STORIES_SQLITE = text(
-    _BOUNDED_KEYS.format(column="value", values="json_each(:values_json)", wanted="wanted", items=_ITEMS_SQLITE)
-)
+_COPY_KEY_STORIES_SQLITE = text(_BOUNDED_KEYS.format(column="value", values="json_each(:values_json)", wanted="wanted"))
 _COPY_KEY_STORIES_POSTGRESQL = text(
-    _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)", items="items")
+    _BOUNDED_KEYS.format(column="key", values="unnest(:values_array)", wanted="wanted(key)")
 ).bindparams(bindparam("values_array", type_=postgresql.ARRAY(BigInteger())))
 _STORY_ENDS = ByValues(
     lambda wanted: (

@@ -20,7 +20,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from aggregator.store._sql import TransactionBase
-from aggregator.store.models import EditorialRow, ItemRow, StoryRow
+from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, StoryRow
 
 
 def split_refusal(item_stories: Mapping[int, int], story_sizes: Mapping[int, int]) -> str | None:
@@ -100,6 +100,7 @@ class StoryEdits(TransactionBase):
             .where(ItemRow.id.in_(moved), ItemRow.story_id == story_id)
             .values(story_id=new_id, match_reason=func.coalesce(ItemRow.match_reason, "") + why)
         )
+        self.c.execute(update(MatchKeyRow).where(MatchKeyRow.item_id.in_(moved)).values(story_id=new_id))
         self.c.execute(update(StoryRow).where(StoryRow.id == story_id).values(edited_at=now, updated_at=now))
         return new_id
 
@@ -131,6 +132,10 @@ class StoryEdits(TransactionBase):
             merged = why or (
                 f"; later merged from story {story} into story {target}: another outlet's report showed them one event"
             )
+            # The keys first, found through the items still in the story (``MatchKeyRow.story_id``
+            # has no index of its own: it is read, not searched).
+            members = select(ItemRow.id).where(ItemRow.story_id == story)
+            self.c.execute(update(MatchKeyRow).where(MatchKeyRow.item_id.in_(members)).values(story_id=target))
             self.c.execute(
                 update(ItemRow)
                 .where(ItemRow.story_id == story)
