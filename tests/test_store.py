@@ -31,7 +31,7 @@ from aggregator.store.database import (
 )
 from aggregator.store.models import ArchiveRow, Base, FetchLogRow, StoryRow
 from aggregator.store.repository import Store
-from tests.conftest import postgres_database
+from tests.conftest import KEYS_OUT_OF_STEP, postgres_database
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONFIG = """\
@@ -615,6 +615,37 @@ def test_migration_0022_gives_the_match_keys_a_database_holds_their_items_storie
     every = frozenset(stories.values())
     assert {key: carriers.stories for key, carriers in found.items()} == {7: every, 8: every}
     assert _differences_from_the_models(engine) == []
+
+
+def test_match_keys_name_the_story_their_item_is_in_through_merges_splits_and_late_updates(
+    store: Store, engine: Engine
+) -> None:
+    """``MatchKeyRow.story_id`` follows its item: a merge, a split, and an update planned from a
+    story read before another worker merged it (the plan's stored story is stale by then)."""
+    from aggregator.records import ItemUpdate
+
+    with store.ingest() as tx:
+        made = tx.insert_items(1, [NewItem(i.item, None, match_keys=(7, 8)) for i in _new("id:m-", 3)], NOW, "a.b")
+        planned = tx.stored_items(1, ["id:m-0"])["id:m-0"]  # as a worker's plan reads it
+    first, second, third = (made[f"id:m-{n}"].story_id for n in range(3))
+
+    def out_of_step() -> list[tuple[object, ...]]:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(KEYS_OUT_OF_STEP))]
+
+    with store.ingest() as tx:
+        tx.merge_stories([(first, second)])
+    assert out_of_step() == []
+    with store.ingest() as tx:  # the plan made before the merge lands after it
+        assert planned.story_id == first
+        tx.update_items([ItemUpdate(planned, replace(item("id:m-0"), title="New"), match_keys=(7, 9))], NOW, 1)
+    assert out_of_step() == []
+    with store.ingest() as tx:
+        split = tx.split_off(second, [made["id:m-0"].item_id], NOW, "tag:a.b,2026:split", "split:1")
+    assert out_of_step() == []
+    with store.ingest() as tx:
+        found = {k: c.stories for k, c in tx.term_stories([7, 8, 9], NOW - timedelta(days=1), NOW, 50).items()}
+    assert found == {7: {split, second, third}, 8: {second, third}, 9: {split}}
 
 
 def test_a_retention_pass_told_to_stop_stops_between_transactions_and_the_next_pass_goes_on(store: Store) -> None:

@@ -74,6 +74,7 @@ _ITEM_STORIES_BY_URL = ByValues(
     lambda wanted: select(ItemRow.canonical_url, ItemRow.story_id).where(wanted(ItemRow.canonical_url))
 )
 _STORY_IDS = ByValues(lambda wanted: select(StoryRow.key, _LIVE_STORY).where(wanted(StoryRow.key)))
+_ITEM_STORIES = ByValues(lambda wanted: select(ItemRow.id, ItemRow.story_id).where(wanted(ItemRow.id)))
 _ITEM_IDS = ByValues(
     lambda wanted: select(ItemRow.key, ItemRow.id).where(ItemRow.source_id == _SOURCE, wanted(ItemRow.key))
 )
@@ -218,10 +219,6 @@ class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
     def update_items(self, updates: Sequence[ItemUpdate], now: datetime, source_id: int | None = None) -> int:
         if not updates:
             return 0
-        if source_id is not None:
-            stored = [(u.stored, u.item.published_at or now, u.match_keys) for u in updates if u.match_keys]
-            entries = [(row.id, row.story_id, at, keys) for row, at, keys in stored]
-            self._write_match_keys(entries, replace=True)
         changes = {
             u.stored.id: {
                 **_item_columns(u.item),
@@ -233,11 +230,29 @@ class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
             for u in updates
         }
         self._update_rows(ItemRow, changes)
+        keyed = [u for u in updates if u.match_keys] if source_id is not None else []
+        if keyed:
+            # Each item's story as it is now, read after its row was updated and so locked: a
+            # merge by another worker may have moved it since the plan read it, and its keys
+            # must name the story it is in (``StoryEdits._keys_follow`` says the other half).
+            now_in = self._item_stories([u.stored.id for u in keyed])
+            entries = [
+                (u.stored.id, now_in.get(u.stored.id, u.stored.story_id), u.item.published_at or now, u.match_keys)
+                for u in keyed
+            ]
+            self._write_match_keys(entries, replace=True)
         # The story's entry moves its `updated` only because its content did.
         self.c.execute(
             update(StoryRow).where(StoryRow.id.in_({u.stored.story_id for u in updates})).values(updated_at=now)
         )
         return len(updates)
+
+    def _item_stories(self, item_ids: Sequence[int]) -> dict[int, int]:
+        """The story each item is in, by item id."""
+        found: dict[int, int] = {}
+        for statement, params in _ITEM_STORIES.batches(self.c.dialect.name, sorted(set(item_ids))):
+            found.update((int(item_id), int(story_id)) for item_id, story_id in self.c.execute(statement, params))
+        return found
 
     def rekey_items(self, rekeys: Sequence[tuple[int, str, str | None]]) -> None:
         """Store items under the keys and guids they have now, given as (item id, key, guid)

@@ -95,12 +95,13 @@ class StoryEdits(TransactionBase):
         }  # fmt: skip
         new_id = int(self.c.execute(insert(StoryRow).values(values).returning(StoryRow.id)).scalar_one())
         why = f"; split off story {story_id} into story {new_id} by an editor ({now:%Y-%m-%d %H:%M}Z)"
-        self.c.execute(
+        taken = self.c.scalars(
             update(ItemRow)
             .where(ItemRow.id.in_(moved), ItemRow.story_id == story_id)
             .values(story_id=new_id, match_reason=func.coalesce(ItemRow.match_reason, "") + why)
-        )
-        self.c.execute(update(MatchKeyRow).where(MatchKeyRow.item_id.in_(moved)).values(story_id=new_id))
+            .returning(ItemRow.id)
+        ).all()
+        self._keys_follow(taken, new_id)
         self.c.execute(update(StoryRow).where(StoryRow.id == story_id).values(edited_at=now, updated_at=now))
         return new_id
 
@@ -132,17 +133,24 @@ class StoryEdits(TransactionBase):
             merged = why or (
                 f"; later merged from story {story} into story {target}: another outlet's report showed them one event"
             )
-            # The keys first, found through the items still in the story (``MatchKeyRow.story_id``
-            # has no index of its own: it is read, not searched).
-            members = select(ItemRow.id).where(ItemRow.story_id == story)
-            self.c.execute(update(MatchKeyRow).where(MatchKeyRow.item_id.in_(members)).values(story_id=target))
-            self.c.execute(
+            moved = self.c.scalars(
                 update(ItemRow)
                 .where(ItemRow.story_id == story)
                 .values(story_id=target, match_reason=func.coalesce(ItemRow.match_reason, "") + merged)
-            )
+                .returning(ItemRow.id)
+            ).all()
+            self._keys_follow(moved, target)
             self.c.execute(
                 update(StoryRow)
                 .where(or_(StoryRow.id == story, StoryRow.merged_into == story))
                 .values(merged_into=target)
             )
+
+    def _keys_follow(self, item_ids: Sequence[int], story_id: int) -> None:
+        """Give the moved items' match keys their new story (``MatchKeyRow.story_id``). After
+        the items' own UPDATE, which locks their rows: on PostgreSQL a worker updating one of
+        them meanwhile either committed its new keys before this statement, which then moves
+        them too, or waits for this transaction and reads the item's story anew
+        (``IngestTransaction.update_items``)."""
+        if item_ids:
+            self.c.execute(update(MatchKeyRow).where(MatchKeyRow.item_id.in_(item_ids)).values(story_id=story_id))
