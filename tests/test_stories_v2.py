@@ -1608,21 +1608,28 @@ def _check_match_lookups(tx: IngestTransaction, first: dict[str, NewItem]) -> di
 
 def test_a_profile_extended_by_new_members_is_the_profile_built_afresh() -> None:
     """A story that grows is judged on a profile carried over from its shorter one
-    (``StoryProfile.extended``): centroid, name shares (with their order, which sums follow)
-    and rare-word shares must be exactly those of the longer profile built afresh."""
+    (``StoryProfile.extended``): centroid, name shares (with their order, which sums follow),
+    rare-word shares and when it ends must be exactly those of the longer profile built afresh,
+    and stay so when storage says it ends later (``ending``). Members are published out of
+    order, as a backlog read late stores them, so the latest is not always the last."""
     stream = templated.generate(events_per_day=4, days=1)[:4]
     texts = [ORIGINAL, REWRITE, FOLLOW_UP, UNRELATED, *[(e.title, e.text) for e in stream]]
     members = [
-        Member(n, NOON + timedelta(minutes=n), Features.loads(features_of(title, text)[0].dumps()))
-        for n, (title, text) in enumerate(texts)
+        Member(n, NOON + timedelta(minutes=at), Features.loads(features_of(title, text)[0].dumps()))
+        for n, ((title, text), at) in enumerate(zip(texts, (10, 5, 40, 20, 60, 30, 50, 45), strict=True))
     ]
     afresh = StoryProfile(1, tuple(members), NOON)
     assert afresh.word_support and afresh.lead_support != afresh.support  # every share is exercised
+    assert afresh.ends_at == max(m.published_at for m in members) != members[-1].published_at
     for shorter in range(1, len(members)):
         start = StoryProfile(1, tuple(members[:shorter]), NOON)
         assert start.centroid.shape and start.support and start.lead_support is not None  # computed, carried
+        assert start.ends_at == max(m.published_at for m in members[:shorter])  # computed, carried
         grown = start.extended(members[shorter:])
-        assert grown.members == afresh.members
+        assert grown.members == afresh.members and grown.ends_at == afresh.ends_at
+        for last_at in (NOON + timedelta(hours=5), NOON):  # storage read a later member, or an earlier one
+            assert grown.ending(last_at).ends_at == afresh.ending(last_at).ends_at
+            assert start.ending(last_at).extended(members[shorter:]).ends_at == afresh.ending(last_at).ends_at
         assert np.array_equal(grown.centroid, afresh.centroid)
         for name in ("support", "lead_support", "word_support"):
             carried, built = getattr(grown, name), getattr(afresh, name)
