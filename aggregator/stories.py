@@ -500,6 +500,8 @@ class StoryProfile:
         members' are widened all at once (``semantic.dequantise_all``): a first ingest builds
         thousands of profiles, and widening them one by one was most of what building cost."""
         members = self.members
+        if len(members) == 1:  # most stories of a first ingest: their member's vector is the sum
+            return members[0].features.vector
         packed = [m for m in members if isinstance(m, PackedMember)]
         vectors: semantic.Vector | list[semantic.Vector]
         if packed and len(packed) == len(members):
@@ -519,8 +521,12 @@ class StoryProfile:
     def counts(self) -> tuple[dict[int, int], ...]:
         """How many members carry each term, name each in their opening, and use each rare
         plain word. Counted in C, in the order a loop over members and values meets them."""
-        chain = itertools.chain.from_iterable
         members = [m.features for m in self.members]
+        if len(members) == 1:  # each value once (sets and a dict's keys): the same counts, in the same order
+            return tuple(
+                dict.fromkeys(values, 1) for values in (members[0].terms, members[0].lead_terms, members[0].words)
+            )
+        chain = itertools.chain.from_iterable
         return (
             Counter(chain(f.terms for f in members)),
             Counter(chain(f.lead_terms for f in members)),

@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1675,6 +1675,12 @@ def test_a_profile_of_packed_members_is_the_profile_of_decoded_ones() -> None:
     series = ("Orbis Mining reports 10% rise in quarterly profit", "")  # a lone headline, another figure
     items += [(feats(t), NOON + timedelta(hours=1)) for t in (*alone, series)]
     stats = TermStats(stories=3, counts={t: 2 for m in full[:3] for t in m.features.terms})
+    one: list[Member | stories.PackedMember] = [*full[:3], *packed[:3]]
+    for member in one:  # one member: its own vector and counts, as the sums give them
+        single = StoryProfile(1, (member,), NOON)
+        assert np.array_equal(single.total, np.sum([member.features.vector], axis=0, dtype=np.float32))
+        each = (member.features.terms, member.features.lead_terms, member.features.words)
+        assert [list(counted.items()) for counted in single.counts] == [list(Counter(iter(v)).items()) for v in each]
     judged = []
     for size in range(1, len(full) + 1):
         afresh = StoryProfile(1, tuple(full[:size]), NOON)
