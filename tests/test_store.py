@@ -648,6 +648,25 @@ def test_match_keys_name_the_story_their_item_is_in_through_merges_splits_and_la
     assert found == {7: {split, second, third}, 8: {second, third}, 9: {split}}
 
 
+def test_a_story_holding_more_items_than_a_statement_takes_parameters_merges_with_its_keys(
+    store: Store, engine: Engine
+) -> None:
+    """A story merged away moves its items' keys in a statement that does not grow with it:
+    PostgreSQL takes at most 65,535 parameters in one, and a story joined by one URL (a feed
+    whose every item links to its own home page) can hold more items than that."""
+    many = 65_536
+    with store.ingest() as tx:
+        first = tx.insert_items(1, [NewItem(item("id:a"), None, match_keys=(1,))], NOW, "a.b")["id:a"].story_id
+        into = tx.insert_items(2, [NewItem(item("id:b"), None, match_keys=(1,))], NOW, "a.b")["id:b"].story_id
+        tx.insert_items(1, [NewItem(item(f"id:{n}"), first, match_keys=(2,)) for n in range(many)], NOW, "a.b")
+    with store.ingest() as tx:
+        tx.merge_stories([(first, into)])
+    with engine.connect() as connection:
+        assert connection.execute(text(KEYS_OUT_OF_STEP)).all() == []
+        moved = connection.execute(text("select count(*) from item_match_keys where story_id = :s"), {"s": into})
+        assert moved.scalar() == many + 2
+
+
 def test_a_retention_pass_told_to_stop_stops_between_transactions_and_the_next_pass_goes_on(store: Store) -> None:
     old = NOW - timedelta(days=200)
     with store.ingest() as tx:

@@ -17,10 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 
-from aggregator.store._sql import TransactionBase
+from aggregator.store._sql import ByValues, TransactionBase
 from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, StoryRow
+
+# The moved items' keys, their ids as one parameter (``ByValues``): a story merged away may hold
+# more items than a statement may have parameters (65,535 on PostgreSQL).
+_KEYS_FOLLOW = ByValues(
+    lambda wanted: update(MatchKeyRow).where(wanted(MatchKeyRow.item_id)).values(story_id=bindparam("moved_to"))
+)
 
 
 def split_refusal(item_stories: Mapping[int, int], story_sizes: Mapping[int, int]) -> str | None:
@@ -152,5 +158,5 @@ class StoryEdits(TransactionBase):
         them meanwhile either committed its new keys before this statement, which then moves
         them too, or waits for this transaction and reads the item's story anew
         (``IngestTransaction.update_items``)."""
-        if item_ids:
-            self.c.execute(update(MatchKeyRow).where(MatchKeyRow.item_id.in_(item_ids)).values(story_id=story_id))
+        for statement, params in _KEYS_FOLLOW.batches(self.c.dialect.name, sorted(item_ids), moved_to=story_id):
+            self.c.execute(statement, params)
