@@ -74,7 +74,6 @@ _ITEM_STORIES_BY_URL = ByValues(
     lambda wanted: select(ItemRow.canonical_url, ItemRow.story_id).where(wanted(ItemRow.canonical_url))
 )
 _STORY_IDS = ByValues(lambda wanted: select(StoryRow.key, _LIVE_STORY).where(wanted(StoryRow.key)))
-_ITEM_STORIES = ByValues(lambda wanted: select(ItemRow.id, ItemRow.story_id).where(wanted(ItemRow.id)))
 _ITEM_IDS = ByValues(
     lambda wanted: select(ItemRow.key, ItemRow.id).where(ItemRow.source_id == _SOURCE, wanted(ItemRow.key))
 )
@@ -205,11 +204,11 @@ class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
         keys per item, so the rows go straight to the driver's executemany (``RawInsert``),
         each item's time converted once rather than once per key.
         """
-        wanted = [entry for entry in entries if entry[3]]
+        wanted = [(item_id, story_id, at, keys) for item_id, story_id, at, keys in entries if keys]
         if not wanted:
             return
         if replace:
-            self.c.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_([entry[0] for entry in wanted])))
+            self.c.execute(delete(MatchKeyRow).where(MatchKeyRow.item_id.in_([item_id for item_id, *_ in wanted])))
         rows: list[tuple[int, int, int, int]] = []
         for item_id, story_id, at, keys in wanted:
             at_epoch = epoch(at)
@@ -235,7 +234,7 @@ class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
             # Each item's story as it is now, read after its row was updated and so locked: a
             # merge by another worker may have moved it since the plan read it, and its keys
             # must name the story it is in (``StoryEdits._keys_follow`` says the other half).
-            now_in = self._item_stories([u.stored.id for u in keyed])
+            now_in = self.item_stories([u.stored.id for u in keyed])
             entries = [
                 (u.stored.id, now_in.get(u.stored.id, u.stored.story_id), u.item.published_at or now, u.match_keys)
                 for u in keyed
@@ -246,13 +245,6 @@ class IngestTransaction(StoryLookups, StoryEdits, SourcePollWrites):
             update(StoryRow).where(StoryRow.id.in_({u.stored.story_id for u in updates})).values(updated_at=now)
         )
         return len(updates)
-
-    def _item_stories(self, item_ids: Sequence[int]) -> dict[int, int]:
-        """The story each item is in, by item id."""
-        found: dict[int, int] = {}
-        for statement, params in _ITEM_STORIES.batches(self.c.dialect.name, sorted(set(item_ids))):
-            found.update((int(item_id), int(story_id)) for item_id, story_id in self.c.execute(statement, params))
-        return found
 
     def rekey_items(self, rekeys: Sequence[tuple[int, str, str | None]]) -> None:
         """Store items under the keys and guids they have now, given as (item id, key, guid)

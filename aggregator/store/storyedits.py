@@ -22,6 +22,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from aggregator.store._sql import ByValues, TransactionBase
 from aggregator.store.models import EditorialRow, ItemRow, MatchKeyRow, StoryRow
 
+_ITEM_STORIES = ByValues(lambda wanted: select(ItemRow.id, ItemRow.story_id).where(wanted(ItemRow.id)))
 # The moved items' keys, their ids as one parameter (``ByValues``): a story merged away may hold
 # more items than a statement may have parameters (65,535 on PostgreSQL).
 _KEYS_FOLLOW = ByValues(
@@ -53,12 +54,13 @@ class StoryEdits(TransactionBase):
     """The reads and writes of an editor's corrections (see the module docstring)."""
 
     def item_stories(self, item_ids: Sequence[int]) -> dict[int, int]:
-        """The story of each of ``item_ids`` that is stored, by item id."""
-        wanted = sorted(set(item_ids))
-        if not wanted:
-            return {}
-        rows = self.c.execute(select(ItemRow.id, ItemRow.story_id).where(ItemRow.id.in_(wanted)))
-        return {item_id: story_id for item_id, story_id in rows}
+        """The story of each of ``item_ids`` that is stored, by item id: the items an editor
+        names, and the items a poll updates (``IngestTransaction.update_items``), whose ids go
+        as one parameter however many there are (``ByValues``)."""
+        found: dict[int, int] = {}
+        for statement, params in _ITEM_STORIES.batches(self.c.dialect.name, sorted(set(item_ids))):
+            found.update((int(item_id), int(story_id)) for item_id, story_id in self.c.execute(statement, params))
+        return found
 
     def items_at_url(self, canonical_url: str, link: str) -> list[int]:
         """The items whose canonical URL is ``canonical_url``, or else those whose link is
